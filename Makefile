@@ -1,0 +1,49 @@
+# edgewire build, test and demo entry points. `make test` installs what it
+# needs (Debian packages, pinned Go tools) idempotently.
+SHELL := /bin/bash
+GO ?= go
+BIN := $(CURDIR)/bin
+TOOLS := $(CURDIR)/.cache/tools
+PROTOC_GEN_GO_VERSION := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
+BINARIES := edgewire-coordinator edgewire-agent edgewire
+
+.PHONY: all build test unit e2e demo proto deps fmt vet clean
+
+all: build
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ $(addprefix ./cmd/,$(BINARIES))
+
+deps:
+	@hack/install-deps.sh
+
+proto:
+	@hack/install-deps.sh protoc
+	GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	GOBIN=$(TOOLS) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	PATH=$(TOOLS):$$PATH protoc -I coordinator/api \
+		--go_out=coordinator/api --go_opt=paths=source_relative \
+		--go-grpc_out=coordinator/api --go-grpc_opt=paths=source_relative \
+		coordinator/api/edgewire.proto
+
+vet:
+	$(GO) vet ./...
+
+fmt:
+	gofmt -l -w $$(git ls-files '*.go' | grep -v '\.pb\.go$$')
+
+unit:
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)
+
+e2e: deps build
+	EDGEWIRE_BIN=$(BIN) $(GO) test -count=1 -timeout 25m -v ./e2e/...
+
+test: deps vet unit e2e
+
+demo: deps build
+	EDGEWIRE_BIN=$(BIN) $(GO) run ./e2e/cmd/demo
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,64 @@
+// Command edgewire-coordinator runs the edgewire control plane: join
+// tokens, node registry, overlay IPAM and the network-map streams.
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/edgewire/edgewire/coordinator"
+	"github.com/edgewire/edgewire/internal/logging"
+)
+
+func main() {
+	var (
+		cfg                 coordinator.Config
+		prefixes            []string
+		logLevel, logFormat string
+	)
+	cmd := &cobra.Command{
+		Use:           "edgewire-coordinator",
+		Short:         "Run the edgewire coordinator",
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := logging.New(os.Stderr, logLevel, logFormat)
+			if err != nil {
+				return err
+			}
+			cfg.Logger = log
+			for _, p := range prefixes {
+				pfx, err := netip.ParsePrefix(p)
+				if err != nil {
+					return fmt.Errorf("--overlay-prefix %q: %w", p, err)
+				}
+				cfg.Prefixes = append(cfg.Prefixes, pfx)
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return coordinator.Run(ctx, cfg)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.DataDir, "data-dir", coordinator.DefaultDataDir, "directory for the store, CA and admin token")
+	f.StringVar(&cfg.Listen, "listen", coordinator.DefaultListen, "TLS gRPC listen address for agents and remote admins")
+	f.StringVar(&cfg.AdminSocket, "admin-socket", "", "local admin unix socket (default <data-dir>/admin.sock)")
+	f.StringSliceVar(&prefixes, "overlay-prefix", []string{coordinator.DefaultPrefix}, "overlay prefix to allocate node addresses from (one per address family)")
+	f.StringVar(&cfg.TLSCert, "tls-cert", "", "serving certificate (PEM); default: generated from the coordinator's own CA")
+	f.StringVar(&cfg.TLSKey, "tls-key", "", "serving certificate key (PEM)")
+	f.StringVar(&cfg.TLSCA, "tls-ca", "", "CA that issued --tls-cert (its key is what join tokens pin)")
+	f.StringSliceVar(&cfg.TLSSANs, "tls-san", nil, "extra DNS names or IPs for the generated serving certificate")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&logFormat, "log-format", "text", "text or json")
+	if err := cmd.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "edgewire-coordinator:", err)
+		os.Exit(1)
+	}
+}

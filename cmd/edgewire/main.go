@@ -1,0 +1,356 @@
+// Command edgewire is the operator's CLI: the local agent's status, and
+// join tokens and nodes on the coordinator.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/edgewire/edgewire/coordinator"
+	"github.com/edgewire/edgewire/coordinator/api"
+	"github.com/edgewire/edgewire/coordinator/pki"
+	"github.com/edgewire/edgewire/node/localapi"
+)
+
+type globals struct {
+	output         string
+	agentSocket    string
+	adminSocket    string
+	coordinator    string
+	adminTokenFile string
+	caFile         string
+	serverName     string
+}
+
+func main() {
+	var g globals
+	root := &cobra.Command{
+		Use:           "edgewire",
+		Short:         "Operate an edgewire overlay",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(*cobra.Command, []string) error {
+			if g.output != "table" && g.output != "json" {
+				return fmt.Errorf("--output %q: want table or json", g.output)
+			}
+			return nil
+		},
+	}
+	pf := root.PersistentFlags()
+	pf.StringVarP(&g.output, "output", "o", "table", "table or json")
+	pf.StringVar(&g.agentSocket, "socket", localapi.DefaultSocket, "agent local API socket")
+	pf.StringVar(&g.adminSocket, "admin-socket", filepath.Join(coordinator.DefaultDataDir, coordinator.AdminSocket), "coordinator admin socket (on the coordinator host)")
+	pf.StringVar(&g.coordinator, "coordinator", "", "reach the coordinator over TLS at host:port instead of the admin socket (needs --admin-token-file and --ca-file)")
+	pf.StringVar(&g.adminTokenFile, "admin-token-file", "", "file holding the coordinator's admin token (<data-dir>/admin.token)")
+	pf.StringVar(&g.caFile, "ca-file", "", "coordinator CA certificate (<data-dir>/pki/ca.crt)")
+	pf.StringVar(&g.serverName, "coordinator-server-name", pki.ServerName, "TLS name of the coordinator")
+
+	root.AddCommand(statusCmd(&g), tokenCmd(&g), nodesCmd(&g))
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "edgewire:", err)
+		os.Exit(1)
+	}
+}
+
+func (g *globals) admin() (api.AdminClient, func(), error) {
+	var conn *grpc.ClientConn
+	var err error
+	if g.coordinator == "" {
+		if _, serr := os.Stat(g.adminSocket); serr != nil {
+			return nil, nil, fmt.Errorf("no coordinator admin socket at %s (run on the coordinator host, pass --admin-socket, or use --coordinator with --admin-token-file)", g.adminSocket)
+		}
+		conn, err = grpc.NewClient("unix://"+g.adminSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	} else {
+		if g.adminTokenFile == "" || g.caFile == "" {
+			return nil, nil, errors.New("--coordinator needs --admin-token-file and --ca-file")
+		}
+		tok, rerr := os.ReadFile(g.adminTokenFile)
+		if rerr != nil {
+			return nil, nil, rerr
+		}
+		caPEM, rerr := os.ReadFile(g.caFile)
+		if rerr != nil {
+			return nil, nil, rerr
+		}
+		var tc *tls.Config
+		if tc, err = pki.ClientConfig(caPEM, g.serverName); err != nil {
+			return nil, nil, fmt.Errorf("--ca-file: %w", err)
+		}
+		conn, err = grpc.NewClient(g.coordinator, grpc.WithTransportCredentials(credentials.NewTLS(tc)),
+			grpc.WithPerRPCCredentials(bearer(strings.TrimSpace(string(tok)))))
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	return api.NewAdminClient(conn), func() { conn.Close() }, nil
+}
+
+type bearer string
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+func (bearer) RequireTransportSecurity() bool { return true }
+
+func rpcErr(err error) error {
+	if s, ok := status.FromError(err); ok {
+		return errors.New(s.Message())
+	}
+	return err
+}
+
+func ctx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), 15*time.Second)
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func table(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0) }
+
+func ago(t time.Time, now time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	return now.Sub(t).Round(time.Second).String() + " ago"
+}
+
+func bytesIEC(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+func statusCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Show this node and its peers",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, cancel := ctx()
+			defer cancel()
+			st, err := localapi.Client{Socket: g.agentSocket}.Status(c)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if g.output == "json" {
+				return printJSON(out, st)
+			}
+			now := time.Now()
+			conn := "disconnected"
+			if st.Self.Connected {
+				conn = "connected"
+			}
+			fmt.Fprintf(out, "self: %s %s iface %s port %d coordinator %s (%s) map v%d\n",
+				st.Self.Name, strings.Join(st.Self.Addresses, ","), st.Self.Interface, st.Self.ListenPort,
+				st.Self.Coordinator, conn, st.Self.MapVersion)
+			tw := table(out)
+			fmt.Fprintln(tw, "NAME\tOVERLAY IP\tPATH\tENDPOINT\tHANDSHAKE\tRX\tTX\tONLINE")
+			for _, p := range st.Peers {
+				ep := p.Endpoint
+				if ep == "" {
+					ep = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%v\n", p.Name, strings.Join(p.Addresses, ","), p.Path, ep,
+					ago(p.LastHandshake, now), bytesIEC(p.RxBytes), bytesIEC(p.TxBytes), p.Online)
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func tokenCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "token", Short: "Manage join tokens"}
+	var (
+		ttl      time.Duration
+		reusable bool
+		uses     int
+		tags     []string
+	)
+	create := &cobra.Command{
+		Use:   "create",
+		Short: "Create a join token (printed once)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if ttl < 0 {
+				return fmt.Errorf("--ttl %s: must not be negative", ttl)
+			}
+			if uses < 0 {
+				return fmt.Errorf("--uses %d: must not be negative", uses)
+			}
+			cl, done, err := g.admin()
+			if err != nil {
+				return err
+			}
+			defer done()
+			c, cancel := ctx()
+			defer cancel()
+			resp, err := cl.CreateToken(c, &api.CreateTokenRequest{TtlSeconds: int64(ttl / time.Second), Reusable: reusable, Uses: int32(uses), Tags: tags})
+			if err != nil {
+				return rpcErr(err)
+			}
+			if g.output == "json" {
+				return printJSON(cmd.OutOrStdout(), resp)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), resp.GetToken())
+			return nil
+		},
+	}
+	create.Flags().DurationVar(&ttl, "ttl", 24*time.Hour, "lifetime (0: never expires)")
+	create.Flags().BoolVar(&reusable, "reusable", false, "allow any number of joins until it expires")
+	create.Flags().IntVar(&uses, "uses", 0, "number of joins allowed (default 1; exclusive with --reusable)")
+	create.Flags().StringSliceVar(&tags, "tags", nil, "tags given to nodes that join with it")
+
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List join tokens",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, done, err := g.admin()
+			if err != nil {
+				return err
+			}
+			defer done()
+			c, cancel := ctx()
+			defer cancel()
+			resp, err := cl.ListTokens(c, &api.ListTokensRequest{})
+			if err != nil {
+				return rpcErr(err)
+			}
+			if g.output == "json" {
+				return printJSON(cmd.OutOrStdout(), resp.GetTokens())
+			}
+			tw := table(cmd.OutOrStdout())
+			fmt.Fprintln(tw, "ID\tCREATED\tEXPIRES\tUSES\tSTATE")
+			now := time.Now()
+			for _, t := range resp.GetTokens() {
+				exp, state := "never", "valid"
+				if t.GetExpiresUnix() != 0 {
+					e := time.Unix(t.GetExpiresUnix(), 0)
+					exp = e.UTC().Format(time.RFC3339)
+					if !now.Before(e) {
+						state = "expired"
+					}
+				}
+				usesStr := fmt.Sprintf("%d/%d", t.GetUses(), t.GetMaxUses())
+				if t.GetReusable() {
+					usesStr = fmt.Sprintf("%d/unlimited", t.GetUses())
+				} else if t.GetUses() >= t.GetMaxUses() && state == "valid" {
+					state = "used up"
+				}
+				if t.GetRevoked() {
+					state = "revoked"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.GetId(), time.Unix(t.GetCreatedUnix(), 0).UTC().Format(time.RFC3339), exp, usesStr, state)
+			}
+			return tw.Flush()
+		},
+	}
+	revoke := &cobra.Command{
+		Use:   "revoke ID",
+		Short: "Revoke a join token (nodes that joined with it stay)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, done, err := g.admin()
+			if err != nil {
+				return err
+			}
+			defer done()
+			c, cancel := ctx()
+			defer cancel()
+			if _, err := cl.RevokeToken(c, &api.RevokeTokenRequest{Id: args[0]}); err != nil {
+				return rpcErr(err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "revoked %s\n", args[0])
+			return nil
+		},
+	}
+	cmd.AddCommand(create, list, revoke)
+	return cmd
+}
+
+func nodesCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "nodes", Short: "Manage nodes"}
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List registered nodes",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, done, err := g.admin()
+			if err != nil {
+				return err
+			}
+			defer done()
+			c, cancel := ctx()
+			defer cancel()
+			resp, err := cl.ListNodes(c, &api.ListNodesRequest{})
+			if err != nil {
+				return rpcErr(err)
+			}
+			if g.output == "json" {
+				return printJSON(cmd.OutOrStdout(), resp.GetNodes())
+			}
+			tw := table(cmd.OutOrStdout())
+			fmt.Fprintln(tw, "NAME\tADDRESSES\tENDPOINTS\tONLINE\tLAST SEEN")
+			now := time.Now()
+			for _, n := range resp.GetNodes() {
+				seen := "never"
+				if n.GetOnline() {
+					seen = "now"
+				} else if n.GetLastSeenUnixMs() != 0 {
+					seen = ago(time.UnixMilli(n.GetLastSeenUnixMs()), now)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\n", n.GetName(), strings.Join(n.GetAddresses(), ","),
+					strings.Join(n.GetEndpoints(), ","), n.GetOnline(), seen)
+			}
+			return tw.Flush()
+		},
+	}
+	del := &cobra.Command{
+		Use:   "delete NAME",
+		Short: "Delete a node: it leaves every peer's WireGuard config",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, done, err := g.admin()
+			if err != nil {
+				return err
+			}
+			defer done()
+			c, cancel := ctx()
+			defer cancel()
+			if _, err := cl.DeleteNode(c, &api.DeleteNodeRequest{Name: args[0]}); err != nil {
+				return rpcErr(err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "deleted %s\n", args[0])
+			return nil
+		},
+	}
+	cmd.AddCommand(list, del)
+	return cmd
+}

@@ -1,0 +1,191 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/edgewire/edgewire/coordinator/api"
+	"github.com/edgewire/edgewire/coordinator/store"
+	"github.com/edgewire/edgewire/coordinator/token"
+)
+
+const maxTokenTags = 16
+
+// CreateToken creates a join token and returns it; the secret is shown
+// only here.
+func (s *Server) CreateToken(ctx context.Context, req *api.CreateTokenRequest) (*api.CreateTokenResponse, error) {
+	if len(req.GetTags()) > maxTokenTags {
+		return nil, status.Errorf(codes.InvalidArgument, "at most %d tags", maxTokenTags)
+	}
+	for _, t := range req.GetTags() {
+		if err := ValidName(t); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "tag: %v", err)
+		}
+	}
+	tok, err := token.Generate(s.cfg.CAPin, rand.Reader)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "generate token: %v", err)
+	}
+	rec, err := token.NewRecord(tok, s.now(), time.Duration(req.GetTtlSeconds())*time.Second,
+		req.GetReusable(), int(req.GetUses()), req.GetTags())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	err = s.cfg.Store.Update(ctx, func(tx store.Tx) error {
+		if _, err := tx.Token(rec.ID); err == nil {
+			return store.ErrExists
+		}
+		return tx.PutToken(rec)
+	})
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "store token: %v", err)
+	}
+	s.log.Info("join token created", "id", rec.ID, "expires", rec.ExpiresAt, "reusable", rec.Reusable, "max_uses", rec.MaxUses)
+	return &api.CreateTokenResponse{Token: tok.String(), Info: tokenInfo(rec)}, nil
+}
+
+func tokenInfo(t store.Token) *api.TokenInfo {
+	ti := &api.TokenInfo{
+		Id: t.ID, CreatedUnix: t.CreatedAt.Unix(), Reusable: t.Reusable,
+		MaxUses: int32(t.MaxUses), Uses: int32(t.Uses), Revoked: t.Revoked, Tags: t.Tags,
+	}
+	if !t.ExpiresAt.IsZero() {
+		ti.ExpiresUnix = t.ExpiresAt.Unix()
+	}
+	return ti
+}
+
+// ListTokens lists join tokens (never their secrets).
+func (s *Server) ListTokens(ctx context.Context, _ *api.ListTokensRequest) (*api.ListTokensResponse, error) {
+	var resp api.ListTokensResponse
+	err := s.cfg.Store.View(ctx, func(tx store.Tx) error {
+		ts, err := tx.Tokens()
+		for _, t := range ts {
+			resp.Tokens = append(resp.Tokens, tokenInfo(t))
+		}
+		return err
+	})
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "list tokens: %v", err)
+	}
+	return &resp, nil
+}
+
+// RevokeToken marks a token revoked; nodes that joined with it stay.
+func (s *Server) RevokeToken(ctx context.Context, req *api.RevokeTokenRequest) (*api.RevokeTokenResponse, error) {
+	id := req.GetId()
+	if t, err := token.Parse(id); err == nil {
+		id = t.ID // accept the whole token as well as its id
+	}
+	err := s.cfg.Store.Update(ctx, func(tx store.Tx) error {
+		t, err := tx.Token(id)
+		if err != nil {
+			return err
+		}
+		t.Revoked = true
+		return tx.PutToken(t)
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, status.Errorf(codes.NotFound, "no token with id %q", id)
+	}
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "revoke token: %v", err)
+	}
+	s.log.Info("join token revoked", "id", id)
+	return &api.RevokeTokenResponse{}, nil
+}
+
+// ListNodes lists registered nodes with their presence.
+func (s *Server) ListNodes(context.Context, *api.ListNodesRequest) (*api.ListNodesResponse, error) {
+	return &api.ListNodesResponse{Nodes: s.reg.Nodes()}, nil
+}
+
+// DeleteNode removes a node: it leaves every peer's WireGuard config and
+// its own stream is closed.
+func (s *Server) DeleteNode(ctx context.Context, req *api.DeleteNodeRequest) (*api.DeleteNodeResponse, error) {
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+	var node store.Node
+	err := s.cfg.Store.Update(ctx, func(tx store.Tx) error {
+		var err error
+		node, err = tx.NodeByName(req.GetName())
+		if err != nil {
+			return err
+		}
+		return tx.DeleteNode(node.Key)
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, status.Errorf(codes.NotFound, "no node named %q", req.GetName())
+	}
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "delete node: %v", err)
+	}
+	for _, a := range node.Addresses {
+		if p := s.pool(a); p != nil {
+			p.Release(a)
+		}
+	}
+	s.reg.Delete(node.Key)
+	s.log.Info("node deleted", "name", node.Name, "key", node.Key)
+	return &api.DeleteNodeResponse{}, nil
+}
+
+// AdminTokenHash hashes an admin token for AdminAuth.
+func AdminTokenHash(tok string) [32]byte { return sha256.Sum256([]byte(tok)) }
+
+// NewAdminToken returns a fresh random admin token.
+func NewAdminToken() (string, error) {
+	var b [24]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return "ewadm1." + hex.EncodeToString(b[:]), nil
+}
+
+const adminPrefix = "/" + "edgewire.v1.Admin/"
+
+// AdminAuth returns interceptors for a network listener: Admin methods
+// require "authorization: Bearer <admin token>"; Control methods pass.
+func AdminAuth(hash [32]byte) (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
+	check := func(ctx context.Context, method string) error {
+		if !strings.HasPrefix(method, adminPrefix) {
+			return nil
+		}
+		md, _ := metadata.FromIncomingContext(ctx)
+		for _, v := range md.Get("authorization") {
+			got, ok := strings.CutPrefix(v, "Bearer ")
+			if !ok {
+				continue
+			}
+			h := sha256.Sum256([]byte(got))
+			if subtle.ConstantTimeCompare(h[:], hash[:]) == 1 {
+				return nil
+			}
+		}
+		return status.Error(codes.Unauthenticated, "admin calls over the network need a valid admin token")
+	}
+	unary := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		if err := check(ctx, info.FullMethod); err != nil {
+			return nil, err
+		}
+		return h(ctx, req)
+	}
+	stream := func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		if err := check(ss.Context(), info.FullMethod); err != nil {
+			return err
+		}
+		return h(srv, ss)
+	}
+	return unary, stream
+}

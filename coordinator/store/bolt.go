@@ -1,0 +1,347 @@
+package store
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// Bucket names. Every bucket is created when the file is opened.
+var (
+	bucketTokens = []byte("tokens")     // token ID -> tokenRecord JSON
+	bucketNodes  = []byte("nodes")      // 32B node key -> nodeRecord JSON
+	bucketNames  = []byte("node-names") // node name -> 32B node key
+)
+
+// schemaVersion is written into every record as "v". Records with a
+// higher version come from a newer build and are refused, not misread.
+const schemaVersion = 1
+
+// openTimeout bounds the wait for bbolt's file lock, so a second process
+// fails fast instead of hanging.
+const openTimeout = time.Second
+
+// ErrLocked means another process holds the database file open.
+var ErrLocked = errors.New("database is locked by another process")
+
+// Bolt is a Store kept in one bbolt file.
+type Bolt struct {
+	db *bolt.DB
+}
+
+var _ Store = (*Bolt)(nil)
+
+// OpenBolt opens or creates the bbolt file at path (mode 0600).
+func OpenBolt(path string) (*Bolt, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: openTimeout})
+	if errors.Is(err, berrors.ErrTimeout) {
+		return nil, fmt.Errorf("open store %s: %w (waited %s)", path, ErrLocked, openTimeout)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bucketTokens, bucketNodes, bucketNames} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("create bucket %s: %w", name, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	return &Bolt{db: db}, nil
+}
+
+// View runs fn in a read-only transaction.
+func (b *Bolt) View(ctx context.Context, fn func(Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return b.db.View(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
+}
+
+// Update runs fn in a read-write transaction, committed only if fn
+// returns nil.
+func (b *Bolt) Update(ctx context.Context, fn func(Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return b.db.Update(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
+}
+
+// Close releases the file and its lock.
+func (b *Bolt) Close() error {
+	return b.db.Close()
+}
+
+// boltTx adapts a bbolt transaction to Tx.
+type boltTx struct {
+	tx *bolt.Tx
+}
+
+var _ Tx = boltTx{}
+
+// tokenRecord is the stored form of Token.
+type tokenRecord struct {
+	V          int       `json:"v"`
+	ID         string    `json:"id"`
+	SecretHash string    `json:"secret_hash"` // hex
+	CreatedAt  time.Time `json:"created_at"`
+	ExpiresAt  time.Time `json:"expires_at"`
+	Reusable   bool      `json:"reusable,omitempty"`
+	MaxUses    int       `json:"max_uses,omitempty"`
+	Uses       int       `json:"uses,omitempty"`
+	Revoked    bool      `json:"revoked,omitempty"`
+	Tags       []string  `json:"tags,omitempty"`
+}
+
+// nodeRecord is the stored form of Node.
+type nodeRecord struct {
+	V         int              `json:"v"`
+	Key       NodeKey          `json:"key"`
+	Name      string           `json:"name"`
+	Hostname  string           `json:"hostname,omitempty"`
+	Addresses []netip.Addr     `json:"addresses,omitempty"`
+	Routes    []netip.Prefix   `json:"routes,omitempty"`
+	Endpoints []netip.AddrPort `json:"endpoints,omitempty"`
+	Tags      []string         `json:"tags,omitempty"`
+	CreatedAt time.Time        `json:"created_at"`
+	LastSeen  time.Time        `json:"last_seen"`
+	TokenID   string           `json:"token_id,omitempty"`
+}
+
+// decode unmarshals a record and checks its schema version.
+func decode(what string, data []byte, v any, version func() int) error {
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("decode %s: %w", what, err)
+	}
+	switch got := version(); {
+	case got > schemaVersion:
+		return fmt.Errorf("decode %s: schema version %d is newer than this build supports (%d); upgrade edgewire", what, got, schemaVersion)
+	case got < 1:
+		return fmt.Errorf("decode %s: missing or invalid schema version %d", what, got)
+	}
+	return nil
+}
+
+func decodeToken(data []byte) (Token, error) {
+	var r tokenRecord
+	if err := decode("token", data, &r, func() int { return r.V }); err != nil {
+		return Token{}, err
+	}
+	t := Token{
+		ID:        r.ID,
+		CreatedAt: r.CreatedAt,
+		ExpiresAt: r.ExpiresAt,
+		Reusable:  r.Reusable,
+		MaxUses:   r.MaxUses,
+		Uses:      r.Uses,
+		Revoked:   r.Revoked,
+		Tags:      r.Tags,
+	}
+	h, err := hex.DecodeString(r.SecretHash)
+	if err != nil || len(h) != len(t.SecretHash) {
+		return Token{}, fmt.Errorf("decode token %s: bad secret hash", r.ID)
+	}
+	copy(t.SecretHash[:], h)
+	return t, nil
+}
+
+func decodeNode(data []byte) (Node, error) {
+	var r nodeRecord
+	if err := decode("node", data, &r, func() int { return r.V }); err != nil {
+		return Node{}, err
+	}
+	return Node{
+		Key:       r.Key,
+		Name:      r.Name,
+		Hostname:  r.Hostname,
+		Addresses: r.Addresses,
+		Routes:    r.Routes,
+		Endpoints: r.Endpoints,
+		Tags:      r.Tags,
+		CreatedAt: r.CreatedAt,
+		LastSeen:  r.LastSeen,
+		TokenID:   r.TokenID,
+	}, nil
+}
+
+func (t boltTx) Token(id string) (Token, error) {
+	data := t.tx.Bucket(bucketTokens).Get([]byte(id))
+	if data == nil {
+		return Token{}, fmt.Errorf("token %s: %w", id, ErrNotFound)
+	}
+	return decodeToken(data)
+}
+
+func (t boltTx) Tokens() ([]Token, error) {
+	var out []Token
+	err := t.tx.Bucket(bucketTokens).ForEach(func(_, v []byte) error {
+		tok, err := decodeToken(v)
+		if err != nil {
+			return err
+		}
+		out = append(out, tok)
+		return nil
+	})
+	return out, err
+}
+
+func (t boltTx) PutToken(tok Token) error {
+	if tok.ID == "" {
+		return errors.New("put token: empty ID")
+	}
+	data, err := json.Marshal(tokenRecord{
+		V:          schemaVersion,
+		ID:         tok.ID,
+		SecretHash: hex.EncodeToString(tok.SecretHash[:]),
+		CreatedAt:  tok.CreatedAt,
+		ExpiresAt:  tok.ExpiresAt,
+		Reusable:   tok.Reusable,
+		MaxUses:    tok.MaxUses,
+		Uses:       tok.Uses,
+		Revoked:    tok.Revoked,
+		Tags:       tok.Tags,
+	})
+	if err != nil {
+		return fmt.Errorf("put token %s: %w", tok.ID, err)
+	}
+	if err := t.tx.Bucket(bucketTokens).Put([]byte(tok.ID), data); err != nil {
+		return fmt.Errorf("put token %s: %w", tok.ID, err)
+	}
+	return nil
+}
+
+func (t boltTx) DeleteToken(id string) error {
+	b := t.tx.Bucket(bucketTokens)
+	if b.Get([]byte(id)) == nil {
+		return fmt.Errorf("delete token %s: %w", id, ErrNotFound)
+	}
+	if err := b.Delete([]byte(id)); err != nil {
+		return fmt.Errorf("delete token %s: %w", id, err)
+	}
+	return nil
+}
+
+func (t boltTx) Node(key NodeKey) (Node, error) {
+	data := t.tx.Bucket(bucketNodes).Get(key[:])
+	if data == nil {
+		return Node{}, fmt.Errorf("node %s: %w", key, ErrNotFound)
+	}
+	return decodeNode(data)
+}
+
+func (t boltTx) NodeByName(name string) (Node, error) {
+	k := t.tx.Bucket(bucketNames).Get([]byte(name))
+	if k == nil {
+		return Node{}, fmt.Errorf("node %q: %w", name, ErrNotFound)
+	}
+	key, err := indexKey(name, k)
+	if err != nil {
+		return Node{}, err
+	}
+	return t.Node(key)
+}
+
+// Nodes walks the name index, so nodes come back ordered by name.
+func (t boltTx) Nodes() ([]Node, error) {
+	var out []Node
+	err := t.tx.Bucket(bucketNames).ForEach(func(name, k []byte) error {
+		key, err := indexKey(string(name), k)
+		if err != nil {
+			return err
+		}
+		n, err := t.Node(key)
+		if err != nil {
+			return fmt.Errorf("name index for %q: %w", name, err)
+		}
+		out = append(out, n)
+		return nil
+	})
+	return out, err
+}
+
+func (t boltTx) PutNode(n Node) error {
+	if n.Name == "" {
+		return fmt.Errorf("put node %s: empty name", n.Key)
+	}
+	names := t.tx.Bucket(bucketNames)
+	nodes := t.tx.Bucket(bucketNodes)
+	if owner := names.Get([]byte(n.Name)); owner != nil && string(owner) != string(n.Key[:]) {
+		return fmt.Errorf("put node %s: name %q: %w", n.Key, n.Name, ErrExists)
+	}
+	// A rename frees the old name.
+	if old := nodes.Get(n.Key[:]); old != nil {
+		prev, err := decodeNode(old)
+		if err != nil {
+			return fmt.Errorf("put node %s: %w", n.Key, err)
+		}
+		if prev.Name != n.Name {
+			if err := names.Delete([]byte(prev.Name)); err != nil {
+				return fmt.Errorf("put node %s: %w", n.Key, err)
+			}
+		}
+	}
+	data, err := json.Marshal(nodeRecord{
+		V:         schemaVersion,
+		Key:       n.Key,
+		Name:      n.Name,
+		Hostname:  n.Hostname,
+		Addresses: n.Addresses,
+		Routes:    n.Routes,
+		Endpoints: n.Endpoints,
+		Tags:      n.Tags,
+		CreatedAt: n.CreatedAt,
+		LastSeen:  n.LastSeen,
+		TokenID:   n.TokenID,
+	})
+	if err != nil {
+		return fmt.Errorf("put node %s: %w", n.Key, err)
+	}
+	if err := nodes.Put(n.Key[:], data); err != nil {
+		return fmt.Errorf("put node %s: %w", n.Key, err)
+	}
+	if err := names.Put([]byte(n.Name), n.Key[:]); err != nil {
+		return fmt.Errorf("put node %s: %w", n.Key, err)
+	}
+	return nil
+}
+
+func (t boltTx) DeleteNode(key NodeKey) error {
+	nodes := t.tx.Bucket(bucketNodes)
+	data := nodes.Get(key[:])
+	if data == nil {
+		return fmt.Errorf("delete node %s: %w", key, ErrNotFound)
+	}
+	n, err := decodeNode(data)
+	if err != nil {
+		return fmt.Errorf("delete node %s: %w", key, err)
+	}
+	if err := t.tx.Bucket(bucketNames).Delete([]byte(n.Name)); err != nil {
+		return fmt.Errorf("delete node %s: %w", key, err)
+	}
+	if err := nodes.Delete(key[:]); err != nil {
+		return fmt.Errorf("delete node %s: %w", key, err)
+	}
+	return nil
+}
+
+// indexKey converts a name-index value to a NodeKey.
+func indexKey(name string, v []byte) (NodeKey, error) {
+	var k NodeKey
+	if len(v) != len(k) {
+		return k, fmt.Errorf("name index for %q: corrupt key of %d bytes", name, len(v))
+	}
+	copy(k[:], v)
+	return k, nil
+}

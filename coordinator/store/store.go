@@ -1,0 +1,75 @@
+// Package store holds the coordinator's durable state: join tokens and the
+// node registry. The coordinator talks to it only through Store, so the
+// embedded bbolt backend (this package) and a later Kubernetes backend are
+// interchangeable.
+package store
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"time"
+)
+
+// Sentinel errors callers test with errors.Is.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrExists   = errors.New("already exists")
+)
+
+// NodeKey is a node's WireGuard (Curve25519) public key.
+type NodeKey [32]byte
+
+// Token is a stored join token. The secret itself is never stored: only
+// its SHA-256.
+type Token struct {
+	ID         string    // public identifier, also the storage key
+	SecretHash [32]byte  // sha256 of the secret part
+	CreatedAt  time.Time //
+	ExpiresAt  time.Time // zero: never expires
+	Reusable   bool      // true: any number of uses until expiry
+	MaxUses    int       // >0: the token is used up after this many joins (ignored when Reusable)
+	Uses       int       // joins done with this token
+	Revoked    bool      //
+	Tags       []string  // copied onto nodes that join with it
+}
+
+// Node is a registered node.
+type Node struct {
+	Key       NodeKey
+	Name      string         // unique within the registry
+	Hostname  string         // as the node reported it
+	Addresses []netip.Addr   // overlay addresses: one per configured family
+	Routes    []netip.Prefix // advertised routes (pod CIDRs, site subnets)
+	Endpoints []netip.AddrPort
+	Tags      []string
+	CreatedAt time.Time
+	LastSeen  time.Time
+	TokenID   string // token it joined with
+}
+
+// Tx is one transaction. Methods must not be called after the function
+// passed to View or Update returns.
+type Tx interface {
+	Token(id string) (Token, error) // ErrNotFound
+	Tokens() ([]Token, error)       // ordered by ID
+	PutToken(t Token) error         // create or replace
+	DeleteToken(id string) error    // ErrNotFound
+
+	Node(key NodeKey) (Node, error)       // ErrNotFound
+	NodeByName(name string) (Node, error) // ErrNotFound
+	Nodes() ([]Node, error)               // ordered by Name
+	PutNode(n Node) error                 // create or replace; ErrExists if another key holds n.Name
+	DeleteNode(key NodeKey) error         // ErrNotFound
+}
+
+// Store is the coordinator's durable state. Implementations are safe for
+// concurrent use. Update runs fn in a read-write transaction and commits
+// only if fn returns nil: an error leaves the store unchanged. A backend
+// with optimistic concurrency may run fn more than once, so fn must not
+// have side effects outside tx.
+type Store interface {
+	View(ctx context.Context, fn func(Tx) error) error
+	Update(ctx context.Context, fn func(Tx) error) error
+	Close() error
+}

@@ -1,0 +1,111 @@
+// Package linkconf sets an interface's addresses, state and routes with
+// netlink, as diffs: it adds what is missing and removes only what it
+// added before (routes carry the edgewire route protocol number), so it
+// never fights other owners of the routing table.
+package linkconf
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// RouteProtocol marks routes edgewire installs ("ew" in rt_protos terms is
+// free; any value above RTPROT_STATIC that no routing daemon uses will do).
+const RouteProtocol = netlink.RouteProtocol(0x65)
+
+// Apply brings name up and makes its addresses exactly addrs and its
+// edgewire routes exactly routes (each a prefix routed out of name).
+func Apply(name string, addrs, routes []netip.Prefix) error {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("find link %s: %w", name, err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("set %s up: %w", name, err)
+	}
+	if err := applyAddrs(link, addrs); err != nil {
+		return err
+	}
+	return applyRoutes(link, routes)
+}
+
+func applyAddrs(link netlink.Link, want []netip.Prefix) error {
+	have, err := netlink.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return fmt.Errorf("list addresses: %w", err)
+	}
+	wantSet := map[netip.Prefix]bool{}
+	for _, p := range want {
+		wantSet[p] = true
+	}
+	for _, a := range have {
+		p, ok := toPrefix(a.IPNet)
+		if !ok || p.Addr().IsLinkLocalUnicast() {
+			continue
+		}
+		if wantSet[p] {
+			delete(wantSet, p)
+			continue
+		}
+		if err := netlink.AddrDel(link, &a); err != nil {
+			return fmt.Errorf("remove address %s: %w", p, err)
+		}
+	}
+	for p := range wantSet {
+		addr := &netlink.Addr{IPNet: toIPNet(p)}
+		if err := netlink.AddrAdd(link, addr); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("add address %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
+func applyRoutes(link netlink.Link, want []netip.Prefix) error {
+	wantSet := map[netip.Prefix]bool{}
+	for _, p := range want {
+		wantSet[p.Masked()] = true
+	}
+	filter := &netlink.Route{LinkIndex: link.Attrs().Index, Protocol: RouteProtocol}
+	have, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, filter, netlink.RT_FILTER_OIF|netlink.RT_FILTER_PROTOCOL)
+	if err != nil {
+		return fmt.Errorf("list routes: %w", err)
+	}
+	for _, r := range have {
+		p, ok := toPrefix(r.Dst)
+		if ok && wantSet[p] {
+			delete(wantSet, p)
+			continue
+		}
+		if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("remove route %v: %w", r.Dst, err)
+		}
+	}
+	for p := range wantSet {
+		r := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: toIPNet(p), Protocol: RouteProtocol, Scope: netlink.SCOPE_LINK}
+		if err := netlink.RouteReplace(r); err != nil {
+			return fmt.Errorf("add route %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
+func toPrefix(n *net.IPNet) (netip.Prefix, bool) {
+	if n == nil {
+		return netip.Prefix{}, false
+	}
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), ones), true
+}
+
+func toIPNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}

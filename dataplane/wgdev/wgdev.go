@@ -1,0 +1,279 @@
+// Package wgdev runs a wireguard-go device over a TUN interface, with its
+// UAPI socket in /var/run/wireguard so stock `wg show` works, and applies
+// peer sets to it as diffs. The agent is the only authority on endpoints:
+// wireguard-go's own roaming is turned off.
+package wgdev
+
+import (
+	"bufio"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/ipc"
+	"golang.zx2c4.com/wireguard/tun"
+)
+
+// Key is a Curve25519 key as WireGuard uses it.
+type Key = [32]byte
+
+// Config configures a Device.
+type Config struct {
+	Name       string // interface name, at most 15 bytes
+	MTU        int
+	ListenPort int // 0: pick one
+	PrivateKey Key
+	Bind       conn.Bind // nil: wireguard-go's default (batching, GSO/GRO)
+	Logger     *slog.Logger
+}
+
+// PeerConfig is the desired state of one peer.
+type PeerConfig struct {
+	PublicKey  Key
+	AllowedIPs []netip.Prefix
+	Endpoint   netip.AddrPort // invalid: no endpoint (peer unreachable until one is set)
+	Keepalive  time.Duration  // persistent keepalive; 0 off
+}
+
+func (p PeerConfig) equal(q PeerConfig) bool {
+	return p.PublicKey == q.PublicKey && p.Endpoint == q.Endpoint && p.Keepalive == q.Keepalive &&
+		slices.Equal(p.AllowedIPs, q.AllowedIPs)
+}
+
+// PeerStats is what WireGuard reports about a peer.
+type PeerStats struct {
+	PublicKey     Key
+	Endpoint      netip.AddrPort
+	LastHandshake time.Time // zero: never
+	RxBytes       uint64
+	TxBytes       uint64
+}
+
+// Device is a running WireGuard interface. Its methods are safe for
+// concurrent use.
+type Device struct {
+	name string
+	dev  *device.Device
+	uapi net.Listener
+	log  *slog.Logger
+	wg   sync.WaitGroup // UAPI accept loop
+
+	mu      sync.Mutex // guards applied
+	applied map[Key]PeerConfig
+}
+
+// UAPIPath returns where the UAPI socket of interface name lives.
+func UAPIPath(name string) string { return filepath.Join("/var/run/wireguard", name+".sock") }
+
+// New creates the TUN interface and the WireGuard device and brings it up.
+func New(cfg Config) (*Device, error) {
+	if cfg.Name == "" || len(cfg.Name) > 15 {
+		return nil, fmt.Errorf("interface name %q: want 1 to 15 bytes", cfg.Name)
+	}
+	if cfg.MTU < 1280 || cfg.MTU > 9000 {
+		return nil, fmt.Errorf("MTU %d: want 1280 to 9000", cfg.MTU)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Bind == nil {
+		cfg.Bind = conn.NewDefaultBind()
+	}
+	if _, err := os.Stat(UAPIPath(cfg.Name)); err == nil {
+		if c, err := net.Dial("unix", UAPIPath(cfg.Name)); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("interface %s is already run by another WireGuard process (%s answers)", cfg.Name, UAPIPath(cfg.Name))
+		}
+	}
+	tdev, err := tun.CreateTUN(cfg.Name, cfg.MTU)
+	if err != nil {
+		return nil, fmt.Errorf("create TUN %s: %w", cfg.Name, err)
+	}
+	log := cfg.Logger.With("iface", cfg.Name)
+	wlog := &device.Logger{
+		Verbosef: func(f string, a ...any) { log.Debug(fmt.Sprintf(f, a...), "src", "wireguard") },
+		Errorf:   func(f string, a ...any) { log.Warn(fmt.Sprintf(f, a...), "src", "wireguard") },
+	}
+	dev := device.NewDevice(tdev, cfg.Bind, wlog)
+	dev.DisableSomeRoamingForBrokenMobileSemantics()
+	d := &Device{name: cfg.Name, dev: dev, log: log, applied: make(map[Key]PeerConfig)}
+	conf := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hex.EncodeToString(cfg.PrivateKey[:]), cfg.ListenPort)
+	if err := dev.IpcSet(conf); err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("configure device: %w", err)
+	}
+	if err := dev.Up(); err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("bring device up: %w", err)
+	}
+	f, err := ipc.UAPIOpen(cfg.Name)
+	if err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("open UAPI socket: %w", err)
+	}
+	d.uapi, err = ipc.UAPIListen(cfg.Name, f)
+	if err != nil {
+		f.Close()
+		dev.Close()
+		return nil, fmt.Errorf("listen on UAPI socket: %w", err)
+	}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		for {
+			c, err := d.uapi.Accept()
+			if err != nil {
+				return
+			}
+			go dev.IpcHandle(c)
+		}
+	}()
+	return d, nil
+}
+
+// Name returns the interface name.
+func (d *Device) Name() string { return d.name }
+
+// Device returns the underlying wireguard-go device.
+func (d *Device) Device() *device.Device { return d.dev }
+
+// ListenPort returns the UDP port WireGuard listens on.
+func (d *Device) ListenPort() (int, error) {
+	s, err := d.dev.IpcGet()
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(s) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "listen_port="); ok {
+			return strconv.Atoi(v)
+		}
+	}
+	return 0, errors.New("listen_port missing from device state")
+}
+
+// SetPeers makes the device's peers exactly peers, in one UAPI transaction
+// holding only the differences.
+func (d *Device) SetPeers(peers []PeerConfig) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	want := make(map[Key]PeerConfig, len(peers))
+	for _, p := range peers {
+		want[p.PublicKey] = p
+	}
+	var b strings.Builder
+	for k := range d.applied {
+		if _, ok := want[k]; !ok {
+			fmt.Fprintf(&b, "public_key=%s\nremove=true\n", hex.EncodeToString(k[:]))
+		}
+	}
+	for k, p := range want {
+		if old, ok := d.applied[k]; ok && old.equal(p) {
+			continue
+		}
+		fmt.Fprintf(&b, "public_key=%s\nreplace_allowed_ips=true\n", hex.EncodeToString(k[:]))
+		for _, a := range p.AllowedIPs {
+			fmt.Fprintf(&b, "allowed_ip=%s\n", a)
+		}
+		if p.Endpoint.IsValid() {
+			fmt.Fprintf(&b, "endpoint=%s\n", p.Endpoint)
+		}
+		fmt.Fprintf(&b, "persistent_keepalive_interval=%d\n", int(p.Keepalive/time.Second))
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	if err := d.dev.IpcSet(b.String()); err != nil {
+		// The device may hold part of the change; forget what we think
+		// is applied so the next call rewrites every peer.
+		d.applied = map[Key]PeerConfig{}
+		return fmt.Errorf("apply peers: %w", err)
+	}
+	d.applied = want
+	return nil
+}
+
+// Stats returns per-peer statistics.
+func (d *Device) Stats() (map[Key]PeerStats, error) {
+	s, err := d.dev.IpcGet()
+	if err != nil {
+		return nil, err
+	}
+	return ParseStats(s)
+}
+
+// ParseStats parses the peer sections of a UAPI get response.
+func ParseStats(s string) (map[Key]PeerStats, error) {
+	out := map[Key]PeerStats{}
+	var cur *PeerStats
+	var sec, nsec int64
+	flush := func() {
+		if cur == nil {
+			return
+		}
+		if sec != 0 || nsec != 0 {
+			cur.LastHandshake = time.Unix(sec, nsec)
+		}
+		out[cur.PublicKey] = *cur
+	}
+	sc := bufio.NewScanner(strings.NewReader(s))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), "=")
+		if !ok {
+			continue
+		}
+		var err error
+		switch k {
+		case "public_key":
+			flush()
+			cur, sec, nsec = &PeerStats{}, 0, 0
+			var b []byte
+			if b, err = hex.DecodeString(v); err == nil && len(b) != 32 {
+				err = fmt.Errorf("key length %d", len(b))
+			}
+			copy(cur.PublicKey[:], b)
+		case "endpoint":
+			if cur != nil {
+				cur.Endpoint, err = netip.ParseAddrPort(v)
+			}
+		case "last_handshake_time_sec":
+			sec, err = strconv.ParseInt(v, 10, 64)
+		case "last_handshake_time_nsec":
+			nsec, err = strconv.ParseInt(v, 10, 64)
+		case "rx_bytes":
+			if cur != nil {
+				cur.RxBytes, err = strconv.ParseUint(v, 10, 64)
+			}
+		case "tx_bytes":
+			if cur != nil {
+				cur.TxBytes, err = strconv.ParseUint(v, 10, 64)
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("parse %s=%q: %w", k, v, err)
+		}
+	}
+	flush()
+	return out, sc.Err()
+}
+
+// Close stops the device, which removes the interface and its routes, and
+// removes the UAPI socket.
+func (d *Device) Close() error {
+	d.uapi.Close()
+	d.wg.Wait()
+	os.Remove(UAPIPath(d.name))
+	d.dev.Close()
+	return nil
+}

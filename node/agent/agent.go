@@ -1,0 +1,430 @@
+// Package agent assembles edgewire-agent: node identity, enrolment, the
+// WireGuard device, the coordinator stream, per-peer path selection, and
+// the reconcile loop that turns the network map into WireGuard peers and
+// routes. It keeps the data plane up on the last known map while the
+// coordinator is unreachable.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/edgewire/edgewire/coordinator/api"
+	"github.com/edgewire/edgewire/coordinator/token"
+	"github.com/edgewire/edgewire/dataplane/linkconf"
+	"github.com/edgewire/edgewire/dataplane/wgdev"
+	"github.com/edgewire/edgewire/node/control"
+	"github.com/edgewire/edgewire/node/identity"
+	"github.com/edgewire/edgewire/node/localapi"
+	"github.com/edgewire/edgewire/node/mapstate"
+	"github.com/edgewire/edgewire/node/pathsel"
+)
+
+// Defaults, in one place.
+const (
+	DefaultStateDir   = "/var/lib/edgewire/agent"
+	DefaultInterface  = "edgewire0"
+	DefaultMTU        = 1420
+	DefaultListenPort = 51820
+	keepalive         = 25 * time.Second
+	endpointInterval  = 30 * time.Second
+)
+
+// Config configures the agent.
+type Config struct {
+	StateDir   string
+	Interface  string
+	MTU        int
+	ListenPort int
+	Socket     string // local API socket
+
+	// Joining, used only when the state dir holds no enrolment yet.
+	Coordinator string
+	Token       string
+	ServerName  string
+	Name        string
+	Routes      []netip.Prefix // advertised routes
+
+	Logger *slog.Logger
+}
+
+func (c *Config) validate() error {
+	if c.StateDir == "" {
+		return errors.New("--state-dir is required")
+	}
+	if c.Interface == "" || len(c.Interface) > 15 {
+		return fmt.Errorf("--interface %q: want 1 to 15 bytes", c.Interface)
+	}
+	if c.MTU == 0 {
+		c.MTU = DefaultMTU
+	}
+	if c.MTU < 1280 || c.MTU > 9000 {
+		return fmt.Errorf("--mtu %d: want 1280 to 9000", c.MTU)
+	}
+	if c.ListenPort < 0 || c.ListenPort > 65535 {
+		return fmt.Errorf("--listen-port %d: want 0 to 65535", c.ListenPort)
+	}
+	if c.Socket == "" {
+		c.Socket = localapi.DefaultSocket
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// JoinConfig is what `edgewire-agent join` needs.
+type JoinConfig struct {
+	StateDir    string
+	Coordinator string
+	Token       string
+	ServerName  string
+	Name        string
+	Routes      []netip.Prefix
+}
+
+// Join enrols the node with a coordinator and records it in the state dir.
+func Join(ctx context.Context, jc JoinConfig) (identity.Enrolment, *api.JoinResponse, error) {
+	if jc.Coordinator == "" || jc.Token == "" {
+		return identity.Enrolment{}, nil, errors.New("joining needs --coordinator and --token")
+	}
+	if _, _, err := net.SplitHostPort(jc.Coordinator); err != nil {
+		return identity.Enrolment{}, nil, fmt.Errorf("--coordinator %q: want host:port: %w", jc.Coordinator, err)
+	}
+	key, err := identity.LoadOrCreateKey(jc.StateDir)
+	if err != nil {
+		return identity.Enrolment{}, nil, err
+	}
+	host, _ := os.Hostname()
+	e, resp, err := control.Join(ctx, control.JoinRequest{
+		Coordinator: jc.Coordinator, ServerName: jc.ServerName, Token: jc.Token,
+		PrivateKey: key, Name: jc.Name, Hostname: host, Routes: jc.Routes,
+	})
+	if err != nil {
+		return e, nil, err
+	}
+	if err := identity.SaveEnrolment(jc.StateDir, e); err != nil {
+		return e, nil, fmt.Errorf("save enrolment: %w", err)
+	}
+	return e, resp, nil
+}
+
+// Agent is a running agent.
+type Agent struct {
+	cfg Config
+	log *slog.Logger
+	key identity.Key
+	enr identity.Enrolment
+	dev *wgdev.Device
+	sel pathsel.Selector
+	cc  *control.Client
+
+	dirty chan struct{} // the map changed; capacity 1
+
+	mu    sync.Mutex // guards state
+	state *mapstate.State
+}
+
+// Run runs the agent until ctx ends, then removes its interface.
+func Run(ctx context.Context, cfg Config) error {
+	if err := cfg.validate(); err != nil {
+		return err
+	}
+	log := cfg.Logger
+	key, err := identity.LoadOrCreateKey(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	enr, err := identity.LoadEnrolment(cfg.StateDir)
+	if errors.Is(err, identity.ErrNotEnrolled) && cfg.Token != "" {
+		enr, err = joinWithRetry(ctx, cfg, log)
+	}
+	if err != nil {
+		return err
+	}
+	a := &Agent{cfg: cfg, log: log, key: key, enr: enr, sel: pathsel.NewReported(false), dirty: make(chan struct{}, 1)}
+	a.state, err = mapstate.Load(filepath.Join(cfg.StateDir, identity.NetworkMapFile))
+	switch {
+	case err == nil:
+		log.Info("loaded last network map", "version", a.state.Version, "peers", len(a.state.Peers))
+		a.markDirty()
+	case errors.Is(err, os.ErrNotExist):
+		a.state = mapstate.New()
+	default:
+		log.Warn("ignoring unreadable saved network map", "err", err)
+		a.state = mapstate.New()
+	}
+
+	a.dev, err = wgdev.New(wgdev.Config{
+		Name: cfg.Interface, MTU: cfg.MTU, ListenPort: cfg.ListenPort,
+		PrivateKey: wgdev.Key(key), Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		a.dev.Close()
+		log.Info("interface removed", "iface", cfg.Interface)
+	}()
+	port, err := a.dev.ListenPort()
+	if err != nil {
+		return err
+	}
+	log.Info("wireguard up", "iface", cfg.Interface, "public_key", key.Public(), "listen_port", port)
+
+	host, _ := os.Hostname()
+	a.cc, err = control.New(control.Config{
+		Enrolment: enr, PrivateKey: key, Hostname: host, Logger: log, OnMap: a.onMap,
+	})
+	if err != nil {
+		return err
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+	run := func(name string, f func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(ctx); err != nil {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	run("coordinator stream", a.cc.Run)
+	run("reconcile", a.reconcileLoop)
+	run("endpoints", func(ctx context.Context) error { return a.endpointLoop(ctx, port) })
+	run("local API", func(ctx context.Context) error { return localapi.Serve(ctx, cfg.Socket, a, log) })
+
+	select {
+	case <-ctx.Done():
+		err = nil
+	case err = <-errc:
+	}
+	cancel()
+	wg.Wait()
+	return err
+}
+
+func joinWithRetry(ctx context.Context, cfg Config, log *slog.Logger) (identity.Enrolment, error) {
+	backoff := time.Second
+	for attempt := 1; ; attempt++ {
+		e, resp, err := Join(ctx, JoinConfig{
+			StateDir: cfg.StateDir, Coordinator: cfg.Coordinator, Token: cfg.Token,
+			ServerName: cfg.ServerName, Name: cfg.Name, Routes: cfg.Routes,
+		})
+		if err == nil {
+			log.Info("joined", "coordinator", cfg.Coordinator, "name", e.Name, "addresses", resp.GetSelf().GetAddresses())
+			return e, nil
+		}
+		// A refused token or name will not get better by retrying.
+		if errors.Is(err, control.ErrRefused) || errors.Is(err, token.ErrMalformed) {
+			return e, err
+		}
+		log.Warn("join failed; retrying", "attempt", attempt, "err", err)
+		select {
+		case <-ctx.Done():
+			return e, ctx.Err()
+		case <-time.After(backoff/2 + rand.N(backoff/2+1)):
+		}
+		backoff = min(backoff*2, 30*time.Second)
+	}
+}
+
+func (a *Agent) markDirty() {
+	select {
+	case a.dirty <- struct{}{}:
+	default:
+	}
+}
+
+// onMap applies a coordinator map message; an error asks for a full map.
+func (a *Agent) onMap(m *api.NetworkMap) error {
+	a.mu.Lock()
+	err := a.state.Apply(m)
+	var saveErr error
+	if err == nil {
+		saveErr = a.state.Save(filepath.Join(a.cfg.StateDir, identity.NetworkMapFile))
+	}
+	a.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if saveErr != nil {
+		a.log.Warn("persist network map", "err", saveErr)
+	}
+	a.markDirty()
+	return nil
+}
+
+func (a *Agent) reconcileLoop(ctx context.Context) error {
+	retry := time.NewTimer(0)
+	retry.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-a.dirty:
+		case <-a.sel.Changed():
+		case <-retry.C:
+		}
+		if err := a.reconcile(); err != nil {
+			a.log.Warn("reconcile failed; retrying", "err", err)
+			retry.Reset(2 * time.Second)
+		}
+	}
+}
+
+// reconcile makes WireGuard peers and routes match the map and the paths.
+func (a *Agent) reconcile() error {
+	a.mu.Lock()
+	peers := a.state.SortedPeers()
+	self := a.state.Self
+	prefixes := a.state.Prefixes
+	a.mu.Unlock()
+
+	sp := make([]pathsel.Peer, len(peers))
+	for i, p := range peers {
+		sp[i] = pathsel.Peer{Key: p.Key, Endpoints: p.Endpoints}
+	}
+	a.sel.SetPeers(sp)
+
+	var (
+		wgPeers []wgdev.PeerConfig
+		routes  []netip.Prefix
+	)
+	for _, p := range peers {
+		pc := wgdev.PeerConfig{PublicKey: p.Key, Keepalive: keepalive}
+		for _, addr := range p.Addresses {
+			pc.AllowedIPs = append(pc.AllowedIPs, netip.PrefixFrom(addr, addr.BitLen()))
+		}
+		pc.AllowedIPs = append(pc.AllowedIPs, p.Routes...)
+		routes = append(routes, p.Routes...)
+		if path := a.sel.Path(p.Key); path.Kind == pathsel.Direct {
+			pc.Endpoint = path.Endpoint
+		}
+		wgPeers = append(wgPeers, pc)
+	}
+	if err := a.dev.SetPeers(wgPeers); err != nil {
+		return err
+	}
+	var addrs []netip.Prefix
+	for _, addr := range self.Addresses {
+		bits := addr.BitLen()
+		for _, p := range prefixes {
+			if p.Contains(addr) {
+				bits = p.Bits() // the prefix route covers the whole overlay
+			}
+		}
+		addrs = append(addrs, netip.PrefixFrom(addr, bits))
+	}
+	return linkconf.Apply(a.cfg.Interface, addrs, routes)
+}
+
+// endpointLoop reports the node's host addresses with the WireGuard port.
+func (a *Agent) endpointLoop(ctx context.Context, port int) error {
+	t := time.NewTicker(endpointInterval)
+	defer t.Stop()
+	for {
+		eps, err := hostEndpoints(a.cfg.Interface, port)
+		if err != nil {
+			a.log.Warn("list host addresses", "err", err)
+		} else {
+			a.cc.SetEndpoints(eps)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// hostEndpoints lists global unicast addresses of every up interface but
+// the overlay one, with port.
+func hostEndpoints(overlay string, port int) ([]netip.AddrPort, error) {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.AddrPort
+	for _, ifc := range ifs {
+		if ifc.Name == overlay || ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 {
+			continue
+		}
+		addrs, err := ifc.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, ad := range addrs {
+			ipn, ok := ad.(*net.IPNet)
+			if !ok {
+				continue
+			}
+			ip, ok := netip.AddrFromSlice(ipn.IP)
+			if !ok || !ip.Unmap().IsGlobalUnicast() {
+				continue
+			}
+			out = append(out, netip.AddrPortFrom(ip.Unmap(), uint16(port)))
+		}
+	}
+	slices.SortFunc(out, func(a, b netip.AddrPort) int { return a.Compare(b) })
+	return out, nil
+}
+
+// Status implements localapi.Backend.
+func (a *Agent) Status() (localapi.Status, error) {
+	stats, err := a.dev.Stats()
+	if err != nil {
+		return localapi.Status{}, err
+	}
+	port, _ := a.dev.ListenPort()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st := localapi.Status{Self: localapi.SelfStatus{
+		Name: a.state.Self.Name, PublicKey: a.key.Public().String(), Interface: a.cfg.Interface,
+		ListenPort: port, Coordinator: a.enr.Coordinator, Connected: a.cc.Connected(), MapVersion: a.state.Version,
+	}}
+	if st.Self.Name == "" {
+		st.Self.Name = a.enr.Name
+	}
+	for _, ad := range a.state.Self.Addresses {
+		st.Self.Addresses = append(st.Self.Addresses, ad.String())
+	}
+	eps, _ := hostEndpoints(a.cfg.Interface, port)
+	for _, e := range eps {
+		st.Self.Endpoints = append(st.Self.Endpoints, e.String())
+	}
+	st.Peers = []localapi.PeerStatus{}
+	for _, p := range a.state.SortedPeers() {
+		ps := localapi.PeerStatus{Name: p.Name, PublicKey: identity.Key(p.Key).String(), Online: p.Online}
+		for _, ad := range p.Addresses {
+			ps.Addresses = append(ps.Addresses, ad.String())
+		}
+		for _, r := range p.Routes {
+			ps.Routes = append(ps.Routes, r.String())
+		}
+		path := a.sel.Path(p.Key)
+		ps.Path, ps.PathSource = path.Kind.String(), path.Source
+		if s, ok := stats[p.Key]; ok {
+			if s.Endpoint.IsValid() {
+				ps.Endpoint = s.Endpoint.String()
+			}
+			ps.LastHandshake, ps.RxBytes, ps.TxBytes = s.LastHandshake, s.RxBytes, s.TxBytes
+		}
+		st.Peers = append(st.Peers, ps)
+	}
+	return st, nil
+}

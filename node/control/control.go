@@ -1,0 +1,304 @@
+// Package control is the agent's side of the coordinator protocol: joining
+// with a token, and one long-lived authenticated stream that receives the
+// network map and reports the node's endpoints. The stream reconnects with
+// exponential backoff and jitter for as long as the agent runs.
+package control
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/nacl/box"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
+
+	"github.com/edgewire/edgewire/coordinator/api"
+	"github.com/edgewire/edgewire/coordinator/pki"
+	"github.com/edgewire/edgewire/coordinator/token"
+	"github.com/edgewire/edgewire/node/identity"
+)
+
+// ErrRefused marks a join the coordinator refused (bad token, name taken,
+// bad routes): retrying the same request will not help.
+var ErrRefused = errors.New("join refused")
+
+// JoinRequest is what Join needs.
+type JoinRequest struct {
+	Coordinator string // host:port
+	ServerName  string // TLS name; empty: pki.ServerName
+	Token       string
+	PrivateKey  identity.Key
+	Name        string
+	Hostname    string
+	Routes      []netip.Prefix
+}
+
+// Join registers the node and returns its enrolment (with the pinned CA).
+func Join(ctx context.Context, req JoinRequest) (identity.Enrolment, *api.JoinResponse, error) {
+	tok, err := token.Parse(req.Token)
+	if err != nil {
+		return identity.Enrolment{}, nil, err
+	}
+	if req.ServerName == "" {
+		req.ServerName = pki.ServerName
+	}
+	var ca *x509.Certificate
+	conn, err := grpc.NewClient(req.Coordinator, grpc.WithTransportCredentials(credentials.NewTLS(pki.PinnedConfig(tok.CAPin, req.ServerName, &ca))))
+	if err != nil {
+		return identity.Enrolment{}, nil, fmt.Errorf("connect to %s: %w", req.Coordinator, err)
+	}
+	defer conn.Close()
+	pub := req.PrivateKey.Public()
+	jr := &api.JoinRequest{Token: req.Token, PublicKey: pub[:], Name: req.Name, Hostname: req.Hostname}
+	for _, r := range req.Routes {
+		jr.Routes = append(jr.Routes, r.String())
+	}
+	resp, err := api.NewControlClient(conn).Join(ctx, jr)
+	if err != nil {
+		switch status.Code(err) {
+		case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.Internal:
+			return identity.Enrolment{}, nil, fmt.Errorf("join %s: %s", req.Coordinator, describe(err))
+		}
+		return identity.Enrolment{}, nil, fmt.Errorf("%w by %s: %s", ErrRefused, req.Coordinator, describe(err))
+	}
+	if ca == nil {
+		return identity.Enrolment{}, nil, errors.New("join: TLS handshake did not pin a CA")
+	}
+	e := identity.Enrolment{
+		Coordinator: req.Coordinator,
+		ServerName:  req.ServerName,
+		CAPEM:       string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Raw})),
+		Name:        resp.GetSelf().GetName(),
+	}
+	return e, resp, nil
+}
+
+// describe turns a gRPC error into the server's message.
+func describe(err error) string {
+	if s, ok := status.FromError(err); ok {
+		return s.Message()
+	}
+	return err.Error()
+}
+
+// Config configures a Client.
+type Config struct {
+	Enrolment  identity.Enrolment
+	PrivateKey identity.Key
+	Hostname   string
+	Logger     *slog.Logger
+	// OnMap is called, from the client's goroutine, with every map
+	// message. It returns an error to ask for a full map (a version gap).
+	OnMap func(*api.NetworkMap) error
+	// MinBackoff and MaxBackoff bound the reconnect delay.
+	MinBackoff, MaxBackoff time.Duration
+}
+
+// Client keeps the stream to the coordinator.
+type Client struct {
+	cfg  Config
+	log  *slog.Logger
+	tls  *tls.Config
+	kick chan struct{} // endpoints changed; capacity 1
+
+	mu        sync.Mutex // guards endpoints, connected
+	endpoints []netip.AddrPort
+	connected bool
+}
+
+// New validates cfg and returns a client; Run starts it.
+func New(cfg Config) (*Client, error) {
+	if cfg.OnMap == nil {
+		return nil, errors.New("control: OnMap is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = time.Second
+	}
+	if cfg.MaxBackoff < cfg.MinBackoff {
+		cfg.MaxBackoff = 30 * time.Second
+	}
+	tc, err := pki.ClientConfig([]byte(cfg.Enrolment.CAPEM), cfg.Enrolment.ServerName)
+	if err != nil {
+		return nil, fmt.Errorf("control: enrolment CA: %w", err)
+	}
+	return &Client{cfg: cfg, log: cfg.Logger, tls: tc, kick: make(chan struct{}, 1)}, nil
+}
+
+// SetEndpoints sets the endpoints reported to the coordinator.
+func (c *Client) SetEndpoints(eps []netip.AddrPort) {
+	c.mu.Lock()
+	same := slices.Equal(c.endpoints, eps)
+	c.endpoints = slices.Clone(eps)
+	c.mu.Unlock()
+	if !same {
+		select {
+		case c.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Connected reports whether a stream is up and authenticated.
+func (c *Client) Connected() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.connected
+}
+
+func (c *Client) setConnected(v bool) {
+	c.mu.Lock()
+	c.connected = v
+	c.mu.Unlock()
+}
+
+func (c *Client) endpointStrings() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]string, len(c.endpoints))
+	for i, e := range c.endpoints {
+		out[i] = e.String()
+	}
+	return out
+}
+
+// Run keeps a stream up until ctx ends.
+func (c *Client) Run(ctx context.Context) error {
+	conn, err := grpc.NewClient(c.cfg.Enrolment.Coordinator,
+		grpc.WithTransportCredentials(credentials.NewTLS(c.tls)),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 15 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+	)
+	if err != nil {
+		return fmt.Errorf("control: %w", err)
+	}
+	defer conn.Close()
+	cl := api.NewControlClient(conn)
+	backoff := c.cfg.MinBackoff
+	for {
+		start := time.Now()
+		err := c.session(ctx, cl)
+		c.setConnected(false)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if time.Since(start) > 30*time.Second {
+			backoff = c.cfg.MinBackoff // the session was healthy; start over
+		}
+		lvl := slog.LevelWarn
+		if code := status.Code(err); code == codes.NotFound || code == codes.PermissionDenied || code == codes.Unauthenticated {
+			lvl = slog.LevelError
+		}
+		// Full jitter in [backoff/2, backoff): reconnect storms after a
+		// coordinator restart spread out instead of arriving in lockstep.
+		wait := backoff/2 + rand.N(backoff/2+1)
+		c.log.Log(ctx, lvl, "coordinator stream ended; reconnecting", "err", describe(err), "in", wait.Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		backoff = min(backoff*2, c.cfg.MaxBackoff)
+	}
+}
+
+func (c *Client) session(ctx context.Context, cl api.ControlClient) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := cl.Connect(ctx)
+	if err != nil {
+		return err
+	}
+	pub := c.cfg.PrivateKey.Public()
+	hello := &api.Hello{PublicKey: pub[:], ProtocolVersion: api.ProtocolVersion_PROTOCOL_VERSION_1,
+		Endpoints: c.endpointStrings(), Hostname: c.cfg.Hostname}
+	if err := stream.Send(&api.ClientMessage{Msg: &api.ClientMessage_Hello{Hello: hello}}); err != nil {
+		return err
+	}
+	msg, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	ch := msg.GetChallenge()
+	if ch == nil || len(ch.GetEphemeralPublicKey()) != 32 || len(ch.GetNonce()) != 24 {
+		return errors.New("coordinator sent no valid challenge")
+	}
+	priv := [32]byte(c.cfg.PrivateKey)
+	opened, ok := box.Open(nil, ch.GetSealed(), (*[24]byte)(ch.GetNonce()), (*[32]byte)(ch.GetEphemeralPublicKey()), &priv)
+	if !ok {
+		return errors.New("cannot open the coordinator's challenge with the node key")
+	}
+	if err := stream.Send(&api.ClientMessage{Msg: &api.ClientMessage_Proof{Proof: &api.AuthProof{Challenge: opened}}}); err != nil {
+		return err
+	}
+
+	// Sends happen only on this goroutine's helper below; the receive
+	// loop asks it for a full map through resync.
+	resync := make(chan struct{}, 1)
+	sendErr := make(chan error, 1)
+	go func() {
+		sent := c.endpointStrings()
+		for {
+			var msg *api.ClientMessage
+			select {
+			case <-ctx.Done():
+				return
+			case <-resync:
+				msg = &api.ClientMessage{Msg: &api.ClientMessage_MapRequest{MapRequest: &api.MapRequest{}}}
+			case <-c.kick:
+				eps := c.endpointStrings()
+				if slices.Equal(eps, sent) {
+					continue
+				}
+				sent = eps
+				msg = &api.ClientMessage{Msg: &api.ClientMessage_Endpoints{Endpoints: &api.EndpointUpdate{Endpoints: eps}}}
+			}
+			if err := stream.Send(msg); err != nil {
+				sendErr <- err
+				return
+			}
+		}
+	}()
+	first := true
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			select {
+			case e := <-sendErr:
+				return e
+			default:
+			}
+			return err
+		}
+		m := msg.GetMap()
+		if m == nil {
+			continue
+		}
+		if first {
+			c.setConnected(true)
+			c.log.Info("connected to coordinator", "addr", c.cfg.Enrolment.Coordinator, "version", m.GetVersion())
+			first = false
+		}
+		if err := c.cfg.OnMap(m); err != nil {
+			c.log.Warn("network map not applied; asking for a full map", "err", err)
+			select {
+			case resync <- struct{}{}:
+			default:
+			}
+		}
+	}
+}

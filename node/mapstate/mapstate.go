@@ -1,0 +1,207 @@
+// Package mapstate is the agent's copy of the network map: it applies full
+// maps and deltas from the coordinator, detects version gaps, and persists
+// the result so the agent can keep the data plane up across restarts while
+// the coordinator is unreachable.
+package mapstate
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"sort"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/edgewire/edgewire/coordinator/api"
+	"github.com/edgewire/edgewire/internal/atomicfile"
+)
+
+// ErrGap means a delta does not follow the version held: ask for a full map.
+var ErrGap = errors.New("network map version gap")
+
+// Peer is a peer as the agent uses it, parsed and validated.
+type Peer struct {
+	Key       [32]byte
+	Name      string
+	Addresses []netip.Addr
+	Routes    []netip.Prefix
+	Endpoints []netip.AddrPort
+	Online    bool
+	LastSeen  int64 // unix ms
+}
+
+// Self is the local node as the coordinator sees it.
+type Self struct {
+	Key       [32]byte
+	Name      string
+	Addresses []netip.Addr
+	Routes    []netip.Prefix
+}
+
+// State is the agent's network map. It is not safe for concurrent use.
+type State struct {
+	Version  uint64
+	Self     Self
+	Prefixes []netip.Prefix
+	Peers    map[[32]byte]Peer
+}
+
+// New returns an empty state.
+func New() *State { return &State{Peers: map[[32]byte]Peer{}} }
+
+// Apply applies a map message. A full map replaces everything; a delta must
+// start at the held version (ErrGap otherwise). Malformed entries make the
+// whole message fail and leave the state unchanged.
+func (s *State) Apply(m *api.NetworkMap) error {
+	if !m.GetFull() && m.GetBaseVersion() != s.Version {
+		return fmt.Errorf("%w: have %d, delta from %d", ErrGap, s.Version, m.GetBaseVersion())
+	}
+	next := &State{Version: m.GetVersion(), Self: s.Self, Prefixes: s.Prefixes, Peers: s.Peers}
+	if m.GetFull() {
+		next.Peers = make(map[[32]byte]Peer, len(m.GetPeers()))
+		next.Prefixes = nil
+		for _, p := range m.GetOverlayPrefixes() {
+			pfx, err := netip.ParsePrefix(p)
+			if err != nil {
+				return fmt.Errorf("overlay prefix %q: %w", p, err)
+			}
+			next.Prefixes = append(next.Prefixes, pfx)
+		}
+		if m.GetSelf() == nil {
+			return errors.New("full map without self")
+		}
+	} else {
+		next.Peers = make(map[[32]byte]Peer, len(s.Peers))
+		for k, v := range s.Peers {
+			next.Peers[k] = v
+		}
+	}
+	if m.GetSelf() != nil {
+		p, err := parseNode(m.GetSelf())
+		if err != nil {
+			return fmt.Errorf("self: %w", err)
+		}
+		next.Self = Self{Key: p.Key, Name: p.Name, Addresses: p.Addresses, Routes: p.Routes}
+	}
+	for _, n := range m.GetPeers() {
+		p, err := parseNode(n)
+		if err != nil {
+			return fmt.Errorf("peer %q: %w", n.GetName(), err)
+		}
+		if p.Key == next.Self.Key {
+			continue
+		}
+		next.Peers[p.Key] = p
+	}
+	for _, k := range m.GetRemoved() {
+		if len(k) != 32 {
+			return fmt.Errorf("removed key of %d bytes", len(k))
+		}
+		delete(next.Peers, [32]byte(k))
+	}
+	*s = *next
+	return nil
+}
+
+func parseNode(n *api.Node) (Peer, error) {
+	var p Peer
+	if len(n.GetPublicKey()) != 32 {
+		return p, fmt.Errorf("public key of %d bytes", len(n.GetPublicKey()))
+	}
+	p.Key = [32]byte(n.GetPublicKey())
+	p.Name = n.GetName()
+	p.Online = n.GetOnline()
+	p.LastSeen = n.GetLastSeenUnixMs()
+	for _, a := range n.GetAddresses() {
+		addr, err := netip.ParseAddr(a)
+		if err != nil {
+			return p, fmt.Errorf("address %q: %w", a, err)
+		}
+		p.Addresses = append(p.Addresses, addr)
+	}
+	for _, r := range n.GetRoutes() {
+		pfx, err := netip.ParsePrefix(r)
+		if err != nil || pfx != pfx.Masked() {
+			return p, fmt.Errorf("route %q: not a masked prefix", r)
+		}
+		p.Routes = append(p.Routes, pfx)
+	}
+	for _, e := range n.GetEndpoints() {
+		ap, err := netip.ParseAddrPort(e)
+		if err != nil {
+			return p, fmt.Errorf("endpoint %q: %w", e, err)
+		}
+		p.Endpoints = append(p.Endpoints, ap)
+	}
+	return p, nil
+}
+
+// SortedPeers returns the peers ordered by name, then key.
+func (s *State) SortedPeers() []Peer {
+	out := make([]Peer, 0, len(s.Peers))
+	for _, p := range s.Peers {
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Name != out[j].Name {
+			return out[i].Name < out[j].Name
+		}
+		return string(out[i].Key[:]) < string(out[j].Key[:])
+	})
+	return out
+}
+
+// Marshal encodes the state as a full NetworkMap.
+func (s *State) Marshal() ([]byte, error) {
+	m := &api.NetworkMap{Version: s.Version, Full: true, Self: &api.Node{PublicKey: s.Self.Key[:], Name: s.Self.Name}}
+	for _, a := range s.Self.Addresses {
+		m.Self.Addresses = append(m.Self.Addresses, a.String())
+	}
+	for _, r := range s.Self.Routes {
+		m.Self.Routes = append(m.Self.Routes, r.String())
+	}
+	for _, p := range s.Prefixes {
+		m.OverlayPrefixes = append(m.OverlayPrefixes, p.String())
+	}
+	for _, p := range s.SortedPeers() {
+		n := &api.Node{PublicKey: p.Key[:], Name: p.Name, Online: p.Online, LastSeenUnixMs: p.LastSeen}
+		for _, a := range p.Addresses {
+			n.Addresses = append(n.Addresses, a.String())
+		}
+		for _, r := range p.Routes {
+			n.Routes = append(n.Routes, r.String())
+		}
+		for _, e := range p.Endpoints {
+			n.Endpoints = append(n.Endpoints, e.String())
+		}
+		m.Peers = append(m.Peers, n)
+	}
+	return proto.Marshal(m)
+}
+
+// Save writes the state to path atomically.
+func (s *State) Save(path string) error {
+	b, err := s.Marshal()
+	if err != nil {
+		return err
+	}
+	return atomicfile.Write(path, b, 0o600)
+}
+
+// Load reads a state saved by Save. A missing file gives os.ErrNotExist.
+func Load(path string) (*State, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var m api.NetworkMap
+	if err := proto.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("decode %s: %w", path, err)
+	}
+	s := New()
+	if err := s.Apply(&m); err != nil {
+		return nil, fmt.Errorf("load %s: %w", path, err)
+	}
+	return s, nil
+}
