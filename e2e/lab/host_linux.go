@@ -207,7 +207,11 @@ func (h *Host) Start(name string, env []string, argv ...string) (*Process, error
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// No Pdeathsig: it fires when the *thread* that forked the child exits,
+	// and ListenUDP/ListenTCP/DialTCP end their namespace-locked threads,
+	// which killed agents mid-test. Cleanup and the sweep of dead runs'
+	// namespaces kill processes instead.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	p := &Process{name: name, cmd: cmd, logPath: path, done: make(chan struct{})}
 	// Register before starting so teardown cannot miss it.
 	if err := h.lab.track(p, nil); err != nil {
