@@ -116,7 +116,7 @@ func TestFoundation(t *testing.T) {
 		if _, err := coord.CLI("nodes", "delete", "scratch"); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(1100 * time.Millisecond) // let the 1s token expire
+		time.Sleep(1100 * time.Millisecond)                       // let the 1s token expire
 		tampered := used[:len(used)-44] + strings.Repeat("A", 43) // right shape, wrong CA pin
 		for _, tc := range []struct{ name, tok, want string }{
 			{"used up", used, "used up"},
