@@ -1,6 +1,7 @@
 # edgewire build, test and demo entry points. `make test` installs what it
 # needs (Debian packages, pinned Go tools) idempotently.
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 GO ?= go
 BIN := $(CURDIR)/bin
 TOOLS := $(CURDIR)/.cache/tools
@@ -43,7 +44,7 @@ e2e: deps build
 test: deps vet unit e2e
 
 demo: deps build
-	EDGEWIRE_BIN=$(BIN) $(GO) run ./e2e/cmd/demo
+	@EDGEWIRE_BIN=$(BIN) $(GO) test -count=1 -v -run "^TestDemo$$" ./e2e/ | grep -v -e "^=== RUN" -e "^--- PASS" -e "^PASS" -e "^ok "
 
 clean:
 	rm -rf $(BIN)

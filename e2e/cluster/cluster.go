@@ -189,10 +189,15 @@ func (a *Agent) Start() {
 	a.Proc = p
 }
 
+// CLI runs the edgewire CLI against the agent's local API.
+func (a *Agent) CLI(args ...string) (string, error) {
+	return runCLI(append([]string{"--socket", a.Socket}, args...)...)
+}
+
 // Status asks the agent for its status through `edgewire status -o json`.
 func (a *Agent) Status() (localapi.Status, error) {
 	var st localapi.Status
-	out, err := runCLI("--socket", a.Socket, "status", "-o", "json")
+	out, err := a.CLI("status", "-o", "json")
 	if err != nil {
 		return st, err
 	}
