@@ -20,10 +20,12 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/edgewire/edgewire/coordinator/api"
 	"github.com/edgewire/edgewire/coordinator/pki"
 	"github.com/edgewire/edgewire/coordinator/server"
 	"github.com/edgewire/edgewire/coordinator/store"
 	"github.com/edgewire/edgewire/coordinator/token"
+	"github.com/edgewire/edgewire/dataplane/stunserver"
 	"github.com/edgewire/edgewire/internal/atomicfile"
 )
 
@@ -32,6 +34,7 @@ const (
 	DefaultDataDir = "/var/lib/edgewire/coordinator"
 	DefaultListen  = ":8443"
 	DefaultPrefix  = "100.64.0.0/10"
+	DefaultSTUN    = ":3478"
 	AdminTokenFile = "admin.token"
 	AdminSocket    = "admin.sock"
 	StoreFile      = "edgewire.db"
@@ -47,6 +50,7 @@ type Config struct {
 	TLSKey      string         // ...its key...
 	TLSCA       string         // ...and the CA that issued it (pinned by tokens)
 	TLSSANs     []string       // extra DNS names / IPs for the generated cert
+	STUNListen  string         // UDP address of the embedded STUN server; empty: none
 	Logger      *slog.Logger
 }
 
@@ -108,8 +112,20 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	var stunServers []*api.StunServer
+	if cfg.STUNListen != "" {
+		ss, err := stunserver.Listen(cfg.STUNListen, log.With("src", "stun"))
+		if err != nil {
+			return fmt.Errorf("STUN server: %w", err)
+		}
+		defer ss.Close()
+		go ss.Serve()
+		// Agents reach it on the host they dial the coordinator at.
+		stunServers = append(stunServers, &api.StunServer{Port: uint32(ss.Addr().(*net.UDPAddr).Port)})
+		log.Info("STUN server started", "listen", ss.Addr())
+	}
 	srv, err := server.New(ctx, server.Config{
-		Store: st, Prefixes: cfg.Prefixes, CAPin: token.PinCert(id.CA), Logger: log,
+		Store: st, Prefixes: cfg.Prefixes, CAPin: token.PinCert(id.CA), Logger: log, STUN: stunServers,
 	})
 	if err != nil {
 		return err

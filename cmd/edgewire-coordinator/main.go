@@ -55,6 +55,7 @@ func main() {
 	f.StringVar(&cfg.TLSKey, "tls-key", "", "serving certificate key (PEM)")
 	f.StringVar(&cfg.TLSCA, "tls-ca", "", "CA that issued --tls-cert (its key is what join tokens pin)")
 	f.StringSliceVar(&cfg.TLSSANs, "tls-san", nil, "extra DNS names or IPs for the generated serving certificate")
+	f.StringVar(&cfg.STUNListen, "stun-listen", coordinator.DefaultSTUN, "UDP address of the embedded STUN server (empty: off)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")
 	if err := cmd.Execute(); err != nil {

@@ -71,6 +71,61 @@ func (ProtocolVersion) EnumDescriptor() ([]byte, []int) {
 	return file_edgewire_proto_rawDescGZIP(), []int{0}
 }
 
+type SignalPayload_Kind int32
+
+const (
+	SignalPayload_KIND_UNSPECIFIED     SignalPayload_Kind = 0
+	SignalPayload_KIND_OFFER           SignalPayload_Kind = 1 // controlling side starts session: credentials
+	SignalPayload_KIND_ANSWER          SignalPayload_Kind = 2 // controlled side accepts session: credentials
+	SignalPayload_KIND_CANDIDATE       SignalPayload_Kind = 3 // trickled candidates for session
+	SignalPayload_KIND_RESTART_REQUEST SignalPayload_Kind = 4 // controlled side asks for a new session
+)
+
+// Enum value maps for SignalPayload_Kind.
+var (
+	SignalPayload_Kind_name = map[int32]string{
+		0: "KIND_UNSPECIFIED",
+		1: "KIND_OFFER",
+		2: "KIND_ANSWER",
+		3: "KIND_CANDIDATE",
+		4: "KIND_RESTART_REQUEST",
+	}
+	SignalPayload_Kind_value = map[string]int32{
+		"KIND_UNSPECIFIED":     0,
+		"KIND_OFFER":           1,
+		"KIND_ANSWER":          2,
+		"KIND_CANDIDATE":       3,
+		"KIND_RESTART_REQUEST": 4,
+	}
+)
+
+func (x SignalPayload_Kind) Enum() *SignalPayload_Kind {
+	p := new(SignalPayload_Kind)
+	*p = x
+	return p
+}
+
+func (x SignalPayload_Kind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SignalPayload_Kind) Descriptor() protoreflect.EnumDescriptor {
+	return file_edgewire_proto_enumTypes[1].Descriptor()
+}
+
+func (SignalPayload_Kind) Type() protoreflect.EnumType {
+	return &file_edgewire_proto_enumTypes[1]
+}
+
+func (x SignalPayload_Kind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SignalPayload_Kind.Descriptor instead.
+func (SignalPayload_Kind) EnumDescriptor() ([]byte, []int) {
+	return file_edgewire_proto_rawDescGZIP(), []int{5, 0}
+}
+
 type JoinRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
@@ -207,6 +262,7 @@ type ClientMessage struct {
 	//	*ClientMessage_Proof
 	//	*ClientMessage_Endpoints
 	//	*ClientMessage_MapRequest
+	//	*ClientMessage_Signal
 	Msg           isClientMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -285,6 +341,15 @@ func (x *ClientMessage) GetMapRequest() *MapRequest {
 	return nil
 }
 
+func (x *ClientMessage) GetSignal() *Signal {
+	if x != nil {
+		if x, ok := x.Msg.(*ClientMessage_Signal); ok {
+			return x.Signal
+		}
+	}
+	return nil
+}
+
 type isClientMessage_Msg interface {
 	isClientMessage_Msg()
 }
@@ -305,6 +370,10 @@ type ClientMessage_MapRequest struct {
 	MapRequest *MapRequest `protobuf:"bytes,4,opt,name=map_request,json=mapRequest,proto3,oneof"`
 }
 
+type ClientMessage_Signal struct {
+	Signal *Signal `protobuf:"bytes,5,opt,name=signal,proto3,oneof"`
+}
+
 func (*ClientMessage_Hello) isClientMessage_Msg() {}
 
 func (*ClientMessage_Proof) isClientMessage_Msg() {}
@@ -313,12 +382,15 @@ func (*ClientMessage_Endpoints) isClientMessage_Msg() {}
 
 func (*ClientMessage_MapRequest) isClientMessage_Msg() {}
 
+func (*ClientMessage_Signal) isClientMessage_Msg() {}
+
 type ServerMessage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Msg:
 	//
 	//	*ServerMessage_Challenge
 	//	*ServerMessage_Map
+	//	*ServerMessage_Signal
 	Msg           isServerMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -379,6 +451,15 @@ func (x *ServerMessage) GetMap() *NetworkMap {
 	return nil
 }
 
+func (x *ServerMessage) GetSignal() *Signal {
+	if x != nil {
+		if x, ok := x.Msg.(*ServerMessage_Signal); ok {
+			return x.Signal
+		}
+	}
+	return nil
+}
+
 type isServerMessage_Msg interface {
 	isServerMessage_Msg()
 }
@@ -391,9 +472,166 @@ type ServerMessage_Map struct {
 	Map *NetworkMap `protobuf:"bytes,2,opt,name=map,proto3,oneof"`
 }
 
+type ServerMessage_Signal struct {
+	Signal *Signal `protobuf:"bytes,3,opt,name=signal,proto3,oneof"`
+}
+
 func (*ServerMessage_Challenge) isServerMessage_Msg() {}
 
 func (*ServerMessage_Map) isServerMessage_Msg() {}
+
+func (*ServerMessage_Signal) isServerMessage_Msg() {}
+
+// Signal carries an end-to-end sealed signalling message between two
+// nodes. From a client, peer_key is the recipient; the coordinator
+// forwards it with peer_key set to the authenticated sender. sealed is
+// NaCl box (sender private key, recipient public key, nonce) over a
+// marshalled SignalPayload, so the coordinator can neither read nor alter
+// it undetected.
+type Signal struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PeerKey       []byte                 `protobuf:"bytes,1,opt,name=peer_key,json=peerKey,proto3" json:"peer_key,omitempty"` // 32 bytes
+	Nonce         []byte                 `protobuf:"bytes,2,opt,name=nonce,proto3" json:"nonce,omitempty"`                    // 24 bytes
+	Sealed        []byte                 `protobuf:"bytes,3,opt,name=sealed,proto3" json:"sealed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Signal) Reset() {
+	*x = Signal{}
+	mi := &file_edgewire_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Signal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Signal) ProtoMessage() {}
+
+func (x *Signal) ProtoReflect() protoreflect.Message {
+	mi := &file_edgewire_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Signal.ProtoReflect.Descriptor instead.
+func (*Signal) Descriptor() ([]byte, []int) {
+	return file_edgewire_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Signal) GetPeerKey() []byte {
+	if x != nil {
+		return x.PeerKey
+	}
+	return nil
+}
+
+func (x *Signal) GetNonce() []byte {
+	if x != nil {
+		return x.Nonce
+	}
+	return nil
+}
+
+func (x *Signal) GetSealed() []byte {
+	if x != nil {
+		return x.Sealed
+	}
+	return nil
+}
+
+// SignalPayload is the plaintext inside Signal.sealed.
+type SignalPayload struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          SignalPayload_Kind     `protobuf:"varint,1,opt,name=kind,proto3,enum=edgewire.v1.SignalPayload_Kind" json:"kind,omitempty"`
+	Session       uint64                 `protobuf:"varint,2,opt,name=session,proto3" json:"session,omitempty"` // chosen by the controlling side, never 0
+	Ufrag         string                 `protobuf:"bytes,3,opt,name=ufrag,proto3" json:"ufrag,omitempty"`
+	Pwd           string                 `protobuf:"bytes,4,opt,name=pwd,proto3" json:"pwd,omitempty"`
+	Candidates    []string               `protobuf:"bytes,5,rep,name=candidates,proto3" json:"candidates,omitempty"` // ICE candidate attribute strings
+	SentUnixMs    int64                  `protobuf:"varint,6,opt,name=sent_unix_ms,json=sentUnixMs,proto3" json:"sent_unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignalPayload) Reset() {
+	*x = SignalPayload{}
+	mi := &file_edgewire_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignalPayload) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignalPayload) ProtoMessage() {}
+
+func (x *SignalPayload) ProtoReflect() protoreflect.Message {
+	mi := &file_edgewire_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignalPayload.ProtoReflect.Descriptor instead.
+func (*SignalPayload) Descriptor() ([]byte, []int) {
+	return file_edgewire_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *SignalPayload) GetKind() SignalPayload_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return SignalPayload_KIND_UNSPECIFIED
+}
+
+func (x *SignalPayload) GetSession() uint64 {
+	if x != nil {
+		return x.Session
+	}
+	return 0
+}
+
+func (x *SignalPayload) GetUfrag() string {
+	if x != nil {
+		return x.Ufrag
+	}
+	return ""
+}
+
+func (x *SignalPayload) GetPwd() string {
+	if x != nil {
+		return x.Pwd
+	}
+	return ""
+}
+
+func (x *SignalPayload) GetCandidates() []string {
+	if x != nil {
+		return x.Candidates
+	}
+	return nil
+}
+
+func (x *SignalPayload) GetSentUnixMs() int64 {
+	if x != nil {
+		return x.SentUnixMs
+	}
+	return 0
+}
 
 type Hello struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
@@ -407,7 +645,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_edgewire_proto_msgTypes[4]
+	mi := &file_edgewire_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -419,7 +657,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[4]
+	mi := &file_edgewire_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -432,7 +670,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{4}
+	return file_edgewire_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Hello) GetPublicKey() []byte {
@@ -477,7 +715,7 @@ type Challenge struct {
 
 func (x *Challenge) Reset() {
 	*x = Challenge{}
-	mi := &file_edgewire_proto_msgTypes[5]
+	mi := &file_edgewire_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -489,7 +727,7 @@ func (x *Challenge) String() string {
 func (*Challenge) ProtoMessage() {}
 
 func (x *Challenge) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[5]
+	mi := &file_edgewire_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -502,7 +740,7 @@ func (x *Challenge) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Challenge.ProtoReflect.Descriptor instead.
 func (*Challenge) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{5}
+	return file_edgewire_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Challenge) GetEphemeralPublicKey() []byte {
@@ -535,7 +773,7 @@ type AuthProof struct {
 
 func (x *AuthProof) Reset() {
 	*x = AuthProof{}
-	mi := &file_edgewire_proto_msgTypes[6]
+	mi := &file_edgewire_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -547,7 +785,7 @@ func (x *AuthProof) String() string {
 func (*AuthProof) ProtoMessage() {}
 
 func (x *AuthProof) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[6]
+	mi := &file_edgewire_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -560,7 +798,7 @@ func (x *AuthProof) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthProof.ProtoReflect.Descriptor instead.
 func (*AuthProof) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{6}
+	return file_edgewire_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AuthProof) GetChallenge() []byte {
@@ -579,7 +817,7 @@ type EndpointUpdate struct {
 
 func (x *EndpointUpdate) Reset() {
 	*x = EndpointUpdate{}
-	mi := &file_edgewire_proto_msgTypes[7]
+	mi := &file_edgewire_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -591,7 +829,7 @@ func (x *EndpointUpdate) String() string {
 func (*EndpointUpdate) ProtoMessage() {}
 
 func (x *EndpointUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[7]
+	mi := &file_edgewire_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -604,7 +842,7 @@ func (x *EndpointUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointUpdate.ProtoReflect.Descriptor instead.
 func (*EndpointUpdate) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{7}
+	return file_edgewire_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *EndpointUpdate) GetEndpoints() []string {
@@ -623,7 +861,7 @@ type MapRequest struct {
 
 func (x *MapRequest) Reset() {
 	*x = MapRequest{}
-	mi := &file_edgewire_proto_msgTypes[8]
+	mi := &file_edgewire_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -635,7 +873,7 @@ func (x *MapRequest) String() string {
 func (*MapRequest) ProtoMessage() {}
 
 func (x *MapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[8]
+	mi := &file_edgewire_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -648,7 +886,7 @@ func (x *MapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MapRequest.ProtoReflect.Descriptor instead.
 func (*MapRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{8}
+	return file_edgewire_proto_rawDescGZIP(), []int{10}
 }
 
 // NetworkMap is either a full map (full = true: peers lists every peer and
@@ -664,13 +902,14 @@ type NetworkMap struct {
 	Peers           []*Node                `protobuf:"bytes,5,rep,name=peers,proto3" json:"peers,omitempty"`
 	Removed         [][]byte               `protobuf:"bytes,6,rep,name=removed,proto3" json:"removed,omitempty"`                                        // public keys
 	OverlayPrefixes []string               `protobuf:"bytes,7,rep,name=overlay_prefixes,json=overlayPrefixes,proto3" json:"overlay_prefixes,omitempty"` // set in full maps
+	StunServers     []*StunServer          `protobuf:"bytes,8,rep,name=stun_servers,json=stunServers,proto3" json:"stun_servers,omitempty"`             // set in full maps
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
 
 func (x *NetworkMap) Reset() {
 	*x = NetworkMap{}
-	mi := &file_edgewire_proto_msgTypes[9]
+	mi := &file_edgewire_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -682,7 +921,7 @@ func (x *NetworkMap) String() string {
 func (*NetworkMap) ProtoMessage() {}
 
 func (x *NetworkMap) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[9]
+	mi := &file_edgewire_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -695,7 +934,7 @@ func (x *NetworkMap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkMap.ProtoReflect.Descriptor instead.
 func (*NetworkMap) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{9}
+	return file_edgewire_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *NetworkMap) GetVersion() uint64 {
@@ -747,6 +986,67 @@ func (x *NetworkMap) GetOverlayPrefixes() []string {
 	return nil
 }
 
+func (x *NetworkMap) GetStunServers() []*StunServer {
+	if x != nil {
+		return x.StunServers
+	}
+	return nil
+}
+
+// StunServer is a STUN server agents use for server-reflexive candidates.
+// An empty host means "the host the agent dialled the coordinator at".
+type StunServer struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Host          string                 `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	Port          uint32                 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StunServer) Reset() {
+	*x = StunServer{}
+	mi := &file_edgewire_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StunServer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StunServer) ProtoMessage() {}
+
+func (x *StunServer) ProtoReflect() protoreflect.Message {
+	mi := &file_edgewire_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StunServer.ProtoReflect.Descriptor instead.
+func (*StunServer) Descriptor() ([]byte, []int) {
+	return file_edgewire_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *StunServer) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *StunServer) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
 type Node struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	PublicKey      []byte                 `protobuf:"bytes,1,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
@@ -764,7 +1064,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_edgewire_proto_msgTypes[10]
+	mi := &file_edgewire_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -776,7 +1076,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[10]
+	mi := &file_edgewire_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -789,7 +1089,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{10}
+	return file_edgewire_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Node) GetPublicKey() []byte {
@@ -867,7 +1167,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_edgewire_proto_msgTypes[11]
+	mi := &file_edgewire_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -879,7 +1179,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[11]
+	mi := &file_edgewire_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -892,7 +1192,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{11}
+	return file_edgewire_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CreateTokenRequest) GetTtlSeconds() int64 {
@@ -933,7 +1233,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_edgewire_proto_msgTypes[12]
+	mi := &file_edgewire_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -945,7 +1245,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[12]
+	mi := &file_edgewire_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -958,7 +1258,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{12}
+	return file_edgewire_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CreateTokenResponse) GetToken() string {
@@ -991,7 +1291,7 @@ type TokenInfo struct {
 
 func (x *TokenInfo) Reset() {
 	*x = TokenInfo{}
-	mi := &file_edgewire_proto_msgTypes[13]
+	mi := &file_edgewire_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1003,7 +1303,7 @@ func (x *TokenInfo) String() string {
 func (*TokenInfo) ProtoMessage() {}
 
 func (x *TokenInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[13]
+	mi := &file_edgewire_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1016,7 +1316,7 @@ func (x *TokenInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenInfo.ProtoReflect.Descriptor instead.
 func (*TokenInfo) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{13}
+	return file_edgewire_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *TokenInfo) GetId() string {
@@ -1083,7 +1383,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_edgewire_proto_msgTypes[14]
+	mi := &file_edgewire_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1095,7 +1395,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[14]
+	mi := &file_edgewire_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1108,7 +1408,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{14}
+	return file_edgewire_proto_rawDescGZIP(), []int{17}
 }
 
 type ListTokensResponse struct {
@@ -1120,7 +1420,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_edgewire_proto_msgTypes[15]
+	mi := &file_edgewire_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1132,7 +1432,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[15]
+	mi := &file_edgewire_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1145,7 +1445,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{15}
+	return file_edgewire_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListTokensResponse) GetTokens() []*TokenInfo {
@@ -1164,7 +1464,7 @@ type RevokeTokenRequest struct {
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_edgewire_proto_msgTypes[16]
+	mi := &file_edgewire_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1176,7 +1476,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[16]
+	mi := &file_edgewire_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1189,7 +1489,7 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{16}
+	return file_edgewire_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RevokeTokenRequest) GetId() string {
@@ -1207,7 +1507,7 @@ type RevokeTokenResponse struct {
 
 func (x *RevokeTokenResponse) Reset() {
 	*x = RevokeTokenResponse{}
-	mi := &file_edgewire_proto_msgTypes[17]
+	mi := &file_edgewire_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1219,7 +1519,7 @@ func (x *RevokeTokenResponse) String() string {
 func (*RevokeTokenResponse) ProtoMessage() {}
 
 func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[17]
+	mi := &file_edgewire_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1232,7 +1532,7 @@ func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{17}
+	return file_edgewire_proto_rawDescGZIP(), []int{20}
 }
 
 type ListNodesRequest struct {
@@ -1243,7 +1543,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_edgewire_proto_msgTypes[18]
+	mi := &file_edgewire_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1255,7 +1555,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[18]
+	mi := &file_edgewire_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1268,7 +1568,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{18}
+	return file_edgewire_proto_rawDescGZIP(), []int{21}
 }
 
 type ListNodesResponse struct {
@@ -1280,7 +1580,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_edgewire_proto_msgTypes[19]
+	mi := &file_edgewire_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1292,7 +1592,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[19]
+	mi := &file_edgewire_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1305,7 +1605,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{19}
+	return file_edgewire_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1324,7 +1624,7 @@ type DeleteNodeRequest struct {
 
 func (x *DeleteNodeRequest) Reset() {
 	*x = DeleteNodeRequest{}
-	mi := &file_edgewire_proto_msgTypes[20]
+	mi := &file_edgewire_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1336,7 +1636,7 @@ func (x *DeleteNodeRequest) String() string {
 func (*DeleteNodeRequest) ProtoMessage() {}
 
 func (x *DeleteNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[20]
+	mi := &file_edgewire_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1349,7 +1649,7 @@ func (x *DeleteNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteNodeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteNodeRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{20}
+	return file_edgewire_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DeleteNodeRequest) GetName() string {
@@ -1367,7 +1667,7 @@ type DeleteNodeResponse struct {
 
 func (x *DeleteNodeResponse) Reset() {
 	*x = DeleteNodeResponse{}
-	mi := &file_edgewire_proto_msgTypes[21]
+	mi := &file_edgewire_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1379,7 +1679,7 @@ func (x *DeleteNodeResponse) String() string {
 func (*DeleteNodeResponse) ProtoMessage() {}
 
 func (x *DeleteNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[21]
+	mi := &file_edgewire_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1392,7 +1692,7 @@ func (x *DeleteNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteNodeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteNodeResponse) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{21}
+	return file_edgewire_proto_rawDescGZIP(), []int{24}
 }
 
 var File_edgewire_proto protoreflect.FileDescriptor
@@ -1409,18 +1709,41 @@ const file_edgewire_proto_rawDesc = "" +
 	"\x06routes\x18\x05 \x03(\tR\x06routes\"`\n" +
 	"\fJoinResponse\x12%\n" +
 	"\x04self\x18\x01 \x01(\v2\x11.edgewire.v1.NodeR\x04self\x12)\n" +
-	"\x10overlay_prefixes\x18\x02 \x03(\tR\x0foverlayPrefixes\"\xeb\x01\n" +
+	"\x10overlay_prefixes\x18\x02 \x03(\tR\x0foverlayPrefixes\"\x9a\x02\n" +
 	"\rClientMessage\x12*\n" +
 	"\x05hello\x18\x01 \x01(\v2\x12.edgewire.v1.HelloH\x00R\x05hello\x12.\n" +
 	"\x05proof\x18\x02 \x01(\v2\x16.edgewire.v1.AuthProofH\x00R\x05proof\x12;\n" +
 	"\tendpoints\x18\x03 \x01(\v2\x1b.edgewire.v1.EndpointUpdateH\x00R\tendpoints\x12:\n" +
 	"\vmap_request\x18\x04 \x01(\v2\x17.edgewire.v1.MapRequestH\x00R\n" +
-	"mapRequestB\x05\n" +
-	"\x03msg\"{\n" +
+	"mapRequest\x12-\n" +
+	"\x06signal\x18\x05 \x01(\v2\x13.edgewire.v1.SignalH\x00R\x06signalB\x05\n" +
+	"\x03msg\"\xaa\x01\n" +
 	"\rServerMessage\x126\n" +
 	"\tchallenge\x18\x01 \x01(\v2\x16.edgewire.v1.ChallengeH\x00R\tchallenge\x12+\n" +
-	"\x03map\x18\x02 \x01(\v2\x17.edgewire.v1.NetworkMapH\x00R\x03mapB\x05\n" +
-	"\x03msg\"\xa9\x01\n" +
+	"\x03map\x18\x02 \x01(\v2\x17.edgewire.v1.NetworkMapH\x00R\x03map\x12-\n" +
+	"\x06signal\x18\x03 \x01(\v2\x13.edgewire.v1.SignalH\x00R\x06signalB\x05\n" +
+	"\x03msg\"Q\n" +
+	"\x06Signal\x12\x19\n" +
+	"\bpeer_key\x18\x01 \x01(\fR\apeerKey\x12\x14\n" +
+	"\x05nonce\x18\x02 \x01(\fR\x05nonce\x12\x16\n" +
+	"\x06sealed\x18\x03 \x01(\fR\x06sealed\"\xb5\x02\n" +
+	"\rSignalPayload\x123\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x1f.edgewire.v1.SignalPayload.KindR\x04kind\x12\x18\n" +
+	"\asession\x18\x02 \x01(\x04R\asession\x12\x14\n" +
+	"\x05ufrag\x18\x03 \x01(\tR\x05ufrag\x12\x10\n" +
+	"\x03pwd\x18\x04 \x01(\tR\x03pwd\x12\x1e\n" +
+	"\n" +
+	"candidates\x18\x05 \x03(\tR\n" +
+	"candidates\x12 \n" +
+	"\fsent_unix_ms\x18\x06 \x01(\x03R\n" +
+	"sentUnixMs\"k\n" +
+	"\x04Kind\x12\x14\n" +
+	"\x10KIND_UNSPECIFIED\x10\x00\x12\x0e\n" +
+	"\n" +
+	"KIND_OFFER\x10\x01\x12\x0f\n" +
+	"\vKIND_ANSWER\x10\x02\x12\x12\n" +
+	"\x0eKIND_CANDIDATE\x10\x03\x12\x18\n" +
+	"\x14KIND_RESTART_REQUEST\x10\x04\"\xa9\x01\n" +
 	"\x05Hello\x12\x1d\n" +
 	"\n" +
 	"public_key\x18\x01 \x01(\fR\tpublicKey\x12G\n" +
@@ -1436,7 +1759,7 @@ const file_edgewire_proto_rawDesc = "" +
 	"\x0eEndpointUpdate\x12\x1c\n" +
 	"\tendpoints\x18\x01 \x03(\tR\tendpoints\"\f\n" +
 	"\n" +
-	"MapRequest\"\xf2\x01\n" +
+	"MapRequest\"\xae\x02\n" +
 	"\n" +
 	"NetworkMap\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12!\n" +
@@ -1445,7 +1768,12 @@ const file_edgewire_proto_rawDesc = "" +
 	"\x04self\x18\x04 \x01(\v2\x11.edgewire.v1.NodeR\x04self\x12'\n" +
 	"\x05peers\x18\x05 \x03(\v2\x11.edgewire.v1.NodeR\x05peers\x12\x18\n" +
 	"\aremoved\x18\x06 \x03(\fR\aremoved\x12)\n" +
-	"\x10overlay_prefixes\x18\a \x03(\tR\x0foverlayPrefixes\"\x80\x02\n" +
+	"\x10overlay_prefixes\x18\a \x03(\tR\x0foverlayPrefixes\x12:\n" +
+	"\fstun_servers\x18\b \x03(\v2\x17.edgewire.v1.StunServerR\vstunServers\"4\n" +
+	"\n" +
+	"StunServer\x12\x12\n" +
+	"\x04host\x18\x01 \x01(\tR\x04host\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\"\x80\x02\n" +
 	"\x04Node\x12\x1d\n" +
 	"\n" +
 	"public_key\x18\x01 \x01(\fR\tpublicKey\x12\x12\n" +
@@ -1514,66 +1842,74 @@ func file_edgewire_proto_rawDescGZIP() []byte {
 	return file_edgewire_proto_rawDescData
 }
 
-var file_edgewire_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_edgewire_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_edgewire_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_edgewire_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_edgewire_proto_goTypes = []any{
 	(ProtocolVersion)(0),        // 0: edgewire.v1.ProtocolVersion
-	(*JoinRequest)(nil),         // 1: edgewire.v1.JoinRequest
-	(*JoinResponse)(nil),        // 2: edgewire.v1.JoinResponse
-	(*ClientMessage)(nil),       // 3: edgewire.v1.ClientMessage
-	(*ServerMessage)(nil),       // 4: edgewire.v1.ServerMessage
-	(*Hello)(nil),               // 5: edgewire.v1.Hello
-	(*Challenge)(nil),           // 6: edgewire.v1.Challenge
-	(*AuthProof)(nil),           // 7: edgewire.v1.AuthProof
-	(*EndpointUpdate)(nil),      // 8: edgewire.v1.EndpointUpdate
-	(*MapRequest)(nil),          // 9: edgewire.v1.MapRequest
-	(*NetworkMap)(nil),          // 10: edgewire.v1.NetworkMap
-	(*Node)(nil),                // 11: edgewire.v1.Node
-	(*CreateTokenRequest)(nil),  // 12: edgewire.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil), // 13: edgewire.v1.CreateTokenResponse
-	(*TokenInfo)(nil),           // 14: edgewire.v1.TokenInfo
-	(*ListTokensRequest)(nil),   // 15: edgewire.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),  // 16: edgewire.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),  // 17: edgewire.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil), // 18: edgewire.v1.RevokeTokenResponse
-	(*ListNodesRequest)(nil),    // 19: edgewire.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),   // 20: edgewire.v1.ListNodesResponse
-	(*DeleteNodeRequest)(nil),   // 21: edgewire.v1.DeleteNodeRequest
-	(*DeleteNodeResponse)(nil),  // 22: edgewire.v1.DeleteNodeResponse
+	(SignalPayload_Kind)(0),     // 1: edgewire.v1.SignalPayload.Kind
+	(*JoinRequest)(nil),         // 2: edgewire.v1.JoinRequest
+	(*JoinResponse)(nil),        // 3: edgewire.v1.JoinResponse
+	(*ClientMessage)(nil),       // 4: edgewire.v1.ClientMessage
+	(*ServerMessage)(nil),       // 5: edgewire.v1.ServerMessage
+	(*Signal)(nil),              // 6: edgewire.v1.Signal
+	(*SignalPayload)(nil),       // 7: edgewire.v1.SignalPayload
+	(*Hello)(nil),               // 8: edgewire.v1.Hello
+	(*Challenge)(nil),           // 9: edgewire.v1.Challenge
+	(*AuthProof)(nil),           // 10: edgewire.v1.AuthProof
+	(*EndpointUpdate)(nil),      // 11: edgewire.v1.EndpointUpdate
+	(*MapRequest)(nil),          // 12: edgewire.v1.MapRequest
+	(*NetworkMap)(nil),          // 13: edgewire.v1.NetworkMap
+	(*StunServer)(nil),          // 14: edgewire.v1.StunServer
+	(*Node)(nil),                // 15: edgewire.v1.Node
+	(*CreateTokenRequest)(nil),  // 16: edgewire.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil), // 17: edgewire.v1.CreateTokenResponse
+	(*TokenInfo)(nil),           // 18: edgewire.v1.TokenInfo
+	(*ListTokensRequest)(nil),   // 19: edgewire.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),  // 20: edgewire.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),  // 21: edgewire.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil), // 22: edgewire.v1.RevokeTokenResponse
+	(*ListNodesRequest)(nil),    // 23: edgewire.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),   // 24: edgewire.v1.ListNodesResponse
+	(*DeleteNodeRequest)(nil),   // 25: edgewire.v1.DeleteNodeRequest
+	(*DeleteNodeResponse)(nil),  // 26: edgewire.v1.DeleteNodeResponse
 }
 var file_edgewire_proto_depIdxs = []int32{
-	11, // 0: edgewire.v1.JoinResponse.self:type_name -> edgewire.v1.Node
-	5,  // 1: edgewire.v1.ClientMessage.hello:type_name -> edgewire.v1.Hello
-	7,  // 2: edgewire.v1.ClientMessage.proof:type_name -> edgewire.v1.AuthProof
-	8,  // 3: edgewire.v1.ClientMessage.endpoints:type_name -> edgewire.v1.EndpointUpdate
-	9,  // 4: edgewire.v1.ClientMessage.map_request:type_name -> edgewire.v1.MapRequest
-	6,  // 5: edgewire.v1.ServerMessage.challenge:type_name -> edgewire.v1.Challenge
-	10, // 6: edgewire.v1.ServerMessage.map:type_name -> edgewire.v1.NetworkMap
-	0,  // 7: edgewire.v1.Hello.protocol_version:type_name -> edgewire.v1.ProtocolVersion
-	11, // 8: edgewire.v1.NetworkMap.self:type_name -> edgewire.v1.Node
-	11, // 9: edgewire.v1.NetworkMap.peers:type_name -> edgewire.v1.Node
-	14, // 10: edgewire.v1.CreateTokenResponse.info:type_name -> edgewire.v1.TokenInfo
-	14, // 11: edgewire.v1.ListTokensResponse.tokens:type_name -> edgewire.v1.TokenInfo
-	11, // 12: edgewire.v1.ListNodesResponse.nodes:type_name -> edgewire.v1.Node
-	1,  // 13: edgewire.v1.Control.Join:input_type -> edgewire.v1.JoinRequest
-	3,  // 14: edgewire.v1.Control.Connect:input_type -> edgewire.v1.ClientMessage
-	12, // 15: edgewire.v1.Admin.CreateToken:input_type -> edgewire.v1.CreateTokenRequest
-	15, // 16: edgewire.v1.Admin.ListTokens:input_type -> edgewire.v1.ListTokensRequest
-	17, // 17: edgewire.v1.Admin.RevokeToken:input_type -> edgewire.v1.RevokeTokenRequest
-	19, // 18: edgewire.v1.Admin.ListNodes:input_type -> edgewire.v1.ListNodesRequest
-	21, // 19: edgewire.v1.Admin.DeleteNode:input_type -> edgewire.v1.DeleteNodeRequest
-	2,  // 20: edgewire.v1.Control.Join:output_type -> edgewire.v1.JoinResponse
-	4,  // 21: edgewire.v1.Control.Connect:output_type -> edgewire.v1.ServerMessage
-	13, // 22: edgewire.v1.Admin.CreateToken:output_type -> edgewire.v1.CreateTokenResponse
-	16, // 23: edgewire.v1.Admin.ListTokens:output_type -> edgewire.v1.ListTokensResponse
-	18, // 24: edgewire.v1.Admin.RevokeToken:output_type -> edgewire.v1.RevokeTokenResponse
-	20, // 25: edgewire.v1.Admin.ListNodes:output_type -> edgewire.v1.ListNodesResponse
-	22, // 26: edgewire.v1.Admin.DeleteNode:output_type -> edgewire.v1.DeleteNodeResponse
-	20, // [20:27] is the sub-list for method output_type
-	13, // [13:20] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	15, // 0: edgewire.v1.JoinResponse.self:type_name -> edgewire.v1.Node
+	8,  // 1: edgewire.v1.ClientMessage.hello:type_name -> edgewire.v1.Hello
+	10, // 2: edgewire.v1.ClientMessage.proof:type_name -> edgewire.v1.AuthProof
+	11, // 3: edgewire.v1.ClientMessage.endpoints:type_name -> edgewire.v1.EndpointUpdate
+	12, // 4: edgewire.v1.ClientMessage.map_request:type_name -> edgewire.v1.MapRequest
+	6,  // 5: edgewire.v1.ClientMessage.signal:type_name -> edgewire.v1.Signal
+	9,  // 6: edgewire.v1.ServerMessage.challenge:type_name -> edgewire.v1.Challenge
+	13, // 7: edgewire.v1.ServerMessage.map:type_name -> edgewire.v1.NetworkMap
+	6,  // 8: edgewire.v1.ServerMessage.signal:type_name -> edgewire.v1.Signal
+	1,  // 9: edgewire.v1.SignalPayload.kind:type_name -> edgewire.v1.SignalPayload.Kind
+	0,  // 10: edgewire.v1.Hello.protocol_version:type_name -> edgewire.v1.ProtocolVersion
+	15, // 11: edgewire.v1.NetworkMap.self:type_name -> edgewire.v1.Node
+	15, // 12: edgewire.v1.NetworkMap.peers:type_name -> edgewire.v1.Node
+	14, // 13: edgewire.v1.NetworkMap.stun_servers:type_name -> edgewire.v1.StunServer
+	18, // 14: edgewire.v1.CreateTokenResponse.info:type_name -> edgewire.v1.TokenInfo
+	18, // 15: edgewire.v1.ListTokensResponse.tokens:type_name -> edgewire.v1.TokenInfo
+	15, // 16: edgewire.v1.ListNodesResponse.nodes:type_name -> edgewire.v1.Node
+	2,  // 17: edgewire.v1.Control.Join:input_type -> edgewire.v1.JoinRequest
+	4,  // 18: edgewire.v1.Control.Connect:input_type -> edgewire.v1.ClientMessage
+	16, // 19: edgewire.v1.Admin.CreateToken:input_type -> edgewire.v1.CreateTokenRequest
+	19, // 20: edgewire.v1.Admin.ListTokens:input_type -> edgewire.v1.ListTokensRequest
+	21, // 21: edgewire.v1.Admin.RevokeToken:input_type -> edgewire.v1.RevokeTokenRequest
+	23, // 22: edgewire.v1.Admin.ListNodes:input_type -> edgewire.v1.ListNodesRequest
+	25, // 23: edgewire.v1.Admin.DeleteNode:input_type -> edgewire.v1.DeleteNodeRequest
+	3,  // 24: edgewire.v1.Control.Join:output_type -> edgewire.v1.JoinResponse
+	5,  // 25: edgewire.v1.Control.Connect:output_type -> edgewire.v1.ServerMessage
+	17, // 26: edgewire.v1.Admin.CreateToken:output_type -> edgewire.v1.CreateTokenResponse
+	20, // 27: edgewire.v1.Admin.ListTokens:output_type -> edgewire.v1.ListTokensResponse
+	22, // 28: edgewire.v1.Admin.RevokeToken:output_type -> edgewire.v1.RevokeTokenResponse
+	24, // 29: edgewire.v1.Admin.ListNodes:output_type -> edgewire.v1.ListNodesResponse
+	26, // 30: edgewire.v1.Admin.DeleteNode:output_type -> edgewire.v1.DeleteNodeResponse
+	24, // [24:31] is the sub-list for method output_type
+	17, // [17:24] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_edgewire_proto_init() }
@@ -1586,18 +1922,20 @@ func file_edgewire_proto_init() {
 		(*ClientMessage_Proof)(nil),
 		(*ClientMessage_Endpoints)(nil),
 		(*ClientMessage_MapRequest)(nil),
+		(*ClientMessage_Signal)(nil),
 	}
 	file_edgewire_proto_msgTypes[3].OneofWrappers = []any{
 		(*ServerMessage_Challenge)(nil),
 		(*ServerMessage_Map)(nil),
+		(*ServerMessage_Signal)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_edgewire_proto_rawDesc), len(file_edgewire_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   22,
+			NumEnums:      2,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/edgewire/edgewire/coordinator/api"
@@ -45,6 +46,8 @@ type Registry struct {
 	prefixes []string // overlay prefixes, sent in full maps
 	maxLog   int
 
+	stun atomic.Pointer[[]*api.StunServer] // sent in full maps; read-only once set
+
 	mu       sync.Mutex // guards everything below
 	nodes    map[store.NodeKey]*entry
 	version  uint64
@@ -65,6 +68,10 @@ func New(prefixes []netip.Prefix) *Registry {
 	}
 	return r
 }
+
+// SetSTUN sets the STUN servers announced in full maps. The slice and its
+// elements must not be modified afterwards.
+func (r *Registry) SetSTUN(servers []*api.StunServer) { r.stun.Store(&servers) }
 
 // Version returns the current version.
 func (r *Registry) Version() uint64 {
@@ -125,7 +132,7 @@ func (r *Registry) Connected(key store.NodeKey, eps []netip.AddrPort, now time.T
 	return nil
 }
 
-// Disconnected undoes Connected and returns the node's last-seen time.
+// Disconnected undoes Connected.
 func (r *Registry) Disconnected(key store.NodeKey, now time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -298,6 +305,9 @@ func (r *Registry) fullLocked(key store.NodeKey, self *entry) *api.NetworkMap {
 		Self:            self.protoLocked(),
 		Peers:           make([]*api.Node, 0, len(r.nodes)),
 		OverlayPrefixes: r.prefixes,
+	}
+	if p := r.stun.Load(); p != nil {
+		m.StunServers = *p
 	}
 	for k, e := range r.nodes {
 		if k != key {

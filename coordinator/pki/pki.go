@@ -128,7 +128,9 @@ func loadCA(dir string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
 	}
 	keyPEM, err := os.ReadFile(filepath.Join(dir, caKeyFile))
 	if err != nil {
-		return nil, nil, fmt.Errorf("CA certificate present but key missing: %w", err)
+		// %v, not %w: an os.ErrNotExist here would make LoadOrCreate
+		// replace the CA, silently invalidating every pin.
+		return nil, nil, fmt.Errorf("CA certificate present but key missing or unreadable (not creating a new CA: that would invalidate every join token and agent): %v", err)
 	}
 	cert, err := ParseCertPEM(certPEM)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"errors"
+	"math"
 	"strings"
 	"time"
 
@@ -20,7 +21,10 @@ import (
 	"github.com/edgewire/edgewire/coordinator/token"
 )
 
-const maxTokenTags = 16
+const (
+	maxTokenTags       = 16
+	maxTokenTTLSeconds = int64(math.MaxInt64 / time.Second)
+)
 
 // CreateToken creates a join token and returns it; the secret is shown
 // only here.
@@ -32,6 +36,11 @@ func (s *Server) CreateToken(ctx context.Context, req *api.CreateTokenRequest) (
 		if err := ValidName(t); err != nil {
 			return nil, status.Errorf(codes.InvalidArgument, "tag: %v", err)
 		}
+	}
+	// Seconds beyond this overflow time.Duration and would wrap to a
+	// token that never expires or has already expired.
+	if ttl := req.GetTtlSeconds(); ttl > maxTokenTTLSeconds {
+		return nil, status.Errorf(codes.InvalidArgument, "token ttl of %d seconds is too long (at most %d)", ttl, maxTokenTTLSeconds)
 	}
 	tok, err := token.Generate(s.cfg.CAPin, rand.Reader)
 	if err != nil {

@@ -41,6 +41,8 @@ type Config struct {
 	AuthTimeout time.Duration
 	// MaxEndpoints bounds how many endpoints a node may report.
 	MaxEndpoints int
+	// STUN lists the STUN servers advertised to agents.
+	STUN []*api.StunServer
 }
 
 const (
@@ -54,11 +56,12 @@ type Server struct {
 	api.UnimplementedControlServer
 	api.UnimplementedAdminServer
 
-	cfg   Config
-	log   *slog.Logger
-	now   func() time.Time
-	reg   *netmap.Registry
-	pools []*ipam.Allocator
+	cfg     Config
+	log     *slog.Logger
+	now     func() time.Time
+	reg     *netmap.Registry
+	pools   []*ipam.Allocator
+	signals *signalRouter
 
 	// regMu serialises registry-changing operations (join, delete) so an
 	// address allocated for one join cannot be handed to another before
@@ -91,7 +94,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.MaxEndpoints <= 0 {
 		cfg.MaxEndpoints = defaultMaxEndpoints
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, now: cfg.Now}
+	s := &Server{cfg: cfg, log: cfg.Logger, now: cfg.Now, signals: newSignalRouter()}
 	families := map[bool]bool{}
 	for _, p := range cfg.Prefixes {
 		if families[p.Addr().Is4()] {
@@ -128,6 +131,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		}
 	}
 	s.reg = netmap.New(cfg.Prefixes)
+	s.reg.SetSTUN(cfg.STUN)
 	s.reg.Load(nodes)
 	return s, nil
 }
@@ -324,7 +328,9 @@ func (s *Server) Connect(stream api.Control_ConnectServer) error {
 		return status.Error(codes.PermissionDenied, "node is not registered (deleted?); join again with a token")
 	}
 	sub := s.reg.Subscribe(key)
+	inbox := s.signals.attach(key)
 	defer func() {
+		s.signals.detach(key, inbox)
 		sub.Close()
 		now := s.now()
 		s.reg.Disconnected(key, now)
@@ -336,6 +342,7 @@ func (s *Server) Connect(stream api.Control_ConnectServer) error {
 	// resync and errc and ends when the stream does.
 	resync := make(chan struct{}, 1)
 	errc := make(chan error, 1)
+	limiter := newSignalLimiter()
 	go func() {
 		for {
 			msg, err := stream.Recv()
@@ -353,6 +360,19 @@ func (s *Server) Connect(stream api.Control_ConnectServer) error {
 				if err := s.reg.SetEndpoints(key, eps); err != nil {
 					errc <- status.Error(codes.NotFound, "node deleted")
 					return
+				}
+			case *api.ClientMessage_Signal:
+				to, ok := validSignal(m.Signal, key)
+				if !ok {
+					log.Debug("dropping malformed signal")
+					continue
+				}
+				if !limiter.Allow() {
+					log.Debug("dropping signal over rate limit")
+					continue
+				}
+				if !s.signals.forward(key, to, m.Signal.GetNonce(), m.Signal.GetSealed()) {
+					log.Debug("signal recipient not connected or busy", "to", to)
 				}
 			case *api.ClientMessage_MapRequest:
 				select {
@@ -377,6 +397,11 @@ func (s *Server) Connect(stream api.Control_ConnectServer) error {
 		case <-resync:
 			sub.Resync()
 		case <-sub.C():
+		case sig := <-inbox:
+			if err := stream.Send(&api.ServerMessage{Msg: &api.ServerMessage_Signal{Signal: sig}}); err != nil {
+				return err
+			}
+			continue
 		}
 		m, err := sub.Next()
 		if errors.Is(err, netmap.ErrUnknownNode) {

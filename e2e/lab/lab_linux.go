@@ -264,12 +264,8 @@ func (l *Lab) addSite(name string, kind NATKind, parent *Site) *Site {
 	// peer's early probe leaves a conntrack entry that makes MASQUERADE
 	// pick another port and breaks hole punching (DESIGN.md, "The lab").
 	ipt("-A", "INPUT", "-i", "wan", "-m", "conntrack", "--ctstate", "NEW,INVALID", "-j", "DROP")
-	masq := []string{"-t", "nat", "-A", "POSTROUTING", "-o", "wan", "-s", s.lan.String(), "-j", "MASQUERADE"}
-	switch kind {
-	case NATEIM, NATUDPBlocked:
-		ipt(masq...)
-	case NATSymmetric:
-		ipt(append(masq, "--random-fully")...)
+	if kind != NATNone {
+		ipt(append([]string{"-t", "nat", "-A", "POSTROUTING"}, s.masqRule()...)...)
 	}
 	if kind == NATUDPBlocked {
 		ipt("-A", "FORWARD", "-i", "lan", "-o", "wan", "-p", "udp", "-j", "DROP")

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -408,5 +409,168 @@ func TestParseNSName(t *testing.T) {
 		if pid != tc.pid || id != tc.id || ok != tc.wantOK {
 			t.Errorf("parseNSName(%q): got %d %q %v, want %d %q %v", tc.in, pid, id, ok, tc.pid, tc.id, tc.wantOK)
 		}
+	}
+}
+
+func TestParseConntrack(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	for _, tc := range []struct {
+		name    string
+		in      string
+		want    []ctFlow
+		wantErr bool
+	}{
+		{
+			name: "default output with summary",
+			in: "udp      17 29 src=10.1.0.2 dst=203.0.113.2 sport=51820 dport=3478 [UNREPLIED] src=203.0.113.2 dst=203.0.113.5 sport=3478 dport=40001 mark=0 use=1\n" +
+				"conntrack v1.4.7 (conntrack-tools): 1 flow entries have been shown.\n",
+			want: []ctFlow{{ap("10.1.0.2:51820"), ap("203.0.113.2:3478"), ap("203.0.113.2:3478"), ap("203.0.113.5:40001")}},
+		},
+		{
+			name: "extended output, assured",
+			in:   "ipv4     2 udp      17 119 src=10.2.0.2 dst=203.0.113.9 sport=5 dport=6 src=203.0.113.9 dst=203.0.113.3 sport=6 dport=7 [ASSURED] mark=0 zone=0 use=2\n",
+			want: []ctFlow{{ap("10.2.0.2:5"), ap("203.0.113.9:6"), ap("203.0.113.9:6"), ap("203.0.113.3:7")}},
+		},
+		{name: "empty", in: "conntrack v1.4.7 (conntrack-tools): 0 flow entries have been shown.\n"},
+		{name: "one tuple only", in: "udp 17 29 src=10.1.0.2 dst=203.0.113.2 sport=1 dport=2\n", wantErr: true},
+		{name: "bad address", in: "udp 17 29 src=10.1.0.x dst=203.0.113.2 sport=1 dport=2 src=203.0.113.2 dst=203.0.113.5 sport=2 dport=1\n", wantErr: true},
+		{name: "bad port", in: "udp 17 29 src=10.1.0.2 dst=203.0.113.2 sport=70000 dport=2 src=203.0.113.2 dst=203.0.113.5 sport=2 dport=1\n", wantErr: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseConntrack(tc.in)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("error: got %v, want error %v", err, tc.wantErr)
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+				t.Errorf("flows: got %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// sendFrom sends one datagram from c to each destination port on dst and
+// returns the sources dst observed, in order.
+func sendFrom(t *testing.T, c *net.UDPConn, dst *Host, ports ...int) []netip.AddrPort {
+	t.Helper()
+	var seen []netip.AddrPort
+	for _, port := range ports {
+		ln, err := dst.ListenUDP(fmt.Sprintf("%s:%d", dst.IP(), port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		to := netip.AddrPortFrom(dst.IP(), uint16(port))
+		if _, err := c.WriteToUDPAddrPort([]byte("probe"), to); err != nil {
+			t.Fatalf("send to %s: %v", to, err)
+		}
+		ln.SetReadDeadline(time.Now().Add(2 * time.Second))
+		var buf [64]byte
+		_, from, err := ln.ReadFromUDPAddrPort(buf[:])
+		ln.Close()
+		if err != nil {
+			t.Fatalf("read at %s: %v", to, err)
+		}
+		seen = append(seen, from)
+	}
+	return seen
+}
+
+func TestMappings(t *testing.T) {
+	Require(t)
+	tp := newTopo(t)
+	ctx := context.Background()
+	listen := func(h *Host) (*net.UDPConn, netip.AddrPort) {
+		c, err := h.ListenUDP(h.IP().String() + ":0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c, c.LocalAddr().(*net.UDPAddr).AddrPort()
+	}
+	mappings := func(s *Site, inner netip.AddrPort) []netip.AddrPort {
+		t.Helper()
+		m, err := s.UDPMappings(ctx, inner)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+
+	t.Run("eim has one mapping and it is what the peer sees", func(t *testing.T) {
+		c, local := listen(tp.a1)
+		seen := sendFrom(t, c, tp.p, 4300, 4301)
+		if got := mappings(tp.a, local); len(got) != 1 || got[0] != seen[0] {
+			t.Errorf("mappings of %s: got %v, want [%s]", local, got, seen[0])
+		}
+		if got := mappings(tp.a, netip.AddrPortFrom(local.Addr(), local.Port()+1)); len(got) != 0 {
+			t.Errorf("mappings of an unused source: got %v, want none", got)
+		}
+	})
+	t.Run("double nat chains through both routers", func(t *testing.T) {
+		c, local := listen(tp.c1)
+		seen := sendFrom(t, c, tp.p, 4310, 4311)
+		inner := mappings(tp.c, local)
+		if len(inner) != 1 || inner[0].Addr() != tp.c.PublicIP() {
+			t.Fatalf("inner mappings of %s: got %v, want one on %s", local, inner, tp.c.PublicIP())
+		}
+		if got := mappings(tp.g, inner[0]); len(got) != 1 || got[0] != seen[0] || got[0].Addr() != tp.g.PublicIP() {
+			t.Errorf("outer mappings of %s: got %v, want [%s] on %s", inner[0], got, seen[0], tp.g.PublicIP())
+		}
+	})
+	t.Run("symmetric has a mapping per destination", func(t *testing.T) {
+		c, local := listen(tp.b1)
+		seen := sendFrom(t, c, tp.p, 4320, 4321, 4322)
+		got := mappings(tp.b, local)
+		for _, s := range seen {
+			if !slices.Contains(got, s) {
+				t.Errorf("mappings of %s: got %v, want it to hold %s", local, got, s)
+			}
+		}
+		if len(got) < 2 {
+			t.Errorf("mappings of %s: got %v, want several", local, got)
+		}
+	})
+}
+
+func TestRemapUDP(t *testing.T) {
+	Require(t)
+	l := New(t)
+	ctx := context.Background()
+	p := l.AddPublicHost("p")
+	a := l.AddSite("a", NATEIM)
+	a1 := a.AddNode("a1")
+	const lo, hi = 40000, 40999
+	c, err := a1.ListenUDP(a1.IP().String() + ":51820")
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := c.LocalAddr().(*net.UDPAddr).AddrPort()
+
+	before := sendFrom(t, c, p, 4400)[0]
+	if want := netip.AddrPortFrom(a.PublicIP(), 51820); before != want {
+		t.Fatalf("source before remap: got %s, want %s (port kept)", before, want)
+	}
+	if err := a.RemapUDP(ctx, lo, hi); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := a.UDPMappings(ctx, local); err != nil || len(got) != 0 {
+		t.Errorf("mappings right after remap: got %v (%v), want none", got, err)
+	}
+	after := sendFrom(t, c, p, 4400, 4401)
+	if after[0].Addr() != a.PublicIP() || after[0].Port() < lo || after[0].Port() > hi {
+		t.Errorf("source after remap: got %s, want %s:%d-%d", after[0], a.PublicIP(), lo, hi)
+	}
+	if after[0] != after[1] {
+		t.Errorf("sources after remap: got %s and %s, want one mapping (still EIM)", after[0], after[1])
+	}
+	if got, err := a.UDPMappings(ctx, local); err != nil || len(got) != 1 || got[0] != after[0] {
+		t.Errorf("mappings after remap: got %v (%v), want [%s]", got, err, after[0])
+	}
+	if n, err := a1.Ping(ctx, p.IP(), 2); err != nil || n != 2 {
+		t.Errorf("ping through remapped site: got %d replies (%v), want 2", n, err)
+	}
+	if err := l.AddSite("n", NATNone).RemapUDP(ctx, lo, hi); err == nil {
+		t.Error("RemapUDP on a site without NAT: got nil, want an error")
+	}
+	if err := a.RemapUDP(ctx, hi, lo); err == nil {
+		t.Errorf("RemapUDP(%d, %d): got nil, want an error", hi, lo)
 	}
 }

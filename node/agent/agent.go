@@ -21,6 +21,7 @@ import (
 
 	"github.com/edgewire/edgewire/coordinator/api"
 	"github.com/edgewire/edgewire/coordinator/token"
+	"github.com/edgewire/edgewire/dataplane/bind"
 	"github.com/edgewire/edgewire/dataplane/linkconf"
 	"github.com/edgewire/edgewire/dataplane/wgdev"
 	"github.com/edgewire/edgewire/node/control"
@@ -28,6 +29,7 @@ import (
 	"github.com/edgewire/edgewire/node/localapi"
 	"github.com/edgewire/edgewire/node/mapstate"
 	"github.com/edgewire/edgewire/node/pathsel"
+	"github.com/edgewire/edgewire/node/traversal"
 )
 
 // Defaults, in one place.
@@ -121,13 +123,14 @@ func Join(ctx context.Context, jc JoinConfig) (identity.Enrolment, *api.JoinResp
 
 // Agent is a running agent.
 type Agent struct {
-	cfg Config
-	log *slog.Logger
-	key identity.Key
-	enr identity.Enrolment
-	dev *wgdev.Device
-	sel pathsel.Selector
-	cc  *control.Client
+	cfg  Config
+	log  *slog.Logger
+	key  identity.Key
+	enr  identity.Enrolment
+	dev  *wgdev.Device
+	bind *bind.Bind
+	trav *traversal.Manager
+	cc   *control.Client
 
 	dirty chan struct{} // the map changed; capacity 1
 
@@ -152,7 +155,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	a := &Agent{cfg: cfg, log: log, key: key, enr: enr, sel: pathsel.NewReported(false), dirty: make(chan struct{}, 1)}
+	a := &Agent{cfg: cfg, log: log, key: key, enr: enr, dirty: make(chan struct{}, 1)}
 	a.state, err = mapstate.Load(filepath.Join(cfg.StateDir, identity.NetworkMapFile))
 	switch {
 	case err == nil:
@@ -165,9 +168,11 @@ func Run(ctx context.Context, cfg Config) error {
 		a.state = mapstate.New()
 	}
 
+	a.bind = bind.New(nil, log)
+	defer a.bind.Shutdown()
 	a.dev, err = wgdev.New(wgdev.Config{
 		Name: cfg.Interface, MTU: cfg.MTU, ListenPort: cfg.ListenPort,
-		PrivateKey: wgdev.Key(key), Logger: log,
+		PrivateKey: wgdev.Key(key), Bind: a.bind, Logger: log,
 	})
 	if err != nil {
 		return err
@@ -185,6 +190,16 @@ func Run(ctx context.Context, cfg Config) error {
 	host, _ := os.Hostname()
 	a.cc, err = control.New(control.Config{
 		Enrolment: enr, PrivateKey: key, Hostname: host, Logger: log, OnMap: a.onMap,
+		OnSignal: func(s *api.Signal) { a.trav.HandleSignal(s) },
+	})
+	if err != nil {
+		return err
+	}
+	mux := traversal.NewMux(a.bind.PacketConn(), a.bind.Port, a.hostAddrs, log)
+	defer mux.Close()
+	a.trav, err = traversal.New(traversal.Config{
+		PrivateKey: key, PublicKey: key.Public(), Mux: mux, Send: a.cc.SendSignal,
+		HostAddrs: a.hostAddrs, Logger: log,
 	})
 	if err != nil {
 		return err
@@ -204,6 +219,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}()
 	}
 	run("coordinator stream", a.cc.Run)
+	run("traversal", a.trav.Run)
 	run("reconcile", a.reconcileLoop)
 	run("endpoints", func(ctx context.Context) error { return a.endpointLoop(ctx, port) })
 	run("local API", func(ctx context.Context) error { return localapi.Serve(ctx, cfg.Socket, a, log) })
@@ -277,7 +293,7 @@ func (a *Agent) reconcileLoop(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-a.dirty:
-		case <-a.sel.Changed():
+		case <-a.trav.Changed():
 		case <-retry.C:
 		}
 		if err := a.reconcile(); err != nil {
@@ -293,13 +309,15 @@ func (a *Agent) reconcile() error {
 	peers := a.state.SortedPeers()
 	self := a.state.Self
 	prefixes := a.state.Prefixes
+	stun := a.stunServers()
 	a.mu.Unlock()
 
-	sp := make([]pathsel.Peer, len(peers))
+	tp := make([]traversal.Peer, len(peers))
 	for i, p := range peers {
-		sp[i] = pathsel.Peer{Key: p.Key, Endpoints: p.Endpoints}
+		tp[i] = traversal.Peer{Key: p.Key, Online: p.Online}
 	}
-	a.sel.SetPeers(sp)
+	a.trav.SetSTUN(stun)
+	a.trav.SetPeers(tp)
 
 	var (
 		wgPeers []wgdev.PeerConfig
@@ -312,7 +330,7 @@ func (a *Agent) reconcile() error {
 		}
 		pc.AllowedIPs = append(pc.AllowedIPs, p.Routes...)
 		routes = append(routes, p.Routes...)
-		if path := a.sel.Path(p.Key); path.Kind == pathsel.Direct {
+		if path := a.trav.Path(p.Key); path.Kind == pathsel.Direct {
 			pc.Endpoint = path.Endpoint
 		}
 		wgPeers = append(wgPeers, pc)
@@ -331,6 +349,34 @@ func (a *Agent) reconcile() error {
 		addrs = append(addrs, netip.PrefixFrom(addr, bits))
 	}
 	return linkconf.Apply(a.cfg.Interface, addrs, routes)
+}
+
+// stunServers resolves the map's STUN servers to host:port, an empty
+// host meaning the coordinator's. Called with mu held.
+func (a *Agent) stunServers() []string {
+	coordHost, _, _ := net.SplitHostPort(a.enr.Coordinator)
+	var out []string
+	for _, st := range a.state.STUN {
+		h := st.Host
+		if h == "" {
+			h = coordHost
+		}
+		out = append(out, net.JoinHostPort(h, fmt.Sprint(st.Port)))
+	}
+	return out
+}
+
+// hostAddrs returns the addresses ICE offers as host candidates.
+func (a *Agent) hostAddrs() []netip.Addr {
+	eps, err := hostEndpoints(a.cfg.Interface, 0)
+	if err != nil {
+		a.log.Warn("list host addresses", "err", err)
+	}
+	out := make([]netip.Addr, len(eps))
+	for i, e := range eps {
+		out[i] = e.Addr()
+	}
+	return out
 }
 
 // endpointLoop reports the node's host addresses with the WireGuard port.
@@ -416,8 +462,18 @@ func (a *Agent) Status() (localapi.Status, error) {
 		for _, r := range p.Routes {
 			ps.Routes = append(ps.Routes, r.String())
 		}
-		path := a.sel.Path(p.Key)
-		ps.Path, ps.PathSource = path.Kind.String(), path.Source
+		if ts, ok := a.trav.Status(p.Key); ok {
+			ps.Path = ts.Path.Kind.String()
+			ps.ICE = &localapi.ICEStatus{State: ts.State.String(), Restarts: ts.Stats.Restarts, RTTMs: float64(ts.RTT.Microseconds()) / 1000}
+			if ts.Local != nil {
+				ps.ICE.Local = &localapi.CandidateInfo{Type: ts.Local.Type, Address: ts.Local.Address.String()}
+			}
+			if ts.Remote != nil {
+				ps.ICE.Remote = &localapi.CandidateInfo{Type: ts.Remote.Type, Address: ts.Remote.Address.String()}
+			}
+		} else {
+			ps.Path = pathsel.None.String()
+		}
 		if s, ok := stats[p.Key]; ok {
 			if s.Endpoint.IsValid() {
 				ps.Endpoint = s.Endpoint.String()

@@ -103,6 +103,9 @@ type Config struct {
 	// OnMap is called, from the client's goroutine, with every map
 	// message. It returns an error to ask for a full map (a version gap).
 	OnMap func(*api.NetworkMap) error
+	// OnSignal is called, from the client's goroutine, with every sealed
+	// signal another node sent. It must not block.
+	OnSignal func(*api.Signal)
 	// MinBackoff and MaxBackoff bound the reconnect delay.
 	MinBackoff, MaxBackoff time.Duration
 }
@@ -112,7 +115,8 @@ type Client struct {
 	cfg  Config
 	log  *slog.Logger
 	tls  *tls.Config
-	kick chan struct{} // endpoints changed; capacity 1
+	kick chan struct{}    // endpoints changed; capacity 1
+	sigs chan *api.Signal // outgoing signals while connected
 
 	mu        sync.Mutex // guards endpoints, connected
 	endpoints []netip.AddrPort
@@ -137,7 +141,7 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("control: enrolment CA: %w", err)
 	}
-	return &Client{cfg: cfg, log: cfg.Logger, tls: tc, kick: make(chan struct{}, 1)}, nil
+	return &Client{cfg: cfg, log: cfg.Logger, tls: tc, kick: make(chan struct{}, 1), sigs: make(chan *api.Signal, signalQueue)}, nil
 }
 
 // SetEndpoints sets the endpoints reported to the coordinator.
@@ -151,6 +155,23 @@ func (c *Client) SetEndpoints(eps []netip.AddrPort) {
 		case c.kick <- struct{}{}:
 		default:
 		}
+	}
+}
+
+// signalQueue bounds signals waiting for the stream.
+const signalQueue = 256
+
+// SendSignal queues a sealed signal for the coordinator to forward. It
+// never blocks; it returns false when no stream is up or the queue is full.
+func (c *Client) SendSignal(s *api.Signal) bool {
+	if !c.Connected() {
+		return false
+	}
+	select {
+	case c.sigs <- s:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -259,6 +280,8 @@ func (c *Client) session(ctx context.Context, cl api.ControlClient) error {
 				return
 			case <-resync:
 				msg = &api.ClientMessage{Msg: &api.ClientMessage_MapRequest{MapRequest: &api.MapRequest{}}}
+			case sig := <-c.sigs:
+				msg = &api.ClientMessage{Msg: &api.ClientMessage_Signal{Signal: sig}}
 			case <-c.kick:
 				eps := c.endpointStrings()
 				if slices.Equal(eps, sent) {
@@ -283,6 +306,12 @@ func (c *Client) session(ctx context.Context, cl api.ControlClient) error {
 			default:
 			}
 			return err
+		}
+		if sig := msg.GetSignal(); sig != nil {
+			if c.cfg.OnSignal != nil {
+				c.cfg.OnSignal(sig)
+			}
+			continue
 		}
 		m := msg.GetMap()
 		if m == nil {

@@ -40,17 +40,32 @@ type SelfStatus struct {
 
 // PeerStatus describes one peer.
 type PeerStatus struct {
-	Name          string    `json:"name"`
-	PublicKey     string    `json:"public_key"`
-	Addresses     []string  `json:"addresses"`
-	Routes        []string  `json:"routes,omitempty"`
-	Online        bool      `json:"online"` // connected to the coordinator
-	Path          string    `json:"path"`   // none, direct
-	PathSource    string    `json:"path_source,omitempty"`
-	Endpoint      string    `json:"endpoint,omitempty"` // as WireGuard has it
-	LastHandshake time.Time `json:"last_handshake,omitzero"`
-	RxBytes       uint64    `json:"rx_bytes"`
-	TxBytes       uint64    `json:"tx_bytes"`
+	Name          string     `json:"name"`
+	PublicKey     string     `json:"public_key"`
+	Addresses     []string   `json:"addresses"`
+	Routes        []string   `json:"routes,omitempty"`
+	Online        bool       `json:"online"`             // connected to the coordinator
+	Path          string     `json:"path"`               // none, direct
+	Endpoint      string     `json:"endpoint,omitempty"` // as WireGuard has it
+	LastHandshake time.Time  `json:"last_handshake,omitzero"`
+	RxBytes       uint64     `json:"rx_bytes"`
+	TxBytes       uint64     `json:"tx_bytes"`
+	ICE           *ICEStatus `json:"ice,omitempty"`
+}
+
+// ICEStatus is the state of the peer's ICE session.
+type ICEStatus struct {
+	State    string         `json:"state"`           // new, checking, connected, disconnected, failed, closed
+	Local    *CandidateInfo `json:"local,omitempty"` // selected pair, when connected
+	Remote   *CandidateInfo `json:"remote,omitempty"`
+	RTTMs    float64        `json:"rtt_ms,omitempty"`
+	Restarts uint64         `json:"restarts"`
+}
+
+// CandidateInfo is one side of the selected ICE candidate pair.
+type CandidateInfo struct {
+	Type    string `json:"type"`    // host, srflx, prflx, relay
+	Address string `json:"address"` // ip:port
 }
 
 // Backend is what the server needs from the agent.

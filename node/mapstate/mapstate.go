@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"sort"
+	"strings"
 
 	"google.golang.org/protobuf/proto"
 
@@ -44,7 +45,15 @@ type State struct {
 	Version  uint64
 	Self     Self
 	Prefixes []netip.Prefix
+	STUN     []STUNServer
 	Peers    map[[32]byte]Peer
+}
+
+// STUNServer is a STUN server to gather server-reflexive candidates
+// against. An empty Host means the coordinator's host.
+type STUNServer struct {
+	Host string
+	Port uint16
 }
 
 // New returns an empty state.
@@ -57,7 +66,7 @@ func (s *State) Apply(m *api.NetworkMap) error {
 	if !m.GetFull() && m.GetBaseVersion() != s.Version {
 		return fmt.Errorf("%w: have %d, delta from %d", ErrGap, s.Version, m.GetBaseVersion())
 	}
-	next := &State{Version: m.GetVersion(), Self: s.Self, Prefixes: s.Prefixes, Peers: s.Peers}
+	next := &State{Version: m.GetVersion(), Self: s.Self, Prefixes: s.Prefixes, STUN: s.STUN, Peers: s.Peers}
 	if m.GetFull() {
 		next.Peers = make(map[[32]byte]Peer, len(m.GetPeers()))
 		next.Prefixes = nil
@@ -71,6 +80,13 @@ func (s *State) Apply(m *api.NetworkMap) error {
 		if m.GetSelf() == nil {
 			return errors.New("full map without self")
 		}
+		next.STUN = nil
+		for _, st := range m.GetStunServers() {
+			if st.GetPort() == 0 || st.GetPort() > 65535 || strings.ContainsAny(st.GetHost(), "/ ") {
+				return fmt.Errorf("bad STUN server %q port %d", st.GetHost(), st.GetPort())
+			}
+			next.STUN = append(next.STUN, STUNServer{Host: st.GetHost(), Port: uint16(st.GetPort())})
+		}
 	} else {
 		next.Peers = make(map[[32]byte]Peer, len(s.Peers))
 		for k, v := range s.Peers {
@@ -83,6 +99,8 @@ func (s *State) Apply(m *api.NetworkMap) error {
 			return fmt.Errorf("self: %w", err)
 		}
 		next.Self = Self{Key: p.Key, Name: p.Name, Addresses: p.Addresses, Routes: p.Routes}
+		// Self is never a peer, even if it was listed as one before.
+		delete(next.Peers, next.Self.Key)
 	}
 	for _, n := range m.GetPeers() {
 		p, err := parseNode(n)
@@ -163,6 +181,9 @@ func (s *State) Marshal() ([]byte, error) {
 	}
 	for _, p := range s.Prefixes {
 		m.OverlayPrefixes = append(m.OverlayPrefixes, p.String())
+	}
+	for _, st := range s.STUN {
+		m.StunServers = append(m.StunServers, &api.StunServer{Host: st.Host, Port: uint32(st.Port)})
 	}
 	for _, p := range s.SortedPeers() {
 		n := &api.Node{PublicKey: p.Key[:], Name: p.Name, Online: p.Online, LastSeenUnixMs: p.LastSeen}

@@ -1,13 +1,13 @@
-// Package pathsel decides, per peer, how WireGuard reaches that peer: the
-// endpoint the agent programs. The agent's engine feeds a Selector the
-// current peers and applies whatever paths it reports; how a path is found
-// (the addresses a peer reported, ICE, a relay) is the Selector's business.
+// Package pathsel decides, per peer, how WireGuard reaches that peer.
+// Machine is the per-peer state machine: it is fed what the NAT-traversal
+// layer observes (an ICE session started, connected, disconnected,
+// failed) and answers what the path is and when to try again. It is pure
+// logic with the clock passed in, so every transition is unit-testable.
 package pathsel
 
 import (
 	"net/netip"
-	"slices"
-	"sync"
+	"time"
 )
 
 // Kind says how a peer is reached.
@@ -16,7 +16,7 @@ type Kind int
 const (
 	// None: no usable path is known; the peer is unreachable for now.
 	None Kind = iota
-	// Direct: UDP straight to Path.Endpoint.
+	// Direct: UDP straight to Path.Endpoint, found by ICE.
 	Direct
 )
 
@@ -33,97 +33,172 @@ func (k Kind) String() string {
 type Path struct {
 	Kind     Kind
 	Endpoint netip.AddrPort // valid when Kind is Direct
-	Source   string         // where the decision came from, for status ("reported", "ice", ...)
 }
 
-// Peer is what a Selector learns about a peer from the network map.
-type Peer struct {
-	Key       [32]byte
-	Endpoints []netip.AddrPort // as the peer reported them
+// ICEState is the state of the peer's current ICE session as the
+// machine sees it.
+type ICEState int
+
+const (
+	Idle         ICEState = iota // no session
+	Checking                     // session started, not connected yet
+	Connected                    // a candidate pair is selected and alive
+	Disconnected                 // checks stopped answering; may recover
+	Failed                       // gave up; a new session follows after backoff
+)
+
+func (s ICEState) String() string {
+	return [...]string{"new", "checking", "connected", "disconnected", "failed"}[s]
 }
 
-// Selector owns the per-peer path decision. Implementations are safe for
-// concurrent use.
-type Selector interface {
-	// SetPeers replaces the set of peers. Peers not in the set are forgotten.
-	SetPeers(peers []Peer)
-	// Path returns the current path to a peer (None for unknown peers).
-	Path(key [32]byte) Path
-	// Changed is signalled (coalesced) whenever some Path may have changed.
-	Changed() <-chan struct{}
+// Config tunes a Machine. Zero fields take the defaults.
+type Config struct {
+	MinBackoff      time.Duration // first retry delay after a failure (1s)
+	MaxBackoff      time.Duration // retry delay cap (30s)
+	SessionTimeout  time.Duration // checking this long without success is a failure (20s)
+	DisconnectGrace time.Duration // disconnected this long is a failure (3s)
 }
 
-// Reported selects the first endpoint a peer reported whose address family
-// the local node can use. It is the path decision for peers on a routed
-// network where every reported address is reachable.
-type Reported struct {
-	// UseIPv6 allows IPv6 endpoints; IPv4 endpoints are always allowed
-	// and preferred.
-	UseIPv6 bool
-
-	changed chan struct{}
-
-	mu    sync.Mutex // guards paths
-	paths map[[32]byte]Path
-}
-
-var _ Selector = (*Reported)(nil)
-
-// NewReported returns a Reported selector.
-func NewReported(useIPv6 bool) *Reported {
-	return &Reported{UseIPv6: useIPv6, changed: make(chan struct{}, 1), paths: map[[32]byte]Path{}}
-}
-
-// SetPeers implements Selector.
-func (r *Reported) SetPeers(peers []Peer) {
-	next := make(map[[32]byte]Path, len(peers))
-	for _, p := range peers {
-		next[p.Key] = r.choose(p.Endpoints)
+func (c *Config) defaults() {
+	if c.MinBackoff <= 0 {
+		c.MinBackoff = time.Second
 	}
-	r.mu.Lock()
-	same := len(next) == len(r.paths)
-	for k, p := range next {
-		if same && r.paths[k] != p {
-			same = false
+	if c.MaxBackoff < c.MinBackoff {
+		c.MaxBackoff = 30 * time.Second
+	}
+	if c.SessionTimeout <= 0 {
+		c.SessionTimeout = 20 * time.Second
+	}
+	if c.DisconnectGrace <= 0 {
+		c.DisconnectGrace = 3 * time.Second
+	}
+}
+
+// Stats counts a machine's ICE sessions.
+type Stats struct {
+	Attempts  uint64 // sessions started
+	Successes uint64 // sessions that connected
+	Failures  uint64 // sessions that failed or timed out
+	Restarts  uint64 // sessions started to replace an earlier one
+}
+
+// Machine is the path state of one peer. It is not safe for concurrent
+// use; its owner serialises calls.
+type Machine struct {
+	cfg      Config
+	ice      ICEState
+	since    time.Time      // when ice last changed
+	endpoint netip.AddrPort // remote address of the selected pair, while connected
+	backoff  time.Duration  // delay applied after the next failure
+	next     time.Time      // no new session before this
+	started  bool           // a session was ever started
+	stats    Stats
+}
+
+// NewMachine returns a machine that wants a session right away.
+func NewMachine(cfg Config, now time.Time) *Machine {
+	cfg.defaults()
+	return &Machine{cfg: cfg, since: now, backoff: cfg.MinBackoff, next: now}
+}
+
+// Path returns the current path.
+func (m *Machine) Path() Path {
+	if m.ice == Connected {
+		return Path{Kind: Direct, Endpoint: m.endpoint}
+	}
+	return Path{}
+}
+
+// State returns the ICE state.
+func (m *Machine) State() ICEState { return m.ice }
+
+// Stats returns the session counters.
+func (m *Machine) Stats() Stats { return m.stats }
+
+func (m *Machine) set(s ICEState, now time.Time) {
+	m.ice = s
+	m.since = now
+}
+
+// Started records that a new session began.
+func (m *Machine) Started(now time.Time) {
+	m.stats.Attempts++
+	if m.started {
+		m.stats.Restarts++
+	}
+	m.started = true
+	m.endpoint = netip.AddrPort{}
+	m.set(Checking, now)
+}
+
+// Connected records that the session selected a pair whose remote end is
+// ep (again, after a disconnect, or with a new pair).
+func (m *Machine) Connected(ep netip.AddrPort, now time.Time) {
+	if m.ice != Connected && m.ice != Disconnected {
+		m.stats.Successes++
+	}
+	m.endpoint = ep
+	m.backoff = m.cfg.MinBackoff
+	m.set(Connected, now)
+}
+
+// Disconnected records that the selected pair stopped answering. The path
+// is dropped at once; the session may still recover.
+func (m *Machine) Disconnected(now time.Time) {
+	if m.ice == Connected {
+		m.set(Disconnected, now)
+	}
+}
+
+// Failed records that the session is over without a usable pair. The
+// next session waits for the backoff, which then doubles.
+func (m *Machine) Failed(now time.Time) {
+	if m.ice == Failed || m.ice == Idle {
+		return
+	}
+	m.stats.Failures++
+	m.set(Failed, now)
+	m.next = now.Add(m.backoff)
+	m.backoff = min(m.backoff*2, m.cfg.MaxBackoff)
+}
+
+// Closed records that the session ended without a verdict (the peer left,
+// the owner tore it down); no failure is counted.
+func (m *Machine) Closed(now time.Time) {
+	m.set(Idle, now)
+	m.endpoint = netip.AddrPort{}
+}
+
+// Kick asks for a new session soon (local addresses changed, the peer
+// asked for a restart): at once if the last one started more than
+// MinBackoff ago.
+func (m *Machine) Kick(now time.Time) {
+	earliest := m.since.Add(m.cfg.MinBackoff)
+	if m.ice == Connected || m.ice == Checking || m.ice == Disconnected {
+		m.set(Failed, now)
+	}
+	m.next = later(now, earliest)
+}
+
+// Tick applies timeouts and reports whether a new session should start
+// now. The owner calls it periodically and after events.
+func (m *Machine) Tick(now time.Time) bool {
+	switch m.ice {
+	case Checking:
+		if now.Sub(m.since) >= m.cfg.SessionTimeout {
+			m.Failed(now)
+		}
+	case Disconnected:
+		if now.Sub(m.since) >= m.cfg.DisconnectGrace {
+			m.Failed(now)
 		}
 	}
-	r.paths = next
-	r.mu.Unlock()
-	if !same {
-		select {
-		case r.changed <- struct{}{}:
-		default:
-		}
+	return (m.ice == Idle || m.ice == Failed) && !now.Before(m.next)
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
 	}
+	return b
 }
-
-func (r *Reported) choose(eps []netip.AddrPort) Path {
-	ordered := slices.Clone(eps)
-	// Stable: IPv4 first, keeping the peer's own order within a family.
-	slices.SortStableFunc(ordered, func(a, b netip.AddrPort) int {
-		return boolInt(!a.Addr().Is4()) - boolInt(!b.Addr().Is4())
-	})
-	for _, ep := range ordered {
-		if ep.Addr().Is4() || (r.UseIPv6 && ep.Addr().Is6()) {
-			return Path{Kind: Direct, Endpoint: ep, Source: "reported"}
-		}
-	}
-	return Path{Kind: None}
-}
-
-func boolInt(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
-}
-
-// Path implements Selector.
-func (r *Reported) Path(key [32]byte) Path {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.paths[key]
-}
-
-// Changed implements Selector.
-func (r *Reported) Changed() <-chan struct{} { return r.changed }

@@ -1,0 +1,615 @@
+// Package traversal finds direct paths between nodes through NATs with
+// ICE. It runs one pion ICE agent per peer, all muxed on the node's single
+// WireGuard socket (see dataplane/bind), so the NAT mapping ICE punches is
+// the one WireGuard then uses. Signalling (credentials, candidates,
+// restarts) goes through the coordinator stream, sealed end to end with
+// NaCl box between the two node keys. The node with the larger public key
+// controls the session. Per peer, a pathsel.Machine turns what ICE
+// observes into the path the agent programs.
+package traversal
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pion/ice/v4"
+	"github.com/pion/stun/v4"
+
+	"github.com/edgewire/edgewire/coordinator/api"
+	"github.com/edgewire/edgewire/node/pathsel"
+)
+
+// ICE timing. Disconnection is noticed after DisconnectedTimeout without
+// answers to the 1 s keepalive checks; FailedTimeout later pion gives up.
+const (
+	iceDisconnected = 3 * time.Second
+	iceFailed       = 8 * time.Second
+	iceKeepalive    = time.Second
+	tickInterval    = 250 * time.Millisecond
+	addrInterval    = 5 * time.Second
+	maxCandidates   = 32 // remote candidates accepted per signal
+)
+
+// Peer is what the manager needs to know about a peer.
+type Peer struct {
+	Key    [32]byte
+	Online bool // connected to the coordinator, so signalling can reach it
+}
+
+// Config configures a Manager.
+type Config struct {
+	PrivateKey [32]byte
+	PublicKey  [32]byte
+	Mux        ice.UniversalUDPMux
+	// Send hands a sealed signal to the coordinator stream. It must not
+	// block; it reports false when the signal could not be queued.
+	Send func(*api.Signal) bool
+	// HostAddrs returns the host addresses ICE offers; a change restarts
+	// the sessions so new candidates are gathered.
+	HostAddrs func() []netip.Addr
+	IPv6      bool
+	Machine   pathsel.Config
+	Logger    *slog.Logger
+	Now       func() time.Time
+}
+
+// CandidateInfo is one side of a selected candidate pair.
+type CandidateInfo struct {
+	Type    string
+	Address netip.AddrPort
+}
+
+// PeerStatus is the traversal state of one peer.
+type PeerStatus struct {
+	Path   pathsel.Path
+	State  pathsel.ICEState
+	Local  *CandidateInfo
+	Remote *CandidateInfo
+	RTT    time.Duration
+	Stats  pathsel.Stats
+}
+
+// Counters sums session outcomes over all peers, including removed ones.
+type Counters struct {
+	Attempts, Successes, Failures, Restarts uint64
+	SignalsIn, SignalsOut, SignalsDropped   uint64
+}
+
+type session struct {
+	id      uint64
+	agent   *ice.Agent
+	ctx     context.Context // ends when the session is closed
+	cancel  context.CancelFunc
+	dialing bool
+	local   *CandidateInfo
+	remote  *CandidateInfo
+}
+
+type peer struct {
+	key         [32]byte
+	controlling bool
+	online      bool
+	m           *pathsel.Machine
+	s           *session
+	lastPath    pathsel.Path
+	lastRequest time.Time // controlled side: last restart request sent
+}
+
+// Manager runs the ICE sessions. Create with New, start Run.
+type Manager struct {
+	cfg     Config
+	log     *slog.Logger
+	changed chan struct{} // capacity 1
+
+	qmu   sync.Mutex // guards queue; pion callbacks only ever take qmu
+	queue []func()
+	wake  chan struct{} // capacity 1
+
+	mu      sync.Mutex // guards everything below
+	peers   map[[32]byte]*peer
+	stun    []*stun.URI
+	hosts   []netip.Addr
+	gone    pathsel.Stats // counters of peers that left
+	signals Counters
+}
+
+// New validates cfg and returns a manager.
+func New(cfg Config) (*Manager, error) {
+	if cfg.Mux == nil || cfg.Send == nil || cfg.HostAddrs == nil {
+		return nil, errors.New("traversal: Mux, Send and HostAddrs are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Manager{
+		cfg: cfg, log: cfg.Logger, changed: make(chan struct{}, 1), wake: make(chan struct{}, 1),
+		peers: map[[32]byte]*peer{}, hosts: cfg.HostAddrs(),
+	}, nil
+}
+
+// Changed is signalled (coalesced) when some peer's path may have changed.
+func (m *Manager) Changed() <-chan struct{} { return m.changed }
+
+// Path returns the current path to a peer.
+func (m *Manager) Path(key [32]byte) pathsel.Path {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if p := m.peers[key]; p != nil {
+		return p.m.Path()
+	}
+	return pathsel.Path{}
+}
+
+// Status returns the traversal state of a peer.
+func (m *Manager) Status(key [32]byte) (PeerStatus, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p := m.peers[key]
+	if p == nil {
+		return PeerStatus{}, false
+	}
+	st := PeerStatus{Path: p.m.Path(), State: p.m.State(), Stats: p.m.Stats()}
+	if p.s != nil && p.m.State() == pathsel.Connected {
+		st.Local, st.Remote = p.s.local, p.s.remote
+		if ps, ok := p.s.agent.GetSelectedCandidatePairStats(); ok {
+			st.RTT = time.Duration(ps.CurrentRoundTripTime * float64(time.Second))
+		}
+	}
+	return st, true
+}
+
+// Counters returns totals over all peers.
+func (m *Manager) Counters() Counters {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c := m.signals
+	sum := m.gone
+	for _, p := range m.peers {
+		s := p.m.Stats()
+		sum.Attempts += s.Attempts
+		sum.Successes += s.Successes
+		sum.Failures += s.Failures
+		sum.Restarts += s.Restarts
+	}
+	c.Attempts, c.Successes, c.Failures, c.Restarts = sum.Attempts, sum.Successes, sum.Failures, sum.Restarts
+	return c
+}
+
+// post queues f to run on the manager goroutine with mu held.
+func (m *Manager) post(f func()) {
+	m.qmu.Lock()
+	m.queue = append(m.queue, f)
+	m.qmu.Unlock()
+	select {
+	case m.wake <- struct{}{}:
+	default:
+	}
+}
+
+// SetPeers replaces the set of peers.
+func (m *Manager) SetPeers(peers []Peer) {
+	peers = slices.Clone(peers)
+	m.post(func() { m.setPeers(peers) })
+}
+
+// SetSTUN sets the STUN servers (host:port) used for server-reflexive
+// candidates; sessions started afterwards use them.
+func (m *Manager) SetSTUN(servers []string) {
+	var uris []*stun.URI
+	for _, s := range servers {
+		u, err := stun.ParseURI("stun:" + s)
+		if err != nil {
+			m.log.Warn("ignoring bad STUN server", "server", s, "err", err)
+			continue
+		}
+		uris = append(uris, u)
+	}
+	m.post(func() { m.stun = uris })
+}
+
+// HandleSignal processes a signal the coordinator forwarded.
+func (m *Manager) HandleSignal(sig *api.Signal) {
+	m.post(func() { m.handleSignal(sig) })
+}
+
+// Run drives sessions until ctx ends, then closes them all.
+func (m *Manager) Run(ctx context.Context) error {
+	tick := time.NewTicker(tickInterval)
+	defer tick.Stop()
+	addrs := time.NewTicker(addrInterval)
+	defer addrs.Stop()
+	defer func() {
+		m.mu.Lock()
+		for _, p := range m.peers {
+			m.closeSession(p)
+		}
+		m.mu.Unlock()
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-m.wake:
+		case <-tick.C:
+		case <-addrs.C:
+			m.checkAddrs()
+		}
+		m.qmu.Lock()
+		q := m.queue
+		m.queue = nil
+		m.qmu.Unlock()
+		m.mu.Lock()
+		for _, f := range q {
+			f()
+		}
+		m.tickLocked()
+		m.mu.Unlock()
+	}
+}
+
+func (m *Manager) checkAddrs() {
+	hosts := m.cfg.HostAddrs()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if slices.Equal(hosts, m.hosts) {
+		return
+	}
+	m.log.Info("host addresses changed; restarting ICE", "old", m.hosts, "new", hosts)
+	m.hosts = hosts
+	now := m.cfg.Now()
+	for _, p := range m.peers {
+		if p.controlling {
+			p.m.Kick(now)
+		} else if p.online {
+			m.send(p, &api.SignalPayload{Kind: api.SignalPayload_KIND_RESTART_REQUEST, Session: 1})
+			p.lastRequest = now
+		}
+	}
+}
+
+func (m *Manager) setPeers(peers []Peer) {
+	now := m.cfg.Now()
+	seen := make(map[[32]byte]bool, len(peers))
+	for _, pi := range peers {
+		seen[pi.Key] = true
+		p := m.peers[pi.Key]
+		if p == nil {
+			p = &peer{key: pi.Key, controlling: bytes.Compare(m.cfg.PublicKey[:], pi.Key[:]) > 0,
+				m: pathsel.NewMachine(m.cfg.Machine, now)}
+			m.peers[pi.Key] = p
+		}
+		if pi.Online && !p.online && p.controlling && p.m.State() != pathsel.Connected {
+			p.m.Kick(now) // it just came (back): try at once, not after the backoff
+		}
+		p.online = pi.Online
+	}
+	for k, p := range m.peers {
+		if !seen[k] {
+			m.closeSession(p)
+			s := p.m.Stats()
+			m.gone.Attempts += s.Attempts
+			m.gone.Successes += s.Successes
+			m.gone.Failures += s.Failures
+			m.gone.Restarts += s.Restarts
+			delete(m.peers, k)
+		}
+	}
+	m.notifyIfChanged()
+}
+
+// tickLocked applies timeouts and starts due sessions.
+func (m *Manager) tickLocked() {
+	now := m.cfg.Now()
+	for _, p := range m.peers {
+		due := p.m.Tick(now)
+		if p.m.State() == pathsel.Failed && p.s != nil {
+			m.closeSession(p)
+		}
+		if !due || !p.online {
+			continue
+		}
+		if p.controlling {
+			if err := m.offer(p, now); err != nil {
+				m.log.Warn("start ICE session", "peer", keyString(p.key), "err", err)
+				p.m.Started(now)
+				p.m.Failed(now)
+			}
+		} else if p.m.State() == pathsel.Failed && now.Sub(p.lastRequest) >= time.Second {
+			// Only the controlling side starts sessions; ask it.
+			m.send(p, &api.SignalPayload{Kind: api.SignalPayload_KIND_RESTART_REQUEST, Session: 1})
+			p.lastRequest = now
+		}
+	}
+	m.notifyIfChanged()
+}
+
+func (m *Manager) notifyIfChanged() {
+	changed := false
+	for _, p := range m.peers {
+		if path := p.m.Path(); path != p.lastPath {
+			m.log.Info("path changed", "peer", keyString(p.key), "from", describe(p.lastPath), "to", describe(path))
+			p.lastPath = path
+			changed = true
+		}
+	}
+	if changed {
+		select {
+		case m.changed <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func describe(p pathsel.Path) string {
+	if p.Kind == pathsel.Direct {
+		return "direct " + p.Endpoint.String()
+	}
+	return p.Kind.String()
+}
+
+func newSessionID() uint64 {
+	var b [8]byte
+	for {
+		rand.Read(b[:])
+		if id := binary.LittleEndian.Uint64(b[:]); id != 0 {
+			return id
+		}
+	}
+}
+
+func (m *Manager) newAgent() (*ice.Agent, error) {
+	disc, failed, ka := iceDisconnected, iceFailed, iceKeepalive
+	nets := []ice.NetworkType{ice.NetworkTypeUDP4}
+	if m.cfg.IPv6 {
+		nets = append(nets, ice.NetworkTypeUDP6)
+	}
+	return ice.NewAgent(&ice.AgentConfig{
+		Urls:                m.stun,
+		NetworkTypes:        nets,
+		CandidateTypes:      []ice.CandidateType{ice.CandidateTypeHost, ice.CandidateTypeServerReflexive},
+		UDPMux:              m.cfg.Mux,
+		UDPMuxSrflx:         m.cfg.Mux,
+		MulticastDNSMode:    ice.MulticastDNSModeDisabled,
+		DisconnectedTimeout: &disc,
+		FailedTimeout:       &failed,
+		KeepaliveInterval:   &ka,
+		LoggerFactory:       pionLogs{m.log.With("peer", "ice")},
+	})
+}
+
+// startSession creates an agent for session id and wires its callbacks.
+func (m *Manager) startSession(p *peer, id uint64, now time.Time) (*session, error) {
+	m.closeSession(p)
+	ag, err := m.newAgent()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &session{id: id, agent: ag, ctx: ctx, cancel: cancel}
+	key := p.key
+	ag.OnCandidate(func(c ice.Candidate) {
+		if c == nil {
+			return
+		}
+		raw := c.Marshal()
+		m.post(func() {
+			if p := m.peers[key]; p != nil && p.s == s {
+				m.send(p, &api.SignalPayload{Kind: api.SignalPayload_KIND_CANDIDATE, Session: id, Candidates: []string{raw}})
+			}
+		})
+	})
+	ag.OnConnectionStateChange(func(st ice.ConnectionState) {
+		m.post(func() { m.onState(key, s, st) })
+	})
+	ag.OnSelectedCandidatePairChange(func(ice.Candidate, ice.Candidate) {
+		m.post(func() { m.onState(key, s, ice.ConnectionStateConnected) })
+	})
+	p.s = s
+	p.m.Started(now)
+	return s, nil
+}
+
+// offer starts a session as the controlling side.
+func (m *Manager) offer(p *peer, now time.Time) error {
+	s, err := m.startSession(p, newSessionID(), now)
+	if err != nil {
+		return err
+	}
+	ufrag, pwd, err := s.agent.GetLocalUserCredentials()
+	if err != nil {
+		return err
+	}
+	m.send(p, &api.SignalPayload{Kind: api.SignalPayload_KIND_OFFER, Session: s.id, Ufrag: ufrag, Pwd: pwd})
+	return s.agent.GatherCandidates()
+}
+
+func (m *Manager) closeSession(p *peer) {
+	if p.s == nil {
+		return
+	}
+	s := p.s
+	p.s = nil
+	s.cancel()
+	// Close waits for pion's loop, whose callbacks only queue work; run it
+	// off this goroutine anyway so a slow close never stalls every peer.
+	go s.agent.Close()
+	if st := p.m.State(); st != pathsel.Failed && st != pathsel.Idle {
+		p.m.Closed(m.cfg.Now())
+	}
+}
+
+func (m *Manager) onState(key [32]byte, s *session, st ice.ConnectionState) {
+	p := m.peers[key]
+	if p == nil || p.s != s {
+		return // a session we already replaced
+	}
+	now := m.cfg.Now()
+	switch st {
+	case ice.ConnectionStateConnected, ice.ConnectionStateCompleted:
+		pair, err := s.agent.GetSelectedCandidatePair()
+		if err != nil || pair == nil {
+			return
+		}
+		remote, ok := candidateInfo(pair.Remote)
+		if !ok {
+			m.log.Warn("selected pair has an unusable remote address", "peer", keyString(key), "remote", pair.Remote.String())
+			return
+		}
+		s.local, _ = candidateInfo(pair.Local)
+		s.remote = remote
+		p.m.Connected(remote.Address, now)
+	case ice.ConnectionStateDisconnected:
+		p.m.Disconnected(now)
+	case ice.ConnectionStateFailed:
+		p.m.Failed(now)
+		m.closeSession(p)
+	}
+	m.notifyIfChanged()
+}
+
+func candidateInfo(c ice.Candidate) (*CandidateInfo, bool) {
+	if c == nil {
+		return nil, false
+	}
+	a, err := netip.ParseAddr(c.Address())
+	if err != nil || c.Port() <= 0 || c.Port() > 65535 {
+		return nil, false
+	}
+	return &CandidateInfo{Type: c.Type().String(), Address: netip.AddrPortFrom(a.Unmap(), uint16(c.Port()))}, true
+}
+
+func (m *Manager) send(p *peer, pl *api.SignalPayload) {
+	pl.SentUnixMs = m.cfg.Now().UnixMilli()
+	sig, err := Seal(pl, &p.key, &m.cfg.PrivateKey)
+	if err != nil {
+		m.log.Warn("seal signal", "err", err)
+		return
+	}
+	if m.cfg.Send(sig) {
+		m.signals.SignalsOut++
+	} else {
+		m.signals.SignalsDropped++
+	}
+}
+
+func (m *Manager) handleSignal(sig *api.Signal) {
+	pl, err := Open(sig, &m.cfg.PrivateKey, m.cfg.Now())
+	if err != nil {
+		m.signals.SignalsDropped++
+		m.log.Debug("dropping signal", "err", err)
+		return
+	}
+	key := [32]byte(sig.GetPeerKey())
+	p := m.peers[key]
+	if p == nil {
+		m.signals.SignalsDropped++
+		m.log.Debug("dropping signal from a node not in the map", "from", keyString(key))
+		return
+	}
+	m.signals.SignalsIn++
+	now := m.cfg.Now()
+	switch pl.GetKind() {
+	case api.SignalPayload_KIND_OFFER:
+		if p.controlling {
+			m.log.Debug("dropping offer from the controlled side", "from", keyString(key))
+			return
+		}
+		if p.s != nil && p.s.id == pl.GetSession() {
+			return // duplicate
+		}
+		s, err := m.startSession(p, pl.GetSession(), now)
+		if err != nil {
+			m.log.Warn("answer ICE session", "peer", keyString(key), "err", err)
+			return
+		}
+		ufrag, pwd, err := s.agent.GetLocalUserCredentials()
+		if err != nil {
+			return
+		}
+		m.send(p, &api.SignalPayload{Kind: api.SignalPayload_KIND_ANSWER, Session: s.id, Ufrag: ufrag, Pwd: pwd})
+		if err := s.agent.GatherCandidates(); err != nil {
+			m.log.Warn("gather candidates", "err", err)
+		}
+		m.dial(key, s, pl.GetUfrag(), pl.GetPwd(), false)
+	case api.SignalPayload_KIND_ANSWER:
+		if !p.controlling || p.s == nil || p.s.id != pl.GetSession() || p.s.dialing {
+			return
+		}
+		m.dial(key, p.s, pl.GetUfrag(), pl.GetPwd(), true)
+	case api.SignalPayload_KIND_CANDIDATE:
+		if p.s == nil || p.s.id != pl.GetSession() {
+			return
+		}
+		for _, raw := range pl.GetCandidates()[:min(len(pl.GetCandidates()), maxCandidates)] {
+			c, err := ice.UnmarshalCandidate(raw)
+			if err != nil || !acceptable(c) {
+				m.log.Debug("dropping remote candidate", "raw", raw, "err", err)
+				continue
+			}
+			if err := p.s.agent.AddRemoteCandidate(c); err != nil {
+				m.log.Debug("add remote candidate", "err", err)
+			}
+		}
+	case api.SignalPayload_KIND_RESTART_REQUEST:
+		if p.controlling && p.m.State() != pathsel.Checking {
+			m.log.Info("peer asked for an ICE restart", "peer", keyString(key))
+			p.m.Kick(now)
+		}
+	default:
+		m.signals.SignalsDropped++
+	}
+}
+
+// acceptable rejects candidates we never use: non-UDP, unresolved names.
+func acceptable(c ice.Candidate) bool {
+	if !c.NetworkType().IsUDP() {
+		return false
+	}
+	a, err := netip.ParseAddr(c.Address())
+	return err == nil && !a.IsUnspecified() && !a.IsMulticast() && !strings.HasSuffix(c.Address(), ".local")
+}
+
+// dial runs Dial (controlling) or Accept (controlled) in the background;
+// the outcome arrives through the state callbacks.
+func (m *Manager) dial(key [32]byte, s *session, ufrag, pwd string, controlling bool) {
+	if ufrag == "" || pwd == "" {
+		m.log.Debug("signal without ICE credentials", "peer", keyString(key))
+		return
+	}
+	s.dialing = true
+	ctx, cancel := context.WithTimeout(s.ctx, 2*iceFailed)
+	go func() {
+		defer cancel()
+		var err error
+		if controlling {
+			_, err = s.agent.Dial(ctx, ufrag, pwd)
+		} else {
+			_, err = s.agent.Accept(ctx, ufrag, pwd)
+		}
+		if err != nil {
+			m.post(func() {
+				if p := m.peers[key]; p != nil && p.s == s {
+					m.log.Debug("ICE session ended without connecting", "peer", keyString(key), "err", err)
+					p.m.Failed(m.cfg.Now())
+					m.closeSession(p)
+				}
+			})
+		}
+	}()
+}
+
+// keyString abbreviates a key the way wireguard-go's logs do.
+func keyString(k [32]byte) string { return base64.StdEncoding.EncodeToString(k[:])[:8] }
