@@ -359,3 +359,21 @@ func TestLoadFilesServesPinnedClient(t *testing.T) {
 		t.Errorf("got CA %v, want the operator's CA", got)
 	}
 }
+
+// A key without a certificate is what a crash between the two writes
+// leaves behind; the next start creates a fresh CA.
+func TestLoadOrCreateKeyWithoutCert(t *testing.T) {
+	dir := t.TempDir()
+	first := newIdentity(t, dir)
+	if err := os.Remove(filepath.Join(dir, caCertFile)); err != nil {
+		t.Fatal(err)
+	}
+	second := newIdentity(t, dir)
+	if token.PinCert(first.CA) == token.PinCert(second.CA) {
+		t.Errorf("got the old pin, want a fresh CA")
+	}
+	third := newIdentity(t, dir)
+	if token.PinCert(second.CA) != token.PinCert(third.CA) {
+		t.Errorf("fresh CA not persisted: pin changed again on the next start")
+	}
+}
