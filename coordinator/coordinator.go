@@ -5,11 +5,13 @@ package coordinator
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -25,8 +27,10 @@ import (
 	"github.com/edgewire/edgewire/coordinator/server"
 	"github.com/edgewire/edgewire/coordinator/store"
 	"github.com/edgewire/edgewire/coordinator/token"
+	"github.com/edgewire/edgewire/dataplane/relay"
 	"github.com/edgewire/edgewire/dataplane/stunserver"
 	"github.com/edgewire/edgewire/internal/atomicfile"
+	"github.com/edgewire/edgewire/node/identity"
 )
 
 // Defaults, in one place.
@@ -35,6 +39,9 @@ const (
 	DefaultListen  = ":8443"
 	DefaultPrefix  = "100.64.0.0/10"
 	DefaultSTUN    = ":3478"
+	DefaultRelay   = ":8444"
+	TicketKeyFile  = "ticket.key"
+	RelayKeyFile   = "relay.key"
 	AdminTokenFile = "admin.token"
 	AdminSocket    = "admin.sock"
 	StoreFile      = "edgewire.db"
@@ -43,14 +50,20 @@ const (
 // Config configures the daemon.
 type Config struct {
 	DataDir     string
-	Listen      string         // TLS gRPC listen address
-	AdminSocket string         // empty: <DataDir>/admin.sock
-	Prefixes    []netip.Prefix // overlay prefixes
-	TLSCert     string         // optional operator-provided serving cert...
-	TLSKey      string         // ...its key...
-	TLSCA       string         // ...and the CA that issued it (pinned by tokens)
-	TLSSANs     []string       // extra DNS names / IPs for the generated cert
-	STUNListen  string         // UDP address of the embedded STUN server; empty: none
+	Listen      string             // TLS gRPC listen address
+	AdminSocket string             // empty: <DataDir>/admin.sock
+	Prefixes    []netip.Prefix     // overlay prefixes
+	TLSCert     string             // optional operator-provided serving cert...
+	TLSKey      string             // ...its key...
+	TLSCA       string             // ...and the CA that issued it (pinned by tokens)
+	TLSSANs     []string           // extra DNS names / IPs for the generated cert
+	STUNListen  string             // UDP address of the embedded STUN server; empty: none
+	RelayListen string             // TCP address of the embedded relay; empty: none
+	RelayID     uint32             // region id of the embedded relay
+	RelayName   string             // region name of the embedded relay
+	Relays      []*api.RelayRegion // further relays (--relay-map)
+	MeshKey     []byte             // relay mesh key; nil: the embedded relay does not mesh
+	TicketTTL   time.Duration      // relay ticket lifetime
 	Logger      *slog.Logger
 }
 
@@ -81,6 +94,17 @@ func (c *Config) validate() error {
 	if given != 0 && given != 3 {
 		return errors.New("--tls-cert, --tls-key and --tls-ca go together")
 	}
+	for _, r := range c.Relays {
+		if c.RelayListen != "" && r.GetId() == c.RelayID {
+			return fmt.Errorf("relay map region id %d is the embedded relay's (--relay-region-id)", r.GetId())
+		}
+	}
+	if c.RelayListen != "" && c.RelayID == 0 {
+		return errors.New("--relay-region-id must be > 0")
+	}
+	if len(c.Relays) > 0 && c.RelayListen != "" && c.MeshKey == nil {
+		return errors.New("--relay-map with an embedded relay needs --mesh-key-file, or nodes on different relays cannot reach each other")
+	}
 	if c.AdminSocket == "" {
 		c.AdminSocket = filepath.Join(c.DataDir, AdminSocket)
 	}
@@ -99,7 +123,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return err
 	}
-	id, err := identity(cfg)
+	id, err := tlsIdentity(cfg)
 	if err != nil {
 		return err
 	}
@@ -124,8 +148,28 @@ func Run(ctx context.Context, cfg Config) error {
 		stunServers = append(stunServers, &api.StunServer{Port: uint32(ss.Addr().(*net.UDPAddr).Port)})
 		log.Info("STUN server started", "listen", ss.Addr())
 	}
+	ticketKey, err := loadOrCreateTicketKey(filepath.Join(cfg.DataDir, TicketKeyFile))
+	if err != nil {
+		return err
+	}
+	relays := cfg.Relays
+	var embedded *relay.Server
+	if cfg.RelayListen != "" {
+		var region *api.RelayRegion
+		embedded, region, err = startRelay(ctx, cfg, id, ticketKey, stunServers)
+		if err != nil {
+			return err
+		}
+		relays = append([]*api.RelayRegion{region}, relays...)
+	}
 	srv, err := server.New(ctx, server.Config{
 		Store: st, Prefixes: cfg.Prefixes, CAPin: token.PinCert(id.CA), Logger: log, STUN: stunServers,
+		Relays: relays, TicketKey: ticketKey, TicketTTL: cfg.TicketTTL,
+		OnDelete: func(key store.NodeKey, until time.Time) {
+			if embedded != nil {
+				embedded.Revoke(key, until)
+			}
+		},
 	})
 	if err != nil {
 		return err
@@ -175,7 +219,7 @@ func Run(ctx context.Context, cfg Config) error {
 	return err
 }
 
-func identity(cfg Config) (*pki.Identity, error) {
+func tlsIdentity(cfg Config) (*pki.Identity, error) {
 	if cfg.TLSCert != "" {
 		return pki.LoadFiles(cfg.TLSCert, cfg.TLSKey, cfg.TLSCA)
 	}
@@ -212,6 +256,63 @@ func adminToken(path string) ([32]byte, error) {
 		return [32]byte{}, fmt.Errorf("admin token file %s is empty", path)
 	}
 	return server.AdminTokenHash(tok), nil
+}
+
+// startRelay runs the embedded relay on cfg.RelayListen with the
+// coordinator's TLS identity, meshed with the relays of the relay map.
+func startRelay(ctx context.Context, cfg Config, id *pki.Identity, ticketKey ed25519.PrivateKey, stun []*api.StunServer) (*relay.Server, *api.RelayRegion, error) {
+	key, err := identity.LoadOrCreateKeyFile(filepath.Join(cfg.DataDir, RelayKeyFile))
+	if err != nil {
+		return nil, nil, fmt.Errorf("relay key: %w", err)
+	}
+	var peers []relay.MeshPeer
+	if cfg.MeshKey != nil {
+		for _, r := range cfg.Relays {
+			peers = append(peers, relay.MeshPeer{
+				URL: fmt.Sprintf("https://%s/relay", net.JoinHostPort(r.GetHost(), fmt.Sprint(r.GetPort()))),
+				Key: [32]byte(r.GetKey()),
+			})
+		}
+	}
+	rs, err := relay.NewServer(relay.ServerConfig{
+		PrivateKey: key, TicketKey: ticketKey.Public().(ed25519.PublicKey), MeshKey: cfg.MeshKey, MeshPeers: peers,
+		Logger: cfg.Logger.With("src", "relay"),
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.RelayListen)
+	if err != nil {
+		return nil, nil, fmt.Errorf("relay listen %s: %w", cfg.RelayListen, err)
+	}
+	hs := RelayHTTPServer(rs, id.Cert)
+	go hs.ServeTLS(ln, "", "")
+	go rs.Run(ctx)
+	go func() {
+		<-ctx.Done()
+		hs.Close()
+	}()
+	region := &api.RelayRegion{
+		Id: cfg.RelayID, Name: cfg.RelayName, Port: uint32(ln.Addr().(*net.TCPAddr).Port),
+		Key: func() []byte { k := relay.PublicKey(key); return k[:] }(),
+	}
+	if len(stun) > 0 {
+		region.StunPort = stun[0].GetPort()
+	}
+	cfg.Logger.Info("relay started", "listen", ln.Addr(), "region", cfg.RelayID, "name", cfg.RelayName,
+		"key", identity.Key(relay.PublicKey(key)), "mesh_peers", len(peers))
+	return rs, region, nil
+}
+
+// RelayHTTPServer serves a relay over HTTP/1.1 only: the relay protocol
+// starts with an Upgrade, which HTTP/2 has not got.
+func RelayHTTPServer(h http.Handler, cert tls.Certificate) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
+		TLSNextProto:      map[string]func(*http.Server, *tls.Conn, http.Handler){},
+	}
 }
 
 // listenUnix listens on a unix socket only root (the owner) can use.

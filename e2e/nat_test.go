@@ -23,6 +23,7 @@ const (
 	natPublic natKind = iota // its own public address
 	natEIM                   // behind one or more endpoint-independent NATs (MASQUERADE: EIM mapping, port-restricted filtering)
 	natSym                   // behind a symmetric NAT (a new mapping per destination)
+	natUDPBlocked            // behind a NAT that lets no UDP out (only TCP leaves the site)
 )
 
 // natSpot is a node's NAT situation.
@@ -35,7 +36,7 @@ type natSpot struct {
 // direct when they share a LAN (host candidates), when one is public (its
 // host candidate; a symmetric peer shows up peer-reflexive), or when both
 // are behind endpoint-independent NATs of different sites (server-reflexive
-// candidates); none when a symmetric NAT faces any other NAT, since the
+// candidates); relay when a symmetric NAT faces any other NAT, since the
 // mapping it uses for the peer is one the peer never learns and the peer's
 // port-restricted filter drops it. Sites never share an outer NAT here
 // except as one LAN, so hairpinning does not come up.
@@ -43,10 +44,12 @@ func expectedPath(a, b natSpot) string {
 	switch {
 	case a.lan != "" && a.lan == b.lan:
 		return "direct"
+	case a.kind == natUDPBlocked || b.kind == natUDPBlocked:
+		return "none"
 	case a.kind == natPublic || b.kind == natPublic:
 		return "direct"
 	case a.kind == natSym || b.kind == natSym:
-		return "none"
+		return "relay"
 	default:
 		return "direct"
 	}
@@ -67,8 +70,10 @@ func TestExpectedPath(t *testing.T) {
 		{"eim and eim of other sites", eimA, eimB, "direct"},
 		{"two nodes on one LAN", eimA, eimA, "direct"},
 		{"two nodes on one symmetric LAN", symE, symE, "direct"},
-		{"eim and symmetric", eimA, symE, "none"},
-		{"symmetric and symmetric", symE, symF, "none"},
+		{"eim and symmetric", eimA, symE, "relay"},
+		{"symmetric and symmetric", symE, symF, "relay"},
+		{"public and udp-blocked", pub, natSpot{natUDPBlocked, "u"}, "none"},
+		{"two nodes on one udp-blocked LAN", natSpot{natUDPBlocked, "u"}, natSpot{natUDPBlocked, "u"}, "direct"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := expectedPath(tc.a, tc.b); got != tc.want {
@@ -249,7 +254,10 @@ func checkEndpoint(ctx context.Context, snap snapshot, x, y *natNode) (netip.Add
 
 // logMatrix logs each agent's path (and ICE state) to every other agent,
 // marking the cells that differ from the expected path.
-func logMatrix(t *testing.T, nodes []*natNode) {
+func logMatrix(t *testing.T, nodes []*natNode) { logPathMatrix(t, nodes, expectedPath) }
+
+// logPathMatrix is logMatrix against the expectation want.
+func logPathMatrix(t *testing.T, nodes []*natNode, want func(a, b natSpot) string) {
 	snap, err := takeSnapshot(nodes)
 	if err != nil {
 		t.Logf("path matrix: %v", err)
@@ -271,8 +279,8 @@ func logMatrix(t *testing.T, nodes []*natNode) {
 			}
 			ps := snap.peer(x, y)
 			cell := snap.path(x, y) + "/" + iceState(ps)
-			if snap.path(x, y) != expectedPath(x.spot, y.spot) {
-				cell += "(!want " + expectedPath(x.spot, y.spot) + ")"
+			if w := want(x.spot, y.spot); snap.path(x, y) != w {
+				cell += "(!want " + w + ")"
 			}
 			fmt.Fprintf(w, "\t%s", cell)
 		}
@@ -466,8 +474,8 @@ func TestNATTraversal(t *testing.T) {
 					switch {
 					case ps == nil:
 						bad = append(bad, fmt.Sprintf("%s does not list %s", x.name, y.name))
-					case ps.Path != "none":
-						bad = append(bad, fmt.Sprintf("%s sees %s %s, want none", x.name, y.name, ps.Path))
+					case ps.Path != "relay":
+						bad = append(bad, fmt.Sprintf("%s sees %s %s, want relay", x.name, y.name, ps.Path))
 					case ps.ICE == nil:
 						bad = append(bad, fmt.Sprintf("%s sees %s without ice status, want failed or restarted", x.name, y.name))
 					case !slices.Contains(notConnected, ps.ICE.State):

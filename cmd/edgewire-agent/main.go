@@ -77,6 +77,7 @@ func main() {
 	rf.IntVar(&cfg.MTU, "mtu", agent.DefaultMTU, "WireGuard interface MTU")
 	rf.IntVar(&cfg.ListenPort, "listen-port", agent.DefaultListenPort, "WireGuard UDP port (0: any)")
 	rf.StringVar(&cfg.Socket, "socket", localapi.DefaultSocket, "local API unix socket")
+	rf.Uint32Var(&cfg.RelayRegion, "relay-region", 0, "preferred home relay region id, used whenever it is up (0: the closest)")
 
 	join := &cobra.Command{
 		Use:   "join",

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -20,6 +21,7 @@ func main() {
 	var (
 		cfg                 coordinator.Config
 		prefixes            []string
+		relayMap, meshKey   string
 		logLevel, logFormat string
 	)
 	cmd := &cobra.Command{
@@ -41,6 +43,16 @@ func main() {
 				}
 				cfg.Prefixes = append(cfg.Prefixes, pfx)
 			}
+			if relayMap != "" {
+				if cfg.Relays, err = coordinator.LoadRelayMap(relayMap); err != nil {
+					return err
+				}
+			}
+			if meshKey != "" {
+				if cfg.MeshKey, err = coordinator.LoadMeshKey(meshKey); err != nil {
+					return err
+				}
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return coordinator.Run(ctx, cfg)
@@ -56,6 +68,12 @@ func main() {
 	f.StringVar(&cfg.TLSCA, "tls-ca", "", "CA that issued --tls-cert (its key is what join tokens pin)")
 	f.StringSliceVar(&cfg.TLSSANs, "tls-san", nil, "extra DNS names or IPs for the generated serving certificate")
 	f.StringVar(&cfg.STUNListen, "stun-listen", coordinator.DefaultSTUN, "UDP address of the embedded STUN server (empty: off)")
+	f.StringVar(&cfg.RelayListen, "relay-listen", coordinator.DefaultRelay, "TCP address of the embedded relay (HTTPS; empty: off)")
+	f.Uint32Var(&cfg.RelayID, "relay-region-id", 1, "region id of the embedded relay")
+	f.StringVar(&cfg.RelayName, "relay-region-name", "coordinator", "region name of the embedded relay")
+	f.StringVar(&relayMap, "relay-map", "", "JSON file listing further relays (see README)")
+	f.StringVar(&meshKey, "mesh-key-file", "", "file with the relay mesh key shared by all relays")
+	f.DurationVar(&cfg.TicketTTL, "relay-ticket-ttl", 10*time.Minute, "lifetime of relay tickets (renewed at half)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")
 	if err := cmd.Execute(); err != nil {

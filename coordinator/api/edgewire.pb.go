@@ -123,7 +123,7 @@ func (x SignalPayload_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SignalPayload_Kind.Descriptor instead.
 func (SignalPayload_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{5, 0}
+	return file_edgewire_proto_rawDescGZIP(), []int{6, 0}
 }
 
 type JoinRequest struct {
@@ -391,6 +391,7 @@ type ServerMessage struct {
 	//	*ServerMessage_Challenge
 	//	*ServerMessage_Map
 	//	*ServerMessage_Signal
+	//	*ServerMessage_RelayTicket
 	Msg           isServerMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -460,6 +461,15 @@ func (x *ServerMessage) GetSignal() *Signal {
 	return nil
 }
 
+func (x *ServerMessage) GetRelayTicket() *RelayTicket {
+	if x != nil {
+		if x, ok := x.Msg.(*ServerMessage_RelayTicket); ok {
+			return x.RelayTicket
+		}
+	}
+	return nil
+}
+
 type isServerMessage_Msg interface {
 	isServerMessage_Msg()
 }
@@ -476,11 +486,73 @@ type ServerMessage_Signal struct {
 	Signal *Signal `protobuf:"bytes,3,opt,name=signal,proto3,oneof"`
 }
 
+type ServerMessage_RelayTicket struct {
+	RelayTicket *RelayTicket `protobuf:"bytes,4,opt,name=relay_ticket,json=relayTicket,proto3,oneof"`
+}
+
 func (*ServerMessage_Challenge) isServerMessage_Msg() {}
 
 func (*ServerMessage_Map) isServerMessage_Msg() {}
 
 func (*ServerMessage_Signal) isServerMessage_Msg() {}
+
+func (*ServerMessage_RelayTicket) isServerMessage_Msg() {}
+
+// RelayTicket lets the node use the relays: an Ed25519-signed statement
+// (layout in dataplane/relay) that relays verify offline. The
+// coordinator sends one after authentication and renews it before it
+// expires.
+type RelayTicket struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ticket        []byte                 `protobuf:"bytes,1,opt,name=ticket,proto3" json:"ticket,omitempty"`
+	ExpiresUnix   int64                  `protobuf:"varint,2,opt,name=expires_unix,json=expiresUnix,proto3" json:"expires_unix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RelayTicket) Reset() {
+	*x = RelayTicket{}
+	mi := &file_edgewire_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RelayTicket) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RelayTicket) ProtoMessage() {}
+
+func (x *RelayTicket) ProtoReflect() protoreflect.Message {
+	mi := &file_edgewire_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RelayTicket.ProtoReflect.Descriptor instead.
+func (*RelayTicket) Descriptor() ([]byte, []int) {
+	return file_edgewire_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *RelayTicket) GetTicket() []byte {
+	if x != nil {
+		return x.Ticket
+	}
+	return nil
+}
+
+func (x *RelayTicket) GetExpiresUnix() int64 {
+	if x != nil {
+		return x.ExpiresUnix
+	}
+	return 0
+}
 
 // Signal carries an end-to-end sealed signalling message between two
 // nodes. From a client, peer_key is the recipient; the coordinator
@@ -499,7 +571,7 @@ type Signal struct {
 
 func (x *Signal) Reset() {
 	*x = Signal{}
-	mi := &file_edgewire_proto_msgTypes[4]
+	mi := &file_edgewire_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -511,7 +583,7 @@ func (x *Signal) String() string {
 func (*Signal) ProtoMessage() {}
 
 func (x *Signal) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[4]
+	mi := &file_edgewire_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -524,7 +596,7 @@ func (x *Signal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Signal.ProtoReflect.Descriptor instead.
 func (*Signal) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{4}
+	return file_edgewire_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Signal) GetPeerKey() []byte {
@@ -563,7 +635,7 @@ type SignalPayload struct {
 
 func (x *SignalPayload) Reset() {
 	*x = SignalPayload{}
-	mi := &file_edgewire_proto_msgTypes[5]
+	mi := &file_edgewire_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -575,7 +647,7 @@ func (x *SignalPayload) String() string {
 func (*SignalPayload) ProtoMessage() {}
 
 func (x *SignalPayload) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[5]
+	mi := &file_edgewire_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -588,7 +660,7 @@ func (x *SignalPayload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalPayload.ProtoReflect.Descriptor instead.
 func (*SignalPayload) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{5}
+	return file_edgewire_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SignalPayload) GetKind() SignalPayload_Kind {
@@ -645,7 +717,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_edgewire_proto_msgTypes[6]
+	mi := &file_edgewire_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -657,7 +729,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[6]
+	mi := &file_edgewire_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -670,7 +742,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{6}
+	return file_edgewire_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Hello) GetPublicKey() []byte {
@@ -715,7 +787,7 @@ type Challenge struct {
 
 func (x *Challenge) Reset() {
 	*x = Challenge{}
-	mi := &file_edgewire_proto_msgTypes[7]
+	mi := &file_edgewire_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -727,7 +799,7 @@ func (x *Challenge) String() string {
 func (*Challenge) ProtoMessage() {}
 
 func (x *Challenge) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[7]
+	mi := &file_edgewire_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -740,7 +812,7 @@ func (x *Challenge) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Challenge.ProtoReflect.Descriptor instead.
 func (*Challenge) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{7}
+	return file_edgewire_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Challenge) GetEphemeralPublicKey() []byte {
@@ -773,7 +845,7 @@ type AuthProof struct {
 
 func (x *AuthProof) Reset() {
 	*x = AuthProof{}
-	mi := &file_edgewire_proto_msgTypes[8]
+	mi := &file_edgewire_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -785,7 +857,7 @@ func (x *AuthProof) String() string {
 func (*AuthProof) ProtoMessage() {}
 
 func (x *AuthProof) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[8]
+	mi := &file_edgewire_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -798,7 +870,7 @@ func (x *AuthProof) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthProof.ProtoReflect.Descriptor instead.
 func (*AuthProof) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{8}
+	return file_edgewire_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AuthProof) GetChallenge() []byte {
@@ -817,7 +889,7 @@ type EndpointUpdate struct {
 
 func (x *EndpointUpdate) Reset() {
 	*x = EndpointUpdate{}
-	mi := &file_edgewire_proto_msgTypes[9]
+	mi := &file_edgewire_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -829,7 +901,7 @@ func (x *EndpointUpdate) String() string {
 func (*EndpointUpdate) ProtoMessage() {}
 
 func (x *EndpointUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[9]
+	mi := &file_edgewire_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -842,7 +914,7 @@ func (x *EndpointUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointUpdate.ProtoReflect.Descriptor instead.
 func (*EndpointUpdate) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{9}
+	return file_edgewire_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *EndpointUpdate) GetEndpoints() []string {
@@ -861,7 +933,7 @@ type MapRequest struct {
 
 func (x *MapRequest) Reset() {
 	*x = MapRequest{}
-	mi := &file_edgewire_proto_msgTypes[10]
+	mi := &file_edgewire_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -873,7 +945,7 @@ func (x *MapRequest) String() string {
 func (*MapRequest) ProtoMessage() {}
 
 func (x *MapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[10]
+	mi := &file_edgewire_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -886,7 +958,7 @@ func (x *MapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MapRequest.ProtoReflect.Descriptor instead.
 func (*MapRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{10}
+	return file_edgewire_proto_rawDescGZIP(), []int{11}
 }
 
 // NetworkMap is either a full map (full = true: peers lists every peer and
@@ -903,13 +975,14 @@ type NetworkMap struct {
 	Removed         [][]byte               `protobuf:"bytes,6,rep,name=removed,proto3" json:"removed,omitempty"`                                        // public keys
 	OverlayPrefixes []string               `protobuf:"bytes,7,rep,name=overlay_prefixes,json=overlayPrefixes,proto3" json:"overlay_prefixes,omitempty"` // set in full maps
 	StunServers     []*StunServer          `protobuf:"bytes,8,rep,name=stun_servers,json=stunServers,proto3" json:"stun_servers,omitempty"`             // set in full maps
+	Relays          []*RelayRegion         `protobuf:"bytes,9,rep,name=relays,proto3" json:"relays,omitempty"`                                          // set in full maps
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
 
 func (x *NetworkMap) Reset() {
 	*x = NetworkMap{}
-	mi := &file_edgewire_proto_msgTypes[11]
+	mi := &file_edgewire_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -921,7 +994,7 @@ func (x *NetworkMap) String() string {
 func (*NetworkMap) ProtoMessage() {}
 
 func (x *NetworkMap) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[11]
+	mi := &file_edgewire_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -934,7 +1007,7 @@ func (x *NetworkMap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkMap.ProtoReflect.Descriptor instead.
 func (*NetworkMap) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{11}
+	return file_edgewire_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *NetworkMap) GetVersion() uint64 {
@@ -993,6 +1066,99 @@ func (x *NetworkMap) GetStunServers() []*StunServer {
 	return nil
 }
 
+func (x *NetworkMap) GetRelays() []*RelayRegion {
+	if x != nil {
+		return x.Relays
+	}
+	return nil
+}
+
+// RelayRegion is one relay agents may use. An empty host means the host
+// the agent dialled the coordinator at.
+type RelayRegion struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint32                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Host          string                 `protobuf:"bytes,3,opt,name=host,proto3" json:"host,omitempty"`
+	Port          uint32                 `protobuf:"varint,4,opt,name=port,proto3" json:"port,omitempty"`                         // TCP port of the relay's HTTPS listener
+	Key           []byte                 `protobuf:"bytes,5,opt,name=key,proto3" json:"key,omitempty"`                            // the relay's Curve25519 public key (32 bytes)
+	StunPort      uint32                 `protobuf:"varint,6,opt,name=stun_port,json=stunPort,proto3" json:"stun_port,omitempty"` // 0: no STUN server there
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RelayRegion) Reset() {
+	*x = RelayRegion{}
+	mi := &file_edgewire_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RelayRegion) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RelayRegion) ProtoMessage() {}
+
+func (x *RelayRegion) ProtoReflect() protoreflect.Message {
+	mi := &file_edgewire_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RelayRegion.ProtoReflect.Descriptor instead.
+func (*RelayRegion) Descriptor() ([]byte, []int) {
+	return file_edgewire_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RelayRegion) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *RelayRegion) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RelayRegion) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *RelayRegion) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *RelayRegion) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *RelayRegion) GetStunPort() uint32 {
+	if x != nil {
+		return x.StunPort
+	}
+	return 0
+}
+
 // StunServer is a STUN server agents use for server-reflexive candidates.
 // An empty host means "the host the agent dialled the coordinator at".
 type StunServer struct {
@@ -1005,7 +1171,7 @@ type StunServer struct {
 
 func (x *StunServer) Reset() {
 	*x = StunServer{}
-	mi := &file_edgewire_proto_msgTypes[12]
+	mi := &file_edgewire_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1017,7 +1183,7 @@ func (x *StunServer) String() string {
 func (*StunServer) ProtoMessage() {}
 
 func (x *StunServer) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[12]
+	mi := &file_edgewire_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1030,7 +1196,7 @@ func (x *StunServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StunServer.ProtoReflect.Descriptor instead.
 func (*StunServer) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{12}
+	return file_edgewire_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StunServer) GetHost() string {
@@ -1064,7 +1230,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_edgewire_proto_msgTypes[13]
+	mi := &file_edgewire_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1076,7 +1242,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[13]
+	mi := &file_edgewire_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1089,7 +1255,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{13}
+	return file_edgewire_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Node) GetPublicKey() []byte {
@@ -1167,7 +1333,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_edgewire_proto_msgTypes[14]
+	mi := &file_edgewire_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1179,7 +1345,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[14]
+	mi := &file_edgewire_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1192,7 +1358,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{14}
+	return file_edgewire_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CreateTokenRequest) GetTtlSeconds() int64 {
@@ -1233,7 +1399,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_edgewire_proto_msgTypes[15]
+	mi := &file_edgewire_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1245,7 +1411,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[15]
+	mi := &file_edgewire_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1258,7 +1424,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{15}
+	return file_edgewire_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CreateTokenResponse) GetToken() string {
@@ -1291,7 +1457,7 @@ type TokenInfo struct {
 
 func (x *TokenInfo) Reset() {
 	*x = TokenInfo{}
-	mi := &file_edgewire_proto_msgTypes[16]
+	mi := &file_edgewire_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1303,7 +1469,7 @@ func (x *TokenInfo) String() string {
 func (*TokenInfo) ProtoMessage() {}
 
 func (x *TokenInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[16]
+	mi := &file_edgewire_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1316,7 +1482,7 @@ func (x *TokenInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenInfo.ProtoReflect.Descriptor instead.
 func (*TokenInfo) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{16}
+	return file_edgewire_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *TokenInfo) GetId() string {
@@ -1383,7 +1549,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_edgewire_proto_msgTypes[17]
+	mi := &file_edgewire_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1395,7 +1561,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[17]
+	mi := &file_edgewire_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1408,7 +1574,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{17}
+	return file_edgewire_proto_rawDescGZIP(), []int{19}
 }
 
 type ListTokensResponse struct {
@@ -1420,7 +1586,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_edgewire_proto_msgTypes[18]
+	mi := &file_edgewire_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1432,7 +1598,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[18]
+	mi := &file_edgewire_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1445,7 +1611,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{18}
+	return file_edgewire_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListTokensResponse) GetTokens() []*TokenInfo {
@@ -1464,7 +1630,7 @@ type RevokeTokenRequest struct {
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_edgewire_proto_msgTypes[19]
+	mi := &file_edgewire_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1476,7 +1642,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[19]
+	mi := &file_edgewire_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1489,7 +1655,7 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{19}
+	return file_edgewire_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RevokeTokenRequest) GetId() string {
@@ -1507,7 +1673,7 @@ type RevokeTokenResponse struct {
 
 func (x *RevokeTokenResponse) Reset() {
 	*x = RevokeTokenResponse{}
-	mi := &file_edgewire_proto_msgTypes[20]
+	mi := &file_edgewire_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1519,7 +1685,7 @@ func (x *RevokeTokenResponse) String() string {
 func (*RevokeTokenResponse) ProtoMessage() {}
 
 func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[20]
+	mi := &file_edgewire_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1532,7 +1698,7 @@ func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{20}
+	return file_edgewire_proto_rawDescGZIP(), []int{22}
 }
 
 type ListNodesRequest struct {
@@ -1543,7 +1709,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_edgewire_proto_msgTypes[21]
+	mi := &file_edgewire_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1555,7 +1721,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[21]
+	mi := &file_edgewire_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1568,7 +1734,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{21}
+	return file_edgewire_proto_rawDescGZIP(), []int{23}
 }
 
 type ListNodesResponse struct {
@@ -1580,7 +1746,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_edgewire_proto_msgTypes[22]
+	mi := &file_edgewire_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1592,7 +1758,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[22]
+	mi := &file_edgewire_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1605,7 +1771,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{22}
+	return file_edgewire_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1624,7 +1790,7 @@ type DeleteNodeRequest struct {
 
 func (x *DeleteNodeRequest) Reset() {
 	*x = DeleteNodeRequest{}
-	mi := &file_edgewire_proto_msgTypes[23]
+	mi := &file_edgewire_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1636,7 +1802,7 @@ func (x *DeleteNodeRequest) String() string {
 func (*DeleteNodeRequest) ProtoMessage() {}
 
 func (x *DeleteNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[23]
+	mi := &file_edgewire_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1649,7 +1815,7 @@ func (x *DeleteNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteNodeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteNodeRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{23}
+	return file_edgewire_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DeleteNodeRequest) GetName() string {
@@ -1667,7 +1833,7 @@ type DeleteNodeResponse struct {
 
 func (x *DeleteNodeResponse) Reset() {
 	*x = DeleteNodeResponse{}
-	mi := &file_edgewire_proto_msgTypes[24]
+	mi := &file_edgewire_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1679,7 +1845,7 @@ func (x *DeleteNodeResponse) String() string {
 func (*DeleteNodeResponse) ProtoMessage() {}
 
 func (x *DeleteNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[24]
+	mi := &file_edgewire_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1692,7 +1858,7 @@ func (x *DeleteNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteNodeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteNodeResponse) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{24}
+	return file_edgewire_proto_rawDescGZIP(), []int{26}
 }
 
 var File_edgewire_proto protoreflect.FileDescriptor
@@ -1717,12 +1883,16 @@ const file_edgewire_proto_rawDesc = "" +
 	"\vmap_request\x18\x04 \x01(\v2\x17.edgewire.v1.MapRequestH\x00R\n" +
 	"mapRequest\x12-\n" +
 	"\x06signal\x18\x05 \x01(\v2\x13.edgewire.v1.SignalH\x00R\x06signalB\x05\n" +
-	"\x03msg\"\xaa\x01\n" +
+	"\x03msg\"\xe9\x01\n" +
 	"\rServerMessage\x126\n" +
 	"\tchallenge\x18\x01 \x01(\v2\x16.edgewire.v1.ChallengeH\x00R\tchallenge\x12+\n" +
 	"\x03map\x18\x02 \x01(\v2\x17.edgewire.v1.NetworkMapH\x00R\x03map\x12-\n" +
-	"\x06signal\x18\x03 \x01(\v2\x13.edgewire.v1.SignalH\x00R\x06signalB\x05\n" +
-	"\x03msg\"Q\n" +
+	"\x06signal\x18\x03 \x01(\v2\x13.edgewire.v1.SignalH\x00R\x06signal\x12=\n" +
+	"\frelay_ticket\x18\x04 \x01(\v2\x18.edgewire.v1.RelayTicketH\x00R\vrelayTicketB\x05\n" +
+	"\x03msg\"H\n" +
+	"\vRelayTicket\x12\x16\n" +
+	"\x06ticket\x18\x01 \x01(\fR\x06ticket\x12!\n" +
+	"\fexpires_unix\x18\x02 \x01(\x03R\vexpiresUnix\"Q\n" +
 	"\x06Signal\x12\x19\n" +
 	"\bpeer_key\x18\x01 \x01(\fR\apeerKey\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\fR\x05nonce\x12\x16\n" +
@@ -1759,7 +1929,7 @@ const file_edgewire_proto_rawDesc = "" +
 	"\x0eEndpointUpdate\x12\x1c\n" +
 	"\tendpoints\x18\x01 \x03(\tR\tendpoints\"\f\n" +
 	"\n" +
-	"MapRequest\"\xae\x02\n" +
+	"MapRequest\"\xe0\x02\n" +
 	"\n" +
 	"NetworkMap\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12!\n" +
@@ -1769,7 +1939,15 @@ const file_edgewire_proto_rawDesc = "" +
 	"\x05peers\x18\x05 \x03(\v2\x11.edgewire.v1.NodeR\x05peers\x12\x18\n" +
 	"\aremoved\x18\x06 \x03(\fR\aremoved\x12)\n" +
 	"\x10overlay_prefixes\x18\a \x03(\tR\x0foverlayPrefixes\x12:\n" +
-	"\fstun_servers\x18\b \x03(\v2\x17.edgewire.v1.StunServerR\vstunServers\"4\n" +
+	"\fstun_servers\x18\b \x03(\v2\x17.edgewire.v1.StunServerR\vstunServers\x120\n" +
+	"\x06relays\x18\t \x03(\v2\x18.edgewire.v1.RelayRegionR\x06relays\"\x88\x01\n" +
+	"\vRelayRegion\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\rR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04host\x18\x03 \x01(\tR\x04host\x12\x12\n" +
+	"\x04port\x18\x04 \x01(\rR\x04port\x12\x10\n" +
+	"\x03key\x18\x05 \x01(\fR\x03key\x12\x1b\n" +
+	"\tstun_port\x18\x06 \x01(\rR\bstunPort\"4\n" +
 	"\n" +
 	"StunServer\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x12\n" +
@@ -1843,7 +2021,7 @@ func file_edgewire_proto_rawDescGZIP() []byte {
 }
 
 var file_edgewire_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_edgewire_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_edgewire_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_edgewire_proto_goTypes = []any{
 	(ProtocolVersion)(0),        // 0: edgewire.v1.ProtocolVersion
 	(SignalPayload_Kind)(0),     // 1: edgewire.v1.SignalPayload.Kind
@@ -1851,65 +2029,69 @@ var file_edgewire_proto_goTypes = []any{
 	(*JoinResponse)(nil),        // 3: edgewire.v1.JoinResponse
 	(*ClientMessage)(nil),       // 4: edgewire.v1.ClientMessage
 	(*ServerMessage)(nil),       // 5: edgewire.v1.ServerMessage
-	(*Signal)(nil),              // 6: edgewire.v1.Signal
-	(*SignalPayload)(nil),       // 7: edgewire.v1.SignalPayload
-	(*Hello)(nil),               // 8: edgewire.v1.Hello
-	(*Challenge)(nil),           // 9: edgewire.v1.Challenge
-	(*AuthProof)(nil),           // 10: edgewire.v1.AuthProof
-	(*EndpointUpdate)(nil),      // 11: edgewire.v1.EndpointUpdate
-	(*MapRequest)(nil),          // 12: edgewire.v1.MapRequest
-	(*NetworkMap)(nil),          // 13: edgewire.v1.NetworkMap
-	(*StunServer)(nil),          // 14: edgewire.v1.StunServer
-	(*Node)(nil),                // 15: edgewire.v1.Node
-	(*CreateTokenRequest)(nil),  // 16: edgewire.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil), // 17: edgewire.v1.CreateTokenResponse
-	(*TokenInfo)(nil),           // 18: edgewire.v1.TokenInfo
-	(*ListTokensRequest)(nil),   // 19: edgewire.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),  // 20: edgewire.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),  // 21: edgewire.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil), // 22: edgewire.v1.RevokeTokenResponse
-	(*ListNodesRequest)(nil),    // 23: edgewire.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),   // 24: edgewire.v1.ListNodesResponse
-	(*DeleteNodeRequest)(nil),   // 25: edgewire.v1.DeleteNodeRequest
-	(*DeleteNodeResponse)(nil),  // 26: edgewire.v1.DeleteNodeResponse
+	(*RelayTicket)(nil),         // 6: edgewire.v1.RelayTicket
+	(*Signal)(nil),              // 7: edgewire.v1.Signal
+	(*SignalPayload)(nil),       // 8: edgewire.v1.SignalPayload
+	(*Hello)(nil),               // 9: edgewire.v1.Hello
+	(*Challenge)(nil),           // 10: edgewire.v1.Challenge
+	(*AuthProof)(nil),           // 11: edgewire.v1.AuthProof
+	(*EndpointUpdate)(nil),      // 12: edgewire.v1.EndpointUpdate
+	(*MapRequest)(nil),          // 13: edgewire.v1.MapRequest
+	(*NetworkMap)(nil),          // 14: edgewire.v1.NetworkMap
+	(*RelayRegion)(nil),         // 15: edgewire.v1.RelayRegion
+	(*StunServer)(nil),          // 16: edgewire.v1.StunServer
+	(*Node)(nil),                // 17: edgewire.v1.Node
+	(*CreateTokenRequest)(nil),  // 18: edgewire.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil), // 19: edgewire.v1.CreateTokenResponse
+	(*TokenInfo)(nil),           // 20: edgewire.v1.TokenInfo
+	(*ListTokensRequest)(nil),   // 21: edgewire.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),  // 22: edgewire.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),  // 23: edgewire.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil), // 24: edgewire.v1.RevokeTokenResponse
+	(*ListNodesRequest)(nil),    // 25: edgewire.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),   // 26: edgewire.v1.ListNodesResponse
+	(*DeleteNodeRequest)(nil),   // 27: edgewire.v1.DeleteNodeRequest
+	(*DeleteNodeResponse)(nil),  // 28: edgewire.v1.DeleteNodeResponse
 }
 var file_edgewire_proto_depIdxs = []int32{
-	15, // 0: edgewire.v1.JoinResponse.self:type_name -> edgewire.v1.Node
-	8,  // 1: edgewire.v1.ClientMessage.hello:type_name -> edgewire.v1.Hello
-	10, // 2: edgewire.v1.ClientMessage.proof:type_name -> edgewire.v1.AuthProof
-	11, // 3: edgewire.v1.ClientMessage.endpoints:type_name -> edgewire.v1.EndpointUpdate
-	12, // 4: edgewire.v1.ClientMessage.map_request:type_name -> edgewire.v1.MapRequest
-	6,  // 5: edgewire.v1.ClientMessage.signal:type_name -> edgewire.v1.Signal
-	9,  // 6: edgewire.v1.ServerMessage.challenge:type_name -> edgewire.v1.Challenge
-	13, // 7: edgewire.v1.ServerMessage.map:type_name -> edgewire.v1.NetworkMap
-	6,  // 8: edgewire.v1.ServerMessage.signal:type_name -> edgewire.v1.Signal
-	1,  // 9: edgewire.v1.SignalPayload.kind:type_name -> edgewire.v1.SignalPayload.Kind
-	0,  // 10: edgewire.v1.Hello.protocol_version:type_name -> edgewire.v1.ProtocolVersion
-	15, // 11: edgewire.v1.NetworkMap.self:type_name -> edgewire.v1.Node
-	15, // 12: edgewire.v1.NetworkMap.peers:type_name -> edgewire.v1.Node
-	14, // 13: edgewire.v1.NetworkMap.stun_servers:type_name -> edgewire.v1.StunServer
-	18, // 14: edgewire.v1.CreateTokenResponse.info:type_name -> edgewire.v1.TokenInfo
-	18, // 15: edgewire.v1.ListTokensResponse.tokens:type_name -> edgewire.v1.TokenInfo
-	15, // 16: edgewire.v1.ListNodesResponse.nodes:type_name -> edgewire.v1.Node
-	2,  // 17: edgewire.v1.Control.Join:input_type -> edgewire.v1.JoinRequest
-	4,  // 18: edgewire.v1.Control.Connect:input_type -> edgewire.v1.ClientMessage
-	16, // 19: edgewire.v1.Admin.CreateToken:input_type -> edgewire.v1.CreateTokenRequest
-	19, // 20: edgewire.v1.Admin.ListTokens:input_type -> edgewire.v1.ListTokensRequest
-	21, // 21: edgewire.v1.Admin.RevokeToken:input_type -> edgewire.v1.RevokeTokenRequest
-	23, // 22: edgewire.v1.Admin.ListNodes:input_type -> edgewire.v1.ListNodesRequest
-	25, // 23: edgewire.v1.Admin.DeleteNode:input_type -> edgewire.v1.DeleteNodeRequest
-	3,  // 24: edgewire.v1.Control.Join:output_type -> edgewire.v1.JoinResponse
-	5,  // 25: edgewire.v1.Control.Connect:output_type -> edgewire.v1.ServerMessage
-	17, // 26: edgewire.v1.Admin.CreateToken:output_type -> edgewire.v1.CreateTokenResponse
-	20, // 27: edgewire.v1.Admin.ListTokens:output_type -> edgewire.v1.ListTokensResponse
-	22, // 28: edgewire.v1.Admin.RevokeToken:output_type -> edgewire.v1.RevokeTokenResponse
-	24, // 29: edgewire.v1.Admin.ListNodes:output_type -> edgewire.v1.ListNodesResponse
-	26, // 30: edgewire.v1.Admin.DeleteNode:output_type -> edgewire.v1.DeleteNodeResponse
-	24, // [24:31] is the sub-list for method output_type
-	17, // [17:24] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	17, // 0: edgewire.v1.JoinResponse.self:type_name -> edgewire.v1.Node
+	9,  // 1: edgewire.v1.ClientMessage.hello:type_name -> edgewire.v1.Hello
+	11, // 2: edgewire.v1.ClientMessage.proof:type_name -> edgewire.v1.AuthProof
+	12, // 3: edgewire.v1.ClientMessage.endpoints:type_name -> edgewire.v1.EndpointUpdate
+	13, // 4: edgewire.v1.ClientMessage.map_request:type_name -> edgewire.v1.MapRequest
+	7,  // 5: edgewire.v1.ClientMessage.signal:type_name -> edgewire.v1.Signal
+	10, // 6: edgewire.v1.ServerMessage.challenge:type_name -> edgewire.v1.Challenge
+	14, // 7: edgewire.v1.ServerMessage.map:type_name -> edgewire.v1.NetworkMap
+	7,  // 8: edgewire.v1.ServerMessage.signal:type_name -> edgewire.v1.Signal
+	6,  // 9: edgewire.v1.ServerMessage.relay_ticket:type_name -> edgewire.v1.RelayTicket
+	1,  // 10: edgewire.v1.SignalPayload.kind:type_name -> edgewire.v1.SignalPayload.Kind
+	0,  // 11: edgewire.v1.Hello.protocol_version:type_name -> edgewire.v1.ProtocolVersion
+	17, // 12: edgewire.v1.NetworkMap.self:type_name -> edgewire.v1.Node
+	17, // 13: edgewire.v1.NetworkMap.peers:type_name -> edgewire.v1.Node
+	16, // 14: edgewire.v1.NetworkMap.stun_servers:type_name -> edgewire.v1.StunServer
+	15, // 15: edgewire.v1.NetworkMap.relays:type_name -> edgewire.v1.RelayRegion
+	20, // 16: edgewire.v1.CreateTokenResponse.info:type_name -> edgewire.v1.TokenInfo
+	20, // 17: edgewire.v1.ListTokensResponse.tokens:type_name -> edgewire.v1.TokenInfo
+	17, // 18: edgewire.v1.ListNodesResponse.nodes:type_name -> edgewire.v1.Node
+	2,  // 19: edgewire.v1.Control.Join:input_type -> edgewire.v1.JoinRequest
+	4,  // 20: edgewire.v1.Control.Connect:input_type -> edgewire.v1.ClientMessage
+	18, // 21: edgewire.v1.Admin.CreateToken:input_type -> edgewire.v1.CreateTokenRequest
+	21, // 22: edgewire.v1.Admin.ListTokens:input_type -> edgewire.v1.ListTokensRequest
+	23, // 23: edgewire.v1.Admin.RevokeToken:input_type -> edgewire.v1.RevokeTokenRequest
+	25, // 24: edgewire.v1.Admin.ListNodes:input_type -> edgewire.v1.ListNodesRequest
+	27, // 25: edgewire.v1.Admin.DeleteNode:input_type -> edgewire.v1.DeleteNodeRequest
+	3,  // 26: edgewire.v1.Control.Join:output_type -> edgewire.v1.JoinResponse
+	5,  // 27: edgewire.v1.Control.Connect:output_type -> edgewire.v1.ServerMessage
+	19, // 28: edgewire.v1.Admin.CreateToken:output_type -> edgewire.v1.CreateTokenResponse
+	22, // 29: edgewire.v1.Admin.ListTokens:output_type -> edgewire.v1.ListTokensResponse
+	24, // 30: edgewire.v1.Admin.RevokeToken:output_type -> edgewire.v1.RevokeTokenResponse
+	26, // 31: edgewire.v1.Admin.ListNodes:output_type -> edgewire.v1.ListNodesResponse
+	28, // 32: edgewire.v1.Admin.DeleteNode:output_type -> edgewire.v1.DeleteNodeResponse
+	26, // [26:33] is the sub-list for method output_type
+	19, // [19:26] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_edgewire_proto_init() }
@@ -1928,6 +2110,7 @@ func file_edgewire_proto_init() {
 		(*ServerMessage_Challenge)(nil),
 		(*ServerMessage_Map)(nil),
 		(*ServerMessage_Signal)(nil),
+		(*ServerMessage_RelayTicket)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1935,7 +2118,7 @@ func file_edgewire_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_edgewire_proto_rawDesc), len(file_edgewire_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   25,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

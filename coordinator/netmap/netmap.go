@@ -46,7 +46,8 @@ type Registry struct {
 	prefixes []string // overlay prefixes, sent in full maps
 	maxLog   int
 
-	stun atomic.Pointer[[]*api.StunServer] // sent in full maps; read-only once set
+	stun   atomic.Pointer[[]*api.StunServer]  // sent in full maps; read-only once set
+	relays atomic.Pointer[[]*api.RelayRegion] // sent in full maps; read-only once set
 
 	mu       sync.Mutex // guards everything below
 	nodes    map[store.NodeKey]*entry
@@ -72,6 +73,10 @@ func New(prefixes []netip.Prefix) *Registry {
 // SetSTUN sets the STUN servers announced in full maps. The slice and its
 // elements must not be modified afterwards.
 func (r *Registry) SetSTUN(servers []*api.StunServer) { r.stun.Store(&servers) }
+
+// SetRelays sets the relay map announced in full maps. The slice and its
+// elements must not be modified afterwards.
+func (r *Registry) SetRelays(regions []*api.RelayRegion) { r.relays.Store(&regions) }
 
 // Version returns the current version.
 func (r *Registry) Version() uint64 {
@@ -308,6 +313,9 @@ func (r *Registry) fullLocked(key store.NodeKey, self *entry) *api.NetworkMap {
 	}
 	if p := r.stun.Load(); p != nil {
 		m.StunServers = *p
+	}
+	if p := r.relays.Load(); p != nil {
+		m.Relays = *p
 	}
 	for k, e := range r.nodes {
 		if k != key {

@@ -146,6 +146,11 @@ func (s *Server) DeleteNode(ctx context.Context, req *api.DeleteNodeRequest) (*a
 		}
 	}
 	s.reg.Delete(node.Key)
+	if s.cfg.OnDelete != nil {
+		// Outstanding tickets stay valid until they expire; relays must
+		// refuse the node until then.
+		s.cfg.OnDelete(node.Key, s.now().Add(s.cfg.TicketTTL))
+	}
 	s.log.Info("node deleted", "name", node.Name, "key", node.Key)
 	return &api.DeleteNodeResponse{}, nil
 }

@@ -6,6 +6,7 @@ package server
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/subtle"
 	"errors"
@@ -28,6 +29,7 @@ import (
 	"github.com/edgewire/edgewire/coordinator/netmap"
 	"github.com/edgewire/edgewire/coordinator/store"
 	"github.com/edgewire/edgewire/coordinator/token"
+	"github.com/edgewire/edgewire/dataplane/relay"
 )
 
 // Config configures a Server.
@@ -43,11 +45,20 @@ type Config struct {
 	MaxEndpoints int
 	// STUN lists the STUN servers advertised to agents.
 	STUN []*api.StunServer
+	// Relays is the relay map advertised to agents.
+	Relays []*api.RelayRegion
+	// TicketKey signs relay tickets; nil: no tickets (no relays).
+	TicketKey ed25519.PrivateKey
+	// TicketTTL is how long a relay ticket is valid; it is renewed at half.
+	TicketTTL time.Duration
+	// OnDelete is called after a node is deleted (revocation at relays).
+	OnDelete func(key store.NodeKey, until time.Time)
 }
 
 const (
 	defaultAuthTimeout  = 10 * time.Second
 	defaultMaxEndpoints = 16
+	defaultTicketTTL    = 10 * time.Minute
 	maxRoutes           = 64
 )
 
@@ -94,6 +105,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.MaxEndpoints <= 0 {
 		cfg.MaxEndpoints = defaultMaxEndpoints
 	}
+	if cfg.TicketTTL <= 0 {
+		cfg.TicketTTL = defaultTicketTTL
+	}
 	s := &Server{cfg: cfg, log: cfg.Logger, now: cfg.Now, signals: newSignalRouter()}
 	families := map[bool]bool{}
 	for _, p := range cfg.Prefixes {
@@ -132,6 +146,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.reg = netmap.New(cfg.Prefixes)
 	s.reg.SetSTUN(cfg.STUN)
+	s.reg.SetRelays(cfg.Relays)
 	s.reg.Load(nodes)
 	return s, nil
 }
@@ -385,10 +400,29 @@ func (s *Server) Connect(stream api.Control_ConnectServer) error {
 		}
 	}()
 
+	// Relay tickets: one now, renewed at half their lifetime.
+	var renew <-chan time.Time
+	sendTicket := func() error {
+		if s.cfg.TicketKey == nil {
+			return nil
+		}
+		exp := s.now().Add(s.cfg.TicketTTL)
+		t := relay.SignTicket(s.cfg.TicketKey, relay.Ticket{Node: key, Expires: exp})
+		renew = time.After(s.cfg.TicketTTL / 2)
+		return stream.Send(&api.ServerMessage{Msg: &api.ServerMessage_RelayTicket{RelayTicket: &api.RelayTicket{Ticket: t, ExpiresUnix: exp.Unix()}}})
+	}
+	if err := sendTicket(); err != nil {
+		return err
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-renew:
+			if err := sendTicket(); err != nil {
+				return err
+			}
+			continue
 		case err := <-errc:
 			if errors.Is(err, io.EOF) {
 				return nil

@@ -9,6 +9,7 @@ package bind
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -29,6 +30,10 @@ type Counters struct {
 	STUNDropped atomic.Uint64 // diverted datagrams dropped: ICE queue full
 	OtherDrop   atomic.Uint64 // datagrams neither WireGuard nor STUN
 	STUNOut     atomic.Uint64 // datagrams ICE sent
+
+	RelayIn      atomic.Uint64 // packets from the relay handed to WireGuard
+	RelayDropped atomic.Uint64 // packets from the relay dropped: WireGuard behind
+	RelayOut     atomic.Uint64 // packets WireGuard sent through the relay
 }
 
 // Bind implements conn.Bind. Create it with New and hand it to the
@@ -37,10 +42,12 @@ type Bind struct {
 	inner conn.Bind
 	log   *slog.Logger
 	pc    *PacketConn
+	rs    *relayState
 	C     Counters
 
-	mu   sync.Mutex // guards port
-	port uint16     // bound port, 0 while closed
+	mu     sync.Mutex    // guards port, closed
+	port   uint16        // bound port, 0 while closed
+	closed chan struct{} // closed by Close: ends the relay ReceiveFunc of that Open
 }
 
 var _ conn.Bind = (*Bind)(nil)
@@ -53,7 +60,7 @@ func New(inner conn.Bind, log *slog.Logger) *Bind {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	b := &Bind{inner: inner, log: log}
+	b := &Bind{inner: inner, log: log, rs: newRelayState()}
 	b.pc = &PacketConn{b: b, in: make(chan datagram, stunQueue), closed: make(chan struct{})}
 	return b
 }
@@ -68,14 +75,16 @@ func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	if err != nil {
 		return nil, 0, err
 	}
+	closed := make(chan struct{})
 	b.mu.Lock()
 	b.port = actual
+	b.closed = closed
 	b.mu.Unlock()
-	wrapped := make([]conn.ReceiveFunc, len(fns))
+	wrapped := make([]conn.ReceiveFunc, len(fns), len(fns)+1)
 	for i, fn := range fns {
 		wrapped[i] = b.wrap(fn)
 	}
-	return wrapped, actual, nil
+	return append(wrapped, b.receiveRelay(closed)), actual, nil
 }
 
 // wrap filters a receive function. Non-WireGuard datagrams get size 0,
@@ -103,6 +112,10 @@ func (b *Bind) wrap(fn conn.ReceiveFunc) conn.ReceiveFunc {
 func (b *Bind) Close() error {
 	b.mu.Lock()
 	b.port = 0
+	if b.closed != nil {
+		close(b.closed)
+		b.closed = nil
+	}
 	b.mu.Unlock()
 	return b.inner.Close()
 }
@@ -113,11 +126,27 @@ func (b *Bind) Shutdown() { b.pc.Close() }
 // SetMark implements conn.Bind.
 func (b *Bind) SetMark(mark uint32) error { return b.inner.SetMark(mark) }
 
-// Send implements conn.Bind.
-func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error { return b.inner.Send(bufs, ep) }
+// Send implements conn.Bind: relayed peers go through the relay, the rest
+// through the socket.
+func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	if re, ok := ep.(*relayEndpoint); ok {
+		return b.sendRelay(bufs, re)
+	}
+	return b.inner.Send(bufs, ep)
+}
 
-// ParseEndpoint implements conn.Bind.
-func (b *Bind) ParseEndpoint(s string) (conn.Endpoint, error) { return b.inner.ParseEndpoint(s) }
+// ParseEndpoint implements conn.Bind. Addresses in RelayPrefix must be
+// ones RelayEndpoint handed out.
+func (b *Bind) ParseEndpoint(s string) (conn.Endpoint, error) {
+	ap, err := netip.ParseAddrPort(s)
+	if err == nil && RelayPrefix.Contains(ap.Addr()) {
+		if e := b.rs.lookup(ap); e != nil {
+			return e, nil
+		}
+		return nil, fmt.Errorf("bind: %s is not a known relay endpoint", s)
+	}
+	return b.inner.ParseEndpoint(s)
+}
 
 // BatchSize implements conn.Bind.
 func (b *Bind) BatchSize() int { return b.inner.BatchSize() }

@@ -46,7 +46,7 @@ func Bin(t testing.TB, name string) string {
 			buildErr = fmt.Errorf("find module root: %w", err)
 			return
 		}
-		cmd := exec.Command("go", "build", "-o", binDir+"/", "./cmd/edgewire-coordinator", "./cmd/edgewire-agent", "./cmd/edgewire")
+		cmd := exec.Command("go", "build", "-o", binDir+"/", "./cmd/edgewire-coordinator", "./cmd/edgewire-agent", "./cmd/edgewire", "./cmd/edgewire-relay")
 		cmd.Dir = strings.TrimSpace(string(root))
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("build binaries: %v\n%s", err, out)
@@ -57,7 +57,7 @@ func Bin(t testing.TB, name string) string {
 	}
 	p := filepath.Join(binDir, name)
 	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("binary %s: %v", name, err)
+		t.Fatalf("binary %s: %v (with $EDGEWIRE_BIN set, the Makefile must build it)", name, err)
 	}
 	return p
 }
@@ -68,22 +68,52 @@ type Coordinator struct {
 	DataDir string
 	Proc    *lab.Process
 	t       testing.TB
+	extra   []string
+}
+
+// CoordinatorOptions tune StartCoordinatorWith.
+type CoordinatorOptions struct {
+	Extra []string // more flags for edgewire-coordinator (e.g. --relay-map)
+	// Setup runs before the first start with the (created) data dir, e.g.
+	// to place a relay.key whose public key the test needs up front.
+	Setup func(dataDir string) error
 }
 
 // StartCoordinator starts a coordinator on h with a data dir in the lab.
 func StartCoordinator(t testing.TB, l *lab.Lab, h *lab.Host) *Coordinator {
 	t.Helper()
-	c := &Coordinator{Host: h, DataDir: filepath.Join(l.Dir(), "coord-"+h.Name()), t: t}
+	return StartCoordinatorWith(t, l, h, CoordinatorOptions{})
+}
+
+// StartCoordinatorWith is StartCoordinator with options.
+func StartCoordinatorWith(t testing.TB, l *lab.Lab, h *lab.Host, opts CoordinatorOptions) *Coordinator {
+	t.Helper()
+	c := &Coordinator{Host: h, DataDir: CoordinatorDataDir(l, h), t: t, extra: opts.Extra}
+	if opts.Setup != nil {
+		if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := opts.Setup(c.DataDir); err != nil {
+			t.Fatalf("coordinator setup: %v", err)
+		}
+	}
 	c.Start()
 	return c
+}
+
+// CoordinatorDataDir is where StartCoordinator keeps the data of a
+// coordinator on h.
+func CoordinatorDataDir(l *lab.Lab, h *lab.Host) string {
+	return filepath.Join(l.Dir(), "coord-"+h.Name())
 }
 
 // Start (re)starts the coordinator process with the same data dir.
 func (c *Coordinator) Start() {
 	t := c.t
 	t.Helper()
-	p, err := c.Host.Start("coordinator", nil, Bin(t, "edgewire-coordinator"),
-		"--data-dir", c.DataDir, "--listen", fmt.Sprintf(":%d", coordPort), "--log-level", "debug")
+	argv := []string{Bin(t, "edgewire-coordinator"),
+		"--data-dir", c.DataDir, "--listen", fmt.Sprintf(":%d", coordPort), "--log-level", "debug"}
+	p, err := c.Host.Start("coordinator", nil, append(argv, c.extra...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/edgewire/edgewire/dataplane/linkconf"
 	"github.com/edgewire/edgewire/dataplane/wgdev"
 	"github.com/edgewire/edgewire/node/control"
+	"github.com/edgewire/edgewire/node/homerelay"
 	"github.com/edgewire/edgewire/node/identity"
 	"github.com/edgewire/edgewire/node/localapi"
 	"github.com/edgewire/edgewire/node/mapstate"
@@ -56,6 +57,10 @@ type Config struct {
 	ServerName  string
 	Name        string
 	Routes      []netip.Prefix // advertised routes
+
+	// RelayRegion is the preferred home relay region (used whenever it is
+	// up); 0 picks the closest.
+	RelayRegion uint32
 
 	Logger *slog.Logger
 }
@@ -130,6 +135,7 @@ type Agent struct {
 	dev  *wgdev.Device
 	bind *bind.Bind
 	trav *traversal.Manager
+	home *homerelay.Manager
 	cc   *control.Client
 
 	dirty chan struct{} // the map changed; capacity 1
@@ -191,6 +197,7 @@ func Run(ctx context.Context, cfg Config) error {
 	a.cc, err = control.New(control.Config{
 		Enrolment: enr, PrivateKey: key, Hostname: host, Logger: log, OnMap: a.onMap,
 		OnSignal: func(s *api.Signal) { a.trav.HandleSignal(s) },
+		OnTicket: func(t *api.RelayTicket) { a.home.SetTicket(t.GetTicket()) },
 	})
 	if err != nil {
 		return err
@@ -199,11 +206,17 @@ func Run(ctx context.Context, cfg Config) error {
 	defer mux.Close()
 	a.trav, err = traversal.New(traversal.Config{
 		PrivateKey: key, PublicKey: key.Public(), Mux: mux, Send: a.cc.SendSignal,
-		HostAddrs: a.hostAddrs, Logger: log,
+		HostAddrs: a.hostAddrs, RelayEndpoint: a.bind.RelayEndpoint, Logger: log,
 	})
 	if err != nil {
 		return err
 	}
+	a.home = homerelay.New(homerelay.Config{
+		PrivateKey: key, Preferred: cfg.RelayRegion, Logger: log,
+		OnPacket: func(src [32]byte, p []byte) { a.bind.DeliverRelayed(src, p) },
+		OnChange: a.trav.SetRelay,
+	})
+	a.bind.SetRelay(a.home)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -220,6 +233,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	run("coordinator stream", a.cc.Run)
 	run("traversal", a.trav.Run)
+	run("home relay", a.home.Run)
 	run("reconcile", a.reconcileLoop)
 	run("endpoints", func(ctx context.Context) error { return a.endpointLoop(ctx, port) })
 	run("local API", func(ctx context.Context) error { return localapi.Serve(ctx, cfg.Socket, a, log) })
@@ -310,8 +324,10 @@ func (a *Agent) reconcile() error {
 	self := a.state.Self
 	prefixes := a.state.Prefixes
 	stun := a.stunServers()
+	regions := a.relayRegions()
 	a.mu.Unlock()
 
+	a.home.SetRegions(regions)
 	tp := make([]traversal.Peer, len(peers))
 	for i, p := range peers {
 		tp[i] = traversal.Peer{Key: p.Key, Online: p.Online}
@@ -351,17 +367,38 @@ func (a *Agent) reconcile() error {
 	return linkconf.Apply(a.cfg.Interface, addrs, routes)
 }
 
-// stunServers resolves the map's STUN servers to host:port, an empty
-// host meaning the coordinator's. Called with mu held.
+// host resolves a map host: empty means the coordinator's.
+func (a *Agent) host(h string) string {
+	if h == "" {
+		h, _, _ = net.SplitHostPort(a.enr.Coordinator)
+	}
+	return h
+}
+
+// stunServers lists the map's STUN servers and those of its relays as
+// host:port, without duplicates. Called with mu held.
 func (a *Agent) stunServers() []string {
-	coordHost, _, _ := net.SplitHostPort(a.enr.Coordinator)
 	var out []string
-	for _, st := range a.state.STUN {
-		h := st.Host
-		if h == "" {
-			h = coordHost
+	add := func(host string, port uint16) {
+		if hp := net.JoinHostPort(a.host(host), fmt.Sprint(port)); port != 0 && !slices.Contains(out, hp) {
+			out = append(out, hp)
 		}
-		out = append(out, net.JoinHostPort(h, fmt.Sprint(st.Port)))
+	}
+	for _, st := range a.state.STUN {
+		add(st.Host, st.Port)
+	}
+	for _, r := range a.state.Relays {
+		add(r.Host, r.STUNPort)
+	}
+	return out
+}
+
+// relayRegions resolves the relay map. Called with mu held.
+func (a *Agent) relayRegions() []homerelay.Region {
+	var out []homerelay.Region
+	for _, r := range a.state.Relays {
+		out = append(out, homerelay.Region{ID: r.ID, Name: r.Name, Key: r.Key,
+			Addr: net.JoinHostPort(a.host(r.Host), fmt.Sprint(r.Port))})
 	}
 	return out
 }
@@ -446,6 +483,11 @@ func (a *Agent) Status() (localapi.Status, error) {
 	if st.Self.Name == "" {
 		st.Self.Name = a.enr.Name
 	}
+	hs := a.home.Status()
+	st.Self.Relay = &localapi.RelayStatus{Home: hs.Home, Connected: hs.Connected, Error: hs.Err, LatencyMs: map[string]float64{}}
+	for name, d := range hs.Latency {
+		st.Self.Relay.LatencyMs[name] = float64(d.Microseconds()) / 1000
+	}
 	for _, ad := range a.state.Self.Addresses {
 		st.Self.Addresses = append(st.Self.Addresses, ad.String())
 	}
@@ -464,6 +506,9 @@ func (a *Agent) Status() (localapi.Status, error) {
 		}
 		if ts, ok := a.trav.Status(p.Key); ok {
 			ps.Path = ts.Path.Kind.String()
+			if ts.Path.Kind == pathsel.Relay {
+				ps.Relay = hs.Home
+			}
 			ps.ICE = &localapi.ICEStatus{State: ts.State.String(), Restarts: ts.Stats.Restarts, RTTMs: float64(ts.RTT.Microseconds()) / 1000}
 			if ts.Local != nil {
 				ps.ICE.Local = &localapi.CandidateInfo{Type: ts.Local.Type, Address: ts.Local.Address.String()}

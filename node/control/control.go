@@ -106,6 +106,8 @@ type Config struct {
 	// OnSignal is called, from the client's goroutine, with every sealed
 	// signal another node sent. It must not block.
 	OnSignal func(*api.Signal)
+	// OnTicket is called with every relay ticket the coordinator sends.
+	OnTicket func(*api.RelayTicket)
 	// MinBackoff and MaxBackoff bound the reconnect delay.
 	MinBackoff, MaxBackoff time.Duration
 }
@@ -306,6 +308,12 @@ func (c *Client) session(ctx context.Context, cl api.ControlClient) error {
 			default:
 			}
 			return err
+		}
+		if t := msg.GetRelayTicket(); t != nil {
+			if c.cfg.OnTicket != nil {
+				c.cfg.OnTicket(t)
+			}
+			continue
 		}
 		if sig := msg.GetSignal(); sig != nil {
 			if c.cfg.OnSignal != nil {

@@ -53,9 +53,16 @@ func (k Key) Public() Key {
 	return pub
 }
 
-// LoadOrCreateKey returns the private key in dir, creating it on first use.
+// LoadOrCreateKey returns the node's private key in dir, creating it on
+// first use.
 func LoadOrCreateKey(dir string) (Key, error) {
-	path := filepath.Join(dir, keyFile)
+	return LoadOrCreateKeyFile(filepath.Join(dir, keyFile))
+}
+
+// LoadOrCreateKeyFile returns the Curve25519 private key in path (base64,
+// as wg(8) writes it), creating it with mode 0600 on first use.
+func LoadOrCreateKeyFile(path string) (Key, error) {
+	dir := filepath.Dir(path)
 	b, err := os.ReadFile(path)
 	if err == nil {
 		st, err := os.Stat(path)

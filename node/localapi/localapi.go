@@ -11,8 +11,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -27,15 +29,24 @@ type Status struct {
 
 // SelfStatus describes the local node.
 type SelfStatus struct {
-	Name        string   `json:"name"`
-	PublicKey   string   `json:"public_key"`
-	Addresses   []string `json:"addresses"`
-	Interface   string   `json:"interface"`
-	ListenPort  int      `json:"listen_port"`
-	Endpoints   []string `json:"endpoints"`
-	Coordinator string   `json:"coordinator"`
-	Connected   bool     `json:"connected"` // stream to the coordinator is up
-	MapVersion  uint64   `json:"map_version"`
+	Name        string       `json:"name"`
+	PublicKey   string       `json:"public_key"`
+	Addresses   []string     `json:"addresses"`
+	Interface   string       `json:"interface"`
+	ListenPort  int          `json:"listen_port"`
+	Endpoints   []string     `json:"endpoints"`
+	Coordinator string       `json:"coordinator"`
+	Connected   bool         `json:"connected"` // stream to the coordinator is up
+	MapVersion  uint64       `json:"map_version"`
+	Relay       *RelayStatus `json:"relay,omitempty"`
+}
+
+// RelayStatus describes the node's home relay.
+type RelayStatus struct {
+	Home      string             `json:"home"` // region name
+	Connected bool               `json:"connected"`
+	Error     string             `json:"error,omitempty"`
+	LatencyMs map[string]float64 `json:"latency_ms,omitempty"` // by region name
 }
 
 // PeerStatus describes one peer.
@@ -45,7 +56,8 @@ type PeerStatus struct {
 	Addresses     []string   `json:"addresses"`
 	Routes        []string   `json:"routes,omitempty"`
 	Online        bool       `json:"online"`             // connected to the coordinator
-	Path          string     `json:"path"`               // none, direct
+	Path          string     `json:"path"`               // none, direct, relay
+	Relay         string     `json:"relay,omitempty"`    // relay region, when Path is relay
 	Endpoint      string     `json:"endpoint,omitempty"` // as WireGuard has it
 	LastHandshake time.Time  `json:"last_handshake,omitzero"`
 	RxBytes       uint64     `json:"rx_bytes"`
@@ -68,9 +80,22 @@ type CandidateInfo struct {
 	Address string `json:"address"` // ip:port
 }
 
+// PingResult is one echo to a peer.
+type PingResult struct {
+	Address  string  `json:"address"`
+	Path     string  `json:"path"`
+	Relay    string  `json:"relay,omitempty"`
+	Endpoint string  `json:"endpoint,omitempty"`
+	RTTMs    float64 `json:"rtt_ms"`
+}
+
+// ErrNoPeer is returned for a ping to a name that is not a peer.
+var ErrNoPeer = errors.New("no such peer")
+
 // Backend is what the server needs from the agent.
 type Backend interface {
 	Status() (Status, error)
+	Ping(ctx context.Context, peer string) (PingResult, error)
 }
 
 // Serve serves the API on a unix socket at path until ctx ends.
@@ -102,6 +127,23 @@ func Serve(ctx context.Context, path string, b Backend, log *slog.Logger) error 
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(st)
 	})
+	mux.HandleFunc("POST /v1/ping", func(w http.ResponseWriter, r *http.Request) {
+		res, err := b.Ping(r.Context(), r.URL.Query().Get("peer"))
+		if errors.Is(err, ErrNoPeer) {
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		if err != nil {
+			w.WriteHeader(http.StatusGatewayTimeout)
+			json.NewEncoder(w).Encode(struct {
+				PingResult
+				Error string `json:"error"`
+			}{res, err.Error()})
+			return
+		}
+		json.NewEncoder(w).Encode(res)
+	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -129,6 +171,35 @@ func (c Client) http() *http.Client {
 			return d.DialContext(ctx, "unix", c.Socket)
 		}},
 	}
+}
+
+// Ping asks the agent to ping a peer once. A lost reply is an error; the
+// result still says which path the peer had.
+func (c Client) Ping(ctx context.Context, peer string) (PingResult, error) {
+	var res struct {
+		PingResult
+		Error string `json:"error"`
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://agent/v1/ping?peer="+url.QueryEscape(peer), nil)
+	if err != nil {
+		return res.PingResult, err
+	}
+	resp, err := c.http().Do(req)
+	if err != nil {
+		return res.PingResult, fmt.Errorf("cannot reach the agent at %s: %w", c.Socket, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNotFound {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return res.PingResult, errors.New(strings.TrimSpace(string(b)))
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&res); err != nil {
+		return res.PingResult, fmt.Errorf("agent: %s", resp.Status)
+	}
+	if res.Error != "" {
+		return res.PingResult, errors.New(res.Error)
+	}
+	return res.PingResult, nil
 }
 
 // Status fetches the agent's status.

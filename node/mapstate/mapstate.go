@@ -46,7 +46,19 @@ type State struct {
 	Self     Self
 	Prefixes []netip.Prefix
 	STUN     []STUNServer
+	Relays   []RelayRegion
 	Peers    map[[32]byte]Peer
+}
+
+// RelayRegion is a relay from the relay map. An empty Host means the
+// coordinator's host.
+type RelayRegion struct {
+	ID       uint32
+	Name     string
+	Host     string
+	Port     uint16
+	Key      [32]byte
+	STUNPort uint16
 }
 
 // STUNServer is a STUN server to gather server-reflexive candidates
@@ -66,7 +78,7 @@ func (s *State) Apply(m *api.NetworkMap) error {
 	if !m.GetFull() && m.GetBaseVersion() != s.Version {
 		return fmt.Errorf("%w: have %d, delta from %d", ErrGap, s.Version, m.GetBaseVersion())
 	}
-	next := &State{Version: m.GetVersion(), Self: s.Self, Prefixes: s.Prefixes, STUN: s.STUN, Peers: s.Peers}
+	next := &State{Version: m.GetVersion(), Self: s.Self, Prefixes: s.Prefixes, STUN: s.STUN, Relays: s.Relays, Peers: s.Peers}
 	if m.GetFull() {
 		next.Peers = make(map[[32]byte]Peer, len(m.GetPeers()))
 		next.Prefixes = nil
@@ -86,6 +98,15 @@ func (s *State) Apply(m *api.NetworkMap) error {
 				return fmt.Errorf("bad STUN server %q port %d", st.GetHost(), st.GetPort())
 			}
 			next.STUN = append(next.STUN, STUNServer{Host: st.GetHost(), Port: uint16(st.GetPort())})
+		}
+		next.Relays = nil
+		for _, r := range m.GetRelays() {
+			if r.GetId() == 0 || r.GetPort() == 0 || r.GetPort() > 65535 || r.GetStunPort() > 65535 ||
+				len(r.GetKey()) != 32 || strings.ContainsAny(r.GetHost(), "/ ") {
+				return fmt.Errorf("bad relay region %d %q", r.GetId(), r.GetName())
+			}
+			next.Relays = append(next.Relays, RelayRegion{ID: r.GetId(), Name: r.GetName(), Host: r.GetHost(),
+				Port: uint16(r.GetPort()), Key: [32]byte(r.GetKey()), STUNPort: uint16(r.GetStunPort())})
 		}
 	} else {
 		next.Peers = make(map[[32]byte]Peer, len(s.Peers))
@@ -184,6 +205,10 @@ func (s *State) Marshal() ([]byte, error) {
 	}
 	for _, st := range s.STUN {
 		m.StunServers = append(m.StunServers, &api.StunServer{Host: st.Host, Port: uint32(st.Port)})
+	}
+	for _, r := range s.Relays {
+		m.Relays = append(m.Relays, &api.RelayRegion{Id: r.ID, Name: r.Name, Host: r.Host, Port: uint32(r.Port),
+			Key: r.Key[:], StunPort: uint32(r.STUNPort)})
 	}
 	for _, p := range s.SortedPeers() {
 		n := &api.Node{PublicKey: p.Key[:], Name: p.Name, Online: p.Online, LastSeenUnixMs: p.LastSeen}

@@ -1,8 +1,11 @@
 // Package pathsel decides, per peer, how WireGuard reaches that peer.
 // Machine is the per-peer state machine: it is fed what the NAT-traversal
 // layer observes (an ICE session started, connected, disconnected,
-// failed) and answers what the path is and when to try again. It is pure
-// logic with the clock passed in, so every transition is unit-testable.
+// failed) and whether a relay is up, and answers what the path is and
+// when to try ICE again. Relay-first: a peer is reachable through the
+// relay until ICE finds a direct pair, and falls back to it the moment
+// the direct pair stops answering. Pure logic with the clock passed in,
+// so every transition is unit-testable.
 package pathsel
 
 import (
@@ -18,12 +21,16 @@ const (
 	None Kind = iota
 	// Direct: UDP straight to Path.Endpoint, found by ICE.
 	Direct
+	// Relay: through the node's home relay (the endpoint is synthetic).
+	Relay
 )
 
 func (k Kind) String() string {
 	switch k {
 	case Direct:
 		return "direct"
+	case Relay:
+		return "relay"
 	default:
 		return "none"
 	}
@@ -32,7 +39,7 @@ func (k Kind) String() string {
 // Path is how one peer is reached.
 type Path struct {
 	Kind     Kind
-	Endpoint netip.AddrPort // valid when Kind is Direct
+	Endpoint netip.AddrPort // the peer's address (Direct); filled in by the owner for Relay
 }
 
 // ICEState is the state of the peer's current ICE session as the
@@ -92,6 +99,7 @@ type Machine struct {
 	backoff  time.Duration  // delay applied after the next failure
 	next     time.Time      // no new session before this
 	started  bool           // a session was ever started
+	relay    bool           // a relay connection is up
 	stats    Stats
 }
 
@@ -103,11 +111,17 @@ func NewMachine(cfg Config, now time.Time) *Machine {
 
 // Path returns the current path.
 func (m *Machine) Path() Path {
-	if m.ice == Connected {
+	switch {
+	case m.ice == Connected:
 		return Path{Kind: Direct, Endpoint: m.endpoint}
+	case m.relay:
+		return Path{Kind: Relay}
 	}
 	return Path{}
 }
+
+// SetRelay records whether the node's relay connection is up.
+func (m *Machine) SetRelay(up bool) { m.relay = up }
 
 // State returns the ICE state.
 func (m *Machine) State() ICEState { return m.ice }

@@ -13,6 +13,38 @@ var (
 
 func at(d time.Duration) time.Time { return t0.Add(d) }
 
+func TestMachineRelayFirst(t *testing.T) {
+	m := NewMachine(Config{}, t0)
+	if got := m.Path().Kind; got != None {
+		t.Fatalf("no relay, no ICE: got %v, want none", got)
+	}
+	m.SetRelay(true)
+	if got := m.Path().Kind; got != Relay {
+		t.Fatalf("relay up before ICE: got %v, want relay", got)
+	}
+	m.Started(t0)
+	if got := m.Path().Kind; got != Relay {
+		t.Errorf("while ICE checks: got %v, want relay", got)
+	}
+	m.Connected(ep, at(time.Second))
+	if got := m.Path(); got.Kind != Direct || got.Endpoint != ep {
+		t.Errorf("ICE connected: got %+v, want direct %s", got, ep)
+	}
+	m.Disconnected(at(2 * time.Second))
+	if got := m.Path().Kind; got != Relay {
+		t.Errorf("direct lost: got %v, want relay at once", got)
+	}
+	m.Connected(ep, at(3*time.Second))
+	m.SetRelay(false)
+	if got := m.Path().Kind; got != Direct {
+		t.Errorf("relay down, direct up: got %v, want direct", got)
+	}
+	m.Failed(at(4 * time.Second))
+	if got := m.Path().Kind; got != None {
+		t.Errorf("relay down, ICE failed: got %v, want none", got)
+	}
+}
+
 func TestMachine(t *testing.T) {
 	cfg := Config{MinBackoff: time.Second, MaxBackoff: 8 * time.Second, SessionTimeout: 10 * time.Second, DisconnectGrace: 3 * time.Second}
 	type step struct {

@@ -57,10 +57,13 @@ type Config struct {
 	// HostAddrs returns the host addresses ICE offers; a change restarts
 	// the sessions so new candidates are gathered.
 	HostAddrs func() []netip.Addr
-	IPv6      bool
-	Machine   pathsel.Config
-	Logger    *slog.Logger
-	Now       func() time.Time
+	// RelayEndpoint returns the synthetic endpoint of a relayed peer
+	// (nil: no relay support).
+	RelayEndpoint func([32]byte) netip.AddrPort
+	IPv6          bool
+	Machine       pathsel.Config
+	Logger        *slog.Logger
+	Now           func() time.Time
 }
 
 // CandidateInfo is one side of a selected candidate pair.
@@ -121,6 +124,7 @@ type Manager struct {
 	hosts   []netip.Addr
 	gone    pathsel.Stats // counters of peers that left
 	signals Counters
+	relayUp bool
 }
 
 // New validates cfg and returns a manager.
@@ -148,9 +152,33 @@ func (m *Manager) Path(key [32]byte) pathsel.Path {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if p := m.peers[key]; p != nil {
-		return p.m.Path()
+		return m.path(p)
 	}
 	return pathsel.Path{}
+}
+
+// path is p's path with the relay endpoint filled in. Called with mu held.
+func (m *Manager) path(p *peer) pathsel.Path {
+	path := p.m.Path()
+	if path.Kind == pathsel.Relay {
+		path.Endpoint = m.cfg.RelayEndpoint(p.key)
+	}
+	return path
+}
+
+// SetRelay tells the manager whether the node's relay connection is up:
+// peers without a direct path use it.
+func (m *Manager) SetRelay(up bool) {
+	if m.cfg.RelayEndpoint == nil {
+		return
+	}
+	m.post(func() {
+		m.relayUp = up
+		for _, p := range m.peers {
+			p.m.SetRelay(up)
+		}
+		m.notifyIfChanged()
+	})
 }
 
 // Status returns the traversal state of a peer.
@@ -161,7 +189,7 @@ func (m *Manager) Status(key [32]byte) (PeerStatus, bool) {
 	if p == nil {
 		return PeerStatus{}, false
 	}
-	st := PeerStatus{Path: p.m.Path(), State: p.m.State(), Stats: p.m.Stats()}
+	st := PeerStatus{Path: m.path(p), State: p.m.State(), Stats: p.m.Stats()}
 	if p.s != nil && p.m.State() == pathsel.Connected {
 		st.Local, st.Remote = p.s.local, p.s.remote
 		if ps, ok := p.s.agent.GetSelectedCandidatePairStats(); ok {
@@ -289,6 +317,7 @@ func (m *Manager) setPeers(peers []Peer) {
 		if p == nil {
 			p = &peer{key: pi.Key, controlling: bytes.Compare(m.cfg.PublicKey[:], pi.Key[:]) > 0,
 				m: pathsel.NewMachine(m.cfg.Machine, now)}
+			p.m.SetRelay(m.relayUp)
 			m.peers[pi.Key] = p
 		}
 		if pi.Online && !p.online && p.controlling && p.m.State() != pathsel.Connected {
@@ -339,7 +368,7 @@ func (m *Manager) tickLocked() {
 func (m *Manager) notifyIfChanged() {
 	changed := false
 	for _, p := range m.peers {
-		if path := p.m.Path(); path != p.lastPath {
+		if path := m.path(p); path != p.lastPath {
 			m.log.Info("path changed", "peer", keyString(p.key), "from", describe(p.lastPath), "to", describe(path))
 			p.lastPath = path
 			changed = true

@@ -1,0 +1,291 @@
+package relay
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// clientQueueLen bounds packets a client has not yet written.
+const clientQueueLen = 256
+
+// ClientConfig configures a node's connection to its home relay.
+type ClientConfig struct {
+	URL        string // "https://host:port/relay" or "http://host:port/relay"
+	ServerKey  Key    // expected relay key, from the relay map
+	PrivateKey Key    // node key
+	Ticket     []byte // initial ticket
+	// OnPacket is called from the reader goroutine; pkt is valid only
+	// during the call.
+	OnPacket func(src Key, pkt []byte)
+	Logger   *slog.Logger
+	Dial     func(ctx context.Context, network, addr string) (net.Conn, error) // nil: net.Dialer
+	// TLSConfig for https URLs (nil: no certificate verification, since
+	// the relay proves its key in the handshake).
+	TLSConfig *tls.Config
+}
+
+// Client is a node's connection to a relay. Run keeps it up; the other
+// methods are safe for concurrent use.
+type Client struct {
+	cfg ClientConfig
+	u   parsedURL
+	log *slog.Logger
+	cur atomic.Pointer[cconn] // live connection, nil while down
+
+	mu      sync.Mutex // guards ticket, lastErr, and pairs ticket changes with cur
+	ticket  []byte
+	lastErr error
+}
+
+// cconn is one live client connection.
+type cconn struct {
+	nc        net.Conn
+	q         *queue
+	done      chan struct{} // closed by close
+	closeOnce sync.Once
+
+	pmu   sync.Mutex // guards pings
+	pings map[[pingLen]byte]chan struct{}
+}
+
+func (cc *cconn) close() {
+	cc.closeOnce.Do(func() {
+		close(cc.done)
+		cc.nc.Close()
+		cc.q.close()
+	})
+}
+
+// NewClient validates cfg. Run connects.
+func NewClient(cfg ClientConfig) (*Client, error) {
+	u, err := parseRelayURL(cfg.URL)
+	if err != nil {
+		return nil, fmt.Errorf("relay client: %w", err)
+	}
+	if cfg.ServerKey == (Key{}) {
+		return nil, errors.New("relay client: ServerKey is required")
+	}
+	if cfg.PrivateKey == (Key{}) {
+		return nil, errors.New("relay client: PrivateKey is required")
+	}
+	if cfg.OnPacket == nil {
+		cfg.OnPacket = func(Key, []byte) {}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Client{
+		cfg:     cfg,
+		u:       u,
+		log:     cfg.Logger.With("relay", cfg.URL),
+		ticket:  bytes.Clone(cfg.Ticket),
+		lastErr: ErrNotConnected,
+	}, nil
+}
+
+// Run connects and reconnects (backoff from 200ms doubling to 5s, with
+// jitter) until ctx ends; then it returns nil.
+func (c *Client) Run(ctx context.Context) error {
+	backoff := minBackoff
+	for {
+		up, err := c.session(ctx)
+		if ctx.Err() != nil {
+			c.setErr(ErrNotConnected)
+			return nil
+		}
+		c.setErr(err)
+		if up {
+			backoff = minBackoff
+		}
+		wait := jitter(backoff)
+		lvl := slog.LevelDebug
+		if !up {
+			lvl = slog.LevelWarn
+		}
+		c.log.Log(ctx, lvl, "relay: connection ended; reconnecting", "err", err, "in", wait.Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+			c.setErr(ErrNotConnected)
+			return nil
+		case <-time.After(wait):
+		}
+		backoff = min(2*backoff, maxBackoff)
+	}
+}
+
+func (c *Client) setErr(err error) {
+	c.mu.Lock()
+	c.lastErr = err
+	c.mu.Unlock()
+}
+
+// session connects once and serves the connection until it fails; up
+// reports whether the handshake succeeded.
+func (c *Client) session(ctx context.Context) (up bool, err error) {
+	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	nc, br, err := dialUpgrade(hctx, c.cfg.Dial, c.u, c.cfg.TLSConfig)
+	if err != nil {
+		cancel()
+		return false, err
+	}
+	stopHS := context.AfterFunc(hctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
+	c.mu.Lock()
+	ticket := c.ticket
+	c.mu.Unlock()
+	ka, err := clientHandshake(br, bufio.NewWriterSize(nc, 512), c.cfg.ServerKey, c.cfg.PrivateKey, ticket)
+	stopHS()
+	cancel()
+	if err != nil {
+		nc.Close()
+		if ctx.Err() == nil && hctx.Err() != nil {
+			err = fmt.Errorf("handshake timed out: %w", err)
+		}
+		return false, err
+	}
+	if ka <= 0 {
+		ka = DefaultKeepAlive
+	}
+	nc.SetDeadline(time.Time{})
+	cc := &cconn{nc: nc, q: newQueue(clientQueueLen), done: make(chan struct{}), pings: map[[pingLen]byte]chan struct{}{}}
+	stop := context.AfterFunc(ctx, cc.close)
+	defer stop()
+
+	c.mu.Lock()
+	c.lastErr = nil
+	c.cur.Store(cc)
+	if !bytes.Equal(ticket, c.ticket) { // SetTicket during the handshake
+		cc.q.pushCtrl(item{typ: frameTicket, pkt: c.ticket}, true)
+	}
+	c.mu.Unlock()
+	c.log.Info("relay: connected")
+
+	var writer sync.WaitGroup
+	writer.Go(func() {
+		writeLoop(nc, cc.q, cc.done, ka, nil)
+		cc.close()
+	})
+	err = c.readLoop(cc, br, ka)
+	c.cur.CompareAndSwap(cc, nil)
+	cc.close()
+	writer.Wait()
+	return true, err
+}
+
+func (c *Client) readLoop(cc *cconn, br *bufio.Reader, ka time.Duration) error {
+	dl := newReadDeadline(cc.nc, ka)
+	buf := make([]byte, pktBufSize+64)
+	for {
+		dl.refresh()
+		t, p, err := readFrame(br, buf)
+		if err != nil {
+			return err
+		}
+		if cap(p) > cap(buf) {
+			buf = p[:0]
+		}
+		switch t {
+		case frameRecvPacket:
+			if len(p) < 32 {
+				return fmt.Errorf("relay sent a packet frame of %d bytes", len(p))
+			}
+			c.cfg.OnPacket(Key(p[:32]), p[32:])
+		case framePing:
+			if len(p) == pingLen {
+				cc.q.pushCtrl(item{typ: framePong, pkt: append([]byte(nil), p...)}, false)
+			}
+		case framePong:
+			if len(p) == pingLen {
+				cc.pmu.Lock()
+				ch := cc.pings[[pingLen]byte(p)]
+				delete(cc.pings, [pingLen]byte(p))
+				cc.pmu.Unlock()
+				if ch != nil {
+					close(ch)
+				}
+			}
+		default:
+			// keepalives, and frames of later versions
+		}
+	}
+}
+
+// Send queues pkt (copied) for dst. It never blocks: when the queue is
+// full the oldest packet is dropped. It returns ErrNotConnected while no
+// connection is up.
+func (c *Client) Send(dst Key, pkt []byte) error {
+	if len(pkt) > maxPacketSize {
+		return fmt.Errorf("%w: %d bytes, max %d", ErrPacketTooLarge, len(pkt), maxPacketSize)
+	}
+	cc := c.cur.Load()
+	if cc == nil {
+		return ErrNotConnected
+	}
+	cc.q.pushPacket(newPacketItem(frameSendPacket, dst, Key{}, pkt))
+	return nil
+}
+
+// SetTicket replaces the ticket: it is sent on the live connection at
+// once and used for later connections.
+func (c *Client) SetTicket(t []byte) {
+	t = bytes.Clone(t)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.ticket = t
+	if cc := c.cur.Load(); cc != nil {
+		cc.q.pushCtrl(item{typ: frameTicket, pkt: t}, true)
+	}
+}
+
+// Connected reports whether a relay connection is up.
+func (c *Client) Connected() bool { return c.cur.Load() != nil }
+
+// LastError is why the last connection attempt failed or the last
+// connection ended; nil while connected.
+func (c *Client) LastError() error {
+	if c.Connected() {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lastErr
+}
+
+// Ping measures the round trip over the relay connection.
+func (c *Client) Ping(ctx context.Context) (time.Duration, error) {
+	cc := c.cur.Load()
+	if cc == nil {
+		return 0, ErrNotConnected
+	}
+	var id [pingLen]byte
+	copy(id[:], newNonce(pingLen))
+	ch := make(chan struct{})
+	cc.pmu.Lock()
+	cc.pings[id] = ch
+	cc.pmu.Unlock()
+	defer func() {
+		cc.pmu.Lock()
+		delete(cc.pings, id)
+		cc.pmu.Unlock()
+	}()
+	start := time.Now()
+	if !cc.q.pushCtrl(item{typ: framePing, pkt: id[:]}, false) {
+		return 0, ErrNotConnected
+	}
+	select {
+	case <-ch:
+		return time.Since(start), nil
+	case <-cc.done:
+		return 0, ErrNotConnected
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}

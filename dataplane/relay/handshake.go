@@ -1,0 +1,351 @@
+package relay
+
+import (
+	"bufio"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/curve25519"
+	"golang.org/x/crypto/nacl/box"
+)
+
+// handshakeTimeout bounds the Upgrade plus the key exchange.
+const handshakeTimeout = 5 * time.Second
+
+const (
+	meshLabel    = "edgewire-mesh-v1"
+	meshAckLabel = "edgewire-mesh-v1-ack"
+	boxNonceLen  = 24
+	// clientInfoMin is a ClientInfo with an empty ticket.
+	clientInfoMin = 32 + boxNonceLen + box.Overhead + 32
+	serverInfoLen = boxNonceLen + box.Overhead + 32 + 1 + 2
+	meshInfoLen   = 32 + sha256.Size
+	meshAckLen    = 2 + sha256.Size
+)
+
+// refusal is a handshake failure whose text the relay tells the peer
+// (in frameRefused) before closing.
+type refusal string
+
+func (r refusal) Error() string { return string(r) }
+
+// parsedURL is a relay URL split for dialing.
+type parsedURL struct {
+	tls  bool
+	host string // host:port
+	name string // host, for SNI
+	path string
+}
+
+func parseRelayURL(raw string) (parsedURL, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return parsedURL{}, fmt.Errorf("relay URL %q: %w", raw, err)
+	}
+	var p parsedURL
+	port := ""
+	switch u.Scheme {
+	case "https":
+		p.tls, port = true, "443"
+	case "http":
+		port = "80"
+	default:
+		return parsedURL{}, fmt.Errorf("relay URL %q: scheme must be http or https", raw)
+	}
+	if u.Hostname() == "" {
+		return parsedURL{}, fmt.Errorf("relay URL %q: no host", raw)
+	}
+	if u.Port() != "" {
+		port = u.Port()
+	}
+	p.name = u.Hostname()
+	p.host = net.JoinHostPort(p.name, port)
+	p.path = u.EscapedPath()
+	if p.path == "" || p.path == "/" {
+		p.path = relayPath
+	}
+	return p, nil
+}
+
+type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// dialUpgrade connects to a relay and performs the HTTP Upgrade. The
+// caller owns the returned conn (deadline set to the ctx deadline, if any)
+// and reads from br, which may already hold the first frames.
+func dialUpgrade(ctx context.Context, dial dialFunc, u parsedURL, tlsConf *tls.Config) (net.Conn, *bufio.Reader, error) {
+	if dial == nil {
+		dial = (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext
+	}
+	nc, err := dial(ctx, "tcp", u.host)
+	if err != nil {
+		return nil, nil, fmt.Errorf("dial %s: %w", u.host, err)
+	}
+	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	if d, ok := ctx.Deadline(); ok {
+		nc.SetDeadline(d)
+	}
+	if u.tls {
+		// Identity comes from the relay key proven in the handshake, not
+		// from the certificate: relays may use self-signed certificates,
+		// and TLS is here to pass middleboxes and hide metadata.
+		conf := &tls.Config{InsecureSkipVerify: true}
+		if tlsConf != nil {
+			conf = tlsConf.Clone()
+		}
+		if conf.ServerName == "" {
+			conf.ServerName = u.name
+		}
+		tc := tls.Client(nc, conf)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			nc.Close()
+			return nil, nil, fmt.Errorf("tls to %s: %w", u.host, err)
+		}
+		nc = tc
+	}
+	req := "GET " + u.path + " HTTP/1.1\r\nHost: " + u.host + "\r\nConnection: Upgrade\r\nUpgrade: " + upgradeProto +
+		"\r\n" + versionHeader + ": " + strconv.Itoa(ProtocolVersion) + "\r\n\r\n"
+	if _, err := io.WriteString(nc, req); err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("upgrade request to %s: %w", u.host, err)
+	}
+	br := bufio.NewReaderSize(nc, 64<<10)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("upgrade response from %s: %w", u.host, err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols || !strings.EqualFold(resp.Header.Get("Upgrade"), upgradeProto) {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		resp.Body.Close()
+		nc.Close()
+		return nil, nil, fmt.Errorf("%s refused the upgrade: %s: %q", u.host, resp.Status, strings.TrimSpace(string(body)))
+	}
+	return nc, br, nil
+}
+
+// readServerKey reads frameServerKey and checks the relay's version and
+// key against want; it returns the server nonce.
+func readServerKey(br *bufio.Reader, want Key) (nonce [32]byte, err error) {
+	t, p, err := readFrame(br, nil)
+	if err != nil {
+		return nonce, fmt.Errorf("read server key: %w", err)
+	}
+	if t != frameServerKey || len(p) != serverKeyLen || string(p[:len(serverMagic)]) != serverMagic {
+		return nonce, fmt.Errorf("relay sent no valid server key frame (type %#x, %d bytes)", byte(t), len(p))
+	}
+	p = p[len(serverMagic):]
+	if p[0] != ProtocolVersion {
+		return nonce, fmt.Errorf("relay speaks protocol version %d, this client speaks %d", p[0], ProtocolVersion)
+	}
+	if got := Key(p[1:33]); got != want {
+		return nonce, fmt.Errorf("%w: relay has %x, relay map says %x", ErrWrongServerKey, got[:8], want[:8])
+	}
+	copy(nonce[:], p[33:65])
+	return nonce, nil
+}
+
+// readReply reads the handshake reply, turning frameRefused into an
+// error wrapping ErrRefused.
+func readReply(br *bufio.Reader, want frameType, wantLen int) ([]byte, error) {
+	t, p, err := readFrame(br, nil)
+	if err != nil {
+		return nil, fmt.Errorf("read handshake reply: %w", err)
+	}
+	if t == frameRefused {
+		if len(p) > maxRefusalLen {
+			p = p[:maxRefusalLen]
+		}
+		return nil, fmt.Errorf("%w: %q", ErrRefused, p)
+	}
+	if t != want || len(p) != wantLen {
+		return nil, fmt.Errorf("relay sent no valid handshake reply (type %#x, %d bytes)", byte(t), len(p))
+	}
+	return p, nil
+}
+
+// clientHandshake authenticates a node to the relay and the relay to the
+// node; it returns the relay's keepalive interval.
+func clientHandshake(br *bufio.Reader, bw *bufio.Writer, serverKey, priv Key, ticket []byte) (time.Duration, error) {
+	snonce, err := readServerKey(br, serverKey)
+	if err != nil {
+		return 0, err
+	}
+	pub := PublicKey(priv)
+	var bn [boxNonceLen]byte
+	copy(bn[:], newNonce(boxNonceLen))
+	plain := append(snonce[:], ticket...)
+	sealed := box.Seal(nil, plain, &bn, &serverKey, &priv)
+	if err := writeFrame(bw, frameClientInfo, pub[:], bn[:], sealed); err != nil {
+		return 0, err
+	}
+	if err := bw.Flush(); err != nil {
+		return 0, fmt.Errorf("send client info: %w", err)
+	}
+	p, err := readReply(br, frameServerInfo, serverInfoLen)
+	if err != nil {
+		return 0, err
+	}
+	copy(bn[:], p[:boxNonceLen])
+	opened, ok := box.Open(nil, p[boxNonceLen:], &bn, &serverKey, &priv)
+	if !ok || subtle.ConstantTimeCompare(opened[:32], snonce[:]) != 1 {
+		return 0, fmt.Errorf("%w: relay could not prove its key", ErrWrongServerKey)
+	}
+	if opened[32] != ProtocolVersion {
+		return 0, fmt.Errorf("relay speaks protocol version %d, this client speaks %d", opened[32], ProtocolVersion)
+	}
+	return time.Duration(binary.BigEndian.Uint16(opened[33:])) * time.Second, nil
+}
+
+// meshMAC is the mesh proof of the relay that dials (ack false) or of the
+// relay that serves (ack true, with its keepalive).
+func meshMAC(meshKey []byte, ack bool, snonce [32]byte, server, client Key, ka []byte) []byte {
+	label := meshLabel
+	if ack {
+		label = meshAckLabel
+	}
+	m := hmac.New(sha256.New, meshKey)
+	m.Write([]byte(label))
+	m.Write(snonce[:])
+	m.Write(server[:])
+	m.Write(client[:])
+	m.Write(ka)
+	return m.Sum(nil)
+}
+
+// meshHandshake authenticates this relay (own) as a mesh client of the
+// relay serverKey; both prove the mesh key. It returns the serving
+// relay's keepalive interval.
+func meshHandshake(br *bufio.Reader, bw *bufio.Writer, serverKey, own Key, meshKey []byte) (time.Duration, error) {
+	snonce, err := readServerKey(br, serverKey)
+	if err != nil {
+		return 0, err
+	}
+	if err := writeFrame(bw, frameMeshInfo, own[:], meshMAC(meshKey, false, snonce, serverKey, own, nil)); err != nil {
+		return 0, err
+	}
+	if err := bw.Flush(); err != nil {
+		return 0, fmt.Errorf("send mesh info: %w", err)
+	}
+	p, err := readReply(br, frameMeshAck, meshAckLen)
+	if err != nil {
+		return 0, err
+	}
+	if !hmac.Equal(p[2:], meshMAC(meshKey, true, snonce, serverKey, own, p[:2])) {
+		return 0, errors.New("relay could not prove the mesh key")
+	}
+	return time.Duration(binary.BigEndian.Uint16(p[:2])) * time.Second, nil
+}
+
+// peerInfo is who completed a server-side handshake.
+type peerInfo struct {
+	key     Key
+	mesh    bool      // a mesh relay, key is its relay key
+	expires time.Time // ticket expiry (clients)
+}
+
+// serverHandshake runs the relay side of the handshake on a fresh
+// connection: it sends frameServerKey, checks the peer's proof, and
+// answers. On a refusal it tells the peer why; the caller closes.
+func (s *Server) serverHandshake(br *bufio.Reader, bw *bufio.Writer) (peerInfo, error) {
+	var snonce [32]byte
+	copy(snonce[:], newNonce(32))
+	if err := writeFrame(bw, frameServerKey, []byte(serverMagic), []byte{ProtocolVersion}, s.pub[:], snonce[:]); err != nil {
+		return peerInfo{}, err
+	}
+	if err := bw.Flush(); err != nil {
+		return peerInfo{}, err
+	}
+	pi, err := s.checkHello(br, bw, snonce)
+	var r refusal
+	if errors.As(err, &r) {
+		writeFrame(bw, frameRefused, []byte(r))
+		bw.Flush()
+	}
+	return pi, err
+}
+
+func (s *Server) checkHello(br *bufio.Reader, bw *bufio.Writer, snonce [32]byte) (peerInfo, error) {
+	t, p, err := readFrame(br, nil)
+	if err != nil {
+		return peerInfo{}, err
+	}
+	switch t {
+	case frameClientInfo:
+		return s.checkClient(bw, p, snonce)
+	case frameMeshInfo:
+		return s.checkMesh(bw, p, snonce)
+	}
+	return peerInfo{}, refusal(fmt.Sprintf("unexpected frame type %#x in handshake", byte(t)))
+}
+
+func (s *Server) checkClient(bw *bufio.Writer, p []byte, snonce [32]byte) (peerInfo, error) {
+	if len(p) < clientInfoMin {
+		return peerInfo{}, refusal(fmt.Sprintf("client info too short (%d bytes)", len(p)))
+	}
+	node := Key(p[:32])
+	// A low-order node key would make the box key predictable.
+	if _, err := curve25519.X25519(s.cfg.PrivateKey[:], node[:]); err != nil {
+		return peerInfo{}, refusal("bad node key")
+	}
+	bn := [boxNonceLen]byte(p[32 : 32+boxNonceLen])
+	plain, ok := box.Open(nil, p[32+boxNonceLen:], &bn, &node, &s.cfg.PrivateKey)
+	if !ok || subtle.ConstantTimeCompare(plain[:32], snonce[:]) != 1 {
+		return peerInfo{}, refusal("node key proof failed")
+	}
+	now := s.now()
+	tk, err := VerifyTicket(s.cfg.TicketKey, plain[32:], now)
+	if err != nil {
+		return peerInfo{}, refusal(err.Error())
+	}
+	if tk.Node != node {
+		return peerInfo{}, refusal("ticket is for another node")
+	}
+	if s.revokedUntil(node, now) {
+		return peerInfo{}, refusal("node revoked")
+	}
+	var reply [32 + 1 + 2]byte
+	copy(reply[:], snonce[:])
+	reply[32] = ProtocolVersion
+	binary.BigEndian.PutUint16(reply[33:], uint16(s.cfg.KeepAlive/time.Second))
+	copy(bn[:], newNonce(boxNonceLen))
+	if err := writeFrame(bw, frameServerInfo, bn[:], box.Seal(nil, reply[:], &bn, &node, &s.cfg.PrivateKey)); err != nil {
+		return peerInfo{}, err
+	}
+	return peerInfo{key: node, expires: tk.Expires}, bw.Flush()
+}
+
+func (s *Server) checkMesh(bw *bufio.Writer, p []byte, snonce [32]byte) (peerInfo, error) {
+	if s.cfg.MeshKey == nil {
+		return peerInfo{}, refusal("mesh not enabled on this relay")
+	}
+	if len(p) != meshInfoLen {
+		return peerInfo{}, refusal(fmt.Sprintf("mesh info is %d bytes, want %d", len(p), meshInfoLen))
+	}
+	peer := Key(p[:32])
+	if !hmac.Equal(p[32:], meshMAC(s.cfg.MeshKey, false, snonce, s.pub, peer, nil)) {
+		return peerInfo{}, refusal("bad mesh key")
+	}
+	if peer == s.pub {
+		return peerInfo{}, refusal("mesh peer has this relay's key")
+	}
+	var ka [2]byte
+	binary.BigEndian.PutUint16(ka[:], uint16(s.cfg.KeepAlive/time.Second))
+	if err := writeFrame(bw, frameMeshAck, ka[:], meshMAC(s.cfg.MeshKey, true, snonce, s.pub, peer, ka[:])); err != nil {
+		return peerInfo{}, err
+	}
+	return peerInfo{key: peer, mesh: true}, bw.Flush()
+}

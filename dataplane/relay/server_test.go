@@ -1,0 +1,468 @@
+package relay
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/nacl/box"
+)
+
+func TestTwoClientsExchangePackets(t *testing.T) {
+	e := newEnv(t)
+	r := e.startRelay(ServerConfig{}, "")
+	k1, k2 := newKey(), newKey()
+	c1 := e.startClient(r, k1, e.ticket(PublicKey(k1), time.Hour))
+	c2 := e.startClient(r, k2, e.ticket(PublicKey(k2), time.Hour))
+	waitConnected(t, c1, c2)
+	eventually(t, 5*time.Second, "two clients on the relay", func() bool { return r.s.Stats().Clients == 2 })
+	sizes := []int{1, 32, 148, 1400, pktBufSize + 1, maxPacketSize}
+	for _, n := range sizes {
+		p := bytes.Repeat([]byte{byte(n)}, n)
+		if err := c1.c.Send(c2.pub, p); err != nil {
+			t.Fatal(err)
+		}
+		expectPacket(t, c2, c1.pub, p)
+		if err := c2.c.Send(c1.pub, p); err != nil {
+			t.Fatal(err)
+		}
+		expectPacket(t, c1, c2.pub, p)
+	}
+	st := r.s.Stats()
+	if want := uint64(2 * len(sizes)); st.PacketsIn != want || st.PacketsOut != want {
+		t.Errorf("packets in/out: got %d/%d, want %d/%d", st.PacketsIn, st.PacketsOut, want, want)
+	}
+	if err := c1.c.Send(c2.pub, make([]byte, maxPacketSize+1)); !errors.Is(err, ErrPacketTooLarge) {
+		t.Errorf("oversize Send: got %v, want ErrPacketTooLarge", err)
+	}
+	// No route: a node that is nowhere.
+	c1.c.Send(newKey(), []byte("lost"))
+	eventually(t, 5*time.Second, "no_route drop", func() bool { return r.s.Stats().Drops["no_route"] == 1 })
+}
+
+func TestPing(t *testing.T) {
+	e := newEnv(t)
+	r := e.startRelay(ServerConfig{}, "")
+	k := newKey()
+	c := e.startClient(r, k, e.ticket(PublicKey(k), time.Hour))
+	waitConnected(t, c)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	rtt, err := c.c.Ping(ctx)
+	if err != nil || rtt <= 0 {
+		t.Fatalf("Ping: got %v, %v; want a positive RTT", rtt, err)
+	}
+	c.stop()
+	if _, err := c.c.Ping(ctx); !errors.Is(err, ErrNotConnected) {
+		t.Errorf("Ping after stop: got %v, want ErrNotConnected", err)
+	}
+	if err := c.c.Send(c.pub, []byte("x")); !errors.Is(err, ErrNotConnected) {
+		t.Errorf("Send after stop: got %v, want ErrNotConnected", err)
+	}
+}
+
+func TestClientRefusesWrongRelayKey(t *testing.T) {
+	e := newEnv(t)
+	r := e.startRelay(ServerConfig{}, "")
+	k := newKey()
+	c, err := NewClient(ClientConfig{URL: r.url, ServerKey: newKey(), PrivateKey: k, Ticket: e.ticket(PublicKey(k), time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- c.Run(ctx) }()
+	eventually(t, 5*time.Second, "a failed connect", func() bool { return errors.Is(c.LastError(), ErrWrongServerKey) })
+	if c.Connected() {
+		t.Error("client connected to an impostor relay")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run: got %v, want nil", err)
+	}
+}
+
+// TestRelayRefusesClients drives the handshake by hand.
+func TestRelayRefusesClients(t *testing.T) {
+	e := newEnv(t)
+	r := e.startRelay(ServerConfig{}, "")
+	k := newKey()
+	pub := PublicKey(k)
+	forged := func(rc *rawConn) error {
+		// Claims pub but seals with another key.
+		snonce, err := readServerKey(rc.br, r.s.PublicKey())
+		if err != nil {
+			return err
+		}
+		other := newKey()
+		var bn [24]byte
+		srv := r.s.PublicKey()
+		sealed := box.Seal(nil, append(snonce[:], e.ticket(pub, time.Hour)...), &bn, &srv, &other)
+		rc.send(t, frameClientInfo, pub[:], bn[:], sealed)
+		_, err = readReply(rc.br, frameServerInfo, serverInfoLen)
+		return err
+	}
+	staleNonce := func(rc *rawConn) error {
+		if _, err := readServerKey(rc.br, r.s.PublicKey()); err != nil {
+			return err
+		}
+		var bn [24]byte
+		srv := r.s.PublicKey()
+		sealed := box.Seal(nil, append(make([]byte, 32), e.ticket(pub, time.Hour)...), &bn, &srv, &k)
+		rc.send(t, frameClientInfo, pub[:], bn[:], sealed)
+		_, err := readReply(rc.br, frameServerInfo, serverInfoLen)
+		return err
+	}
+	lowOrder := func(rc *rawConn) error {
+		if _, err := readServerKey(rc.br, r.s.PublicKey()); err != nil {
+			return err
+		}
+		rc.send(t, frameClientInfo, make([]byte, clientInfoMin+TicketLen))
+		_, err := readReply(rc.br, frameServerInfo, serverInfoLen)
+		return err
+	}
+	withTicket := func(tk []byte) func(*rawConn) error {
+		return func(rc *rawConn) error { return rc.handshake(r, k, tk) }
+	}
+	tests := []struct {
+		name   string
+		do     func(*rawConn) error
+		reason string
+	}{
+		{"no ticket", withTicket(nil), "invalid"},
+		{"expired ticket", withTicket(e.ticket(pub, -time.Second)), "expired"},
+		{"ticket for another key", withTicket(e.ticket(newKey(), time.Hour)), "another node"},
+		{"ticket from another coordinator", withTicket(SignTicket(func() []byte { _, p := testTicketKey(9); return p }(), Ticket{Node: pub, Expires: e.clock.Now().Add(time.Hour)})), "invalid"},
+		{"forged node key", forged, "proof failed"},
+		{"stale server nonce", staleNonce, "proof failed"},
+		{"low-order node key", lowOrder, "bad node key"},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.do(dialRaw(t, r))
+			if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), tt.reason) {
+				t.Fatalf("got %v, want a refusal mentioning %q", err, tt.reason)
+			}
+			// The relay counts after telling the client.
+			eventually(t, 5*time.Second, fmt.Sprintf("refused count %d", i+1), func() bool { return r.s.Stats().Refused == uint64(i+1) })
+		})
+	}
+	if st := r.s.Stats(); st.Clients != 0 {
+		t.Errorf("clients: got %d, want 0", st.Clients)
+	}
+	// The real client surfaces the reason.
+	c := e.startClient(r, k, nil)
+	eventually(t, 5*time.Second, "LastError to report the refusal", func() bool { return errors.Is(c.c.LastError(), ErrRefused) })
+}
+
+func TestHTTPSurface(t *testing.T) {
+	e := newEnv(t)
+	r := e.startRelay(ServerConfig{}, "")
+	base := "http://" + r.addr
+	tests := []struct {
+		name     string
+		path     string
+		header   map[string]string
+		wantCode int
+		wantBody string
+	}{
+		{"probe", "/relay/probe", nil, 200, "ok"},
+		{"other path", "/nope", nil, 404, ""},
+		{"relay without upgrade", "/relay", nil, http.StatusUpgradeRequired, "Upgrade: edgewire-relay"},
+		{"other protocol version", "/relay", map[string]string{"Upgrade": upgradeProto, "Connection": "Upgrade", versionHeader: "2"}, 400, `unsupported protocol version "2"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req, _ := http.NewRequest("GET", base+tt.path, nil)
+			for k, v := range tt.header {
+				req.Header.Set(k, v)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tt.wantCode || !strings.Contains(string(body), tt.wantBody) {
+				t.Errorf("got %d %q, want %d containing %q", resp.StatusCode, body, tt.wantCode, tt.wantBody)
+			}
+		})
+	}
+	http.DefaultClient.CloseIdleConnections()
+}
+
+func TestClientRefusesOtherVersion(t *testing.T) {
+	var b bytes.Buffer
+	bw := bufio.NewWriter(&b)
+	srv := newKey()
+	writeFrame(bw, frameServerKey, []byte(serverMagic), []byte{2}, srv[:], make([]byte, 32))
+	bw.Flush()
+	_, err := readServerKey(bufio.NewReader(&b), srv)
+	if err == nil || !strings.Contains(err.Error(), "protocol version 2") {
+		t.Fatalf("got %v, want a version refusal", err)
+	}
+}
+
+func TestBadFrameClosesOnlyThatConnection(t *testing.T) {
+	e := newEnv(t)
+	r := e.startRelay(ServerConfig{}, "")
+	k1, k2 := newKey(), newKey()
+	c1 := e.startClient(r, k1, e.ticket(PublicKey(k1), time.Hour))
+	c2 := e.startClient(r, k2, e.ticket(PublicKey(k2), time.Hour))
+	waitConnected(t, c1, c2)
+	tests := []struct {
+		name string
+		send func(t *testing.T, rc *rawConn, self Key)
+	}{
+		{"unknown type", func(t *testing.T, rc *rawConn, _ Key) { rc.send(t, frameType(0x7f), []byte("hi")) }},
+		{"oversize length", func(t *testing.T, rc *rawConn, _ Key) {
+			rc.nc.Write(frameBytes(frameSendPacket, maxFramePayload+1, nil))
+		}},
+		{"short send packet", func(t *testing.T, rc *rawConn, _ Key) { rc.send(t, frameSendPacket, make([]byte, 31)) }},
+		{"ping of 7 bytes", func(t *testing.T, rc *rawConn, _ Key) { rc.send(t, framePing, make([]byte, 7)) }},
+		{"packet to self", func(t *testing.T, rc *rawConn, self Key) { rc.send(t, frameSendPacket, self[:], []byte("me")) }},
+		{"mesh frame from a node", func(t *testing.T, rc *rawConn, _ Key) { rc.send(t, frameForwardPacket, make([]byte, 70)) }},
+		{"server frame from a node", func(t *testing.T, rc *rawConn, _ Key) { rc.send(t, frameServerKey, make([]byte, serverKeyLen)) }},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			k := newKey()
+			rc := dialRaw(t, r)
+			if err := rc.handshake(r, k, e.ticket(PublicKey(k), time.Hour)); err != nil {
+				t.Fatal(err)
+			}
+			tt.send(t, rc, PublicKey(k))
+			rc.waitClosed(t)
+			if got := r.s.Stats().Drops["bad_frame"]; got != uint64(i+1) {
+				t.Errorf("bad_frame: got %d, want %d", got, i+1)
+			}
+			msg := []byte(fmt.Sprintf("still fine %d", i))
+			c1.c.Send(c2.pub, msg)
+			expectPacket(t, c2, c1.pub, msg)
+			c2.c.Send(c1.pub, msg)
+			expectPacket(t, c1, c2.pub, msg)
+		})
+	}
+	if !c1.c.Connected() || !c2.c.Connected() {
+		t.Error("a bystander client lost its connection")
+	}
+}
+
+func TestSecondConnectionReplacesFirst(t *testing.T) {
+	e := newEnv(t)
+	r := e.startRelay(ServerConfig{}, "")
+	k := newKey()
+	first, second := dialRaw(t, r), dialRaw(t, r)
+	if err := first.handshake(r, k, e.ticket(PublicKey(k), time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := second.handshake(r, k, e.ticket(PublicKey(k), time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	first.waitClosed(t)
+	second.send(t, framePing, []byte("12345678"))
+	typ, p, err := readFrame(second.br, nil)
+	if err != nil || typ != framePong || string(p) != "12345678" {
+		t.Fatalf("second connection: got %#x %q %v, want a pong echoing the ping", byte(typ), p, err)
+	}
+	if got := r.s.Stats().Clients; got != 1 {
+		t.Errorf("clients: got %d, want 1", got)
+	}
+}
+
+func TestRateLimitDrops(t *testing.T) {
+	e := newEnv(t) // the fake clock stands still: no refill
+	r := e.startRelay(ServerConfig{RateBytes: 1, RateBurst: 64 << 10}, "")
+	k1, k2 := newKey(), newKey()
+	c1 := e.startClient(r, k1, e.ticket(PublicKey(k1), time.Hour))
+	c2 := e.startClient(r, k2, e.ticket(PublicKey(k2), time.Hour))
+	waitConnected(t, c1, c2)
+	const n, size = 100, 1400
+	allowed := (64 << 10) / size
+	for i := 0; i < n; i++ {
+		if err := c1.c.Send(c2.pub, make([]byte, size)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 5*time.Second, "all packets at the relay", func() bool { return r.s.Stats().PacketsIn == n })
+	if got := r.s.Stats().Drops["rate_limited"]; got != uint64(n-allowed) {
+		t.Errorf("rate_limited: got %d, want %d", got, n-allowed)
+	}
+	eventually(t, 5*time.Second, "allowed packets delivered", func() bool { return len(c2.got) == allowed })
+}
+
+func TestServerQueueFullDrops(t *testing.T) {
+	e := newEnv(t)
+	r := e.startRelay(ServerConfig{QueueLen: 2}, "")
+	dst := newKey()
+	// A node that never reads: its socket buffers fill, then its queue.
+	slow := dialRaw(t, r)
+	if err := slow.handshake(r, dst, e.ticket(PublicKey(dst), time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	k := newKey()
+	c := e.startClient(r, k, e.ticket(PublicKey(k), time.Hour))
+	waitConnected(t, c)
+	pkt := make([]byte, maxPacketSize)
+	d := PublicKey(dst)
+	eventually(t, 10*time.Second, "queue_full drops", func() bool {
+		for i := 0; i < 64; i++ {
+			c.c.Send(d, pkt)
+		}
+		return r.s.Stats().Drops["queue_full"] > 0
+	})
+}
+
+func TestTicketExpiryAndRenewal(t *testing.T) {
+	e := newEnv(t)
+	r := e.startRelay(ServerConfig{}, "")
+	kOld, kNew := newKey(), newKey()
+	stale := e.startClient(r, kOld, e.ticket(PublicKey(kOld), time.Minute))
+	renewed := e.startClient(r, kNew, e.ticket(PublicKey(kNew), time.Minute))
+	waitConnected(t, stale, renewed)
+	conn := renewed.c.cur.Load()
+	renewed.c.SetTicket(e.ticket(PublicKey(kNew), time.Hour))
+	// The relay handles frames in order: once the ping returns, the
+	// renewed ticket is in.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := renewed.c.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(time.Minute + time.Second)
+	eventually(t, 5*time.Second, "the expired client to be dropped", func() bool {
+		return errors.Is(stale.c.LastError(), ErrTicketExpired) || strings.Contains(fmt.Sprint(stale.c.LastError()), "expired")
+	})
+	time.Sleep(100 * time.Millisecond) // several sweeps
+	if renewed.c.cur.Load() != conn {
+		t.Error("the renewed client's connection was dropped")
+	}
+	if got := r.s.Stats().Clients; got != 1 {
+		t.Errorf("clients: got %d, want 1", got)
+	}
+	// A fresh ticket lets the stale client back in.
+	stale.c.SetTicket(e.ticket(PublicKey(kOld), time.Hour))
+	waitConnected(t, stale)
+}
+
+func TestRevoke(t *testing.T) {
+	e := newEnv(t)
+	r := e.startRelay(ServerConfig{}, "")
+	k := newKey()
+	c := e.startClient(r, k, e.ticket(PublicKey(k), 24*time.Hour))
+	waitConnected(t, c)
+	conn := c.c.cur.Load()
+	r.s.Revoke(c.pub, e.clock.Now().Add(time.Hour))
+	eventually(t, time.Second, "the connection to drop at once", func() bool { return c.c.cur.Load() != conn })
+	eventually(t, 5*time.Second, "reconnects to be refused", func() bool {
+		return strings.Contains(fmt.Sprint(c.c.LastError()), "revoked")
+	})
+	if c.c.Connected() {
+		t.Fatal("revoked client reconnected")
+	}
+	e.clock.Advance(time.Hour)
+	waitConnected(t, c)
+}
+
+func TestNewServerValidates(t *testing.T) {
+	pub, _ := testTicketKey(1)
+	good := ServerConfig{PrivateKey: Key{1}, TicketKey: pub}
+	tests := []struct {
+		name string
+		mod  func(*ServerConfig)
+		want string
+	}{
+		{"ok", func(*ServerConfig) {}, ""},
+		{"no private key", func(c *ServerConfig) { c.PrivateKey = Key{} }, "PrivateKey"},
+		{"no ticket key", func(c *ServerConfig) { c.TicketKey = nil }, "TicketKey"},
+		{"short mesh key", func(c *ServerConfig) { c.MeshKey = make([]byte, 16) }, "MeshKey"},
+		{"peers without mesh key", func(c *ServerConfig) { c.MeshPeers = []MeshPeer{{URL: "http://x/relay", Key: Key{2}}} }, "MeshKey"},
+		{"bad peer URL", func(c *ServerConfig) {
+			c.MeshKey = make([]byte, 32)
+			c.MeshPeers = []MeshPeer{{URL: "ftp://x", Key: Key{2}}}
+		}, "scheme"},
+		{"burst below a packet", func(c *ServerConfig) { c.RateBurst = 1000 }, "RateBurst"},
+		{"keepalive too short", func(c *ServerConfig) { c.KeepAlive = time.Millisecond }, "KeepAlive"},
+		{"negative queue", func(c *ServerConfig) { c.QueueLen = -1 }, "QueueLen"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := good
+			tt.mod(&cfg)
+			_, err := NewServer(cfg)
+			if (tt.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.want)) {
+				t.Errorf("got %v, want an error mentioning %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func FuzzHandshake(f *testing.F) {
+	e := newEnv(f)
+	s, err := NewServer(ServerConfig{PrivateKey: newKey(), TicketKey: e.tpub, MeshKey: make([]byte, 32), Now: e.clock.Now})
+	if err != nil {
+		f.Fatal(err)
+	}
+	k := newKey()
+	pub := PublicKey(k)
+	f.Add(frameBytes(frameClientInfo, uint32(clientInfoMin+TicketLen), append(pub[:], make([]byte, clientInfoMin+TicketLen-32)...)))
+	f.Add(frameBytes(frameMeshInfo, meshInfoLen, make([]byte, meshInfoLen)))
+	f.Add(frameBytes(frameSendPacket, 33, make([]byte, 33)))
+	f.Add([]byte{2, 0, 1, 0, 0})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		var out bytes.Buffer
+		bw := bufio.NewWriter(&out)
+		pi, err := s.serverHandshake(bufio.NewReader(bytes.NewReader(in)), bw)
+		if err == nil {
+			t.Fatalf("handshake accepted %x as %+v", in, pi)
+		}
+	})
+}
+
+func TestTLSAndKeepAlive(t *testing.T) {
+	e := newEnv(t)
+	s, err := NewServer(ServerConfig{PrivateKey: newKey(), TicketKey: e.tpub, Now: e.clock.Now, KeepAlive: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewTLSServer(s)
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error)
+	go func() { runDone <- s.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-runDone; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		hs.Close()
+	}()
+	r := &testRelay{s: s, addr: hs.Listener.Addr().String(), url: "https://" + hs.Listener.Addr().String() + "/relay"}
+	k1, k2 := newKey(), newKey()
+	c1 := e.startClient(r, k1, e.ticket(PublicKey(k1), time.Hour))
+	c2 := e.startClient(r, k2, e.ticket(PublicKey(k2), time.Hour))
+	waitConnected(t, c1, c2)
+	c1.c.Send(c2.pub, []byte("over tls"))
+	expectPacket(t, c2, c1.pub, []byte("over tls"))
+
+	// An idle connection gets keepalives.
+	k := newKey()
+	rc := dialRaw(t, r)
+	if err := rc.handshake(r, k, e.ticket(PublicKey(k), time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	rc.nc.SetReadDeadline(time.Now().Add(3 * time.Second))
+	typ, p, err := readFrame(rc.br, nil)
+	if err != nil || typ != frameKeepAlive || len(p) != 0 {
+		t.Fatalf("idle connection: got %#x (%d bytes) %v, want an empty keepalive", byte(typ), len(p), err)
+	}
+	c1.stop()
+	c2.stop()
+}

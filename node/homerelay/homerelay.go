@@ -1,0 +1,392 @@
+// Package homerelay keeps the agent's connection to its home relay: it
+// measures latency to every relay in the relay map, picks the closest
+// (with hysteresis, so a few milliseconds of jitter never flaps it), fails
+// over to the next best when the home relay stops answering, and feeds
+// the relay the coordinator's current ticket. Packets for relayed peers
+// leave through it; packets arriving through it go to the WireGuard Bind.
+package homerelay
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/edgewire/edgewire/dataplane/relay"
+)
+
+// Region is one relay from the relay map, resolved for this node.
+type Region struct {
+	ID   uint32
+	Name string
+	Addr string // host:port of its HTTPS listener
+	Key  [32]byte
+}
+
+// Timing of probes and failover.
+const (
+	probeInterval = 30 * time.Second
+	probeTimeout  = 3 * time.Second
+	tickInterval  = 250 * time.Millisecond
+	// failoverAfter: a home relay unreachable this long is replaced.
+	failoverAfter = 2 * time.Second
+	// A healthy home is replaced only by one this much faster...
+	switchRatio = 0.7
+	// ...and at least this many milliseconds faster.
+	switchMin = 10 * time.Millisecond
+)
+
+// Config configures a Manager.
+type Config struct {
+	PrivateKey [32]byte
+	Preferred  uint32                       // region ID to use whenever it is up; 0: choose by latency
+	OnPacket   func(src [32]byte, p []byte) // packets from the relay; p valid during the call
+	OnChange   func(up bool)                // the home connection went up or down
+	Logger     *slog.Logger
+	// Probe measures the latency to a region (nil: an HTTPS GET of
+	// /relay/probe on a fresh connection).
+	Probe func(ctx context.Context, r Region) (time.Duration, error)
+}
+
+// Status describes the home relay.
+type Status struct {
+	Home      string                   // region name, "" when none
+	Connected bool                     //
+	Latency   map[string]time.Duration // by region name; missing: unreachable
+	Err       string                   // why the home is down, if it is
+}
+
+type home struct {
+	region Region
+	client *relay.Client
+	cancel context.CancelFunc
+	done   chan struct{}
+	since  time.Time // when it last connected, or was started
+}
+
+// Manager owns the home relay connection. Create with New, start Run.
+type Manager struct {
+	cfg  Config
+	log  *slog.Logger
+	kick chan struct{} // regions or ticket changed; capacity 1
+
+	mu      sync.Mutex // guards everything below
+	regions []Region
+	ticket  []byte
+	latency map[uint32]time.Duration
+	home    *home
+	up      bool
+}
+
+// New returns a manager.
+func New(cfg Config) *Manager {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.OnPacket == nil {
+		cfg.OnPacket = func([32]byte, []byte) {}
+	}
+	if cfg.OnChange == nil {
+		cfg.OnChange = func(bool) {}
+	}
+	if cfg.Probe == nil {
+		cfg.Probe = probeHTTPS
+	}
+	return &Manager{cfg: cfg, log: cfg.Logger, kick: make(chan struct{}, 1), latency: map[uint32]time.Duration{}}
+}
+
+func (m *Manager) poke() {
+	select {
+	case m.kick <- struct{}{}:
+	default:
+	}
+}
+
+// SetRegions replaces the relay map.
+func (m *Manager) SetRegions(rs []Region) {
+	m.mu.Lock()
+	same := slices.Equal(rs, m.regions)
+	m.regions = slices.Clone(rs)
+	m.mu.Unlock()
+	if !same {
+		m.poke()
+	}
+}
+
+// SetTicket sets the relay ticket from the coordinator.
+func (m *Manager) SetTicket(t []byte) {
+	m.mu.Lock()
+	m.ticket = slices.Clone(t)
+	h := m.home
+	m.mu.Unlock()
+	if h != nil {
+		h.client.SetTicket(t)
+	}
+	m.poke()
+}
+
+// Send implements bind.Relay.
+func (m *Manager) Send(dst [32]byte, pkt []byte) error {
+	m.mu.Lock()
+	h := m.home
+	m.mu.Unlock()
+	if h == nil {
+		return relay.ErrNotConnected
+	}
+	return h.client.Send(dst, pkt)
+}
+
+// Ping measures the round trip to the home relay.
+func (m *Manager) Ping(ctx context.Context) (time.Duration, error) {
+	m.mu.Lock()
+	h := m.home
+	m.mu.Unlock()
+	if h == nil {
+		return 0, relay.ErrNotConnected
+	}
+	return h.client.Ping(ctx)
+}
+
+// Status returns the home relay's state.
+func (m *Manager) Status() Status {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st := Status{Connected: m.up, Latency: map[string]time.Duration{}}
+	for _, r := range m.regions {
+		if d, ok := m.latency[r.ID]; ok {
+			st.Latency[r.Name] = d
+		}
+	}
+	if m.home != nil {
+		st.Home = m.home.region.Name
+		if err := m.home.client.LastError(); err != nil && !m.up {
+			st.Err = err.Error()
+		}
+	}
+	return st
+}
+
+// Run keeps the home relay until ctx ends.
+func (m *Manager) Run(ctx context.Context) error {
+	tick := time.NewTicker(tickInterval)
+	defer tick.Stop()
+	probe := time.NewTimer(0)
+	defer probe.Stop()
+	probed := make(chan map[uint32]time.Duration, 1)
+	probing := false
+	defer func() {
+		m.mu.Lock()
+		h := m.home
+		m.home = nil
+		m.mu.Unlock()
+		if h != nil {
+			h.cancel()
+			<-h.done
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-m.kick:
+			if !probing {
+				probe.Reset(0)
+			}
+		case <-probe.C:
+			if !probing {
+				probing = true
+				go func() { probed <- m.probeAll(ctx) }()
+			}
+		case lat := <-probed:
+			probing = false
+			m.mu.Lock()
+			m.latency = lat
+			m.mu.Unlock()
+			probe.Reset(probeInterval)
+		case <-tick.C:
+		}
+		m.evaluate(ctx)
+	}
+}
+
+func (m *Manager) probeAll(ctx context.Context) map[uint32]time.Duration {
+	m.mu.Lock()
+	regions := slices.Clone(m.regions)
+	m.mu.Unlock()
+	out := map[uint32]time.Duration{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, r := range regions {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+			defer cancel()
+			d, err := m.cfg.Probe(pctx, r)
+			if err != nil {
+				m.log.Debug("relay probe failed", "relay", r.Name, "err", err)
+				return
+			}
+			mu.Lock()
+			out[r.ID] = d
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// evaluate reports connection changes and picks or replaces the home.
+func (m *Manager) evaluate(ctx context.Context) {
+	now := time.Now()
+	m.mu.Lock()
+	h := m.home
+	up := h != nil && h.client.Connected()
+	if h != nil && up {
+		h.since = now
+	}
+	changed := up != m.up
+	m.up = up
+	want, reason := m.choose(now)
+	m.mu.Unlock()
+	if changed {
+		m.log.Info("home relay connection", "up", up, "relay", regionName(h))
+		m.cfg.OnChange(up)
+	}
+	if want == nil || (h != nil && h.region == *want) {
+		return
+	}
+	m.log.Info("switching home relay", "from", regionName(h), "to", want.Name, "why", reason)
+	m.switchTo(ctx, *want)
+}
+
+func regionName(h *home) string {
+	if h == nil {
+		return ""
+	}
+	return h.region.Name
+}
+
+// choose returns the region to be home, or nil to keep things as they
+// are. Called with mu held.
+func (m *Manager) choose(now time.Time) (*Region, string) {
+	if len(m.ticket) == 0 || len(m.regions) == 0 {
+		return nil, ""
+	}
+	h := m.home
+	if h != nil && !slices.Contains(m.regions, h.region) {
+		h = nil // left the relay map
+	}
+	best := func(skip uint32) *Region {
+		var b *Region
+		for i, r := range m.regions {
+			d, ok := m.latency[r.ID]
+			if !ok || r.ID == skip {
+				continue
+			}
+			if b == nil || d < m.latency[b.ID] {
+				b = &m.regions[i]
+			}
+		}
+		return b
+	}
+	if pref := m.preferred(); pref != nil {
+		_, reachable := m.latency[pref.ID]
+		switch {
+		case h == nil:
+			return pref, "preferred"
+		case h.region.ID != pref.ID && reachable:
+			return pref, "preferred relay is back"
+		case h.region.ID == pref.ID && (h.client.Connected() || now.Sub(h.since) <= failoverAfter):
+			return nil, ""
+		}
+		// The preferred relay is down: fall through to the closest other.
+	}
+	switch {
+	case h == nil:
+		if b := best(0); b != nil {
+			return b, "closest"
+		}
+		if len(m.latency) == 0 {
+			// Nothing probed yet (or nothing answers): try the first.
+			return &m.regions[0], "no latency yet"
+		}
+	case !h.client.Connected() && now.Sub(h.since) > failoverAfter:
+		// Unreachable until the next probe says otherwise, so the
+		// preference above does not send us straight back.
+		delete(m.latency, h.region.ID)
+		if b := best(h.region.ID); b != nil {
+			return b, "home unreachable"
+		}
+	case h.client.Connected():
+		cur, ok := m.latency[h.region.ID]
+		if b := best(0); ok && b != nil && b.ID != h.region.ID {
+			if d := m.latency[b.ID]; float64(d) < switchRatio*float64(cur) && cur-d >= switchMin {
+				return b, fmt.Sprintf("closer (%v vs %v)", d, cur)
+			}
+		}
+	}
+	return nil, ""
+}
+
+func (m *Manager) preferred() *Region {
+	for i, r := range m.regions {
+		if r.ID == m.cfg.Preferred && r.ID != 0 {
+			return &m.regions[i]
+		}
+	}
+	return nil
+}
+
+func (m *Manager) switchTo(ctx context.Context, r Region) {
+	m.mu.Lock()
+	ticket := slices.Clone(m.ticket)
+	m.mu.Unlock()
+	c, err := relay.NewClient(relay.ClientConfig{
+		URL: "https://" + r.Addr + "/relay", ServerKey: r.Key, PrivateKey: m.cfg.PrivateKey,
+		Ticket: ticket, OnPacket: m.cfg.OnPacket, Logger: m.log.With("relay", r.Name),
+	})
+	if err != nil {
+		m.log.Warn("relay client", "relay", r.Name, "err", err)
+		return
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	nh := &home{region: r, client: c, cancel: cancel, done: make(chan struct{}), since: time.Now()}
+	go func() {
+		defer close(nh.done)
+		c.Run(cctx)
+	}()
+	m.mu.Lock()
+	old := m.home
+	m.home = nh
+	m.mu.Unlock()
+	if old != nil {
+		old.cancel()
+	}
+}
+
+// probeHTTPS times a GET of /relay/probe on a fresh TLS connection. The
+// relay is authenticated later by its key, not by this probe.
+func probeHTTPS(ctx context.Context, r Region) (time.Duration, error) {
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, DisableKeepAlives: true}
+	defer tr.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+r.Addr+"/relay/probe", nil)
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, errors.New(resp.Status)
+	}
+	return time.Since(start), nil
+}
