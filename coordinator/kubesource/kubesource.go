@@ -1,0 +1,273 @@
+// Package kubesource feeds the coordinator's Service map from Kubernetes:
+// shared informers on Services, EndpointSlices and Nodes (one watch in the
+// cloud instead of one per edge node). It is the only package that
+// imports client-go; the core sees it as a svcsource.Source.
+package kubesource
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	discoverylisters "k8s.io/client-go/listers/discovery/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/edgewire/edgewire/coordinator/api"
+	"github.com/edgewire/edgewire/coordinator/svcsource"
+	"github.com/edgewire/edgewire/node/services"
+)
+
+// Config configures a Source.
+type Config struct {
+	// Kubeconfig is a kubeconfig path; empty means in-cluster config.
+	Kubeconfig string
+	Resync     time.Duration // informer resync (default 10m)
+	Logger     *slog.Logger
+}
+
+// Source watches a Kubernetes API server.
+type Source struct {
+	cfg    Config
+	log    *slog.Logger
+	client kubernetes.Interface
+}
+
+var _ svcsource.Source = (*Source)(nil)
+
+// New connects to the API server described by cfg.
+func New(cfg Config) (*Source, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Resync <= 0 {
+		cfg.Resync = 10 * time.Minute
+	}
+	var rc *rest.Config
+	var err error
+	if cfg.Kubeconfig != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+	} else {
+		rc, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes config: %w", err)
+	}
+	rc.UserAgent = "edgewire-coordinator"
+	c, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, err
+	}
+	return &Source{cfg: cfg, log: cfg.Logger, client: c}, nil
+}
+
+// NewFromClient wraps an existing clientset (tests).
+func NewFromClient(c kubernetes.Interface, log *slog.Logger) *Source {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Source{cfg: Config{Resync: 10 * time.Minute}, log: log, client: c}
+}
+
+// Run implements svcsource.Source.
+func (s *Source) Run(ctx context.Context, sink svcsource.Sink) error {
+	f := informers.NewSharedInformerFactory(s.client, s.cfg.Resync)
+	svcInf := f.Core().V1().Services()
+	epsInf := f.Discovery().V1().EndpointSlices()
+	nodeInf := f.Core().V1().Nodes()
+
+	// Changes are keyed by Service and rebuilt by one goroutine from the
+	// listers, so a Service and its slices are always read together.
+	dirty := make(chan struct{}, 1)
+	var mu sync.Mutex // guards pending
+	pending := map[string]bool{}
+	mark := func(key string) {
+		mu.Lock()
+		pending[key] = true
+		mu.Unlock()
+		select {
+		case dirty <- struct{}{}:
+		default:
+		}
+	}
+	svcKey := func(obj any) {
+		if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			obj = d.Obj
+		}
+		switch o := obj.(type) {
+		case *corev1.Service:
+			mark(o.Namespace + "/" + o.Name)
+		case *discoveryv1.EndpointSlice:
+			if name := o.Labels[discoveryv1.LabelServiceName]; name != "" {
+				mark(o.Namespace + "/" + name)
+			}
+		}
+	}
+	h := cache.ResourceEventHandlerFuncs{
+		AddFunc:    svcKey,
+		UpdateFunc: func(_, n any) { svcKey(n) },
+		DeleteFunc: svcKey,
+	}
+	if _, err := svcInf.Informer().AddEventHandler(h); err != nil {
+		return err
+	}
+	if _, err := epsInf.Informer().AddEventHandler(h); err != nil {
+		return err
+	}
+	nodeHandler := func(obj any) {
+		if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			obj = d.Obj
+		}
+		n, ok := obj.(*corev1.Node)
+		if !ok {
+			return
+		}
+		sink.SetPodCIDRs(n.Name, s.podCIDRs(n))
+	}
+	if _, err := nodeInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    nodeHandler,
+		UpdateFunc: func(_, n any) { nodeHandler(n) },
+		DeleteFunc: func(obj any) {
+			if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = d.Obj
+			}
+			if n, ok := obj.(*corev1.Node); ok {
+				sink.SetPodCIDRs(n.Name, nil)
+			}
+		},
+	}); err != nil {
+		return err
+	}
+	f.Start(ctx.Done())
+	defer f.Shutdown()
+	for typ, ok := range f.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("kubernetes: %v cache did not sync", typ)
+		}
+	}
+	s.log.Info("kubernetes watcher synced")
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-dirty:
+		}
+		mu.Lock()
+		keys := pending
+		pending = map[string]bool{}
+		mu.Unlock()
+		for key := range keys {
+			s.sync(key, svcInf.Lister(), epsInf.Lister(), sink)
+		}
+	}
+}
+
+func (s *Source) podCIDRs(n *corev1.Node) []netip.Prefix {
+	var out []netip.Prefix
+	cidrs := n.Spec.PodCIDRs
+	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
+		cidrs = []string{n.Spec.PodCIDR}
+	}
+	for _, c := range cidrs {
+		p, err := netip.ParsePrefix(c)
+		if err != nil || p != p.Masked() {
+			s.log.Warn("ignoring invalid pod CIDR", "node", n.Name, "cidr", c)
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// sync rebuilds one Service from the listers and hands it to the sink;
+// an invalid one is logged and withdrawn, never half-shipped.
+func (s *Source) sync(key string, svcs corelisters.ServiceLister, slices discoverylisters.EndpointSliceLister, sink svcsource.Sink) {
+	ns, name, _ := services.SplitKey(key)
+	svc, err := svcs.Services(ns).Get(name)
+	if err != nil {
+		sink.DeleteService(key)
+		return
+	}
+	if svc.Spec.Type == corev1.ServiceTypeExternalName {
+		sink.DeleteService(key)
+		return
+	}
+	sel := labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: name})
+	list, err := slices.EndpointSlices(ns).List(sel)
+	if err != nil {
+		s.log.Warn("list endpoint slices", "service", key, "err", err)
+		return
+	}
+	p := Convert(svc, list)
+	if _, err := services.FromProto(p); err != nil {
+		s.log.Warn("refusing invalid Service", "service", key, "err", err)
+		sink.DeleteService(key)
+		return
+	}
+	sink.SetService(p)
+}
+
+// Convert builds the network-map form of a Service from the Service and
+// its EndpointSlices (ready endpoints only).
+func Convert(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) *api.Service {
+	p := &api.Service{Namespace: svc.Namespace, Name: svc.Name}
+	for _, ip := range svc.Spec.ClusterIPs {
+		if ip != "" && ip != corev1.ClusterIPNone {
+			p.ClusterIps = append(p.ClusterIps, ip)
+		}
+	}
+	for _, sp := range svc.Spec.Ports {
+		p.Ports = append(p.Ports, &api.ServicePort{Name: sp.Name, Protocol: string(sp.Protocol), Port: uint32(sp.Port)})
+	}
+	if svc.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
+		p.ClientIpAffinity = true
+		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+			p.AffinityTimeoutSeconds = *c.ClientIP.TimeoutSeconds
+		}
+	}
+	seen := map[string]bool{}
+	for _, sl := range slices {
+		if sl.AddressType != discoveryv1.AddressTypeIPv4 && sl.AddressType != discoveryv1.AddressTypeIPv6 {
+			continue
+		}
+		ports := map[string]uint32{}
+		for _, pt := range sl.Ports {
+			if pt.Port == nil {
+				continue
+			}
+			n := ""
+			if pt.Name != nil {
+				n = *pt.Name
+			}
+			ports[n] = uint32(*pt.Port)
+		}
+		for _, ep := range sl.Endpoints {
+			if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
+				continue
+			}
+			if len(ep.Addresses) == 0 || seen[ep.Addresses[0]] {
+				continue
+			}
+			seen[ep.Addresses[0]] = true
+			pe := &api.ServiceEndpoint{Addresses: ep.Addresses, Ports: ports}
+			if ep.Hostname != nil {
+				pe.Hostname = *ep.Hostname
+			}
+			if ep.NodeName != nil {
+				pe.NodeName = *ep.NodeName
+			}
+			p.Endpoints = append(p.Endpoints, pe)
+		}
+	}
+	return p
+}

@@ -1,0 +1,161 @@
+// Package svcsource is where the coordinator's Service map and nodes' pod
+// CIDRs come from. The core depends only on Source and Sink; Kubernetes
+// (package kubesource, the only importer of client-go) is one Source, a
+// services file for plain systemd fleets is another.
+package svcsource
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/edgewire/edgewire/coordinator/api"
+	"github.com/edgewire/edgewire/node/services"
+)
+
+// Sink receives the Service map. Implementations are safe for concurrent
+// use and treat the Services they get as read-only.
+type Sink interface {
+	SetService(svc *api.Service) // add or replace
+	DeleteService(key string)    // "namespace/name"
+	SetPodCIDRs(node string, cidrs []netip.Prefix)
+}
+
+// Source feeds a Sink until ctx ends.
+type Source interface {
+	Run(ctx context.Context, sink Sink) error
+}
+
+// FileService is one Service in a services file.
+//
+//	{"services": [{"namespace": "demo", "name": "web", "cluster_ips": ["10.96.0.10"],
+//	  "ports": [{"name": "http", "protocol": "TCP", "port": 80}],
+//	  "endpoints": [{"addresses": ["10.42.1.5"], "node_name": "edge1", "ports": {"http": 8080}}]}]}
+type FileService struct {
+	Namespace        string         `json:"namespace"`
+	Name             string         `json:"name"`
+	ClusterIPs       []string       `json:"cluster_ips"`
+	Ports            []FilePort     `json:"ports"`
+	ClientIPAffinity bool           `json:"client_ip_affinity"`
+	AffinityTimeout  int32          `json:"affinity_timeout_seconds"`
+	Endpoints        []FileEndpoint `json:"endpoints"`
+}
+
+// FilePort is a Service port in a services file.
+type FilePort struct {
+	Name     string `json:"name"`
+	Protocol string `json:"protocol"`
+	Port     uint32 `json:"port"`
+}
+
+// FileEndpoint is an endpoint in a services file.
+type FileEndpoint struct {
+	Addresses []string          `json:"addresses"`
+	Hostname  string            `json:"hostname"`
+	NodeName  string            `json:"node_name"`
+	Ports     map[string]uint32 `json:"ports"`
+}
+
+// File serves the Services declared in a JSON file, re-read when it
+// changes. A file that fails to parse or validate is refused whole and
+// the last good content stays.
+type File struct {
+	Path     string
+	Interval time.Duration // how often to look for changes (default 5s)
+	Logger   *slog.Logger
+}
+
+// Load reads and validates a services file.
+func Load(path string) ([]*api.Service, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.DisallowUnknownFields()
+	var f struct {
+		Services []FileService `json:"services"`
+	}
+	if err := dec.Decode(&f); err != nil {
+		return nil, fmt.Errorf("services file %s: %w", path, err)
+	}
+	var out []*api.Service
+	var list []*services.Service
+	for _, fs := range f.Services {
+		p := &api.Service{Namespace: fs.Namespace, Name: fs.Name, ClusterIps: fs.ClusterIPs,
+			ClientIpAffinity: fs.ClientIPAffinity, AffinityTimeoutSeconds: fs.AffinityTimeout}
+		for _, fp := range fs.Ports {
+			proto := strings.ToUpper(fp.Protocol)
+			if proto == "" {
+				proto = "TCP"
+			}
+			p.Ports = append(p.Ports, &api.ServicePort{Name: fp.Name, Protocol: proto, Port: fp.Port})
+		}
+		for _, fe := range fs.Endpoints {
+			p.Endpoints = append(p.Endpoints, &api.ServiceEndpoint{Addresses: fe.Addresses, Hostname: fe.Hostname, NodeName: fe.NodeName, Ports: fe.Ports})
+		}
+		s, err := services.FromProto(p)
+		if err != nil {
+			return nil, fmt.Errorf("services file %s: %w", path, err)
+		}
+		list = append(list, s)
+		out = append(out, services.ToProto(s))
+	}
+	if _, err := services.NewTable(list); err != nil {
+		return nil, fmt.Errorf("services file %s: %w", path, err)
+	}
+	return out, nil
+}
+
+// Run implements Source.
+func (f *File) Run(ctx context.Context, sink Sink) error {
+	log := f.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	interval := f.Interval
+	if interval <= 0 {
+		interval = 5 * time.Second
+	}
+	var lastMod time.Time
+	have := map[string]bool{}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		if st, err := os.Stat(f.Path); err != nil {
+			log.Warn("services file", "err", err)
+		} else if !st.ModTime().Equal(lastMod) {
+			svcs, err := Load(f.Path)
+			if err != nil {
+				log.Error("services file refused; keeping the previous Services", "err", err)
+			} else {
+				lastMod = st.ModTime()
+				next := map[string]bool{}
+				for _, s := range svcs {
+					k := s.GetNamespace() + "/" + s.GetName()
+					next[k] = true
+					sink.SetService(s)
+				}
+				for k := range have {
+					if !next[k] {
+						sink.DeleteService(k)
+					}
+				}
+				have = next
+				log.Info("services file loaded", "services", len(svcs))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+var _ Source = (*File)(nil)
