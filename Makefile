@@ -7,7 +7,7 @@ BIN := $(CURDIR)/bin
 TOOLS := $(CURDIR)/.cache/tools
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
-BINARIES := edgewire-coordinator edgewire-agent edgewire
+BINARIES := edgewire-coordinator edgewire-agent edgewire-relay edgewire
 
 .PHONY: all build test unit e2e demo proto deps fmt vet clean
 

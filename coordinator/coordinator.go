@@ -26,10 +26,12 @@ import (
 	"github.com/edgewire/edgewire/coordinator/pki"
 	"github.com/edgewire/edgewire/coordinator/server"
 	"github.com/edgewire/edgewire/coordinator/store"
+	"github.com/edgewire/edgewire/coordinator/svcsource"
 	"github.com/edgewire/edgewire/coordinator/token"
 	"github.com/edgewire/edgewire/dataplane/relay"
 	"github.com/edgewire/edgewire/dataplane/stunserver"
 	"github.com/edgewire/edgewire/internal/atomicfile"
+	"github.com/edgewire/edgewire/internal/telemetry"
 	"github.com/edgewire/edgewire/node/identity"
 )
 
@@ -49,22 +51,24 @@ const (
 
 // Config configures the daemon.
 type Config struct {
-	DataDir     string
-	Listen      string             // TLS gRPC listen address
-	AdminSocket string             // empty: <DataDir>/admin.sock
-	Prefixes    []netip.Prefix     // overlay prefixes
-	TLSCert     string             // optional operator-provided serving cert...
-	TLSKey      string             // ...its key...
-	TLSCA       string             // ...and the CA that issued it (pinned by tokens)
-	TLSSANs     []string           // extra DNS names / IPs for the generated cert
-	STUNListen  string             // UDP address of the embedded STUN server; empty: none
-	RelayListen string             // TCP address of the embedded relay; empty: none
-	RelayID     uint32             // region id of the embedded relay
-	RelayName   string             // region name of the embedded relay
-	Relays      []*api.RelayRegion // further relays (--relay-map)
-	MeshKey     []byte             // relay mesh key; nil: the embedded relay does not mesh
-	TicketTTL   time.Duration      // relay ticket lifetime
-	Logger      *slog.Logger
+	DataDir       string
+	Listen        string             // TLS gRPC listen address
+	AdminSocket   string             // empty: <DataDir>/admin.sock
+	Prefixes      []netip.Prefix     // overlay prefixes
+	TLSCert       string             // optional operator-provided serving cert...
+	TLSKey        string             // ...its key...
+	TLSCA         string             // ...and the CA that issued it (pinned by tokens)
+	TLSSANs       []string           // extra DNS names / IPs for the generated cert
+	STUNListen    string             // UDP address of the embedded STUN server; empty: none
+	RelayListen   string             // TCP address of the embedded relay; empty: none
+	RelayID       uint32             // region id of the embedded relay
+	RelayName     string             // region name of the embedded relay
+	Relays        []*api.RelayRegion // further relays (--relay-map)
+	MeshKey       []byte             // relay mesh key; nil: the embedded relay does not mesh
+	TicketTTL     time.Duration      // relay ticket lifetime
+	Services      svcsource.Source   // where Services and pod CIDRs come from; nil: none
+	MetricsListen string             // /metrics, /healthz, /readyz; empty: off
+	Logger        *slog.Logger
 }
 
 func (c *Config) validate() error {
@@ -173,6 +177,24 @@ func Run(ctx context.Context, cfg Config) error {
 	})
 	if err != nil {
 		return err
+	}
+
+	reg := telemetry.NewRegistry()
+	srv.RegisterMetrics(reg)
+	if embedded != nil {
+		embedded.RegisterMetrics(reg)
+	}
+	go func() {
+		if err := telemetry.Serve(ctx, cfg.MetricsListen, reg, nil, log); err != nil {
+			log.Error("metrics server", "err", err)
+		}
+	}()
+	if cfg.Services != nil {
+		go func() {
+			if err := cfg.Services.Run(ctx, srv.Registry()); err != nil {
+				log.Error("service source stopped", "err", err)
+			}
+		}()
 	}
 
 	unary, stream := server.AdminAuth(adminHash)

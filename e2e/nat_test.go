@@ -20,10 +20,10 @@ import (
 type natKind int
 
 const (
-	natPublic natKind = iota // its own public address
-	natEIM                   // behind one or more endpoint-independent NATs (MASQUERADE: EIM mapping, port-restricted filtering)
-	natSym                   // behind a symmetric NAT (a new mapping per destination)
-	natUDPBlocked            // behind a NAT that lets no UDP out (only TCP leaves the site)
+	natPublic     natKind = iota // its own public address
+	natEIM                       // behind one or more endpoint-independent NATs (MASQUERADE: EIM mapping, port-restricted filtering)
+	natSym                       // behind a symmetric NAT (a new mapping per destination)
+	natUDPBlocked                // behind a NAT that lets no UDP out (only TCP leaves the site)
 )
 
 // natSpot is a node's NAT situation.
@@ -38,14 +38,15 @@ type natSpot struct {
 // are behind endpoint-independent NATs of different sites (server-reflexive
 // candidates); relay when a symmetric NAT faces any other NAT, since the
 // mapping it uses for the peer is one the peer never learns and the peer's
-// port-restricted filter drops it. Sites never share an outer NAT here
+// port-restricted filter drops it; relay too when UDP cannot leave one of
+// the sites. Sites never share an outer NAT here
 // except as one LAN, so hairpinning does not come up.
 func expectedPath(a, b natSpot) string {
 	switch {
 	case a.lan != "" && a.lan == b.lan:
 		return "direct"
 	case a.kind == natUDPBlocked || b.kind == natUDPBlocked:
-		return "none"
+		return "relay"
 	case a.kind == natPublic || b.kind == natPublic:
 		return "direct"
 	case a.kind == natSym || b.kind == natSym:
@@ -72,7 +73,7 @@ func TestExpectedPath(t *testing.T) {
 		{"two nodes on one symmetric LAN", symE, symE, "direct"},
 		{"eim and symmetric", eimA, symE, "relay"},
 		{"symmetric and symmetric", symE, symF, "relay"},
-		{"public and udp-blocked", pub, natSpot{natUDPBlocked, "u"}, "none"},
+		{"public and udp-blocked", pub, natSpot{natUDPBlocked, "u"}, "relay"},
 		{"two nodes on one udp-blocked LAN", natSpot{natUDPBlocked, "u"}, natSpot{natUDPBlocked, "u"}, "direct"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -278,7 +279,11 @@ func logPathMatrix(t *testing.T, nodes []*natNode, want func(a, b natSpot) strin
 				continue
 			}
 			ps := snap.peer(x, y)
-			cell := snap.path(x, y) + "/" + iceState(ps)
+			cell := snap.path(x, y)
+			if ps != nil && ps.Relay != "" {
+				cell += "@" + ps.Relay
+			}
+			cell += "/" + iceState(ps)
 			if w := want(x.spot, y.spot); snap.path(x, y) != w {
 				cell += "(!want " + w + ")"
 			}

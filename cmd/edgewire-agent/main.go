@@ -15,6 +15,7 @@ import (
 	"github.com/edgewire/edgewire/internal/logging"
 	"github.com/edgewire/edgewire/node/agent"
 	"github.com/edgewire/edgewire/node/localapi"
+	"github.com/edgewire/edgewire/node/svcproxy"
 )
 
 func parseRoutes(in []string) ([]netip.Prefix, error) {
@@ -36,6 +37,8 @@ func main() {
 	var (
 		cfg                 agent.Config
 		routes              []string
+		dnsAddr, socksAddr  string
+		services            string
 		logLevel, logFormat string
 	)
 	root := &cobra.Command{
@@ -66,6 +69,27 @@ func main() {
 			if cfg.Routes, err = parseRoutes(routes); err != nil {
 				return err
 			}
+			if dnsAddr != "" {
+				if cfg.DNSAddr, err = netip.ParseAddr(dnsAddr); err != nil {
+					return fmt.Errorf("--dns-addr %q: %w", dnsAddr, err)
+				}
+			}
+			switch socksAddr {
+			case "":
+			case "default":
+				if !cfg.DNSAddr.IsValid() {
+					return fmt.Errorf("--socks5-listen default listens on the DNS address; with --dns-addr off give an address")
+				}
+				cfg.SOCKS5 = netip.AddrPortFrom(cfg.DNSAddr, agent.DefaultSOCKS5Port)
+			default:
+				if cfg.SOCKS5, err = netip.ParseAddrPort(socksAddr); err != nil {
+					return fmt.Errorf("--socks5-listen %q: %w", socksAddr, err)
+				}
+				if !cfg.SOCKS5.Addr().IsLoopback() && !cfg.SOCKS5.Addr().IsLinkLocalUnicast() && !cfg.SOCKS5.Addr().IsPrivate() && !cfg.SOCKS5.Addr().IsUnspecified() {
+					log.Warn("SOCKS5 proxy listens on a public address; anyone who can reach it can reach your nodes", "listen", cfg.SOCKS5)
+				}
+			}
+			cfg.Services = svcproxy.Mode(services)
 			cfg.Logger = log
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -77,6 +101,14 @@ func main() {
 	rf.IntVar(&cfg.MTU, "mtu", agent.DefaultMTU, "WireGuard interface MTU")
 	rf.IntVar(&cfg.ListenPort, "listen-port", agent.DefaultListenPort, "WireGuard UDP port (0: any)")
 	rf.StringVar(&cfg.Socket, "socket", localapi.DefaultSocket, "local API unix socket")
+	rf.StringVar(&dnsAddr, "dns-addr", agent.DefaultDNSAddr, "address of the agent's DNS server, added to a dummy interface (empty: no DNS)")
+	rf.StringVar(&cfg.DNSInterface, "dns-interface", agent.DefaultDNSInterface, "dummy interface holding the DNS address")
+	rf.StringVar(&cfg.ClusterDomain, "cluster-domain", agent.DefaultClusterDomain, "Kubernetes cluster domain")
+	rf.StringVar(&cfg.MeshDomain, "mesh-domain", agent.DefaultMeshDomain, "domain of node names (<node>.<mesh-domain>)")
+	rf.StringVar(&cfg.ResolvConf, "resolv-conf", "/etc/resolv.conf", "where the upstream resolvers for other names are read from")
+	rf.StringVar(&services, "services", "auto", "program ClusterIP rules: auto (not where kube-proxy runs), on or off")
+	rf.StringVar(&socksAddr, "socks5-listen", "default", "SOCKS5 proxy to reach nodes by name: ip:port, \"default\" (the DNS address, port 1080) or empty (off)")
+	rf.StringVar(&cfg.MetricsListen, "metrics-listen", "127.0.0.1:9092", "address for /metrics, /healthz and /readyz (empty: off)")
 	rf.Uint32Var(&cfg.RelayRegion, "relay-region", 0, "preferred home relay region id, used whenever it is up (0: the closest)")
 
 	join := &cobra.Command{

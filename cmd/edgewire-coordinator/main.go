@@ -14,6 +14,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/edgewire/edgewire/coordinator"
+	"github.com/edgewire/edgewire/coordinator/kubesource"
+	"github.com/edgewire/edgewire/coordinator/svcsource"
 	"github.com/edgewire/edgewire/internal/logging"
 )
 
@@ -22,6 +24,9 @@ func main() {
 		cfg                 coordinator.Config
 		prefixes            []string
 		relayMap, meshKey   string
+		kubeconfig          string
+		inCluster           bool
+		servicesFile        string
 		logLevel, logFormat string
 	)
 	cmd := &cobra.Command{
@@ -53,6 +58,21 @@ func main() {
 					return err
 				}
 			}
+			switch {
+			case (kubeconfig != "" || inCluster) && servicesFile != "":
+				return fmt.Errorf("--services-file and --kubeconfig/--in-cluster are exclusive")
+			case kubeconfig != "" || inCluster:
+				src, err := kubesource.New(kubesource.Config{Kubeconfig: kubeconfig, Logger: log.With("src", "kubernetes")})
+				if err != nil {
+					return err
+				}
+				cfg.Services = src
+			case servicesFile != "":
+				if _, err := svcsource.Load(servicesFile); err != nil {
+					return err
+				}
+				cfg.Services = &svcsource.File{Path: servicesFile, Logger: log.With("src", "services-file")}
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return coordinator.Run(ctx, cfg)
@@ -74,6 +94,10 @@ func main() {
 	f.StringVar(&relayMap, "relay-map", "", "JSON file listing further relays (see README)")
 	f.StringVar(&meshKey, "mesh-key-file", "", "file with the relay mesh key shared by all relays")
 	f.DurationVar(&cfg.TicketTTL, "relay-ticket-ttl", 10*time.Minute, "lifetime of relay tickets (renewed at half)")
+	f.StringVar(&kubeconfig, "kubeconfig", "", "watch Services, EndpointSlices and Nodes of this cluster")
+	f.BoolVar(&inCluster, "in-cluster", false, "watch the cluster the coordinator runs in (service account)")
+	f.StringVar(&servicesFile, "services-file", "", "JSON file declaring Services, for fleets without Kubernetes (see README)")
+	f.StringVar(&cfg.MetricsListen, "metrics-listen", "127.0.0.1:9090", "address for /metrics, /healthz and /readyz (empty: off)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")
 	if err := cmd.Execute(); err != nil {

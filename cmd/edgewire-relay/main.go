@@ -24,6 +24,7 @@ import (
 	"github.com/edgewire/edgewire/dataplane/relay"
 	"github.com/edgewire/edgewire/dataplane/stunserver"
 	"github.com/edgewire/edgewire/internal/logging"
+	"github.com/edgewire/edgewire/internal/telemetry"
 	"github.com/edgewire/edgewire/node/identity"
 )
 
@@ -33,6 +34,7 @@ func main() {
 		tlsCert, tlsKey                                     string
 		meshPeers                                           []string
 		printKey                                            bool
+		metricsListen                                       string
 		logLevel, logFormat                                 string
 	)
 	cmd := &cobra.Command{
@@ -103,6 +105,13 @@ func main() {
 			hs := coordinator.RelayHTTPServer(rs, cert)
 			go hs.ServeTLS(ln, "", "")
 			log.Info("relay started", "listen", ln.Addr(), "key", identity.Key(pub), "mesh_peers", len(cfg.MeshPeers))
+			reg := telemetry.NewRegistry()
+			rs.RegisterMetrics(reg)
+			go func() {
+				if err := telemetry.Serve(ctx, metricsListen, reg, nil, log); err != nil {
+					log.Error("metrics server", "err", err)
+				}
+			}()
 			err = rs.Run(ctx)
 			shut, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
@@ -120,6 +129,7 @@ func main() {
 	f.StringVar(&tlsCert, "tls-cert", "", "serving certificate (PEM); default: self-signed (clients authenticate the relay by its key)")
 	f.StringVar(&tlsKey, "tls-key", "", "serving certificate key (PEM)")
 	f.BoolVar(&printKey, "print-key", false, "print the relay's public key (for the relay map) and exit")
+	f.StringVar(&metricsListen, "metrics-listen", "127.0.0.1:9091", "address for /metrics, /healthz and /readyz (empty: off)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")
 	if err := cmd.Execute(); err != nil {

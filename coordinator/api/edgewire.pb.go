@@ -972,10 +972,12 @@ type NetworkMap struct {
 	Full            bool                   `protobuf:"varint,3,opt,name=full,proto3" json:"full,omitempty"`
 	Self            *Node                  `protobuf:"bytes,4,opt,name=self,proto3" json:"self,omitempty"` // set in full maps and when self changed
 	Peers           []*Node                `protobuf:"bytes,5,rep,name=peers,proto3" json:"peers,omitempty"`
-	Removed         [][]byte               `protobuf:"bytes,6,rep,name=removed,proto3" json:"removed,omitempty"`                                        // public keys
-	OverlayPrefixes []string               `protobuf:"bytes,7,rep,name=overlay_prefixes,json=overlayPrefixes,proto3" json:"overlay_prefixes,omitempty"` // set in full maps
-	StunServers     []*StunServer          `protobuf:"bytes,8,rep,name=stun_servers,json=stunServers,proto3" json:"stun_servers,omitempty"`             // set in full maps
-	Relays          []*RelayRegion         `protobuf:"bytes,9,rep,name=relays,proto3" json:"relays,omitempty"`                                          // set in full maps
+	Removed         [][]byte               `protobuf:"bytes,6,rep,name=removed,proto3" json:"removed,omitempty"`                                         // public keys
+	OverlayPrefixes []string               `protobuf:"bytes,7,rep,name=overlay_prefixes,json=overlayPrefixes,proto3" json:"overlay_prefixes,omitempty"`  // set in full maps
+	StunServers     []*StunServer          `protobuf:"bytes,8,rep,name=stun_servers,json=stunServers,proto3" json:"stun_servers,omitempty"`              // set in full maps
+	Relays          []*RelayRegion         `protobuf:"bytes,9,rep,name=relays,proto3" json:"relays,omitempty"`                                           // set in full maps
+	Services        []*Service             `protobuf:"bytes,10,rep,name=services,proto3" json:"services,omitempty"`                                      // full maps: all; deltas: upserts
+	RemovedServices []string               `protobuf:"bytes,11,rep,name=removed_services,json=removedServices,proto3" json:"removed_services,omitempty"` // "namespace/name"
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -1073,6 +1075,242 @@ func (x *NetworkMap) GetRelays() []*RelayRegion {
 	return nil
 }
 
+func (x *NetworkMap) GetServices() []*Service {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
+func (x *NetworkMap) GetRemovedServices() []string {
+	if x != nil {
+		return x.RemovedServices
+	}
+	return nil
+}
+
+// Service is a Kubernetes Service (or one declared in the coordinator's
+// services file) with its ready endpoints.
+type Service struct {
+	state                  protoimpl.MessageState `protogen:"open.v1"`
+	Namespace              string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name                   string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	ClusterIps             []string               `protobuf:"bytes,3,rep,name=cluster_ips,json=clusterIps,proto3" json:"cluster_ips,omitempty"` // empty: headless
+	Ports                  []*ServicePort         `protobuf:"bytes,4,rep,name=ports,proto3" json:"ports,omitempty"`
+	ClientIpAffinity       bool                   `protobuf:"varint,5,opt,name=client_ip_affinity,json=clientIpAffinity,proto3" json:"client_ip_affinity,omitempty"`
+	AffinityTimeoutSeconds int32                  `protobuf:"varint,6,opt,name=affinity_timeout_seconds,json=affinityTimeoutSeconds,proto3" json:"affinity_timeout_seconds,omitempty"`
+	Endpoints              []*ServiceEndpoint     `protobuf:"bytes,7,rep,name=endpoints,proto3" json:"endpoints,omitempty"` // ready endpoints only
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
+}
+
+func (x *Service) Reset() {
+	*x = Service{}
+	mi := &file_edgewire_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Service) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Service) ProtoMessage() {}
+
+func (x *Service) ProtoReflect() protoreflect.Message {
+	mi := &file_edgewire_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Service.ProtoReflect.Descriptor instead.
+func (*Service) Descriptor() ([]byte, []int) {
+	return file_edgewire_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *Service) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *Service) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Service) GetClusterIps() []string {
+	if x != nil {
+		return x.ClusterIps
+	}
+	return nil
+}
+
+func (x *Service) GetPorts() []*ServicePort {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+func (x *Service) GetClientIpAffinity() bool {
+	if x != nil {
+		return x.ClientIpAffinity
+	}
+	return false
+}
+
+func (x *Service) GetAffinityTimeoutSeconds() int32 {
+	if x != nil {
+		return x.AffinityTimeoutSeconds
+	}
+	return 0
+}
+
+func (x *Service) GetEndpoints() []*ServiceEndpoint {
+	if x != nil {
+		return x.Endpoints
+	}
+	return nil
+}
+
+type ServicePort struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Protocol      string                 `protobuf:"bytes,2,opt,name=protocol,proto3" json:"protocol,omitempty"` // TCP or UDP
+	Port          uint32                 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServicePort) Reset() {
+	*x = ServicePort{}
+	mi := &file_edgewire_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServicePort) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServicePort) ProtoMessage() {}
+
+func (x *ServicePort) ProtoReflect() protoreflect.Message {
+	mi := &file_edgewire_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServicePort.ProtoReflect.Descriptor instead.
+func (*ServicePort) Descriptor() ([]byte, []int) {
+	return file_edgewire_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ServicePort) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ServicePort) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
+func (x *ServicePort) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+type ServiceEndpoint struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Addresses     []string               `protobuf:"bytes,1,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	Hostname      string                 `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	NodeName      string                 `protobuf:"bytes,3,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
+	Ports         map[string]uint32      `protobuf:"bytes,4,rep,name=ports,proto3" json:"ports,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"` // target port by service port name
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServiceEndpoint) Reset() {
+	*x = ServiceEndpoint{}
+	mi := &file_edgewire_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServiceEndpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServiceEndpoint) ProtoMessage() {}
+
+func (x *ServiceEndpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_edgewire_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServiceEndpoint.ProtoReflect.Descriptor instead.
+func (*ServiceEndpoint) Descriptor() ([]byte, []int) {
+	return file_edgewire_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ServiceEndpoint) GetAddresses() []string {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
+func (x *ServiceEndpoint) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *ServiceEndpoint) GetNodeName() string {
+	if x != nil {
+		return x.NodeName
+	}
+	return ""
+}
+
+func (x *ServiceEndpoint) GetPorts() map[string]uint32 {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
 // RelayRegion is one relay agents may use. An empty host means the host
 // the agent dialled the coordinator at.
 type RelayRegion struct {
@@ -1089,7 +1327,7 @@ type RelayRegion struct {
 
 func (x *RelayRegion) Reset() {
 	*x = RelayRegion{}
-	mi := &file_edgewire_proto_msgTypes[13]
+	mi := &file_edgewire_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1101,7 +1339,7 @@ func (x *RelayRegion) String() string {
 func (*RelayRegion) ProtoMessage() {}
 
 func (x *RelayRegion) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[13]
+	mi := &file_edgewire_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1114,7 +1352,7 @@ func (x *RelayRegion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayRegion.ProtoReflect.Descriptor instead.
 func (*RelayRegion) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{13}
+	return file_edgewire_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RelayRegion) GetId() uint32 {
@@ -1171,7 +1409,7 @@ type StunServer struct {
 
 func (x *StunServer) Reset() {
 	*x = StunServer{}
-	mi := &file_edgewire_proto_msgTypes[14]
+	mi := &file_edgewire_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1183,7 +1421,7 @@ func (x *StunServer) String() string {
 func (*StunServer) ProtoMessage() {}
 
 func (x *StunServer) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[14]
+	mi := &file_edgewire_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1196,7 +1434,7 @@ func (x *StunServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StunServer.ProtoReflect.Descriptor instead.
 func (*StunServer) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{14}
+	return file_edgewire_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StunServer) GetHost() string {
@@ -1230,7 +1468,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_edgewire_proto_msgTypes[15]
+	mi := &file_edgewire_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1242,7 +1480,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[15]
+	mi := &file_edgewire_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1255,7 +1493,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{15}
+	return file_edgewire_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Node) GetPublicKey() []byte {
@@ -1333,7 +1571,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_edgewire_proto_msgTypes[16]
+	mi := &file_edgewire_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1345,7 +1583,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[16]
+	mi := &file_edgewire_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1358,7 +1596,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{16}
+	return file_edgewire_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CreateTokenRequest) GetTtlSeconds() int64 {
@@ -1399,7 +1637,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_edgewire_proto_msgTypes[17]
+	mi := &file_edgewire_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1411,7 +1649,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[17]
+	mi := &file_edgewire_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1424,7 +1662,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{17}
+	return file_edgewire_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CreateTokenResponse) GetToken() string {
@@ -1457,7 +1695,7 @@ type TokenInfo struct {
 
 func (x *TokenInfo) Reset() {
 	*x = TokenInfo{}
-	mi := &file_edgewire_proto_msgTypes[18]
+	mi := &file_edgewire_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1469,7 +1707,7 @@ func (x *TokenInfo) String() string {
 func (*TokenInfo) ProtoMessage() {}
 
 func (x *TokenInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[18]
+	mi := &file_edgewire_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1482,7 +1720,7 @@ func (x *TokenInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenInfo.ProtoReflect.Descriptor instead.
 func (*TokenInfo) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{18}
+	return file_edgewire_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *TokenInfo) GetId() string {
@@ -1549,7 +1787,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_edgewire_proto_msgTypes[19]
+	mi := &file_edgewire_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1561,7 +1799,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[19]
+	mi := &file_edgewire_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1574,7 +1812,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{19}
+	return file_edgewire_proto_rawDescGZIP(), []int{22}
 }
 
 type ListTokensResponse struct {
@@ -1586,7 +1824,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_edgewire_proto_msgTypes[20]
+	mi := &file_edgewire_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1598,7 +1836,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[20]
+	mi := &file_edgewire_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1611,7 +1849,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{20}
+	return file_edgewire_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListTokensResponse) GetTokens() []*TokenInfo {
@@ -1630,7 +1868,7 @@ type RevokeTokenRequest struct {
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_edgewire_proto_msgTypes[21]
+	mi := &file_edgewire_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1642,7 +1880,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[21]
+	mi := &file_edgewire_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1655,7 +1893,7 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{21}
+	return file_edgewire_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RevokeTokenRequest) GetId() string {
@@ -1673,7 +1911,7 @@ type RevokeTokenResponse struct {
 
 func (x *RevokeTokenResponse) Reset() {
 	*x = RevokeTokenResponse{}
-	mi := &file_edgewire_proto_msgTypes[22]
+	mi := &file_edgewire_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1685,7 +1923,7 @@ func (x *RevokeTokenResponse) String() string {
 func (*RevokeTokenResponse) ProtoMessage() {}
 
 func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[22]
+	mi := &file_edgewire_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1698,7 +1936,7 @@ func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{22}
+	return file_edgewire_proto_rawDescGZIP(), []int{25}
 }
 
 type ListNodesRequest struct {
@@ -1709,7 +1947,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_edgewire_proto_msgTypes[23]
+	mi := &file_edgewire_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1721,7 +1959,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[23]
+	mi := &file_edgewire_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1734,7 +1972,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{23}
+	return file_edgewire_proto_rawDescGZIP(), []int{26}
 }
 
 type ListNodesResponse struct {
@@ -1746,7 +1984,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_edgewire_proto_msgTypes[24]
+	mi := &file_edgewire_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1758,7 +1996,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[24]
+	mi := &file_edgewire_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1771,7 +2009,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{24}
+	return file_edgewire_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1790,7 +2028,7 @@ type DeleteNodeRequest struct {
 
 func (x *DeleteNodeRequest) Reset() {
 	*x = DeleteNodeRequest{}
-	mi := &file_edgewire_proto_msgTypes[25]
+	mi := &file_edgewire_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1802,7 +2040,7 @@ func (x *DeleteNodeRequest) String() string {
 func (*DeleteNodeRequest) ProtoMessage() {}
 
 func (x *DeleteNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[25]
+	mi := &file_edgewire_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1815,7 +2053,7 @@ func (x *DeleteNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteNodeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteNodeRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{25}
+	return file_edgewire_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DeleteNodeRequest) GetName() string {
@@ -1833,7 +2071,7 @@ type DeleteNodeResponse struct {
 
 func (x *DeleteNodeResponse) Reset() {
 	*x = DeleteNodeResponse{}
-	mi := &file_edgewire_proto_msgTypes[26]
+	mi := &file_edgewire_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1845,7 +2083,7 @@ func (x *DeleteNodeResponse) String() string {
 func (*DeleteNodeResponse) ProtoMessage() {}
 
 func (x *DeleteNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[26]
+	mi := &file_edgewire_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1858,7 +2096,7 @@ func (x *DeleteNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteNodeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteNodeResponse) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{26}
+	return file_edgewire_proto_rawDescGZIP(), []int{29}
 }
 
 var File_edgewire_proto protoreflect.FileDescriptor
@@ -1929,7 +2167,7 @@ const file_edgewire_proto_rawDesc = "" +
 	"\x0eEndpointUpdate\x12\x1c\n" +
 	"\tendpoints\x18\x01 \x03(\tR\tendpoints\"\f\n" +
 	"\n" +
-	"MapRequest\"\xe0\x02\n" +
+	"MapRequest\"\xbd\x03\n" +
 	"\n" +
 	"NetworkMap\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12!\n" +
@@ -1940,7 +2178,32 @@ const file_edgewire_proto_rawDesc = "" +
 	"\aremoved\x18\x06 \x03(\fR\aremoved\x12)\n" +
 	"\x10overlay_prefixes\x18\a \x03(\tR\x0foverlayPrefixes\x12:\n" +
 	"\fstun_servers\x18\b \x03(\v2\x17.edgewire.v1.StunServerR\vstunServers\x120\n" +
-	"\x06relays\x18\t \x03(\v2\x18.edgewire.v1.RelayRegionR\x06relays\"\x88\x01\n" +
+	"\x06relays\x18\t \x03(\v2\x18.edgewire.v1.RelayRegionR\x06relays\x120\n" +
+	"\bservices\x18\n" +
+	" \x03(\v2\x14.edgewire.v1.ServiceR\bservices\x12)\n" +
+	"\x10removed_services\x18\v \x03(\tR\x0fremovedServices\"\xb0\x02\n" +
+	"\aService\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1f\n" +
+	"\vcluster_ips\x18\x03 \x03(\tR\n" +
+	"clusterIps\x12.\n" +
+	"\x05ports\x18\x04 \x03(\v2\x18.edgewire.v1.ServicePortR\x05ports\x12,\n" +
+	"\x12client_ip_affinity\x18\x05 \x01(\bR\x10clientIpAffinity\x128\n" +
+	"\x18affinity_timeout_seconds\x18\x06 \x01(\x05R\x16affinityTimeoutSeconds\x12:\n" +
+	"\tendpoints\x18\a \x03(\v2\x1c.edgewire.v1.ServiceEndpointR\tendpoints\"Q\n" +
+	"\vServicePort\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\bprotocol\x18\x02 \x01(\tR\bprotocol\x12\x12\n" +
+	"\x04port\x18\x03 \x01(\rR\x04port\"\xe1\x01\n" +
+	"\x0fServiceEndpoint\x12\x1c\n" +
+	"\taddresses\x18\x01 \x03(\tR\taddresses\x12\x1a\n" +
+	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x1b\n" +
+	"\tnode_name\x18\x03 \x01(\tR\bnodeName\x12=\n" +
+	"\x05ports\x18\x04 \x03(\v2'.edgewire.v1.ServiceEndpoint.PortsEntryR\x05ports\x1a8\n" +
+	"\n" +
+	"PortsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\x88\x01\n" +
 	"\vRelayRegion\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\rR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -2021,7 +2284,7 @@ func file_edgewire_proto_rawDescGZIP() []byte {
 }
 
 var file_edgewire_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_edgewire_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_edgewire_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_edgewire_proto_goTypes = []any{
 	(ProtocolVersion)(0),        // 0: edgewire.v1.ProtocolVersion
 	(SignalPayload_Kind)(0),     // 1: edgewire.v1.SignalPayload.Kind
@@ -2038,23 +2301,27 @@ var file_edgewire_proto_goTypes = []any{
 	(*EndpointUpdate)(nil),      // 12: edgewire.v1.EndpointUpdate
 	(*MapRequest)(nil),          // 13: edgewire.v1.MapRequest
 	(*NetworkMap)(nil),          // 14: edgewire.v1.NetworkMap
-	(*RelayRegion)(nil),         // 15: edgewire.v1.RelayRegion
-	(*StunServer)(nil),          // 16: edgewire.v1.StunServer
-	(*Node)(nil),                // 17: edgewire.v1.Node
-	(*CreateTokenRequest)(nil),  // 18: edgewire.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil), // 19: edgewire.v1.CreateTokenResponse
-	(*TokenInfo)(nil),           // 20: edgewire.v1.TokenInfo
-	(*ListTokensRequest)(nil),   // 21: edgewire.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),  // 22: edgewire.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),  // 23: edgewire.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil), // 24: edgewire.v1.RevokeTokenResponse
-	(*ListNodesRequest)(nil),    // 25: edgewire.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),   // 26: edgewire.v1.ListNodesResponse
-	(*DeleteNodeRequest)(nil),   // 27: edgewire.v1.DeleteNodeRequest
-	(*DeleteNodeResponse)(nil),  // 28: edgewire.v1.DeleteNodeResponse
+	(*Service)(nil),             // 15: edgewire.v1.Service
+	(*ServicePort)(nil),         // 16: edgewire.v1.ServicePort
+	(*ServiceEndpoint)(nil),     // 17: edgewire.v1.ServiceEndpoint
+	(*RelayRegion)(nil),         // 18: edgewire.v1.RelayRegion
+	(*StunServer)(nil),          // 19: edgewire.v1.StunServer
+	(*Node)(nil),                // 20: edgewire.v1.Node
+	(*CreateTokenRequest)(nil),  // 21: edgewire.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil), // 22: edgewire.v1.CreateTokenResponse
+	(*TokenInfo)(nil),           // 23: edgewire.v1.TokenInfo
+	(*ListTokensRequest)(nil),   // 24: edgewire.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),  // 25: edgewire.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),  // 26: edgewire.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil), // 27: edgewire.v1.RevokeTokenResponse
+	(*ListNodesRequest)(nil),    // 28: edgewire.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),   // 29: edgewire.v1.ListNodesResponse
+	(*DeleteNodeRequest)(nil),   // 30: edgewire.v1.DeleteNodeRequest
+	(*DeleteNodeResponse)(nil),  // 31: edgewire.v1.DeleteNodeResponse
+	nil,                         // 32: edgewire.v1.ServiceEndpoint.PortsEntry
 }
 var file_edgewire_proto_depIdxs = []int32{
-	17, // 0: edgewire.v1.JoinResponse.self:type_name -> edgewire.v1.Node
+	20, // 0: edgewire.v1.JoinResponse.self:type_name -> edgewire.v1.Node
 	9,  // 1: edgewire.v1.ClientMessage.hello:type_name -> edgewire.v1.Hello
 	11, // 2: edgewire.v1.ClientMessage.proof:type_name -> edgewire.v1.AuthProof
 	12, // 3: edgewire.v1.ClientMessage.endpoints:type_name -> edgewire.v1.EndpointUpdate
@@ -2066,32 +2333,36 @@ var file_edgewire_proto_depIdxs = []int32{
 	6,  // 9: edgewire.v1.ServerMessage.relay_ticket:type_name -> edgewire.v1.RelayTicket
 	1,  // 10: edgewire.v1.SignalPayload.kind:type_name -> edgewire.v1.SignalPayload.Kind
 	0,  // 11: edgewire.v1.Hello.protocol_version:type_name -> edgewire.v1.ProtocolVersion
-	17, // 12: edgewire.v1.NetworkMap.self:type_name -> edgewire.v1.Node
-	17, // 13: edgewire.v1.NetworkMap.peers:type_name -> edgewire.v1.Node
-	16, // 14: edgewire.v1.NetworkMap.stun_servers:type_name -> edgewire.v1.StunServer
-	15, // 15: edgewire.v1.NetworkMap.relays:type_name -> edgewire.v1.RelayRegion
-	20, // 16: edgewire.v1.CreateTokenResponse.info:type_name -> edgewire.v1.TokenInfo
-	20, // 17: edgewire.v1.ListTokensResponse.tokens:type_name -> edgewire.v1.TokenInfo
-	17, // 18: edgewire.v1.ListNodesResponse.nodes:type_name -> edgewire.v1.Node
-	2,  // 19: edgewire.v1.Control.Join:input_type -> edgewire.v1.JoinRequest
-	4,  // 20: edgewire.v1.Control.Connect:input_type -> edgewire.v1.ClientMessage
-	18, // 21: edgewire.v1.Admin.CreateToken:input_type -> edgewire.v1.CreateTokenRequest
-	21, // 22: edgewire.v1.Admin.ListTokens:input_type -> edgewire.v1.ListTokensRequest
-	23, // 23: edgewire.v1.Admin.RevokeToken:input_type -> edgewire.v1.RevokeTokenRequest
-	25, // 24: edgewire.v1.Admin.ListNodes:input_type -> edgewire.v1.ListNodesRequest
-	27, // 25: edgewire.v1.Admin.DeleteNode:input_type -> edgewire.v1.DeleteNodeRequest
-	3,  // 26: edgewire.v1.Control.Join:output_type -> edgewire.v1.JoinResponse
-	5,  // 27: edgewire.v1.Control.Connect:output_type -> edgewire.v1.ServerMessage
-	19, // 28: edgewire.v1.Admin.CreateToken:output_type -> edgewire.v1.CreateTokenResponse
-	22, // 29: edgewire.v1.Admin.ListTokens:output_type -> edgewire.v1.ListTokensResponse
-	24, // 30: edgewire.v1.Admin.RevokeToken:output_type -> edgewire.v1.RevokeTokenResponse
-	26, // 31: edgewire.v1.Admin.ListNodes:output_type -> edgewire.v1.ListNodesResponse
-	28, // 32: edgewire.v1.Admin.DeleteNode:output_type -> edgewire.v1.DeleteNodeResponse
-	26, // [26:33] is the sub-list for method output_type
-	19, // [19:26] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	20, // 12: edgewire.v1.NetworkMap.self:type_name -> edgewire.v1.Node
+	20, // 13: edgewire.v1.NetworkMap.peers:type_name -> edgewire.v1.Node
+	19, // 14: edgewire.v1.NetworkMap.stun_servers:type_name -> edgewire.v1.StunServer
+	18, // 15: edgewire.v1.NetworkMap.relays:type_name -> edgewire.v1.RelayRegion
+	15, // 16: edgewire.v1.NetworkMap.services:type_name -> edgewire.v1.Service
+	16, // 17: edgewire.v1.Service.ports:type_name -> edgewire.v1.ServicePort
+	17, // 18: edgewire.v1.Service.endpoints:type_name -> edgewire.v1.ServiceEndpoint
+	32, // 19: edgewire.v1.ServiceEndpoint.ports:type_name -> edgewire.v1.ServiceEndpoint.PortsEntry
+	23, // 20: edgewire.v1.CreateTokenResponse.info:type_name -> edgewire.v1.TokenInfo
+	23, // 21: edgewire.v1.ListTokensResponse.tokens:type_name -> edgewire.v1.TokenInfo
+	20, // 22: edgewire.v1.ListNodesResponse.nodes:type_name -> edgewire.v1.Node
+	2,  // 23: edgewire.v1.Control.Join:input_type -> edgewire.v1.JoinRequest
+	4,  // 24: edgewire.v1.Control.Connect:input_type -> edgewire.v1.ClientMessage
+	21, // 25: edgewire.v1.Admin.CreateToken:input_type -> edgewire.v1.CreateTokenRequest
+	24, // 26: edgewire.v1.Admin.ListTokens:input_type -> edgewire.v1.ListTokensRequest
+	26, // 27: edgewire.v1.Admin.RevokeToken:input_type -> edgewire.v1.RevokeTokenRequest
+	28, // 28: edgewire.v1.Admin.ListNodes:input_type -> edgewire.v1.ListNodesRequest
+	30, // 29: edgewire.v1.Admin.DeleteNode:input_type -> edgewire.v1.DeleteNodeRequest
+	3,  // 30: edgewire.v1.Control.Join:output_type -> edgewire.v1.JoinResponse
+	5,  // 31: edgewire.v1.Control.Connect:output_type -> edgewire.v1.ServerMessage
+	22, // 32: edgewire.v1.Admin.CreateToken:output_type -> edgewire.v1.CreateTokenResponse
+	25, // 33: edgewire.v1.Admin.ListTokens:output_type -> edgewire.v1.ListTokensResponse
+	27, // 34: edgewire.v1.Admin.RevokeToken:output_type -> edgewire.v1.RevokeTokenResponse
+	29, // 35: edgewire.v1.Admin.ListNodes:output_type -> edgewire.v1.ListNodesResponse
+	31, // 36: edgewire.v1.Admin.DeleteNode:output_type -> edgewire.v1.DeleteNodeResponse
+	30, // [30:37] is the sub-list for method output_type
+	23, // [23:30] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_edgewire_proto_init() }
@@ -2118,7 +2389,7 @@ func file_edgewire_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_edgewire_proto_rawDesc), len(file_edgewire_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   27,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/edgewire/edgewire/coordinator/api"
 	"github.com/edgewire/edgewire/coordinator/store"
 )
@@ -26,9 +28,13 @@ var ErrUnknownNode = errors.New("node is not registered")
 // log reaches get a full map instead of a delta.
 const DefaultMaxLog = 1 << 16
 
+// change records what changed at a version: a node (svc empty) or a
+// Service (svc = "namespace/name").
 type change struct {
 	version uint64
 	key     store.NodeKey
+	svc     string
+	at      time.Time // when it happened, for fan-out latency
 }
 
 type entry struct {
@@ -36,6 +42,7 @@ type entry struct {
 	conns     int // open authenticated streams; online when > 0
 	lastSeen  time.Time
 	endpoints []netip.AddrPort
+	podCIDRs  []netip.Prefix // from the Kubernetes Node object of the same name
 	version   uint64
 
 	pb *api.Node // built lazily, shared read-only by every stream; nil after a change
@@ -45,12 +52,15 @@ type entry struct {
 type Registry struct {
 	prefixes []string // overlay prefixes, sent in full maps
 	maxLog   int
+	now      func() time.Time
 
 	stun   atomic.Pointer[[]*api.StunServer]  // sent in full maps; read-only once set
 	relays atomic.Pointer[[]*api.RelayRegion] // sent in full maps; read-only once set
 
 	mu       sync.Mutex // guards everything below
 	nodes    map[store.NodeKey]*entry
+	services map[string]*api.Service   // by namespace/name; values read-only
+	podCIDRs map[string][]netip.Prefix // by node name, as Kubernetes reports them
 	version  uint64
 	log      []change // ascending by version
 	logFloor uint64   // deltas can be computed only from versions >= logFloor
@@ -60,9 +70,12 @@ type Registry struct {
 // New returns an empty registry for the given overlay prefixes.
 func New(prefixes []netip.Prefix) *Registry {
 	r := &Registry{
-		maxLog: DefaultMaxLog,
-		nodes:  make(map[store.NodeKey]*entry),
-		subs:   make(map[*Sub]struct{}),
+		maxLog:   DefaultMaxLog,
+		now:      time.Now,
+		nodes:    make(map[store.NodeKey]*entry),
+		services: make(map[string]*api.Service),
+		podCIDRs: make(map[string][]netip.Prefix),
+		subs:     make(map[*Sub]struct{}),
 	}
 	for _, p := range prefixes {
 		r.prefixes = append(r.prefixes, p.String())
@@ -92,7 +105,7 @@ func (r *Registry) Load(nodes []store.Node) {
 	defer r.mu.Unlock()
 	for _, n := range nodes {
 		r.version++
-		r.nodes[n.Key] = &entry{node: n, lastSeen: n.LastSeen, version: r.version}
+		r.nodes[n.Key] = &entry{node: n, lastSeen: n.LastSeen, version: r.version, podCIDRs: r.podCIDRs[n.Name]}
 	}
 	r.logFloor = r.version
 }
@@ -107,7 +120,64 @@ func (r *Registry) Upsert(n store.Node) {
 		r.nodes[n.Key] = e
 	}
 	e.node = n
+	e.podCIDRs = r.podCIDRs[n.Name]
 	r.changedLocked(n.Key, e)
+}
+
+// SetService adds or replaces a Service. svc must not be modified later.
+func (r *Registry) SetService(svc *api.Service) {
+	k := svc.GetNamespace() + "/" + svc.GetName()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if old := r.services[k]; old != nil && proto.Equal(old, svc) {
+		return
+	}
+	r.services[k] = svc
+	r.serviceChangedLocked(k)
+}
+
+// DeleteService removes the Service namespace/name.
+func (r *Registry) DeleteService(key string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.services[key]; !ok {
+		return
+	}
+	delete(r.services, key)
+	r.serviceChangedLocked(key)
+}
+
+// Services returns the number of Services.
+func (r *Registry) Services() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.services)
+}
+
+// SetPodCIDRs records the pod CIDRs Kubernetes assigned to the node named
+// node; they become routes of that node (now, or when it registers).
+func (r *Registry) SetPodCIDRs(node string, cidrs []netip.Prefix) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if slices.Equal(r.podCIDRs[node], cidrs) {
+		return
+	}
+	if len(cidrs) == 0 {
+		delete(r.podCIDRs, node)
+	} else {
+		r.podCIDRs[node] = cidrs
+	}
+	for k, e := range r.nodes {
+		if e.node.Name == node {
+			e.podCIDRs = cidrs
+			r.changedLocked(k, e)
+		}
+	}
+}
+
+func (r *Registry) serviceChangedLocked(key string) {
+	r.version++
+	r.appendLocked(change{version: r.version, svc: key, at: r.now()})
 }
 
 // Delete removes a node. Its own subscribers see ErrUnknownNode.
@@ -197,7 +267,11 @@ func (r *Registry) changedLocked(key store.NodeKey, e *entry) {
 		e.version = r.version
 		e.pb = nil
 	}
-	r.log = append(r.log, change{version: r.version, key: key})
+	r.appendLocked(change{version: r.version, key: key, at: r.now()})
+}
+
+func (r *Registry) appendLocked(c change) {
+	r.log = append(r.log, c)
 	if len(r.log) > r.maxLog {
 		drop := len(r.log) / 2
 		r.logFloor = r.log[drop-1].version
@@ -229,6 +303,11 @@ func (e *entry) protoLocked() *api.Node {
 	for _, p := range n.Routes {
 		pb.Routes = append(pb.Routes, p.String())
 	}
+	for _, p := range e.podCIDRs {
+		if !slices.Contains(n.Routes, p) {
+			pb.Routes = append(pb.Routes, p.String())
+		}
+	}
 	for _, ep := range e.endpoints {
 		pb.Endpoints = append(pb.Endpoints, ep.String())
 	}
@@ -243,7 +322,12 @@ type Sub struct {
 	self    store.NodeKey
 	c       chan struct{} // capacity 1: pending wake-ups coalesce
 	version uint64        // version of the last map handed out; 0 = none yet
+	oldest  time.Time     // when the oldest change in the last delta happened
 }
+
+// Oldest returns when the oldest change in the last delta Next returned
+// happened (zero after a full map): the fan-out latency starts there.
+func (s *Sub) Oldest() time.Time { return s.oldest }
 
 // Subscribe registers a subscriber for node self. Call Close when done.
 func (r *Registry) Subscribe(self store.NodeKey) *Sub {
@@ -294,10 +378,11 @@ func (s *Sub) Next() (*api.NetworkMap, error) {
 		return nil, nil
 	}
 	var m *api.NetworkMap
+	s.oldest = time.Time{}
 	if s.version == 0 || s.version < r.logFloor {
 		m = r.fullLocked(s.self, self)
 	} else {
-		m = r.deltaLocked(s.self, self, s.version)
+		m, s.oldest = r.deltaLocked(s.self, self, s.version)
 	}
 	s.version = r.version
 	return m, nil
@@ -322,14 +407,35 @@ func (r *Registry) fullLocked(key store.NodeKey, self *entry) *api.NetworkMap {
 			m.Peers = append(m.Peers, e.protoLocked())
 		}
 	}
+	m.Services = make([]*api.Service, 0, len(r.services))
+	for _, svc := range r.services {
+		m.Services = append(m.Services, svc)
+	}
 	return m
 }
 
-func (r *Registry) deltaLocked(key store.NodeKey, self *entry, since uint64) *api.NetworkMap {
+func (r *Registry) deltaLocked(key store.NodeKey, self *entry, since uint64) (*api.NetworkMap, time.Time) {
 	m := &api.NetworkMap{Version: r.version, BaseVersion: since}
 	i := sort.Search(len(r.log), func(i int) bool { return r.log[i].version > since })
+	var oldest time.Time
+	if i < len(r.log) {
+		oldest = r.log[i].at
+	}
 	seen := make(map[store.NodeKey]struct{}, len(r.log)-i)
+	seenSvc := map[string]struct{}{}
 	for _, c := range r.log[i:] {
+		if c.svc != "" {
+			if _, dup := seenSvc[c.svc]; dup {
+				continue
+			}
+			seenSvc[c.svc] = struct{}{}
+			if svc := r.services[c.svc]; svc != nil {
+				m.Services = append(m.Services, svc)
+			} else {
+				m.RemovedServices = append(m.RemovedServices, c.svc)
+			}
+			continue
+		}
 		if _, dup := seen[c.key]; dup {
 			continue
 		}
@@ -345,5 +451,5 @@ func (r *Registry) deltaLocked(key store.NodeKey, self *entry, since uint64) *ap
 			m.Removed = append(m.Removed, k[:])
 		}
 	}
-	return m
+	return m, oldest
 }

@@ -73,6 +73,7 @@ type Server struct {
 	reg     *netmap.Registry
 	pools   []*ipam.Allocator
 	signals *signalRouter
+	m       *metrics
 
 	// regMu serialises registry-changing operations (join, delete) so an
 	// address allocated for one join cannot be handed to another before
@@ -108,7 +109,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.TicketTTL <= 0 {
 		cfg.TicketTTL = defaultTicketTTL
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, now: cfg.Now, signals: newSignalRouter()}
+	s := &Server{cfg: cfg, log: cfg.Logger, now: cfg.Now, signals: newSignalRouter(), m: newMetrics()}
 	families := map[bool]bool{}
 	for _, p := range cfg.Prefixes {
 		if families[p.Addr().Is4()] {
@@ -296,6 +297,7 @@ func (s *Server) Join(ctx context.Context, req *api.JoinRequest) (*api.JoinRespo
 			s.pool(a).Release(a)
 		}
 		if _, ok := status.FromError(err); ok {
+			s.m.joinsRefused.Add(1)
 			s.log.Info("join refused", "name", name, "err", err)
 			return nil, err
 		}
@@ -303,6 +305,7 @@ func (s *Server) Join(ctx context.Context, req *api.JoinRequest) (*api.JoinRespo
 		return nil, status.Errorf(codes.Internal, "join: %v", err)
 	}
 	s.reg.Upsert(node)
+	s.m.joins.Add(1)
 	s.log.Info("node joined", "name", name, "key", node.Key, "addresses", node.Addresses, "token", tok.ID)
 	self, _, _ := s.reg.Node(key)
 	resp := &api.JoinResponse{Self: &api.Node{PublicKey: key[:], Name: self.Name, Hostname: self.Hostname}}
@@ -344,7 +347,9 @@ func (s *Server) Connect(stream api.Control_ConnectServer) error {
 	}
 	sub := s.reg.Subscribe(key)
 	inbox := s.signals.attach(key)
+	s.m.streams.Add(1)
 	defer func() {
+		s.m.streams.Add(-1)
 		s.signals.detach(key, inbox)
 		sub.Close()
 		now := s.now()
@@ -379,16 +384,21 @@ func (s *Server) Connect(stream api.Control_ConnectServer) error {
 			case *api.ClientMessage_Signal:
 				to, ok := validSignal(m.Signal, key)
 				if !ok {
+					s.m.sigDropped.Add(1)
 					log.Debug("dropping malformed signal")
 					continue
 				}
 				if !limiter.Allow() {
+					s.m.sigDropped.Add(1)
 					log.Debug("dropping signal over rate limit")
 					continue
 				}
 				if !s.signals.forward(key, to, m.Signal.GetNonce(), m.Signal.GetSealed()) {
+					s.m.sigDropped.Add(1)
 					log.Debug("signal recipient not connected or busy", "to", to)
+					continue
 				}
+				s.m.sigForwarded.Add(1)
 			case *api.ClientMessage_MapRequest:
 				select {
 				case resync <- struct{}{}:
@@ -447,6 +457,9 @@ func (s *Server) Connect(stream api.Control_ConnectServer) error {
 		}
 		if err := stream.Send(&api.ServerMessage{Msg: &api.ServerMessage_Map{Map: m}}); err != nil {
 			return err
+		}
+		if t := sub.Oldest(); !t.IsZero() {
+			s.m.fanout.Observe(s.now().Sub(t).Seconds())
 		}
 	}
 }

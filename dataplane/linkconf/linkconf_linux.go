@@ -109,3 +109,50 @@ func toPrefix(n *net.IPNet) (netip.Prefix, bool) {
 func toIPNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
+
+// HostAddress puts addr on a dummy interface named name (created if
+// needed), or, where the kernel has no dummy driver, on the loopback
+// interface. The agent's DNS and SOCKS5 listen there: an address that
+// exists only on this host. The returned function removes what was added.
+func HostAddress(name string, addr netip.Prefix) (remove func() error, err error) {
+	link, err := netlink.LinkByName(name)
+	created := false
+	if err != nil {
+		err = netlink.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: name}})
+		switch {
+		case err == nil || errors.Is(err, unix.EEXIST):
+			created = err == nil
+			if link, err = netlink.LinkByName(name); err != nil {
+				return nil, fmt.Errorf("find %s: %w", name, err)
+			}
+		case errors.Is(err, unix.EOPNOTSUPP):
+			// No dummy driver (a minimal kernel): use loopback.
+			if link, err = netlink.LinkByName("lo"); err != nil {
+				return nil, fmt.Errorf("find lo: %w", err)
+			}
+		default:
+			return nil, fmt.Errorf("create %s: %w", name, err)
+		}
+	} else if link.Type() != "dummy" {
+		return nil, fmt.Errorf("interface %s exists and is a %s, not a dummy", name, link.Type())
+	}
+	a := &netlink.Addr{IPNet: toIPNet(addr)}
+	if link.Attrs().Name == "lo" {
+		a.Scope = int(netlink.SCOPE_HOST)
+	}
+	if err := netlink.AddrReplace(link, a); err != nil {
+		return nil, fmt.Errorf("add %s to %s: %w", addr, link.Attrs().Name, err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return nil, fmt.Errorf("set %s up: %w", link.Attrs().Name, err)
+	}
+	return func() error {
+		if created {
+			return netlink.LinkDel(link)
+		}
+		if err := netlink.AddrDel(link, a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			return err
+		}
+		return nil
+	}, nil
+}

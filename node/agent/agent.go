@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -24,12 +25,15 @@ import (
 	"github.com/edgewire/edgewire/dataplane/bind"
 	"github.com/edgewire/edgewire/dataplane/linkconf"
 	"github.com/edgewire/edgewire/dataplane/wgdev"
+	"github.com/edgewire/edgewire/internal/sdnotify"
+	"github.com/edgewire/edgewire/internal/telemetry"
 	"github.com/edgewire/edgewire/node/control"
 	"github.com/edgewire/edgewire/node/homerelay"
 	"github.com/edgewire/edgewire/node/identity"
 	"github.com/edgewire/edgewire/node/localapi"
 	"github.com/edgewire/edgewire/node/mapstate"
 	"github.com/edgewire/edgewire/node/pathsel"
+	"github.com/edgewire/edgewire/node/svcproxy"
 	"github.com/edgewire/edgewire/node/traversal"
 )
 
@@ -62,6 +66,18 @@ type Config struct {
 	// up); 0 picks the closest.
 	RelayRegion uint32
 
+	// Services layer. DNSAddr invalid: no DNS server; SOCKS5 invalid: no
+	// proxy; Services "off": no Service rules.
+	DNSAddr       netip.Addr
+	DNSInterface  string
+	ClusterDomain string
+	MeshDomain    string
+	ResolvConf    string
+	Services      svcproxy.Mode
+	SOCKS5        netip.AddrPort
+
+	MetricsListen string // /metrics, /healthz, /readyz; empty: off
+
 	Logger *slog.Logger
 }
 
@@ -86,6 +102,30 @@ func (c *Config) validate() error {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	switch c.Services {
+	case "":
+		c.Services = "auto"
+	case "auto", "on", "off":
+	default:
+		return fmt.Errorf("--services %q: want auto, on or off", c.Services)
+	}
+	if c.DNSInterface == "" {
+		c.DNSInterface = DefaultDNSInterface
+	}
+	if c.ClusterDomain == "" {
+		c.ClusterDomain = DefaultClusterDomain
+	}
+	if c.MeshDomain == "" {
+		c.MeshDomain = DefaultMeshDomain
+	}
+	if c.ResolvConf == "" {
+		c.ResolvConf = "/etc/resolv.conf"
+	}
+	for _, d := range []string{c.ClusterDomain, c.MeshDomain} {
+		if strings.HasPrefix(d, ".") || strings.HasSuffix(d, ".") || strings.Contains(d, "..") || strings.ContainsAny(d, " /") {
+			return fmt.Errorf("domain %q: want a name like cluster.local", d)
+		}
 	}
 	return nil
 }
@@ -137,6 +177,7 @@ type Agent struct {
 	trav *traversal.Manager
 	home *homerelay.Manager
 	cc   *control.Client
+	svc  *servicesLayer
 
 	dirty chan struct{} // the map changed; capacity 1
 
@@ -221,7 +262,7 @@ func Run(ctx context.Context, cfg Config) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errc := make(chan error, 4)
+	errc := make(chan error, 16) // more than the parts run below: a failing part never blocks
 	run := func(name string, f func(context.Context) error) {
 		wg.Add(1)
 		go func() {
@@ -231,6 +272,16 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 		}()
 	}
+	svcCleanup, err := a.startServices(ctx, run)
+	defer svcCleanup()
+	if err != nil {
+		cancel()
+		wg.Wait()
+		return fmt.Errorf("services layer: %w", err)
+	}
+	reg := telemetry.NewRegistry()
+	a.registerMetrics(reg)
+	run("metrics", func(ctx context.Context) error { return telemetry.Serve(ctx, cfg.MetricsListen, reg, a.ready, log) })
 	run("coordinator stream", a.cc.Run)
 	run("traversal", a.trav.Run)
 	run("home relay", a.home.Run)
@@ -238,14 +289,29 @@ func Run(ctx context.Context, cfg Config) error {
 	run("endpoints", func(ctx context.Context) error { return a.endpointLoop(ctx, port) })
 	run("local API", func(ctx context.Context) error { return localapi.Serve(ctx, cfg.Socket, a, log) })
 
+	if _, err := sdnotify.Ready("interface " + cfg.Interface + " up"); err != nil {
+		log.Warn("notify systemd", "err", err)
+	}
 	select {
 	case <-ctx.Done():
 		err = nil
 	case err = <-errc:
 	}
+	sdnotify.Stopping()
 	cancel()
 	wg.Wait()
 	return err
+}
+
+// ready is the agent's readiness: it holds a network map (from the
+// coordinator or its last saved copy).
+func (a *Agent) ready() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.state.Version == 0 {
+		return errors.New("no network map yet")
+	}
+	return nil
 }
 
 func joinWithRetry(ctx context.Context, cfg Config, log *slog.Logger) (identity.Enrolment, error) {
@@ -325,6 +391,11 @@ func (a *Agent) reconcile() error {
 	prefixes := a.state.Prefixes
 	stun := a.stunServers()
 	regions := a.relayRegions()
+	svcGen, svcs := a.state.ServicesGen, a.state.Services
+	names := map[string][]netip.Addr{self.Name: self.Addresses}
+	for _, p := range peers {
+		names[p.Name] = p.Addresses
+	}
 	a.mu.Unlock()
 
 	a.home.SetRegions(regions)
@@ -346,8 +417,8 @@ func (a *Agent) reconcile() error {
 		}
 		pc.AllowedIPs = append(pc.AllowedIPs, p.Routes...)
 		routes = append(routes, p.Routes...)
-		if path := a.trav.Path(p.Key); path.Kind == pathsel.Direct {
-			pc.Endpoint = path.Endpoint
+		if path := a.trav.Path(p.Key); path.Kind != pathsel.None {
+			pc.Endpoint = path.Endpoint // the peer's address, or its synthetic relay endpoint
 		}
 		wgPeers = append(wgPeers, pc)
 	}
@@ -364,7 +435,10 @@ func (a *Agent) reconcile() error {
 		}
 		addrs = append(addrs, netip.PrefixFrom(addr, bits))
 	}
-	return linkconf.Apply(a.cfg.Interface, addrs, routes)
+	if err := linkconf.Apply(a.cfg.Interface, addrs, routes); err != nil {
+		return err
+	}
+	return a.svc.update(svcGen, svcs, names)
 }
 
 // host resolves a map host: empty means the coordinator's.

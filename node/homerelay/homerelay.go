@@ -32,7 +32,10 @@ type Region struct {
 const (
 	probeInterval = 30 * time.Second
 	probeTimeout  = 3 * time.Second
-	tickInterval  = 250 * time.Millisecond
+	// prefInterval: while away from the preferred relay, how often it is
+	// probed, so the node returns soon after it comes back.
+	prefInterval = 3 * time.Second
+	tickInterval = 250 * time.Millisecond
 	// failoverAfter: a home relay unreachable this long is replaced.
 	failoverAfter = 2 * time.Second
 	// A healthy home is replaced only by one this much faster...
@@ -177,8 +180,14 @@ func (m *Manager) Run(ctx context.Context) error {
 	defer tick.Stop()
 	probe := time.NewTimer(0)
 	defer probe.Stop()
-	probed := make(chan map[uint32]time.Duration, 1)
+	type probeResult struct {
+		lat  map[uint32]time.Duration
+		full bool // all regions, not just the preferred one
+	}
+	probed := make(chan probeResult, 1)
 	probing := false
+	pref := time.NewTicker(prefInterval)
+	defer pref.Stop()
 	defer func() {
 		m.mu.Lock()
 		h := m.home
@@ -198,20 +207,52 @@ func (m *Manager) Run(ctx context.Context) error {
 				probe.Reset(0)
 			}
 		case <-probe.C:
-			if !probing {
-				probing = true
-				go func() { probed <- m.probeAll(ctx) }()
+			if probing {
+				probe.Reset(time.Second) // a probe is out; try again shortly
+				break
 			}
-		case lat := <-probed:
+			probing = true
+			go func() { probed <- probeResult{m.probeAll(ctx), true} }()
+		case r := <-probed:
 			probing = false
 			m.mu.Lock()
-			m.latency = lat
+			m.latency = r.lat
 			m.mu.Unlock()
-			probe.Reset(probeInterval)
+			if r.full {
+				probe.Reset(probeInterval)
+			}
+		case <-pref.C:
+			m.mu.Lock()
+			p, h := m.preferred(), m.home
+			away := p != nil && (h == nil || h.region.ID != p.ID)
+			m.mu.Unlock()
+			if away && !probing {
+				probing = true
+				go func() { probed <- probeResult{m.probeOne(ctx, *p), false} }()
+			}
 		case <-tick.C:
 		}
 		m.evaluate(ctx)
 	}
+}
+
+// probeOne probes r and returns the latency map updated with the result.
+func (m *Manager) probeOne(ctx context.Context, r Region) map[uint32]time.Duration {
+	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	d, err := m.cfg.Probe(pctx, r)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[uint32]time.Duration, len(m.latency)+1)
+	for k, v := range m.latency {
+		out[k] = v
+	}
+	if err == nil {
+		out[r.ID] = d
+	} else {
+		delete(out, r.ID)
+	}
+	return out
 }
 
 func (m *Manager) probeAll(ctx context.Context) map[uint32]time.Duration {

@@ -48,6 +48,11 @@ type State struct {
 	STUN     []STUNServer
 	Relays   []RelayRegion
 	Peers    map[[32]byte]Peer
+	// Services by "namespace/name", as the coordinator sent them; they
+	// are validated where they are used, one by one.
+	Services map[string]*api.Service
+	// ServicesGen changes whenever Services does.
+	ServicesGen uint64
 }
 
 // RelayRegion is a relay from the relay map. An empty Host means the
@@ -69,7 +74,7 @@ type STUNServer struct {
 }
 
 // New returns an empty state.
-func New() *State { return &State{Peers: map[[32]byte]Peer{}} }
+func New() *State { return &State{Peers: map[[32]byte]Peer{}, Services: map[string]*api.Service{}} }
 
 // Apply applies a map message. A full map replaces everything; a delta must
 // start at the held version (ErrGap otherwise). Malformed entries make the
@@ -78,7 +83,8 @@ func (s *State) Apply(m *api.NetworkMap) error {
 	if !m.GetFull() && m.GetBaseVersion() != s.Version {
 		return fmt.Errorf("%w: have %d, delta from %d", ErrGap, s.Version, m.GetBaseVersion())
 	}
-	next := &State{Version: m.GetVersion(), Self: s.Self, Prefixes: s.Prefixes, STUN: s.STUN, Relays: s.Relays, Peers: s.Peers}
+	next := &State{Version: m.GetVersion(), Self: s.Self, Prefixes: s.Prefixes, STUN: s.STUN, Relays: s.Relays, Peers: s.Peers,
+		Services: s.Services, ServicesGen: s.ServicesGen}
 	if m.GetFull() {
 		next.Peers = make(map[[32]byte]Peer, len(m.GetPeers()))
 		next.Prefixes = nil
@@ -132,6 +138,22 @@ func (s *State) Apply(m *api.NetworkMap) error {
 			continue
 		}
 		next.Peers[p.Key] = p
+	}
+	if m.GetFull() || len(m.GetServices()) > 0 || len(m.GetRemovedServices()) > 0 {
+		svcs := make(map[string]*api.Service, len(s.Services))
+		if !m.GetFull() {
+			for k, v := range s.Services {
+				svcs[k] = v
+			}
+		}
+		for _, svc := range m.GetServices() {
+			svcs[svc.GetNamespace()+"/"+svc.GetName()] = svc
+		}
+		for _, k := range m.GetRemovedServices() {
+			delete(svcs, k)
+		}
+		next.Services = svcs
+		next.ServicesGen++
 	}
 	for _, k := range m.GetRemoved() {
 		if len(k) != 32 {
@@ -205,6 +227,14 @@ func (s *State) Marshal() ([]byte, error) {
 	}
 	for _, st := range s.STUN {
 		m.StunServers = append(m.StunServers, &api.StunServer{Host: st.Host, Port: uint32(st.Port)})
+	}
+	keys := make([]string, 0, len(s.Services))
+	for k := range s.Services {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		m.Services = append(m.Services, s.Services[k])
 	}
 	for _, r := range s.Relays {
 		m.Relays = append(m.Relays, &api.RelayRegion{Id: r.ID, Name: r.Name, Host: r.Host, Port: uint32(r.Port),

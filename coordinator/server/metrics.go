@@ -1,0 +1,52 @@
+package server
+
+import (
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/edgewire/edgewire/internal/telemetry"
+)
+
+// metrics are the server's instruments; registered by RegisterMetrics.
+type metrics struct {
+	joins        atomic.Uint64
+	joinsRefused atomic.Uint64
+	streams      atomic.Int64
+	sigForwarded atomic.Uint64
+	sigDropped   atomic.Uint64
+	fanout       prometheus.Histogram
+}
+
+func newMetrics() *metrics {
+	return &metrics{fanout: prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "edgewire_coordinator_fanout_seconds",
+		Help:    "Time from a change in the network to its delta being sent on a stream.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+	})}
+}
+
+// RegisterMetrics exposes the coordinator's state and counters on reg.
+func (s *Server) RegisterMetrics(reg prometheus.Registerer) {
+	m := s.m
+	reg.MustRegister(m.fanout)
+	telemetry.CounterFunc(reg, "edgewire_coordinator_joins_total", "Successful joins.", func() float64 { return float64(m.joins.Load()) })
+	telemetry.CounterFunc(reg, "edgewire_coordinator_joins_refused_total", "Refused joins (bad token, name taken, bad input).", func() float64 { return float64(m.joinsRefused.Load()) })
+	telemetry.GaugeFunc(reg, "edgewire_coordinator_streams", "Authenticated agent streams.", func() float64 { return float64(m.streams.Load()) })
+	telemetry.CounterFunc(reg, "edgewire_coordinator_signals_forwarded_total", "Sealed signals forwarded between nodes.", func() float64 { return float64(m.sigForwarded.Load()) })
+	telemetry.CounterFunc(reg, "edgewire_coordinator_signals_dropped_total", "Signals dropped (malformed, rate limited, recipient away).", func() float64 { return float64(m.sigDropped.Load()) })
+	telemetry.GaugeFunc(reg, "edgewire_coordinator_map_version", "Current network map version.", func() float64 { return float64(s.reg.Version()) })
+	telemetry.GaugeFunc(reg, "edgewire_coordinator_services", "Services in the Service map.", func() float64 { return float64(s.reg.Services()) })
+	telemetry.Labelled(reg, "edgewire_coordinator_nodes", "Registered nodes by presence.", prometheus.GaugeValue, []string{"state"},
+		func(emit func(float64, ...string)) {
+			online, total := 0, 0
+			for _, n := range s.reg.Nodes() {
+				total++
+				if n.GetOnline() {
+					online++
+				}
+			}
+			emit(float64(online), "online")
+			emit(float64(total-online), "offline")
+		})
+}

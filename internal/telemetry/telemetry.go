@@ -1,0 +1,94 @@
+// Package telemetry serves a daemon's Prometheus metrics (from its own
+// registry, never the global one) and its /healthz and /readyz probes on
+// one HTTP listener, off the public interface by default.
+package telemetry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Ready reports whether the daemon is ready to serve; nil error is ready.
+type Ready func() error
+
+// NewRegistry returns a registry with the Go and process collectors.
+func NewRegistry() *prometheus.Registry {
+	r := prometheus.NewRegistry()
+	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return r
+}
+
+// Serve serves /metrics, /healthz and /readyz on addr until ctx ends. An
+// empty addr serves nothing.
+func Serve(ctx context.Context, addr string, reg *prometheus.Registry, ready Ready, log *slog.Logger) error {
+	if addr == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("metrics listen %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if ready != nil {
+			if err := ready(); err != nil {
+				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shut, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(shut)
+	}()
+	log.Info("metrics listening", "addr", ln.Addr())
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// CounterFunc registers a counter whose value is read from f at scrape.
+func CounterFunc(reg prometheus.Registerer, name, help string, f func() float64) {
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f))
+}
+
+// GaugeFunc registers a gauge whose value is read from f at scrape.
+func GaugeFunc(reg prometheus.Registerer, name, help string, f func() float64) {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))
+}
+
+// Labelled registers a metric with labels whose samples are produced at
+// scrape time by f, which calls emit once per label combination.
+func Labelled(reg prometheus.Registerer, name, help string, typ prometheus.ValueType, labels []string, f func(emit func(value float64, labelValues ...string))) {
+	reg.MustRegister(&collector{desc: prometheus.NewDesc(name, help, labels, nil), typ: typ, f: f})
+}
+
+type collector struct {
+	desc *prometheus.Desc
+	typ  prometheus.ValueType
+	f    func(emit func(value float64, labelValues ...string))
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	c.f(func(v float64, lv ...string) {
+		ch <- prometheus.MustNewConstMetric(c.desc, c.typ, v, lv...)
+	})
+}

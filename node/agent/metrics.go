@@ -1,0 +1,107 @@
+package agent
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/edgewire/edgewire/internal/telemetry"
+	"github.com/edgewire/edgewire/node/pathsel"
+)
+
+// registerMetrics exposes the agent's state on reg. Everything is read at
+// scrape time from the parts that own it.
+func (a *Agent) registerMetrics(reg prometheus.Registerer) {
+	telemetry.Labelled(reg, "edgewire_agent_peers", "Peers by path.", prometheus.GaugeValue, []string{"path"},
+		func(emit func(float64, ...string)) {
+			a.mu.Lock()
+			keys := make([][32]byte, 0, len(a.state.Peers))
+			for k := range a.state.Peers {
+				keys = append(keys, k)
+			}
+			a.mu.Unlock()
+			counts := map[pathsel.Kind]int{}
+			for _, k := range keys {
+				counts[a.trav.Path(k).Kind]++
+			}
+			for _, k := range []pathsel.Kind{pathsel.None, pathsel.Direct, pathsel.Relay} {
+				emit(float64(counts[k]), k.String())
+			}
+		})
+	telemetry.Labelled(reg, "edgewire_agent_peer_handshake_age_seconds", "Seconds since the last WireGuard handshake with a peer (peers with one).", prometheus.GaugeValue, []string{"peer"},
+		func(emit func(float64, ...string)) {
+			stats, err := a.dev.Stats()
+			if err != nil {
+				return
+			}
+			a.mu.Lock()
+			names := make(map[[32]byte]string, len(a.state.Peers))
+			for k, p := range a.state.Peers {
+				names[k] = p.Name
+			}
+			a.mu.Unlock()
+			for k, s := range stats {
+				if !s.LastHandshake.IsZero() && names[k] != "" {
+					emit(time.Since(s.LastHandshake).Seconds(), names[k])
+				}
+			}
+		})
+	telemetry.Labelled(reg, "edgewire_agent_peer_bytes_total", "WireGuard bytes per peer and direction.", prometheus.CounterValue, []string{"peer", "direction"},
+		func(emit func(float64, ...string)) {
+			stats, err := a.dev.Stats()
+			if err != nil {
+				return
+			}
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			for k, s := range stats {
+				if p, ok := a.state.Peers[k]; ok {
+					emit(float64(s.RxBytes), p.Name, "rx")
+					emit(float64(s.TxBytes), p.Name, "tx")
+				}
+			}
+		})
+	telemetry.Labelled(reg, "edgewire_agent_ice_sessions_total", "ICE sessions by outcome.", prometheus.CounterValue, []string{"event"},
+		func(emit func(float64, ...string)) {
+			c := a.trav.Counters()
+			emit(float64(c.Attempts), "attempt")
+			emit(float64(c.Successes), "success")
+			emit(float64(c.Failures), "failure")
+			emit(float64(c.Restarts), "restart")
+		})
+	telemetry.Labelled(reg, "edgewire_agent_signals_total", "ICE signalling messages.", prometheus.CounterValue, []string{"event"},
+		func(emit func(float64, ...string)) {
+			c := a.trav.Counters()
+			emit(float64(c.SignalsIn), "received")
+			emit(float64(c.SignalsOut), "sent")
+			emit(float64(c.SignalsDropped), "dropped")
+		})
+	telemetry.Labelled(reg, "edgewire_agent_socket_packets_total", "Datagrams on the shared socket and the relay by kind.", prometheus.CounterValue, []string{"kind"},
+		func(emit func(float64, ...string)) {
+			c := &a.bind.C
+			emit(float64(c.STUNIn.Load()), "stun_in")
+			emit(float64(c.STUNOut.Load()), "stun_out")
+			emit(float64(c.STUNDropped.Load()), "stun_dropped")
+			emit(float64(c.OtherDrop.Load()), "other_dropped")
+			emit(float64(c.RelayIn.Load()), "relay_in")
+			emit(float64(c.RelayOut.Load()), "relay_out")
+			emit(float64(c.RelayDropped.Load()), "relay_dropped")
+		})
+	telemetry.GaugeFunc(reg, "edgewire_agent_relay_connected", "1 when the home relay connection is up.", func() float64 {
+		if a.home.Status().Connected {
+			return 1
+		}
+		return 0
+	})
+	telemetry.GaugeFunc(reg, "edgewire_agent_coordinator_connected", "1 when the coordinator stream is up.", func() float64 {
+		if a.cc.Connected() {
+			return 1
+		}
+		return 0
+	})
+	telemetry.GaugeFunc(reg, "edgewire_agent_map_version", "Network map version held.", func() float64 {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return float64(a.state.Version)
+	})
+}

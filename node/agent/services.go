@@ -1,0 +1,177 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/edgewire/edgewire/coordinator/api"
+	"github.com/edgewire/edgewire/dataplane/linkconf"
+	"github.com/edgewire/edgewire/node/dnsserver"
+	"github.com/edgewire/edgewire/node/services"
+	"github.com/edgewire/edgewire/node/socks5"
+	"github.com/edgewire/edgewire/node/svcproxy"
+)
+
+// Services-layer defaults.
+const (
+	DefaultDNSAddr       = "169.254.96.16"
+	DefaultDNSInterface  = "edgewire-dns"
+	DefaultClusterDomain = "cluster.local"
+	DefaultMeshDomain    = "edgewire.internal"
+	DefaultSOCKS5Port    = 1080
+)
+
+// servicesLayer is the agent's DNS server, Service DNAT and SOCKS5 proxy.
+type servicesLayer struct {
+	a     *Agent
+	dns   *dnsserver.Server // nil when off
+	proxy *svcproxy.Proxy   // nil when off
+	socks *socks5.Server    // nil when off
+	gen   uint64            // ServicesGen last applied
+}
+
+// startServices sets up the dummy interface and the servers; they run
+// until ctx ends. The returned cleanup removes rules and the interface.
+func (a *Agent) startServices(ctx context.Context, run func(string, func(context.Context) error)) (func(), error) {
+	cfg := a.cfg
+	sl := &servicesLayer{a: a}
+	a.svc = sl
+	var cleanups []func()
+	cleanup := func() {
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			cleanups[i]()
+		}
+	}
+	if cfg.DNSAddr.IsValid() || cfg.SOCKS5.IsValid() {
+		remove, err := linkconf.HostAddress(cfg.DNSInterface, netip.PrefixFrom(cfg.DNSAddr, cfg.DNSAddr.BitLen()))
+		if err != nil {
+			return cleanup, err
+		}
+		cleanups = append(cleanups, func() {
+			if err := remove(); err != nil {
+				a.log.Warn("remove DNS address", "err", err)
+			}
+		})
+	}
+	if cfg.DNSAddr.IsValid() {
+		var upstreams []netip.AddrPort
+		if f, err := os.Open(cfg.ResolvConf); err != nil {
+			a.log.Warn("no upstream resolvers", "err", err)
+		} else {
+			upstreams, err = dnsserver.ParseResolvConf(f)
+			f.Close()
+			if err != nil {
+				a.log.Warn("parse resolv.conf", "path", cfg.ResolvConf, "err", err)
+			}
+		}
+		s, err := dnsserver.New(dnsserver.Config{
+			Listen: netip.AddrPortFrom(cfg.DNSAddr, 53), ClusterDomain: cfg.ClusterDomain,
+			MeshDomain: cfg.MeshDomain, Upstreams: upstreams, Logger: a.log.With("src", "dns"),
+		})
+		if err != nil {
+			return cleanup, err
+		}
+		sl.dns = s
+		run("dns", s.Run)
+	}
+	if cfg.Services != svcproxy.Mode("off") {
+		p, err := svcproxy.New(svcproxy.Config{Mode: cfg.Services, Interface: cfg.Interface, Logger: a.log.With("src", "svcproxy")})
+		if err != nil {
+			return cleanup, err
+		}
+		on, err := p.Enabled(ctx)
+		if err != nil {
+			return cleanup, err
+		}
+		if on {
+			sl.proxy = p
+			cleanups = append(cleanups, func() {
+				c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				if err := p.Cleanup(c); err != nil {
+					a.log.Warn("remove service rules", "err", err)
+				}
+			})
+		} else {
+			a.log.Info("kube-proxy serves this node; not programming Service rules")
+		}
+	}
+	if cfg.SOCKS5.IsValid() {
+		s, err := socks5.New(socks5.Config{Listen: cfg.SOCKS5, Resolver: nodeResolver{a}, Logger: a.log.With("src", "socks5")})
+		if err != nil {
+			return cleanup, err
+		}
+		sl.socks = s
+		run("socks5", s.Run)
+	}
+	return cleanup, nil
+}
+
+// update feeds the current map to DNS and the rules. Called from reconcile.
+func (sl *servicesLayer) update(gen uint64, raw map[string]*api.Service, nodes map[string][]netip.Addr) error {
+	if sl.dns != nil {
+		sl.dns.SetNodes(nodes)
+	}
+	if gen == sl.gen && sl.gen != 0 {
+		return nil
+	}
+	var list []*services.Service
+	for key, r := range raw {
+		s, err := services.FromProto(r)
+		if err != nil {
+			// One bad Service is refused; the others still work.
+			sl.a.log.Warn("refusing Service from the network map", "service", key, "err", err)
+			continue
+		}
+		list = append(list, s)
+	}
+	t, err := services.NewTable(list)
+	if err != nil {
+		return err
+	}
+	if sl.dns != nil {
+		sl.dns.SetServices(t)
+	}
+	if sl.proxy != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := sl.proxy.Apply(ctx, t); err != nil {
+			return fmt.Errorf("apply Service rules: %w", err)
+		}
+	}
+	sl.gen = gen
+	return nil
+}
+
+// nodeResolver lets SOCKS5 reach nodes by name (or <name>.<mesh-domain>)
+// and overlay addresses, nothing else.
+type nodeResolver struct{ a *Agent }
+
+func (r nodeResolver) Resolve(host string) (netip.Addr, error) {
+	a := r.a
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	host = strings.TrimSuffix(host, "."+a.cfg.MeshDomain)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if ip, err := netip.ParseAddr(host); err == nil {
+		for _, p := range a.state.Prefixes {
+			if p.Contains(ip) {
+				return ip, nil
+			}
+		}
+		return netip.Addr{}, fmt.Errorf("%w: %s is not an overlay address", socks5.ErrNotAllowed, ip)
+	}
+	if host == a.state.Self.Name && len(a.state.Self.Addresses) > 0 {
+		return a.state.Self.Addresses[0], nil
+	}
+	for _, p := range a.state.Peers {
+		if p.Name == host && len(p.Addresses) > 0 {
+			return p.Addresses[0], nil
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("%w: no node named %q", socks5.ErrNotAllowed, host)
+}
