@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -307,7 +306,7 @@ func startRelay(ctx context.Context, cfg Config, id *pki.Identity, ticketKey ed2
 	if err != nil {
 		return nil, nil, fmt.Errorf("relay listen %s: %w", cfg.RelayListen, err)
 	}
-	hs := RelayHTTPServer(rs, id.Cert)
+	hs := relay.NewHTTPServer(rs, id.Cert)
 	go hs.ServeTLS(ln, "", "")
 	go rs.Run(ctx)
 	go func() {
@@ -324,17 +323,6 @@ func startRelay(ctx context.Context, cfg Config, id *pki.Identity, ticketKey ed2
 	cfg.Logger.Info("relay started", "listen", ln.Addr(), "region", cfg.RelayID, "name", cfg.RelayName,
 		"key", identity.Key(relay.PublicKey(key)), "mesh_peers", len(peers))
 	return rs, region, nil
-}
-
-// RelayHTTPServer serves a relay over HTTP/1.1 only: the relay protocol
-// starts with an Upgrade, which HTTP/2 has not got.
-func RelayHTTPServer(h http.Handler, cert tls.Certificate) *http.Server {
-	return &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: 10 * time.Second,
-		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
-		TLSNextProto:      map[string]func(*http.Server, *tls.Conn, http.Handler){},
-	}
 }
 
 // listenUnix listens on a unix socket only root (the owner) can use.

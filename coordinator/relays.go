@@ -68,19 +68,6 @@ func LoadRelayMap(path string) ([]*api.RelayRegion, error) {
 	return out, nil
 }
 
-// LoadMeshKey reads a relay mesh key: at least 32 characters of secret.
-func LoadMeshKey(path string) ([]byte, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	k := []byte(strings.TrimSpace(string(b)))
-	if len(k) < 32 {
-		return nil, fmt.Errorf("mesh key in %s is %d bytes; want at least 32 (e.g. `head -c 32 /dev/urandom | base64`)", path, len(k))
-	}
-	return k, nil
-}
-
 // loadOrCreateTicketKey returns the Ed25519 key that signs relay tickets,
 // creating it (and <path>.pub, for standalone relays) on first start.
 func loadOrCreateTicketKey(path string) (ed25519.PrivateKey, error) {

@@ -16,6 +16,7 @@ import (
 	"github.com/edgewire/edgewire/coordinator"
 	"github.com/edgewire/edgewire/coordinator/kubesource"
 	"github.com/edgewire/edgewire/coordinator/svcsource"
+	"github.com/edgewire/edgewire/dataplane/relay"
 	"github.com/edgewire/edgewire/internal/logging"
 )
 
@@ -54,7 +55,7 @@ func main() {
 				}
 			}
 			if meshKey != "" {
-				if cfg.MeshKey, err = coordinator.LoadMeshKey(meshKey); err != nil {
+				if cfg.MeshKey, err = relay.LoadMeshKey(meshKey); err != nil {
 					return err
 				}
 			}

@@ -19,7 +19,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/edgewire/edgewire/coordinator"
 	"github.com/edgewire/edgewire/coordinator/pki"
 	"github.com/edgewire/edgewire/dataplane/relay"
 	"github.com/edgewire/edgewire/dataplane/stunserver"
@@ -66,7 +65,7 @@ func main() {
 			}
 			cfg := relay.ServerConfig{PrivateKey: key, TicketKey: tk, Logger: log}
 			if meshKeyFile != "" {
-				if cfg.MeshKey, err = coordinator.LoadMeshKey(meshKeyFile); err != nil {
+				if cfg.MeshKey, err = relay.LoadMeshKey(meshKeyFile); err != nil {
 					return err
 				}
 			}
@@ -102,7 +101,7 @@ func main() {
 			if err != nil {
 				return err
 			}
-			hs := coordinator.RelayHTTPServer(rs, cert)
+			hs := relay.NewHTTPServer(rs, cert)
 			go hs.ServeTLS(ln, "", "")
 			log.Info("relay started", "listen", ln.Addr(), "key", identity.Key(pub), "mesh_peers", len(cfg.MeshPeers))
 			reg := telemetry.NewRegistry()

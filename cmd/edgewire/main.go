@@ -60,7 +60,7 @@ func main() {
 	pf.StringVar(&g.caFile, "ca-file", "", "coordinator CA certificate (<data-dir>/pki/ca.crt)")
 	pf.StringVar(&g.serverName, "coordinator-server-name", pki.ServerName, "TLS name of the coordinator")
 
-	root.AddCommand(statusCmd(&g), pingCmd(&g), tokenCmd(&g), nodesCmd(&g))
+	root.AddCommand(statusCmd(&g), pingCmd(&g), netcheckCmd(&g), tokenCmd(&g), nodesCmd(&g))
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "edgewire:", err)
 		os.Exit(1)
@@ -264,6 +264,41 @@ func pingCmd(g *globals) *cobra.Command {
 	cmd.Flags().BoolVar(&untilDirect, "until-direct", false, "keep pinging until a reply comes over a direct path")
 	cmd.Flags().DurationVarP(&interval, "interval", "i", time.Second, "time between pings")
 	return cmd
+}
+
+func netcheckCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "netcheck",
+		Short: "Probe this node's network: UDP, NAT mapping, public address, relay latency",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			nc, err := localapi.Client{Socket: g.agentSocket}.Netcheck(c)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if g.output == "json" {
+				return printJSON(out, nc)
+			}
+			fmt.Fprintf(out, "UDP:             %v\n", nc.UDP)
+			fmt.Fprintf(out, "public address:  %s\n", nc.PublicAddr)
+			fmt.Fprintf(out, "NAT mapping:     %s\n", nc.Mapping)
+			for _, s := range nc.STUN {
+				if s.Error != "" {
+					fmt.Fprintf(out, "  stun %s: %s\n", s.Server, s.Error)
+				} else {
+					fmt.Fprintf(out, "  stun %s: mapped %s in %.2f ms\n", s.Server, s.Mapped, s.RTTMs)
+				}
+			}
+			fmt.Fprintf(out, "preferred relay: %s\n", nc.PreferredRelay)
+			for _, r := range nc.RelayLatencyMs {
+				fmt.Fprintf(out, "  relay %s: %.2f ms\n", r.Name, r.LatencyMs)
+			}
+			return nil
+		},
+	}
 }
 
 func tokenCmd(g *globals) *cobra.Command {

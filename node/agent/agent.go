@@ -103,13 +103,11 @@ func (c *Config) validate() error {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	switch c.Services {
-	case "":
-		c.Services = "auto"
-	case "auto", "on", "off":
-	default:
-		return fmt.Errorf("--services %q: want auto, on or off", c.Services)
+	mode, err := svcproxy.ParseMode(string(c.Services))
+	if err != nil {
+		return fmt.Errorf("--services: %w", err)
 	}
+	c.Services = mode
 	if c.DNSInterface == "" {
 		c.DNSInterface = DefaultDNSInterface
 	}

@@ -99,6 +99,42 @@ func (a *Agent) registerMetrics(reg prometheus.Registerer) {
 		}
 		return 0
 	})
+	telemetry.Labelled(reg, "edgewire_agent_dns_queries_total", "DNS queries answered, by response code.", prometheus.CounterValue, []string{"rcode"},
+		func(emit func(float64, ...string)) {
+			if a.svc == nil || a.svc.dns == nil {
+				return
+			}
+			for rc, n := range a.svc.dns.Stats().Rcodes {
+				emit(float64(n), rc)
+			}
+		})
+	telemetry.Labelled(reg, "edgewire_agent_dns_answers_total", "DNS queries by how they were answered.", prometheus.CounterValue, []string{"kind"},
+		func(emit func(float64, ...string)) {
+			if a.svc == nil || a.svc.dns == nil {
+				return
+			}
+			st := a.svc.dns.Stats()
+			emit(float64(st.Local), "local")
+			emit(float64(st.Forwarded), "forwarded")
+			emit(float64(st.Rejected), "rejected")
+			emit(float64(st.UpstreamErrors), "upstream_error")
+		})
+	telemetry.GaugeFunc(reg, "edgewire_agent_service_rules_apply_seconds", "Duration of the last Service rule apply.", func() float64 {
+		if a.svc == nil || a.svc.proxy == nil {
+			return 0
+		}
+		return a.svc.proxy.Stats().LastApplyDuration.Seconds()
+	})
+	telemetry.Labelled(reg, "edgewire_agent_service_rule_applies_total", "Service rule applies by outcome.", prometheus.CounterValue, []string{"outcome"},
+		func(emit func(float64, ...string)) {
+			if a.svc == nil || a.svc.proxy == nil {
+				return
+			}
+			st := a.svc.proxy.Stats()
+			emit(float64(st.Applies), "applied")
+			emit(float64(st.Skipped), "unchanged")
+			emit(float64(st.Errors), "error")
+		})
 	telemetry.GaugeFunc(reg, "edgewire_agent_map_version", "Network map version held.", func() float64 {
 		a.mu.Lock()
 		defer a.mu.Unlock()

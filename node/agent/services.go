@@ -90,7 +90,8 @@ func (a *Agent) startServices(ctx context.Context, run func(string, func(context
 		if on {
 			sl.proxy = p
 			cleanups = append(cleanups, func() {
-				c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				// 1,000 Services take a few seconds to remove under load.
+				c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				defer cancel()
 				if err := p.Cleanup(c); err != nil {
 					a.log.Warn("remove service rules", "err", err)

@@ -89,6 +89,30 @@ type PingResult struct {
 	RTTMs    float64 `json:"rtt_ms"`
 }
 
+// Netcheck is what `edgewire netcheck` reports.
+type Netcheck struct {
+	UDP            bool           `json:"udp"` // some STUN server answered
+	PublicAddr     string         `json:"public_addr,omitempty"`
+	Mapping        string         `json:"mapping"`
+	STUN           []STUNResult   `json:"stun"`
+	RelayLatencyMs []RelayLatency `json:"relays"`
+	PreferredRelay string         `json:"preferred_relay"`
+}
+
+// STUNResult is one STUN server's answer.
+type STUNResult struct {
+	Server string  `json:"server"`
+	Mapped string  `json:"mapped,omitempty"`
+	RTTMs  float64 `json:"rtt_ms,omitempty"`
+	Error  string  `json:"error,omitempty"`
+}
+
+// RelayLatency is the measured latency to one relay.
+type RelayLatency struct {
+	Name      string  `json:"name"`
+	LatencyMs float64 `json:"latency_ms"`
+}
+
 // ErrNoPeer is returned for a ping to a name that is not a peer.
 var ErrNoPeer = errors.New("no such peer")
 
@@ -96,6 +120,7 @@ var ErrNoPeer = errors.New("no such peer")
 type Backend interface {
 	Status() (Status, error)
 	Ping(ctx context.Context, peer string) (PingResult, error)
+	Netcheck(ctx context.Context) (Netcheck, error)
 }
 
 // Serve serves the API on a unix socket at path until ctx ends.
@@ -126,6 +151,15 @@ func Serve(ctx context.Context, path string, b Backend, log *slog.Logger) error 
 		}
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(st)
+	})
+	mux.HandleFunc("POST /v1/netcheck", func(w http.ResponseWriter, r *http.Request) {
+		nc, err := b.Netcheck(r.Context())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(nc)
 	})
 	mux.HandleFunc("POST /v1/ping", func(w http.ResponseWriter, r *http.Request) {
 		res, err := b.Ping(r.Context(), r.URL.Query().Get("peer"))
@@ -200,6 +234,25 @@ func (c Client) Ping(ctx context.Context, peer string) (PingResult, error) {
 		return res.PingResult, errors.New(res.Error)
 	}
 	return res.PingResult, nil
+}
+
+// Netcheck asks the agent to probe its network.
+func (c Client) Netcheck(ctx context.Context) (Netcheck, error) {
+	var nc Netcheck
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://agent/v1/netcheck", nil)
+	if err != nil {
+		return nc, err
+	}
+	resp, err := c.http().Do(req)
+	if err != nil {
+		return nc, fmt.Errorf("cannot reach the agent at %s: %w", c.Socket, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return nc, fmt.Errorf("agent: %s: %s", resp.Status, b)
+	}
+	return nc, json.NewDecoder(resp.Body).Decode(&nc)
 }
 
 // Status fetches the agent's status.
