@@ -24,9 +24,10 @@ const RelayPort = 8444
 // relay will use, afterwards it reads the key in use.
 func RelayKey(t testing.TB, h *lab.Host, dataDir string) string {
 	t.Helper()
+	bin := Bin(t, "edgewire-relay") // may build: not inside the command's timeout
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	out, err := h.Exec(ctx, Bin(t, "edgewire-relay"), "--data-dir", dataDir, "--print-key")
+	out, err := h.Exec(ctx, bin, "--data-dir", dataDir, "--print-key")
 	if err != nil {
 		t.Fatalf("relay key in %s: %v", dataDir, err)
 	}

@@ -1,0 +1,125 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgewire/edgewire/e2e/cluster"
+	"github.com/edgewire/edgewire/e2e/lab"
+	"github.com/edgewire/edgewire/node/localapi"
+)
+
+// TestCLI checks what operators read: `edgewire netcheck` tells an
+// endpoint-independent NAT from a symmetric one and notices blocked UDP
+// (two STUN servers: the coordinator's and a standalone relay's), and the
+// status table's path column names the relay of relayed peers.
+func TestCLI(t *testing.T) {
+	lab.Require(t)
+	l := lab.New(t)
+	cloud := l.AddPublicHost("cloud")
+	r2host := l.AddPublicHost("relay2")
+	meshKey := writeMeshKey(t, l)
+	relay2 := cluster.NewRelay(t, l, r2host)
+	relayMap := filepath.Join(l.Dir(), "relaymap.json")
+	rm := fmt.Sprintf(`{"regions":[{"id":2,"name":"r2","host":%q,"port":%d,"key":%q,"stun_port":3478}]}`,
+		r2host.IP(), cluster.RelayPort, relay2.Key)
+	if err := os.WriteFile(relayMap, []byte(rm), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	coord := cluster.StartCoordinatorWith(t, l, cloud, cluster.CoordinatorOptions{
+		Extra: []string{"--relay-map", relayMap, "--mesh-key-file", meshKey},
+	})
+	relay2.StartWith(cluster.RelayOptions{
+		TicketKey: coord.TicketKeyFile(), MeshKeyFile: meshKey, MeshPeers: []string{coord.RelayMeshPeer()},
+	})
+	eimSite := l.AddSite("se", lab.NATEIM)
+	symSite := l.AddSite("ss", lab.NATSymmetric)
+	udpSite := l.AddSite("su", lab.NATUDPBlocked)
+	tok := coord.Token("--uses", "3")
+	e := cluster.StartAgent(t, l, eimSite.AddNode("e"), coord, "e", cluster.AgentOptions{Token: tok, Extra: []string{"--relay-region", "1"}})
+	s := cluster.StartAgent(t, l, symSite.AddNode("s"), coord, "s", cluster.AgentOptions{Token: tok})
+	u := cluster.StartAgent(t, l, udpSite.AddNode("u"), coord, "u", cluster.AgentOptions{Token: tok})
+	for _, a := range []*cluster.Agent{e, s, u} {
+		a.WaitPeers(2, 30*time.Second)
+	}
+
+	netcheck := func(t *testing.T, a *cluster.Agent) localapi.Netcheck {
+		t.Helper()
+		var nc localapi.Netcheck
+		err := lab.Eventually(20*time.Second, time.Second, func() error {
+			out, err := a.CLI("netcheck", "-o", "json")
+			if err != nil {
+				return err
+			}
+			if err := json.Unmarshal([]byte(out), &nc); err != nil {
+				return fmt.Errorf("decode %q: %w", out, err)
+			}
+			if len(nc.STUN) < 2 {
+				return fmt.Errorf("%d STUN servers probed, want 2 (the map may not be there yet)", len(nc.STUN))
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("netcheck on %s: %v", a.Name, err)
+		}
+		return nc
+	}
+	t.Run("netcheck", func(t *testing.T) {
+		nc := netcheck(t, e)
+		if !nc.UDP || nc.PublicAddr != eimSite.PublicIP().String() || nc.Mapping != "endpoint-independent" {
+			t.Errorf("EIM node: got udp %v public %s mapping %q, want true %s endpoint-independent", nc.UDP, nc.PublicAddr, nc.Mapping, eimSite.PublicIP())
+		}
+		nc = netcheck(t, s)
+		if !nc.UDP || nc.PublicAddr != symSite.PublicIP().String() || !strings.HasPrefix(nc.Mapping, "endpoint-dependent") {
+			t.Errorf("symmetric node: got udp %v public %s mapping %q, want true %s endpoint-dependent", nc.UDP, nc.PublicAddr, nc.Mapping, symSite.PublicIP())
+		}
+		nc = netcheck(t, u)
+		if nc.UDP || nc.PublicAddr != "" {
+			t.Errorf("UDP-blocked node: got udp %v public %q, want no UDP", nc.UDP, nc.PublicAddr)
+		}
+		for _, st := range nc.STUN {
+			if st.Error == "" {
+				t.Errorf("UDP-blocked node: STUN %s answered %s", st.Server, st.Mapped)
+			}
+		}
+		if nc.PreferredRelay == "" || len(nc.RelayLatencyMs) == 0 {
+			t.Errorf("UDP-blocked node: preferred relay %q, %d relay latencies; want both (relays are TCP)", nc.PreferredRelay, len(nc.RelayLatencyMs))
+		}
+	})
+	t.Run("status table names the path", func(t *testing.T) {
+		// e (EIM) to s (symmetric) and to u (UDP blocked) can only be relayed, via e's preferred region.
+		err := lab.Eventually(30*time.Second, 500*time.Millisecond, func() error {
+			out, err := e.CLI("status")
+			if err != nil {
+				return err
+			}
+			for _, peer := range []string{"s", "u"} {
+				found := false
+				for _, line := range strings.Split(out, "\n") {
+					f := strings.Fields(line)
+					if len(f) > 2 && f[0] == peer {
+						found = true
+						if f[2] != "relay:coordinator" {
+							return fmt.Errorf("peer %s path column %q, want relay:coordinator\n%s", peer, f[2], out)
+						}
+					}
+				}
+				if !found {
+					return fmt.Errorf("no line for peer %s:\n%s", peer, out)
+				}
+			}
+			if !strings.Contains(out, "home relay: coordinator (connected)") {
+				return fmt.Errorf("no home relay line:\n%s", out)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+}
