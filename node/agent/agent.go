@@ -245,7 +245,7 @@ func Run(ctx context.Context, cfg Config) error {
 	defer mux.Close()
 	a.trav, err = traversal.New(traversal.Config{
 		PrivateKey: key, PublicKey: key.Public(), Mux: mux, Send: a.cc.SendSignal,
-		HostAddrs: a.hostAddrs, RelayEndpoint: a.bind.RelayEndpoint, Logger: log,
+		HostAddrs: a.hostAddrs, RelayEndpoint: a.bind.RelayEndpoint, Overlay: a.viaOverlay, Logger: log,
 	})
 	if err != nil {
 		return err
@@ -475,17 +475,51 @@ func (a *Agent) relayRegions() []homerelay.Region {
 	return out
 }
 
-// hostAddrs returns the addresses ICE offers as host candidates.
+// hostAddrs returns the addresses ICE offers as host candidates: the
+// host's, except those only reachable through the overlay (a pod bridge
+// inside this node's advertised pod CIDR, say).
 func (a *Agent) hostAddrs() []netip.Addr {
 	eps, err := hostEndpoints(a.cfg.Interface, 0)
 	if err != nil {
 		a.log.Warn("list host addresses", "err", err)
 	}
-	out := make([]netip.Addr, len(eps))
-	for i, e := range eps {
-		out[i] = e.Addr()
+	var out []netip.Addr
+	for _, e := range eps {
+		if !a.viaOverlay(e.Addr()) {
+			out = append(out, e.Addr())
+		}
 	}
 	return out
+}
+
+// viaOverlay reports whether ip is in the overlay prefixes or anyone's
+// advertised routes, i.e. reached through WireGuard itself.
+func (a *Agent) viaOverlay(ip netip.Addr) bool {
+	for _, r := range a.cfg.Routes {
+		if r.Contains(ip) {
+			return true
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, p := range a.state.Prefixes {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	for _, r := range a.state.Self.Routes {
+		if r.Contains(ip) {
+			return true
+		}
+	}
+	for _, p := range a.state.Peers {
+		for _, r := range p.Routes {
+			if r.Contains(ip) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // endpointLoop reports the node's host addresses with the WireGuard port.

@@ -57,6 +57,10 @@ type Config struct {
 	// HostAddrs returns the host addresses ICE offers; a change restarts
 	// the sessions so new candidates are gathered.
 	HostAddrs func() []netip.Addr
+	// Overlay reports addresses reachable only through the overlay itself
+	// (overlay prefixes, advertised routes): candidates there would tunnel
+	// WireGuard through WireGuard and are never used. Nil: none.
+	Overlay func(netip.Addr) bool
 	// RelayEndpoint returns the synthetic endpoint of a relayed peer
 	// (nil: no relay support).
 	RelayEndpoint func([32]byte) netip.AddrPort
@@ -295,10 +299,15 @@ func (m *Manager) checkAddrs() {
 	if slices.Equal(hosts, m.hosts) {
 		return
 	}
-	m.log.Info("host addresses changed; restarting ICE", "old", m.hosts, "new", hosts)
+	m.log.Info("host addresses changed; restarting ICE sessions without a working pair", "old", m.hosts, "new", hosts)
 	m.hosts = hosts
 	now := m.cfg.Now()
 	for _, p := range m.peers {
+		// A connected pair keeps working (its keepalives say so); if the
+		// change broke it, the disconnect restarts it within seconds.
+		if p.m.State() == pathsel.Connected {
+			continue
+		}
 		if p.controlling {
 			p.m.Kick(now)
 		} else if p.online {
@@ -584,7 +593,7 @@ func (m *Manager) handleSignal(sig *api.Signal) {
 		}
 		for _, raw := range pl.GetCandidates()[:min(len(pl.GetCandidates()), maxCandidates)] {
 			c, err := ice.UnmarshalCandidate(raw)
-			if err != nil || !acceptable(c) {
+			if err != nil || !m.acceptable(c) {
 				m.log.Debug("dropping remote candidate", "raw", raw, "err", err)
 				continue
 			}
@@ -602,13 +611,17 @@ func (m *Manager) handleSignal(sig *api.Signal) {
 	}
 }
 
-// acceptable rejects candidates we never use: non-UDP, unresolved names.
-func acceptable(c ice.Candidate) bool {
-	if !c.NetworkType().IsUDP() {
+// acceptable rejects candidates we never use: non-UDP, unresolved names,
+// and addresses reached through the overlay itself.
+func (m *Manager) acceptable(c ice.Candidate) bool {
+	if !c.NetworkType().IsUDP() || strings.HasSuffix(c.Address(), ".local") {
 		return false
 	}
 	a, err := netip.ParseAddr(c.Address())
-	return err == nil && !a.IsUnspecified() && !a.IsMulticast() && !strings.HasSuffix(c.Address(), ".local")
+	if err != nil || a.IsUnspecified() || a.IsMulticast() {
+		return false
+	}
+	return m.cfg.Overlay == nil || !m.cfg.Overlay(a.Unmap())
 }
 
 // dial runs Dial (controlling) or Accept (controlled) in the background;
