@@ -113,6 +113,7 @@ type Lab struct {
 	nextSite  int         // second octet of the next site LAN
 	nextVeth  map[*Host]int
 	nextLANIP map[*Site]int
+	pods      map[*Host]*podNet // a node's pod bridge, see AddPod
 }
 
 // New creates a lab: an "internet" namespace whose bridge serves
@@ -131,6 +132,7 @@ func New(t testing.TB) *Lab {
 		nextSite:  1,
 		nextVeth:  map[*Host]int{},
 		nextLANIP: map[*Site]int{},
+		pods:      map[*Host]*podNet{},
 	}
 	_, err := os.Stat("/proc/sys/net/bridge/bridge-nf-call-iptables")
 	l.bnfOn = err == nil

@@ -76,6 +76,15 @@ func (p *Process) ExitErr() error {
 	return p.waitErr
 }
 
+// Pid returns the process id (the command itself: `ip netns exec` execs
+// it), or 0 when it never started. Benchmarks read /proc/<pid> with it.
+func (p *Process) Pid() int {
+	if p.cmd.Process == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}
+
 // LogPath returns the path of the process log.
 func (p *Process) LogPath() string { return p.logPath }
 
