@@ -9,7 +9,7 @@ PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
 BINARIES := edgewire-coordinator edgewire-agent edgewire-relay edgewire
 
-.PHONY: all build test unit e2e demo proto deps fmt vet clean
+.PHONY: all build test unit e2e demo proto deps kube helm manifests fmt vet clean
 
 all: build
 
@@ -38,8 +38,22 @@ fmt:
 unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)
 
-e2e: deps build
-	EDGEWIRE_BIN=$(BIN) $(GO) test -count=1 -timeout 25m -v ./e2e/...
+# A real kube-apiserver and etcd from the Go module proxy, cached in
+# .cache/kube (the first build takes 10-15 minutes on 2 cores).
+kube:
+	hack/kube/build.sh
+
+# The helm CLI (for the chart tests), built from the Go module proxy into
+# .cache/tools.
+helm:
+	hack/helm/build.sh
+
+# Regenerates deploy/kubernetes/edgewire.yaml from the chart.
+manifests: helm
+	deploy/render.sh
+
+e2e: deps build kube helm
+	EDGEWIRE_BIN=$(BIN) $(GO) test -count=1 -timeout 40m -p 1 ./e2e/...
 
 test: deps vet unit e2e
 

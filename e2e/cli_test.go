@@ -3,8 +3,6 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -21,22 +19,7 @@ import (
 func TestCLI(t *testing.T) {
 	lab.Require(t)
 	l := lab.New(t)
-	cloud := l.AddPublicHost("cloud")
-	r2host := l.AddPublicHost("relay2")
-	meshKey := writeMeshKey(t, l)
-	relay2 := cluster.NewRelay(t, l, r2host)
-	relayMap := filepath.Join(l.Dir(), "relaymap.json")
-	rm := fmt.Sprintf(`{"regions":[{"id":2,"name":"r2","host":%q,"port":%d,"key":%q,"stun_port":3478}]}`,
-		r2host.IP(), cluster.RelayPort, relay2.Key)
-	if err := os.WriteFile(relayMap, []byte(rm), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	coord := cluster.StartCoordinatorWith(t, l, cloud, cluster.CoordinatorOptions{
-		Extra: []string{"--relay-map", relayMap, "--mesh-key-file", meshKey},
-	})
-	relay2.StartWith(cluster.RelayOptions{
-		TicketKey: coord.TicketKeyFile(), MeshKeyFile: meshKey, MeshPeers: []string{coord.RelayMeshPeer()},
-	})
+	coord, _ := startMeshedRelays(t, l)
 	eimSite := l.AddSite("se", lab.NATEIM)
 	symSite := l.AddSite("ss", lab.NATSymmetric)
 	udpSite := l.AddSite("su", lab.NATUDPBlocked)

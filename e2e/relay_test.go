@@ -337,17 +337,15 @@ func TestRelayMatrix(t *testing.T) {
 	})
 }
 
-// TestRelayMesh homes nodes on two meshed relays, the coordinator's and a
-// standalone one, checks they reach each other across the mesh, then
-// kills the standalone relay: its nodes must fail over to the
-// coordinator's within seconds and come back when it returns.
-func TestRelayMesh(t *testing.T) {
-	lab.Require(t)
-	l := lab.New(t)
+// startMeshedRelays starts a coordinator (embedded relay, region 1
+// "coordinator") on public host "cloud" and a standalone relay (region 2
+// "r2") on public host "relay2", meshed with a shared key; each also
+// serves STUN.
+func startMeshedRelays(t *testing.T, l *lab.Lab) (*cluster.Coordinator, *cluster.Relay) {
+	t.Helper()
 	cloud := l.AddPublicHost("cloud")
 	r2host := l.AddPublicHost("relay2")
 	meshKey := writeMeshKey(t, l)
-
 	relay2 := cluster.NewRelay(t, l, r2host)
 	relayMap := filepath.Join(l.Dir(), "relaymap.json")
 	rm := fmt.Sprintf(`{"regions":[{"id":2,"name":"r2","host":%q,"port":%d,"key":%q,"stun_port":3478}]}`,
@@ -361,6 +359,17 @@ func TestRelayMesh(t *testing.T) {
 	relay2.StartWith(cluster.RelayOptions{
 		TicketKey: coord.TicketKeyFile(), MeshKeyFile: meshKey, MeshPeers: []string{coord.RelayMeshPeer()},
 	})
+	return coord, relay2
+}
+
+// TestRelayMesh homes nodes on two meshed relays, the coordinator's and a
+// standalone one, checks they reach each other across the mesh, then
+// kills the standalone relay: its nodes must fail over to the
+// coordinator's within seconds and come back when it returns.
+func TestRelayMesh(t *testing.T) {
+	lab.Require(t)
+	l := lab.New(t)
+	coord, relay2 := startMeshedRelays(t, l)
 
 	var nodes []*natNode
 	for _, name := range []string{"a", "b", "c", "d"} {

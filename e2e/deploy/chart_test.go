@@ -1,0 +1,661 @@
+package deploy
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+)
+
+const (
+	release   = "edgewire"
+	namespace = "edgewire"
+)
+
+// helmTools are the helm CLI and yaml2json that hack/helm/build.sh builds.
+type helmTools struct {
+	root, helm, yaml2json string
+}
+
+// tools runs hack/helm/build.sh (a no-op when its cache is current) and
+// returns the built tools. A failed build fails the test under CI=true
+// and skips it elsewhere.
+func tools(t testing.TB) helmTools {
+	t.Helper()
+	root := repoRoot(t)
+	dir := os.Getenv("EDGEWIRE_HELM_BIN")
+	if dir == "" {
+		dir = filepath.Join(root, ".cache", "tools")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "helm.stamp")); err != nil {
+		t.Logf("building helm into %s; the first build takes a few minutes (hack/helm/build.sh does it ahead of time)", dir)
+	}
+	out, err := exec.Command(filepath.Join(root, "hack", "helm", "build.sh")).CombinedOutput()
+	if len(out) > 0 {
+		t.Logf("hack/helm/build.sh: %s", bytes.TrimSpace(out))
+	}
+	if err != nil {
+		unavailable(t, "hack/helm/build.sh: %v\n%s", err, out)
+	}
+	return helmTools{root: root, helm: filepath.Join(dir, "helm"), yaml2json: filepath.Join(dir, "yaml2json")}
+}
+
+func (h helmTools) chart() string { return filepath.Join(h.root, "deploy", "helm", "edgewire") }
+
+// writeValues writes values as a JSON file (JSON is YAML) for helm -f.
+func writeValues(t testing.TB, values map[string]any) string {
+	t.Helper()
+	b, err := json.Marshal(values)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "values.json")
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// template runs helm template on the chart with values (nil: defaults)
+// and returns its YAML output, or an error holding helm's message.
+func (h helmTools) template(t testing.TB, values map[string]any) ([]byte, error) {
+	t.Helper()
+	args := []string{"template", release, h.chart(), "--namespace", namespace}
+	if values != nil {
+		args = append(args, "-f", writeValues(t, values))
+	}
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(h.helm, args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("helm %s: %w: %s", strings.Join(args, " "), err, stderr.String())
+	}
+	return stdout.Bytes(), nil
+}
+
+// objects converts a YAML stream into objects with yaml2json.
+func (h helmTools) objects(t testing.TB, yaml []byte) []object {
+	t.Helper()
+	cmd := exec.Command(h.yaml2json)
+	cmd.Stdin = bytes.NewReader(yaml)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("yaml2json: %v: %s", err, stderr.String())
+	}
+	var objs []object
+	for _, line := range bytes.Split(bytes.TrimSpace(out), []byte("\n")) {
+		if len(line) == 0 {
+			continue
+		}
+		var o object
+		if err := json.Unmarshal(line, &o); err != nil {
+			t.Fatalf("yaml2json output %q: %v", line, err)
+		}
+		objs = append(objs, o)
+	}
+	return objs
+}
+
+// render renders the chart and parses the result; a render error fails the test.
+func (h helmTools) render(t testing.TB, values map[string]any) []object {
+	t.Helper()
+	y, err := h.template(t, values)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h.objects(t, y)
+}
+
+// object is one rendered Kubernetes object as decoded JSON.
+type object map[string]any
+
+// get walks a path of map keys and returns what is there, or nil.
+func (o object) get(path ...string) any {
+	var cur any = map[string]any(o)
+	for _, k := range path {
+		m, ok := cur.(map[string]any)
+		if !ok {
+			return nil
+		}
+		cur = m[k]
+	}
+	return cur
+}
+
+func (o object) str(path ...string) string { s, _ := o.get(path...).(string); return s }
+func (o object) list(path ...string) []any { l, _ := o.get(path...).([]any); return l }
+func (o object) kind() string              { return o.str("kind") }
+func (o object) name() string              { return o.str("metadata", "name") }
+func (o object) String() string            { return o.kind() + "/" + o.name() }
+
+// sub wraps a nested map (e.g. a list element) as an object.
+func sub(v any) object { m, _ := v.(map[string]any); return object(m) }
+
+func find(objs []object, kind, name string) object {
+	for _, o := range objs {
+		if o.kind() == kind && o.name() == name {
+			return o
+		}
+	}
+	return nil
+}
+
+func mustFind(t testing.TB, objs []object, kind, name string) object {
+	t.Helper()
+	o := find(objs, kind, name)
+	if o == nil {
+		t.Fatalf("no %s %s among %v", kind, name, objs)
+	}
+	return o
+}
+
+func kindsAndNames(objs []object) []string {
+	var s []string
+	for _, o := range objs {
+		s = append(s, o.String())
+	}
+	sort.Strings(s)
+	return s
+}
+
+// container returns the first container of a workload's pod template.
+func container(o object) object { return sub(o.list("spec", "template", "spec", "containers")[0]) }
+
+func strs(l []any) []string {
+	var s []string
+	for _, v := range l {
+		s = append(s, fmt.Sprint(v))
+	}
+	return s
+}
+
+var clusterScoped = map[string]bool{"ClusterRole": true, "ClusterRoleBinding": true, "Namespace": true}
+
+// checkInvariants asserts what must hold for any values: identity fields,
+// namespaces, unique names, selectors that match their pods, Service
+// target ports that exist, and volume mounts with volumes.
+func checkInvariants(t *testing.T, objs []object) {
+	t.Helper()
+	if len(objs) == 0 {
+		t.Fatal("chart rendered no objects")
+	}
+	seen := map[string]bool{}
+	podLabels := map[string]map[string]any{} // workload -> pod labels
+	podPorts := map[string][]string{}        // workload -> container port names
+	for _, o := range objs {
+		if o.str("apiVersion") == "" || o.kind() == "" || o.name() == "" {
+			t.Errorf("object without apiVersion, kind or metadata.name: %v", o)
+			continue
+		}
+		if seen[o.String()] {
+			t.Errorf("%s rendered twice", o)
+		}
+		seen[o.String()] = true
+		if ns := o.str("metadata", "namespace"); clusterScoped[o.kind()] != (ns == "") || (ns != "" && ns != namespace) {
+			t.Errorf("%s: metadata.namespace %q; want %q for namespaced kinds and none for cluster-scoped", o, ns, namespace)
+		}
+		if got := o.str("metadata", "labels", "app.kubernetes.io/part-of"); got != "edgewire" {
+			t.Errorf("%s: label app.kubernetes.io/part-of: got %q, want edgewire", o, got)
+		}
+		switch o.kind() {
+		case "Deployment", "DaemonSet":
+			labels, _ := o.get("spec", "template", "metadata", "labels").(map[string]any)
+			sel, _ := o.get("spec", "selector", "matchLabels").(map[string]any)
+			if len(sel) == 0 {
+				t.Errorf("%s: empty selector", o)
+			}
+			for k, v := range sel {
+				if labels[k] != v {
+					t.Errorf("%s: selector %s=%v does not match pod label %v", o, k, v, labels[k])
+				}
+			}
+			podLabels[o.String()] = labels
+			pod := sub(o.get("spec", "template", "spec"))
+			volumes := map[string]bool{}
+			for _, v := range pod.list("volumes") {
+				volumes[sub(v).str("name")] = true
+			}
+			for _, c := range pod.list("containers") {
+				if sub(c).str("image") == "" {
+					t.Errorf("%s: container %s has no image", o, sub(c).str("name"))
+				}
+				for _, p := range sub(c).list("ports") {
+					podPorts[o.String()] = append(podPorts[o.String()], sub(p).str("name"))
+				}
+				for _, m := range sub(c).list("volumeMounts") {
+					if !volumes[sub(m).str("name")] {
+						t.Errorf("%s: volumeMount %s has no volume", o, sub(m).str("name"))
+					}
+				}
+			}
+		}
+	}
+	for _, o := range objs {
+		if o.kind() != "Service" {
+			continue
+		}
+		sel, _ := o.get("spec", "selector").(map[string]any)
+		var matched []string
+		for w, labels := range podLabels {
+			ok := len(sel) > 0
+			for k, v := range sel {
+				ok = ok && labels[k] == v
+			}
+			if ok {
+				matched = append(matched, w)
+			}
+		}
+		if len(matched) != 1 {
+			t.Errorf("%s: selector %v matches workloads %v; want exactly one", o, sel, matched)
+			continue
+		}
+		for _, p := range o.list("spec", "ports") {
+			if tp := sub(p).str("targetPort"); tp != "" && !slices.Contains(podPorts[matched[0]], tp) {
+				t.Errorf("%s: targetPort %q is not a port of %s (%v)", o, tp, matched[0], podPorts[matched[0]])
+			}
+		}
+	}
+}
+
+// servicePorts returns a Service's ports as "name port/protocol[:nodePort]".
+func servicePorts(o object) []string {
+	var s []string
+	for _, p := range o.list("spec", "ports") {
+		p := sub(p)
+		e := fmt.Sprintf("%s %v/%s", p.str("name"), p.get("port"), p.str("protocol"))
+		if np := p.get("nodePort"); np != nil {
+			e += fmt.Sprintf(":%v", np)
+		}
+		s = append(s, e)
+	}
+	return s
+}
+
+// tolerationKeys returns the tolerations as "key operator effect".
+func tolerationKeys(o object) []string {
+	var s []string
+	for _, v := range o.list("spec", "template", "spec", "tolerations") {
+		v := sub(v)
+		s = append(s, strings.TrimSpace(fmt.Sprintf("%s %s %s", v.str("key"), v.str("operator"), v.str("effect"))))
+	}
+	return s
+}
+
+func containsAll(t *testing.T, what string, got []string, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if !slices.Contains(got, w) {
+			t.Errorf("%s: got %q, want it to contain %q", what, got, w)
+		}
+	}
+}
+
+var defaultTolerations = []string{
+	"node-role.kubernetes.io/edge Exists NoSchedule",
+	"node-role.kubernetes.io/master Exists NoSchedule",
+	"node-role.kubernetes.io/control-plane Exists NoSchedule",
+}
+
+func TestChartDefaults(t *testing.T) {
+	h := tools(t)
+	objs := h.render(t, nil)
+	checkInvariants(t, objs)
+
+	want := []string{
+		"ClusterRole/edgewire-coordinator",
+		"ClusterRoleBinding/edgewire-coordinator",
+		"ConfigMap/edgewire-relay-map",
+		"DaemonSet/edgewire-agent",
+		"Deployment/edgewire-coordinator",
+		"PersistentVolumeClaim/edgewire-coordinator-data",
+		"Service/edgewire-coordinator",
+		"ServiceAccount/edgewire-coordinator",
+	}
+	if got := kindsAndNames(objs); !slices.Equal(got, want) {
+		t.Errorf("objects:\ngot  %q\nwant %q", got, want)
+	}
+
+	t.Run("rbac", func(t *testing.T) {
+		role := mustFind(t, objs, "ClusterRole", "edgewire-coordinator")
+		var grants []string
+		for _, r := range role.list("rules") {
+			r := sub(r)
+			if len(r.list("resourceNames")) > 0 || len(r.list("nonResourceURLs")) > 0 {
+				t.Errorf("rule %v: want no resourceNames or nonResourceURLs", r)
+			}
+			for _, g := range strs(r.list("apiGroups")) {
+				for _, res := range strs(r.list("resources")) {
+					for _, v := range strs(r.list("verbs")) {
+						grants = append(grants, fmt.Sprintf("%s/%s:%s", g, res, v))
+					}
+				}
+			}
+		}
+		sort.Strings(grants)
+		wantGrants := []string{
+			"/nodes:get", "/nodes:list", "/nodes:watch",
+			"/services:get", "/services:list", "/services:watch",
+			"discovery.k8s.io/endpointslices:get", "discovery.k8s.io/endpointslices:list", "discovery.k8s.io/endpointslices:watch",
+		}
+		if !slices.Equal(grants, wantGrants) {
+			t.Errorf("ClusterRole grants:\ngot  %q\nwant %q", grants, wantGrants)
+		}
+		b := mustFind(t, objs, "ClusterRoleBinding", "edgewire-coordinator")
+		if b.str("roleRef", "kind") != "ClusterRole" || b.str("roleRef", "name") != "edgewire-coordinator" {
+			t.Errorf("ClusterRoleBinding roleRef: got %v, want ClusterRole edgewire-coordinator", b.get("roleRef"))
+		}
+		subj := b.list("subjects")
+		if len(subj) != 1 || sub(subj[0]).str("kind") != "ServiceAccount" || sub(subj[0]).str("name") != "edgewire-coordinator" || sub(subj[0]).str("namespace") != namespace {
+			t.Errorf("ClusterRoleBinding subjects: got %v, want ServiceAccount %s/edgewire-coordinator", subj, namespace)
+		}
+	})
+
+	t.Run("coordinator", func(t *testing.T) {
+		d := mustFind(t, objs, "Deployment", "edgewire-coordinator")
+		if got := d.get("spec", "replicas"); got != float64(1) {
+			t.Errorf("replicas: got %v, want 1", got)
+		}
+		if got := d.str("spec", "strategy", "type"); got != "Recreate" {
+			t.Errorf("strategy: got %q, want Recreate", got)
+		}
+		if got := d.str("spec", "template", "spec", "serviceAccountName"); got != "edgewire-coordinator" {
+			t.Errorf("serviceAccountName: got %q, want edgewire-coordinator", got)
+		}
+		c := container(d)
+		containsAll(t, "coordinator args", strs(c.list("args")),
+			"--data-dir=/var/lib/edgewire/coordinator", "--listen=:8443", "--relay-listen=:8444", "--stun-listen=:3478",
+			"--overlay-prefix=100.64.0.0/10", "--in-cluster", "--relay-map=/etc/edgewire/relay-map/relays.json",
+			"--metrics-listen=127.0.0.1:9090")
+		for _, a := range strs(c.list("args")) {
+			if strings.HasPrefix(a, "--mesh-key-file") {
+				t.Errorf("coordinator args: got %q without a mesh key configured", a)
+			}
+		}
+		var pvc bool
+		for _, v := range d.list("spec", "template", "spec", "volumes") {
+			if sub(v).str("name") == "data" {
+				pvc = sub(v).str("persistentVolumeClaim", "claimName") == "edgewire-coordinator-data"
+			}
+		}
+		if !pvc {
+			t.Error("coordinator data volume: want PersistentVolumeClaim edgewire-coordinator-data")
+		}
+		if got := c.get("securityContext", "capabilities", "drop"); fmt.Sprint(got) != "[ALL]" {
+			t.Errorf("coordinator capabilities drop: got %v, want [ALL]", got)
+		}
+
+		s := mustFind(t, objs, "Service", "edgewire-coordinator")
+		if got := s.str("spec", "type"); got != "LoadBalancer" {
+			t.Errorf("Service type: got %q, want LoadBalancer", got)
+		}
+		if got := s.str("spec", "externalTrafficPolicy"); got != "Local" {
+			t.Errorf("externalTrafficPolicy: got %q, want Local (STUN must see the client's address)", got)
+		}
+		if got, want := servicePorts(s), []string{"grpc 8443/TCP", "relay 8444/TCP", "stun 3478/UDP"}; !slices.Equal(got, want) {
+			t.Errorf("Service ports: got %q, want %q", got, want)
+		}
+		cm := mustFind(t, objs, "ConfigMap", "edgewire-relay-map")
+		var rm map[string]any
+		if err := json.Unmarshal([]byte(cm.str("data", "relays.json")), &rm); err != nil {
+			t.Errorf("relays.json: %v", err)
+		} else if got := fmt.Sprint(rm); got != "map[regions:[]]" {
+			t.Errorf("relays.json: got %s, want an empty region list", got)
+		}
+	})
+
+	t.Run("agent", func(t *testing.T) {
+		ds := mustFind(t, objs, "DaemonSet", "edgewire-agent")
+		pod := sub(ds.get("spec", "template", "spec"))
+		if pod.get("hostNetwork") != true {
+			t.Error("hostNetwork: want true")
+		}
+		if got := pod.str("dnsPolicy"); got != "ClusterFirstWithHostNet" {
+			t.Errorf("dnsPolicy: got %q, want ClusterFirstWithHostNet", got)
+		}
+		if got := tolerationKeys(ds); !slices.Equal(got, defaultTolerations) {
+			t.Errorf("tolerations: got %q, want %q", got, defaultTolerations)
+		}
+		c := container(ds)
+		if c.get("securityContext", "privileged") != false {
+			t.Errorf("privileged: got %v, want false", c.get("securityContext", "privileged"))
+		}
+		add := strs(c.list("securityContext", "capabilities", "add"))
+		sort.Strings(add)
+		if want := []string{"NET_ADMIN", "NET_BIND_SERVICE", "NET_RAW"}; !slices.Equal(add, want) {
+			t.Errorf("capabilities add: got %q, want %q", add, want)
+		}
+		containsAll(t, "agent args", strs(c.list("args")),
+			"run", "--coordinator=edgewire-coordinator.edgewire.svc:8443", "--name=$(NODE_NAME)", "--services=auto",
+			"--state-dir=/var/lib/edgewire/agent")
+		env := map[string]object{}
+		for _, e := range c.list("env") {
+			env[sub(e).str("name")] = sub(e)
+		}
+		if got := env["NODE_NAME"].str("valueFrom", "fieldRef", "fieldPath"); got != "spec.nodeName" {
+			t.Errorf("NODE_NAME fieldPath: got %q, want spec.nodeName", got)
+		}
+		if got := env["EDGEWIRE_TOKEN"].str("valueFrom", "secretKeyRef", "name"); got != "edgewire-join-token" {
+			t.Errorf("EDGEWIRE_TOKEN secret: got %q, want edgewire-join-token", got)
+		}
+		hostPaths := map[string]string{}
+		for _, v := range pod.list("volumes") {
+			if p := sub(v).str("hostPath", "path"); p != "" {
+				hostPaths[p] = sub(v).str("hostPath", "type")
+			}
+		}
+		for p, typ := range map[string]string{
+			"/dev/net/tun":            "CharDevice",
+			"/var/lib/edgewire/agent": "DirectoryOrCreate",
+			"/var/run/wireguard":      "DirectoryOrCreate",
+			"/run/edgewire":           "DirectoryOrCreate",
+			"/run/xtables.lock":       "FileOrCreate",
+		} {
+			if hostPaths[p] != typ {
+				t.Errorf("hostPath %s: got type %q, want %q", p, hostPaths[p], typ)
+			}
+		}
+		if _, ok := hostPaths["/lib/modules"]; ok {
+			t.Error("hostPath /lib/modules: want it only with agent.mountLibModules")
+		}
+	})
+}
+
+// editedValues turns on the optional parts and changes the common knobs.
+func editedValues() map[string]any {
+	return map[string]any{
+		"overlayPrefixes": []any{"10.200.0.0/16", "fd7a:115c:a1e0::/48"},
+		"meshKey":         map[string]any{"value": "bWVzaC1rZXktZm9yLXRlc3RzLW9ubHktMDEyMzQ1Njc4OQ=="},
+		"relayMap": map[string]any{"regions": []any{map[string]any{
+			"id": 2, "name": "eu-west", "host": "relay-eu.example.com", "port": 8444,
+			"key": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", "stun_port": 3478,
+		}}},
+		"coordinator": map[string]any{
+			"service":     map[string]any{"type": "NodePort", "nodePorts": map[string]any{"grpc": 30443}},
+			"persistence": map[string]any{"enabled": false},
+			"adminToken":  map[string]any{"value": "admin-token-for-tests"},
+			"tlsSANs":     []any{"coord.example.com"},
+		},
+		"relay": map[string]any{
+			"enabled":   true,
+			"ticketKey": map[string]any{"value": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="},
+			"meshPeers": []any{"https://edgewire-coordinator.edgewire.svc:8444/relay=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="},
+			"service":   map[string]any{"type": "NodePort"},
+		},
+		"agent": map[string]any{
+			"coordinator":      "coord.example.com:8443",
+			"joinToken":        map[string]any{"value": "ewt1.abc.def.ghi"},
+			"extraTolerations": []any{map[string]any{"key": "example.com/dedicated", "operator": "Exists", "effect": "NoExecute"}},
+			"mountLibModules":  true,
+		},
+	}
+}
+
+func TestChartEditedValues(t *testing.T) {
+	h := tools(t)
+	objs := h.render(t, editedValues())
+	checkInvariants(t, objs)
+
+	for _, want := range []string{
+		"Deployment/edgewire-relay", "Service/edgewire-relay", "PersistentVolumeClaim/edgewire-relay-data",
+		"Secret/edgewire-mesh-key", "Secret/edgewire-relay-ticket-key", "Secret/edgewire-join-token", "Secret/edgewire-admin-token",
+	} {
+		if !slices.Contains(kindsAndNames(objs), want) {
+			t.Errorf("objects %q: want %s", kindsAndNames(objs), want)
+		}
+	}
+	if find(objs, "PersistentVolumeClaim", "edgewire-coordinator-data") != nil {
+		t.Error("coordinator PVC rendered with persistence off")
+	}
+
+	d := mustFind(t, objs, "Deployment", "edgewire-coordinator")
+	args := strs(container(d).list("args"))
+	containsAll(t, "coordinator args", args, "--overlay-prefix=10.200.0.0/16", "--overlay-prefix=fd7a:115c:a1e0::/48",
+		"--mesh-key-file=/etc/edgewire/mesh/mesh.key", "--tls-san=coord.example.com")
+	if slices.Contains(args, "--overlay-prefix=100.64.0.0/10") {
+		t.Errorf("coordinator args %q: want the default prefix replaced", args)
+	}
+	var mounts []string
+	for _, m := range container(d).list("volumeMounts") {
+		mounts = append(mounts, sub(m).str("mountPath"))
+	}
+	containsAll(t, "coordinator mounts", mounts, "/var/lib/edgewire/coordinator/admin.token")
+	for _, v := range d.list("spec", "template", "spec", "volumes") {
+		if sub(v).str("name") == "data" && sub(v).get("emptyDir") == nil {
+			t.Errorf("coordinator data volume: got %v, want emptyDir with persistence off", v)
+		}
+	}
+
+	s := mustFind(t, objs, "Service", "edgewire-coordinator")
+	if got := s.str("spec", "type"); got != "NodePort" {
+		t.Errorf("Service type: got %q, want NodePort", got)
+	}
+	if got, want := servicePorts(s), []string{"grpc 8443/TCP:30443", "relay 8444/TCP", "stun 3478/UDP"}; !slices.Equal(got, want) {
+		t.Errorf("Service ports: got %q, want %q", got, want)
+	}
+
+	r := mustFind(t, objs, "Deployment", "edgewire-relay")
+	containsAll(t, "relay args", strs(container(r).list("args")),
+		"--ticket-key=/etc/edgewire/ticket/ticket.key.pub", "--mesh-key-file=/etc/edgewire/mesh/mesh.key",
+		"--mesh-peer=https://edgewire-coordinator.edgewire.svc:8444/relay=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
+
+	cm := mustFind(t, objs, "ConfigMap", "edgewire-relay-map")
+	if !strings.Contains(cm.str("data", "relays.json"), `"relay-eu.example.com"`) {
+		t.Errorf("relays.json: got %s, want the eu-west region", cm.str("data", "relays.json"))
+	}
+
+	ds := mustFind(t, objs, "DaemonSet", "edgewire-agent")
+	if got, want := tolerationKeys(ds), append(slices.Clone(defaultTolerations), "example.com/dedicated Exists NoExecute"); !slices.Equal(got, want) {
+		t.Errorf("tolerations: got %q, want %q", got, want)
+	}
+	containsAll(t, "agent args", strs(container(ds).list("args")), "--coordinator=coord.example.com:8443")
+	sec := mustFind(t, objs, "Secret", "edgewire-join-token")
+	if got := sec.str("data", "token"); got != "ZXd0MS5hYmMuZGVmLmdoaQ==" {
+		t.Errorf("join token Secret data.token: got %q, want base64 of the token", got)
+	}
+}
+
+// TestChartRefusesIncompleteValues checks that values which would deploy
+// a broken relay or agent stop the render with a message saying what to set.
+func TestChartRefusesIncompleteValues(t *testing.T) {
+	h := tools(t)
+	cases := []struct {
+		name   string
+		values map[string]any
+		want   string
+	}{
+		{"relay without mesh key", map[string]any{"relay": map[string]any{"enabled": true, "ticketKey": map[string]any{"value": "x"}}}, "set meshKey.existingSecret or meshKey.value"},
+		{"relay without ticket key", map[string]any{"relay": map[string]any{"enabled": true}, "meshKey": map[string]any{"existingSecret": "m"}}, "relay.ticketKey"},
+		{"short mesh key", map[string]any{"meshKey": map[string]any{"value": "short"}}, "at least 32 characters"},
+		{"bad join token", map[string]any{"agent": map[string]any{"joinToken": map[string]any{"value": "hunter2"}}}, "must be a join token"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := h.template(t, tc.values)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("render error: got %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestChartLint(t *testing.T) {
+	h := tools(t)
+	for name, values := range map[string]map[string]any{"defaults": nil, "edited": editedValues()} {
+		t.Run(name, func(t *testing.T) {
+			args := []string{"lint", "--strict", h.chart(), "--namespace", namespace}
+			if values != nil {
+				args = append(args, "-f", writeValues(t, values))
+			}
+			if out, err := exec.Command(h.helm, args...).CombinedOutput(); err != nil {
+				t.Errorf("helm %s: %v\n%s", strings.Join(args, " "), err, out)
+			}
+			// NOTES.txt is rendered only by install; --dry-run=client needs no cluster.
+			args = []string{"install", release, h.chart(), "--namespace", namespace, "--dry-run=client"}
+			if values != nil {
+				args = append(args, "-f", writeValues(t, values))
+			}
+			out, err := exec.Command(h.helm, args...).CombinedOutput()
+			if err != nil {
+				t.Fatalf("helm %s: %v\n%s", strings.Join(args, " "), err, out)
+			}
+			if !strings.Contains(string(out), "NOTES:\nedgewire ") || !strings.Contains(string(out), "token create") {
+				t.Errorf("helm install --dry-run output has no NOTES with the join-token steps:\n%s", out)
+			}
+		})
+	}
+}
+
+// TestPlainManifestsMatchChart keeps deploy/kubernetes from drifting: the
+// committed edgewire.yaml must be exactly what deploy/render.sh makes.
+func TestPlainManifestsMatchChart(t *testing.T) {
+	h := tools(t)
+	out := filepath.Join(t.TempDir(), "edgewire.yaml")
+	if b, err := exec.Command(filepath.Join(h.root, "deploy", "render.sh"), out).CombinedOutput(); err != nil {
+		t.Fatalf("deploy/render.sh: %v\n%s", err, b)
+	}
+	want, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(filepath.Join(h.root, "deploy", "kubernetes", "edgewire.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("deploy/kubernetes/edgewire.yaml differs from the chart rendered with default values; run deploy/render.sh\n%s", firstDiff(got, want))
+	}
+	// The manifests hold what the chart renders, and their namespace exists.
+	if got, want := kindsAndNames(h.objects(t, got)), kindsAndNames(h.render(t, nil)); !slices.Equal(got, want) {
+		t.Errorf("deploy/kubernetes/edgewire.yaml objects: got %q, want %q", got, want)
+	}
+	ns := h.objects(t, []byte(readDeploy(t, "kubernetes/00-namespace.yaml")))
+	if len(ns) != 1 || ns[0].kind() != "Namespace" || ns[0].name() != namespace {
+		t.Errorf("deploy/kubernetes/00-namespace.yaml: got %v, want Namespace %s", ns, namespace)
+	}
+}
+
+// firstDiff describes the first line where a and b differ.
+func firstDiff(a, b []byte) string {
+	al, bl := strings.Split(string(a), "\n"), strings.Split(string(b), "\n")
+	for i := 0; i < len(al) || i < len(bl); i++ {
+		var x, y string
+		if i < len(al) {
+			x = al[i]
+		}
+		if i < len(bl) {
+			y = bl[i]
+		}
+		if x != y {
+			return fmt.Sprintf("line %d:\n  file:     %q\n  rendered: %q", i+1, x, y)
+		}
+	}
+	return "no line differs"
+}
