@@ -574,3 +574,46 @@ func TestRemapUDP(t *testing.T) {
 		t.Errorf("RemapUDP(%d, %d): got nil, want an error", hi, lo)
 	}
 }
+
+func TestAddPod(t *testing.T) {
+	Require(t)
+	l := New(t)
+	s := l.AddSite("s", NATEIM)
+	n := s.AddNode("n")
+	cidr := netip.MustParsePrefix("10.244.7.0/24")
+	p1, p2 := n.AddPod("p1", cidr), n.AddPod("p2", cidr)
+	ctx := context.Background()
+
+	for _, tc := range []struct {
+		pod  *Host
+		want string
+	}{{p1, "10.244.7.2"}, {p2, "10.244.7.3"}} {
+		if got := tc.pod.IP().String(); got != tc.want {
+			t.Errorf("pod %s address: got %s, want %s", tc.pod.Name(), got, tc.want)
+		}
+	}
+	if out := n.MustExec(t, "ip", "-4", "-o", "addr", "show", "dev", "pods"); !strings.Contains(out, "10.244.7.1/24") {
+		t.Errorf("node's pod bridge: got %q, want 10.244.7.1/24 on it", out)
+	}
+	// The site router learns the pod CIDR, as the overlay does for peers,
+	// so a reply proves the node forwards for its pods.
+	s.Router().MustExec(t, "ip", "route", "add", cidr.String(), "via", n.IP().String())
+	for _, tc := range []struct {
+		from *Host
+		to   netip.Addr
+	}{
+		{p1, p2.IP()},         // pod to pod on the bridge
+		{p2, n.IP()},          // pod to its node
+		{p1, s.gateway()},     // forwarded by the node
+		{n, p1.IP()},          // node to pod
+		{s.Router(), p2.IP()}, // routed in from the LAN
+	} {
+		got, err := tc.from.Ping(ctx, tc.to, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != 2 {
+			t.Errorf("%s ping %s: got %d replies, want 2", tc.from.Name(), tc.to, got)
+		}
+	}
+}

@@ -409,7 +409,7 @@ func (a *Agent) reconcile() error {
 		routes  []netip.Prefix
 	)
 	for _, p := range peers {
-		pc := wgdev.PeerConfig{PublicKey: p.Key, Keepalive: keepalive}
+		pc := wgdev.PeerConfig{PublicKey: p.Key}
 		for _, addr := range p.Addresses {
 			pc.AllowedIPs = append(pc.AllowedIPs, netip.PrefixFrom(addr, addr.BitLen()))
 		}
@@ -417,6 +417,10 @@ func (a *Agent) reconcile() error {
 		routes = append(routes, p.Routes...)
 		if path := a.trav.Path(p.Key); path.Kind != pathsel.None {
 			pc.Endpoint = path.Endpoint // the peer's address, or its synthetic relay endpoint
+			// Keepalive only with a path: turning it on makes WireGuard send
+			// at once, so the first handshake goes out the moment a path
+			// exists instead of after a failed attempt's 5 s back-off.
+			pc.Keepalive = keepalive
 		}
 		wgPeers = append(wgPeers, pc)
 	}

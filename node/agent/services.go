@@ -134,15 +134,18 @@ func (sl *servicesLayer) update(gen uint64, raw map[string]*api.Service, nodes m
 	if err != nil {
 		return err
 	}
-	if sl.dns != nil {
-		sl.dns.SetServices(t)
-	}
+	// Rules first, then names: a client that resolves a new Service and
+	// connects at once must find its DNAT rule in place (a UDP flow that
+	// misses it would stick to the untranslated conntrack entry).
 	if sl.proxy != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if err := sl.proxy.Apply(ctx, t); err != nil {
 			return fmt.Errorf("apply Service rules: %w", err)
 		}
+	}
+	if sl.dns != nil {
+		sl.dns.SetServices(t)
 	}
 	sl.gen = gen
 	return nil

@@ -356,8 +356,8 @@ func (s *Server) Run(ctx context.Context) error {
 	started := make(chan struct{}, 2)
 	notify := func() { started <- struct{}{} }
 	srvs := []*dns.Server{
-		{PacketConn: pc, Handler: h, NotifyStartedFunc: notify},
-		{Listener: ln, Handler: h, NotifyStartedFunc: notify},
+		{PacketConn: pc, Handler: h, NotifyStartedFunc: notify, MsgAcceptFunc: s.accept, MsgInvalidFunc: s.invalid},
+		{Listener: ln, Handler: h, NotifyStartedFunc: notify, MsgAcceptFunc: s.accept, MsgInvalidFunc: s.invalid},
 	}
 	errc := make(chan error, len(srvs))
 	for _, srv := range srvs {
@@ -393,6 +393,40 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("dns serve %s: %w", s.listen, err)
 	}
 	return nil
+}
+
+// accept is miekg/dns's header check (responses ignored, one question,
+// QUERY/NOTIFY only), counted and logged: those queries never reach
+// ServeDNS, which would otherwise not see them at all.
+func (s *Server) accept(dh dns.Header) dns.MsgAcceptAction {
+	action := dns.DefaultMsgAcceptFunc(dh)
+	switch action {
+	case dns.MsgAccept:
+	case dns.MsgIgnore:
+		s.stats.dropped.Add(1)
+		s.log.Debug("dns: ignoring a response sent as a query", "id", dh.Id)
+	case dns.MsgRejectNotImplemented:
+		s.stats.rejected.Add(1)
+		s.stats.rcode(dns.RcodeNotImplemented)
+		s.log.Debug("dns: refusing query", "id", dh.Id, "opcode", int(dh.Bits>>11)&0xF, "rcode", "NOTIMP")
+	default:
+		s.stats.rejected.Add(1)
+		s.stats.rcode(dns.RcodeFormatError)
+		s.log.Debug("dns: refusing malformed query", "id", dh.Id, "questions", dh.Qdcount, "rcode", "FORMERR")
+	}
+	return action
+}
+
+// invalid counts and logs messages miekg/dns could not parse (it answers
+// FORMERR when the header parsed, nothing otherwise).
+func (s *Server) invalid(m []byte, err error) {
+	s.stats.rejected.Add(1)
+	if len(m) >= 12 {
+		s.stats.rcode(dns.RcodeFormatError)
+	} else {
+		s.stats.dropped.Add(1)
+	}
+	s.log.Debug("dns: dropping unparsable query", "len", len(m), "err", err)
 }
 
 // Stats is a snapshot of the server's counters.

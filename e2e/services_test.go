@@ -1,0 +1,1030 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/edgewire/edgewire/e2e/cluster"
+	"github.com/edgewire/edgewire/e2e/kube"
+	"github.com/edgewire/edgewire/e2e/lab"
+)
+
+// The Services lab: names and addresses the test and its helpers share.
+const (
+	svcNS      = "demo"
+	svcDomain  = "svc.cluster.local"
+	meshDomain = "edgewire.internal"
+	podHTTP    = 8080 // the pods' HTTP port (the Service's targetPort)
+	podEcho    = 5353 // the pods' UDP echo port
+	socksPort  = 2222 // an "sshd" on a node's overlay address
+)
+
+var (
+	agentDNS   = netip.MustParseAddrPort("169.254.96.16:53") // the agent's DNS, its default address
+	agentSOCKS = netip.MustParseAddrPort("169.254.96.16:1080")
+	// ClusterIPs, inside kube.ServiceCIDR.
+	webIP   = netip.MustParseAddr("10.96.0.50")
+	ghostIP = netip.MustParseAddr("10.96.0.51")
+	sctpIP  = netip.MustParseAddr("10.96.0.52")
+	// Pod CIDRs by node, set on the Kubernetes Node objects.
+	podCIDRs = map[string]netip.Prefix{
+		"a": netip.MustParsePrefix("10.244.1.0/24"),
+		"b": netip.MustParsePrefix("10.244.2.0/24"),
+		"c": netip.MustParsePrefix("10.244.3.0/24"),
+	}
+)
+
+// TestServices is the Services layer end to end, against a real
+// kube-apiserver: the coordinator watches it, agents behind NATs answer
+// Service names from their DNS and DNAT ClusterIPs to pods on other nodes,
+// directly and through the relay, spread and stick to endpoints, drop a
+// deleted Service within seconds, refuse bad input without crashing,
+// proxy SOCKS5 to nodes by name, and leave nothing behind on SIGTERM.
+func TestServices(t *testing.T) {
+	lab.Require(t)
+	start := time.Now()
+	phase := func(name string) {
+		t.Logf("[%5.1fs] %s", time.Since(start).Seconds(), name)
+	}
+	l := lab.New(t)
+	cloud := l.AddPublicHost("cloud")
+	kc, cs := startKube(t, l, cloud)
+	phase("kube-apiserver ready")
+
+	ctx := ctxT(t, 5*time.Minute)
+	mustKube(t, "create namespace", func() error {
+		_, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: svcNS}}, metav1.CreateOptions{})
+		return err
+	})
+	// The coordinator routes each node's Node.spec.podCIDRs over the overlay.
+	for name, cidr := range podCIDRs {
+		mustKube(t, "create node "+name, func() error {
+			_, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{
+				ObjectMeta: metav1.ObjectMeta{Name: name},
+				Spec:       corev1.NodeSpec{PodCIDR: cidr.String(), PodCIDRs: []string{cidr.String()}},
+			}, metav1.CreateOptions{})
+			return err
+		})
+	}
+
+	coord := cluster.StartCoordinatorWith(t, l, cloud, cluster.CoordinatorOptions{Extra: []string{"--kubeconfig", kc.Kubeconfig}})
+	// Close the coordinator's watches before the API server stops (cleanups
+	// run last-registered first), or its graceful shutdown waits on them.
+	t.Cleanup(func() { coord.Proc.Stop(5 * time.Second) })
+	sa, sb, sc := l.AddSite("sa", lab.NATEIM), l.AddSite("sb", lab.NATEIM), l.AddSite("sc", lab.NATSymmetric)
+	behind := func(name string, kind natKind, s *lab.Site) *natNode {
+		return &natNode{name: name, spot: natSpot{kind, s.Router().Name()}, host: s.AddNode(name), nats: []*lab.Site{s}}
+	}
+	nodes := []*natNode{behind("a", natEIM, sa), behind("b", natEIM, sb), behind("c", natSym, sc)}
+	a, b, c := nodes[0], nodes[1], nodes[2]
+
+	// No upstream resolvers: a name the agents do not own must not leave the lab.
+	resolv := filepath.Join(l.Dir(), "resolv.conf")
+	if err := os.WriteFile(resolv, []byte("# the lab has no upstream resolvers\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	extra := map[string][]string{}
+	for _, n := range nodes {
+		extra[n.name] = []string{"--resolv-conf", resolv} // --services auto: no kube-proxy here, so on
+	}
+	startNodes(t, l, coord, nodes, extra)
+	defer matrixOnFailure(t, nodes, expectedPath)
+	waitPaths(t, nodes, expectedPath, 45*time.Second)
+	waitPodRoutes(t, nodes, 20*time.Second)
+	phase("agents up, a<->b direct, c relayed, pod CIDRs routed")
+
+	pb := b.host.AddPod("pb", podCIDRs["b"])
+	pc := c.host.AddPod("pc", podCIDRs["c"])
+	for _, p := range []*lab.Host{pb, pc} {
+		servePod(t, p)
+	}
+
+	mustKube(t, "create service web", func() error {
+		_, err := cs.CoreV1().Services(svcNS).Create(ctx, &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: "web"},
+			Spec: corev1.ServiceSpec{
+				ClusterIP: webIP.String(),
+				Ports: []corev1.ServicePort{
+					{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP, TargetPort: intstr.FromInt32(podHTTP)},
+					{Name: "echo", Port: 53, Protocol: corev1.ProtocolUDP, TargetPort: intstr.FromInt32(podEcho)},
+				},
+			},
+		}, metav1.CreateOptions{})
+		return err
+	})
+	webSlice := endpointSlice("web-1", "web", []podEndpoint{{pb.IP(), "b"}},
+		discoveryv1.EndpointPort{Name: new("http"), Port: new(int32(podHTTP)), Protocol: new(corev1.ProtocolTCP)},
+		discoveryv1.EndpointPort{Name: new("echo"), Port: new(int32(podEcho)), Protocol: new(corev1.ProtocolUDP)})
+	mustKube(t, "create endpointslice web-1", func() error {
+		_, err := cs.DiscoveryV1().EndpointSlices(svcNS).Create(ctx, webSlice, metav1.CreateOptions{})
+		return err
+	})
+	webName := "web." + svcNS + "." + svcDomain
+	webHTTP := "http://" + webIP.String() + "/"
+	webEcho := netip.AddrPortFrom(webIP, 53)
+
+	t.Run("service name resolves on every node", func(t *testing.T) {
+		t0 := time.Now()
+		for _, n := range nodes {
+			if err := waitDNS(n.host, webName, dns.RcodeSuccess, webIP, 15*time.Second); err != nil {
+				t.Errorf("%s: %v", n.name, err)
+			}
+		}
+		t.Logf("web resolved on every node %v after its creation", time.Since(t0).Round(time.Millisecond))
+		for _, peer := range nodes {
+			name := peer.name + "." + meshDomain
+			if err := waitDNS(a.host, name, dns.RcodeSuccess, peer.overlay, 5*time.Second); err != nil {
+				t.Errorf("a: %v", err)
+			}
+		}
+		ans, rc, err := dnsA(a.host, "nosuch."+svcNS+"."+svcDomain)
+		if err != nil || rc != dns.RcodeNameError {
+			t.Errorf("a: nosuch.%s.%s: got %s %v, %v; want NXDOMAIN", svcNS, svcDomain, dns.RcodeToString[rc], ans, err)
+		}
+	})
+	phase("DNS answers web")
+
+	// One pod, on b: a reaches it directly, c through the relay.
+	for _, n := range []*natNode{a, c} {
+		want := expectedPath(n.spot, b.spot)
+		t.Run(fmt.Sprintf("http and udp from %s to a pod on b (%s)", n.name, want), func(t *testing.T) {
+			snap, err := takeSnapshot(nodes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := snap.path(n, b); got != want {
+				t.Errorf("%s's path to b: got %s, want %s", n.name, got, want)
+			}
+			var body string
+			err = lab.Eventually(15*time.Second, 200*time.Millisecond, func() error {
+				body, err = httpGet(n.host, webHTTP)
+				return err
+			})
+			if err != nil {
+				t.Fatalf("GET %s from %s: %v", webHTTP, n.name, err)
+			}
+			if body != "pb" {
+				t.Errorf("GET %s from %s: got %q, want pod pb's name", webHTTP, n.name, body)
+			}
+			var reply string
+			err = lab.Eventually(10*time.Second, 200*time.Millisecond, func() error {
+				reply, err = udpExchange(n.host, webEcho, "hello from "+n.name)
+				return err
+			})
+			if err != nil {
+				t.Fatalf("udp %s from %s: %v", webEcho, n.name, err)
+			}
+			if want := "pb:hello from " + n.name; reply != want {
+				t.Errorf("udp %s from %s: got %q, want %q", webEcho, n.name, reply, want)
+			}
+		})
+	}
+	phase("ClusterIP TCP and UDP, direct and relayed")
+
+	t.Run("curl by service name with the agent as resolver", func(t *testing.T) {
+		if _, err := exec.LookPath("curl"); err != nil {
+			t.Skip("curl not installed")
+		}
+		useAgentResolver(t, a.host)
+		out, err := a.host.Exec(ctxT(t, 15*time.Second), "curl", "-sS", "--noproxy", "*", "--max-time", "10", "http://"+webName+"/")
+		if err != nil {
+			t.Fatalf("curl http://%s/ in a: %v", webName, err)
+		}
+		if out != "pb" {
+			t.Errorf("curl http://%s/ in a: got %q, want %q", webName, out, "pb")
+		}
+	})
+
+	t.Run("two pods on two nodes share the requests", func(t *testing.T) {
+		webSlice.Endpoints = podEndpoints([]podEndpoint{{pb.IP(), "b"}, {pc.IP(), "c"}})
+		mustKube(t, "update endpointslice web-1", func() error {
+			var err error
+			webSlice, err = cs.DiscoveryV1().EndpointSlices(svcNS).Update(ctx, webSlice, metav1.UpdateOptions{})
+			return err
+		})
+		waitRules(t, a, 10*time.Second, func(nat, _ string) error {
+			if want := "--to-destination " + netip.AddrPortFrom(pc.IP(), podHTTP).String(); !strings.Contains(nat, want) {
+				return fmt.Errorf("nat table lacks %q", want)
+			}
+			return nil
+		})
+		got := countPods(t, a.host, webHTTP, 40)
+		t.Logf("40 requests from a: %v", got)
+		for _, p := range []string{"pb", "pc"} {
+			if got[p] < 5 {
+				t.Errorf("pod %s served %d of 40 requests, want at least 5 (random spread over 2 endpoints)", p, got[p])
+			}
+		}
+	})
+
+	t.Run("client IP affinity sticks a client to one pod", func(t *testing.T) {
+		mustKube(t, "patch service web", func() error {
+			_, err := cs.CoreV1().Services(svcNS).Patch(ctx, "web", types.MergePatchType,
+				[]byte(`{"spec":{"sessionAffinity":"ClientIP"}}`), metav1.PatchOptions{})
+			return err
+		})
+		for _, n := range []*natNode{a, c} {
+			waitRules(t, n, 10*time.Second, func(nat, _ string) error {
+				if !strings.Contains(nat, "-m recent") {
+					return errors.New("nat table has no -m recent (affinity) rule")
+				}
+				return nil
+			})
+			got := countPods(t, n.host, webHTTP, 20)
+			t.Logf("20 requests from %s with affinity: %v", n.name, got)
+			if len(got) != 1 {
+				t.Errorf("20 requests from %s with ClientIP affinity: served by %v, want one pod", n.name, got)
+			}
+		}
+	})
+	phase("spread and affinity")
+
+	t.Run("socks5 reaches a node by name", func(t *testing.T) {
+		ln, err := b.host.ListenTCP(netip.AddrPortFrom(b.overlay, socksPort).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		const banner = "SSH-2.0-test\r\n"
+		go func() {
+			for range 4 { // bounded: the test connects at most twice
+				conn, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				conn.SetDeadline(time.Now().Add(10 * time.Second))
+				conn.Write([]byte(banner))
+				io.Copy(conn, conn) // echo until the client closes
+				conn.Close()
+			}
+		}()
+		for _, host := range []string{"b", "b." + meshDomain} {
+			conn, code, err := socksConnect(a.host, host, socksPort)
+			if err != nil {
+				t.Errorf("socks5 CONNECT %s:%d from a: %v", host, socksPort, err)
+				continue
+			}
+			if code != 0 {
+				conn.Close()
+				t.Errorf("socks5 CONNECT %s:%d from a: reply code %d, want 0 (succeeded)", host, socksPort, code)
+				continue
+			}
+			conn.SetDeadline(time.Now().Add(10 * time.Second))
+			got := make([]byte, len(banner))
+			if _, err := io.ReadFull(conn, got); err != nil || string(got) != banner {
+				t.Errorf("via socks5 to %s: banner got %q (%v), want %q", host, got, err, banner)
+			}
+			msg := "SSH-2.0-client " + host + "\r\n"
+			conn.Write([]byte(msg))
+			echo := make([]byte, len(msg))
+			if _, err := io.ReadFull(conn, echo); err != nil || string(echo) != msg {
+				t.Errorf("via socks5 to %s: echo got %q (%v), want %q", host, echo, err, msg)
+			}
+			conn.Close()
+		}
+		for _, host := range []string{"example.com", "nosuchnode", webIP.String()} {
+			conn, code, err := socksConnect(a.host, host, 80)
+			if err != nil {
+				t.Errorf("socks5 CONNECT %s:80 from a: %v, want a refusal reply", host, err)
+				continue
+			}
+			conn.Close()
+			if code == 0 {
+				t.Errorf("socks5 CONNECT %s:80 from a: reply code 0 (succeeded), want a refusal: not an overlay destination", host)
+			}
+		}
+	})
+	phase("socks5")
+
+	t.Run("bad input is refused without a crash", func(t *testing.T) {
+		// SCTP is a valid Kubernetes protocol that edgewire does not carry:
+		// the whole Service must be refused, its TCP port too.
+		mustKube(t, "create service sctp", func() error {
+			_, err := cs.CoreV1().Services(svcNS).Create(ctx, &corev1.Service{
+				ObjectMeta: metav1.ObjectMeta{Name: "sctp"},
+				Spec: corev1.ServiceSpec{
+					ClusterIP: sctpIP.String(),
+					Ports: []corev1.ServicePort{
+						{Name: "web", Port: 80, Protocol: corev1.ProtocolTCP},
+						{Name: "sig", Port: 9999, Protocol: corev1.ProtocolSCTP},
+					},
+				},
+			}, metav1.CreateOptions{})
+			return err
+		})
+		mustKube(t, "create endpointslice sctp-1", func() error {
+			_, err := cs.DiscoveryV1().EndpointSlices(svcNS).Create(ctx, endpointSlice("sctp-1", "sctp", []podEndpoint{{pb.IP(), "b"}},
+				discoveryv1.EndpointPort{Name: new("web"), Port: new(int32(podHTTP)), Protocol: new(corev1.ProtocolTCP)},
+				discoveryv1.EndpointPort{Name: new("sig"), Port: new(int32(9999)), Protocol: new(corev1.ProtocolSCTP)}), metav1.CreateOptions{})
+			return err
+		})
+		err := lab.Eventually(10*time.Second, 200*time.Millisecond, func() error {
+			for line := range strings.Lines(coord.Proc.Log()) {
+				if strings.Contains(line, "refusing invalid Service") && strings.Contains(line, svcNS+"/sctp") {
+					return nil
+				}
+			}
+			return errors.New("no \"refusing invalid Service\" line for demo/sctp in the coordinator log")
+		})
+		if err != nil {
+			t.Error(err)
+		}
+
+		// An endpoint on a node the mesh does not know: the Service is
+		// still a Service (kube-proxy would program it too).
+		mustKube(t, "create service ghost", func() error {
+			_, err := cs.CoreV1().Services(svcNS).Create(ctx, &corev1.Service{
+				ObjectMeta: metav1.ObjectMeta{Name: "ghost"},
+				Spec: corev1.ServiceSpec{
+					ClusterIP: ghostIP.String(),
+					Ports:     []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}},
+				},
+			}, metav1.CreateOptions{})
+			return err
+		})
+		mustKube(t, "create endpointslice ghost-1", func() error {
+			_, err := cs.DiscoveryV1().EndpointSlices(svcNS).Create(ctx, endpointSlice("ghost-1", "ghost",
+				[]podEndpoint{{netip.MustParseAddr("10.244.9.2"), "nosuchnode"}},
+				discoveryv1.EndpointPort{Name: new("http"), Port: new(int32(80)), Protocol: new(corev1.ProtocolTCP)}), metav1.CreateOptions{})
+			return err
+		})
+		ghostName := "ghost." + svcNS + "." + svcDomain
+		for _, n := range nodes {
+			if err := waitDNS(n.host, ghostName, dns.RcodeSuccess, ghostIP, 10*time.Second); err != nil {
+				t.Errorf("%s: %v", n.name, err)
+			}
+			// DNS takes a new map before the rules do: wait for ghost's rules.
+			var nat, filter string
+			err := lab.Eventually(10*time.Second, 100*time.Millisecond, func() error {
+				var err error
+				if nat, filter, err = svcTables(n.host); err != nil {
+					return err
+				}
+				if !strings.Contains(nat, "-d "+ghostIP.String()+"/32") {
+					return fmt.Errorf("Service ghost has no portal rule for %s in nat:\n%s", ghostIP, grepLines(nat, "EDGEWIRE-SERVICES"))
+				}
+				return nil
+			})
+			if err != nil {
+				t.Errorf("%s: %v", n.name, err)
+				continue
+			}
+			// ghost came after sctp: sctp's refusal has reached this node.
+			if ans, rc, err := dnsA(n.host, "sctp."+svcNS+"."+svcDomain); err != nil || rc != dns.RcodeNameError {
+				t.Errorf("%s: refused Service sctp: DNS got %s %v (%v), want NXDOMAIN", n.name, dns.RcodeToString[rc], ans, err)
+			}
+			if lines := grepLines(nat+filter, sctpIP.String(), svcNS+"/sctp"); lines != "" {
+				t.Errorf("%s: refused Service sctp has rules (half-applied):\n%s", n.name, lines)
+			}
+		}
+
+		// Garbage to the agent's DNS: no crash, FORMERR for a query whose
+		// header parses (RFC 1035 4.1.1), silence or an error for the
+		// rest, a log line, and real queries still answered.
+		dnsLines := func() int { return strings.Count(a.agent.Proc.Log(), "src=dns") }
+		before := dnsLines()
+		rnd := make([]byte, 512)
+		rand.Read(rnd)
+		rnd[2] |= 0x80 // a response: servers must not answer those
+		for _, g := range []struct {
+			name    string
+			msg     []byte
+			formerr bool // header parses as a query: FORMERR is the answer
+		}{
+			{"one byte", []byte{0x13}, false},
+			{"text", []byte("not a dns message at all, just text"), false},
+			{"five questions, none present", []byte{0x12, 0x34, 0x01, 0x00, 0x00, 0x05, 0, 0, 0, 0, 0, 0}, true},
+			{"label past the end", []byte{0xab, 0xcd, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0x3f, 'x'}, true},
+			{"compression loop", []byte{0xab, 0xce, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0xc0, 0x0c, 0, 1, 0, 1}, true},
+			{"random response", rnd, false},
+		} {
+			reply, err := udpRaw(a.host, agentDNS, g.msg, 500*time.Millisecond)
+			if err != nil {
+				t.Fatalf("garbage %s: %v", g.name, err)
+			}
+			var m dns.Msg
+			switch {
+			case reply == nil && !g.formerr:
+				// dropped: nothing to amplify
+			case reply == nil:
+				t.Errorf("garbage %s: no reply, want FORMERR", g.name)
+			case m.Unpack(reply) != nil:
+				t.Errorf("garbage %s: reply %x does not parse", g.name, reply)
+			case g.formerr && (m.Rcode != dns.RcodeFormatError || m.Id != uint16(g.msg[0])<<8|uint16(g.msg[1])):
+				t.Errorf("garbage %s: got id %#04x %s, want id %#02x%02x FORMERR", g.name, m.Id, dns.RcodeToString[m.Rcode], g.msg[0], g.msg[1])
+			case !g.formerr && m.Rcode == dns.RcodeSuccess:
+				t.Errorf("garbage %s: got NOERROR %v, want an error reply or none", g.name, m.Answer)
+			}
+		}
+		if err := tcpGarbage(a.host, agentDNS); err != nil {
+			t.Error(err)
+		}
+		if err := lab.Eventually(2*time.Second, 100*time.Millisecond, func() error {
+			if dnsLines() == before {
+				return errors.New("agent a logged nothing (no line with src=dns) about the malformed DNS queries")
+			}
+			return nil
+		}); err != nil {
+			t.Error(err)
+		}
+		if err := waitDNS(a.host, webName, dns.RcodeSuccess, webIP, 5*time.Second); err != nil {
+			t.Errorf("a after garbage: %v", err)
+		}
+		for _, n := range nodes {
+			if n.agent.Proc.Exited() {
+				t.Errorf("agent %s exited: %v", n.name, n.agent.Proc.ExitErr())
+			}
+		}
+		if coord.Proc.Exited() {
+			t.Errorf("coordinator exited: %v", coord.Proc.ExitErr())
+		}
+		if body, err := httpGet(a.host, webHTTP); err != nil || (body != "pb" && body != "pc") {
+			t.Errorf("GET %s from a after bad input: got %q, %v; want a pod's name", webHTTP, body, err)
+		}
+	})
+	phase("bad input")
+
+	t.Run("metrics show handshakes, relay bytes and DNS queries", func(t *testing.T) {
+		am, err := scrape(a.host, "127.0.0.1:9092")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v, ok := metricSum(am, "edgewire_agent_dns_queries_total", `rcode="NOERROR"`); !ok || v <= 0 {
+			t.Errorf("a: edgewire_agent_dns_queries_total{rcode=\"NOERROR\"}: got %v (present %v), want > 0", v, ok)
+		}
+		if v, ok := metricSum(am, "edgewire_agent_dns_queries_total", `rcode="NXDOMAIN"`); !ok || v <= 0 {
+			t.Errorf("a: edgewire_agent_dns_queries_total{rcode=\"NXDOMAIN\"}: got %v (present %v), want > 0", v, ok)
+		}
+		if _, ok := metricSum(am, "edgewire_agent_peer_handshake_age_seconds", ""); !ok {
+			t.Error("a: no edgewire_agent_peer_handshake_age_seconds samples, want one per peer with a handshake")
+		}
+		cm, err := scrape(cloud, "127.0.0.1:9090")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v, ok := metricSum(cm, "edgewire_relay_bytes_received_total", ""); !ok || v <= 0 {
+			t.Errorf("coordinator: edgewire_relay_bytes_received_total: got %v (present %v), want > 0 after relayed traffic from c", v, ok)
+		}
+		if v, ok := metricSum(cm, "edgewire_coordinator_streams", ""); !ok || v < float64(len(nodes)) {
+			t.Errorf("coordinator: edgewire_coordinator_streams: got %v (present %v), want >= %d", v, ok, len(nodes))
+		}
+		if v, ok := metricSum(cm, "edgewire_coordinator_services", ""); !ok || v < 2 {
+			t.Errorf("coordinator: edgewire_coordinator_services: got %v (present %v), want >= 2 (web, ghost)", v, ok)
+		}
+	})
+
+	t.Run("deleting the Service removes its name and rules within 10s", func(t *testing.T) {
+		t0 := time.Now()
+		mustKube(t, "delete service web", func() error {
+			return cs.CoreV1().Services(svcNS).Delete(ctx, "web", metav1.DeleteOptions{})
+		})
+		podDNAT := []string{
+			"--to-destination " + netip.AddrPortFrom(pb.IP(), podHTTP).String(),
+			"--to-destination " + netip.AddrPortFrom(pc.IP(), podHTTP).String(),
+			"--to-destination " + netip.AddrPortFrom(pb.IP(), podEcho).String(),
+		}
+		for _, n := range nodes {
+			err := lab.Eventually(10*time.Second-time.Since(t0), 100*time.Millisecond, func() error {
+				ans, rc, err := dnsA(n.host, webName)
+				if err != nil {
+					return err
+				}
+				if rc != dns.RcodeNameError {
+					return fmt.Errorf("DNS %s: got %s %v, want NXDOMAIN", webName, dns.RcodeToString[rc], ans)
+				}
+				nat, filter, err := svcTables(n.host)
+				if err != nil {
+					return err
+				}
+				needles := append([]string{webIP.String(), svcNS + "/web"}, podDNAT...)
+				if lines := grepLines(nat+filter, needles...); lines != "" {
+					return fmt.Errorf("rules of web remain:\n%s", lines)
+				}
+				// The check is not vacuous: ghost's rules are still there.
+				if !strings.Contains(nat, "-d "+ghostIP.String()+"/32") {
+					return fmt.Errorf("ghost's portal rule went too:\n%s", nat)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Errorf("%s: %v", n.name, err)
+			}
+		}
+		t.Logf("web gone from every node %v after the delete", time.Since(t0).Round(time.Millisecond))
+		if reply, err := udpRaw(a.host, webEcho, []byte("anyone?"), 500*time.Millisecond); err != nil || reply != nil {
+			t.Errorf("udp %s from a after the delete: got %q, %v; want no reply", webEcho, reply, err)
+		}
+	})
+	phase("delete")
+
+	t.Run("SIGTERM removes the agent's chains and DNS address", func(t *testing.T) {
+		nat, _, err := svcTables(a.host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(nat, "EDGEWIRE-") {
+			t.Fatalf("a has no EDGEWIRE chains before SIGTERM; the check below would be vacuous:\n%s", nat)
+		}
+		if err := a.agent.Proc.Stop(40 * time.Second); err != nil {
+			t.Errorf("agent a after SIGTERM: exit %v, want a clean exit", err)
+		}
+		for _, table := range []string{"nat", "filter", "mangle"} {
+			out := a.host.MustExec(t, "iptables-save", "-t", table)
+			if lines := grepLines(out, "EDGEWIRE"); lines != "" {
+				t.Errorf("a %s table after SIGTERM: got\n%s\nwant no EDGEWIRE chains or jumps", table, lines)
+			}
+		}
+		if out := a.host.MustExec(t, "ip", "-4", "-o", "addr"); strings.Contains(out, agentDNS.Addr().String()+"/") {
+			t.Errorf("a after SIGTERM: %s still on an interface:\n%s", agentDNS.Addr(), out)
+		}
+	})
+	phase("done")
+}
+
+// startKube runs etcd and kube-apiserver inside h's namespace (loopback
+// there) and returns the cluster and a client that dials through h.
+func startKube(t *testing.T, l *lab.Lab, h *lab.Host) (*kube.Cluster, kubernetes.Interface) {
+	t.Helper()
+	dial := func(ctx context.Context, _, addr string) (net.Conn, error) { return h.DialTCP(ctx, addr) }
+	kc := kube.StartConfig(t, kube.Config{
+		Dir: filepath.Join(l.Dir(), "kube"),
+		Run: func(name string, argv ...string) (func(), error) {
+			p, err := h.Start(name, nil, argv...)
+			if err != nil {
+				return nil, err
+			}
+			return func() { p.Stop(10 * time.Second) }, nil
+		},
+		DialContext: dial,
+	})
+	cs, err := kubernetes.NewForConfig(&rest.Config{
+		Host:            kc.URL,
+		BearerToken:     kc.Token,
+		TLSClientConfig: rest.TLSClientConfig{CAFile: kc.CAFile},
+		Dial:            dial,
+		Timeout:         20 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kc, cs
+}
+
+// mustKube runs one API call and fails the test with what it was on error.
+func mustKube(t *testing.T, what string, call func() error) {
+	t.Helper()
+	if err := call(); err != nil {
+		t.Fatalf("kubernetes: %s: %v", what, err)
+	}
+}
+
+type podEndpoint struct {
+	ip   netip.Addr
+	node string
+}
+
+func podEndpoints(eps []podEndpoint) []discoveryv1.Endpoint {
+	var out []discoveryv1.Endpoint
+	for _, e := range eps {
+		out = append(out, discoveryv1.Endpoint{
+			Addresses:  []string{e.ip.String()},
+			Conditions: discoveryv1.EndpointConditions{Ready: new(true)},
+			NodeName:   new(e.node),
+		})
+	}
+	return out
+}
+
+// endpointSlice is an IPv4 EndpointSlice of Service svc in svcNS.
+func endpointSlice(name, svc string, eps []podEndpoint, ports ...discoveryv1.EndpointPort) *discoveryv1.EndpointSlice {
+	return &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: name, Namespace: svcNS,
+			Labels: map[string]string{discoveryv1.LabelServiceName: svc},
+		},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   podEndpoints(eps),
+		Ports:       ports,
+	}
+}
+
+// waitPodRoutes waits until every agent lists each peer's pod CIDR as
+// that peer's route.
+func waitPodRoutes(t *testing.T, nodes []*natNode, timeout time.Duration) {
+	t.Helper()
+	err := lab.Eventually(timeout, 200*time.Millisecond, func() error {
+		snap, err := takeSnapshot(nodes)
+		if err != nil {
+			return err
+		}
+		for _, x := range nodes {
+			for _, y := range nodes {
+				if x == y {
+					continue
+				}
+				ps := snap.peer(x, y)
+				if ps == nil {
+					return fmt.Errorf("%s does not list %s", x.name, y.name)
+				}
+				if want := podCIDRs[y.name].String(); !strings.Contains(strings.Join(ps.Routes, " "), want) {
+					return fmt.Errorf("%s's routes of %s: got %v, want %s (its Node's podCIDRs)", x.name, y.name, ps.Routes, want)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// servePod runs the pod's workloads: HTTP on podHTTP answering the pod's
+// name, and a UDP echo on podEcho answering "<name>:<payload>". Both stop
+// when the lab closes their sockets.
+func servePod(t *testing.T, pod *lab.Host) {
+	t.Helper()
+	ln, err := pod.ListenTCP(fmt.Sprintf("0.0.0.0:%d", podHTTP))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			io.WriteString(w, pod.Name())
+		}),
+		ReadHeaderTimeout: 5 * time.Second,
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	uc, err := pod.ListenUDP(fmt.Sprintf("0.0.0.0:%d", podEcho))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := uc.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return // closed at teardown
+			}
+			uc.WriteToUDPAddrPort(append([]byte(pod.Name()+":"), buf[:n]...), from)
+		}
+	}()
+}
+
+// httpGet GETs url from inside h's namespace on a fresh connection (so
+// each request is a new DNAT decision) and returns the body of a 200.
+func httpGet(h *lab.Host, url string) (string, error) {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			return h.DialTCP(ctx, addr)
+		},
+		DisableKeepAlives: true,
+	}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("GET %s: %s: %q", url, resp.Status, body)
+	}
+	return string(body), nil
+}
+
+// countPods sends n GETs from h and counts the answers by pod name.
+func countPods(t *testing.T, h *lab.Host, url string, n int) map[string]int {
+	t.Helper()
+	got := map[string]int{}
+	for i := range n {
+		body, err := httpGet(h, url)
+		if err != nil {
+			t.Fatalf("request %d of %d from %s: %v", i+1, n, h.Name(), err)
+		}
+		got[body]++
+	}
+	return got
+}
+
+// udpRaw sends payload from a fresh socket in h's namespace and returns
+// the first reply within wait, nil when none came.
+func udpRaw(h *lab.Host, to netip.AddrPort, payload []byte, wait time.Duration) ([]byte, error) {
+	c, err := h.ListenUDP("0.0.0.0:0")
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	if _, err := c.WriteToUDPAddrPort(payload, to); err != nil {
+		return nil, fmt.Errorf("send to %s from %s: %w", to, h.Name(), err)
+	}
+	c.SetReadDeadline(time.Now().Add(wait))
+	buf := make([]byte, 4096)
+	n, from, err := c.ReadFromUDPAddrPort(buf)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read from %s in %s: %w", to, h.Name(), err)
+	}
+	if from != to {
+		return nil, fmt.Errorf("reply to %s in %s came from %s, want %s", to, h.Name(), from, to)
+	}
+	return buf[:n], nil
+}
+
+// udpExchange sends msg to to from h and returns the reply, which must
+// come back from to itself (the DNAT undone).
+func udpExchange(h *lab.Host, to netip.AddrPort, msg string) (string, error) {
+	reply, err := udpRaw(h, to, []byte(msg), 2*time.Second)
+	if err != nil {
+		return "", err
+	}
+	if reply == nil {
+		return "", fmt.Errorf("no reply from %s in %s within 2s", to, h.Name())
+	}
+	return string(reply), nil
+}
+
+// dnsA asks the agent's DNS in h's namespace for name's A records.
+func dnsA(h *lab.Host, name string) ([]netip.Addr, int, error) {
+	q := new(dns.Msg)
+	q.SetQuestion(dns.Fqdn(name), dns.TypeA)
+	wire, err := q.Pack()
+	if err != nil {
+		return nil, 0, err
+	}
+	reply, err := udpRaw(h, agentDNS, wire, 2*time.Second)
+	if err != nil {
+		return nil, 0, err
+	}
+	if reply == nil {
+		return nil, 0, fmt.Errorf("no DNS reply for %s from %s in %s within 2s", name, agentDNS, h.Name())
+	}
+	var m dns.Msg
+	if err := m.Unpack(reply); err != nil {
+		return nil, 0, fmt.Errorf("DNS reply for %s: %w", name, err)
+	}
+	if m.Id != q.Id {
+		return nil, 0, fmt.Errorf("DNS reply for %s: id %d, want %d", name, m.Id, q.Id)
+	}
+	var ips []netip.Addr
+	for _, rr := range m.Answer {
+		if a, ok := rr.(*dns.A); ok {
+			ip, _ := netip.AddrFromSlice(a.A.To4())
+			ips = append(ips, ip)
+		}
+	}
+	return ips, m.Rcode, nil
+}
+
+// waitDNS waits until name gets rcode and, for success, exactly want.
+func waitDNS(h *lab.Host, name string, rcode int, want netip.Addr, timeout time.Duration) error {
+	return lab.Eventually(timeout, 200*time.Millisecond, func() error {
+		ips, rc, err := dnsA(h, name)
+		if err != nil {
+			return err
+		}
+		if rc != rcode || (rcode == dns.RcodeSuccess && (len(ips) != 1 || ips[0] != want)) {
+			return fmt.Errorf("DNS %s: got %s %v, want %s %v", name, dns.RcodeToString[rc], ips, dns.RcodeToString[rcode], want)
+		}
+		return nil
+	})
+}
+
+// tcpGarbage sends a DNS-over-TCP frame of garbage and one whose length
+// prefix promises more than comes, and checks the server closes or answers
+// with an error rather than an answer.
+func tcpGarbage(h *lab.Host, to netip.AddrPort) error {
+	for _, frame := range [][]byte{
+		append([]byte{0, 20}, []byte("twenty bytes garbage")...),
+		{0xff, 0xff, 1, 2, 3},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		c, err := h.DialTCP(ctx, to.String())
+		cancel()
+		if err != nil {
+			return err
+		}
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		c.Write(frame)
+		c.CloseWrite()
+		reply, _ := io.ReadAll(c)
+		c.Close()
+		if len(reply) > 2 {
+			var m dns.Msg
+			if err := m.Unpack(reply[2:]); err == nil && m.Rcode == dns.RcodeSuccess && len(m.Answer) > 0 {
+				return fmt.Errorf("tcp garbage %q: got an answer %v, want an error or a close", frame, m.Answer)
+			}
+		}
+	}
+	return nil
+}
+
+// socksConnect asks the agent's SOCKS5 proxy in h's namespace to CONNECT
+// to host:port (as a domain name) and returns the connection and the
+// reply code.
+func socksConnect(h *lab.Host, host string, port uint16) (*net.TCPConn, byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := h.DialTCP(ctx, agentSOCKS.String())
+	if err != nil {
+		return nil, 0, err
+	}
+	c.SetDeadline(time.Now().Add(15 * time.Second))
+	fail := func(err error) (*net.TCPConn, byte, error) {
+		c.Close()
+		return nil, 0, err
+	}
+	if _, err := c.Write([]byte{5, 1, 0}); err != nil { // version 5, one method: no auth
+		return fail(err)
+	}
+	var sel [2]byte
+	if _, err := io.ReadFull(c, sel[:]); err != nil {
+		return fail(fmt.Errorf("method selection: %w", err))
+	}
+	if sel != [2]byte{5, 0} {
+		return fail(fmt.Errorf("method selection: got %x, want 0500", sel))
+	}
+	req := append([]byte{5, 1, 0, 3, byte(len(host))}, host...) // CONNECT, domain name
+	req = append(req, byte(port>>8), byte(port))
+	if _, err := c.Write(req); err != nil {
+		return fail(err)
+	}
+	var rep [10]byte // VER REP RSV ATYP=IPv4 ADDR(4) PORT(2)
+	if _, err := io.ReadFull(c, rep[:]); err != nil {
+		return fail(fmt.Errorf("connect reply: %w", err))
+	}
+	if rep[0] != 5 || rep[3] != 1 {
+		return fail(fmt.Errorf("connect reply: got %x, want version 5 and an IPv4 bound address", rep))
+	}
+	c.SetDeadline(time.Time{})
+	return c, rep[1], nil
+}
+
+// svcTables returns iptables-save of h's nat and filter tables.
+func svcTables(h *lab.Host) (nat, filter string, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if nat, err = h.Exec(ctx, "iptables-save", "-t", "nat"); err != nil {
+		return "", "", err
+	}
+	filter, err = h.Exec(ctx, "iptables-save", "-t", "filter")
+	return nat, filter, err
+}
+
+// waitRules waits until check accepts n's nat and filter tables.
+func waitRules(t *testing.T, n *natNode, timeout time.Duration, check func(nat, filter string) error) {
+	t.Helper()
+	err := lab.Eventually(timeout, 100*time.Millisecond, func() error {
+		nat, filter, err := svcTables(n.host)
+		if err != nil {
+			return err
+		}
+		return check(nat, filter)
+	})
+	if err != nil {
+		t.Fatalf("%s: %v", n.name, err)
+	}
+}
+
+// grepLines returns the lines of s containing any of needles.
+func grepLines(s string, needles ...string) string {
+	var b strings.Builder
+	for line := range strings.Lines(s) {
+		for _, n := range needles {
+			if strings.Contains(line, n) {
+				b.WriteString(line)
+				break
+			}
+		}
+	}
+	return b.String()
+}
+
+// useAgentResolver makes processes started with `ip netns exec` in h use
+// the agent's DNS: ip-netns bind-mounts /etc/netns/<ns>/resolv.conf over
+// /etc/resolv.conf for them (a per-namespace file; the root namespace's
+// own resolv.conf is untouched). Removed when the test ends.
+func useAgentResolver(t *testing.T, h *lab.Host) {
+	t.Helper()
+	const base = "/etc/netns"
+	_, err := os.Stat(base)
+	created := errors.Is(err, os.ErrNotExist)
+	dir := filepath.Join(base, h.NS())
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		os.RemoveAll(dir)
+		if created {
+			os.Remove(base) // only if still empty
+		}
+	})
+	conf := "nameserver " + agentDNS.Addr().String() + "\noptions ndots:1 timeout:2 attempts:2\n"
+	if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// scrape GETs http://addr/metrics inside h's namespace.
+func scrape(h *lab.Host, addr string) (string, error) {
+	return httpGet(h, "http://"+addr+"/metrics")
+}
+
+// metricSum adds the samples of the metric name (Prometheus text format)
+// whose label set contains label (e.g. `rcode="NOERROR"`; "" for all).
+// ok is false when no sample matched.
+func metricSum(text, name, label string) (sum float64, ok bool) {
+	sc := bufio.NewScanner(strings.NewReader(text))
+	for sc.Scan() {
+		line := sc.Text()
+		rest, found := strings.CutPrefix(line, name)
+		if !found {
+			continue // other metrics, and # HELP / # TYPE lines
+		}
+		var labels string
+		switch {
+		case strings.HasPrefix(rest, "{"):
+			end := strings.Index(rest, "}")
+			if end < 0 {
+				continue
+			}
+			labels, rest = rest[1:end], rest[end+1:]
+		case strings.HasPrefix(rest, " "):
+		default:
+			continue // a longer metric name with this prefix
+		}
+		if label != "" && !strings.Contains(labels, label) {
+			continue
+		}
+		f := strings.Fields(rest)
+		if len(f) == 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(f[0], 64)
+		if err != nil {
+			continue
+		}
+		sum += v
+		ok = true
+	}
+	return sum, ok
+}
+
+func TestMetricSum(t *testing.T) {
+	const text = `# HELP edgewire_agent_dns_queries_total DNS queries answered, by response code.
+# TYPE edgewire_agent_dns_queries_total counter
+edgewire_agent_dns_queries_total{rcode="NOERROR"} 12
+edgewire_agent_dns_queries_total{rcode="NXDOMAIN"} 3
+edgewire_agent_dns_queries_total_extra 100
+edgewire_coordinator_streams 3
+edgewire_relay_bytes_received_total 1.5e+06
+`
+	for _, tc := range []struct {
+		name, label string
+		want        float64
+		wantOK      bool
+	}{
+		{"edgewire_agent_dns_queries_total", `rcode="NOERROR"`, 12, true},
+		{"edgewire_agent_dns_queries_total", "", 15, true},
+		{"edgewire_agent_dns_queries_total", `rcode="SERVFAIL"`, 0, false},
+		{"edgewire_coordinator_streams", "", 3, true},
+		{"edgewire_relay_bytes_received_total", "", 1.5e6, true},
+		{"edgewire_coordinator", "", 0, false}, // a prefix is not a name
+		{"edgewire_missing", "", 0, false},
+	} {
+		got, ok := metricSum(text, tc.name, tc.label)
+		if got != tc.want || ok != tc.wantOK {
+			t.Errorf("metricSum(%s, %q): got %v %v, want %v %v", tc.name, tc.label, got, ok, tc.want, tc.wantOK)
+		}
+	}
+}
