@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -136,6 +138,26 @@ func TestFoundation(t *testing.T) {
 		}
 		if strings.TrimSpace(out) != "null" && strings.TrimSpace(out) != "[]" {
 			t.Errorf("refused joins left nodes behind: %s", out)
+		}
+	})
+
+	t.Run("admin over TLS needs the admin token", func(t *testing.T) {
+		cli := cluster.Bin(t, "edgewire")
+		ca := filepath.Join(coord.DataDir, "pki", "ca.crt")
+		good := filepath.Join(coord.DataDir, "admin.token")
+		bad := filepath.Join(l.Dir(), "wrong.token")
+		if err := os.WriteFile(bad, []byte("ewadm1.0000\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		run := func(tokenFile string) (string, error) {
+			return hosts[0].Exec(ctxT(t, 20*time.Second), cli, "--coordinator", coord.Addr(),
+				"--admin-token-file", tokenFile, "--ca-file", ca, "token", "list")
+		}
+		if out, err := run(good); err != nil {
+			t.Errorf("token list over TLS with the admin token: %v\n%s", err, out)
+		}
+		if out, err := run(bad); err == nil || !strings.Contains(out, "admin token") {
+			t.Errorf("token list with a wrong token: got err=%v output %q, want a refusal naming the admin token", err, out)
 		}
 	})
 
