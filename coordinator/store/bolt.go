@@ -107,17 +107,16 @@ type tokenRecord struct {
 
 // nodeRecord is the stored form of Node.
 type nodeRecord struct {
-	V         int              `json:"v"`
-	Key       NodeKey          `json:"key"`
-	Name      string           `json:"name"`
-	Hostname  string           `json:"hostname,omitempty"`
-	Addresses []netip.Addr     `json:"addresses,omitempty"`
-	Routes    []netip.Prefix   `json:"routes,omitempty"`
-	Endpoints []netip.AddrPort `json:"endpoints,omitempty"`
-	Tags      []string         `json:"tags,omitempty"`
-	CreatedAt time.Time        `json:"created_at"`
-	LastSeen  time.Time        `json:"last_seen"`
-	TokenID   string           `json:"token_id,omitempty"`
+	V         int            `json:"v"`
+	Key       NodeKey        `json:"key"`
+	Name      string         `json:"name"`
+	Hostname  string         `json:"hostname,omitempty"`
+	Addresses []netip.Addr   `json:"addresses,omitempty"`
+	Routes    []netip.Prefix `json:"routes,omitempty"`
+	Tags      []string       `json:"tags,omitempty"`
+	CreatedAt time.Time      `json:"created_at"`
+	LastSeen  time.Time      `json:"last_seen"`
+	TokenID   string         `json:"token_id,omitempty"`
 }
 
 // decode unmarshals a record and checks its schema version.
@@ -168,7 +167,6 @@ func decodeNode(data []byte) (Node, error) {
 		Hostname:  r.Hostname,
 		Addresses: r.Addresses,
 		Routes:    r.Routes,
-		Endpoints: r.Endpoints,
 		Tags:      r.Tags,
 		CreatedAt: r.CreatedAt,
 		LastSeen:  r.LastSeen,
@@ -299,7 +297,6 @@ func (t boltTx) PutNode(n Node) error {
 		Hostname:  n.Hostname,
 		Addresses: n.Addresses,
 		Routes:    n.Routes,
-		Endpoints: n.Endpoints,
 		Tags:      n.Tags,
 		CreatedAt: n.CreatedAt,
 		LastSeen:  n.LastSeen,

@@ -41,7 +41,6 @@ func testNode(k byte, name string) Node {
 		Hostname:  name + ".example",
 		Addresses: []netip.Addr{netip.MustParseAddr("100.64.0.1"), netip.MustParseAddr("fd7a:115c::1")},
 		Routes:    []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")},
-		Endpoints: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:51820"), netip.MustParseAddrPort("[2001:db8::1]:51820")},
 		Tags:      []string{"tag:k8s"},
 		CreatedAt: t0,
 		LastSeen:  t0.Add(time.Minute),

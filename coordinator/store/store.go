@@ -41,7 +41,6 @@ type Node struct {
 	Hostname  string         // as the node reported it
 	Addresses []netip.Addr   // overlay addresses: one per configured family
 	Routes    []netip.Prefix // advertised routes (pod CIDRs, site subnets)
-	Endpoints []netip.AddrPort
 	Tags      []string
 	CreatedAt time.Time
 	LastSeen  time.Time
