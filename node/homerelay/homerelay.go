@@ -44,6 +44,18 @@ const (
 	switchMin = 10 * time.Millisecond
 )
 
+// Conn is a connection to one relay; *relay.Client is the real one.
+type Conn interface {
+	Run(ctx context.Context) error
+	Send(dst [32]byte, pkt []byte) error
+	SetTicket(t []byte)
+	Connected() bool
+	Ping(ctx context.Context) (time.Duration, error)
+	LastError() error
+}
+
+var _ Conn = (*relay.Client)(nil)
+
 // Config configures a Manager.
 type Config struct {
 	PrivateKey [32]byte
@@ -54,6 +66,8 @@ type Config struct {
 	// Probe measures the latency to a region (nil: an HTTPS GET of
 	// /relay/probe on a fresh connection).
 	Probe func(ctx context.Context, r Region) (time.Duration, error)
+	// Dial creates the connection to a relay (nil: a relay.Client).
+	Dial func(r Region, ticket []byte) (Conn, error)
 }
 
 // Status describes the home relay.
@@ -66,7 +80,7 @@ type Status struct {
 
 type home struct {
 	region Region
-	client *relay.Client
+	client Conn
 	cancel context.CancelFunc
 	done   chan struct{}
 	since  time.Time // when it last connected, or was started
@@ -99,6 +113,14 @@ func New(cfg Config) *Manager {
 	}
 	if cfg.Probe == nil {
 		cfg.Probe = probeHTTPS
+	}
+	if cfg.Dial == nil {
+		cfg.Dial = func(r Region, ticket []byte) (Conn, error) {
+			return relay.NewClient(relay.ClientConfig{
+				URL: "https://" + r.Addr + "/relay", ServerKey: r.Key, PrivateKey: cfg.PrivateKey,
+				Ticket: ticket, OnPacket: cfg.OnPacket, Logger: cfg.Logger.With("relay", r.Name),
+			})
+		}
 	}
 	return &Manager{cfg: cfg, log: cfg.Logger, kick: make(chan struct{}, 1), latency: map[uint32]time.Duration{}}
 }
@@ -388,10 +410,7 @@ func (m *Manager) switchTo(ctx context.Context, r Region) {
 	m.mu.Lock()
 	ticket := slices.Clone(m.ticket)
 	m.mu.Unlock()
-	c, err := relay.NewClient(relay.ClientConfig{
-		URL: "https://" + r.Addr + "/relay", ServerKey: r.Key, PrivateKey: m.cfg.PrivateKey,
-		Ticket: ticket, OnPacket: m.cfg.OnPacket, Logger: m.log.With("relay", r.Name),
-	})
+	c, err := m.cfg.Dial(r, ticket)
 	if err != nil {
 		m.log.Warn("relay client", "relay", r.Name, "err", err)
 		return
