@@ -132,7 +132,9 @@ func (s *Source) Run(ctx context.Context, sink svcsource.Sink) error {
 		if !ok {
 			return
 		}
-		sink.SetPodCIDRs(n.Name, s.podCIDRs(n))
+		if err := sink.SetPodCIDRs(n.Name, s.podCIDRs(n)); err != nil {
+			s.log.Error("refusing pod CIDRs", "err", err)
+		}
 	}
 	if _, err := nodeInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    nodeHandler,
@@ -142,7 +144,7 @@ func (s *Source) Run(ctx context.Context, sink svcsource.Sink) error {
 				obj = d.Obj
 			}
 			if n, ok := obj.(*corev1.Node); ok {
-				sink.SetPodCIDRs(n.Name, nil)
+				sink.SetPodCIDRs(n.Name, nil) // removing cannot overlap
 			}
 		},
 	}); err != nil {

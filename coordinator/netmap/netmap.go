@@ -8,6 +8,7 @@ package netmap
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"sort"
@@ -50,7 +51,8 @@ type entry struct {
 
 // Registry is safe for concurrent use.
 type Registry struct {
-	prefixes []string // overlay prefixes, sent in full maps
+	prefixes []string       // overlay prefixes, sent in full maps
+	overlay  []netip.Prefix // the same, parsed
 	maxLog   int
 	now      func() time.Time
 
@@ -77,6 +79,7 @@ func New(prefixes []netip.Prefix) *Registry {
 		podCIDRs: make(map[string][]netip.Prefix),
 		subs:     make(map[*Sub]struct{}),
 	}
+	r.overlay = prefixes
 	for _, p := range prefixes {
 		r.prefixes = append(r.prefixes, p.String())
 	}
@@ -155,12 +158,38 @@ func (r *Registry) Services() int {
 }
 
 // SetPodCIDRs records the pod CIDRs Kubernetes assigned to the node named
-// node; they become routes of that node (now, or when it registers).
-func (r *Registry) SetPodCIDRs(node string, cidrs []netip.Prefix) {
+// node; they become routes of that node (now, or when it registers). CIDRs
+// that overlap the overlay or another node's routes are refused whole,
+// with the node keeping what it had.
+func (r *Registry) SetPodCIDRs(node string, cidrs []netip.Prefix) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if slices.Equal(r.podCIDRs[node], cidrs) {
-		return
+		return nil
+	}
+	for _, c := range cidrs {
+		if c != c.Masked() {
+			return fmt.Errorf("node %s: pod CIDR %s has host bits set", node, c)
+		}
+		for _, o := range r.overlay {
+			if o.Overlaps(c) {
+				return fmt.Errorf("node %s: pod CIDR %s overlaps the overlay prefix %s", node, c, o)
+			}
+		}
+		for other, ocs := range r.podCIDRs {
+			for _, oc := range ocs {
+				if other != node && oc.Overlaps(c) {
+					return fmt.Errorf("node %s: pod CIDR %s overlaps node %s's pod CIDR %s", node, c, other, oc)
+				}
+			}
+		}
+		for _, e := range r.nodes {
+			for _, rt := range e.node.Routes {
+				if e.node.Name != node && rt.Overlaps(c) {
+					return fmt.Errorf("node %s: pod CIDR %s overlaps route %s advertised by node %s", node, c, rt, e.node.Name)
+				}
+			}
+		}
 	}
 	if len(cidrs) == 0 {
 		delete(r.podCIDRs, node)
@@ -173,6 +202,27 @@ func (r *Registry) SetPodCIDRs(node string, cidrs []netip.Prefix) {
 			r.changedLocked(k, e)
 		}
 	}
+	return nil
+}
+
+// CheckRoutes reports whether routes advertised by the node named node
+// overlap another node's routes or pod CIDRs.
+func (r *Registry) CheckRoutes(node string, routes []netip.Prefix) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range routes {
+		for _, e := range r.nodes {
+			if e.node.Name == node {
+				continue
+			}
+			for _, rt := range append(slices.Clip(e.node.Routes), e.podCIDRs...) {
+				if rt.Overlaps(c) {
+					return fmt.Errorf("route %s overlaps %s of node %s", c, rt, e.node.Name)
+				}
+			}
+		}
+	}
+	return nil
 }
 
 func (r *Registry) serviceChangedLocked(key string) {

@@ -261,6 +261,10 @@ func (s *Server) Join(ctx context.Context, req *api.JoinRequest) (*api.JoinRespo
 		if err := token.Check(st, tok.Secret, now); err != nil {
 			return status.Error(codes.PermissionDenied, err.Error())
 		}
+		// Only a token holder learns whether its routes clash.
+		if err := s.reg.CheckRoutes(name, routes); err != nil {
+			return status.Error(codes.InvalidArgument, err.Error())
+		}
 		if other, err := tx.NodeByName(name); err == nil && other.Key != key {
 			return status.Errorf(codes.AlreadyExists, "node name %q is taken by another node; choose another with --name or delete the old node", name)
 		}

@@ -21,9 +21,9 @@ import (
 // Sink receives the Service map. Implementations are safe for concurrent
 // use and treat the Services they get as read-only.
 type Sink interface {
-	SetService(svc *api.Service) // add or replace
-	DeleteService(key string)    // "namespace/name"
-	SetPodCIDRs(node string, cidrs []netip.Prefix)
+	SetService(svc *api.Service)                         // add or replace
+	DeleteService(key string)                            // "namespace/name"
+	SetPodCIDRs(node string, cidrs []netip.Prefix) error // refuses overlapping CIDRs
 }
 
 // Source feeds a Sink until ctx ends.
