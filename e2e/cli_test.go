@@ -106,3 +106,43 @@ func TestCLI(t *testing.T) {
 		}
 	})
 }
+
+// TestRestartWithoutCoordinator: an agent restarted while the coordinator
+// (and its embedded relay) is down comes back on its saved network map
+// and saved relay ticket, and reaches a peer through the standalone relay.
+func TestRestartWithoutCoordinator(t *testing.T) {
+	lab.Require(t)
+	l := lab.New(t)
+	coord, _ := startMeshedRelays(t, l)
+	tok := coord.Token("--uses", "2")
+	opts := cluster.AgentOptions{Token: tok, Extra: []string{"--relay-region", "2"}}
+	a := cluster.StartAgent(t, l, l.AddSite("sa", lab.NATSymmetric).AddNode("a"), coord, "a", opts)
+	b := cluster.StartAgent(t, l, l.AddSite("sb", lab.NATSymmetric).AddNode("b"), coord, "b", opts)
+	a.WaitPeers(1, 30*time.Second)
+	b.WaitPeers(1, 30*time.Second)
+	aIP := a.OverlayIP()
+	mustPing(t, b, aIP, 2)
+
+	coord.Proc.Kill()
+	if err := b.Proc.Stop(10 * time.Second); err != nil {
+		t.Fatalf("stop b: %v", err)
+	}
+	b.Start()
+	err := lab.Eventually(20*time.Second, 500*time.Millisecond, func() error {
+		st, err := b.Status()
+		if err != nil {
+			return err
+		}
+		if st.Self.Connected {
+			return fmt.Errorf("connected to a coordinator that is down?")
+		}
+		if len(st.Peers) != 1 || st.Peers[0].Path != "relay" || st.Peers[0].Relay != "r2" {
+			return fmt.Errorf("peers %+v, want a on relay r2", st.Peers)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("restarted b: %v", err)
+	}
+	mustPing(t, b, aIP, 3)
+}

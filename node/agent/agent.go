@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -25,6 +26,7 @@ import (
 	"github.com/edgewire/edgewire/dataplane/bind"
 	"github.com/edgewire/edgewire/dataplane/linkconf"
 	"github.com/edgewire/edgewire/dataplane/wgdev"
+	"github.com/edgewire/edgewire/internal/atomicfile"
 	"github.com/edgewire/edgewire/internal/sdnotify"
 	"github.com/edgewire/edgewire/internal/telemetry"
 	"github.com/edgewire/edgewire/node/control"
@@ -236,7 +238,7 @@ func Run(ctx context.Context, cfg Config) error {
 	a.cc, err = control.New(control.Config{
 		Enrolment: enr, PrivateKey: key, Hostname: host, Logger: log, OnMap: a.onMap,
 		OnSignal: func(s *api.Signal) { a.trav.HandleSignal(s) },
-		OnTicket: func(t *api.RelayTicket) { a.home.SetTicket(t.GetTicket()) },
+		OnTicket: a.onTicket,
 	})
 	if err != nil {
 		return err
@@ -256,6 +258,14 @@ func Run(ctx context.Context, cfg Config) error {
 		OnChange: a.trav.SetRelay,
 	})
 	a.bind.SetRelay(a.home)
+	// A saved, unexpired ticket lets a restarted agent use the relays
+	// while the coordinator is unreachable.
+	if b, err := os.ReadFile(filepath.Join(cfg.StateDir, ticketFile)); err == nil {
+		if exp, err := strconv.ParseInt(strings.TrimSpace(string(b[:min(len(b), 20)])), 10, 64); err == nil && time.Unix(exp, 0).After(time.Now()) && len(b) > 21 {
+			a.home.SetTicket(b[21:])
+			log.Info("using saved relay ticket", "expires", time.Unix(exp, 0))
+		}
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -341,6 +351,19 @@ func (a *Agent) markDirty() {
 	select {
 	case a.dirty <- struct{}{}:
 	default:
+	}
+}
+
+// ticketFile holds the last relay ticket: 20 bytes of decimal expiry
+// (unix seconds, space padded), a newline, then the ticket.
+const ticketFile = "relay.ticket"
+
+// onTicket hands a new relay ticket to the home relay and saves it.
+func (a *Agent) onTicket(t *api.RelayTicket) {
+	a.home.SetTicket(t.GetTicket())
+	b := append([]byte(fmt.Sprintf("%-20d\n", t.GetExpiresUnix())), t.GetTicket()...)
+	if err := atomicfile.Write(filepath.Join(a.cfg.StateDir, ticketFile), b, 0o600); err != nil {
+		a.log.Warn("save relay ticket", "err", err)
 	}
 }
 
