@@ -31,8 +31,11 @@ func (c Class) String() string {
 //	type 1 handshake initiation: 148 bytes
 //	type 2 handshake response:    92 bytes
 //	type 3 cookie reply:          64 bytes
-//	type 4 transport data:        16-byte header + payload padded to 16 + 16-byte tag,
-//	                              so 32 + 16k bytes (32 is a keepalive)
+//	type 4 transport data:        16-byte header + payload + 16-byte tag, at least
+//	                              32 bytes (a keepalive). The payload is padded to a
+//	                              multiple of 16 only up to the MTU, so a full-size
+//	                              packet's length is not 32 + 16k: only the minimum
+//	                              can be checked.
 const (
 	wgInitiationSize = 148
 	wgResponseSize   = 92
@@ -65,7 +68,7 @@ func Classify(b []byte) Class {
 				return WireGuard
 			}
 		case 4:
-			if len(b) >= wgTransportMin && (len(b)-wgTransportMin)%16 == 0 {
+			if len(b) >= wgTransportMin {
 				return WireGuard
 			}
 		}
