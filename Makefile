@@ -9,7 +9,7 @@ PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
 BINARIES := edgewire-coordinator edgewire-agent edgewire-relay edgewire
 
-.PHONY: all build test unit e2e demo proto deps kube helm manifests fmt vet clean
+.PHONY: all build test unit e2e demo bench proto deps kube helm manifests fmt vet clean
 
 all: build
 
@@ -56,6 +56,11 @@ e2e: deps build kube helm
 	EDGEWIRE_BIN=$(BIN) $(GO) test -count=1 -timeout 40m -p 1 ./e2e/...
 
 test: deps vet unit e2e
+
+# Benchmarks (never part of make test): writes bench/results.md and
+# bench/results.json. BENCH_REPS, BENCH_DURATION, BENCH_SCALE tune it.
+bench: deps build
+	EDGEWIRE_BIN=$(BIN) $(GO) test -tags bench -count=1 -timeout 60m -run '^TestBench$$' -v ./bench/ 2>&1 | tee bench/last-run.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok)'
 
 demo: deps build
 	@EDGEWIRE_BIN=$(BIN) $(GO) test -count=1 -v -run "^TestDemo$$" ./e2e/ | grep -v -e "^=== RUN" -e "^--- PASS" -e "^PASS" -e "^ok "

@@ -51,6 +51,9 @@ type Config struct {
 	TicketKey ed25519.PrivateKey
 	// TicketTTL is how long a relay ticket is valid; it is renewed at half.
 	TicketTTL time.Duration
+	// MapInterval is the least time between two maps on one stream
+	// (default 250 ms); changes in between coalesce into one delta.
+	MapInterval time.Duration
 	// OnDelete is called after a node is deleted (revocation at relays).
 	OnDelete func(key store.NodeKey, until time.Time)
 }
@@ -108,6 +111,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	if cfg.TicketTTL <= 0 {
 		cfg.TicketTTL = defaultTicketTTL
+	}
+	if cfg.MapInterval == 0 {
+		cfg.MapInterval = 250 * time.Millisecond
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, now: cfg.Now, signals: newSignalRouter(), m: newMetrics()}
 	families := map[bool]bool{}
@@ -428,6 +434,10 @@ func (s *Server) Connect(stream api.Control_ConnectServer) error {
 	if err := sendTicket(); err != nil {
 		return err
 	}
+	var (
+		lastMap time.Time        // when the last map went out
+		owed    <-chan time.Time // fires when a held-back map may go
+	)
 	for {
 		select {
 		case <-ctx.Done():
@@ -445,6 +455,17 @@ func (s *Server) Connect(stream api.Control_ConnectServer) error {
 		case <-resync:
 			sub.Resync()
 		case <-sub.C():
+			// At most one map per MapInterval per stream: under a burst
+			// (a thousand joins) each stream sends a few large deltas
+			// instead of one per change.
+			if wait := s.cfg.MapInterval - time.Since(lastMap); !lastMap.IsZero() && wait > 0 {
+				if owed == nil {
+					owed = time.After(wait)
+				}
+				continue
+			}
+		case <-owed:
+			owed = nil
 		case sig := <-inbox:
 			if err := stream.Send(&api.ServerMessage{Msg: &api.ServerMessage_Signal{Signal: sig}}); err != nil {
 				return err
@@ -462,6 +483,7 @@ func (s *Server) Connect(stream api.Control_ConnectServer) error {
 		if err := stream.Send(&api.ServerMessage{Msg: &api.ServerMessage_Map{Map: m}}); err != nil {
 			return err
 		}
+		lastMap = time.Now()
 		if t := sub.Oldest(); !t.IsZero() {
 			s.m.fanout.Observe(s.now().Sub(t).Seconds())
 		}

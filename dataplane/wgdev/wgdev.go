@@ -179,8 +179,16 @@ func (d *Device) SetPeers(peers []PeerConfig) error {
 		}
 	}
 	for k, p := range want {
-		if old, ok := d.applied[k]; ok && old.equal(p) {
+		old, ok := d.applied[k]
+		if ok && old.equal(p) {
 			continue
+		}
+		if ok && !old.Endpoint.IsValid() && p.Endpoint.IsValid() {
+			// A peer that had no endpoint may have tried a handshake (for a
+			// packet sent its way) and is then held back by WireGuard's 5 s
+			// retry. It has no session to lose: re-create it so the first
+			// handshake leaves the moment it has somewhere to go.
+			fmt.Fprintf(&b, "public_key=%s\nremove=true\n", hex.EncodeToString(k[:]))
 		}
 		fmt.Fprintf(&b, "public_key=%s\nreplace_allowed_ips=true\n", hex.EncodeToString(k[:]))
 		for _, a := range p.AllowedIPs {
