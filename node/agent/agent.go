@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/edgewire/edgewire/coordinator/api"
@@ -183,6 +184,8 @@ type Agent struct {
 
 	mu    sync.Mutex // guards state
 	state *mapstate.State
+
+	overlay atomic.Pointer[[]netip.Prefix] // prefixes reached through the overlay; see viaOverlay
 }
 
 // Run runs the agent until ctx ends, then removes its interface.
@@ -207,6 +210,7 @@ func Run(ctx context.Context, cfg Config) error {
 	switch {
 	case err == nil:
 		log.Info("loaded last network map", "version", a.state.Version, "peers", len(a.state.Peers))
+		a.setOverlay()
 		a.markDirty()
 	case errors.Is(err, os.ErrNotExist):
 		a.state = mapstate.New()
@@ -373,6 +377,7 @@ func (a *Agent) onMap(m *api.NetworkMap) error {
 	err := a.state.Apply(m)
 	var saveErr error
 	if err == nil {
+		a.setOverlay()
 		saveErr = a.state.Save(filepath.Join(a.cfg.StateDir, identity.NetworkMapFile))
 	}
 	a.mu.Unlock()
@@ -520,33 +525,35 @@ func (a *Agent) hostAddrs() []netip.Addr {
 }
 
 // viaOverlay reports whether ip is in the overlay prefixes or anyone's
-// advertised routes, i.e. reached through WireGuard itself.
+// advertised routes, i.e. reached through WireGuard itself. It reads a
+// snapshot kept by reconcile and takes no lock: the traversal manager
+// calls it with its own lock held.
 func (a *Agent) viaOverlay(ip netip.Addr) bool {
 	for _, r := range a.cfg.Routes {
 		if r.Contains(ip) {
 			return true
 		}
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for _, p := range a.state.Prefixes {
-		if p.Contains(ip) {
-			return true
-		}
-	}
-	for _, r := range a.state.Self.Routes {
-		if r.Contains(ip) {
-			return true
-		}
-	}
-	for _, p := range a.state.Peers {
-		for _, r := range p.Routes {
+	if p := a.overlay.Load(); p != nil {
+		for _, r := range *p {
 			if r.Contains(ip) {
 				return true
 			}
 		}
 	}
 	return false
+}
+
+// setOverlay records the prefixes reached through the overlay. Called
+// with mu held.
+func (a *Agent) setOverlay() {
+	var ps []netip.Prefix
+	ps = append(ps, a.state.Prefixes...)
+	ps = append(ps, a.state.Self.Routes...)
+	for _, p := range a.state.Peers {
+		ps = append(ps, p.Routes...)
+	}
+	a.overlay.Store(&ps)
 }
 
 // endpointLoop reports the node's host addresses with the WireGuard port.
@@ -607,11 +614,16 @@ func (a *Agent) Status() (localapi.Status, error) {
 		return localapi.Status{}, err
 	}
 	port, _ := a.dev.ListenPort()
+	// Copy what is needed under mu and release it before asking the
+	// traversal and relay managers: they call back into the agent (for
+	// viaOverlay) with their own locks held.
 	a.mu.Lock()
-	defer a.mu.Unlock()
+	self, version := a.state.Self, a.state.Version
+	peers := a.state.SortedPeers()
+	a.mu.Unlock()
 	st := localapi.Status{Self: localapi.SelfStatus{
-		Name: a.state.Self.Name, PublicKey: a.key.Public().String(), Interface: a.cfg.Interface,
-		ListenPort: port, Coordinator: a.enr.Coordinator, Connected: a.cc.Connected(), MapVersion: a.state.Version,
+		Name: self.Name, PublicKey: a.key.Public().String(), Interface: a.cfg.Interface,
+		ListenPort: port, Coordinator: a.enr.Coordinator, Connected: a.cc.Connected(), MapVersion: version,
 	}}
 	if st.Self.Name == "" {
 		st.Self.Name = a.enr.Name
@@ -621,7 +633,7 @@ func (a *Agent) Status() (localapi.Status, error) {
 	for name, d := range hs.Latency {
 		st.Self.Relay.LatencyMs[name] = float64(d.Microseconds()) / 1000
 	}
-	for _, ad := range a.state.Self.Addresses {
+	for _, ad := range self.Addresses {
 		st.Self.Addresses = append(st.Self.Addresses, ad.String())
 	}
 	eps, _ := hostEndpoints(a.cfg.Interface, port)
@@ -629,7 +641,7 @@ func (a *Agent) Status() (localapi.Status, error) {
 		st.Self.Endpoints = append(st.Self.Endpoints, e.String())
 	}
 	st.Peers = []localapi.PeerStatus{}
-	for _, p := range a.state.SortedPeers() {
+	for _, p := range peers {
 		ps := localapi.PeerStatus{Name: p.Name, PublicKey: identity.Key(p.Key).String(), Online: p.Online}
 		for _, ad := range p.Addresses {
 			ps.Addresses = append(ps.Addresses, ad.String())

@@ -1,0 +1,425 @@
+//go:build bench
+
+package bench
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/crypto/curve25519"
+	"golang.org/x/crypto/nacl/box"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/edgewire/edgewire/coordinator/api"
+	"github.com/edgewire/edgewire/coordinator/pki"
+	"github.com/edgewire/edgewire/coordinator/token"
+)
+
+// fleet is a set of simulated nodes speaking the real control protocol
+// (Join with a token, then a Connect stream with the NaCl-box challenge
+// proof) from this process, each over its own TLS connection as a real
+// agent's would be. They have real Curve25519 keys but no WireGuard. To
+// keep the harness cheap, received network maps are not decoded: a wire
+// scan finds the version and whether a watched key is in the message.
+type fleet struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	dial   func(ctx context.Context, addr string) (net.Conn, error)
+	target string // coordinator host:port as the dialer sees it
+	tok    string
+	pin    [32]byte
+
+	watch atomic.Pointer[[32]byte] // key whose arrival the nodes time-stamp
+	msgs  atomic.Int64             // map messages received by all nodes
+	bytes atomic.Int64             // their total size
+
+	mu    sync.Mutex // guards nodes
+	nodes []*simNode
+}
+
+type simNode struct {
+	name      string
+	priv, pub [32]byte
+	conn      *grpc.ClientConn
+	stream    grpc.ClientStream
+	gotMap    chan struct{} // closed when the first network map arrived
+	seenAt    atomic.Int64  // unix ns when the watched key arrived; 0: not yet
+	sendMu    sync.Mutex    // serialises SendMsg on stream
+}
+
+func newFleet(dial func(ctx context.Context, addr string) (net.Conn, error), target, tok string) (*fleet, error) {
+	tk, err := token.Parse(tok)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &fleet{ctx: ctx, cancel: cancel, dial: dial, target: target, tok: tok, pin: tk.CAPin}, nil
+}
+
+// Close ends every stream and connection.
+func (f *fleet) Close() {
+	f.cancel()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, n := range f.nodes {
+		if n.conn != nil {
+			n.conn.Close()
+		}
+	}
+}
+
+// newNode creates a node with a fresh key and its (lazy) connection.
+func (f *fleet) newNode(name string) (*simNode, error) {
+	n := &simNode{name: name, gotMap: make(chan struct{})}
+	if _, err := rand.Read(n.priv[:]); err != nil {
+		return nil, err
+	}
+	n.priv[0] &= 248
+	n.priv[31] = n.priv[31]&127 | 64
+	curve25519.ScalarBaseMult(&n.pub, &n.priv)
+	var ca *x509.Certificate
+	conn, err := grpc.NewClient("passthrough:///"+f.target,
+		grpc.WithTransportCredentials(credentials.NewTLS(pki.PinnedConfig(f.pin, pki.ServerName, &ca))),
+		grpc.WithContextDialer(f.dial),
+		grpc.WithReadBufferSize(16<<10), grpc.WithWriteBufferSize(16<<10),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)),
+	)
+	if err != nil {
+		return nil, err
+	}
+	n.conn = conn
+	f.mu.Lock()
+	f.nodes = append(f.nodes, n)
+	f.mu.Unlock()
+	return n, nil
+}
+
+// join registers n with the fleet's token.
+func (f *fleet) join(n *simNode) error {
+	ctx, cancel := context.WithTimeout(f.ctx, time.Minute)
+	defer cancel()
+	_, err := api.NewControlClient(n.conn).Join(ctx, &api.JoinRequest{Token: f.tok, PublicKey: n.pub[:], Name: n.name, Hostname: n.name})
+	if err != nil {
+		return fmt.Errorf("join %s: %w", n.name, err)
+	}
+	return nil
+}
+
+// connect opens n's stream, proves its key and starts the receive loop.
+func (f *fleet) connect(n *simNode) error {
+	cs, err := n.conn.NewStream(f.ctx, &api.Control_ServiceDesc.Streams[0], api.Control_Connect_FullMethodName, grpc.ForceCodecV2(scanCodec{}))
+	if err != nil {
+		return fmt.Errorf("connect %s: %w", n.name, err)
+	}
+	hello := &api.ClientMessage{Msg: &api.ClientMessage_Hello{Hello: &api.Hello{PublicKey: n.pub[:],
+		ProtocolVersion: api.ProtocolVersion_PROTOCOL_VERSION_1, Hostname: n.name}}}
+	if err := cs.SendMsg(hello); err != nil {
+		return fmt.Errorf("hello %s: %w", n.name, err)
+	}
+	var m scanned
+	if err := cs.RecvMsg(&m); err != nil {
+		return fmt.Errorf("challenge for %s: %w", n.name, err)
+	}
+	ch := m.challenge
+	if ch == nil || len(ch.GetNonce()) != 24 || len(ch.GetEphemeralPublicKey()) != 32 {
+		return fmt.Errorf("challenge for %s: got %v, want a challenge", n.name, ch)
+	}
+	opened, ok := box.Open(nil, ch.GetSealed(), (*[24]byte)(ch.GetNonce()), (*[32]byte)(ch.GetEphemeralPublicKey()), &n.priv)
+	if !ok {
+		return fmt.Errorf("challenge for %s does not open with its key", n.name)
+	}
+	if err := cs.SendMsg(&api.ClientMessage{Msg: &api.ClientMessage_Proof{Proof: &api.AuthProof{Challenge: opened}}}); err != nil {
+		return fmt.Errorf("proof %s: %w", n.name, err)
+	}
+	n.stream = cs
+	go func() {
+		first := true
+		for {
+			m := scanned{watch: &f.watch}
+			if err := cs.RecvMsg(&m); err != nil {
+				return
+			}
+			if !m.isMap {
+				continue
+			}
+			f.msgs.Add(1)
+			f.bytes.Add(int64(m.size))
+			if first {
+				close(n.gotMap)
+				first = false
+			}
+			if m.found {
+				n.seenAt.CompareAndSwap(0, time.Now().UnixNano())
+			}
+		}
+	}()
+	return nil
+}
+
+// setEndpoints sends an endpoint update on n's stream.
+func (n *simNode) setEndpoints(eps ...string) error {
+	n.sendMu.Lock()
+	defer n.sendMu.Unlock()
+	return n.stream.SendMsg(&api.ClientMessage{Msg: &api.ClientMessage_Endpoints{Endpoints: &api.EndpointUpdate{Endpoints: eps}}})
+}
+
+// bringUp joins and connects nodes with the given concurrency and waits
+// until each has its first network map, or until timeout.
+func (f *fleet) bringUp(nodes []*simNode, workers int, timeout time.Duration) (joined time.Duration, err error) {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(f.ctx, timeout)
+	defer cancel()
+	work := make(chan *simNode)
+	var (
+		wg       sync.WaitGroup
+		errMu    sync.Mutex // guards firstErr
+		firstErr error
+		left     atomic.Int64
+	)
+	left.Store(int64(len(nodes)))
+	var joinedAt atomic.Int64
+	for range workers {
+		wg.Go(func() {
+			for n := range work {
+				err := f.join(n)
+				if left.Add(-1) == 0 {
+					joinedAt.Store(int64(time.Since(start)))
+				}
+				if err == nil {
+					err = f.connect(n)
+				}
+				if err != nil {
+					errMu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					errMu.Unlock()
+					cancel()
+				}
+			}
+		})
+	}
+feed:
+	for _, n := range nodes {
+		select {
+		case work <- n:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(work)
+	wg.Wait()
+	if firstErr != nil {
+		return 0, firstErr
+	}
+	for _, n := range nodes {
+		select {
+		case <-n.gotMap:
+			continue
+		default:
+		}
+		select {
+		case <-n.gotMap:
+		case <-ctx.Done():
+			up := 0
+			for _, m := range nodes {
+				select {
+				case <-m.gotMap:
+					up++
+				default:
+				}
+			}
+			return 0, fmt.Errorf("%d of %d nodes got no network map within %v", len(nodes)-up, len(nodes), timeout)
+		}
+	}
+	return time.Duration(joinedAt.Load()), nil
+}
+
+// quiesce waits until no map message arrived for quiet, up to timeout.
+func (f *fleet) quiesce(quiet, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	last, since := f.msgs.Load(), time.Now()
+	for time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+		if n := f.msgs.Load(); n != last {
+			last, since = n, time.Now()
+			continue
+		}
+		if time.Since(since) >= quiet {
+			return nil
+		}
+	}
+	return fmt.Errorf("map messages still arriving after %v", timeout)
+}
+
+// propagation arms the watch on key, runs change, and returns for every
+// node in nodes the delay until a map carrying key reached it; missing
+// counts nodes it did not reach within timeout.
+func (f *fleet) propagation(nodes []*simNode, key [32]byte, change func() error, timeout time.Duration) (lat []float64, missing int, err error) {
+	for _, n := range nodes {
+		n.seenAt.Store(0)
+	}
+	f.watch.Store(&key)
+	defer f.watch.Store(nil)
+	t0 := time.Now()
+	if err := change(); err != nil {
+		return nil, 0, err
+	}
+	deadline := t0.Add(timeout)
+	for {
+		missing = 0
+		for _, n := range nodes {
+			if n.seenAt.Load() == 0 {
+				missing++
+			}
+		}
+		if missing == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, n := range nodes {
+		if at := n.seenAt.Load(); at != 0 {
+			lat = append(lat, time.Duration(at-t0.UnixNano()).Seconds()*1e3)
+		}
+	}
+	return lat, missing, nil
+}
+
+// scanCodec marshals client messages with protobuf and reads server
+// messages into *scanned without decoding network maps.
+type scanCodec struct{}
+
+func (scanCodec) Name() string { return "proto" }
+
+func (scanCodec) Marshal(v any) (mem.BufferSlice, error) {
+	b, err := proto.Marshal(v.(proto.Message))
+	if err != nil {
+		return nil, err
+	}
+	return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+}
+
+func (scanCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	m, ok := v.(*scanned)
+	if !ok {
+		return proto.Unmarshal(data.Materialize(), v.(proto.Message))
+	}
+	if len(data) == 1 {
+		return m.scan(data[0].ReadOnlyData())
+	}
+	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+	defer buf.Free()
+	return m.scan(buf.ReadOnlyData())
+}
+
+// scanned is what the fleet needs from one ServerMessage.
+type scanned struct {
+	watch     *atomic.Pointer[[32]byte] // in: key to look for among peers and self, read when the message arrives
+	challenge *api.Challenge
+	isMap     bool
+	found     bool // the watched key is in the map
+	size      int
+}
+
+var errBadWire = errors.New("malformed server message")
+
+// ServerMessage: 1 challenge, 2 map; NetworkMap: 4 self, 5 peers (Node);
+// Node: 1 public_key. Field numbers from coordinator/api/edgewire.proto.
+func (m *scanned) scan(b []byte) error {
+	m.size = len(b)
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return errBadWire
+		}
+		b = b[n:]
+		if typ != protowire.BytesType {
+			n = protowire.ConsumeFieldValue(num, typ, b)
+			if n < 0 {
+				return errBadWire
+			}
+			b = b[n:]
+			continue
+		}
+		v, n := protowire.ConsumeBytes(b)
+		if n < 0 {
+			return errBadWire
+		}
+		b = b[n:]
+		switch num {
+		case 1:
+			m.challenge = new(api.Challenge)
+			if err := proto.Unmarshal(v, m.challenge); err != nil {
+				return err
+			}
+		case 2:
+			m.isMap = true
+			if m.watch != nil {
+				if k := m.watch.Load(); k != nil {
+					m.found = mapHasKey(v, k[:])
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func mapHasKey(b, key []byte) bool {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return false
+		}
+		b = b[n:]
+		if typ != protowire.BytesType || (num != 4 && num != 5) {
+			n = protowire.ConsumeFieldValue(num, typ, b)
+			if n < 0 {
+				return false
+			}
+			b = b[n:]
+			continue
+		}
+		node, n := protowire.ConsumeBytes(b)
+		if n < 0 {
+			return false
+		}
+		b = b[n:]
+		if nodeKeyIs(node, key) {
+			return true
+		}
+	}
+	return false
+}
+
+func nodeKeyIs(b, key []byte) bool {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return false
+		}
+		b = b[n:]
+		if num == 1 && typ == protowire.BytesType {
+			v, n := protowire.ConsumeBytes(b)
+			return n >= 0 && bytes.Equal(v, key)
+		}
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return false
+		}
+		b = b[n:]
+	}
+	return false
+}

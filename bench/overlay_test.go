@@ -1,0 +1,678 @@
+//go:build bench
+
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/curve25519"
+
+	"github.com/edgewire/edgewire/e2e/cluster"
+	"github.com/edgewire/edgewire/e2e/lab"
+)
+
+// overlay is the data-plane lab: a cloud host (coordinator + embedded
+// relay "coordinator", region 1), a second relay "r2" (region 2) meshed
+// with it, two endpoint-independent NAT sites A and B whose nodes a and b
+// go direct, and two symmetric NAT sites C and D whose nodes c and d can
+// only use the relays (c homed on region 1, d on region 2). a and b also
+// run the plain wireguard-go reference (wgplain) between the same NATed
+// hosts, and router B forwards iperf3 and ping to b so the raw underlay
+// takes the same NATs.
+type overlay struct {
+	l              *lab.Lab
+	coord          *cluster.Coordinator
+	relay2         *cluster.Relay
+	siteA, siteB   *lab.Site
+	ha, hb, hc, hd *lab.Host
+	a, b, c, d     *cluster.Agent
+	ipB, ipC, ipD  netip.Addr // overlay addresses
+	tok            string
+	plainA, plainB *lab.Process
+	plainIPB       string
+	srvB, srvC     *iperfServer
+}
+
+var quiet = []string{"--log-level", "info"}
+
+func setupOverlay(t *testing.T, wgplain string) *overlay {
+	o := &overlay{l: lab.New(t)}
+	l := o.l
+	cloud := l.AddPublicHost("cloud")
+	r2host := l.AddPublicHost("relay2")
+	meshKey := filepath.Join(l.Dir(), "mesh.key")
+	mk := make([]byte, 32)
+	rand.Read(mk)
+	if err := os.WriteFile(meshKey, []byte(base64.StdEncoding.EncodeToString(mk)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o.relay2 = cluster.NewRelay(t, l, r2host)
+	relayMap := filepath.Join(l.Dir(), "relaymap.json")
+	rm := fmt.Sprintf(`{"regions":[{"id":2,"name":"r2","host":%q,"port":%d,"key":%q,"stun_port":3478}]}`, r2host.IP(), cluster.RelayPort, o.relay2.Key)
+	if err := os.WriteFile(relayMap, []byte(rm), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o.coord = cluster.StartCoordinatorWith(t, l, cloud, cluster.CoordinatorOptions{
+		Extra: append([]string{"--relay-map", relayMap, "--mesh-key-file", meshKey}, quiet...),
+	})
+	o.relay2.StartWith(cluster.RelayOptions{TicketKey: o.coord.TicketKeyFile(), MeshKeyFile: meshKey,
+		MeshPeers: []string{o.coord.RelayMeshPeer()}, Extra: quiet})
+
+	o.siteA, o.siteB = l.AddSite("sa", lab.NATEIM), l.AddSite("sb", lab.NATEIM)
+	siteC, siteD := l.AddSite("sc", lab.NATSymmetric), l.AddSite("sd", lab.NATSymmetric)
+	o.ha, o.hb, o.hc, o.hd = o.siteA.AddNode("a"), o.siteB.AddNode("b"), siteC.AddNode("c"), siteD.AddNode("d")
+	o.tok = o.coord.Token("--reusable")
+	start := func(h *lab.Host, name, region string) *cluster.Agent {
+		return cluster.StartAgent(t, l, h, o.coord, name, cluster.AgentOptions{Token: o.tok, Extra: append([]string{"--relay-region", region}, quiet...)})
+	}
+	o.a, o.b, o.c, o.d = start(o.ha, "a", "1"), start(o.hb, "b", "1"), start(o.hc, "c", "1"), start(o.hd, "d", "2")
+	for _, ag := range []*cluster.Agent{o.a, o.b, o.c, o.d} {
+		ag.WaitPeers(3, 45*time.Second)
+	}
+	o.ipB, o.ipC, o.ipD = o.b.OverlayIP(), o.c.OverlayIP(), o.d.OverlayIP()
+	if err := o.waitPaths(60*time.Second, map[[2]*cluster.Agent]string{
+		{o.a, o.b}: "direct", {o.b, o.a}: "direct", {o.a, o.c}: "relay", {o.c, o.a}: "relay", {o.c, o.d}: "relay", {o.d, o.c}: "relay",
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Raw underlay: router B forwards iperf3 and ping to b.
+	bIP := o.hb.IP().String()
+	for _, spec := range [][]string{
+		{"-p", "tcp", "--dport", strconv.Itoa(iperfPort)},
+		{"-p", "udp", "--dport", strconv.Itoa(iperfPort)},
+		{"-p", "icmp", "--icmp-type", "echo-request"},
+	} {
+		argv := append([]string{"iptables", "-w", "-t", "nat", "-A", "PREROUTING", "-i", "wan"}, spec...)
+		o.siteB.Router().MustExec(t, append(argv, "-j", "DNAT", "--to-destination", bIP)...)
+	}
+
+	o.startPlain(t, wgplain)
+	var err error
+	if o.srvB, err = startIperfServer(o.hb); err != nil {
+		t.Fatal(err)
+	}
+	if o.srvC, err = startIperfServer(o.hc); err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
+// startPlain runs wgplain on a and b (port 51900, 10.250.0.0/24) aimed at
+// each other's NAT, as the agents' direct path is; persistent keepalive
+// punches both EIM NATs.
+func (o *overlay) startPlain(t *testing.T, wgplain string) {
+	const port = 51900
+	type side struct {
+		h    *lab.Host
+		site *lab.Site
+		ifc  string
+		ip   string
+		priv [32]byte
+		pub  [32]byte
+	}
+	sides := []*side{
+		{h: o.ha, site: o.siteA, ifc: "ew" + o.l.ID() + "pa", ip: "10.250.0.1"},
+		{h: o.hb, site: o.siteB, ifc: "ew" + o.l.ID() + "pb", ip: "10.250.0.2"},
+	}
+	for _, s := range sides {
+		rand.Read(s.priv[:])
+		s.priv[0] &= 248
+		s.priv[31] = s.priv[31]&127 | 64
+		curve25519.ScalarBaseMult(&s.pub, &s.priv)
+	}
+	for i, s := range sides {
+		peer := sides[1-i]
+		p, err := s.h.Start("wgplain", nil, wgplain, s.ifc, "1420")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			o.plainA = p
+		} else {
+			o.plainB = p
+		}
+		sock := filepath.Join("/var/run/wireguard", s.ifc+".sock")
+		if err := lab.Eventually(10*time.Second, 50*time.Millisecond, func() error {
+			if p.Exited() {
+				return fmt.Errorf("wgplain exited: %v\n%s", p.ExitErr(), p.Log())
+			}
+			_, err := os.Stat(sock)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		conf := fmt.Sprintf("[Interface]\nPrivateKey = %s\nListenPort = %d\n\n[Peer]\nPublicKey = %s\nEndpoint = %s:%d\nAllowedIPs = %s/32\nPersistentKeepalive = 5\n",
+			base64.StdEncoding.EncodeToString(s.priv[:]), port, base64.StdEncoding.EncodeToString(peer.pub[:]), peer.site.PublicIP(), port, peer.ip)
+		cf := filepath.Join(o.l.Dir(), s.ifc+".conf")
+		if err := os.WriteFile(cf, []byte(conf), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s.h.MustExec(t, "wg", "setconf", s.ifc, cf)
+		s.h.MustExec(t, "ip", "addr", "add", s.ip+"/24", "dev", s.ifc)
+		s.h.MustExec(t, "ip", "link", "set", s.ifc, "up")
+	}
+	o.plainIPB = sides[1].ip
+	if err := lab.Eventually(30*time.Second, 0, func() error {
+		_, lost, err := pingRTTs(o.ha, o.plainIPB, 3, 200*time.Millisecond)
+		if err != nil || lost > 0 {
+			return fmt.Errorf("plain wireguard-go a -> b: lost %d (%v)", lost, err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// path returns from's path to the peer named to, and the relay it uses.
+func path(from *cluster.Agent, to string) (string, string, error) {
+	st, err := from.Status()
+	if err != nil {
+		return "", "", err
+	}
+	for _, p := range st.Peers {
+		if p.Name == to {
+			return p.Path, p.Relay, nil
+		}
+	}
+	return "", "", fmt.Errorf("%s does not list %s", from.Name, to)
+}
+
+func (o *overlay) waitPaths(timeout time.Duration, want map[[2]*cluster.Agent]string) error {
+	return lab.Eventually(timeout, 200*time.Millisecond, func() error {
+		var bad []string
+		for pair, w := range want {
+			p, _, err := path(pair[0], pair[1].Name)
+			if err != nil {
+				return err
+			}
+			if p != w {
+				bad = append(bad, fmt.Sprintf("%s sees %s %s, want %s", pair[0].Name, pair[1].Name, p, w))
+			}
+		}
+		if len(bad) > 0 {
+			return fmt.Errorf("%s", strings.Join(bad, "; "))
+		}
+		return nil
+	})
+}
+
+func benchOverlay(t *testing.T, rep *Report, cfg config, wgplain string) {
+	o := setupOverlay(t, wgplain)
+	t.Run("latency", func(t *testing.T) { o.latency(t, rep, cfg) })
+	t.Run("throughput", func(t *testing.T) { o.throughput(t, rep, cfg) })
+	t.Run("connectivity", func(t *testing.T) { o.connectivity(t, rep, cfg) })
+	t.Run("recovery", func(t *testing.T) { o.recovery(t, rep, cfg) })
+	t.Run("idle", func(t *testing.T) { o.idle(t, rep, cfg) })
+}
+
+func (o *overlay) latency(t *testing.T, rep *Report, cfg config) {
+	const count, interval = 200, 10 * time.Millisecond
+	targets := []struct{ name, addr string }{
+		{"direct", o.ipB.String()}, {"plain", o.plainIPB}, {"underlay", o.siteB.PublicIP().String()}, {"relay", o.ipC.String()},
+	}
+	p50, p99 := map[string][]float64{}, map[string][]float64{}
+	raw := map[string][]float64{}
+	for r := range cfg.reps {
+		for _, x := range targets {
+			rtts, lost, err := pingRTTs(o.ha, x.addr, count, interval)
+			if err != nil {
+				t.Errorf("rep %d %s: %v", r, x.name, err)
+				continue
+			}
+			if lost > 0 {
+				t.Logf("rep %d %s: %d of %d pings lost", r, x.name, lost, count)
+			}
+			p50[x.name] = append(p50[x.name], quantile(rtts, 0.5))
+			p99[x.name] = append(p99[x.name], quantile(rtts, 0.99))
+			raw[x.name] = append(raw[x.name], rtts...)
+		}
+	}
+	rep.SetRaw("latency/rtts_ms", raw)
+	// Large-packet probe: full-MTU (1420 B) packets with DF, as bulk TCP
+	// sends them, against 1300 B ones.
+	probe := map[string]string{}
+	for _, x := range targets {
+		for _, size := range []int{1272, 1392} { // + 28 B headers: 1300 and 1420 B packets
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			out, _ := o.ha.Exec(ctx, "ping", "-n", "-c", "5", "-i", "0.2", "-W", "1", "-M", "do", "-s", strconv.Itoa(size), x.addr)
+			cancel()
+			got := len(rttLine.FindAllString(out, -1))
+			probe[fmt.Sprintf("%s/%dB", x.name, size+28)] = fmt.Sprintf("%d/5", got)
+		}
+	}
+	rep.SetRaw("latency/large_packet_probe", probe)
+	rep.Note("Large-packet probe (5 pings with DF set, replies received): %v.", probe)
+	sec := "Latency (ping a -> b, 200 pings at 10 ms, RTT)"
+	over := func(xs, ys []float64) []float64 {
+		var d []float64
+		for i := range min(len(xs), len(ys)) {
+			d = append(d, xs[i]-ys[i])
+		}
+		return d
+	}
+	rep.Add(&Measure{Section: sec, Name: "direct (NAT to NAT), median RTT", Unit: "ms", Edgewire: p50["direct"], RefName: "underlay", Reference: p50["underlay"]})
+	rep.Add(&Measure{Section: sec, Name: "direct, p99 RTT", Unit: "ms", Edgewire: p99["direct"], RefName: "underlay", Reference: p99["underlay"]})
+	ov := over(p50["direct"], p50["underlay"])
+	rep.Add(&Measure{Section: sec, Name: "overlay overhead: direct minus underlay, median RTT", Unit: "ms", Edgewire: ov,
+		Target: "< 0.2 ms", Met: met(median(ov) < 0.2)})
+	rep.Add(&Measure{Section: sec, Name: "direct vs plain wireguard-go, median RTT", Unit: "ms", Edgewire: p50["direct"], RefName: "plain wireguard-go", Reference: p50["plain"]})
+	rep.Add(&Measure{Section: sec, Name: "relay (a -> c via relay region 1), median RTT", Unit: "ms", Edgewire: p50["relay"], RefName: "underlay", Reference: p50["underlay"]})
+	rep.Add(&Measure{Section: sec, Name: "relay, p99 RTT", Unit: "ms", Edgewire: p99["relay"], RefName: "underlay", Reference: p99["underlay"]})
+}
+
+func (o *overlay) throughput(t *testing.T, rep *Report, cfg config) {
+	type target struct {
+		name, addr string
+		srv        *iperfServer
+	}
+	targets := []target{
+		{"direct", o.ipB.String(), o.srvB},
+		{"plain", o.plainIPB, o.srvB},
+		{"raw", o.siteB.PublicIP().String(), o.srvB},
+		{"relay", o.ipC.String(), o.srvC},
+	}
+	res := map[string]map[string][]float64{} // flow -> target -> Gbit/s
+	cpu := map[string][]float64{}            // process -> cores during TCP 1 stream
+	rss := map[string][]float64{}
+	stalls := map[string]int{}
+	procs := map[string]int{"agent a (sender)": o.a.Proc.Pid(), "agent b (receiver)": o.b.Proc.Pid(),
+		"wgplain a (sender)": o.plainA.Pid(), "wgplain b (receiver)": o.plainB.Pid()}
+	for r := range cfg.reps {
+		for _, f := range flows {
+			if res[f.name] == nil {
+				res[f.name] = map[string][]float64{}
+			}
+			for _, x := range targets {
+				var meters map[string]*cpuMeter
+				if f == flows[0] && (x.name == "direct" || x.name == "plain") {
+					meters = map[string]*cpuMeter{}
+					for name, pid := range procs {
+						if strings.HasPrefix(name, "agent") == (x.name == "direct") {
+							meters[name], _ = startCPU(pid)
+						}
+					}
+				}
+				g, err := iperf(o.ha, x.addr, f, cfg.dur)
+				if err != nil {
+					stalled := strings.Contains(err.Error(), "nothing received")
+					t.Logf("rep %d %s %s: %.300v", r, f.name, x.name, err)
+					x.srv.restart()
+					if !stalled {
+						continue
+					}
+					stalls[x.name+"/"+f.name]++
+					g = 0 // ran, moved nothing: a real result
+				}
+				res[f.name][x.name] = append(res[f.name][x.name], g)
+				for name, m := range meters {
+					if m == nil {
+						continue
+					}
+					c, _ := m.cores()
+					cpu[name] = append(cpu[name], c)
+					rs, _, _ := procMem(procs[name])
+					rss[name] = append(rss[name], rs)
+				}
+			}
+		}
+	}
+	rep.SetRaw("throughput/gbps", res)
+	rep.SetRaw("throughput/tcp_stalls", stalls)
+	if len(stalls) > 0 {
+		rep.Note("Throughput: iperf3 runs that connected but moved no data after the first second (TCP stuck at a 1-MSS congestion window with retransmits), counted as 0 Gbit/s: %v. Plain wireguard-go between the same hosts, same MTU, carried TCP in the same run; see the large-packet probe below.", stalls)
+	}
+	rep.SetRaw("throughput/cpu_cores_tcp1", cpu)
+	rep.SetRaw("throughput/rss_mib_tcp1", rss)
+	sec := fmt.Sprintf("Throughput (iperf3 a -> b, %v per run, MTU 1420 overlay)", cfg.dur)
+	for _, f := range flows {
+		d := res[f.name]
+		m := rep.Add(&Measure{Section: sec, Name: f.name + ": direct (EIM NAT to EIM NAT) vs plain wireguard-go", Unit: "Gbit/s",
+			Edgewire: d["direct"], RefName: "plain wireguard-go", Reference: d["plain"], Target: ">= 0.95x"})
+		if len(m.Edgewire) > 0 && len(m.Reference) > 0 {
+			m.Met = met(m.Ratio >= 0.95)
+		}
+		m = rep.Add(&Measure{Section: sec, Name: f.name + ": relay (a -> c) vs direct", Unit: "Gbit/s",
+			Edgewire: d["relay"], RefName: "direct", Reference: d["direct"], Target: ">= 0.5x"})
+		if len(m.Edgewire) > 0 && len(m.Reference) > 0 {
+			m.Met = met(m.Ratio >= 0.5)
+		}
+		rep.Add(&Measure{Section: sec, Name: f.name + ": direct vs raw underlay", Unit: "Gbit/s",
+			Edgewire: d["direct"], RefName: "raw underlay", Reference: d["raw"]})
+	}
+	sec = "Agent cost while forwarding (during the TCP 1 stream runs)"
+	rep.Add(&Measure{Section: sec, Name: "CPU while forwarding TCP 1 stream, sender side", Unit: "cores",
+		Edgewire: cpu["agent a (sender)"], RefName: "wgplain", Reference: cpu["wgplain a (sender)"]})
+	rep.Add(&Measure{Section: sec, Name: "CPU while forwarding TCP 1 stream, receiver side", Unit: "cores",
+		Edgewire: cpu["agent b (receiver)"], RefName: "wgplain", Reference: cpu["wgplain b (receiver)"]})
+	rep.Add(&Measure{Section: sec, Name: "RSS while forwarding, sender side", Unit: "MiB",
+		Edgewire: rss["agent a (sender)"], RefName: "wgplain", Reference: rss["wgplain a (sender)"]})
+}
+
+// connectivity starts fresh agents behind site A's EIM NAT and times
+// agent start -> first ping reply from b (relay-first) -> direct path.
+func (o *overlay) connectivity(t *testing.T, rep *Report, cfg config) {
+	var toRelay, toDirect []float64
+	firstVia := map[string]int{}
+	for r := range cfg.ttcReps {
+		name := fmt.Sprintf("ttc%d", r)
+		h := o.siteA.AddNode(name)
+		t0 := time.Now()
+		ag := cluster.StartAgent(t, o.l, h, o.coord, name, cluster.AgentOptions{Token: o.tok, Extra: append([]string{"--relay-region", "1"}, quiet...)})
+		var first time.Duration
+		for time.Since(t0) < 30*time.Second {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			out, _ := h.Exec(ctx, "ping", "-n", "-c", "1", "-W", "0.3", o.ipB.String())
+			cancel()
+			if rttLine.MatchString(out) {
+				first = time.Since(t0)
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if first == 0 {
+			t.Errorf("%s: no reply from b within 30s", name)
+			ag.Proc.Stop(5 * time.Second)
+			continue
+		}
+		via, _, _ := path(ag, "b")
+		firstVia[via]++
+		var direct time.Duration
+		for time.Since(t0) < 40*time.Second {
+			if p, _, err := path(ag, "b"); err == nil && p == "direct" {
+				if q, _, err := path(o.b, name); err == nil && q == "direct" {
+					direct = time.Since(t0)
+					break
+				}
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		ag.Proc.Stop(5 * time.Second)
+		if _, err := o.coord.CLI("nodes", "delete", name); err != nil {
+			t.Logf("delete %s: %v", name, err)
+		}
+		toRelay = append(toRelay, first.Seconds())
+		if direct == 0 {
+			t.Logf("%s: not direct on both sides within 40s", name)
+			continue
+		}
+		toDirect = append(toDirect, direct.Seconds())
+	}
+	rep.SetRaw("connectivity/first_reply_path", firstVia)
+	sec := "Time to connectivity (fresh agent behind an EIM NAT, peer behind another; includes join)"
+	note := fmt.Sprintf("first reply came via: %v", firstVia)
+	rep.Add(&Measure{Section: sec, Name: "agent start -> first ping reply", Unit: "s", Edgewire: toRelay, Target: "< 1 s (via relay)", Met: met(median(toRelay) < 1), Note: note})
+	rep.Add(&Measure{Section: sec, Name: "agent start -> direct on both sides", Unit: "s", Edgewire: toDirect, Target: "< 3 s", Met: met(len(toDirect) > 0 && median(toDirect) < 3)})
+}
+
+// pinger is a timestamped `ping -D` in a lab namespace.
+type pinger struct{ proc *lab.Process }
+
+var pingReply = regexp.MustCompile(`(?m)^\[(\d+\.\d+)\] \d+ bytes from`)
+
+func startPinger(h *lab.Host, to netip.Addr, d time.Duration) (*pinger, error) {
+	p, err := h.Start("ping-"+to.String()+"-"+strconv.FormatInt(time.Now().UnixNano(), 36), nil,
+		"ping", "-n", "-D", "-i", "0.05", "-W", "1", "-w", strconv.Itoa(int(d.Seconds())), to.String())
+	if err != nil {
+		return nil, err
+	}
+	return &pinger{proc: p}, nil
+}
+
+func (p *pinger) replies() []time.Time {
+	var ts []time.Time
+	for _, m := range pingReply.FindAllStringSubmatch(p.proc.Log(), -1) {
+		f, err := strconv.ParseFloat(m[1], 64)
+		if err == nil {
+			ts = append(ts, time.Unix(0, int64(f*1e9)))
+		}
+	}
+	return ts
+}
+
+// waitReplies waits until n replies arrived after t0.
+func (p *pinger) waitReplies(t0 time.Time, n int, timeout time.Duration) error {
+	return lab.Eventually(timeout, 50*time.Millisecond, func() error {
+		got := 0
+		for _, r := range p.replies() {
+			if r.After(t0) {
+				got++
+			}
+		}
+		if got < n {
+			return fmt.Errorf("%d replies since %v, want %d", got, t0.Format("15:04:05.000"), n)
+		}
+		return nil
+	})
+}
+
+// outage is the longest time without a reply between the last reply
+// before ev and the last reply before until.
+func outage(replies []time.Time, ev, until time.Time) time.Duration {
+	prev, gap := ev, time.Duration(0)
+	for _, r := range replies {
+		if r.After(until) {
+			break
+		}
+		if !r.After(ev) {
+			prev = r
+			continue
+		}
+		gap = max(gap, r.Sub(prev))
+		prev = r
+	}
+	return gap
+}
+
+func (o *overlay) recovery(t *testing.T, rep *Report, cfg config) {
+	sec := "Recovery (continuous ping every 50 ms; outage = longest gap between replies)"
+	both := func(p string) map[[2]*cluster.Agent]string {
+		return map[[2]*cluster.Agent]string{{o.a, o.b}: p, {o.b, o.a}: p}
+	}
+	// Direct path cut: UDP between the two sites' public addresses dropped
+	// on both routers; STUN and the relay (TCP) to the cloud still pass.
+	var rules [][]string
+	for _, sp := range [][2]*lab.Site{{o.siteA, o.siteB}, {o.siteB, o.siteA}} {
+		other := sp[1].PublicIP().String()
+		for _, r := range [][]string{
+			{"FORWARD", "-p", "udp", "-d", other, "-j", "DROP"},
+			{"FORWARD", "-p", "udp", "-s", other, "-j", "DROP"},
+			{"OUTPUT", "-p", "udp", "-d", other, "-j", "DROP"},
+			{"INPUT", "-p", "udp", "-s", other, "-j", "DROP"},
+		} {
+			rules = append(rules, append([]string{sp[0].Router().NS()}, r...))
+		}
+	}
+	iptables := func(op string) error {
+		for _, r := range rules {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			_, err := runNS(ctx, r[0], append([]string{"iptables", "-w", op}, r[1:]...)...)
+			cancel()
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	var cutGap, healDirect, healGap, rebindGap, rebindDirect, relayGap []float64
+	// Record whatever was measured, even when a repetition fails.
+	defer func() {
+		rep.Add(&Measure{Section: sec, Name: "direct path cut -> traffic on the relay: outage", Unit: "s", Edgewire: cutGap})
+		rep.Add(&Measure{Section: sec, Name: "path healed -> direct again on both sides", Unit: "s", Edgewire: healDirect,
+			Note: fmt.Sprintf("outage while upgrading: median %.2f s", median(healGap))})
+		rep.Add(&Measure{Section: sec, Name: "NAT rebinding (new ports, conntrack flushed): outage", Unit: "s", Edgewire: rebindGap})
+		rep.Add(&Measure{Section: sec, Name: "NAT rebinding -> direct again on both sides", Unit: "s", Edgewire: rebindDirect})
+		rep.Add(&Measure{Section: sec, Name: "home relay killed -> traffic via the other relay: outage", Unit: "s", Edgewire: relayGap})
+	}()
+	for r := range cfg.recReps {
+		p, err := startPinger(o.ha, o.ipB, 120*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.waitReplies(time.Now(), 5, 10*time.Second); err != nil {
+			t.Errorf("rep %d before the cut: %v (agent a exited: %v)", r, err, o.a.Proc.Exited())
+			p.proc.Stop(time.Second)
+			break
+		}
+		cut := time.Now()
+		if err := iptables("-I"); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.waitReplies(cut, 20, 30*time.Second); err != nil {
+			t.Errorf("rep %d after the cut: %v", r, err)
+			iptables("-D")
+			p.proc.Stop(time.Second)
+			continue
+		}
+		if err := o.waitPaths(20*time.Second, both("relay")); err != nil {
+			t.Logf("rep %d: not on relay after the cut: %v", r, err)
+		}
+		cutGap = append(cutGap, outage(p.replies(), cut, time.Now()).Seconds())
+		healed := time.Now()
+		iptables("-D")
+		if err := o.waitPaths(60*time.Second, both("direct")); err != nil {
+			t.Errorf("rep %d: not direct again after healing: %v", r, err)
+		} else {
+			healDirect = append(healDirect, time.Since(healed).Seconds())
+		}
+		time.Sleep(time.Second)
+		healGap = append(healGap, outage(p.replies(), healed, time.Now()).Seconds())
+
+		// NAT rebinding: site A's router maps UDP to a new port range and
+		// forgets every mapping.
+		lo := 40000 + 1000*r
+		rebound := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		err = o.siteA.RemapUDP(ctx, lo, lo+999)
+		cancel()
+		if err != nil {
+			t.Error(err)
+			break
+		}
+		if err := p.waitReplies(rebound, 20, 30*time.Second); err != nil {
+			t.Errorf("rep %d after NAT rebinding: %v", r, err)
+		}
+		if err := o.waitPaths(60*time.Second, both("direct")); err != nil {
+			t.Errorf("rep %d: not direct after rebinding: %v", r, err)
+		} else {
+			rebindDirect = append(rebindDirect, time.Since(rebound).Seconds())
+		}
+		time.Sleep(time.Second)
+		rebindGap = append(rebindGap, outage(p.replies(), rebound, time.Now()).Seconds())
+		p.proc.Stop(time.Second)
+
+		// Home relay killed: c (region 1) pings d (homed on r2); r2 dies.
+		p, err = startPinger(o.hc, o.ipD, 90*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.waitReplies(time.Now(), 5, 15*time.Second); err != nil {
+			t.Errorf("rep %d c -> d before killing r2: %v", r, err)
+			p.proc.Stop(time.Second)
+			continue
+		}
+		killed := time.Now()
+		o.relay2.Proc.Kill()
+		if err := p.waitReplies(killed, 20, 30*time.Second); err != nil {
+			t.Errorf("rep %d c -> d after killing r2: %v", r, err)
+		} else {
+			relayGap = append(relayGap, outage(p.replies(), killed, time.Now()).Seconds())
+		}
+		p.proc.Stop(time.Second)
+		o.relay2.Start()
+		if err := lab.Eventually(60*time.Second, 250*time.Millisecond, func() error {
+			st, err := o.d.Status()
+			if err != nil {
+				return err
+			}
+			if st.Self.Relay == nil || st.Self.Relay.Home != "r2" || !st.Self.Relay.Connected {
+				return fmt.Errorf("d not back home on r2: %+v", st.Self.Relay)
+			}
+			return nil
+		}); err != nil {
+			t.Errorf("rep %d: %v", r, err)
+		}
+	}
+}
+
+// idle measures agent b's CPU and RSS while idle, with its 3 lab peers,
+// then with 50 more simulated peers (real keys and netmap entries, their
+// streams kept open by an in-process fleet dialling from the cloud host).
+func (o *overlay) idle(t *testing.T, rep *Report, cfg config) {
+	sec := "Agent cost while idle (agent b)"
+	pid := o.b.Proc.Pid()
+	sample := func(window time.Duration) (cores, rss []float64) {
+		for range cfg.reps {
+			m, err := startCPU(pid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(window)
+			c, _ := m.cores()
+			r, _, _ := procMem(pid)
+			cores, rss = append(cores, c), append(rss, r)
+		}
+		return cores, rss
+	}
+	time.Sleep(5 * time.Second)
+	c3, r3 := sample(10 * time.Second)
+
+	cloud := o.coord.Host
+	f, err := newFleet(func(ctx context.Context, addr string) (net.Conn, error) { return cloud.DialTCP(ctx, addr) }, "127.0.0.1:8443", o.tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var nodes []*simNode
+	for i := range 50 {
+		n, err := f.newNode(fmt.Sprintf("idle%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, n)
+	}
+	if _, err := f.bringUp(nodes, 8, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := lab.Eventually(60*time.Second, 500*time.Millisecond, func() error {
+		st, err := o.b.Status()
+		if err != nil {
+			return err
+		}
+		if len(st.Peers) < 53 {
+			return fmt.Errorf("agent b has %d peers, want 53", len(st.Peers))
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	peers, _ := o.b.WGShow()
+	time.Sleep(15 * time.Second) // let ICE attempts to the silent peers settle
+	c53, r53 := sample(20 * time.Second)
+	rep.Add(&Measure{Section: sec, Name: "idle with 53 peers (50 simulated): RSS", Unit: "MiB", Edgewire: r53,
+		RefName: "same agent, 3 peers", Reference: r3, Target: "< 20 MB", Met: met(median(r53) < 20*1e6/(1<<20))})
+	rep.Add(&Measure{Section: sec, Name: "idle with 53 peers: CPU", Unit: "cores", Edgewire: c53,
+		RefName: "same agent, 3 peers", Reference: c3, Note: fmt.Sprintf("wg show lists %d peers", len(peers))})
+}
+
+// runNS runs argv inside namespace ns.
+func runNS(ctx context.Context, ns string, argv ...string) (string, error) {
+	cmd := execCommand(ctx, "ip", append([]string{"netns", "exec", ns}, argv...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, out)
+	}
+	return string(out), nil
+}
