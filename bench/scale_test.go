@@ -35,15 +35,19 @@ func benchScale(t *testing.T, rep *Report, cfg config) {
 	sec := "Coordinator scale (simulated nodes over real TLS gRPC, coordinator in a lab namespace)"
 	l := lab.New(t)
 	for i, n := range cfg.scale {
-		ok := t.Run(fmt.Sprintf("%d", n), func(t *testing.T) { scaleStep(t, l, rep, sec, i, n) })
-		if !ok {
-			rep.Note("scale %d: the step failed; see the test log. Larger steps were skipped.", n)
+		complete := false
+		ok := t.Run(fmt.Sprintf("%d", n), func(t *testing.T) { complete = scaleStep(t, l, rep, sec, i, n) })
+		if !ok || !complete {
+			rep.Note("scale %d: the step did not complete (see its row and the test log). Larger steps were skipped.", n)
 			break
 		}
 	}
 }
 
-func scaleStep(t *testing.T, l *lab.Lab, rep *Report, sec string, i, n int) {
+// scaleStep measures one fleet size and reports whether the fleet came up:
+// a fleet that does not is a result (recorded as a missed target), not a
+// test failure, since benchmarks never fail on time.
+func scaleStep(t *testing.T, l *lab.Lab, rep *Report, sec string, i, n int) bool {
 	h := l.AddPublicHost(fmt.Sprintf("scale%d", i))
 	proc, sock := startCoordinatorNoFile(t, l, h)
 	defer proc.Kill() // before the fleet closes: no 10,000 last-seen writes
@@ -82,7 +86,8 @@ func scaleStep(t *testing.T, l *lab.Lab, rep *Report, sec string, i, n int) {
 		_, hwm, _ := procMem(pid)
 		rep.Add(&Measure{Section: sec, Name: fmt.Sprintf("%d nodes: all joined and holding their first map", n), Unit: "s",
 			Target: "< 60 s", Met: met(false), Note: fmt.Sprintf("gave up after %v with %d of %d up; coordinator %.2f cores, peak RSS %.0f MiB", bringUpCap, up, n, c, hwm)})
-		t.Fatalf("bring up %d nodes: %v", n, err)
+		t.Logf("bring up %d nodes: %v", n, err)
+		return false
 	}
 	upAll := time.Since(t0)
 	coordCores, _ := cm.cores()
@@ -189,6 +194,7 @@ func scaleStep(t *testing.T, l *lab.Lab, rep *Report, sec string, i, n int) {
 	rep.Add(&Measure{Section: sec, Name: name("coordinator CPU idle, all streams open"), Unit: "cores", Edgewire: []float64{idleCores}})
 	rep.Add(&Measure{Section: sec, Name: name("coordinator CPU during the changes"), Unit: "cores", Edgewire: []float64{chCoord},
 		RefName: "harness", Reference: []float64{chHarness}})
+	return true
 }
 
 // startCoordinatorNoFile starts edgewire-coordinator on h with a raised
