@@ -71,14 +71,6 @@ func New(cfg Config) (*Source, error) {
 	return &Source{cfg: cfg, log: cfg.Logger, client: c}, nil
 }
 
-// NewFromClient wraps an existing clientset (tests).
-func NewFromClient(c kubernetes.Interface, log *slog.Logger) *Source {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	return &Source{cfg: Config{Resync: 10 * time.Minute}, log: log, client: c}
-}
-
 // Run implements svcsource.Source.
 func (s *Source) Run(ctx context.Context, sink svcsource.Sink) error {
 	f := informers.NewSharedInformerFactory(s.client, s.cfg.Resync)

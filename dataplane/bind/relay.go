@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 
 	"golang.zx2c4.com/wireguard/conn"
 )
@@ -64,12 +65,15 @@ type relayState struct {
 	in   chan relayPacket
 	bufs sync.Pool
 
-	mu    sync.Mutex // guards byKey, byAddr, next, relay
+	relay atomic.Pointer[relayHolder] // read per send batch without a lock
+
+	mu    sync.Mutex // guards byKey, byAdr, next
 	byKey map[[32]byte]*relayEndpoint
 	byAdr map[netip.AddrPort]*relayEndpoint
 	next  uint32 // last host index handed out
-	relay Relay
 }
+
+type relayHolder struct{ r Relay }
 
 func newRelayState() *relayState {
 	return &relayState{
@@ -82,9 +86,11 @@ func newRelayState() *relayState {
 
 // SetRelay sets (or with nil clears) the relay the Bind sends through.
 func (b *Bind) SetRelay(r Relay) {
-	b.rs.mu.Lock()
-	b.rs.relay = r
-	b.rs.mu.Unlock()
+	if r == nil {
+		b.rs.relay.Store(nil)
+		return
+	}
+	b.rs.relay.Store(&relayHolder{r})
 }
 
 // RelayEndpoint returns the synthetic endpoint of the peer with key.
@@ -179,14 +185,12 @@ func (b *Bind) receiveRelay(closed <-chan struct{}) conn.ReceiveFunc {
 
 // sendRelay sends bufs to a relayed peer.
 func (b *Bind) sendRelay(bufs [][]byte, e *relayEndpoint) error {
-	b.rs.mu.Lock()
-	r := b.rs.relay
-	b.rs.mu.Unlock()
-	if r == nil {
+	h := b.rs.relay.Load()
+	if h == nil {
 		return ErrNoRelay
 	}
 	for _, p := range bufs {
-		if err := r.Send(e.key, p); err != nil {
+		if err := h.r.Send(e.key, p); err != nil {
 			return err
 		}
 		b.C.RelayOut.Add(1)

@@ -146,9 +146,6 @@ func New(cfg Config) (*Device, error) {
 // Name returns the interface name.
 func (d *Device) Name() string { return d.name }
 
-// Device returns the underlying wireguard-go device.
-func (d *Device) Device() *device.Device { return d.dev }
-
 // ListenPort returns the UDP port WireGuard listens on.
 func (d *Device) ListenPort() (int, error) {
 	s, err := d.dev.IpcGet()

@@ -135,6 +135,12 @@ func (a *Agent) registerMetrics(reg prometheus.Registerer) {
 			emit(float64(st.Skipped), "unchanged")
 			emit(float64(st.Errors), "error")
 		})
+	telemetry.CounterFunc(reg, "edgewire_agent_socks5_connections_total", "Connections proxied by the SOCKS5 proxy.", func() float64 {
+		if a.svc == nil || a.svc.socks == nil {
+			return 0
+		}
+		return float64(a.svc.socks.Connections())
+	})
 	telemetry.GaugeFunc(reg, "edgewire_agent_map_version", "Network map version held.", func() float64 {
 		a.mu.Lock()
 		defer a.mu.Unlock()

@@ -50,7 +50,6 @@ type Conn interface {
 	Send(dst [32]byte, pkt []byte) error
 	SetTicket(t []byte)
 	Connected() bool
-	Ping(ctx context.Context) (time.Duration, error)
 	LastError() error
 }
 
@@ -164,17 +163,6 @@ func (m *Manager) Send(dst [32]byte, pkt []byte) error {
 		return relay.ErrNotConnected
 	}
 	return h.client.Send(dst, pkt)
-}
-
-// Ping measures the round trip to the home relay.
-func (m *Manager) Ping(ctx context.Context) (time.Duration, error) {
-	m.mu.Lock()
-	h := m.home
-	m.mu.Unlock()
-	if h == nil {
-		return 0, relay.ErrNotConnected
-	}
-	return h.client.Ping(ctx)
 }
 
 // Status returns the home relay's state.

@@ -19,9 +19,6 @@ func (f *fakeConn) Run(ctx context.Context) error { <-ctx.Done(); return nil }
 func (f *fakeConn) Send([32]byte, []byte) error   { return nil }
 func (f *fakeConn) SetTicket([]byte)              {}
 func (f *fakeConn) Connected() bool               { return f.up.Load() }
-func (f *fakeConn) Ping(context.Context) (time.Duration, error) {
-	return time.Millisecond, nil
-}
 func (f *fakeConn) LastError() error {
 	if f.up.Load() {
 		return nil
