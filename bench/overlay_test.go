@@ -30,7 +30,9 @@ import (
 // only use the relays (c homed on region 1, d on region 2). a and b also
 // run the plain wireguard-go reference (wgplain) between the same NATed
 // hosts, and router B forwards iperf3 and ping to b so the raw underlay
-// takes the same NATs.
+// takes the same NATs. The relays run without their per-node rate limit
+// (default 400 Mbit/s, an operator's fairness policy) so the relayed rows
+// measure what the relay path can carry.
 type overlay struct {
 	l              *lab.Lab
 	coord          *cluster.Coordinator
@@ -65,10 +67,10 @@ func setupOverlay(t *testing.T, wgplain string) *overlay {
 		t.Fatal(err)
 	}
 	o.coord = cluster.StartCoordinatorWith(t, l, cloud, cluster.CoordinatorOptions{
-		Extra: append([]string{"--relay-map", relayMap, "--mesh-key-file", meshKey}, quiet...),
+		Extra: append([]string{"--relay-map", relayMap, "--mesh-key-file", meshKey, "--relay-client-rate", "0"}, quiet...),
 	})
 	o.relay2.StartWith(cluster.RelayOptions{TicketKey: o.coord.TicketKeyFile(), MeshKeyFile: meshKey,
-		MeshPeers: []string{o.coord.RelayMeshPeer()}, Extra: quiet})
+		MeshPeers: []string{o.coord.RelayMeshPeer()}, Extra: append([]string{"--client-rate", "0"}, quiet...)})
 
 	o.siteA, o.siteB = l.AddSite("sa", lab.NATEIM), l.AddSite("sb", lab.NATEIM)
 	siteC, siteD := l.AddSite("sc", lab.NATSymmetric), l.AddSite("sd", lab.NATSymmetric)

@@ -64,6 +64,7 @@ type Config struct {
 	RelayName     string             // region name of the embedded relay
 	Relays        []*api.RelayRegion // further relays (--relay-map)
 	MeshKey       []byte             // relay mesh key; nil: the embedded relay does not mesh
+	RelayRate     float64            // embedded relay's per-client bytes/s (relay.ServerConfig.RateBytes; 0: default)
 	TicketTTL     time.Duration      // relay ticket lifetime
 	Services      svcsource.Source   // where Services and pod CIDRs come from; nil: none
 	MetricsListen string             // /metrics, /healthz, /readyz; empty: off
@@ -297,7 +298,7 @@ func startRelay(ctx context.Context, cfg Config, id *pki.Identity, ticketKey ed2
 	}
 	rs, err := relay.NewServer(relay.ServerConfig{
 		PrivateKey: key, TicketKey: ticketKey.Public().(ed25519.PublicKey), MeshKey: cfg.MeshKey, MeshPeers: peers,
-		Logger: cfg.Logger.With("src", "relay"),
+		RateBytes: cfg.RelayRate, Logger: cfg.Logger.With("src", "relay"),
 	})
 	if err != nil {
 		return nil, nil, err

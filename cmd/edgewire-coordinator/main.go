@@ -28,6 +28,7 @@ func main() {
 		kubeconfig          string
 		inCluster           bool
 		servicesFile        string
+		relayRate           float64
 		logLevel, logFormat string
 	)
 	cmd := &cobra.Command{
@@ -53,6 +54,9 @@ func main() {
 				if cfg.Relays, err = coordinator.LoadRelayMap(relayMap); err != nil {
 					return err
 				}
+			}
+			if cfg.RelayRate, err = relay.RateFromMbit(relayRate); err != nil {
+				return fmt.Errorf("--relay-client-rate: %w", err)
 			}
 			if meshKey != "" {
 				if cfg.MeshKey, err = relay.LoadMeshKey(meshKey); err != nil {
@@ -94,6 +98,7 @@ func main() {
 	f.StringVar(&cfg.RelayName, "relay-region-name", "coordinator", "region name of the embedded relay")
 	f.StringVar(&relayMap, "relay-map", "", "JSON file listing further relays (see README)")
 	f.StringVar(&meshKey, "mesh-key-file", "", "file with the relay mesh key shared by all relays")
+	f.Float64Var(&relayRate, "relay-client-rate", relay.DefaultRateBytes*8/1e6, "Mbit/s each node may send through the embedded relay (0: no limit)")
 	f.DurationVar(&cfg.TicketTTL, "relay-ticket-ttl", 10*time.Minute, "lifetime of relay tickets (renewed at half)")
 	f.StringVar(&kubeconfig, "kubeconfig", "", "watch Services, EndpointSlices and Nodes of this cluster")
 	f.BoolVar(&inCluster, "in-cluster", false, "watch the cluster the coordinator runs in (service account)")

@@ -33,6 +33,7 @@ func main() {
 		tlsCert, tlsKey                                     string
 		meshPeers                                           []string
 		printKey                                            bool
+		clientRate                                          float64
 		metricsListen                                       string
 		logLevel, logFormat                                 string
 	)
@@ -64,6 +65,9 @@ func main() {
 				return err
 			}
 			cfg := relay.ServerConfig{PrivateKey: key, TicketKey: tk, Logger: log}
+			if cfg.RateBytes, err = relay.RateFromMbit(clientRate); err != nil {
+				return fmt.Errorf("--client-rate: %w", err)
+			}
 			if meshKeyFile != "" {
 				if cfg.MeshKey, err = relay.LoadMeshKey(meshKeyFile); err != nil {
 					return err
@@ -127,6 +131,7 @@ func main() {
 	f.StringSliceVar(&meshPeers, "mesh-peer", nil, "another relay of the mesh as https://host:port/relay=<base64 key> (repeatable)")
 	f.StringVar(&tlsCert, "tls-cert", "", "serving certificate (PEM); default: self-signed (clients authenticate the relay by its key)")
 	f.StringVar(&tlsKey, "tls-key", "", "serving certificate key (PEM)")
+	f.Float64Var(&clientRate, "client-rate", relay.DefaultRateBytes*8/1e6, "Mbit/s each node may send through this relay (0: no limit)")
 	f.BoolVar(&printKey, "print-key", false, "print the relay's public key (for the relay map) and exit")
 	f.StringVar(&metricsListen, "metrics-listen", "127.0.0.1:9091", "address for /metrics, /healthz and /readyz (empty: off)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"strconv"
@@ -52,7 +53,7 @@ type ServerConfig struct {
 	MeshKey    []byte            // shared by the relays of a mesh, >= 32 bytes; nil: no mesh
 	MeshPeers  []MeshPeer        // the other relays of the mesh; an entry with this relay's own key is skipped
 	QueueLen   int               // packets queued per client before the oldest is dropped
-	RateBytes  float64           // sustained bytes/s a client may send
+	RateBytes  float64           // sustained bytes/s a client may send; +Inf: no limit (see RateFromMbit)
 	RateBurst  int               // burst bytes a client may send; >= 64 KiB
 	KeepAlive  time.Duration     // keepalive interval on idle connections, 1s..65535s
 	Logger     *slog.Logger
@@ -132,8 +133,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		cfg.QueueLen = DefaultQueueLen
 	}
 	switch {
-	case cfg.RateBytes < 0:
-		return nil, fmt.Errorf("relay: RateBytes %v is negative", cfg.RateBytes)
+	case cfg.RateBytes < 0 || math.IsNaN(cfg.RateBytes):
+		return nil, fmt.Errorf("relay: RateBytes %v is not a rate", cfg.RateBytes)
 	case cfg.RateBytes == 0:
 		cfg.RateBytes = DefaultRateBytes
 	}
@@ -696,4 +697,18 @@ func writeLoop(nc net.Conn, q *queue, done <-chan struct{}, keepAlive time.Durat
 		}
 		ka.Reset(keepAlive)
 	}
+}
+
+// RateFromMbit turns a per-client rate limit in Mbit/s, as operators give
+// it on the command line, into ServerConfig.RateBytes: 0 means no limit.
+func RateFromMbit(mbit float64) (float64, error) {
+	switch {
+	case math.IsNaN(mbit) || math.IsInf(mbit, 0) || mbit < 0:
+		return 0, fmt.Errorf("client rate %v Mbit/s: want 0 (no limit) or a positive number", mbit)
+	case mbit == 0:
+		return math.Inf(1), nil
+	case mbit*1e6/8 < float64(maxPacketSize):
+		return 0, fmt.Errorf("client rate %v Mbit/s: below one %d-byte packet per second", mbit, maxPacketSize)
+	}
+	return mbit * 1e6 / 8, nil
 }

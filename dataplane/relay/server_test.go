@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -299,6 +300,54 @@ func TestRateLimitDrops(t *testing.T) {
 	eventually(t, 5*time.Second, "allowed packets delivered", func() bool { return len(c2.got) == allowed })
 }
 
+func TestNoRateLimit(t *testing.T) {
+	e := newEnv(t) // the fake clock stands still: a limiter would allow one burst only
+	inf, err := RateFromMbit(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := e.startRelay(ServerConfig{RateBytes: inf, RateBurst: 64 << 10}, "")
+	k1, k2 := newKey(), newKey()
+	c1 := e.startClient(r, k1, e.ticket(PublicKey(k1), time.Hour))
+	c2 := e.startClient(r, k2, e.ticket(PublicKey(k2), time.Hour))
+	waitConnected(t, c1, c2)
+	const n, size = 200, 1400 // 4x the burst
+	for i := 0; i < n; i++ {
+		if err := c1.c.Send(c2.pub, make([]byte, size)); err != nil {
+			t.Fatal(err)
+		}
+		if i%50 == 49 { // stay under the client queue's bound
+			eventually(t, 5*time.Second, "packets at the relay", func() bool { return r.s.Stats().PacketsIn == uint64(i+1) })
+		}
+	}
+	eventually(t, 5*time.Second, "all packets delivered", func() bool { return len(c2.got) == n })
+	if got := r.s.Stats().Drops["rate_limited"]; got != 0 {
+		t.Errorf("rate_limited: got %d, want 0", got)
+	}
+}
+
+func TestRateFromMbit(t *testing.T) {
+	tests := []struct {
+		mbit    float64
+		want    float64
+		wantErr bool
+	}{
+		{0, math.Inf(1), false},
+		{400, 50e6, false},
+		{1, 125e3, false},
+		{0.1, 0, true}, // below one max-size packet per second
+		{-1, 0, true},
+		{math.NaN(), 0, true},
+		{math.Inf(1), 0, true},
+	}
+	for _, tt := range tests {
+		got, err := RateFromMbit(tt.mbit)
+		if (err != nil) != tt.wantErr || (err == nil && got != tt.want) {
+			t.Errorf("RateFromMbit(%v) = %v, %v; want %v (error %v)", tt.mbit, got, err, tt.want, tt.wantErr)
+		}
+	}
+}
+
 func TestServerQueueFullDrops(t *testing.T) {
 	e := newEnv(t)
 	r := e.startRelay(ServerConfig{QueueLen: 2}, "")
@@ -392,6 +441,9 @@ func TestNewServerValidates(t *testing.T) {
 		{"burst below a packet", func(c *ServerConfig) { c.RateBurst = 1000 }, "RateBurst"},
 		{"keepalive too short", func(c *ServerConfig) { c.KeepAlive = time.Millisecond }, "KeepAlive"},
 		{"negative queue", func(c *ServerConfig) { c.QueueLen = -1 }, "QueueLen"},
+		{"negative rate", func(c *ServerConfig) { c.RateBytes = -1 }, "RateBytes"},
+		{"NaN rate", func(c *ServerConfig) { c.RateBytes = math.NaN() }, "RateBytes"},
+		{"no limit", func(c *ServerConfig) { c.RateBytes = math.Inf(1) }, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
