@@ -115,6 +115,9 @@ func (r *Report) Write(dir string) error {
 	defer r.mu.Unlock()
 	r.Finished = time.Now()
 	r.Host["uptime_end"] = uptime()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
 	b, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
 		return err
