@@ -150,10 +150,7 @@ func iptablesVersion() string {
 
 func newProxy(t *testing.T, h *lab.Host, iface string) *svcproxy.Proxy {
 	t.Helper()
-	p, err := svcproxy.New(svcproxy.Config{Mode: svcproxy.ModeOn, Interface: iface,
-		Exec: func(ctx context.Context, argv ...string) ([]byte, error) {
-			return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.NS()}, argv...)...).CombinedOutput()
-		}})
+	p, err := svcproxy.New(svcproxy.Config{Mode: svcproxy.ModeOn, Interface: iface, NetNS: "/var/run/netns/" + h.NS()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,6 @@
 package svcproxy
 
-// Integration tests against the real iptables, each inside network
+// Integration tests against the real nftables, each inside network
 // namespaces the test creates and always removes. Nothing here touches the
 // root namespace's firewall.
 
@@ -43,7 +43,7 @@ func needRoot(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for network namespaces")
 	}
-	for _, bin := range []string{"ip", "iptables", "iptables-save", "iptables-restore"} {
+	for _, bin := range []string{"ip", "nft"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			t.Skipf("needs %s", bin)
 		}
@@ -81,26 +81,27 @@ func run(t *testing.T, argv ...string) string {
 	return string(out)
 }
 
-// nsExec is a Config.Exec that runs every command inside ns.
-func nsExec(ns string) func(ctx context.Context, argv ...string) ([]byte, error) {
-	return func(ctx context.Context, argv ...string) ([]byte, error) {
-		argv = append([]string{"netns", "exec", ns}, argv...)
-		return exec.CommandContext(ctx, "ip", argv...).CombinedOutput()
-	}
-}
-
 func nsProxy(t *testing.T, ns, iface string) *Proxy {
 	t.Helper()
-	p, err := New(Config{Mode: ModeOn, Interface: iface, Exec: nsExec(ns)})
+	p, err := New(Config{Mode: ModeOn, Interface: iface, NetNS: "/var/run/netns/" + ns})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return p
 }
 
-func save(t *testing.T, ns, table string) string {
+// listTable returns `nft -a list table ip edgewire` in ns ("" if the
+// table does not exist).
+func listTable(t *testing.T, ns string) string {
 	t.Helper()
-	return run(t, "ip", "netns", "exec", ns, "iptables-save", "-t", table)
+	out, err := exec.Command("ip", "netns", "exec", ns, "nft", "-a", "list", "table", "ip", tableName).CombinedOutput()
+	if err != nil {
+		if strings.Contains(string(out), "No such file") {
+			return ""
+		}
+		t.Fatalf("nft list table: %v: %s", err, out)
+	}
+	return string(out)
 }
 
 func count(text, sub string) int { return strings.Count(text, sub) }
@@ -128,13 +129,38 @@ func inNS(ns string, fn func() error) error {
 	return <-errc
 }
 
-func TestApplyIdempotentAndStale(t *testing.T) {
+func assertClean(t *testing.T, ns string) {
+	t.Helper()
+	if s := listTable(t, ns); s != "" {
+		t.Errorf("table ip %s still exists after Cleanup:\n%s", tableName, s)
+	}
+	for _, tb := range []string{"nat", "filter", "mangle"} {
+		if s := run(t, "ip", "netns", "exec", ns, "iptables-save", "-t", tb); strings.Contains(s, "EDGEWIRE") {
+			t.Errorf("%s table still mentions EDGEWIRE after Cleanup:\n%s", tb, s)
+		}
+	}
+}
+
+// handleOf returns the rule handle of the first line of text containing
+// sub, or "" if none does.
+func handleOf(text, sub string) string {
+	for line := range strings.Lines(text) {
+		if strings.Contains(line, sub) {
+			_, h, _ := strings.Cut(line, "# handle ")
+			return strings.TrimSpace(h)
+		}
+	}
+	return ""
+}
+
+func TestApplyDiffAndStale(t *testing.T) {
 	needRoot(t)
 	ctx := context.Background()
 	ns := newNS(t)
 	p := nsProxy(t, ns, "wg0")
+	other := svc("other", "10.96.0.20", services.TCP, 443, ep("10.2.0.1", 8443), ep("10.2.0.2", 8443))
 	three := table(t, svc("web", "10.96.0.10", services.TCP, 80, ep("10.1.0.1", 8080), ep("10.1.0.2", 8080), ep("10.1.0.3", 8080)),
-		svc("empty", "10.96.0.11", services.UDP, 53))
+		svc("empty", "10.96.0.11", services.UDP, 53), other)
 
 	for range 2 {
 		if err := p.Apply(ctx, three); err != nil {
@@ -144,69 +170,76 @@ func TestApplyIdempotentAndStale(t *testing.T) {
 	if s := p.Stats(); s.Applies != 1 || s.Skipped != 1 || s.Errors != 0 {
 		t.Errorf("stats after two applies: got %+v, want 1 applied, 1 skipped", s)
 	}
-	nat, filter, mangle := save(t, ns, "nat"), save(t, ns, "filter"), save(t, ns, "mangle")
-	for _, c := range []struct{ text, sub string }{
-		{nat, "-A PREROUTING -m comment --comment edgewire -j EDGEWIRE-SERVICES\n"},
-		{nat, "-A OUTPUT -m comment --comment edgewire -j EDGEWIRE-SERVICES\n"},
-		{nat, "-A POSTROUTING -m comment --comment edgewire -j EDGEWIRE-POSTROUTING\n"},
-		{nat, ":" + chainName(prefixSVC, "default/web//TCP") + " "},
-		{nat, "-j MASQUERADE\n"},
-		{filter, "-A OUTPUT -m comment --comment edgewire -j EDGEWIRE-SERVICES\n"},
-		{filter, "-A FORWARD -m comment --comment edgewire -j EDGEWIRE-SERVICES\n"},
-		{filter, "-d 10.96.0.11/32 -p udp"},
-		{mangle, "-A FORWARD -m comment --comment edgewire -j EDGEWIRE-MSS\n"},
-		{mangle, "-A OUTPUT -m comment --comment edgewire -j EDGEWIRE-MSS\n"},
+	nft := listTable(t, ns)
+	for _, want := range []string{
+		"type nat hook prerouting priority dstnat; policy accept;",
+		"type nat hook output priority -100; policy accept;",
+		"type nat hook postrouting priority srcnat; policy accept;",
+		"ip daddr . meta l4proto . th dport vmap @services",
+		`meta mark & 0x00004000 != 0x00000000 oifname "wg0" masquerade`,
+		"ip daddr . meta l4proto . th dport @no-endpoints reject",
+		`iifname "wg0" tcp flags syn / syn,rst tcp option maxseg size set rt mtu`,
+		"10.96.0.10 . tcp . 80 : goto svc-default/web/tcp",
+		"10.96.0.11 . udp . 53",
+		"numgen random mod 3 vmap",
 	} {
-		if n := count(c.text, c.sub); n != 1 {
-			t.Errorf("%q appears %d times, want 1", c.sub, n)
+		if n := count(nft, want); n != 1 {
+			t.Errorf("%q appears %d times, want 1", want, n)
 		}
 	}
-	if n := count(nat, "-j DNAT"); n != 3 {
-		t.Errorf("got %d DNAT rules, want 3:\n%s", n, nat)
+	if n := count(nft, "dnat to "); n != 5 {
+		t.Errorf("got %d dnat rules, want 5:\n%s", n, nft)
 	}
 
-	// Endpoint 10.1.0.3 goes away: its SEP chain must go with it.
-	gone := chainName(prefixSEP, "default/web//TCP/10.1.0.3:8080")
-	if !strings.Contains(nat, ":"+gone+" ") {
-		t.Fatalf("SEP chain %s missing before the change", gone)
+	// Endpoint 10.1.0.3 goes away: its chain goes with it, and the other
+	// Service's rules are not rewritten (same handles).
+	gone := "ep-default/web/tcp/10.1.0.3:8080"
+	otherRule := handleOf(nft, "dnat to 10.2.0.1:8443")
+	otherSpread := handleOf(nft, "numgen random mod 2")
+	if !strings.Contains(nft, "chain "+gone+" ") || otherRule == "" || otherSpread == "" {
+		t.Fatalf("rules missing before the change:\n%s", nft)
 	}
 	two := table(t, svc("web", "10.96.0.10", services.TCP, 80, ep("10.1.0.1", 8080), ep("10.1.0.2", 8080)),
-		svc("empty", "10.96.0.11", services.UDP, 53))
+		svc("empty", "10.96.0.11", services.UDP, 53), other)
 	if err := p.Apply(ctx, two); err != nil {
 		t.Fatal(err)
 	}
-	nat = save(t, ns, "nat")
-	if strings.Contains(nat, gone) {
-		t.Errorf("stale chain %s still present:\n%s", gone, nat)
+	nft = listTable(t, ns)
+	if strings.Contains(nft, gone) {
+		t.Errorf("stale chain %s still present:\n%s", gone, nft)
 	}
-	if n := count(nat, "-j DNAT"); n != 2 {
-		t.Errorf("got %d DNAT rules, want 2", n)
+	if n := count(nft, "dnat to "); n != 4 {
+		t.Errorf("got %d dnat rules, want 4", n)
 	}
-	if n := count(nat, "-A PREROUTING "); n != 1 {
-		t.Errorf("got %d PREROUTING rules after a change, want 1", n)
+	if got := handleOf(nft, "dnat to 10.2.0.1:8443"); got != otherRule {
+		t.Errorf("other Service's endpoint rule: handle %s, want %s (untouched)", got, otherRule)
+	}
+	if got := handleOf(nft, "numgen random mod 2 vmap { 0 : goto ep-default/other"); got != otherSpread {
+		t.Errorf("other Service's spread rule: handle %s, want %s (untouched)", got, otherSpread)
 	}
 
-	// Someone deletes a jump (a firewall reload): the next apply restores it once.
-	run(t, "ip", "netns", "exec", ns, "iptables", "-t", "nat", "-D", "PREROUTING", "-m", "comment", "--comment", "edgewire", "-j", chainServices)
+	// Someone removes our table (a firewall reload): the next apply,
+	// with nothing new, notices and puts it back.
+	run(t, "ip", "netns", "exec", ns, "nft", "delete", "table", "ip", tableName)
 	if err := p.Apply(ctx, two); err != nil {
 		t.Fatal(err)
 	}
-	if n := count(save(t, ns, "nat"), "-A PREROUTING -m comment --comment edgewire -j EDGEWIRE-SERVICES\n"); n != 1 {
-		t.Errorf("PREROUTING jump present %d times after repair, want 1", n)
+	if n := count(listTable(t, ns), "dnat to "); n != 4 {
+		t.Errorf("got %d dnat rules after the table was deleted and re-applied, want 4", n)
 	}
 
-	// A restarted agent (new Proxy) removes chains its predecessor left.
+	// A restarted agent (new Proxy) replaces what its predecessor left.
 	p2 := nsProxy(t, ns, "wg0")
 	one := table(t, svc("web", "10.96.0.10", services.TCP, 80, ep("10.1.0.1", 8080)))
 	if err := p2.Apply(ctx, one); err != nil {
 		t.Fatal(err)
 	}
-	nat = save(t, ns, "nat")
-	if n := count(nat, ":"+prefixSEP); n != 1 {
-		t.Errorf("got %d SEP chains after restart, want 1:\n%s", n, nat)
+	nft = listTable(t, ns)
+	if n := count(nft, "chain ep-"); n != 1 {
+		t.Errorf("got %d endpoint chains after restart, want 1:\n%s", n, nft)
 	}
-	if n := count(save(t, ns, "filter"), "-j REJECT"); n != 0 {
-		t.Errorf("got %d REJECT rules for a removed Service, want 0", n)
+	if strings.Contains(nft, "10.96.0.11") || strings.Contains(nft, "other") {
+		t.Errorf("removed Services still have rules:\n%s", nft)
 	}
 
 	if err := p2.Cleanup(ctx); err != nil {
@@ -215,19 +248,11 @@ func TestApplyIdempotentAndStale(t *testing.T) {
 	assertClean(t, ns)
 }
 
-func assertClean(t *testing.T, ns string) {
-	t.Helper()
-	for _, table := range []string{"nat", "filter", "mangle"} {
-		if s := save(t, ns, table); strings.Contains(s, "EDGEWIRE") {
-			t.Errorf("%s table still mentions EDGEWIRE after Cleanup:\n%s", table, s)
-		}
-	}
-}
-
-// TestApplyFailureKeepsRules makes the nat restore fail (a foreign rule
-// still references a chain the new rules drop) and checks the previous
-// rules stay in force.
-func TestApplyFailureKeepsRules(t *testing.T) {
+// TestApplyFailureChangesNothing makes the kernel refuse the last
+// message of a batch that first rewrites a Service and deletes an
+// endpoint chain, and checks none of it took effect; then bad input
+// (two Services on one portal) is refused before anything is sent.
+func TestApplyFailureChangesNothing(t *testing.T) {
 	needRoot(t)
 	ctx := context.Background()
 	ns := newNS(t)
@@ -237,50 +262,123 @@ func TestApplyFailureKeepsRules(t *testing.T) {
 	if err := p.Apply(ctx, two); err != nil {
 		t.Fatal(err)
 	}
-	before := save(t, ns, "nat")
-	pinned := chainName(prefixSEP, "default/web//TCP/10.1.0.2:8080")
-	run(t, "ip", "netns", "exec", ns, "iptables", "-t", "nat", "-N", "PIN")
-	run(t, "ip", "netns", "exec", ns, "iptables", "-t", "nat", "-A", "PIN", "-j", pinned)
+	before := listTable(t, ns)
 
-	one := table(t, svc("web", "10.96.0.10", services.TCP, 80, ep("10.1.0.1", 8080)))
+	p.breakBatch = true
+	one := table(t, svc("web", "10.96.0.10", services.TCP, 80, ep("10.1.0.1", 8080)),
+		svc("new", "10.96.0.12", services.UDP, 53, ep("10.1.0.9", 53)))
 	err := p.Apply(ctx, one)
 	if err == nil {
-		t.Fatal("apply succeeded; want the nat restore to fail")
+		t.Fatal("apply succeeded; want the batch refused")
 	}
 	t.Logf("error (expected): %v", err)
-	if !strings.Contains(err.Error(), "iptables-restore nat") {
-		t.Errorf("error %q does not name the restore and table", err)
+	if !strings.Contains(err.Error(), "nothing applied") {
+		t.Errorf("error %q does not say the batch was not applied", err)
 	}
-	if n := count(save(t, ns, "nat"), "-j DNAT"); n != 2 || count(before, "-j DNAT") != 2 {
-		t.Errorf("got %d DNAT rules after the failed apply, want the previous 2", n)
+	if after := listTable(t, ns); after != before {
+		t.Errorf("table changed by a refused batch:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
-	run(t, "ip", "netns", "exec", ns, "iptables", "-t", "nat", "-F", "PIN")
+
+	p.breakBatch = false
+	conflict := svc("dup", "10.96.0.10", services.TCP, 80, ep("10.1.0.7", 80))
+	err = p.Apply(ctx, table(t, svc("web", "10.96.0.10", services.TCP, 80, ep("10.1.0.1", 8080)), conflict))
+	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "10.96.0.10:80/TCP") {
+		t.Errorf("two Services on one portal: got %v, want ErrConflict naming 10.96.0.10:80/TCP", err)
+	}
+	if after := listTable(t, ns); after != before {
+		t.Errorf("table changed by refused input:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+
 	if err := p.Apply(ctx, one); err != nil {
 		t.Fatalf("retry: %v", err)
 	}
-	if s := save(t, ns, "nat"); strings.Contains(s, pinned) || count(s, "-j DNAT") != 1 {
+	if s := listTable(t, ns); count(s, "dnat to ") != 2 || strings.Contains(s, "10.1.0.2") {
 		t.Errorf("retry did not converge:\n%s", s)
 	}
-	if s := p.Stats(); s.Errors != 1 || s.Applies != 2 {
-		t.Errorf("stats: got %+v, want 2 applies, 1 error", s)
+	if s := p.Stats(); s.Errors != 2 || s.Applies != 2 {
+		t.Errorf("stats: got %+v, want 2 applies, 2 errors", s)
 	}
 }
 
 func TestEnabledAutoNetns(t *testing.T) {
 	needRoot(t)
 	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		argv []string
+	}{
+		{"iptables mode", []string{"iptables", "-t", "nat", "-N", "KUBE-SERVICES"}},
+		{"nftables mode", []string{"nft", "add", "table", "ip", "kube-proxy"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ns := newNS(t)
+			p, err := New(Config{Mode: ModeAuto, Interface: "wg0", NetNS: "/var/run/netns/" + ns})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if on, err := p.Enabled(ctx); !on || err != nil {
+				t.Errorf("fresh namespace: got %v, %v; want enabled", on, err)
+			}
+			run(t, append([]string{"ip", "netns", "exec", ns}, tc.argv...)...)
+			if on, err := p.Enabled(ctx); on || err != nil {
+				t.Errorf("with kube-proxy's %s: got %v, %v; want disabled", tc.name, on, err)
+			}
+		})
+	}
+}
+
+// TestLegacyChainsRemoved loads what the iptables-era svcproxy left and
+// checks the first Apply removes it without touching foreign rules.
+func TestLegacyChainsRemoved(t *testing.T) {
+	needRoot(t)
+	if _, err := exec.LookPath("iptables-restore"); err != nil {
+		t.Skip("needs iptables-restore")
+	}
+	ctx := context.Background()
 	ns := newNS(t)
-	p, err := New(Config{Mode: ModeAuto, Interface: "wg0", Exec: nsExec(ns)})
+	f, err := os.CreateTemp(t.TempDir(), "rules")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if on, err := p.Enabled(ctx); !on || err != nil {
-		t.Errorf("fresh namespace: got %v, %v; want enabled", on, err)
+	f.WriteString(`*nat
+:EDGEWIRE-SERVICES - [0:0]
+:EDGEWIRE-SVC-AAAAAAAAAAAAAAA - [0:0]
+:EDGEWIRE-POSTROUTING - [0:0]
+:KEEP - [0:0]
+-A PREROUTING -m comment --comment edgewire -j EDGEWIRE-SERVICES
+-A PREROUTING -j KEEP
+-A OUTPUT -m comment --comment edgewire -j EDGEWIRE-SERVICES
+-A POSTROUTING -m comment --comment edgewire -j EDGEWIRE-POSTROUTING
+-A EDGEWIRE-SERVICES -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j EDGEWIRE-SVC-AAAAAAAAAAAAAAA
+-A EDGEWIRE-SVC-AAAAAAAAAAAAAAA -j DNAT --to-destination 10.1.0.1:80
+COMMIT
+*mangle
+:EDGEWIRE-MSS - [0:0]
+-A FORWARD -m comment --comment edgewire -j EDGEWIRE-MSS
+-A EDGEWIRE-MSS -o wg0 -p tcp -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu
+COMMIT
+`)
+	f.Close()
+	run(t, "ip", "netns", "exec", ns, "iptables-restore", f.Name())
+	p := nsProxy(t, ns, "wg0")
+	if err := p.Apply(ctx, table(t, svc("web", "10.96.0.10", services.TCP, 80, ep("10.1.0.1", 8080)))); err != nil {
+		t.Fatal(err)
 	}
-	run(t, "ip", "netns", "exec", ns, "iptables", "-t", "nat", "-N", "KUBE-SERVICES")
-	if on, err := p.Enabled(ctx); on || err != nil {
-		t.Errorf("with KUBE-SERVICES: got %v, %v; want disabled", on, err)
+	for _, tb := range []string{"nat", "mangle"} {
+		if s := run(t, "ip", "netns", "exec", ns, "iptables-save", "-t", tb); strings.Contains(s, "EDGEWIRE") {
+			t.Errorf("%s still has the old chains:\n%s", tb, s)
+		}
 	}
+	if s := run(t, "ip", "netns", "exec", ns, "iptables-save", "-t", "nat"); !strings.Contains(s, "-A PREROUTING -j KEEP") {
+		t.Errorf("a foreign rule went with the old chains:\n%s", s)
+	}
+	if !strings.Contains(listTable(t, ns), "dnat to 10.1.0.1:8080") {
+		t.Error("no nftables rules after the migration")
+	}
+	if err := p.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	assertClean(t, ns)
 }
 
 // TestTraffic programs a ClusterIP in a client namespace and connects to
@@ -427,9 +525,8 @@ func TestApplyScale(t *testing.T) {
 	}
 	t.Logf("apply with one endpoint removed: %v", time.Since(start))
 
-	nat := save(t, ns, "nat")
-	if got, want := count(nat, "-j DNAT"), 9999; got != want {
-		t.Errorf("got %d DNAT rules, want %d", got, want)
+	if got, want := count(listTable(t, ns), "dnat to "), 9999; got != want {
+		t.Errorf("got %d dnat rules, want %d", got, want)
 	}
 	if s := p.Stats(); s.Applies != 2 || s.Skipped != 1 {
 		t.Errorf("stats: got %+v, want 2 applies, 1 skipped", s)

@@ -1,0 +1,466 @@
+package svcproxy
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/bits"
+	"os"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/edgewire/edgewire/node/services"
+)
+
+var (
+	ourTable = &nftables.Table{Name: tableName, Family: nftables.TableFamilyIPv4}
+
+	// portalType is the key of the services map and the no-endpoints set:
+	// ip daddr . meta l4proto . th dport, each field padded to 4 bytes.
+	portalType = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)
+
+	servicesMap = &nftables.Set{Table: ourTable, Name: mapServices, IsMap: true, Concatenation: true,
+		KeyType: portalType, DataType: nftables.TypeVerdict}
+	noEpsSet = &nftables.Set{Table: ourTable, Name: setNoEps, Concatenation: true, KeyType: portalType}
+)
+
+// baseChain is a chain hooked into netfilter.
+type baseChain struct {
+	name  string
+	typ   nftables.ChainType
+	hook  *nftables.ChainHook
+	prio  *nftables.ChainPriority
+	rules func(iface string) [][]expr.Any
+}
+
+var baseChains = []baseChain{
+	{chainNATPrerouting, nftables.ChainTypeNAT, nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest, portalRules},
+	{chainNATOutput, nftables.ChainTypeNAT, nftables.ChainHookOutput, nftables.ChainPriorityNATDest, portalRules},
+	{chainNATPostrouting, nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource, masqRules},
+	{chainFilterOutput, nftables.ChainTypeFilter, nftables.ChainHookOutput, nftables.ChainPriorityFilter, filterRules(false)},
+	{chainFilterForward, nftables.ChainTypeFilter, nftables.ChainHookForward, nftables.ChainPriorityFilter, filterRules(true)},
+}
+
+// loadPortal loads ip daddr . meta l4proto . th dport into registers 1,
+// 9 and 10 (the 16-byte register 1 is 32-bit registers 8-11).
+func loadPortal() []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 9},
+		&expr.Payload{DestRegister: 10, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+	}
+}
+
+// portalRules: ip daddr . meta l4proto . th dport vmap @services
+func portalRules(string) [][]expr.Any {
+	return [][]expr.Any{append(loadPortal(), &expr.Lookup{SourceRegister: 1, SetName: mapServices, IsDestRegSet: true, DestRegister: 0})}
+}
+
+func ifname(s string) []byte {
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, s)
+	return b
+}
+
+func nativeU32(v uint32) []byte { return binaryutil.NativeEndian.PutUint32(v) }
+
+// masqRules: meta mark & 0x4000 != 0 oifname IFACE masquerade
+func masqRules(iface string) [][]expr.Any {
+	return [][]expr.Any{{
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: nativeU32(masqMark), Xor: nativeU32(0)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: nativeU32(0)},
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(iface)},
+		&expr.Masq{},
+	}}
+}
+
+// filterRules: ip daddr . meta l4proto . th dport @no-endpoints reject,
+// then TCP MSS clamping to the route MTU for SYNs leaving (and, when
+// forwarding, entering) through the overlay interface.
+func filterRules(forward bool) func(string) [][]expr.Any {
+	return func(iface string) [][]expr.Any {
+		reject := append(loadPortal(), &expr.Lookup{SourceRegister: 1, SetName: setNoEps},
+			&expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: 3}) // ICMP port unreachable, as iptables' REJECT
+		rules := [][]expr.Any{reject, mssRule(expr.MetaKeyOIFNAME, iface)}
+		if forward {
+			rules = append(rules, mssRule(expr.MetaKeyIIFNAME, iface))
+		}
+		return rules
+	}
+}
+
+// mssRule: {i,o}ifname IFACE tcp flags & (syn|rst) == syn tcp option maxseg size set rt mtu
+func mssRule(dir expr.MetaKey, iface string) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: dir, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(iface)},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0x02 | 0x04}, Xor: []byte{0}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0x02}},
+		&expr.Rt{Register: 1, Key: expr.RtTCPMSS},
+		&expr.Exthdr{SourceRegister: 1, Type: 2, Offset: 2, Len: 2, Op: expr.ExthdrOpTcpopt},
+	}
+}
+
+func protoNum(p services.Protocol) byte {
+	if p == services.UDP {
+		return unix.IPPROTO_UDP
+	}
+	return unix.IPPROTO_TCP
+}
+
+// portalKey encodes p as a portalType key.
+func portalKey(p portal) []byte {
+	k := make([]byte, 12)
+	a := p.ip.As4()
+	copy(k, a[:])
+	k[4] = protoNum(p.proto)
+	binary.BigEndian.PutUint16(k[8:], p.port)
+	return k
+}
+
+func chainRef(name string) *nftables.Chain { return &nftables.Chain{Name: name, Table: ourTable} }
+
+func affSet(name string) *nftables.Set {
+	return &nftables.Set{Table: ourTable, Name: name, KeyType: nftables.TypeIPAddr, Dynamic: true, HasTimeout: true, Size: affinitySetSize}
+}
+
+// batch accumulates one Apply's messages on c and counts them.
+type batch struct {
+	c     *nftables.Conn
+	n     int    // messages queued
+	setID uint32 // last anonymous set ID used in this batch
+}
+
+func (b *batch) addRule(chain string, exprs []expr.Any) {
+	b.c.AddRule(&nftables.Rule{Table: ourTable, Chain: chainRef(chain), Exprs: exprs})
+	b.n++
+}
+
+// fillChain queues the rules of one svc-* or ep-* chain.
+func (b *batch) fillChain(name string, s *chainSpec) error {
+	if !strings.HasPrefix(name, prefixSvc) {
+		// ep chain: meta mark set meta mark | 0x4000 [update @aff { ip saddr } timeout T]
+		//           dnat to EP
+		var exprs []expr.Any
+		exprs = append(exprs,
+			&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: nativeU32(^uint32(masqMark)), Xor: nativeU32(masqMark)},
+			&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
+		)
+		if s.affSet != "" {
+			exprs = append(exprs,
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+				&expr.Dynset{SrcRegKey: 1, SetName: s.affSet, Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: s.timeout})
+		}
+		a := s.ep.Addr().As4()
+		exprs = append(exprs,
+			&expr.Immediate{Register: 1, Data: a[:]},
+			&expr.Immediate{Register: 2, Data: binaryutil.BigEndian.PutUint16(s.ep.Port())},
+			&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegProtoMin: 2, Specified: true})
+		b.addRule(name, exprs)
+		return nil
+	}
+	// svc chain: with affinity, first for each endpoint
+	//              ip saddr @aff-EP goto ep-EP
+	//            then: goto ep-EP (one endpoint) or
+	//              numgen random mod N vmap { 0 : goto ep-EP0, ... }
+	for i, set := range s.affSets {
+		b.addRule(name, []expr.Any{
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+			&expr.Lookup{SourceRegister: 1, SetName: set},
+			&expr.Verdict{Kind: expr.VerdictGoto, Chain: s.targets[i]},
+		})
+	}
+	if len(s.targets) == 1 {
+		b.addRule(name, []expr.Any{&expr.Verdict{Kind: expr.VerdictGoto, Chain: s.targets[0]}})
+		return nil
+	}
+	b.setID++
+	spread := &nftables.Set{Table: ourTable, ID: b.setID, Name: "__map%d", Anonymous: true, Constant: true, IsMap: true,
+		KeyType: nftables.TypeInteger, DataType: nftables.TypeVerdict}
+	elems := make([]nftables.SetElement, len(s.targets))
+	for i, t := range s.targets {
+		elems[i] = nftables.SetElement{Key: binaryutil.NativeEndian.PutUint32(uint32(i)),
+			VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: t}}
+	}
+	if err := b.c.AddSet(spread, elems); err != nil {
+		return fmt.Errorf("spread map of %s: %w", name, err)
+	}
+	b.n += 2
+	b.addRule(name, []expr.Any{
+		&expr.Numgen{Register: 1, Modulus: uint32(len(s.targets)), Type: unix.NFT_NG_RANDOM},
+		&expr.Lookup{SourceRegister: 1, SetName: spread.Name, SetID: spread.ID, IsDestRegSet: true, DestRegister: 0},
+	})
+	return nil
+}
+
+// queue adds p's changes, in plan order (see plan), towards rs.
+func (b *batch) queue(p *plan, rs *ruleset) error {
+	c := b.c
+	if len(p.delPortals) > 0 {
+		if err := c.SetDeleteElements(servicesMap, portalElems(p.delPortals, nil)); err != nil {
+			return err
+		}
+		b.n++
+	}
+	if len(p.delRejects) > 0 {
+		if err := c.SetDeleteElements(noEpsSet, portalElems(p.delRejects, nil)); err != nil {
+			return err
+		}
+		b.n++
+	}
+	for _, ch := range p.flush {
+		c.FlushChain(chainRef(ch))
+		b.n++
+	}
+	for _, ch := range p.delChains {
+		c.DelChain(chainRef(ch))
+		b.n++
+	}
+	for _, s := range p.delSets {
+		c.DelSet(affSet(s))
+		b.n++
+	}
+	for _, s := range p.addSets {
+		if err := c.AddSet(affSet(s), nil); err != nil {
+			return fmt.Errorf("set %s: %w", s, err)
+		}
+		b.n++
+	}
+	for _, ch := range p.addChains {
+		c.AddChain(chainRef(ch))
+		b.n++
+	}
+	for _, ch := range p.fill {
+		if err := b.fillChain(ch, rs.chains[ch]); err != nil {
+			return err
+		}
+	}
+	if len(p.addPortals) > 0 {
+		if err := c.SetAddElements(servicesMap, portalElems(p.addPortals, rs.portals)); err != nil {
+			return err
+		}
+		b.n++
+	}
+	if len(p.addRejects) > 0 {
+		if err := c.SetAddElements(noEpsSet, portalElems(p.addRejects, nil)); err != nil {
+			return err
+		}
+		b.n++
+	}
+	return nil
+}
+
+// portalElems makes set elements of ps; with targets, vmap elements
+// that goto each portal's chain.
+func portalElems(ps []portal, targets map[portal]string) []nftables.SetElement {
+	out := make([]nftables.SetElement, len(ps))
+	for i, p := range ps {
+		out[i] = nftables.SetElement{Key: portalKey(p)}
+		if targets != nil {
+			out[i].VerdictData = &expr.Verdict{Kind: expr.VerdictGoto, Chain: targets[p]}
+		}
+	}
+	return out
+}
+
+// queueTable replaces our table with an empty one holding the base
+// chains, their rules and the two portal sets: "add; delete; add" makes
+// the delete succeed whether or not the table existed.
+func (b *batch) queueTable(iface string) error {
+	c := b.c
+	c.AddTable(ourTable)
+	c.DelTable(ourTable)
+	c.AddTable(ourTable)
+	b.n += 3
+	for _, s := range []*nftables.Set{servicesMap, noEpsSet} {
+		if err := c.AddSet(s, nil); err != nil {
+			return fmt.Errorf("set %s: %w", s.Name, err)
+		}
+		b.n++
+	}
+	accept := nftables.ChainPolicyAccept
+	for _, bc := range baseChains {
+		c.AddChain(&nftables.Chain{Name: bc.name, Table: ourTable, Type: bc.typ, Hooknum: bc.hook, Priority: bc.prio, Policy: &accept})
+		b.n++
+		for _, r := range bc.rules(iface) {
+			b.addRule(bc.name, r)
+		}
+	}
+	return nil
+}
+
+// conn opens a netlink connection for one operation, in the configured
+// namespace. Socket buffers are sized for msgs messages (sent in one
+// batch, acknowledged one by one) and the socket gives up at ctx's
+// deadline.
+func (p *Proxy) conn(ctx context.Context, msgs *int) (*nftables.Conn, func(), error) {
+	opts := []nftables.ConnOption{nftables.WithSockOptions(func(c *netlink.Conn) error {
+		if d, ok := ctx.Deadline(); ok {
+			if err := c.SetDeadline(d); err != nil {
+				return err
+			}
+		}
+		n := 1
+		if msgs != nil {
+			n = *msgs
+		}
+		// Acks are queued whole until we read them; the kernel's
+		// default buffers hold a few hundred. Forcing needs
+		// CAP_NET_ADMIN, which programming rules needs anyway.
+		size := 1<<20 + n*2048
+		rc, err := c.SyscallConn()
+		if err != nil {
+			return err
+		}
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = errors.Join(unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, size),
+				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, size))
+		}); err != nil {
+			return err
+		}
+		return serr
+	})}
+	closeNS := func() {}
+	if p.cfg.NetNS != "" {
+		f, err := os.Open(p.cfg.NetNS)
+		if err != nil {
+			return nil, nil, fmt.Errorf("network namespace: %w", err)
+		}
+		closeNS = func() { f.Close() }
+		opts = append(opts, nftables.WithNetNSFd(int(f.Fd())))
+	}
+	c, err := nftables.New(opts...)
+	if err != nil {
+		closeNS()
+		return nil, nil, err
+	}
+	return c, closeNS, nil
+}
+
+// tableUse returns how many chains and sets our table holds, or -1 when
+// it does not exist.
+func tableUse(c *nftables.Conn) (int, error) {
+	tabs, err := c.ListTablesOfFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		return 0, fmt.Errorf("list nftables tables: %w", err)
+	}
+	for _, t := range tabs {
+		if t.Name == tableName {
+			// nftables v0.3.0 decodes NFTA_TABLE_USE in host byte
+			// order; the attribute is big endian.
+			use := t.Use
+			if binaryutil.NativeEndian.Uint32(binaryutil.BigEndian.PutUint32(1)) != 1 {
+				use = bits.ReverseBytes32(use)
+			}
+			return int(use), nil
+		}
+	}
+	return -1, nil
+}
+
+// wantUse is the table use count of a table holding rs: its chains and
+// named sets (anonymous sets belong to their rule and are not counted).
+func wantUse(rs *ruleset) int {
+	return len(baseChains) + 2 + len(rs.chains) + len(rs.sets)
+}
+
+// kubeProxyPresent reports whether kube-proxy programs this namespace
+// through nftables: its nftables-mode table "kube-proxy", or its
+// iptables-mode chain KUBE-SERVICES in an iptables-nft table.
+func kubeProxyPresent(c *nftables.Conn) (bool, error) {
+	tabs, err := c.ListTables()
+	if err != nil {
+		return false, fmt.Errorf("list nftables tables: %w", err)
+	}
+	for _, t := range tabs {
+		if t.Name == "kube-proxy" {
+			return true, nil
+		}
+	}
+	chains, err := c.ListChains()
+	if err != nil {
+		return false, fmt.Errorf("list nftables chains: %w", err)
+	}
+	for _, ch := range chains {
+		if ch.Name == "KUBE-SERVICES" {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// legacyPrefix names the chains the iptables backend (before nftables)
+// created in the nat, filter and mangle tables.
+const legacyPrefix = "EDGEWIRE-"
+
+// removeLegacy deletes chains and jump rules an agent of the iptables
+// era left in iptables-nft's tables, in one batch. It reports how many
+// chains it removed.
+func removeLegacy(c *nftables.Conn) (int, error) {
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		return 0, fmt.Errorf("list chains: %w", err)
+	}
+	ours := map[string][]*nftables.Chain{} // table -> EDGEWIRE-* chains
+	var builtin []*nftables.Chain
+	for _, ch := range chains {
+		switch t := ch.Table.Name; {
+		case t != "nat" && t != "filter" && t != "mangle":
+		case strings.HasPrefix(ch.Name, legacyPrefix):
+			ours[t] = append(ours[t], ch)
+		case ch.Hooknum != nil:
+			builtin = append(builtin, ch)
+		}
+	}
+	if len(ours) == 0 {
+		return 0, nil
+	}
+	n := 0
+	for _, ch := range builtin {
+		if len(ours[ch.Table.Name]) == 0 {
+			continue
+		}
+		rules, err := c.GetRules(ch.Table, ch)
+		if err != nil {
+			return 0, fmt.Errorf("rules of %s %s: %w", ch.Table.Name, ch.Name, err)
+		}
+		for _, r := range rules {
+			for _, e := range r.Exprs {
+				if v, ok := e.(*expr.Verdict); ok && strings.HasPrefix(v.Chain, legacyPrefix) {
+					if err := c.DelRule(r); err != nil {
+						return 0, err
+					}
+					break
+				}
+			}
+		}
+	}
+	for _, list := range ours {
+		for _, ch := range list {
+			c.FlushChain(ch)
+		}
+	}
+	for _, list := range ours {
+		for _, ch := range list {
+			c.DelChain(ch)
+			n++
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return 0, fmt.Errorf("nftables batch: %w", err)
+	}
+	return n, nil
+}
