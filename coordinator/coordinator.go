@@ -46,6 +46,8 @@ const (
 	AdminTokenFile = "admin.token"
 	AdminSocket    = "admin.sock"
 	StoreFile      = "edgewire.db"
+
+	agentReadBuffer = 8 << 10 // per agent connection; gRPC's default is 32 KiB
 )
 
 // Config configures the daemon.
@@ -200,12 +202,18 @@ func Run(ctx context.Context, cfg Config) error {
 	unary, stream := server.AdminAuth(adminHash)
 	netSrv := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{id.Cert}, MinVersion: tls.VersionTLS13})),
+		grpc.ForceServerCodecV2(server.Codec()),
+		// One connection per agent, tens of thousands of them, nearly all
+		// idle: write buffers come from a pool while a write is under
+		// way, and the read buffer only ever holds small client messages.
+		grpc.SharedWriteBuffer(true),
+		grpc.ReadBufferSize(agentReadBuffer),
 		grpc.ChainUnaryInterceptor(unary), grpc.ChainStreamInterceptor(stream),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 20 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	)
 	srv.Register(netSrv)
-	localSrv := grpc.NewServer()
+	localSrv := grpc.NewServer(grpc.ForceServerCodecV2(server.Codec()))
 	srv.Register(localSrv)
 
 	ln, err := net.Listen("tcp", cfg.Listen)

@@ -961,17 +961,22 @@ func (*MapRequest) Descriptor() ([]byte, []int) {
 	return file_edgewire_proto_rawDescGZIP(), []int{11}
 }
 
-// NetworkMap is either a full map (full = true: peers lists every peer and
+// NetworkMap is either a full map (full = true: peers lists every node and
 // replaces what the client had) or a delta from base_version to version
 // (peers are upserts, removed lists keys that left). A client whose
 // version differs from base_version sends MapRequest.
+//
+// peers is the same for every client at one (base_version, version), so
+// the coordinator marshals it once and sends the same bytes to all: it may
+// include the receiving node itself, and clients skip the entry with their
+// own key. An entry may be newer than version; a later delta repeats it.
 type NetworkMap struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Version         uint64                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
 	BaseVersion     uint64                 `protobuf:"varint,2,opt,name=base_version,json=baseVersion,proto3" json:"base_version,omitempty"`
 	Full            bool                   `protobuf:"varint,3,opt,name=full,proto3" json:"full,omitempty"`
-	Self            *Node                  `protobuf:"bytes,4,opt,name=self,proto3" json:"self,omitempty"` // set in full maps and when self changed
-	Peers           []*Node                `protobuf:"bytes,5,rep,name=peers,proto3" json:"peers,omitempty"`
+	Self            *Node                  `protobuf:"bytes,4,opt,name=self,proto3" json:"self,omitempty"`                                               // set in full maps and when self changed
+	Peers           []*Node                `protobuf:"bytes,5,rep,name=peers,proto3" json:"peers,omitempty"`                                             // may include self: skip it
 	Removed         [][]byte               `protobuf:"bytes,6,rep,name=removed,proto3" json:"removed,omitempty"`                                         // public keys
 	OverlayPrefixes []string               `protobuf:"bytes,7,rep,name=overlay_prefixes,json=overlayPrefixes,proto3" json:"overlay_prefixes,omitempty"`  // set in full maps
 	StunServers     []*StunServer          `protobuf:"bytes,8,rep,name=stun_servers,json=stunServers,proto3" json:"stun_servers,omitempty"`              // set in full maps
@@ -1451,6 +1456,10 @@ func (x *StunServer) GetPort() uint32 {
 	return 0
 }
 
+// Node is a node as ListNodes shows it. In network maps hostname and
+// last_seen_unix_ms are left out (every node would receive them, none
+// uses them), and online changes only when the node's first stream opens
+// or its last one closes.
 type Node struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	PublicKey      []byte                 `protobuf:"bytes,1,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`

@@ -1,9 +1,15 @@
 // Package netmap is the coordinator's live view of the network: every
 // registered node with its presence and endpoints, a global version, and a
-// log of which node changed at which version. Each agent stream is a
-// subscriber that is woken (never blocked on) when anything changes and then
-// reads one coalesced delta from its last version, so a change costs one
-// wake-up per stream and a burst of changes costs one send per stream.
+// log of which node changed at which version.
+//
+// Changes are published at most once per interval (global, not per
+// stream), and every agent stream is a subscriber that is woken (never
+// blocked on) by a publication and then reads one coalesced update from
+// its last version to the published one. The map bytes are personalised
+// only by the stream's own node, so the rest of each update is marshalled
+// once per (base version, published version) and shared read-only by every
+// stream at that base: with all streams in step, one publication costs one
+// marshal and one wake-up per stream, however many streams there are.
 package netmap
 
 import (
@@ -16,6 +22,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/edgewire/edgewire/coordinator/api"
@@ -46,7 +53,35 @@ type entry struct {
 	podCIDRs  []netip.Prefix // from the Kubernetes Node object of the same name
 	version   uint64
 
-	pb *api.Node // built lazily, shared read-only by every stream; nil after a change
+	pb *api.Node // map entry, built lazily, shared read-only by every stream; nil after a change
+}
+
+// pub is one publication: the version every woken subscriber moves to,
+// and the updates to it, each marshalled once and shared by every stream
+// that needs it. A publication is immutable apart from its caches.
+type pub struct {
+	version uint64
+	full    *shared            // nil until a subscriber needs a full map
+	deltas  map[uint64]*shared // by base version
+}
+
+// shared is the marshalled common part of one update. msg is filled under
+// Registry.mu by the first subscriber that needs it; the marshal runs
+// outside the lock, once.
+type shared struct {
+	once   sync.Once
+	msg    *api.NetworkMap // input; nil once b is set
+	b      []byte          // NetworkMap wire bytes without self; read-only
+	err    error
+	oldest time.Time // when the oldest change in a delta happened
+}
+
+func (sh *shared) bytes() ([]byte, error) {
+	sh.once.Do(func() {
+		sh.b, sh.err = proto.Marshal(sh.msg)
+		sh.msg = nil
+	})
+	return sh.b, sh.err
 }
 
 // Registry is safe for concurrent use.
@@ -67,6 +102,10 @@ type Registry struct {
 	log      []change // ascending by version
 	logFloor uint64   // deltas can be computed only from versions >= logFloor
 	subs     map[*Sub]struct{}
+	interval time.Duration // least time between two publications; 0: publish every change
+	pub      *pub          // the latest publication; never nil
+	lastPub  time.Time     // when pub was made (monotonic clock)
+	pending  *time.Timer   // non-nil while a publication is scheduled
 }
 
 // New returns an empty registry for the given overlay prefixes.
@@ -78,12 +117,23 @@ func New(prefixes []netip.Prefix) *Registry {
 		services: make(map[string]*api.Service),
 		podCIDRs: make(map[string][]netip.Prefix),
 		subs:     make(map[*Sub]struct{}),
+		pub:      &pub{},
 	}
 	r.overlay = prefixes
 	for _, p := range prefixes {
 		r.prefixes = append(r.prefixes, p.String())
 	}
 	return r
+}
+
+// SetInterval sets the least time between two publications: changes in
+// between coalesce into one update per stream, and streams stay in step
+// so they share the marshalled updates. 0 (the default) publishes every
+// change at once. Set it before the first change.
+func (r *Registry) SetInterval(d time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.interval = d
 }
 
 // SetSTUN sets the STUN servers announced in full maps. The slice and its
@@ -111,6 +161,7 @@ func (r *Registry) Load(nodes []store.Node) {
 		r.nodes[n.Key] = &entry{node: n, lastSeen: n.LastSeen, version: r.version, podCIDRs: r.podCIDRs[n.Name]}
 	}
 	r.logFloor = r.version
+	r.pub = &pub{version: r.version}
 }
 
 // Upsert adds a node or replaces its registration data, keeping presence.
@@ -252,8 +303,12 @@ func (r *Registry) Connected(key store.NodeKey, eps []netip.AddrPort, now time.T
 	}
 	e.conns++
 	e.lastSeen = now
-	e.endpoints = eps
-	r.changedLocked(key, e)
+	// Maps carry presence and endpoints, not last-seen: a second stream
+	// with the same endpoints changes nothing a peer would see.
+	if e.conns == 1 || !slices.Equal(e.endpoints, eps) {
+		e.endpoints = eps
+		r.changedLocked(key, e)
+	}
 	return nil
 }
 
@@ -299,13 +354,19 @@ func (r *Registry) Node(key store.NodeKey) (store.Node, bool, bool) {
 	return e.node, e.conns > 0, true
 }
 
-// Nodes returns every node as it would appear in a network map, sorted by name.
+// Nodes returns every node as it appears in a network map plus what only
+// admins see (hostname, last seen), sorted by name.
 func (r *Registry) Nodes() []*api.Node {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := make([]*api.Node, 0, len(r.nodes))
 	for _, e := range r.nodes {
-		out = append(out, e.protoLocked())
+		pb := proto.CloneOf(e.protoLocked())
+		pb.Hostname = e.node.Hostname
+		if !e.lastSeen.IsZero() {
+			pb.LastSeenUnixMs = e.lastSeen.UnixMilli()
+		}
+		out = append(out, pb)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
@@ -327,25 +388,55 @@ func (r *Registry) appendLocked(c change) {
 		r.logFloor = r.log[drop-1].version
 		r.log = append(r.log[:0:0], r.log[drop:]...)
 	}
+	r.publishSoonLocked()
+}
+
+// publishSoonLocked publishes now if the last publication is at least an
+// interval old, else schedules one for when it will be: a lone change goes
+// out at once, a burst once per interval. The interval is measured on the
+// monotonic clock, as the timer is.
+func (r *Registry) publishSoonLocked() {
+	if r.pending != nil {
+		return
+	}
+	wait := r.interval - time.Since(r.lastPub)
+	if wait <= 0 {
+		r.publishLocked()
+		return
+	}
+	r.pending = time.AfterFunc(wait, func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.pending = nil
+		r.publishLocked()
+	})
+}
+
+func (r *Registry) publishLocked() {
+	if r.pub.version == r.version {
+		return
+	}
+	r.pub = &pub{version: r.version}
+	r.lastPub = time.Now()
 	for s := range r.subs {
 		s.wake()
 	}
 }
 
+// protoLocked returns the node's map entry: what peers need (key, name,
+// addresses, routes, endpoints, presence), nothing only admins read, so
+// every byte of it is sent to every node.
 func (e *entry) protoLocked() *api.Node {
 	if e.pb != nil {
 		return e.pb
 	}
 	n := &e.node
+	k := n.Key // a copy: entries are overwritten in place, and pb is read outside the lock
 	pb := &api.Node{
-		PublicKey: n.Key[:],
+		PublicKey: k[:],
 		Name:      n.Name,
-		Hostname:  n.Hostname,
 		Online:    e.conns > 0,
 		Tags:      n.Tags,
-	}
-	if !e.lastSeen.IsZero() {
-		pb.LastSeenUnixMs = e.lastSeen.UnixMilli()
 	}
 	for _, a := range n.Addresses {
 		pb.Addresses = append(pb.Addresses, a.String())
@@ -371,13 +462,29 @@ type Sub struct {
 	r       *Registry
 	self    store.NodeKey
 	c       chan struct{} // capacity 1: pending wake-ups coalesce
-	version uint64        // version of the last map handed out; 0 = none yet
-	oldest  time.Time     // when the oldest change in the last delta happened
+	version uint64        // version of the last update handed out; 0 = none yet
 }
 
-// Oldest returns when the oldest change in the last delta Next returned
-// happened (zero after a full map): the fan-out latency starts there.
-func (s *Sub) Oldest() time.Time { return s.oldest }
+// Update is one network-map message for one stream. Its NetworkMap wire
+// encoding is Head followed by Shared (protobuf messages concatenate).
+type Update struct {
+	Version uint64
+	Base    uint64 // the version a delta applies to; 0 in full maps
+	Full    bool
+	// Head is this stream's own part: NetworkMap.self, set in full maps
+	// and when the node changed since Base; empty otherwise.
+	Head []byte
+	// Shared is everything else, the same bytes for every stream at
+	// Base: peers list every node, the subscriber's own included
+	// (agents skip their own key). Read-only.
+	Shared []byte
+	// Oldest is when the oldest change in a delta happened (zero in a
+	// full map): the fan-out latency starts there.
+	Oldest time.Time
+}
+
+// selfField is NetworkMap.self's field number.
+var selfField = (&api.NetworkMap{}).ProtoReflect().Descriptor().Fields().ByName("self").Number()
 
 // Subscribe registers a subscriber for node self. Call Close when done.
 func (r *Registry) Subscribe(self store.NodeKey) *Sub {
@@ -396,7 +503,8 @@ func (s *Sub) wake() {
 	}
 }
 
-// C is signalled when the network may have changed since the last Next.
+// C is signalled when a publication may have something for this
+// subscriber since the last Next.
 func (s *Sub) C() <-chan struct{} { return s.c }
 
 // Close unregisters the subscriber.
@@ -412,37 +520,75 @@ func (s *Sub) Resync() {
 	s.wake()
 }
 
-// Next returns what changed since the previous call: a full map on the
-// first call, after Resync, or when the log no longer reaches back; a delta
-// otherwise; nil when nothing changed for this subscriber. It returns
-// ErrUnknownNode once the subscriber's own node is deleted.
-func (s *Sub) Next() (*api.NetworkMap, error) {
+// Next returns the update from the previous call's version to the latest
+// publication: a full map on the first call, after Resync, or when the log
+// no longer reaches back; a delta otherwise; nil when the subscriber is
+// already there. It returns ErrUnknownNode once the subscriber's own node
+// is deleted.
+//
+// Entries are marshalled when first needed, from the registry as it is
+// then, so an update may carry a node or Service newer than its Version
+// (never older); the next update carries it again, so the agent ends up
+// where the registry is.
+func (s *Sub) Next() (*Update, error) {
 	r := s.r
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	self := r.nodes[s.self]
 	if self == nil {
+		r.mu.Unlock()
 		return nil, ErrUnknownNode
 	}
-	if s.version == r.version {
+	p := r.pub
+	if p.version == 0 || s.version == p.version {
+		r.mu.Unlock()
 		return nil, nil
 	}
-	var m *api.NetworkMap
-	s.oldest = time.Time{}
+	u := &Update{Version: p.version}
+	var sh *shared
 	if s.version == 0 || s.version < r.logFloor {
-		m = r.fullLocked(s.self, self)
+		u.Full = true
+		if p.full == nil {
+			p.full = &shared{msg: r.fullLocked(p.version)}
+		}
+		sh = p.full
 	} else {
-		m, s.oldest = r.deltaLocked(s.self, self, s.version)
+		u.Base = s.version
+		if sh = p.deltas[s.version]; sh == nil {
+			if p.deltas == nil {
+				p.deltas = make(map[uint64]*shared)
+			}
+			sh = r.deltaLocked(s.version, p.version)
+			p.deltas[s.version] = sh
+		}
 	}
-	s.version = r.version
-	return m, nil
+	var selfPB *api.Node
+	if u.Full || self.version > s.version {
+		selfPB = self.protoLocked()
+	}
+	s.version = p.version
+	r.mu.Unlock()
+
+	b, err := sh.bytes()
+	if err != nil {
+		return nil, fmt.Errorf("marshal network map: %w", err)
+	}
+	u.Shared, u.Oldest = b, sh.oldest
+	if selfPB != nil {
+		pb, err := proto.Marshal(selfPB)
+		if err != nil {
+			return nil, fmt.Errorf("marshal self: %w", err)
+		}
+		u.Head = protowire.AppendTag(make([]byte, 0, len(pb)+8), selfField, protowire.BytesType)
+		u.Head = protowire.AppendBytes(u.Head, pb)
+	}
+	return u, nil
 }
 
-func (r *Registry) fullLocked(key store.NodeKey, self *entry) *api.NetworkMap {
+// fullLocked collects the full map at version v: every node, self included.
+func (r *Registry) fullLocked(v uint64) *api.NetworkMap {
 	m := &api.NetworkMap{
-		Version:         r.version,
+		Version:         v,
 		Full:            true,
-		Self:            self.protoLocked(),
 		Peers:           make([]*api.Node, 0, len(r.nodes)),
 		OverlayPrefixes: r.prefixes,
 	}
@@ -452,10 +598,8 @@ func (r *Registry) fullLocked(key store.NodeKey, self *entry) *api.NetworkMap {
 	if p := r.relays.Load(); p != nil {
 		m.Relays = *p
 	}
-	for k, e := range r.nodes {
-		if k != key {
-			m.Peers = append(m.Peers, e.protoLocked())
-		}
+	for _, e := range r.nodes {
+		m.Peers = append(m.Peers, e.protoLocked())
 	}
 	m.Services = make([]*api.Service, 0, len(r.services))
 	for _, svc := range r.services {
@@ -464,16 +608,19 @@ func (r *Registry) fullLocked(key store.NodeKey, self *entry) *api.NetworkMap {
 	return m
 }
 
-func (r *Registry) deltaLocked(key store.NodeKey, self *entry, since uint64) (*api.NetworkMap, time.Time) {
-	m := &api.NetworkMap{Version: r.version, BaseVersion: since}
+// deltaLocked collects what changed in (since, until]: each changed node
+// or Service once, as it is now.
+func (r *Registry) deltaLocked(since, until uint64) *shared {
+	m := &api.NetworkMap{Version: until, BaseVersion: since}
 	i := sort.Search(len(r.log), func(i int) bool { return r.log[i].version > since })
-	var oldest time.Time
-	if i < len(r.log) {
-		oldest = r.log[i].at
+	j := sort.Search(len(r.log), func(i int) bool { return r.log[i].version > until })
+	sh := &shared{msg: m}
+	if i < j {
+		sh.oldest = r.log[i].at
 	}
-	seen := make(map[store.NodeKey]struct{}, len(r.log)-i)
+	seen := make(map[store.NodeKey]struct{}, j-i)
 	seenSvc := map[string]struct{}{}
-	for _, c := range r.log[i:] {
+	for _, c := range r.log[i:j] {
 		if c.svc != "" {
 			if _, dup := seenSvc[c.svc]; dup {
 				continue
@@ -490,10 +637,6 @@ func (r *Registry) deltaLocked(key store.NodeKey, self *entry, since uint64) (*a
 			continue
 		}
 		seen[c.key] = struct{}{}
-		if c.key == key {
-			m.Self = self.protoLocked()
-			continue
-		}
 		if e := r.nodes[c.key]; e != nil {
 			m.Peers = append(m.Peers, e.protoLocked())
 		} else {
@@ -501,5 +644,5 @@ func (r *Registry) deltaLocked(key store.NodeKey, self *entry, since uint64) (*a
 			m.Removed = append(m.Removed, k[:])
 		}
 	}
-	return m, oldest
+	return sh
 }

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/edgewire/edgewire/coordinator/api"
 	"github.com/edgewire/edgewire/coordinator/store"
 )
@@ -46,10 +48,19 @@ func newRegistry(t testing.TB, n int) *Registry {
 	return r
 }
 
+// decoded calls s.Next and decodes the update as an agent would see it.
+func (s *Sub) decoded() (*api.NetworkMap, error) {
+	u, err := s.Next()
+	if err != nil || u == nil {
+		return nil, err
+	}
+	return decode(u)
+}
+
 // next calls s.Next and fails the test on error.
 func next(t *testing.T, s *Sub) *api.NetworkMap {
 	t.Helper()
-	m, err := s.Next()
+	m, err := s.decoded()
 	if err != nil {
 		t.Fatalf("Next: %v", err)
 	}
@@ -86,7 +97,9 @@ func signalled(s *Sub) bool {
 	}
 }
 
-func TestFirstNextIsFullMapWithoutSelf(t *testing.T) {
+// The full map is the same for every stream: peers list every node, the
+// subscriber's own included, and self is the subscriber's.
+func TestFirstNextIsFullMap(t *testing.T) {
 	r := newRegistry(t, 3)
 	s := r.Subscribe(key(2))
 	defer s.Close()
@@ -106,7 +119,7 @@ func TestFirstNextIsFullMapWithoutSelf(t *testing.T) {
 	if got := m.GetSelf().GetName(); got != "node-00002" {
 		t.Errorf("got self %q, want node-00002", got)
 	}
-	if got, want := names(m.Peers), []string{"node-00001", "node-00003"}; !slices.Equal(got, want) {
+	if got, want := names(m.Peers), []string{"node-00001", "node-00002", "node-00003"}; !slices.Equal(got, want) {
 		t.Errorf("got peers %v, want %v", got, want)
 	}
 	if got, want := m.OverlayPrefixes, []string{"100.64.0.0/10"}; !slices.Equal(got, want) {
@@ -126,8 +139,8 @@ func TestLoadThenSubscribe(t *testing.T) {
 	s := r.Subscribe(key(1))
 	defer s.Close()
 	m := next(t, s)
-	if !m.GetFull() || len(m.Peers) != 1 || m.Peers[0].Name != "node-00002" {
-		t.Fatalf("got %v, want a full map with peer node-00002", m)
+	if got, want := names(m.Peers), []string{"node-00001", "node-00002"}; !m.GetFull() || !slices.Equal(got, want) || m.Self.GetName() != "node-00001" {
+		t.Fatalf("got full=%v peers %v self %q, want a full map with peers %v, self node-00001", m.GetFull(), got, m.Self.GetName(), want)
 	}
 	r.Upsert(node(3))
 	m = next(t, s)
@@ -179,9 +192,10 @@ func TestDeltas(t *testing.T) {
 			wantPeers: []string{"node-00002"},
 		},
 		{
-			name:     "self change",
-			change:   func(t *testing.T, r *Registry) { n := node(1); n.Hostname = "renamed"; r.Upsert(n) },
-			wantSelf: true,
+			name:      "self change",
+			change:    func(t *testing.T, r *Registry) { n := node(1); n.Hostname = "renamed"; r.Upsert(n) },
+			wantPeers: []string{"node-00001"}, // the shared part lists it too
+			wantSelf:  true,
 		},
 		{
 			name: "several changes coalesce",
@@ -192,7 +206,7 @@ func TestDeltas(t *testing.T) {
 				r.Upsert(node(2))
 				r.Upsert(node(1))
 			},
-			wantPeers:   []string{"node-00002", "node-00004"},
+			wantPeers:   []string{"node-00001", "node-00002", "node-00004"},
 			wantRemoved: []store.NodeKey{key(3)},
 			wantSelf:    true,
 		},
@@ -268,8 +282,9 @@ func TestPeerStateInDelta(t *testing.T) {
 	if got, want := p.Endpoints, []string{"192.0.2.1:51820", "[2001:db8::1]:41641"}; !slices.Equal(got, want) {
 		t.Errorf("got endpoints %v, want %v", got, want)
 	}
-	if p.LastSeenUnixMs != t0.UnixMilli() {
-		t.Errorf("got last seen %d, want %d", p.LastSeenUnixMs, t0.UnixMilli())
+	// Last-seen and hostname are for admins; every node would pay for them.
+	if p.LastSeenUnixMs != 0 || p.Hostname != "" {
+		t.Errorf("got last seen %d hostname %q in a map entry, want neither", p.LastSeenUnixMs, p.Hostname)
 	}
 	if got, want := p.Addresses, []string{"100.64.0.2"}; !slices.Equal(got, want) {
 		t.Errorf("got addresses %v, want %v", got, want)
@@ -283,7 +298,7 @@ func TestDeletedSelf(t *testing.T) {
 	if !signalled(s) {
 		t.Fatal("subscriber of a deleted node not signalled")
 	}
-	if _, err := s.Next(); !errors.Is(err, ErrUnknownNode) {
+	if _, err := s.decoded(); !errors.Is(err, ErrUnknownNode) {
 		t.Fatalf("got err %v, want ErrUnknownNode", err)
 	}
 	// A second Delete of an unknown key changes nothing.
@@ -305,7 +320,7 @@ func TestResync(t *testing.T) {
 	if !m.GetFull() {
 		t.Fatalf("got %v after Resync, want a full map", m)
 	}
-	if got, want := names(m.Peers), []string{"node-00002", "node-00003"}; !slices.Equal(got, want) {
+	if got, want := names(m.Peers), []string{"node-00001", "node-00002", "node-00003"}; !slices.Equal(got, want) {
 		t.Errorf("got peers %v, want %v", got, want)
 	}
 	r.Upsert(node(3))
@@ -342,7 +357,7 @@ func TestBehindLogFloorGetsFullMap(t *testing.T) {
 				t.Errorf("got version %d, want %d", m.Version, r.Version())
 			}
 			if tt.wantFull {
-				if got, want := names(m.Peers), []string{"node-00002", "node-00003"}; !slices.Equal(got, want) {
+				if got, want := names(m.Peers), []string{"node-00001", "node-00002", "node-00003"}; !slices.Equal(got, want) {
 					t.Errorf("got peers %v, want %v", got, want)
 				}
 			} else if m.BaseVersion != base {
@@ -396,7 +411,7 @@ func TestPresence(t *testing.T) {
 		}},
 		{"two streams", []step{
 			{"connect", true, true},
-			{"connect", true, true}, // new endpoints and last-seen
+			{"connect", true, false}, // same endpoints: peers see nothing new
 			{"disconnect", true, false},
 			{"disconnect", false, true},
 		}},
@@ -460,7 +475,7 @@ func TestUnknownNode(t *testing.T) {
 	}
 	s := r.Subscribe(key(7))
 	defer s.Close()
-	if _, err := s.Next(); !errors.Is(err, ErrUnknownNode) {
+	if _, err := s.decoded(); !errors.Is(err, ErrUnknownNode) {
 		t.Errorf("Next for an unknown key: got %v, want ErrUnknownNode", err)
 	}
 }
@@ -572,7 +587,7 @@ func TestConcurrentReaders(t *testing.T) {
 				select {
 				case <-s.C():
 				case <-stop:
-					m, err := s.Next()
+					m, err := s.decoded()
 					if err == nil && m != nil {
 						last = m.Version
 					}
@@ -582,7 +597,7 @@ func TestConcurrentReaders(t *testing.T) {
 					errc <- err
 					return
 				}
-				m, err := s.Next()
+				m, err := s.decoded()
 				if err != nil {
 					errc <- err
 					return
@@ -616,7 +631,7 @@ func TestConcurrentReaders(t *testing.T) {
 }
 
 // BenchmarkFanout measures one change reaching every subscriber: each of
-// 10,000 subscribers reads a one-node delta.
+// 10,000 subscribers reads a one-node delta, all sharing its bytes.
 func BenchmarkFanout(b *testing.B) {
 	const n = 10000
 	r := newRegistry(b, n)
@@ -636,17 +651,24 @@ func BenchmarkFanout(b *testing.B) {
 		r.Upsert(nd)
 		for _, s := range subs {
 			<-s.C()
-			m, err := s.Next()
-			if err != nil || m == nil || m.Full || len(m.Peers)+btoi(m.Self != nil) != 1 {
-				b.Fatalf("got %v, %v; want a one-node delta", m, err)
+			u, err := s.Next()
+			if err != nil || u == nil || u.Full || len(u.Shared) == 0 {
+				b.Fatalf("got %+v, %v; want a delta", u, err)
 			}
 		}
 	}
 }
 
-func btoi(b bool) int {
-	if b {
-		return 1
+type apiMap = api.NetworkMap
+
+// decode decodes an update as the agent sees it: Head then Shared.
+func decode(u *Update) (*api.NetworkMap, error) {
+	m := new(api.NetworkMap)
+	if err := proto.Unmarshal(append(slices.Clip(u.Head), u.Shared...), m); err != nil {
+		return nil, err
 	}
-	return 0
+	if m.Version != u.Version || m.BaseVersion != u.Base || m.Full != u.Full {
+		return nil, fmt.Errorf("update %d->%d full=%v decodes as %d->%d full=%v", u.Base, u.Version, u.Full, m.BaseVersion, m.Version, m.Full)
+	}
+	return m, nil
 }

@@ -22,7 +22,7 @@ func TestServiceDeltas(t *testing.T) {
 	sub := r.Subscribe(k)
 	defer sub.Close()
 
-	full, err := sub.Next()
+	full, err := sub.decoded()
 	if err != nil || !full.GetFull() || len(full.GetServices()) != 1 {
 		t.Fatalf("first map: got full=%v with %d services (%v), want full with 1", full.GetFull(), len(full.GetServices()), err)
 	}
@@ -36,7 +36,7 @@ func TestServiceDeltas(t *testing.T) {
 	r.SetService(svc("web", "10.96.0.11"))
 	r.SetService(svc("web", "10.96.0.12")) // coalesces with the previous change
 	r.SetService(svc("api", "10.96.0.20"))
-	d, err := sub.Next()
+	d, err := sub.decoded()
 	if err != nil || d.GetFull() || d.GetBaseVersion() != full.GetVersion() {
 		t.Fatalf("delta: got full=%v base %d (%v), want a delta from %d", d.GetFull(), d.GetBaseVersion(), err, full.GetVersion())
 	}
@@ -53,7 +53,7 @@ func TestServiceDeltas(t *testing.T) {
 
 	r.DeleteService("demo/web")
 	r.DeleteService("demo/nosuch") // not there: no change
-	d, err = sub.Next()
+	d, err = sub.decoded()
 	if err != nil || len(d.GetRemovedServices()) != 1 || d.GetRemovedServices()[0] != "demo/web" || len(d.GetServices()) != 0 {
 		t.Fatalf("delete delta: got removed %v services %d (%v), want removed [demo/web]", d.GetRemovedServices(), len(d.GetServices()), err)
 	}

@@ -51,8 +51,9 @@ type Config struct {
 	TicketKey ed25519.PrivateKey
 	// TicketTTL is how long a relay ticket is valid; it is renewed at half.
 	TicketTTL time.Duration
-	// MapInterval is the least time between two maps on one stream
-	// (default 250 ms); changes in between coalesce into one delta.
+	// MapInterval is the least time between two publications of the
+	// network map (default 250 ms): changes in between coalesce into one
+	// delta, and all streams move in step so they share its bytes.
 	MapInterval time.Duration
 	// OnDelete is called after a node is deleted (revocation at relays).
 	OnDelete func(key store.NodeKey, until time.Time)
@@ -152,6 +153,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		}
 	}
 	s.reg = netmap.New(cfg.Prefixes)
+	s.reg.SetInterval(cfg.MapInterval)
 	s.reg.SetSTUN(cfg.STUN)
 	s.reg.SetRelays(cfg.Relays)
 	s.reg.Load(nodes)
@@ -161,7 +163,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 // Registry exposes the live view (for tests and metrics).
 func (s *Server) Registry() *netmap.Registry { return s.reg }
 
-// Register adds the Control and Admin services to gs.
+// Register adds the Control and Admin services to gs, which must have been
+// created with grpc.ForceServerCodecV2(Codec()).
 func (s *Server) Register(gs *grpc.Server) {
 	api.RegisterControlServer(gs, s)
 	api.RegisterAdminServer(gs, s)
@@ -434,10 +437,6 @@ func (s *Server) Connect(stream api.Control_ConnectServer) error {
 	if err := sendTicket(); err != nil {
 		return err
 	}
-	var (
-		lastMap time.Time        // when the last map went out
-		owed    <-chan time.Time // fires when a held-back map may go
-	)
 	for {
 		select {
 		case <-ctx.Done():
@@ -455,37 +454,31 @@ func (s *Server) Connect(stream api.Control_ConnectServer) error {
 		case <-resync:
 			sub.Resync()
 		case <-sub.C():
-			// At most one map per MapInterval per stream: under a burst
-			// (a thousand joins) each stream sends a few large deltas
-			// instead of one per change.
-			if wait := s.cfg.MapInterval - time.Since(lastMap); !lastMap.IsZero() && wait > 0 {
-				if owed == nil {
-					owed = time.After(wait)
-				}
-				continue
-			}
-		case <-owed:
-			owed = nil
+			// The registry publishes at most once per MapInterval, so
+			// under a burst (a thousand joins) each stream sends a few
+			// large deltas instead of one per change.
 		case sig := <-inbox:
 			if err := stream.Send(&api.ServerMessage{Msg: &api.ServerMessage_Signal{Signal: sig}}); err != nil {
 				return err
 			}
 			continue
 		}
-		m, err := sub.Next()
+		u, err := sub.Next()
 		if errors.Is(err, netmap.ErrUnknownNode) {
 			log.Info("closing stream of deleted node")
 			return status.Error(codes.NotFound, "node was deleted; join again with a token")
 		}
-		if m == nil {
+		if err != nil {
+			return status.Error(codes.Internal, err.Error())
+		}
+		if u == nil {
 			continue
 		}
-		if err := stream.Send(&api.ServerMessage{Msg: &api.ServerMessage_Map{Map: m}}); err != nil {
+		if err := stream.SendMsg(newEncodedMap(u)); err != nil {
 			return err
 		}
-		lastMap = time.Now()
-		if t := sub.Oldest(); !t.IsZero() {
-			s.m.fanout.Observe(s.now().Sub(t).Seconds())
+		if !u.Oldest.IsZero() {
+			s.m.fanout.Observe(s.now().Sub(u.Oldest).Seconds())
 		}
 	}
 }

@@ -1,0 +1,173 @@
+package netmap
+
+import (
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+)
+
+// sameBytes reports whether a and b are the same memory, not just equal.
+func sameBytes(a, b []byte) bool {
+	return len(a) > 0 && len(a) == len(b) && &a[0] == &b[0]
+}
+
+// Streams at the same base share one marshalled update; each gets its own
+// self; a stream at another base gets its own update.
+func TestUpdatesShared(t *testing.T) {
+	r := newRegistry(t, 4)
+	subs := map[int]*Sub{}
+	for _, i := range []int{1, 2, 3} {
+		subs[i] = r.Subscribe(key(i))
+		t.Cleanup(subs[i].Close)
+	}
+	first := map[int]*Update{}
+	for i, s := range subs {
+		u, err := s.Next()
+		if err != nil || u == nil || !u.Full {
+			t.Fatalf("sub %d first Next: got %+v, %v; want a full map", i, u, err)
+		}
+		first[i] = u
+	}
+	if !sameBytes(first[1].Shared, first[2].Shared) || !sameBytes(first[1].Shared, first[3].Shared) {
+		t.Errorf("full maps at one version: got separate shared bytes, want one copy")
+	}
+	if slices.Equal(first[1].Head, first[2].Head) || len(first[1].Head) == 0 {
+		t.Errorf("full maps: got heads %x and %x, want each stream's own self", first[1].Head, first[2].Head)
+	}
+
+	// Node 3 stays behind one change; 1 and 2 follow.
+	r.Upsert(node(5))
+	for _, i := range []int{1, 2} {
+		if _, err := subs[i].Next(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eps := []netip.AddrPort{netip.MustParseAddrPort("192.0.2.7:4000")}
+	if err := r.Connected(key(2), eps, t0); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		sub      int
+		wantBase uint64
+		wantSelf bool
+		wantPeer []string
+	}{
+		{1, 5, false, []string{"node-00002"}},
+		{2, 5, true, []string{"node-00002"}},
+		{3, 4, false, []string{"node-00002", "node-00005"}},
+	}
+	got := map[int]*Update{}
+	for _, tt := range tests {
+		m, u := decodeNext(t, subs[tt.sub])
+		got[tt.sub] = u
+		if u.Full || u.Base != tt.wantBase || u.Version != 6 {
+			t.Errorf("sub %d: got full=%v %d->%d, want a delta %d->6", tt.sub, u.Full, u.Base, u.Version, tt.wantBase)
+		}
+		if (m.Self != nil) != tt.wantSelf {
+			t.Errorf("sub %d: got self %v, want set=%v", tt.sub, m.Self, tt.wantSelf)
+		}
+		if n := names(m.Peers); !slices.Equal(n, tt.wantPeer) {
+			t.Errorf("sub %d: got peers %v, want %v", tt.sub, n, tt.wantPeer)
+		}
+	}
+	if !sameBytes(got[1].Shared, got[2].Shared) {
+		t.Errorf("deltas from one base: got separate shared bytes, want one copy")
+	}
+	if sameBytes(got[1].Shared, got[3].Shared) {
+		t.Errorf("deltas from different bases share bytes, want one each")
+	}
+}
+
+// decodeNext calls s.Next, wants an update and decodes it.
+func decodeNext(t *testing.T, s *Sub) (*apiMap, *Update) {
+	t.Helper()
+	u, err := s.Next()
+	if err != nil || u == nil {
+		t.Fatalf("Next: got %+v, %v; want an update", u, err)
+	}
+	m, err := decode(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, u
+}
+
+// With an interval, a lone change is published at once and a burst after
+// it waits for the interval, arriving as one update.
+func TestPublishInterval(t *testing.T) {
+	const interval = 100 * time.Millisecond
+	tests := []struct {
+		name  string
+		burst int
+		wantV []uint64 // versions Next returns, one per wake-up
+	}{
+		{"one change", 1, []uint64{4}},
+		{"burst coalesces", 5, []uint64{4, 8}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newRegistry(t, 3)
+			r.SetInterval(interval)
+			time.Sleep(interval) // the registry's own Upserts were published just now
+			s := subscribe(t, r, 1)
+			start := time.Now()
+			for i := range tt.burst {
+				n := node(2)
+				n.Hostname = string(rune('a' + i))
+				r.Upsert(n)
+			}
+			var got []uint64
+			for range tt.wantV {
+				select {
+				case <-s.C():
+				case <-time.After(5 * interval):
+					t.Fatalf("no wake-up after %v; got versions %v", 5*interval, got)
+				}
+				m := next(t, s)
+				if m == nil {
+					t.Fatalf("woken with nothing to read; got versions %v", got)
+				}
+				got = append(got, m.Version)
+			}
+			if !slices.Equal(got, tt.wantV) {
+				t.Errorf("got versions %v, want %v", got, tt.wantV)
+			}
+			if el := time.Since(start); len(tt.wantV) > 1 && el < interval*8/10 {
+				t.Errorf("burst delivered after %v, want it held for about %v", el, interval)
+			}
+			if signalled(s) {
+				if m := next(t, s); m != nil {
+					t.Errorf("extra update %d->%d after the burst", m.BaseVersion, m.Version)
+				}
+			}
+		})
+	}
+}
+
+// An entry marshalled after its publication may be newer than the
+// publication's version; the next update carries it again, so the
+// subscriber converges.
+func TestLateMarshalConverges(t *testing.T) {
+	r := newRegistry(t, 2)
+	s := subscribe(t, r, 1)
+	r.SetInterval(time.Hour) // nothing more is published until we say so
+	r.mu.Lock()
+	r.lastPub = time.Time{}
+	r.mu.Unlock()
+	r.Upsert(node(3)) // published at once (the last publication is old)
+	r.Delete(key(2))  // held back
+	m := next(t, s)
+	if m.Version != 3 || len(m.Removed) != 0 {
+		t.Fatalf("got %d->%d removed %d, want 2->3 without removals", m.BaseVersion, m.Version, len(m.Removed))
+	}
+	r.mu.Lock()
+	r.pending.Stop()
+	r.pending = nil
+	r.publishLocked()
+	r.mu.Unlock()
+	m = next(t, s)
+	if m.BaseVersion != 3 || m.Version != 4 || len(m.Removed) != 1 {
+		t.Errorf("got %d->%d removed %d, want 3->4 removing node 2", m.BaseVersion, m.Version, len(m.Removed))
+	}
+}
