@@ -175,28 +175,30 @@ func TestApplyDiffAndStale(t *testing.T) {
 		"type nat hook prerouting priority dstnat; policy accept;",
 		"type nat hook output priority -100; policy accept;",
 		"type nat hook postrouting priority srcnat; policy accept;",
-		"ip daddr . meta l4proto . th dport vmap @services",
 		`meta mark & 0x00004000 != 0x00000000 oifname "wg0" masquerade`,
-		"ip daddr . meta l4proto . th dport @no-endpoints reject",
 		`iifname "wg0" tcp flags syn / syn,rst tcp option maxseg size set rt mtu`,
 		"10.96.0.10 . tcp . 80 : goto svc-default/web/tcp",
 		"10.96.0.11 . udp . 53",
-		"numgen random mod 3 vmap",
+		"dnat ip to numgen random mod 3 map",
 	} {
 		if n := count(nft, want); n != 1 {
 			t.Errorf("%q appears %d times, want 1", want, n)
 		}
 	}
-	if n := count(nft, "dnat to "); n != 5 {
-		t.Errorf("got %d dnat rules, want 5:\n%s", n, nft)
+	for _, want := range []string{"ip daddr . meta l4proto . th dport vmap @services", "ip daddr . meta l4proto . th dport @no-endpoints reject"} {
+		if n := count(nft, want); n != 2 {
+			t.Errorf("%q appears %d times, want 2 (one per hook)", want, n)
+		}
+	}
+	if n := count(nft, " . 8080") + count(nft, " . 8443"); n != 5 {
+		t.Errorf("got %d endpoints, want 5:\n%s", n, nft)
 	}
 
-	// Endpoint 10.1.0.3 goes away: its chain goes with it, and the other
-	// Service's rules are not rewritten (same handles).
-	gone := "ep-default/web/tcp/10.1.0.3:8080"
-	otherRule := handleOf(nft, "dnat to 10.2.0.1:8443")
-	otherSpread := handleOf(nft, "numgen random mod 2")
-	if !strings.Contains(nft, "chain "+gone+" ") || otherRule == "" || otherSpread == "" {
+	// Endpoint 10.1.0.3 goes away, and the other Service's rule is not
+	// rewritten (same handle).
+	gone := "10.1.0.3 . 8080"
+	otherRule := handleOf(nft, "10.2.0.1 . 8443")
+	if !strings.Contains(nft, gone) || otherRule == "" {
 		t.Fatalf("rules missing before the change:\n%s", nft)
 	}
 	two := table(t, svc("web", "10.96.0.10", services.TCP, 80, ep("10.1.0.1", 8080), ep("10.1.0.2", 8080)),
@@ -205,17 +207,11 @@ func TestApplyDiffAndStale(t *testing.T) {
 		t.Fatal(err)
 	}
 	nft = listTable(t, ns)
-	if strings.Contains(nft, gone) {
-		t.Errorf("stale chain %s still present:\n%s", gone, nft)
+	if strings.Contains(nft, gone) || !strings.Contains(nft, "dnat ip to numgen random mod 2 map { 0 : 10.1.0.1 . 8080") {
+		t.Errorf("endpoint %s still present, or web not spread over the other two:\n%s", gone, nft)
 	}
-	if n := count(nft, "dnat to "); n != 4 {
-		t.Errorf("got %d dnat rules, want 4", n)
-	}
-	if got := handleOf(nft, "dnat to 10.2.0.1:8443"); got != otherRule {
-		t.Errorf("other Service's endpoint rule: handle %s, want %s (untouched)", got, otherRule)
-	}
-	if got := handleOf(nft, "numgen random mod 2 vmap { 0 : goto ep-default/other"); got != otherSpread {
-		t.Errorf("other Service's spread rule: handle %s, want %s (untouched)", got, otherSpread)
+	if got := handleOf(nft, "10.2.0.1 . 8443"); got != otherRule {
+		t.Errorf("other Service's rule: handle %s, want %s (untouched)", got, otherRule)
 	}
 
 	// Someone removes our table (a firewall reload): the next apply,
@@ -224,8 +220,8 @@ func TestApplyDiffAndStale(t *testing.T) {
 	if err := p.Apply(ctx, two); err != nil {
 		t.Fatal(err)
 	}
-	if n := count(listTable(t, ns), "dnat to "); n != 4 {
-		t.Errorf("got %d dnat rules after the table was deleted and re-applied, want 4", n)
+	if n := count(listTable(t, ns), " . 8080") + count(listTable(t, ns), " . 8443"); n != 4 {
+		t.Errorf("got %d endpoints after the table was deleted and re-applied, want 4", n)
 	}
 
 	// A restarted agent (new Proxy) replaces what its predecessor left.
@@ -235,8 +231,8 @@ func TestApplyDiffAndStale(t *testing.T) {
 		t.Fatal(err)
 	}
 	nft = listTable(t, ns)
-	if n := count(nft, "chain ep-"); n != 1 {
-		t.Errorf("got %d endpoint chains after restart, want 1:\n%s", n, nft)
+	if n := count(nft, "chain svc-"); n != 1 || !strings.Contains(nft, "dnat to 10.1.0.1:8080") {
+		t.Errorf("got %d Service chains after restart, want 1 with dnat to 10.1.0.1:8080:\n%s", n, nft)
 	}
 	if strings.Contains(nft, "10.96.0.11") || strings.Contains(nft, "other") {
 		t.Errorf("removed Services still have rules:\n%s", nft)
@@ -292,7 +288,7 @@ func TestApplyFailureChangesNothing(t *testing.T) {
 	if err := p.Apply(ctx, one); err != nil {
 		t.Fatalf("retry: %v", err)
 	}
-	if s := listTable(t, ns); count(s, "dnat to ") != 2 || strings.Contains(s, "10.1.0.2") {
+	if s := listTable(t, ns); !strings.Contains(s, "dnat to 10.1.0.1:8080") || !strings.Contains(s, "dnat to 10.1.0.9:53") || strings.Contains(s, "10.1.0.2") {
 		t.Errorf("retry did not converge:\n%s", s)
 	}
 	if s := p.Stats(); s.Errors != 2 || s.Applies != 2 {
@@ -350,7 +346,7 @@ func TestLegacyChainsRemoved(t *testing.T) {
 -A OUTPUT -m comment --comment edgewire -j EDGEWIRE-SERVICES
 -A POSTROUTING -m comment --comment edgewire -j EDGEWIRE-POSTROUTING
 -A EDGEWIRE-SERVICES -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j EDGEWIRE-SVC-AAAAAAAAAAAAAAA
--A EDGEWIRE-SVC-AAAAAAAAAAAAAAA -j DNAT --to-destination 10.1.0.1:80
+-A EDGEWIRE-SVC-AAAAAAAAAAAAAAA -p tcp -j DNAT --to-destination 10.1.0.1:80
 COMMIT
 *mangle
 :EDGEWIRE-MSS - [0:0]
@@ -525,8 +521,8 @@ func TestApplyScale(t *testing.T) {
 	}
 	t.Logf("apply with one endpoint removed: %v", time.Since(start))
 
-	if got, want := count(listTable(t, ns), "dnat to "), 9999; got != want {
-		t.Errorf("got %d dnat rules, want %d", got, want)
+	if got, want := count(listTable(t, ns), " . 8080"), 9999; got != want {
+		t.Errorf("got %d endpoints, want %d", got, want)
 	}
 	if s := p.Stats(); s.Applies != 2 || s.Skipped != 1 {
 		t.Errorf("stats: got %+v, want 2 applies, 1 skipped", s)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"net/netip"
 	"os"
 	"strings"
 
@@ -149,32 +150,54 @@ func (b *batch) addRule(chain string, exprs []expr.Any) {
 
 // fillChain queues the rules of one svc-* or ep-* chain.
 func (b *batch) fillChain(name string, s *chainSpec) error {
-	if !strings.HasPrefix(name, prefixSvc) {
-		// ep chain: meta mark set meta mark | 0x4000 [update @aff { ip saddr } timeout T]
-		//           dnat to EP
-		var exprs []expr.Any
-		exprs = append(exprs,
+	if len(s.eps) > 0 {
+		// svc chain without affinity, or ep chain:
+		//   meta l4proto P meta mark set meta mark | 0x4000
+		//   [update @aff { ip saddr } timeout T]
+		//   dnat to EP | dnat to numgen random mod N map { 0 : EP0, ... }
+		exprs := []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{protoNum(s.proto)}},
 			&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
 			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: nativeU32(^uint32(masqMark)), Xor: nativeU32(masqMark)},
 			&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
-		)
+		}
 		if s.affSet != "" {
 			exprs = append(exprs,
 				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
 				&expr.Dynset{SrcRegKey: 1, SetName: s.affSet, Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: s.timeout})
 		}
-		a := s.ep.Addr().As4()
-		exprs = append(exprs,
-			&expr.Immediate{Register: 1, Data: a[:]},
-			&expr.Immediate{Register: 2, Data: binaryutil.BigEndian.PutUint16(s.ep.Port())},
-			&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegProtoMin: 2, Specified: true})
+		if len(s.eps) == 1 {
+			a := s.eps[0].Addr().As4()
+			exprs = append(exprs,
+				&expr.Immediate{Register: 1, Data: a[:]},
+				&expr.Immediate{Register: 9, Data: binaryutil.BigEndian.PutUint16(s.eps[0].Port())})
+		} else {
+			// The map's data, ipv4_addr . inet_service, lands in
+			// 32-bit registers 8 (address) and 9 (port).
+			b.setID++
+			pick := &nftables.Set{Table: ourTable, ID: b.setID, Name: "__map%d", Anonymous: true, Constant: true, IsMap: true,
+				KeyType: nftables.TypeInteger, DataType: endpointType}
+			elems := make([]nftables.SetElement, len(s.eps))
+			for i, e := range s.eps {
+				elems[i] = nftables.SetElement{Key: spreadKey(i), Val: endpointVal(e)}
+			}
+			if err := b.c.AddSet(pick, elems); err != nil {
+				return fmt.Errorf("endpoint map of %s: %w", name, err)
+			}
+			b.n += 2
+			exprs = append(exprs,
+				&expr.Numgen{Register: 1, Modulus: uint32(len(s.eps)), Type: unix.NFT_NG_RANDOM},
+				&expr.Lookup{SourceRegister: 1, SetName: pick.Name, SetID: pick.ID, IsDestRegSet: true, DestRegister: 1})
+		}
+		exprs = append(exprs, &expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegProtoMin: 9, Specified: true})
 		b.addRule(name, exprs)
 		return nil
 	}
-	// svc chain: with affinity, first for each endpoint
-	//              ip saddr @aff-EP goto ep-EP
-	//            then: goto ep-EP (one endpoint) or
-	//              numgen random mod N vmap { 0 : goto ep-EP0, ... }
+	// svc chain with affinity: first for each endpoint
+	//   ip saddr @aff-EP goto ep-EP
+	// then
+	//   numgen random mod N vmap { 0 : goto ep-EP0, ... }
 	for i, set := range s.affSets {
 		b.addRule(name, []expr.Any{
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
@@ -182,17 +205,12 @@ func (b *batch) fillChain(name string, s *chainSpec) error {
 			&expr.Verdict{Kind: expr.VerdictGoto, Chain: s.targets[i]},
 		})
 	}
-	if len(s.targets) == 1 {
-		b.addRule(name, []expr.Any{&expr.Verdict{Kind: expr.VerdictGoto, Chain: s.targets[0]}})
-		return nil
-	}
 	b.setID++
 	spread := &nftables.Set{Table: ourTable, ID: b.setID, Name: "__map%d", Anonymous: true, Constant: true, IsMap: true,
 		KeyType: nftables.TypeInteger, DataType: nftables.TypeVerdict}
 	elems := make([]nftables.SetElement, len(s.targets))
 	for i, t := range s.targets {
-		elems[i] = nftables.SetElement{Key: binaryutil.NativeEndian.PutUint32(uint32(i)),
-			VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: t}}
+		elems[i] = nftables.SetElement{Key: spreadKey(i), VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: t}}
 	}
 	if err := b.c.AddSet(spread, elems); err != nil {
 		return fmt.Errorf("spread map of %s: %w", name, err)
@@ -205,20 +223,31 @@ func (b *batch) fillChain(name string, s *chainSpec) error {
 	return nil
 }
 
+// spreadKey is key i of a numgen map. numgen writes its number in host
+// byte order, so the keys are too. (The library marks anonymous sets
+// big endian, so `nft list` shows key 1 as 16777216 on little-endian
+// machines; the kernel compares bytes and is not misled.)
+func spreadKey(i int) []byte { return binaryutil.NativeEndian.PutUint32(uint32(i)) }
+
+// endpointType is the data of an endpoint map: ipv4_addr . inet_service.
+var endpointType = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService)
+
+func endpointVal(e netip.AddrPort) []byte {
+	v := make([]byte, 8)
+	a := e.Addr().As4()
+	copy(v, a[:])
+	binary.BigEndian.PutUint16(v[4:], e.Port())
+	return v
+}
+
 // queue adds p's changes, in plan order (see plan), towards rs.
 func (b *batch) queue(p *plan, rs *ruleset) error {
 	c := b.c
-	if len(p.delPortals) > 0 {
-		if err := c.SetDeleteElements(servicesMap, portalElems(p.delPortals, nil)); err != nil {
-			return err
-		}
-		b.n++
+	if err := b.elems(c.SetDeleteElements, servicesMap, p.delPortals, nil); err != nil {
+		return err
 	}
-	if len(p.delRejects) > 0 {
-		if err := c.SetDeleteElements(noEpsSet, portalElems(p.delRejects, nil)); err != nil {
-			return err
-		}
-		b.n++
+	if err := b.elems(c.SetDeleteElements, noEpsSet, p.delRejects, nil); err != nil {
+		return err
 	}
 	for _, ch := range p.flush {
 		c.FlushChain(chainRef(ch))
@@ -247,17 +276,26 @@ func (b *batch) queue(p *plan, rs *ruleset) error {
 			return err
 		}
 	}
-	if len(p.addPortals) > 0 {
-		if err := c.SetAddElements(servicesMap, portalElems(p.addPortals, rs.portals)); err != nil {
-			return err
-		}
-		b.n++
+	if err := b.elems(c.SetAddElements, servicesMap, p.addPortals, rs.portals); err != nil {
+		return err
 	}
-	if len(p.addRejects) > 0 {
-		if err := c.SetAddElements(noEpsSet, portalElems(p.addRejects, nil)); err != nil {
-			return err
+	return b.elems(c.SetAddElements, noEpsSet, p.addRejects, nil)
+}
+
+// maxElemsPerMsg keeps a set element message's element list, a netlink
+// attribute with a 16-bit length, well below 64 KiB (a services map
+// element with its chain name is about 100 bytes).
+const maxElemsPerMsg = 256
+
+// elems queues ps as element messages of at most maxElemsPerMsg each.
+func (b *batch) elems(op func(*nftables.Set, []nftables.SetElement) error, s *nftables.Set, ps []portal, targets map[portal]string) error {
+	for len(ps) > 0 {
+		n := min(len(ps), maxElemsPerMsg)
+		if err := op(s, portalElems(ps[:n], targets)); err != nil {
+			return fmt.Errorf("%s elements: %w", s.Name, err)
 		}
 		b.n++
+		ps = ps[n:]
 	}
 	return nil
 }

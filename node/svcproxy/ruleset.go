@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -64,13 +65,15 @@ func (p portal) String() string {
 type chainSpec struct {
 	text string
 
-	// svc chain: affinity lookups (when affSets is set), then a random
-	// spread over targets.
+	// svc chain with ClientIP affinity: a lookup in each target's
+	// affinity set, then a random spread over the targets.
 	targets []string // endpoint chains, sorted by endpoint
-	affSets []string // affinity set of each target, or nil
+	affSets []string // affinity set of each target
 
-	// ep chain: mark, [update affSet], dnat to ep.
-	ep      netip.AddrPort
+	// svc chain without affinity: mark, random dnat to one of eps.
+	// ep chain: mark, update affSet, dnat to eps[0].
+	proto   services.Protocol
+	eps     []netip.AddrPort // sorted
 	affSet  string
 	timeout time.Duration
 }
@@ -147,18 +150,24 @@ func render(t *services.Table, log *slog.Logger) (*ruleset, error) {
 			if len(eps) == 0 {
 				continue
 			}
+			if timeout == 0 {
+				// No affinity: the svc chain picks and DNATs in one rule.
+				spec := &chainSpec{proto: p.Protocol, eps: eps}
+				spec.text = fmt.Sprintf("%s dnat %v", p.Protocol, eps)
+				rs.chains[svc] = spec
+				continue
+			}
 			spec := &chainSpec{}
 			var text strings.Builder
 			for _, e := range eps {
-				ep := prefixEp + key + "/" + e.String()
+				// nft's parser takes "/", "_" and "." in names, not ":".
+				epKey := key + "__" + e.Addr().String() + "/" + strconv.Itoa(int(e.Port()))
+				ep := prefixEp + epKey
 				spec.targets = append(spec.targets, ep)
-				es := &chainSpec{ep: e, timeout: timeout}
-				if timeout > 0 {
-					es.affSet = prefixAff + key + "/" + e.String()
-					spec.affSets = append(spec.affSets, es.affSet)
-					rs.sets[es.affSet] = true
-				}
-				es.text = fmt.Sprintf("dnat %s affinity %q %v", e, es.affSet, timeout)
+				es := &chainSpec{proto: p.Protocol, eps: []netip.AddrPort{e}, timeout: timeout, affSet: prefixAff + epKey}
+				spec.affSets = append(spec.affSets, es.affSet)
+				rs.sets[es.affSet] = true
+				es.text = fmt.Sprintf("%s dnat %s affinity %q %v", p.Protocol, e, es.affSet, timeout)
 				rs.chains[ep] = es
 				fmt.Fprintf(&text, "%s %q;", ep, es.affSet)
 			}
