@@ -389,6 +389,7 @@ func TestTraffic(t *testing.T) {
 	nsRun := func(ns string, argv ...string) { run(t, append([]string{"ip", "netns", "exec", ns}, argv...)...) }
 	nsRun(client, "ip", "addr", "add", "10.99.0.1/24", "dev", cveth)
 	nsRun(server, "ip", "addr", "add", "10.99.0.2/24", "dev", sveth)
+	nsRun(server, "ip", "addr", "add", "10.99.0.3/24", "dev", sveth)
 	nsRun(client, "ip", "link", "set", cveth, "up")
 	nsRun(server, "ip", "link", "set", sveth, "up")
 	// The agent routes the service range over the overlay; here the veth is the overlay.
@@ -397,7 +398,7 @@ func TestTraffic(t *testing.T) {
 	var ln net.Listener
 	var pc net.PacketConn
 	if err := inNS(server, func() (err error) {
-		if ln, err = net.Listen("tcp4", "10.99.0.2:8080"); err != nil {
+		if ln, err = net.Listen("tcp4", ":8080"); err != nil {
 			return err
 		}
 		pc, err = net.ListenPacket("udp4", "10.99.0.2:5353")
@@ -412,7 +413,7 @@ func TestTraffic(t *testing.T) {
 			if err != nil {
 				return
 			}
-			fmt.Fprintf(c, "hello %s\n", c.RemoteAddr())
+			fmt.Fprintf(c, "hello %s via %s\n", c.RemoteAddr(), c.LocalAddr())
 			c.Close()
 		}
 	}()
@@ -481,10 +482,58 @@ func TestTraffic(t *testing.T) {
 		t.Errorf("dial to a Service without endpoints: got %v, want connection refused", refused)
 	}
 
+	// Two endpoints: new connections spread over both; with ClientIP
+	// affinity they stick to one.
+	two := svc("web", "10.96.0.10", services.TCP, 80, ep("10.99.0.2", 8080), ep("10.99.0.3", 8080))
+	if err := p.Apply(ctx, table(t, two, dns, empty)); err != nil {
+		t.Fatal(err)
+	}
+	if got := servedBy(t, client, "10.96.0.10:80", 40); got["10.99.0.2:8080"] < 5 || got["10.99.0.3:8080"] < 5 {
+		t.Errorf("40 connections without affinity: served by %v, want at least 5 each", got)
+	}
+	two.ClientIPAffinity = true
+	if err := p.Apply(ctx, table(t, two, dns, empty)); err != nil {
+		t.Fatal(err)
+	}
+	if got := servedBy(t, client, "10.96.0.10:80", 20); len(got) != 1 {
+		t.Errorf("20 connections with ClientIP affinity: served by %v, want one endpoint", got)
+	}
+	if nft := listTable(t, client); !strings.Contains(nft, "update @aff-default/web/tcp__10.99.0.") || !strings.Contains(nft, "timeout 3h") {
+		t.Errorf("affinity rules missing or without the default 3h timeout:\n%s", nft)
+	}
+
 	if err := p.Cleanup(ctx); err != nil {
 		t.Fatal(err)
 	}
 	assertClean(t, client)
+}
+
+// servedBy connects n times from ns to addr and counts the server
+// addresses ("hello <client> via <server>") that answered.
+func servedBy(t *testing.T, ns, addr string, n int) map[string]int {
+	t.Helper()
+	got := map[string]int{}
+	err := inNS(ns, func() error {
+		for range n {
+			c, err := net.DialTimeout("tcp4", addr, 5*time.Second)
+			if err != nil {
+				return err
+			}
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			line, err := bufio.NewReader(c).ReadString('\n')
+			c.Close()
+			if err != nil {
+				return err
+			}
+			_, via, _ := strings.Cut(strings.TrimSpace(line), " via ")
+			got[via]++
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("connect to %s: %v", addr, err)
+	}
+	return got
 }
 
 // TestApplyScale measures Apply for 1,000 Services x 10 endpoints. It
