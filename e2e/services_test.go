@@ -225,9 +225,9 @@ func TestServices(t *testing.T) {
 			webSlice, err = cs.DiscoveryV1().EndpointSlices(svcNS).Update(ctx, webSlice, metav1.UpdateOptions{})
 			return err
 		})
-		waitRules(t, a, 10*time.Second, func(nat, _ string) error {
-			if want := "--to-destination " + netip.AddrPortFrom(pc.IP(), podHTTP).String(); !strings.Contains(nat, want) {
-				return fmt.Errorf("nat table lacks %q", want)
+		waitRules(t, a, 10*time.Second, func(rules string) error {
+			if want := dnatNeedles(netip.AddrPortFrom(pc.IP(), podHTTP))[0]; !strings.Contains(rules, want) {
+				return fmt.Errorf("service rules lack %q (pc as an endpoint of the spread)", want)
 			}
 			return nil
 		})
@@ -247,9 +247,9 @@ func TestServices(t *testing.T) {
 			return err
 		})
 		for _, n := range []*natNode{a, c} {
-			waitRules(t, n, 10*time.Second, func(nat, _ string) error {
-				if !strings.Contains(nat, "-m recent") {
-					return errors.New("nat table has no -m recent (affinity) rule")
+			waitRules(t, n, 10*time.Second, func(rules string) error {
+				if !strings.Contains(rules, "update @aff-") {
+					return errors.New("service rules have no affinity (update @aff-...) rule")
 				}
 				return nil
 			})
@@ -377,14 +377,14 @@ func TestServices(t *testing.T) {
 				t.Errorf("%s: %v", n.name, err)
 			}
 			// DNS takes a new map before the rules do: wait for ghost's rules.
-			var nat, filter string
+			var rules string
 			err := lab.Eventually(10*time.Second, 100*time.Millisecond, func() error {
 				var err error
-				if nat, filter, err = svcTables(n.host); err != nil {
+				if rules, err = svcRules(n.host); err != nil {
 					return err
 				}
-				if !strings.Contains(nat, "-d "+ghostIP.String()+"/32") {
-					return fmt.Errorf("Service ghost has no portal rule for %s in nat:\n%s", ghostIP, grepLines(nat, "EDGEWIRE-SERVICES"))
+				if !strings.Contains(rules, portalNeedle(ghostIP, "tcp", 80)) {
+					return fmt.Errorf("Service ghost has no portal for %s in the services map:\n%s", ghostIP, grepLines(rules, " : goto svc-"))
 				}
 				return nil
 			})
@@ -396,7 +396,7 @@ func TestServices(t *testing.T) {
 			if ans, rc, err := dnsA(n.host, "sctp."+svcNS+"."+svcDomain); err != nil || rc != dns.RcodeNameError {
 				t.Errorf("%s: refused Service sctp: DNS got %s %v (%v), want NXDOMAIN", n.name, dns.RcodeToString[rc], ans, err)
 			}
-			if lines := grepLines(nat+filter, sctpIP.String(), svcNS+"/sctp"); lines != "" {
+			if lines := grepLines(rules, sctpIP.String(), svcNS+"/sctp"); lines != "" {
 				t.Errorf("%s: refused Service sctp has rules (half-applied):\n%s", n.name, lines)
 			}
 		}
@@ -501,10 +501,9 @@ func TestServices(t *testing.T) {
 		mustKube(t, "delete service web", func() error {
 			return cs.CoreV1().Services(svcNS).Delete(ctx, "web", metav1.DeleteOptions{})
 		})
-		podDNAT := []string{
-			"--to-destination " + netip.AddrPortFrom(pb.IP(), podHTTP).String(),
-			"--to-destination " + netip.AddrPortFrom(pc.IP(), podHTTP).String(),
-			"--to-destination " + netip.AddrPortFrom(pb.IP(), podEcho).String(),
+		var podDNAT []string
+		for _, ap := range []netip.AddrPort{netip.AddrPortFrom(pb.IP(), podHTTP), netip.AddrPortFrom(pc.IP(), podHTTP), netip.AddrPortFrom(pb.IP(), podEcho)} {
+			podDNAT = append(podDNAT, dnatNeedles(ap)...)
 		}
 		for _, n := range nodes {
 			err := lab.Eventually(10*time.Second-time.Since(t0), 100*time.Millisecond, func() error {
@@ -515,17 +514,17 @@ func TestServices(t *testing.T) {
 				if rc != dns.RcodeNameError {
 					return fmt.Errorf("DNS %s: got %s %v, want NXDOMAIN", webName, dns.RcodeToString[rc], ans)
 				}
-				nat, filter, err := svcTables(n.host)
+				rules, err := svcRules(n.host)
 				if err != nil {
 					return err
 				}
-				needles := append([]string{webIP.String(), svcNS + "/web"}, podDNAT...)
-				if lines := grepLines(nat+filter, needles...); lines != "" {
+				needles := append([]string{webIP.String() + " ", svcNS + "/web/"}, podDNAT...)
+				if lines := grepLines(rules, needles...); lines != "" {
 					return fmt.Errorf("rules of web remain:\n%s", lines)
 				}
 				// The check is not vacuous: ghost's rules are still there.
-				if !strings.Contains(nat, "-d "+ghostIP.String()+"/32") {
-					return fmt.Errorf("ghost's portal rule went too:\n%s", nat)
+				if !strings.Contains(rules, portalNeedle(ghostIP, "tcp", 80)) {
+					return fmt.Errorf("ghost's portal went too:\n%s", rules)
 				}
 				return nil
 			})
@@ -540,16 +539,19 @@ func TestServices(t *testing.T) {
 	})
 	phase("delete")
 
-	t.Run("SIGTERM removes the agent's chains and DNS address", func(t *testing.T) {
-		nat, _, err := svcTables(a.host)
+	t.Run("SIGTERM removes the agent's rules and DNS address", func(t *testing.T) {
+		rules, err := svcRules(a.host)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !strings.Contains(nat, "EDGEWIRE-") {
-			t.Fatalf("a has no EDGEWIRE chains before SIGTERM; the check below would be vacuous:\n%s", nat)
+		if !strings.Contains(rules, "chain svc-") {
+			t.Fatalf("a has no Service chains before SIGTERM; the check below would be vacuous:\n%s", rules)
 		}
 		if err := a.agent.Proc.Stop(40 * time.Second); err != nil {
 			t.Errorf("agent a after SIGTERM: exit %v, want a clean exit", err)
+		}
+		if out, err := a.host.Exec(ctxT(t, 10*time.Second), "nft", "list", "tables"); err != nil || strings.Contains(out, svcTable) {
+			t.Errorf("a after SIGTERM: nft list tables: got %q (%v), want no %s", out, err, svcTable)
 		}
 		for _, table := range []string{"nat", "filter", "mangle"} {
 			out := a.host.MustExec(t, "iptables-save", "-t", table)
@@ -890,26 +892,43 @@ func socksConnect(h *lab.Host, host string, port uint16) (*net.TCPConn, byte, er
 	return c, rep[1], nil
 }
 
-// svcTables returns iptables-save of h's nat and filter tables.
-func svcTables(h *lab.Host) (nat, filter string, err error) {
+// svcTable is the nftables table the agent programs Services into.
+const svcTable = "ip edgewire"
+
+// svcRules returns `nft list table ip edgewire` in h ("" before the
+// agent has created it).
+func svcRules(h *lab.Host) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if nat, err = h.Exec(ctx, "iptables-save", "-t", "nat"); err != nil {
-		return "", "", err
+	out, err := h.Exec(ctx, "nft", "list", "table", "ip", "edgewire")
+	if err != nil && strings.Contains(out+err.Error(), "No such file") {
+		return "", nil
 	}
-	filter, err = h.Exec(ctx, "iptables-save", "-t", "filter")
-	return nat, filter, err
+	return out, err
 }
 
-// waitRules waits until check accepts n's nat and filter tables.
-func waitRules(t *testing.T, n *natNode, timeout time.Duration, check func(nat, filter string) error) {
+// portalNeedle is how `nft list` shows a Service port in the services
+// map: "<ip> . <proto> . <port> : goto svc-...".
+func portalNeedle(ip netip.Addr, proto string, port uint16) string {
+	return fmt.Sprintf("%s . %s . %d : goto svc-", ip, proto, port)
+}
+
+// dnatNeedles are how `nft list` shows DNAT to ap: as an element of a
+// Service's endpoint map ("ip . port"), or, for a Service port with one
+// endpoint, as "dnat to ip:port".
+func dnatNeedles(ap netip.AddrPort) []string {
+	return []string{fmt.Sprintf("%s . %d", ap.Addr(), ap.Port()), "dnat to " + ap.String()}
+}
+
+// waitRules waits until check accepts n's Service rules.
+func waitRules(t *testing.T, n *natNode, timeout time.Duration, check func(rules string) error) {
 	t.Helper()
 	err := lab.Eventually(timeout, 100*time.Millisecond, func() error {
-		nat, filter, err := svcTables(n.host)
+		rules, err := svcRules(n.host)
 		if err != nil {
 			return err
 		}
-		return check(nat, filter)
+		return check(rules)
 	})
 	if err != nil {
 		t.Fatalf("%s: %v", n.name, err)

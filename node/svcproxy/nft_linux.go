@@ -25,11 +25,17 @@ var (
 	// portalType is the key of the services map and the no-endpoints set:
 	// ip daddr . meta l4proto . th dport, each field padded to 4 bytes.
 	portalType = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)
-
-	servicesMap = &nftables.Set{Table: ourTable, Name: mapServices, IsMap: true, Concatenation: true,
-		KeyType: portalType, DataType: nftables.TypeVerdict}
-	noEpsSet = &nftables.Set{Table: ourTable, Name: setNoEps, Concatenation: true, KeyType: portalType}
 )
+
+// Fresh Set values per batch: the library writes IDs into them.
+func servicesMap() *nftables.Set {
+	return &nftables.Set{Table: ourTable, Name: mapServices, IsMap: true, Concatenation: true,
+		KeyType: portalType, DataType: nftables.TypeVerdict}
+}
+
+func noEpsSet() *nftables.Set {
+	return &nftables.Set{Table: ourTable, Name: setNoEps, Concatenation: true, KeyType: portalType}
+}
 
 // baseChain is a chain hooked into netfilter.
 type baseChain struct {
@@ -138,9 +144,17 @@ func affSet(name string) *nftables.Set {
 
 // batch accumulates one Apply's messages on c and counts them.
 type batch struct {
-	c     *nftables.Conn
-	n     int    // messages queued
-	setID uint32 // last anonymous set ID used in this batch
+	c             *nftables.Conn
+	n             int    // messages queued
+	setID         uint32 // last set ID used in this batch
+	svcMap, noEps *nftables.Set
+}
+
+// newBatch starts a batch on c. Every set the batch creates gets an ID
+// from the batch (the library would otherwise draw one from a global
+// counter, unsynchronised across connections).
+func newBatch(c *nftables.Conn) *batch {
+	return &batch{c: c, svcMap: servicesMap(), noEps: noEpsSet()}
 }
 
 func (b *batch) addRule(chain string, exprs []expr.Any) {
@@ -243,10 +257,10 @@ func endpointVal(e netip.AddrPort) []byte {
 // queue adds p's changes, in plan order (see plan), towards rs.
 func (b *batch) queue(p *plan, rs *ruleset) error {
 	c := b.c
-	if err := b.elems(c.SetDeleteElements, servicesMap, p.delPortals, nil); err != nil {
+	if err := b.elems(c.SetDeleteElements, b.svcMap, p.delPortals, nil); err != nil {
 		return err
 	}
-	if err := b.elems(c.SetDeleteElements, noEpsSet, p.delRejects, nil); err != nil {
+	if err := b.elems(c.SetDeleteElements, b.noEps, p.delRejects, nil); err != nil {
 		return err
 	}
 	for _, ch := range p.flush {
@@ -262,7 +276,10 @@ func (b *batch) queue(p *plan, rs *ruleset) error {
 		b.n++
 	}
 	for _, s := range p.addSets {
-		if err := c.AddSet(affSet(s), nil); err != nil {
+		b.setID++
+		set := affSet(s)
+		set.ID = b.setID
+		if err := c.AddSet(set, nil); err != nil {
 			return fmt.Errorf("set %s: %w", s, err)
 		}
 		b.n++
@@ -276,10 +293,10 @@ func (b *batch) queue(p *plan, rs *ruleset) error {
 			return err
 		}
 	}
-	if err := b.elems(c.SetAddElements, servicesMap, p.addPortals, rs.portals); err != nil {
+	if err := b.elems(c.SetAddElements, b.svcMap, p.addPortals, rs.portals); err != nil {
 		return err
 	}
-	return b.elems(c.SetAddElements, noEpsSet, p.addRejects, nil)
+	return b.elems(c.SetAddElements, b.noEps, p.addRejects, nil)
 }
 
 // maxElemsPerMsg keeps a set element message's element list, a netlink
@@ -322,7 +339,9 @@ func (b *batch) queueTable(iface string) error {
 	c.DelTable(ourTable)
 	c.AddTable(ourTable)
 	b.n += 3
-	for _, s := range []*nftables.Set{servicesMap, noEpsSet} {
+	for _, s := range []*nftables.Set{b.svcMap, b.noEps} {
+		b.setID++
+		s.ID = b.setID
 		if err := c.AddSet(s, nil); err != nil {
 			return fmt.Errorf("set %s: %w", s.Name, err)
 		}

@@ -13,7 +13,7 @@
 // cluster IPs and endpoints are skipped (logged at debug level).
 //
 // Layout of table ip edgewire (<key> is <ns>/<name>/<proto>[/<port name>],
-// <ep> is ip:port):
+// <ep> is <ip>/<port>; endpoints are sorted by address and port):
 //
 //	map services       ipv4_addr . inet_proto . inet_service : verdict
 //	                     per portal of a Service port with ready endpoints: goto svc-<key>
@@ -26,12 +26,23 @@
 //	chain filter-output, filter-forward (filter priority)
 //	                     ip daddr . meta l4proto . th dport @no-endpoints reject
 //	                     {o,i}ifname <iface> tcp flags & (syn|rst) == syn tcp option maxseg size set rt mtu
-//	chain svc-<key>    with ClientIP affinity, first for each endpoint:
-//	                     ip saddr @aff-<key>/<ep> goto ep-<key>/<ep>
-//	                   then (endpoints sorted by ip:port):
-//	                     numgen random mod N vmap { 0 : goto ep-<key>/<ep0>, ... }
-//	chain ep-<key>/<ep>  meta mark set meta mark | 0x4000 [update @aff-<key>/<ep> { ip saddr } timeout T] dnat to <ep>
-//	set aff-<key>/<ep> ipv4_addr, dynamic, timeout: clients recently sent to <ep>
+//	chain svc-<key>    without affinity, one rule:
+//	                     meta l4proto <proto> meta mark set meta mark | 0x4000
+//	                       dnat to numgen random mod N map { 0 : <ip0> . <port0>, ... }
+//	                     (dnat to <ip>:<port> for one endpoint)
+//	                   with ClientIP affinity, first for each endpoint
+//	                     ip saddr @aff-<key>__<ep> goto ep-<key>__<ep>
+//	                   then
+//	                     numgen random mod N vmap { 0 : goto ep-<key>__<ep0>, ... }
+//	chain ep-<key>__<ep> (affinity only)
+//	                     meta l4proto <proto> meta mark set meta mark | 0x4000
+//	                       update @aff-<key>__<ep> { ip saddr timeout T } dnat to <ip>:<port>
+//	set aff-<key>__<ep> ipv4_addr, dynamic, timeout: clients recently sent to <ep>
+//
+// Without affinity a Service port is three kernel objects (chain, rule,
+// endpoint map) whatever its endpoint count, which is what makes 1,000
+// Services x 10 endpoints one quick batch; per-endpoint chains exist only
+// where affinity needs them, as in kube-proxy's nftables mode.
 //
 // An endpoint contributes its first IPv4 address. The masquerade mark is
 // kube-proxy's bit; with --services=on on a node that also runs
@@ -238,7 +249,7 @@ func (p *Proxy) applyLocked(ctx context.Context, t *services.Table) (bool, error
 		return false, nil
 	}
 	p.loaded = nil // unknown until the batch is in
-	b := &batch{c: c}
+	b := newBatch(c)
 	if full {
 		if err := b.queueTable(p.cfg.Interface); err != nil {
 			return false, fmt.Errorf("service rules: %w", err)
