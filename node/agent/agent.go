@@ -258,7 +258,10 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	a.home = homerelay.New(homerelay.Config{
 		PrivateKey: key, Preferred: cfg.RelayRegion, Logger: log,
-		OnPacket: func(src [32]byte, p []byte) { a.bind.DeliverRelayed(src, p) },
+		OnPacket: func(src [32]byte, p []byte) {
+			a.trav.Seen(src) // the peer talks to us: worth looking for a direct path
+			a.bind.DeliverRelayed(src, p)
+		},
 		OnChange: a.trav.SetRelay,
 	})
 	a.bind.SetRelay(a.home)

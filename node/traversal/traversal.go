@@ -6,6 +6,14 @@
 // NaCl box between the two node keys. The node with the larger public key
 // controls the session. Per peer, a pathsel.Machine turns what ICE
 // observes into the path the agent programs.
+//
+// ICE is lazy: a session runs only towards a peer that is active, i.e. sent
+// us a WireGuard packet over the relay (the agent reports them with Seen)
+// or an ICE signal within Config.IdleTimeout, or whose session is up. A
+// peer that never talks to us (offline, or a node without a data plane)
+// costs no ICE agent; it is reached through the relay, and its first
+// handshake there starts ICE within a tick. Without a relay every online
+// peer is tried, as ICE is then the only way to reach it.
 package traversal
 
 import (
@@ -16,10 +24,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pion/ice/v4"
@@ -38,6 +48,9 @@ const (
 	tickInterval    = 250 * time.Millisecond
 	addrInterval    = 5 * time.Second
 	maxCandidates   = 32 // remote candidates accepted per signal
+	// defaultIdleTimeout outlasts WireGuard's 25 s persistent keepalive
+	// several times over, so a live peer on the relay never goes idle.
+	defaultIdleTimeout = 2 * time.Minute
 )
 
 // Peer is what the manager needs to know about a peer.
@@ -65,9 +78,12 @@ type Config struct {
 	// (nil: no relay support).
 	RelayEndpoint func([32]byte) netip.AddrPort
 	IPv6          bool
-	Machine       pathsel.Config
-	Logger        *slog.Logger
-	Now           func() time.Time
+	// IdleTimeout: a peer that sent nothing (over the relay) and no signal
+	// for this long gets no new ICE session (0: 2 minutes).
+	IdleTimeout time.Duration
+	Machine     pathsel.Config
+	Logger      *slog.Logger
+	Now         func() time.Time
 }
 
 // CandidateInfo is one side of a selected candidate pair.
@@ -109,7 +125,10 @@ type peer struct {
 	m           *pathsel.Machine
 	s           *session
 	lastPath    pathsel.Path
-	lastRequest time.Time // controlled side: last restart request sent
+	lastRequest time.Time     // controlled side: last restart request sent
+	requestGap  time.Duration // controlled side without a session: wait between requests, doubling
+	lastActive  time.Time     // last packet over the relay or signal from the peer
+	seen        atomic.Bool   // a relayed packet arrived since the last tick; set by Seen without mu
 }
 
 // Manager runs the ICE sessions. Create with New, start Run.
@@ -121,6 +140,8 @@ type Manager struct {
 	qmu   sync.Mutex // guards queue; pion callbacks only ever take qmu
 	queue []func()
 	wake  chan struct{} // capacity 1
+
+	seen atomic.Pointer[map[[32]byte]*peer] // copy of peers for Seen, replaced (never mutated) under mu
 
 	mu      sync.Mutex // guards everything below
 	peers   map[[32]byte]*peer
@@ -142,10 +163,31 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = defaultIdleTimeout
+	}
 	return &Manager{
 		cfg: cfg, log: cfg.Logger, changed: make(chan struct{}, 1), wake: make(chan struct{}, 1),
 		peers: map[[32]byte]*peer{}, hosts: cfg.HostAddrs(),
 	}, nil
+}
+
+// Seen records that a WireGuard packet from key arrived over the relay:
+// the peer is alive and talking to us, so ICE should look for a direct
+// path. It is called for every relayed packet: one map read and, at most
+// once per tick per peer, a store and a wake-up.
+func (m *Manager) Seen(key [32]byte) {
+	ps := m.seen.Load()
+	if ps == nil {
+		return
+	}
+	if p := (*ps)[key]; p != nil && !p.seen.Load() {
+		p.seen.Store(true)
+		select {
+		case m.wake <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // Changed is signalled (coalesced) when some peer's path may have changed.
@@ -305,7 +347,7 @@ func (m *Manager) checkAddrs() {
 	for _, p := range m.peers {
 		// A connected pair keeps working (its keepalives say so); if the
 		// change broke it, the disconnect restarts it within seconds.
-		if p.m.State() == pathsel.Connected {
+		if p.m.State() == pathsel.Connected || !m.active(p, now) {
 			continue
 		}
 		if p.controlling {
@@ -345,18 +387,32 @@ func (m *Manager) setPeers(peers []Peer) {
 			delete(m.peers, k)
 		}
 	}
+	ps := maps.Clone(m.peers)
+	m.seen.Store(&ps)
 	m.notifyIfChanged()
+}
+
+// active reports whether ICE should run towards p: it talked to us
+// lately, or there is no relay to reach it through. Called with mu held.
+func (m *Manager) active(p *peer, now time.Time) bool {
+	if !m.relayUp {
+		return true
+	}
+	return !p.lastActive.IsZero() && now.Sub(p.lastActive) < m.cfg.IdleTimeout
 }
 
 // tickLocked applies timeouts and starts due sessions.
 func (m *Manager) tickLocked() {
 	now := m.cfg.Now()
 	for _, p := range m.peers {
+		if p.seen.Swap(false) {
+			p.lastActive = now
+		}
 		due := p.m.Tick(now)
 		if p.m.State() == pathsel.Failed && p.s != nil {
 			m.closeSession(p)
 		}
-		if !due || !p.online {
+		if !due || !p.online || !m.active(p, now) {
 			continue
 		}
 		if p.controlling {
@@ -365,10 +421,16 @@ func (m *Manager) tickLocked() {
 				p.m.Started(now)
 				p.m.Failed(now)
 			}
-		} else if p.m.State() == pathsel.Failed && now.Sub(p.lastRequest) >= time.Second {
-			// Only the controlling side starts sessions; ask it.
+		} else if gap := max(p.requestGap, time.Second); now.Sub(p.lastRequest) >= gap {
+			// Only the controlling side starts sessions; ask it. (A request
+			// that crosses its offer finds it checking and is ignored.)
+			// After a failure the machine's backoff spaces the requests;
+			// before any session, the gap doubles until an offer comes.
 			m.send(p, &api.SignalPayload{Kind: api.SignalPayload_KIND_RESTART_REQUEST, Session: 1})
 			p.lastRequest = now
+			if p.m.State() == pathsel.Idle {
+				p.requestGap = min(2*gap, 30*time.Second)
+			}
 		}
 	}
 	m.notifyIfChanged()
@@ -456,6 +518,7 @@ func (m *Manager) startSession(p *peer, id uint64, now time.Time) (*session, err
 		m.post(func() { m.onState(key, s, ice.ConnectionStateConnected) })
 	})
 	p.s = s
+	p.requestGap = 0
 	p.m.Started(now)
 	return s, nil
 }
@@ -559,6 +622,7 @@ func (m *Manager) handleSignal(sig *api.Signal) {
 	}
 	m.signals.SignalsIn++
 	now := m.cfg.Now()
+	p.lastActive = now
 	switch pl.GetKind() {
 	case api.SignalPayload_KIND_OFFER:
 		if p.controlling {
