@@ -70,6 +70,7 @@ type Config struct {
 	TicketTTL     time.Duration      // relay ticket lifetime
 	Services      svcsource.Source   // where Services and pod CIDRs come from; nil: none
 	MetricsListen string             // /metrics, /healthz, /readyz; empty: off
+	PprofSocket   string             // unix socket for net/http/pprof; empty: off
 	Logger        *slog.Logger
 }
 
@@ -191,6 +192,11 @@ func Run(ctx context.Context, cfg Config) error {
 			log.Error("metrics server", "err", err)
 		}
 	}()
+	go func() {
+		if err := servePprof(ctx, cfg.PprofSocket, log); err != nil {
+			log.Error("pprof server", "err", err)
+		}
+	}()
 	if cfg.Services != nil {
 		go func() {
 			if err := cfg.Services.Run(ctx, srv.Registry()); err != nil {
@@ -201,7 +207,10 @@ func Run(ctx context.Context, cfg Config) error {
 
 	unary, stream := server.AdminAuth(adminHash)
 	netSrv := grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{id.Cert}, MinVersion: tls.VersionTLS13})),
+		// Full records from the start: a new agent's first message is its
+		// largest (the full map), and small records cost a write each.
+		grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{id.Cert}, MinVersion: tls.VersionTLS13,
+			DynamicRecordSizingDisabled: true})),
 		grpc.ForceServerCodecV2(server.Codec()),
 		// One connection per agent, tens of thousands of them, nearly all
 		// idle: write buffers come from a pool while a write is under

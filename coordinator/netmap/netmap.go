@@ -103,6 +103,7 @@ type Registry struct {
 	logFloor uint64   // deltas can be computed only from versions >= logFloor
 	subs     map[*Sub]struct{}
 	interval time.Duration // least time between two publications; 0: publish every change
+	perSub   time.Duration // added to interval for every subscriber
 	pub      *pub          // the latest publication; never nil
 	lastPub  time.Time     // when pub was made (monotonic clock)
 	pending  *time.Timer   // non-nil while a publication is scheduled
@@ -126,14 +127,17 @@ func New(prefixes []netip.Prefix) *Registry {
 	return r
 }
 
-// SetInterval sets the least time between two publications: changes in
-// between coalesce into one update per stream, and streams stay in step
-// so they share the marshalled updates. 0 (the default) publishes every
-// change at once. Set it before the first change.
-func (r *Registry) SetInterval(d time.Duration) {
+// SetInterval sets the least time between two publications to d plus
+// perSub for every subscriber: changes in between coalesce into one update
+// per stream, and streams stay in step so they share the marshalled
+// updates. A publication costs one wake-up and one send per stream, so
+// with perSub the rate of them falls as streams are added, keeping the
+// fan-out's cost bounded during a burst (a lone change still goes out at
+// once). 0, 0 (the default) publishes every change at once.
+func (r *Registry) SetInterval(d, perSub time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.interval = d
+	r.interval, r.perSub = d, perSub
 }
 
 // SetSTUN sets the STUN servers announced in full maps. The slice and its
@@ -399,7 +403,7 @@ func (r *Registry) publishSoonLocked() {
 	if r.pending != nil {
 		return
 	}
-	wait := r.interval - time.Since(r.lastPub)
+	wait := r.interval + time.Duration(len(r.subs))*r.perSub - time.Since(r.lastPub)
 	if wait <= 0 {
 		r.publishLocked()
 		return

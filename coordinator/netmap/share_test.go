@@ -94,23 +94,27 @@ func decodeNext(t *testing.T, s *Sub) (*apiMap, *Update) {
 }
 
 // With an interval, a lone change is published at once and a burst after
-// it waits for the interval, arriving as one update.
+// it waits for the interval, arriving as one update. The interval grows
+// with the number of subscribers.
 func TestPublishInterval(t *testing.T) {
-	const interval = 100 * time.Millisecond
+	const want = 100 * time.Millisecond
 	tests := []struct {
-		name  string
-		burst int
-		wantV []uint64 // versions Next returns, one per wake-up
+		name             string
+		interval, perSub time.Duration
+		burst            int
+		wantV            []uint64 // versions Next returns, one per wake-up
 	}{
-		{"one change", 1, []uint64{4}},
-		{"burst coalesces", 5, []uint64{4, 8}},
+		{"one change", want, 0, 1, []uint64{4}},
+		{"burst coalesces", want, 0, 5, []uint64{4, 8}},
+		{"per subscriber", 0, want / 2, 5, []uint64{4, 8}}, // two subscribers
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := newRegistry(t, 3)
-			r.SetInterval(interval)
-			time.Sleep(interval) // the registry's own Upserts were published just now
+			r.SetInterval(tt.interval, tt.perSub)
+			time.Sleep(want) // the registry's own Upserts were published just now
 			s := subscribe(t, r, 1)
+			subscribe(t, r, 2)
 			start := time.Now()
 			for i := range tt.burst {
 				n := node(2)
@@ -121,8 +125,8 @@ func TestPublishInterval(t *testing.T) {
 			for range tt.wantV {
 				select {
 				case <-s.C():
-				case <-time.After(5 * interval):
-					t.Fatalf("no wake-up after %v; got versions %v", 5*interval, got)
+				case <-time.After(5 * want):
+					t.Fatalf("no wake-up after %v; got versions %v", 5*want, got)
 				}
 				m := next(t, s)
 				if m == nil {
@@ -133,8 +137,8 @@ func TestPublishInterval(t *testing.T) {
 			if !slices.Equal(got, tt.wantV) {
 				t.Errorf("got versions %v, want %v", got, tt.wantV)
 			}
-			if el := time.Since(start); len(tt.wantV) > 1 && el < interval*8/10 {
-				t.Errorf("burst delivered after %v, want it held for about %v", el, interval)
+			if el := time.Since(start); len(tt.wantV) > 1 && el < want*8/10 {
+				t.Errorf("burst delivered after %v, want it held for about %v", el, want)
 			}
 			if signalled(s) {
 				if m := next(t, s); m != nil {
@@ -151,7 +155,7 @@ func TestPublishInterval(t *testing.T) {
 func TestLateMarshalConverges(t *testing.T) {
 	r := newRegistry(t, 2)
 	s := subscribe(t, r, 1)
-	r.SetInterval(time.Hour) // nothing more is published until we say so
+	r.SetInterval(time.Hour, 0) // nothing more is published until we say so
 	r.mu.Lock()
 	r.lastPub = time.Time{}
 	r.mu.Unlock()

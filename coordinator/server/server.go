@@ -52,9 +52,12 @@ type Config struct {
 	// TicketTTL is how long a relay ticket is valid; it is renewed at half.
 	TicketTTL time.Duration
 	// MapInterval is the least time between two publications of the
-	// network map (default 250 ms): changes in between coalesce into one
-	// delta, and all streams move in step so they share its bytes.
-	MapInterval time.Duration
+	// network map (default 250 ms), plus MapIntervalPerStream for every
+	// open stream (default 100 µs: 1.25 s at 10,000 streams). Changes in
+	// between coalesce into one delta, and all streams move in step so
+	// they share its bytes.
+	MapInterval          time.Duration
+	MapIntervalPerStream time.Duration
 	// OnDelete is called after a node is deleted (revocation at relays).
 	OnDelete func(key store.NodeKey, until time.Time)
 }
@@ -116,6 +119,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.MapInterval == 0 {
 		cfg.MapInterval = 250 * time.Millisecond
 	}
+	if cfg.MapIntervalPerStream == 0 {
+		cfg.MapIntervalPerStream = 100 * time.Microsecond
+	}
 	s := &Server{cfg: cfg, log: cfg.Logger, now: cfg.Now, signals: newSignalRouter(), m: newMetrics()}
 	families := map[bool]bool{}
 	for _, p := range cfg.Prefixes {
@@ -153,7 +159,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		}
 	}
 	s.reg = netmap.New(cfg.Prefixes)
-	s.reg.SetInterval(cfg.MapInterval)
+	s.reg.SetInterval(cfg.MapInterval, cfg.MapIntervalPerStream)
 	s.reg.SetSTUN(cfg.STUN)
 	s.reg.SetRelays(cfg.Relays)
 	s.reg.Load(nodes)
