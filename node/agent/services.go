@@ -90,7 +90,8 @@ func (a *Agent) startServices(ctx context.Context, run func(string, func(context
 		if on {
 			sl.proxy = p
 			cleanups = append(cleanups, func() {
-				// 1,000 Services take a few seconds to remove under load.
+				// Removing the table is one netlink message; the timeout only
+				// bounds a wedged netlink socket.
 				c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				defer cancel()
 				if err := p.Cleanup(c); err != nil {
