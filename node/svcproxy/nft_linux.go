@@ -407,25 +407,27 @@ func (p *Proxy) conn(ctx context.Context, msgs *int) (*nftables.Conn, func(), er
 	return c, closeNS, nil
 }
 
-// tableUse returns how many chains and sets our table holds, or -1 when
-// it does not exist.
-func tableUse(c *nftables.Conn) (int, error) {
+// tableUse returns our table's use count (chains and named sets), or
+// -1 when the table does not exist. nftables v0.3.0 decodes the
+// big-endian NFTA_TABLE_USE in host byte order, so callers compare with
+// useMatches.
+func tableUse(c *nftables.Conn) (int64, error) {
 	tabs, err := c.ListTablesOfFamily(nftables.TableFamilyIPv4)
 	if err != nil {
 		return 0, fmt.Errorf("list nftables tables: %w", err)
 	}
 	for _, t := range tabs {
 		if t.Name == tableName {
-			// nftables v0.3.0 decodes NFTA_TABLE_USE in host byte
-			// order; the attribute is big endian.
-			use := t.Use
-			if binaryutil.NativeEndian.Uint32(binaryutil.BigEndian.PutUint32(1)) != 1 {
-				use = bits.ReverseBytes32(use)
-			}
-			return int(use), nil
+			return int64(t.Use), nil
 		}
 	}
 	return -1, nil
+}
+
+// useMatches reports whether a use count from tableUse is want, in
+// either byte order (so a library that fixes the decoding keeps working).
+func useMatches(use int64, want int) bool {
+	return use >= 0 && (use == int64(want) || int64(bits.ReverseBytes32(uint32(use))) == int64(want))
 }
 
 // wantUse is the table use count of a table holding rs: its chains and

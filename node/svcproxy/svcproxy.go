@@ -225,12 +225,14 @@ func (p *Proxy) applyLocked(ctx context.Context, t *services.Table) (bool, error
 	old := p.loaded
 	if old != nil {
 		// Our table is ours alone, but a firewall reload (nft flush
-		// ruleset) can remove it: one netlink round trip notices.
+		// ruleset) can remove it, or someone its chains: one netlink
+		// round trip notices. (Rules flushed from chains that remain
+		// go unnoticed until a full replace.)
 		use, err := tableUse(c)
 		if err != nil {
 			return false, fmt.Errorf("service rules: %w", err)
 		}
-		if w := wantUse(old); use != w {
+		if w := wantUse(old); !useMatches(use, w) {
 			p.log.Warn("service rules table changed behind our back; replacing it", "chains_and_sets", use, "want", w)
 			old = nil
 		}
