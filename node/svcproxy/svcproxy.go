@@ -7,9 +7,10 @@
 // Apply loaded and sends the difference as one netlink batch, which the
 // kernel applies atomically: a batch that fails changes nothing. One
 // endpoint change touches only that Service port's chains; an Apply with
-// nothing to change sends nothing. The first Apply (and the first after
-// an error, or after someone removed our chains) replaces the whole table
-// in one batch. Cleanup deletes the table. Only IPv4 is programmed: IPv6
+// nothing to change sends no batch (one netlink query checks the table is
+// still there). The first Apply (and the first after an error, or after
+// someone removed our table or chains) replaces the whole table in one
+// batch. Cleanup deletes the table. Only IPv4 is programmed: IPv6
 // cluster IPs and endpoints are skipped (logged at debug level).
 //
 // Layout of table ip edgewire (<key> is <ns>/<name>/<proto>[/<port name>],
@@ -44,7 +45,9 @@
 // Services x 10 endpoints one quick batch; per-endpoint chains exist only
 // where affinity needs them, as in kube-proxy's nftables mode.
 //
-// An endpoint contributes its first IPv4 address. The masquerade mark is
+// `nft list` shows numgen map keys after the first as multiples of
+// 16777216 on little-endian machines (see spreadKey); the kernel is not
+// misled. An endpoint contributes its first IPv4 address. The masquerade mark is
 // kube-proxy's bit; with --services=on on a node that also runs
 // kube-proxy, kube-proxy masquerades our marked traffic too. Chains an
 // agent of the iptables era left behind (EDGEWIRE-* in iptables-nft's
