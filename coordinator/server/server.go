@@ -82,10 +82,16 @@ type Server struct {
 	signals *signalRouter
 	m       *metrics
 
-	// regMu serialises registry-changing operations (join, delete) so an
-	// address allocated for one join cannot be handed to another before
-	// the store commits, and the store and registry change in one order.
-	regMu sync.Mutex
+	// regMu orders registry-changing operations against each other so
+	// the store and the registry change in one order. Joins without routes
+	// share it (they run concurrently, so the store can commit a burst of
+	// them in one transaction; addresses come from thread-safe pools and
+	// the store checks names); joins with routes and deletes hold it
+	// alone, since route clashes are checked against the registry.
+	regMu sync.RWMutex
+	// keyMu serialises joins of one node key (striped by key), so its
+	// store commit and registry update cannot be reordered by another.
+	keyMu [64]sync.Mutex
 }
 
 var (
@@ -258,8 +264,16 @@ func (s *Server) Join(ctx context.Context, req *api.JoinRequest) (*api.JoinRespo
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 
-	s.regMu.Lock()
-	defer s.regMu.Unlock()
+	if len(routes) > 0 {
+		s.regMu.Lock()
+		defer s.regMu.Unlock()
+	} else {
+		s.regMu.RLock()
+		defer s.regMu.RUnlock()
+	}
+	km := &s.keyMu[int(key[0])%len(s.keyMu)]
+	km.Lock()
+	defer km.Unlock()
 	now := s.now()
 	var (
 		node  store.Node
@@ -287,14 +301,21 @@ func (s *Server) Join(ctx context.Context, req *api.JoinRequest) (*api.JoinRespo
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 			node = store.Node{Key: key, CreatedAt: now}
+			// fn may run again (the store retries batches): allocate
+			// once, all families or none.
 			if fresh == nil {
+				var got []netip.Addr
 				for _, pool := range s.pools {
 					a, err := pool.Allocate()
 					if err != nil {
+						for _, a := range got {
+							s.pool(a).Release(a)
+						}
 						return status.Errorf(codes.ResourceExhausted, "allocate overlay address from %s: %v", pool.Prefix(), err)
 					}
-					fresh = append(fresh, a)
+					got = append(got, a)
 				}
+				fresh = got
 			}
 			node.Addresses = slices.Clone(fresh)
 		case err != nil:

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"path/filepath"
 	"reflect"
@@ -392,6 +393,73 @@ func TestParseNodeKey(t *testing.T) {
 			got, err := ParseNodeKey(tt.in)
 			if (err != nil) != tt.wantErr || got != tt.want {
 				t.Errorf("got %v, %v; want %v, error %v", got, err, tt.want, tt.wantErr)
+			}
+		})
+	}
+}
+
+// Concurrent updates share transactions; one that fails must neither
+// fail nor undo the others, and must leave nothing behind itself.
+func TestConcurrentUpdates(t *testing.T) {
+	tests := []struct {
+		name    string
+		writers int
+		failing int // index of the writer whose fn fails; -1: none
+	}{
+		{"all succeed", 50, -1},
+		{"one fails", 50, 17},
+		{"alone", 1, -1},
+		{"alone failing", 1, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, _ := openTest(t)
+			errBoom := errors.New("boom")
+			errs := make([]error, tt.writers)
+			done := make(chan struct{})
+			for i := range tt.writers {
+				go func() {
+					defer func() { done <- struct{}{} }()
+					errs[i] = b.Update(context.Background(), func(tx Tx) error {
+						if err := tx.PutNode(testNode(byte(i+1), fmt.Sprintf("n%d", i))); err != nil {
+							return err
+						}
+						if i == tt.failing {
+							return errBoom
+						}
+						return nil
+					})
+				}()
+			}
+			for range tt.writers {
+				<-done
+			}
+			var nodes []Node
+			if err := b.View(context.Background(), func(tx Tx) error {
+				var err error
+				nodes, err = tx.Nodes()
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			want := tt.writers
+			for i, err := range errs {
+				switch {
+				case i == tt.failing && !errors.Is(err, errBoom):
+					t.Errorf("writer %d: got %v, want its own error", i, err)
+				case i == tt.failing:
+					want--
+				case err != nil:
+					t.Errorf("writer %d: got %v, want nil", i, err)
+				}
+			}
+			if len(nodes) != want {
+				t.Errorf("got %d nodes stored, want %d", len(nodes), want)
+			}
+			for _, n := range nodes {
+				if tt.failing >= 0 && n.Key == key(byte(tt.failing+1)) {
+					t.Errorf("the failed writer's node %s was stored", n.Name)
+				}
 			}
 		})
 	}
