@@ -330,15 +330,21 @@ func portalElems(ps []portal, targets map[portal]string) []nftables.SetElement {
 	return out
 }
 
-// queueTable replaces our table with an empty one holding the base
-// chains, their rules and the two portal sets: "add; delete; add" makes
-// the delete succeed whether or not the table existed.
-func (b *batch) queueTable(iface string) error {
+// queueTable replaces our table (deleting it first if exists) with one
+// holding the base chains, their rules and the two portal sets. Not
+// deleting a table that is not there spares the kernel a teardown, which
+// the next batch would wait for.
+func (b *batch) queueTable(iface string, exists bool) error {
 	c := b.c
+	if exists {
+		// "add; delete" makes the delete succeed even if the table went
+		// since we looked.
+		c.AddTable(ourTable)
+		c.DelTable(ourTable)
+		b.n += 2
+	}
 	c.AddTable(ourTable)
-	c.DelTable(ourTable)
-	c.AddTable(ourTable)
-	b.n += 3
+	b.n++
 	for _, s := range []*nftables.Set{b.svcMap, b.noEps} {
 		b.setID++
 		s.ID = b.setID

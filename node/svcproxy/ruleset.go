@@ -60,11 +60,9 @@ func (p portal) String() string {
 	return netip.AddrPortFrom(p.ip, p.port).String() + "/" + string(p.proto)
 }
 
-// chainSpec is the content of one regular chain. Two specs with equal
-// text have equal rules, so text is what Apply diffs.
+// chainSpec is the content of one regular chain: equal specs (see
+// equal) render equal rules.
 type chainSpec struct {
-	text string
-
 	// svc chain with ClientIP affinity: a lookup in each target's
 	// affinity set, then a random spread over the targets.
 	targets []string // endpoint chains, sorted by endpoint
@@ -76,6 +74,11 @@ type chainSpec struct {
 	eps     []netip.AddrPort // sorted
 	affSet  string
 	timeout time.Duration
+}
+
+func (s *chainSpec) equal(o *chainSpec) bool {
+	return s.proto == o.proto && s.affSet == o.affSet && s.timeout == o.timeout &&
+		slices.Equal(s.eps, o.eps) && slices.Equal(s.targets, o.targets) && slices.Equal(s.affSets, o.affSets)
 }
 
 // ruleset is the rendered desired content of our table, apart from the
@@ -152,13 +155,10 @@ func render(t *services.Table, log *slog.Logger) (*ruleset, error) {
 			}
 			if timeout == 0 {
 				// No affinity: the svc chain picks and DNATs in one rule.
-				spec := &chainSpec{proto: p.Protocol, eps: eps}
-				spec.text = fmt.Sprintf("%s dnat %v", p.Protocol, eps)
-				rs.chains[svc] = spec
+				rs.chains[svc] = &chainSpec{proto: p.Protocol, eps: eps}
 				continue
 			}
 			spec := &chainSpec{}
-			var text strings.Builder
 			for _, e := range eps {
 				// nft's parser takes "/", "_" and "." in names, not ":".
 				epKey := key + "__" + e.Addr().String() + "/" + strconv.Itoa(int(e.Port()))
@@ -167,11 +167,8 @@ func render(t *services.Table, log *slog.Logger) (*ruleset, error) {
 				es := &chainSpec{proto: p.Protocol, eps: []netip.AddrPort{e}, timeout: timeout, affSet: prefixAff + epKey}
 				spec.affSets = append(spec.affSets, es.affSet)
 				rs.sets[es.affSet] = true
-				es.text = fmt.Sprintf("%s dnat %s affinity %q %v", p.Protocol, e, es.affSet, timeout)
 				rs.chains[ep] = es
-				fmt.Fprintf(&text, "%s %q;", ep, es.affSet)
 			}
-			spec.text = text.String()
 			rs.chains[svc] = spec
 		}
 	}
@@ -260,7 +257,7 @@ func diff(old, cur *ruleset) *plan {
 		case !ok:
 			p.flush = append(p.flush, name)
 			p.delChains = append(p.delChains, name)
-		case ns.text != os.text:
+		case !ns.equal(os):
 			p.flush = append(p.flush, name)
 			p.fill = append(p.fill, name)
 		}

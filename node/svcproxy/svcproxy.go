@@ -225,20 +225,18 @@ func (p *Proxy) applyLocked(ctx context.Context, t *services.Table) (bool, error
 	}
 	defer done()
 
+	// Our table is ours alone, but a firewall reload (nft flush ruleset)
+	// can remove it, or someone its chains: one netlink round trip
+	// notices. (Rules flushed from chains that remain go unnoticed until
+	// a full replace.)
+	use, err := tableUse(c)
+	if err != nil {
+		return false, fmt.Errorf("service rules: %w", err)
+	}
 	old := p.loaded
-	if old != nil {
-		// Our table is ours alone, but a firewall reload (nft flush
-		// ruleset) can remove it, or someone its chains: one netlink
-		// round trip notices. (Rules flushed from chains that remain
-		// go unnoticed until a full replace.)
-		use, err := tableUse(c)
-		if err != nil {
-			return false, fmt.Errorf("service rules: %w", err)
-		}
-		if w := wantUse(old); !useMatches(use, w) {
-			p.log.Warn("service rules table changed behind our back; replacing it", "chains_and_sets", use, "want", w)
-			old = nil
-		}
+	if old != nil && !useMatches(use, wantUse(old)) {
+		p.log.Warn("service rules table changed behind our back; replacing it", "chains_and_sets", use, "want", wantUse(old))
+		old = nil
 	}
 	full := old == nil
 	if full {
@@ -256,7 +254,7 @@ func (p *Proxy) applyLocked(ctx context.Context, t *services.Table) (bool, error
 	p.loaded = nil // unknown until the batch is in
 	b := newBatch(c)
 	if full {
-		if err := b.queueTable(p.cfg.Interface); err != nil {
+		if err := b.queueTable(p.cfg.Interface, use >= 0); err != nil {
 			return false, fmt.Errorf("service rules: %w", err)
 		}
 	}
@@ -268,11 +266,12 @@ func (p *Proxy) applyLocked(ctx context.Context, t *services.Table) (bool, error
 		b.n++
 	}
 	msgs = b.n
+	sent := time.Now()
 	if err := c.Flush(); err != nil {
 		return false, fmt.Errorf("service rules: nftables batch of %d messages refused, nothing applied: %w", b.n, err)
 	}
 	p.loaded = want
-	p.log.Debug("service rules batch loaded", append([]any{"full", full, "messages", b.n}, pl.counts()...)...)
+	p.log.Debug("service rules batch loaded", append([]any{"full", full, "messages", b.n, "batch_duration", time.Since(sent)}, pl.counts()...)...)
 	return true, nil
 }
 
