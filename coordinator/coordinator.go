@@ -47,7 +47,8 @@ const (
 	AdminSocket    = "admin.sock"
 	StoreFile      = "edgewire.db"
 
-	agentReadBuffer = 8 << 10 // per agent connection; gRPC's default is 32 KiB
+	agentReadBuffer  = 8 << 10  // per agent connection; gRPC's default is 32 KiB
+	agentWriteBuffer = 16 << 10 // per writing agent connection, pooled; gRPC's default is 32 KiB
 )
 
 // Config configures the daemon.
@@ -215,7 +216,11 @@ func Run(ctx context.Context, cfg Config) error {
 		// One connection per agent, tens of thousands of them, nearly all
 		// idle: write buffers come from a pool while a write is under
 		// way, and the read buffer only ever holds small client messages.
+		// A write buffer of one TLS record: larger ones save no system
+		// calls (TLS writes a record at a time) but, with every stream
+		// writing at each publication, cost memory per connection.
 		grpc.SharedWriteBuffer(true),
+		grpc.WriteBufferSize(agentWriteBuffer),
 		grpc.ReadBufferSize(agentReadBuffer),
 		grpc.ChainUnaryInterceptor(unary), grpc.ChainStreamInterceptor(stream),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 20 * time.Second, Timeout: 10 * time.Second}),
