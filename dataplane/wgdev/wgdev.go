@@ -106,6 +106,15 @@ func New(cfg Config) (*Device, error) {
 		Verbosef: func(f string, a ...any) { log.Debug(fmt.Sprintf(f, a...), "src", "wireguard") },
 		Errorf:   func(f string, a ...any) { log.Warn(fmt.Sprintf(f, a...), "src", "wireguard") },
 	}
+	// wireguard-go turns TUN offloads (IFF_VNET_HDR, TSO, USO) on where
+	// the kernel allows and then reads and writes up to IdealBatchSize
+	// packets per syscall; without them it moves one packet per syscall
+	// and TCP through the tunnel costs several times the CPU per byte.
+	if tdev.BatchSize() > 1 {
+		log.Info("TUN offloads on", "batch", tdev.BatchSize(), "bind_batch", cfg.Bind.BatchSize())
+	} else {
+		log.Warn("TUN offloads unavailable (no IFF_VNET_HDR/TSO): one packet per syscall, throughput will suffer", "bind_batch", cfg.Bind.BatchSize())
+	}
 	dev := device.NewDevice(tdev, cfg.Bind, wlog)
 	dev.DisableSomeRoamingForBrokenMobileSemantics()
 	d := &Device{name: cfg.Name, dev: dev, log: log, applied: make(map[Key]PeerConfig)}
