@@ -40,6 +40,7 @@ func main() {
 		dnsAddr, socksAddr  string
 		services            string
 		logLevel, logFormat string
+		memLimitMiB         int64
 	)
 	root := &cobra.Command{
 		Use:           "edgewire-agent",
@@ -90,6 +91,7 @@ func main() {
 				}
 			}
 			cfg.Services = svcproxy.Mode(services)
+			cfg.MemoryLimit = memLimitMiB << 20
 			cfg.Logger = log
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -109,6 +111,7 @@ func main() {
 	rf.StringVar(&services, "services", "auto", "program ClusterIP rules: auto (not where kube-proxy runs), on or off")
 	rf.StringVar(&socksAddr, "socks5-listen", "default", "SOCKS5 proxy to reach nodes by name: ip:port, \"default\" (the DNS address, port 1080) or empty (off)")
 	rf.StringVar(&cfg.MetricsListen, "metrics-listen", "127.0.0.1:9092", "address for /metrics, /healthz and /readyz (empty: off)")
+	rf.Int64Var(&memLimitMiB, "memory-limit-mib", 0, "soft memory limit for the Go runtime in MiB: the GC works harder as the heap nears it (0: none, or $GOMEMLIMIT)")
 	rf.Uint32Var(&cfg.RelayRegion, "relay-region", 0, "preferred home relay region id, used whenever it is up (0: the closest)")
 
 	join := &cobra.Command{

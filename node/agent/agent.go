@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -80,6 +81,10 @@ type Config struct {
 	SOCKS5        netip.AddrPort
 
 	MetricsListen string // /metrics, /healthz, /readyz; empty: off
+	// MemoryLimit is the Go runtime's soft memory limit in bytes
+	// (debug.SetMemoryLimit); 0 leaves the runtime's, which honours
+	// $GOMEMLIMIT.
+	MemoryLimit int64
 
 	Logger *slog.Logger
 }
@@ -105,6 +110,9 @@ func (c *Config) validate() error {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.MemoryLimit < 0 {
+		return fmt.Errorf("--memory-limit-mib %d: want 0 (off) or more", c.MemoryLimit>>20)
 	}
 	mode, err := svcproxy.ParseMode(string(c.Services))
 	if err != nil {
@@ -194,6 +202,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	log := cfg.Logger
+	if cfg.MemoryLimit > 0 {
+		debug.SetMemoryLimit(cfg.MemoryLimit)
+	}
 	key, err := identity.LoadOrCreateKey(cfg.StateDir)
 	if err != nil {
 		return err
@@ -301,6 +312,7 @@ func Run(ctx context.Context, cfg Config) error {
 	run("traversal", a.trav.Run)
 	run("home relay", a.home.Run)
 	run("reconcile", a.reconcileLoop)
+	run("memory trim", a.trimLoop)
 	run("endpoints", func(ctx context.Context) error { return a.endpointLoop(ctx, port) })
 	run("local API", func(ctx context.Context) error { return localapi.Serve(ctx, cfg.Socket, a, log) })
 

@@ -1,0 +1,105 @@
+package agent
+
+import (
+	"context"
+	"runtime"
+	"runtime/debug"
+	"time"
+)
+
+// Returning memory after traffic bursts. While forwarding, wireguard-go
+// grows sync.Pools of 64 KiB message buffers (hundreds of MiB under a
+// bulk TCP flow). Once the flow ends they are garbage, but the Go runtime
+// frees pooled objects only after two GC cycles, and an idle agent
+// allocates so little that the next GC is the forced one two minutes
+// later; the background scavenger then returns the pages slowly. The
+// trimmer watches the data plane's byte counters and, once a burst has
+// been followed by trimQuiet without traffic, runs those GCs and returns
+// the free pages to the OS at once. It never runs while traffic flows,
+// so forwarding keeps its warm pools.
+//
+// What stays is the buffers wireguard-go's receive routines (128 x 64 KiB
+// each) and TUN reader hold for the device's lifetime: the parts a burst
+// wrote stay resident. Renewing them (rebinding the socket) does not
+// help: new 64 KiB buffers placed on reused heap pages are zeroed by the
+// allocator, which makes them wholly resident.
+const (
+	trimInterval = 10 * time.Second
+	trimQuiet    = 20 * time.Second // no traffic this long after a burst: trim
+	trimBurst    = 16 << 20         // bytes through the data plane in one interval that count as a burst
+	trimIdle     = 256 << 10        // at most this many bytes per interval is idle (keepalives, handshakes, pings)
+)
+
+// trimmer decides when to trim; pure, with the clock passed in.
+type trimmer struct {
+	last      uint64    // data-plane bytes at the last observation
+	init      bool      // last is set
+	burst     bool      // a burst happened since the last trim
+	quietFrom time.Time // start of the current quiet stretch; zero while traffic flows
+}
+
+// observe takes the data plane's total byte count at now and reports
+// whether to trim.
+func (t *trimmer) observe(total uint64, now time.Time) bool {
+	if !t.init {
+		t.last, t.init, t.quietFrom = total, true, now
+		return false
+	}
+	d := total - t.last
+	if total < t.last { // counters reset (peers removed)
+		d = 0
+	}
+	t.last = total
+	if d >= trimBurst {
+		t.burst = true
+	}
+	if d > trimIdle {
+		t.quietFrom = time.Time{}
+		return false
+	}
+	if t.quietFrom.IsZero() {
+		t.quietFrom = now
+	}
+	if t.burst && now.Sub(t.quietFrom) >= trimQuiet {
+		t.burst = false
+		return true
+	}
+	return false
+}
+
+// trimLoop returns memory to the OS after traffic bursts.
+func (a *Agent) trimLoop(ctx context.Context) error {
+	var tr trimmer
+	tick := time.NewTicker(trimInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		stats, err := a.dev.Stats()
+		if err != nil {
+			continue
+		}
+		var total uint64
+		for _, s := range stats {
+			total += s.RxBytes + s.TxBytes
+		}
+		if !tr.observe(total, time.Now()) {
+			continue
+		}
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		// Two cycles: the first moves the pools' buffers to the victim
+		// cache, the second frees them; FreeOSMemory runs a third and
+		// returns every free page.
+		runtime.GC()
+		runtime.GC()
+		debug.FreeOSMemory()
+		runtime.ReadMemStats(&after)
+		a.log.Info("traffic burst over; returned memory to the OS",
+			"heap_before_mib", before.HeapInuse>>20, "heap_after_mib", after.HeapInuse>>20,
+			"released_mib", (after.HeapReleased-min(after.HeapReleased, before.HeapReleased))>>20)
+	}
+}
