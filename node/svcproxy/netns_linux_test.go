@@ -305,8 +305,12 @@ func TestEnabledAutoNetns(t *testing.T) {
 	}{
 		{"iptables mode", []string{"iptables", "-t", "nat", "-N", "KUBE-SERVICES"}},
 		{"nftables mode", []string{"nft", "add", "table", "ip", "kube-proxy"}},
+		{"iptables-legacy mode", []string{"iptables-legacy", "-t", "nat", "-N", "KUBE-SERVICES"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			if _, err := exec.LookPath(tc.argv[0]); err != nil {
+				t.Skipf("needs %s", tc.argv[0])
+			}
 			ns := newNS(t)
 			p, err := New(Config{Mode: ModeAuto, Interface: "wg0", NetNS: "/var/run/netns/" + ns})
 			if err != nil {

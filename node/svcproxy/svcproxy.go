@@ -71,8 +71,8 @@ type Mode string
 
 const (
 	// ModeAuto programs rules unless kube-proxy already serves the node
-	// (its nftables table "kube-proxy" or its iptables chain
-	// KUBE-SERVICES exists).
+	// (its nftables table "kube-proxy" exists, or its nat chain
+	// KUBE-SERVICES in iptables-nft or iptables-legacy).
 	ModeAuto Mode = "auto"
 	// ModeOn always programs rules.
 	ModeOn Mode = "on"
@@ -160,6 +160,9 @@ func (p *Proxy) Enabled(ctx context.Context) (bool, error) {
 	}
 	defer done()
 	present, err := kubeProxyPresent(c)
+	if err == nil && !present {
+		present, err = p.legacyKubeProxy(ctx)
+	}
 	if err != nil {
 		return false, fmt.Errorf("detect kube-proxy: %w", err)
 	}
