@@ -127,3 +127,131 @@ func pingRTTs(h *lab.Host, addr string, count int, interval time.Duration) ([]fl
 }
 
 func medianOf(xs []float64) float64 { return median(slices.Clone(xs)) }
+
+// dpCounters are a host's kernel counters that show whether a flow through
+// a WireGuard tunnel moved in batches (UDP GSO on the sender, GRO on the
+// receiver) and where it lost packets.
+type dpCounters struct {
+	TCPOutSegs   float64 // TCP segments sent (TSO super-packets count their segments)
+	UDPOut       float64 // UDP datagrams sent: a GSO send counts once
+	UDPIn        float64 // UDP datagrams received: a GRO-coalesced one counts once
+	UDPRcvbufErr float64 // UDP datagrams dropped for a full socket buffer
+	TUNTxDropped float64 // packets the TUN dropped because WireGuard had not read them yet
+}
+
+// readCounters reads h's /proc/net/snmp and the TX drops of interface tun.
+func readCounters(h *lab.Host, tun string) (dpCounters, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := h.Exec(ctx, "sh", "-c", "cat /proc/net/snmp /sys/class/net/"+tun+"/statistics/tx_dropped")
+	if err != nil {
+		return dpCounters{}, err
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	var c dpCounters
+	if len(lines) == 0 {
+		return c, fmt.Errorf("counters of %s: empty output", h.Name())
+	}
+	c.TUNTxDropped, _ = strconv.ParseFloat(strings.TrimSpace(lines[len(lines)-1]), 64)
+	want := map[string]*float64{"Tcp.OutSegs": &c.TCPOutSegs, "Udp.OutDatagrams": &c.UDPOut,
+		"Udp.InDatagrams": &c.UDPIn, "Udp.RcvbufErrors": &c.UDPRcvbufErr}
+	for i := 0; i+1 < len(lines); i += 2 {
+		names, vals := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+		if len(names) != len(vals) || len(names) == 0 || names[0] != vals[0] {
+			continue
+		}
+		proto := strings.TrimSuffix(names[0], ":")
+		for j := 1; j < len(names); j++ {
+			if p := want[proto+"."+names[j]]; p != nil {
+				*p, _ = strconv.ParseFloat(vals[j], 64)
+			}
+		}
+	}
+	return c, nil
+}
+
+func (c dpCounters) sub(d dpCounters) dpCounters {
+	return dpCounters{c.TCPOutSegs - d.TCPOutSegs, c.UDPOut - d.UDPOut, c.UDPIn - d.UDPIn,
+		c.UDPRcvbufErr - d.UDPRcvbufErr, c.TUNTxDropped - d.TUNTxDropped}
+}
+
+// flowCounters are the counter changes of one iperf3 run through a tunnel.
+type flowCounters struct {
+	Sender, Receiver dpCounters
+	// SegsPerDatagram is the sender's TCP segments per UDP datagram sent:
+	// about 1 without UDP GSO, up to 64 with it.
+	SegsPerDatagram float64 `json:",omitempty"`
+	// DatagramsArrived is the receiver's UDP datagrams per datagram the
+	// sender sent: 1 when GSO datagrams reach the receiving socket whole
+	// (through the NATs too), more when something on the way segments them.
+	DatagramsArrived float64 `json:",omitempty"`
+}
+
+// measureFlow wraps run with counter snapshots on sender a (TUN tunA) and
+// receiver b (TUN tunB). Counter errors are logged, never fatal.
+func measureFlow(a, b *lab.Host, tunA, tunB string, run func()) (flowCounters, error) {
+	a0, err := readCounters(a, tunA)
+	if err != nil {
+		return flowCounters{}, err
+	}
+	b0, err := readCounters(b, tunB)
+	if err != nil {
+		return flowCounters{}, err
+	}
+	run()
+	a1, err := readCounters(a, tunA)
+	if err != nil {
+		return flowCounters{}, err
+	}
+	b1, err := readCounters(b, tunB)
+	if err != nil {
+		return flowCounters{}, err
+	}
+	fc := flowCounters{Sender: a1.sub(a0), Receiver: b1.sub(b0)}
+	if fc.Sender.UDPOut > 0 {
+		fc.SegsPerDatagram = fc.Sender.TCPOutSegs / fc.Sender.UDPOut
+		fc.DatagramsArrived = fc.Receiver.UDPIn / fc.Sender.UDPOut
+	}
+	return fc, nil
+}
+
+// sumEach adds xs and ys element by element (as far as both go).
+func sumEach(xs, ys []float64) []float64 {
+	var s []float64
+	for i := range min(len(xs), len(ys)) {
+		s = append(s, xs[i]+ys[i])
+	}
+	return s
+}
+
+// counterNote summarises flow counters per flow and tunnel: segments per
+// UDP datagram and datagrams arriving per datagram sent for TCP, sender
+// TUN drops and receiver socket-buffer drops for UDP.
+func counterNote(c map[string]map[string][]flowCounters) string {
+	var parts []string
+	for _, f := range flows {
+		for _, target := range []string{"direct", "plain"} {
+			runs := c[f.name][target]
+			if len(runs) == 0 {
+				continue
+			}
+			pick := func(get func(flowCounters) float64) float64 {
+				var v []float64
+				for _, r := range runs {
+					v = append(v, get(r))
+				}
+				return medianOf(v)
+			}
+			if f.udp {
+				parts = append(parts, fmt.Sprintf("%s %s: %.0f packets dropped at the sender's TUN, %.0f datagrams at the receiver's full socket buffers",
+					f.name, target, pick(func(r flowCounters) float64 { return r.Sender.TUNTxDropped }),
+					pick(func(r flowCounters) float64 { return r.Receiver.UDPRcvbufErr })))
+				continue
+			}
+			parts = append(parts, fmt.Sprintf("%s %s: %.1f TCP segments per UDP datagram sent (UDP GSO), %.2f datagrams received per datagram sent",
+				f.name, target, pick(func(r flowCounters) float64 { return r.SegsPerDatagram }),
+				pick(func(r flowCounters) float64 { return r.DatagramsArrived })))
+		}
+	}
+	return strings.Join(parts, "; ")
+}
