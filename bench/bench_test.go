@@ -24,10 +24,13 @@ type config struct {
 	recReps int           // BENCH_RECOVERY_REPS: recovery repetitions (default 3)
 	scale   []int         // BENCH_SCALE: coordinator scale steps (default 1000,5000,10000)
 	out     string        // BENCH_OUT: where results go (default bench/)
+
+	idleSettle time.Duration // BENCH_IDLE_SETTLE: idle time before the after-forwarding idle measurement (default 60s)
+	profiles   string        // BENCH_PROFILES: where agent b's heap and goroutine profiles go (default: not kept)
 }
 
 func loadConfig(t *testing.T) config {
-	c := config{reps: 3, dur: 5 * time.Second, ttcReps: 10, recReps: 3, scale: []int{1000, 5000, 10000}, out: "."}
+	c := config{reps: 3, dur: 5 * time.Second, ttcReps: 10, recReps: 3, scale: []int{1000, 5000, 10000}, out: ".", idleSettle: time.Minute}
 	atoi := func(k string, p *int) {
 		if v := os.Getenv(k); v != "" {
 			n, err := strconv.Atoi(v)
@@ -47,6 +50,14 @@ func loadConfig(t *testing.T) config {
 		}
 		c.dur = d
 	}
+	if v := os.Getenv("BENCH_IDLE_SETTLE"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			t.Fatalf("BENCH_IDLE_SETTLE=%q: want a duration", v)
+		}
+		c.idleSettle = d
+	}
+	c.profiles = os.Getenv("BENCH_PROFILES")
 	if v := os.Getenv("BENCH_SCALE"); v != "" {
 		c.scale = nil
 		for f := range strings.SplitSeq(v, ",") {
@@ -75,6 +86,7 @@ func TestBench(t *testing.T) {
 	rep.Config["ttc_reps"] = cfg.ttcReps
 	rep.Config["recovery_reps"] = cfg.recReps
 	rep.Config["scale"] = cfg.scale
+	rep.Config["idle_settle_seconds"] = cfg.idleSettle.Seconds()
 	defer func() {
 		if err := rep.Write(cfg.out); err != nil {
 			t.Errorf("write results: %v", err)

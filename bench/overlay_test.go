@@ -45,6 +45,12 @@ type overlay struct {
 	plainA, plainB *lab.Process
 	plainIPB       string
 	srvB, srvC     *iperfServer
+
+	bPprof    string     // agent b's pprof socket
+	fleetGen  int        // simulated fleets brought up so far (names stay unique)
+	freshRSS  []float64  // agent b's idle RSS with 53 peers before any traffic
+	freshAnon []float64  // and its anonymous part
+	idleRows  []*Measure // the idle measurements, reported together at the end
 }
 
 var quiet = []string{"--log-level", "info"}
@@ -79,7 +85,10 @@ func setupOverlay(t *testing.T, wgplain string) *overlay {
 	start := func(h *lab.Host, name, region string) *cluster.Agent {
 		return cluster.StartAgent(t, l, h, o.coord, name, cluster.AgentOptions{Token: o.tok, Extra: append([]string{"--relay-region", region}, quiet...)})
 	}
-	o.a, o.b, o.c, o.d = start(o.ha, "a", "1"), start(o.hb, "b", "1"), start(o.hc, "c", "1"), start(o.hd, "d", "2")
+	o.bPprof = filepath.Join(l.Dir(), "agent-b-pprof.sock")
+	o.a, o.c, o.d = start(o.ha, "a", "1"), start(o.hc, "c", "1"), start(o.hd, "d", "2")
+	o.b = cluster.StartAgent(t, l, o.hb, o.coord, "b", cluster.AgentOptions{Token: o.tok,
+		Extra: append([]string{"--relay-region", "1", "--pprof-socket", o.bPprof}, quiet...)})
 	for _, ag := range []*cluster.Agent{o.a, o.b, o.c, o.d} {
 		ag.WaitPeers(3, 45*time.Second)
 	}
@@ -213,11 +222,17 @@ func (o *overlay) waitPaths(timeout time.Duration, want map[[2]*cluster.Agent]st
 
 func benchOverlay(t *testing.T, rep *Report, cfg config, wgplain string) {
 	o := setupOverlay(t, wgplain)
+	defer func() { // both idle measurements in one table, after the forwarding sections
+		for _, m := range o.idleRows {
+			rep.Add(m)
+		}
+	}()
+	t.Run("idle-fresh", func(t *testing.T) { o.idleFresh(t, rep, cfg) })
 	t.Run("latency", func(t *testing.T) { o.latency(t, rep, cfg) })
 	t.Run("throughput", func(t *testing.T) { o.throughput(t, rep, cfg) })
 	t.Run("connectivity", func(t *testing.T) { o.connectivity(t, rep, cfg) })
 	t.Run("recovery", func(t *testing.T) { o.recovery(t, rep, cfg) })
-	t.Run("idle", func(t *testing.T) { o.idle(t, rep, cfg) })
+	t.Run("idle-after", func(t *testing.T) { o.idleAfter(t, rep, cfg) })
 }
 
 func (o *overlay) latency(t *testing.T, rep *Report, cfg config) {
@@ -292,22 +307,12 @@ func (o *overlay) throughput(t *testing.T, rep *Report, cfg config) {
 	stalls := map[string]int{}
 	procs := map[string]int{"agent a (sender)": o.a.Proc.Pid(), "agent b (receiver)": o.b.Proc.Pid(),
 		"wgplain a (sender)": o.plainA.Pid(), "wgplain b (receiver)": o.plainB.Pid()}
-	// Kernel counters of the tunnel runs: GSO/GRO in use, where packets drop.
-	tuns := map[string][2]string{"direct": {o.a.Iface, o.b.Iface}, "plain": {"ew" + o.l.ID() + "pa", "ew" + o.l.ID() + "pb"}}
-	counters := map[string]map[string][]flowCounters{} // flow -> target -> per run
 	for r := range cfg.reps {
-		// Alternate which tunnel goes first, so drift in the machine's
-		// load does not favour one of the two.
-		order := append([]target(nil), targets...)
-		if r%2 == 1 {
-			order[0], order[1] = order[1], order[0]
-		}
 		for _, f := range flows {
 			if res[f.name] == nil {
 				res[f.name] = map[string][]float64{}
-				counters[f.name] = map[string][]flowCounters{}
 			}
-			for _, x := range order {
+			for _, x := range targets {
 				var meters map[string]*cpuMeter
 				if f == flows[0] && (x.name == "direct" || x.name == "plain") {
 					meters = map[string]*cpuMeter{}
@@ -317,19 +322,7 @@ func (o *overlay) throughput(t *testing.T, rep *Report, cfg config) {
 						}
 					}
 				}
-				var g float64
-				var err error
-				run := func() { g, err = iperf(o.ha, x.addr, f, cfg.dur) }
-				if tun, ok := tuns[x.name]; ok {
-					fc, cerr := measureFlow(o.ha, o.hb, tun[0], tun[1], run)
-					if cerr != nil {
-						t.Logf("rep %d %s %s: counters: %v", r, f.name, x.name, cerr)
-					} else {
-						counters[f.name][x.name] = append(counters[f.name][x.name], fc)
-					}
-				} else {
-					run()
-				}
+				g, err := iperf(o.ha, x.addr, f, cfg.dur)
 				if err != nil {
 					stalled := strings.Contains(err.Error(), "nothing received")
 					t.Logf("rep %d %s %s: %.300v", r, f.name, x.name, err)
@@ -358,8 +351,6 @@ func (o *overlay) throughput(t *testing.T, rep *Report, cfg config) {
 	if len(stalls) > 0 {
 		rep.Note("Throughput: iperf3 runs that connected but moved no data after the first second (TCP stuck at a 1-MSS congestion window with retransmits), counted as 0 Gbit/s: %v. Plain wireguard-go between the same hosts, same MTU, carried TCP in the same run; see the large-packet probe below.", stalls)
 	}
-	rep.SetRaw("throughput/kernel_counters", counters)
-	rep.Note("Throughput data path (kernel counters, median over runs): %s.", counterNote(counters))
 	rep.SetRaw("throughput/cpu_cores_tcp1", cpu)
 	rep.SetRaw("throughput/rss_mib_tcp1", rss)
 	sec := fmt.Sprintf("Throughput (iperf3 a -> b, %v per run, MTU 1420 overlay)", cfg.dur)
@@ -383,20 +374,6 @@ func (o *overlay) throughput(t *testing.T, rep *Report, cfg config) {
 		Edgewire: cpu["agent a (sender)"], RefName: "wgplain", Reference: cpu["wgplain a (sender)"]})
 	rep.Add(&Measure{Section: sec, Name: "CPU while forwarding TCP 1 stream, receiver side", Unit: "cores",
 		Edgewire: cpu["agent b (receiver)"], RefName: "wgplain", Reference: cpu["wgplain b (receiver)"]})
-	// CPU per Gbit/s is the efficiency of the two data paths; unlike the
-	// rate it hardly moves with what else the machine runs.
-	perGbit := func(proc, target string) []float64 {
-		var v []float64
-		for i, c := range cpu[proc] {
-			if g := res[flows[0].name][target]; i < len(g) && g[i] > 0 {
-				v = append(v, c/g[i])
-			}
-		}
-		return v
-	}
-	rep.Add(&Measure{Section: sec, Name: "CPU per Gbit/s, TCP 1 stream, sender + receiver", Unit: "cores",
-		Edgewire: sumEach(perGbit("agent a (sender)", "direct"), perGbit("agent b (receiver)", "direct")),
-		RefName:  "wgplain", Reference: sumEach(perGbit("wgplain a (sender)", "plain"), perGbit("wgplain b (receiver)", "plain"))})
 	rep.Add(&Measure{Section: sec, Name: "RSS while forwarding, sender side", Unit: "MiB",
 		Edgewire: rss["agent a (sender)"], RefName: "wgplain", Reference: rss["wgplain a (sender)"]})
 }
@@ -647,37 +624,39 @@ func (o *overlay) recovery(t *testing.T, rep *Report, cfg config) {
 	}
 }
 
-// idle measures agent b's CPU and RSS while idle, with its 3 lab peers,
-// then with 50 more simulated peers (real keys and netmap entries, their
-// streams kept open by an in-process fleet dialling from the cloud host).
-func (o *overlay) idle(t *testing.T, rep *Report, cfg config) {
-	sec := "Agent cost while idle (agent b)"
-	pid := o.b.Proc.Pid()
-	sample := func(window time.Duration) (cores, rss []float64) {
-		for range cfg.reps {
-			m, err := startCPU(pid)
-			if err != nil {
-				t.Fatal(err)
-			}
-			time.Sleep(window)
-			c, _ := m.cores()
-			r, _, _ := procMem(pid)
-			cores, rss = append(cores, c), append(rss, r)
-		}
-		return cores, rss
-	}
-	time.Sleep(5 * time.Second)
-	c3, r3 := sample(10 * time.Second)
+// The idle measurements look at agent b, which runs with a pprof socket
+// so its RSS can be split into binary pages, Go heap, stacks and runtime
+// metadata. idleFresh runs before any traffic went through b: 3 lab
+// peers, then 50 simulated peers more (real keys and netmap entries,
+// their streams kept open by an in-process fleet dialling from the cloud
+// host). idleAfter runs after the forwarding runs, once b has been idle
+// for the settle time, again with 50 simulated peers. Between the two the
+// simulated nodes are deleted, so the other measurements see the 4-node
+// lab only.
 
+// addFleet brings 50 simulated peers up and returns a function that
+// closes their streams and deletes them from the coordinator.
+func (o *overlay) addFleet(t *testing.T) (remove func()) {
 	cloud := o.coord.Host
 	f, err := newFleet(func(ctx context.Context, addr string) (net.Conn, error) { return cloud.DialTCP(ctx, addr) }, "127.0.0.1:8443", o.tok)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	o.fleetGen++
+	var names []string
+	remove = func() {
+		f.Close()
+		for _, n := range names {
+			if _, err := o.coord.CLI("nodes", "delete", n); err != nil {
+				t.Logf("delete %s: %v", n, err)
+			}
+		}
+	}
 	var nodes []*simNode
 	for i := range 50 {
-		n, err := f.newNode(fmt.Sprintf("idle%d", i))
+		name := fmt.Sprintf("idle%d-%d", o.fleetGen, i)
+		names = append(names, name)
+		n, err := f.newNode(name)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -696,15 +675,81 @@ func (o *overlay) idle(t *testing.T, rep *Report, cfg config) {
 		}
 		return nil
 	}); err != nil {
+		remove()
 		t.Fatal(err)
 	}
+	return remove
+}
+
+// sampleIdle measures agent b's CPU over window and then its RSS, reps times.
+func (o *overlay) sampleIdle(t *testing.T, cfg config, window time.Duration) (cores, rss []float64) {
+	pid := o.b.Proc.Pid()
+	for range cfg.reps {
+		m, err := startCPU(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(window)
+		c, _ := m.cores()
+		r, _, _ := procMem(pid)
+		cores, rss = append(cores, c), append(rss, r)
+	}
+	return cores, rss
+}
+
+// memNote records b's memory breakdown as a finding, a row for its
+// anonymous (private) memory, and its profiles.
+func (o *overlay) memNote(t *testing.T, rep *Report, cfg config, name, what string, ref []float64) []float64 {
+	mem, err := agentMem(o.b.Proc.Pid(), o.bPprof)
+	if err != nil {
+		t.Errorf("memory breakdown: %v", err)
+		return nil
+	}
+	rep.SetRaw("idle/"+name, mem)
+	top := "the binary's file-backed pages, which the kernel can drop and share between processes"
+	if mem.Anon > mem.File {
+		top = "anonymous memory (Go heap, stacks, runtime)"
+	}
+	rep.Note("Agent b idle memory, %s: %s. Largest part: %s.", what, mem, top)
+	t.Logf("%s: %s", what, mem)
+	if err := saveProfiles(o.bPprof, cfg.profiles, "agent-b-"+name); err != nil {
+		t.Errorf("save profiles: %v", err)
+	}
+	m := &Measure{Section: "Agent cost while idle (agent b)", Name: what + ": anonymous memory (RSS without the binary's pages)", Unit: "MiB", Edgewire: []float64{mem.Anon}}
+	if len(ref) > 0 {
+		m.RefName, m.Reference = "fresh", ref
+	}
+	o.idleRows = append(o.idleRows, m)
+	return m.Edgewire
+}
+
+func (o *overlay) idleFresh(t *testing.T, rep *Report, cfg config) {
+	sec := "Agent cost while idle (agent b)"
+	time.Sleep(5 * time.Second)
+	c3, r3 := o.sampleIdle(t, cfg, 10*time.Second)
+	defer o.addFleet(t)()
 	peers, _ := o.b.WGShow()
-	time.Sleep(15 * time.Second) // let ICE attempts to the silent peers settle
-	c53, r53 := sample(20 * time.Second)
-	rep.Add(&Measure{Section: sec, Name: "idle with 53 peers (50 simulated): RSS", Unit: "MiB", Edgewire: r53,
+	time.Sleep(15 * time.Second) // let the map and any ICE attempts to the silent peers settle
+	c53, r53 := o.sampleIdle(t, cfg, 20*time.Second)
+	o.freshRSS = r53
+	o.idleRows = append(o.idleRows, &Measure{Section: sec, Name: "fresh (no traffic yet), 53 peers (50 simulated): RSS", Unit: "MiB", Edgewire: r53,
 		RefName: "same agent, 3 peers", Reference: r3, Target: "< 20 MB", Met: met(median(r53) < 20*1e6/(1<<20))})
-	rep.Add(&Measure{Section: sec, Name: "idle with 53 peers: CPU", Unit: "cores", Edgewire: c53,
+	o.idleRows = append(o.idleRows, &Measure{Section: sec, Name: "fresh, 53 peers: CPU", Unit: "cores", Edgewire: c53,
 		RefName: "same agent, 3 peers", Reference: c3, Note: fmt.Sprintf("wg show lists %d peers", len(peers))})
+	o.freshAnon = o.memNote(t, rep, cfg, "fresh", "fresh with 53 peers", nil)
+}
+
+func (o *overlay) idleAfter(t *testing.T, rep *Report, cfg config) {
+	sec := "Agent cost while idle (agent b)"
+	settled := time.Now().Add(cfg.idleSettle) // counted from the last forwarding (the recovery pings)
+	defer o.addFleet(t)()
+	time.Sleep(time.Until(settled))
+	c, r := o.sampleIdle(t, cfg, 20*time.Second)
+	what := fmt.Sprintf("after the forwarding runs and %v idle, 53 peers", cfg.idleSettle)
+	o.idleRows = append(o.idleRows, &Measure{Section: sec, Name: what + ": RSS", Unit: "MiB", Edgewire: r,
+		RefName: "fresh", Reference: o.freshRSS, Target: "< 20 MB", Met: met(median(r) < 20*1e6/(1<<20))})
+	o.idleRows = append(o.idleRows, &Measure{Section: sec, Name: what + ": CPU", Unit: "cores", Edgewire: c})
+	o.memNote(t, rep, cfg, "after", what, o.freshAnon)
 }
 
 // runNS runs argv inside namespace ns.

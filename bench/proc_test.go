@@ -3,9 +3,15 @@
 package bench
 
 import (
+	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -117,3 +123,127 @@ func raiseNoFile(n uint64) (uint64, error) {
 }
 
 var execCommand = exec.CommandContext
+
+// memBreakdown splits an agent's resident memory into what the kernel
+// sees (smaps_rollup) and what the Go runtime says it holds (the
+// MemStats block of the heap profile), in MiB.
+type memBreakdown struct {
+	RSS, Anon, File float64 // resident: total, anonymous, file-backed (binary text and data pages)
+	HeapInuse       float64 // spans holding live or not yet swept objects (address space: a 64 KiB buffer never written is not resident)
+	HeapFree        float64 // heap spans free but not returned to the OS (HeapIdle - HeapReleased)
+	Stacks          float64 // goroutine stacks (StackInuse)
+	RuntimeOther    float64 // span, GC and other runtime metadata (MSpanSys + MCacheSys + GCSys + OtherSys + BuckHashSys)
+	Goroutines      int
+	NumGC           int
+}
+
+func (m memBreakdown) String() string {
+	return fmt.Sprintf("RSS %.1f MiB = file-backed %.1f (the binary's text and read-only data) + anonymous %.1f; the Go runtime reports heap in use %.1f (allocated, resident only where written), heap free not yet returned %.1f, goroutine stacks %.1f (%d goroutines), runtime metadata %.1f; %d GCs so far",
+		m.RSS, m.File, m.Anon, m.HeapInuse, m.HeapFree, m.Stacks, m.Goroutines, m.RuntimeOther, m.NumGC)
+}
+
+// procSmaps reads Rss and Anonymous from /proc/<pid>/smaps_rollup, in MiB.
+func procSmaps(pid int) (rss, anon float64, err error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	for l := range strings.Lines(string(b)) {
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		kb, _ := strconv.ParseFloat(f[1], 64)
+		switch f[0] {
+		case "Rss:":
+			rss = kb / 1024
+		case "Anonymous:":
+			anon = kb / 1024
+		}
+	}
+	return rss, anon, nil
+}
+
+// pprofClient talks HTTP to an agent's --pprof-socket.
+func pprofClient(sock string) *http.Client {
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		},
+	}}
+}
+
+func pprofGet(sock, path string) ([]byte, error) {
+	resp, err := pprofClient(sock).Get("http://agent" + path)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("GET %s: %s", path, resp.Status)
+	}
+	return b, err
+}
+
+// memStatLine matches the MemStats lines at the end of a debug=1 heap
+// profile: "# HeapIdle = 123" or, for stacks and runtime structures,
+// "# Stack = <in use> / <from the OS>".
+var memStatLine = regexp.MustCompile(`(?m)^# (\w+) = (\d+)(?: / (\d+))?$`)
+
+// agentMem measures pid's memory breakdown through its pprof socket.
+func agentMem(pid int, sock string) (memBreakdown, error) {
+	var m memBreakdown
+	var err error
+	if m.RSS, m.Anon, err = procSmaps(pid); err != nil {
+		return m, err
+	}
+	m.File = m.RSS - m.Anon
+	heap, err := pprofGet(sock, "/debug/pprof/heap?debug=1")
+	if err != nil {
+		return m, err
+	}
+	st, sys := map[string]float64{}, map[string]float64{}
+	for _, s := range memStatLine.FindAllStringSubmatch(string(heap), -1) {
+		st[s[1]], _ = strconv.ParseFloat(s[2], 64)
+		sys[s[1]], _ = strconv.ParseFloat(s[3], 64)
+	}
+	const mib = 1 << 20
+	m.HeapInuse = st["HeapInuse"] / mib
+	m.HeapFree = (st["HeapIdle"] - st["HeapReleased"]) / mib
+	m.Stacks = st["Stack"] / mib
+	m.RuntimeOther = (sys["MSpan"] + sys["MCache"] + st["GCSys"] + st["OtherSys"] + st["BuckHashSys"]) / mib
+	m.NumGC = int(st["NumGC"])
+	g, err := pprofGet(sock, "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		return m, err
+	}
+	if _, err := fmt.Sscanf(string(g), "goroutine profile: total %d", &m.Goroutines); err != nil {
+		return m, fmt.Errorf("goroutine profile: %w", err)
+	}
+	return m, nil
+}
+
+// saveProfiles writes the agent's heap and goroutine profiles to dir
+// (BENCH_PROFILES) as <name>.heap.pprof and <name>.goroutine.txt.
+func saveProfiles(sock, dir, name string) error {
+	if dir == "" {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for _, p := range []struct{ path, file string }{
+		{"/debug/pprof/heap", name + ".heap.pprof"},
+		{"/debug/pprof/goroutine?debug=1", name + ".goroutine.txt"},
+	} {
+		b, err := pprofGet(sock, p.path)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dir, p.file), b, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}

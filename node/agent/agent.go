@@ -81,6 +81,7 @@ type Config struct {
 	SOCKS5        netip.AddrPort
 
 	MetricsListen string // /metrics, /healthz, /readyz; empty: off
+	PprofSocket   string // Go runtime profiles on a unix socket; empty: off
 	// MemoryLimit is the Go runtime's soft memory limit in bytes
 	// (debug.SetMemoryLimit); 0 leaves the runtime's, which honours
 	// $GOMEMLIMIT.
@@ -308,6 +309,7 @@ func Run(ctx context.Context, cfg Config) error {
 	reg := telemetry.NewRegistry()
 	a.registerMetrics(reg)
 	run("metrics", func(ctx context.Context) error { return telemetry.Serve(ctx, cfg.MetricsListen, reg, a.ready, log) })
+	run("pprof", func(ctx context.Context) error { return servePprof(ctx, cfg.PprofSocket, log) })
 	run("coordinator stream", a.cc.Run)
 	run("traversal", a.trav.Run)
 	run("home relay", a.home.Run)
