@@ -47,7 +47,6 @@ const (
 	AdminSocket    = "admin.sock"
 	StoreFile      = "edgewire.db"
 
-	agentReadBuffer  = 8 << 10  // per agent connection; gRPC's default is 32 KiB
 	agentWriteBuffer = 16 << 10 // per writing agent connection, pooled; gRPC's default is 32 KiB
 )
 
@@ -218,10 +217,12 @@ func Run(ctx context.Context, cfg Config) error {
 		// way, and the read buffer only ever holds small client messages.
 		// A write buffer of one TLS record: larger ones save no system
 		// calls (TLS writes a record at a time) but, with every stream
-		// writing at each publication, cost memory per connection.
+		// writing at each publication, cost memory per connection. No
+		// read buffer: the TLS connection already buffers a decrypted
+		// record, so gRPC's would only copy it once more.
 		grpc.SharedWriteBuffer(true),
 		grpc.WriteBufferSize(agentWriteBuffer),
-		grpc.ReadBufferSize(agentReadBuffer),
+		grpc.ReadBufferSize(0),
 		grpc.ChainUnaryInterceptor(unary), grpc.ChainStreamInterceptor(stream),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 20 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
