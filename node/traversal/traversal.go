@@ -9,7 +9,7 @@
 //
 // ICE is lazy: a session runs only towards a peer that is active, i.e. sent
 // us a WireGuard packet over the relay (the agent reports them with Seen)
-// or an ICE signal within Config.IdleTimeout, or whose session is up. A
+// or an ICE signal, or had a working pair, within Config.IdleTimeout. A
 // peer that never talks to us (offline, or a node without a data plane)
 // costs no ICE agent; it is reached through the relay, and its first
 // handshake there starts ICE within a tick. Without a relay every online
@@ -78,8 +78,9 @@ type Config struct {
 	// (nil: no relay support).
 	RelayEndpoint func([32]byte) netip.AddrPort
 	IPv6          bool
-	// IdleTimeout: a peer that sent nothing (over the relay) and no signal
-	// for this long gets no new ICE session (0: 2 minutes).
+	// IdleTimeout: a peer that sent nothing over the relay, no signal and
+	// had no working pair for this long gets no new ICE session (0: 2
+	// minutes).
 	IdleTimeout time.Duration
 	Machine     pathsel.Config
 	Logger      *slog.Logger
@@ -405,7 +406,10 @@ func (m *Manager) active(p *peer, now time.Time) bool {
 func (m *Manager) tickLocked() {
 	now := m.cfg.Now()
 	for _, p := range m.peers {
-		if p.seen.Swap(false) {
+		// A live pair proves the peer is there too: when it breaks (NAT
+		// rebinding, say), the next session must not wait for the peer's
+		// next keepalive over the relay, up to 25 s away.
+		if st := p.m.State(); p.seen.Swap(false) || st == pathsel.Connected || st == pathsel.Disconnected {
 			p.lastActive = now
 		}
 		due := p.m.Tick(now)
