@@ -23,7 +23,7 @@ var RelayPrefix = netip.MustParsePrefix("127.77.0.0/16")
 const RelayPort = 1
 
 // relayQueue bounds packets from the relay waiting for WireGuard.
-const relayQueue = 1024
+const relayQueue = 4096
 
 // relayBufSize fits any WireGuard packet the device sends at MTU <= 1500
 // (plus overhead); larger ones are allocated.

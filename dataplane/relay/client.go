@@ -15,7 +15,7 @@ import (
 )
 
 // clientQueueLen bounds packets a client has not yet written.
-const clientQueueLen = 256
+const clientQueueLen = 1024
 
 // ClientConfig configures a node's connection to its home relay.
 type ClientConfig struct {

@@ -49,17 +49,31 @@ type queue struct {
 	ready chan struct{} // cap 1: signalled when something was pushed
 
 	mu      sync.Mutex // guards the fields below
-	ring    []item     // packets; len is the bound
+	ring    []item     // packets; grows by doubling up to max
+	max     int        // bound on queued packets
 	head, n int        // oldest packet's index, packets queued
 	ctrl    []item
 	closed  bool
 }
 
+// initialRing is the ring's starting size: an idle connection holds a
+// small ring, and a busy one grows its own to the bound.
+const initialRing = 32
+
 // maxCtrl bounds queued control frames (see queue).
 const maxCtrl = 1 << 14
 
 func newQueue(n int) *queue {
-	return &queue{ring: make([]item, n), ready: make(chan struct{}, 1)}
+	return &queue{ring: make([]item, min(n, initialRing)), max: n, ready: make(chan struct{}, 1)}
+}
+
+// grow doubles the ring (up to max), keeping packets in order. q.mu held.
+func (q *queue) grow() {
+	r := make([]item, min(2*len(q.ring), q.max))
+	for i := range q.n {
+		r[i] = q.ring[(q.head+i)%len(q.ring)]
+	}
+	q.ring, q.head = r, 0
 }
 
 // pushPacket queues it; when full the oldest packet is dropped and
@@ -70,6 +84,9 @@ func (q *queue) pushPacket(it item) (droppedOldest bool) {
 		q.mu.Unlock()
 		it.release()
 		return false
+	}
+	if q.n == len(q.ring) && len(q.ring) < q.max {
+		q.grow()
 	}
 	if q.n == len(q.ring) {
 		q.ring[q.head].release()

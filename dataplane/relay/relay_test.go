@@ -158,6 +158,8 @@ func TestQueue(t *testing.T) {
 		{"at bound", 4, 4, 0, 1},
 		{"over bound drops oldest", 4, 7, 3, 4},
 		{"bound 1", 1, 5, 4, 5},
+		{"grows past its first ring", 3 * initialRing, 2 * initialRing, 0, 1},
+		{"grows to the bound, then drops", 3 * initialRing, 4 * initialRing, initialRing, initialRing + 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -196,6 +198,40 @@ func TestQueue(t *testing.T) {
 				t.Errorf("closed queue holds %d items, want 0", len(left))
 			}
 		})
+	}
+}
+
+// TestQueueGrowsInOrder grows a ring whose head has wrapped: packets
+// must still leave oldest first.
+func TestQueueGrowsInOrder(t *testing.T) {
+	q := newQueue(4 * initialRing)
+	next, want := 0, 0
+	push := func(n int) {
+		for range n {
+			it := newPacketItem(frameSendPacket, Key{}, Key{}, []byte{byte(next), byte(next >> 8)})
+			next++
+			q.pushPacket(it)
+		}
+	}
+	check := func(got []item) {
+		t.Helper()
+		for _, it := range got {
+			if v := int(it.pkt[0]) | int(it.pkt[1])<<8; v != want {
+				t.Fatalf("got packet %d, want %d", v, want)
+			}
+			want++
+			it.release()
+		}
+	}
+	for _, n := range []int{initialRing - 3, initialRing, 3 * initialRing, 4 * initialRing} {
+		push(n)
+		check(q.drain(nil))
+	}
+	if want != next {
+		t.Fatalf("drained %d of %d packets", want, next)
+	}
+	if len(q.ring) != 4*initialRing {
+		t.Errorf("ring holds %d slots, want the bound %d", len(q.ring), 4*initialRing)
 	}
 }
 

@@ -23,7 +23,7 @@ import (
 
 // Defaults of ServerConfig.
 const (
-	DefaultQueueLen  = 256
+	DefaultQueueLen  = 1024
 	DefaultRateBytes = 50e6
 	DefaultRateBurst = 8 << 20
 	DefaultKeepAlive = 30 * time.Second
