@@ -4,19 +4,24 @@ import (
 	"context"
 	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
 	"time"
 )
 
-// Returning memory after traffic bursts. While forwarding, wireguard-go
-// grows sync.Pools of 64 KiB message buffers (hundreds of MiB under a
-// bulk TCP flow). Once the flow ends they are garbage, but the Go runtime
-// frees pooled objects only after two GC cycles, and an idle agent
-// allocates so little that the next GC is the forced one two minutes
-// later; the background scavenger then returns the pages slowly. The
-// trimmer watches the data plane's byte counters and, once a burst has
-// been followed by trimQuiet without traffic, runs those GCs and returns
-// the free pages to the OS at once. It never runs while traffic flows,
-// so forwarding keeps its warm pools.
+// Returning memory after bursts. While forwarding, wireguard-go grows
+// sync.Pools of 64 KiB message buffers (hundreds of MiB under a bulk TCP
+// flow). Once the flow ends they are garbage, but the Go runtime frees
+// pooled objects only after two GC cycles, and an idle agent allocates so
+// little that the next GC is the forced one two minutes later; the
+// background scavenger then returns the pages slowly. Control-plane
+// bursts (a map with many new peers) leave garbage the same way, and an
+// agent's GC goal is high because wireguard-go's long-lived batch buffers
+// (32 MiB, mostly never written) count as live heap: up to that much
+// written garbage can sit resident until the next GC. The trimmer watches
+// the data plane's byte counters and the heap's allocation counter and,
+// once a burst of either has been followed by trimQuiet of quiet, runs
+// those GCs and returns the free pages to the OS at once. It never runs
+// while traffic flows, so forwarding keeps its warm pools.
 //
 // What stays is the buffers wireguard-go's receive routines (128 x 64 KiB
 // each) and TUN reader hold for the device's lifetime: the parts a burst
@@ -25,35 +30,36 @@ import (
 // allocator, which makes them wholly resident.
 const (
 	trimInterval = 10 * time.Second
-	trimQuiet    = 20 * time.Second // no traffic this long after a burst: trim
-	trimBurst    = 16 << 20         // bytes through the data plane in one interval that count as a burst
-	trimIdle     = 256 << 10        // at most this many bytes per interval is idle (keepalives, handshakes, pings)
+	trimQuiet    = 20 * time.Second // quiet this long after a burst: trim
+	trimBurst    = 16 << 20         // bytes through the data plane, or allocated, in one interval that make a burst
+	trimIdle     = 256 << 10        // at most this many data-plane bytes per interval is quiet (keepalives, handshakes, pings)
+	trimIdleHeap = 4 << 20          // at most this many bytes allocated per interval is quiet
 )
 
 // trimmer decides when to trim; pure, with the clock passed in.
 type trimmer struct {
-	last      uint64    // data-plane bytes at the last observation
-	init      bool      // last is set
-	burst     bool      // a burst happened since the last trim
-	quietFrom time.Time // start of the current quiet stretch; zero while traffic flows
+	last, lastAlloc uint64    // counters at the last observation
+	init            bool      // last and lastAlloc are set
+	burst           bool      // a burst happened since the last trim
+	quietFrom       time.Time // start of the current quiet stretch; zero while busy
 }
 
-// observe takes the data plane's total byte count at now and reports
-// whether to trim.
-func (t *trimmer) observe(total uint64, now time.Time) bool {
+// observe takes the data plane's total byte count and the heap's
+// cumulative allocated bytes at now, and reports whether to trim.
+func (t *trimmer) observe(total, alloc uint64, now time.Time) bool {
 	if !t.init {
-		t.last, t.init, t.quietFrom = total, true, now
+		t.last, t.lastAlloc, t.init, t.quietFrom = total, alloc, true, now
 		return false
 	}
-	d := total - t.last
+	d, da := total-t.last, alloc-t.lastAlloc
 	if total < t.last { // counters reset (peers removed)
 		d = 0
 	}
-	t.last = total
-	if d >= trimBurst {
+	t.last, t.lastAlloc = total, alloc
+	if d >= trimBurst || da >= trimBurst {
 		t.burst = true
 	}
-	if d > trimIdle {
+	if d > trimIdle || da > trimIdleHeap {
 		t.quietFrom = time.Time{}
 		return false
 	}
@@ -67,9 +73,10 @@ func (t *trimmer) observe(total uint64, now time.Time) bool {
 	return false
 }
 
-// trimLoop returns memory to the OS after traffic bursts.
+// trimLoop returns memory to the OS after bursts.
 func (a *Agent) trimLoop(ctx context.Context) error {
 	var tr trimmer
+	allocs := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
 	tick := time.NewTicker(trimInterval)
 	defer tick.Stop()
 	for {
@@ -86,7 +93,8 @@ func (a *Agent) trimLoop(ctx context.Context) error {
 		for _, s := range stats {
 			total += s.RxBytes + s.TxBytes
 		}
-		if !tr.observe(total, time.Now()) {
+		metrics.Read(allocs)
+		if !tr.observe(total, allocs[0].Value.Uint64(), time.Now()) {
 			continue
 		}
 		var before, after runtime.MemStats

@@ -10,25 +10,29 @@ func TestTrimmer(t *testing.T) {
 	type step struct {
 		total uint64 // cumulative data-plane bytes at this observation
 		want  bool
+		alloc uint64 // cumulative heap allocations (0 in the data-plane cases)
 	}
 	tests := []struct {
 		name  string
 		steps []step // one per trimInterval
 	}{
-		{"idle agent never trims", []step{{0, false}, {1000, false}, {2000, false}, {3000, false}, {4000, false}}},
-		{"burst then quiet trims once", []step{{0, false}, {100 * mib, false}, {100 * mib, false}, {100 * mib, false}, {100 * mib, true}, {100 * mib, false}, {100 * mib, false}}},
-		{"never while traffic flows", []step{{0, false}, {100 * mib, false}, {200 * mib, false}, {300 * mib, false}, {400 * mib, false}}},
-		{"a trickle is quiet", []step{{0, false}, {50 * mib, false}, {50*mib + 1000, false}, {50*mib + 2000, false}, {50*mib + 3000, true}}},
-		{"traffic restarts the quiet stretch", []step{{0, false}, {50 * mib, false}, {50 * mib, false}, {60 * mib, false}, {60 * mib, false}, {60 * mib, false}, {60 * mib, true}}},
-		{"small steady traffic is not a burst", []step{{0, false}, {mib, false}, {2 * mib, false}, {2 * mib, false}, {2 * mib, false}, {2 * mib, false}}},
-		{"counter reset is not traffic", []step{{0, false}, {50 * mib, false}, {0, false}, {0, false}, {0, true}}},
+		{"idle agent never trims", []step{{0, false, 0}, {1000, false, 0}, {2000, false, 0}, {3000, false, 0}, {4000, false, 0}}},
+		{"burst then quiet trims once", []step{{0, false, 0}, {100 * mib, false, 0}, {100 * mib, false, 0}, {100 * mib, false, 0}, {100 * mib, true, 0}, {100 * mib, false, 0}, {100 * mib, false, 0}}},
+		{"never while traffic flows", []step{{0, false, 0}, {100 * mib, false, 0}, {200 * mib, false, 0}, {300 * mib, false, 0}, {400 * mib, false, 0}}},
+		{"a trickle is quiet", []step{{0, false, 0}, {50 * mib, false, 0}, {50*mib + 1000, false, 0}, {50*mib + 2000, false, 0}, {50*mib + 3000, true, 0}}},
+		{"traffic restarts the quiet stretch", []step{{0, false, 0}, {50 * mib, false, 0}, {50 * mib, false, 0}, {60 * mib, false, 0}, {60 * mib, false, 0}, {60 * mib, false, 0}, {60 * mib, true, 0}}},
+		{"small steady traffic is not a burst", []step{{0, false, 0}, {mib, false, 0}, {2 * mib, false, 0}, {2 * mib, false, 0}, {2 * mib, false, 0}, {2 * mib, false, 0}}},
+		{"counter reset is not traffic", []step{{0, false, 0}, {50 * mib, false, 0}, {0, false, 0}, {0, false, 0}, {0, true, 0}}},
+		{"allocation burst then quiet trims once", []step{{0, false, 0}, {0, false, 40 * mib}, {0, false, 41 * mib}, {0, false, 42 * mib}, {0, true, 43 * mib}, {0, false, 44 * mib}}},
+		{"never while the heap churns", []step{{0, false, 0}, {0, false, 40 * mib}, {0, false, 50 * mib}, {0, false, 60 * mib}, {0, false, 70 * mib}}},
+		{"data-plane burst, then allocations keep it busy", []step{{0, false, 0}, {50 * mib, false, 0}, {50 * mib, false, 10 * mib}, {50 * mib, false, 20 * mib}, {50 * mib, false, 21 * mib}, {50 * mib, false, 22 * mib}, {50 * mib, true, 23 * mib}}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			var tr trimmer
 			now := time.Unix(1000, 0)
 			for i, s := range tc.steps {
-				if got := tr.observe(s.total, now); got != s.want {
+				if got := tr.observe(s.total, s.alloc, now); got != s.want {
 					t.Fatalf("step %d (total %d): got trim %v, want %v", i, s.total, got, s.want)
 				}
 				now = now.Add(trimInterval)
