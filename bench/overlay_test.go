@@ -307,12 +307,22 @@ func (o *overlay) throughput(t *testing.T, rep *Report, cfg config) {
 	stalls := map[string]int{}
 	procs := map[string]int{"agent a (sender)": o.a.Proc.Pid(), "agent b (receiver)": o.b.Proc.Pid(),
 		"wgplain a (sender)": o.plainA.Pid(), "wgplain b (receiver)": o.plainB.Pid()}
+	// Kernel counters of the tunnel runs: GSO/GRO in use, where packets drop.
+	tuns := map[string][2]string{"direct": {o.a.Iface, o.b.Iface}, "plain": {"ew" + o.l.ID() + "pa", "ew" + o.l.ID() + "pb"}}
+	counters := map[string]map[string][]flowCounters{} // flow -> target -> per run
 	for r := range cfg.reps {
+		// Alternate which tunnel goes first, so drift in the machine's
+		// load does not favour one of the two.
+		order := append([]target(nil), targets...)
+		if r%2 == 1 {
+			order[0], order[1] = order[1], order[0]
+		}
 		for _, f := range flows {
 			if res[f.name] == nil {
 				res[f.name] = map[string][]float64{}
+				counters[f.name] = map[string][]flowCounters{}
 			}
-			for _, x := range targets {
+			for _, x := range order {
 				var meters map[string]*cpuMeter
 				if f == flows[0] && (x.name == "direct" || x.name == "plain") {
 					meters = map[string]*cpuMeter{}
@@ -322,7 +332,19 @@ func (o *overlay) throughput(t *testing.T, rep *Report, cfg config) {
 						}
 					}
 				}
-				g, err := iperf(o.ha, x.addr, f, cfg.dur)
+				var g float64
+				var err error
+				run := func() { g, err = iperf(o.ha, x.addr, f, cfg.dur) }
+				if tun, ok := tuns[x.name]; ok {
+					fc, cerr := measureFlow(o.ha, o.hb, tun[0], tun[1], run)
+					if cerr != nil {
+						t.Logf("rep %d %s %s: counters: %v", r, f.name, x.name, cerr)
+					} else {
+						counters[f.name][x.name] = append(counters[f.name][x.name], fc)
+					}
+				} else {
+					run()
+				}
 				if err != nil {
 					stalled := strings.Contains(err.Error(), "nothing received")
 					t.Logf("rep %d %s %s: %.300v", r, f.name, x.name, err)
@@ -351,6 +373,8 @@ func (o *overlay) throughput(t *testing.T, rep *Report, cfg config) {
 	if len(stalls) > 0 {
 		rep.Note("Throughput: iperf3 runs that connected but moved no data after the first second (TCP stuck at a 1-MSS congestion window with retransmits), counted as 0 Gbit/s: %v. Plain wireguard-go between the same hosts, same MTU, carried TCP in the same run; see the large-packet probe below.", stalls)
 	}
+	rep.SetRaw("throughput/kernel_counters", counters)
+	rep.Note("Throughput data path (kernel counters, median over runs): %s.", counterNote(counters))
 	rep.SetRaw("throughput/cpu_cores_tcp1", cpu)
 	rep.SetRaw("throughput/rss_mib_tcp1", rss)
 	sec := fmt.Sprintf("Throughput (iperf3 a -> b, %v per run, MTU 1420 overlay)", cfg.dur)
@@ -374,6 +398,20 @@ func (o *overlay) throughput(t *testing.T, rep *Report, cfg config) {
 		Edgewire: cpu["agent a (sender)"], RefName: "wgplain", Reference: cpu["wgplain a (sender)"]})
 	rep.Add(&Measure{Section: sec, Name: "CPU while forwarding TCP 1 stream, receiver side", Unit: "cores",
 		Edgewire: cpu["agent b (receiver)"], RefName: "wgplain", Reference: cpu["wgplain b (receiver)"]})
+	// CPU per Gbit/s is the efficiency of the two data paths; unlike the
+	// rate it hardly moves with what else the machine runs.
+	perGbit := func(proc, target string) []float64 {
+		var v []float64
+		for i, c := range cpu[proc] {
+			if g := res[flows[0].name][target]; i < len(g) && g[i] > 0 {
+				v = append(v, c/g[i])
+			}
+		}
+		return v
+	}
+	rep.Add(&Measure{Section: sec, Name: "CPU per Gbit/s, TCP 1 stream, sender + receiver", Unit: "cores",
+		Edgewire: sumEach(perGbit("agent a (sender)", "direct"), perGbit("agent b (receiver)", "direct")),
+		RefName:  "wgplain", Reference: sumEach(perGbit("wgplain a (sender)", "plain"), perGbit("wgplain b (receiver)", "plain"))})
 	rep.Add(&Measure{Section: sec, Name: "RSS while forwarding, sender side", Unit: "MiB",
 		Edgewire: rss["agent a (sender)"], RefName: "wgplain", Reference: rss["wgplain a (sender)"]})
 }
