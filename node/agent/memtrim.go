@@ -20,8 +20,10 @@ import (
 // written garbage can sit resident until the next GC. The trimmer watches
 // the data plane's byte counters and the heap's allocation counter and,
 // once a burst of either has been followed by trimQuiet of quiet, runs
-// those GCs and returns the free pages to the OS at once. It never runs
-// while traffic flows, so forwarding keeps its warm pools.
+// those GCs and returns the free pages to the OS at once. A quiet agent
+// holding more than trimFree of free heap pages also returns them, at
+// most once per trimEvery. It never runs while traffic flows, so
+// forwarding keeps its warm pools.
 //
 // What stays is the buffers wireguard-go's receive routines (128 x 64 KiB
 // each) and TUN reader hold for the device's lifetime: the parts a burst
@@ -34,6 +36,8 @@ const (
 	trimBurst    = 16 << 20         // bytes through the data plane, or allocated, in one interval that make a burst
 	trimIdle     = 256 << 10        // at most this many data-plane bytes per interval is quiet (keepalives, handshakes, pings)
 	trimIdleHeap = 4 << 20          // at most this many bytes allocated per interval is quiet
+	trimFree     = 8 << 20          // free heap pages kept from the OS worth returning while quiet
+	trimEvery    = time.Minute      // at most one trim for free pages per this long
 )
 
 // trimmer decides when to trim; pure, with the clock passed in.
@@ -42,11 +46,13 @@ type trimmer struct {
 	init            bool      // last and lastAlloc are set
 	burst           bool      // a burst happened since the last trim
 	quietFrom       time.Time // start of the current quiet stretch; zero while busy
+	lastTrim        time.Time
 }
 
-// observe takes the data plane's total byte count and the heap's
-// cumulative allocated bytes at now, and reports whether to trim.
-func (t *trimmer) observe(total, alloc uint64, now time.Time) bool {
+// observe takes the data plane's total byte count, the heap's cumulative
+// allocated bytes and its free pages not returned to the OS at now, and
+// reports whether to trim.
+func (t *trimmer) observe(total, alloc, free uint64, now time.Time) bool {
 	if !t.init {
 		t.last, t.lastAlloc, t.init, t.quietFrom = total, alloc, true, now
 		return false
@@ -66,8 +72,11 @@ func (t *trimmer) observe(total, alloc uint64, now time.Time) bool {
 	if t.quietFrom.IsZero() {
 		t.quietFrom = now
 	}
-	if t.burst && now.Sub(t.quietFrom) >= trimQuiet {
-		t.burst = false
+	if now.Sub(t.quietFrom) < trimQuiet {
+		return false
+	}
+	if t.burst || free >= trimFree && now.Sub(t.lastTrim) >= trimEvery {
+		t.burst, t.lastTrim = false, now
 		return true
 	}
 	return false
@@ -76,7 +85,7 @@ func (t *trimmer) observe(total, alloc uint64, now time.Time) bool {
 // trimLoop returns memory to the OS after bursts.
 func (a *Agent) trimLoop(ctx context.Context) error {
 	var tr trimmer
-	allocs := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
+	ms := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}, {Name: "/memory/classes/heap/free:bytes"}}
 	tick := time.NewTicker(trimInterval)
 	defer tick.Stop()
 	for {
@@ -93,8 +102,8 @@ func (a *Agent) trimLoop(ctx context.Context) error {
 		for _, s := range stats {
 			total += s.RxBytes + s.TxBytes
 		}
-		metrics.Read(allocs)
-		if !tr.observe(total, allocs[0].Value.Uint64(), time.Now()) {
+		metrics.Read(ms)
+		if !tr.observe(total, ms[0].Value.Uint64(), ms[1].Value.Uint64(), time.Now()) {
 			continue
 		}
 		var before, after runtime.MemStats
