@@ -194,7 +194,20 @@ func (l *Lab) logTails() {
 	l.mu.Lock()
 	procs := l.procs
 	l.mu.Unlock()
+	keep := os.Getenv("EDGEWIRE_LAB_LOGS") // a directory to keep failed tests' whole logs in
+	if keep != "" {
+		keep = filepath.Join(keep, strings.NewReplacer("/", "_").Replace(l.t.Name()))
+		if err := os.MkdirAll(keep, 0o755); err != nil {
+			l.t.Logf("EDGEWIRE_LAB_LOGS: %v", err)
+			keep = ""
+		}
+	}
 	for _, p := range procs {
+		if keep != "" {
+			if err := os.WriteFile(filepath.Join(keep, filepath.Base(p.LogPath())), []byte(p.Log()), 0o644); err != nil {
+				l.t.Logf("EDGEWIRE_LAB_LOGS: %v", err)
+			}
+		}
 		lines := strings.Split(strings.TrimRight(p.Log(), "\n"), "\n")
 		if len(lines) > logTail {
 			lines = lines[len(lines)-logTail:]
