@@ -140,3 +140,28 @@ func TestParseStatsMalformed(t *testing.T) {
 		})
 	}
 }
+
+func TestWritePeer(t *testing.T) {
+	k := keyOf(0xaa)
+	hexKey := strings.Repeat("aa", 32)
+	tests := []struct {
+		name string
+		p    PeerConfig
+		want string
+	}{
+		{"no endpoint: answers only, nothing routed, no keepalive",
+			PeerConfig{PublicKey: k, AllowedIPs: []netip.Prefix{netip.MustParsePrefix("100.64.0.3/32")}, Keepalive: 25 * time.Second},
+			"public_key=" + hexKey + "\nreplace_allowed_ips=true\npersistent_keepalive_interval=0\n"},
+		{"endpoint: full config",
+			PeerConfig{PublicKey: k, AllowedIPs: []netip.Prefix{netip.MustParsePrefix("100.64.0.3/32"), netip.MustParsePrefix("10.42.3.0/24")},
+				Endpoint: netip.MustParseAddrPort("127.77.0.1:1"), Keepalive: 25 * time.Second},
+			"public_key=" + hexKey + "\nreplace_allowed_ips=true\nallowed_ip=100.64.0.3/32\nallowed_ip=10.42.3.0/24\nendpoint=127.77.0.1:1\npersistent_keepalive_interval=25\n"},
+	}
+	for _, tt := range tests {
+		var b strings.Builder
+		writePeer(&b, tt.p)
+		if b.String() != tt.want {
+			t.Errorf("%s:\ngot  %q\nwant %q", tt.name, b.String(), tt.want)
+		}
+	}
+}

@@ -43,7 +43,7 @@ type Config struct {
 type PeerConfig struct {
 	PublicKey  Key
 	AllowedIPs []netip.Prefix
-	Endpoint   netip.AddrPort // invalid: no endpoint (peer unreachable until one is set)
+	Endpoint   netip.AddrPort // invalid: no endpoint (the peer only answers handshakes until one is set; see writePeer)
 	Keepalive  time.Duration  // persistent keepalive; 0 off
 }
 
@@ -189,21 +189,7 @@ func (d *Device) SetPeers(peers []PeerConfig) error {
 		if ok && old.equal(p) {
 			continue
 		}
-		if ok && !old.Endpoint.IsValid() && p.Endpoint.IsValid() {
-			// A peer that had no endpoint may have tried a handshake (for a
-			// packet sent its way) and is then held back by WireGuard's 5 s
-			// retry. It has no session to lose: re-create it so the first
-			// handshake leaves the moment it has somewhere to go.
-			fmt.Fprintf(&b, "public_key=%s\nremove=true\n", hex.EncodeToString(k[:]))
-		}
-		fmt.Fprintf(&b, "public_key=%s\nreplace_allowed_ips=true\n", hex.EncodeToString(k[:]))
-		for _, a := range p.AllowedIPs {
-			fmt.Fprintf(&b, "allowed_ip=%s\n", a)
-		}
-		if p.Endpoint.IsValid() {
-			fmt.Fprintf(&b, "endpoint=%s\n", p.Endpoint)
-		}
-		fmt.Fprintf(&b, "persistent_keepalive_interval=%d\n", int(p.Keepalive/time.Second))
+		writePeer(&b, p)
 	}
 	if b.Len() == 0 {
 		return nil
@@ -216,6 +202,28 @@ func (d *Device) SetPeers(peers []PeerConfig) error {
 	}
 	d.applied = want
 	return nil
+}
+
+// writePeer writes p's UAPI set section. A peer without an endpoint is
+// configured to answer only: no allowed IPs (nothing is routed to it) and
+// no keepalive. Otherwise a packet or keepalive for it would start a
+// handshake with nowhere to go, and WireGuard would then hold the real
+// first handshake back by 5 s once the endpoint arrives. It still answers
+// a handshake the other side starts (over the relay, learning the
+// endpoint from it), so both sides are on one session when its endpoint
+// comes; the peer is never re-created, which once threw away exactly such
+// an answered handshake and left the two sides silent until WireGuard's
+// 15 s retry.
+func writePeer(b *strings.Builder, p PeerConfig) {
+	fmt.Fprintf(b, "public_key=%s\nreplace_allowed_ips=true\n", hex.EncodeToString(p.PublicKey[:]))
+	if !p.Endpoint.IsValid() {
+		b.WriteString("persistent_keepalive_interval=0\n")
+		return
+	}
+	for _, a := range p.AllowedIPs {
+		fmt.Fprintf(b, "allowed_ip=%s\n", a)
+	}
+	fmt.Fprintf(b, "endpoint=%s\npersistent_keepalive_interval=%d\n", p.Endpoint, int(p.Keepalive/time.Second))
 }
 
 // Stats returns per-peer statistics.
