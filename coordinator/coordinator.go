@@ -30,6 +30,7 @@ import (
 	"github.com/edgewire/edgewire/dataplane/relay"
 	"github.com/edgewire/edgewire/dataplane/stunserver"
 	"github.com/edgewire/edgewire/internal/atomicfile"
+	"github.com/edgewire/edgewire/internal/httpserve"
 	"github.com/edgewire/edgewire/internal/telemetry"
 	"github.com/edgewire/edgewire/node/identity"
 )
@@ -193,7 +194,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}()
 	go func() {
-		if err := servePprof(ctx, cfg.PprofSocket, log); err != nil {
+		if err := telemetry.ServeProfiles(ctx, cfg.PprofSocket, log); err != nil {
 			log.Error("pprof server", "err", err)
 		}
 	}()
@@ -235,7 +236,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
-	uln, err := listenUnix(cfg.AdminSocket)
+	uln, err := httpserve.ListenUnix(cfg.AdminSocket, 0o700)
 	if err != nil {
 		ln.Close()
 		return err
@@ -347,26 +348,4 @@ func startRelay(ctx context.Context, cfg Config, id *pki.Identity, ticketKey ed2
 	cfg.Logger.Info("relay started", "listen", ln.Addr(), "region", cfg.RelayID, "name", cfg.RelayName,
 		"key", identity.Key(relay.PublicKey(key)), "mesh_peers", len(peers))
 	return rs, region, nil
-}
-
-// listenUnix listens on a unix socket only root (the owner) can use.
-func listenUnix(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, err
-	}
-	// A stale socket from a crashed run would make Listen fail.
-	if c, err := net.Dial("unix", path); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("admin socket %s is in use by another coordinator", path)
-	}
-	os.Remove(path)
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("listen %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, err
-	}
-	return ln, nil
 }

@@ -111,7 +111,7 @@ func main() {
 	rf.StringVar(&services, "services", "auto", "program ClusterIP rules: auto (not where kube-proxy runs), on or off")
 	rf.StringVar(&socksAddr, "socks5-listen", "default", "SOCKS5 proxy to reach nodes by name: ip:port, \"default\" (the DNS address, port 1080) or empty (off)")
 	rf.StringVar(&cfg.MetricsListen, "metrics-listen", "127.0.0.1:9092", "address for /metrics, /healthz and /readyz (empty: off)")
-	rf.StringVar(&cfg.PprofSocket, "pprof-socket", "", "serve Go runtime profiles (/debug/pprof/heap, goroutine, allocs, block, mutex) on this unix socket, for debugging (empty: off)")
+	rf.StringVar(&cfg.PprofSocket, "pprof-socket", "", "serve Go runtime profiles (/debug/pprof/profile for CPU, heap, goroutine, allocs, ...) on this unix socket, for debugging (empty: off)")
 	rf.Int64Var(&memLimitMiB, "memory-limit-mib", 0, "soft memory limit for the Go runtime in MiB: the GC works harder as the heap nears it (0: none, or $GOMEMLIMIT)")
 	rf.Uint32Var(&cfg.RelayRegion, "relay-region", 0, "preferred home relay region id, used whenever it is up (0: the closest)")
 

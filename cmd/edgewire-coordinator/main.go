@@ -98,7 +98,7 @@ func main() {
 	f.StringVar(&cfg.RelayName, "relay-region-name", "coordinator", "region name of the embedded relay")
 	f.StringVar(&relayMap, "relay-map", "", "JSON file listing further relays (see README)")
 	f.StringVar(&meshKey, "mesh-key-file", "", "file with the relay mesh key shared by all relays")
-	f.StringVar(&cfg.PprofSocket, "pprof-socket", "", "unix socket serving net/http/pprof, mode 0600 (empty: off)")
+	f.StringVar(&cfg.PprofSocket, "pprof-socket", "", "serve Go runtime profiles (/debug/pprof/profile for CPU, heap, goroutine, ...) on this unix socket, mode 0600 (empty: off)")
 	f.Float64Var(&relayRate, "relay-client-rate", relay.DefaultRateBytes*8/1e6, "Mbit/s each node may send through the embedded relay (0: no limit)")
 	f.DurationVar(&cfg.TicketTTL, "relay-ticket-ttl", 10*time.Minute, "lifetime of relay tickets (renewed at half)")
 	f.StringVar(&kubeconfig, "kubeconfig", "", "watch Services, EndpointSlices and Nodes of this cluster")

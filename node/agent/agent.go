@@ -309,7 +309,7 @@ func Run(ctx context.Context, cfg Config) error {
 	reg := telemetry.NewRegistry()
 	a.registerMetrics(reg)
 	run("metrics", func(ctx context.Context) error { return telemetry.Serve(ctx, cfg.MetricsListen, reg, a.ready, log) })
-	run("pprof", func(ctx context.Context) error { return servePprof(ctx, cfg.PprofSocket, log) })
+	run("pprof", func(ctx context.Context) error { return telemetry.ServeProfiles(ctx, cfg.PprofSocket, log) })
 	run("coordinator stream", a.cc.Run)
 	run("traversal", a.trav.Run)
 	run("home relay", a.home.Run)

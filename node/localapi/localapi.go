@@ -12,10 +12,10 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/edgewire/edgewire/internal/httpserve"
 )
 
 // DefaultSocket is where the agent listens unless told otherwise.
@@ -125,21 +125,9 @@ type Backend interface {
 
 // Serve serves the API on a unix socket at path until ctx ends.
 func Serve(ctx context.Context, path string, b Backend, log *slog.Logger) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	if c, err := net.Dial("unix", path); err == nil {
-		c.Close()
-		return fmt.Errorf("local API socket %s is in use by another agent", path)
-	}
-	os.Remove(path)
-	ln, err := net.Listen("unix", path)
+	// The directory stays readable (0755): the socket itself is 0600.
+	ln, err := httpserve.ListenUnix(path, 0o755)
 	if err != nil {
-		return fmt.Errorf("listen %s: %w", path, err)
-	}
-	defer os.Remove(path)
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
 		return err
 	}
 	mux := http.NewServeMux()
@@ -178,18 +166,7 @@ func Serve(ctx context.Context, path string, b Backend, log *slog.Logger) error 
 		}
 		json.NewEncoder(w).Encode(res)
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case <-ctx.Done():
-		shut, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		srv.Shutdown(shut)
-		return nil
-	case err := <-errc:
-		return err
-	}
+	return httpserve.Serve(ctx, ln, mux)
 }
 
 // Client talks to an agent's local API.

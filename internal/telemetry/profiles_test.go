@@ -1,4 +1,4 @@
-package agent
+package telemetry
 
 import (
 	"context"
@@ -12,15 +12,15 @@ import (
 	"time"
 )
 
-func TestServePprof(t *testing.T) {
+func TestServeProfiles(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "pprof.sock")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- servePprof(ctx, sock, slog.New(slog.DiscardHandler)) }()
+	go func() { done <- ServeProfiles(ctx, sock, slog.New(slog.DiscardHandler)) }()
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {
-			t.Errorf("servePprof: %v", err)
+			t.Errorf("ServeProfiles: %v", err)
 		}
 	}()
 	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
@@ -36,6 +36,8 @@ func TestServePprof(t *testing.T) {
 		{"/debug/pprof/goroutine?debug=1", http.StatusOK, "goroutine profile: total "},
 		{"/debug/pprof/heap?debug=1&gc=1", http.StatusOK, "heap profile: "},
 		{"/debug/pprof/nosuch", http.StatusNotFound, "no such profile"},
+		{"/debug/pprof/profile?seconds=0", http.StatusBadRequest, "seconds: want 1 to 60"},
+		{"/debug/pprof/profile?seconds=1", http.StatusOK, "\x1f\x8b"}, // a gzipped profile
 	}
 	for _, tc := range tests {
 		t.Run(tc.path, func(t *testing.T) {
