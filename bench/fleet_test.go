@@ -176,20 +176,65 @@ func (n *simNode) setEndpoints(eps ...string) error {
 }
 
 // bringUp joins and connects nodes with the given concurrency and waits
-// until each has its first network map, or until timeout.
-func (f *fleet) bringUp(nodes []*simNode, workers int, timeout time.Duration) (joined time.Duration, err error) {
+// until each has its first network map, or until timeout; it returns when
+// the last Join finished. A stream that ends before its first map (on a
+// loaded machine the coordinator may give up on an authentication that
+// took longer than its timeout) is opened again, as a real agent would,
+// instead of leaving the node without a map until the cap. reconnects (if
+// not nil) counts how often that happened.
+func (f *fleet) bringUp(nodes []*simNode, workers int, timeout time.Duration, reconnects *atomic.Int64) (joined time.Duration, err error) {
+	if reconnects == nil {
+		reconnects = new(atomic.Int64)
+	}
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(f.ctx, timeout)
 	defer cancel()
 	work := make(chan *simNode)
 	var (
-		wg       sync.WaitGroup
-		errMu    sync.Mutex // guards firstErr
-		firstErr error
-		left     atomic.Int64
+		wg, watchers sync.WaitGroup
+		errMu        sync.Mutex // guards firstErr
+		firstErr     error
+		left         atomic.Int64
+		joinedAt     atomic.Int64
 	)
+	fail := func(err error) {
+		errMu.Lock()
+		if firstErr == nil {
+			firstErr = err
+		}
+		errMu.Unlock()
+		cancel()
+	}
+	// watch reconnects n (once a second at most) until it has a map:
+	// connected says whether its stream is open now.
+	watch := func(n *simNode, connected bool) {
+		defer watchers.Done()
+		for {
+			if connected {
+				select {
+				case <-n.gotMap:
+					return
+				case <-ctx.Done():
+					return
+				case <-n.stream.Context().Done():
+				}
+				select {
+				case <-n.gotMap: // the map and the end raced
+					return
+				default:
+				}
+			} else {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(time.Second):
+				}
+			}
+			reconnects.Add(1)
+			connected = f.connect(n) == nil
+		}
+	}
 	left.Store(int64(len(nodes)))
-	var joinedAt atomic.Int64
 	for range workers {
 		wg.Go(func() {
 			for n := range work {
@@ -197,17 +242,12 @@ func (f *fleet) bringUp(nodes []*simNode, workers int, timeout time.Duration) (j
 				if left.Add(-1) == 0 {
 					joinedAt.Store(int64(time.Since(start)))
 				}
-				if err == nil {
-					err = f.connect(n)
-				}
 				if err != nil {
-					errMu.Lock()
-					if firstErr == nil {
-						firstErr = err
-					}
-					errMu.Unlock()
-					cancel()
+					fail(err)
+					continue
 				}
+				watchers.Add(1)
+				go watch(n, f.connect(n) == nil)
 			}
 		})
 	}
@@ -221,28 +261,29 @@ feed:
 	}
 	close(work)
 	wg.Wait()
-	if firstErr != nil {
-		return 0, firstErr
-	}
 	for _, n := range nodes {
 		select {
 		case <-n.gotMap:
-			continue
-		default:
+		case <-ctx.Done():
 		}
+	}
+	cancel() // ends the watchers of nodes without a map
+	watchers.Wait()
+	errMu.Lock()
+	defer errMu.Unlock()
+	if firstErr != nil {
+		return 0, firstErr
+	}
+	up := 0
+	for _, n := range nodes {
 		select {
 		case <-n.gotMap:
-		case <-ctx.Done():
-			up := 0
-			for _, m := range nodes {
-				select {
-				case <-m.gotMap:
-					up++
-				default:
-				}
-			}
-			return 0, fmt.Errorf("%d of %d nodes got no network map within %v", len(nodes)-up, len(nodes), timeout)
+			up++
+		default:
 		}
+	}
+	if up < len(nodes) {
+		return 0, fmt.Errorf("%d of %d nodes got no network map within %v", len(nodes)-up, len(nodes), timeout)
 	}
 	return time.Duration(joinedAt.Load()), nil
 }

@@ -700,7 +700,7 @@ func (o *overlay) addFleet(t *testing.T) (remove func()) {
 		}
 		nodes = append(nodes, n)
 	}
-	if _, err := f.bringUp(nodes, 8, 2*time.Minute); err != nil {
+	if _, err := f.bringUp(nodes, 8, 2*time.Minute, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := lab.Eventually(60*time.Second, 500*time.Millisecond, func() error {

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -48,24 +49,28 @@ func procCPU(pid int) (time.Duration, error) {
 
 // procMem returns VmRSS and VmHWM (peak RSS) in MiB.
 func procMem(pid int) (rss, hwm float64, err error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	v, err := procKiB(fmt.Sprintf("/proc/%d/status", pid), "VmRSS:", "VmHWM:")
+	return v[0] / 1024, v[1] / 1024, err
+}
+
+// procKiB reads the "<key> <n> kB" lines named by keys from a /proc file,
+// in key order (0 for a key that is missing).
+func procKiB(path string, keys ...string) ([]float64, error) {
+	out := make([]float64, len(keys))
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return 0, 0, err
+		return out, err
 	}
 	for l := range strings.Lines(string(b)) {
 		f := strings.Fields(l)
 		if len(f) < 2 {
 			continue
 		}
-		kb, _ := strconv.ParseFloat(f[1], 64)
-		switch f[0] {
-		case "VmRSS:":
-			rss = kb / 1024
-		case "VmHWM:":
-			hwm = kb / 1024
+		if k := slices.Index(keys, f[0]); k >= 0 {
+			out[k], _ = strconv.ParseFloat(f[1], 64)
 		}
 	}
-	return rss, hwm, nil
+	return out, nil
 }
 
 // cpuMeter measures a process's CPU use over a window, as a fraction of one core.
@@ -144,24 +149,8 @@ func (m memBreakdown) String() string {
 
 // procSmaps reads Rss and Anonymous from /proc/<pid>/smaps_rollup, in MiB.
 func procSmaps(pid int) (rss, anon float64, err error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
-	if err != nil {
-		return 0, 0, err
-	}
-	for l := range strings.Lines(string(b)) {
-		f := strings.Fields(l)
-		if len(f) < 2 {
-			continue
-		}
-		kb, _ := strconv.ParseFloat(f[1], 64)
-		switch f[0] {
-		case "Rss:":
-			rss = kb / 1024
-		case "Anonymous:":
-			anon = kb / 1024
-		}
-	}
-	return rss, anon, nil
+	v, err := procKiB(fmt.Sprintf("/proc/%d/smaps_rollup", pid), "Rss:", "Anonymous:")
+	return v[0] / 1024, v[1] / 1024, err
 }
 
 // pprofClient talks HTTP to an agent's --pprof-socket.

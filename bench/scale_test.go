@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -75,7 +74,7 @@ func scaleStep(t *testing.T, l *lab.Lab, rep *Report, sec string, i, n int) bool
 	load0 := loadAvg()
 	const bringUpCap = 10 * time.Minute
 	var reconnects atomic.Int64
-	joined, err := bringUpReconnecting(f, nodes, 64, bringUpCap, &reconnects)
+	joined, err := f.bringUp(nodes, 64, bringUpCap, &reconnects)
 	if err != nil {
 		// Record how far it got before giving up.
 		up := 0
@@ -201,114 +200,6 @@ func scaleStep(t *testing.T, l *lab.Lab, rep *Report, sec string, i, n int) bool
 	rep.Add(&Measure{Section: sec, Name: name("coordinator CPU during the changes"), Unit: "cores", Edgewire: []float64{chCoord},
 		RefName: "harness", Reference: []float64{chHarness}})
 	return true
-}
-
-// bringUpReconnecting is fleet.bringUp for thousands of nodes on a loaded
-// machine: a stream that ends before its first map (the coordinator gives
-// up on an authentication that took longer than its timeout) is opened
-// again, as a real agent would, instead of leaving the node without a map
-// until the cap. reconnects counts how often that happened.
-func bringUpReconnecting(f *fleet, nodes []*simNode, workers int, timeout time.Duration, reconnects *atomic.Int64) (joined time.Duration, err error) {
-	start := time.Now()
-	ctx, cancel := context.WithTimeout(f.ctx, timeout)
-	defer cancel()
-	work := make(chan *simNode)
-	var (
-		wg, watchers sync.WaitGroup
-		errMu        sync.Mutex // guards firstErr
-		firstErr     error
-		left         atomic.Int64
-		joinedAt     atomic.Int64
-	)
-	fail := func(err error) {
-		errMu.Lock()
-		if firstErr == nil {
-			firstErr = err
-		}
-		errMu.Unlock()
-		cancel()
-	}
-	// watch reconnects n (once a second at most) until it has a map:
-	// connected says whether its stream is open now.
-	watch := func(n *simNode, connected bool) {
-		defer watchers.Done()
-		for {
-			if connected {
-				select {
-				case <-n.gotMap:
-					return
-				case <-ctx.Done():
-					return
-				case <-n.stream.Context().Done():
-				}
-				select {
-				case <-n.gotMap: // the map and the end raced
-					return
-				default:
-				}
-			} else {
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(time.Second):
-				}
-			}
-			reconnects.Add(1)
-			connected = f.connect(n) == nil
-		}
-	}
-	left.Store(int64(len(nodes)))
-	for range workers {
-		wg.Go(func() {
-			for n := range work {
-				err := f.join(n)
-				if left.Add(-1) == 0 {
-					joinedAt.Store(int64(time.Since(start)))
-				}
-				if err != nil {
-					fail(err)
-					continue
-				}
-				watchers.Add(1)
-				go watch(n, f.connect(n) == nil)
-			}
-		})
-	}
-feed:
-	for _, n := range nodes {
-		select {
-		case work <- n:
-		case <-ctx.Done():
-			break feed
-		}
-	}
-	close(work)
-	wg.Wait()
-	for _, n := range nodes {
-		select {
-		case <-n.gotMap:
-		case <-ctx.Done():
-		}
-	}
-	cancel() // ends the watchers of nodes without a map
-	watchers.Wait()
-	errMu.Lock()
-	defer errMu.Unlock()
-	if firstErr != nil {
-		return 0, firstErr
-	}
-	up := 0
-	for _, n := range nodes {
-		select {
-		case <-n.gotMap:
-			up++
-		default:
-		}
-	}
-	if up < len(nodes) {
-		return 0, fmt.Errorf("%d of %d nodes got no network map within %v", len(nodes)-up, len(nodes), timeout)
-	}
-	return time.Duration(joinedAt.Load()), nil
 }
 
 // startCoordinatorNoFile starts edgewire-coordinator on h with a raised

@@ -172,6 +172,16 @@ func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 	}
 }
 
+// startPair connects two clients with fresh keys and hour-long tickets to r.
+func (e *env) startPair(t testing.TB, r *testRelay) (c1, c2 *testClient) {
+	t.Helper()
+	k1, k2 := newKey(), newKey()
+	c1 = e.startClient(r, k1, e.ticket(PublicKey(k1), time.Hour))
+	c2 = e.startClient(r, k2, e.ticket(PublicKey(k2), time.Hour))
+	waitConnected(t, c1, c2)
+	return c1, c2
+}
+
 func waitConnected(t testing.TB, cs ...*testClient) {
 	t.Helper()
 	for _, c := range cs {

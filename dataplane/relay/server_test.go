@@ -20,10 +20,7 @@ import (
 func TestTwoClientsExchangePackets(t *testing.T) {
 	e := newEnv(t)
 	r := e.startRelay(ServerConfig{}, "")
-	k1, k2 := newKey(), newKey()
-	c1 := e.startClient(r, k1, e.ticket(PublicKey(k1), time.Hour))
-	c2 := e.startClient(r, k2, e.ticket(PublicKey(k2), time.Hour))
-	waitConnected(t, c1, c2)
+	c1, c2 := e.startPair(t, r)
 	eventually(t, 5*time.Second, "two clients on the relay", func() bool { return r.s.Stats().Clients == 2 })
 	sizes := []int{1, 32, 148, 1400, pktBufSize + 1, maxPacketSize}
 	for _, n := range sizes {
@@ -215,10 +212,7 @@ func TestClientRefusesOtherVersion(t *testing.T) {
 func TestBadFrameClosesOnlyThatConnection(t *testing.T) {
 	e := newEnv(t)
 	r := e.startRelay(ServerConfig{}, "")
-	k1, k2 := newKey(), newKey()
-	c1 := e.startClient(r, k1, e.ticket(PublicKey(k1), time.Hour))
-	c2 := e.startClient(r, k2, e.ticket(PublicKey(k2), time.Hour))
-	waitConnected(t, c1, c2)
+	c1, c2 := e.startPair(t, r)
 	tests := []struct {
 		name string
 		send func(t *testing.T, rc *rawConn, self Key)
@@ -282,10 +276,7 @@ func TestSecondConnectionReplacesFirst(t *testing.T) {
 func TestRateLimitDrops(t *testing.T) {
 	e := newEnv(t) // the fake clock stands still: no refill
 	r := e.startRelay(ServerConfig{RateBytes: 1, RateBurst: 64 << 10}, "")
-	k1, k2 := newKey(), newKey()
-	c1 := e.startClient(r, k1, e.ticket(PublicKey(k1), time.Hour))
-	c2 := e.startClient(r, k2, e.ticket(PublicKey(k2), time.Hour))
-	waitConnected(t, c1, c2)
+	c1, c2 := e.startPair(t, r)
 	const n, size = 100, 1400
 	allowed := (64 << 10) / size
 	for i := 0; i < n; i++ {
@@ -307,10 +298,7 @@ func TestNoRateLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := e.startRelay(ServerConfig{RateBytes: inf, RateBurst: 64 << 10}, "")
-	k1, k2 := newKey(), newKey()
-	c1 := e.startClient(r, k1, e.ticket(PublicKey(k1), time.Hour))
-	c2 := e.startClient(r, k2, e.ticket(PublicKey(k2), time.Hour))
-	waitConnected(t, c1, c2)
+	c1, c2 := e.startPair(t, r)
 	const n, size = 200, 1400 // 4x the burst
 	for i := 0; i < n; i++ {
 		if err := c1.c.Send(c2.pub, make([]byte, size)); err != nil {
@@ -497,10 +485,7 @@ func TestTLSAndKeepAlive(t *testing.T) {
 		hs.Close()
 	}()
 	r := &testRelay{s: s, addr: hs.Listener.Addr().String(), url: "https://" + hs.Listener.Addr().String() + "/relay"}
-	k1, k2 := newKey(), newKey()
-	c1 := e.startClient(r, k1, e.ticket(PublicKey(k1), time.Hour))
-	c2 := e.startClient(r, k2, e.ticket(PublicKey(k2), time.Hour))
-	waitConnected(t, c1, c2)
+	c1, c2 := e.startPair(t, r)
 	c1.c.Send(c2.pub, []byte("over tls"))
 	expectPacket(t, c2, c1.pub, []byte("over tls"))
 

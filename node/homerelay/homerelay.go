@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/edgewire/edgewire/dataplane/relay"
@@ -91,6 +92,10 @@ type Manager struct {
 	log  *slog.Logger
 	kick chan struct{} // regions or ticket changed; capacity 1
 
+	// sendTo is home's connection for Send, read per packet without mu;
+	// it is stored wherever home changes.
+	sendTo atomic.Pointer[home]
+
 	mu      sync.Mutex // guards everything below
 	regions []Region
 	ticket  []byte
@@ -154,11 +159,10 @@ func (m *Manager) SetTicket(t []byte) {
 	m.poke()
 }
 
-// Send implements bind.Relay.
+// Send implements bind.Relay. It runs per relayed packet, so it takes no
+// lock.
 func (m *Manager) Send(dst [32]byte, pkt []byte) error {
-	m.mu.Lock()
-	h := m.home
-	m.mu.Unlock()
+	h := m.sendTo.Load()
 	if h == nil {
 		return relay.ErrNotConnected
 	}
@@ -202,6 +206,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		m.mu.Lock()
 		h := m.home
 		m.home = nil
+		m.sendTo.Store(nil)
 		m.mu.Unlock()
 		if h != nil {
 			h.cancel()
@@ -412,6 +417,7 @@ func (m *Manager) switchTo(ctx context.Context, r Region) {
 	m.mu.Lock()
 	old := m.home
 	m.home = nh
+	m.sendTo.Store(nh)
 	m.mu.Unlock()
 	if old != nil {
 		old.cancel()

@@ -451,11 +451,9 @@ func TestTraffic(t *testing.T) {
 		if udp, err = d.Dial("udp4", "10.96.0.10:53"); err != nil {
 			return err
 		}
-		start := time.Now()
+		// A REJECT answers at once; a DROP would end in the dialer's
+		// timeout, which the ECONNREFUSED check below tells apart.
 		_, refused = d.Dial("tcp4", "10.96.0.11:80")
-		if d := time.Since(start); d > 2*time.Second {
-			return fmt.Errorf("dial to a Service without endpoints took %v; want a fast REJECT", d)
-		}
 		return nil
 	}); err != nil {
 		t.Fatal(err)
