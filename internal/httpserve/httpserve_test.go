@@ -26,7 +26,7 @@ func TestListenUnix(t *testing.T) {
 		t.Fatalf("directory mode: %v %v, want 0700", fi.Mode(), err)
 	}
 	// A live socket is refused: another daemon holds it.
-	go func() {
+	go func(ln net.Listener) {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
@@ -34,7 +34,7 @@ func TestListenUnix(t *testing.T) {
 			}
 			c.Close()
 		}
-	}()
+	}(ln)
 	if l2, err := ListenUnix(path, 0o700); err == nil || !strings.Contains(err.Error(), "in use") {
 		if l2 != nil {
 			l2.Close()
