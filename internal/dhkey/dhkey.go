@@ -1,0 +1,105 @@
+// Package dhkey turns X25519 agreements into keys bound to one purpose.
+//
+// A node has one Curve25519 key (its WireGuard key), and several protocols
+// use agreements with it: the coordinator's authentication challenge,
+// signalling between nodes, the relay handshake. If two of them used the
+// raw agreement (as NaCl box does), a party that can make the node run
+// one protocol could use its answers against another: a fake coordinator
+// could hand the node a sealed signal as a "challenge" and read the
+// plaintext in the proof. Every use here derives its own key with
+// HKDF-SHA256 from the agreement, a purpose label and the transcript, so
+// what one protocol reveals is useless to every other.
+package dhkey
+
+import (
+	"crypto/hkdf"
+	"crypto/hmac"
+	"crypto/sha256"
+	"errors"
+
+	"golang.org/x/crypto/curve25519"
+)
+
+// Purpose names one use of an agreement. Each purpose yields unrelated
+// keys from the same two key pairs.
+type Purpose string
+
+// The purposes edgewire uses. The version in each label changes whenever
+// the use of its key changes.
+const (
+	// ControlAuth: the node proves its key to the coordinator (Join and
+	// Connect), ephemeral (coordinator) × static (node).
+	ControlAuth Purpose = "edgewire control auth v1"
+	// Signal: ICE signalling sealed between two nodes, static × static.
+	Signal Purpose = "edgewire signal v1"
+	// RelayServerProof: a relay proves its key to a client before the
+	// client sends anything sealed, static (relay) × static (node).
+	RelayServerProof Purpose = "edgewire relay server proof v2"
+	// RelayClient: the client's sealed ticket and key proof.
+	RelayClient Purpose = "edgewire relay client v2"
+	// RelayServerInfo: the relay's sealed reply with its parameters.
+	RelayServerInfo Purpose = "edgewire relay server info v2"
+)
+
+// ErrLowOrder is returned for a public key whose agreement with any
+// private key is predictable (a point of small order): whoever sends it
+// needs no private key to complete a protocol.
+var ErrLowOrder = errors.New("low-order public key")
+
+// Size is the size of keys, public keys and MACs here.
+const Size = 32
+
+// checkScalar is any clamped scalar: clamping makes it a multiple of 8,
+// which maps every point of small order to the identity.
+var checkScalar = [Size]byte{1}
+
+// CheckPublic returns ErrLowOrder if pub is a point of small order (the
+// all-zero key among them).
+func CheckPublic(pub [Size]byte) error {
+	if _, err := curve25519.X25519(checkScalar[:], pub[:]); err != nil {
+		return ErrLowOrder
+	}
+	return nil
+}
+
+// Derive returns the key for purpose p from the agreement of priv and pub,
+// bound to the transcript parts (public keys, nonces, channel bindings).
+// Both sides must pass the same parts in the same order. It fails with
+// ErrLowOrder when pub is of small order.
+func Derive(priv, pub *[Size]byte, p Purpose, transcript ...[]byte) ([Size]byte, error) {
+	var out [Size]byte
+	shared, err := curve25519.X25519(priv[:], pub[:])
+	if err != nil {
+		return out, ErrLowOrder
+	}
+	// The transcript is the HKDF salt, hashed with each part's length so
+	// that no two different transcripts collide.
+	h := sha256.New()
+	for _, t := range transcript {
+		var n [4]byte
+		n[0], n[1], n[2], n[3] = byte(len(t)>>24), byte(len(t)>>16), byte(len(t)>>8), byte(len(t))
+		h.Write(n[:])
+		h.Write(t)
+	}
+	k, err := hkdf.Key(sha256.New, shared, h.Sum(nil), string(p), Size)
+	if err != nil {
+		return out, err // cannot happen for 32 bytes of SHA-256
+	}
+	copy(out[:], k)
+	return out, nil
+}
+
+// MAC returns HMAC-SHA256 of the concatenated parts under key. All parts
+// but the last must have a fixed length in the caller's layout.
+func MAC(key [Size]byte, parts ...[]byte) [Size]byte {
+	m := hmac.New(sha256.New, key[:])
+	for _, p := range parts {
+		m.Write(p)
+	}
+	var out [Size]byte
+	copy(out[:], m.Sum(nil))
+	return out
+}
+
+// Equal compares two MACs in constant time.
+func Equal(a, b []byte) bool { return hmac.Equal(a, b) }

@@ -1,0 +1,89 @@
+package dhkey
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"testing"
+
+	"golang.org/x/crypto/curve25519"
+)
+
+func pair(t *testing.T) (priv, pub [Size]byte) {
+	t.Helper()
+	rand.Read(priv[:])
+	p, err := curve25519.X25519(priv[:], curve25519.Basepoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(pub[:], p)
+	return priv, pub
+}
+
+// lowOrder are the Curve25519 points of order 1, 2, 4 and 8 in their
+// canonical and non-canonical encodings (the list libsodium blocks).
+var lowOrder = []string{
+	"0000000000000000000000000000000000000000000000000000000000000000",
+	"0100000000000000000000000000000000000000000000000000000000000000",
+	"e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+	"5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+	"ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+	"edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+	"eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+}
+
+func TestCheckPublic(t *testing.T) {
+	for _, h := range lowOrder {
+		var k [Size]byte
+		hex.Decode(k[:], []byte(h))
+		if err := CheckPublic(k); !errors.Is(err, ErrLowOrder) {
+			t.Errorf("CheckPublic(%s) = %v, want ErrLowOrder", h[:16], err)
+		}
+		priv, _ := pair(t)
+		if _, err := Derive(&priv, &k, Signal); !errors.Is(err, ErrLowOrder) {
+			t.Errorf("Derive with %s = %v, want ErrLowOrder", h[:16], err)
+		}
+	}
+	_, pub := pair(t)
+	if err := CheckPublic(pub); err != nil {
+		t.Errorf("CheckPublic(real key) = %v, want nil", err)
+	}
+}
+
+func TestDerive(t *testing.T) {
+	aPriv, aPub := pair(t)
+	bPriv, bPub := pair(t)
+	ab, err := Derive(&aPriv, &bPub, Signal, aPub[:], bPub[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	ba, err := Derive(&bPriv, &aPub, Signal, aPub[:], bPub[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ab != ba {
+		t.Fatal("the two sides derived different keys")
+	}
+	others := map[string][Size]byte{}
+	others["other purpose"], _ = Derive(&aPriv, &bPub, ControlAuth, aPub[:], bPub[:])
+	others["parts swapped"], _ = Derive(&aPriv, &bPub, Signal, bPub[:], aPub[:])
+	others["parts split differently"], _ = Derive(&aPriv, &bPub, Signal, append(aPub[:], bPub[:1]...), bPub[1:])
+	others["no transcript"], _ = Derive(&aPriv, &bPub, Signal)
+	for name, k := range others {
+		if k == ab {
+			t.Errorf("%s: same key, want a different one", name)
+		}
+	}
+}
+
+func TestMAC(t *testing.T) {
+	var k [Size]byte
+	a := MAC(k, []byte("a"), []byte("b"))
+	if b := MAC(k, []byte("ab")); !Equal(a[:], b[:]) {
+		t.Error("MAC of the same bytes differs")
+	}
+	k[0] = 1
+	if b := MAC(k, []byte("ab")); Equal(a[:], b[:]) {
+		t.Error("MAC under another key is equal")
+	}
+}
