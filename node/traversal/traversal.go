@@ -23,11 +23,12 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"log/slog"
 	"maps"
+	"net"
 	"net/netip"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,7 +48,13 @@ const (
 	iceKeepalive    = time.Second
 	tickInterval    = 250 * time.Millisecond
 	addrInterval    = 5 * time.Second
-	maxCandidates   = 32 // remote candidates accepted per signal
+	// A peer offers one host candidate per address of its host and a
+	// server-reflexive one per STUN server and family; more than this
+	// per session is a peer steering our checks, not a bigger host.
+	maxRemoteCandidates = 16
+	// pion's own candidates are under 150 bytes (IPv6 srflx with raddr);
+	// anything longer is refused before parsing.
+	maxCandidateLen = 256
 	// defaultIdleTimeout outlasts WireGuard's 25 s persistent keepalive
 	// several times over, so a live peer on the relay never goes idle.
 	defaultIdleTimeout = 2 * time.Minute
@@ -68,7 +75,10 @@ type Config struct {
 	// block; it reports false when the signal could not be queued.
 	Send func(*api.Signal) bool
 	// HostAddrs returns the host addresses ICE offers; a change restarts
-	// the sessions so new candidates are gathered.
+	// the sessions so new candidates are gathered. They should be every
+	// address of this host but loopback, link-local and the overlay's
+	// (refused anyway): remote candidates at them are refused, since a
+	// check there would reach this host, not the peer.
 	HostAddrs func() []netip.Addr
 	// Overlay reports addresses reachable only through the overlay itself
 	// (overlay prefixes, advertised routes): candidates there would tunnel
@@ -107,6 +117,10 @@ type PeerStatus struct {
 type Counters struct {
 	Attempts, Successes, Failures, Restarts uint64
 	SignalsIn, SignalsOut, SignalsDropped   uint64
+	// Remote candidates from signals: added to a session, refused
+	// (malformed, too long, or a type or address never checked; see
+	// remoteCandidate), or dropped over maxRemoteCandidates.
+	CandidatesAdded, CandidatesRefused, CandidatesDropped uint64
 }
 
 type session struct {
@@ -115,6 +129,7 @@ type session struct {
 	ctx     context.Context // ends when the session is closed
 	cancel  context.CancelFunc
 	dialing bool
+	remotes int // remote candidates added, at most maxRemoteCandidates
 	local   *CandidateInfo
 	remote  *CandidateInfo
 }
@@ -151,6 +166,9 @@ type Manager struct {
 	gone    pathsel.Stats // counters of peers that left
 	signals Counters
 	relayUp bool
+	// unfiltered lets every parsed remote candidate through, for tests
+	// that show what the filters keep out.
+	unfiltered bool
 }
 
 // New validates cfg and returns a manager.
@@ -480,7 +498,7 @@ func (m *Manager) newAgent() (*ice.Agent, error) {
 	if m.cfg.IPv6 {
 		nets = append(nets, ice.NetworkTypeUDP6)
 	}
-	return ice.NewAgent(&ice.AgentConfig{
+	cfg := &ice.AgentConfig{
 		Urls:                m.stun,
 		NetworkTypes:        nets,
 		CandidateTypes:      []ice.CandidateType{ice.CandidateTypeHost, ice.CandidateTypeServerReflexive},
@@ -491,7 +509,17 @@ func (m *Manager) newAgent() (*ice.Agent, error) {
 		FailedTimeout:       &failed,
 		KeepaliveInterval:   &ka,
 		LoggerFactory:       pionLogs{m.log.With("peer", "ice")},
-	})
+	}
+	if !m.unfiltered {
+		// Signalled candidates pass remoteCandidate first; this catches
+		// peer-reflexive ones, learned from the source of a check. pion
+		// sends to the unmapped address.
+		cfg.RemoteIPFilter = func(ip net.IP) bool {
+			a, ok := netip.AddrFromSlice(ip)
+			return ok && unsafeAddr(a.Unmap()) == ""
+		}
+	}
+	return ice.NewAgent(cfg)
 }
 
 // startSession creates an agent for session id and wires its callbacks.
@@ -659,15 +687,32 @@ func (m *Manager) handleSignal(sig *api.Signal) {
 		if p.s == nil || p.s.id != pl.GetSession() {
 			return
 		}
-		for _, raw := range pl.GetCandidates()[:min(len(pl.GetCandidates()), maxCandidates)] {
-			c, err := ice.UnmarshalCandidate(raw)
-			if err != nil || !m.acceptable(c) {
-				m.log.Debug("dropping remote candidate", "raw", raw, "err", err)
+		for i, raw := range pl.GetCandidates() {
+			if p.s.remotes >= maxRemoteCandidates {
+				n := uint64(len(pl.GetCandidates()) - i)
+				m.signals.CandidatesDropped += n
+				m.log.Debug("dropping remote candidates over the session's bound", "peer", keyString(key), "dropped", n, "max", maxRemoteCandidates)
+				break
+			}
+			var c ice.Candidate
+			var err error
+			if m.unfiltered {
+				c, err = ice.UnmarshalCandidate(raw)
+			} else {
+				c, err = remoteCandidate(raw, m.local)
+			}
+			if err != nil {
+				m.signals.CandidatesRefused++
+				m.log.Debug("refusing remote candidate", "peer", keyString(key), "err", err)
 				continue
 			}
 			if err := p.s.agent.AddRemoteCandidate(c); err != nil {
-				m.log.Debug("add remote candidate", "err", err)
+				m.signals.CandidatesRefused++
+				m.log.Debug("add remote candidate", "peer", keyString(key), "err", err)
+				continue
 			}
+			p.s.remotes++
+			m.signals.CandidatesAdded++
 		}
 	case api.SignalPayload_KIND_RESTART_REQUEST:
 		if p.controlling && p.m.State() != pathsel.Checking {
@@ -679,17 +724,89 @@ func (m *Manager) handleSignal(sig *api.Signal) {
 	}
 }
 
-// acceptable rejects candidates we never use: non-UDP, unresolved names,
-// and addresses reached through the overlay itself.
-func (m *Manager) acceptable(c ice.Candidate) bool {
-	if !c.NetworkType().IsUDP() || strings.HasSuffix(c.Address(), ".local") {
-		return false
+// local reports addresses a check must never go to besides those
+// remoteCandidate refuses anyway: this host's own, and those reached
+// through the overlay (WireGuard through WireGuard). Called with mu held.
+func (m *Manager) local(a netip.Addr) bool {
+	return slices.Contains(m.hosts, a) || (m.cfg.Overlay != nil && m.cfg.Overlay(a))
+}
+
+// errCandidate wraps every refusal of a remote candidate.
+var errCandidate = errors.New("remote candidate refused")
+
+// Special-purpose IPv4 and IPv6 blocks that netip has no method for.
+var (
+	thisNetwork    = netip.MustParsePrefix("0.0.0.0/8")   // "this network": 0.x.x.x goes to this host on Linux
+	reservedV4     = netip.MustParsePrefix("240.0.0.0/4") // reserved, and 255.255.255.255 (broadcast)
+	ipv4Compatible = netip.MustParsePrefix("::/96")       // deprecated; sit tunnels them into IPv4
+)
+
+// remoteCandidate parses a candidate as a peer signals it and refuses
+// what would make this node send STUN checks where no peer can be:
+// anything but a UDP host or server-reflexive candidate (edgewire
+// gathers no others and has no TURN; peer-reflexive ones are learned
+// from checks, never signalled), a port of 0, names (mDNS), and
+// addresses that are unspecified, loopback, link-local, multicast,
+// broadcast, in 0.0.0.0/8 or 240.0.0.0/4, IPv4 inside IPv6, or for
+// which local reports true. Private (RFC 1918, ULA) addresses pass:
+// peers on one LAN reach each other at their host candidates.
+//
+// A signal is authenticated, but that only says which peer sent it; a
+// peer (or a node that got hold of its key) must not be able to point
+// this node's checks at this host, its links or its overlay.
+func remoteCandidate(raw string, local func(netip.Addr) bool) (ice.Candidate, error) {
+	if len(raw) > maxCandidateLen {
+		return nil, fmt.Errorf("%w: %d bytes, more than %d", errCandidate, len(raw), maxCandidateLen)
+	}
+	c, err := ice.UnmarshalCandidate(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errCandidate, err)
+	}
+	if t := c.Type(); t != ice.CandidateTypeHost && t != ice.CandidateTypeServerReflexive {
+		return nil, fmt.Errorf("%w: type %s", errCandidate, t)
+	}
+	if !c.NetworkType().IsUDP() {
+		return nil, fmt.Errorf("%w: network %s", errCandidate, c.NetworkType())
 	}
 	a, err := netip.ParseAddr(c.Address())
-	if err != nil || a.IsUnspecified() || a.IsMulticast() {
-		return false
+	if err != nil {
+		return nil, fmt.Errorf("%w: address %q is not an IP address", errCandidate, c.Address())
 	}
-	return m.cfg.Overlay == nil || !m.cfg.Overlay(a.Unmap())
+	if why := unsafeAddr(a); why != "" {
+		return nil, fmt.Errorf("%w: address %s is %s", errCandidate, a, why)
+	}
+	if local != nil && local(a) {
+		return nil, fmt.Errorf("%w: address %s is this host's or the overlay's", errCandidate, a)
+	}
+	if c.Port() <= 0 || c.Port() > 65535 {
+		return nil, fmt.Errorf("%w: port %d", errCandidate, c.Port())
+	}
+	return c, nil
+}
+
+// unsafeAddr says why a must never get a check, or "" if it may.
+func unsafeAddr(a netip.Addr) string {
+	switch {
+	case a.Zone() != "":
+		return "scoped to a zone"
+	case a.IsUnspecified():
+		return "unspecified"
+	case a.IsLoopback():
+		return "loopback"
+	case a.Is4In6():
+		return "IPv4-mapped IPv6"
+	case a.Is6() && ipv4Compatible.Contains(a):
+		return "IPv4-compatible IPv6"
+	case a.IsMulticast():
+		return "multicast"
+	case a.IsLinkLocalUnicast():
+		return "link-local"
+	case thisNetwork.Contains(a):
+		return "in 0.0.0.0/8"
+	case reservedV4.Contains(a):
+		return "reserved or broadcast (240.0.0.0/4)"
+	}
+	return ""
 }
 
 // dial runs Dial (controlling) or Accept (controlled) in the background;
