@@ -12,10 +12,52 @@
 //
 // ANY queries get NOTIMP and zone transfers REFUSED: this server holds no
 // zone anyone should copy, and ANY is an amplification tool (RFC 8482).
+//
+// It serves local clients only (Config.Local: loopback, the host's
+// addresses, the node's pod CIDRs). A query from anyone else, an overlay
+// peer or a LAN neighbour that routes the DNS address through this node,
+// gets REFUSED in the read loop, before it is parsed further; a TCP
+// connection from one is closed as it is accepted. The agent's nftables
+// guard (node/svcproxy) drops such traffic before it gets here; this is
+// the second line.
+//
+// Forwarding is bounded so that a flood cannot take the agent's file
+// descriptors or memory:
+//
+//   - at most MaxInFlight queries wait on upstreams; past that, SERVFAIL
+//     at once;
+//   - each upstream has a fixed pool of connected UDP sockets, each with
+//     its own 16-bit id space and a map of the ids in flight; an answer
+//     is taken only if its id is in flight on that socket and its
+//     question matches, and anything else (late, spoofed) is dropped.
+//     A socket is replaced after queriesPerSocket queries, so its source
+//     port does not stay a fixed target. A truncated answer is fetched
+//     again over TCP, one connection per query but at most
+//     maxTCPForwards at once;
+//   - each client address has a token bucket for forwarded queries
+//     (ForwardRate, ForwardBurst; past it REFUSED) in a table of at most
+//     maxLimited addresses. Local names are never limited: they cost a
+//     map lookup and leave nothing behind;
+//   - client TCP connections are at most MaxTCPConns.
+//
+// Forwarding loops (two agents, or an agent and a forwarder, each the
+// other's upstream) end by themselves. Every forwarded query carries an
+// EDNS0 option of local/experimental code ednsLoopCode listing the random
+// instance ids of the forwarders it passed through; a query that arrives
+// carrying our own id, or maxForwardHops ids, gets SERVFAIL and is not
+// forwarded, so a loop of two agents costs one forward each. An EDNS0
+// option was chosen over a marker in the name or id because it needs no
+// state, passes through other edgewire agents intact, and resolvers that
+// do not know it ignore it (RFC 6891). A hop in the loop that drops
+// unknown options is caught by the second mechanism: identical questions
+// in flight are coalesced into one upstream exchange, so the looped
+// query waits for the exchange it is part of instead of starting another,
+// and the loop ends when that exchange times out.
 package dnsserver
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,6 +69,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/net/netutil"
 
 	"github.com/edgewire/edgewire/node/services"
 )
@@ -37,7 +80,14 @@ const (
 	DefaultMeshDomain    = "edgewire.internal"
 	DefaultTTL           = 5 // seconds, for local answers and the SOA minimum
 
+	DefaultMaxInFlight  = 256 // forwards waiting on upstreams at once
+	DefaultForwardRate  = 200 // forwarded queries per second per client address
+	DefaultForwardBurst = 400
+	DefaultMaxTCPConns  = 128 // client TCP connections at once
+
 	forwardTimeout = 2 * time.Second // per upstream and transport
+	// maxLimited is how many client addresses the rate limiter tracks.
+	maxLimited = 4096
 	// localUDPSize is the largest UDP reply we send from the index and the
 	// size we advertise in EDNS0 (DNS flag day 2020: no fragmentation).
 	localUDPSize = 1232
@@ -51,6 +101,26 @@ type Config struct {
 	Upstreams     []netip.AddrPort // forwarders; what ParseResolvConf returned
 	TTL           uint32           // local answers, seconds; default 5
 	Logger        *slog.Logger
+
+	// Local reports whether a client address is this node's own
+	// (loopback, host addresses, local pod CIDRs; see node/localsrc).
+	// Other clients get REFUSED and nothing else. nil: loopback only.
+	Local func(netip.Addr) bool
+	// MaxInFlight bounds the queries waiting on upstreams (coalesced
+	// ones included); past it a query gets SERVFAIL at once. Default
+	// DefaultMaxInFlight.
+	MaxInFlight int
+	// ForwardRate and ForwardBurst are each client address's token
+	// bucket for queries that are forwarded; past it they get REFUSED.
+	// Local names are never limited. Defaults DefaultForwardRate and
+	// DefaultForwardBurst; a negative rate means no limit.
+	ForwardRate  float64
+	ForwardBurst int
+	// MaxTCPConns bounds client TCP connections; more wait in the
+	// kernel's accept queue. Default DefaultMaxTCPConns.
+	MaxTCPConns int
+	// Now is the clock of the rate limiter (nil: time.Now).
+	Now func() time.Time
 }
 
 // Server answers DNS queries; see the package doc. It is a dns.Handler.
@@ -61,8 +131,20 @@ type Server struct {
 	mesh      string // lowercase FQDN, "edgewire.internal."
 	ttl       uint32
 	upstreams []string // "host:port", self removed, in order
-	udp, tcp  *dns.Client
+	pools     []*pool  // one per upstream, same order
+	tcp       *dns.Client
 	timeout   time.Duration // per upstream exchange; tests shorten it
+	local     func(netip.Addr) bool
+	now       func() time.Time
+	limiter   *limiter
+	slots     chan struct{}   // a token per forward in flight
+	tcpSlots  chan struct{}   // a token per TCP exchange with an upstream
+	tcpConns  int             // client TCP connection limit
+	id        [loopIDLen]byte // this server's id in loop markers
+	noMarker  bool            // tests: forward without the loop marker, as a hop that drops options would
+
+	callsMu sync.Mutex // guards calls
+	calls   map[callKey]*call
 
 	idx atomic.Pointer[index] // what ServeDNS reads; never nil after New
 
@@ -93,6 +175,27 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Local == nil {
+		cfg.Local = netip.Addr.IsLoopback
+	}
+	if cfg.MaxInFlight == 0 {
+		cfg.MaxInFlight = DefaultMaxInFlight
+	}
+	if cfg.ForwardRate == 0 {
+		cfg.ForwardRate = DefaultForwardRate
+	}
+	if cfg.ForwardBurst == 0 {
+		cfg.ForwardBurst = DefaultForwardBurst
+	}
+	if cfg.MaxTCPConns == 0 {
+		cfg.MaxTCPConns = DefaultMaxTCPConns
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.MaxInFlight < 0 || cfg.ForwardBurst < 0 || cfg.MaxTCPConns < 0 {
+		return nil, fmt.Errorf("dnsserver: negative limit (in flight %d, burst %d, TCP connections %d)", cfg.MaxInFlight, cfg.ForwardBurst, cfg.MaxTCPConns)
+	}
 	cluster, err := zoneName("cluster domain", cfg.ClusterDomain)
 	if err != nil {
 		return nil, err
@@ -105,16 +208,23 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("dnsserver: cluster domain %q and mesh domain %q overlap", cluster, mesh)
 	}
 	s := &Server{
-		log:     cfg.Logger,
-		listen:  cfg.Listen,
-		cluster: cluster,
-		mesh:    mesh,
-		ttl:     cfg.TTL,
-		udp:     &dns.Client{Net: "udp"},
-		tcp:     &dns.Client{Net: "tcp"},
-		timeout: forwardTimeout,
-		nodes:   map[string][]netip.Addr{},
+		log:      cfg.Logger,
+		listen:   cfg.Listen,
+		cluster:  cluster,
+		mesh:     mesh,
+		ttl:      cfg.TTL,
+		tcp:      &dns.Client{Net: "tcp"},
+		timeout:  forwardTimeout,
+		nodes:    map[string][]netip.Addr{},
+		local:    cfg.Local,
+		now:      cfg.Now,
+		limiter:  newLimiter(cfg.ForwardRate, cfg.ForwardBurst, maxLimited),
+		slots:    make(chan struct{}, cfg.MaxInFlight),
+		tcpSlots: make(chan struct{}, maxTCPForwards),
+		tcpConns: cfg.MaxTCPConns,
+		calls:    map[callKey]*call{},
 	}
+	rand.Read(s.id[:])
 	seen := map[netip.AddrPort]bool{}
 	for _, u := range cfg.Upstreams {
 		if !u.IsValid() || u.Port() == 0 || u.Addr().IsUnspecified() {
@@ -130,6 +240,7 @@ func New(cfg Config) (*Server, error) {
 			continue
 		}
 		s.upstreams = append(s.upstreams, u.String())
+		s.pools = append(s.pools, newPool(s, u))
 	}
 	if len(s.upstreams) == 0 {
 		s.log.Warn("dns server has no upstream resolvers; names outside the cluster and mesh domains get SERVFAIL")
@@ -219,6 +330,12 @@ func (s *Server) serve(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) {
 	}
 	m := new(dns.Msg)
 	m.SetReply(r)
+	if !s.local(clientAddr(w)) {
+		s.stats.refusedSource.Add(1)
+		m.Rcode = dns.RcodeRefused
+		s.write(w, m)
+		return
+	}
 	m.RecursionAvailable = len(s.upstreams) > 0
 	switch {
 	case r.Opcode != dns.OpcodeQuery:
@@ -352,12 +469,17 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	fctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	defer s.closeUpstreams() // after the servers' handlers are done
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) { s.serve(fctx, w, r) })
 	started := make(chan struct{}, 2)
 	notify := func() { started <- struct{}{} }
+	// Foreign clients are refused before miekg/dns parses their queries
+	// or starts a goroutine for them.
+	decorate := func(r dns.Reader) dns.Reader { return &localReader{inner: r, s: s} }
+	tcpLn := netutil.LimitListener(&localListener{Listener: ln, s: s}, s.tcpConns)
 	srvs := []*dns.Server{
-		{PacketConn: pc, Handler: h, NotifyStartedFunc: notify, MsgAcceptFunc: s.accept, MsgInvalidFunc: s.invalid},
-		{Listener: ln, Handler: h, NotifyStartedFunc: notify, MsgAcceptFunc: s.accept, MsgInvalidFunc: s.invalid},
+		{PacketConn: pc, Handler: h, NotifyStartedFunc: notify, MsgAcceptFunc: s.accept, MsgInvalidFunc: s.invalid, DecorateReader: decorate},
+		{Listener: tcpLn, Handler: h, NotifyStartedFunc: notify, MsgAcceptFunc: s.accept, MsgInvalidFunc: s.invalid},
 	}
 	errc := make(chan error, len(srvs))
 	for _, srv := range srvs {
@@ -436,6 +558,13 @@ type Stats struct {
 	Rejected       uint64            // malformed, unsupported or refused queries
 	Dropped        uint64            // responses sent to us: never answered
 	UpstreamErrors uint64            // failed exchanges with one upstream (timeouts, refused connections)
+	RefusedSource  uint64            // queries and TCP connections from clients that are not local: REFUSED or closed
+	RateLimited    uint64            // forwards past the client's rate: REFUSED
+	Overloaded     uint64            // forwards past MaxInFlight: SERVFAIL
+	Loops          uint64            // forwards carrying our own loop marker, or too many hops: SERVFAIL
+	Coalesced      uint64            // forwards that waited for the same question already in flight
+	StrayReplies   uint64            // upstream datagrams matching no query in flight (late, spoofed, garbled)
+	TCPBusy        uint64            // truncated answers passed on because every TCP slot was taken
 	Rcodes         map[string]uint64 // replies by rcode name ("NOERROR", "NXDOMAIN", ...; "OTHER")
 }
 
@@ -447,6 +576,13 @@ func (s *Server) Stats() Stats {
 		Rejected:       s.stats.rejected.Load(),
 		Dropped:        s.stats.dropped.Load(),
 		UpstreamErrors: s.stats.upstreamErrors.Load(),
+		RefusedSource:  s.stats.refusedSource.Load(),
+		RateLimited:    s.stats.rateLimited.Load(),
+		Overloaded:     s.stats.overloaded.Load(),
+		Loops:          s.stats.loops.Load(),
+		Coalesced:      s.stats.coalesced.Load(),
+		StrayReplies:   s.stats.strayReplies.Load(),
+		TCPBusy:        s.stats.tcpBusy.Load(),
 		Rcodes:         map[string]uint64{},
 	}
 	for rc := range s.stats.rcodes {
@@ -469,6 +605,8 @@ const otherRcode = dns.RcodeBadCookie + 1 // bucket for rcodes without a name he
 
 type counters struct {
 	local, forwarded, rejected, dropped, upstreamErrors atomic.Uint64
+	refusedSource, rateLimited, overloaded, loops       atomic.Uint64
+	coalesced, strayReplies, tcpBusy                    atomic.Uint64
 	rcodes                                              [otherRcode + 1]atomic.Uint64
 }
 
@@ -479,6 +617,110 @@ func (c *counters) rcode(rc int) {
 	c.rcodes[rc].Add(1)
 }
 
-// errNoUpstream is why a non-local name gets SERVFAIL when every configured
-// upstream was this server itself.
-var errNoUpstream = errors.New("no upstream resolvers")
+// closeUpstreams closes the pooled upstream sockets and waits for their
+// readers.
+func (s *Server) closeUpstreams() {
+	for _, p := range s.pools {
+		p.close()
+	}
+}
+
+// clientAddr is the client's address, unmapped; invalid if w's address
+// is not an IP address.
+func clientAddr(w dns.ResponseWriter) netip.Addr {
+	return addrOf(w.RemoteAddr())
+}
+
+func addrOf(a net.Addr) netip.Addr {
+	switch a := a.(type) {
+	case *net.UDPAddr:
+		return a.AddrPort().Addr().Unmap()
+	case *net.TCPAddr:
+		return a.AddrPort().Addr().Unmap()
+	case nil:
+		return netip.Addr{}
+	}
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
+
+// localReader hands miekg/dns only datagrams from local clients. Others
+// get REFUSED here, in the read loop (a query that does not parse gets
+// nothing), and are never parsed further or given a goroutine.
+type localReader struct {
+	inner dns.Reader
+	s     *Server
+}
+
+var _ dns.PacketConnReader = (*localReader)(nil)
+
+func (r *localReader) ReadTCP(conn net.Conn, timeout time.Duration) ([]byte, error) {
+	return r.inner.ReadTCP(conn, timeout)
+}
+
+func (r *localReader) ReadUDP(conn *net.UDPConn, timeout time.Duration) ([]byte, *dns.SessionUDP, error) {
+	for {
+		m, sess, err := r.inner.ReadUDP(conn, timeout)
+		if err != nil || r.s.local(addrOf(sess.RemoteAddr())) {
+			return m, sess, err
+		}
+		if b := r.s.refusal(m); b != nil {
+			dns.WriteToSessionUDP(conn, b, sess)
+		}
+	}
+}
+
+func (r *localReader) ReadPacketConn(conn net.PacketConn, timeout time.Duration) ([]byte, net.Addr, error) {
+	pr, ok := r.inner.(dns.PacketConnReader)
+	if !ok {
+		return nil, nil, errors.New("dns reader cannot read packet connections")
+	}
+	for {
+		m, from, err := pr.ReadPacketConn(conn, timeout)
+		if err != nil || r.s.local(addrOf(from)) {
+			return m, from, err
+		}
+		if b := r.s.refusal(m); b != nil {
+			conn.WriteTo(b, from)
+		}
+	}
+}
+
+// refusal counts a query from a foreign client and returns the REFUSED
+// reply to send, or nil for a message that is not a parsable query.
+func (s *Server) refusal(b []byte) []byte {
+	s.stats.refusedSource.Add(1)
+	q := new(dns.Msg)
+	if err := q.Unpack(b); err != nil || q.Response {
+		return nil
+	}
+	m := new(dns.Msg)
+	m.SetRcode(q, dns.RcodeRefused)
+	out, err := m.Pack()
+	if err != nil {
+		return nil
+	}
+	s.stats.rcode(dns.RcodeRefused)
+	return out
+}
+
+// localListener closes TCP connections from foreign clients as they are
+// accepted.
+type localListener struct {
+	net.Listener
+	s *Server
+}
+
+func (l *localListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil || l.s.local(addrOf(c.RemoteAddr())) {
+			return c, err
+		}
+		l.s.stats.refusedSource.Add(1)
+		c.Close()
+	}
+}

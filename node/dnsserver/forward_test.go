@@ -22,16 +22,19 @@ import (
 type upstream struct {
 	addr netip.AddrPort
 
-	mu      sync.Mutex // guards the fields below
-	udp     int        // queries received over UDP
-	tcp     int        // queries received over TCP
-	ids     []uint16   // query ids in arrival order
-	udpSize []uint16   // EDNS0 size of each query; 0 without OPT
+	mu      sync.Mutex    // guards the fields below
+	delay   time.Duration // before each answer
+	udp     int           // queries received over UDP
+	tcp     int           // queries received over TCP
+	ids     []uint16      // query ids in arrival order
+	udpSize []uint16      // EDNS0 size of each query; 0 without OPT
+	marked  []bool        // whether each query carried a loop marker
 }
 
 func (u *upstream) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	_, overTCP := w.RemoteAddr().(*net.TCPAddr)
 	u.mu.Lock()
+	delay := u.delay
 	if overTCP {
 		u.tcp++
 	} else {
@@ -39,11 +42,16 @@ func (u *upstream) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	}
 	u.ids = append(u.ids, r.Id)
 	var size uint16
+	var marked bool
 	if o := r.IsEdns0(); o != nil {
 		size = o.UDPSize()
+		ids, ok := loopIDs(o)
+		marked = ok && len(ids) > 0
 	}
 	u.udpSize = append(u.udpSize, size)
+	u.marked = append(u.marked, marked)
 	u.mu.Unlock()
+	time.Sleep(delay)
 
 	m := new(dns.Msg)
 	m.SetReply(r)
@@ -133,11 +141,12 @@ func closedPort(t *testing.T) netip.AddrPort {
 
 func forwardServer(t *testing.T, ups ...netip.AddrPort) *Server {
 	t.Helper()
-	s, err := New(Config{Listen: netip.MustParseAddrPort("169.254.96.16:53"), Upstreams: ups})
+	s, err := New(Config{Listen: netip.MustParseAddrPort("169.254.96.16:53"), Upstreams: ups, ForwardRate: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	s.timeout = 300 * time.Millisecond
+	t.Cleanup(s.closeUpstreams)
 	return s
 }
 
@@ -184,6 +193,9 @@ func TestForward(t *testing.T) {
 				t.Fatalf("got %d replies (pack error %v), want 1", len(rec.msgs), rec.packErr)
 			}
 			m := rec.msgs[0]
+			if tt.edns == 0 && m.IsEdns0() != nil {
+				t.Errorf("OPT in the reply to a client that sent none")
+			}
 			if m.Id != 0xbeef {
 				t.Errorf("id: got %#x, want 0xbeef", m.Id)
 			}
@@ -214,11 +226,17 @@ func TestForward(t *testing.T) {
 			}
 			live.mu.Lock()
 			if n := len(live.ids); n > 0 && udp1 > udp0 {
-				if live.ids[n-1] != 0xbeef {
-					t.Errorf("upstream saw id %#x, want 0xbeef", live.ids[n-1])
+				if !live.marked[n-1] {
+					t.Errorf("upstream saw no loop marker")
 				}
-				if live.udpSize[n-1] != tt.edns {
-					t.Errorf("upstream saw EDNS0 size %d, want %d", live.udpSize[n-1], tt.edns)
+				// Every forwarded query carries an OPT (the loop marker);
+				// without the client's, ours advertises localUDPSize.
+				want := tt.edns
+				if want == 0 {
+					want = localUDPSize
+				}
+				if live.udpSize[n-1] != want {
+					t.Errorf("upstream saw EDNS0 size %d, want %d", live.udpSize[n-1], want)
 				}
 			}
 			live.mu.Unlock()

@@ -11,6 +11,7 @@ import (
 // (truncation, extended rcodes) and a reply that cannot be packed fails.
 type recorder struct {
 	tcp     bool
+	from    net.IP     // client address; nil: 127.0.0.1
 	msgs    []*dns.Msg // replies as a client would decode them
 	sizes   []int      // their length on the wire
 	packErr error      // first reply that did not pack
@@ -27,9 +28,16 @@ func (r *recorder) LocalAddr() net.Addr {
 
 func (r *recorder) RemoteAddr() net.Addr {
 	if r.tcp {
-		return &net.TCPAddr{IP: net.IPv4(10, 1, 2, 3), Port: 40000}
+		return &net.TCPAddr{IP: r.remoteIP(), Port: 40000}
 	}
-	return &net.UDPAddr{IP: net.IPv4(10, 1, 2, 3), Port: 40000}
+	return &net.UDPAddr{IP: r.remoteIP(), Port: 40000}
+}
+
+func (r *recorder) remoteIP() net.IP {
+	if r.from != nil {
+		return r.from
+	}
+	return net.IPv4(127, 0, 0, 1)
 }
 
 func (r *recorder) WriteMsg(m *dns.Msg) error {
@@ -86,4 +94,4 @@ func (d *discard) TsigStatus() error           { return nil }
 func (d *discard) TsigTimersOnly(bool)         {}
 func (d *discard) Hijack()                     {}
 
-var udpRemote = &net.UDPAddr{IP: net.IPv4(10, 1, 2, 3), Port: 40000}
+var udpRemote = &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}
