@@ -4,6 +4,15 @@
 // address, so `ssh -o ProxyCommand='nc -X 5 -x ADDR:1080 %h %p' user@edge-node-01`
 // works from any node. It only dials overlay destinations (node names and
 // addresses the Resolver accepts), so it is never an open proxy.
+//
+// It serves local clients only (Config.Local: loopback, the host's
+// addresses, the node's pod CIDRs): a connection from anyone else, an
+// overlay peer or a LAN neighbour that routes the listen address through
+// this node, is closed as it is accepted, before a byte is read or
+// written, and counted. The agent's nftables guard (node/svcproxy) drops
+// such connections before they get here; this is the second line.
+// Connections are at most MaxConns at once; more wait in the kernel's
+// accept queue.
 package socks5
 
 import (
@@ -48,6 +57,9 @@ type Resolver interface {
 // ErrNotAllowed is what a Resolver returns for destinations outside the overlay.
 var ErrNotAllowed = errors.New("destination not on the overlay")
 
+// DefaultMaxConns bounds concurrent client connections.
+const DefaultMaxConns = 256
+
 // Config configures a Server.
 type Config struct {
 	Listen   netip.AddrPort
@@ -55,14 +67,22 @@ type Config struct {
 	Logger   *slog.Logger
 	// Dial connects to the destination (nil: net.Dialer with a 10 s timeout).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Local reports whether a client address is this node's own
+	// (loopback, host addresses, local pod CIDRs; see node/localsrc).
+	// Connections from others are closed at once. nil: loopback only.
+	Local func(netip.Addr) bool
+	// MaxConns bounds client connections at once (default DefaultMaxConns).
+	MaxConns int
 }
 
 // Server is a SOCKS5 server.
 type Server struct {
-	cfg   Config
-	log   *slog.Logger
-	conns atomic.Uint64
-	wg    sync.WaitGroup
+	cfg     Config
+	log     *slog.Logger
+	conns   atomic.Uint64 // connections proxied
+	refused atomic.Uint64 // connections from foreign clients, closed
+	slots   chan struct{} // a token per open client connection
+	wg      sync.WaitGroup
 }
 
 // New validates cfg.
@@ -80,11 +100,23 @@ func New(cfg Config) (*Server, error) {
 		d := &net.Dialer{Timeout: 10 * time.Second}
 		cfg.Dial = d.DialContext
 	}
-	return &Server{cfg: cfg, log: cfg.Logger}, nil
+	if cfg.Local == nil {
+		cfg.Local = netip.Addr.IsLoopback
+	}
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = DefaultMaxConns
+	}
+	if cfg.MaxConns < 0 {
+		return nil, fmt.Errorf("socks5: MaxConns %d is negative", cfg.MaxConns)
+	}
+	return &Server{cfg: cfg, log: cfg.Logger, slots: make(chan struct{}, cfg.MaxConns)}, nil
 }
 
 // Connections returns how many connections were proxied.
 func (s *Server) Connections() uint64 { return s.conns.Load() }
+
+// Refused returns how many connections from foreign clients were closed.
+func (s *Server) Refused() uint64 { return s.refused.Load() }
 
 // Run serves until ctx ends, then waits for its connections to finish.
 func (s *Server) Run(ctx context.Context) error {
@@ -103,19 +135,45 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}()
 	defer s.wg.Wait()
 	for {
+		select {
+		case s.slots <- struct{}{}:
+		case <-ctx.Done():
+			return nil
+		}
 		c, err := ln.Accept()
 		if err != nil {
+			<-s.slots
 			if ctx.Err() != nil {
 				return nil
 			}
 			return err
 		}
+		if from := remoteAddr(c); !s.cfg.Local(from) {
+			<-s.slots
+			s.refused.Add(1)
+			s.log.Debug("socks5: connection from a foreign client closed", "from", from)
+			c.Close()
+			continue
+		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
+			defer func() { <-s.slots }()
 			s.handle(ctx, c)
 		}()
 	}
+}
+
+// remoteAddr is c's peer address, unmapped (invalid if not IP).
+func remoteAddr(c net.Conn) netip.Addr {
+	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return ta.AddrPort().Addr().Unmap()
+	}
+	ap, err := netip.ParseAddrPort(c.RemoteAddr().String())
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
 }
 
 // Request is a parsed CONNECT request.
@@ -273,8 +331,10 @@ func (s *Server) handle(ctx context.Context, c net.Conn) {
 	}
 }
 
+// closeWrite half-closes c where it can (TCP), so the peer sees EOF
+// while the other direction goes on.
 func closeWrite(c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
-		tc.CloseWrite()
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
 	}
 }
