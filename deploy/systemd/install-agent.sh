@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs the edgewire agent on an edge host as a systemd service: the
-# binary, /etc/edgewire/agent.env, the unit, then enables and starts it.
-# Safe to run again: unchanged files are left alone, and the service is
-# restarted only when something changed.
+# binary, /etc/edgewire/agent.env, the join token in
+# /etc/edgewire/join-token (root only; the agent deletes it once the node
+# is enrolled), the unit, then enables and starts it. Safe to run again:
+# unchanged files are left alone, and the service is restarted only when
+# something changed.
 #
-#   install-agent.sh --coordinator coord.example.com:8443 --token ewt1.... \
-#       (--binary ./edgewire-agent | --url https://.../edgewire-agent [--sha256 HEX])
+#   install-agent.sh --coordinator coord.example.com:8443 --token-file token.txt \
+#       (--binary ./edgewire-agent | --url https://.../edgewire-agent --sha256 HEX)
 #
 # Run with --help for every option.
 set -euo pipefail
@@ -18,23 +20,29 @@ systemctl=${EDGEWIRE_SYSTEMCTL:-systemctl}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 bin_path=$root/usr/local/bin/edgewire-agent
 env_path=$root/etc/edgewire/agent.env
+# The token file's path as the agent sees it (agent args) and as staged.
+token_path=/etc/edgewire/join-token
+token_dest=$root$token_path
 unit_path=$root/etc/systemd/system/edgewire-agent.service
 state_dir=$root/var/lib/edgewire/agent
 
 usage() {
 	cat <<'EOF'
 Usage: install-agent.sh --coordinator HOST:PORT [--token TOKEN | --token-file FILE]
-                        [--binary PATH | --url URL [--sha256 HEX]]
+                        [--binary PATH | --url URL --sha256 HEX]
                         [--name NODE] [--agent-args "ARGS"] [--unit PATH] [--no-start]
 
   --coordinator HOST:PORT  the coordinator's agent port (TCP 8443 by default)
   --token TOKEN            join token (edgewire token create); also read from
                            $EDGEWIRE_TOKEN. Not needed once the node has joined
-                           or when agent.env already holds one.
+                           or while /etc/edgewire/join-token still holds one.
+                           It goes into /etc/edgewire/join-token (mode 0600),
+                           which the agent deletes once the node is enrolled.
   --token-file FILE        read the join token from FILE (keeps it out of ps)
   --binary PATH            install this edgewire-agent binary
-  --url URL                download edgewire-agent from URL (https)
-  --sha256 HEX             expected SHA-256 of the binary (recommended with --url)
+  --url URL                download edgewire-agent from URL (http or https);
+                           needs --sha256
+  --sha256 HEX             expected SHA-256 of the binary (required with --url)
   --name NODE              node name (default: the hostname)
   --agent-args "ARGS"      more edgewire-agent run flags, e.g.
                            "--advertise-routes 10.42.3.0/24 --relay-region 2"
@@ -90,6 +98,10 @@ done
 [ -z "$sha256" ] || [ -n "$url$binary" ] || usage_error "--sha256 needs --binary or --url"
 [ -z "$sha256" ] || [[ $sha256 =~ ^[0-9a-fA-F]{64}$ ]] || usage_error "--sha256: want 64 hex digits"
 [ -z "$url" ] || [[ $url =~ ^https?:// ]] || usage_error "--url $url: want an http(s) URL"
+# The binary runs as root: whoever can answer the download (a proxy, a
+# mirror, anyone on the path of an http URL) would own the host.
+[ -z "$url" ] || [ -n "$sha256" ] ||
+	usage_error "--url needs --sha256 HEX: a downloaded binary is checked against a checksum from a source you trust (or download it yourself and pass --binary PATH)"
 [ -z "$binary" ] || [ -f "$binary" ] || usage_error "--binary $binary: no such file"
 [ -z "$token" ] || [ -z "$token_file" ] || usage_error "give --token or --token-file, not both"
 if [ -n "$token_file" ]; then
@@ -105,6 +117,9 @@ fi
 # backslashes specially: keep extra flags to plain words.
 [[ $agent_args =~ ^[A-Za-z0-9\ ._,:/=@+-]*$ ]] ||
 	usage_error "--agent-args may hold only letters, digits, spaces and . _ , : / = @ + -"
+# A token there would stay in agent.env for good.
+! [[ " $agent_args" =~ \ --token(-file)?(=|\ |$) ]] ||
+	usage_error "--agent-args: pass the join token with --token or --token-file, not among the agent's flags"
 [ -f "$unit_src" ] || usage_error "unit file $unit_src not found (pass --unit)"
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (it installs into /usr/local/bin, /etc and systemd)"
@@ -129,7 +144,8 @@ install_file() {
 		return
 	fi
 	mkdir -p "$(dirname "$dest")"
-	install -m "$mode" "$src" "$dest.new"
+	# umask: no moment where the copy (a token, say) is readable by others.
+	(umask 077 && install -m "$mode" "$src" "$dest.new")
 	mv -f "$dest.new" "$dest"
 	echo "installed $dest"
 	changed=yes
@@ -158,23 +174,37 @@ elif [ ! -x "$bin_path" ]; then
 	usage_error "no agent at $bin_path: pass --binary PATH or --url URL"
 fi
 
-# agent.env. Keep a token from an earlier run unless a new one is given.
-if [ -z "$token" ] && [ -f "$env_path" ]; then
+# The join token. It goes into its own root-only file, never into
+# agent.env: the agent reads it with --token-file and deletes it once the
+# node is enrolled, so it does not stay on disk. A token file the agent
+# has not used yet is kept unless a new token is given. (Installs before
+# this one kept the token in agent.env; it moves out of there now, or is
+# dropped if the node has joined.)
+joined=no
+[ -z "$(ls -A "$state_dir" 2>/dev/null)" ] || joined=yes
+if [ -z "$token" ] && [ ! -f "$token_dest" ] && [ "$joined" = no ] && [ -f "$env_path" ]; then
 	token=$(sed -n 's/^EDGEWIRE_TOKEN=//p' "$env_path" | tail -n 1)
+	[ -z "$token" ] || [[ $token =~ ^ewt1\.[A-Za-z0-9._~+/=-]+$ ]] || token=''
 fi
-if [ -z "$token" ] && [ -z "$(ls -A "$state_dir" 2>/dev/null)" ]; then
+if [ -z "$token" ] && [ ! -f "$token_dest" ] && [ "$joined" = no ]; then
 	usage_error "this node has not joined yet: pass --token or --token-file"
 fi
+mkdir -p "$(dirname "$env_path")"
+chmod 0755 "$(dirname "$env_path")"
+if [ -n "$token" ]; then
+	(umask 077 && echo "$token" >"$tmp/join-token")
+	install_file "$tmp/join-token" "$token_dest" 0600
+fi
+
+# agent.env.
 args=$agent_args
+[ ! -f "$token_dest" ] || args="--token-file $token_path${args:+ $args}"
 [ -z "$name" ] || args="--name $name${args:+ $args}"
 {
 	echo "# Written by install-agent.sh; read by edgewire-agent.service."
 	echo "EDGEWIRE_COORDINATOR=$coordinator"
-	[ -z "$token" ] || echo "EDGEWIRE_TOKEN=$token"
 	echo "EDGEWIRE_AGENT_ARGS=\"$args\""
 } >"$tmp/agent.env"
-mkdir -p "$(dirname "$env_path")"
-chmod 0755 "$(dirname "$env_path")"
 install_file "$tmp/agent.env" "$env_path" 0600
 
 # The unit.

@@ -3,7 +3,11 @@ package deploy
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
+	"encoding/pem"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -204,6 +208,7 @@ type installRun struct {
 	t      *testing.T
 	script string
 	root   string
+	env    []string // more environment, e.g. CURL_CA_BUNDLE
 }
 
 func newInstallRun(t *testing.T) *installRun {
@@ -222,6 +227,9 @@ func (r *installRun) run(prefix []string, args ...string) (int, string) {
 	argv := append(append(slices.Clone(prefix), "bash", r.script), args...)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), "EDGEWIRE_INSTALL_ROOT="+r.root, "EDGEWIRE_SYSTEMCTL="+filepath.Join(r.root, "systemctl"), "EDGEWIRE_TOKEN=")
+	// Downloads go to the test's loopback servers, never through a proxy.
+	cmd.Env = append(cmd.Env, "http_proxy=", "https_proxy=", "HTTPS_PROXY=", "all_proxy=", "ALL_PROXY=", "no_proxy=*", "NO_PROXY=*")
+	cmd.Env = append(cmd.Env, r.env...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
@@ -247,6 +255,49 @@ func (r *installRun) systemctl() []string {
 		return nil
 	}
 	return strings.Split(strings.TrimSpace(string(b)), "\n")
+}
+
+// read returns the file at rel under the staging root.
+func (r *installRun) read(rel string) string {
+	r.t.Helper()
+	b, err := os.ReadFile(filepath.Join(r.root, rel))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return string(b)
+}
+
+// exists reports whether rel exists under the staging root.
+func (r *installRun) exists(rel string) bool {
+	r.t.Helper()
+	_, err := os.Stat(filepath.Join(r.root, rel))
+	if err != nil && !os.IsNotExist(err) {
+		r.t.Fatal(err)
+	}
+	return err == nil
+}
+
+// write puts a file at rel under the staging root, as an earlier install
+// or the agent would have.
+func (r *installRun) write(rel, content string, mode os.FileMode) {
+	r.t.Helper()
+	p := filepath.Join(r.root, rel)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		r.t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(content), mode); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+// enrol does what the agent does on joining: saves its enrolment in the
+// state dir and deletes the join token file.
+func (r *installRun) enrol() {
+	r.t.Helper()
+	r.write("var/lib/edgewire/agent/enrolment.json", "{}", 0o600)
+	if err := os.Remove(filepath.Join(r.root, "etc/edgewire/join-token")); err != nil && !os.IsNotExist(err) {
+		r.t.Fatal(err)
+	}
 }
 
 func TestInstallAgentScript(t *testing.T) {
@@ -275,6 +326,12 @@ func TestInstallAgentScript(t *testing.T) {
 		{"quote in agent args", []string{"--coordinator", "c:8443", "--agent-args", `--x "y"`}, "--agent-args may hold only"},
 		{"unknown flag", []string{"--coordinator", "c:8443", "--frobnicate"}, "unknown argument: --frobnicate"},
 		{"flag without value", []string{"--coordinator"}, "--coordinator needs a value"},
+		// Loopback URLs with a closed port: a script that did not refuse
+		// them still sends nothing off this host.
+		{"https download without sha256", []string{"--coordinator", "c:8443", "--token", token, "--url", "https://127.0.0.1:1/edgewire-agent"}, "--url needs --sha256"},
+		{"http download without sha256", []string{"--coordinator", "c:8443", "--token", token, "--url", "http://127.0.0.1:1/edgewire-agent"}, "--url needs --sha256"},
+		{"token in agent args", []string{"--coordinator", "c:8443", "--agent-args", "--name x --token " + token}, "not among the agent's flags"},
+		{"token file in agent args", []string{"--coordinator", "c:8443", "--agent-args", "--token-file=/root/token"}, "not among the agent's flags"},
 	}
 	for _, tc := range bad {
 		t.Run("refuses/"+tc.name, func(t *testing.T) {
@@ -323,6 +380,7 @@ func TestInstallAgentScript(t *testing.T) {
 		}{
 			{"usr/local/bin/edgewire-agent", 0o755},
 			{"etc/edgewire/agent.env", 0o600},
+			{"etc/edgewire/join-token", 0o600},
 			{"etc/systemd/system/edgewire-agent.service", 0o644},
 		}
 		for _, f := range files {
@@ -334,18 +392,20 @@ func TestInstallAgentScript(t *testing.T) {
 				t.Errorf("%s: got mode %v, want %v", f.path, st.Mode().Perm(), f.mode)
 			}
 		}
-		env, err := os.ReadFile(filepath.Join(r.root, "etc/edgewire/agent.env"))
-		if err != nil {
-			t.Fatal(err)
-		}
+		env := r.read("etc/edgewire/agent.env")
 		for _, want := range []string{
 			"EDGEWIRE_COORDINATOR=coord.example.com:8443\n",
-			"EDGEWIRE_TOKEN=" + token + "\n",
-			`EDGEWIRE_AGENT_ARGS="--name edge-01 --advertise-routes 10.42.3.0/24"` + "\n",
+			`EDGEWIRE_AGENT_ARGS="--name edge-01 --token-file /etc/edgewire/join-token --advertise-routes 10.42.3.0/24"` + "\n",
 		} {
-			if !strings.Contains(string(env), want) {
+			if !strings.Contains(env, want) {
 				t.Errorf("agent.env:\n%s\nwant it to contain %q", env, want)
 			}
+		}
+		if strings.Contains(env, token) || strings.Contains(env, "EDGEWIRE_TOKEN") {
+			t.Errorf("agent.env:\n%s\nwant no join token in it", env)
+		}
+		if got := r.read("etc/edgewire/join-token"); got != token+"\n" {
+			t.Errorf("join-token: got %q, want %q", got, token+"\n")
 		}
 		unit, err := os.ReadFile(filepath.Join(r.root, "etc/systemd/system/edgewire-agent.service"))
 		if err != nil {
@@ -367,18 +427,120 @@ func TestInstallAgentScript(t *testing.T) {
 			t.Errorf("second run systemctl calls: got %q, want %q", got, want)
 		}
 
-		// Without --token and --binary: the token from agent.env and the
-		// installed binary are kept.
-		code, out = r.run(nil, "--coordinator", "coord.example.com:8443", "--name", "edge-01", "--agent-args", "--advertise-routes 10.42.3.0/24")
+		// Without --token and --binary: the token file the agent has not
+		// used yet and the installed binary are kept.
+		rest := []string{"--coordinator", "coord.example.com:8443", "--name", "edge-01", "--agent-args", "--advertise-routes 10.42.3.0/24"}
+		code, out = r.run(nil, rest...)
 		if code != 0 {
 			t.Fatalf("third run: exit %d, want 0:\n%s", code, out)
 		}
-		env2, err := os.ReadFile(filepath.Join(r.root, "etc/edgewire/agent.env"))
-		if err != nil {
+		if strings.Contains(out, "installed ") {
+			t.Errorf("third run output %q: want no file installed", out)
+		}
+		if got := r.read("etc/edgewire/agent.env"); got != env {
+			t.Errorf("agent.env after a run without --token:\n%s\nwant unchanged:\n%s", got, env)
+		}
+		if got := r.read("etc/edgewire/join-token"); got != token+"\n" {
+			t.Errorf("join-token after a run without --token: got %q, want %q", got, token+"\n")
+		}
+		r.systemctl()
+
+		// The agent enrols and deletes the token file (as edgewire-agent
+		// --token-file does): a run without --token leaves it gone and
+		// stops passing --token-file.
+		r.enrol()
+		code, out = r.run(nil, rest...)
+		if code != 0 {
+			t.Fatalf("run after enrolment: exit %d, want 0:\n%s", code, out)
+		}
+		if r.exists("etc/edgewire/join-token") {
+			t.Error("join-token after enrolment: exists, want it left deleted")
+		}
+		if got, want := r.read("etc/edgewire/agent.env"), `EDGEWIRE_AGENT_ARGS="--name edge-01 --advertise-routes 10.42.3.0/24"`+"\n"; !strings.Contains(got, want) {
+			t.Errorf("agent.env after enrolment:\n%s\nwant it to contain %q", got, want)
+		}
+		if got, want := r.systemctl(), []string{"daemon-reload", "enable edgewire-agent.service", "restart edgewire-agent.service"}; !slices.Equal(got, want) {
+			t.Errorf("run after enrolment: systemctl calls: got %q, want %q (agent.env changed)", got, want)
+		}
+	})
+
+	// Installs before the token file kept the token in agent.env.
+	const oldEnv = "EDGEWIRE_COORDINATOR=c:8443\nEDGEWIRE_TOKEN=" + token + "\nEDGEWIRE_AGENT_ARGS=\"\"\n"
+	t.Run("moves the token out of an old agent.env", func(t *testing.T) {
+		r := newInstallRun(t)
+		r.write("etc/edgewire/agent.env", oldEnv, 0o600)
+		code, out := r.run(nil, "--coordinator", "c:8443", "--binary", fakeBin)
+		if code != 0 {
+			t.Fatalf("exit %d, want 0:\n%s", code, out)
+		}
+		if got := r.read("etc/edgewire/join-token"); got != token+"\n" {
+			t.Errorf("join-token: got %q, want %q", got, token+"\n")
+		}
+		env := r.read("etc/edgewire/agent.env")
+		if strings.Contains(env, token) || !strings.Contains(env, `EDGEWIRE_AGENT_ARGS="--token-file /etc/edgewire/join-token"`) {
+			t.Errorf("agent.env:\n%s\nwant no token and --token-file in the agent args", env)
+		}
+	})
+	t.Run("drops an old agent.env's token once the node joined", func(t *testing.T) {
+		r := newInstallRun(t)
+		r.write("etc/edgewire/agent.env", oldEnv, 0o600)
+		r.enrol()
+		code, out := r.run(nil, "--coordinator", "c:8443", "--binary", fakeBin)
+		if code != 0 {
+			t.Fatalf("exit %d, want 0:\n%s", code, out)
+		}
+		if r.exists("etc/edgewire/join-token") {
+			t.Error("join-token: exists, want none for a node that joined")
+		}
+		if env := r.read("etc/edgewire/agent.env"); strings.Contains(env, token) || strings.Contains(env, "--token-file") {
+			t.Errorf("agent.env:\n%s\nwant neither the token nor --token-file", env)
+		}
+	})
+
+	t.Run("downloads only what matches --sha256", func(t *testing.T) {
+		elfSum := fmt.Sprintf("%x", sha256.Sum256(elf))
+		serve := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write(elf) })
+		plain := httptest.NewServer(serve)
+		defer plain.Close()
+		tlsSrv := httptest.NewTLSServer(serve)
+		defer tlsSrv.Close()
+		ca := filepath.Join(t.TempDir(), "ca.pem")
+		if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: tlsSrv.Certificate().Raw}), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if !bytes.Equal(env, env2) {
-			t.Errorf("agent.env after a run without --token:\n%s\nwant unchanged:\n%s", env2, env)
+		for _, tc := range []struct {
+			name, url, sum string
+			ok             bool
+		}{
+			{"http, right sum", plain.URL + "/edgewire-agent", elfSum, true},
+			{"https, right sum", tlsSrv.URL + "/edgewire-agent", elfSum, true},
+			{"https, upper-case sum", tlsSrv.URL + "/edgewire-agent", strings.ToUpper(elfSum), true},
+			{"http, wrong sum", plain.URL + "/edgewire-agent", strings.Repeat("0", 64), false},
+			{"https, wrong sum", tlsSrv.URL + "/edgewire-agent", strings.Repeat("ab", 32), false},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				r := newInstallRun(t)
+				r.env = []string{"CURL_CA_BUNDLE=" + ca, "SSL_CERT_FILE=" + ca}
+				code, out := r.run(nil, "--coordinator", "c:8443", "--token", token, "--url", tc.url, "--sha256", tc.sum)
+				if !tc.ok {
+					if code != 1 || !strings.Contains(out, "SHA-256 of") {
+						t.Errorf("exit %d, output %q; want exit 1 and %q", code, out, "SHA-256 of")
+					}
+					if r.exists("usr/local/bin/edgewire-agent") {
+						t.Error("a binary with the wrong checksum was installed")
+					}
+					if calls := r.systemctl(); len(calls) > 0 {
+						t.Errorf("systemctl calls: got %q, want none", calls)
+					}
+					return
+				}
+				if code != 0 {
+					t.Fatalf("exit %d, want 0:\n%s", code, out)
+				}
+				if got := r.read("usr/local/bin/edgewire-agent"); got != string(elf) {
+					t.Errorf("installed binary: got %d bytes, want the %d served", len(got), len(elf))
+				}
+			})
 		}
 	})
 
@@ -389,4 +551,38 @@ func TestInstallAgentScript(t *testing.T) {
 			t.Errorf("exit %d, output %q; want exit 2 and %q", code, out, "has not joined yet")
 		}
 	})
+}
+
+// TestInstallAgentArgsExist checks the flags install-agent.sh itself puts
+// into EDGEWIRE_AGENT_ARGS (--name, --token-file) against the real agent's
+// `run --help`, as TestDeployedFlagsExist does for the units' ExecStart.
+func TestInstallAgentArgsExist(t *testing.T) {
+	if os.Geteuid() != 0 {
+		unavailable(t, "the install script's runs need root (they stage into a temp dir, but the script checks for root)")
+	}
+	r := newInstallRun(t)
+	code, out := r.run(nil, "--coordinator", "c:8443", "--token", "ewt1.abc123.c2VjcmV0.cGlu", "--binary", "/bin/true", "--name", "edge-01", "--no-start")
+	if code != 0 {
+		t.Fatalf("install: exit %d, want 0:\n%s", code, out)
+	}
+	var args []string
+	for _, line := range strings.Split(r.read("etc/edgewire/agent.env"), "\n") {
+		if v, ok := strings.CutPrefix(line, "EDGEWIRE_AGENT_ARGS="); ok {
+			args = flagRE.FindAllString(v, -1)
+		}
+	}
+	if !slices.Contains(args, "--token-file") || !slices.Contains(args, "--name") {
+		t.Fatalf("agent.env agent args: got flags %q, want --name and --token-file among them", args)
+	}
+
+	help, err := exec.Command(filepath.Join(binaries(t), "edgewire-agent"), "run", "--help").CombinedOutput()
+	if err != nil {
+		t.Fatalf("edgewire-agent run --help: %v\n%s", err, help)
+	}
+	accepted := flagRE.FindAllString(string(help), -1)
+	for _, f := range args {
+		if !slices.Contains(accepted, f) {
+			t.Errorf("install-agent.sh passes edgewire-agent run %s, which `edgewire-agent run --help` does not list", f)
+		}
+	}
 }
