@@ -15,16 +15,18 @@ import (
 	"time"
 
 	"golang.org/x/crypto/curve25519"
-	"golang.org/x/crypto/nacl/box"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/edgewire/edgewire/coordinator/api"
 	"github.com/edgewire/edgewire/coordinator/pki"
 	"github.com/edgewire/edgewire/coordinator/token"
+	"github.com/edgewire/edgewire/node/control"
+	"github.com/edgewire/edgewire/node/identity"
 )
 
 // fleet is a set of simulated nodes speaking the real control protocol
@@ -110,7 +112,16 @@ func (f *fleet) newNode(name string) (*simNode, error) {
 func (f *fleet) join(n *simNode) error {
 	ctx, cancel := context.WithTimeout(f.ctx, time.Minute)
 	defer cancel()
-	_, err := api.NewControlClient(n.conn).Join(ctx, &api.JoinRequest{Token: f.tok, PublicKey: n.pub[:], Name: n.name, Hostname: n.name})
+	js, err := api.NewControlClient(n.conn).Join(ctx)
+	if err == nil {
+		err = control.Authenticate(js, identity.Key(n.priv), api.AuthJoin, &api.Hello{Hostname: n.name}, nil)
+	}
+	if err == nil {
+		err = js.Send(&api.ClientMessage{Msg: &api.ClientMessage_Join{Join: &api.JoinRequest{Token: f.tok, Name: n.name, Hostname: n.name}}})
+	}
+	if err == nil {
+		_, err = js.Recv()
+	}
 	if err != nil {
 		return fmt.Errorf("join %s: %w", n.name, err)
 	}
@@ -132,15 +143,17 @@ func (f *fleet) connect(n *simNode) error {
 	if err := cs.RecvMsg(&m); err != nil {
 		return fmt.Errorf("challenge for %s: %w", n.name, err)
 	}
-	ch := m.challenge
-	if ch == nil || len(ch.GetNonce()) != 24 || len(ch.GetEphemeralPublicKey()) != 32 {
-		return fmt.Errorf("challenge for %s: got %v, want a challenge", n.name, ch)
+	var bind []byte
+	if p, ok := peer.FromContext(cs.Context()); ok {
+		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok {
+			bind, _ = api.Binding(&ti.State)
+		}
 	}
-	opened, ok := box.Open(nil, ch.GetSealed(), (*[24]byte)(ch.GetNonce()), (*[32]byte)(ch.GetEphemeralPublicKey()), &n.priv)
-	if !ok {
-		return fmt.Errorf("challenge for %s does not open with its key", n.name)
+	proof, err := api.Prove(&n.priv, m.challenge, api.AuthConnect, bind, nil)
+	if err != nil {
+		return fmt.Errorf("challenge for %s: %w", n.name, err)
 	}
-	if err := cs.SendMsg(&api.ClientMessage{Msg: &api.ClientMessage_Proof{Proof: &api.AuthProof{Challenge: opened}}}); err != nil {
+	if err := cs.SendMsg(&api.ClientMessage{Msg: &api.ClientMessage_Proof{Proof: proof}}); err != nil {
 		return fmt.Errorf("proof %s: %w", n.name, err)
 	}
 	n.stream = cs

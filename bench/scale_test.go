@@ -211,7 +211,9 @@ func startCoordinatorNoFile(t *testing.T, l *lab.Lab, h *lab.Host) (*lab.Process
 		t.Fatal(err)
 	}
 	p, err := h.Start("coordinator", nil, "bash", "-c", `ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$0" "$@"`,
-		cluster.Bin(t, "edgewire-coordinator"), "--data-dir", dir, "--listen", ":8443", "--log-level", "warn")
+		cluster.Bin(t, "edgewire-coordinator"), "--data-dir", dir, "--listen", ":8443", "--log-level", "warn",
+		// Every simulated node dials from the one loopback address.
+		"--max-conns-per-source", "0")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
@@ -30,7 +31,9 @@ import (
 	"github.com/edgewire/edgewire/dataplane/relay"
 	"github.com/edgewire/edgewire/dataplane/stunserver"
 	"github.com/edgewire/edgewire/internal/atomicfile"
+	"github.com/edgewire/edgewire/internal/connlimit"
 	"github.com/edgewire/edgewire/internal/httpserve"
+	"github.com/edgewire/edgewire/internal/routeguard"
 	"github.com/edgewire/edgewire/internal/telemetry"
 	"github.com/edgewire/edgewire/node/identity"
 )
@@ -49,30 +52,49 @@ const (
 	StoreFile      = "edgewire.db"
 
 	agentWriteBuffer = 16 << 10 // per writing agent connection, pooled; gRPC's default is 32 KiB
+	// Agents send small messages (signals are at most 8 KiB sealed, a
+	// join at most 64 routes and a service account token); anything
+	// bigger is refused before it is read whole.
+	maxRecvMsg = 64 << 10
+	// An agent needs one stream, plus a join or an admin call.
+	maxStreamsPerConn = 16
+	// MinTicketTTL is the shortest relay ticket lifetime allowed.
+	MinTicketTTL = time.Minute
 )
 
 // Config configures the daemon.
 type Config struct {
-	DataDir       string
-	Listen        string             // TLS gRPC listen address
-	AdminSocket   string             // empty: <DataDir>/admin.sock
-	Prefixes      []netip.Prefix     // overlay prefixes
-	TLSCert       string             // optional operator-provided serving cert...
-	TLSKey        string             // ...its key...
-	TLSCA         string             // ...and the CA that issued it (pinned by tokens)
-	TLSSANs       []string           // extra DNS names / IPs for the generated cert
-	STUNListen    string             // UDP address of the embedded STUN server; empty: none
-	RelayListen   string             // TCP address of the embedded relay; empty: none
-	RelayID       uint32             // region id of the embedded relay
-	RelayName     string             // region name of the embedded relay
-	Relays        []*api.RelayRegion // further relays (--relay-map)
-	MeshKey       []byte             // relay mesh key; nil: the embedded relay does not mesh
-	RelayRate     float64            // embedded relay's per-client bytes/s (relay.ServerConfig.RateBytes; 0: default)
-	TicketTTL     time.Duration      // relay ticket lifetime
-	Services      svcsource.Source   // where Services and pod CIDRs come from; nil: none
-	MetricsListen string             // /metrics, /healthz, /readyz; empty: off
-	PprofSocket   string             // unix socket for net/http/pprof; empty: off
-	Logger        *slog.Logger
+	DataDir     string
+	Listen      string             // TLS gRPC listen address
+	AdminSocket string             // empty: <DataDir>/admin.sock
+	Prefixes    []netip.Prefix     // overlay prefixes
+	TLSCert     string             // optional operator-provided serving cert...
+	TLSKey      string             // ...its key...
+	TLSCA       string             // ...and the CA that issued it (pinned by tokens)
+	TLSSANs     []string           // extra DNS names / IPs for the generated cert
+	STUNListen  string             // UDP address of the embedded STUN server; empty: none
+	RelayListen string             // TCP address of the embedded relay; empty: none
+	RelayID     uint32             // region id of the embedded relay
+	RelayName   string             // region name of the embedded relay
+	Relays      []*api.RelayRegion // further relays (--relay-map)
+	MeshKey     []byte             // relay mesh key; nil: the embedded relay does not mesh
+	RelayRate   float64            // embedded relay's per-client bytes/s (relay.ServerConfig.RateBytes; 0: default)
+	TicketTTL   time.Duration      // relay ticket lifetime
+	Services    svcsource.Source   // where Services and pod CIDRs come from; nil: none
+	// RoutePolicy bounds advertised routes and pod CIDRs; the addresses
+	// agents need underneath the overlay (the coordinator's own, the TLS
+	// SANs agents dial, relays, STUN) are added to its Protected list.
+	RoutePolicy routeguard.Policy
+	// FailureRate and FailureBurst bound failed joins and authentications
+	// per source address and token ID (server.Config); rate < 0: off.
+	FailureRate  float64
+	FailureBurst int
+	// MaxConnsPerSource bounds open agent connections per source address
+	// (0: no limit).
+	MaxConnsPerSource int
+	MetricsListen     string // /metrics, /healthz, /readyz; empty: off
+	PprofSocket       string // unix socket for net/http/pprof; empty: off
+	Logger            *slog.Logger
 }
 
 func (c *Config) validate() error {
@@ -112,6 +134,15 @@ func (c *Config) validate() error {
 	}
 	if len(c.Relays) > 0 && c.RelayListen != "" && c.MeshKey == nil {
 		return errors.New("--relay-map with an embedded relay needs --mesh-key-file, or nodes on different relays cannot reach each other")
+	}
+	if c.TicketTTL < MinTicketTTL || c.TicketTTL > relay.MaxTicketTTL {
+		return fmt.Errorf("--relay-ticket-ttl %s: want %s to %s (a deleted node keeps using relays that do not hear of it for at most this long)", c.TicketTTL, MinTicketTTL, relay.MaxTicketTTL)
+	}
+	if err := c.RoutePolicy.Validate(); err != nil {
+		return err
+	}
+	if c.MaxConnsPerSource < 0 {
+		return fmt.Errorf("--max-conns-per-source %d: want 0 (no limit) or more", c.MaxConnsPerSource)
 	}
 	if c.AdminSocket == "" {
 		c.AdminSocket = filepath.Join(c.DataDir, AdminSocket)
@@ -170,9 +201,16 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		relays = append([]*api.RelayRegion{region}, relays...)
 	}
+	policy := cfg.RoutePolicy
+	policy.Protected = append(policy.Protected, protectedAddrs(ctx, cfg, relays, log)...)
+	var kube server.KubeVerifier
+	if v, ok := cfg.Services.(server.KubeVerifier); ok {
+		kube = v
+	}
 	srv, err := server.New(ctx, server.Config{
 		Store: st, Prefixes: cfg.Prefixes, CAPin: token.PinCert(id.CA), Logger: log, STUN: stunServers,
 		Relays: relays, TicketKey: ticketKey, TicketTTL: cfg.TicketTTL,
+		RoutePolicy: policy, Kube: kube, FailureRate: rate.Limit(cfg.FailureRate), FailureBurst: cfg.FailureBurst,
 		OnDelete: func(key store.NodeKey, until time.Time) {
 			if embedded != nil {
 				embedded.Revoke(key, until)
@@ -225,6 +263,9 @@ func Run(ctx context.Context, cfg Config) error {
 		grpc.WriteBufferSize(agentWriteBuffer),
 		grpc.ReadBufferSize(0),
 		grpc.ChainUnaryInterceptor(unary), grpc.ChainStreamInterceptor(stream),
+		grpc.MaxRecvMsgSize(maxRecvMsg),
+		grpc.MaxConcurrentStreams(maxStreamsPerConn),
+		grpc.MaxHeaderListSize(16<<10),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 20 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	)
@@ -232,10 +273,11 @@ func Run(ctx context.Context, cfg Config) error {
 	localSrv := grpc.NewServer(grpc.ForceServerCodecV2(server.Codec()))
 	srv.Register(localSrv)
 
-	ln, err := net.Listen("tcp", cfg.Listen)
+	tcpLn, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
+	ln := connlimit.New(tcpLn, cfg.MaxConnsPerSource)
 	uln, err := httpserve.ListenUnix(cfg.AdminSocket, 0o700)
 	if err != nil {
 		ln.Close()
@@ -263,6 +305,50 @@ func Run(ctx context.Context, cfg Config) error {
 	os.Remove(cfg.AdminSocket)
 	log.Info("coordinator stopped")
 	return err
+}
+
+// protectedAddrs lists addresses no route may cover: the ones agents use
+// to reach the coordinator (the TLS SANs they dial, the host's own
+// addresses), the relays and the STUN servers. Names are resolved once,
+// at start; a name that does not resolve is logged and skipped (agents
+// check the addresses they actually use again).
+func protectedAddrs(ctx context.Context, cfg Config, relays []*api.RelayRegion, log *slog.Logger) []netip.Prefix {
+	var out []netip.Prefix
+	add := func(host string) {
+		if host == "" {
+			return
+		}
+		if a, err := netip.ParseAddr(host); err == nil {
+			out = append(out, routeguard.Host(a))
+			return
+		}
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		addrs, err := net.DefaultResolver.LookupNetIP(rctx, "ip", host)
+		if err != nil {
+			log.Warn("cannot resolve a name to protect from overlay routes", "name", host, "err", err)
+			return
+		}
+		for _, a := range addrs {
+			out = append(out, routeguard.Host(a))
+		}
+	}
+	for _, s := range cfg.TLSSANs {
+		add(s)
+	}
+	for _, r := range relays {
+		add(r.GetHost())
+	}
+	if ifAddrs, err := net.InterfaceAddrs(); err == nil {
+		for _, ia := range ifAddrs {
+			if ipn, ok := ia.(*net.IPNet); ok {
+				if a, ok := netip.AddrFromSlice(ipn.IP); ok && a.Unmap().IsGlobalUnicast() {
+					out = append(out, routeguard.Host(a))
+				}
+			}
+		}
+	}
+	return out
 }
 
 func tlsIdentity(cfg Config) (*pki.Identity, error) {

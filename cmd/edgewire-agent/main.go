@@ -47,11 +47,20 @@ func main() {
 		Short:         "Run the edgewire node agent",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		PersistentPreRun: func(*cobra.Command, []string) {
+			if cfg.Token == "" {
+				cfg.Token = os.Getenv("EDGEWIRE_TOKEN")
+			}
+		},
 	}
 	pf := root.PersistentFlags()
 	pf.StringVar(&cfg.StateDir, "state-dir", agent.DefaultStateDir, "directory for the node key, enrolment and last network map")
 	pf.StringVar(&cfg.Coordinator, "coordinator", "", "coordinator host:port (for joining)")
-	pf.StringVar(&cfg.Token, "token", os.Getenv("EDGEWIRE_TOKEN"), "join token (default $EDGEWIRE_TOKEN)")
+	// The token's default is read when the command runs, not shown here:
+	// --help must never print a secret from the environment.
+	pf.StringVar(&cfg.Token, "token", "", "join token (default $EDGEWIRE_TOKEN; prefer --token-file: a command line shows in ps)")
+	pf.StringVar(&cfg.TokenFile, "token-file", "", "file holding the join token; deleted once the node is enrolled")
+	pf.StringVar(&cfg.KubernetesTokenFile, "kubernetes-token-file", "", "projected service account token (audience edgewire) proving which Kubernetes node this agent runs on (DaemonSet agents)")
 	pf.StringVar(&cfg.ServerName, "coordinator-server-name", "", "TLS name the coordinator's certificate must carry (default edgewire-coordinator)")
 	pf.StringVar(&cfg.Name, "name", "", "node name (default: hostname)")
 	pf.StringSliceVar(&routes, "advertise-routes", nil, "prefixes behind this node to route over the overlay (e.g. the pod CIDR)")
@@ -113,6 +122,7 @@ func main() {
 	rf.StringVar(&cfg.MetricsListen, "metrics-listen", "127.0.0.1:9092", "address for /metrics, /healthz and /readyz (empty: off)")
 	rf.StringVar(&cfg.PprofSocket, "pprof-socket", "", "serve Go runtime profiles (/debug/pprof/profile for CPU, heap, goroutine, allocs, ...) on this unix socket, for debugging (empty: off)")
 	rf.Int64Var(&memLimitMiB, "memory-limit-mib", 0, "soft memory limit for the Go runtime in MiB: the GC works harder as the heap nears it (0: none, or $GOMEMLIMIT)")
+	rf.IntVar(&cfg.RouteTable, "route-table", agent.DefaultRouteTable, "routing table for routes through the overlay (policy rules send the rest to main)")
 	rf.Uint32Var(&cfg.RelayRegion, "relay-region", 0, "preferred home relay region id, used whenever it is up (0: the closest)")
 
 	join := &cobra.Command{
@@ -127,13 +137,16 @@ func main() {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			e, resp, err := agent.Join(ctx, agent.JoinConfig{
-				StateDir: cfg.StateDir, Coordinator: cfg.Coordinator, Token: cfg.Token,
-				ServerName: cfg.ServerName, Name: cfg.Name, Routes: rs,
+				StateDir: cfg.StateDir, Coordinator: cfg.Coordinator, Token: cfg.Token, TokenFile: cfg.TokenFile,
+				ServerName: cfg.ServerName, Name: cfg.Name, Routes: rs, KubernetesTokenFile: cfg.KubernetesTokenFile,
 			})
 			if err != nil {
 				return err
 			}
 			fmt.Printf("joined %s as %s, overlay addresses %v\n", e.Coordinator, e.Name, resp.GetSelf().GetAddresses())
+			if p := resp.GetPendingRoutes(); len(p) > 0 {
+				fmt.Printf("routes waiting for an admin's approval (edgewire nodes routes approve %s): %v\n", e.Name, p)
+			}
 			return nil
 		},
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/edgewire/edgewire/coordinator/svcsource"
 	"github.com/edgewire/edgewire/dataplane/relay"
 	"github.com/edgewire/edgewire/internal/logging"
+	"github.com/edgewire/edgewire/internal/routeguard"
 )
 
 func main() {
@@ -29,6 +30,8 @@ func main() {
 		inCluster           bool
 		servicesFile        string
 		relayRate           float64
+		agentSA             string
+		protect             []string
 		logLevel, logFormat string
 	)
 	cmd := &cobra.Command{
@@ -67,7 +70,7 @@ func main() {
 			case (kubeconfig != "" || inCluster) && servicesFile != "":
 				return fmt.Errorf("--services-file and --kubeconfig/--in-cluster are exclusive")
 			case kubeconfig != "" || inCluster:
-				src, err := kubesource.New(kubesource.Config{Kubeconfig: kubeconfig, Logger: log.With("src", "kubernetes")})
+				src, err := kubesource.New(kubesource.Config{Kubeconfig: kubeconfig, AgentServiceAccount: agentSA, Logger: log.With("src", "kubernetes")})
 				if err != nil {
 					return err
 				}
@@ -77,6 +80,17 @@ func main() {
 					return err
 				}
 				cfg.Services = &svcsource.File{Path: servicesFile, Logger: log.With("src", "services-file")}
+			}
+			for _, p := range protect {
+				pfx, err := netip.ParsePrefix(p)
+				if err != nil {
+					a, aerr := netip.ParseAddr(p)
+					if aerr != nil {
+						return fmt.Errorf("--protect %q: want an address or a prefix", p)
+					}
+					pfx = routeguard.Host(a)
+				}
+				cfg.RoutePolicy.Protected = append(cfg.RoutePolicy.Protected, pfx.Masked())
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -101,6 +115,13 @@ func main() {
 	f.StringVar(&cfg.PprofSocket, "pprof-socket", "", "serve Go runtime profiles (/debug/pprof/profile for CPU, heap, goroutine, ...) on this unix socket, mode 0600 (empty: off)")
 	f.Float64Var(&relayRate, "relay-client-rate", relay.DefaultRateBytes*8/1e6, "Mbit/s each node may send through the embedded relay (0: no limit)")
 	f.DurationVar(&cfg.TicketTTL, "relay-ticket-ttl", 10*time.Minute, "lifetime of relay tickets (renewed at half)")
+	f.StringVar(&agentSA, "agent-service-account", "", "namespace/name of the agent DaemonSet's service account: its pod-bound tokens prove which Kubernetes node an agent runs on (needs --kubeconfig or --in-cluster)")
+	f.IntVar(&cfg.RoutePolicy.MinBits4, "min-route-prefix-v4", routeguard.DefaultMinBits4, "shortest IPv4 prefix a node may route")
+	f.IntVar(&cfg.RoutePolicy.MinBits6, "min-route-prefix-v6", routeguard.DefaultMinBits6, "shortest IPv6 prefix a node may route")
+	f.StringSliceVar(&protect, "protect", nil, "addresses or prefixes no node may route (besides the coordinator's own, its TLS SANs, relays and STUN servers, which are always protected)")
+	f.Float64Var(&cfg.FailureRate, "failure-rate", 1, "failed joins and authentications per second allowed per source address and per token (after the burst; negative: no limit)")
+	f.IntVar(&cfg.FailureBurst, "failure-burst", 20, "failed joins and authentications allowed at once per source address and per token")
+	f.IntVar(&cfg.MaxConnsPerSource, "max-conns-per-source", 4096, "open agent connections allowed per source address (0: no limit); raise it when many nodes share one NAT address")
 	f.StringVar(&kubeconfig, "kubeconfig", "", "watch Services, EndpointSlices and Nodes of this cluster")
 	f.BoolVar(&inCluster, "in-cluster", false, "watch the cluster the coordinator runs in (service account)")
 	f.StringVar(&servicesFile, "services-file", "", "JSON file declaring Services, for fleets without Kubernetes (see README)")

@@ -127,14 +127,18 @@ func (SignalPayload_Kind) EnumDescriptor() ([]byte, []int) {
 }
 
 type JoinRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
-	PublicKey     []byte                 `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"` // 32-byte Curve25519 WireGuard public key
-	Name          string                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`                            // requested node name (DNS label); empty: hostname
-	Hostname      string                 `protobuf:"bytes,4,opt,name=hostname,proto3" json:"hostname,omitempty"`
-	Routes        []string               `protobuf:"bytes,5,rep,name=routes,proto3" json:"routes,omitempty"` // advertised prefixes, CIDR notation
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Token     string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	PublicKey []byte                 `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"` // 32-byte Curve25519 WireGuard public key
+	Name      string                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`                            // requested node name (DNS label); empty: hostname
+	Hostname  string                 `protobuf:"bytes,4,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Routes    []string               `protobuf:"bytes,5,rep,name=routes,proto3" json:"routes,omitempty"` // advertised prefixes, CIDR notation
+	// A projected Kubernetes service account token (audience "edgewire")
+	// bound to the agent's pod: proves which Kubernetes Node the agent runs
+	// on (DaemonSet agents). Empty on hosts outside Kubernetes.
+	KubernetesToken string `protobuf:"bytes,6,opt,name=kubernetes_token,json=kubernetesToken,proto3" json:"kubernetes_token,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *JoinRequest) Reset() {
@@ -202,12 +206,22 @@ func (x *JoinRequest) GetRoutes() []string {
 	return nil
 }
 
+func (x *JoinRequest) GetKubernetesToken() string {
+	if x != nil {
+		return x.KubernetesToken
+	}
+	return ""
+}
+
 type JoinResponse struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Self            *Node                  `protobuf:"bytes,1,opt,name=self,proto3" json:"self,omitempty"`
 	OverlayPrefixes []string               `protobuf:"bytes,2,rep,name=overlay_prefixes,json=overlayPrefixes,proto3" json:"overlay_prefixes,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Advertised routes that wait for an admin's approval
+	// (`edgewire nodes routes approve`); they are not routed until then.
+	PendingRoutes []string `protobuf:"bytes,3,rep,name=pending_routes,json=pendingRoutes,proto3" json:"pending_routes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *JoinResponse) Reset() {
@@ -254,6 +268,13 @@ func (x *JoinResponse) GetOverlayPrefixes() []string {
 	return nil
 }
 
+func (x *JoinResponse) GetPendingRoutes() []string {
+	if x != nil {
+		return x.PendingRoutes
+	}
+	return nil
+}
+
 type ClientMessage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Msg:
@@ -263,6 +284,7 @@ type ClientMessage struct {
 	//	*ClientMessage_Endpoints
 	//	*ClientMessage_MapRequest
 	//	*ClientMessage_Signal
+	//	*ClientMessage_Join
 	Msg           isClientMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -350,6 +372,15 @@ func (x *ClientMessage) GetSignal() *Signal {
 	return nil
 }
 
+func (x *ClientMessage) GetJoin() *JoinRequest {
+	if x != nil {
+		if x, ok := x.Msg.(*ClientMessage_Join); ok {
+			return x.Join
+		}
+	}
+	return nil
+}
+
 type isClientMessage_Msg interface {
 	isClientMessage_Msg()
 }
@@ -374,6 +405,10 @@ type ClientMessage_Signal struct {
 	Signal *Signal `protobuf:"bytes,5,opt,name=signal,proto3,oneof"`
 }
 
+type ClientMessage_Join struct {
+	Join *JoinRequest `protobuf:"bytes,6,opt,name=join,proto3,oneof"` // on Join, after AuthProof
+}
+
 func (*ClientMessage_Hello) isClientMessage_Msg() {}
 
 func (*ClientMessage_Proof) isClientMessage_Msg() {}
@@ -384,6 +419,8 @@ func (*ClientMessage_MapRequest) isClientMessage_Msg() {}
 
 func (*ClientMessage_Signal) isClientMessage_Msg() {}
 
+func (*ClientMessage_Join) isClientMessage_Msg() {}
+
 type ServerMessage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Msg:
@@ -392,6 +429,7 @@ type ServerMessage struct {
 	//	*ServerMessage_Map
 	//	*ServerMessage_Signal
 	//	*ServerMessage_RelayTicket
+	//	*ServerMessage_Joined
 	Msg           isServerMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -470,6 +508,15 @@ func (x *ServerMessage) GetRelayTicket() *RelayTicket {
 	return nil
 }
 
+func (x *ServerMessage) GetJoined() *JoinResponse {
+	if x != nil {
+		if x, ok := x.Msg.(*ServerMessage_Joined); ok {
+			return x.Joined
+		}
+	}
+	return nil
+}
+
 type isServerMessage_Msg interface {
 	isServerMessage_Msg()
 }
@@ -490,6 +537,10 @@ type ServerMessage_RelayTicket struct {
 	RelayTicket *RelayTicket `protobuf:"bytes,4,opt,name=relay_ticket,json=relayTicket,proto3,oneof"`
 }
 
+type ServerMessage_Joined struct {
+	Joined *JoinResponse `protobuf:"bytes,5,opt,name=joined,proto3,oneof"` // on Join
+}
+
 func (*ServerMessage_Challenge) isServerMessage_Msg() {}
 
 func (*ServerMessage_Map) isServerMessage_Msg() {}
@@ -497,6 +548,8 @@ func (*ServerMessage_Map) isServerMessage_Msg() {}
 func (*ServerMessage_Signal) isServerMessage_Msg() {}
 
 func (*ServerMessage_RelayTicket) isServerMessage_Msg() {}
+
+func (*ServerMessage_Joined) isServerMessage_Msg() {}
 
 // RelayTicket lets the node use the relays: an Ed25519-signed statement
 // (layout in dataplane/relay) that relays verify offline. The
@@ -557,9 +610,11 @@ func (x *RelayTicket) GetExpiresUnix() int64 {
 // Signal carries an end-to-end sealed signalling message between two
 // nodes. From a client, peer_key is the recipient; the coordinator
 // forwards it with peer_key set to the authenticated sender. sealed is
-// NaCl box (sender private key, recipient public key, nonce) over a
-// marshalled SignalPayload, so the coordinator can neither read nor alter
-// it undetected.
+// NaCl secretbox (nonce) over a marshalled SignalPayload under a key
+// derived from the two node keys for signalling only (internal/dhkey,
+// purpose Signal, transcript sender key || recipient key), so the
+// coordinator can neither read nor alter it undetected, and no other
+// protocol of the node key can be made to open it.
 type Signal struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	PeerKey       []byte                 `protobuf:"bytes,1,opt,name=peer_key,json=peerKey,proto3" json:"peer_key,omitempty"` // 32 bytes
@@ -711,6 +766,10 @@ type Hello struct {
 	ProtocolVersion ProtocolVersion        `protobuf:"varint,2,opt,name=protocol_version,json=protocolVersion,proto3,enum=edgewire.v1.ProtocolVersion" json:"protocol_version,omitempty"`
 	Endpoints       []string               `protobuf:"bytes,3,rep,name=endpoints,proto3" json:"endpoints,omitempty"` // ip:port the node can be reached on
 	Hostname        string                 `protobuf:"bytes,4,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	// On Connect: the agent's Kubernetes service account token (see
+	// JoinRequest), so a node that joined before its identity was checked
+	// gets it verified over its own authenticated stream.
+	KubernetesToken string `protobuf:"bytes,5,opt,name=kubernetes_token,json=kubernetesToken,proto3" json:"kubernetes_token,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -773,14 +832,19 @@ func (x *Hello) GetHostname() string {
 	return ""
 }
 
-// Challenge: the server seals 32 random bytes with NaCl box from a fresh
-// ephemeral key to the node's public key. Only the holder of the node's
-// private key can open it.
+func (x *Hello) GetKubernetesToken() string {
+	if x != nil {
+		return x.KubernetesToken
+	}
+	return ""
+}
+
+// Challenge: a fresh ephemeral Curve25519 key of the server and a random
+// nonce. Only the holder of the node's private key can compute the proof.
 type Challenge struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
 	EphemeralPublicKey []byte                 `protobuf:"bytes,1,opt,name=ephemeral_public_key,json=ephemeralPublicKey,proto3" json:"ephemeral_public_key,omitempty"` // 32 bytes
-	Nonce              []byte                 `protobuf:"bytes,2,opt,name=nonce,proto3" json:"nonce,omitempty"`                                                       // 24 bytes
-	Sealed             []byte                 `protobuf:"bytes,3,opt,name=sealed,proto3" json:"sealed,omitempty"`
+	Nonce              []byte                 `protobuf:"bytes,2,opt,name=nonce,proto3" json:"nonce,omitempty"`                                                       // 32 bytes
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
 }
@@ -829,16 +893,15 @@ func (x *Challenge) GetNonce() []byte {
 	return nil
 }
 
-func (x *Challenge) GetSealed() []byte {
-	if x != nil {
-		return x.Sealed
-	}
-	return nil
-}
-
+// AuthProof: mac = HMAC-SHA256 under the key derived from the node key and
+// the challenge's ephemeral key (internal/dhkey, purpose ControlAuth,
+// transcript: TLS exporter || ephemeral key || node key || nonce) of the
+// method ("join" or "connect"). The TLS exporter (label
+// "EXPORTER-edgewire-control-auth", 32 bytes) binds the proof to this TLS
+// session. A MAC reveals nothing a challenge could ask for.
 type AuthProof struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Challenge     []byte                 `protobuf:"bytes,1,opt,name=challenge,proto3" json:"challenge,omitempty"` // the opened 32 bytes
+	Mac           []byte                 `protobuf:"bytes,2,opt,name=mac,proto3" json:"mac,omitempty"` // 32 bytes
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -873,9 +936,9 @@ func (*AuthProof) Descriptor() ([]byte, []int) {
 	return file_edgewire_proto_rawDescGZIP(), []int{9}
 }
 
-func (x *AuthProof) GetChallenge() []byte {
+func (x *AuthProof) GetMac() []byte {
 	if x != nil {
-		return x.Challenge
+		return x.Mac
 	}
 	return nil
 }
@@ -983,8 +1046,13 @@ type NetworkMap struct {
 	Relays          []*RelayRegion         `protobuf:"bytes,9,rep,name=relays,proto3" json:"relays,omitempty"`                                           // set in full maps
 	Services        []*Service             `protobuf:"bytes,10,rep,name=services,proto3" json:"services,omitempty"`                                      // full maps: all; deltas: upserts
 	RemovedServices []string               `protobuf:"bytes,11,rep,name=removed_services,json=removedServices,proto3" json:"removed_services,omitempty"` // "namespace/name"
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Relay revocations signed by the coordinator's ticket key (layout in
+	// dataplane/relay): agents hand them to their relays, so relays that
+	// never talk to the coordinator still refuse deleted nodes. Set in full
+	// maps and in deltas when it changed.
+	RelayRevocations []byte `protobuf:"bytes,12,opt,name=relay_revocations,json=relayRevocations,proto3" json:"relay_revocations,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *NetworkMap) Reset() {
@@ -1090,6 +1158,13 @@ func (x *NetworkMap) GetServices() []*Service {
 func (x *NetworkMap) GetRemovedServices() []string {
 	if x != nil {
 		return x.RemovedServices
+	}
+	return nil
+}
+
+func (x *NetworkMap) GetRelayRevocations() []byte {
+	if x != nil {
+		return x.RelayRevocations
 	}
 	return nil
 }
@@ -1471,6 +1546,11 @@ type Node struct {
 	Online         bool                   `protobuf:"varint,7,opt,name=online,proto3" json:"online,omitempty"`
 	LastSeenUnixMs int64                  `protobuf:"varint,8,opt,name=last_seen_unix_ms,json=lastSeenUnixMs,proto3" json:"last_seen_unix_ms,omitempty"`
 	Tags           []string               `protobuf:"bytes,9,rep,name=tags,proto3" json:"tags,omitempty"`
+	// ListNodes only: routes the node advertised that are not approved.
+	PendingRoutes []string `protobuf:"bytes,10,rep,name=pending_routes,json=pendingRoutes,proto3" json:"pending_routes,omitempty"`
+	// ListNodes only: the Kubernetes Node this node is verified to be (its
+	// pod CIDRs become routes of this node), empty if none.
+	KubernetesNode string `protobuf:"bytes,11,opt,name=kubernetes_node,json=kubernetesNode,proto3" json:"kubernetes_node,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -1568,14 +1648,36 @@ func (x *Node) GetTags() []string {
 	return nil
 }
 
+func (x *Node) GetPendingRoutes() []string {
+	if x != nil {
+		return x.PendingRoutes
+	}
+	return nil
+}
+
+func (x *Node) GetKubernetesNode() string {
+	if x != nil {
+		return x.KubernetesNode
+	}
+	return ""
+}
+
 type CreateTokenRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TtlSeconds    int64                  `protobuf:"varint,1,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"` // 0: never expires
-	Reusable      bool                   `protobuf:"varint,2,opt,name=reusable,proto3" json:"reusable,omitempty"`
-	Uses          int32                  `protobuf:"varint,3,opt,name=uses,proto3" json:"uses,omitempty"` // 0 with reusable=false: one use
-	Tags          []string               `protobuf:"bytes,4,rep,name=tags,proto3" json:"tags,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	TtlSeconds int64                  `protobuf:"varint,1,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"` // 0: never expires
+	Reusable   bool                   `protobuf:"varint,2,opt,name=reusable,proto3" json:"reusable,omitempty"`
+	Uses       int32                  `protobuf:"varint,3,opt,name=uses,proto3" json:"uses,omitempty"` // 0 with reusable=false: one use
+	Tags       []string               `protobuf:"bytes,4,rep,name=tags,proto3" json:"tags,omitempty"`
+	// Routes nodes joining with this token may advertise without an admin's
+	// approval (prefixes they must lie within).
+	Routes []string `protobuf:"bytes,5,rep,name=routes,proto3" json:"routes,omitempty"`
+	// The token admits only the node that is this Kubernetes Node (its name
+	// becomes the node name, its pod CIDRs the node's routes): the admin
+	// vouches for the identity of a node that has no service account
+	// (an edge host).
+	KubernetesNode string `protobuf:"bytes,6,opt,name=kubernetes_node,json=kubernetesNode,proto3" json:"kubernetes_node,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CreateTokenRequest) Reset() {
@@ -1636,6 +1738,20 @@ func (x *CreateTokenRequest) GetTags() []string {
 	return nil
 }
 
+func (x *CreateTokenRequest) GetRoutes() []string {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+func (x *CreateTokenRequest) GetKubernetesNode() string {
+	if x != nil {
+		return x.KubernetesNode
+	}
+	return ""
+}
+
 type CreateTokenResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"` // the only time the secret is shown
@@ -1689,17 +1805,19 @@ func (x *CreateTokenResponse) GetInfo() *TokenInfo {
 }
 
 type TokenInfo struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	CreatedUnix   int64                  `protobuf:"varint,2,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
-	ExpiresUnix   int64                  `protobuf:"varint,3,opt,name=expires_unix,json=expiresUnix,proto3" json:"expires_unix,omitempty"` // 0: never
-	Reusable      bool                   `protobuf:"varint,4,opt,name=reusable,proto3" json:"reusable,omitempty"`
-	MaxUses       int32                  `protobuf:"varint,5,opt,name=max_uses,json=maxUses,proto3" json:"max_uses,omitempty"`
-	Uses          int32                  `protobuf:"varint,6,opt,name=uses,proto3" json:"uses,omitempty"`
-	Revoked       bool                   `protobuf:"varint,7,opt,name=revoked,proto3" json:"revoked,omitempty"`
-	Tags          []string               `protobuf:"bytes,8,rep,name=tags,proto3" json:"tags,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Id             string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	CreatedUnix    int64                  `protobuf:"varint,2,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
+	ExpiresUnix    int64                  `protobuf:"varint,3,opt,name=expires_unix,json=expiresUnix,proto3" json:"expires_unix,omitempty"` // 0: never
+	Reusable       bool                   `protobuf:"varint,4,opt,name=reusable,proto3" json:"reusable,omitempty"`
+	MaxUses        int32                  `protobuf:"varint,5,opt,name=max_uses,json=maxUses,proto3" json:"max_uses,omitempty"`
+	Uses           int32                  `protobuf:"varint,6,opt,name=uses,proto3" json:"uses,omitempty"`
+	Revoked        bool                   `protobuf:"varint,7,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	Tags           []string               `protobuf:"bytes,8,rep,name=tags,proto3" json:"tags,omitempty"`
+	Routes         []string               `protobuf:"bytes,9,rep,name=routes,proto3" json:"routes,omitempty"`
+	KubernetesNode string                 `protobuf:"bytes,10,opt,name=kubernetes_node,json=kubernetesNode,proto3" json:"kubernetes_node,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *TokenInfo) Reset() {
@@ -1786,6 +1904,20 @@ func (x *TokenInfo) GetTags() []string {
 		return x.Tags
 	}
 	return nil
+}
+
+func (x *TokenInfo) GetRoutes() []string {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+func (x *TokenInfo) GetKubernetesNode() string {
+	if x != nil {
+		return x.KubernetesNode
+	}
+	return ""
 }
 
 type ListTokensRequest struct {
@@ -2108,34 +2240,150 @@ func (*DeleteNodeResponse) Descriptor() ([]byte, []int) {
 	return file_edgewire_proto_rawDescGZIP(), []int{29}
 }
 
+type ApproveRoutesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`         // node name
+	Approve       []string               `protobuf:"bytes,2,rep,name=approve,proto3" json:"approve,omitempty"`   // advertised routes to approve
+	All           bool                   `protobuf:"varint,3,opt,name=all,proto3" json:"all,omitempty"`          // approve every advertised route
+	Withdraw      []string               `protobuf:"bytes,4,rep,name=withdraw,proto3" json:"withdraw,omitempty"` // approved routes to withdraw
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApproveRoutesRequest) Reset() {
+	*x = ApproveRoutesRequest{}
+	mi := &file_edgewire_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApproveRoutesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApproveRoutesRequest) ProtoMessage() {}
+
+func (x *ApproveRoutesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_edgewire_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApproveRoutesRequest.ProtoReflect.Descriptor instead.
+func (*ApproveRoutesRequest) Descriptor() ([]byte, []int) {
+	return file_edgewire_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ApproveRoutesRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ApproveRoutesRequest) GetApprove() []string {
+	if x != nil {
+		return x.Approve
+	}
+	return nil
+}
+
+func (x *ApproveRoutesRequest) GetAll() bool {
+	if x != nil {
+		return x.All
+	}
+	return false
+}
+
+func (x *ApproveRoutesRequest) GetWithdraw() []string {
+	if x != nil {
+		return x.Withdraw
+	}
+	return nil
+}
+
+type ApproveRoutesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          *Node                  `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApproveRoutesResponse) Reset() {
+	*x = ApproveRoutesResponse{}
+	mi := &file_edgewire_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApproveRoutesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApproveRoutesResponse) ProtoMessage() {}
+
+func (x *ApproveRoutesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_edgewire_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApproveRoutesResponse.ProtoReflect.Descriptor instead.
+func (*ApproveRoutesResponse) Descriptor() ([]byte, []int) {
+	return file_edgewire_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ApproveRoutesResponse) GetNode() *Node {
+	if x != nil {
+		return x.Node
+	}
+	return nil
+}
+
 var File_edgewire_proto protoreflect.FileDescriptor
 
 const file_edgewire_proto_rawDesc = "" +
 	"\n" +
-	"\x0eedgewire.proto\x12\vedgewire.v1\"\x8a\x01\n" +
+	"\x0eedgewire.proto\x12\vedgewire.v1\"\xb5\x01\n" +
 	"\vJoinRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1d\n" +
 	"\n" +
 	"public_key\x18\x02 \x01(\fR\tpublicKey\x12\x12\n" +
 	"\x04name\x18\x03 \x01(\tR\x04name\x12\x1a\n" +
 	"\bhostname\x18\x04 \x01(\tR\bhostname\x12\x16\n" +
-	"\x06routes\x18\x05 \x03(\tR\x06routes\"`\n" +
+	"\x06routes\x18\x05 \x03(\tR\x06routes\x12)\n" +
+	"\x10kubernetes_token\x18\x06 \x01(\tR\x0fkubernetesToken\"\x87\x01\n" +
 	"\fJoinResponse\x12%\n" +
 	"\x04self\x18\x01 \x01(\v2\x11.edgewire.v1.NodeR\x04self\x12)\n" +
-	"\x10overlay_prefixes\x18\x02 \x03(\tR\x0foverlayPrefixes\"\x9a\x02\n" +
+	"\x10overlay_prefixes\x18\x02 \x03(\tR\x0foverlayPrefixes\x12%\n" +
+	"\x0epending_routes\x18\x03 \x03(\tR\rpendingRoutes\"\xca\x02\n" +
 	"\rClientMessage\x12*\n" +
 	"\x05hello\x18\x01 \x01(\v2\x12.edgewire.v1.HelloH\x00R\x05hello\x12.\n" +
 	"\x05proof\x18\x02 \x01(\v2\x16.edgewire.v1.AuthProofH\x00R\x05proof\x12;\n" +
 	"\tendpoints\x18\x03 \x01(\v2\x1b.edgewire.v1.EndpointUpdateH\x00R\tendpoints\x12:\n" +
 	"\vmap_request\x18\x04 \x01(\v2\x17.edgewire.v1.MapRequestH\x00R\n" +
 	"mapRequest\x12-\n" +
-	"\x06signal\x18\x05 \x01(\v2\x13.edgewire.v1.SignalH\x00R\x06signalB\x05\n" +
-	"\x03msg\"\xe9\x01\n" +
+	"\x06signal\x18\x05 \x01(\v2\x13.edgewire.v1.SignalH\x00R\x06signal\x12.\n" +
+	"\x04join\x18\x06 \x01(\v2\x18.edgewire.v1.JoinRequestH\x00R\x04joinB\x05\n" +
+	"\x03msg\"\x9e\x02\n" +
 	"\rServerMessage\x126\n" +
 	"\tchallenge\x18\x01 \x01(\v2\x16.edgewire.v1.ChallengeH\x00R\tchallenge\x12+\n" +
 	"\x03map\x18\x02 \x01(\v2\x17.edgewire.v1.NetworkMapH\x00R\x03map\x12-\n" +
 	"\x06signal\x18\x03 \x01(\v2\x13.edgewire.v1.SignalH\x00R\x06signal\x12=\n" +
-	"\frelay_ticket\x18\x04 \x01(\v2\x18.edgewire.v1.RelayTicketH\x00R\vrelayTicketB\x05\n" +
+	"\frelay_ticket\x18\x04 \x01(\v2\x18.edgewire.v1.RelayTicketH\x00R\vrelayTicket\x123\n" +
+	"\x06joined\x18\x05 \x01(\v2\x19.edgewire.v1.JoinResponseH\x00R\x06joinedB\x05\n" +
 	"\x03msg\"H\n" +
 	"\vRelayTicket\x12\x16\n" +
 	"\x06ticket\x18\x01 \x01(\fR\x06ticket\x12!\n" +
@@ -2160,23 +2408,23 @@ const file_edgewire_proto_rawDesc = "" +
 	"KIND_OFFER\x10\x01\x12\x0f\n" +
 	"\vKIND_ANSWER\x10\x02\x12\x12\n" +
 	"\x0eKIND_CANDIDATE\x10\x03\x12\x18\n" +
-	"\x14KIND_RESTART_REQUEST\x10\x04\"\xa9\x01\n" +
+	"\x14KIND_RESTART_REQUEST\x10\x04\"\xd4\x01\n" +
 	"\x05Hello\x12\x1d\n" +
 	"\n" +
 	"public_key\x18\x01 \x01(\fR\tpublicKey\x12G\n" +
 	"\x10protocol_version\x18\x02 \x01(\x0e2\x1c.edgewire.v1.ProtocolVersionR\x0fprotocolVersion\x12\x1c\n" +
 	"\tendpoints\x18\x03 \x03(\tR\tendpoints\x12\x1a\n" +
-	"\bhostname\x18\x04 \x01(\tR\bhostname\"k\n" +
+	"\bhostname\x18\x04 \x01(\tR\bhostname\x12)\n" +
+	"\x10kubernetes_token\x18\x05 \x01(\tR\x0fkubernetesToken\"Y\n" +
 	"\tChallenge\x120\n" +
 	"\x14ephemeral_public_key\x18\x01 \x01(\fR\x12ephemeralPublicKey\x12\x14\n" +
-	"\x05nonce\x18\x02 \x01(\fR\x05nonce\x12\x16\n" +
-	"\x06sealed\x18\x03 \x01(\fR\x06sealed\")\n" +
-	"\tAuthProof\x12\x1c\n" +
-	"\tchallenge\x18\x01 \x01(\fR\tchallenge\".\n" +
+	"\x05nonce\x18\x02 \x01(\fR\x05nonceJ\x04\b\x03\x10\x04\"#\n" +
+	"\tAuthProof\x12\x10\n" +
+	"\x03mac\x18\x02 \x01(\fR\x03macJ\x04\b\x01\x10\x02\".\n" +
 	"\x0eEndpointUpdate\x12\x1c\n" +
 	"\tendpoints\x18\x01 \x03(\tR\tendpoints\"\f\n" +
 	"\n" +
-	"MapRequest\"\xbd\x03\n" +
+	"MapRequest\"\xea\x03\n" +
 	"\n" +
 	"NetworkMap\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12!\n" +
@@ -2190,7 +2438,8 @@ const file_edgewire_proto_rawDesc = "" +
 	"\x06relays\x18\t \x03(\v2\x18.edgewire.v1.RelayRegionR\x06relays\x120\n" +
 	"\bservices\x18\n" +
 	" \x03(\v2\x14.edgewire.v1.ServiceR\bservices\x12)\n" +
-	"\x10removed_services\x18\v \x03(\tR\x0fremovedServices\"\xb0\x02\n" +
+	"\x10removed_services\x18\v \x03(\tR\x0fremovedServices\x12+\n" +
+	"\x11relay_revocations\x18\f \x01(\fR\x10relayRevocations\"\xb0\x02\n" +
 	"\aService\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1f\n" +
@@ -2223,7 +2472,7 @@ const file_edgewire_proto_rawDesc = "" +
 	"\n" +
 	"StunServer\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x12\n" +
-	"\x04port\x18\x02 \x01(\rR\x04port\"\x80\x02\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\"\xd0\x02\n" +
 	"\x04Node\x12\x1d\n" +
 	"\n" +
 	"public_key\x18\x01 \x01(\fR\tpublicKey\x12\x12\n" +
@@ -2234,16 +2483,21 @@ const file_edgewire_proto_rawDesc = "" +
 	"\tendpoints\x18\x06 \x03(\tR\tendpoints\x12\x16\n" +
 	"\x06online\x18\a \x01(\bR\x06online\x12)\n" +
 	"\x11last_seen_unix_ms\x18\b \x01(\x03R\x0elastSeenUnixMs\x12\x12\n" +
-	"\x04tags\x18\t \x03(\tR\x04tags\"y\n" +
+	"\x04tags\x18\t \x03(\tR\x04tags\x12%\n" +
+	"\x0epending_routes\x18\n" +
+	" \x03(\tR\rpendingRoutes\x12'\n" +
+	"\x0fkubernetes_node\x18\v \x01(\tR\x0ekubernetesNode\"\xba\x01\n" +
 	"\x12CreateTokenRequest\x12\x1f\n" +
 	"\vttl_seconds\x18\x01 \x01(\x03R\n" +
 	"ttlSeconds\x12\x1a\n" +
 	"\breusable\x18\x02 \x01(\bR\breusable\x12\x12\n" +
 	"\x04uses\x18\x03 \x01(\x05R\x04uses\x12\x12\n" +
-	"\x04tags\x18\x04 \x03(\tR\x04tags\"W\n" +
+	"\x04tags\x18\x04 \x03(\tR\x04tags\x12\x16\n" +
+	"\x06routes\x18\x05 \x03(\tR\x06routes\x12'\n" +
+	"\x0fkubernetes_node\x18\x06 \x01(\tR\x0ekubernetesNode\"W\n" +
 	"\x13CreateTokenResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12*\n" +
-	"\x04info\x18\x02 \x01(\v2\x16.edgewire.v1.TokenInfoR\x04info\"\xda\x01\n" +
+	"\x04info\x18\x02 \x01(\v2\x16.edgewire.v1.TokenInfoR\x04info\"\x9b\x02\n" +
 	"\tTokenInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fcreated_unix\x18\x02 \x01(\x03R\vcreatedUnix\x12!\n" +
@@ -2252,7 +2506,10 @@ const file_edgewire_proto_rawDesc = "" +
 	"\bmax_uses\x18\x05 \x01(\x05R\amaxUses\x12\x12\n" +
 	"\x04uses\x18\x06 \x01(\x05R\x04uses\x12\x18\n" +
 	"\arevoked\x18\a \x01(\bR\arevoked\x12\x12\n" +
-	"\x04tags\x18\b \x03(\tR\x04tags\"\x13\n" +
+	"\x04tags\x18\b \x03(\tR\x04tags\x12\x16\n" +
+	"\x06routes\x18\t \x03(\tR\x06routes\x12'\n" +
+	"\x0fkubernetes_node\x18\n" +
+	" \x01(\tR\x0ekubernetesNode\"\x13\n" +
 	"\x11ListTokensRequest\"D\n" +
 	"\x12ListTokensResponse\x12.\n" +
 	"\x06tokens\x18\x01 \x03(\v2\x16.edgewire.v1.TokenInfoR\x06tokens\"$\n" +
@@ -2264,13 +2521,20 @@ const file_edgewire_proto_rawDesc = "" +
 	"\x05nodes\x18\x01 \x03(\v2\x11.edgewire.v1.NodeR\x05nodes\"'\n" +
 	"\x11DeleteNodeRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x14\n" +
-	"\x12DeleteNodeResponse*K\n" +
+	"\x12DeleteNodeResponse\"r\n" +
+	"\x14ApproveRoutesRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aapprove\x18\x02 \x03(\tR\aapprove\x12\x10\n" +
+	"\x03all\x18\x03 \x01(\bR\x03all\x12\x1a\n" +
+	"\bwithdraw\x18\x04 \x03(\tR\bwithdraw\">\n" +
+	"\x15ApproveRoutesResponse\x12%\n" +
+	"\x04node\x18\x01 \x01(\v2\x11.edgewire.v1.NodeR\x04node*K\n" +
 	"\x0fProtocolVersion\x12 \n" +
 	"\x1cPROTOCOL_VERSION_UNSPECIFIED\x10\x00\x12\x16\n" +
-	"\x12PROTOCOL_VERSION_1\x10\x012\x8d\x01\n" +
-	"\aControl\x12;\n" +
-	"\x04Join\x12\x18.edgewire.v1.JoinRequest\x1a\x19.edgewire.v1.JoinResponse\x12E\n" +
-	"\aConnect\x12\x1a.edgewire.v1.ClientMessage\x1a\x1a.edgewire.v1.ServerMessage(\x010\x012\x95\x03\n" +
+	"\x12PROTOCOL_VERSION_1\x10\x012\x94\x01\n" +
+	"\aControl\x12B\n" +
+	"\x04Join\x12\x1a.edgewire.v1.ClientMessage\x1a\x1a.edgewire.v1.ServerMessage(\x010\x01\x12E\n" +
+	"\aConnect\x12\x1a.edgewire.v1.ClientMessage\x1a\x1a.edgewire.v1.ServerMessage(\x010\x012\xed\x03\n" +
 	"\x05Admin\x12P\n" +
 	"\vCreateToken\x12\x1f.edgewire.v1.CreateTokenRequest\x1a .edgewire.v1.CreateTokenResponse\x12M\n" +
 	"\n" +
@@ -2278,7 +2542,8 @@ const file_edgewire_proto_rawDesc = "" +
 	"\vRevokeToken\x12\x1f.edgewire.v1.RevokeTokenRequest\x1a .edgewire.v1.RevokeTokenResponse\x12J\n" +
 	"\tListNodes\x12\x1d.edgewire.v1.ListNodesRequest\x1a\x1e.edgewire.v1.ListNodesResponse\x12M\n" +
 	"\n" +
-	"DeleteNode\x12\x1e.edgewire.v1.DeleteNodeRequest\x1a\x1f.edgewire.v1.DeleteNodeResponseB.Z,github.com/edgewire/edgewire/coordinator/apib\x06proto3"
+	"DeleteNode\x12\x1e.edgewire.v1.DeleteNodeRequest\x1a\x1f.edgewire.v1.DeleteNodeResponse\x12V\n" +
+	"\rApproveRoutes\x12!.edgewire.v1.ApproveRoutesRequest\x1a\".edgewire.v1.ApproveRoutesResponseB.Z,github.com/edgewire/edgewire/coordinator/apib\x06proto3"
 
 var (
 	file_edgewire_proto_rawDescOnce sync.Once
@@ -2293,41 +2558,43 @@ func file_edgewire_proto_rawDescGZIP() []byte {
 }
 
 var file_edgewire_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_edgewire_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_edgewire_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_edgewire_proto_goTypes = []any{
-	(ProtocolVersion)(0),        // 0: edgewire.v1.ProtocolVersion
-	(SignalPayload_Kind)(0),     // 1: edgewire.v1.SignalPayload.Kind
-	(*JoinRequest)(nil),         // 2: edgewire.v1.JoinRequest
-	(*JoinResponse)(nil),        // 3: edgewire.v1.JoinResponse
-	(*ClientMessage)(nil),       // 4: edgewire.v1.ClientMessage
-	(*ServerMessage)(nil),       // 5: edgewire.v1.ServerMessage
-	(*RelayTicket)(nil),         // 6: edgewire.v1.RelayTicket
-	(*Signal)(nil),              // 7: edgewire.v1.Signal
-	(*SignalPayload)(nil),       // 8: edgewire.v1.SignalPayload
-	(*Hello)(nil),               // 9: edgewire.v1.Hello
-	(*Challenge)(nil),           // 10: edgewire.v1.Challenge
-	(*AuthProof)(nil),           // 11: edgewire.v1.AuthProof
-	(*EndpointUpdate)(nil),      // 12: edgewire.v1.EndpointUpdate
-	(*MapRequest)(nil),          // 13: edgewire.v1.MapRequest
-	(*NetworkMap)(nil),          // 14: edgewire.v1.NetworkMap
-	(*Service)(nil),             // 15: edgewire.v1.Service
-	(*ServicePort)(nil),         // 16: edgewire.v1.ServicePort
-	(*ServiceEndpoint)(nil),     // 17: edgewire.v1.ServiceEndpoint
-	(*RelayRegion)(nil),         // 18: edgewire.v1.RelayRegion
-	(*StunServer)(nil),          // 19: edgewire.v1.StunServer
-	(*Node)(nil),                // 20: edgewire.v1.Node
-	(*CreateTokenRequest)(nil),  // 21: edgewire.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil), // 22: edgewire.v1.CreateTokenResponse
-	(*TokenInfo)(nil),           // 23: edgewire.v1.TokenInfo
-	(*ListTokensRequest)(nil),   // 24: edgewire.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),  // 25: edgewire.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),  // 26: edgewire.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil), // 27: edgewire.v1.RevokeTokenResponse
-	(*ListNodesRequest)(nil),    // 28: edgewire.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),   // 29: edgewire.v1.ListNodesResponse
-	(*DeleteNodeRequest)(nil),   // 30: edgewire.v1.DeleteNodeRequest
-	(*DeleteNodeResponse)(nil),  // 31: edgewire.v1.DeleteNodeResponse
-	nil,                         // 32: edgewire.v1.ServiceEndpoint.PortsEntry
+	(ProtocolVersion)(0),          // 0: edgewire.v1.ProtocolVersion
+	(SignalPayload_Kind)(0),       // 1: edgewire.v1.SignalPayload.Kind
+	(*JoinRequest)(nil),           // 2: edgewire.v1.JoinRequest
+	(*JoinResponse)(nil),          // 3: edgewire.v1.JoinResponse
+	(*ClientMessage)(nil),         // 4: edgewire.v1.ClientMessage
+	(*ServerMessage)(nil),         // 5: edgewire.v1.ServerMessage
+	(*RelayTicket)(nil),           // 6: edgewire.v1.RelayTicket
+	(*Signal)(nil),                // 7: edgewire.v1.Signal
+	(*SignalPayload)(nil),         // 8: edgewire.v1.SignalPayload
+	(*Hello)(nil),                 // 9: edgewire.v1.Hello
+	(*Challenge)(nil),             // 10: edgewire.v1.Challenge
+	(*AuthProof)(nil),             // 11: edgewire.v1.AuthProof
+	(*EndpointUpdate)(nil),        // 12: edgewire.v1.EndpointUpdate
+	(*MapRequest)(nil),            // 13: edgewire.v1.MapRequest
+	(*NetworkMap)(nil),            // 14: edgewire.v1.NetworkMap
+	(*Service)(nil),               // 15: edgewire.v1.Service
+	(*ServicePort)(nil),           // 16: edgewire.v1.ServicePort
+	(*ServiceEndpoint)(nil),       // 17: edgewire.v1.ServiceEndpoint
+	(*RelayRegion)(nil),           // 18: edgewire.v1.RelayRegion
+	(*StunServer)(nil),            // 19: edgewire.v1.StunServer
+	(*Node)(nil),                  // 20: edgewire.v1.Node
+	(*CreateTokenRequest)(nil),    // 21: edgewire.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),   // 22: edgewire.v1.CreateTokenResponse
+	(*TokenInfo)(nil),             // 23: edgewire.v1.TokenInfo
+	(*ListTokensRequest)(nil),     // 24: edgewire.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),    // 25: edgewire.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),    // 26: edgewire.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),   // 27: edgewire.v1.RevokeTokenResponse
+	(*ListNodesRequest)(nil),      // 28: edgewire.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),     // 29: edgewire.v1.ListNodesResponse
+	(*DeleteNodeRequest)(nil),     // 30: edgewire.v1.DeleteNodeRequest
+	(*DeleteNodeResponse)(nil),    // 31: edgewire.v1.DeleteNodeResponse
+	(*ApproveRoutesRequest)(nil),  // 32: edgewire.v1.ApproveRoutesRequest
+	(*ApproveRoutesResponse)(nil), // 33: edgewire.v1.ApproveRoutesResponse
+	nil,                           // 34: edgewire.v1.ServiceEndpoint.PortsEntry
 }
 var file_edgewire_proto_depIdxs = []int32{
 	20, // 0: edgewire.v1.JoinResponse.self:type_name -> edgewire.v1.Node
@@ -2336,42 +2603,47 @@ var file_edgewire_proto_depIdxs = []int32{
 	12, // 3: edgewire.v1.ClientMessage.endpoints:type_name -> edgewire.v1.EndpointUpdate
 	13, // 4: edgewire.v1.ClientMessage.map_request:type_name -> edgewire.v1.MapRequest
 	7,  // 5: edgewire.v1.ClientMessage.signal:type_name -> edgewire.v1.Signal
-	10, // 6: edgewire.v1.ServerMessage.challenge:type_name -> edgewire.v1.Challenge
-	14, // 7: edgewire.v1.ServerMessage.map:type_name -> edgewire.v1.NetworkMap
-	7,  // 8: edgewire.v1.ServerMessage.signal:type_name -> edgewire.v1.Signal
-	6,  // 9: edgewire.v1.ServerMessage.relay_ticket:type_name -> edgewire.v1.RelayTicket
-	1,  // 10: edgewire.v1.SignalPayload.kind:type_name -> edgewire.v1.SignalPayload.Kind
-	0,  // 11: edgewire.v1.Hello.protocol_version:type_name -> edgewire.v1.ProtocolVersion
-	20, // 12: edgewire.v1.NetworkMap.self:type_name -> edgewire.v1.Node
-	20, // 13: edgewire.v1.NetworkMap.peers:type_name -> edgewire.v1.Node
-	19, // 14: edgewire.v1.NetworkMap.stun_servers:type_name -> edgewire.v1.StunServer
-	18, // 15: edgewire.v1.NetworkMap.relays:type_name -> edgewire.v1.RelayRegion
-	15, // 16: edgewire.v1.NetworkMap.services:type_name -> edgewire.v1.Service
-	16, // 17: edgewire.v1.Service.ports:type_name -> edgewire.v1.ServicePort
-	17, // 18: edgewire.v1.Service.endpoints:type_name -> edgewire.v1.ServiceEndpoint
-	32, // 19: edgewire.v1.ServiceEndpoint.ports:type_name -> edgewire.v1.ServiceEndpoint.PortsEntry
-	23, // 20: edgewire.v1.CreateTokenResponse.info:type_name -> edgewire.v1.TokenInfo
-	23, // 21: edgewire.v1.ListTokensResponse.tokens:type_name -> edgewire.v1.TokenInfo
-	20, // 22: edgewire.v1.ListNodesResponse.nodes:type_name -> edgewire.v1.Node
-	2,  // 23: edgewire.v1.Control.Join:input_type -> edgewire.v1.JoinRequest
-	4,  // 24: edgewire.v1.Control.Connect:input_type -> edgewire.v1.ClientMessage
-	21, // 25: edgewire.v1.Admin.CreateToken:input_type -> edgewire.v1.CreateTokenRequest
-	24, // 26: edgewire.v1.Admin.ListTokens:input_type -> edgewire.v1.ListTokensRequest
-	26, // 27: edgewire.v1.Admin.RevokeToken:input_type -> edgewire.v1.RevokeTokenRequest
-	28, // 28: edgewire.v1.Admin.ListNodes:input_type -> edgewire.v1.ListNodesRequest
-	30, // 29: edgewire.v1.Admin.DeleteNode:input_type -> edgewire.v1.DeleteNodeRequest
-	3,  // 30: edgewire.v1.Control.Join:output_type -> edgewire.v1.JoinResponse
-	5,  // 31: edgewire.v1.Control.Connect:output_type -> edgewire.v1.ServerMessage
-	22, // 32: edgewire.v1.Admin.CreateToken:output_type -> edgewire.v1.CreateTokenResponse
-	25, // 33: edgewire.v1.Admin.ListTokens:output_type -> edgewire.v1.ListTokensResponse
-	27, // 34: edgewire.v1.Admin.RevokeToken:output_type -> edgewire.v1.RevokeTokenResponse
-	29, // 35: edgewire.v1.Admin.ListNodes:output_type -> edgewire.v1.ListNodesResponse
-	31, // 36: edgewire.v1.Admin.DeleteNode:output_type -> edgewire.v1.DeleteNodeResponse
-	30, // [30:37] is the sub-list for method output_type
-	23, // [23:30] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	2,  // 6: edgewire.v1.ClientMessage.join:type_name -> edgewire.v1.JoinRequest
+	10, // 7: edgewire.v1.ServerMessage.challenge:type_name -> edgewire.v1.Challenge
+	14, // 8: edgewire.v1.ServerMessage.map:type_name -> edgewire.v1.NetworkMap
+	7,  // 9: edgewire.v1.ServerMessage.signal:type_name -> edgewire.v1.Signal
+	6,  // 10: edgewire.v1.ServerMessage.relay_ticket:type_name -> edgewire.v1.RelayTicket
+	3,  // 11: edgewire.v1.ServerMessage.joined:type_name -> edgewire.v1.JoinResponse
+	1,  // 12: edgewire.v1.SignalPayload.kind:type_name -> edgewire.v1.SignalPayload.Kind
+	0,  // 13: edgewire.v1.Hello.protocol_version:type_name -> edgewire.v1.ProtocolVersion
+	20, // 14: edgewire.v1.NetworkMap.self:type_name -> edgewire.v1.Node
+	20, // 15: edgewire.v1.NetworkMap.peers:type_name -> edgewire.v1.Node
+	19, // 16: edgewire.v1.NetworkMap.stun_servers:type_name -> edgewire.v1.StunServer
+	18, // 17: edgewire.v1.NetworkMap.relays:type_name -> edgewire.v1.RelayRegion
+	15, // 18: edgewire.v1.NetworkMap.services:type_name -> edgewire.v1.Service
+	16, // 19: edgewire.v1.Service.ports:type_name -> edgewire.v1.ServicePort
+	17, // 20: edgewire.v1.Service.endpoints:type_name -> edgewire.v1.ServiceEndpoint
+	34, // 21: edgewire.v1.ServiceEndpoint.ports:type_name -> edgewire.v1.ServiceEndpoint.PortsEntry
+	23, // 22: edgewire.v1.CreateTokenResponse.info:type_name -> edgewire.v1.TokenInfo
+	23, // 23: edgewire.v1.ListTokensResponse.tokens:type_name -> edgewire.v1.TokenInfo
+	20, // 24: edgewire.v1.ListNodesResponse.nodes:type_name -> edgewire.v1.Node
+	20, // 25: edgewire.v1.ApproveRoutesResponse.node:type_name -> edgewire.v1.Node
+	4,  // 26: edgewire.v1.Control.Join:input_type -> edgewire.v1.ClientMessage
+	4,  // 27: edgewire.v1.Control.Connect:input_type -> edgewire.v1.ClientMessage
+	21, // 28: edgewire.v1.Admin.CreateToken:input_type -> edgewire.v1.CreateTokenRequest
+	24, // 29: edgewire.v1.Admin.ListTokens:input_type -> edgewire.v1.ListTokensRequest
+	26, // 30: edgewire.v1.Admin.RevokeToken:input_type -> edgewire.v1.RevokeTokenRequest
+	28, // 31: edgewire.v1.Admin.ListNodes:input_type -> edgewire.v1.ListNodesRequest
+	30, // 32: edgewire.v1.Admin.DeleteNode:input_type -> edgewire.v1.DeleteNodeRequest
+	32, // 33: edgewire.v1.Admin.ApproveRoutes:input_type -> edgewire.v1.ApproveRoutesRequest
+	5,  // 34: edgewire.v1.Control.Join:output_type -> edgewire.v1.ServerMessage
+	5,  // 35: edgewire.v1.Control.Connect:output_type -> edgewire.v1.ServerMessage
+	22, // 36: edgewire.v1.Admin.CreateToken:output_type -> edgewire.v1.CreateTokenResponse
+	25, // 37: edgewire.v1.Admin.ListTokens:output_type -> edgewire.v1.ListTokensResponse
+	27, // 38: edgewire.v1.Admin.RevokeToken:output_type -> edgewire.v1.RevokeTokenResponse
+	29, // 39: edgewire.v1.Admin.ListNodes:output_type -> edgewire.v1.ListNodesResponse
+	31, // 40: edgewire.v1.Admin.DeleteNode:output_type -> edgewire.v1.DeleteNodeResponse
+	33, // 41: edgewire.v1.Admin.ApproveRoutes:output_type -> edgewire.v1.ApproveRoutesResponse
+	34, // [34:42] is the sub-list for method output_type
+	26, // [26:34] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_edgewire_proto_init() }
@@ -2385,12 +2657,14 @@ func file_edgewire_proto_init() {
 		(*ClientMessage_Endpoints)(nil),
 		(*ClientMessage_MapRequest)(nil),
 		(*ClientMessage_Signal)(nil),
+		(*ClientMessage_Join)(nil),
 	}
 	file_edgewire_proto_msgTypes[3].OneofWrappers = []any{
 		(*ServerMessage_Challenge)(nil),
 		(*ServerMessage_Map)(nil),
 		(*ServerMessage_Signal)(nil),
 		(*ServerMessage_RelayTicket)(nil),
+		(*ServerMessage_Joined)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2398,7 +2672,7 @@ func file_edgewire_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_edgewire_proto_rawDesc), len(file_edgewire_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   31,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -32,12 +32,15 @@ const (
 //
 // Control is served to agents on the coordinator's TLS port.
 type ControlClient interface {
-	// Join registers a node with a join token. The token is the only
-	// credential; the call is otherwise unauthenticated.
-	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
+	// Join registers a node with a join token. The client first proves
+	// that it holds the node key, exactly as on Connect (Hello, Challenge,
+	// AuthProof), then sends JoinRequest; the server answers with
+	// JoinResponse (or an error status) and ends the stream. A key that is
+	// already registered can only be re-joined this way, i.e. by its holder.
+	Join(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ClientMessage, ServerMessage], error)
 	// Connect is the node's long-lived stream. The client sends Hello, the
-	// server answers with a Challenge sealed to the node key, the client
-	// returns the opened challenge in AuthProof; from then on the server
+	// server answers with a Challenge, the client proves its node key in
+	// AuthProof (see there); from then on the server
 	// streams NetworkMap messages (a full map first, then deltas) and the
 	// client may send EndpointUpdate and MapRequest at any time.
 	Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ClientMessage, ServerMessage], error)
@@ -51,19 +54,22 @@ func NewControlClient(cc grpc.ClientConnInterface) ControlClient {
 	return &controlClient{cc}
 }
 
-func (c *controlClient) Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error) {
+func (c *controlClient) Join(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ClientMessage, ServerMessage], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(JoinResponse)
-	err := c.cc.Invoke(ctx, Control_Join_FullMethodName, in, out, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &Control_ServiceDesc.Streams[0], Control_Join_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
-	return out, nil
+	x := &grpc.GenericClientStream[ClientMessage, ServerMessage]{ClientStream: stream}
+	return x, nil
 }
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Control_JoinClient = grpc.BidiStreamingClient[ClientMessage, ServerMessage]
 
 func (c *controlClient) Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ClientMessage, ServerMessage], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &Control_ServiceDesc.Streams[0], Control_Connect_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &Control_ServiceDesc.Streams[1], Control_Connect_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -80,12 +86,15 @@ type Control_ConnectClient = grpc.BidiStreamingClient[ClientMessage, ServerMessa
 //
 // Control is served to agents on the coordinator's TLS port.
 type ControlServer interface {
-	// Join registers a node with a join token. The token is the only
-	// credential; the call is otherwise unauthenticated.
-	Join(context.Context, *JoinRequest) (*JoinResponse, error)
+	// Join registers a node with a join token. The client first proves
+	// that it holds the node key, exactly as on Connect (Hello, Challenge,
+	// AuthProof), then sends JoinRequest; the server answers with
+	// JoinResponse (or an error status) and ends the stream. A key that is
+	// already registered can only be re-joined this way, i.e. by its holder.
+	Join(grpc.BidiStreamingServer[ClientMessage, ServerMessage]) error
 	// Connect is the node's long-lived stream. The client sends Hello, the
-	// server answers with a Challenge sealed to the node key, the client
-	// returns the opened challenge in AuthProof; from then on the server
+	// server answers with a Challenge, the client proves its node key in
+	// AuthProof (see there); from then on the server
 	// streams NetworkMap messages (a full map first, then deltas) and the
 	// client may send EndpointUpdate and MapRequest at any time.
 	Connect(grpc.BidiStreamingServer[ClientMessage, ServerMessage]) error
@@ -99,8 +108,8 @@ type ControlServer interface {
 // pointer dereference when methods are called.
 type UnimplementedControlServer struct{}
 
-func (UnimplementedControlServer) Join(context.Context, *JoinRequest) (*JoinResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method Join not implemented")
+func (UnimplementedControlServer) Join(grpc.BidiStreamingServer[ClientMessage, ServerMessage]) error {
+	return status.Error(codes.Unimplemented, "method Join not implemented")
 }
 func (UnimplementedControlServer) Connect(grpc.BidiStreamingServer[ClientMessage, ServerMessage]) error {
 	return status.Error(codes.Unimplemented, "method Connect not implemented")
@@ -126,23 +135,12 @@ func RegisterControlServer(s grpc.ServiceRegistrar, srv ControlServer) {
 	s.RegisterService(&Control_ServiceDesc, srv)
 }
 
-func _Control_Join_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(JoinRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(ControlServer).Join(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: Control_Join_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(ControlServer).Join(ctx, req.(*JoinRequest))
-	}
-	return interceptor(ctx, in, info, handler)
+func _Control_Join_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(ControlServer).Join(&grpc.GenericServerStream[ClientMessage, ServerMessage]{ServerStream: stream})
 }
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Control_JoinServer = grpc.BidiStreamingServer[ClientMessage, ServerMessage]
 
 func _Control_Connect_Handler(srv interface{}, stream grpc.ServerStream) error {
 	return srv.(ControlServer).Connect(&grpc.GenericServerStream[ClientMessage, ServerMessage]{ServerStream: stream})
@@ -157,13 +155,14 @@ type Control_ConnectServer = grpc.BidiStreamingServer[ClientMessage, ServerMessa
 var Control_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "edgewire.v1.Control",
 	HandlerType: (*ControlServer)(nil),
-	Methods: []grpc.MethodDesc{
-		{
-			MethodName: "Join",
-			Handler:    _Control_Join_Handler,
-		},
-	},
+	Methods:     []grpc.MethodDesc{},
 	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Join",
+			Handler:       _Control_Join_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
 		{
 			StreamName:    "Connect",
 			Handler:       _Control_Connect_Handler,
@@ -175,11 +174,12 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Admin_CreateToken_FullMethodName = "/edgewire.v1.Admin/CreateToken"
-	Admin_ListTokens_FullMethodName  = "/edgewire.v1.Admin/ListTokens"
-	Admin_RevokeToken_FullMethodName = "/edgewire.v1.Admin/RevokeToken"
-	Admin_ListNodes_FullMethodName   = "/edgewire.v1.Admin/ListNodes"
-	Admin_DeleteNode_FullMethodName  = "/edgewire.v1.Admin/DeleteNode"
+	Admin_CreateToken_FullMethodName   = "/edgewire.v1.Admin/CreateToken"
+	Admin_ListTokens_FullMethodName    = "/edgewire.v1.Admin/ListTokens"
+	Admin_RevokeToken_FullMethodName   = "/edgewire.v1.Admin/RevokeToken"
+	Admin_ListNodes_FullMethodName     = "/edgewire.v1.Admin/ListNodes"
+	Admin_DeleteNode_FullMethodName    = "/edgewire.v1.Admin/DeleteNode"
+	Admin_ApproveRoutes_FullMethodName = "/edgewire.v1.Admin/ApproveRoutes"
 )
 
 // AdminClient is the client API for Admin service.
@@ -194,6 +194,9 @@ type AdminClient interface {
 	RevokeToken(ctx context.Context, in *RevokeTokenRequest, opts ...grpc.CallOption) (*RevokeTokenResponse, error)
 	ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error)
 	DeleteNode(ctx context.Context, in *DeleteNodeRequest, opts ...grpc.CallOption) (*DeleteNodeResponse, error)
+	// ApproveRoutes approves (or withdraws approval of) routes a node
+	// advertised. Only approved routes and Kubernetes pod CIDRs are routed.
+	ApproveRoutes(ctx context.Context, in *ApproveRoutesRequest, opts ...grpc.CallOption) (*ApproveRoutesResponse, error)
 }
 
 type adminClient struct {
@@ -254,6 +257,16 @@ func (c *adminClient) DeleteNode(ctx context.Context, in *DeleteNodeRequest, opt
 	return out, nil
 }
 
+func (c *adminClient) ApproveRoutes(ctx context.Context, in *ApproveRoutesRequest, opts ...grpc.CallOption) (*ApproveRoutesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ApproveRoutesResponse)
+	err := c.cc.Invoke(ctx, Admin_ApproveRoutes_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -266,6 +279,9 @@ type AdminServer interface {
 	RevokeToken(context.Context, *RevokeTokenRequest) (*RevokeTokenResponse, error)
 	ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error)
 	DeleteNode(context.Context, *DeleteNodeRequest) (*DeleteNodeResponse, error)
+	// ApproveRoutes approves (or withdraws approval of) routes a node
+	// advertised. Only approved routes and Kubernetes pod CIDRs are routed.
+	ApproveRoutes(context.Context, *ApproveRoutesRequest) (*ApproveRoutesResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -290,6 +306,9 @@ func (UnimplementedAdminServer) ListNodes(context.Context, *ListNodesRequest) (*
 }
 func (UnimplementedAdminServer) DeleteNode(context.Context, *DeleteNodeRequest) (*DeleteNodeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteNode not implemented")
+}
+func (UnimplementedAdminServer) ApproveRoutes(context.Context, *ApproveRoutesRequest) (*ApproveRoutesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ApproveRoutes not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -402,6 +421,24 @@ func _Admin_DeleteNode_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_ApproveRoutes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ApproveRoutesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ApproveRoutes(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ApproveRoutes_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ApproveRoutes(ctx, req.(*ApproveRoutesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -428,6 +465,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteNode",
 			Handler:    _Admin_DeleteNode_Handler,
+		},
+		{
+			MethodName: "ApproveRoutes",
+			Handler:    _Admin_ApproveRoutes_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

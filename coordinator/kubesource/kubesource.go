@@ -6,14 +6,19 @@ package kubesource
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
+	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -33,7 +38,11 @@ type Config struct {
 	// Kubeconfig is a kubeconfig path; empty means in-cluster config.
 	Kubeconfig string
 	Resync     time.Duration // informer resync (default 10m)
-	Logger     *slog.Logger
+	// AgentServiceAccount is "namespace/name" of the service account the
+	// agent DaemonSet runs as: VerifyNode accepts only its tokens.
+	// Empty: VerifyNode refuses every token.
+	AgentServiceAccount string
+	Logger              *slog.Logger
 }
 
 // Source watches a Kubernetes API server.
@@ -68,7 +77,64 @@ func New(cfg Config) (*Source, error) {
 	if err != nil {
 		return nil, err
 	}
+	return newSource(cfg, c)
+}
+
+func newSource(cfg Config, c kubernetes.Interface) (*Source, error) {
+	if sa := cfg.AgentServiceAccount; sa != "" {
+		ns, name, ok := strings.Cut(sa, "/")
+		if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
+			return nil, fmt.Errorf("agent service account %q: want namespace/name", sa)
+		}
+	}
 	return &Source{cfg: cfg, log: cfg.Logger, client: c}, nil
+}
+
+// Audience is the audience agents request their service account tokens
+// for; a token for any other audience (the API server's own, say) is
+// refused.
+const Audience = "edgewire"
+
+// Extra keys the API server sets on pod-bound service account tokens.
+const (
+	extraNodeName = "authentication.kubernetes.io/node-name"
+	extraPodName  = "authentication.kubernetes.io/pod-name"
+)
+
+// VerifyNode asks the API server (TokenReview) whether token is a valid
+// token of the agent's service account for Audience, bound to a pod that
+// still exists, and returns the name of the Node that pod runs on. The
+// API server checks the signature, expiry and that the bound pod (and so
+// its node binding) is current.
+func (s *Source) VerifyNode(ctx context.Context, token string) (string, error) {
+	if s.cfg.AgentServiceAccount == "" {
+		return "", errors.New("the coordinator has no --agent-service-account configured")
+	}
+	tr, err := s.client.AuthenticationV1().TokenReviews().Create(ctx, &authv1.TokenReview{
+		Spec: authv1.TokenReviewSpec{Token: token, Audiences: []string{Audience}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return "", fmt.Errorf("token review: %w", err)
+	}
+	st := tr.Status
+	if !st.Authenticated {
+		if st.Error != "" {
+			return "", fmt.Errorf("not authenticated: %s", st.Error)
+		}
+		return "", errors.New("not authenticated")
+	}
+	if !slices.Contains(st.Audiences, Audience) {
+		return "", fmt.Errorf("token is not for audience %q", Audience)
+	}
+	ns, name, _ := strings.Cut(s.cfg.AgentServiceAccount, "/")
+	if want := "system:serviceaccount:" + ns + ":" + name; st.User.Username != want {
+		return "", fmt.Errorf("token is %s's, not the agent's (%s)", st.User.Username, want)
+	}
+	nodes, pods := st.User.Extra[extraNodeName], st.User.Extra[extraPodName]
+	if len(pods) != 1 || len(nodes) != 1 || nodes[0] == "" {
+		return "", errors.New("token is not bound to a pod on a node (the agent must use a projected service account token)")
+	}
+	return nodes[0], nil
 }
 
 // Run implements svcsource.Source.
@@ -124,7 +190,7 @@ func (s *Source) Run(ctx context.Context, sink svcsource.Sink) error {
 		if !ok {
 			return
 		}
-		if err := sink.SetPodCIDRs(n.Name, s.podCIDRs(n)); err != nil {
+		if err := sink.SetKubeNode(n.Name, s.podCIDRs(n)); err != nil {
 			s.log.Error("refusing pod CIDRs", "err", err)
 		}
 	}
@@ -136,7 +202,7 @@ func (s *Source) Run(ctx context.Context, sink svcsource.Sink) error {
 				obj = d.Obj
 			}
 			if n, ok := obj.(*corev1.Node); ok {
-				sink.SetPodCIDRs(n.Name, nil) // removing cannot overlap
+				sink.DeleteKubeNode(n.Name)
 			}
 		},
 	}); err != nil {

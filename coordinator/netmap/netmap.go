@@ -27,6 +27,7 @@ import (
 
 	"github.com/edgewire/edgewire/coordinator/api"
 	"github.com/edgewire/edgewire/coordinator/store"
+	"github.com/edgewire/edgewire/internal/routeguard"
 )
 
 // ErrUnknownNode is returned for a key that is not (or no longer) registered.
@@ -36,12 +37,13 @@ var ErrUnknownNode = errors.New("node is not registered")
 // log reaches get a full map instead of a delta.
 const DefaultMaxLog = 1 << 16
 
-// change records what changed at a version: a node (svc empty) or a
-// Service (svc = "namespace/name").
+// change records what changed at a version: a node (svc empty), a
+// Service (svc = "namespace/name") or the relay revocations (rev).
 type change struct {
 	version uint64
 	key     store.NodeKey
 	svc     string
+	rev     bool
 	at      time.Time // when it happened, for fan-out latency
 }
 
@@ -50,7 +52,6 @@ type entry struct {
 	conns     int // open authenticated streams; online when > 0
 	lastSeen  time.Time
 	endpoints []netip.AddrPort
-	podCIDRs  []netip.Prefix // from the Kubernetes Node object of the same name
 	version   uint64
 
 	pb *api.Node // map entry, built lazily, shared read-only by every stream; nil after a change
@@ -96,31 +97,37 @@ type Registry struct {
 
 	mu       sync.Mutex // guards everything below
 	nodes    map[store.NodeKey]*entry
-	services map[string]*api.Service   // by namespace/name; values read-only
-	podCIDRs map[string][]netip.Prefix // by node name, as Kubernetes reports them
-	version  uint64
-	log      []change // ascending by version
-	logFloor uint64   // deltas can be computed only from versions >= logFloor
-	subs     map[*Sub]struct{}
-	interval time.Duration // least time between two publications; 0: publish every change
-	perSub   time.Duration // added to interval for every subscriber
-	pub      *pub          // the latest publication; never nil
-	lastPub  time.Time     // when pub was made (monotonic clock)
-	pending  *time.Timer   // non-nil while a publication is scheduled
+	services map[string]*api.Service // by namespace/name; values read-only
+	// kubeNodes are the Kubernetes Nodes by name with their pod CIDRs.
+	// A CIDR is routed to the node whose verified KubeNode has that name,
+	// never to a node that merely chose the name.
+	kubeNodes   map[string][]netip.Prefix
+	policy      routeguard.Policy // what pod CIDRs must pass
+	revocations []byte            // signed relay revocations; read-only
+	version     uint64
+	log         []change // ascending by version
+	logFloor    uint64   // deltas can be computed only from versions >= logFloor
+	subs        map[*Sub]struct{}
+	interval    time.Duration // least time between two publications; 0: publish every change
+	perSub      time.Duration // added to interval for every subscriber
+	pub         *pub          // the latest publication; never nil
+	lastPub     time.Time     // when pub was made (monotonic clock)
+	pending     *time.Timer   // non-nil while a publication is scheduled
 }
 
 // New returns an empty registry for the given overlay prefixes.
 func New(prefixes []netip.Prefix) *Registry {
 	r := &Registry{
-		maxLog:   DefaultMaxLog,
-		now:      time.Now,
-		nodes:    make(map[store.NodeKey]*entry),
-		services: make(map[string]*api.Service),
-		podCIDRs: make(map[string][]netip.Prefix),
-		subs:     make(map[*Sub]struct{}),
-		pub:      &pub{},
+		maxLog:    DefaultMaxLog,
+		now:       time.Now,
+		nodes:     make(map[store.NodeKey]*entry),
+		services:  make(map[string]*api.Service),
+		kubeNodes: make(map[string][]netip.Prefix),
+		subs:      make(map[*Sub]struct{}),
+		pub:       &pub{},
 	}
 	r.overlay = prefixes
+	r.policy.Overlay = prefixes
 	for _, p := range prefixes {
 		r.prefixes = append(r.prefixes, p.String())
 	}
@@ -162,7 +169,7 @@ func (r *Registry) Load(nodes []store.Node) {
 	defer r.mu.Unlock()
 	for _, n := range nodes {
 		r.version++
-		r.nodes[n.Key] = &entry{node: n, lastSeen: n.LastSeen, version: r.version, podCIDRs: r.podCIDRs[n.Name]}
+		r.nodes[n.Key] = &entry{node: n, lastSeen: n.LastSeen, version: r.version}
 	}
 	r.logFloor = r.version
 	r.pub = &pub{version: r.version}
@@ -178,7 +185,6 @@ func (r *Registry) Upsert(n store.Node) {
 		r.nodes[n.Key] = e
 	}
 	e.node = n
-	e.podCIDRs = r.podCIDRs[n.Name]
 	r.changedLocked(n.Key, e)
 }
 
@@ -212,72 +218,130 @@ func (r *Registry) Services() int {
 	return len(r.services)
 }
 
-// SetPodCIDRs records the pod CIDRs Kubernetes assigned to the node named
-// node; they become routes of that node (now, or when it registers). CIDRs
-// that overlap the overlay or another node's routes are refused whole,
-// with the node keeping what it had.
-func (r *Registry) SetPodCIDRs(node string, cidrs []netip.Prefix) error {
+// SetRoutePolicy sets what pod CIDRs must pass besides not overlapping
+// the overlay (special-purpose ranges, minimum length, protected
+// addresses). Call it before the first SetKubeNode.
+func (r *Registry) SetRoutePolicy(p routeguard.Policy) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if slices.Equal(r.podCIDRs[node], cidrs) {
+	p.Overlay = r.overlay
+	r.policy = p
+}
+
+// SetKubeNode records that the Kubernetes Node name exists with the pod
+// CIDRs Kubernetes assigned to it. They become routes of the node verified
+// to be that Kubernetes Node (now, or when it registers), taking
+// precedence over advertised routes of other nodes that overlap them.
+// CIDRs that the route policy refuses, or that overlap another
+// Kubernetes Node's, are refused whole; the Node keeps what it had.
+func (r *Registry) SetKubeNode(name string, cidrs []netip.Prefix) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	old, existed := r.kubeNodes[name]
+	if existed && slices.Equal(old, cidrs) {
 		return nil
 	}
 	for _, c := range cidrs {
-		if c != c.Masked() {
-			return fmt.Errorf("node %s: pod CIDR %s has host bits set", node, c)
+		if err := r.policy.Check(c); err != nil {
+			return fmt.Errorf("node %s: pod CIDR %w", name, err)
 		}
-		for _, o := range r.overlay {
-			if o.Overlaps(c) {
-				return fmt.Errorf("node %s: pod CIDR %s overlaps the overlay prefix %s", node, c, o)
-			}
-		}
-		for other, ocs := range r.podCIDRs {
+		for other, ocs := range r.kubeNodes {
 			for _, oc := range ocs {
-				if other != node && oc.Overlaps(c) {
-					return fmt.Errorf("node %s: pod CIDR %s overlaps node %s's pod CIDR %s", node, c, other, oc)
-				}
-			}
-		}
-		for _, e := range r.nodes {
-			for _, rt := range e.node.Routes {
-				if e.node.Name != node && rt.Overlaps(c) {
-					return fmt.Errorf("node %s: pod CIDR %s overlaps route %s advertised by node %s", node, c, rt, e.node.Name)
+				if other != name && oc.Overlaps(c) {
+					return fmt.Errorf("node %s: pod CIDR %s overlaps node %s's pod CIDR %s", name, c, other, oc)
 				}
 			}
 		}
 	}
-	if len(cidrs) == 0 {
-		delete(r.podCIDRs, node)
-	} else {
-		r.podCIDRs[node] = cidrs
-	}
-	for k, e := range r.nodes {
-		if e.node.Name == node {
-			e.podCIDRs = cidrs
-			r.changedLocked(k, e)
-		}
-	}
+	r.kubeNodes[name] = slices.Clone(cidrs)
+	r.podCIDRsChangedLocked(name, old, cidrs)
 	return nil
 }
 
-// CheckRoutes reports whether routes advertised by the node named node
-// overlap another node's routes or pod CIDRs.
+// DeleteKubeNode records that the Kubernetes Node name is gone.
+func (r *Registry) DeleteKubeNode(name string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	old, ok := r.kubeNodes[name]
+	if !ok {
+		return
+	}
+	delete(r.kubeNodes, name)
+	r.podCIDRsChangedLocked(name, old, nil)
+}
+
+// podCIDRsChangedLocked marks changed the node that is Kubernetes Node
+// name and every node whose approved routes the old or new CIDRs shadow.
+func (r *Registry) podCIDRsChangedLocked(name string, old, cidrs []netip.Prefix) {
+	for k, e := range r.nodes {
+		if e.node.KubeNode == name || overlapsAny(e.node.Routes, old) || overlapsAny(e.node.Routes, cidrs) {
+			r.changedLocked(k, e)
+		}
+	}
+}
+
+func overlapsAny(a, b []netip.Prefix) bool {
+	for _, x := range a {
+		for _, y := range b {
+			if x.Overlaps(y) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// IsKubeNode reports whether a Kubernetes Node of that name exists. Its
+// name is reserved for the node verified to be it.
+func (r *Registry) IsKubeNode(name string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.kubeNodes[name]
+	return ok
+}
+
+// CheckRoutes reports whether routes about to be approved for the node
+// named node overlap another node's approved routes or any pod CIDR that
+// is not the node's own.
 func (r *Registry) CheckRoutes(node string, routes []netip.Prefix) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	var kube string
+	for _, e := range r.nodes {
+		if e.node.Name == node {
+			kube = e.node.KubeNode
+		}
+	}
 	for _, c := range routes {
 		for _, e := range r.nodes {
 			if e.node.Name == node {
 				continue
 			}
-			for _, rt := range append(slices.Clip(e.node.Routes), e.podCIDRs...) {
+			for _, rt := range e.node.Routes {
 				if rt.Overlaps(c) {
 					return fmt.Errorf("route %s overlaps %s of node %s", c, rt, e.node.Name)
 				}
 			}
 		}
+		for name, cidrs := range r.kubeNodes {
+			for _, pc := range cidrs {
+				if (kube == "" || name != kube) && pc.Overlaps(c) {
+					return fmt.Errorf("route %s overlaps pod CIDR %s of Kubernetes node %s", c, pc, name)
+				}
+			}
+		}
 	}
 	return nil
+}
+
+// SetRelayRevocations sets the signed relay revocations every map
+// carries from now on. b must not be modified later.
+func (r *Registry) SetRelayRevocations(b []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.revocations = b
+	r.version++
+	r.appendLocked(change{version: r.version, rev: true, at: r.now()})
 }
 
 func (r *Registry) serviceChangedLocked(key string) {
@@ -365,10 +429,16 @@ func (r *Registry) Nodes() []*api.Node {
 	defer r.mu.Unlock()
 	out := make([]*api.Node, 0, len(r.nodes))
 	for _, e := range r.nodes {
-		pb := proto.CloneOf(e.protoLocked())
+		pb := proto.CloneOf(r.protoLocked(e))
 		pb.Hostname = e.node.Hostname
 		if !e.lastSeen.IsZero() {
 			pb.LastSeenUnixMs = e.lastSeen.UnixMilli()
+		}
+		pb.KubernetesNode = e.node.KubeNode
+		for _, p := range e.node.AdvertisedRoutes {
+			if !slices.Contains(e.node.Routes, p) {
+				pb.PendingRoutes = append(pb.PendingRoutes, p.String())
+			}
 		}
 		out = append(out, pb)
 	}
@@ -429,8 +499,9 @@ func (r *Registry) publishLocked() {
 
 // protoLocked returns the node's map entry: what peers need (key, name,
 // addresses, routes, endpoints, presence), nothing only admins read, so
-// every byte of it is sent to every node.
-func (e *entry) protoLocked() *api.Node {
+// every byte of it is sent to every node. Routes are the approved ones
+// that no other node's pod CIDR shadows, plus the node's own pod CIDRs.
+func (r *Registry) protoLocked(e *entry) *api.Node {
 	if e.pb != nil {
 		return e.pb
 	}
@@ -445,19 +516,39 @@ func (e *entry) protoLocked() *api.Node {
 	for _, a := range n.Addresses {
 		pb.Addresses = append(pb.Addresses, a.String())
 	}
-	for _, p := range n.Routes {
-		pb.Routes = append(pb.Routes, p.String())
+	var pods []netip.Prefix
+	if n.KubeNode != "" {
+		pods = r.kubeNodes[n.KubeNode]
 	}
-	for _, p := range e.podCIDRs {
-		if !slices.Contains(n.Routes, p) {
+	for _, p := range n.Routes {
+		if !slices.Contains(pods, p) && !r.shadowedLocked(n.KubeNode, p) {
 			pb.Routes = append(pb.Routes, p.String())
 		}
+	}
+	for _, p := range pods {
+		pb.Routes = append(pb.Routes, p.String())
 	}
 	for _, ep := range e.endpoints {
 		pb.Endpoints = append(pb.Endpoints, ep.String())
 	}
 	e.pb = pb
 	return pb
+}
+
+// shadowedLocked reports whether route p overlaps a pod CIDR of a
+// Kubernetes Node other than kube: Kubernetes decides where pods live.
+func (r *Registry) shadowedLocked(kube string, p netip.Prefix) bool {
+	for name, cidrs := range r.kubeNodes {
+		if name == kube {
+			continue
+		}
+		for _, c := range cidrs {
+			if c.Overlaps(p) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Sub is one subscriber (one agent stream). Its methods are not safe for
@@ -567,7 +658,7 @@ func (s *Sub) Next() (*Update, error) {
 	}
 	var selfPB *api.Node
 	if u.Full || self.version > s.version {
-		selfPB = self.protoLocked()
+		selfPB = r.protoLocked(self)
 	}
 	s.version = p.version
 	r.mu.Unlock()
@@ -603,8 +694,9 @@ func (r *Registry) fullLocked(v uint64) *api.NetworkMap {
 		m.Relays = *p
 	}
 	for _, e := range r.nodes {
-		m.Peers = append(m.Peers, e.protoLocked())
+		m.Peers = append(m.Peers, r.protoLocked(e))
 	}
+	m.RelayRevocations = r.revocations
 	m.Services = make([]*api.Service, 0, len(r.services))
 	for _, svc := range r.services {
 		m.Services = append(m.Services, svc)
@@ -625,6 +717,10 @@ func (r *Registry) deltaLocked(since, until uint64) *shared {
 	seen := make(map[store.NodeKey]struct{}, j-i)
 	seenSvc := map[string]struct{}{}
 	for _, c := range r.log[i:j] {
+		if c.rev {
+			m.RelayRevocations = r.revocations
+			continue
+		}
 		if c.svc != "" {
 			if _, dup := seenSvc[c.svc]; dup {
 				continue
@@ -642,7 +738,7 @@ func (r *Registry) deltaLocked(since, until uint64) *shared {
 		}
 		seen[c.key] = struct{}{}
 		if e := r.nodes[c.key]; e != nil {
-			m.Peers = append(m.Peers, e.protoLocked())
+			m.Peers = append(m.Peers, r.protoLocked(e))
 		} else {
 			k := c.key
 			m.Removed = append(m.Removed, k[:])

@@ -8,6 +8,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"math"
+	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -19,6 +21,7 @@ import (
 	"github.com/edgewire/edgewire/coordinator/api"
 	"github.com/edgewire/edgewire/coordinator/store"
 	"github.com/edgewire/edgewire/coordinator/token"
+	"github.com/edgewire/edgewire/internal/routeguard"
 )
 
 const (
@@ -39,8 +42,34 @@ func (s *Server) CreateToken(ctx context.Context, req *api.CreateTokenRequest) (
 	}
 	// Seconds beyond this overflow time.Duration and would wrap to a
 	// token that never expires or has already expired.
-	if ttl := req.GetTtlSeconds(); ttl > maxTokenTTLSeconds {
-		return nil, status.Errorf(codes.InvalidArgument, "token ttl of %d seconds is too long (at most %d)", ttl, maxTokenTTLSeconds)
+	if ttl := req.GetTtlSeconds(); ttl > maxTokenTTLSeconds || ttl < 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "token ttl of %d seconds: want 0 (never expires) to %d", ttl, maxTokenTTLSeconds)
+	}
+	if len(req.GetRoutes()) > maxRoutes {
+		return nil, status.Errorf(codes.InvalidArgument, "at most %d route prefixes", maxRoutes)
+	}
+	var allowed []netip.Prefix
+	for _, r := range req.GetRoutes() {
+		p, err := netip.ParsePrefix(r)
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "route %q: %v", r, err)
+		}
+		// An allow-list entry may be broad (the pod network, say), but
+		// what it approves must still pass the route policy, so only
+		// special ranges and the overlay are refused here.
+		if err := (&routeguard.Policy{MinBits4: 1, MinBits6: 1, Overlay: s.cfg.Prefixes}).Check(p); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "route allow-list: %v", err)
+		}
+		allowed = append(allowed, p)
+	}
+	kube := req.GetKubernetesNode()
+	if kube != "" {
+		if err := ValidName(kube); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "kubernetes node: %v", err)
+		}
+		if req.GetReusable() || req.GetUses() > 1 {
+			return nil, status.Error(codes.InvalidArgument, "a token bound to one Kubernetes node admits one node: it cannot be reusable or have more uses")
+		}
 	}
 	tok, err := token.Generate(s.cfg.CAPin, rand.Reader)
 	if err != nil {
@@ -51,6 +80,7 @@ func (s *Server) CreateToken(ctx context.Context, req *api.CreateTokenRequest) (
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	rec.Routes, rec.KubeNode = allowed, kube
 	err = s.cfg.Store.Update(ctx, func(tx store.Tx) error {
 		if _, err := tx.Token(rec.ID); err == nil {
 			return store.ErrExists
@@ -68,6 +98,10 @@ func tokenInfo(t store.Token) *api.TokenInfo {
 	ti := &api.TokenInfo{
 		Id: t.ID, CreatedUnix: t.CreatedAt.Unix(), Reusable: t.Reusable,
 		MaxUses: int32(t.MaxUses), Uses: int32(t.Uses), Revoked: t.Revoked, Tags: t.Tags,
+		KubernetesNode: t.KubeNode,
+	}
+	for _, p := range t.Routes {
+		ti.Routes = append(ti.Routes, p.String())
 	}
 	if !t.ExpiresAt.IsZero() {
 		ti.ExpiresUnix = t.ExpiresAt.Unix()
@@ -153,6 +187,83 @@ func (s *Server) DeleteNode(ctx context.Context, req *api.DeleteNodeRequest) (*a
 	}
 	s.log.Info("node deleted", "name", node.Name, "key", node.Key)
 	return &api.DeleteNodeResponse{}, nil
+}
+
+// ApproveRoutes approves advertised routes of a node (or withdraws
+// approval). Approved routes must still pass the route policy and clash
+// with no other node's routes or pod CIDRs; a refused request changes
+// nothing.
+func (s *Server) ApproveRoutes(ctx context.Context, req *api.ApproveRoutesRequest) (*api.ApproveRoutesResponse, error) {
+	parse := func(what string, in []string) ([]netip.Prefix, error) {
+		if len(in) > maxRoutes {
+			return nil, status.Errorf(codes.InvalidArgument, "at most %d routes", maxRoutes)
+		}
+		var out []netip.Prefix
+		for _, r := range in {
+			p, err := netip.ParsePrefix(r)
+			if err != nil || p != p.Masked() {
+				return nil, status.Errorf(codes.InvalidArgument, "%s route %q: want a prefix like 10.42.0.0/16", what, r)
+			}
+			out = append(out, p)
+		}
+		return out, nil
+	}
+	approve, err := parse("approve", req.GetApprove())
+	if err != nil {
+		return nil, err
+	}
+	withdraw, err := parse("withdraw", req.GetWithdraw())
+	if err != nil {
+		return nil, err
+	}
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+	var node store.Node
+	err = s.cfg.Store.Update(ctx, func(tx store.Tx) error {
+		var err error
+		if node, err = tx.NodeByName(req.GetName()); err != nil {
+			return err
+		}
+		want := approve
+		if req.GetAll() {
+			want = node.AdvertisedRoutes
+		}
+		routes := slices.DeleteFunc(slices.Clone(node.Routes), func(p netip.Prefix) bool { return slices.Contains(withdraw, p) })
+		for _, p := range want {
+			if slices.Contains(routes, p) {
+				continue
+			}
+			if !slices.Contains(node.AdvertisedRoutes, p) {
+				return status.Errorf(codes.FailedPrecondition, "node %s does not advertise %s (it advertises %v)", node.Name, p, node.AdvertisedRoutes)
+			}
+			if err := s.policy.Check(p); err != nil {
+				return status.Errorf(codes.InvalidArgument, "route refused: %v", err)
+			}
+			if err := s.reg.CheckRoutes(node.Name, append(slices.Clip(routes), p)); err != nil {
+				return status.Error(codes.FailedPrecondition, err.Error())
+			}
+			routes = append(routes, p)
+		}
+		node.Routes = routes
+		return tx.PutNode(node)
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, status.Errorf(codes.NotFound, "no node named %q", req.GetName())
+	}
+	if _, ok := status.FromError(err); ok && err != nil {
+		return nil, err
+	}
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "approve routes: %v", err)
+	}
+	s.reg.Upsert(node)
+	s.log.Info("routes approved", "node", node.Name, "routes", node.Routes)
+	for _, n := range s.reg.Nodes() {
+		if n.GetName() == node.Name {
+			return &api.ApproveRoutesResponse{Node: n}, nil
+		}
+	}
+	return &api.ApproveRoutesResponse{}, nil
 }
 
 // AdminTokenHash hashes an admin token for AdminAuth.

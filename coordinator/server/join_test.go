@@ -45,7 +45,7 @@ func TestConcurrentJoins(t *testing.T) {
 			)
 			run := func(name, tk string, good bool, routes []string) {
 				wg.Go(func() {
-					_, err := e.control.Join(ctxT(t), &api.JoinRequest{Token: tk, PublicKey: newAgent(t).key(), Name: name, Routes: routes})
+					_, err := e.joinReq(ctxT(t), &api.JoinRequest{Token: tk, PublicKey: newAgent(t).key(), Name: name, Routes: routes})
 					mu.Lock()
 					res = append(res, result{name, good, err})
 					mu.Unlock()

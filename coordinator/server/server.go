@@ -7,8 +7,6 @@ package server
 import (
 	"context"
 	"crypto/ed25519"
-	"crypto/rand"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
@@ -19,7 +17,7 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/crypto/nacl/box"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -28,8 +26,9 @@ import (
 	"github.com/edgewire/edgewire/coordinator/ipam"
 	"github.com/edgewire/edgewire/coordinator/netmap"
 	"github.com/edgewire/edgewire/coordinator/store"
-	"github.com/edgewire/edgewire/coordinator/token"
 	"github.com/edgewire/edgewire/dataplane/relay"
+	"github.com/edgewire/edgewire/internal/dhkey"
+	"github.com/edgewire/edgewire/internal/routeguard"
 )
 
 // Config configures a Server.
@@ -60,6 +59,28 @@ type Config struct {
 	MapIntervalPerStream time.Duration
 	// OnDelete is called after a node is deleted (revocation at relays).
 	OnDelete func(key store.NodeKey, until time.Time)
+	// RoutePolicy is what advertised routes and pod CIDRs must pass
+	// (minimum lengths, addresses they must not cover: the coordinator's,
+	// the relays', the STUN servers'); special-purpose ranges and the
+	// overlay are always refused.
+	RoutePolicy routeguard.Policy
+	// Kube verifies Kubernetes service account tokens in joins; nil:
+	// joins that present one are refused.
+	Kube KubeVerifier
+	// FailureRate and FailureBurst bound failed joins and authentications
+	// per source address and per token ID (defaults 1/s, burst 20;
+	// FailureRate < 0: no limit).
+	FailureRate  rate.Limit
+	FailureBurst int
+}
+
+// KubeVerifier tells which Kubernetes Node a service account token was
+// issued for. Implementations are safe for concurrent use.
+type KubeVerifier interface {
+	// VerifyNode returns the name of the Node the token's pod runs on,
+	// or an error if the token is not a valid, pod-bound token of the
+	// edgewire agent's service account.
+	VerifyNode(ctx context.Context, token string) (string, error)
 }
 
 const (
@@ -67,6 +88,9 @@ const (
 	defaultMaxEndpoints = 16
 	defaultTicketTTL    = 10 * time.Minute
 	maxRoutes           = 64
+	maxHostname         = 253      // a DNS name
+	maxTokenLen         = 256      // a join token is ~100 bytes
+	maxKubeToken        = 16 << 10 // a service account JWT
 )
 
 // Server implements api.ControlServer and api.AdminServer.
@@ -81,6 +105,11 @@ type Server struct {
 	pools   []*ipam.Allocator
 	signals *signalRouter
 	m       *metrics
+	fails   *failureLimiter
+	policy  routeguard.Policy // cfg.RoutePolicy with the overlay
+
+	streamsMu sync.Mutex                    // guards streams
+	streams   map[store.NodeKey]*nodeStream // the one live stream per node key
 
 	// regMu orders registry-changing operations against each other so
 	// the store and the registry change in one order. Joins without routes
@@ -128,7 +157,22 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.MapIntervalPerStream == 0 {
 		cfg.MapIntervalPerStream = 100 * time.Microsecond
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, now: cfg.Now, signals: newSignalRouter(), m: newMetrics()}
+	if err := cfg.RoutePolicy.Validate(); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	switch {
+	case cfg.FailureRate == 0:
+		cfg.FailureRate = defaultFailureRate
+	case cfg.FailureRate < 0:
+		cfg.FailureRate = 0
+	}
+	if cfg.FailureBurst <= 0 {
+		cfg.FailureBurst = defaultFailureBurst
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, now: cfg.Now, signals: newSignalRouter(), m: newMetrics(),
+		fails: newFailureLimiter(cfg.FailureRate, cfg.FailureBurst, cfg.Now), streams: map[store.NodeKey]*nodeStream{}}
+	s.policy = cfg.RoutePolicy
+	s.policy.Overlay = cfg.Prefixes
 	families := map[bool]bool{}
 	for _, p := range cfg.Prefixes {
 		if families[p.Addr().Is4()] {
@@ -150,7 +194,22 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load nodes: %w", err)
 	}
-	for _, n := range nodes {
+	for i, n := range nodes {
+		// Routes approved before routes needed approval, or before this
+		// policy, are checked again: one that the policy refuses now is
+		// not routed (it stays advertised, for an admin to see).
+		var keep []netip.Prefix
+		for _, r := range n.Routes {
+			if err := s.policy.Check(r); err != nil {
+				s.log.Warn("not routing a stored route the route policy refuses", "node", n.Name, "err", err)
+				if !slices.Contains(n.AdvertisedRoutes, r) {
+					nodes[i].AdvertisedRoutes = append(nodes[i].AdvertisedRoutes, r)
+				}
+				continue
+			}
+			keep = append(keep, r)
+		}
+		nodes[i].Routes = keep
 		for _, a := range n.Addresses {
 			pool := s.pool(a)
 			if pool == nil {
@@ -168,6 +227,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.reg.SetInterval(cfg.MapInterval, cfg.MapIntervalPerStream)
 	s.reg.SetSTUN(cfg.STUN)
 	s.reg.SetRelays(cfg.Relays)
+	s.reg.SetRoutePolicy(cfg.RoutePolicy)
 	s.reg.Load(nodes)
 	return s, nil
 }
@@ -208,154 +268,12 @@ func parseKey(b []byte) (store.NodeKey, error) {
 		return k, fmt.Errorf("public key is %d bytes, want %d", len(b), len(k))
 	}
 	copy(k[:], b)
-	if k == (store.NodeKey{}) {
-		return k, errors.New("public key is all zeros")
+	// A key of small order (all zeros among them) needs no private key
+	// to answer a challenge: whoever sends one proves nothing.
+	if err := dhkey.CheckPublic(k); err != nil {
+		return k, fmt.Errorf("public key is not usable: %w", err)
 	}
 	return k, nil
-}
-
-func (s *Server) parseRoutes(in []string) ([]netip.Prefix, error) {
-	if len(in) > maxRoutes {
-		return nil, fmt.Errorf("%d routes advertised, at most %d allowed", len(in), maxRoutes)
-	}
-	var out []netip.Prefix
-	for _, r := range in {
-		p, err := netip.ParsePrefix(r)
-		if err != nil {
-			return nil, fmt.Errorf("route %q: %w", r, err)
-		}
-		if p != p.Masked() {
-			return nil, fmt.Errorf("route %s has host bits set (did you mean %s?)", p, p.Masked())
-		}
-		for _, pool := range s.pools {
-			if pool.Prefix().Overlaps(p) {
-				return nil, fmt.Errorf("route %s overlaps the overlay prefix %s", p, pool.Prefix())
-			}
-		}
-		for _, q := range out {
-			if q.Overlaps(p) {
-				return nil, fmt.Errorf("routes %s and %s overlap", q, p)
-			}
-		}
-		out = append(out, p)
-	}
-	return out, nil
-}
-
-// Join registers a node with a join token. A rejected join changes nothing.
-func (s *Server) Join(ctx context.Context, req *api.JoinRequest) (*api.JoinResponse, error) {
-	tok, err := token.Parse(req.GetToken())
-	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	key, err := parseKey(req.GetPublicKey())
-	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	name := req.GetName()
-	if name == "" {
-		name = req.GetHostname()
-	}
-	if err := ValidName(name); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	routes, err := s.parseRoutes(req.GetRoutes())
-	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-
-	if len(routes) > 0 {
-		s.regMu.Lock()
-		defer s.regMu.Unlock()
-	} else {
-		s.regMu.RLock()
-		defer s.regMu.RUnlock()
-	}
-	km := &s.keyMu[int(key[0])%len(s.keyMu)]
-	km.Lock()
-	defer km.Unlock()
-	now := s.now()
-	var (
-		node  store.Node
-		fresh []netip.Addr // allocated by this call, released if it fails
-	)
-	err = s.cfg.Store.Update(ctx, func(tx store.Tx) error {
-		st, err := tx.Token(tok.ID)
-		if errors.Is(err, store.ErrNotFound) {
-			return status.Error(codes.PermissionDenied, "unknown join token")
-		}
-		if err != nil {
-			return err
-		}
-		if err := token.Check(st, tok.Secret, now); err != nil {
-			return status.Error(codes.PermissionDenied, err.Error())
-		}
-		// Only a token holder learns whether its routes clash.
-		if err := s.reg.CheckRoutes(name, routes); err != nil {
-			return status.Error(codes.InvalidArgument, err.Error())
-		}
-		if other, err := tx.NodeByName(name); err == nil && other.Key != key {
-			return status.Errorf(codes.AlreadyExists, "node name %q is taken by another node; choose another with --name or delete the old node", name)
-		}
-		node, err = tx.Node(key)
-		switch {
-		case errors.Is(err, store.ErrNotFound):
-			node = store.Node{Key: key, CreatedAt: now}
-			// fn may run again (the store retries batches): allocate
-			// once, all families or none.
-			if fresh == nil {
-				var got []netip.Addr
-				for _, pool := range s.pools {
-					a, err := pool.Allocate()
-					if err != nil {
-						for _, a := range got {
-							s.pool(a).Release(a)
-						}
-						return status.Errorf(codes.ResourceExhausted, "allocate overlay address from %s: %v", pool.Prefix(), err)
-					}
-					got = append(got, a)
-				}
-				fresh = got
-			}
-			node.Addresses = slices.Clone(fresh)
-		case err != nil:
-			return err
-		}
-		node.Name = name
-		node.Hostname = req.GetHostname()
-		node.Routes = routes
-		node.Tags = st.Tags
-		node.TokenID = st.ID
-		st.Uses++
-		if err := tx.PutToken(st); err != nil {
-			return err
-		}
-		return tx.PutNode(node)
-	})
-	if err != nil {
-		for _, a := range fresh {
-			s.pool(a).Release(a)
-		}
-		if _, ok := status.FromError(err); ok {
-			s.m.joinsRefused.Add(1)
-			s.log.Info("join refused", "name", name, "err", err)
-			return nil, err
-		}
-		s.log.Error("join failed", "name", name, "err", err)
-		return nil, status.Errorf(codes.Internal, "join: %v", err)
-	}
-	s.reg.Upsert(node)
-	s.m.joins.Add(1)
-	s.log.Info("node joined", "name", name, "key", node.Key, "addresses", node.Addresses, "token", tok.ID)
-	self, _, _ := s.reg.Node(key)
-	resp := &api.JoinResponse{Self: &api.Node{PublicKey: key[:], Name: self.Name, Hostname: self.Hostname}}
-	for _, a := range self.Addresses {
-		resp.Self.Addresses = append(resp.Self.Addresses, a.String())
-	}
-	for _, p := range s.pools {
-		resp.OverlayPrefixes = append(resp.OverlayPrefixes, p.Prefix().String())
-	}
-	return resp, nil
 }
 
 func (s *Server) parseEndpoints(in []string) ([]netip.AddrPort, error) {
@@ -376,14 +294,25 @@ func (s *Server) parseEndpoints(in []string) ([]netip.AddrPort, error) {
 // Connect serves one agent stream: key-possession handshake, then the
 // network map, until the agent goes away or its node is deleted.
 func (s *Server) Connect(stream api.Control_ConnectServer) error {
-	ctx := stream.Context()
-	key, eps, err := s.authenticate(stream)
+	key, hello, err := s.authenticate(stream, api.AuthConnect)
 	if err != nil {
 		return err
 	}
+	eps, err := s.parseEndpoints(hello.GetEndpoints())
+	if err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	// One stream per node key: a new one replaces the old (an agent that
+	// reconnects before the coordinator noticed its old connection die),
+	// so nobody holding a key can multiply its streams.
+	ctx, done := s.claimStream(stream.Context(), key)
+	defer done()
 	log := s.log.With("key", key)
 	if err := s.reg.Connected(key, eps, s.now()); err != nil {
 		return status.Error(codes.PermissionDenied, "node is not registered (deleted?); join again with a token")
+	}
+	if tok := hello.GetKubernetesToken(); tok != "" {
+		s.bindKubeNode(ctx, key, tok)
 	}
 	sub := s.reg.Subscribe(key)
 	inbox := s.signals.attach(key)
@@ -467,6 +396,10 @@ func (s *Server) Connect(stream api.Control_ConnectServer) error {
 	for {
 		select {
 		case <-ctx.Done():
+			if errors.Is(context.Cause(ctx), errReplaced) {
+				log.Debug("stream replaced by a newer one of the same node")
+				return status.Error(codes.Aborted, errReplaced.Error())
+			}
 			return ctx.Err()
 		case <-renew:
 			if err := sendTicket(); err != nil {
@@ -510,26 +443,26 @@ func (s *Server) Connect(stream api.Control_ConnectServer) error {
 	}
 }
 
-func (s *Server) authenticate(stream api.Control_ConnectServer) (store.NodeKey, []netip.AddrPort, error) {
+// authenticate runs the key proof that opens Join and Connect streams:
+// Hello, Challenge, AuthProof (see edgewire.proto). It returns the proven
+// key and the Hello. For Connect the key must be registered. A failure is
+// charged to the caller's address.
+func (s *Server) authenticate(stream api.Control_ConnectServer, method string) (store.NodeKey, *api.Hello, error) {
+	ctx := stream.Context()
+	src := source(ctx)
+	if !s.fails.allow(src) {
+		return store.NodeKey{}, nil, status.Error(codes.ResourceExhausted, "too many failed attempts from this address; wait and retry")
+	}
+	key, hello, err := s.prove(stream, method)
+	if err != nil && status.Code(err) != codes.Canceled && status.Code(err) != codes.Unavailable {
+		s.fails.fail(src)
+	}
+	return key, hello, err
+}
+
+func (s *Server) prove(stream api.Control_ConnectServer, method string) (store.NodeKey, *api.Hello, error) {
 	var key store.NodeKey
-	type result struct {
-		msg *api.ClientMessage
-		err error
-	}
-	recv := func() (*api.ClientMessage, error) {
-		ch := make(chan result, 1)
-		go func() {
-			m, err := stream.Recv()
-			ch <- result{m, err}
-		}()
-		select {
-		case r := <-ch:
-			return r.msg, r.err
-		case <-time.After(s.cfg.AuthTimeout):
-			return nil, status.Error(codes.DeadlineExceeded, "authentication timed out")
-		}
-	}
-	msg, err := recv()
+	msg, err := s.recv(stream)
 	if err != nil {
 		return key, nil, err
 	}
@@ -544,41 +477,89 @@ func (s *Server) authenticate(stream api.Control_ConnectServer) (store.NodeKey, 
 	if err != nil {
 		return key, nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	eps, err := s.parseEndpoints(hello.GetEndpoints())
+	if len(hello.GetHostname()) > maxHostname || len(hello.GetKubernetesToken()) > maxKubeToken {
+		return key, nil, status.Error(codes.InvalidArgument, "hello: hostname or Kubernetes token too long")
+	}
+	if method == api.AuthConnect {
+		if _, err := s.parseEndpoints(hello.GetEndpoints()); err != nil {
+			return key, nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+		if _, _, ok := s.reg.Node(key); !ok {
+			return key, nil, status.Error(codes.PermissionDenied, "node is not registered (deleted?); join again with a token")
+		}
+	}
+	bind, err := binding(stream.Context())
 	if err != nil {
-		return key, nil, status.Error(codes.InvalidArgument, err.Error())
+		return key, nil, status.Error(codes.Internal, err.Error())
 	}
-	if _, _, ok := s.reg.Node(key); !ok {
-		return key, nil, status.Error(codes.PermissionDenied, "node is not registered (deleted?); join again with a token")
-	}
-	var challenge [32]byte
-	var nonce [24]byte
-	if _, err := rand.Read(challenge[:]); err != nil {
-		return key, nil, err
-	}
-	if _, err := rand.Read(nonce[:]); err != nil {
-		return key, nil, err
-	}
-	ephPub, ephPriv, err := box.GenerateKey(rand.Reader)
+	ch, ephPriv, err := api.NewChallenge()
 	if err != nil {
+		return key, nil, status.Error(codes.Internal, err.Error())
+	}
+	if err := stream.Send(&api.ServerMessage{Msg: &api.ServerMessage_Challenge{Challenge: ch}}); err != nil {
 		return key, nil, err
 	}
-	peer := [32]byte(key)
-	sealed := box.Seal(nil, challenge[:], &nonce, &peer, ephPriv)
-	if err := stream.Send(&api.ServerMessage{Msg: &api.ServerMessage_Challenge{Challenge: &api.Challenge{
-		EphemeralPublicKey: ephPub[:], Nonce: nonce[:], Sealed: sealed,
-	}}}); err != nil {
-		return key, nil, err
-	}
-	msg, err = recv()
+	msg, err = s.recv(stream)
 	if err != nil {
 		return key, nil, err
 	}
-	proof := msg.GetProof().GetChallenge()
-	if subtle.ConstantTimeCompare(proof, challenge[:]) != 1 {
+	if !api.CheckProof(&ephPriv, key, ch, method, bind, msg.GetProof()) {
 		return key, nil, status.Error(codes.Unauthenticated, "node key proof failed")
 	}
-	return key, eps, nil
+	return key, hello, nil
+}
+
+// recv receives one message within the authentication timeout.
+func (s *Server) recv(stream api.Control_ConnectServer) (*api.ClientMessage, error) {
+	type result struct {
+		msg *api.ClientMessage
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		m, err := stream.Recv()
+		ch <- result{m, err}
+	}()
+	t := time.NewTimer(s.cfg.AuthTimeout)
+	defer t.Stop()
+	select {
+	case r := <-ch:
+		return r.msg, r.err
+	case <-t.C:
+		return nil, status.Error(codes.DeadlineExceeded, "authentication timed out")
+	}
+}
+
+// errReplaced ends a stream that a newer one of the same node replaced.
+var errReplaced = errors.New("replaced by a newer stream of the same node")
+
+// nodeStream is a live stream in Server.streams.
+type nodeStream struct {
+	cancel context.CancelCauseFunc
+}
+
+// claimStream makes the calling stream its node's only one: an older
+// stream of key is cancelled with errReplaced. The returned context ends
+// with the stream or when a newer one replaces it; call done when the
+// stream ends.
+func (s *Server) claimStream(parent context.Context, key store.NodeKey) (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(parent)
+	me := &nodeStream{cancel: cancel}
+	s.streamsMu.Lock()
+	old := s.streams[key]
+	s.streams[key] = me
+	s.streamsMu.Unlock()
+	if old != nil {
+		old.cancel(errReplaced)
+	}
+	return ctx, func() {
+		s.streamsMu.Lock()
+		if s.streams[key] == me {
+			delete(s.streams, key)
+		}
+		s.streamsMu.Unlock()
+		cancel(nil)
+	}
 }
 
 func (s *Server) saveLastSeen(key store.NodeKey, now time.Time) {

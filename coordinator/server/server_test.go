@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"golang.org/x/crypto/curve25519"
-	"golang.org/x/crypto/nacl/box"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -122,6 +121,14 @@ func newEnv(t *testing.T, mod func(*Config), opts ...grpc.ServerOption) *env {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
+	cc := serve(t, srv, opts...)
+	return &env{srv: srv, store: st, clock: clk, conn: cc, control: api.NewControlClient(cc), admin: api.NewAdminClient(cc)}
+}
+
+// serve serves srv in process over bufconn until the test ends and
+// returns a client connection to it.
+func serve(t *testing.T, srv *Server, opts ...grpc.ServerOption) *grpc.ClientConn {
+	t.Helper()
 	lis := bufconn.Listen(1 << 20)
 	gs := grpc.NewServer(append([]grpc.ServerOption{grpc.ForceServerCodecV2(Codec())}, opts...)...)
 	srv.Register(gs)
@@ -138,7 +145,7 @@ func newEnv(t *testing.T, mod func(*Config), opts ...grpc.ServerOption) *env {
 		t.Fatalf("NewClient: %v", err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	return &env{srv: srv, store: st, clock: clk, conn: cc, control: api.NewControlClient(cc), admin: api.NewAdminClient(cc)}
+	return cc
 }
 
 func ctxT(t *testing.T) context.Context {
@@ -184,6 +191,10 @@ type agent struct {
 	priv, pub [32]byte
 }
 
+// agents are the test agents by public key, so a join request naming a
+// key is proven with the matching private key (joinVia).
+var agents sync.Map
+
 func newAgent(t *testing.T) *agent {
 	t.Helper()
 	var a agent
@@ -195,14 +206,55 @@ func newAgent(t *testing.T) *agent {
 		t.Fatal(err)
 	}
 	copy(a.pub[:], pub)
+	agents.Store(a.pub, &a)
 	return &a
+}
+
+// joinVia runs the Join stream for req: Hello with req.PublicKey, the
+// proof made with that key's test agent (a garbage proof for a key no
+// test agent holds), then req.
+func joinVia(ctx context.Context, cl api.ControlClient, req *api.JoinRequest) (*api.JoinResponse, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	c, err := cl.Join(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Send(&api.ClientMessage{Msg: &api.ClientMessage_Hello{Hello: &api.Hello{PublicKey: req.PublicKey, ProtocolVersion: api.ProtocolVersion_PROTOCOL_VERSION_1}}}); err != nil {
+		return nil, err
+	}
+	m, err := c.Recv()
+	if err != nil {
+		return nil, err
+	}
+	proof := &api.AuthProof{Mac: make([]byte, 32)}
+	if v, ok := agents.Load([32]byte(append(bytes.Clone(req.PublicKey), make([]byte, 32)...)[:32])); ok && len(req.PublicKey) == 32 {
+		if proof, err = api.Prove(&v.(*agent).priv, m.GetChallenge(), api.AuthJoin, nil, nil); err != nil {
+			return nil, err
+		}
+	}
+	if err := c.Send(&api.ClientMessage{Msg: &api.ClientMessage_Proof{Proof: proof}}); err != nil {
+		return nil, err
+	}
+	if err := c.Send(&api.ClientMessage{Msg: &api.ClientMessage_Join{Join: req}}); err != nil {
+		return nil, err
+	}
+	m, err = c.Recv()
+	if err != nil {
+		return nil, err
+	}
+	return m.GetJoined(), nil
+}
+
+func (e *env) joinReq(ctx context.Context, req *api.JoinRequest) (*api.JoinResponse, error) {
+	return joinVia(ctx, e.control, req)
 }
 
 func (a *agent) key() []byte { return bytes.Clone(a.pub[:]) }
 
 func (e *env) join(t *testing.T, a *agent, name, tok string, routes ...string) *api.JoinResponse {
 	t.Helper()
-	resp, err := e.control.Join(ctxT(t), &api.JoinRequest{Token: tok, PublicKey: a.key(), Name: name, Hostname: name + "-host", Routes: routes})
+	resp, err := e.joinReq(ctxT(t), &api.JoinRequest{Token: tok, PublicKey: a.key(), Name: name, Hostname: name + "-host", Routes: routes})
 	if err != nil {
 		t.Fatalf("Join %s: %v", name, err)
 	}
@@ -223,7 +275,7 @@ type stream struct {
 
 // handshake opens a stream, sends hello and answers the challenge with
 // answer(challenge). It returns the stream after sending the proof.
-func (e *env) handshake(t *testing.T, hello *api.Hello, answer func(*api.Challenge) []byte) (api.Control_ConnectClient, context.CancelFunc) {
+func (e *env) handshake(t *testing.T, hello *api.Hello, answer func(*api.Challenge) *api.AuthProof) (api.Control_ConnectClient, context.CancelFunc) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	c, err := e.control.Connect(ctx)
@@ -244,11 +296,11 @@ func (e *env) handshake(t *testing.T, hello *api.Hello, answer func(*api.Challen
 		cancel()
 		t.Fatalf("got %v after Hello, want a Challenge", msg)
 	}
-	if len(ch.EphemeralPublicKey) != 32 || len(ch.Nonce) != 24 || len(ch.Sealed) != 32+box.Overhead {
+	if len(ch.EphemeralPublicKey) != 32 || len(ch.Nonce) != api.ChallengeNonceLen {
 		cancel()
-		t.Fatalf("got challenge with key %d, nonce %d, sealed %d bytes; want 32, 24, %d", len(ch.EphemeralPublicKey), len(ch.Nonce), len(ch.Sealed), 32+box.Overhead)
+		t.Fatalf("got challenge with key %d, nonce %d bytes; want 32, %d", len(ch.EphemeralPublicKey), len(ch.Nonce), api.ChallengeNonceLen)
 	}
-	if err := c.Send(&api.ClientMessage{Msg: &api.ClientMessage_Proof{Proof: &api.AuthProof{Challenge: answer(ch)}}}); err != nil {
+	if err := c.Send(&api.ClientMessage{Msg: &api.ClientMessage_Proof{Proof: answer(ch)}}); err != nil {
 		cancel()
 		t.Fatalf("send proof: %v", err)
 	}
@@ -264,11 +316,14 @@ type failedStream struct {
 
 func (f *failedStream) Recv() (*api.ServerMessage, error) { return nil, f.err }
 
-// open answers the challenge with a's private key: correctly if the
-// challenge was sealed to a, with nothing otherwise.
-func (a *agent) open(ch *api.Challenge) []byte {
-	out, _ := box.Open(nil, ch.Sealed, (*[24]byte)(ch.Nonce), (*[32]byte)(ch.EphemeralPublicKey), &a.priv)
-	return out
+// prove answers a Connect challenge with a's private key: correctly if
+// the stream is a's.
+func (a *agent) prove(ch *api.Challenge) *api.AuthProof {
+	p, err := api.Prove(&a.priv, ch, api.AuthConnect, nil, nil)
+	if err != nil {
+		return &api.AuthProof{}
+	}
+	return p
 }
 
 func metadataCtx(ctx context.Context, kv ...string) context.Context {
@@ -283,7 +338,7 @@ func hello(a *agent, eps ...string) *api.Hello {
 // when the test ends.
 func (e *env) connect(t *testing.T, a *agent, eps ...string) *stream {
 	t.Helper()
-	c, cancel := e.handshake(t, hello(a, eps...), a.open)
+	c, cancel := e.handshake(t, hello(a, eps...), a.prove)
 	s := &stream{c: c, cancel: cancel, msgs: make(chan *api.ServerMessage, 256), done: make(chan error, 1)}
 	pumped := make(chan struct{})
 	go func() {
@@ -438,7 +493,7 @@ func TestJoin(t *testing.T) {
 
 		{name: "malformed token", req: func(f fixture) *api.JoinRequest { return fresh(f, "ewt1.nope", "new") }, wantCode: codes.InvalidArgument, wantMsg: "malformed join token"},
 		{name: "empty token", req: func(f fixture) *api.JoinRequest { return fresh(f, "", "new") }, wantCode: codes.InvalidArgument, wantMsg: "malformed"},
-		{name: "unknown token id", req: func(f fixture) *api.JoinRequest { return fresh(f, replaceID(f.reusable), "new") }, wantCode: codes.PermissionDenied, wantMsg: "unknown join token"},
+		{name: "unknown token id", req: func(f fixture) *api.JoinRequest { return fresh(f, replaceID(f.reusable), "new") }, wantCode: codes.PermissionDenied, wantMsg: "invalid join token"},
 		{name: "wrong secret", req: func(f fixture) *api.JoinRequest { return fresh(f, replaceSecret(f.reusable), "new") }, wantCode: codes.PermissionDenied, wantMsg: "invalid join token"},
 		{name: "wrong secret of a revoked token", req: func(f fixture) *api.JoinRequest { return fresh(f, replaceSecret(f.revoked), "new") }, wantCode: codes.PermissionDenied, wantMsg: "invalid join token"},
 		{name: "revoked", req: func(f fixture) *api.JoinRequest { return fresh(f, f.revoked, "new") }, wantCode: codes.PermissionDenied, wantMsg: "revoked"},
@@ -470,7 +525,7 @@ func TestJoin(t *testing.T) {
 		{name: "unmasked route", req: func(f fixture) *api.JoinRequest { return fresh(f, f.reusable, "new", "10.1.2.3/16") }, wantCode: codes.InvalidArgument, wantMsg: "did you mean 10.1.0.0/16"},
 		{name: "route inside the overlay", req: func(f fixture) *api.JoinRequest { return fresh(f, f.reusable, "new", "100.64.5.0/24") }, wantCode: codes.InvalidArgument, wantMsg: "overlaps the overlay prefix"},
 		{name: "route around the overlay", req: func(f fixture) *api.JoinRequest { return fresh(f, f.reusable, "new", "100.0.0.0/8") }, wantCode: codes.InvalidArgument, wantMsg: "overlaps the overlay prefix"},
-		{name: "default route", req: func(f fixture) *api.JoinRequest { return fresh(f, f.reusable, "new", "0.0.0.0/0") }, wantCode: codes.InvalidArgument, wantMsg: "overlaps the overlay prefix"},
+		{name: "default route", req: func(f fixture) *api.JoinRequest { return fresh(f, f.reusable, "new", "0.0.0.0/0") }, wantCode: codes.InvalidArgument, wantMsg: "special-purpose range"},
 		{name: "routes overlap each other", req: func(f fixture) *api.JoinRequest {
 			return fresh(f, f.reusable, "new", "192.168.0.0/24", "10.0.0.0/8", "10.1.0.0/16")
 		}, wantCode: codes.InvalidArgument, wantMsg: "routes 10.0.0.0/8 and 10.1.0.0/16 overlap"},
@@ -490,7 +545,7 @@ func TestJoin(t *testing.T) {
 			r := fresh(f, f.reusable, "new")
 			r.PublicKey = make([]byte, 32)
 			return r
-		}, wantCode: codes.InvalidArgument, wantMsg: "all zeros"},
+		}, wantCode: codes.InvalidArgument, wantMsg: "low-order"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -516,7 +571,7 @@ func TestJoin(t *testing.T) {
 			before := e.snapshot(t)
 			version := e.srv.Registry().Version()
 			req := tt.req(f)
-			resp, err := e.control.Join(ctxT(t), req)
+			resp, err := e.joinReq(ctxT(t), req)
 			if got := code(err); got != tt.wantCode {
 				t.Fatalf("got code %v (%v), want %v", got, err, tt.wantCode)
 			}
@@ -596,7 +651,7 @@ func TestJoinDualStack(t *testing.T) {
 	if want := []string{"100.64.0.1", "fd7a:115c:a1e0::1"}; !slices.Equal(got.Self.Addresses, want) {
 		t.Errorf("got addresses %v, want %v", got.Self.Addresses, want)
 	}
-	if _, err := e.control.Join(ctxT(t), &api.JoinRequest{Token: tok, PublicKey: newAgent(t).key(), Name: "b", Routes: []string{"fd7a:115c:a1e0:1::/64"}}); code(err) != codes.InvalidArgument {
+	if _, err := e.joinReq(ctxT(t), &api.JoinRequest{Token: tok, PublicKey: newAgent(t).key(), Name: "b", Routes: []string{"fd7a:115c:a1e0:1::/64"}}); code(err) != codes.InvalidArgument {
 		t.Errorf("route inside the IPv6 overlay: got %v, want InvalidArgument", err)
 	}
 }
@@ -629,7 +684,7 @@ func TestJoinExhausted(t *testing.T) {
 			for _, p := range e.srv.pools {
 				inUse = append(inUse, p.InUse())
 			}
-			_, err := e.control.Join(ctxT(t), &api.JoinRequest{Token: tok, PublicKey: newAgent(t).key(), Name: "last"})
+			_, err := e.joinReq(ctxT(t), &api.JoinRequest{Token: tok, PublicKey: newAgent(t).key(), Name: "last"})
 			if code(err) != codes.ResourceExhausted {
 				t.Fatalf("got %v, want ResourceExhausted", err)
 			}
@@ -665,8 +720,9 @@ func TestRestartKeepsAddresses(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		cl := api.NewControlClient(serve(t, srv))
 		for i, ag := range []*agent{a, b} {
-			if _, err := srv.Join(context.Background(), &api.JoinRequest{Token: resp.Token, PublicKey: ag.key(), Name: fmt.Sprint("n", i)}); err != nil {
+			if _, err := joinVia(ctxT(t), cl, &api.JoinRequest{Token: resp.Token, PublicKey: ag.key(), Name: fmt.Sprint("n", i)}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -687,7 +743,7 @@ func TestRestartKeepsAddresses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	j, err := srv.Join(context.Background(), &api.JoinRequest{Token: resp.Token, PublicKey: newAgent(t).key(), Name: "n2"})
+	j, err := joinVia(ctxT(t), api.NewControlClient(serve(t, srv)), &api.JoinRequest{Token: resp.Token, PublicKey: newAgent(t).key(), Name: "n2"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -728,7 +784,17 @@ func TestConnectRefused(t *testing.T) {
 	a := newAgent(t)
 	e.join(t, a, "a", tok)
 	stranger := newAgent(t)
-	garbage := func(*api.Challenge) []byte { return bytes.Repeat([]byte{7}, 32) }
+	garbage := func(*api.Challenge) *api.AuthProof { return &api.AuthProof{Mac: bytes.Repeat([]byte{7}, 32)} }
+	// A proof made for Join does not open a Connect stream.
+	joinProof := func(ch *api.Challenge) *api.AuthProof {
+		p, _ := api.Prove(&a.priv, ch, api.AuthJoin, nil, nil)
+		return p
+	}
+	// Nor one bound to another TLS session.
+	otherSession := func(ch *api.Challenge) *api.AuthProof {
+		p, _ := api.Prove(&a.priv, ch, api.AuthConnect, bytes.Repeat([]byte{1}, 32), nil)
+		return p
+	}
 	tooMany := make([]string, defaultMaxEndpoints+1)
 	for i := range tooMany {
 		tooMany[i] = fmt.Sprintf("192.0.2.%d:51820", i+1)
@@ -737,15 +803,21 @@ func TestConnectRefused(t *testing.T) {
 	tests := []struct {
 		name     string
 		hello    *api.Hello
-		answer   func(*api.Challenge) []byte
+		answer   func(*api.Challenge) *api.AuthProof
 		wantCode codes.Code
 	}{
 		{"garbage proof", hello(a), garbage, codes.Unauthenticated},
-		{"empty proof", hello(a), func(*api.Challenge) []byte { return nil }, codes.Unauthenticated},
-		{"echoes the sealed bytes", hello(a), func(ch *api.Challenge) []byte { return ch.Sealed }, codes.Unauthenticated},
-		{"opened by another key", hello(a), stranger.open, codes.Unauthenticated},
-		{"unregistered key", hello(stranger), stranger.open, codes.PermissionDenied},
+		{"empty proof", hello(a), func(*api.Challenge) *api.AuthProof { return nil }, codes.Unauthenticated},
+		{"echoes the nonce", hello(a), func(ch *api.Challenge) *api.AuthProof { return &api.AuthProof{Mac: ch.Nonce} }, codes.Unauthenticated},
+		{"proof made for Join", hello(a), joinProof, codes.Unauthenticated},
+		{"proof bound to another TLS session", hello(a), otherSession, codes.Unauthenticated},
+		{"opened by another key", hello(a), stranger.prove, codes.Unauthenticated},
+		{"unregistered key", hello(stranger), stranger.prove, codes.PermissionDenied},
 		{"bad key", &api.Hello{PublicKey: []byte{1, 2, 3}, ProtocolVersion: api.ProtocolVersion_PROTOCOL_VERSION_1}, nil, codes.InvalidArgument},
+		// A key of small order needs no private key to prove: whoever
+		// sends one is refused before any challenge.
+		{"low-order key", &api.Hello{PublicKey: lowOrderKey(), ProtocolVersion: api.ProtocolVersion_PROTOCOL_VERSION_1}, nil, codes.InvalidArgument},
+		{"hostname too long", &api.Hello{PublicKey: a.key(), ProtocolVersion: api.ProtocolVersion_PROTOCOL_VERSION_1, Hostname: strings.Repeat("h", maxHostname+1)}, nil, codes.InvalidArgument},
 		{"no protocol version", &api.Hello{PublicKey: a.key()}, nil, codes.FailedPrecondition},
 		{"endpoint without port", hello(a, "192.0.2.1"), nil, codes.InvalidArgument},
 		{"endpoint port 0", hello(a, "192.0.2.1:0"), nil, codes.InvalidArgument},
@@ -758,7 +830,7 @@ func TestConnectRefused(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			answer := tt.answer
 			if answer == nil {
-				answer = func(*api.Challenge) []byte {
+				answer = func(*api.Challenge) *api.AuthProof {
 					t.Errorf("got a challenge, want the Hello refused")
 					return nil
 				}
@@ -827,7 +899,7 @@ func TestConnectRefused(t *testing.T) {
 
 func TestConnectMapFlow(t *testing.T) {
 	e := newEnv(t, nil)
-	tok := e.createToken(t, &api.CreateTokenRequest{Reusable: true})
+	tok := e.createToken(t, &api.CreateTokenRequest{Reusable: true, Routes: []string{"10.244.0.0/16"}})
 	a, b, c := newAgent(t), newAgent(t), newAgent(t)
 	e.join(t, a, "a", tok)
 	e.join(t, b, "b", tok, "10.244.2.0/24")
@@ -968,7 +1040,7 @@ func TestConnectMapFlow(t *testing.T) {
 			t.Errorf("deleted node still in the registry")
 		}
 		// The deleted node cannot reconnect.
-		c, cancel := e.handshake(t, hello(b), b.open)
+		c, cancel := e.handshake(t, hello(b), b.prove)
 		defer cancel()
 		if _, err := c.Recv(); code(err) != codes.PermissionDenied {
 			t.Errorf("reconnect of a deleted node: got %v, want PermissionDenied", err)
@@ -1001,7 +1073,7 @@ func TestConnectBurstArrivesComplete(t *testing.T) {
 	sa.next(t)
 	const n = 50
 	for i := 0; i < n; i++ {
-		if _, err := e.srv.Join(context.Background(), &api.JoinRequest{Token: tok, PublicKey: newAgent(t).key(), Name: fmt.Sprintf("n%d", i)}); err != nil {
+		if _, err := e.joinReq(ctxT(t), &api.JoinRequest{Token: tok, PublicKey: newAgent(t).key(), Name: fmt.Sprintf("n%d", i)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -1085,7 +1157,7 @@ func TestAdminTokens(t *testing.T) {
 			t.Errorf("token %s: got revoked=%v, want %v", id, got[id].GetRevoked(), want)
 		}
 	}
-	if _, err := e.control.Join(ctx, &api.JoinRequest{Token: r2.Token, PublicKey: newAgent(t).key(), Name: "x"}); code(err) != codes.PermissionDenied {
+	if _, err := e.joinReq(ctx, &api.JoinRequest{Token: r2.Token, PublicKey: newAgent(t).key(), Name: "x"}); code(err) != codes.PermissionDenied {
 		t.Errorf("join with a revoked token: got %v, want PermissionDenied", err)
 	}
 	// Joining counts a use.
@@ -1193,11 +1265,11 @@ func TestAdminAuth(t *testing.T) {
 
 	t.Run("control methods pass without a token", func(t *testing.T) {
 		// The handler runs and refuses for its own reason.
-		_, err := e.control.Join(ctxT(t), &api.JoinRequest{Token: "bad"})
+		_, err := e.joinReq(ctxT(t), &api.JoinRequest{Token: "bad"})
 		if code(err) != codes.InvalidArgument {
 			t.Errorf("Join: got %v, want InvalidArgument from the handler", err)
 		}
-		c, cancel := e.handshake(t, hello(newAgent(t)), newAgent(t).open)
+		c, cancel := e.handshake(t, hello(newAgent(t)), newAgent(t).prove)
 		defer cancel()
 		if _, err := c.Recv(); code(err) != codes.PermissionDenied {
 			t.Errorf("Connect: got %v, want PermissionDenied from the handler", err)
@@ -1262,4 +1334,11 @@ func TestValidName(t *testing.T) {
 			}
 		})
 	}
+}
+
+// lowOrderKey is a Curve25519 point of order 8 (from the list libsodium
+// blocks): X25519 with it gives all zeros for every private key.
+func lowOrderKey() []byte {
+	return []byte{0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4, 0x6a,
+		0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16, 0x5f, 0x49, 0xb8, 0x00}
 }

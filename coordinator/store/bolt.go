@@ -101,30 +101,34 @@ var _ Tx = boltTx{}
 
 // tokenRecord is the stored form of Token.
 type tokenRecord struct {
-	V          int       `json:"v"`
-	ID         string    `json:"id"`
-	SecretHash string    `json:"secret_hash"` // hex
-	CreatedAt  time.Time `json:"created_at"`
-	ExpiresAt  time.Time `json:"expires_at"`
-	Reusable   bool      `json:"reusable,omitempty"`
-	MaxUses    int       `json:"max_uses,omitempty"`
-	Uses       int       `json:"uses,omitempty"`
-	Revoked    bool      `json:"revoked,omitempty"`
-	Tags       []string  `json:"tags,omitempty"`
+	V          int            `json:"v"`
+	ID         string         `json:"id"`
+	SecretHash string         `json:"secret_hash"` // hex
+	CreatedAt  time.Time      `json:"created_at"`
+	ExpiresAt  time.Time      `json:"expires_at"`
+	Reusable   bool           `json:"reusable,omitempty"`
+	MaxUses    int            `json:"max_uses,omitempty"`
+	Uses       int            `json:"uses,omitempty"`
+	Revoked    bool           `json:"revoked,omitempty"`
+	Tags       []string       `json:"tags,omitempty"`
+	Routes     []netip.Prefix `json:"routes,omitempty"`
+	KubeNode   string         `json:"kube_node,omitempty"`
 }
 
 // nodeRecord is the stored form of Node.
 type nodeRecord struct {
-	V         int            `json:"v"`
-	Key       NodeKey        `json:"key"`
-	Name      string         `json:"name"`
-	Hostname  string         `json:"hostname,omitempty"`
-	Addresses []netip.Addr   `json:"addresses,omitempty"`
-	Routes    []netip.Prefix `json:"routes,omitempty"`
-	Tags      []string       `json:"tags,omitempty"`
-	CreatedAt time.Time      `json:"created_at"`
-	LastSeen  time.Time      `json:"last_seen"`
-	TokenID   string         `json:"token_id,omitempty"`
+	V          int            `json:"v"`
+	Key        NodeKey        `json:"key"`
+	Name       string         `json:"name"`
+	Hostname   string         `json:"hostname,omitempty"`
+	Addresses  []netip.Addr   `json:"addresses,omitempty"`
+	Routes     []netip.Prefix `json:"routes,omitempty"`
+	Tags       []string       `json:"tags,omitempty"`
+	CreatedAt  time.Time      `json:"created_at"`
+	LastSeen   time.Time      `json:"last_seen"`
+	TokenID    string         `json:"token_id,omitempty"`
+	Advertised []netip.Prefix `json:"advertised_routes,omitempty"`
+	KubeNode   string         `json:"kube_node,omitempty"`
 }
 
 // decode unmarshals a record and checks its schema version.
@@ -155,6 +159,8 @@ func decodeToken(data []byte) (Token, error) {
 		Uses:      r.Uses,
 		Revoked:   r.Revoked,
 		Tags:      r.Tags,
+		Routes:    r.Routes,
+		KubeNode:  r.KubeNode,
 	}
 	h, err := hex.DecodeString(r.SecretHash)
 	if err != nil || len(h) != len(t.SecretHash) {
@@ -170,15 +176,17 @@ func decodeNode(data []byte) (Node, error) {
 		return Node{}, err
 	}
 	return Node{
-		Key:       r.Key,
-		Name:      r.Name,
-		Hostname:  r.Hostname,
-		Addresses: r.Addresses,
-		Routes:    r.Routes,
-		Tags:      r.Tags,
-		CreatedAt: r.CreatedAt,
-		LastSeen:  r.LastSeen,
-		TokenID:   r.TokenID,
+		Key:              r.Key,
+		Name:             r.Name,
+		Hostname:         r.Hostname,
+		Addresses:        r.Addresses,
+		Routes:           r.Routes,
+		Tags:             r.Tags,
+		CreatedAt:        r.CreatedAt,
+		LastSeen:         r.LastSeen,
+		TokenID:          r.TokenID,
+		AdvertisedRoutes: r.Advertised,
+		KubeNode:         r.KubeNode,
 	}, nil
 }
 
@@ -218,6 +226,8 @@ func (t boltTx) PutToken(tok Token) error {
 		Uses:       tok.Uses,
 		Revoked:    tok.Revoked,
 		Tags:       tok.Tags,
+		Routes:     tok.Routes,
+		KubeNode:   tok.KubeNode,
 	})
 	if err != nil {
 		return fmt.Errorf("put token %s: %w", tok.ID, err)
@@ -299,16 +309,18 @@ func (t boltTx) PutNode(n Node) error {
 		}
 	}
 	data, err := json.Marshal(nodeRecord{
-		V:         schemaVersion,
-		Key:       n.Key,
-		Name:      n.Name,
-		Hostname:  n.Hostname,
-		Addresses: n.Addresses,
-		Routes:    n.Routes,
-		Tags:      n.Tags,
-		CreatedAt: n.CreatedAt,
-		LastSeen:  n.LastSeen,
-		TokenID:   n.TokenID,
+		V:          schemaVersion,
+		Key:        n.Key,
+		Name:       n.Name,
+		Hostname:   n.Hostname,
+		Addresses:  n.Addresses,
+		Routes:     n.Routes,
+		Tags:       n.Tags,
+		CreatedAt:  n.CreatedAt,
+		LastSeen:   n.LastSeen,
+		TokenID:    n.TokenID,
+		Advertised: n.AdvertisedRoutes,
+		KubeNode:   n.KubeNode,
 	})
 	if err != nil {
 		return fmt.Errorf("put node %s: %w", n.Key, err)

@@ -32,6 +32,12 @@ type Token struct {
 	Uses       int       // joins done with this token
 	Revoked    bool      //
 	Tags       []string  // copied onto nodes that join with it
+	// Routes are the prefixes within which routes advertised by nodes
+	// joining with this token are approved without an admin.
+	Routes []netip.Prefix
+	// KubeNode, when set, binds the token to one node: the admin vouches
+	// that whoever holds it is this Kubernetes Node (name and pod CIDRs).
+	KubeNode string
 }
 
 // Node is a registered node.
@@ -40,7 +46,15 @@ type Node struct {
 	Name      string         // unique within the registry
 	Hostname  string         // as the node reported it
 	Addresses []netip.Addr   // overlay addresses: one per configured family
-	Routes    []netip.Prefix // advertised routes (pod CIDRs, site subnets)
+	Routes    []netip.Prefix // approved routes (site subnets): routed to this node
+	// AdvertisedRoutes is what the node asked for at its last join; those
+	// not in Routes wait for an admin's approval.
+	AdvertisedRoutes []netip.Prefix
+	// KubeNode is the Kubernetes Node this node is verified to be (by a
+	// service account token bound to a pod on it, or a token the admin
+	// bound to it); that Node's pod CIDRs are routed to this node. Empty:
+	// none, whatever the node's name.
+	KubeNode  string
 	Tags      []string
 	CreatedAt time.Time
 	LastSeen  time.Time

@@ -21,9 +21,13 @@ import (
 // Sink receives the Service map. Implementations are safe for concurrent
 // use and treat the Services they get as read-only.
 type Sink interface {
-	SetService(svc *api.Service)                         // add or replace
-	DeleteService(key string)                            // "namespace/name"
-	SetPodCIDRs(node string, cidrs []netip.Prefix) error // refuses overlapping CIDRs
+	SetService(svc *api.Service) // add or replace
+	DeleteService(key string)    // "namespace/name"
+	// SetKubeNode records a Kubernetes Node and its pod CIDRs (refused
+	// whole if they overlap another Node's or fail the route policy);
+	// DeleteKubeNode forgets it.
+	SetKubeNode(name string, podCIDRs []netip.Prefix) error
+	DeleteKubeNode(name string)
 }
 
 // Source feeds a Sink until ctx ends.

@@ -19,8 +19,10 @@ import (
 const RouteProtocol = netlink.RouteProtocol(0x65)
 
 // Apply brings name up and makes its addresses exactly addrs and its
-// edgewire routes exactly routes (each a prefix routed out of name).
-func Apply(name string, addrs, routes []netip.Prefix) error {
+// edgewire routes exactly routes (each a prefix routed out of name, in
+// routing table table; see InstallRules). Edgewire routes elsewhere (an
+// older version's, in the main table) are removed.
+func Apply(name string, table int, addrs, routes []netip.Prefix) error {
 	link, err := netlink.LinkByName(name)
 	if err != nil {
 		return fmt.Errorf("find link %s: %w", name, err)
@@ -31,7 +33,7 @@ func Apply(name string, addrs, routes []netip.Prefix) error {
 	if err := applyAddrs(link, addrs); err != nil {
 		return err
 	}
-	return applyRoutes(link, routes)
+	return applyRoutes(link, table, routes)
 }
 
 func applyAddrs(link netlink.Link, want []netip.Prefix) error {
@@ -65,19 +67,20 @@ func applyAddrs(link netlink.Link, want []netip.Prefix) error {
 	return nil
 }
 
-func applyRoutes(link netlink.Link, want []netip.Prefix) error {
+func applyRoutes(link netlink.Link, table int, want []netip.Prefix) error {
 	wantSet := map[netip.Prefix]bool{}
 	for _, p := range want {
 		wantSet[p.Masked()] = true
 	}
-	filter := &netlink.Route{LinkIndex: link.Attrs().Index, Protocol: RouteProtocol}
-	have, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, filter, netlink.RT_FILTER_OIF|netlink.RT_FILTER_PROTOCOL)
+	// Table unspecified with RT_FILTER_TABLE: every table.
+	filter := &netlink.Route{LinkIndex: link.Attrs().Index, Protocol: RouteProtocol, Table: unix.RT_TABLE_UNSPEC}
+	have, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, filter, netlink.RT_FILTER_OIF|netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return fmt.Errorf("list routes: %w", err)
 	}
 	for _, r := range have {
 		p, ok := toPrefix(r.Dst)
-		if ok && wantSet[p] {
+		if ok && wantSet[p] && r.Table == table {
 			delete(wantSet, p)
 			continue
 		}
@@ -86,7 +89,7 @@ func applyRoutes(link netlink.Link, want []netip.Prefix) error {
 		}
 	}
 	for p := range wantSet {
-		r := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: toIPNet(p), Protocol: RouteProtocol, Scope: netlink.SCOPE_LINK}
+		r := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: toIPNet(p), Protocol: RouteProtocol, Scope: netlink.SCOPE_LINK, Table: table}
 		if err := netlink.RouteReplace(r); err != nil {
 			return fmt.Errorf("add route %s: %w", p, err)
 		}

@@ -36,7 +36,11 @@ type Config struct {
 	ListenPort int // 0: pick one
 	PrivateKey Key
 	Bind       conn.Bind // nil: wireguard-go's default (batching, GSO/GRO)
-	Logger     *slog.Logger
+	// FwMark is the socket mark of the WireGuard socket (0: none); see
+	// linkconf.Mark, which keeps the tunnel's own packets off overlay
+	// routes.
+	FwMark uint32
+	Logger *slog.Logger
 }
 
 // PeerConfig is the desired state of one peer.
@@ -118,7 +122,7 @@ func New(cfg Config) (*Device, error) {
 	dev := device.NewDevice(tdev, cfg.Bind, wlog)
 	dev.DisableSomeRoamingForBrokenMobileSemantics()
 	d := &Device{name: cfg.Name, dev: dev, log: log, applied: make(map[Key]PeerConfig)}
-	conf := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hex.EncodeToString(cfg.PrivateKey[:]), cfg.ListenPort)
+	conf := fmt.Sprintf("private_key=%s\nlisten_port=%d\nfwmark=%d\n", hex.EncodeToString(cfg.PrivateKey[:]), cfg.ListenPort, cfg.FwMark)
 	if err := dev.IpcSet(conf); err != nil {
 		dev.Close()
 		return nil, fmt.Errorf("configure device: %w", err)

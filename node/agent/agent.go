@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -47,6 +48,7 @@ const (
 	DefaultInterface  = "edgewire0"
 	DefaultMTU        = 1420
 	DefaultListenPort = 51820
+	DefaultRouteTable = linkconf.DefaultTable
 	keepalive         = 25 * time.Second
 	endpointInterval  = 30 * time.Second
 )
@@ -62,9 +64,17 @@ type Config struct {
 	// Joining, used only when the state dir holds no enrolment yet.
 	Coordinator string
 	Token       string
+	TokenFile   string // holds the token; deleted once enrolled
 	ServerName  string
 	Name        string
 	Routes      []netip.Prefix // advertised routes
+	// KubernetesTokenFile is a projected service account token (audience
+	// "edgewire") proving the Kubernetes Node the agent runs on; read at
+	// every join and connect (the kubelet rotates it). Empty: none.
+	KubernetesTokenFile string
+
+	// RouteTable holds routes through the overlay (see linkconf).
+	RouteTable int
 
 	// RelayRegion is the preferred home relay region (used whenever it is
 	// up); 0 picks the closest.
@@ -106,6 +116,13 @@ func (c *Config) validate() error {
 	if c.ListenPort < 0 || c.ListenPort > 65535 {
 		return fmt.Errorf("--listen-port %d: want 0 to 65535", c.ListenPort)
 	}
+	if c.RouteTable == 0 {
+		c.RouteTable = DefaultRouteTable
+	}
+	// 253-255 are the kernel's default, main and local tables.
+	if c.RouteTable < 1 || c.RouteTable >= 1<<31 || (c.RouteTable >= 253 && c.RouteTable <= 255) {
+		return fmt.Errorf("--route-table %d: want a table number other than 253-255 (default, main, local)", c.RouteTable)
+	}
 	if c.Socket == "" {
 		c.Socket = localapi.DefaultSocket
 	}
@@ -142,18 +159,63 @@ func (c *Config) validate() error {
 
 // JoinConfig is what `edgewire-agent join` needs.
 type JoinConfig struct {
-	StateDir    string
-	Coordinator string
-	Token       string
-	ServerName  string
-	Name        string
-	Routes      []netip.Prefix
+	StateDir            string
+	Coordinator         string
+	Token               string
+	TokenFile           string // read when Token is empty; deleted once enrolled
+	ServerName          string
+	Name                string
+	Routes              []netip.Prefix
+	KubernetesTokenFile string
+}
+
+// maxTokenFile bounds what is read of a token file.
+const maxTokenFile = 64 << 10
+
+// readSecretFile reads a token file (trimmed), refusing a file others may
+// read: it holds a credential.
+func readSecretFile(path, what string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", what, err)
+	}
+	defer f.Close()
+	b := make([]byte, maxTokenFile+1)
+	n, err := io.ReadFull(f, b)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return "", fmt.Errorf("%s %s: %w", what, path, err)
+	}
+	if n > maxTokenFile {
+		return "", fmt.Errorf("%s %s is larger than %d bytes", what, path, maxTokenFile)
+	}
+	return strings.TrimSpace(string(b[:n])), nil
+}
+
+// kubernetesToken reads the service account token file, if configured.
+func kubernetesToken(path string, log *slog.Logger) string {
+	if path == "" {
+		return ""
+	}
+	t, err := readSecretFile(path, "--kubernetes-token-file")
+	if err != nil {
+		log.Warn("cannot read the Kubernetes service account token", "err", err)
+	}
+	return t
 }
 
 // Join enrols the node with a coordinator and records it in the state dir.
+// A token file is deleted once the enrolment is saved: the token has done
+// its job and must not stay on disk.
 func Join(ctx context.Context, jc JoinConfig) (identity.Enrolment, *api.JoinResponse, error) {
+	if jc.Token == "" && jc.TokenFile != "" {
+		t, err := readSecretFile(jc.TokenFile, "--token-file")
+		if err != nil {
+			return identity.Enrolment{}, nil, err
+		}
+		jc.Token = t
+	}
 	if jc.Coordinator == "" || jc.Token == "" {
-		return identity.Enrolment{}, nil, errors.New("joining needs --coordinator and --token")
+		return identity.Enrolment{}, nil, errors.New("joining needs --coordinator and --token (or --token-file)")
 	}
 	if _, _, err := net.SplitHostPort(jc.Coordinator); err != nil {
 		return identity.Enrolment{}, nil, fmt.Errorf("--coordinator %q: want host:port: %w", jc.Coordinator, err)
@@ -166,6 +228,7 @@ func Join(ctx context.Context, jc JoinConfig) (identity.Enrolment, *api.JoinResp
 	e, resp, err := control.Join(ctx, control.JoinRequest{
 		Coordinator: jc.Coordinator, ServerName: jc.ServerName, Token: jc.Token,
 		PrivateKey: key, Name: jc.Name, Hostname: host, Routes: jc.Routes,
+		KubernetesToken: kubernetesToken(jc.KubernetesTokenFile, slog.Default()), Dial: markedDialAddr,
 	})
 	if err != nil {
 		return e, nil, err
@@ -173,21 +236,42 @@ func Join(ctx context.Context, jc JoinConfig) (identity.Enrolment, *api.JoinResp
 	if err := identity.SaveEnrolment(jc.StateDir, e); err != nil {
 		return e, nil, fmt.Errorf("save enrolment: %w", err)
 	}
+	if err := removeTokenFile(jc.TokenFile); err != nil {
+		return e, resp, err
+	}
 	return e, resp, nil
+}
+
+// removeTokenFile deletes a join token file once the node is enrolled.
+func removeTokenFile(path string) error {
+	if path == "" {
+		return nil
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove the used join token %s: %w", path, err)
+	}
+	return nil
+}
+
+func markedDialAddr(ctx context.Context, addr string) (net.Conn, error) {
+	return markedDial(ctx, "tcp", addr)
 }
 
 // Agent is a running agent.
 type Agent struct {
-	cfg  Config
-	log  *slog.Logger
-	key  identity.Key
-	enr  identity.Enrolment
-	dev  *wgdev.Device
-	bind *bind.Bind
-	trav *traversal.Manager
-	home *homerelay.Manager
-	cc   *control.Client
-	svc  *servicesLayer
+	cfg Config
+	log *slog.Logger
+	key identity.Key
+	enr identity.Enrolment
+
+	hosts   hostCache     // resolved coordinator, relay and STUN names
+	refused refusedRoutes // map routes refused and logged
+	dev     *wgdev.Device
+	bind    *bind.Bind
+	trav    *traversal.Manager
+	home    *homerelay.Manager
+	cc      *control.Client
+	svc     *servicesLayer
 
 	dirty chan struct{} // the map changed; capacity 1
 
@@ -211,11 +295,14 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	enr, err := identity.LoadEnrolment(cfg.StateDir)
-	if errors.Is(err, identity.ErrNotEnrolled) && cfg.Token != "" {
+	if errors.Is(err, identity.ErrNotEnrolled) && (cfg.Token != "" || cfg.TokenFile != "") {
 		enr, err = joinWithRetry(ctx, cfg, log)
 	}
 	if err != nil {
 		return err
+	}
+	if err := removeTokenFile(cfg.TokenFile); err != nil {
+		log.Warn("the node is enrolled but its join token file stays", "err", err)
 	}
 	a := &Agent{cfg: cfg, log: log, key: key, enr: enr, dirty: make(chan struct{}, 1)}
 	a.state, err = mapstate.Load(filepath.Join(cfg.StateDir, identity.NetworkMapFile))
@@ -235,10 +322,16 @@ func Run(ctx context.Context, cfg Config) error {
 	defer a.bind.Shutdown()
 	a.dev, err = wgdev.New(wgdev.Config{
 		Name: cfg.Interface, MTU: cfg.MTU, ListenPort: cfg.ListenPort,
-		PrivateKey: wgdev.Key(key), Bind: a.bind, Logger: log,
+		PrivateKey: wgdev.Key(key), Bind: a.bind, Logger: log, FwMark: linkconf.Mark,
 	})
 	if err != nil {
 		return err
+	}
+	removeRules, err := installRules(cfg.RouteTable)
+	defer removeRules()
+	if err != nil {
+		a.dev.Close()
+		return fmt.Errorf("policy routing: %w", err)
 	}
 	defer func() {
 		a.dev.Close()
@@ -254,7 +347,8 @@ func Run(ctx context.Context, cfg Config) error {
 	a.cc, err = control.New(control.Config{
 		Enrolment: enr, PrivateKey: key, Hostname: host, Logger: log, OnMap: a.onMap,
 		OnSignal: func(s *api.Signal) { a.trav.HandleSignal(s) },
-		OnTicket: a.onTicket,
+		OnTicket: a.onTicket, KnownKey: a.knownKey, Dial: markedDialAddr,
+		KubernetesToken: func() string { return kubernetesToken(cfg.KubernetesTokenFile, log) },
 	})
 	if err != nil {
 		return err
@@ -275,6 +369,7 @@ func Run(ctx context.Context, cfg Config) error {
 			a.bind.DeliverRelayed(src, p)
 		},
 		OnChange: a.trav.SetRelay,
+		NetDial:  markedDial,
 	})
 	a.bind.SetRelay(a.home)
 	// A saved, unexpired ticket lets a restarted agent use the relays
@@ -347,11 +442,15 @@ func joinWithRetry(ctx context.Context, cfg Config, log *slog.Logger) (identity.
 	backoff := time.Second
 	for attempt := 1; ; attempt++ {
 		e, resp, err := Join(ctx, JoinConfig{
-			StateDir: cfg.StateDir, Coordinator: cfg.Coordinator, Token: cfg.Token,
-			ServerName: cfg.ServerName, Name: cfg.Name, Routes: cfg.Routes,
+			StateDir: cfg.StateDir, Coordinator: cfg.Coordinator, Token: cfg.Token, TokenFile: cfg.TokenFile,
+			ServerName: cfg.ServerName, Name: cfg.Name, Routes: cfg.Routes, KubernetesTokenFile: cfg.KubernetesTokenFile,
 		})
 		if err == nil {
-			log.Info("joined", "coordinator", cfg.Coordinator, "name", e.Name, "addresses", resp.GetSelf().GetAddresses())
+			log.Info("joined", "coordinator", cfg.Coordinator, "name", e.Name, "addresses", resp.GetSelf().GetAddresses(),
+				"kubernetes_node", resp.GetSelf().GetKubernetesNode())
+			if p := resp.GetPendingRoutes(); len(p) > 0 {
+				log.Warn("advertised routes wait for an admin's approval", "routes", p, "approve", "edgewire nodes routes approve "+e.Name)
+			}
 			return e, nil
 		}
 		// A refused token or name will not get better by retrying.
@@ -449,6 +548,11 @@ func (a *Agent) reconcile() error {
 	a.trav.SetSTUN(stun)
 	a.trav.SetPeers(tp)
 
+	var regionAddrs []string
+	for _, r := range regions {
+		regionAddrs = append(regionAddrs, r.Addr)
+	}
+	pol := a.routePolicy(prefixes, peers, stun, regionAddrs)
 	var (
 		wgPeers []wgdev.PeerConfig
 		routes  []netip.Prefix
@@ -456,10 +560,14 @@ func (a *Agent) reconcile() error {
 	for _, p := range peers {
 		pc := wgdev.PeerConfig{PublicKey: p.Key}
 		for _, addr := range p.Addresses {
+			if len(prefixes) > 0 && !inAny(addr, prefixes) {
+				continue // an overlay address outside the overlay: the map is not to be trusted there
+			}
 			pc.AllowedIPs = append(pc.AllowedIPs, netip.PrefixFrom(addr, addr.BitLen()))
 		}
-		pc.AllowedIPs = append(pc.AllowedIPs, p.Routes...)
-		routes = append(routes, p.Routes...)
+		ok := a.filterRoutes(pol, p)
+		pc.AllowedIPs = append(pc.AllowedIPs, ok...)
+		routes = append(routes, ok...)
 		if path := a.trav.Path(p.Key); path.Kind != pathsel.None {
 			pc.Endpoint = path.Endpoint // the peer's address, or its synthetic relay endpoint
 			// Keepalive only with a path: turning it on makes WireGuard send
@@ -482,10 +590,37 @@ func (a *Agent) reconcile() error {
 		}
 		addrs = append(addrs, netip.PrefixFrom(addr, bits))
 	}
-	if err := linkconf.Apply(a.cfg.Interface, addrs, routes); err != nil {
+	if err := linkconf.Apply(a.cfg.Interface, a.cfg.RouteTable, addrs, routes); err != nil {
 		return err
 	}
 	return a.svc.update(svcGen, svcs, names)
+}
+
+func inAny(a netip.Addr, ps []netip.Prefix) bool {
+	for _, p := range ps {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// knownKey reports whether k is this node's, a peer's or a relay's key.
+func (a *Agent) knownKey(k [32]byte) bool {
+	if k == a.key.Public() {
+		return true
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, ok := a.state.Peers[k]; ok {
+		return true
+	}
+	for _, r := range a.state.Relays {
+		if r.Key == k {
+			return true
+		}
+	}
+	return false
 }
 
 // host resolves a map host: empty means the coordinator's.

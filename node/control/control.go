@@ -13,16 +13,17 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/netip"
 	"slices"
 	"sync"
 	"time"
 
-	"golang.org/x/crypto/nacl/box"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/edgewire/edgewire/coordinator/api"
@@ -44,6 +45,12 @@ type JoinRequest struct {
 	Name        string
 	Hostname    string
 	Routes      []netip.Prefix
+	// KubernetesToken is a projected service account token proving which
+	// Kubernetes Node the agent runs on (DaemonSet agents); empty: none.
+	KubernetesToken string
+	// Dial connects to the coordinator (nil: a plain TCP dial); the agent
+	// marks the socket so overlay routes cannot capture it.
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
 }
 
 // Join registers the node and returns its enrolment (with the pinned CA).
@@ -56,17 +63,20 @@ func Join(ctx context.Context, req JoinRequest) (identity.Enrolment, *api.JoinRe
 		req.ServerName = pki.ServerName
 	}
 	var ca *x509.Certificate
-	conn, err := grpc.NewClient(req.Coordinator, grpc.WithTransportCredentials(credentials.NewTLS(pki.PinnedConfig(tok.CAPin, req.ServerName, &ca))))
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(pki.PinnedConfig(tok.CAPin, req.ServerName, &ca)))}
+	if req.Dial != nil {
+		opts = append(opts, grpc.WithContextDialer(req.Dial))
+	}
+	conn, err := grpc.NewClient(req.Coordinator, opts...)
 	if err != nil {
 		return identity.Enrolment{}, nil, fmt.Errorf("connect to %s: %w", req.Coordinator, err)
 	}
 	defer conn.Close()
-	pub := req.PrivateKey.Public()
-	jr := &api.JoinRequest{Token: req.Token, PublicKey: pub[:], Name: req.Name, Hostname: req.Hostname}
+	jr := &api.JoinRequest{Token: req.Token, Name: req.Name, Hostname: req.Hostname, KubernetesToken: req.KubernetesToken}
 	for _, r := range req.Routes {
 		jr.Routes = append(jr.Routes, r.String())
 	}
-	resp, err := api.NewControlClient(conn).Join(ctx, jr)
+	resp, err := join(ctx, api.NewControlClient(conn), req.PrivateKey, req.Hostname, jr)
 	if err != nil {
 		switch status.Code(err) {
 		case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.Internal:
@@ -84,6 +94,66 @@ func Join(ctx context.Context, req JoinRequest) (identity.Enrolment, *api.JoinRe
 		Name:        resp.GetSelf().GetName(),
 	}
 	return e, resp, nil
+}
+
+// join runs the Join stream: the key proof, then the request.
+func join(ctx context.Context, cl api.ControlClient, priv identity.Key, hostname string, jr *api.JoinRequest) (*api.JoinResponse, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := cl.Join(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := Authenticate(stream, priv, api.AuthJoin, &api.Hello{Hostname: hostname}, nil); err != nil {
+		return nil, err
+	}
+	if err := stream.Send(&api.ClientMessage{Msg: &api.ClientMessage_Join{Join: jr}}); err != nil {
+		return nil, err
+	}
+	msg, err := stream.Recv()
+	if err != nil {
+		return nil, err
+	}
+	resp := msg.GetJoined()
+	if resp == nil {
+		return nil, status.Error(codes.Internal, "coordinator answered the join with no JoinResponse")
+	}
+	return resp, nil
+}
+
+// Authenticate opens a Join or Connect stream (method api.AuthJoin or
+// api.AuthConnect): it sends hello (public key and protocol version
+// filled in) and answers the coordinator's challenge with the node key,
+// bound to the stream's TLS session. refuse reports keys a challenge must
+// not use (known node and relay keys); nil: only the node's own.
+func Authenticate(stream api.Control_ConnectClient, priv identity.Key, method string, hello *api.Hello, refuse func([32]byte) bool) error {
+	pub := priv.Public()
+	hello.PublicKey, hello.ProtocolVersion = pub[:], api.ProtocolVersion_PROTOCOL_VERSION_1
+	if err := stream.Send(&api.ClientMessage{Msg: &api.ClientMessage_Hello{Hello: hello}}); err != nil {
+		return err
+	}
+	msg, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	ch := msg.GetChallenge()
+	if ch == nil {
+		return errors.New("coordinator sent no challenge")
+	}
+	var bind []byte
+	if p, ok := peer.FromContext(stream.Context()); ok {
+		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok {
+			if bind, err = api.Binding(&ti.State); err != nil {
+				return err
+			}
+		}
+	}
+	k := [32]byte(priv)
+	proof, err := api.Prove(&k, ch, method, bind, refuse)
+	if err != nil {
+		return fmt.Errorf("coordinator's challenge: %w", err)
+	}
+	return stream.Send(&api.ClientMessage{Msg: &api.ClientMessage_Proof{Proof: proof}})
 }
 
 // describe turns a gRPC error into the server's message.
@@ -108,8 +178,16 @@ type Config struct {
 	OnSignal func(*api.Signal)
 	// OnTicket is called with every relay ticket the coordinator sends.
 	OnTicket func(*api.RelayTicket)
+	// KnownKey reports node and relay keys from the network map: a
+	// challenge using one is refused (a genuine one uses a fresh key).
+	KnownKey func([32]byte) bool
+	// KubernetesToken returns the agent's current service account token
+	// (read afresh: the kubelet rotates it) or "" for none.
+	KubernetesToken func() string
 	// MinBackoff and MaxBackoff bound the reconnect delay.
 	MinBackoff, MaxBackoff time.Duration
+	// Dial connects to the coordinator (nil: a plain TCP dial).
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
 }
 
 // Client keeps the stream to the coordinator.
@@ -202,10 +280,14 @@ func (c *Client) endpointStrings() []string {
 
 // Run keeps a stream up until ctx ends.
 func (c *Client) Run(ctx context.Context) error {
-	conn, err := grpc.NewClient(c.cfg.Enrolment.Coordinator,
+	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(credentials.NewTLS(c.tls)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 15 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
-	)
+	}
+	if c.cfg.Dial != nil {
+		opts = append(opts, grpc.WithContextDialer(c.cfg.Dial))
+	}
+	conn, err := grpc.NewClient(c.cfg.Enrolment.Coordinator, opts...)
 	if err != nil {
 		return fmt.Errorf("control: %w", err)
 	}
@@ -246,26 +328,11 @@ func (c *Client) session(ctx context.Context, cl api.ControlClient) error {
 	if err != nil {
 		return err
 	}
-	pub := c.cfg.PrivateKey.Public()
-	hello := &api.Hello{PublicKey: pub[:], ProtocolVersion: api.ProtocolVersion_PROTOCOL_VERSION_1,
-		Endpoints: c.endpointStrings(), Hostname: c.cfg.Hostname}
-	if err := stream.Send(&api.ClientMessage{Msg: &api.ClientMessage_Hello{Hello: hello}}); err != nil {
-		return err
+	hello := &api.Hello{Endpoints: c.endpointStrings(), Hostname: c.cfg.Hostname}
+	if c.cfg.KubernetesToken != nil {
+		hello.KubernetesToken = c.cfg.KubernetesToken()
 	}
-	msg, err := stream.Recv()
-	if err != nil {
-		return err
-	}
-	ch := msg.GetChallenge()
-	if ch == nil || len(ch.GetEphemeralPublicKey()) != 32 || len(ch.GetNonce()) != 24 {
-		return errors.New("coordinator sent no valid challenge")
-	}
-	priv := [32]byte(c.cfg.PrivateKey)
-	opened, ok := box.Open(nil, ch.GetSealed(), (*[24]byte)(ch.GetNonce()), (*[32]byte)(ch.GetEphemeralPublicKey()), &priv)
-	if !ok {
-		return errors.New("cannot open the coordinator's challenge with the node key")
-	}
-	if err := stream.Send(&api.ClientMessage{Msg: &api.ClientMessage_Proof{Proof: &api.AuthProof{Challenge: opened}}}); err != nil {
+	if err := Authenticate(stream, c.cfg.PrivateKey, api.AuthConnect, hello, c.cfg.KnownKey); err != nil {
 		return err
 	}
 

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"slices"
 	"sync"
@@ -68,6 +69,10 @@ type Config struct {
 	Probe func(ctx context.Context, r Region) (time.Duration, error)
 	// Dial creates the connection to a relay (nil: a relay.Client).
 	Dial func(r Region, ticket []byte) (Conn, error)
+	// NetDial opens the TCP connections of the default Dial and Probe
+	// (nil: net.Dialer); the agent marks them so that overlay routes
+	// cannot capture them.
+	NetDial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Status describes the home relay.
@@ -115,14 +120,17 @@ func New(cfg Config) *Manager {
 	if cfg.OnChange == nil {
 		cfg.OnChange = func(bool) {}
 	}
+	if cfg.NetDial == nil {
+		cfg.NetDial = (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext
+	}
 	if cfg.Probe == nil {
-		cfg.Probe = probeHTTPS
+		cfg.Probe = func(ctx context.Context, r Region) (time.Duration, error) { return probeHTTPS(ctx, r, cfg.NetDial) }
 	}
 	if cfg.Dial == nil {
 		cfg.Dial = func(r Region, ticket []byte) (Conn, error) {
 			return relay.NewClient(relay.ClientConfig{
 				URL: "https://" + r.Addr + "/relay", ServerKey: r.Key, PrivateKey: cfg.PrivateKey,
-				Ticket: ticket, OnPacket: cfg.OnPacket, Logger: cfg.Logger.With("relay", r.Name),
+				Ticket: ticket, OnPacket: cfg.OnPacket, Logger: cfg.Logger.With("relay", r.Name), Dial: cfg.NetDial,
 			})
 		}
 	}
@@ -426,8 +434,8 @@ func (m *Manager) switchTo(ctx context.Context, r Region) {
 
 // probeHTTPS times a GET of /relay/probe on a fresh TLS connection. The
 // relay is authenticated later by its key, not by this probe.
-func probeHTTPS(ctx context.Context, r Region) (time.Duration, error) {
-	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, DisableKeepAlives: true}
+func probeHTTPS(ctx context.Context, r Region, dial func(ctx context.Context, network, addr string) (net.Conn, error)) (time.Duration, error) {
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, DisableKeepAlives: true, DialContext: dial}
 	defer tr.CloseIdleConnections()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+r.Addr+"/relay/probe", nil)
 	if err != nil {

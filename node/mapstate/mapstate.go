@@ -53,6 +53,9 @@ type State struct {
 	Services map[string]*api.Service
 	// ServicesGen changes whenever Services does.
 	ServicesGen uint64
+	// RelayRevocations is the coordinator's signed list of nodes relays
+	// must refuse, handed to the home relay as is (relays verify it).
+	RelayRevocations []byte
 }
 
 // RelayRegion is a relay from the relay map. An empty Host means the
@@ -84,7 +87,10 @@ func (s *State) Apply(m *api.NetworkMap) error {
 		return fmt.Errorf("%w: have %d, delta from %d", ErrGap, s.Version, m.GetBaseVersion())
 	}
 	next := &State{Version: m.GetVersion(), Self: s.Self, Prefixes: s.Prefixes, STUN: s.STUN, Relays: s.Relays, Peers: s.Peers,
-		Services: s.Services, ServicesGen: s.ServicesGen}
+		Services: s.Services, ServicesGen: s.ServicesGen, RelayRevocations: s.RelayRevocations}
+	if m.GetFull() || len(m.GetRelayRevocations()) > 0 {
+		next.RelayRevocations = m.GetRelayRevocations()
+	}
 	if m.GetFull() {
 		next.Peers = make(map[[32]byte]Peer, len(m.GetPeers()))
 		next.Prefixes = nil
@@ -215,7 +221,8 @@ func (s *State) SortedPeers() []Peer {
 
 // Marshal encodes the state as a full NetworkMap.
 func (s *State) Marshal() ([]byte, error) {
-	m := &api.NetworkMap{Version: s.Version, Full: true, Self: &api.Node{PublicKey: s.Self.Key[:], Name: s.Self.Name}}
+	m := &api.NetworkMap{Version: s.Version, Full: true, Self: &api.Node{PublicKey: s.Self.Key[:], Name: s.Self.Name},
+		RelayRevocations: s.RelayRevocations}
 	for _, a := range s.Self.Addresses {
 		m.Self.Addresses = append(m.Self.Addresses, a.String())
 	}

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"time"
 
-	"golang.org/x/crypto/nacl/box"
+	"golang.org/x/crypto/curve25519"
+	"golang.org/x/crypto/nacl/secretbox"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/edgewire/edgewire/coordinator/api"
+	"github.com/edgewire/edgewire/internal/dhkey"
 )
 
 // maxSkew bounds how far a signal's timestamp may be from the local clock;
@@ -19,17 +21,39 @@ const maxSkew = 5 * time.Minute
 // ErrOpen is returned for signals that do not open or are not fresh.
 var ErrOpen = errors.New("signal rejected")
 
+// signalKey is the key of signals from sender to recipient: derived
+// from the two node keys for signalling only (dhkey.Signal), so no other
+// use of the node key (the coordinator's challenge, the relay handshake)
+// can be made to seal or open a signal.
+func signalKey(priv, peer *[32]byte, sender, recipient [32]byte) (*[32]byte, error) {
+	k, err := dhkey.Derive(priv, peer, dhkey.Signal, sender[:], recipient[:])
+	if err != nil {
+		return nil, err
+	}
+	return &k, nil
+}
+
+func publicKey(priv *[32]byte) [32]byte {
+	var pub [32]byte
+	curve25519.ScalarBaseMult(&pub, priv)
+	return pub
+}
+
 // Seal encrypts and authenticates p from the holder of priv to peer.
 func Seal(p *api.SignalPayload, peer, priv *[32]byte) (*api.Signal, error) {
 	plain, err := proto.Marshal(p)
 	if err != nil {
 		return nil, err
 	}
+	k, err := signalKey(priv, peer, publicKey(priv), *peer)
+	if err != nil {
+		return nil, fmt.Errorf("seal to %x: %w", peer[:4], err)
+	}
 	var nonce [24]byte
 	if _, err := rand.Read(nonce[:]); err != nil {
 		return nil, err
 	}
-	return &api.Signal{PeerKey: peer[:], Nonce: nonce[:], Sealed: box.Seal(nil, plain, &nonce, peer, priv)}, nil
+	return &api.Signal{PeerKey: peer[:], Nonce: nonce[:], Sealed: secretbox.Seal(nil, plain, &nonce, k)}, nil
 }
 
 // Open authenticates and decrypts a signal whose PeerKey is its sender,
@@ -38,7 +62,12 @@ func Open(s *api.Signal, priv *[32]byte, now time.Time) (*api.SignalPayload, err
 	if len(s.GetPeerKey()) != 32 || len(s.GetNonce()) != 24 {
 		return nil, fmt.Errorf("%w: bad envelope", ErrOpen)
 	}
-	plain, ok := box.Open(nil, s.GetSealed(), (*[24]byte)(s.GetNonce()), (*[32]byte)(s.GetPeerKey()), priv)
+	sender := [32]byte(s.GetPeerKey())
+	k, err := signalKey(priv, &sender, sender, publicKey(priv))
+	if err != nil {
+		return nil, fmt.Errorf("%w: sender key: %v", ErrOpen, err)
+	}
+	plain, ok := secretbox.Open(nil, s.GetSealed(), (*[24]byte)(s.GetNonce()), k)
 	if !ok {
 		return nil, fmt.Errorf("%w: does not authenticate", ErrOpen)
 	}

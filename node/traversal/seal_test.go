@@ -1,6 +1,7 @@
 package traversal
 
 import (
+	"bytes"
 	"crypto/rand"
 	"errors"
 	"testing"
@@ -86,4 +87,59 @@ func FuzzOpen(f *testing.F) {
 			t.Fatal("opened a signal without a session")
 		}
 	})
+}
+
+// TestSignalNotAnOracle is the attack of a fake coordinator that wants to
+// read a sealed offer (ufrag and pwd) from a peer to this node: it hands
+// the sealed bytes to the node as an authentication challenge, the way
+// the v1 challenge (a box opened with the node key) let it. The node's
+// answer must reveal nothing of the signal, and a challenge that uses a
+// known peer key is refused outright.
+func TestSignalNotAnOracle(t *testing.T) {
+	now := time.Now()
+	nodePub, nodePriv := keypair(t)
+	peerPub, peerPriv := keypair(t)
+	offer := &api.SignalPayload{Kind: api.SignalPayload_KIND_OFFER, Session: 9, Ufrag: "secretufrag", Pwd: "secretpassword0123456789", SentUnixMs: now.UnixMilli()}
+	sig, err := Seal(offer, nodePub, peerPriv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig.PeerKey = peerPub[:] // as the coordinator forwards it
+	plain, _ := proto.Marshal(offer)
+
+	// The fake challenge: the peer's key as the "ephemeral" key.
+	ch := &api.Challenge{EphemeralPublicKey: peerPub[:], Nonce: append(bytes.Clone(sig.Nonce), make([]byte, 8)...)}
+	known := func(k [32]byte) bool { return k == *peerPub }
+	if _, err := api.Prove(nodePriv, ch, api.AuthConnect, nil, known); !errors.Is(err, api.ErrBadChallenge) {
+		t.Errorf("challenge with a known peer key: got %v, want ErrBadChallenge", err)
+	}
+	// Even answered (a peer key the node does not know yet), the proof is
+	// a MAC under a key derived for authentication only.
+	proof, err := api.Prove(nodePriv, ch, api.AuthConnect, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(proof.GetMac(), plain[:8]) || bytes.Contains(plain, proof.GetMac()[:8]) {
+		t.Error("the proof carries bytes of the signal's plaintext")
+	}
+	// The v1 oracle opened a NaCl box with the node key and the
+	// challenge's key; the signal is no longer such a box.
+	if _, ok := box.Open(nil, sig.Sealed, (*[24]byte)(sig.Nonce), peerPub, nodePriv); ok {
+		t.Error("the sealed signal opens as a NaCl box between the node keys")
+	}
+	// And the real recipient still opens it.
+	got, err := Open(sig, nodePriv, now)
+	if err != nil || got.GetPwd() != offer.Pwd {
+		t.Fatalf("Open by the recipient: %v, %v", got, err)
+	}
+}
+
+// TestOpenLowOrderSender: a signal claiming a low-order sender key would
+// open under a predictable key; it is refused.
+func TestOpenLowOrderSender(t *testing.T) {
+	_, priv := keypair(t)
+	s := &api.Signal{PeerKey: make([]byte, 32), Nonce: make([]byte, 24), Sealed: make([]byte, 40)}
+	if _, err := Open(s, priv, time.Now()); !errors.Is(err, ErrOpen) {
+		t.Errorf("got %v, want ErrOpen", err)
+	}
 }

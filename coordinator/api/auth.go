@@ -1,0 +1,110 @@
+package api
+
+import (
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"fmt"
+
+	"golang.org/x/crypto/curve25519"
+
+	"github.com/edgewire/edgewire/internal/dhkey"
+)
+
+// The key proof of Join and Connect (see Challenge and AuthProof in
+// edgewire.proto). Both sides build it with these functions.
+
+// Methods a proof is for: a Join proof cannot stand in for a Connect.
+const (
+	AuthJoin    = "join"
+	AuthConnect = "connect"
+)
+
+// ChallengeNonceLen is the length of Challenge.nonce.
+const ChallengeNonceLen = 32
+
+// exporterLabel is the TLS exporter label of the channel binding.
+const exporterLabel = "EXPORTER-edgewire-control-auth"
+
+// Binding returns the channel binding of a TLS connection: 32 bytes of
+// exported keying material, the same on both ends of one TLS session and
+// unrelated on any other. cs nil (a connection without TLS: the
+// coordinator's local unix socket, in-process tests) binds to nothing.
+func Binding(cs *tls.ConnectionState) ([]byte, error) {
+	if cs == nil {
+		return nil, nil
+	}
+	b, err := cs.ExportKeyingMaterial(exporterLabel, nil, 32)
+	if err != nil {
+		return nil, fmt.Errorf("tls exporter: %w", err)
+	}
+	return b, nil
+}
+
+// NewChallenge returns a challenge and the ephemeral private key the
+// server keeps to check the proof.
+func NewChallenge() (*Challenge, [32]byte, error) {
+	var priv [32]byte
+	if _, err := rand.Read(priv[:]); err != nil {
+		return nil, priv, err
+	}
+	pub, err := curve25519.X25519(priv[:], curve25519.Basepoint)
+	if err != nil {
+		return nil, priv, err
+	}
+	nonce := make([]byte, ChallengeNonceLen)
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, priv, err
+	}
+	return &Challenge{EphemeralPublicKey: pub, Nonce: nonce}, priv, nil
+}
+
+// ErrBadChallenge is returned by Prove for a challenge it refuses to
+// answer.
+var ErrBadChallenge = errors.New("bad challenge")
+
+// Prove answers ch for method with the node's private key over the
+// connection with channel binding binding. It refuses an ephemeral key
+// that is of small order or that refuse reports as known (the node's own
+// key, a peer's, a relay's): a genuine challenge uses a fresh key.
+func Prove(nodePriv *[32]byte, ch *Challenge, method string, binding []byte, refuse func([32]byte) bool) (*AuthProof, error) {
+	if len(ch.GetEphemeralPublicKey()) != 32 || len(ch.GetNonce()) != ChallengeNonceLen {
+		return nil, fmt.Errorf("%w: want a 32-byte key and a %d-byte nonce", ErrBadChallenge, ChallengeNonceLen)
+	}
+	eph := [32]byte(ch.GetEphemeralPublicKey())
+	if refuse != nil && refuse(eph) {
+		return nil, fmt.Errorf("%w: its key is a known node or relay key, not a fresh one", ErrBadChallenge)
+	}
+	var pub [32]byte
+	curve25519.ScalarBaseMult(&pub, nodePriv)
+	if eph == pub {
+		return nil, fmt.Errorf("%w: its key is this node's own", ErrBadChallenge)
+	}
+	mac, err := proofMAC(nodePriv, &eph, eph, pub, ch.GetNonce(), method, binding)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadChallenge, err)
+	}
+	return &AuthProof{Mac: mac[:]}, nil
+}
+
+// CheckProof reports whether p proves nodePub for the challenge ch the
+// server made with ephPriv, for method over binding. It fails for
+// low-order node keys (anyone could compute their proof).
+func CheckProof(ephPriv *[32]byte, nodePub [32]byte, ch *Challenge, method string, binding []byte, p *AuthProof) bool {
+	if len(ch.GetEphemeralPublicKey()) != 32 || len(p.GetMac()) != dhkey.Size {
+		return false
+	}
+	want, err := proofMAC(ephPriv, &nodePub, [32]byte(ch.GetEphemeralPublicKey()), nodePub, ch.GetNonce(), method, binding)
+	if err != nil {
+		return false
+	}
+	return dhkey.Equal(want[:], p.GetMac())
+}
+
+func proofMAC(priv, pub *[32]byte, eph, node [32]byte, nonce []byte, method string, binding []byte) ([32]byte, error) {
+	k, err := dhkey.Derive(priv, pub, dhkey.ControlAuth, binding, eph[:], node[:], nonce)
+	if err != nil {
+		return [32]byte{}, err
+	}
+	return dhkey.MAC(k, []byte(method)), nil
+}
