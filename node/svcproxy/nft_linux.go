@@ -254,9 +254,72 @@ func endpointVal(e netip.AddrPort) []byte {
 	return v
 }
 
+// guardPortRule: [ip daddr A] meta l4proto P th dport N goto local-only
+func guardPortRule(lp LocalPort) []expr.Any {
+	var exprs []expr.Any
+	if a := lp.Addr.Addr(); !a.IsUnspecified() {
+		a4 := a.As4()
+		exprs = append(exprs,
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: a4[:]})
+	}
+	return append(exprs,
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{protoNum(lp.Proto)}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(lp.Addr.Port())},
+		&expr.Verdict{Kind: expr.VerdictGoto, Chain: chainLocalOnly})
+}
+
+// localOnlyRules:
+//
+//	iifname "lo" accept
+//	iifname IFACE counter drop
+//	jump local-pods
+//	counter drop
+func localOnlyRules(iface string) [][]expr.Any {
+	return [][]expr.Any{
+		{&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname("lo")},
+			&expr.Verdict{Kind: expr.VerdictAccept}},
+		{&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(iface)},
+			&expr.Counter{},
+			&expr.Verdict{Kind: expr.VerdictDrop}},
+		{&expr.Verdict{Kind: expr.VerdictJump, Chain: chainLocalPods}},
+		{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop}},
+	}
+}
+
+// podRule: ip saddr PFX fib saddr . iif oif != 0 accept. The fib check
+// is strict reverse-path: a source in the pod CIDR counts only if it
+// arrived on the interface its pods are routed through, so a neighbour
+// cannot claim a pod address.
+func podRule(p netip.Prefix) []expr.Any {
+	a := p.Addr().As4()
+	exprs := []expr.Any{&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4}}
+	if p.Bits() < 32 {
+		m := netip.PrefixFrom(netip.AddrFrom4([4]byte{0xff, 0xff, 0xff, 0xff}), p.Bits()).Masked().Addr().As4()
+		exprs = append(exprs, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: m[:], Xor: []byte{0, 0, 0, 0}})
+	}
+	return append(exprs,
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: a[:]},
+		&expr.Fib{Register: 1, FlagSADDR: true, FlagIIF: true, ResultOIF: true},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
+		&expr.Verdict{Kind: expr.VerdictAccept})
+}
+
 // queue adds p's changes, in plan order (see plan), towards rs.
 func (b *batch) queue(p *plan, rs *ruleset) error {
 	c := b.c
+	if p.pods {
+		// One batch: packets see the old rules or the new, never none.
+		c.FlushChain(chainRef(chainLocalPods))
+		b.n++
+		for _, pfx := range rs.pods {
+			b.addRule(chainLocalPods, podRule(pfx))
+		}
+	}
 	if err := b.elems(c.SetDeleteElements, b.svcMap, p.delPortals, nil); err != nil {
 		return err
 	}
@@ -331,10 +394,11 @@ func portalElems(ps []portal, targets map[portal]string) []nftables.SetElement {
 }
 
 // queueTable replaces our table (deleting it first if exists) with one
-// holding the base chains, their rules and the two portal sets. Not
-// deleting a table that is not there spares the kernel a teardown, which
-// the next batch would wait for.
-func (b *batch) queueTable(iface string, exists bool) error {
+// holding, with services, the base chains, their rules and the two
+// portal sets, and with guard ports the input guard (local-pods is
+// created empty; queue fills it). Not deleting a table that is not there
+// spares the kernel a teardown, which the next batch would wait for.
+func (b *batch) queueTable(iface string, exists, services bool, guard []LocalPort) error {
 	c := b.c
 	if exists {
 		// "add; delete" makes the delete succeed even if the table went
@@ -345,20 +409,37 @@ func (b *batch) queueTable(iface string, exists bool) error {
 	}
 	c.AddTable(ourTable)
 	b.n++
-	for _, s := range []*nftables.Set{b.svcMap, b.noEps} {
-		b.setID++
-		s.ID = b.setID
-		if err := c.AddSet(s, nil); err != nil {
-			return fmt.Errorf("set %s: %w", s.Name, err)
-		}
-		b.n++
-	}
 	accept := nftables.ChainPolicyAccept
-	for _, bc := range baseChains {
-		c.AddChain(&nftables.Chain{Name: bc.name, Table: ourTable, Type: bc.typ, Hooknum: bc.hook, Priority: bc.prio, Policy: &accept})
+	if services {
+		for _, s := range []*nftables.Set{b.svcMap, b.noEps} {
+			b.setID++
+			s.ID = b.setID
+			if err := c.AddSet(s, nil); err != nil {
+				return fmt.Errorf("set %s: %w", s.Name, err)
+			}
+			b.n++
+		}
+		for _, bc := range baseChains {
+			c.AddChain(&nftables.Chain{Name: bc.name, Table: ourTable, Type: bc.typ, Hooknum: bc.hook, Priority: bc.prio, Policy: &accept})
+			b.n++
+			for _, r := range bc.rules(iface) {
+				b.addRule(bc.name, r)
+			}
+		}
+	}
+	if len(guard) > 0 {
+		// Regular chains first: the base chain's rules refer to them.
+		c.AddChain(chainRef(chainLocalPods))
+		c.AddChain(chainRef(chainLocalOnly))
+		b.n += 2
+		for _, r := range localOnlyRules(iface) {
+			b.addRule(chainLocalOnly, r)
+		}
+		c.AddChain(&nftables.Chain{Name: chainFilterInput, Table: ourTable, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &accept})
 		b.n++
-		for _, r := range bc.rules(iface) {
-			b.addRule(bc.name, r)
+		for _, lp := range guard {
+			b.addRule(chainFilterInput, guardPortRule(lp))
 		}
 	}
 	return nil
@@ -439,7 +520,14 @@ func useMatches(use int64, want int) bool {
 // wantUse is the table use count of a table holding rs: its chains and
 // named sets (anonymous sets belong to their rule and are not counted).
 func wantUse(rs *ruleset) int {
-	return len(baseChains) + 2 + len(rs.chains) + len(rs.sets)
+	n := len(rs.chains) + len(rs.sets)
+	if rs.services {
+		n += len(baseChains) + 2
+	}
+	if rs.guard {
+		n += 3 // filter-input, local-only, local-pods
+	}
+	return n
 }
 
 // kubeProxyPresent reports whether kube-proxy programs this namespace

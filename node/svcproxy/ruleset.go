@@ -26,6 +26,9 @@ const (
 	chainNATPostrouting = "nat-postrouting" // nat hook postrouting, srcnat: masquerade marked traffic
 	chainFilterOutput   = "filter-output"   // filter hook output: reject, MSS clamping
 	chainFilterForward  = "filter-forward"  // filter hook forward: reject, MSS clamping
+	chainFilterInput    = "filter-input"    // filter hook input: traffic to local-only servers goes to local-only
+	chainLocalOnly      = "local-only"      // accept from lo, drop from the overlay, accept local pods, drop the rest
+	chainLocalPods      = "local-pods"      // accept from each local pod CIDR (rewritten when they change)
 
 	mapServices = "services"     // vmap ipv4_addr . inet_proto . inet_service : goto svc-<key>
 	setNoEps    = "no-endpoints" // set  ipv4_addr . inet_proto . inet_service (rejected)
@@ -84,14 +87,62 @@ func (s *chainSpec) equal(o *chainSpec) bool {
 // ruleset is the rendered desired content of our table, apart from the
 // fixed base chains.
 type ruleset struct {
-	chains  map[string]*chainSpec // svc-* and ep-* chains
-	sets    map[string]bool       // aff-* sets
-	portals map[portal]string     // services map: portal -> svc chain
-	rejects map[portal]bool       // no-endpoints set
+	// services: the Service part (nat and filter base chains, the two
+	// portal sets, the chains below) is in the table.
+	services bool
+	chains   map[string]*chainSpec // svc-* and ep-* chains
+	sets     map[string]bool       // aff-* sets
+	portals  map[portal]string     // services map: portal -> svc chain
+	rejects  map[portal]bool       // no-endpoints set
+
+	// guard: the input guard chains are in the table.
+	guard bool
+	pods  []netip.Prefix // rules of local-pods; sorted IPv4 prefixes (see podCIDRs)
 }
 
 func emptyRuleset() *ruleset {
 	return &ruleset{chains: map[string]*chainSpec{}, sets: map[string]bool{}, portals: map[portal]string{}, rejects: map[portal]bool{}}
+}
+
+// podCIDRs normalises local pod CIDRs for the guard: IPv4 only, masked,
+// sorted, without duplicates or prefixes inside others.
+func podCIDRs(in []netip.Prefix) []netip.Prefix {
+	var ps []netip.Prefix
+	for _, p := range in {
+		a, bits := p.Addr(), p.Bits()
+		if !p.IsValid() {
+			continue
+		}
+		if a.Is4In6() {
+			if bits < 96 {
+				continue
+			}
+			a, bits = a.Unmap(), bits-96
+		}
+		if a.Is4() {
+			ps = append(ps, netip.PrefixFrom(a, bits).Masked())
+		}
+	}
+	slices.SortFunc(ps, func(a, b netip.Prefix) int {
+		return cmp.Or(cmp.Compare(a.Bits(), b.Bits()), a.Addr().Compare(b.Addr()))
+	})
+	var out []netip.Prefix
+	for _, p := range ps {
+		covered := false
+		for _, o := range out {
+			if o.Bits() <= p.Bits() && o.Contains(p.Addr()) {
+				covered = true
+				break
+			}
+		}
+		if !covered {
+			out = append(out, p)
+		}
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
+		return cmp.Or(a.Addr().Compare(b.Addr()), cmp.Compare(a.Bits(), b.Bits()))
+	})
+	return out
 }
 
 // svcKey names a Service port: "<ns>/<name>/<proto>" for an unnamed
@@ -209,6 +260,7 @@ func endpointsFor(s *services.Service, p services.Port, log *slog.Logger) []neti
 // reference to an object is dropped before the object goes, and every
 // object exists before something refers to it.
 type plan struct {
+	pods       bool     // rewrite the local-pods chain
 	delPortals []portal // services map elements to delete
 	delRejects []portal // no-endpoints elements to delete
 	flush      []string // chains whose rules go (changed or removed)
@@ -223,14 +275,14 @@ type plan struct {
 
 // empty reports whether p changes nothing.
 func (p *plan) empty() bool {
-	return len(p.delPortals)+len(p.delRejects)+len(p.flush)+len(p.delChains)+len(p.delSets)+
+	return !p.pods && len(p.delPortals)+len(p.delRejects)+len(p.flush)+len(p.delChains)+len(p.delSets)+
 		len(p.addSets)+len(p.addChains)+len(p.fill)+len(p.addPortals)+len(p.addRejects) == 0
 }
 
 // diff plans the change from old (what the kernel holds) to cur. Each
 // list is sorted, so a plan depends only on its inputs.
 func diff(old, cur *ruleset) *plan {
-	p := &plan{}
+	p := &plan{pods: cur.guard && !slices.Equal(old.pods, cur.pods)}
 	for pt, c := range old.portals {
 		if nc, ok := cur.portals[pt]; !ok || nc != c {
 			p.delPortals = append(p.delPortals, pt)
@@ -293,7 +345,7 @@ func comparePortals(a, b portal) int {
 
 // counts summarises a plan for logs.
 func (p *plan) counts() []any {
-	return []any{"chains_added", len(p.addChains), "chains_rewritten", len(p.fill) - len(p.addChains),
+	return []any{"pod_cidrs_rewritten", p.pods, "chains_added", len(p.addChains), "chains_rewritten", len(p.fill) - len(p.addChains),
 		"chains_deleted", len(p.delChains), "portals_added", len(p.addPortals), "portals_deleted", len(p.delPortals),
 		"rejects_added", len(p.addRejects), "rejects_deleted", len(p.delRejects)}
 }

@@ -81,6 +81,69 @@ func TestNewValidates(t *testing.T) {
 	if p, err := New(Config{Interface: "wg0"}); err != nil || p.cfg.Mode != ModeAuto {
 		t.Errorf("default mode: got %v, %v; want auto", p, err)
 	}
+	dns := netip.MustParseAddrPort("169.254.96.16:53")
+	for _, cfg := range []Config{
+		{Mode: ModeOff, LocalOnly: []LocalPort{{dns, services.UDP}}}, // the guard needs the overlay interface
+		{Mode: ModeOff, Interface: "wg0", LocalOnly: []LocalPort{{dns, "SCTP"}}},
+		{Mode: ModeOff, Interface: "wg0", LocalOnly: []LocalPort{{netip.MustParseAddrPort("169.254.96.16:0"), services.UDP}}},
+		{Mode: ModeOff, Interface: "wg0", LocalOnly: []LocalPort{{}}},
+	} {
+		if _, err := New(cfg); err == nil {
+			t.Errorf("New(%+v): got nil error, want one", cfg)
+		}
+	}
+	p, err := New(Config{Mode: ModeOff, Interface: "wg0", LocalOnly: []LocalPort{
+		{dns, services.UDP}, {dns, services.UDP}, {netip.MustParseAddrPort("[::ffff:169.254.96.16]:53"), services.TCP}, {netip.MustParseAddrPort("[fd00::53]:53"), services.UDP},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := fmt.Sprint(p.guard), "[169.254.96.16:53/UDP 169.254.96.16:53/TCP]"; got != want {
+		t.Errorf("guard ports: got %s, want %s (deduplicated, unmapped, IPv4 only)", got, want)
+	}
+}
+
+func TestPodCIDRs(t *testing.T) {
+	pfx := func(ss ...string) []netip.Prefix {
+		var out []netip.Prefix
+		for _, s := range ss {
+			out = append(out, netip.MustParsePrefix(s))
+		}
+		return out
+	}
+	tests := []struct {
+		in   []netip.Prefix
+		want string
+	}{
+		{nil, "[]"},
+		{pfx("10.244.1.7/24"), "[10.244.1.0/24]"},
+		{pfx("10.244.2.0/24", "10.244.1.0/24", "10.244.1.0/24"), "[10.244.1.0/24 10.244.2.0/24]"},
+		{pfx("10.244.1.128/25", "10.244.0.0/16"), "[10.244.0.0/16]"},
+		{pfx("fd00::/64", "::ffff:10.1.0.0/112", "::ffff:0.0.0.0/80"), "[10.1.0.0/16]"},
+	}
+	for _, tt := range tests {
+		if got := fmt.Sprint(podCIDRs(tt.in)); got != tt.want && !(tt.want == "[]" && got == "[]") {
+			t.Errorf("podCIDRs(%v): got %s, want %s", tt.in, got, tt.want)
+		}
+	}
+}
+
+// TestModeOffGuardNeedsNetlink: in mode off with local-only ports the
+// Proxy programs the guard (here into a namespace that does not exist,
+// so it fails), and with none it touches nothing.
+func TestModeOffGuardNeedsNetlink(t *testing.T) {
+	ctx := context.Background()
+	p, err := New(Config{Mode: ModeOff, Interface: "wg0", NetNS: "/nonexistent/netns",
+		LocalOnly: []LocalPort{{netip.MustParseAddrPort("169.254.96.16:53"), services.UDP}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.SetPodCIDRs(ctx, nil); err == nil {
+		t.Errorf("SetPodCIDRs in mode off with a guard: got nil error, want the netlink failure")
+	}
+	if err := p.Apply(ctx, nil); err == nil {
+		t.Errorf("Apply in mode off with a guard: got nil error, want the netlink failure")
+	}
 }
 
 // TestModeOffTouchesNothing points the Proxy at a namespace that does

@@ -13,6 +13,15 @@
 // batch. Cleanup deletes the table. Only IPv4 is programmed: IPv6
 // cluster IPs and endpoints are skipped (logged at debug level).
 //
+// The same table holds the input guard of the agent's servers for local
+// clients (DNS, SOCKS5; Config.LocalOnly): traffic to them that arrives
+// on the overlay interface, or from anything but lo and the node's local
+// pod CIDRs, is dropped, so an overlay peer or a LAN neighbour that
+// routes the DNS address through this node gets nothing. The guard is
+// there in every mode, off included (then it is all the table holds),
+// its pod rules are swapped in one batch when the pod CIDRs change
+// (SetPodCIDRs), and Cleanup removes it with the rest.
+//
 // Layout of table ip edgewire (<key> is <ns>/<name>/<proto>[/<port name>],
 // <ep> is <ip>/<port>; endpoints are sorted by address and port):
 //
@@ -39,6 +48,17 @@
 //	                     meta l4proto <proto> meta mark set meta mark | 0x4000
 //	                       update @aff-<key>__<ep> { ip saddr timeout T } dnat to <ip>:<port>
 //	set aff-<key>__<ep> ipv4_addr, dynamic, timeout: clients recently sent to <ep>
+//	chain filter-input (filter priority, hook input; guard only)
+//	                     per local-only port: [ip daddr A] meta l4proto P th dport N goto local-only
+//	chain local-only   iifname "lo" accept
+//	                   iifname <iface> counter drop
+//	                   jump local-pods
+//	                   counter drop
+//	chain local-pods   per local pod CIDR:
+//	                     ip saddr <cidr> fib saddr . iif oif != 0 accept (strict reverse path)
+//
+// Without Service rules (mode off, or kube-proxy found in mode auto) the
+// table holds only the guard chains.
 //
 // Without affinity a Service port is three kernel objects (chain, rule,
 // endpoint map) whatever its endpoint count, which is what makes 1,000
@@ -59,7 +79,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"regexp"
+	"slices"
 	"sync"
 	"time"
 
@@ -76,7 +98,8 @@ const (
 	ModeAuto Mode = "auto"
 	// ModeOn always programs rules.
 	ModeOn Mode = "on"
-	// ModeOff never touches the firewall.
+	// ModeOff programs no Service rules. (The input guard of
+	// Config.LocalOnly is programmed in every mode.)
 	ModeOff Mode = "off"
 )
 
@@ -89,10 +112,28 @@ func ParseMode(s string) (Mode, error) {
 	return "", fmt.Errorf("services mode %q: want auto, on or off", s)
 }
 
+// LocalPort is a server port on this node that serves local clients
+// only (the agent's DNS and SOCKS5).
+type LocalPort struct {
+	Addr  netip.AddrPort    // IPv4 address (0.0.0.0: every local address) and port
+	Proto services.Protocol // TCP or UDP
+}
+
+func (lp LocalPort) String() string { return lp.Addr.String() + "/" + string(lp.Proto) }
+
 // Config configures a Proxy.
 type Config struct {
-	Mode      Mode   // "" means auto
-	Interface string // overlay (WireGuard) interface for MASQUERADE and MSS clamping; required unless Mode is off
+	Mode Mode // "" means auto
+	// Interface is the overlay (WireGuard) interface: MASQUERADE and MSS
+	// clamping, and the guard drops what arrives on it. Required unless
+	// Mode is off and LocalOnly is empty.
+	Interface string
+	// LocalOnly are the ports of servers for local clients only. The
+	// input guard drops traffic to them that arrives on Interface, or
+	// from a source other than lo and the local pod CIDRs (SetPodCIDRs),
+	// in every mode, off included. IPv4 only, like the rest of the
+	// table: IPv6 ports are skipped (logged).
+	LocalOnly []LocalPort
 	Logger    *slog.Logger
 	// NetNS is the path of the network namespace to program, such as
 	// /var/run/netns/NAME; "" is the caller's. Tests and benchmarks use
@@ -114,9 +155,13 @@ type Proxy struct {
 	cfg Config
 	log *slog.Logger
 
-	mu     sync.Mutex // serialises Apply and Cleanup; guards the fields below
-	active *bool      // ModeAuto resolved on the first Apply; nil until then
-	loaded *ruleset   // what the kernel holds; nil: unknown, the next Apply replaces the table
+	guard []LocalPort // IPv4 ports of cfg.LocalOnly
+
+	mu     sync.Mutex      // serialises Apply, SetPodCIDRs and Cleanup; guards the fields below
+	active *bool           // ModeAuto resolved on the first Apply; nil until then
+	loaded *ruleset        // what the kernel holds; nil: unknown, the next Apply replaces the table
+	table  *services.Table // of the last successful Apply
+	pods   []netip.Prefix  // local pod CIDRs, normalised (podCIDRs)
 
 	// breakBatch (tests only) ends each batch with a message the kernel
 	// refuses, to show a failed batch changes nothing.
@@ -136,13 +181,30 @@ func New(cfg Config) (*Proxy, error) {
 	if _, err := ParseMode(string(cfg.Mode)); err != nil {
 		return nil, err
 	}
-	if cfg.Mode != ModeOff && !ifaceName.MatchString(cfg.Interface) {
+	if (cfg.Mode != ModeOff || len(cfg.LocalOnly) > 0) && !ifaceName.MatchString(cfg.Interface) {
 		return nil, fmt.Errorf("services: overlay interface %q is not a valid interface name", cfg.Interface)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Proxy{cfg: cfg, log: cfg.Logger.With("component", "svcproxy")}, nil
+	p := &Proxy{cfg: cfg, log: cfg.Logger.With("component", "svcproxy")}
+	for _, lp := range cfg.LocalOnly {
+		if lp.Proto != services.TCP && lp.Proto != services.UDP {
+			return nil, fmt.Errorf("services: local-only port %s: protocol %q, want TCP or UDP", lp, lp.Proto)
+		}
+		if !lp.Addr.IsValid() || lp.Addr.Port() == 0 {
+			return nil, fmt.Errorf("services: local-only port %s needs an address and a port", lp)
+		}
+		lp.Addr = netip.AddrPortFrom(lp.Addr.Addr().Unmap(), lp.Addr.Port())
+		if !lp.Addr.Addr().Is4() {
+			p.log.Warn("local-only guard is IPv4 only; this port is guarded by its server alone", "port", lp)
+			continue
+		}
+		if !slices.Contains(p.guard, lp) {
+			p.guard = append(p.guard, lp)
+		}
+	}
+	return p, nil
 }
 
 // Enabled reports whether rules should be programmed: Mode on or off, or
@@ -174,15 +236,54 @@ func (p *Proxy) Enabled(ctx context.Context) (bool, error) {
 // for the Proxy's lifetime). On error nothing of t is applied, the
 // previous rules stay in force, and the next Apply replaces the whole
 // table.
+//
+// Without Service rules (mode off, or kube-proxy found) Apply still
+// keeps the input guard of Config.LocalOnly in place.
 func (p *Proxy) Apply(ctx context.Context, t *services.Table) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	on, err := p.activeLocked(ctx)
-	if err != nil || !on {
+	if err := p.syncLocked(ctx, t, p.pods); err != nil {
 		return err
 	}
+	p.table = t
+	return nil
+}
+
+// SetPodCIDRs replaces the local pod CIDRs the input guard accepts
+// (besides lo) and programs them at once, in one batch with nothing
+// else: the guard's pod rules are swapped atomically. Unchanged CIDRs
+// cost nothing. The first call also installs the guard (and, with
+// Service rules, an empty Service map), so the agent calls it before
+// its servers listen. IPv6 prefixes are ignored.
+func (p *Proxy) SetPodCIDRs(ctx context.Context, cidrs []netip.Prefix) error {
+	pods := podCIDRs(cidrs)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.guard) == 0 {
+		p.pods = pods // nothing programs them
+		return nil
+	}
+	if p.loaded != nil && slices.Equal(p.pods, pods) && slices.Equal(p.loaded.pods, pods) {
+		return nil
+	}
+	if err := p.syncLocked(ctx, p.table, pods); err != nil {
+		return err
+	}
+	p.pods = pods
+	return nil
+}
+
+// syncLocked makes the kernel hold t and pods, counting the outcome.
+func (p *Proxy) syncLocked(ctx context.Context, t *services.Table, pods []netip.Prefix) error {
+	svcOn, err := p.activeLocked(ctx)
+	if err != nil {
+		return err
+	}
+	if !svcOn && len(p.guard) == 0 {
+		return nil
+	}
 	start := time.Now()
-	changed, err := p.applyLocked(ctx, t)
+	changed, err := p.applyLocked(ctx, t, svcOn, pods)
 	if err != nil {
 		p.count(func(s *Stats) { s.Errors++ })
 		return err
@@ -193,7 +294,11 @@ func (p *Proxy) Apply(ctx context.Context, t *services.Table) error {
 	}
 	d := time.Since(start)
 	p.count(func(s *Stats) { s.Applies++; s.LastApplyDuration = d })
-	p.log.Info("service rules applied", "services", t.Len(), "duration", d)
+	if svcOn {
+		p.log.Info("service rules applied", "services", t.Len(), "pod_cidrs", pods, "duration", d)
+	} else {
+		p.log.Info("local-only guard applied", "ports", p.guard, "pod_cidrs", pods, "duration", d)
+	}
 	return nil
 }
 
@@ -214,12 +319,20 @@ func (p *Proxy) activeLocked(ctx context.Context) (bool, error) {
 	return *p.active, nil
 }
 
-// applyLocked sends the batch that turns p.loaded into t and reports
-// whether it sent one.
-func (p *Proxy) applyLocked(ctx context.Context, t *services.Table) (bool, error) {
-	want, err := render(t, p.log)
-	if err != nil {
-		return false, fmt.Errorf("service rules: %w", err)
+// applyLocked sends the batch that turns p.loaded into t (with Service
+// rules) and pods (with the guard) and reports whether it sent one.
+func (p *Proxy) applyLocked(ctx context.Context, t *services.Table, svcOn bool, pods []netip.Prefix) (bool, error) {
+	want := emptyRuleset()
+	if svcOn {
+		var err error
+		if want, err = render(t, p.log); err != nil {
+			return false, fmt.Errorf("service rules: %w", err)
+		}
+	}
+	want.services = svcOn
+	want.guard = len(p.guard) > 0
+	if want.guard {
+		want.pods = pods
 	}
 	var msgs int
 	c, done, err := p.conn(ctx, &msgs)
@@ -242,12 +355,14 @@ func (p *Proxy) applyLocked(ctx context.Context, t *services.Table) (bool, error
 		old = nil
 	}
 	full := old == nil
-	if full {
+	if full && svcOn {
 		if n, err := removeLegacy(c); err != nil {
 			p.log.Warn("could not remove iptables chains of an older edgewire", "err", err)
 		} else if n > 0 {
 			p.log.Info("removed iptables chains of an older edgewire", "chains", n)
 		}
+	}
+	if full {
 		old = emptyRuleset()
 	}
 	pl := diff(old, want)
@@ -257,7 +372,7 @@ func (p *Proxy) applyLocked(ctx context.Context, t *services.Table) (bool, error
 	p.loaded = nil // unknown until the batch is in
 	b := newBatch(c)
 	if full {
-		if err := b.queueTable(p.cfg.Interface, use >= 0); err != nil {
+		if err := b.queueTable(p.cfg.Interface, use >= 0, svcOn, p.guard); err != nil {
 			return false, fmt.Errorf("service rules: %w", err)
 		}
 	}
@@ -279,11 +394,12 @@ func (p *Proxy) applyLocked(ctx context.Context, t *services.Table) (bool, error
 }
 
 // Cleanup deletes our table and any iptables chains an older edgewire
-// left. It is a no-op in mode off.
+// left (those only outside mode off). In mode off without LocalOnly
+// ports it is a no-op.
 func (p *Proxy) Cleanup(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.cfg.Mode == ModeOff {
+	if p.cfg.Mode == ModeOff && len(p.guard) == 0 {
 		return nil
 	}
 	p.loaded = nil
@@ -297,6 +413,10 @@ func (p *Proxy) Cleanup(ctx context.Context) error {
 	c.DelTable(ourTable)
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("remove service rules: delete table ip %s: %w", tableName, err)
+	}
+	if p.cfg.Mode == ModeOff {
+		p.log.Info("local-only guard removed")
+		return nil
 	}
 	if _, err := removeLegacy(c); err != nil {
 		return fmt.Errorf("remove service rules: %w", err)
