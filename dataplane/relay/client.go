@@ -14,8 +14,12 @@ import (
 	"time"
 )
 
-// clientQueueLen bounds packets a client has not yet written.
-const clientQueueLen = 1024
+// A client's queue of frames it has not yet written: packets (bounded
+// like a relay's per-client queue) and control frames.
+const (
+	clientQueueLen   = DefaultQueueLen
+	clientQueueBytes = DefaultQueueBytes
+)
 
 // ClientConfig configures a node's connection to its home relay.
 type ClientConfig struct {
@@ -41,9 +45,10 @@ type Client struct {
 	log *slog.Logger
 	cur atomic.Pointer[cconn] // live connection, nil while down
 
-	mu      sync.Mutex // guards ticket, lastErr, and pairs ticket changes with cur
-	ticket  []byte
-	lastErr error
+	mu          sync.Mutex // guards ticket, revocations, lastErr, and pairs their changes with cur
+	ticket      []byte
+	revocations []byte
+	lastErr     error
 }
 
 // cconn is one live client connection.
@@ -132,7 +137,8 @@ func (c *Client) setErr(err error) {
 // reports whether the handshake succeeded.
 func (c *Client) session(ctx context.Context) (up bool, err error) {
 	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
-	nc, br, err := dialUpgrade(hctx, c.cfg.Dial, c.u, c.cfg.TLSConfig)
+	hello := newClientHello(PublicKey(c.cfg.PrivateKey))
+	nc, br, err := dialUpgrade(hctx, c.cfg.Dial, c.u, c.cfg.TLSConfig, hello)
 	if err != nil {
 		cancel()
 		return false, err
@@ -141,7 +147,7 @@ func (c *Client) session(ctx context.Context) (up bool, err error) {
 	c.mu.Lock()
 	ticket := c.ticket
 	c.mu.Unlock()
-	ka, err := clientHandshake(br, bufio.NewWriterSize(nc, 512), c.cfg.ServerKey, c.cfg.PrivateKey, ticket)
+	ka, err := clientHandshake(br, bufio.NewWriterSize(nc, 512), c.cfg.ServerKey, c.cfg.PrivateKey, hello, ticket)
 	stopHS()
 	cancel()
 	if err != nil {
@@ -155,7 +161,12 @@ func (c *Client) session(ctx context.Context) (up bool, err error) {
 		ka = DefaultKeepAlive
 	}
 	nc.SetDeadline(time.Time{})
-	cc := &cconn{nc: nc, q: newQueue(clientQueueLen), done: make(chan struct{}), pings: map[[pingLen]byte]chan struct{}{}}
+	cc := &cconn{
+		nc:    nc,
+		q:     newQueue(queueConfig{pkts: clientQueueLen, bytes: clientQueueBytes, ctrl: clientCtrl}, nil),
+		done:  make(chan struct{}),
+		pings: map[[pingLen]byte]chan struct{}{},
+	}
 	stop := context.AfterFunc(ctx, cc.close)
 	defer stop()
 
@@ -164,6 +175,9 @@ func (c *Client) session(ctx context.Context) (up bool, err error) {
 	c.cur.Store(cc)
 	if !bytes.Equal(ticket, c.ticket) { // SetTicket during the handshake
 		cc.q.pushCtrl(item{typ: frameTicket, pkt: c.ticket}, true)
+	}
+	if len(c.revocations) > 0 {
+		cc.q.pushCtrl(item{typ: frameRevocations, pkt: c.revocations}, true)
 	}
 	c.mu.Unlock()
 	c.log.Info("relay: connected")
@@ -182,10 +196,10 @@ func (c *Client) session(ctx context.Context) (up bool, err error) {
 
 func (c *Client) readLoop(cc *cconn, br *bufio.Reader, ka time.Duration) error {
 	dl := newReadDeadline(cc.nc, ka)
-	buf := make([]byte, pktBufSize+64)
+	buf := make([]byte, pktBufSize)
 	for {
 		dl.refresh()
-		t, p, err := readFrame(br, buf)
+		t, p, err := readFrame(br, buf, maxFramePayload)
 		if err != nil {
 			return err
 		}
@@ -200,7 +214,7 @@ func (c *Client) readLoop(cc *cconn, br *bufio.Reader, ka time.Duration) error {
 			c.cfg.OnPacket(Key(p[:32]), p[32:])
 		case framePing:
 			if len(p) == pingLen {
-				cc.q.pushCtrl(item{typ: framePong, pkt: append([]byte(nil), p...)}, false)
+				cc.q.pushCtrl(item{typ: framePong, pkt: bytes.Clone(p)}, false)
 			}
 		case framePong:
 			if len(p) == pingLen {
@@ -220,7 +234,8 @@ func (c *Client) readLoop(cc *cconn, br *bufio.Reader, ka time.Duration) error {
 
 // Send queues pkt (copied) for dst. It never blocks: when the queue is
 // full the oldest packet is dropped. It returns ErrNotConnected while no
-// connection is up.
+// connection is up, and ErrPacketTooLarge for a packet bigger than any
+// WireGuard message (9 KiB).
 func (c *Client) Send(dst Key, pkt []byte) error {
 	if len(pkt) > maxPacketSize {
 		return fmt.Errorf("%w: %d bytes, max %d", ErrPacketTooLarge, len(pkt), maxPacketSize)
@@ -242,6 +257,27 @@ func (c *Client) SetTicket(t []byte) {
 	c.ticket = t
 	if cc := c.cur.Load(); cc != nil {
 		cc.q.pushCtrl(item{typ: frameTicket, pkt: t}, true)
+	}
+}
+
+// SetRevocations sets the coordinator's signed revocation list (see
+// SignRevocations), which the relay applies if it is newer than the last
+// it applied: it is sent after every handshake, and at once on the live
+// connection when it changes. nil forgets it. A list too long for a
+// frame is ignored.
+func (c *Client) SetRevocations(b []byte) {
+	if len(b) > maxRevocationsLen {
+		c.log.Warn("relay: revocation list too long; not sending it", "bytes", len(b), "max", maxRevocationsLen)
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if bytes.Equal(b, c.revocations) {
+		return
+	}
+	c.revocations = bytes.Clone(b)
+	if cc := c.cur.Load(); cc != nil && len(b) > 0 {
+		cc.q.pushCtrl(item{typ: frameRevocations, pkt: c.revocations}, true)
 	}
 }
 

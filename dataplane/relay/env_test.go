@@ -229,12 +229,26 @@ func sendUntilDelivered(t testing.TB, from, to *testClient, data []byte) {
 
 // rawConn is a hand-driven relay connection for protocol tests.
 type rawConn struct {
-	nc net.Conn
-	br *bufio.Reader
-	bw *bufio.Writer
+	nc    net.Conn
+	br    *bufio.Reader
+	bw    *bufio.Writer
+	priv  Key          // node key (dialNode)
+	hello *clientHello // sent in the Upgrade request (dialNode)
 }
 
-func dialRaw(t testing.TB, r *testRelay) *rawConn {
+// dialRaw upgrades a connection to r without a client header, as mesh
+// relays do.
+func dialRaw(t testing.TB, r *testRelay) *rawConn { return dialHello(t, r, nil) }
+
+// dialNode upgrades a connection to r as node priv, announcing it in the
+// client header; rc.handshake completes it.
+func dialNode(t testing.TB, r *testRelay, priv Key) *rawConn {
+	rc := dialHello(t, r, newClientHello(PublicKey(priv)))
+	rc.priv = priv
+	return rc
+}
+
+func dialHello(t testing.TB, r *testRelay, hello *clientHello) *rawConn {
 	t.Helper()
 	u, err := parseRelayURL(r.url)
 	if err != nil {
@@ -242,18 +256,18 @@ func dialRaw(t testing.TB, r *testRelay) *rawConn {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	nc, br, err := dialUpgrade(ctx, nil, u, nil)
+	nc, br, err := dialUpgrade(ctx, nil, u, nil, hello)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { nc.Close() })
 	nc.SetDeadline(time.Now().Add(10 * time.Second))
-	return &rawConn{nc: nc, br: br, bw: bufio.NewWriter(nc)}
+	return &rawConn{nc: nc, br: br, bw: bufio.NewWriter(nc), hello: hello}
 }
 
-// handshake authenticates rc as priv with ticket.
-func (rc *rawConn) handshake(r *testRelay, priv Key, ticket []byte) error {
-	_, err := clientHandshake(rc.br, rc.bw, r.s.PublicKey(), priv, ticket)
+// handshake authenticates rc (from dialNode) with ticket.
+func (rc *rawConn) handshake(r *testRelay, ticket []byte) error {
+	_, err := clientHandshake(rc.br, rc.bw, r.s.PublicKey(), rc.priv, rc.hello, ticket)
 	return err
 }
 
@@ -272,7 +286,7 @@ func (rc *rawConn) waitClosed(t testing.TB) {
 	t.Helper()
 	rc.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
 	for {
-		_, _, err := readFrame(rc.br, nil)
+		_, _, err := readFrame(rc.br, nil, maxRevocationsLen)
 		if err == nil {
 			continue
 		}

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/tls"
+	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -18,8 +19,9 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/crypto/curve25519"
-	"golang.org/x/crypto/nacl/box"
+	"golang.org/x/crypto/nacl/secretbox"
+
+	"github.com/edgewire/edgewire/internal/dhkey"
 )
 
 // handshakeTimeout bounds the Upgrade plus the key exchange.
@@ -30,8 +32,8 @@ const (
 	meshAckLabel = "edgewire-mesh-v1-ack"
 	boxNonceLen  = 24
 	// clientInfoMin is a ClientInfo with an empty ticket.
-	clientInfoMin = 32 + boxNonceLen + box.Overhead + 32
-	serverInfoLen = boxNonceLen + box.Overhead + 32 + 1 + 2
+	clientInfoMin = 32 + boxNonceLen + secretbox.Overhead + nonceLen
+	serverInfoLen = boxNonceLen + secretbox.Overhead + nonceLen + 1 + 2
 	meshInfoLen   = 32 + sha256.Size
 	meshAckLen    = 2 + sha256.Size
 )
@@ -82,10 +84,11 @@ func parseRelayURL(raw string) (parsedURL, error) {
 
 type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
 
-// dialUpgrade connects to a relay and performs the HTTP Upgrade. The
-// caller owns the returned conn (deadline set to the ctx deadline, if any)
-// and reads from br, which may already hold the first frames.
-func dialUpgrade(ctx context.Context, dial dialFunc, u parsedURL, tlsConf *tls.Config) (net.Conn, *bufio.Reader, error) {
+// dialUpgrade connects to a relay and performs the HTTP Upgrade, sending
+// hello (nodes; nil for mesh relays). The caller owns the returned conn
+// (deadline set to the ctx deadline, if any) and reads from br, which may
+// already hold the first frames.
+func dialUpgrade(ctx context.Context, dial dialFunc, u parsedURL, tlsConf *tls.Config, hello *clientHello) (net.Conn, *bufio.Reader, error) {
 	if dial == nil {
 		dial = (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext
 	}
@@ -117,7 +120,11 @@ func dialUpgrade(ctx context.Context, dial dialFunc, u parsedURL, tlsConf *tls.C
 		nc = tc
 	}
 	req := "GET " + u.path + " HTTP/1.1\r\nHost: " + u.host + "\r\nConnection: Upgrade\r\nUpgrade: " + upgradeProto +
-		"\r\n" + versionHeader + ": " + strconv.Itoa(ProtocolVersion) + "\r\n\r\n"
+		"\r\n" + versionHeader + ": " + strconv.Itoa(ProtocolVersion) + "\r\n"
+	if hello != nil {
+		req += clientHeader + ": " + hello.header() + "\r\n"
+	}
+	req += "\r\n"
 	if _, err := io.WriteString(nc, req); err != nil {
 		nc.Close()
 		return nil, nil, fmt.Errorf("upgrade request to %s: %w", u.host, err)
@@ -137,31 +144,71 @@ func dialUpgrade(ctx context.Context, dial dialFunc, u parsedURL, tlsConf *tls.C
 	return nc, br, nil
 }
 
+// clientHello is what a node announces in its Upgrade request (the
+// clientHeader): its key and a fresh nonce, so the relay can prove its
+// own key in its first frame.
+type clientHello struct {
+	node   Key
+	cnonce [nonceLen]byte
+}
+
+func newClientHello(node Key) *clientHello {
+	return &clientHello{node: node, cnonce: [nonceLen]byte(newNonce(nonceLen))}
+}
+
+func (h *clientHello) header() string {
+	return base64.StdEncoding.EncodeToString(append(h.node[:], h.cnonce[:]...))
+}
+
+// parseClientHello reads the clientHeader values of a request.
+func parseClientHello(vs []string) (clientHello, error) {
+	if len(vs) != 1 {
+		return clientHello{}, fmt.Errorf("%d %s headers, want one", len(vs), clientHeader)
+	}
+	b, err := base64.StdEncoding.DecodeString(vs[0])
+	if err != nil || len(b) != 32+nonceLen {
+		return clientHello{}, fmt.Errorf("malformed %s header: want base64 of node key (32) and nonce (32)", clientHeader)
+	}
+	h := clientHello{node: Key(b[:32]), cnonce: [nonceLen]byte(b[32:])}
+	if dhkey.CheckPublic(h.node) != nil {
+		return clientHello{}, fmt.Errorf("bad node key in %s header: %w", clientHeader, dhkey.ErrLowOrder)
+	}
+	return h, nil
+}
+
+// handshakeKey derives the key for purpose p of the handshake between
+// relay and node (the agreement of priv and pub, one from each), bound
+// to the transcript: relay key, node key, client nonce, server nonce.
+func handshakeKey(priv, pub *Key, p dhkey.Purpose, relay, node Key, cnonce, snonce *[nonceLen]byte) ([dhkey.Size]byte, error) {
+	return dhkey.Derive(priv, pub, p, relay[:], node[:], cnonce[:], snonce[:])
+}
+
 // readServerKey reads frameServerKey and checks the relay's version and
-// key against want; it returns the server nonce.
-func readServerKey(br *bufio.Reader, want Key) (nonce [32]byte, err error) {
-	t, p, err := readFrame(br, nil)
+// key against want; it returns the server nonce and the relay's proof.
+func readServerKey(br *bufio.Reader, want Key) (snonce, proof [nonceLen]byte, err error) {
+	t, p, err := readFrame(br, nil, maxHandshakePayload)
 	if err != nil {
-		return nonce, fmt.Errorf("read server key: %w", err)
+		return snonce, proof, fmt.Errorf("read server key: %w", err)
+	}
+	if t == frameServerKey && len(p) > len(serverMagic) && string(p[:len(serverMagic)]) == serverMagic && p[len(serverMagic)] != ProtocolVersion {
+		return snonce, proof, fmt.Errorf("relay speaks protocol version %d, this client speaks %d", p[len(serverMagic)], ProtocolVersion)
 	}
 	if t != frameServerKey || len(p) != serverKeyLen || string(p[:len(serverMagic)]) != serverMagic {
-		return nonce, fmt.Errorf("relay sent no valid server key frame (type %#x, %d bytes)", byte(t), len(p))
+		return snonce, proof, fmt.Errorf("relay sent no valid server key frame (type %#x, %d bytes)", byte(t), len(p))
 	}
-	p = p[len(serverMagic):]
-	if p[0] != ProtocolVersion {
-		return nonce, fmt.Errorf("relay speaks protocol version %d, this client speaks %d", p[0], ProtocolVersion)
+	p = p[len(serverMagic)+1:]
+	if got := Key(p[:32]); got != want {
+		return snonce, proof, fmt.Errorf("%w: relay has %x, relay map says %x", ErrWrongServerKey, got[:8], want[:8])
 	}
-	if got := Key(p[1:33]); got != want {
-		return nonce, fmt.Errorf("%w: relay has %x, relay map says %x", ErrWrongServerKey, got[:8], want[:8])
-	}
-	copy(nonce[:], p[33:65])
-	return nonce, nil
+	copy(snonce[:], p[32:])
+	copy(proof[:], p[32+nonceLen:])
+	return snonce, proof, nil
 }
 
 // readReply reads the handshake reply, turning frameRefused into an
 // error wrapping ErrRefused.
 func readReply(br *bufio.Reader, want frameType, wantLen int) ([]byte, error) {
-	t, p, err := readFrame(br, nil)
+	t, p, err := readFrame(br, nil, maxHandshakePayload)
 	if err != nil {
 		return nil, fmt.Errorf("read handshake reply: %w", err)
 	}
@@ -177,19 +224,38 @@ func readReply(br *bufio.Reader, want frameType, wantLen int) ([]byte, error) {
 	return p, nil
 }
 
-// clientHandshake authenticates a node to the relay and the relay to the
-// node; it returns the relay's keepalive interval.
-func clientHandshake(br *bufio.Reader, bw *bufio.Writer, serverKey, priv Key, ticket []byte) (time.Duration, error) {
-	snonce, err := readServerKey(br, serverKey)
+// clientHandshake authenticates the relay to the node and then the node
+// to the relay, after hello went out in the Upgrade request; it returns
+// the relay's keepalive interval. Nothing sealed is sent before the relay
+// has proven serverKey.
+func clientHandshake(br *bufio.Reader, bw *bufio.Writer, serverKey, priv Key, hello *clientHello, ticket []byte) (time.Duration, error) {
+	snonce, proof, err := readServerKey(br, serverKey)
 	if err != nil {
 		return 0, err
 	}
-	pub := PublicKey(priv)
+	pub := hello.node
+	derive := func(p dhkey.Purpose) ([dhkey.Size]byte, error) {
+		k, err := handshakeKey(&priv, &serverKey, p, serverKey, pub, &hello.cnonce, &snonce)
+		if err != nil {
+			return k, fmt.Errorf("%w: relay key: %w", ErrWrongServerKey, err)
+		}
+		return k, nil
+	}
+	kp, err := derive(dhkey.RelayServerProof)
+	if err != nil {
+		return 0, err
+	}
+	if want := dhkey.MAC(kp, []byte(serverProofLabel)); !dhkey.Equal(proof[:], want[:]) {
+		return 0, fmt.Errorf("%w: relay could not prove its key", ErrWrongServerKey)
+	}
+	kc, err := derive(dhkey.RelayClient)
+	if err != nil {
+		return 0, err
+	}
 	var bn [boxNonceLen]byte
 	copy(bn[:], newNonce(boxNonceLen))
 	plain := append(snonce[:], ticket...)
-	sealed := box.Seal(nil, plain, &bn, &serverKey, &priv)
-	if err := writeFrame(bw, frameClientInfo, pub[:], bn[:], sealed); err != nil {
+	if err := writeFrame(bw, frameClientInfo, pub[:], bn[:], secretbox.Seal(nil, plain, &bn, &kc)); err != nil {
 		return 0, err
 	}
 	if err := bw.Flush(); err != nil {
@@ -199,20 +265,24 @@ func clientHandshake(br *bufio.Reader, bw *bufio.Writer, serverKey, priv Key, ti
 	if err != nil {
 		return 0, err
 	}
+	ks, err := derive(dhkey.RelayServerInfo)
+	if err != nil {
+		return 0, err
+	}
 	copy(bn[:], p[:boxNonceLen])
-	opened, ok := box.Open(nil, p[boxNonceLen:], &bn, &serverKey, &priv)
-	if !ok || subtle.ConstantTimeCompare(opened[:32], snonce[:]) != 1 {
+	opened, ok := secretbox.Open(nil, p[boxNonceLen:], &bn, &ks)
+	if !ok || subtle.ConstantTimeCompare(opened[:nonceLen], snonce[:]) != 1 {
 		return 0, fmt.Errorf("%w: relay could not prove its key", ErrWrongServerKey)
 	}
-	if opened[32] != ProtocolVersion {
-		return 0, fmt.Errorf("relay speaks protocol version %d, this client speaks %d", opened[32], ProtocolVersion)
+	if opened[nonceLen] != ProtocolVersion {
+		return 0, fmt.Errorf("relay speaks protocol version %d, this client speaks %d", opened[nonceLen], ProtocolVersion)
 	}
-	return time.Duration(binary.BigEndian.Uint16(opened[33:])) * time.Second, nil
+	return time.Duration(binary.BigEndian.Uint16(opened[nonceLen+1:])) * time.Second, nil
 }
 
 // meshMAC is the mesh proof of the relay that dials (ack false) or of the
 // relay that serves (ack true, with its keepalive).
-func meshMAC(meshKey []byte, ack bool, snonce [32]byte, server, client Key, ka []byte) []byte {
+func meshMAC(meshKey []byte, ack bool, snonce [nonceLen]byte, server, client Key, ka []byte) []byte {
 	label := meshLabel
 	if ack {
 		label = meshAckLabel
@@ -230,7 +300,7 @@ func meshMAC(meshKey []byte, ack bool, snonce [32]byte, server, client Key, ka [
 // relay serverKey; both prove the mesh key. It returns the serving
 // relay's keepalive interval.
 func meshHandshake(br *bufio.Reader, bw *bufio.Writer, serverKey, own Key, meshKey []byte) (time.Duration, error) {
-	snonce, err := readServerKey(br, serverKey)
+	snonce, _, err := readServerKey(br, serverKey)
 	if err != nil {
 		return 0, err
 	}
@@ -258,18 +328,26 @@ type peerInfo struct {
 }
 
 // serverHandshake runs the relay side of the handshake on a fresh
-// connection: it sends frameServerKey, checks the peer's proof, and
-// answers. On a refusal it tells the peer why; the caller closes.
-func (s *Server) serverHandshake(br *bufio.Reader, bw *bufio.Writer) (peerInfo, error) {
-	var snonce [32]byte
-	copy(snonce[:], newNonce(32))
-	if err := writeFrame(bw, frameServerKey, []byte(serverMagic), []byte{ProtocolVersion}, s.pub[:], snonce[:]); err != nil {
+// connection: it sends frameServerKey (with its proof for a node that
+// sent hello), checks the peer's proof, and answers. On a refusal it
+// tells the peer why; the caller closes.
+func (s *Server) serverHandshake(br *bufio.Reader, bw *bufio.Writer, hello *clientHello) (peerInfo, error) {
+	var snonce, proof [nonceLen]byte
+	copy(snonce[:], newNonce(nonceLen))
+	if hello != nil {
+		k, err := handshakeKey(&s.cfg.PrivateKey, &hello.node, dhkey.RelayServerProof, s.pub, hello.node, &hello.cnonce, &snonce)
+		if err != nil {
+			return peerInfo{}, err // parseClientHello checked the key
+		}
+		proof = dhkey.MAC(k, []byte(serverProofLabel))
+	}
+	if err := writeFrame(bw, frameServerKey, []byte(serverMagic), []byte{ProtocolVersion}, s.pub[:], snonce[:], proof[:]); err != nil {
 		return peerInfo{}, err
 	}
 	if err := bw.Flush(); err != nil {
 		return peerInfo{}, err
 	}
-	pi, err := s.checkHello(br, bw, snonce)
+	pi, err := s.checkHello(br, bw, hello, &snonce)
 	var r refusal
 	if errors.As(err, &r) {
 		writeFrame(bw, frameRefused, []byte(r))
@@ -278,36 +356,44 @@ func (s *Server) serverHandshake(br *bufio.Reader, bw *bufio.Writer) (peerInfo, 
 	return pi, err
 }
 
-func (s *Server) checkHello(br *bufio.Reader, bw *bufio.Writer, snonce [32]byte) (peerInfo, error) {
-	t, p, err := readFrame(br, nil)
+func (s *Server) checkHello(br *bufio.Reader, bw *bufio.Writer, hello *clientHello, snonce *[nonceLen]byte) (peerInfo, error) {
+	t, p, err := readFrame(br, nil, maxHandshakePayload)
 	if err != nil {
 		return peerInfo{}, err
 	}
-	switch t {
-	case frameClientInfo:
-		return s.checkClient(bw, p, snonce)
-	case frameMeshInfo:
-		return s.checkMesh(bw, p, snonce)
+	switch {
+	case t == frameClientInfo && hello != nil:
+		return s.checkClient(bw, p, hello, snonce)
+	case t == frameClientInfo:
+		return peerInfo{}, refusal("client info without the " + clientHeader + " header (a client of protocol version 1?)")
+	case t == frameMeshInfo && hello == nil:
+		return s.checkMesh(bw, p, *snonce)
 	}
 	return peerInfo{}, refusal(fmt.Sprintf("unexpected frame type %#x in handshake", byte(t)))
 }
 
-func (s *Server) checkClient(bw *bufio.Writer, p []byte, snonce [32]byte) (peerInfo, error) {
+func (s *Server) checkClient(bw *bufio.Writer, p []byte, hello *clientHello, snonce *[nonceLen]byte) (peerInfo, error) {
 	if len(p) < clientInfoMin {
 		return peerInfo{}, refusal(fmt.Sprintf("client info too short (%d bytes)", len(p)))
 	}
 	node := Key(p[:32])
-	// A low-order node key would make the box key predictable.
-	if _, err := curve25519.X25519(s.cfg.PrivateKey[:], node[:]); err != nil {
+	if node != hello.node {
+		return peerInfo{}, refusal("client info names another key than the " + clientHeader + " header")
+	}
+	derive := func(pp dhkey.Purpose) ([dhkey.Size]byte, error) {
+		return handshakeKey(&s.cfg.PrivateKey, &node, pp, s.pub, node, &hello.cnonce, snonce)
+	}
+	kc, err := derive(dhkey.RelayClient)
+	if err != nil {
 		return peerInfo{}, refusal("bad node key")
 	}
 	bn := [boxNonceLen]byte(p[32 : 32+boxNonceLen])
-	plain, ok := box.Open(nil, p[32+boxNonceLen:], &bn, &node, &s.cfg.PrivateKey)
-	if !ok || subtle.ConstantTimeCompare(plain[:32], snonce[:]) != 1 {
+	plain, ok := secretbox.Open(nil, p[32+boxNonceLen:], &bn, &kc)
+	if !ok || subtle.ConstantTimeCompare(plain[:nonceLen], snonce[:]) != 1 {
 		return peerInfo{}, refusal("node key proof failed")
 	}
 	now := s.now()
-	tk, err := VerifyTicket(s.cfg.TicketKey, plain[32:], now)
+	tk, err := VerifyTicket(s.cfg.TicketKey, plain[nonceLen:], now)
 	if err != nil {
 		return peerInfo{}, refusal(err.Error())
 	}
@@ -317,18 +403,22 @@ func (s *Server) checkClient(bw *bufio.Writer, p []byte, snonce [32]byte) (peerI
 	if s.revokedUntil(node, now) {
 		return peerInfo{}, refusal("node revoked")
 	}
-	var reply [32 + 1 + 2]byte
+	ks, err := derive(dhkey.RelayServerInfo)
+	if err != nil {
+		return peerInfo{}, refusal("bad node key")
+	}
+	var reply [nonceLen + 1 + 2]byte
 	copy(reply[:], snonce[:])
-	reply[32] = ProtocolVersion
-	binary.BigEndian.PutUint16(reply[33:], uint16(s.cfg.KeepAlive/time.Second))
+	reply[nonceLen] = ProtocolVersion
+	binary.BigEndian.PutUint16(reply[nonceLen+1:], uint16(s.cfg.KeepAlive/time.Second))
 	copy(bn[:], newNonce(boxNonceLen))
-	if err := writeFrame(bw, frameServerInfo, bn[:], box.Seal(nil, reply[:], &bn, &node, &s.cfg.PrivateKey)); err != nil {
+	if err := writeFrame(bw, frameServerInfo, bn[:], secretbox.Seal(nil, reply[:], &bn, &ks)); err != nil {
 		return peerInfo{}, err
 	}
 	return peerInfo{key: node, expires: tk.Expires}, bw.Flush()
 }
 
-func (s *Server) checkMesh(bw *bufio.Writer, p []byte, snonce [32]byte) (peerInfo, error) {
+func (s *Server) checkMesh(bw *bufio.Writer, p []byte, snonce [nonceLen]byte) (peerInfo, error) {
 	if s.cfg.MeshKey == nil {
 		return peerInfo{}, refusal("mesh not enabled on this relay")
 	}

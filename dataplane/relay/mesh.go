@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -54,7 +55,7 @@ func (s *Server) runMeshLink(ctx context.Context, p meshPeer) {
 // up reports whether the handshake succeeded.
 func (s *Server) meshSession(ctx context.Context, p meshPeer) (up bool, err error) {
 	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
-	nc, br, err := dialUpgrade(hctx, s.cfg.DialMesh, p.u, nil)
+	nc, br, err := dialUpgrade(hctx, s.cfg.DialMesh, p.u, nil, nil)
 	if err != nil {
 		cancel()
 		return false, err
@@ -71,7 +72,7 @@ func (s *Server) meshSession(ctx context.Context, p meshPeer) (up bool, err erro
 		ka = s.cfg.KeepAlive
 	}
 	nc.SetDeadline(time.Time{})
-	l := &meshLink{peer: p, q: newQueue(meshQueueLen)}
+	l := &meshLink{peer: p, q: newQueue(queueConfig{pkts: meshQueueLen, bytes: meshQueueBytes, ctrl: meshCtrl}, s.budget)}
 	done := make(chan struct{})
 	var closeOnce sync.Once
 	closeLink := func() {
@@ -118,7 +119,7 @@ func (s *Server) meshReadLoop(l *meshLink, br *bufio.Reader, nc net.Conn, ka tim
 	buf := make([]byte, 256)
 	for {
 		dl.refresh()
-		t, p, err := readFrame(br, buf)
+		t, p, err := readFrame(br, buf, maxFramePayload)
 		if err != nil {
 			return err
 		}
@@ -139,11 +140,11 @@ func (s *Server) meshReadLoop(l *meshLink, br *bufio.Reader, nc net.Conn, ka tim
 			if len(p) != 40 {
 				return errors.New("mesh peer sent a bad revoke frame")
 			}
-			until := time.Unix(int64(binary.BigEndian.Uint64(p[32:])&(1<<62-1)), 0)
+			until := time.Unix(int64(min(binary.BigEndian.Uint64(p[32:]), maxUnix)), 0)
 			s.revoke(Key(p[:32]), until, false)
 		case framePing:
 			if len(p) == pingLen {
-				l.q.pushCtrl(item{typ: framePong, pkt: append([]byte(nil), p...)}, false)
+				l.q.pushCtrl(item{typ: framePong, pkt: bytes.Clone(p)}, false)
 			}
 		default:
 			// keepalives, pongs, and frames of later versions

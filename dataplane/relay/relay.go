@@ -5,12 +5,20 @@
 // WireGuard ciphertext, so a relay learns nothing but who talks to whom.
 //
 // A relay proves its identity with a Curve25519 key pinned in the relay
-// map; a client proves it holds its node key (a NaCl box over a fresh
-// server nonce) and presents a short-lived ticket signed by the
+// map before the client sends anything sealed; a client proves it holds
+// its node key and presents a short-lived ticket signed by the
 // coordinator, so relays check membership offline and are never open
-// proxies. Several relays sharing a mesh key tell each other which nodes
-// they hold and forward packets one hop, so nodes homed on different
-// relays still reach each other.
+// proxies. Every key of the handshake is derived for its one purpose
+// (internal/dhkey). The coordinator's signed revocation lists, carried by
+// the agents, reach relays that are not meshed with it. Several relays
+// sharing a mesh key tell each other which nodes they hold and forward
+// packets one hop, so nodes homed on different relays still reach each
+// other.
+//
+// Memory is bounded in bytes: packets are at most maxPacketSize, every
+// queue has a byte bound, all queues of a relay share a budget, and
+// connections that have not finished the handshake are few (a semaphore,
+// per-address limits) and cheap (small buffers).
 package relay
 
 import (
@@ -20,6 +28,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"golang.org/x/crypto/curve25519"
 )
@@ -29,14 +38,20 @@ type Key = [32]byte
 
 // ProtocolVersion is the relay protocol version spoken here. It travels in
 // the Upgrade request (versionHeader) and in frameServerKey/frameServerInfo.
-const ProtocolVersion = 1
+// Version 2 derives a key per purpose (internal/dhkey), has the relay
+// prove its key before the client seals anything, and carries revocation
+// lists; a relay refuses other versions at the Upgrade.
+const ProtocolVersion = 2
 
 // HTTP upgrade parameters.
 const (
 	upgradeProto  = "edgewire-relay"
 	versionHeader = "Edgewire-Relay-Version"
-	relayPath     = "/relay"
-	probePath     = "/relay/probe"
+	// clientHeader is sent by nodes (not by mesh relays, not on probes):
+	// base64 (standard, padded) of node public key (32) || client nonce (32).
+	clientHeader = "Edgewire-Relay-Client"
+	relayPath    = "/relay"
+	probePath    = "/relay/probe"
 )
 
 // frameType is the first byte of every frame. A frame is
@@ -47,10 +62,10 @@ const (
 type frameType byte
 
 const (
-	frameServerKey     = frameType(0x01) // "EWRELAY" (7) + version (1) + relay public key (32) + server nonce (32)
-	frameClientInfo    = frameType(0x02) // node public key (32) + box nonce (24) + box(server nonce (32) || ticket) to the relay key
-	frameServerInfo    = frameType(0x03) // box nonce (24) + box(server nonce (32) || version (1) || keepalive seconds (2, BE)) to the node key
-	frameSendPacket    = frameType(0x04) // client->relay: destination key (32) + packet
+	frameServerKey     = frameType(0x01) // "EWRELAY" (7) + version (1) + relay public key (32) + server nonce (32) + proof (32): MAC(RelayServerProof key, "server"), zero without a client header
+	frameClientInfo    = frameType(0x02) // node public key (32, = the client header's) + nonce (24) + secretbox(server nonce (32) || ticket) under the RelayClient key
+	frameServerInfo    = frameType(0x03) // nonce (24) + secretbox(server nonce (32) || version (1) || keepalive seconds (2, BE)) under the RelayServerInfo key
+	frameSendPacket    = frameType(0x04) // client->relay: destination key (32) + packet (<= maxPacketSize)
 	frameRecvPacket    = frameType(0x05) // relay->client: source key (32) + packet
 	frameKeepAlive     = frameType(0x06) // empty; sent on idle connections, either way
 	framePing          = frameType(0x07) // 8 opaque bytes, either way; answered by framePong
@@ -63,21 +78,43 @@ const (
 	frameForwardPacket = frameType(0x0e) // mesh client->relay: source key (32) + destination key (32) + packet
 	frameRevoke        = frameType(0x0f) // relay->mesh client: node key (32) + refused until, unix seconds (8, BE)
 	frameRefused       = frameType(0x10) // relay->client during the handshake: reason, UTF-8 (<= 256); the relay then closes
+	frameRevocations   = frameType(0x11) // client->relay: a coordinator-signed revocation list (see SignRevocations)
 )
+
+// The transcript both sides of a node handshake bind every derived key
+// to (dhkey.Derive): relay key, node key, client nonce, server nonce. The
+// proof label is what the RelayServerProof key MACs.
+const serverProofLabel = "server"
 
 const (
 	frameHeaderLen = 5
-	// maxPacketSize bounds one relayed packet (WireGuard never sends more
-	// than MTU+32, but leave room for jumbo links).
-	maxPacketSize = 64 << 10
-	// maxFramePayload is the largest payload: a forwarded packet with its
-	// two keys. A bigger length closes the connection.
+	// maxPacketSize bounds one relayed packet. An agent's MTU is at most
+	// 9000 and a WireGuard message is at most MTU + 32 (16-byte header,
+	// 16-byte tag), so 9,032 bytes; 9 KiB leaves slack for headers of
+	// later WireGuard versions. Bigger packets are dropped, never queued.
+	maxPacketSize = 9 << 10
+	// maxFramePayload is the largest payload of every frame but
+	// frameRevocations: a forwarded packet with its two keys. A bigger
+	// length closes the connection.
 	maxFramePayload = 2*32 + maxPacketSize
-	maxRefusalLen   = 256
-	pingLen         = 8
-	serverMagic     = "EWRELAY"
-	serverKeyLen    = len(serverMagic) + 1 + 32 + 32
+	// maxHandshakePayload bounds frames read before the handshake is
+	// done (a client info holds 32+24+16+32 bytes and a ticket).
+	maxHandshakePayload = 512
+	maxRefusalLen       = 256
+	pingLen             = 8
+	nonceLen            = 32
+	proofLen            = 32
+	serverMagic         = "EWRELAY"
+	serverKeyLen        = len(serverMagic) + 1 + 32 + nonceLen + proofLen
 )
+
+// maxPayload is the largest payload a frame of type t may carry.
+func maxPayload(t frameType) int {
+	if t == frameRevocations {
+		return maxRevocationsLen
+	}
+	return maxFramePayload
+}
 
 var (
 	errFrameTooLarge = errors.New("relay: frame too large")
@@ -100,11 +137,13 @@ func PublicKey(priv Key) Key {
 	return pub
 }
 
-// readFrame reads one frame from br into buf (grown to at most
-// maxFramePayload when too small) and returns its type and payload, which
-// aliases buf. An oversize length returns errFrameTooLarge before reading
-// or allocating anything.
-func readFrame(br *bufio.Reader, buf []byte) (frameType, []byte, error) {
+// readFrame reads one frame from br into buf and returns its type and
+// payload, which aliases buf or, when buf is too small, new memory. A
+// length above limit or above maxPayload of its type returns
+// errFrameTooLarge before reading anything. Memory for a payload that
+// does not fit buf grows as its bytes arrive, so a length field alone
+// never allocates much.
+func readFrame(br *bufio.Reader, buf []byte, limit int) (frameType, []byte, error) {
 	hdr, err := br.Peek(frameHeaderLen)
 	if err != nil {
 		if err == io.EOF && len(hdr) > 0 {
@@ -114,21 +153,35 @@ func readFrame(br *bufio.Reader, buf []byte) (frameType, []byte, error) {
 	}
 	t := frameType(hdr[0])
 	n := binary.BigEndian.Uint32(hdr[1:])
-	if n > maxFramePayload {
-		return 0, nil, fmt.Errorf("%w: type %#x length %d, max %d", errFrameTooLarge, byte(t), n, maxFramePayload)
+	if max := min(limit, maxPayload(t)); uint64(n) > uint64(max) {
+		return 0, nil, fmt.Errorf("%w: type %#x length %d, max %d", errFrameTooLarge, byte(t), n, max)
 	}
 	br.Discard(frameHeaderLen)
-	if cap(buf) < int(n) {
-		buf = make([]byte, n)
-	}
-	buf = buf[:n]
-	if _, err := io.ReadFull(br, buf); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
+	if int(n) <= cap(buf) {
+		buf = buf[:n]
+		if _, err := io.ReadFull(br, buf); err != nil {
+			return 0, nil, unexpected(err)
 		}
-		return 0, nil, err
+		return t, buf, nil
 	}
-	return t, buf, nil
+	// Grow by doubling from what fits buf, reading as we go.
+	p := buf[:0]
+	for len(p) < int(n) {
+		step := min(int(n)-len(p), max(len(p), 4<<10))
+		p = slices.Grow(p, step)
+		if _, err := io.ReadFull(br, p[len(p):len(p)+step]); err != nil {
+			return 0, nil, unexpected(err)
+		}
+		p = p[:len(p)+step]
+	}
+	return t, p, nil
+}
+
+func unexpected(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
 }
 
 // writeFrameHeader starts a frame of n payload bytes; the caller writes
@@ -152,7 +205,7 @@ func writeFrame(bw *bufio.Writer, t frameType, parts ...[]byte) error {
 	for _, p := range parts {
 		n += len(p)
 	}
-	if n > maxFramePayload {
+	if n > maxPayload(t) {
 		return fmt.Errorf("%w: type %#x length %d", errFrameTooLarge, byte(t), n)
 	}
 	if err := writeFrameHeader(bw, t, n); err != nil {

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"encoding/binary"
@@ -23,16 +24,43 @@ import (
 
 // Defaults of ServerConfig.
 const (
-	DefaultQueueLen  = 1024
-	DefaultRateBytes = 50e6
-	DefaultRateBurst = 8 << 20
-	DefaultKeepAlive = 30 * time.Second
-	// meshQueueLen bounds packets waiting on one outbound mesh link; it
-	// carries many clients' traffic.
-	meshQueueLen = 4096
+	DefaultQueueLen = 1024
+	// DefaultQueueBytes holds DefaultQueueLen packets of a 1500-byte MTU
+	// (each in a 2 KiB buffer) with room to spare, or ~450 of the largest.
+	DefaultQueueBytes = 4 << 20
+	// DefaultQueueBudget is what all queues of a relay hold together: 16
+	// queues at their bound, or a thousand clients that stopped reading
+	// at 64 KiB each.
+	DefaultQueueBudget = 64 << 20
+	// DefaultMaxPendingHandshakes bounds handshakes in progress; each
+	// holds ~13 KiB (plus TLS state) until it ends, 5 s at most.
+	DefaultMaxPendingHandshakes = 512
+	// DefaultMaxPendingPerIP and DefaultMaxConnsPerIP bound one source
+	// address (IPv4, or IPv6 /64); many nodes behind one NAT stay far
+	// below them.
+	DefaultMaxPendingPerIP = 64
+	DefaultMaxConnsPerIP   = 1024
+	DefaultRateBytes       = 50e6
+	DefaultRateBurst       = 8 << 20
+	DefaultKeepAlive       = 30 * time.Second
+	// meshQueueLen and meshQueueBytes bound packets waiting on one
+	// outbound mesh link; it carries many clients' traffic.
+	meshQueueLen   = 4096
+	meshQueueBytes = 16 << 20
+	// clientCtrl bounds control frames (pongs) queued to a node; meshCtrl
+	// those (presence, revocations) queued to a mesh relay.
+	clientCtrl = 1 << 10
+	meshCtrl   = 1 << 14
+	// minQueueBytes is the smallest per-queue byte bound: it must hold
+	// the largest packet frame.
+	minQueueBytes = 64 << 10
 	// writeTimeout bounds one batch of writes to a peer that stopped
 	// reading.
 	writeTimeout = 15 * time.Second
+	// revocationSkew is how far ahead of this relay's clock a revocation
+	// list may be issued; one dated further would shadow every list the
+	// coordinator issues until then.
+	revocationSkew = 5 * time.Minute
 )
 
 // Drop reasons, the keys of ServerStats.Drops.
@@ -41,23 +69,39 @@ const (
 	dropQueueFull
 	dropRateLimited
 	dropBadFrame
+	dropTooLarge
+	dropOverBudget
+	dropBadRevocations
 	numDrops
 )
 
-var dropNames = [numDrops]string{"no_route", "queue_full", "rate_limited", "bad_frame"}
+var dropNames = [numDrops]string{"no_route", "queue_full", "rate_limited", "bad_frame", "too_large", "over_budget", "bad_revocations"}
 
 // ServerConfig configures a relay. Zero values take the defaults above.
 type ServerConfig struct {
 	PrivateKey Key               // relay identity (Curve25519); required
-	TicketKey  ed25519.PublicKey // coordinator's ticket verification key; required
+	TicketKey  ed25519.PublicKey // coordinator's ticket (and revocation list) verification key; required
 	MeshKey    []byte            // shared by the relays of a mesh, >= 32 bytes; nil: no mesh
 	MeshPeers  []MeshPeer        // the other relays of the mesh; an entry with this relay's own key is skipped
 	QueueLen   int               // packets queued per client before the oldest is dropped
-	RateBytes  float64           // sustained bytes/s a client may send; +Inf: no limit (see RateFromMbit)
-	RateBurst  int               // burst bytes a client may send; >= 64 KiB
-	KeepAlive  time.Duration     // keepalive interval on idle connections, 1s..65535s
-	Logger     *slog.Logger
-	Now        func() time.Time
+	QueueBytes int64             // bytes queued per client before the oldest is dropped; >= 64 KiB
+	// QueueBudget bounds the bytes queued in all queues together (>=
+	// QueueBytes); beyond it the oldest packets of the fullest queues
+	// are dropped.
+	QueueBudget int64
+	// MaxPendingHandshakes bounds connections in the handshake; more get
+	// HTTP 503.
+	MaxPendingHandshakes int
+	// MaxPendingPerIP and MaxConnsPerIP bound the handshakes in progress
+	// and the connections from one IPv4 address or IPv6 /64; more get
+	// HTTP 429.
+	MaxPendingPerIP int
+	MaxConnsPerIP   int
+	RateBytes       float64       // sustained bytes/s a client may send; +Inf: no limit (see RateFromMbit)
+	RateBurst       int           // burst bytes a client may send; >= the largest packet
+	KeepAlive       time.Duration // keepalive interval on idle connections, 1s..65535s
+	Logger          *slog.Logger
+	Now             func() time.Time
 	// DialMesh dials a mesh peer's URL host:port (nil: net.Dialer; TLS
 	// when the URL is https, with InsecureSkipVerify since identity comes
 	// from the relay key).
@@ -72,15 +116,17 @@ type MeshPeer struct {
 
 // ServerStats is a snapshot of a relay's counters.
 type ServerStats struct {
-	Clients     int // nodes connected here
-	MeshLinks   int // outbound mesh links up
-	MeshClients int // mesh relays connected here
+	Clients     int   // nodes connected here
+	MeshLinks   int   // outbound mesh links up
+	MeshClients int   // mesh relays connected here
+	Pending     int   // handshakes in progress
+	QueuedBytes int64 // held by queued packets (at most QueueBudget)
 	PacketsIn   uint64
 	PacketsOut  uint64
 	BytesIn     uint64
 	BytesOut    uint64
 	Refused     uint64            // handshakes that failed
-	Drops       map[string]uint64 // packets (bad_frame: connections) dropped, by reason
+	Drops       map[string]uint64 // packets (bad_frame: connections; bad_revocations: lists) dropped, by reason
 }
 
 // Server is a relay. Serve it with ServeHTTP and keep Run running.
@@ -91,6 +137,8 @@ type Server struct {
 	now        func() time.Time
 	peers      []meshPeer
 	sweepEvery time.Duration // ticket expiry sweeps; tests shorten it
+	budget     *budget       // shared by every packet queue
+	limits     *connLimits
 
 	handlers sync.WaitGroup // ServeHTTP calls holding a connection
 
@@ -105,6 +153,7 @@ type Server struct {
 	remote    map[Key]*meshLink     // node key -> outbound link to the relay holding it
 	links     int                   // outbound mesh links up
 	revoked   map[Key]time.Time     // node -> refused until
+	revIssued time.Time             // issue time of the newest revocation list applied
 }
 
 type meshPeer struct {
@@ -131,6 +180,34 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		return nil, fmt.Errorf("relay: QueueLen %d is negative", cfg.QueueLen)
 	case cfg.QueueLen == 0:
 		cfg.QueueLen = DefaultQueueLen
+	}
+	switch {
+	case cfg.QueueBytes == 0:
+		cfg.QueueBytes = DefaultQueueBytes
+	case cfg.QueueBytes < minQueueBytes:
+		return nil, fmt.Errorf("relay: QueueBytes %d is below %d", cfg.QueueBytes, minQueueBytes)
+	}
+	switch {
+	case cfg.QueueBudget == 0:
+		cfg.QueueBudget = max(DefaultQueueBudget, cfg.QueueBytes)
+	case cfg.QueueBudget < cfg.QueueBytes:
+		return nil, fmt.Errorf("relay: QueueBudget %d is below QueueBytes %d", cfg.QueueBudget, cfg.QueueBytes)
+	}
+	for _, l := range []struct {
+		name string
+		v    *int
+		def  int
+	}{
+		{"MaxPendingHandshakes", &cfg.MaxPendingHandshakes, DefaultMaxPendingHandshakes},
+		{"MaxPendingPerIP", &cfg.MaxPendingPerIP, DefaultMaxPendingPerIP},
+		{"MaxConnsPerIP", &cfg.MaxConnsPerIP, DefaultMaxConnsPerIP},
+	} {
+		switch {
+		case *l.v < 0:
+			return nil, fmt.Errorf("relay: %s %d is negative", l.name, *l.v)
+		case *l.v == 0:
+			*l.v = l.def
+		}
 	}
 	switch {
 	case cfg.RateBytes < 0 || math.IsNaN(cfg.RateBytes):
@@ -162,6 +239,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		log:        cfg.Logger,
 		now:        cfg.Now,
 		sweepEvery: time.Second,
+		budget:     newBudget(cfg.QueueBudget),
+		limits:     newConnLimits(cfg.MaxPendingHandshakes, cfg.MaxPendingPerIP, cfg.MaxConnsPerIP),
 		conns:      map[net.Conn]struct{}{},
 		clients:    map[Key]*sconn{},
 		meshConns:  map[Key]*sconn{},
@@ -245,11 +324,13 @@ func (s *Server) Revoke(node Key, until time.Time) { s.revoke(node, until, true)
 
 func (s *Server) revoke(node Key, until time.Time, propagate bool) {
 	s.mu.Lock()
-	if cur, ok := s.revoked[node]; !ok || until.After(cur) {
+	cur, ok := s.revoked[node]
+	changed := !ok || until.After(cur)
+	if changed {
 		s.revoked[node] = until
 	}
 	c := s.clients[node]
-	if propagate {
+	if propagate && changed { // peers that connect later get a snapshot
 		for _, m := range s.meshConns {
 			m.pushCtrl(revokeItem(node, until))
 		}
@@ -261,10 +342,29 @@ func (s *Server) revoke(node Key, until time.Time, propagate bool) {
 	}
 }
 
+// applyRevocations applies a verified list unless one issued at the same
+// time or later was applied; it reports whether it applied rv.
+func (s *Server) applyRevocations(rv Revocations) bool {
+	now := s.now()
+	s.mu.Lock()
+	if !rv.Issued.After(s.revIssued) {
+		s.mu.Unlock()
+		return false
+	}
+	s.revIssued = rv.Issued
+	s.mu.Unlock()
+	for _, e := range rv.Entries {
+		if now.Before(e.Until) {
+			s.revoke(e.Node, e.Until, true)
+		}
+	}
+	return true
+}
+
 func revokeItem(node Key, until time.Time) item {
-	b := make([]byte, 8)
-	binary.BigEndian.PutUint64(b, uint64(until.Unix()))
-	return item{typ: frameRevoke, k1: node, pkt: b}
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], uint64(until.Unix()))
+	return keyItem(frameRevoke, node, b[:])
 }
 
 func (s *Server) revokedUntil(node Key, now time.Time) bool {
@@ -277,15 +377,17 @@ func (s *Server) revokedUntil(node Key, now time.Time) bool {
 // Stats returns a snapshot of the counters.
 func (s *Server) Stats() ServerStats {
 	st := ServerStats{
-		PacketsIn:  s.packetsIn.Load(),
-		PacketsOut: s.packetsOut.Load(),
-		BytesIn:    s.bytesIn.Load(),
-		BytesOut:   s.bytesOut.Load(),
-		Refused:    s.refused.Load(),
-		Drops:      make(map[string]uint64, numDrops),
+		PacketsIn:   s.packetsIn.Load(),
+		PacketsOut:  s.packetsOut.Load(),
+		BytesIn:     s.bytesIn.Load(),
+		BytesOut:    s.bytesOut.Load(),
+		Refused:     s.refused.Load(),
+		Pending:     s.limits.pendingHandshakes(),
+		QueuedBytes: s.budget.used.Load(),
+		Drops:       make(map[string]uint64, numDrops),
 	}
 	for i := range s.drops {
-		st.Drops[dropNames[i]] = s.drops[i].Load()
+		st.Drops[dropNames[i]] = s.dropCount(i)
 	}
 	s.mu.RLock()
 	st.Clients, st.MeshClients, st.MeshLinks = len(s.clients), len(s.meshConns), s.links
@@ -294,6 +396,14 @@ func (s *Server) Stats() ServerStats {
 }
 
 func (s *Server) drop(reason int) { s.drops[reason].Add(1) }
+
+// dropCount reads one drop counter; the budget counts its own.
+func (s *Server) dropCount(reason int) uint64 {
+	if reason == dropOverBudget {
+		return s.budget.evicted.Load()
+	}
+	return s.drops[reason].Load()
+}
 
 // ServeHTTP serves the relay: GET /relay/probe answers "ok" (latency
 // probes), /relay with "Upgrade: edgewire-relay" becomes a relay
@@ -317,19 +427,35 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "edgewire relay: expected Upgrade: "+upgradeProto, http.StatusUpgradeRequired)
 		return
 	}
-	if v := r.Header.Get(versionHeader); v != "" && v != strconv.Itoa(ProtocolVersion) {
-		http.Error(w, fmt.Sprintf("edgewire relay: unsupported protocol version %q, this relay speaks %d", v, ProtocolVersion), http.StatusBadRequest)
+	if v := r.Header.Get(versionHeader); v != strconv.Itoa(ProtocolVersion) {
+		refuseHTTP(w, http.StatusBadRequest, fmt.Sprintf("edgewire relay: unsupported protocol version %q, this relay speaks %d (upgrade the older side)", v, ProtocolVersion))
 		return
+	}
+	var hello *clientHello
+	if vs := r.Header.Values(clientHeader); len(vs) > 0 {
+		h, err := parseClientHello(vs)
+		if err != nil {
+			refuseHTTP(w, http.StatusBadRequest, "edgewire relay: "+err.Error())
+			return
+		}
+		hello = &h
 	}
 	hj, ok := w.(http.Hijacker)
 	if !ok {
 		http.Error(w, "edgewire relay: needs HTTP/1.1", http.StatusHTTPVersionNotSupported)
 		return
 	}
+	slot, code, msg := s.limits.admit(sourcePrefix(r.RemoteAddr))
+	if slot == nil {
+		s.refused.Add(1)
+		refuseHTTP(w, code, msg)
+		return
+	}
+	defer slot.close()
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		http.Error(w, "edgewire relay: shutting down", http.StatusServiceUnavailable)
+		refuseHTTP(w, http.StatusServiceUnavailable, "edgewire relay: shutting down")
 		return
 	}
 	s.handlers.Add(1)
@@ -354,23 +480,38 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.mu.Unlock()
 		nc.Close()
 	}()
-	// Keep what the HTTP server buffered; read through a bigger buffer.
-	s.serveConn(nc, bufio.NewReaderSize(brw.Reader, 64<<10))
+	// The handshake reads through the HTTP server's small buffer.
+	s.serveConn(nc, brw.Reader, hello, slot)
 }
 
-// serveConn runs one upgraded connection until it ends.
-func (s *Server) serveConn(nc net.Conn, br *bufio.Reader) {
+// refuseHTTP answers with code and text and closes the connection.
+func refuseHTTP(w http.ResponseWriter, code int, text string) {
+	w.Header().Set("Connection", "close")
+	http.Error(w, text, code)
+}
+
+// serveConn runs one upgraded connection until it ends. br may hold bytes
+// the client sent after its request; slot's handshake ends here.
+func (s *Server) serveConn(nc net.Conn, br *bufio.Reader, hello *clientHello, slot *connSlot) {
 	log := s.log.With("remote", nc.RemoteAddr().String())
 	nc.SetDeadline(time.Now().Add(handshakeTimeout))
-	bw := bufio.NewWriterSize(nc, 4096)
+	// Until the peer has proven itself it gets small buffers: the
+	// handshake frames are a few hundred bytes.
+	bw := bufio.NewWriterSize(nc, 512)
 	io.WriteString(bw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: "+upgradeProto+"\r\nConnection: Upgrade\r\n\r\n")
-	pi, err := s.serverHandshake(br, bw)
+	pi, err := s.serverHandshake(br, bw, hello)
+	slot.handshakeDone()
 	if err != nil {
 		s.refused.Add(1)
 		log.Debug("relay: handshake failed", "err", err)
 		return
 	}
 	nc.SetDeadline(time.Time{})
+	if br.Buffered() == 0 {
+		br = bufio.NewReaderSize(nc, 64<<10)
+	} else { // keep what it holds, read the rest through the big buffer
+		br = bufio.NewReaderSize(br, 64<<10)
+	}
 	c := &sconn{
 		s:    s,
 		nc:   nc,
@@ -380,14 +521,14 @@ func (s *Server) serveConn(nc net.Conn, br *bufio.Reader) {
 	}
 	if pi.mesh {
 		c.log = log.With("mesh_peer", shortKey(pi.key))
-		c.q = newQueue(1) // control frames only
+		c.q = newQueue(queueConfig{pkts: 1, bytes: minQueueBytes, ctrl: meshCtrl}, nil) // control frames only
 		if !s.addMeshConn(c) {
 			return
 		}
 		defer s.removeMeshConn(c)
 	} else {
 		c.log = log.With("node", shortKey(pi.key))
-		c.q = newQueue(s.cfg.QueueLen)
+		c.q = newQueue(queueConfig{pkts: s.cfg.QueueLen, bytes: s.cfg.QueueBytes, ctrl: clientCtrl}, s.budget)
 		c.lim = rate.NewLimiter(rate.Limit(s.cfg.RateBytes), s.cfg.RateBurst)
 		c.expires.Store(pi.expires.Unix())
 		if !s.addClient(c) {
@@ -411,9 +552,13 @@ func (s *Server) serveConn(nc net.Conn, br *bufio.Reader) {
 }
 
 func (s *Server) countOut(it *item) {
-	if it.typ == frameRecvPacket || it.typ == frameForwardPacket {
+	switch it.typ {
+	case frameRecvPacket:
 		s.packetsOut.Add(1)
-		s.bytesOut.Add(uint64(len(it.pkt)))
+		s.bytesOut.Add(uint64(len(it.pkt) - 32))
+	case frameForwardPacket:
+		s.packetsOut.Add(1)
+		s.bytesOut.Add(uint64(len(it.pkt) - 64))
 	}
 }
 
@@ -434,7 +579,7 @@ func (s *Server) addClient(c *sconn) bool {
 		return true
 	}
 	for _, m := range s.meshConns {
-		m.pushCtrl(item{typ: framePeerPresent, k1: c.key})
+		m.pushCtrl(keyItem(framePeerPresent, c.key, nil))
 	}
 	return true
 }
@@ -447,7 +592,7 @@ func (s *Server) removeClient(c *sconn) {
 	}
 	delete(s.clients, c.key)
 	for _, m := range s.meshConns {
-		m.pushCtrl(item{typ: framePeerGone, k1: c.key})
+		m.pushCtrl(keyItem(framePeerGone, c.key, nil))
 	}
 }
 
@@ -464,7 +609,7 @@ func (s *Server) addMeshConn(c *sconn) bool {
 	}
 	s.meshConns[c.key] = c
 	for k := range s.clients {
-		c.q.pushCtrl(item{typ: framePeerPresent, k1: k}, true)
+		c.q.pushCtrl(keyItem(framePeerPresent, k, nil), true)
 	}
 	now := s.now()
 	for k, until := range s.revoked {
@@ -505,9 +650,12 @@ func (s *Server) forward(src, dst Key, pkt []byte, fromMesh bool) {
 		s.drop(dropNoRoute)
 		return
 	}
-	if q.pushPacket(it) {
-		s.drop(dropQueueFull)
+	dropped, refused := q.pushPacket(it)
+	if dropped > 0 {
+		s.drops[dropQueueFull].Add(uint64(dropped))
 	}
+	_ = refused // counted by the budget
+
 }
 
 // sconn is one connection served here: a node, or a mesh relay that
@@ -553,18 +701,22 @@ func badFrame(format string, args ...any) error {
 func (c *sconn) readLoop(br *bufio.Reader) error {
 	s := c.s
 	dl := newReadDeadline(c.nc, s.cfg.KeepAlive)
-	buf := make([]byte, pktBufSize+64)
+	limit := maxFramePayload
+	if !c.mesh {
+		limit = maxRevocationsLen
+	}
+	buf := make([]byte, pktBufSize)
 	for {
 		dl.refresh()
-		t, p, err := readFrame(br, buf)
+		t, p, err := readFrame(br, buf, limit)
 		if err != nil {
 			if errors.Is(err, errFrameTooLarge) {
 				s.drop(dropBadFrame)
 			}
 			return err
 		}
-		if cap(p) > cap(buf) {
-			buf = p[:0]
+		if cap(p) > cap(buf) && cap(p) <= maxFramePayload {
+			buf = p[:0] // keep a buffer for packets, not for lists
 		}
 		if err := c.handle(t, p); err != nil {
 			if errors.Is(err, errBadFrame) {
@@ -583,7 +735,7 @@ func (c *sconn) handle(t frameType, p []byte) error {
 		if len(p) != pingLen {
 			return badFrame("ping of %d bytes", len(p))
 		}
-		c.pushCtrl(item{typ: framePong, pkt: append([]byte(nil), p...)})
+		c.pushCtrl(item{typ: framePong, pkt: bytes.Clone(p)})
 	case t == frameKeepAlive || t == framePong:
 	case t == frameSendPacket && !c.mesh:
 		if len(p) < 32 {
@@ -596,6 +748,10 @@ func (c *sconn) handle(t frameType, p []byte) error {
 		pkt := p[32:]
 		s.packetsIn.Add(1)
 		s.bytesIn.Add(uint64(len(pkt)))
+		if len(pkt) > maxPacketSize {
+			s.drop(dropTooLarge)
+			return nil
+		}
 		if !c.lim.AllowN(s.now(), len(pkt)) {
 			s.drop(dropRateLimited)
 			return nil
@@ -613,15 +769,49 @@ func (c *sconn) handle(t frameType, p []byte) error {
 		if exp := tk.Expires.Unix(); exp > c.expires.Load() {
 			c.expires.Store(exp)
 		}
+	case t == frameRevocations && !c.mesh:
+		return c.handleRevocations(p)
 	case t == frameForwardPacket && c.mesh:
 		if len(p) < 64 {
 			return badFrame("forward packet of %d bytes", len(p))
 		}
 		s.packetsIn.Add(1)
 		s.bytesIn.Add(uint64(len(p) - 64))
-		s.forward(Key(p[:32]), Key(p[32:64]), p[64:], true)
+		s.forward(Key(p[:32]), Key(p[32:64]), p[64:], true) // <= maxPacketSize: the frame limit
+
 	default:
 		return badFrame("unexpected frame type %#x (%d bytes)", byte(t), len(p))
+	}
+	return nil
+}
+
+// errBadRevocations closes the connection of a client that sends a
+// revocation list the coordinator did not sign.
+var errBadRevocations = errors.New("bad revocation list")
+
+// handleRevocations applies a revocation list the client carries from
+// the coordinator. Stale lists are normal (every client carries the same
+// list) and ignored; a forged one closes the connection.
+func (c *sconn) handleRevocations(p []byte) error {
+	s := c.s
+	now := s.now()
+	if !c.lim.AllowN(now, len(p)) {
+		s.drop(dropRateLimited)
+		return nil
+	}
+	rv, err := VerifyRevocations(s.cfg.TicketKey, p)
+	if err != nil {
+		s.drop(dropBadRevocations)
+		c.log.Debug("relay: closing connection", "err", err)
+		return fmt.Errorf("%w: %w", errBadRevocations, err)
+	}
+	if rv.Issued.After(now.Add(revocationSkew)) {
+		s.drop(dropBadRevocations)
+		c.log.Warn("relay: ignoring a revocation list issued in the future; are the clocks of coordinator and relay apart?", "issued", rv.Issued)
+		return nil
+	}
+	if s.applyRevocations(rv) {
+		c.log.Info("relay: applied revocation list", "issued", rv.Issued, "entries", len(rv.Entries))
 	}
 	return nil
 }
@@ -647,55 +837,70 @@ func (d *readDeadline) refresh() {
 	d.next = now.Add(d.window / 4)
 }
 
+// writeBufs holds the writers' 64 KiB buffers. A connection takes one
+// only while it has something to write, so the thousands of idle
+// connections of a busy relay hold none.
+var writeBufs = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
+
 // writeLoop drains q into nc, flushing whenever the queue runs empty, and
 // sends a keepalive after keepAlive without writes. It returns nil when
 // done closes, or the write error. sent (if not nil) sees every item
 // written.
 func writeLoop(nc net.Conn, q *queue, done <-chan struct{}, keepAlive time.Duration, sent func(*item)) error {
-	bw := bufio.NewWriterSize(nc, 64<<10)
 	ka := time.NewTimer(keepAlive)
 	defer ka.Stop()
 	var batch []item
 	for {
+		keepalive := false
 		select {
 		case <-done:
 			return nil
 		case <-ka.C:
-			nc.SetWriteDeadline(time.Now().Add(writeTimeout))
-			if err := writeFrame(bw, frameKeepAlive); err != nil {
-				return err
-			}
-			if err := bw.Flush(); err != nil {
-				return err
-			}
-			ka.Reset(keepAlive)
-			continue
+			keepalive = true
 		case <-q.ready:
 		}
+		bw := writeBufs.Get().(*bufio.Writer)
+		bw.Reset(nc)
 		nc.SetWriteDeadline(time.Now().Add(writeTimeout))
-		for {
-			batch = q.drain(batch[:0])
-			if len(batch) == 0 {
-				break
-			}
-			for i := range batch {
-				err := writeItem(bw, &batch[i])
-				if err == nil && sent != nil {
-					sent(&batch[i])
-				}
-				if err != nil {
-					for j := i; j < len(batch); j++ {
-						batch[j].release()
-					}
-					return err
-				}
-				batch[i].release()
-			}
+		var err error
+		if keepalive {
+			err = writeFrame(bw, frameKeepAlive)
+		} else {
+			batch, err = writeQueued(bw, q, batch, sent)
 		}
-		if err := bw.Flush(); err != nil {
+		if err == nil {
+			err = bw.Flush()
+		}
+		bw.Reset(nil) // no reference to nc, and no error, in the pool
+		writeBufs.Put(bw)
+		if err != nil {
 			return err
 		}
 		ka.Reset(keepAlive)
+	}
+}
+
+// writeQueued writes q's frames to bw until q is empty (without the
+// final flush). batch is scratch space, returned for reuse.
+func writeQueued(bw *bufio.Writer, q *queue, batch []item, sent func(*item)) ([]item, error) {
+	for {
+		batch = q.drain(batch[:0])
+		if len(batch) == 0 {
+			return batch, nil
+		}
+		for i := range batch {
+			err := writeItem(bw, &batch[i])
+			if err == nil && sent != nil {
+				sent(&batch[i])
+			}
+			if err != nil {
+				for j := i; j < len(batch); j++ {
+					batch[j].release()
+				}
+				return batch[:0], err
+			}
+			batch[i].release()
+		}
 	}
 }
 

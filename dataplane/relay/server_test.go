@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -14,7 +15,9 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/crypto/nacl/box"
+	"golang.org/x/crypto/nacl/secretbox"
+
+	"github.com/edgewire/edgewire/internal/dhkey"
 )
 
 func TestTwoClientsExchangePackets(t *testing.T) {
@@ -94,58 +97,71 @@ func TestRelayRefusesClients(t *testing.T) {
 	r := e.startRelay(ServerConfig{}, "")
 	k := newKey()
 	pub := PublicKey(k)
-	forged := func(rc *rawConn) error {
-		// Claims pub but seals with another key.
-		snonce, err := readServerKey(rc.br, r.s.PublicKey())
+	srv := r.s.PublicKey()
+	// clientInfo answers the relay's key frame with a client info naming
+	// node, sealed under the RelayClient key priv derives, holding the
+	// server nonce (or zeros) and tk.
+	clientInfo := func(rc *rawConn, node, priv Key, zeroNonce bool, tk []byte) error {
+		snonce, _, err := readServerKey(rc.br, srv)
 		if err != nil {
 			return err
 		}
-		other := newKey()
-		var bn [24]byte
-		srv := r.s.PublicKey()
-		sealed := box.Seal(nil, append(snonce[:], e.ticket(pub, time.Hour)...), &bn, &srv, &other)
-		rc.send(t, frameClientInfo, pub[:], bn[:], sealed)
+		kc, err := handshakeKey(&priv, &srv, dhkey.RelayClient, srv, rc.hello.node, &rc.hello.cnonce, &snonce)
+		if err != nil {
+			return err
+		}
+		inner := snonce[:]
+		if zeroNonce {
+			inner = make([]byte, nonceLen)
+		}
+		var bn [boxNonceLen]byte
+		rc.send(t, frameClientInfo, node[:], bn[:], secretbox.Seal(nil, append(inner, tk...), &bn, &kc))
 		_, err = readReply(rc.br, frameServerInfo, serverInfoLen)
 		return err
 	}
-	staleNonce := func(rc *rawConn) error {
-		if _, err := readServerKey(rc.br, r.s.PublicKey()); err != nil {
-			return err
-		}
-		var bn [24]byte
-		srv := r.s.PublicKey()
-		sealed := box.Seal(nil, append(make([]byte, 32), e.ticket(pub, time.Hour)...), &bn, &srv, &k)
-		rc.send(t, frameClientInfo, pub[:], bn[:], sealed)
-		_, err := readReply(rc.br, frameServerInfo, serverInfoLen)
-		return err
-	}
-	lowOrder := func(rc *rawConn) error {
-		if _, err := readServerKey(rc.br, r.s.PublicKey()); err != nil {
-			return err
-		}
-		rc.send(t, frameClientInfo, make([]byte, clientInfoMin+TicketLen))
-		_, err := readReply(rc.br, frameServerInfo, serverInfoLen)
-		return err
-	}
-	withTicket := func(tk []byte) func(*rawConn) error {
-		return func(rc *rawConn) error { return rc.handshake(r, k, tk) }
+	good := e.ticket(pub, time.Hour)
+	withTicket := func(tk []byte) func(*testing.T) error {
+		return func(t *testing.T) error { return dialNode(t, r, k).handshake(r, tk) }
 	}
 	tests := []struct {
 		name   string
-		do     func(*rawConn) error
+		do     func(*testing.T) error
 		reason string
 	}{
 		{"no ticket", withTicket(nil), "invalid"},
 		{"expired ticket", withTicket(e.ticket(pub, -time.Second)), "expired"},
+		{"ticket beyond MaxTicketTTL", withTicket(e.ticket(pub, MaxTicketTTL+ticketClockSkew+time.Second)), "ahead"},
 		{"ticket for another key", withTicket(e.ticket(newKey(), time.Hour)), "another node"},
 		{"ticket from another coordinator", withTicket(SignTicket(func() []byte { _, p := testTicketKey(9); return p }(), Ticket{Node: pub, Expires: e.clock.Now().Add(time.Hour)})), "invalid"},
-		{"forged node key", forged, "proof failed"},
-		{"stale server nonce", staleNonce, "proof failed"},
-		{"low-order node key", lowOrder, "bad node key"},
+		{"forged node key", func(t *testing.T) error {
+			// Claims pub, but only knows another private key.
+			return clientInfo(dialNode(t, r, k), pub, newKey(), false, good)
+		}, "proof failed"},
+		{"stale server nonce", func(t *testing.T) error {
+			return clientInfo(dialNode(t, r, k), pub, k, true, good)
+		}, "proof failed"},
+		{"client info for another key than the header", func(t *testing.T) error {
+			other := newKey()
+			return clientInfo(dialNode(t, r, k), PublicKey(other), other, false, e.ticket(PublicKey(other), time.Hour))
+		}, "another key than"},
+		{"client info without the client header (v1 style)", func(t *testing.T) error {
+			rc := dialRaw(t, r)
+			if _, _, err := readServerKey(rc.br, srv); err != nil {
+				return err
+			}
+			rc.send(t, frameClientInfo, pub[:], make([]byte, clientInfoMin-32+TicketLen))
+			_, err := readReply(rc.br, frameServerInfo, serverInfoLen)
+			return err
+		}, "without the"},
+		{"mesh info from a node", func(t *testing.T) error {
+			rc := dialNode(t, r, k)
+			_, err := meshHandshake(rc.br, rc.bw, srv, pub, newNonce(32))
+			return err
+		}, "unexpected frame"},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := tt.do(dialRaw(t, r))
+			err := tt.do(t)
 			if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), tt.reason) {
 				t.Fatalf("got %v, want a refusal mentioning %q", err, tt.reason)
 			}
@@ -159,6 +175,64 @@ func TestRelayRefusesClients(t *testing.T) {
 	// The real client surfaces the reason.
 	c := e.startClient(r, k, nil)
 	eventually(t, 5*time.Second, "LastError to report the refusal", func() bool { return errors.Is(c.c.LastError(), ErrRefused) })
+}
+
+// TestClientRefusesUnprovenRelay: a relay that shows the pinned key but
+// cannot prove it (a replay of the real relay's key frame, a proof for
+// another nonce, no proof) gets nothing sealed from the client.
+func TestClientRefusesUnprovenRelay(t *testing.T) {
+	relayPriv, node := newKey(), newKey()
+	relayPub, nodePub := PublicKey(relayPriv), PublicKey(node)
+	hello := newClientHello(nodePub)
+	snonce := [nonceLen]byte(newNonce(nonceLen))
+	proofFor := func(h *clientHello, priv Key) []byte {
+		k, err := handshakeKey(&priv, &h.node, dhkey.RelayServerProof, relayPub, h.node, &h.cnonce, &snonce)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := dhkey.MAC(k, []byte(serverProofLabel))
+		return m[:]
+	}
+	tests := []struct {
+		name  string
+		proof []byte
+		ok    bool
+	}{
+		{"real proof", proofFor(hello, relayPriv), true},
+		{"no proof (a mesh answer)", make([]byte, proofLen), false},
+		{"proof for another client nonce (replayed)", proofFor(newClientHello(nodePub), relayPriv), false},
+		{"proof by another key", proofFor(hello, newKey()), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var in, out bytes.Buffer
+			w := bufio.NewWriter(&in)
+			writeFrame(w, frameServerKey, []byte(serverMagic), []byte{ProtocolVersion}, relayPub[:], snonce[:], tt.proof)
+			w.Flush()
+			bw := bufio.NewWriter(&out)
+			_, err := clientHandshake(bufio.NewReader(&in), bw, relayPub, node, hello, nil)
+			bw.Flush()
+			if tt.ok {
+				// It sent its client info and then found no reply.
+				if out.Len() == 0 || errors.Is(err, ErrWrongServerKey) {
+					t.Fatalf("got %v with %d bytes sent, want client info sent", err, out.Len())
+				}
+				return
+			}
+			if !errors.Is(err, ErrWrongServerKey) || out.Len() != 0 {
+				t.Fatalf("got %v with %d bytes sent, want ErrWrongServerKey and nothing sent", err, out.Len())
+			}
+		})
+	}
+}
+
+// upgrade is the headers of an Upgrade request plus kv pairs.
+func upgrade(kv ...string) map[string]string {
+	h := map[string]string{"Upgrade": upgradeProto, "Connection": "Upgrade"}
+	for i := 0; i+1 < len(kv); i += 2 {
+		h[kv[i]] = kv[i+1]
+	}
+	return h
 }
 
 func TestHTTPSurface(t *testing.T) {
@@ -175,7 +249,10 @@ func TestHTTPSurface(t *testing.T) {
 		{"probe", "/relay/probe", nil, 200, "ok"},
 		{"other path", "/nope", nil, 404, ""},
 		{"relay without upgrade", "/relay", nil, http.StatusUpgradeRequired, "Upgrade: edgewire-relay"},
-		{"other protocol version", "/relay", map[string]string{"Upgrade": upgradeProto, "Connection": "Upgrade", versionHeader: "2"}, 400, `unsupported protocol version "2"`},
+		{"protocol version 1", "/relay", upgrade(versionHeader, "1"), 400, `unsupported protocol version "1", this relay speaks 2`},
+		{"no protocol version", "/relay", map[string]string{"Upgrade": upgradeProto, "Connection": "Upgrade"}, 400, `unsupported protocol version ""`},
+		{"malformed client header", "/relay", upgrade(versionHeader, "2", clientHeader, "AAAA"), 400, "malformed"},
+		{"low-order client key", "/relay", upgrade(versionHeader, "2", clientHeader, base64.StdEncoding.EncodeToString(make([]byte, 64))), 400, "bad node key"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -201,10 +278,10 @@ func TestClientRefusesOtherVersion(t *testing.T) {
 	var b bytes.Buffer
 	bw := bufio.NewWriter(&b)
 	srv := newKey()
-	writeFrame(bw, frameServerKey, []byte(serverMagic), []byte{2}, srv[:], make([]byte, 32))
+	writeFrame(bw, frameServerKey, []byte(serverMagic), []byte{1}, srv[:], make([]byte, nonceLen)) // a version 1 frame
 	bw.Flush()
-	_, err := readServerKey(bufio.NewReader(&b), srv)
-	if err == nil || !strings.Contains(err.Error(), "protocol version 2") {
+	_, _, err := readServerKey(bufio.NewReader(&b), srv)
+	if err == nil || !strings.Contains(err.Error(), "protocol version 1") {
 		t.Fatalf("got %v, want a version refusal", err)
 	}
 }
@@ -221,6 +298,9 @@ func TestBadFrameClosesOnlyThatConnection(t *testing.T) {
 		{"oversize length", func(t *testing.T, rc *rawConn, _ Key) {
 			rc.nc.Write(frameBytes(frameSendPacket, maxFramePayload+1, nil))
 		}},
+		{"oversize revocation list", func(t *testing.T, rc *rawConn, _ Key) {
+			rc.nc.Write(frameBytes(frameRevocations, uint32(maxRevocationsLen+1), nil))
+		}},
 		{"short send packet", func(t *testing.T, rc *rawConn, _ Key) { rc.send(t, frameSendPacket, make([]byte, 31)) }},
 		{"ping of 7 bytes", func(t *testing.T, rc *rawConn, _ Key) { rc.send(t, framePing, make([]byte, 7)) }},
 		{"packet to self", func(t *testing.T, rc *rawConn, self Key) { rc.send(t, frameSendPacket, self[:], []byte("me")) }},
@@ -230,8 +310,8 @@ func TestBadFrameClosesOnlyThatConnection(t *testing.T) {
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			k := newKey()
-			rc := dialRaw(t, r)
-			if err := rc.handshake(r, k, e.ticket(PublicKey(k), time.Hour)); err != nil {
+			rc := dialNode(t, r, k)
+			if err := rc.handshake(r, e.ticket(PublicKey(k), time.Hour)); err != nil {
 				t.Fatal(err)
 			}
 			tt.send(t, rc, PublicKey(k))
@@ -255,16 +335,16 @@ func TestSecondConnectionReplacesFirst(t *testing.T) {
 	e := newEnv(t)
 	r := e.startRelay(ServerConfig{}, "")
 	k := newKey()
-	first, second := dialRaw(t, r), dialRaw(t, r)
-	if err := first.handshake(r, k, e.ticket(PublicKey(k), time.Hour)); err != nil {
+	first, second := dialNode(t, r, k), dialNode(t, r, k)
+	if err := first.handshake(r, e.ticket(PublicKey(k), time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	if err := second.handshake(r, k, e.ticket(PublicKey(k), time.Hour)); err != nil {
+	if err := second.handshake(r, e.ticket(PublicKey(k), time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	first.waitClosed(t)
 	second.send(t, framePing, []byte("12345678"))
-	typ, p, err := readFrame(second.br, nil)
+	typ, p, err := readFrame(second.br, nil, maxFramePayload)
 	if err != nil || typ != framePong || string(p) != "12345678" {
 		t.Fatalf("second connection: got %#x %q %v, want a pong echoing the ping", byte(typ), p, err)
 	}
@@ -323,7 +403,8 @@ func TestRateFromMbit(t *testing.T) {
 		{0, math.Inf(1), false},
 		{400, 50e6, false},
 		{1, 125e3, false},
-		{0.1, 0, true}, // below one max-size packet per second
+		{0.1, 12500, false},
+		{0.07, 0, true}, // below one max-size packet per second
 		{-1, 0, true},
 		{math.NaN(), 0, true},
 		{math.Inf(1), 0, true},
@@ -341,8 +422,8 @@ func TestServerQueueFullDrops(t *testing.T) {
 	r := e.startRelay(ServerConfig{QueueLen: 2}, "")
 	dst := newKey()
 	// A node that never reads: its socket buffers fill, then its queue.
-	slow := dialRaw(t, r)
-	if err := slow.handshake(r, dst, e.ticket(PublicKey(dst), time.Hour)); err != nil {
+	slow := dialNode(t, r, dst)
+	if err := slow.handshake(r, e.ticket(PublicKey(dst), time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	k := newKey()
@@ -394,7 +475,7 @@ func TestRevoke(t *testing.T) {
 	e := newEnv(t)
 	r := e.startRelay(ServerConfig{}, "")
 	k := newKey()
-	c := e.startClient(r, k, e.ticket(PublicKey(k), 24*time.Hour))
+	c := e.startClient(r, k, e.ticket(PublicKey(k), time.Hour))
 	waitConnected(t, c)
 	conn := c.c.cur.Load()
 	r.s.Revoke(c.pub, e.clock.Now().Add(time.Hour))
@@ -406,6 +487,7 @@ func TestRevoke(t *testing.T) {
 		t.Fatal("revoked client reconnected")
 	}
 	e.clock.Advance(time.Hour)
+	c.c.SetTicket(e.ticket(PublicKey(k), time.Hour))
 	waitConnected(t, c)
 }
 
@@ -429,6 +511,12 @@ func TestNewServerValidates(t *testing.T) {
 		{"burst below a packet", func(c *ServerConfig) { c.RateBurst = 1000 }, "RateBurst"},
 		{"keepalive too short", func(c *ServerConfig) { c.KeepAlive = time.Millisecond }, "KeepAlive"},
 		{"negative queue", func(c *ServerConfig) { c.QueueLen = -1 }, "QueueLen"},
+		{"queue bytes below a packet", func(c *ServerConfig) { c.QueueBytes = 9000 }, "QueueBytes"},
+		{"budget below a queue", func(c *ServerConfig) { c.QueueBytes = 1 << 20; c.QueueBudget = 1 << 19 }, "QueueBudget"},
+		{"budget default follows a big queue", func(c *ServerConfig) { c.QueueBytes = 128 << 20 }, ""},
+		{"negative pending", func(c *ServerConfig) { c.MaxPendingHandshakes = -1 }, "MaxPendingHandshakes"},
+		{"negative pending per IP", func(c *ServerConfig) { c.MaxPendingPerIP = -1 }, "MaxPendingPerIP"},
+		{"negative conns per IP", func(c *ServerConfig) { c.MaxConnsPerIP = -1 }, "MaxConnsPerIP"},
 		{"negative rate", func(c *ServerConfig) { c.RateBytes = -1 }, "RateBytes"},
 		{"NaN rate", func(c *ServerConfig) { c.RateBytes = math.NaN() }, "RateBytes"},
 		{"no limit", func(c *ServerConfig) { c.RateBytes = math.Inf(1) }, ""},
@@ -460,7 +548,7 @@ func FuzzHandshake(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in []byte) {
 		var out bytes.Buffer
 		bw := bufio.NewWriter(&out)
-		pi, err := s.serverHandshake(bufio.NewReader(bytes.NewReader(in)), bw)
+		pi, err := s.serverHandshake(bufio.NewReader(bytes.NewReader(in)), bw, nil)
 		if err == nil {
 			t.Fatalf("handshake accepted %x as %+v", in, pi)
 		}
@@ -491,12 +579,12 @@ func TestTLSAndKeepAlive(t *testing.T) {
 
 	// An idle connection gets keepalives.
 	k := newKey()
-	rc := dialRaw(t, r)
-	if err := rc.handshake(r, k, e.ticket(PublicKey(k), time.Hour)); err != nil {
+	rc := dialNode(t, r, k)
+	if err := rc.handshake(r, e.ticket(PublicKey(k), time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	rc.nc.SetReadDeadline(time.Now().Add(3 * time.Second))
-	typ, p, err := readFrame(rc.br, nil)
+	typ, p, err := readFrame(rc.br, nil, maxFramePayload)
 	if err != nil || typ != frameKeepAlive || len(p) != 0 {
 		t.Fatalf("idle connection: got %#x (%d bytes) %v, want an empty keepalive", byte(typ), len(p), err)
 	}

@@ -20,6 +20,14 @@ const (
 	// TicketLen is the length of an encoded ticket.
 	TicketLen     = ticketBodyLen + ed25519.SignatureSize
 	ticketContext = "edgewire-relay-ticket-v1"
+	// MaxTicketTTL is the longest lifetime a relay accepts: a ticket
+	// expiring later is refused, so a deleted node's saved ticket outlives
+	// the revocations of relays that never hear of the deletion by at most
+	// this. Coordinators must issue tickets of at most this lifetime.
+	MaxTicketTTL = time.Hour
+	// ticketClockSkew is how much later than MaxTicketTTL from now a
+	// ticket may expire, for a coordinator clock ahead of the relay's.
+	ticketClockSkew = time.Minute
 )
 
 var (
@@ -47,7 +55,9 @@ func SignTicket(priv ed25519.PrivateKey, t Ticket) []byte {
 }
 
 // VerifyTicket checks b against the coordinator key pub and returns its
-// content. Errors wrap ErrTicketInvalid or ErrTicketExpired.
+// content. A ticket expiring more than MaxTicketTTL (plus a minute of
+// clock skew) after now is invalid. Errors wrap ErrTicketInvalid or
+// ErrTicketExpired.
 func VerifyTicket(pub ed25519.PublicKey, b []byte, now time.Time) (Ticket, error) {
 	if len(pub) != ed25519.PublicKeySize {
 		return Ticket{}, fmt.Errorf("%w: verification key is %d bytes, want %d", ErrTicketInvalid, len(pub), ed25519.PublicKeySize)
@@ -64,12 +74,15 @@ func VerifyTicket(pub ed25519.PublicKey, b []byte, now time.Time) (Ticket, error
 	var t Ticket
 	copy(t.Node[:], b[1:33])
 	exp := binary.BigEndian.Uint64(b[33:41])
-	if exp > 1<<62 {
+	if exp > maxUnix {
 		return Ticket{}, fmt.Errorf("%w: expiry %d out of range", ErrTicketInvalid, exp)
 	}
 	t.Expires = time.Unix(int64(exp), 0)
 	if !now.Before(t.Expires) {
 		return t, fmt.Errorf("%w: at %s", ErrTicketExpired, t.Expires.UTC().Format(time.RFC3339))
+	}
+	if t.Expires.After(now.Add(MaxTicketTTL + ticketClockSkew)) {
+		return t, fmt.Errorf("%w: expires %s, more than %v ahead", ErrTicketInvalid, t.Expires.UTC().Format(time.RFC3339), MaxTicketTTL)
 	}
 	return t, nil
 }

@@ -39,6 +39,9 @@ func TestTicket(t *testing.T) {
 		{"long", pub, append(append([]byte(nil), good...), 0), now, ErrTicketInvalid},
 		{"empty", pub, nil, now, ErrTicketInvalid},
 		{"version 2, well signed", pub, signVersion(priv, 2, node, now.Add(time.Hour)), now, ErrTicketInvalid},
+		{"good at the longest lifetime", pub, good, now.Add(time.Hour - MaxTicketTTL - ticketClockSkew), nil},
+		{"lifetime beyond MaxTicketTTL", pub, good, now.Add(time.Hour - MaxTicketTTL - ticketClockSkew - time.Second), ErrTicketInvalid},
+		{"a year ahead", pub, SignTicket(priv, Ticket{Node: node, Expires: now.Add(365 * 24 * time.Hour)}), now, ErrTicketInvalid},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -47,6 +50,7 @@ func TestTicket(t *testing.T) {
 				t.Fatalf("got error %v, want %v", err, tt.want)
 			}
 			if err == nil && (got.Node != node || !got.Expires.Equal(now.Add(time.Hour))) {
+				// every accepted case above is the one-hour ticket
 				t.Errorf("got %x until %v, want %x until %v", got.Node, got.Expires, node, now.Add(time.Hour))
 			}
 		})
