@@ -34,6 +34,8 @@ func main() {
 		meshPeers                                           []string
 		printKey                                            bool
 		clientRate                                          float64
+		queueBudgetMiB, queueMiB                            int64
+		maxPending, maxPendingPerIP, maxConnsPerIP          int
 		metricsListen                                       string
 		logLevel, logFormat                                 string
 	)
@@ -64,9 +66,33 @@ func main() {
 			if err != nil {
 				return err
 			}
-			cfg := relay.ServerConfig{PrivateKey: key, TicketKey: tk, Logger: log}
+			cfg := relay.ServerConfig{
+				PrivateKey: key, TicketKey: tk, Logger: log,
+				MaxPendingHandshakes: maxPending, MaxPendingPerIP: maxPendingPerIP, MaxConnsPerIP: maxConnsPerIP,
+			}
 			if cfg.RateBytes, err = relay.RateFromMbit(clientRate); err != nil {
 				return fmt.Errorf("--client-rate: %w", err)
+			}
+			for _, f := range []struct {
+				name string
+				mib  int64
+				dst  *int64
+			}{{"--queue-budget-mib", queueBudgetMiB, &cfg.QueueBudget}, {"--client-queue-mib", queueMiB, &cfg.QueueBytes}} {
+				if f.mib < 1 || f.mib > 1<<20 {
+					return fmt.Errorf("%s %d: want 1 to %d", f.name, f.mib, 1<<20)
+				}
+				*f.dst = f.mib << 20
+			}
+			if cfg.QueueBudget < cfg.QueueBytes {
+				return fmt.Errorf("--queue-budget-mib %d is below --client-queue-mib %d", queueBudgetMiB, queueMiB)
+			}
+			for _, f := range []struct {
+				name string
+				v    int
+			}{{"--max-pending-handshakes", maxPending}, {"--max-pending-per-ip", maxPendingPerIP}, {"--max-conns-per-ip", maxConnsPerIP}} {
+				if f.v < 1 {
+					return fmt.Errorf("%s %d: want at least 1", f.name, f.v)
+				}
 			}
 			if meshKeyFile != "" {
 				if cfg.MeshKey, err = relay.LoadMeshKey(meshKeyFile); err != nil {
@@ -132,6 +158,11 @@ func main() {
 	f.StringVar(&tlsCert, "tls-cert", "", "serving certificate (PEM); default: self-signed (clients authenticate the relay by its key)")
 	f.StringVar(&tlsKey, "tls-key", "", "serving certificate key (PEM)")
 	f.Float64Var(&clientRate, "client-rate", relay.DefaultRateBytes*8/1e6, "Mbit/s each node may send through this relay (0: no limit)")
+	f.Int64Var(&queueBudgetMiB, "queue-budget-mib", relay.DefaultQueueBudget>>20, "MiB all queued packets may hold together; beyond it the oldest packets of the fullest queues are dropped")
+	f.Int64Var(&queueMiB, "client-queue-mib", relay.DefaultQueueBytes>>20, "MiB of packets queued for one node before its oldest are dropped")
+	f.IntVar(&maxPending, "max-pending-handshakes", relay.DefaultMaxPendingHandshakes, "connections in the handshake at once; more are answered 503")
+	f.IntVar(&maxPendingPerIP, "max-pending-per-ip", relay.DefaultMaxPendingPerIP, "connections in the handshake from one IPv4 address or IPv6 /64; more are answered 429")
+	f.IntVar(&maxConnsPerIP, "max-conns-per-ip", relay.DefaultMaxConnsPerIP, "connections from one IPv4 address or IPv6 /64; more are answered 429")
 	f.BoolVar(&printKey, "print-key", false, "print the relay's public key (for the relay map) and exit")
 	f.StringVar(&metricsListen, "metrics-listen", "127.0.0.1:9091", "address for /metrics, /healthz and /readyz (empty: off)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
