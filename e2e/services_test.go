@@ -108,7 +108,8 @@ func TestServices(t *testing.T) {
 	}
 	extra := map[string][]string{}
 	for _, n := range nodes {
-		extra[n.name] = []string{"--resolv-conf", resolv} // --services auto: no kube-proxy here, so on
+		// --services auto: no kube-proxy here, so on. SOCKS5 is opt-in.
+		extra[n.name] = []string{"--resolv-conf", resolv, "--socks5-listen", "default"}
 	}
 	startNodes(t, l, coord, nodes, extra)
 	defer matrixOnFailure(t, nodes, expectedPath)

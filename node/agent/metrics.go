@@ -118,6 +118,11 @@ func (a *Agent) registerMetrics(reg prometheus.Registerer) {
 			emit(float64(st.Forwarded), "forwarded")
 			emit(float64(st.Rejected), "rejected")
 			emit(float64(st.UpstreamErrors), "upstream_error")
+			emit(float64(st.RefusedSource), "refused_source")
+			emit(float64(st.RateLimited), "rate_limited")
+			emit(float64(st.Overloaded), "overloaded")
+			emit(float64(st.Loops), "loop")
+			emit(float64(st.Coalesced), "coalesced")
 		})
 	telemetry.GaugeFunc(reg, "edgewire_agent_service_rules_apply_seconds", "Duration of the last Service rule apply.", func() float64 {
 		if a.svc == nil || a.svc.proxy == nil {
@@ -140,6 +145,12 @@ func (a *Agent) registerMetrics(reg prometheus.Registerer) {
 			return 0
 		}
 		return float64(a.svc.socks.Connections())
+	})
+	telemetry.CounterFunc(reg, "edgewire_agent_socks5_refused_total", "Connections to the SOCKS5 proxy from clients that are not local, closed.", func() float64 {
+		if a.svc == nil || a.svc.socks == nil {
+			return 0
+		}
+		return float64(a.svc.socks.Refused())
 	})
 	telemetry.GaugeFunc(reg, "edgewire_agent_map_version", "Network map version held.", func() float64 {
 		a.mu.Lock()

@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/edgewire/edgewire/coordinator/api"
 	"github.com/edgewire/edgewire/dataplane/linkconf"
 	"github.com/edgewire/edgewire/node/dnsserver"
+	"github.com/edgewire/edgewire/node/localsrc"
 	"github.com/edgewire/edgewire/node/services"
 	"github.com/edgewire/edgewire/node/socks5"
 	"github.com/edgewire/edgewire/node/svcproxy"
@@ -26,19 +28,53 @@ const (
 )
 
 // servicesLayer is the agent's DNS server, Service DNAT and SOCKS5 proxy.
+// DNS and SOCKS5 serve local clients only: sources in local (loopback,
+// host addresses, this node's pod CIDRs), checked by the servers, and the
+// nftables guard in proxy's table in front of them.
 type servicesLayer struct {
 	a     *Agent
 	dns   *dnsserver.Server // nil when off
-	proxy *svcproxy.Proxy   // nil when off
+	proxy *svcproxy.Proxy   // nil when neither Service rules nor the guard are needed
 	socks *socks5.Server    // nil when off
+	local *localsrc.Set     // who DNS and SOCKS5 serve
 	gen   uint64            // ServicesGen last applied
+	pods  []netip.Prefix    // local pod CIDRs last set
+}
+
+// Pod CIDRs broader than these are not taken as this node's pods (an
+// exit node's 0.0.0.0/0 route is not a pod CIDR): they would make every
+// source local.
+const (
+	minPodBits4 = 8
+	minPodBits6 = 32
+)
+
+// localPodCIDRs is the node's own pod CIDRs: its advertised routes and
+// the routes the map gives it (Kubernetes podCIDRs).
+func (a *Agent) localPodCIDRs() []netip.Prefix {
+	a.mu.Lock()
+	self := a.state.Self.Routes
+	a.mu.Unlock()
+	var out []netip.Prefix
+	for _, p := range append(slices.Clone(a.cfg.Routes), self...) {
+		least := minPodBits6
+		if p.Addr().Is4() {
+			least = minPodBits4
+		}
+		if p.Bits() < least || slices.Contains(out, p.Masked()) {
+			continue
+		}
+		out = append(out, p.Masked())
+	}
+	slices.SortFunc(out, func(x, y netip.Prefix) int { return strings.Compare(x.String(), y.String()) })
+	return out
 }
 
 // startServices sets up the dummy interface and the servers; they run
 // until ctx ends. The returned cleanup removes rules and the interface.
 func (a *Agent) startServices(ctx context.Context, run func(string, func(context.Context) error)) (func(), error) {
 	cfg := a.cfg
-	sl := &servicesLayer{a: a}
+	sl := &servicesLayer{a: a, local: localsrc.New(localsrc.Config{})}
 	a.svc = sl
 	var cleanups []func()
 	cleanup := func() {
@@ -46,7 +82,49 @@ func (a *Agent) startServices(ctx context.Context, run func(string, func(context
 			cleanups[i]()
 		}
 	}
-	if cfg.DNSAddr.IsValid() || cfg.SOCKS5.IsValid() {
+	sl.pods = a.localPodCIDRs()
+	sl.local.SetPodCIDRs(sl.pods)
+	var localOnly []svcproxy.LocalPort
+	if cfg.DNSAddr.IsValid() {
+		dns := netip.AddrPortFrom(cfg.DNSAddr, 53)
+		localOnly = append(localOnly, svcproxy.LocalPort{Addr: dns, Proto: services.UDP}, svcproxy.LocalPort{Addr: dns, Proto: services.TCP})
+	}
+	if cfg.SOCKS5.IsValid() {
+		localOnly = append(localOnly, svcproxy.LocalPort{Addr: cfg.SOCKS5, Proto: services.TCP})
+	}
+	if cfg.Services != svcproxy.ModeOff || len(localOnly) > 0 {
+		p, err := svcproxy.New(svcproxy.Config{Mode: cfg.Services, Interface: cfg.Interface, LocalOnly: localOnly, Logger: a.log.With("src", "svcproxy")})
+		if err != nil {
+			return cleanup, err
+		}
+		if cfg.Services == svcproxy.ModeAuto {
+			on, err := p.Enabled(ctx)
+			if err != nil {
+				return cleanup, err
+			}
+			if !on {
+				a.log.Info("kube-proxy serves this node; not programming Service rules")
+			}
+		}
+		sl.proxy = p
+		cleanups = append(cleanups, func() {
+			// Removing the table is one netlink message; the timeout only
+			// bounds a wedged netlink socket.
+			c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := p.Cleanup(c); err != nil {
+				a.log.Warn("remove service rules", "err", err)
+			}
+		})
+		// The guard goes in before the servers listen.
+		gctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err = p.SetPodCIDRs(gctx, sl.pods)
+		cancel()
+		if err != nil {
+			a.log.Warn("local-only firewall guard not installed (will retry); DNS and SOCKS5 still refuse foreign clients themselves", "err", err)
+		}
+	}
+	if cfg.DNSAddr.IsValid() {
 		remove, err := linkconf.HostAddress(cfg.DNSInterface, netip.PrefixFrom(cfg.DNSAddr, cfg.DNSAddr.BitLen()))
 		if err != nil {
 			return cleanup, err
@@ -71,6 +149,7 @@ func (a *Agent) startServices(ctx context.Context, run func(string, func(context
 		s, err := dnsserver.New(dnsserver.Config{
 			Listen: netip.AddrPortFrom(cfg.DNSAddr, 53), ClusterDomain: cfg.ClusterDomain,
 			MeshDomain: cfg.MeshDomain, Upstreams: upstreams, Logger: a.log.With("src", "dns"),
+			Local: sl.local.Contains,
 		})
 		if err != nil {
 			return cleanup, err
@@ -78,32 +157,8 @@ func (a *Agent) startServices(ctx context.Context, run func(string, func(context
 		sl.dns = s
 		run("dns", s.Run)
 	}
-	if cfg.Services != svcproxy.Mode("off") {
-		p, err := svcproxy.New(svcproxy.Config{Mode: cfg.Services, Interface: cfg.Interface, Logger: a.log.With("src", "svcproxy")})
-		if err != nil {
-			return cleanup, err
-		}
-		on, err := p.Enabled(ctx)
-		if err != nil {
-			return cleanup, err
-		}
-		if on {
-			sl.proxy = p
-			cleanups = append(cleanups, func() {
-				// Removing the table is one netlink message; the timeout only
-				// bounds a wedged netlink socket.
-				c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				defer cancel()
-				if err := p.Cleanup(c); err != nil {
-					a.log.Warn("remove service rules", "err", err)
-				}
-			})
-		} else {
-			a.log.Info("kube-proxy serves this node; not programming Service rules")
-		}
-	}
 	if cfg.SOCKS5.IsValid() {
-		s, err := socks5.New(socks5.Config{Listen: cfg.SOCKS5, Resolver: nodeResolver{a}, Logger: a.log.With("src", "socks5")})
+		s, err := socks5.New(socks5.Config{Listen: cfg.SOCKS5, Resolver: nodeResolver{a}, Logger: a.log.With("src", "socks5"), Local: sl.local.Contains})
 		if err != nil {
 			return cleanup, err
 		}
@@ -113,10 +168,26 @@ func (a *Agent) startServices(ctx context.Context, run func(string, func(context
 	return cleanup, nil
 }
 
-// update feeds the current map to DNS and the rules. Called from reconcile.
+// update feeds the current map to DNS and the rules, and the node's pod
+// CIDRs to the local-only checks. Called from reconcile.
 func (sl *servicesLayer) update(gen uint64, raw map[string]*api.Service, nodes map[string][]netip.Addr) error {
 	if sl.dns != nil {
 		sl.dns.SetNodes(nodes)
+	}
+	pods := sl.a.localPodCIDRs()
+	if !slices.Equal(pods, sl.pods) {
+		sl.a.log.Info("local pod CIDRs served by DNS and SOCKS5", "pod_cidrs", pods)
+		sl.pods = pods
+		sl.local.SetPodCIDRs(pods)
+	}
+	if sl.proxy != nil {
+		// Cheap when unchanged and installed; retried here after a failure.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := sl.proxy.SetPodCIDRs(ctx, pods)
+		cancel()
+		if err != nil {
+			sl.a.log.Warn("local-only firewall guard", "err", err)
+		}
 	}
 	if gen == sl.gen && sl.gen != 0 {
 		return nil
