@@ -96,7 +96,7 @@ func main() {
 					return fmt.Errorf("--socks5-listen %q: %w", socksAddr, err)
 				}
 				if !cfg.SOCKS5.Addr().IsLoopback() && !cfg.SOCKS5.Addr().IsLinkLocalUnicast() && !cfg.SOCKS5.Addr().IsPrivate() && !cfg.SOCKS5.Addr().IsUnspecified() {
-					log.Warn("SOCKS5 proxy listens on a public address; anyone who can reach it can reach your nodes", "listen", cfg.SOCKS5)
+					log.Warn("SOCKS5 proxy listens on a public address; it serves only this node's own clients and pods, the rest are dropped or closed", "listen", cfg.SOCKS5)
 				}
 			}
 			cfg.Services = svcproxy.Mode(services)
@@ -112,13 +112,13 @@ func main() {
 	rf.IntVar(&cfg.MTU, "mtu", agent.DefaultMTU, "WireGuard interface MTU")
 	rf.IntVar(&cfg.ListenPort, "listen-port", agent.DefaultListenPort, "WireGuard UDP port (0: any)")
 	rf.StringVar(&cfg.Socket, "socket", localapi.DefaultSocket, "local API unix socket")
-	rf.StringVar(&dnsAddr, "dns-addr", agent.DefaultDNSAddr, "address of the agent's DNS server, added to a dummy interface (empty: no DNS)")
+	rf.StringVar(&dnsAddr, "dns-addr", agent.DefaultDNSAddr, "address of the agent's DNS server, added to a dummy interface, for this node's own clients (and pods) only (empty: no DNS)")
 	rf.StringVar(&cfg.DNSInterface, "dns-interface", agent.DefaultDNSInterface, "dummy interface holding the DNS address")
 	rf.StringVar(&cfg.ClusterDomain, "cluster-domain", agent.DefaultClusterDomain, "Kubernetes cluster domain")
 	rf.StringVar(&cfg.MeshDomain, "mesh-domain", agent.DefaultMeshDomain, "domain of node names (<node>.<mesh-domain>)")
 	rf.StringVar(&cfg.ResolvConf, "resolv-conf", "/etc/resolv.conf", "where the upstream resolvers for other names are read from")
 	rf.StringVar(&services, "services", "auto", "program ClusterIP rules: auto (not where kube-proxy runs), on or off")
-	rf.StringVar(&socksAddr, "socks5-listen", "default", "SOCKS5 proxy to reach nodes by name: ip:port, \"default\" (the DNS address, port 1080) or empty (off)")
+	rf.StringVar(&socksAddr, "socks5-listen", "", "SOCKS5 proxy to reach nodes by name, for this node's own clients (and pods) only: ip:port, \"default\" (the DNS address, port 1080) or empty (off, the default)")
 	rf.StringVar(&cfg.MetricsListen, "metrics-listen", "127.0.0.1:9092", "address for /metrics, /healthz and /readyz (empty: off)")
 	rf.StringVar(&cfg.PprofSocket, "pprof-socket", "", "serve Go runtime profiles (/debug/pprof/profile for CPU, heap, goroutine, allocs, ...) on this unix socket, for debugging (empty: off)")
 	rf.Int64Var(&memLimitMiB, "memory-limit-mib", 0, "soft memory limit for the Go runtime in MiB: the GC works harder as the heap nears it (0: none, or $GOMEMLIMIT)")
