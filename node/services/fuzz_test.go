@@ -22,7 +22,7 @@ func FuzzServiceEntries(f *testing.F) {
 		f.Add(b)
 	}
 	seed(&api.Service{Namespace: "default", Name: "web", ClusterIps: []string{"10.96.0.10"},
-		Ports: []*api.ServicePort{{Name: "http", Protocol: "TCP", Port: 80}},
+		Ports:     []*api.ServicePort{{Name: "http", Protocol: "TCP", Port: 80}},
 		Endpoints: []*api.ServiceEndpoint{{Addresses: []string{"10.244.1.5"}, NodeName: "edge-1", Ports: map[string]uint32{"http": 8080}}}})
 	seed(&api.Service{Namespace: "db", Name: "pg", ClientIpAffinity: true, AffinityTimeoutSeconds: 60,
 		Ports:     []*api.ServicePort{{Name: "pg", Protocol: "TCP", Port: 5432}, {Name: "dns", Protocol: "UDP", Port: 53}},
