@@ -286,11 +286,18 @@ func (s *Server) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 func (s *Server) exchangeUDP(ctx context.Context, u *pool, q *dns.Msg) (*dns.Msg, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	sock, err := u.get()
-	if err != nil {
-		return nil, err
+	var sock *udpSock
+	var id uint16
+	var wt chan result
+	var err error
+	for range 2 { // a socket handed out just as it was retired is closed: take another
+		if sock, err = u.get(); err != nil {
+			return nil, err
+		}
+		if id, wt, err = sock.register(q.Question[0]); !errors.Is(err, errClosed) {
+			break
+		}
 	}
-	id, wt, err := sock.register(q.Question[0])
 	if err != nil {
 		return nil, err
 	}
@@ -366,6 +373,7 @@ type udpSock struct {
 	pending map[uint16]*waiter
 	sent    int  // queries registered since the socket opened
 	retired bool // replaced in the pool: closes when pending empties
+	closed  bool // closed after retiring: takes no more queries
 	dead    bool // reader ended
 }
 
@@ -397,6 +405,7 @@ func (p *pool) get() (*udpSock, error) {
 			sk.retired = true
 			p.retiring++
 			if len(sk.pending) == 0 {
+				sk.closed = true
 				sk.conn.Close()
 			}
 		}
@@ -423,7 +432,7 @@ func (p *pool) get() (*udpSock, error) {
 func (sk *udpSock) register(q dns.Question) (uint16, chan result, error) {
 	sk.mu.Lock()
 	defer sk.mu.Unlock()
-	if sk.dead {
+	if sk.dead || sk.closed {
 		return 0, nil, errClosed
 	}
 	var b [2]byte
@@ -446,6 +455,9 @@ func (p *pool) done(sk *udpSock, id uint16) {
 	sk.mu.Lock()
 	delete(sk.pending, id)
 	closeIt := sk.retired && len(sk.pending) == 0
+	if closeIt {
+		sk.closed = true
+	}
 	sk.mu.Unlock()
 	if closeIt {
 		sk.conn.Close()
