@@ -533,28 +533,6 @@ func TestNewServerValidates(t *testing.T) {
 	}
 }
 
-func FuzzHandshake(f *testing.F) {
-	e := newEnv(f)
-	s, err := NewServer(ServerConfig{PrivateKey: newKey(), TicketKey: e.tpub, MeshKey: make([]byte, 32), Now: e.clock.Now})
-	if err != nil {
-		f.Fatal(err)
-	}
-	k := newKey()
-	pub := PublicKey(k)
-	f.Add(frameBytes(frameClientInfo, uint32(clientInfoMin+TicketLen), append(pub[:], make([]byte, clientInfoMin+TicketLen-32)...)))
-	f.Add(frameBytes(frameMeshInfo, meshInfoLen, make([]byte, meshInfoLen)))
-	f.Add(frameBytes(frameSendPacket, 33, make([]byte, 33)))
-	f.Add([]byte{2, 0, 1, 0, 0})
-	f.Fuzz(func(t *testing.T, in []byte) {
-		var out bytes.Buffer
-		bw := bufio.NewWriter(&out)
-		pi, err := s.serverHandshake(bufio.NewReader(bytes.NewReader(in)), bw, nil)
-		if err == nil {
-			t.Fatalf("handshake accepted %x as %+v", in, pi)
-		}
-	})
-}
-
 func TestTLSAndKeepAlive(t *testing.T) {
 	e := newEnv(t)
 	s, err := NewServer(ServerConfig{PrivateKey: newKey(), TicketKey: e.tpub, Now: e.clock.Now, KeepAlive: time.Second})
