@@ -178,7 +178,9 @@ func TestForwardLoopEnds(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				s.timeout = 500 * time.Millisecond
+				// Long enough that the looped query is back before the
+				// first exchange gives up, even on a loaded machine.
+				s.timeout = time.Second
 				s.noMarker = !tc.marker
 				ctx, cancel := context.WithCancel(context.Background())
 				done := make(chan error, 1)
@@ -189,14 +191,19 @@ func TestForwardLoopEnds(t *testing.T) {
 			a, b := run(addrA, addrB), run(addrB, addrA)
 
 			c := &dns.Client{Net: "udp", Timeout: 3 * time.Second}
-			var m *dns.Msg
-			var err error
-			for range 20 { // until both listen
-				if m, _, err = c.Exchange(query("loop.example.", dns.TypeA), addrA.String()); err == nil {
-					break
+			for _, addr := range []netip.AddrPort{addrA, addrB} {
+				var err error
+				for range 50 { // until it listens: a local name
+					if _, _, err = c.Exchange(query("cluster.local.", dns.TypeSOA), addr.String()); err == nil {
+						break
+					}
+					time.Sleep(20 * time.Millisecond)
 				}
-				time.Sleep(50 * time.Millisecond)
+				if err != nil {
+					t.Fatalf("server on %s not answering: %v", addr, err)
+				}
 			}
+			m, _, err := c.Exchange(query("loop.example.", dns.TypeA), addrA.String())
 			if err != nil {
 				t.Fatalf("query to a: %v", err)
 			}
