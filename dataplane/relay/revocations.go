@@ -53,6 +53,9 @@ type Revocation struct {
 // SignRevocations encodes and signs r with the coordinator's ticket key
 // priv (a valid Ed25519 private key). A list longer than MaxRevocations
 // keeps the entries that end last; those it leaves out end sooner.
+// Relays apply a list only if it was issued after the last one they
+// applied, at second precision: each list must be issued at least a
+// second after the previous one, and carry every entry still in force.
 func SignRevocations(priv ed25519.PrivateKey, r Revocations) []byte {
 	es := r.Entries
 	if len(es) > MaxRevocations {

@@ -650,12 +650,10 @@ func (s *Server) forward(src, dst Key, pkt []byte, fromMesh bool) {
 		s.drop(dropNoRoute)
 		return
 	}
-	dropped, refused := q.pushPacket(it)
-	if dropped > 0 {
+	// A packet refused for the budget is counted by the budget.
+	if dropped, _ := q.pushPacket(it); dropped > 0 {
 		s.drops[dropQueueFull].Add(uint64(dropped))
 	}
-	_ = refused // counted by the budget
-
 }
 
 // sconn is one connection served here: a node, or a mesh relay that
