@@ -43,6 +43,10 @@ func FuzzServeDNS(f *testing.F) {
 	m.Question = append(m.Question, m.Question[0])
 	seed(m)
 	f.Add([]byte{0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, false) // header only
+	m = query("example.com.", dns.TypeA)
+	m.SetEdns0(1232, false)
+	m.IsEdns0().Option = append(m.IsEdns0().Option, &dns.EDNS0_LOCAL{Code: ednsLoopCode, Data: []byte{loopVersion, 1, 2, 3, 4, 5, 6, 7, 8}})
+	seed(m)
 
 	s, err := New(Config{Listen: netip.MustParseAddrPort("169.254.96.16:53")})
 	if err != nil {
@@ -66,6 +70,42 @@ func FuzzServeDNS(f *testing.F) {
 		}
 		if len(rec.msgs) == 1 && rec.msgs[0].Id != r.Id {
 			t.Fatalf("reply id %d, want %d", rec.msgs[0].Id, r.Id)
+		}
+
+		// What a forward would send upstream: it packs, and its loop
+		// marker is the client's ids (if well formed) with ours last.
+		if r.Response || len(r.Question) != 1 {
+			return
+		}
+		opt := r.IsEdns0()
+		ids, ok := loopIDs(opt)
+		if !ok {
+			ids = nil
+		}
+		fq := s.upstreamQuery(r, opt, ids)
+		if _, err := fq.Pack(); err != nil {
+			t.Fatalf("upstream query does not pack: %v", err)
+		}
+		got, ok := loopIDs(fq.IsEdns0())
+		if !ok || len(got) != len(ids)+1 || got[len(got)-1] != s.id {
+			t.Fatalf("upstream marker %x (ok %v), want %x then our id", got, ok, ids)
+		}
+		// And the answer handed back carries no marker and the client's id.
+		resp := fq.Copy()
+		resp.Response = true
+		out := clientReply(resp, r, opt, !tcp)
+		if _, err := out.Pack(); err != nil {
+			t.Fatalf("client reply does not pack: %v", err)
+		}
+		if out.Id != r.Id || (opt == nil && out.IsEdns0() != nil) {
+			t.Fatalf("client reply id %d OPT %v, want id %d and OPT only if the client sent one", out.Id, out.IsEdns0() != nil, r.Id)
+		}
+		if o := out.IsEdns0(); o != nil {
+			for _, op := range o.Option {
+				if op.Option() == ednsLoopCode {
+					t.Fatalf("loop marker in the client's reply")
+				}
+			}
 		}
 	})
 }
