@@ -9,8 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -308,6 +310,8 @@ func tokenCmd(g *globals) *cobra.Command {
 		reusable bool
 		uses     int
 		tags     []string
+		routes   []string
+		kubeNode string
 	)
 	create := &cobra.Command{
 		Use:   "create",
@@ -316,6 +320,11 @@ func tokenCmd(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if ttl < 0 {
 				return fmt.Errorf("--ttl %s: must not be negative", ttl)
+			}
+			// The coordinator counts whole seconds, where 0 is "never
+			// expires": a TTL under a second must not become that.
+			if ttl > 0 && ttl < time.Second {
+				return fmt.Errorf("--ttl %s: want at least 1s (or 0 for a token that never expires)", ttl)
 			}
 			if uses < 0 {
 				return fmt.Errorf("--uses %d: must not be negative", uses)
@@ -327,7 +336,9 @@ func tokenCmd(g *globals) *cobra.Command {
 			defer done()
 			c, cancel := ctx()
 			defer cancel()
-			resp, err := cl.CreateToken(c, &api.CreateTokenRequest{TtlSeconds: int64(ttl / time.Second), Reusable: reusable, Uses: int32(uses), Tags: tags})
+			secs := int64((ttl + time.Second - 1) / time.Second) // rounded up
+			resp, err := cl.CreateToken(c, &api.CreateTokenRequest{TtlSeconds: secs, Reusable: reusable, Uses: int32(uses), Tags: tags,
+				Routes: routes, KubernetesNode: kubeNode})
 			if err != nil {
 				return rpcErr(err)
 			}
@@ -342,6 +353,8 @@ func tokenCmd(g *globals) *cobra.Command {
 	create.Flags().BoolVar(&reusable, "reusable", false, "allow any number of joins until it expires")
 	create.Flags().IntVar(&uses, "uses", 0, "number of joins allowed (default 1; exclusive with --reusable)")
 	create.Flags().StringSliceVar(&tags, "tags", nil, "tags given to nodes that join with it")
+	create.Flags().StringSliceVar(&routes, "routes", nil, "prefixes within which routes the nodes advertise are approved without an admin (e.g. the pod network 10.42.0.0/16)")
+	create.Flags().StringVar(&kubeNode, "kubernetes-node", "", "admit only the node that is this Kubernetes node (its name, its pod CIDRs): for an edge host without a service account")
 
 	list := &cobra.Command{
 		Use:   "list",
@@ -433,7 +446,7 @@ func nodesCmd(g *globals) *cobra.Command {
 				return printJSON(cmd.OutOrStdout(), resp.GetNodes())
 			}
 			tw := table(cmd.OutOrStdout())
-			fmt.Fprintln(tw, "NAME\tADDRESSES\tENDPOINTS\tONLINE\tLAST SEEN")
+			fmt.Fprintln(tw, "NAME\tADDRESSES\tROUTES\tENDPOINTS\tONLINE\tLAST SEEN")
 			now := time.Now()
 			for _, n := range resp.GetNodes() {
 				seen := "never"
@@ -442,8 +455,8 @@ func nodesCmd(g *globals) *cobra.Command {
 				} else if n.GetLastSeenUnixMs() != 0 {
 					seen = ago(time.UnixMilli(n.GetLastSeenUnixMs()), now)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\n", n.GetName(), strings.Join(n.GetAddresses(), ","),
-					strings.Join(n.GetEndpoints(), ","), n.GetOnline(), seen)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\n", n.GetName(), strings.Join(n.GetAddresses(), ","),
+					routeSummary(n), strings.Join(n.GetEndpoints(), ","), n.GetOnline(), seen)
 			}
 			return tw.Flush()
 		},
@@ -467,6 +480,117 @@ func nodesCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.AddCommand(list, del)
+	cmd.AddCommand(list, del, routesCmd(g))
 	return cmd
+}
+
+// routeSummary shows routes, with pending ones marked.
+func routeSummary(n *api.Node) string {
+	out := slices.Clone(n.GetRoutes())
+	for _, p := range n.GetPendingRoutes() {
+		out = append(out, p+" (pending)")
+	}
+	if len(out) == 0 {
+		return "-"
+	}
+	return strings.Join(out, ",")
+}
+
+func routesCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "routes", Short: "Show and approve the routes nodes advertise"}
+	show := &cobra.Command{
+		Use:   "list",
+		Short: "List routes: routed (approved, or pod CIDRs) and pending approval",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, done, err := g.admin()
+			if err != nil {
+				return err
+			}
+			defer done()
+			c, cancel := ctx()
+			defer cancel()
+			resp, err := cl.ListNodes(c, &api.ListNodesRequest{})
+			if err != nil {
+				return rpcErr(err)
+			}
+			type row struct {
+				Node           string   `json:"node"`
+				KubernetesNode string   `json:"kubernetes_node,omitempty"`
+				Routes         []string `json:"routes"`
+				Pending        []string `json:"pending"`
+			}
+			var rows []row
+			for _, n := range resp.GetNodes() {
+				if len(n.GetRoutes())+len(n.GetPendingRoutes()) == 0 {
+					continue
+				}
+				rows = append(rows, row{n.GetName(), n.GetKubernetesNode(), n.GetRoutes(), n.GetPendingRoutes()})
+			}
+			if g.output == "json" {
+				return printJSON(cmd.OutOrStdout(), rows)
+			}
+			tw := table(cmd.OutOrStdout())
+			fmt.Fprintln(tw, "NODE\tKUBERNETES NODE\tROUTED\tPENDING")
+			for _, r := range rows {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Node, orDash(r.KubernetesNode), orDash(strings.Join(r.Routes, ",")), orDash(strings.Join(r.Pending, ",")))
+			}
+			return tw.Flush()
+		},
+	}
+	var all bool
+	approve := &cobra.Command{
+		Use:   "approve NODE [PREFIX...]",
+		Short: "Approve routes a node advertises (--all: every one)",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if all == (len(args) > 1) {
+				return errors.New("give the prefixes to approve, or --all")
+			}
+			return changeRoutes(cmd, g, &api.ApproveRoutesRequest{Name: args[0], Approve: args[1:], All: all})
+		},
+	}
+	approve.Flags().BoolVar(&all, "all", false, "approve every route the node advertises")
+	withdraw := &cobra.Command{
+		Use:   "withdraw NODE PREFIX...",
+		Short: "Withdraw approval of routes: they are no longer routed",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return changeRoutes(cmd, g, &api.ApproveRoutesRequest{Name: args[0], Withdraw: args[1:]})
+		},
+	}
+	cmd.AddCommand(show, approve, withdraw)
+	return cmd
+}
+
+func changeRoutes(cmd *cobra.Command, g *globals, req *api.ApproveRoutesRequest) error {
+	for _, p := range append(slices.Clone(req.Approve), req.Withdraw...) {
+		if _, err := netip.ParsePrefix(p); err != nil {
+			return fmt.Errorf("%q: want a prefix like 10.42.0.0/16", p)
+		}
+	}
+	cl, done, err := g.admin()
+	if err != nil {
+		return err
+	}
+	defer done()
+	c, cancel := ctx()
+	defer cancel()
+	resp, err := cl.ApproveRoutes(c, req)
+	if err != nil {
+		return rpcErr(err)
+	}
+	if g.output == "json" {
+		return printJSON(cmd.OutOrStdout(), resp.GetNode())
+	}
+	n := resp.GetNode()
+	fmt.Fprintf(cmd.OutOrStdout(), "%s: routed %s, pending %s\n", n.GetName(), orDash(strings.Join(n.GetRoutes(), ",")), orDash(strings.Join(n.GetPendingRoutes(), ",")))
+	return nil
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

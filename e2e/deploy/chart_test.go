@@ -317,6 +317,7 @@ func TestChartDefaults(t *testing.T) {
 		"Deployment/edgewire-coordinator",
 		"PersistentVolumeClaim/edgewire-coordinator-data",
 		"Service/edgewire-coordinator",
+		"ServiceAccount/edgewire-agent",
 		"ServiceAccount/edgewire-coordinator",
 	}
 	if got := kindsAndNames(objs); !slices.Equal(got, want) {
@@ -343,6 +344,8 @@ func TestChartDefaults(t *testing.T) {
 		wantGrants := []string{
 			"/nodes:get", "/nodes:list", "/nodes:watch",
 			"/services:get", "/services:list", "/services:watch",
+			// Which node an agent's service account token is from.
+			"authentication.k8s.io/tokenreviews:create",
 			"discovery.k8s.io/endpointslices:get", "discovery.k8s.io/endpointslices:list", "discovery.k8s.io/endpointslices:watch",
 		}
 		if !slices.Equal(grants, wantGrants) {
@@ -373,7 +376,9 @@ func TestChartDefaults(t *testing.T) {
 		containsAll(t, "coordinator args", strs(c.list("args")),
 			"--data-dir=/var/lib/edgewire/coordinator", "--listen=:8443", "--relay-listen=:8444", "--stun-listen=:3478",
 			"--overlay-prefix=100.64.0.0/10", "--in-cluster", "--relay-map=/etc/edgewire/relay-map/relays.json",
-			"--metrics-listen=127.0.0.1:9090")
+			"--metrics-listen=127.0.0.1:9090",
+			// Only the agent DaemonSet's tokens prove a node's identity.
+			"--agent-service-account="+namespace+"/edgewire-agent")
 		for _, a := range strs(c.list("args")) {
 			if strings.HasPrefix(a, "--mesh-key-file") {
 				t.Errorf("coordinator args: got %q without a mesh key configured", a)
@@ -434,7 +439,40 @@ func TestChartDefaults(t *testing.T) {
 		}
 		containsAll(t, "agent args", strs(c.list("args")),
 			"run", "--coordinator=edgewire-coordinator.edgewire.svc:8443", "--name=$(NODE_NAME)", "--services=auto",
-			"--state-dir=/var/lib/edgewire/agent")
+			"--state-dir=/var/lib/edgewire/agent", "--kubernetes-token-file=/var/run/secrets/edgewire/token")
+		// Its identity: a token of its own service account, for the
+		// audience "edgewire" only, and no API token besides.
+		if got := pod.str("serviceAccountName"); got != "edgewire-agent" {
+			t.Errorf("serviceAccountName: got %q, want edgewire-agent", got)
+		}
+		if pod.get("automountServiceAccountToken") != false {
+			t.Error("automountServiceAccountToken: want false")
+		}
+		var audience, mount string
+		for _, v := range pod.list("volumes") {
+			for _, src := range sub(v).list("projected", "sources") {
+				if sa := sub(src).get("serviceAccountToken"); sa != nil {
+					audience = sub(sa).str("audience")
+					mount = sub(v).str("name")
+				}
+			}
+		}
+		if audience != "edgewire" {
+			t.Errorf("projected service account token audience: got %q, want edgewire", audience)
+		}
+		var mounted bool
+		for _, m := range c.list("volumeMounts") {
+			if sub(m).str("name") == mount && sub(m).str("mountPath") == "/var/run/secrets/edgewire" {
+				mounted = true
+			}
+		}
+		if !mounted {
+			t.Errorf("identity volume %q: want it mounted at /var/run/secrets/edgewire", mount)
+		}
+		sa := mustFind(t, objs, "ServiceAccount", "edgewire-agent")
+		if sa.get("automountServiceAccountToken") != false {
+			t.Error("agent ServiceAccount automountServiceAccountToken: want false")
+		}
 		env := map[string]object{}
 		for _, e := range c.list("env") {
 			env[sub(e).str("name")] = sub(e)

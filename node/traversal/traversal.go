@@ -51,7 +51,7 @@ const (
 	// A peer offers one host candidate per address of its host and a
 	// server-reflexive one per STUN server and family; more than this
 	// per session is a peer steering our checks, not a bigger host.
-	maxRemoteCandidates = 16
+	maxRemoteCandidates = 32
 	// pion's own candidates are under 150 bytes (IPv6 srflx with raddr);
 	// anything longer is refused before parsing.
 	maxCandidateLen = 256
