@@ -413,10 +413,13 @@ func startRelay(ctx context.Context, cfg Config, id *pki.Identity, ticketKey ed2
 	if err != nil {
 		return nil, nil, err
 	}
-	ln, err := net.Listen("tcp", cfg.RelayListen)
+	tcpLn, err := net.Listen("tcp", cfg.RelayListen)
 	if err != nil {
 		return nil, nil, fmt.Errorf("relay listen %s: %w", cfg.RelayListen, err)
 	}
+	// Bounded before the relay's own per-address limits start (at the
+	// Upgrade request): TLS handshakes and idle connections count too.
+	ln := connlimit.New(tcpLn, relay.DefaultMaxConnsPerIP+relay.DefaultMaxPendingPerIP)
 	hs := relay.NewHTTPServer(rs, id.Cert)
 	go hs.ServeTLS(ln, "", "")
 	go rs.Run(ctx)

@@ -22,6 +22,7 @@ import (
 	"github.com/edgewire/edgewire/coordinator/pki"
 	"github.com/edgewire/edgewire/dataplane/relay"
 	"github.com/edgewire/edgewire/dataplane/stunserver"
+	"github.com/edgewire/edgewire/internal/connlimit"
 	"github.com/edgewire/edgewire/internal/logging"
 	"github.com/edgewire/edgewire/internal/telemetry"
 	"github.com/edgewire/edgewire/node/identity"
@@ -127,10 +128,14 @@ func main() {
 				defer ss.Close()
 				go ss.Serve()
 			}
-			ln, err := net.Listen("tcp", listen)
+			tcpLn, err := net.Listen("tcp", listen)
 			if err != nil {
 				return err
 			}
+			// The relay bounds connections per address from the Upgrade
+			// request on; this bounds them before it too (TLS handshakes,
+			// connections that never send a request).
+			ln := connlimit.New(tcpLn, maxConnsPerIP+maxPendingPerIP)
 			hs := relay.NewHTTPServer(rs, cert)
 			go hs.ServeTLS(ln, "", "")
 			log.Info("relay started", "listen", ln.Addr(), "key", identity.Key(pub), "mesh_peers", len(cfg.MeshPeers))

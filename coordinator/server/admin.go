@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -21,6 +22,7 @@ import (
 	"github.com/edgewire/edgewire/coordinator/api"
 	"github.com/edgewire/edgewire/coordinator/store"
 	"github.com/edgewire/edgewire/coordinator/token"
+	"github.com/edgewire/edgewire/dataplane/relay"
 	"github.com/edgewire/edgewire/internal/routeguard"
 )
 
@@ -180,11 +182,14 @@ func (s *Server) DeleteNode(ctx context.Context, req *api.DeleteNodeRequest) (*a
 		}
 	}
 	s.reg.Delete(node.Key)
+	// Outstanding tickets stay valid until they expire; relays must
+	// refuse the node until then: the embedded relay (and its mesh) at
+	// once, every other relay through the signed list agents carry.
+	until := s.now().Add(s.cfg.TicketTTL)
 	if s.cfg.OnDelete != nil {
-		// Outstanding tickets stay valid until they expire; relays must
-		// refuse the node until then.
-		s.cfg.OnDelete(node.Key, s.now().Add(s.cfg.TicketTTL))
+		s.cfg.OnDelete(node.Key, until)
 	}
+	s.revoke(node.Key, until)
 	s.log.Info("node deleted", "name", node.Name, "key", node.Key)
 	return &api.DeleteNodeResponse{}, nil
 }
@@ -264,6 +269,34 @@ func (s *Server) ApproveRoutes(ctx context.Context, req *api.ApproveRoutesReques
 		}
 	}
 	return &api.ApproveRoutesResponse{}, nil
+}
+
+// revoke adds a deleted node to the relay revocation list and publishes a
+// newly signed list in the network map.
+func (s *Server) revoke(key store.NodeKey, until time.Time) {
+	if s.cfg.TicketKey == nil {
+		return // no tickets, no relays to tell
+	}
+	now := s.now()
+	s.revMu.Lock()
+	defer s.revMu.Unlock()
+	s.revoked[key] = until
+	r := relay.Revocations{Issued: now.Truncate(time.Second)}
+	// Relays apply a list only if it is newer than the last, at second
+	// precision.
+	if !r.Issued.After(s.revIssued) {
+		r.Issued = s.revIssued.Add(time.Second)
+	}
+	s.revIssued = r.Issued
+	for k, u := range s.revoked {
+		if !u.After(now) {
+			delete(s.revoked, k) // its last ticket has expired
+			continue
+		}
+		r.Entries = append(r.Entries, relay.Revocation{Node: relay.Key(k), Until: u})
+	}
+	slices.SortFunc(r.Entries, func(a, b relay.Revocation) int { return bytes.Compare(a.Node[:], b.Node[:]) })
+	s.reg.SetRelayRevocations(relay.SignRevocations(s.cfg.TicketKey, r))
 }
 
 // AdminTokenHash hashes an admin token for AdminAuth.

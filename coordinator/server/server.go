@@ -108,6 +108,10 @@ type Server struct {
 	fails   *failureLimiter
 	policy  routeguard.Policy // cfg.RoutePolicy with the overlay
 
+	revMu     sync.Mutex                  // guards revoked, revIssued
+	revoked   map[store.NodeKey]time.Time // deleted nodes relays must refuse, until
+	revIssued time.Time                   // issue time of the last revocation list
+
 	streamsMu sync.Mutex                    // guards streams
 	streams   map[store.NodeKey]*nodeStream // the one live stream per node key
 
@@ -170,7 +174,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		cfg.FailureBurst = defaultFailureBurst
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, now: cfg.Now, signals: newSignalRouter(), m: newMetrics(),
-		fails: newFailureLimiter(cfg.FailureRate, cfg.FailureBurst, cfg.Now), streams: map[store.NodeKey]*nodeStream{}}
+		fails: newFailureLimiter(cfg.FailureRate, cfg.FailureBurst, cfg.Now), streams: map[store.NodeKey]*nodeStream{}, revoked: map[store.NodeKey]time.Time{}}
 	s.policy = cfg.RoutePolicy
 	s.policy.Overlay = cfg.Prefixes
 	families := map[bool]bool{}

@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/edgewire/edgewire/coordinator/api"
 	"github.com/edgewire/edgewire/coordinator/store"
+	"github.com/edgewire/edgewire/dataplane/relay"
 	"github.com/edgewire/edgewire/internal/routeguard"
 )
 
@@ -374,5 +376,61 @@ func TestFailureLimit(t *testing.T) {
 	e.clock.Advance(5 * time.Second)
 	if _, err := e.joinReq(ctxT(t), &api.JoinRequest{Token: tok, PublicKey: newAgent(t).key(), Name: "ok"}); err != nil {
 		t.Errorf("join with the right secret after the bucket refilled: %v", err)
+	}
+}
+
+// TestRelayRevocationsInMap: a deleted node's tickets stay valid until
+// they expire, so every relay must refuse it until then. Relays that are
+// not meshed with the coordinator's hear it from the signed list every
+// map carries (agents hand it to their relay).
+func TestRelayRevocationsInMap(t *testing.T) {
+	pub, priv, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, func(c *Config) { c.TicketKey, c.TicketTTL = priv, 10*time.Minute })
+	tok := e.createToken(t, &api.CreateTokenRequest{Reusable: true})
+	a, gone1, gone2 := newAgent(t), newAgent(t), newAgent(t)
+	e.join(t, a, "a", tok)
+	e.join(t, gone1, "gone1", tok)
+	e.join(t, gone2, "gone2", tok)
+	sa := e.connect(t, a)
+	sa.next(t)
+
+	var last relay.Revocations
+	for i, victim := range []*agent{gone1, gone2} {
+		if _, err := e.admin.DeleteNode(ctxT(t), &api.DeleteNodeRequest{Name: fmt.Sprint("gone", i+1)}); err != nil {
+			t.Fatal(err)
+		}
+		m := sa.waitFor(t, "a revocation list", func(m *api.NetworkMap) bool { return len(m.GetRelayRevocations()) > 0 })
+		r, err := relay.VerifyRevocations(pub, m.GetRelayRevocations())
+		if err != nil {
+			t.Fatalf("list after deleting %d: %v", i+1, err)
+		}
+		if len(r.Entries) != i+1 {
+			t.Fatalf("list after deleting %d: got %d entries, want %d", i+1, len(r.Entries), i+1)
+		}
+		var found bool
+		for _, en := range r.Entries {
+			if en.Node == relay.Key(victim.pub) {
+				found = true
+				if want := e.clock.Now().Add(10 * time.Minute).Truncate(time.Second); !en.Until.Equal(want) {
+					t.Errorf("refused until %v, want %v (the last ticket's expiry)", en.Until, want)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("list after deleting %d does not name it", i+1)
+		}
+		if i > 0 && !r.Issued.After(last.Issued) {
+			t.Errorf("second list issued %v, want after the first (%v): relays ignore lists that are not newer", r.Issued, last.Issued)
+		}
+		last = r
+	}
+	// A stream that connects later gets the list in its full map.
+	b := newAgent(t)
+	e.join(t, b, "b", tok)
+	if m := e.connect(t, b).next(t); len(m.GetRelayRevocations()) == 0 {
+		t.Error("full map without the revocation list")
 	}
 }

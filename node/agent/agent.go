@@ -534,6 +534,7 @@ func (a *Agent) reconcile() error {
 	stun := a.stunServers()
 	regions := a.relayRegions()
 	svcGen, svcs := a.state.ServicesGen, a.state.Services
+	revs := a.state.RelayRevocations
 	names := map[string][]netip.Addr{self.Name: self.Addresses}
 	for _, p := range peers {
 		names[p.Name] = p.Addresses
@@ -541,6 +542,7 @@ func (a *Agent) reconcile() error {
 	a.mu.Unlock()
 
 	a.home.SetRegions(regions)
+	a.home.SetRevocations(revs)
 	tp := make([]traversal.Peer, len(peers))
 	for i, p := range peers {
 		tp[i] = traversal.Peer{Key: p.Key, Online: p.Online}

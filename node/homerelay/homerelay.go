@@ -7,6 +7,7 @@
 package homerelay
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -51,6 +52,9 @@ type Conn interface {
 	Run(ctx context.Context) error
 	Send(dst [32]byte, pkt []byte) error
 	SetTicket(t []byte)
+	// SetRevocations hands the relay the coordinator's signed list of
+	// nodes to refuse (sent after every handshake, and on change).
+	SetRevocations(b []byte)
 	Connected() bool
 	LastError() error
 }
@@ -104,6 +108,7 @@ type Manager struct {
 	mu      sync.Mutex // guards everything below
 	regions []Region
 	ticket  []byte
+	revs    []byte // signed relay revocations, for every home connection
 	latency map[uint32]time.Duration
 	home    *home
 	up      bool
@@ -165,6 +170,23 @@ func (m *Manager) SetTicket(t []byte) {
 		h.client.SetTicket(t)
 	}
 	m.poke()
+}
+
+// SetRevocations sets the coordinator's signed revocation list, which every
+// home relay connection hands its relay, so relays that never hear from the
+// coordinator still refuse deleted nodes.
+func (m *Manager) SetRevocations(b []byte) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if bytes.Equal(b, m.revs) {
+		return
+	}
+	m.revs = bytes.Clone(b)
+	if m.home != nil {
+		// Under mu, so a connection being switched to cannot get an
+		// older list after this one.
+		m.home.client.SetRevocations(m.revs)
+	}
 }
 
 // Send implements bind.Relay. It runs per relayed packet, so it takes no
@@ -426,6 +448,9 @@ func (m *Manager) switchTo(ctx context.Context, r Region) {
 	old := m.home
 	m.home = nh
 	m.sendTo.Store(nh)
+	if m.revs != nil {
+		c.SetRevocations(m.revs)
+	}
 	m.mu.Unlock()
 	if old != nil {
 		old.cancel()

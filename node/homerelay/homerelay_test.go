@@ -13,12 +13,26 @@ import (
 type fakeConn struct {
 	region string
 	up     atomic.Bool
+
+	mu   sync.Mutex // guards revs
+	revs string     // the last revocation list set
 }
 
 func (f *fakeConn) Run(ctx context.Context) error { <-ctx.Done(); return nil }
 func (f *fakeConn) Send([32]byte, []byte) error   { return nil }
 func (f *fakeConn) SetTicket([]byte)              {}
-func (f *fakeConn) Connected() bool               { return f.up.Load() }
+func (f *fakeConn) SetRevocations(b []byte) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.revs = string(b)
+}
+
+func (f *fakeConn) revocations() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.revs
+}
+func (f *fakeConn) Connected() bool { return f.up.Load() }
 func (f *fakeConn) LastError() error {
 	if f.up.Load() {
 		return nil
@@ -102,6 +116,34 @@ func TestClosestThenFailover(t *testing.T) {
 	w.kill("near")
 	// The next best reachable relay, after failoverAfter.
 	waitHome(t, m, "mid", failoverAfter+2*time.Second)
+}
+
+// TestRevocationsFollowTheHome: the revocation list reaches the home
+// connection, and every later one (after a failover) without being set
+// again, so any relay the node uses learns of deleted nodes.
+func TestRevocationsFollowTheHome(t *testing.T) {
+	w := &world{
+		latency: map[string]time.Duration{"near": 5 * time.Millisecond, "mid": 30 * time.Millisecond},
+		alive:   map[string]bool{"near": true, "mid": true},
+	}
+	m, stop := run(t, w, 0)
+	defer stop()
+	waitHome(t, m, "near", 2*time.Second)
+	m.SetRevocations([]byte("list-1"))
+	m.SetRevocations([]byte("list-2"))
+	home := func() *fakeConn {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return m.home.client.(*fakeConn)
+	}
+	if got := home().revocations(); got != "list-2" {
+		t.Errorf("home near: got list %q, want list-2", got)
+	}
+	w.kill("near")
+	waitHome(t, m, "mid", failoverAfter+2*time.Second)
+	if got := home().revocations(); got != "list-2" {
+		t.Errorf("home mid after failover: got list %q, want list-2", got)
+	}
 }
 
 func TestPreferredWinsAndReturns(t *testing.T) {
