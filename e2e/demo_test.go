@@ -35,8 +35,10 @@ func TestDemo(t *testing.T) {
 	cloud := l.AddPublicHost("cloud")
 	coord := cluster.StartCoordinatorWith(t, l, cloud, cluster.CoordinatorOptions{Extra: []string{"--services-file", svcFile}})
 	say("== coordinator (with relay and STUN) on %s", coord.Addr())
-	tok := coord.Token("--uses", "4", "--ttl", "10m")
-	say("== join token: %s", tok)
+	// Routes are routed only where the token allows them (or an admin
+	// approves them): this one allows the pod network.
+	tok := coord.Token("--uses", "4", "--ttl", "10m", "--routes", "10.244.0.0/16")
+	say("== join token (routes within 10.244.0.0/16 approved): %s", tok)
 
 	type node struct {
 		name string

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -90,7 +91,12 @@ func TestServices(t *testing.T) {
 		})
 	}
 
-	coord := cluster.StartCoordinatorWith(t, l, cloud, cluster.CoordinatorOptions{Extra: []string{"--kubeconfig", kc.Kubeconfig}})
+	// Each agent proves which Node it runs on with a service account token
+	// bound to a pod on that Node, as the chart's DaemonSet does; pod CIDRs
+	// go to the agent proven to be there, not to a name.
+	identity := agentIdentities(t, ctx, cs, l.Dir(), "a", "b", "c")
+	coord := cluster.StartCoordinatorWith(t, l, cloud, cluster.CoordinatorOptions{Extra: []string{"--kubeconfig", kc.Kubeconfig,
+		"--agent-service-account", agentSA}})
 	// Close the coordinator's watches before the API server stops (cleanups
 	// run last-registered first), or its graceful shutdown waits on them.
 	t.Cleanup(func() { coord.Proc.Stop(5 * time.Second) })
@@ -109,13 +115,31 @@ func TestServices(t *testing.T) {
 	extra := map[string][]string{}
 	for _, n := range nodes {
 		// --services auto: no kube-proxy here, so on. SOCKS5 is opt-in.
-		extra[n.name] = []string{"--resolv-conf", resolv, "--socks5-listen", "default"}
+		extra[n.name] = []string{"--resolv-conf", resolv, "--socks5-listen", "default", "--kubernetes-token-file", identity[n.name]}
 	}
 	startNodes(t, l, coord, nodes, extra)
 	defer matrixOnFailure(t, nodes, expectedPath)
 	waitPaths(t, nodes, expectedPath, 45*time.Second)
 	waitPodRoutes(t, nodes, 20*time.Second)
 	phase("agents up, a<->b direct, c relayed, pod CIDRs routed")
+
+	t.Run("a token holder cannot take a Kubernetes node's name or pod CIDR", func(t *testing.T) {
+		tok := coord.Token()
+		for _, tc := range []struct {
+			args []string
+			want string
+		}{
+			{[]string{"--name", "b"}, "belongs to a Kubernetes node"},
+			// b's own identity token, from another key (state dir).
+			{[]string{"--name", "b2", "--kubernetes-token-file", identity["b"]}, "already registered"},
+		} {
+			out, err := cloud.Exec(ctxT(t, 30*time.Second), append([]string{cluster.Bin(t, "edgewire-agent"), "join",
+				"--state-dir", t.TempDir(), "--coordinator", coord.Addr(), "--token", tok}, tc.args...)...)
+			if err == nil || !strings.Contains(out, tc.want) {
+				t.Errorf("join %v: got %v: %s; want a refusal saying %q", tc.args, err, out, tc.want)
+			}
+		}
+	})
 
 	pb := b.host.AddPod("pb", podCIDRs["b"])
 	pc := c.host.AddPod("pc", podCIDRs["c"])
@@ -565,6 +589,54 @@ func TestServices(t *testing.T) {
 		}
 	})
 	phase("done")
+}
+
+// agentSA is the service account agents prove their node with.
+const agentSA = "edgewire/edgewire-agent"
+
+// agentIdentities creates the agents' service account and, per node, a
+// pod bound to that node and a token for audience "edgewire" bound to the
+// pod (what the kubelet mounts for the DaemonSet's projected volume). It
+// returns the token files by node.
+func agentIdentities(t *testing.T, ctx context.Context, cs kubernetes.Interface, dir string, nodes ...string) map[string]string {
+	t.Helper()
+	ns, name, _ := strings.Cut(agentSA, "/")
+	mustKube(t, "create namespace "+ns, func() error {
+		_, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+		return err
+	})
+	mustKube(t, "create service account", func() error {
+		_, err := cs.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+		return err
+	})
+	out := map[string]string{}
+	for _, node := range nodes {
+		var pod *corev1.Pod
+		mustKube(t, "create agent pod on "+node, func() error {
+			var err error
+			pod, err = cs.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+				ObjectMeta: metav1.ObjectMeta{Name: "agent-" + node},
+				Spec: corev1.PodSpec{NodeName: node, ServiceAccountName: name, AutomountServiceAccountToken: new(false),
+					Containers: []corev1.Container{{Name: "agent", Image: "edgewire/agent"}}},
+			}, metav1.CreateOptions{})
+			return err
+		})
+		var tok *authv1.TokenRequest
+		mustKube(t, "request token for "+node, func() error {
+			var err error
+			tok, err = cs.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name, &authv1.TokenRequest{Spec: authv1.TokenRequestSpec{
+				Audiences: []string{"edgewire"}, ExpirationSeconds: new(int64(3600)),
+				BoundObjectRef: &authv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+			}}, metav1.CreateOptions{})
+			return err
+		})
+		path := filepath.Join(dir, node+"-identity.token")
+		if err := os.WriteFile(path, []byte(tok.Status.Token), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out[node] = path
+	}
+	return out
 }
 
 // startKube runs etcd and kube-apiserver inside h's namespace (loopback

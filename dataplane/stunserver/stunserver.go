@@ -69,11 +69,12 @@ func (s *Server) Serve() error {
 			s.log.Debug("stun: dropped datagram", "from", from, "len", n)
 			continue
 		}
+		// Counted before the reply leaves, so whoever has the reply sees
+		// it counted.
+		s.C.Requests.Add(1)
 		if _, err := s.pc.WriteTo(resp, from); err != nil {
 			s.log.Debug("stun: reply failed", "to", from, "err", err)
-			continue
 		}
-		s.C.Requests.Add(1)
 	}
 }
 

@@ -19,6 +19,7 @@ var (
 	ErrTooShort  = errors.New("prefix too short")
 	ErrOverlay   = errors.New("overlaps the overlay")
 	ErrProtected = errors.New("covers an address that must stay off the overlay")
+	ErrLocal     = errors.New("lies inside a subnet this host is attached to")
 	ErrInvalid   = errors.New("not a valid masked prefix")
 )
 
@@ -57,6 +58,10 @@ type Policy struct {
 	// Protected are addresses or prefixes no route may cover or overlap:
 	// the coordinator, relays, STUN servers, underlay endpoints, gateways.
 	Protected []netip.Prefix
+	// Local are subnets the host is attached to: a route inside one would
+	// claim a neighbour. A broader route passes (the host's own, more
+	// specific route keeps its subnet local).
+	Local []netip.Prefix
 }
 
 // Check returns nil if r may be routed, or an error wrapping one of the
@@ -81,6 +86,11 @@ func (p *Policy) Check(r netip.Prefix) error {
 	for _, q := range p.Protected {
 		if q.Overlaps(r) {
 			return fmt.Errorf("%s covers %s: %w", r, describe(q), ErrProtected)
+		}
+	}
+	for _, q := range p.Local {
+		if r.Bits() >= q.Bits() && q.Contains(r.Addr()) {
+			return fmt.Errorf("%s is inside %s: %w", r, q, ErrLocal)
 		}
 	}
 	return nil

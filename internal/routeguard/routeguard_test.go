@@ -50,6 +50,17 @@ func TestCheck(t *testing.T) {
 			}
 		})
 	}
+	local := &Policy{Local: []netip.Prefix{netip.MustParsePrefix("192.168.1.0/24")}}
+	for route, want := range map[string]error{
+		"192.168.1.5/32": ErrLocal, // a neighbour
+		"192.168.1.0/24": ErrLocal, // the whole LAN
+		"192.168.0.0/16": nil,      // broader: the LAN's own route still wins
+		"192.168.2.0/24": nil,
+	} {
+		if err := local.Check(netip.MustParsePrefix(route)); !errors.Is(err, want) || (want == nil) != (err == nil) {
+			t.Errorf("Check(%s) with a local subnet = %v, want %v", route, err, want)
+		}
+	}
 	if err := p.Check(netip.MustParsePrefix("10.1.2.3/8")); !errors.Is(err, ErrInvalid) {
 		t.Errorf("unmasked prefix: got %v, want ErrInvalid", err)
 	}

@@ -80,7 +80,8 @@ func (c *hostCache) lookup(host string) []netip.Addr {
 
 // routePolicy is what peer routes must pass on this node: the overlay
 // prefixes, and no route may cover the coordinator, a relay, a STUN
-// server, a peer's underlay endpoint or a default gateway.
+// server, a peer's underlay endpoint, a default gateway or a subnet the
+// host is attached to (its LAN: a peer's route must not claim a neighbour).
 func (a *Agent) routePolicy(prefixes []netip.Prefix, peers []mapstate.Peer, stun []string, regions []string) *routeguard.Policy {
 	p := &routeguard.Policy{Overlay: prefixes}
 	protect := func(addr netip.Addr) {
@@ -106,38 +107,54 @@ func (a *Agent) routePolicy(prefixes []netip.Prefix, peers []mapstate.Peer, stun
 			protect(path.Endpoint.Addr())
 		}
 	}
-	for _, gw := range gateways() {
-		protect(gw)
-	}
+	gws, subnets := a.underlay()
+	p.Protected = append(p.Protected, gws...)
+	p.Local = subnets
 	return p
 }
 
-// gateways lists the gateways of the host's default routes.
-func gateways() []netip.Addr {
-	var out []netip.Addr
+// underlay lists what the host reaches without the overlay: the
+// gateways of its default routes, and the subnets its other interfaces
+// are attached to (main table).
+func (a *Agent) underlay() (gateways, subnets []netip.Prefix) {
 	routes, err := netlink.RouteList(nil, netlink.FAMILY_ALL)
 	if err != nil {
-		return nil
+		a.log.Warn("list host routes for the route check", "err", err)
+		return nil, nil
+	}
+	own := -1
+	if l, err := netlink.LinkByName(a.cfg.Interface); err == nil {
+		own = l.Attrs().Index
 	}
 	for _, r := range routes {
-		if r.Gw == nil {
+		if r.LinkIndex == own || r.Protocol == linkconf.RouteProtocol {
 			continue
 		}
-		if ones, _ := maskOf(r.Dst); r.Dst != nil && ones != 0 {
-			continue
-		}
-		if gw, ok := netip.AddrFromSlice(r.Gw); ok {
-			out = append(out, gw.Unmap())
+		dst, isDefault := prefixOf(r.Dst)
+		switch {
+		case r.Gw != nil && isDefault:
+			if gw, ok := netip.AddrFromSlice(r.Gw); ok {
+				gateways = append(gateways, routeguard.Host(gw))
+			}
+		case r.Gw == nil && r.Scope == netlink.SCOPE_LINK && !isDefault && !dst.Addr().IsLinkLocalUnicast():
+			subnets = append(subnets, dst)
 		}
 	}
-	return out
+	return gateways, subnets
 }
 
-func maskOf(n *net.IPNet) (int, int) {
+// prefixOf converts a route destination; nil is the default route.
+func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
 	if n == nil {
-		return 0, 0
+		return netip.Prefix{}, true
 	}
-	return n.Mask.Size()
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, _ := n.Mask.Size()
+	p := netip.PrefixFrom(a.Unmap(), ones).Masked()
+	return p, ones == 0
 }
 
 // refusedRoutes remembers which refusals were logged, so a map that keeps
