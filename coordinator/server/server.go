@@ -471,26 +471,8 @@ func (s *Server) prove(stream api.Control_ConnectServer, method string) (store.N
 		return key, nil, err
 	}
 	hello := msg.GetHello()
-	if hello == nil {
-		return key, nil, status.Error(codes.InvalidArgument, "first message must be Hello")
-	}
-	if hello.GetProtocolVersion() != api.ProtocolVersion_PROTOCOL_VERSION_1 {
-		return key, nil, status.Errorf(codes.FailedPrecondition, "unsupported protocol version %d", hello.GetProtocolVersion())
-	}
-	key, err = parseKey(hello.GetPublicKey())
-	if err != nil {
-		return key, nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	if len(hello.GetHostname()) > maxHostname || len(hello.GetKubernetesToken()) > maxKubeToken {
-		return key, nil, status.Error(codes.InvalidArgument, "hello: hostname or Kubernetes token too long")
-	}
-	if method == api.AuthConnect {
-		if _, err := s.parseEndpoints(hello.GetEndpoints()); err != nil {
-			return key, nil, status.Error(codes.InvalidArgument, err.Error())
-		}
-		if _, _, ok := s.reg.Node(key); !ok {
-			return key, nil, status.Error(codes.PermissionDenied, "node is not registered (deleted?); join again with a token")
-		}
+	if key, err = s.checkHello(hello, method); err != nil {
+		return key, nil, err
 	}
 	bind, err := binding(stream.Context())
 	if err != nil {
@@ -511,6 +493,33 @@ func (s *Server) prove(stream api.Control_ConnectServer, method string) (store.N
 		return key, nil, status.Error(codes.Unauthenticated, "node key proof failed")
 	}
 	return key, hello, nil
+}
+
+// checkHello checks a stream's first message before any challenge is
+// made for it: form, bounds, and for Connect that the key is registered.
+func (s *Server) checkHello(hello *api.Hello, method string) (store.NodeKey, error) {
+	if hello == nil {
+		return store.NodeKey{}, status.Error(codes.InvalidArgument, "first message must be Hello")
+	}
+	if hello.GetProtocolVersion() != api.ProtocolVersion_PROTOCOL_VERSION_1 {
+		return store.NodeKey{}, status.Errorf(codes.FailedPrecondition, "unsupported protocol version %d", hello.GetProtocolVersion())
+	}
+	key, err := parseKey(hello.GetPublicKey())
+	if err != nil {
+		return key, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if len(hello.GetHostname()) > maxHostname || len(hello.GetKubernetesToken()) > maxKubeToken {
+		return key, status.Error(codes.InvalidArgument, "hello: hostname or Kubernetes token too long")
+	}
+	if method == api.AuthConnect {
+		if _, err := s.parseEndpoints(hello.GetEndpoints()); err != nil {
+			return key, status.Error(codes.InvalidArgument, err.Error())
+		}
+		if _, _, ok := s.reg.Node(key); !ok {
+			return key, status.Error(codes.PermissionDenied, "node is not registered (deleted?); join again with a token")
+		}
+	}
+	return key, nil
 }
 
 // recv receives one message within the authentication timeout.
