@@ -244,17 +244,7 @@ func TestFoundation(t *testing.T) {
 		mustPing(t, agents[2], ips["n1"], 5)
 		coord.Start()
 		for _, a := range agents {
-			err := lab.Eventually(45*time.Second, 250*time.Millisecond, func() error {
-				st, err := a.Status()
-				if err != nil {
-					return err
-				}
-				if !st.Self.Connected {
-					return fmt.Errorf("not reconnected")
-				}
-				return nil
-			})
-			if err != nil {
+			if err := a.WaitConnected(45 * time.Second); err != nil {
 				t.Fatalf("%s: %v", a.Name, err)
 			}
 		}

@@ -160,17 +160,7 @@ func TestMapCannotCutNodeOff(t *testing.T) {
 		// with the overlay route in place.
 		coord.Proc.Stop(10 * time.Second)
 		coord.Start()
-		err := lab.Eventually(45*time.Second, 250*time.Millisecond, func() error {
-			st, err := a.Status()
-			if err != nil {
-				return err
-			}
-			if !st.Self.Connected {
-				return fmt.Errorf("not connected")
-			}
-			return nil
-		})
-		if err != nil {
+		if err := a.WaitConnected(45 * time.Second); err != nil {
 			t.Fatalf("agent after the coordinator's restart: %v", err)
 		}
 	})

@@ -69,37 +69,40 @@ func main() {
 	}
 }
 
-func (g *globals) admin() (api.AdminClient, func(), error) {
+// admin connects to the coordinator's Admin service and returns a client,
+// a context for one call (15 s) and a function that ends both.
+func (g *globals) admin() (api.AdminClient, context.Context, func(), error) {
 	var conn *grpc.ClientConn
 	var err error
 	if g.coordinator == "" {
 		if _, serr := os.Stat(g.adminSocket); serr != nil {
-			return nil, nil, fmt.Errorf("no coordinator admin socket at %s (run on the coordinator host, pass --admin-socket, or use --coordinator with --admin-token-file)", g.adminSocket)
+			return nil, nil, nil, fmt.Errorf("no coordinator admin socket at %s (run on the coordinator host, pass --admin-socket, or use --coordinator with --admin-token-file)", g.adminSocket)
 		}
 		conn, err = grpc.NewClient("unix://"+g.adminSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	} else {
 		if g.adminTokenFile == "" || g.caFile == "" {
-			return nil, nil, errors.New("--coordinator needs --admin-token-file and --ca-file")
+			return nil, nil, nil, errors.New("--coordinator needs --admin-token-file and --ca-file")
 		}
 		tok, rerr := os.ReadFile(g.adminTokenFile)
 		if rerr != nil {
-			return nil, nil, rerr
+			return nil, nil, nil, rerr
 		}
 		caPEM, rerr := os.ReadFile(g.caFile)
 		if rerr != nil {
-			return nil, nil, rerr
+			return nil, nil, nil, rerr
 		}
 		var tc *tls.Config
 		if tc, err = pki.ClientConfig(caPEM, g.serverName); err != nil {
-			return nil, nil, fmt.Errorf("--ca-file: %w", err)
+			return nil, nil, nil, fmt.Errorf("--ca-file: %w", err)
 		}
 		conn, err = grpc.NewClient(g.coordinator, grpc.WithTransportCredentials(credentials.NewTLS(tc)),
 			grpc.WithPerRPCCredentials(bearer(strings.TrimSpace(string(tok)))))
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return api.NewAdminClient(conn), func() { conn.Close() }, nil
+	c, cancel := ctx()
+	return api.NewAdminClient(conn), c, func() { cancel(); conn.Close() }, nil
 }
 
 type bearer string
@@ -329,13 +332,11 @@ func tokenCmd(g *globals) *cobra.Command {
 			if uses < 0 {
 				return fmt.Errorf("--uses %d: must not be negative", uses)
 			}
-			cl, done, err := g.admin()
+			cl, c, done, err := g.admin()
 			if err != nil {
 				return err
 			}
 			defer done()
-			c, cancel := ctx()
-			defer cancel()
 			secs := int64((ttl + time.Second - 1) / time.Second) // rounded up
 			resp, err := cl.CreateToken(c, &api.CreateTokenRequest{TtlSeconds: secs, Reusable: reusable, Uses: int32(uses), Tags: tags,
 				Routes: routes, KubernetesNode: kubeNode})
@@ -361,13 +362,11 @@ func tokenCmd(g *globals) *cobra.Command {
 		Short: "List join tokens",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cl, done, err := g.admin()
+			cl, c, done, err := g.admin()
 			if err != nil {
 				return err
 			}
 			defer done()
-			c, cancel := ctx()
-			defer cancel()
 			resp, err := cl.ListTokens(c, &api.ListTokensRequest{})
 			if err != nil {
 				return rpcErr(err)
@@ -406,13 +405,11 @@ func tokenCmd(g *globals) *cobra.Command {
 		Short: "Revoke a join token (nodes that joined with it stay)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, done, err := g.admin()
+			cl, c, done, err := g.admin()
 			if err != nil {
 				return err
 			}
 			defer done()
-			c, cancel := ctx()
-			defer cancel()
 			if _, err := cl.RevokeToken(c, &api.RevokeTokenRequest{Id: args[0]}); err != nil {
 				return rpcErr(err)
 			}
@@ -431,13 +428,11 @@ func nodesCmd(g *globals) *cobra.Command {
 		Short: "List registered nodes",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cl, done, err := g.admin()
+			cl, c, done, err := g.admin()
 			if err != nil {
 				return err
 			}
 			defer done()
-			c, cancel := ctx()
-			defer cancel()
 			resp, err := cl.ListNodes(c, &api.ListNodesRequest{})
 			if err != nil {
 				return rpcErr(err)
@@ -466,13 +461,11 @@ func nodesCmd(g *globals) *cobra.Command {
 		Short: "Delete a node: it leaves every peer's WireGuard config",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, done, err := g.admin()
+			cl, c, done, err := g.admin()
 			if err != nil {
 				return err
 			}
 			defer done()
-			c, cancel := ctx()
-			defer cancel()
 			if _, err := cl.DeleteNode(c, &api.DeleteNodeRequest{Name: args[0]}); err != nil {
 				return rpcErr(err)
 			}
@@ -503,13 +496,11 @@ func routesCmd(g *globals) *cobra.Command {
 		Short: "List routes: routed (approved, or pod CIDRs) and pending approval",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cl, done, err := g.admin()
+			cl, c, done, err := g.admin()
 			if err != nil {
 				return err
 			}
 			defer done()
-			c, cancel := ctx()
-			defer cancel()
 			resp, err := cl.ListNodes(c, &api.ListNodesRequest{})
 			if err != nil {
 				return rpcErr(err)
@@ -569,13 +560,11 @@ func changeRoutes(cmd *cobra.Command, g *globals, req *api.ApproveRoutesRequest)
 			return fmt.Errorf("%q: want a prefix like 10.42.0.0/16", p)
 		}
 	}
-	cl, done, err := g.admin()
+	cl, c, done, err := g.admin()
 	if err != nil {
 		return err
 	}
 	defer done()
-	c, cancel := ctx()
-	defer cancel()
 	resp, err := cl.ApproveRoutes(c, req)
 	if err != nil {
 		return rpcErr(err)

@@ -97,6 +97,42 @@ func applyRoutes(link netlink.Link, table int, want []netip.Prefix) error {
 	return nil
 }
 
+// Underlay lists what the host reaches without the overlay interface
+// exclude: the gateways of its default routes (as host prefixes) and the
+// subnets its other interfaces are attached to, from the main table. A
+// peer's route must not cover the former nor lie inside the latter.
+func Underlay(exclude string) (gateways, subnets []netip.Prefix, err error) {
+	routes, err := netlink.RouteList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, nil, fmt.Errorf("list routes: %w", err)
+	}
+	own := -1
+	if l, err := netlink.LinkByName(exclude); err == nil {
+		own = l.Attrs().Index
+	}
+	for _, r := range routes {
+		if r.LinkIndex == own || r.Protocol == RouteProtocol {
+			continue
+		}
+		if r.Dst == nil || isDefault(r.Dst) {
+			if gw, ok := netip.AddrFromSlice(r.Gw); ok && r.Gw != nil {
+				gw = gw.Unmap()
+				gateways = append(gateways, netip.PrefixFrom(gw, gw.BitLen()))
+			}
+			continue
+		}
+		if dst, ok := toPrefix(r.Dst); ok && r.Gw == nil && r.Scope == netlink.SCOPE_LINK && !dst.Addr().IsLinkLocalUnicast() {
+			subnets = append(subnets, dst.Masked())
+		}
+	}
+	return gateways, subnets, nil
+}
+
+func isDefault(n *net.IPNet) bool {
+	ones, _ := n.Mask.Size()
+	return ones == 0
+}
+
 func toPrefix(n *net.IPNet) (netip.Prefix, bool) {
 	if n == nil {
 		return netip.Prefix{}, false

@@ -261,6 +261,20 @@ func (a *Agent) WaitPeers(n int, timeout time.Duration) localapi.Status {
 	return st
 }
 
+// WaitConnected waits until the agent's stream to the coordinator is up.
+func (a *Agent) WaitConnected(timeout time.Duration) error {
+	return lab.Eventually(timeout, 250*time.Millisecond, func() error {
+		st, err := a.Status()
+		if err != nil {
+			return err
+		}
+		if !st.Self.Connected {
+			return fmt.Errorf("%s not connected to the coordinator", a.Name)
+		}
+		return nil
+	})
+}
+
 // OverlayIP returns the agent's first overlay address.
 func (a *Agent) OverlayIP() netip.Addr {
 	a.t.Helper()

@@ -8,8 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/edgewire/edgewire/dataplane/linkconf"
 	"github.com/edgewire/edgewire/internal/routeguard"
 	"github.com/edgewire/edgewire/node/mapstate"
@@ -107,54 +105,13 @@ func (a *Agent) routePolicy(prefixes []netip.Prefix, peers []mapstate.Peer, stun
 			protect(path.Endpoint.Addr())
 		}
 	}
-	gws, subnets := a.underlay()
+	gws, subnets, err := linkconf.Underlay(a.cfg.Interface)
+	if err != nil {
+		a.log.Warn("list host routes for the route check", "err", err)
+	}
 	p.Protected = append(p.Protected, gws...)
 	p.Local = subnets
 	return p
-}
-
-// underlay lists what the host reaches without the overlay: the
-// gateways of its default routes, and the subnets its other interfaces
-// are attached to (main table).
-func (a *Agent) underlay() (gateways, subnets []netip.Prefix) {
-	routes, err := netlink.RouteList(nil, netlink.FAMILY_ALL)
-	if err != nil {
-		a.log.Warn("list host routes for the route check", "err", err)
-		return nil, nil
-	}
-	own := -1
-	if l, err := netlink.LinkByName(a.cfg.Interface); err == nil {
-		own = l.Attrs().Index
-	}
-	for _, r := range routes {
-		if r.LinkIndex == own || r.Protocol == linkconf.RouteProtocol {
-			continue
-		}
-		dst, isDefault := prefixOf(r.Dst)
-		switch {
-		case r.Gw != nil && isDefault:
-			if gw, ok := netip.AddrFromSlice(r.Gw); ok {
-				gateways = append(gateways, routeguard.Host(gw))
-			}
-		case r.Gw == nil && r.Scope == netlink.SCOPE_LINK && !isDefault && !dst.Addr().IsLinkLocalUnicast():
-			subnets = append(subnets, dst)
-		}
-	}
-	return gateways, subnets
-}
-
-// prefixOf converts a route destination; nil is the default route.
-func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
-	if n == nil {
-		return netip.Prefix{}, true
-	}
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, _ := n.Mask.Size()
-	p := netip.PrefixFrom(a.Unmap(), ones).Masked()
-	return p, ones == 0
 }
 
 // refusedRoutes remembers which refusals were logged, so a map that keeps
