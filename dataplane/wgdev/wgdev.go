@@ -41,6 +41,12 @@ type Config struct {
 	// routes.
 	FwMark uint32
 	Logger *slog.Logger
+
+	// TUN, when set, is used instead of creating a kernel TUN device, and
+	// no UAPI socket is opened: two devices then run in one process with
+	// no interface and no root (tests, with wireguard-go's tuntest and
+	// bindtest).
+	TUN tun.Device
 }
 
 // PeerConfig is the desired state of one peer.
@@ -95,15 +101,18 @@ func New(cfg Config) (*Device, error) {
 	if cfg.Bind == nil {
 		cfg.Bind = conn.NewDefaultBind()
 	}
-	if _, err := os.Stat(UAPIPath(cfg.Name)); err == nil {
-		if c, err := net.Dial("unix", UAPIPath(cfg.Name)); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("interface %s is already run by another WireGuard process (%s answers)", cfg.Name, UAPIPath(cfg.Name))
+	tdev := cfg.TUN
+	if tdev == nil {
+		if _, err := os.Stat(UAPIPath(cfg.Name)); err == nil {
+			if c, err := net.Dial("unix", UAPIPath(cfg.Name)); err == nil {
+				c.Close()
+				return nil, fmt.Errorf("interface %s is already run by another WireGuard process (%s answers)", cfg.Name, UAPIPath(cfg.Name))
+			}
 		}
-	}
-	tdev, err := tun.CreateTUN(cfg.Name, cfg.MTU)
-	if err != nil {
-		return nil, fmt.Errorf("create TUN %s: %w", cfg.Name, err)
+		var err error
+		if tdev, err = tun.CreateTUN(cfg.Name, cfg.MTU); err != nil {
+			return nil, fmt.Errorf("create TUN %s: %w", cfg.Name, err)
+		}
 	}
 	log := cfg.Logger.With("iface", cfg.Name)
 	wlog := &device.Logger{
@@ -130,6 +139,9 @@ func New(cfg Config) (*Device, error) {
 	if err := dev.Up(); err != nil {
 		dev.Close()
 		return nil, fmt.Errorf("bring device up: %w", err)
+	}
+	if cfg.TUN != nil {
+		return d, nil
 	}
 	f, err := ipc.UAPIOpen(cfg.Name)
 	if err != nil {
@@ -188,12 +200,16 @@ func (d *Device) SetPeers(peers []PeerConfig) error {
 			fmt.Fprintf(&b, "public_key=%s\nremove=true\n", hex.EncodeToString(k[:]))
 		}
 	}
+	var moved []PeerConfig // peers whose endpoint is set or changed
 	for k, p := range want {
 		old, ok := d.applied[k]
 		if ok && old.equal(p) {
 			continue
 		}
 		writePeer(&b, p)
+		if p.Endpoint.IsValid() && (!ok || old.Endpoint != p.Endpoint) {
+			moved = append(moved, p)
+		}
 	}
 	if b.Len() == 0 {
 		return nil
@@ -204,7 +220,37 @@ func (d *Device) SetPeers(peers []PeerConfig) error {
 		d.applied = map[Key]PeerConfig{}
 		return fmt.Errorf("apply peers: %w", err)
 	}
+	if err := d.pinEndpoints(moved); err != nil {
+		d.applied = map[Key]PeerConfig{}
+		return err
+	}
 	d.applied = want
+	return nil
+}
+
+// pinEndpoints makes the endpoints just set stick. wireguard-go disables
+// roaming (DisableSomeRoamingForBrokenMobileSemantics) only for peers
+// that had an endpoint when they were created or when it was called; our
+// peers are created without one (see writePeer), so without this the first
+// packet a peer sends over the relay after its path went direct would
+// move WireGuard's endpoint back to the relay, behind the agent's back,
+// and the pair would go silent once the relay did. Roaming is disabled
+// again now that every peer with a path has an endpoint, and the
+// endpoints are written once more: a packet that roamed one in between
+// is undone. (Once disabled, roaming stays disabled for a peer.) Called
+// with mu held.
+func (d *Device) pinEndpoints(moved []PeerConfig) error {
+	if len(moved) == 0 {
+		return nil
+	}
+	var b strings.Builder
+	for _, p := range moved {
+		fmt.Fprintf(&b, "public_key=%s\nupdate_only=true\nendpoint=%s\n", hex.EncodeToString(p.PublicKey[:]), p.Endpoint)
+	}
+	d.dev.DisableSomeRoamingForBrokenMobileSemantics()
+	if err := d.dev.IpcSet(b.String()); err != nil {
+		return fmt.Errorf("pin peer endpoints: %w", err)
+	}
 	return nil
 }
 
@@ -297,9 +343,11 @@ func ParseStats(s string) (map[Key]PeerStats, error) {
 // Close stops the device, which removes the interface and its routes, and
 // removes the UAPI socket.
 func (d *Device) Close() error {
-	d.uapi.Close()
-	d.wg.Wait()
-	os.Remove(UAPIPath(d.name))
+	if d.uapi != nil {
+		d.uapi.Close()
+		d.wg.Wait()
+		os.Remove(UAPIPath(d.name))
+	}
 	d.dev.Close()
 	return nil
 }

@@ -1,0 +1,94 @@
+package wgdev
+
+import (
+	"crypto/rand"
+	"net/netip"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/curve25519"
+	"golang.zx2c4.com/wireguard/conn/bindtest"
+	"golang.zx2c4.com/wireguard/tun/tuntest"
+)
+
+func testKey(t *testing.T) (priv, pub Key) {
+	t.Helper()
+	rand.Read(priv[:])
+	p, err := curve25519.X25519(priv[:], curve25519.Basepoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(pub[:], p)
+	return priv, pub
+}
+
+// endpointOf reads the endpoint WireGuard holds for peer.
+func endpointOf(t *testing.T, d *Device, peer Key) string {
+	t.Helper()
+	stats, err := d.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stats[peer].Endpoint.String()
+}
+
+// TestEndpointDoesNotRoam: the agent is the only authority on endpoints.
+// A peer is created without an endpoint (it only answers handshakes until
+// it has a path) and gets one later; packets from it that arrive from
+// another endpoint (over the relay, after the path went direct) must not
+// move WireGuard's endpoint. wireguard-go disables roaming only for peers
+// created with an endpoint, which once let a late relayed packet steer a
+// direct pair back onto the relay, silent once the relay was gone.
+func TestEndpointDoesNotRoam(t *testing.T) {
+	binds := bindtest.NewChannelBinds()
+	aPriv, aPub := testKey(t)
+	bPriv, bPub := testKey(t)
+	tunA, tunB := tuntest.NewChannelTUN(), tuntest.NewChannelTUN()
+	a, err := New(Config{Name: "roam-a", MTU: 1420, PrivateKey: aPriv, Bind: binds[0], TUN: tunA.TUN()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := New(Config{Name: "roam-b", MTU: 1420, PrivateKey: bPriv, Bind: binds[1], TUN: tunB.TUN()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	aIP, bIP := netip.MustParseAddr("100.64.0.1"), netip.MustParseAddr("100.64.0.2")
+
+	// a knows b without an endpoint first, as the agent does before a path.
+	if err := a.SetPeers([]PeerConfig{{PublicKey: bPub, AllowedIPs: []netip.Prefix{netip.PrefixFrom(bIP, 32)}}}); err != nil {
+		t.Fatal(err)
+	}
+	// Then a path: b's "direct" endpoint. (bindtest: a reaches b on port 1;
+	// everything a receives appears to come from port 3, another endpoint.)
+	direct := "127.0.0.1:1"
+	if err := a.SetPeers([]PeerConfig{{PublicKey: bPub, AllowedIPs: []netip.Prefix{netip.PrefixFrom(bIP, 32)},
+		Endpoint: netip.MustParseAddrPort(direct), Keepalive: time.Second}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetPeers([]PeerConfig{{PublicKey: aPub, AllowedIPs: []netip.Prefix{netip.PrefixFrom(aIP, 32)},
+		Endpoint: netip.MustParseAddrPort("127.0.0.1:2"), Keepalive: time.Second}}); err != nil {
+		t.Fatal(err)
+	}
+	// Traffic both ways: a handshake and keepalives from b reach a from
+	// the other endpoint.
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		st, err := a.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s := st[bPub]; !s.LastHandshake.IsZero() && s.RxBytes > 0 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	st, _ := a.Stats()
+	if st[bPub].RxBytes == 0 {
+		t.Fatal("no traffic from b reached a")
+	}
+	if got := endpointOf(t, a, bPub); got != direct {
+		t.Errorf("a's endpoint for b after b's packets: got %s, want %s (roamed to where the packets came from)", got, direct)
+	}
+}
