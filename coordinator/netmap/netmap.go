@@ -291,6 +291,19 @@ func overlapsAny(a, b []netip.Prefix) bool {
 	return false
 }
 
+// KubeNodeOwner returns the name of the registered node other than except
+// that is verified to be Kubernetes Node kube, if any.
+func (r *Registry) KubeNodeOwner(kube string, except store.NodeKey) (string, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k, e := range r.nodes {
+		if k != except && e.node.KubeNode == kube {
+			return e.node.Name, true
+		}
+	}
+	return "", false
+}
+
 // IsKubeNode reports whether a Kubernetes Node of that name exists. Its
 // name is reserved for the node verified to be it.
 func (r *Registry) IsKubeNode(name string) bool {

@@ -157,9 +157,9 @@ func (s *Server) join(ctx context.Context, key store.NodeKey, tok token.Token, r
 		s.refused(in.name, err)
 		return nil, err
 	}
-	if len(in.routes) > 0 {
-		// Route clashes are checked against the registry: nothing else
-		// may change it meanwhile.
+	if len(in.routes) > 0 || in.kube != "" {
+		// Route clashes and Kubernetes identities are checked against
+		// the registry: nothing else may change it meanwhile.
 		s.regMu.Lock()
 		defer s.regMu.Unlock()
 	} else {
@@ -202,14 +202,8 @@ func (s *Server) join(ctx context.Context, key store.NodeKey, tok token.Token, r
 			return status.Errorf(codes.AlreadyExists, "node name %q is taken by another node; choose another with --name, or have an admin delete the old node", name)
 		}
 		if kube != "" && kube != old.KubeNode {
-			nodes, err := tx.Nodes()
-			if err != nil {
-				return err
-			}
-			for _, n := range nodes {
-				if n.KubeNode == kube && n.Key != key {
-					return status.Errorf(codes.AlreadyExists, "Kubernetes node %s is already registered as node %q with another key; an admin must delete that node first", kube, n.Name)
-				}
+			if owner, ok := s.reg.KubeNodeOwner(kube, key); ok {
+				return status.Errorf(codes.AlreadyExists, "Kubernetes node %s is already registered as node %q with another key; an admin must delete that node first", kube, owner)
 			}
 		}
 		node = old
@@ -373,14 +367,8 @@ func (s *Server) bindKubeNode(ctx context.Context, key store.NodeKey, tok string
 		if node.Name != kube && s.reg.IsKubeNode(node.Name) {
 			return fmt.Errorf("its name %q is another Kubernetes node's", node.Name)
 		}
-		nodes, err := tx.Nodes()
-		if err != nil {
-			return err
-		}
-		for _, o := range nodes {
-			if o.KubeNode == kube && o.Key != key {
-				return fmt.Errorf("Kubernetes node %s is already node %q", kube, o.Name)
-			}
+		if owner, ok := s.reg.KubeNodeOwner(kube, key); ok {
+			return fmt.Errorf("Kubernetes node %s is already node %q", kube, owner)
 		}
 		node.KubeNode = kube
 		return tx.PutNode(node)
