@@ -24,10 +24,10 @@ proto:
 	@hack/install-deps.sh protoc
 	GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 	GOBIN=$(TOOLS) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
-	PATH=$(TOOLS):$$PATH protoc -I coordinator/api \
-		--go_out=coordinator/api --go_opt=paths=source_relative \
-		--go-grpc_out=coordinator/api --go-grpc_opt=paths=source_relative \
-		coordinator/api/edgewire.proto
+	PATH=$(TOOLS):$$PATH protoc -I api \
+		--go_out=api --go_opt=paths=source_relative \
+		--go-grpc_out=api --go-grpc_opt=paths=source_relative \
+		api/edgewire.proto
 
 vet:
 	$(GO) vet ./...

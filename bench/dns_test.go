@@ -16,7 +16,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/edgewire/edgewire/node/dnsserver"
-	"github.com/edgewire/edgewire/node/services"
+	"github.com/edgewire/edgewire/types/services"
 )
 
 // benchDNS runs the agent's DNS server (node/dnsserver, the code the agent

@@ -22,11 +22,10 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/edgewire/edgewire/coordinator/api"
-	"github.com/edgewire/edgewire/coordinator/pki"
-	"github.com/edgewire/edgewire/coordinator/token"
+	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/node/control"
 	"github.com/edgewire/edgewire/node/identity"
+	"github.com/edgewire/edgewire/types/jointoken"
 )
 
 // fleet is a set of simulated nodes speaking the real control protocol
@@ -62,7 +61,7 @@ type simNode struct {
 }
 
 func newFleet(dial func(ctx context.Context, addr string) (net.Conn, error), target, tok string) (*fleet, error) {
-	tk, err := token.Parse(tok)
+	tk, err := jointoken.Parse(tok)
 	if err != nil {
 		return nil, err
 	}
@@ -93,7 +92,7 @@ func (f *fleet) newNode(name string) (*simNode, error) {
 	curve25519.ScalarBaseMult(&n.pub, &n.priv)
 	var ca *x509.Certificate
 	conn, err := grpc.NewClient("passthrough:///"+f.target,
-		grpc.WithTransportCredentials(credentials.NewTLS(pki.PinnedConfig(f.pin, pki.ServerName, &ca))),
+		grpc.WithTransportCredentials(credentials.NewTLS(jointoken.PinnedConfig(f.pin, jointoken.ServerName, &ca))),
 		grpc.WithContextDialer(f.dial),
 		grpc.WithReadBufferSize(16<<10), grpc.WithWriteBufferSize(16<<10),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)),

@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/edgewire/edgewire/e2e/lab"
-	"github.com/edgewire/edgewire/node/services"
 	"github.com/edgewire/edgewire/node/svcproxy"
+	"github.com/edgewire/edgewire/types/services"
 )
 
 // benchServices times node/svcproxy programming 1,000 Services x 10

@@ -22,12 +22,11 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
-	"github.com/edgewire/edgewire/coordinator/api"
+	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/coordinator/pki"
 	"github.com/edgewire/edgewire/coordinator/server"
 	"github.com/edgewire/edgewire/coordinator/store"
 	"github.com/edgewire/edgewire/coordinator/svcsource"
-	"github.com/edgewire/edgewire/coordinator/token"
 	"github.com/edgewire/edgewire/dataplane/relay"
 	"github.com/edgewire/edgewire/dataplane/stunserver"
 	"github.com/edgewire/edgewire/internal/atomicfile"
@@ -36,6 +35,7 @@ import (
 	"github.com/edgewire/edgewire/internal/routeguard"
 	"github.com/edgewire/edgewire/internal/telemetry"
 	"github.com/edgewire/edgewire/node/identity"
+	"github.com/edgewire/edgewire/types/jointoken"
 )
 
 // Defaults, in one place.
@@ -208,7 +208,7 @@ func Run(ctx context.Context, cfg Config) error {
 		kube = v
 	}
 	srv, err := server.New(ctx, server.Config{
-		Store: st, Prefixes: cfg.Prefixes, CAPin: token.PinCert(id.CA), Logger: log, STUN: stunServers,
+		Store: st, Prefixes: cfg.Prefixes, CAPin: jointoken.PinCert(id.CA), Logger: log, STUN: stunServers,
 		Relays: relays, TicketKey: ticketKey, TicketTTL: cfg.TicketTTL,
 		RoutePolicy: policy, Kube: kube, FailureRate: rate.Limit(cfg.FailureRate), FailureBurst: cfg.FailureBurst,
 		OnDelete: func(key store.NodeKey, until time.Time) {
@@ -284,7 +284,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	log.Info("coordinator started", "listen", ln.Addr(), "admin_socket", cfg.AdminSocket,
-		"overlay", cfg.Prefixes, "ca_pin", token.FormatPin(token.PinCert(id.CA)))
+		"overlay", cfg.Prefixes, "ca_pin", jointoken.FormatPin(jointoken.PinCert(id.CA)))
 
 	errc := make(chan error, 2)
 	go func() { errc <- netSrv.Serve(ln) }()

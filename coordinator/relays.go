@@ -10,7 +10,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/edgewire/edgewire/coordinator/api"
+	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/internal/atomicfile"
 )
 

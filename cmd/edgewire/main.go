@@ -23,10 +23,10 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/coordinator"
-	"github.com/edgewire/edgewire/coordinator/api"
-	"github.com/edgewire/edgewire/coordinator/pki"
 	"github.com/edgewire/edgewire/node/localapi"
+	"github.com/edgewire/edgewire/types/jointoken"
 )
 
 type globals struct {
@@ -60,7 +60,7 @@ func main() {
 	pf.StringVar(&g.coordinator, "coordinator", "", "reach the coordinator over TLS at host:port instead of the admin socket (needs --admin-token-file and --ca-file)")
 	pf.StringVar(&g.adminTokenFile, "admin-token-file", "", "file holding the coordinator's admin token (<data-dir>/admin.token)")
 	pf.StringVar(&g.caFile, "ca-file", "", "coordinator CA certificate (<data-dir>/pki/ca.crt)")
-	pf.StringVar(&g.serverName, "coordinator-server-name", pki.ServerName, "TLS name of the coordinator")
+	pf.StringVar(&g.serverName, "coordinator-server-name", jointoken.ServerName, "TLS name of the coordinator")
 
 	root.AddCommand(statusCmd(&g), pingCmd(&g), netcheckCmd(&g), tokenCmd(&g), nodesCmd(&g))
 	if err := root.Execute(); err != nil {
@@ -92,7 +92,7 @@ func (g *globals) admin() (api.AdminClient, context.Context, func(), error) {
 			return nil, nil, nil, rerr
 		}
 		var tc *tls.Config
-		if tc, err = pki.ClientConfig(caPEM, g.serverName); err != nil {
+		if tc, err = jointoken.ClientConfig(caPEM, g.serverName); err != nil {
 			return nil, nil, nil, fmt.Errorf("--ca-file: %w", err)
 		}
 		conn, err = grpc.NewClient(g.coordinator, grpc.WithTransportCredentials(credentials.NewTLS(tc)),

@@ -28,9 +28,9 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/edgewire/edgewire/coordinator/api"
+	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/coordinator/svcsource"
-	"github.com/edgewire/edgewire/node/services"
+	"github.com/edgewire/edgewire/types/services"
 )
 
 // Config configures a Source.

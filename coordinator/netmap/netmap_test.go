@@ -12,7 +12,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/edgewire/edgewire/coordinator/api"
+	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/coordinator/store"
 )
 

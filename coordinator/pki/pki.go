@@ -21,13 +21,15 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/edgewire/edgewire/internal/atomicfile"
 	"time"
+
+	"github.com/edgewire/edgewire/internal/atomicfile"
+	"github.com/edgewire/edgewire/types/jointoken"
 )
 
 // ServerName is a DNS SAN every generated serving certificate carries and
-// agents verify by default.
-const ServerName = "edgewire-coordinator"
+// the name agents verify by default (jointoken.ServerName).
+const ServerName = jointoken.ServerName
 
 const (
 	caCertFile = "ca.crt"

@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgewire/edgewire/coordinator/token"
+	"github.com/edgewire/edgewire/types/jointoken"
 )
 
 func newIdentity(t *testing.T, dir string) *Identity {
@@ -42,7 +42,7 @@ func TestLoadOrCreateKeepsCA(t *testing.T) {
 	first := newIdentity(t, dir)
 	second := newIdentity(t, dir)
 
-	if p1, p2 := token.PinCert(first.CA), token.PinCert(second.CA); p1 != p2 {
+	if p1, p2 := jointoken.PinCert(first.CA), jointoken.PinCert(second.CA); p1 != p2 {
 		t.Errorf("got pins %x and %x, want the same pin across restarts", p1, p2)
 	}
 	if !first.CA.Equal(second.CA) {
@@ -166,7 +166,7 @@ func otherCA(t *testing.T) (ca *x509.Certificate, caKey *ecdsa.PrivateKey, leaf 
 
 func TestPinnedConfig(t *testing.T) {
 	id := newIdentity(t, t.TempDir())
-	pin := token.PinCert(id.CA)
+	pin := jointoken.PinCert(id.CA)
 	impostorCA, _, impostorLeaf := otherCA(t)
 
 	// The impostor's leaf, with the genuine CA appended to its chain.
@@ -202,7 +202,7 @@ func TestPinnedConfig(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			addr := serveTLS(t, tt.serve)
 			var got *x509.Certificate
-			cfg := PinnedConfig(tt.pin, tt.serverName, &got)
+			cfg := jointoken.PinnedConfig(tt.pin, tt.serverName, &got)
 			c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, cfg)
 			if err == nil {
 				c.Close()
@@ -232,7 +232,7 @@ func TestPinnedConfig(t *testing.T) {
 func TestClientConfig(t *testing.T) {
 	id := newIdentity(t, t.TempDir())
 	addr := serveTLS(t, id.Cert)
-	cfg, err := ClientConfig(id.CAPEM(), ServerName)
+	cfg, err := jointoken.ClientConfig(id.CAPEM(), ServerName)
 	if err != nil {
 		t.Fatalf("ClientConfig: %v", err)
 	}
@@ -243,7 +243,7 @@ func TestClientConfig(t *testing.T) {
 	c.Close()
 
 	other := newIdentity(t, t.TempDir())
-	cfg, err = ClientConfig(other.CAPEM(), ServerName)
+	cfg, err = jointoken.ClientConfig(other.CAPEM(), ServerName)
 	if err != nil {
 		t.Fatalf("ClientConfig: %v", err)
 	}
@@ -251,7 +251,7 @@ func TestClientConfig(t *testing.T) {
 		c.Close()
 		t.Errorf("dial with another CA succeeded, want an error")
 	}
-	if _, err := ClientConfig([]byte("not pem"), ServerName); err == nil {
+	if _, err := jointoken.ClientConfig([]byte("not pem"), ServerName); err == nil {
 		t.Errorf("ClientConfig of garbage: got nil error, want one")
 	}
 }
@@ -350,7 +350,7 @@ func TestLoadFilesServesPinnedClient(t *testing.T) {
 	}
 	addr := serveTLS(t, loaded.Cert)
 	var got *x509.Certificate
-	c, err := tls.Dial("tcp", addr, PinnedConfig(token.PinCert(loaded.CA), ServerName, &got))
+	c, err := tls.Dial("tcp", addr, jointoken.PinnedConfig(jointoken.PinCert(loaded.CA), jointoken.ServerName, &got))
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
@@ -369,11 +369,11 @@ func TestLoadOrCreateKeyWithoutCert(t *testing.T) {
 		t.Fatal(err)
 	}
 	second := newIdentity(t, dir)
-	if token.PinCert(first.CA) == token.PinCert(second.CA) {
+	if jointoken.PinCert(first.CA) == jointoken.PinCert(second.CA) {
 		t.Errorf("got the old pin, want a fresh CA")
 	}
 	third := newIdentity(t, dir)
-	if token.PinCert(second.CA) != token.PinCert(third.CA) {
+	if jointoken.PinCert(second.CA) != jointoken.PinCert(third.CA) {
 		t.Errorf("fresh CA not persisted: pin changed again on the next start")
 	}
 }

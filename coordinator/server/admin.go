@@ -19,11 +19,12 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
-	"github.com/edgewire/edgewire/coordinator/api"
+	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/coordinator/store"
 	"github.com/edgewire/edgewire/coordinator/token"
 	"github.com/edgewire/edgewire/dataplane/relay"
 	"github.com/edgewire/edgewire/internal/routeguard"
+	"github.com/edgewire/edgewire/types/jointoken"
 )
 
 const (
@@ -73,7 +74,7 @@ func (s *Server) CreateToken(ctx context.Context, req *api.CreateTokenRequest) (
 			return nil, status.Error(codes.InvalidArgument, "a token bound to one Kubernetes node admits one node: it cannot be reusable or have more uses")
 		}
 	}
-	tok, err := token.Generate(s.cfg.CAPin, rand.Reader)
+	tok, err := jointoken.Generate(s.cfg.CAPin, rand.Reader)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "generate token: %v", err)
 	}
@@ -130,7 +131,7 @@ func (s *Server) ListTokens(ctx context.Context, _ *api.ListTokensRequest) (*api
 // RevokeToken marks a token revoked; nodes that joined with it stay.
 func (s *Server) RevokeToken(ctx context.Context, req *api.RevokeTokenRequest) (*api.RevokeTokenResponse, error) {
 	id := req.GetId()
-	if t, err := token.Parse(id); err == nil {
+	if t, err := jointoken.Parse(id); err == nil {
 		id = t.ID // accept the whole token as well as its id
 	}
 	err := s.cfg.Store.Update(ctx, func(tx store.Tx) error {

@@ -12,9 +12,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/edgewire/edgewire/coordinator/api"
+	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/coordinator/store"
 	"github.com/edgewire/edgewire/coordinator/token"
+	"github.com/edgewire/edgewire/types/jointoken"
 )
 
 // errInvalidToken is what a caller without a valid token ID and secret
@@ -42,9 +43,9 @@ func (s *Server) Join(stream api.Control_JoinServer) error {
 	}
 	if len(req.GetToken()) > maxTokenLen {
 		s.fails.fail(source(ctx))
-		return status.Error(codes.InvalidArgument, token.ErrMalformed.Error())
+		return status.Error(codes.InvalidArgument, jointoken.ErrMalformed.Error())
 	}
-	tok, err := token.Parse(req.GetToken())
+	tok, err := jointoken.Parse(req.GetToken())
 	if err != nil {
 		s.fails.fail(source(ctx))
 		return status.Error(codes.InvalidArgument, err.Error())
@@ -151,7 +152,7 @@ func within(p netip.Prefix, allowed []netip.Prefix) bool {
 
 // join checks the request and the token and registers (or updates) the
 // node of the proven key.
-func (s *Server) join(ctx context.Context, key store.NodeKey, tok token.Token, req *api.JoinRequest) (*api.JoinResponse, error) {
+func (s *Server) join(ctx context.Context, key store.NodeKey, tok jointoken.Token, req *api.JoinRequest) (*api.JoinResponse, error) {
 	in, err := s.checkJoin(ctx, key, req)
 	if err != nil {
 		s.refused(in.name, err)

@@ -7,7 +7,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 
-	"github.com/edgewire/edgewire/coordinator/api"
+	"github.com/edgewire/edgewire/api"
 )
 
 // Joins run concurrently (the store commits them in shared transactions):

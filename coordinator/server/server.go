@@ -22,7 +22,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/edgewire/edgewire/coordinator/api"
+	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/coordinator/ipam"
 	"github.com/edgewire/edgewire/coordinator/netmap"
 	"github.com/edgewire/edgewire/coordinator/store"

@@ -26,9 +26,9 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 
-	"github.com/edgewire/edgewire/coordinator/api"
+	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/coordinator/store"
-	"github.com/edgewire/edgewire/coordinator/token"
+	"github.com/edgewire/edgewire/types/jointoken"
 )
 
 // TestMain fails the package if a goroutine started by the server or by
@@ -1117,7 +1117,7 @@ func TestAdminTokens(t *testing.T) {
 	if !strings.HasPrefix(r1.Token, "ewt1."+r1.Info.Id+".") {
 		t.Errorf("got token %q, want it to start with ewt1.%s.", r1.Token, r1.Info.Id)
 	}
-	if !strings.HasSuffix(r1.Token, "."+token.FormatPin([32]byte{0xca})) {
+	if !strings.HasSuffix(r1.Token, "."+jointoken.FormatPin([32]byte{0xca})) {
 		t.Errorf("got token %q, want it to end with the configured CA pin", r1.Token)
 	}
 	wantInfo := map[string]*api.TokenInfo{
@@ -1171,7 +1171,7 @@ func TestAdminTokens(t *testing.T) {
 		t.Errorf("got %d uses, want 1", got)
 	}
 
-	for _, id := range []string{"ffffffff", "", "ewt1.ffffffff." + strings.Repeat("0", 32) + "." + token.FormatPin([32]byte{0xca})} {
+	for _, id := range []string{"ffffffff", "", "ewt1.ffffffff." + strings.Repeat("0", 32) + "." + jointoken.FormatPin([32]byte{0xca})} {
 		if _, err := e.admin.RevokeToken(ctx, &api.RevokeTokenRequest{Id: id}); code(err) != codes.NotFound {
 			t.Errorf("RevokeToken(%q): got %v, want NotFound", id, err)
 		}

@@ -3,7 +3,7 @@ package server
 import (
 	"testing"
 
-	"github.com/edgewire/edgewire/coordinator/api"
+	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/coordinator/store"
 )
 

@@ -8,8 +8,8 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/edgewire/edgewire/coordinator/api"
-	"github.com/edgewire/edgewire/node/services"
+	"github.com/edgewire/edgewire/api"
+	"github.com/edgewire/edgewire/types/services"
 )
 
 // loadBytes runs Load on b written to a file in dir.

@@ -14,8 +14,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/edgewire/edgewire/coordinator/api"
-	"github.com/edgewire/edgewire/node/services"
+	"github.com/edgewire/edgewire/api"
+	"github.com/edgewire/edgewire/types/services"
 )
 
 // Sink receives the Service map. Implementations are safe for concurrent

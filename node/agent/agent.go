@@ -24,8 +24,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/edgewire/edgewire/coordinator/api"
-	"github.com/edgewire/edgewire/coordinator/token"
+	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/dataplane/bind"
 	"github.com/edgewire/edgewire/dataplane/linkconf"
 	"github.com/edgewire/edgewire/dataplane/wgdev"
@@ -40,6 +39,7 @@ import (
 	"github.com/edgewire/edgewire/node/pathsel"
 	"github.com/edgewire/edgewire/node/svcproxy"
 	"github.com/edgewire/edgewire/node/traversal"
+	"github.com/edgewire/edgewire/types/jointoken"
 )
 
 // Defaults, in one place.
@@ -454,7 +454,7 @@ func joinWithRetry(ctx context.Context, cfg Config, log *slog.Logger) (identity.
 			return e, nil
 		}
 		// A refused token or name will not get better by retrying.
-		if errors.Is(err, control.ErrRefused) || errors.Is(err, token.ErrMalformed) {
+		if errors.Is(err, control.ErrRefused) || errors.Is(err, jointoken.ErrMalformed) {
 			return e, err
 		}
 		log.Warn("join failed; retrying", "attempt", attempt, "err", err)

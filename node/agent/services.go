@@ -9,13 +9,13 @@ import (
 	"strings"
 	"time"
 
-	"github.com/edgewire/edgewire/coordinator/api"
+	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/dataplane/linkconf"
 	"github.com/edgewire/edgewire/node/dnsserver"
 	"github.com/edgewire/edgewire/node/localsrc"
-	"github.com/edgewire/edgewire/node/services"
 	"github.com/edgewire/edgewire/node/socks5"
 	"github.com/edgewire/edgewire/node/svcproxy"
+	"github.com/edgewire/edgewire/types/services"
 )
 
 // Services-layer defaults.

@@ -26,10 +26,9 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
-	"github.com/edgewire/edgewire/coordinator/api"
-	"github.com/edgewire/edgewire/coordinator/pki"
-	"github.com/edgewire/edgewire/coordinator/token"
+	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/node/identity"
+	"github.com/edgewire/edgewire/types/jointoken"
 )
 
 // ErrRefused marks a join the coordinator refused (bad token, name taken,
@@ -39,7 +38,7 @@ var ErrRefused = errors.New("join refused")
 // JoinRequest is what Join needs.
 type JoinRequest struct {
 	Coordinator string // host:port
-	ServerName  string // TLS name; empty: pki.ServerName
+	ServerName  string // TLS name; empty: jointoken.ServerName
 	Token       string
 	PrivateKey  identity.Key
 	Name        string
@@ -55,15 +54,15 @@ type JoinRequest struct {
 
 // Join registers the node and returns its enrolment (with the pinned CA).
 func Join(ctx context.Context, req JoinRequest) (identity.Enrolment, *api.JoinResponse, error) {
-	tok, err := token.Parse(req.Token)
+	tok, err := jointoken.Parse(req.Token)
 	if err != nil {
 		return identity.Enrolment{}, nil, err
 	}
 	if req.ServerName == "" {
-		req.ServerName = pki.ServerName
+		req.ServerName = jointoken.ServerName
 	}
 	var ca *x509.Certificate
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(pki.PinnedConfig(tok.CAPin, req.ServerName, &ca)))}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(jointoken.PinnedConfig(tok.CAPin, req.ServerName, &ca)))}
 	if req.Dial != nil {
 		opts = append(opts, grpc.WithContextDialer(req.Dial))
 	}
@@ -217,7 +216,7 @@ func New(cfg Config) (*Client, error) {
 	if cfg.MaxBackoff < cfg.MinBackoff {
 		cfg.MaxBackoff = 30 * time.Second
 	}
-	tc, err := pki.ClientConfig([]byte(cfg.Enrolment.CAPEM), cfg.Enrolment.ServerName)
+	tc, err := jointoken.ClientConfig([]byte(cfg.Enrolment.CAPEM), cfg.Enrolment.ServerName)
 	if err != nil {
 		return nil, fmt.Errorf("control: enrolment CA: %w", err)
 	}

@@ -3,7 +3,7 @@ package mapstate
 import (
 	"testing"
 
-	"github.com/edgewire/edgewire/coordinator/api"
+	"github.com/edgewire/edgewire/api"
 )
 
 func TestApplyServices(t *testing.T) {

@@ -6,8 +6,8 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/edgewire/edgewire/coordinator/api"
-	"github.com/edgewire/edgewire/node/services"
+	"github.com/edgewire/edgewire/api"
+	"github.com/edgewire/edgewire/types/services"
 )
 
 // FuzzRender renders the rules for Service entries decoded from fuzz

@@ -27,8 +27,8 @@ import (
 
 	"github.com/edgewire/edgewire/node/dnsserver"
 	"github.com/edgewire/edgewire/node/localsrc"
-	"github.com/edgewire/edgewire/node/services"
 	"github.com/edgewire/edgewire/node/socks5"
+	"github.com/edgewire/edgewire/types/services"
 )
 
 var (

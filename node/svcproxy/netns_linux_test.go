@@ -22,7 +22,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/edgewire/edgewire/node/services"
+	"github.com/edgewire/edgewire/types/services"
 )
 
 // nsPrefix names this run's namespaces, so the leak check in TestMain

@@ -16,7 +16,7 @@ import (
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/edgewire/edgewire/node/services"
+	"github.com/edgewire/edgewire/types/services"
 )
 
 var (

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/edgewire/edgewire/node/services"
+	"github.com/edgewire/edgewire/types/services"
 )
 
 // Names in our table. Base chains and sets are fixed; per-Service-port

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgewire/edgewire/node/services"
+	"github.com/edgewire/edgewire/types/services"
 )
 
 func addrs(ss ...string) []netip.Addr {

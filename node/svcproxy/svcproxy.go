@@ -85,7 +85,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/edgewire/edgewire/node/services"
+	"github.com/edgewire/edgewire/types/services"
 )
 
 // Mode is the --services setting.

@@ -13,7 +13,7 @@ import (
 	"github.com/pion/ice/v4"
 	"github.com/pion/stun/v4"
 
-	"github.com/edgewire/edgewire/coordinator/api"
+	"github.com/edgewire/edgewire/api"
 )
 
 // testLocal stands for this host's addresses (192.0.2.10) and the overlay

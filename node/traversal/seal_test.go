@@ -10,7 +10,7 @@ import (
 	"golang.org/x/crypto/nacl/box"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/edgewire/edgewire/coordinator/api"
+	"github.com/edgewire/edgewire/api"
 )
 
 func keypair(t testing.TB) (pub, priv *[32]byte) {

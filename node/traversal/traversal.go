@@ -36,7 +36,7 @@ import (
 	"github.com/pion/ice/v4"
 	"github.com/pion/stun/v4"
 
-	"github.com/edgewire/edgewire/coordinator/api"
+	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/node/pathsel"
 )
 

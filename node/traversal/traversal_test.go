@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgewire/edgewire/coordinator/api"
+	"github.com/edgewire/edgewire/api"
 )
 
 // lazyRig is a manager on a loopback socket with one peer that never

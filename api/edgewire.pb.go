@@ -2543,7 +2543,7 @@ const file_edgewire_proto_rawDesc = "" +
 	"\tListNodes\x12\x1d.edgewire.v1.ListNodesRequest\x1a\x1e.edgewire.v1.ListNodesResponse\x12M\n" +
 	"\n" +
 	"DeleteNode\x12\x1e.edgewire.v1.DeleteNodeRequest\x1a\x1f.edgewire.v1.DeleteNodeResponse\x12V\n" +
-	"\rApproveRoutes\x12!.edgewire.v1.ApproveRoutesRequest\x1a\".edgewire.v1.ApproveRoutesResponseB.Z,github.com/edgewire/edgewire/coordinator/apib\x06proto3"
+	"\rApproveRoutes\x12!.edgewire.v1.ApproveRoutesRequest\x1a\".edgewire.v1.ApproveRoutesResponseB\"Z github.com/edgewire/edgewire/apib\x06proto3"
 
 var (
 	file_edgewire_proto_rawDescOnce sync.Once

@@ -6,7 +6,7 @@ import (
 	"sort"
 	"time"
 
-	"github.com/edgewire/edgewire/coordinator/api"
+	"github.com/edgewire/edgewire/api"
 )
 
 // FromProto converts and validates a Service from the network map.

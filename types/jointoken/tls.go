@@ -1,4 +1,4 @@
-package pki
+package jointoken
 
 import (
 	"bytes"
@@ -7,9 +7,11 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-
-	"github.com/edgewire/edgewire/coordinator/token"
 )
+
+// ServerName is the TLS name in the coordinator's generated serving
+// certificate, which agents verify by default.
+const ServerName = "edgewire-coordinator"
 
 // ClientConfig verifies the server against caPEM and serverName.
 func ClientConfig(caPEM []byte, serverName string) (*tls.Config, error) {
@@ -41,7 +43,7 @@ func PinnedConfig(pin [32]byte, serverName string, ca **x509.Certificate) *tls.C
 			}
 			var root *x509.Certificate
 			for _, c := range certs[1:] {
-				p := token.PinCert(c)
+				p := PinCert(c)
 				if c.IsCA && subtle.ConstantTimeCompare(p[:], pin[:]) == 1 {
 					root = c
 					break
