@@ -6,9 +6,8 @@ import (
 	"errors"
 	"fmt"
 
-	"golang.org/x/crypto/curve25519"
-
 	"github.com/edgewire/edgewire/internal/dhkey"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // The key proof of Join and Connect (see Challenge and AuthProof in
@@ -43,20 +42,17 @@ func Binding(cs *tls.ConnectionState) ([]byte, error) {
 
 // NewChallenge returns a challenge and the ephemeral private key the
 // server keeps to check the proof.
-func NewChallenge() (*Challenge, [32]byte, error) {
-	var priv [32]byte
-	if _, err := rand.Read(priv[:]); err != nil {
-		return nil, priv, err
-	}
-	pub, err := curve25519.X25519(priv[:], curve25519.Basepoint)
+func NewChallenge() (*Challenge, key.Private, error) {
+	priv, err := key.NewPrivate()
 	if err != nil {
 		return nil, priv, err
 	}
+	pub := priv.Public()
 	nonce := make([]byte, ChallengeNonceLen)
 	if _, err := rand.Read(nonce); err != nil {
 		return nil, priv, err
 	}
-	return &Challenge{EphemeralPublicKey: pub, Nonce: nonce}, priv, nil
+	return &Challenge{EphemeralPublicKey: pub[:], Nonce: nonce}, priv, nil
 }
 
 // ErrBadChallenge is returned by Prove for a challenge it refuses to
@@ -67,20 +63,19 @@ var ErrBadChallenge = errors.New("bad challenge")
 // connection with channel binding binding. It refuses an ephemeral key
 // that is of small order or that refuse reports as known (the node's own
 // key, a peer's, a relay's): a genuine challenge uses a fresh key.
-func Prove(nodePriv *[32]byte, ch *Challenge, method string, binding []byte, refuse func([32]byte) bool) (*AuthProof, error) {
+func Prove(nodePriv key.Private, ch *Challenge, method string, binding []byte, refuse func(key.Public) bool) (*AuthProof, error) {
 	if len(ch.GetEphemeralPublicKey()) != 32 || len(ch.GetNonce()) != ChallengeNonceLen {
 		return nil, fmt.Errorf("%w: want a 32-byte key and a %d-byte nonce", ErrBadChallenge, ChallengeNonceLen)
 	}
-	eph := [32]byte(ch.GetEphemeralPublicKey())
+	eph := key.Public(ch.GetEphemeralPublicKey())
 	if refuse != nil && refuse(eph) {
 		return nil, fmt.Errorf("%w: its key is a known node or relay key, not a fresh one", ErrBadChallenge)
 	}
-	var pub [32]byte
-	curve25519.ScalarBaseMult(&pub, nodePriv)
+	pub := nodePriv.Public()
 	if eph == pub {
 		return nil, fmt.Errorf("%w: its key is this node's own", ErrBadChallenge)
 	}
-	mac, err := proofMAC(nodePriv, &eph, eph, pub, ch.GetNonce(), method, binding)
+	mac, err := proofMAC(nodePriv, eph, eph, pub, ch.GetNonce(), method, binding)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadChallenge, err)
 	}
@@ -90,18 +85,18 @@ func Prove(nodePriv *[32]byte, ch *Challenge, method string, binding []byte, ref
 // CheckProof reports whether p proves nodePub for the challenge ch the
 // server made with ephPriv, for method over binding. It fails for
 // low-order node keys (anyone could compute their proof).
-func CheckProof(ephPriv *[32]byte, nodePub [32]byte, ch *Challenge, method string, binding []byte, p *AuthProof) bool {
-	if len(ch.GetEphemeralPublicKey()) != 32 || len(p.GetMac()) != dhkey.Size {
+func CheckProof(ephPriv key.Private, nodePub key.Public, ch *Challenge, method string, binding []byte, p *AuthProof) bool {
+	if len(ch.GetEphemeralPublicKey()) != key.Size || len(p.GetMac()) != dhkey.Size {
 		return false
 	}
-	want, err := proofMAC(ephPriv, &nodePub, [32]byte(ch.GetEphemeralPublicKey()), nodePub, ch.GetNonce(), method, binding)
+	want, err := proofMAC(ephPriv, nodePub, key.Public(ch.GetEphemeralPublicKey()), nodePub, ch.GetNonce(), method, binding)
 	if err != nil {
 		return false
 	}
 	return dhkey.Equal(want[:], p.GetMac())
 }
 
-func proofMAC(priv, pub *[32]byte, eph, node [32]byte, nonce []byte, method string, binding []byte) ([32]byte, error) {
+func proofMAC(priv key.Private, pub, eph, node key.Public, nonce []byte, method string, binding []byte) ([32]byte, error) {
 	k, err := dhkey.Derive(priv, pub, dhkey.ControlAuth, binding, eph[:], node[:], nonce)
 	if err != nil {
 		return [32]byte{}, err

@@ -5,7 +5,6 @@ package bench
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -14,7 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/crypto/curve25519"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/mem"
@@ -24,8 +22,8 @@ import (
 
 	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/node/control"
-	"github.com/edgewire/edgewire/node/identity"
 	"github.com/edgewire/edgewire/types/jointoken"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // fleet is a set of simulated nodes speaking the real control protocol
@@ -51,13 +49,14 @@ type fleet struct {
 }
 
 type simNode struct {
-	name      string
-	priv, pub [32]byte
-	conn      *grpc.ClientConn
-	stream    grpc.ClientStream
-	gotMap    chan struct{} // closed when the first network map arrived
-	seenAt    atomic.Int64  // unix ns when the watched key arrived; 0: not yet
-	sendMu    sync.Mutex    // serialises SendMsg on stream
+	name   string
+	priv   key.Private
+	pub    key.Public
+	conn   *grpc.ClientConn
+	stream grpc.ClientStream
+	gotMap chan struct{} // closed when the first network map arrived
+	seenAt atomic.Int64  // unix ns when the watched key arrived; 0: not yet
+	sendMu sync.Mutex    // serialises SendMsg on stream
 }
 
 func newFleet(dial func(ctx context.Context, addr string) (net.Conn, error), target, tok string) (*fleet, error) {
@@ -84,12 +83,11 @@ func (f *fleet) Close() {
 // newNode creates a node with a fresh key and its (lazy) connection.
 func (f *fleet) newNode(name string) (*simNode, error) {
 	n := &simNode{name: name, gotMap: make(chan struct{})}
-	if _, err := rand.Read(n.priv[:]); err != nil {
+	var err error
+	if n.priv, err = key.NewPrivate(); err != nil {
 		return nil, err
 	}
-	n.priv[0] &= 248
-	n.priv[31] = n.priv[31]&127 | 64
-	curve25519.ScalarBaseMult(&n.pub, &n.priv)
+	n.pub = n.priv.Public()
 	var ca *x509.Certificate
 	conn, err := grpc.NewClient("passthrough:///"+f.target,
 		grpc.WithTransportCredentials(credentials.NewTLS(jointoken.PinnedConfig(f.pin, jointoken.ServerName, &ca))),
@@ -113,7 +111,7 @@ func (f *fleet) join(n *simNode) error {
 	defer cancel()
 	js, err := api.NewControlClient(n.conn).Join(ctx)
 	if err == nil {
-		err = control.Authenticate(js, identity.Key(n.priv), api.AuthJoin, &api.Hello{Hostname: n.name}, nil)
+		err = control.Authenticate(js, n.priv, api.AuthJoin, &api.Hello{Hostname: n.name}, nil)
 	}
 	if err == nil {
 		err = js.Send(&api.ClientMessage{Msg: &api.ClientMessage_Join{Join: &api.JoinRequest{Token: f.tok, Name: n.name, Hostname: n.name}}})
@@ -148,7 +146,7 @@ func (f *fleet) connect(n *simNode) error {
 			bind, _ = api.Binding(&ti.State)
 		}
 	}
-	proof, err := api.Prove(&n.priv, m.challenge, api.AuthConnect, bind, nil)
+	proof, err := api.Prove(n.priv, m.challenge, api.AuthConnect, bind, nil)
 	if err != nil {
 		return fmt.Errorf("challenge for %s: %w", n.name, err)
 	}

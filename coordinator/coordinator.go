@@ -34,8 +34,8 @@ import (
 	"github.com/edgewire/edgewire/internal/httpserve"
 	"github.com/edgewire/edgewire/internal/routeguard"
 	"github.com/edgewire/edgewire/internal/telemetry"
-	"github.com/edgewire/edgewire/node/identity"
 	"github.com/edgewire/edgewire/types/jointoken"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // Defaults, in one place.
@@ -211,9 +211,9 @@ func Run(ctx context.Context, cfg Config) error {
 		Store: st, Prefixes: cfg.Prefixes, CAPin: jointoken.PinCert(id.CA), Logger: log, STUN: stunServers,
 		Relays: relays, TicketKey: ticketKey, TicketTTL: cfg.TicketTTL,
 		RoutePolicy: policy, Kube: kube, FailureRate: rate.Limit(cfg.FailureRate), FailureBurst: cfg.FailureBurst,
-		OnDelete: func(key store.NodeKey, until time.Time) {
+		OnDelete: func(nk key.Public, until time.Time) {
 			if embedded != nil {
-				embedded.Revoke(key, until)
+				embedded.Revoke(nk, until)
 			}
 		},
 	})
@@ -393,7 +393,7 @@ func adminToken(path string) ([32]byte, error) {
 // startRelay runs the embedded relay on cfg.RelayListen with the
 // coordinator's TLS identity, meshed with the relays of the relay map.
 func startRelay(ctx context.Context, cfg Config, id *pki.Identity, ticketKey ed25519.PrivateKey, stun []*api.StunServer) (*relay.Server, *api.RelayRegion, error) {
-	key, err := identity.LoadOrCreateKeyFile(filepath.Join(cfg.DataDir, RelayKeyFile))
+	nk, err := key.LoadOrCreatePrivateFile(filepath.Join(cfg.DataDir, RelayKeyFile))
 	if err != nil {
 		return nil, nil, fmt.Errorf("relay key: %w", err)
 	}
@@ -402,12 +402,12 @@ func startRelay(ctx context.Context, cfg Config, id *pki.Identity, ticketKey ed2
 		for _, r := range cfg.Relays {
 			peers = append(peers, relay.MeshPeer{
 				URL: fmt.Sprintf("https://%s/relay", net.JoinHostPort(r.GetHost(), fmt.Sprint(r.GetPort()))),
-				Key: [32]byte(r.GetKey()),
+				Key: key.Public(r.GetKey()),
 			})
 		}
 	}
 	rs, err := relay.NewServer(relay.ServerConfig{
-		PrivateKey: key, TicketKey: ticketKey.Public().(ed25519.PublicKey), MeshKey: cfg.MeshKey, MeshPeers: peers,
+		PrivateKey: nk, TicketKey: ticketKey.Public().(ed25519.PublicKey), MeshKey: cfg.MeshKey, MeshPeers: peers,
 		RateBytes: cfg.RelayRate, Logger: cfg.Logger.With("src", "relay"),
 	})
 	if err != nil {
@@ -429,12 +429,12 @@ func startRelay(ctx context.Context, cfg Config, id *pki.Identity, ticketKey ed2
 	}()
 	region := &api.RelayRegion{
 		Id: cfg.RelayID, Name: cfg.RelayName, Port: uint32(ln.Addr().(*net.TCPAddr).Port),
-		Key: func() []byte { k := relay.PublicKey(key); return k[:] }(),
+		Key: func() []byte { k := nk.Public(); return k[:] }(),
 	}
 	if len(stun) > 0 {
 		region.StunPort = stun[0].GetPort()
 	}
 	cfg.Logger.Info("relay started", "listen", ln.Addr(), "region", cfg.RelayID, "name", cfg.RelayName,
-		"key", identity.Key(relay.PublicKey(key)), "mesh_peers", len(peers))
+		"key", nk.Public().String(), "mesh_peers", len(peers))
 	return rs, region, nil
 }

@@ -25,7 +25,7 @@ import (
 	"github.com/edgewire/edgewire/internal/connlimit"
 	"github.com/edgewire/edgewire/internal/logging"
 	"github.com/edgewire/edgewire/internal/telemetry"
-	"github.com/edgewire/edgewire/node/identity"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 func main() {
@@ -54,13 +54,13 @@ func main() {
 			if err := os.MkdirAll(dataDir, 0o700); err != nil {
 				return err
 			}
-			key, err := identity.LoadOrCreateKeyFile(filepath.Join(dataDir, "relay.key"))
+			priv, err := key.LoadOrCreatePrivateFile(filepath.Join(dataDir, "relay.key"))
 			if err != nil {
 				return err
 			}
-			pub := relay.PublicKey(key)
+			pub := priv.Public()
 			if printKey {
-				fmt.Println(identity.Key(pub))
+				fmt.Println(pub)
 				return nil
 			}
 			tk, err := parseTicketKey(ticketKey)
@@ -68,7 +68,7 @@ func main() {
 				return err
 			}
 			cfg := relay.ServerConfig{
-				PrivateKey: key, TicketKey: tk, Logger: log,
+				PrivateKey: priv, TicketKey: tk, Logger: log,
 				MaxPendingHandshakes: maxPending, MaxPendingPerIP: maxPendingPerIP, MaxConnsPerIP: maxConnsPerIP,
 			}
 			if cfg.RateBytes, err = relay.RateFromMbit(clientRate); err != nil {
@@ -138,7 +138,7 @@ func main() {
 			ln := connlimit.New(tcpLn, maxConnsPerIP+maxPendingPerIP)
 			hs := relay.NewHTTPServer(rs, cert)
 			go hs.ServeTLS(ln, "", "")
-			log.Info("relay started", "listen", ln.Addr(), "key", identity.Key(pub), "mesh_peers", len(cfg.MeshPeers))
+			log.Info("relay started", "listen", ln.Addr(), "key", pub.String(), "mesh_peers", len(cfg.MeshPeers))
 			reg := telemetry.NewRegistry()
 			rs.RegisterMetrics(reg)
 			go func() {
@@ -193,11 +193,11 @@ func parseTicketKey(s string) (ed25519.PublicKey, error) {
 }
 
 func parseMeshPeer(s string) (relay.MeshPeer, error) {
-	url, key, ok := strings.Cut(s, "=")
+	url, b64, ok := strings.Cut(s, "=")
 	if !ok || !strings.HasPrefix(url, "https://") {
 		return relay.MeshPeer{}, fmt.Errorf("--mesh-peer %q: want https://host:port/relay=<base64 key>", s)
 	}
-	k, err := identity.ParseKey(key)
+	k, err := key.ParsePublic(b64)
 	if err != nil {
 		return relay.MeshPeer{}, fmt.Errorf("--mesh-peer %q: %w", s, err)
 	}

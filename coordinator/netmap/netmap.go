@@ -28,6 +28,7 @@ import (
 	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/coordinator/store"
 	"github.com/edgewire/edgewire/internal/routeguard"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // ErrUnknownNode is returned for a key that is not (or no longer) registered.
@@ -41,7 +42,7 @@ const DefaultMaxLog = 1 << 16
 // Service (svc = "namespace/name") or the relay revocations (rev).
 type change struct {
 	version uint64
-	key     store.NodeKey
+	nk      key.Public
 	svc     string
 	rev     bool
 	at      time.Time // when it happened, for fan-out latency
@@ -96,7 +97,7 @@ type Registry struct {
 	relays atomic.Pointer[[]*api.RelayRegion] // sent in full maps; read-only once set
 
 	mu       sync.Mutex // guards everything below
-	nodes    map[store.NodeKey]*entry
+	nodes    map[key.Public]*entry
 	services map[string]*api.Service // by namespace/name; values read-only
 	// kubeNodes are the Kubernetes Nodes by name with their pod CIDRs.
 	// A CIDR is routed to the node whose verified KubeNode has that name,
@@ -120,7 +121,7 @@ func New(prefixes []netip.Prefix) *Registry {
 	r := &Registry{
 		maxLog:    DefaultMaxLog,
 		now:       time.Now,
-		nodes:     make(map[store.NodeKey]*entry),
+		nodes:     make(map[key.Public]*entry),
 		services:  make(map[string]*api.Service),
 		kubeNodes: make(map[string][]netip.Prefix),
 		subs:      make(map[*Sub]struct{}),
@@ -201,14 +202,14 @@ func (r *Registry) SetService(svc *api.Service) {
 }
 
 // DeleteService removes the Service namespace/name.
-func (r *Registry) DeleteService(key string) {
+func (r *Registry) DeleteService(nk string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if _, ok := r.services[key]; !ok {
+	if _, ok := r.services[nk]; !ok {
 		return
 	}
-	delete(r.services, key)
-	r.serviceChangedLocked(key)
+	delete(r.services, nk)
+	r.serviceChangedLocked(nk)
 }
 
 // Services returns the number of Services.
@@ -293,7 +294,7 @@ func overlapsAny(a, b []netip.Prefix) bool {
 
 // KubeNodeOwner returns the name of the registered node other than except
 // that is verified to be Kubernetes Node kube, if any.
-func (r *Registry) KubeNodeOwner(kube string, except store.NodeKey) (string, bool) {
+func (r *Registry) KubeNodeOwner(kube string, except key.Public) (string, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for k, e := range r.nodes {
@@ -357,28 +358,28 @@ func (r *Registry) SetRelayRevocations(b []byte) {
 	r.appendLocked(change{version: r.version, rev: true, at: r.now()})
 }
 
-func (r *Registry) serviceChangedLocked(key string) {
+func (r *Registry) serviceChangedLocked(nk string) {
 	r.version++
-	r.appendLocked(change{version: r.version, svc: key, at: r.now()})
+	r.appendLocked(change{version: r.version, svc: nk, at: r.now()})
 }
 
 // Delete removes a node. Its own subscribers see ErrUnknownNode.
-func (r *Registry) Delete(key store.NodeKey) {
+func (r *Registry) Delete(nk key.Public) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if _, ok := r.nodes[key]; !ok {
+	if _, ok := r.nodes[nk]; !ok {
 		return
 	}
-	delete(r.nodes, key)
-	r.changedLocked(key, nil)
+	delete(r.nodes, nk)
+	r.changedLocked(nk, nil)
 }
 
 // Connected marks one more stream of key as online and records the
 // endpoints it reported. It fails for unknown keys.
-func (r *Registry) Connected(key store.NodeKey, eps []netip.AddrPort, now time.Time) error {
+func (r *Registry) Connected(nk key.Public, eps []netip.AddrPort, now time.Time) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	e := r.nodes[key]
+	e := r.nodes[nk]
 	if e == nil {
 		return ErrUnknownNode
 	}
@@ -388,31 +389,31 @@ func (r *Registry) Connected(key store.NodeKey, eps []netip.AddrPort, now time.T
 	// with the same endpoints changes nothing a peer would see.
 	if e.conns == 1 || !slices.Equal(e.endpoints, eps) {
 		e.endpoints = eps
-		r.changedLocked(key, e)
+		r.changedLocked(nk, e)
 	}
 	return nil
 }
 
 // Disconnected undoes Connected.
-func (r *Registry) Disconnected(key store.NodeKey, now time.Time) {
+func (r *Registry) Disconnected(nk key.Public, now time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	e := r.nodes[key]
+	e := r.nodes[nk]
 	if e == nil || e.conns == 0 {
 		return
 	}
 	e.conns--
 	e.lastSeen = now
 	if e.conns == 0 {
-		r.changedLocked(key, e)
+		r.changedLocked(nk, e)
 	}
 }
 
 // SetEndpoints records the endpoints a node reported; no-op if unchanged.
-func (r *Registry) SetEndpoints(key store.NodeKey, eps []netip.AddrPort) error {
+func (r *Registry) SetEndpoints(nk key.Public, eps []netip.AddrPort) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	e := r.nodes[key]
+	e := r.nodes[nk]
 	if e == nil {
 		return ErrUnknownNode
 	}
@@ -420,15 +421,15 @@ func (r *Registry) SetEndpoints(key store.NodeKey, eps []netip.AddrPort) error {
 		return nil
 	}
 	e.endpoints = eps
-	r.changedLocked(key, e)
+	r.changedLocked(nk, e)
 	return nil
 }
 
 // Node returns a node's registration and whether it is online.
-func (r *Registry) Node(key store.NodeKey) (store.Node, bool, bool) {
+func (r *Registry) Node(nk key.Public) (store.Node, bool, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	e := r.nodes[key]
+	e := r.nodes[nk]
 	if e == nil {
 		return store.Node{}, false, false
 	}
@@ -459,13 +460,13 @@ func (r *Registry) Nodes() []*api.Node {
 	return out
 }
 
-func (r *Registry) changedLocked(key store.NodeKey, e *entry) {
+func (r *Registry) changedLocked(nk key.Public, e *entry) {
 	r.version++
 	if e != nil {
 		e.version = r.version
 		e.pb = nil
 	}
-	r.appendLocked(change{version: r.version, key: key, at: r.now()})
+	r.appendLocked(change{version: r.version, nk: nk, at: r.now()})
 }
 
 func (r *Registry) appendLocked(c change) {
@@ -568,7 +569,7 @@ func (r *Registry) shadowedLocked(kube string, p netip.Prefix) bool {
 // concurrent use: one goroutine owns a Sub.
 type Sub struct {
 	r       *Registry
-	self    store.NodeKey
+	self    key.Public
 	c       chan struct{} // capacity 1: pending wake-ups coalesce
 	version uint64        // version of the last update handed out; 0 = none yet
 }
@@ -595,7 +596,7 @@ type Update struct {
 var selfField = (&api.NetworkMap{}).ProtoReflect().Descriptor().Fields().ByName("self").Number()
 
 // Subscribe registers a subscriber for node self. Call Close when done.
-func (r *Registry) Subscribe(self store.NodeKey) *Sub {
+func (r *Registry) Subscribe(self key.Public) *Sub {
 	s := &Sub{r: r, self: self, c: make(chan struct{}, 1)}
 	r.mu.Lock()
 	r.subs[s] = struct{}{}
@@ -727,7 +728,7 @@ func (r *Registry) deltaLocked(since, until uint64) *shared {
 	if i < j {
 		sh.oldest = r.log[i].at
 	}
-	seen := make(map[store.NodeKey]struct{}, j-i)
+	seen := make(map[key.Public]struct{}, j-i)
 	seenSvc := map[string]struct{}{}
 	for _, c := range r.log[i:j] {
 		if c.rev {
@@ -746,14 +747,14 @@ func (r *Registry) deltaLocked(since, until uint64) *shared {
 			}
 			continue
 		}
-		if _, dup := seen[c.key]; dup {
+		if _, dup := seen[c.nk]; dup {
 			continue
 		}
-		seen[c.key] = struct{}{}
-		if e := r.nodes[c.key]; e != nil {
+		seen[c.nk] = struct{}{}
+		if e := r.nodes[c.nk]; e != nil {
 			m.Peers = append(m.Peers, r.protoLocked(e))
 		} else {
-			k := c.key
+			k := c.nk
 			m.Removed = append(m.Removed, k[:])
 		}
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/coordinator/store"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 var (
@@ -21,8 +22,8 @@ var (
 	prefixes = []netip.Prefix{netip.MustParsePrefix("100.64.0.0/10")}
 )
 
-func key(i int) store.NodeKey {
-	var k store.NodeKey
+func nodeKey(i int) key.Public {
+	var k key.Public
 	k[0] = byte(i >> 8)
 	k[1] = byte(i)
 	k[31] = 0xee
@@ -31,7 +32,7 @@ func key(i int) store.NodeKey {
 
 func node(i int) store.Node {
 	return store.Node{
-		Key:       key(i),
+		Key:       nodeKey(i),
 		Name:      fmt.Sprintf("node-%05d", i),
 		Addresses: []netip.Addr{netip.AddrFrom4([4]byte{100, 64, byte(i >> 8), byte(i)})},
 		CreatedAt: t0,
@@ -70,7 +71,7 @@ func next(t *testing.T, s *Sub) *api.NetworkMap {
 // subscribe subscribes node i and consumes its first (full) map.
 func subscribe(t *testing.T, r *Registry, i int) *Sub {
 	t.Helper()
-	s := r.Subscribe(key(i))
+	s := r.Subscribe(nodeKey(i))
 	t.Cleanup(s.Close)
 	<-s.C() // as a stream does: wait, then read
 	if m := next(t, s); m == nil || !m.Full {
@@ -101,7 +102,7 @@ func signalled(s *Sub) bool {
 // subscriber's own included, and self is the subscriber's.
 func TestFirstNextIsFullMap(t *testing.T) {
 	r := newRegistry(t, 3)
-	s := r.Subscribe(key(2))
+	s := r.Subscribe(nodeKey(2))
 	defer s.Close()
 	if !signalled(s) {
 		t.Fatal("new subscriber not signalled, want a wake-up for its first map")
@@ -136,7 +137,7 @@ func TestLoadThenSubscribe(t *testing.T) {
 	if got := r.Version(); got != 2 {
 		t.Fatalf("got version %d after Load, want 2", got)
 	}
-	s := r.Subscribe(key(1))
+	s := r.Subscribe(nodeKey(1))
 	defer s.Close()
 	m := next(t, s)
 	if got, want := names(m.Peers), []string{"node-00001", "node-00002"}; !m.GetFull() || !slices.Equal(got, want) || m.Self.GetName() != "node-00001" {
@@ -155,7 +156,7 @@ func TestDeltas(t *testing.T) {
 		name        string
 		change      func(t *testing.T, r *Registry)
 		wantPeers   []string
-		wantRemoved []store.NodeKey
+		wantRemoved []key.Public
 		wantSelf    bool
 	}{
 		{
@@ -170,13 +171,13 @@ func TestDeltas(t *testing.T) {
 		},
 		{
 			name:        "peer delete",
-			change:      func(t *testing.T, r *Registry) { r.Delete(key(3)) },
-			wantRemoved: []store.NodeKey{key(3)},
+			change:      func(t *testing.T, r *Registry) { r.Delete(nodeKey(3)) },
+			wantRemoved: []key.Public{nodeKey(3)},
 		},
 		{
 			name: "peer connects",
 			change: func(t *testing.T, r *Registry) {
-				if err := r.Connected(key(2), eps, t0); err != nil {
+				if err := r.Connected(nodeKey(2), eps, t0); err != nil {
 					t.Fatalf("Connected: %v", err)
 				}
 			},
@@ -185,7 +186,7 @@ func TestDeltas(t *testing.T) {
 		{
 			name: "peer endpoints",
 			change: func(t *testing.T, r *Registry) {
-				if err := r.SetEndpoints(key(2), eps); err != nil {
+				if err := r.SetEndpoints(nodeKey(2), eps); err != nil {
 					t.Fatalf("SetEndpoints: %v", err)
 				}
 			},
@@ -201,13 +202,13 @@ func TestDeltas(t *testing.T) {
 			name: "several changes coalesce",
 			change: func(t *testing.T, r *Registry) {
 				r.Upsert(node(2))
-				r.Delete(key(3))
+				r.Delete(nodeKey(3))
 				r.Upsert(node(4))
 				r.Upsert(node(2))
 				r.Upsert(node(1))
 			},
 			wantPeers:   []string{"node-00001", "node-00002", "node-00004"},
-			wantRemoved: []store.NodeKey{key(3)},
+			wantRemoved: []key.Public{nodeKey(3)},
 			wantSelf:    true,
 		},
 		{
@@ -244,9 +245,9 @@ func TestDeltas(t *testing.T) {
 			if got := names(m.Peers); !slices.Equal(got, tt.wantPeers) {
 				t.Errorf("got peers %v, want %v", got, tt.wantPeers)
 			}
-			var removed []store.NodeKey
+			var removed []key.Public
 			for _, k := range m.Removed {
-				removed = append(removed, store.NodeKey(k))
+				removed = append(removed, key.Public(k))
 			}
 			if !slices.Equal(removed, tt.wantRemoved) {
 				t.Errorf("got removed %v, want %v", removed, tt.wantRemoved)
@@ -254,7 +255,7 @@ func TestDeltas(t *testing.T) {
 			if got := m.Self != nil; got != tt.wantSelf {
 				t.Errorf("got self set %v, want %v", got, tt.wantSelf)
 			}
-			if k := key(1); tt.wantSelf && !bytes.Equal(m.Self.PublicKey, k[:]) {
+			if k := nodeKey(1); tt.wantSelf && !bytes.Equal(m.Self.PublicKey, k[:]) {
 				t.Errorf("got self key %x, want %x", m.Self.PublicKey, k[:])
 			}
 			if m := next(t, s); m != nil {
@@ -268,7 +269,7 @@ func TestPeerStateInDelta(t *testing.T) {
 	r := newRegistry(t, 2)
 	s := subscribe(t, r, 1)
 	eps := []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:51820"), netip.MustParseAddrPort("[2001:db8::1]:41641")}
-	if err := r.Connected(key(2), eps, t0); err != nil {
+	if err := r.Connected(nodeKey(2), eps, t0); err != nil {
 		t.Fatalf("Connected: %v", err)
 	}
 	m := next(t, s)
@@ -294,7 +295,7 @@ func TestPeerStateInDelta(t *testing.T) {
 func TestDeletedSelf(t *testing.T) {
 	r := newRegistry(t, 2)
 	s := subscribe(t, r, 1)
-	r.Delete(key(1))
+	r.Delete(nodeKey(1))
 	if !signalled(s) {
 		t.Fatal("subscriber of a deleted node not signalled")
 	}
@@ -303,7 +304,7 @@ func TestDeletedSelf(t *testing.T) {
 	}
 	// A second Delete of an unknown key changes nothing.
 	v := r.Version()
-	r.Delete(key(1))
+	r.Delete(nodeKey(1))
 	if got := r.Version(); got != v {
 		t.Errorf("deleting an unknown key bumped the version from %d to %d", v, got)
 	}
@@ -375,9 +376,9 @@ func TestBehindLogFloorGetsFullMap(t *testing.T) {
 func TestLogFloorBoundary(t *testing.T) {
 	r := newRegistry(t, 3)
 	r.maxLog = 4
-	atFloor := r.Subscribe(key(1))
+	atFloor := r.Subscribe(nodeKey(1))
 	defer atFloor.Close()
-	behind := r.Subscribe(key(2))
+	behind := r.Subscribe(nodeKey(2))
 	defer behind.Close()
 	behindAt := next(t, behind).Version
 	for i := 0; r.logFloor <= behindAt; i++ {
@@ -430,13 +431,13 @@ func TestPresence(t *testing.T) {
 				v := r.Version()
 				switch st.op {
 				case "connect":
-					if err := r.Connected(key(2), nil, t0.Add(time.Duration(i)*time.Second)); err != nil {
+					if err := r.Connected(nodeKey(2), nil, t0.Add(time.Duration(i)*time.Second)); err != nil {
 						t.Fatalf("step %d: Connected: %v", i, err)
 					}
 				case "disconnect":
-					r.Disconnected(key(2), t0.Add(time.Duration(i)*time.Second))
+					r.Disconnected(nodeKey(2), t0.Add(time.Duration(i)*time.Second))
 				}
-				if _, online, ok := r.Node(key(2)); !ok || online != st.wantOnline {
+				if _, online, ok := r.Node(nodeKey(2)); !ok || online != st.wantOnline {
 					t.Errorf("step %d %s: got online=%v ok=%v, want online=%v ok=true", i, st.op, online, ok, st.wantOnline)
 				}
 				if changed := r.Version() != v; changed != st.wantChanged {
@@ -460,20 +461,20 @@ func TestPresence(t *testing.T) {
 func TestUnknownNode(t *testing.T) {
 	r := newRegistry(t, 1)
 	v := r.Version()
-	if err := r.Connected(key(7), nil, t0); !errors.Is(err, ErrUnknownNode) {
+	if err := r.Connected(nodeKey(7), nil, t0); !errors.Is(err, ErrUnknownNode) {
 		t.Errorf("Connected: got %v, want ErrUnknownNode", err)
 	}
-	if err := r.SetEndpoints(key(7), nil); !errors.Is(err, ErrUnknownNode) {
+	if err := r.SetEndpoints(nodeKey(7), nil); !errors.Is(err, ErrUnknownNode) {
 		t.Errorf("SetEndpoints: got %v, want ErrUnknownNode", err)
 	}
-	r.Disconnected(key(7), t0)
-	if _, _, ok := r.Node(key(7)); ok {
+	r.Disconnected(nodeKey(7), t0)
+	if _, _, ok := r.Node(nodeKey(7)); ok {
 		t.Errorf("Node: got ok=true for an unknown key, want false")
 	}
 	if got := r.Version(); got != v {
 		t.Errorf("operations on an unknown key moved the version from %d to %d", v, got)
 	}
-	s := r.Subscribe(key(7))
+	s := r.Subscribe(nodeKey(7))
 	defer s.Close()
 	if _, err := s.decoded(); !errors.Is(err, ErrUnknownNode) {
 		t.Errorf("Next for an unknown key: got %v, want ErrUnknownNode", err)
@@ -499,12 +500,12 @@ func TestSetEndpoints(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := newRegistry(t, 2)
-			if err := r.SetEndpoints(key(2), tt.first); err != nil {
+			if err := r.SetEndpoints(nodeKey(2), tt.first); err != nil {
 				t.Fatalf("SetEndpoints: %v", err)
 			}
 			s := subscribe(t, r, 1)
 			v := r.Version()
-			if err := r.SetEndpoints(key(2), tt.then); err != nil {
+			if err := r.SetEndpoints(nodeKey(2), tt.then); err != nil {
 				t.Fatalf("SetEndpoints: %v", err)
 			}
 			if changed := r.Version() != v; changed != tt.wantChange {
@@ -539,7 +540,7 @@ func namesInOrder(nodes []*api.Node) []string {
 func TestIdleSubscribersDoNotBlock(t *testing.T) {
 	r := newRegistry(t, 100)
 	for i := 1; i <= 100; i++ {
-		s := r.Subscribe(key(i))
+		s := r.Subscribe(nodeKey(i))
 		defer s.Close()
 	}
 	done := make(chan struct{})
@@ -579,7 +580,7 @@ func TestConcurrentReaders(t *testing.T) {
 	errc := make(chan error, nodes)
 	stop := make(chan struct{})
 	for i := 1; i <= nodes; i++ {
-		s := r.Subscribe(key(i))
+		s := r.Subscribe(nodeKey(i))
 		go func() {
 			defer s.Close()
 			var last uint64
@@ -637,7 +638,7 @@ func BenchmarkFanout(b *testing.B) {
 	r := newRegistry(b, n)
 	subs := make([]*Sub, 0, n)
 	for i := 1; i <= n; i++ {
-		s := r.Subscribe(key(i))
+		s := r.Subscribe(nodeKey(i))
 		if _, err := s.Next(); err != nil {
 			b.Fatal(err)
 		}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/edgewire/edgewire/coordinator/store"
 	"github.com/edgewire/edgewire/internal/routeguard"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 func pfx(s ...string) []netip.Prefix {
@@ -30,7 +31,7 @@ func routesOf(r *Registry, name string) []string {
 func TestSetKubeNode(t *testing.T) {
 	r := New(pfx("100.64.0.0/10"))
 	r.SetRoutePolicy(routeguard.Policy{Protected: pfx("203.0.113.10/32")})
-	var ka, kb store.NodeKey
+	var ka, kb key.Public
 	ka[0], kb[0] = 1, 2
 	r.Upsert(store.Node{Key: ka, Name: "a", KubeNode: "a"})
 	r.Upsert(store.Node{Key: kb, Name: "b", Routes: pfx("192.168.50.0/24")})
@@ -77,7 +78,7 @@ func TestSetKubeNode(t *testing.T) {
 // CIDRs; the node verified to be that Node does, whatever its name.
 func TestPodCIDRFollowsIdentity(t *testing.T) {
 	r := New(pfx("100.64.0.0/10"))
-	var squatter, real store.NodeKey
+	var squatter, real key.Public
 	squatter[0], real[0] = 1, 2
 	r.Upsert(store.Node{Key: squatter, Name: "worker-3"})
 	if err := r.SetKubeNode("worker-3", pfx("10.244.3.0/24")); err != nil {
@@ -97,7 +98,7 @@ func TestPodCIDRFollowsIdentity(t *testing.T) {
 // and comes back when the pod CIDR goes.
 func TestPodCIDRShadowsRoutes(t *testing.T) {
 	r := New(pfx("100.64.0.0/10"))
-	var ka, kb store.NodeKey
+	var ka, kb key.Public
 	ka[0], kb[0] = 1, 2
 	r.Upsert(store.Node{Key: ka, Name: "claimer", Routes: pfx("10.244.0.0/16", "192.168.9.0/24")})
 	r.Upsert(store.Node{Key: kb, Name: "w1", KubeNode: "w1"})
@@ -118,7 +119,7 @@ func TestPodCIDRShadowsRoutes(t *testing.T) {
 
 func TestCheckRoutes(t *testing.T) {
 	r := New(nil)
-	var ka store.NodeKey
+	var ka key.Public
 	ka[0] = 1
 	r.Upsert(store.Node{Key: ka, Name: "a", KubeNode: "a", Routes: pfx("192.168.50.0/24")})
 	if err := r.SetKubeNode("a", pfx("10.244.1.0/24")); err != nil {

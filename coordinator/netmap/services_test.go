@@ -6,6 +6,7 @@ import (
 
 	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/coordinator/store"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 func svc(name, ip string) *api.Service {
@@ -15,7 +16,7 @@ func svc(name, ip string) *api.Service {
 
 func TestServiceDeltas(t *testing.T) {
 	r := New([]netip.Prefix{netip.MustParsePrefix("100.64.0.0/10")})
-	var k store.NodeKey
+	var k key.Public
 	k[0] = 1
 	r.Upsert(store.Node{Key: k, Name: "a"})
 	r.SetService(svc("web", "10.96.0.10"))

@@ -18,7 +18,7 @@ func TestUpdatesShared(t *testing.T) {
 	r := newRegistry(t, 4)
 	subs := map[int]*Sub{}
 	for _, i := range []int{1, 2, 3} {
-		subs[i] = r.Subscribe(key(i))
+		subs[i] = r.Subscribe(nodeKey(i))
 		t.Cleanup(subs[i].Close)
 	}
 	first := map[int]*Update{}
@@ -44,7 +44,7 @@ func TestUpdatesShared(t *testing.T) {
 		}
 	}
 	eps := []netip.AddrPort{netip.MustParseAddrPort("192.0.2.7:4000")}
-	if err := r.Connected(key(2), eps, t0); err != nil {
+	if err := r.Connected(nodeKey(2), eps, t0); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
@@ -159,8 +159,8 @@ func TestLateMarshalConverges(t *testing.T) {
 	r.mu.Lock()
 	r.lastPub = time.Time{}
 	r.mu.Unlock()
-	r.Upsert(node(3)) // published at once (the last publication is old)
-	r.Delete(key(2))  // held back
+	r.Upsert(node(3))    // published at once (the last publication is old)
+	r.Delete(nodeKey(2)) // held back
 	m := next(t, s)
 	if m.Version != 3 || len(m.Removed) != 0 {
 		t.Fatalf("got %d->%d removed %d, want 2->3 without removals", m.BaseVersion, m.Version, len(m.Removed))

@@ -25,6 +25,7 @@ import (
 	"github.com/edgewire/edgewire/dataplane/relay"
 	"github.com/edgewire/edgewire/internal/routeguard"
 	"github.com/edgewire/edgewire/types/jointoken"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 const (
@@ -274,14 +275,14 @@ func (s *Server) ApproveRoutes(ctx context.Context, req *api.ApproveRoutesReques
 
 // revoke adds a deleted node to the relay revocation list and publishes a
 // newly signed list in the network map.
-func (s *Server) revoke(key store.NodeKey, until time.Time) {
+func (s *Server) revoke(nk key.Public, until time.Time) {
 	if s.cfg.TicketKey == nil {
 		return // no tickets, no relays to tell
 	}
 	now := s.now()
 	s.revMu.Lock()
 	defer s.revMu.Unlock()
-	s.revoked[key] = until
+	s.revoked[nk] = until
 	r := relay.Revocations{Issued: now.Truncate(time.Second)}
 	// Relays apply a list only if it is newer than the last, at second
 	// precision.
@@ -294,7 +295,7 @@ func (s *Server) revoke(key store.NodeKey, until time.Time) {
 			delete(s.revoked, k) // its last ticket has expired
 			continue
 		}
-		r.Entries = append(r.Entries, relay.Revocation{Node: relay.Key(k), Until: u})
+		r.Entries = append(r.Entries, relay.Revocation{Node: k, Until: u})
 	}
 	slices.SortFunc(r.Entries, func(a, b relay.Revocation) int { return bytes.Compare(a.Node[:], b.Node[:]) })
 	s.reg.SetRelayRevocations(relay.SignRevocations(s.cfg.TicketKey, r))

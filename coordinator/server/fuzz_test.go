@@ -11,6 +11,7 @@ import (
 	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/coordinator/store"
 	"github.com/edgewire/edgewire/internal/dhkey"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // fuzzServer is a server for the validation fuzzers: one registered node
@@ -25,7 +26,7 @@ func fuzzServer(f *testing.F) *Server {
 	if err != nil {
 		f.Fatal(err)
 	}
-	var k store.NodeKey
+	var k key.Public
 	k[0] = 9
 	s.reg.Upsert(store.Node{Key: k, Name: "known"})
 	return s
@@ -50,15 +51,15 @@ func FuzzHello(f *testing.F) {
 		if connect {
 			method = api.AuthConnect
 		}
-		key, err := s.checkHello(&h, method)
+		nk, err := s.checkHello(&h, method)
 		if err != nil {
 			if _, ok := status.FromError(err); !ok {
 				t.Fatalf("error without a status: %v", err)
 			}
 			return
 		}
-		if dhkey.CheckPublic(key) != nil {
-			t.Fatalf("accepted a low-order key %x", key)
+		if dhkey.CheckPublic(nk) != nil {
+			t.Fatalf("accepted a low-order key %x", nk)
 		}
 		if len(h.GetHostname()) > maxHostname || len(h.GetKubernetesToken()) > maxKubeToken {
 			t.Fatal("accepted an oversize field")
@@ -74,12 +75,12 @@ func FuzzHello(f *testing.F) {
 // and bounded strings.
 func FuzzJoinRequest(f *testing.F) {
 	s := fuzzServer(f)
-	var key store.NodeKey
-	key[0] = 9
+	var nk key.Public
+	nk[0] = 9
 	for _, r := range []*api.JoinRequest{
 		{Token: "ewt1.x", Name: "a", Hostname: "h", Routes: []string{"10.42.0.0/16", "192.168.1.0/24"}},
 		{Routes: []string{"0.0.0.0/0"}},
-		{Routes: []string{"128.0.0.0/1", "10.0.0.0/8"}, PublicKey: key[:]},
+		{Routes: []string{"128.0.0.0/1", "10.0.0.0/8"}, PublicKey: nk[:]},
 		{Hostname: "a\x00b", KubernetesToken: "tok"},
 	} {
 		b, _ := proto.Marshal(r)
@@ -90,7 +91,7 @@ func FuzzJoinRequest(f *testing.F) {
 		if proto.Unmarshal(b, &req) != nil {
 			return
 		}
-		in, err := s.checkJoin(context.Background(), key, &req)
+		in, err := s.checkJoin(context.Background(), nk, &req)
 		if err != nil {
 			if _, ok := status.FromError(err); !ok {
 				t.Fatalf("error without a status: %v", err)

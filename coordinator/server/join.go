@@ -16,6 +16,7 @@ import (
 	"github.com/edgewire/edgewire/coordinator/store"
 	"github.com/edgewire/edgewire/coordinator/token"
 	"github.com/edgewire/edgewire/types/jointoken"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // errInvalidToken is what a caller without a valid token ID and secret
@@ -29,7 +30,7 @@ var errInvalidToken = status.Error(codes.PermissionDenied, "invalid join token")
 // nothing. Refusals are charged to the caller's address and token ID.
 func (s *Server) Join(stream api.Control_JoinServer) error {
 	ctx := stream.Context()
-	key, _, err := s.authenticate(stream, api.AuthJoin)
+	nk, _, err := s.authenticate(stream, api.AuthJoin)
 	if err != nil {
 		return err
 	}
@@ -53,7 +54,7 @@ func (s *Server) Join(stream api.Control_JoinServer) error {
 	if !s.fails.allow(source(ctx), "token "+tok.ID) {
 		return status.Error(codes.ResourceExhausted, "too many failed joins with this token or from this address; wait and retry")
 	}
-	resp, err := s.join(ctx, key, tok, req)
+	resp, err := s.join(ctx, nk, tok, req)
 	if err != nil {
 		if c := status.Code(err); c == codes.PermissionDenied || c == codes.InvalidArgument || c == codes.AlreadyExists {
 			s.fails.fail(source(ctx), "token "+tok.ID)
@@ -71,11 +72,11 @@ type joinInput struct {
 	kube     string // Kubernetes Node proven by a service account token
 }
 
-func (s *Server) checkJoin(ctx context.Context, key store.NodeKey, req *api.JoinRequest) (joinInput, error) {
+func (s *Server) checkJoin(ctx context.Context, nk key.Public, req *api.JoinRequest) (joinInput, error) {
 	in := joinInput{name: req.GetName(), hostname: req.GetHostname()}
 	// JoinRequest.public_key predates the key proof; if given it must be
 	// the proven key.
-	if pk := req.GetPublicKey(); len(pk) > 0 && (len(pk) != len(key) || store.NodeKey(pk) != key) {
+	if pk := req.GetPublicKey(); len(pk) > 0 && (len(pk) != len(nk) || key.Public(pk) != nk) {
 		return in, status.Error(codes.InvalidArgument, "public_key differs from the key proven in Hello")
 	}
 	if len(in.hostname) > maxHostname || !printable(in.hostname) {
@@ -152,8 +153,8 @@ func within(p netip.Prefix, allowed []netip.Prefix) bool {
 
 // join checks the request and the token and registers (or updates) the
 // node of the proven key.
-func (s *Server) join(ctx context.Context, key store.NodeKey, tok jointoken.Token, req *api.JoinRequest) (*api.JoinResponse, error) {
-	in, err := s.checkJoin(ctx, key, req)
+func (s *Server) join(ctx context.Context, nk key.Public, tok jointoken.Token, req *api.JoinRequest) (*api.JoinResponse, error) {
+	in, err := s.checkJoin(ctx, nk, req)
 	if err != nil {
 		s.refused(in.name, err)
 		return nil, err
@@ -167,7 +168,7 @@ func (s *Server) join(ctx context.Context, key store.NodeKey, tok jointoken.Toke
 		s.regMu.RLock()
 		defer s.regMu.RUnlock()
 	}
-	km := &s.keyMu[int(key[0])%len(s.keyMu)]
+	km := &s.keyMu[int(nk[0])%len(s.keyMu)]
 	km.Lock()
 	defer km.Unlock()
 	now := s.now()
@@ -190,7 +191,7 @@ func (s *Server) join(ctx context.Context, key store.NodeKey, tok jointoken.Toke
 		} else if err != nil {
 			return status.Error(codes.PermissionDenied, err.Error())
 		}
-		old, err := tx.Node(key)
+		old, err := tx.Node(nk)
 		known := err == nil
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return err
@@ -199,17 +200,17 @@ func (s *Server) join(ctx context.Context, key store.NodeKey, tok jointoken.Toke
 		if err != nil {
 			return err
 		}
-		if other, err := tx.NodeByName(name); err == nil && other.Key != key {
+		if other, err := tx.NodeByName(name); err == nil && other.Key != nk {
 			return status.Errorf(codes.AlreadyExists, "node name %q is taken by another node; choose another with --name, or have an admin delete the old node", name)
 		}
 		if kube != "" && kube != old.KubeNode {
-			if owner, ok := s.reg.KubeNodeOwner(kube, key); ok {
+			if owner, ok := s.reg.KubeNodeOwner(kube, nk); ok {
 				return status.Errorf(codes.AlreadyExists, "Kubernetes node %s is already registered as node %q with another key; an admin must delete that node first", kube, owner)
 			}
 		}
 		node = old
 		if !known {
-			node = store.Node{Key: key, CreatedAt: now}
+			node = store.Node{Key: nk, CreatedAt: now}
 			// fn may run again (the store retries batches): allocate
 			// once, all families or none.
 			if fresh == nil {
@@ -249,7 +250,7 @@ func (s *Server) join(ctx context.Context, key store.NodeKey, tok jointoken.Toke
 	s.m.joins.Add(1)
 	s.log.Info("node joined", "name", node.Name, "key", node.Key, "addresses", node.Addresses, "token", tok.ID,
 		"kubernetes_node", node.KubeNode, "routes", node.Routes, "pending_routes", pending)
-	resp := &api.JoinResponse{Self: &api.Node{PublicKey: key[:], Name: node.Name, Hostname: node.Hostname, KubernetesNode: node.KubeNode}}
+	resp := &api.JoinResponse{Self: &api.Node{PublicKey: nk[:], Name: node.Name, Hostname: node.Hostname, KubernetesNode: node.KubeNode}}
 	for _, a := range node.Addresses {
 		resp.Self.Addresses = append(resp.Self.Addresses, a.String())
 	}
@@ -342,8 +343,8 @@ func (s *Server) allocate() ([]netip.Addr, error) {
 // before identities were checked), the Node it is proven to run on. It
 // runs over the node's authenticated stream, so only the key's holder can
 // bind it; failures are logged and the stream goes on.
-func (s *Server) bindKubeNode(ctx context.Context, key store.NodeKey, tok string) {
-	n, _, ok := s.reg.Node(key)
+func (s *Server) bindKubeNode(ctx context.Context, nk key.Public, tok string) {
+	n, _, ok := s.reg.Node(nk)
 	if !ok || n.KubeNode != "" || s.cfg.Kube == nil {
 		return
 	}
@@ -359,7 +360,7 @@ func (s *Server) bindKubeNode(ctx context.Context, key store.NodeKey, tok string
 	var node store.Node
 	err = s.cfg.Store.Update(ctx, func(tx store.Tx) error {
 		var err error
-		if node, err = tx.Node(key); err != nil {
+		if node, err = tx.Node(nk); err != nil {
 			return err
 		}
 		if node.KubeNode != "" {
@@ -368,7 +369,7 @@ func (s *Server) bindKubeNode(ctx context.Context, key store.NodeKey, tok string
 		if node.Name != kube && s.reg.IsKubeNode(node.Name) {
 			return fmt.Errorf("its name %q is another Kubernetes node's", node.Name)
 		}
-		if owner, ok := s.reg.KubeNodeOwner(kube, key); ok {
+		if owner, ok := s.reg.KubeNodeOwner(kube, nk); ok {
 			return fmt.Errorf("Kubernetes node %s is already node %q", kube, owner)
 		}
 		node.KubeNode = kube

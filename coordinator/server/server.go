@@ -29,6 +29,7 @@ import (
 	"github.com/edgewire/edgewire/dataplane/relay"
 	"github.com/edgewire/edgewire/internal/dhkey"
 	"github.com/edgewire/edgewire/internal/routeguard"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // Config configures a Server.
@@ -58,7 +59,7 @@ type Config struct {
 	MapInterval          time.Duration
 	MapIntervalPerStream time.Duration
 	// OnDelete is called after a node is deleted (revocation at relays).
-	OnDelete func(key store.NodeKey, until time.Time)
+	OnDelete func(nk key.Public, until time.Time)
 	// RoutePolicy is what advertised routes and pod CIDRs must pass
 	// (minimum lengths, addresses they must not cover: the coordinator's,
 	// the relays', the STUN servers'); special-purpose ranges and the
@@ -108,12 +109,12 @@ type Server struct {
 	fails   *failureLimiter
 	policy  routeguard.Policy // cfg.RoutePolicy with the overlay
 
-	revMu     sync.Mutex                  // guards revoked, revIssued
-	revoked   map[store.NodeKey]time.Time // deleted nodes relays must refuse, until
-	revIssued time.Time                   // issue time of the last revocation list
+	revMu     sync.Mutex               // guards revoked, revIssued
+	revoked   map[key.Public]time.Time // deleted nodes relays must refuse, until
+	revIssued time.Time                // issue time of the last revocation list
 
-	streamsMu sync.Mutex                    // guards streams
-	streams   map[store.NodeKey]*nodeStream // the one live stream per node key
+	streamsMu sync.Mutex                 // guards streams
+	streams   map[key.Public]*nodeStream // the one live stream per node key
 
 	// regMu orders registry-changing operations against each other so
 	// the store and the registry change in one order. Joins without routes
@@ -174,7 +175,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		cfg.FailureBurst = defaultFailureBurst
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, now: cfg.Now, signals: newSignalRouter(), m: newMetrics(),
-		fails: newFailureLimiter(cfg.FailureRate, cfg.FailureBurst, cfg.Now), streams: map[store.NodeKey]*nodeStream{}, revoked: map[store.NodeKey]time.Time{}}
+		fails: newFailureLimiter(cfg.FailureRate, cfg.FailureBurst, cfg.Now), streams: map[key.Public]*nodeStream{}, revoked: map[key.Public]time.Time{}}
 	s.policy = cfg.RoutePolicy
 	s.policy.Overlay = cfg.Prefixes
 	families := map[bool]bool{}
@@ -266,8 +267,8 @@ func ValidName(name string) error {
 	return nil
 }
 
-func parseKey(b []byte) (store.NodeKey, error) {
-	var k store.NodeKey
+func parseKey(b []byte) (key.Public, error) {
+	var k key.Public
 	if len(b) != len(k) {
 		return k, fmt.Errorf("public key is %d bytes, want %d", len(b), len(k))
 	}
@@ -298,7 +299,7 @@ func (s *Server) parseEndpoints(in []string) ([]netip.AddrPort, error) {
 // Connect serves one agent stream: key-possession handshake, then the
 // network map, until the agent goes away or its node is deleted.
 func (s *Server) Connect(stream api.Control_ConnectServer) error {
-	key, hello, err := s.authenticate(stream, api.AuthConnect)
+	nk, hello, err := s.authenticate(stream, api.AuthConnect)
 	if err != nil {
 		return err
 	}
@@ -309,25 +310,25 @@ func (s *Server) Connect(stream api.Control_ConnectServer) error {
 	// One stream per node key: a new one replaces the old (an agent that
 	// reconnects before the coordinator noticed its old connection die),
 	// so nobody holding a key can multiply its streams.
-	ctx, done := s.claimStream(stream.Context(), key)
+	ctx, done := s.claimStream(stream.Context(), nk)
 	defer done()
-	log := s.log.With("key", key)
-	if err := s.reg.Connected(key, eps, s.now()); err != nil {
+	log := s.log.With("key", nk)
+	if err := s.reg.Connected(nk, eps, s.now()); err != nil {
 		return status.Error(codes.PermissionDenied, "node is not registered (deleted?); join again with a token")
 	}
 	if tok := hello.GetKubernetesToken(); tok != "" {
-		s.bindKubeNode(ctx, key, tok)
+		s.bindKubeNode(ctx, nk, tok)
 	}
-	sub := s.reg.Subscribe(key)
-	inbox := s.signals.attach(key)
+	sub := s.reg.Subscribe(nk)
+	inbox := s.signals.attach(nk)
 	s.m.streams.Add(1)
 	defer func() {
 		s.m.streams.Add(-1)
-		s.signals.detach(key, inbox)
+		s.signals.detach(nk, inbox)
 		sub.Close()
 		now := s.now()
-		s.reg.Disconnected(key, now)
-		s.saveLastSeen(key, now)
+		s.reg.Disconnected(nk, now)
+		s.saveLastSeen(nk, now)
 	}()
 	log.Debug("stream authenticated", "endpoints", eps)
 
@@ -350,12 +351,12 @@ func (s *Server) Connect(stream api.Control_ConnectServer) error {
 					errc <- status.Error(codes.InvalidArgument, err.Error())
 					return
 				}
-				if err := s.reg.SetEndpoints(key, eps); err != nil {
+				if err := s.reg.SetEndpoints(nk, eps); err != nil {
 					errc <- status.Error(codes.NotFound, "node deleted")
 					return
 				}
 			case *api.ClientMessage_Signal:
-				to, ok := validSignal(m.Signal, key)
+				to, ok := validSignal(m.Signal, nk)
 				if !ok {
 					s.m.sigDropped.Add(1)
 					log.Debug("dropping malformed signal")
@@ -366,7 +367,7 @@ func (s *Server) Connect(stream api.Control_ConnectServer) error {
 					log.Debug("dropping signal over rate limit")
 					continue
 				}
-				if !s.signals.forward(key, to, m.Signal.GetNonce(), m.Signal.GetSealed()) {
+				if !s.signals.forward(nk, to, m.Signal.GetNonce(), m.Signal.GetSealed()) {
 					s.m.sigDropped.Add(1)
 					log.Debug("signal recipient not connected or busy", "to", to)
 					continue
@@ -390,7 +391,7 @@ func (s *Server) Connect(stream api.Control_ConnectServer) error {
 			return nil
 		}
 		exp := s.now().Add(s.cfg.TicketTTL)
-		t := relay.SignTicket(s.cfg.TicketKey, relay.Ticket{Node: key, Expires: exp})
+		t := relay.SignTicket(s.cfg.TicketKey, relay.Ticket{Node: nk, Expires: exp})
 		renew = time.After(s.cfg.TicketTTL / 2)
 		return stream.Send(&api.ServerMessage{Msg: &api.ServerMessage_RelayTicket{RelayTicket: &api.RelayTicket{Ticket: t, ExpiresUnix: exp.Unix()}}})
 	}
@@ -451,75 +452,75 @@ func (s *Server) Connect(stream api.Control_ConnectServer) error {
 // Hello, Challenge, AuthProof (see edgewire.proto). It returns the proven
 // key and the Hello. For Connect the key must be registered. A failure is
 // charged to the caller's address.
-func (s *Server) authenticate(stream api.Control_ConnectServer, method string) (store.NodeKey, *api.Hello, error) {
+func (s *Server) authenticate(stream api.Control_ConnectServer, method string) (key.Public, *api.Hello, error) {
 	ctx := stream.Context()
 	src := source(ctx)
 	if !s.fails.allow(src) {
-		return store.NodeKey{}, nil, status.Error(codes.ResourceExhausted, "too many failed attempts from this address; wait and retry")
+		return key.Public{}, nil, status.Error(codes.ResourceExhausted, "too many failed attempts from this address; wait and retry")
 	}
-	key, hello, err := s.prove(stream, method)
+	nk, hello, err := s.prove(stream, method)
 	if err != nil && status.Code(err) != codes.Canceled && status.Code(err) != codes.Unavailable {
 		s.fails.fail(src)
 	}
-	return key, hello, err
+	return nk, hello, err
 }
 
-func (s *Server) prove(stream api.Control_ConnectServer, method string) (store.NodeKey, *api.Hello, error) {
-	var key store.NodeKey
+func (s *Server) prove(stream api.Control_ConnectServer, method string) (key.Public, *api.Hello, error) {
+	var nk key.Public
 	msg, err := s.recv(stream)
 	if err != nil {
-		return key, nil, err
+		return nk, nil, err
 	}
 	hello := msg.GetHello()
-	if key, err = s.checkHello(hello, method); err != nil {
-		return key, nil, err
+	if nk, err = s.checkHello(hello, method); err != nil {
+		return nk, nil, err
 	}
 	bind, err := binding(stream.Context())
 	if err != nil {
-		return key, nil, status.Error(codes.Internal, err.Error())
+		return nk, nil, status.Error(codes.Internal, err.Error())
 	}
 	ch, ephPriv, err := api.NewChallenge()
 	if err != nil {
-		return key, nil, status.Error(codes.Internal, err.Error())
+		return nk, nil, status.Error(codes.Internal, err.Error())
 	}
 	if err := stream.Send(&api.ServerMessage{Msg: &api.ServerMessage_Challenge{Challenge: ch}}); err != nil {
-		return key, nil, err
+		return nk, nil, err
 	}
 	msg, err = s.recv(stream)
 	if err != nil {
-		return key, nil, err
+		return nk, nil, err
 	}
-	if !api.CheckProof(&ephPriv, key, ch, method, bind, msg.GetProof()) {
-		return key, nil, status.Error(codes.Unauthenticated, "node key proof failed")
+	if !api.CheckProof(ephPriv, nk, ch, method, bind, msg.GetProof()) {
+		return nk, nil, status.Error(codes.Unauthenticated, "node key proof failed")
 	}
-	return key, hello, nil
+	return nk, hello, nil
 }
 
 // checkHello checks a stream's first message before any challenge is
 // made for it: form, bounds, and for Connect that the key is registered.
-func (s *Server) checkHello(hello *api.Hello, method string) (store.NodeKey, error) {
+func (s *Server) checkHello(hello *api.Hello, method string) (key.Public, error) {
 	if hello == nil {
-		return store.NodeKey{}, status.Error(codes.InvalidArgument, "first message must be Hello")
+		return key.Public{}, status.Error(codes.InvalidArgument, "first message must be Hello")
 	}
 	if hello.GetProtocolVersion() != api.ProtocolVersion_PROTOCOL_VERSION_1 {
-		return store.NodeKey{}, status.Errorf(codes.FailedPrecondition, "unsupported protocol version %d", hello.GetProtocolVersion())
+		return key.Public{}, status.Errorf(codes.FailedPrecondition, "unsupported protocol version %d", hello.GetProtocolVersion())
 	}
-	key, err := parseKey(hello.GetPublicKey())
+	nk, err := parseKey(hello.GetPublicKey())
 	if err != nil {
-		return key, status.Error(codes.InvalidArgument, err.Error())
+		return nk, status.Error(codes.InvalidArgument, err.Error())
 	}
 	if len(hello.GetHostname()) > maxHostname || len(hello.GetKubernetesToken()) > maxKubeToken {
-		return key, status.Error(codes.InvalidArgument, "hello: hostname or Kubernetes token too long")
+		return nk, status.Error(codes.InvalidArgument, "hello: hostname or Kubernetes token too long")
 	}
 	if method == api.AuthConnect {
 		if _, err := s.parseEndpoints(hello.GetEndpoints()); err != nil {
-			return key, status.Error(codes.InvalidArgument, err.Error())
+			return nk, status.Error(codes.InvalidArgument, err.Error())
 		}
-		if _, _, ok := s.reg.Node(key); !ok {
-			return key, status.Error(codes.PermissionDenied, "node is not registered (deleted?); join again with a token")
+		if _, _, ok := s.reg.Node(nk); !ok {
+			return nk, status.Error(codes.PermissionDenied, "node is not registered (deleted?); join again with a token")
 		}
 	}
-	return key, nil
+	return nk, nil
 }
 
 // recv receives one message within the authentication timeout.
@@ -555,32 +556,32 @@ type nodeStream struct {
 // stream of key is cancelled with errReplaced. The returned context ends
 // with the stream or when a newer one replaces it; call done when the
 // stream ends.
-func (s *Server) claimStream(parent context.Context, key store.NodeKey) (context.Context, func()) {
+func (s *Server) claimStream(parent context.Context, nk key.Public) (context.Context, func()) {
 	ctx, cancel := context.WithCancelCause(parent)
 	me := &nodeStream{cancel: cancel}
 	s.streamsMu.Lock()
-	old := s.streams[key]
-	s.streams[key] = me
+	old := s.streams[nk]
+	s.streams[nk] = me
 	s.streamsMu.Unlock()
 	if old != nil {
 		old.cancel(errReplaced)
 	}
 	return ctx, func() {
 		s.streamsMu.Lock()
-		if s.streams[key] == me {
-			delete(s.streams, key)
+		if s.streams[nk] == me {
+			delete(s.streams, nk)
 		}
 		s.streamsMu.Unlock()
 		cancel(nil)
 	}
 }
 
-func (s *Server) saveLastSeen(key store.NodeKey, now time.Time) {
+func (s *Server) saveLastSeen(nk key.Public, now time.Time) {
 	// The stream context is gone by now; this write must not depend on it.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	err := s.cfg.Store.Update(ctx, func(tx store.Tx) error {
-		n, err := tx.Node(key)
+		n, err := tx.Node(nk)
 		if err != nil {
 			return err
 		}
@@ -588,6 +589,6 @@ func (s *Server) saveLastSeen(key store.NodeKey, now time.Time) {
 		return tx.PutNode(n)
 	})
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		s.log.Warn("record last seen", "key", key, "err", err)
+		s.log.Warn("record last seen", "key", nk, "err", err)
 	}
 }

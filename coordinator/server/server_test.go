@@ -3,7 +3,6 @@ package server
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"fmt"
 	"net"
 	"net/netip"
@@ -18,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/crypto/curve25519"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -29,6 +27,7 @@ import (
 	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/coordinator/store"
 	"github.com/edgewire/edgewire/types/jointoken"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // TestMain fails the package if a goroutine started by the server or by
@@ -188,7 +187,8 @@ func (e *env) snapshot(t *testing.T) snapshot {
 
 // agent is a node's key pair.
 type agent struct {
-	priv, pub [32]byte
+	priv key.Private
+	pub  key.Public
 }
 
 // agents are the test agents by public key, so a join request naming a
@@ -197,15 +197,11 @@ var agents sync.Map
 
 func newAgent(t *testing.T) *agent {
 	t.Helper()
-	var a agent
-	if _, err := rand.Read(a.priv[:]); err != nil {
-		t.Fatal(err)
-	}
-	pub, err := curve25519.X25519(a.priv[:], curve25519.Basepoint)
+	priv, err := key.NewPrivate()
 	if err != nil {
 		t.Fatal(err)
 	}
-	copy(a.pub[:], pub)
+	a := agent{priv: priv, pub: priv.Public()}
 	agents.Store(a.pub, &a)
 	return &a
 }
@@ -228,8 +224,8 @@ func joinVia(ctx context.Context, cl api.ControlClient, req *api.JoinRequest) (*
 		return nil, err
 	}
 	proof := &api.AuthProof{Mac: make([]byte, 32)}
-	if v, ok := agents.Load([32]byte(append(bytes.Clone(req.PublicKey), make([]byte, 32)...)[:32])); ok && len(req.PublicKey) == 32 {
-		if proof, err = api.Prove(&v.(*agent).priv, m.GetChallenge(), api.AuthJoin, nil, nil); err != nil {
+	if v, ok := agents.Load(key.Public(append(bytes.Clone(req.PublicKey), make([]byte, 32)...)[:32])); ok && len(req.PublicKey) == 32 {
+		if proof, err = api.Prove(v.(*agent).priv, m.GetChallenge(), api.AuthJoin, nil, nil); err != nil {
 			return nil, err
 		}
 	}
@@ -319,7 +315,7 @@ func (f *failedStream) Recv() (*api.ServerMessage, error) { return nil, f.err }
 // prove answers a Connect challenge with a's private key: correctly if
 // the stream is a's.
 func (a *agent) prove(ch *api.Challenge) *api.AuthProof {
-	p, err := api.Prove(&a.priv, ch, api.AuthConnect, nil, nil)
+	p, err := api.Prove(a.priv, ch, api.AuthConnect, nil, nil)
 	if err != nil {
 		return &api.AuthProof{}
 	}
@@ -603,7 +599,7 @@ func TestJoin(t *testing.T) {
 				t.Errorf("got overlay prefixes %v, want %v", got, want)
 			}
 			after := e.snapshot(t)
-			n, _, ok := e.srv.Registry().Node(store.NodeKey(req.PublicKey))
+			n, _, ok := e.srv.Registry().Node(key.Public(req.PublicKey))
 			if !ok {
 				t.Fatalf("joined node not in the registry")
 			}
@@ -612,7 +608,7 @@ func TestJoin(t *testing.T) {
 			}
 			var stored *store.Node
 			for i := range after.Nodes {
-				if after.Nodes[i].Key == store.NodeKey(req.PublicKey) {
+				if after.Nodes[i].Key == key.Public(req.PublicKey) {
 					stored = &after.Nodes[i]
 				}
 			}
@@ -787,12 +783,12 @@ func TestConnectRefused(t *testing.T) {
 	garbage := func(*api.Challenge) *api.AuthProof { return &api.AuthProof{Mac: bytes.Repeat([]byte{7}, 32)} }
 	// A proof made for Join does not open a Connect stream.
 	joinProof := func(ch *api.Challenge) *api.AuthProof {
-		p, _ := api.Prove(&a.priv, ch, api.AuthJoin, nil, nil)
+		p, _ := api.Prove(a.priv, ch, api.AuthJoin, nil, nil)
 		return p
 	}
 	// Nor one bound to another TLS session.
 	otherSession := func(ch *api.Challenge) *api.AuthProof {
-		p, _ := api.Prove(&a.priv, ch, api.AuthConnect, bytes.Repeat([]byte{1}, 32), nil)
+		p, _ := api.Prove(a.priv, ch, api.AuthConnect, bytes.Repeat([]byte{1}, 32), nil)
 		return p
 	}
 	tooMany := make([]string, defaultMaxEndpoints+1)
@@ -847,7 +843,7 @@ func TestConnectRefused(t *testing.T) {
 			if got := code(err); got != tt.wantCode {
 				t.Errorf("got %v, want %v", err, tt.wantCode)
 			}
-			if _, online, _ := e.srv.Registry().Node(store.NodeKey(a.pub)); online {
+			if _, online, _ := e.srv.Registry().Node(key.Public(a.pub)); online {
 				t.Errorf("node online after a refused stream")
 			}
 		})
@@ -1006,7 +1002,7 @@ func TestConnectMapFlow(t *testing.T) {
 			var n store.Node
 			err := e.store.View(context.Background(), func(tx store.Tx) error {
 				var err error
-				n, err = tx.Node(store.NodeKey(c.pub))
+				n, err = tx.Node(key.Public(c.pub))
 				return err
 			})
 			if err != nil {
@@ -1036,7 +1032,7 @@ func TestConnectMapFlow(t *testing.T) {
 		if err := sb.end(t); code(err) != codes.NotFound {
 			t.Errorf("deleted node's stream: got %v, want NotFound", err)
 		}
-		if _, _, ok := e.srv.Registry().Node(store.NodeKey(b.pub)); ok {
+		if _, _, ok := e.srv.Registry().Node(key.Public(b.pub)); ok {
 			t.Errorf("deleted node still in the registry")
 		}
 		// The deleted node cannot reconnect.

@@ -6,7 +6,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/edgewire/edgewire/api"
-	"github.com/edgewire/edgewire/coordinator/store"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // Signalling limits. Payloads are opaque to the coordinator (sealed
@@ -23,37 +23,37 @@ const (
 // signalRouter delivers sealed signals to the streams of their recipient.
 type signalRouter struct {
 	mu      sync.Mutex // guards streams
-	streams map[store.NodeKey]map[chan *api.Signal]struct{}
+	streams map[key.Public]map[chan *api.Signal]struct{}
 }
 
 func newSignalRouter() *signalRouter {
-	return &signalRouter{streams: make(map[store.NodeKey]map[chan *api.Signal]struct{})}
+	return &signalRouter{streams: make(map[key.Public]map[chan *api.Signal]struct{})}
 }
 
 // attach registers a stream of key and returns its inbox.
-func (r *signalRouter) attach(key store.NodeKey) chan *api.Signal {
+func (r *signalRouter) attach(nk key.Public) chan *api.Signal {
 	ch := make(chan *api.Signal, signalQueue)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.streams[key] == nil {
-		r.streams[key] = make(map[chan *api.Signal]struct{})
+	if r.streams[nk] == nil {
+		r.streams[nk] = make(map[chan *api.Signal]struct{})
 	}
-	r.streams[key][ch] = struct{}{}
+	r.streams[nk][ch] = struct{}{}
 	return ch
 }
 
-func (r *signalRouter) detach(key store.NodeKey, ch chan *api.Signal) {
+func (r *signalRouter) detach(nk key.Public, ch chan *api.Signal) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	delete(r.streams[key], ch)
-	if len(r.streams[key]) == 0 {
-		delete(r.streams, key)
+	delete(r.streams[nk], ch)
+	if len(r.streams[nk]) == 0 {
+		delete(r.streams, nk)
 	}
 }
 
 // forward hands a signal from one node to every stream of another and
 // reports whether any stream took it. It never blocks.
-func (r *signalRouter) forward(from, to store.NodeKey, nonce, sealed []byte) bool {
+func (r *signalRouter) forward(from, to key.Public, nonce, sealed []byte) bool {
 	out := &api.Signal{PeerKey: from[:], Nonce: nonce, Sealed: sealed}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -69,8 +69,8 @@ func (r *signalRouter) forward(from, to store.NodeKey, nonce, sealed []byte) boo
 }
 
 // validSignal checks the envelope of a client's signal.
-func validSignal(s *api.Signal, from store.NodeKey) (store.NodeKey, bool) {
-	var to store.NodeKey
+func validSignal(s *api.Signal, from key.Public) (key.Public, bool) {
+	var to key.Public
 	if len(s.GetPeerKey()) != signalKeyBytes || len(s.GetNonce()) != signalNonce ||
 		len(s.GetSealed()) == 0 || len(s.GetSealed()) > maxSealed {
 		return to, false

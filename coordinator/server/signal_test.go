@@ -4,11 +4,11 @@ import (
 	"testing"
 
 	"github.com/edgewire/edgewire/api"
-	"github.com/edgewire/edgewire/coordinator/store"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 func TestSignalRouter(t *testing.T) {
-	var a, b, c store.NodeKey
+	var a, b, c key.Public
 	a[0], b[0], c[0] = 1, 2, 3
 	r := newSignalRouter()
 	inB1 := r.attach(b)
@@ -20,7 +20,7 @@ func TestSignalRouter(t *testing.T) {
 	for i, in := range []chan *api.Signal{inB1, inB2} {
 		select {
 		case s := <-in:
-			if store.NodeKey(s.GetPeerKey()) != a {
+			if key.Public(s.GetPeerKey()) != a {
 				t.Errorf("stream %d: peer key got %x, want the sender %x", i, s.GetPeerKey(), a)
 			}
 		default:
@@ -45,7 +45,7 @@ func TestSignalRouter(t *testing.T) {
 }
 
 func TestValidSignal(t *testing.T) {
-	var self, peer store.NodeKey
+	var self, peer key.Public
 	self[0], peer[0] = 1, 2
 	for _, tc := range []struct {
 		name string

@@ -19,9 +19,9 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/edgewire/edgewire/api"
-	"github.com/edgewire/edgewire/coordinator/store"
 	"github.com/edgewire/edgewire/dataplane/relay"
 	"github.com/edgewire/edgewire/internal/routeguard"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // TestJoinWithAnotherNodesKey: every node's public key is in every map. A
@@ -42,7 +42,7 @@ func TestJoinWithAnotherNodesKey(t *testing.T) {
 	}{
 		{"no proof", func(*api.Challenge) *api.AuthProof { return &api.AuthProof{} }},
 		{"attacker's own key's proof", func(ch *api.Challenge) *api.AuthProof {
-			p, _ := api.Prove(&attacker.priv, ch, api.AuthJoin, nil, nil)
+			p, _ := api.Prove(attacker.priv, ch, api.AuthJoin, nil, nil)
 			return p
 		}},
 	} {
@@ -238,7 +238,7 @@ func TestKubernetesIdentity(t *testing.T) {
 	if resp.Self.Name != "w1" || resp.Self.KubernetesNode != "w1" {
 		t.Errorf("got self %q (kubernetes %q), want w1 (w1)", resp.Self.Name, resp.Self.KubernetesNode)
 	}
-	n, _, _ := reg.Node(store.NodeKey(real.pub))
+	n, _, _ := reg.Node(key.Public(real.pub))
 	if n.KubeNode != "w1" {
 		t.Errorf("stored KubeNode %q, want w1", n.KubeNode)
 	}
@@ -330,7 +330,7 @@ func TestOneStreamPerKey(t *testing.T) {
 	if s := e.srv.m.streams.Load(); s != 1 {
 		t.Errorf("got %d streams open at the server, want 1", s)
 	}
-	if _, online, _ := e.srv.Registry().Node(store.NodeKey(a.pub)); !online {
+	if _, online, _ := e.srv.Registry().Node(key.Public(a.pub)); !online {
 		t.Error("node offline, want online through its last stream")
 	}
 	cancel()
@@ -412,7 +412,7 @@ func TestRelayRevocationsInMap(t *testing.T) {
 		}
 		var found bool
 		for _, en := range r.Entries {
-			if en.Node == relay.Key(victim.pub) {
+			if en.Node == victim.pub {
 				found = true
 				if want := e.clock.Now().Add(10 * time.Minute).Truncate(time.Second); !en.Until.Equal(want) {
 					t.Errorf("refused until %v, want %v (the last ticket's expiry)", en.Until, want)

@@ -11,6 +11,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // Bucket names. Every bucket is created when the file is opened.
@@ -118,7 +120,7 @@ type tokenRecord struct {
 // nodeRecord is the stored form of Node.
 type nodeRecord struct {
 	V          int            `json:"v"`
-	Key        NodeKey        `json:"key"`
+	Key        key.Public     `json:"key"`
 	Name       string         `json:"name"`
 	Hostname   string         `json:"hostname,omitempty"`
 	Addresses  []netip.Addr   `json:"addresses,omitempty"`
@@ -249,10 +251,10 @@ func (t boltTx) DeleteToken(id string) error {
 	return nil
 }
 
-func (t boltTx) Node(key NodeKey) (Node, error) {
-	data := t.tx.Bucket(bucketNodes).Get(key[:])
+func (t boltTx) Node(nk key.Public) (Node, error) {
+	data := t.tx.Bucket(bucketNodes).Get(nk[:])
 	if data == nil {
-		return Node{}, fmt.Errorf("node %s: %w", key, ErrNotFound)
+		return Node{}, fmt.Errorf("node %s: %w", nk, ErrNotFound)
 	}
 	return decodeNode(data)
 }
@@ -262,22 +264,22 @@ func (t boltTx) NodeByName(name string) (Node, error) {
 	if k == nil {
 		return Node{}, fmt.Errorf("node %q: %w", name, ErrNotFound)
 	}
-	key, err := indexKey(name, k)
+	nk, err := indexKey(name, k)
 	if err != nil {
 		return Node{}, err
 	}
-	return t.Node(key)
+	return t.Node(nk)
 }
 
 // Nodes walks the name index, so nodes come back ordered by name.
 func (t boltTx) Nodes() ([]Node, error) {
 	var out []Node
 	err := t.tx.Bucket(bucketNames).ForEach(func(name, k []byte) error {
-		key, err := indexKey(string(name), k)
+		nk, err := indexKey(string(name), k)
 		if err != nil {
 			return err
 		}
-		n, err := t.Node(key)
+		n, err := t.Node(nk)
 		if err != nil {
 			return fmt.Errorf("name index for %q: %w", name, err)
 		}
@@ -334,28 +336,28 @@ func (t boltTx) PutNode(n Node) error {
 	return nil
 }
 
-func (t boltTx) DeleteNode(key NodeKey) error {
+func (t boltTx) DeleteNode(nk key.Public) error {
 	nodes := t.tx.Bucket(bucketNodes)
-	data := nodes.Get(key[:])
+	data := nodes.Get(nk[:])
 	if data == nil {
-		return fmt.Errorf("delete node %s: %w", key, ErrNotFound)
+		return fmt.Errorf("delete node %s: %w", nk, ErrNotFound)
 	}
 	n, err := decodeNode(data)
 	if err != nil {
-		return fmt.Errorf("delete node %s: %w", key, err)
+		return fmt.Errorf("delete node %s: %w", nk, err)
 	}
 	if err := t.tx.Bucket(bucketNames).Delete([]byte(n.Name)); err != nil {
-		return fmt.Errorf("delete node %s: %w", key, err)
+		return fmt.Errorf("delete node %s: %w", nk, err)
 	}
-	if err := nodes.Delete(key[:]); err != nil {
-		return fmt.Errorf("delete node %s: %w", key, err)
+	if err := nodes.Delete(nk[:]); err != nil {
+		return fmt.Errorf("delete node %s: %w", nk, err)
 	}
 	return nil
 }
 
-// indexKey converts a name-index value to a NodeKey.
-func indexKey(name string, v []byte) (NodeKey, error) {
-	var k NodeKey
+// indexKey converts a name-index value to a node key.
+func indexKey(name string, v []byte) (key.Public, error) {
+	var k key.Public
 	if len(v) != len(k) {
 		return k, fmt.Errorf("name index for %q: corrupt key of %d bytes", name, len(v))
 	}

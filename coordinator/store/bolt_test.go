@@ -12,6 +12,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/edgewire/edgewire/types/key"
 )
 
 func openTest(t *testing.T) (*Bolt, string) {
@@ -25,8 +27,8 @@ func openTest(t *testing.T) (*Bolt, string) {
 	return b, path
 }
 
-func key(b byte) NodeKey {
-	var k NodeKey
+func nodeKey(b byte) key.Public {
+	var k key.Public
 	for i := range k {
 		k[i] = b
 	}
@@ -37,7 +39,7 @@ var t0 = time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 
 func testNode(k byte, name string) Node {
 	return Node{
-		Key:       key(k),
+		Key:       nodeKey(k),
 		Name:      name,
 		Hostname:  name + ".example",
 		Addresses: []netip.Addr{netip.MustParseAddr("100.64.0.1"), netip.MustParseAddr("fd7a:115c::1")},
@@ -64,7 +66,7 @@ func TestRoundTrip(t *testing.T) {
 	}
 	minimal := Token{ID: "ffffffff", CreatedAt: t0, Reusable: true}
 	n1 := testNode(1, "alpha")
-	n2 := Node{Key: key(2), Name: "beta"} // empty slices and zero times
+	n2 := Node{Key: nodeKey(2), Name: "beta"} // empty slices and zero times
 	put(t, s, func(tx Tx) error {
 		for _, tk := range []Token{tok, minimal} {
 			if err := tx.PutToken(tk); err != nil {
@@ -119,7 +121,7 @@ func TestOrdering(t *testing.T) {
 		}
 		// Key order (3,1,2) differs from name order.
 		for i, name := range []string{"zulu", "alpha", "mike"} {
-			if err := tx.PutNode(Node{Key: key(byte(3 - i)), Name: name}); err != nil {
+			if err := tx.PutNode(Node{Key: nodeKey(byte(3 - i)), Name: name}); err != nil {
 				return err
 			}
 		}
@@ -164,44 +166,44 @@ func TestNames(t *testing.T) {
 	}{
 		{
 			name:      "duplicate name from other key",
-			ops:       func(tx Tx) error { return tx.PutNode(Node{Key: key(2), Name: "alpha"}) },
+			ops:       func(tx Tx) error { return tx.PutNode(Node{Key: nodeKey(2), Name: "alpha"}) },
 			wantErr:   ErrExists,
 			wantNames: map[string]byte{"alpha": 1},
 		},
 		{
 			name:      "same key keeps its name",
-			ops:       func(tx Tx) error { return tx.PutNode(Node{Key: key(1), Name: "alpha", Hostname: "h"}) },
+			ops:       func(tx Tx) error { return tx.PutNode(Node{Key: nodeKey(1), Name: "alpha", Hostname: "h"}) },
 			wantNames: map[string]byte{"alpha": 1},
 		},
 		{
 			name:      "rename frees old name",
-			ops:       func(tx Tx) error { return tx.PutNode(Node{Key: key(1), Name: "bravo"}) },
+			ops:       func(tx Tx) error { return tx.PutNode(Node{Key: nodeKey(1), Name: "bravo"}) },
 			wantNames: map[string]byte{"alpha": 0, "bravo": 1},
 		},
 		{
 			name: "renamed-away name can be taken",
 			ops: func(tx Tx) error {
-				if err := tx.PutNode(Node{Key: key(1), Name: "bravo"}); err != nil {
+				if err := tx.PutNode(Node{Key: nodeKey(1), Name: "bravo"}); err != nil {
 					return err
 				}
-				return tx.PutNode(Node{Key: key(2), Name: "alpha"})
+				return tx.PutNode(Node{Key: nodeKey(2), Name: "alpha"})
 			},
 			wantNames: map[string]byte{"alpha": 2, "bravo": 1},
 		},
 		{
 			name:      "delete removes name index",
-			ops:       func(tx Tx) error { return tx.DeleteNode(key(1)) },
+			ops:       func(tx Tx) error { return tx.DeleteNode(nodeKey(1)) },
 			wantNames: map[string]byte{"alpha": 0},
 		},
 		{
 			name:      "delete missing",
-			ops:       func(tx Tx) error { return tx.DeleteNode(key(9)) },
+			ops:       func(tx Tx) error { return tx.DeleteNode(nodeKey(9)) },
 			wantErr:   ErrNotFound,
 			wantNames: map[string]byte{"alpha": 1},
 		},
 		{
 			name:      "empty name rejected",
-			ops:       func(tx Tx) error { return tx.PutNode(Node{Key: key(2)}) },
+			ops:       func(tx Tx) error { return tx.PutNode(Node{Key: nodeKey(2)}) },
 			wantErr:   errAny,
 			wantNames: map[string]byte{"alpha": 1},
 		},
@@ -209,7 +211,7 @@ func TestNames(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s, _ := openTest(t)
-			put(t, s, func(tx Tx) error { return tx.PutNode(Node{Key: key(1), Name: "alpha"}) })
+			put(t, s, func(tx Tx) error { return tx.PutNode(Node{Key: nodeKey(1), Name: "alpha"}) })
 			err := s.Update(context.Background(), tt.ops)
 			switch {
 			case tt.wantErr == errAny && err == nil:
@@ -226,8 +228,8 @@ func TestNames(t *testing.T) {
 						}
 						continue
 					}
-					if err != nil || n.Key != key(want) {
-						t.Errorf("NodeByName(%q): got key %v err %v, want key %v", name, n.Key, err, key(want))
+					if err != nil || n.Key != nodeKey(want) {
+						t.Errorf("NodeByName(%q): got key %v err %v, want key %v", name, n.Key, err, nodeKey(want))
 					}
 				}
 				nodes, err := tx.Nodes()
@@ -261,14 +263,14 @@ func TestUpdateRollback(t *testing.T) {
 		if err := tx.PutToken(Token{ID: "aaaaaaaa", Uses: 1}); err != nil {
 			return err
 		}
-		return tx.PutNode(Node{Key: key(1), Name: "alpha"})
+		return tx.PutNode(Node{Key: nodeKey(1), Name: "alpha"})
 	})
 	boom := errors.New("boom")
 	err := s.Update(context.Background(), func(tx Tx) error {
 		tx.PutToken(Token{ID: "aaaaaaaa", Uses: 2})
 		tx.PutToken(Token{ID: "bbbbbbbb"})
-		tx.PutNode(Node{Key: key(1), Name: "renamed"})
-		tx.PutNode(Node{Key: key(2), Name: "bravo"})
+		tx.PutNode(Node{Key: nodeKey(1), Name: "renamed"})
+		tx.PutNode(Node{Key: nodeKey(2), Name: "bravo"})
 		return boom
 	})
 	if !errors.Is(err, boom) {
@@ -376,30 +378,6 @@ func TestFutureSchemaRejected(t *testing.T) {
 	}
 }
 
-func TestParseNodeKey(t *testing.T) {
-	k := key(0xab)
-	tests := []struct {
-		in      string
-		want    NodeKey
-		wantErr bool
-	}{
-		{k.String(), k, false},
-		{"", NodeKey{}, true},
-		{"not base64!", NodeKey{}, true},
-		{"AAAA", NodeKey{}, true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.in, func(t *testing.T) {
-			got, err := ParseNodeKey(tt.in)
-			if (err != nil) != tt.wantErr || got != tt.want {
-				t.Errorf("got %v, %v; want %v, error %v", got, err, tt.want, tt.wantErr)
-			}
-		})
-	}
-}
-
-// Concurrent updates share transactions; one that fails must neither
-// fail nor undo the others, and must leave nothing behind itself.
 func TestConcurrentUpdates(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -457,7 +435,7 @@ func TestConcurrentUpdates(t *testing.T) {
 				t.Errorf("got %d nodes stored, want %d", len(nodes), want)
 			}
 			for _, n := range nodes {
-				if tt.failing >= 0 && n.Key == key(byte(tt.failing+1)) {
+				if tt.failing >= 0 && n.Key == nodeKey(byte(tt.failing+1)) {
 					t.Errorf("the failed writer's node %s was stored", n.Name)
 				}
 			}

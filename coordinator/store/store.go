@@ -9,6 +9,8 @@ import (
 	"errors"
 	"net/netip"
 	"time"
+
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // Sentinel errors callers test with errors.Is.
@@ -16,9 +18,6 @@ var (
 	ErrNotFound = errors.New("not found")
 	ErrExists   = errors.New("already exists")
 )
-
-// NodeKey is a node's WireGuard (Curve25519) public key.
-type NodeKey [32]byte
 
 // Token is a stored join token. The secret itself is never stored: only
 // its SHA-256.
@@ -42,7 +41,7 @@ type Token struct {
 
 // Node is a registered node.
 type Node struct {
-	Key       NodeKey
+	Key       key.Public
 	Name      string         // unique within the registry
 	Hostname  string         // as the node reported it
 	Addresses []netip.Addr   // overlay addresses: one per configured family
@@ -69,11 +68,11 @@ type Tx interface {
 	PutToken(t Token) error         // create or replace
 	DeleteToken(id string) error    // ErrNotFound
 
-	Node(key NodeKey) (Node, error)       // ErrNotFound
+	Node(k key.Public) (Node, error)      // ErrNotFound
 	NodeByName(name string) (Node, error) // ErrNotFound
 	Nodes() ([]Node, error)               // ordered by Name
 	PutNode(n Node) error                 // create or replace; ErrExists if another key holds n.Name
-	DeleteNode(key NodeKey) error         // ErrNotFound
+	DeleteNode(k key.Public) error        // ErrNotFound
 }
 
 // Store is the coordinator's durable state. Implementations are safe for

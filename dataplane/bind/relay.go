@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 
 	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // RelayPrefix holds the synthetic WireGuard endpoints of relayed peers.
@@ -36,13 +38,13 @@ var ErrNoRelay = errors.New("bind: no relay connection")
 type Relay interface {
 	// Send queues pkt for the node with public key dst. It must copy pkt
 	// and must not block for long.
-	Send(dst [32]byte, pkt []byte) error
+	Send(dst key.Public, pkt []byte) error
 }
 
 // relayEndpoint is the conn.Endpoint of a relayed peer.
 type relayEndpoint struct {
-	ap  netip.AddrPort
-	key [32]byte
+	ap netip.AddrPort
+	nk key.Public
 }
 
 var _ conn.Endpoint = (*relayEndpoint)(nil)
@@ -68,7 +70,7 @@ type relayState struct {
 	relay atomic.Pointer[relayHolder] // read per send batch without a lock
 
 	mu    sync.Mutex // guards byKey, byAdr, next
-	byKey map[[32]byte]*relayEndpoint
+	byKey map[key.Public]*relayEndpoint
 	byAdr map[netip.AddrPort]*relayEndpoint
 	next  uint32 // last host index handed out
 }
@@ -79,7 +81,7 @@ func newRelayState() *relayState {
 	return &relayState{
 		in:    make(chan relayPacket, relayQueue),
 		bufs:  sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }},
-		byKey: map[[32]byte]*relayEndpoint{},
+		byKey: map[key.Public]*relayEndpoint{},
 		byAdr: map[netip.AddrPort]*relayEndpoint{},
 	}
 }
@@ -94,12 +96,12 @@ func (b *Bind) SetRelay(r Relay) {
 }
 
 // RelayEndpoint returns the synthetic endpoint of the peer with key.
-func (b *Bind) RelayEndpoint(key [32]byte) netip.AddrPort { return b.rs.endpoint(key).ap }
+func (b *Bind) RelayEndpoint(nk key.Public) netip.AddrPort { return b.rs.endpoint(nk).ap }
 
-func (rs *relayState) endpoint(key [32]byte) *relayEndpoint {
+func (rs *relayState) endpoint(nk key.Public) *relayEndpoint {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
-	if e := rs.byKey[key]; e != nil {
+	if e := rs.byKey[nk]; e != nil {
 		return e
 	}
 	rs.next++
@@ -108,11 +110,11 @@ func (rs *relayState) endpoint(key [32]byte) *relayEndpoint {
 	}
 	base := RelayPrefix.Addr().As4()
 	a := netip.AddrFrom4([4]byte{base[0], base[1], byte(rs.next >> 8), byte(rs.next)})
-	e := &relayEndpoint{ap: netip.AddrPortFrom(a, RelayPort), key: key}
+	e := &relayEndpoint{ap: netip.AddrPortFrom(a, RelayPort), nk: nk}
 	if old := rs.byAdr[e.ap]; old != nil {
-		delete(rs.byKey, old.key)
+		delete(rs.byKey, old.nk)
 	}
-	rs.byKey[key] = e
+	rs.byKey[nk] = e
 	rs.byAdr[e.ap] = e
 	return e
 }
@@ -126,7 +128,7 @@ func (rs *relayState) lookup(ap netip.AddrPort) *relayEndpoint {
 // DeliverRelayed hands a packet that arrived over the relay from the node
 // src to WireGuard. It copies pkt and never blocks: when WireGuard is
 // behind, the packet is dropped and false returned.
-func (b *Bind) DeliverRelayed(src [32]byte, pkt []byte) bool {
+func (b *Bind) DeliverRelayed(src key.Public, pkt []byte) bool {
 	if Classify(pkt) != WireGuard {
 		b.C.OtherDrop.Add(1)
 		return false
@@ -190,7 +192,7 @@ func (b *Bind) sendRelay(bufs [][]byte, e *relayEndpoint) error {
 		return ErrNoRelay
 	}
 	for _, p := range bufs {
-		if err := h.r.Send(e.key, p); err != nil {
+		if err := h.r.Send(e.nk, p); err != nil {
 			return err
 		}
 		b.C.RelayOut.Add(1)

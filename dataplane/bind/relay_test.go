@@ -7,14 +7,16 @@ import (
 	"testing"
 
 	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/edgewire/edgewire/types/key"
 )
 
 type fakeRelay struct {
 	mu   sync.Mutex
-	sent map[[32]byte][][]byte
+	sent map[key.Public][][]byte
 }
 
-func (f *fakeRelay) Send(dst [32]byte, pkt []byte) error {
+func (f *fakeRelay) Send(dst key.Public, pkt []byte) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.sent[dst] = append(f.sent[dst], append([]byte(nil), pkt...))
@@ -29,7 +31,7 @@ func TestRelayPath(t *testing.T) {
 	}
 	defer b.Shutdown()
 	recv := fns[len(fns)-1]
-	var k1, k2 [32]byte
+	var k1, k2 key.Public
 	k1[0], k2[0] = 1, 2
 
 	ep1 := b.RelayEndpoint(k1)
@@ -54,7 +56,7 @@ func TestRelayPath(t *testing.T) {
 	if err := b.Send([][]byte{pkt}, ep); err != ErrNoRelay {
 		t.Errorf("send without relay: got %v, want ErrNoRelay", err)
 	}
-	fr := &fakeRelay{sent: map[[32]byte][][]byte{}}
+	fr := &fakeRelay{sent: map[key.Public][][]byte{}}
 	b.SetRelay(fr)
 	if err := b.Send([][]byte{pkt, pkt}, ep); err != nil {
 		t.Fatal(err)

@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // BenchmarkRelayThroughput pushes 1400-byte packets from one client to
@@ -18,8 +20,8 @@ func BenchmarkRelayThroughput(b *testing.B) {
 		b.Fatal(err)
 	}
 	r := e.startRelayServer(s)
-	real := func(k Key) []byte {
-		return SignTicket(e.tpriv, Ticket{Node: PublicKey(k), Expires: time.Now().Add(time.Hour)})
+	real := func(k key.Private) []byte {
+		return SignTicket(e.tpriv, Ticket{Node: k.Public(), Expires: time.Now().Add(time.Hour)})
 	}
 	var got atomic.Int64
 	more := make(chan struct{}, 1)
@@ -34,7 +36,7 @@ func BenchmarkRelayThroughput(b *testing.B) {
 	c1 := benchClient(b, r, k1, real(k1), nil)
 	benchClient(b, r, k2, real(k2), recv)
 	eventually(b, 5*time.Second, "clients", func() bool { return s.Stats().Clients == 2 && c1.Connected() })
-	dst := PublicKey(k2)
+	dst := k2.Public()
 	pkt := make([]byte, 1400)
 	const window = 128
 	b.SetBytes(int64(len(pkt)))
@@ -70,7 +72,7 @@ func (e *env) startRelayServer(s *Server) *testRelay {
 	return e.serveRelay(s, ln)
 }
 
-func benchClient(b *testing.B, r *testRelay, priv Key, ticket []byte, onPacket func(Key, []byte)) *Client {
+func benchClient(b *testing.B, r *testRelay, priv key.Private, ticket []byte, onPacket func(Key, []byte)) *Client {
 	c, err := NewClient(ClientConfig{URL: r.url, ServerKey: r.s.PublicKey(), PrivateKey: priv, Ticket: ticket, OnPacket: onPacket})
 	if err != nil {
 		b.Fatal(err)

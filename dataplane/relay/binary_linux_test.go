@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgewire/edgewire/node/identity"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // relayBinary is $EDGEWIRE_BIN/edgewire-relay (the lab's binaries) or a
@@ -108,7 +108,7 @@ func TestRelayBinaryRSS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	relayPub, err := identity.ParseKey(strings.TrimSpace(string(out)))
+	relayPub, err := key.ParsePublic(string(out))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,15 +151,15 @@ func TestRelayBinaryRSS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ticket := func(k Key) []byte {
-		return SignTicket(tpriv, Ticket{Node: PublicKey(k), Expires: time.Now().Add(time.Hour)})
+	ticket := func(k key.Private) []byte {
+		return SignTicket(tpriv, Ticket{Node: k.Public(), Expires: time.Now().Add(time.Hour)})
 	}
 	// node connects as a new node and returns its connection.
 	node := func() (net.Conn, *bufio.Writer, Key) {
 		k := newKey()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		hello := newClientHello(PublicKey(k))
+		hello := newClientHello(k.Public())
 		nc, br, err := dialUpgrade(ctx, nil, u, nil, hello)
 		if err != nil {
 			t.Fatal(err)
@@ -170,7 +170,7 @@ func TestRelayBinaryRSS(t *testing.T) {
 			t.Fatal(err)
 		}
 		nc.SetDeadline(time.Time{})
-		return nc, bw, PublicKey(k)
+		return nc, bw, k.Public()
 	}
 	var dsts []Key
 	for range stalled {
@@ -238,7 +238,7 @@ func stallHandshake(t *testing.T, addr, src string) int {
 	t.Cleanup(func() { nc.Close() })
 	nc.SetDeadline(time.Now().Add(10 * time.Second))
 	req := "GET /relay HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: " + upgradeProto + "\r\n" +
-		versionHeader + ": 2\r\n" + clientHeader + ": " + newClientHello(PublicKey(newKey())).header() + "\r\n\r\n"
+		versionHeader + ": 2\r\n" + clientHeader + ": " + newClientHello(newKey().Public()).header() + "\r\n\r\n"
 	if _, err := io.WriteString(nc, req); err != nil {
 		t.Error(err)
 		return 0

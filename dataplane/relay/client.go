@@ -12,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // A client's queue of frames it has not yet written: packets (bounded
@@ -23,10 +25,10 @@ const (
 
 // ClientConfig configures a node's connection to its home relay.
 type ClientConfig struct {
-	URL        string // "https://host:port/relay" or "http://host:port/relay"
-	ServerKey  Key    // expected relay key, from the relay map
-	PrivateKey Key    // node key
-	Ticket     []byte // initial ticket
+	URL        string      // "https://host:port/relay" or "http://host:port/relay"
+	ServerKey  Key         // expected relay key, from the relay map
+	PrivateKey key.Private // node key
+	Ticket     []byte      // initial ticket
 	// OnPacket is called from the reader goroutine; pkt is valid only
 	// during the call.
 	OnPacket func(src Key, pkt []byte)
@@ -79,7 +81,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if cfg.ServerKey == (Key{}) {
 		return nil, errors.New("relay client: ServerKey is required")
 	}
-	if cfg.PrivateKey == (Key{}) {
+	if cfg.PrivateKey == (key.Private{}) {
 		return nil, errors.New("relay client: PrivateKey is required")
 	}
 	if cfg.OnPacket == nil {
@@ -137,7 +139,7 @@ func (c *Client) setErr(err error) {
 // reports whether the handshake succeeded.
 func (c *Client) session(ctx context.Context) (up bool, err error) {
 	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
-	hello := newClientHello(PublicKey(c.cfg.PrivateKey))
+	hello := newClientHello(c.cfg.PrivateKey.Public())
 	nc, br, err := dialUpgrade(hctx, c.cfg.Dial, c.u, c.cfg.TLSConfig, hello)
 	if err != nil {
 		cancel()

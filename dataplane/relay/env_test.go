@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // fakeClock is the injected clock of test relays.
@@ -43,7 +45,7 @@ func newEnv(t testing.TB) *env {
 	return &env{t: t, clock: &fakeClock{t: time.Unix(1_800_000_000, 0)}, tpub: pub, tpriv: priv}
 }
 
-func newKey() Key { return Key(newNonce(32)) }
+func newKey() key.Private { return key.Private(newNonce(32)) }
 
 func (e *env) ticket(node Key, ttl time.Duration) []byte {
 	return SignTicket(e.tpriv, Ticket{Node: node, Expires: e.clock.Now().Add(ttl)})
@@ -60,7 +62,7 @@ type testRelay struct {
 // the end of the test.
 func (e *env) startRelay(cfg ServerConfig, addr string) *testRelay {
 	e.t.Helper()
-	if cfg.PrivateKey == (Key{}) {
+	if cfg.PrivateKey == (key.Private{}) {
 		cfg.PrivateKey = newKey()
 	}
 	if cfg.TicketKey == nil {
@@ -120,16 +122,16 @@ type received struct {
 
 type testClient struct {
 	c    *Client
-	priv Key
+	priv key.Private
 	pub  Key
 	got  chan received
 	stop func()
 }
 
 // startClient runs a client of r until stop or the end of the test.
-func (e *env) startClient(r *testRelay, priv Key, ticket []byte) *testClient {
+func (e *env) startClient(r *testRelay, priv key.Private, ticket []byte) *testClient {
 	e.t.Helper()
-	tc := &testClient{priv: priv, pub: PublicKey(priv), got: make(chan received, 4096)}
+	tc := &testClient{priv: priv, pub: priv.Public(), got: make(chan received, 4096)}
 	c, err := NewClient(ClientConfig{
 		URL:        r.url,
 		ServerKey:  r.s.PublicKey(),
@@ -176,8 +178,8 @@ func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 func (e *env) startPair(t testing.TB, r *testRelay) (c1, c2 *testClient) {
 	t.Helper()
 	k1, k2 := newKey(), newKey()
-	c1 = e.startClient(r, k1, e.ticket(PublicKey(k1), time.Hour))
-	c2 = e.startClient(r, k2, e.ticket(PublicKey(k2), time.Hour))
+	c1 = e.startClient(r, k1, e.ticket(k1.Public(), time.Hour))
+	c2 = e.startClient(r, k2, e.ticket(k2.Public(), time.Hour))
 	waitConnected(t, c1, c2)
 	return c1, c2
 }
@@ -232,7 +234,7 @@ type rawConn struct {
 	nc    net.Conn
 	br    *bufio.Reader
 	bw    *bufio.Writer
-	priv  Key          // node key (dialNode)
+	priv  key.Private  // node key (dialNode)
 	hello *clientHello // sent in the Upgrade request (dialNode)
 }
 
@@ -242,8 +244,8 @@ func dialRaw(t testing.TB, r *testRelay) *rawConn { return dialHello(t, r, nil) 
 
 // dialNode upgrades a connection to r as node priv, announcing it in the
 // client header; rc.handshake completes it.
-func dialNode(t testing.TB, r *testRelay, priv Key) *rawConn {
-	rc := dialHello(t, r, newClientHello(PublicKey(priv)))
+func dialNode(t testing.TB, r *testRelay, priv key.Private) *rawConn {
+	rc := dialHello(t, r, newClientHello(priv.Public()))
 	rc.priv = priv
 	return rc
 }

@@ -25,6 +25,7 @@ import (
 	"golang.org/x/crypto/nacl/secretbox"
 
 	"github.com/edgewire/edgewire/internal/dhkey"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // frame encodes one frame.
@@ -132,8 +133,8 @@ func FuzzServerConn(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	node, peer, other := newKey(), newKey(), PublicKey(newKey())
-	self := PublicKey(node)
+	node, peer, other := newKey(), newKey(), newKey().Public()
+	self := node.Public()
 	now := e.clock.Now()
 	list := SignRevocations(e.tpriv, Revocations{Issued: now, Entries: []Revocation{{Node: other, Until: now.Add(time.Hour)}}})
 	for _, seed := range []struct {
@@ -203,7 +204,7 @@ func FuzzServerConn(f *testing.F) {
 		}
 		bw := bufio.NewWriter(cc)
 		if mesh {
-			_, err = meshHandshake(br, bw, s.pub, PublicKey(peer), meshKey)
+			_, err = meshHandshake(br, bw, s.pub, peer.Public(), meshKey)
 		} else {
 			_, err = clientHandshake(br, bw, s.pub, node, hello, e.ticket(self, time.Hour))
 		}
@@ -252,11 +253,11 @@ func FuzzServerHandshake(f *testing.F) {
 		f.Fatal(err)
 	}
 	k := newKey()
-	pub := PublicKey(k)
+	pub := k.Public()
 	h := newClientHello(pub).header()
 	info := cat(pub[:], make([]byte, clientInfoMin-32+TicketLen))
 	f.Add(h, frame(frameClientInfo, info))
-	stranger := PublicKey(newKey())
+	stranger := newKey().Public()
 	f.Add(h, frame(frameClientInfo, cat(stranger[:], info[32:])))
 	f.Add(h, frame(frameClientInfo, info[:clientInfoMin-1]))
 	f.Add("", frame(frameMeshInfo, make([]byte, meshInfoLen)))
@@ -304,12 +305,12 @@ func FuzzServerHandshake(f *testing.F) {
 // the pinned key, and succeed only with the relay's real answer.
 func FuzzClientHandshake(f *testing.F) {
 	relayPriv, node := newKey(), newKey()
-	relayPub, nodePub := PublicKey(relayPriv), PublicKey(node)
+	relayPub, nodePub := relayPriv.Public(), node.Public()
 	hello := newClientHello(nodePub)
 	ticket := []byte("ticket")
 	// proofFor is the real relay's proof for a server nonce.
 	proofFor := func(snonce []byte) []byte {
-		k, err := handshakeKey(&relayPriv, &nodePub, dhkey.RelayServerProof, relayPub, nodePub, &hello.cnonce, (*[nonceLen]byte)(snonce))
+		k, err := handshakeKey(relayPriv, nodePub, dhkey.RelayServerProof, relayPub, nodePub, &hello.cnonce, (*[nonceLen]byte)(snonce))
 		if err != nil {
 			f.Fatal(err)
 		}
@@ -318,7 +319,7 @@ func FuzzClientHandshake(f *testing.F) {
 	}
 	snonce := newNonce(nonceLen)
 	keyFrame := frame(frameServerKey, []byte(serverMagic), []byte{ProtocolVersion}, relayPub[:], snonce, proofFor(snonce))
-	ks, err := handshakeKey(&relayPriv, &nodePub, dhkey.RelayServerInfo, relayPub, nodePub, &hello.cnonce, (*[nonceLen]byte)(snonce))
+	ks, err := handshakeKey(relayPriv, nodePub, dhkey.RelayServerInfo, relayPub, nodePub, &hello.cnonce, (*[nonceLen]byte)(snonce))
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -365,7 +366,7 @@ func (nopConn) Close() error                     { return nil }
 // pings within its control bound, stop with an error at the end, and
 // allocate in proportion to the input.
 func FuzzClientReadLoop(f *testing.F) {
-	src := PublicKey(newKey())
+	src := newKey().Public()
 	f.Add(frame(frameRecvPacket, src[:], []byte("wireguard")))
 	f.Add(cat(frame(framePing, []byte("12345678")), frame(frameKeepAlive), frame(framePong, []byte("87654321"))))
 	f.Add(frame(frameRecvPacket, make([]byte, 31)))
@@ -373,7 +374,7 @@ func FuzzClientReadLoop(f *testing.F) {
 	f.Add(frameBytes(frameRecvPacket, maxFramePayload+1, nil))
 	f.Add(frame(frameType(0x7f), []byte("a later version")))
 	f.Fuzz(func(t *testing.T, in []byte) {
-		c, err := NewClient(ClientConfig{URL: "http://relay/relay", ServerKey: Key{1}, PrivateKey: Key{2}})
+		c, err := NewClient(ClientConfig{URL: "http://relay/relay", ServerKey: Key{1}, PrivateKey: key.Private{2}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -434,7 +435,7 @@ func FuzzClientReadLoop(f *testing.F) {
 // well-formed frames; the loop stops with an error at the end.
 func FuzzMeshReadLoop(f *testing.F) {
 	e := newEnv(f)
-	k := PublicKey(newKey())
+	k := newKey().Public()
 	until := make([]byte, 8)
 	binary.BigEndian.PutUint64(until, uint64(e.clock.Now().Add(time.Hour).Unix()))
 	f.Add(cat(frame(framePeerPresent, k[:]), frame(framePeerGone, k[:])))

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/crypto/nacl/secretbox"
 
 	"github.com/edgewire/edgewire/internal/dhkey"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // handshakeTimeout bounds the Upgrade plus the key exchange.
@@ -179,7 +180,7 @@ func parseClientHello(vs []string) (clientHello, error) {
 // handshakeKey derives the key for purpose p of the handshake between
 // relay and node (the agreement of priv and pub, one from each), bound
 // to the transcript: relay key, node key, client nonce, server nonce.
-func handshakeKey(priv, pub *Key, p dhkey.Purpose, relay, node Key, cnonce, snonce *[nonceLen]byte) ([dhkey.Size]byte, error) {
+func handshakeKey(priv key.Private, pub Key, p dhkey.Purpose, relay, node Key, cnonce, snonce *[nonceLen]byte) ([dhkey.Size]byte, error) {
 	return dhkey.Derive(priv, pub, p, relay[:], node[:], cnonce[:], snonce[:])
 }
 
@@ -228,14 +229,14 @@ func readReply(br *bufio.Reader, want frameType, wantLen int) ([]byte, error) {
 // to the relay, after hello went out in the Upgrade request; it returns
 // the relay's keepalive interval. Nothing sealed is sent before the relay
 // has proven serverKey.
-func clientHandshake(br *bufio.Reader, bw *bufio.Writer, serverKey, priv Key, hello *clientHello, ticket []byte) (time.Duration, error) {
+func clientHandshake(br *bufio.Reader, bw *bufio.Writer, serverKey Key, priv key.Private, hello *clientHello, ticket []byte) (time.Duration, error) {
 	snonce, proof, err := readServerKey(br, serverKey)
 	if err != nil {
 		return 0, err
 	}
 	pub := hello.node
 	derive := func(p dhkey.Purpose) ([dhkey.Size]byte, error) {
-		k, err := handshakeKey(&priv, &serverKey, p, serverKey, pub, &hello.cnonce, &snonce)
+		k, err := handshakeKey(priv, serverKey, p, serverKey, pub, &hello.cnonce, &snonce)
 		if err != nil {
 			return k, fmt.Errorf("%w: relay key: %w", ErrWrongServerKey, err)
 		}
@@ -335,7 +336,7 @@ func (s *Server) serverHandshake(br *bufio.Reader, bw *bufio.Writer, hello *clie
 	var snonce, proof [nonceLen]byte
 	copy(snonce[:], newNonce(nonceLen))
 	if hello != nil {
-		k, err := handshakeKey(&s.cfg.PrivateKey, &hello.node, dhkey.RelayServerProof, s.pub, hello.node, &hello.cnonce, &snonce)
+		k, err := handshakeKey(s.cfg.PrivateKey, hello.node, dhkey.RelayServerProof, s.pub, hello.node, &hello.cnonce, &snonce)
 		if err != nil {
 			return peerInfo{}, err // parseClientHello checked the key
 		}
@@ -381,7 +382,7 @@ func (s *Server) checkClient(bw *bufio.Writer, p []byte, hello *clientHello, sno
 		return peerInfo{}, refusal("client info names another key than the " + clientHeader + " header")
 	}
 	derive := func(pp dhkey.Purpose) ([dhkey.Size]byte, error) {
-		return handshakeKey(&s.cfg.PrivateKey, &node, pp, s.pub, node, &hello.cnonce, snonce)
+		return handshakeKey(s.cfg.PrivateKey, node, pp, s.pub, node, &hello.cnonce, snonce)
 	}
 	kc, err := derive(dhkey.RelayClient)
 	if err != nil {

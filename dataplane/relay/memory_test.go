@@ -83,12 +83,12 @@ func TestStalledReceiversStayWithinBudget(t *testing.T) {
 	for range stalled {
 		k := newKey()
 		rc := dialNode(t, r, k)
-		if err := rc.handshake(r, e.ticket(PublicKey(k), time.Hour)); err != nil {
+		if err := rc.handshake(r, e.ticket(k.Public(), time.Hour)); err != nil {
 			t.Fatal(err)
 		}
 		rc.nc.(*net.TCPConn).SetReadBuffer(4 << 10)
 		rc.nc.SetDeadline(time.Time{})
-		dsts = append(dsts, PublicKey(k)) // and never read again
+		dsts = append(dsts, k.Public()) // and never read again
 	}
 	var maxQueued atomic.Int64
 	stop := make(chan struct{})
@@ -110,7 +110,7 @@ func TestStalledReceiversStayWithinBudget(t *testing.T) {
 	for range senders {
 		k := newKey()
 		rc := dialNode(t, r, k)
-		if err := rc.handshake(r, e.ticket(PublicKey(k), time.Hour)); err != nil {
+		if err := rc.handshake(r, e.ticket(k.Public(), time.Hour)); err != nil {
 			t.Fatal(err)
 		}
 		rc.nc.SetDeadline(time.Now().Add(60 * time.Second))
@@ -253,16 +253,16 @@ func TestTooLargePacketDropped(t *testing.T) {
 	_, c2 := e.startPair(t, r)
 	k := newKey()
 	rc := dialNode(t, r, k)
-	if err := rc.handshake(r, e.ticket(PublicKey(k), time.Hour)); err != nil {
+	if err := rc.handshake(r, e.ticket(k.Public(), time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	rc.send(t, frameSendPacket, c2.pub[:], make([]byte, maxPacketSize+1))
 	rc.send(t, frameSendPacket, c2.pub[:], []byte("fits"))
-	expectPacket(t, c2, PublicKey(k), []byte("fits"))
+	expectPacket(t, c2, k.Public(), []byte("fits"))
 	if got := r.s.Stats().Drops["too_large"]; got != 1 {
 		t.Errorf("too_large: got %d, want 1", got)
 	}
-	if err := c2.c.Send(PublicKey(k), make([]byte, maxPacketSize+1)); !errors.Is(err, ErrPacketTooLarge) {
+	if err := c2.c.Send(k.Public(), make([]byte, maxPacketSize+1)); !errors.Is(err, ErrPacketTooLarge) {
 		t.Errorf("Client.Send of %d bytes: got %v, want ErrPacketTooLarge", maxPacketSize+1, err)
 	}
 }
@@ -280,7 +280,7 @@ func pendingUpgrade(t *testing.T, r *testRelay, src string, hello bool) (int, ne
 	nc.SetDeadline(time.Now().Add(10 * time.Second))
 	req := "GET /relay HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: " + upgradeProto + "\r\n" + versionHeader + ": 2\r\n"
 	if hello {
-		req += clientHeader + ": " + newClientHello(PublicKey(newKey())).header() + "\r\n"
+		req += clientHeader + ": " + newClientHello(newKey().Public()).header() + "\r\n"
 	}
 	if _, err := io.WriteString(nc, req+"\r\n"); err != nil {
 		t.Fatal(err)
@@ -352,7 +352,7 @@ func TestPendingHandshakesBounded(t *testing.T) {
 	r.s.mu.RUnlock()
 	eventually(t, 5*time.Second, "pending handshakes to end", func() bool { return r.s.Stats().Pending == 0 })
 	k := newKey()
-	c := e.startClient(r, k, e.ticket(PublicKey(k), time.Hour))
+	c := e.startClient(r, k, e.ticket(k.Public(), time.Hour))
 	waitConnected(t, c)
 	r.s.limits.mu.Lock()
 	if n := len(r.s.limits.byIP); n != 1 {
@@ -368,11 +368,11 @@ func TestConnsPerIP(t *testing.T) {
 	var cs []*testClient
 	for range 3 {
 		k := newKey()
-		cs = append(cs, e.startClient(r, k, e.ticket(PublicKey(k), time.Hour)))
+		cs = append(cs, e.startClient(r, k, e.ticket(k.Public(), time.Hour)))
 	}
 	waitConnected(t, cs...)
 	k := newKey()
-	over := e.startClient(r, k, e.ticket(PublicKey(k), time.Hour))
+	over := e.startClient(r, k, e.ticket(k.Public(), time.Hour))
 	eventually(t, 5*time.Second, "the fourth to be refused", func() bool {
 		return strings.Contains(fmt.Sprint(over.c.LastError()), "429")
 	})

@@ -24,11 +24,11 @@ func meshPair(t *testing.T, e *env, meshKey []byte) (a, b *testRelay, bCfg Serve
 	}
 	ka, kb := newKey(), newKey()
 	aCfg := ServerConfig{PrivateKey: ka, MeshKey: meshKey, MeshPeers: []MeshPeer{
-		{URL: "http://" + addrs[1] + "/relay", Key: PublicKey(kb)},
-		{URL: "http://" + addrs[0] + "/relay", Key: PublicKey(ka)}, // itself: skipped
+		{URL: "http://" + addrs[1] + "/relay", Key: kb.Public()},
+		{URL: "http://" + addrs[0] + "/relay", Key: ka.Public()}, // itself: skipped
 	}}
 	bCfg = ServerConfig{PrivateKey: kb, MeshKey: meshKey, MeshPeers: []MeshPeer{
-		{URL: "http://" + addrs[0] + "/relay", Key: PublicKey(ka)},
+		{URL: "http://" + addrs[0] + "/relay", Key: ka.Public()},
 	}}
 	return e.startRelay(aCfg, addrs[0]), e.startRelay(bCfg, addrs[1]), bCfg
 }
@@ -38,8 +38,8 @@ func TestMesh(t *testing.T) {
 	meshKey := newNonce(32)
 	a, b, bCfg := meshPair(t, e, meshKey)
 	k1, k2 := newKey(), newKey()
-	c1 := e.startClient(a, k1, e.ticket(PublicKey(k1), time.Hour))
-	c2 := e.startClient(b, k2, e.ticket(PublicKey(k2), time.Hour))
+	c1 := e.startClient(a, k1, e.ticket(k1.Public(), time.Hour))
+	c2 := e.startClient(b, k2, e.ticket(k2.Public(), time.Hour))
 	waitConnected(t, c1, c2)
 	eventually(t, 10*time.Second, "mesh links up", func() bool {
 		return a.s.Stats().MeshLinks == 1 && b.s.Stats().MeshLinks == 1
@@ -63,7 +63,7 @@ func TestMesh(t *testing.T) {
 		})
 		b = e.startRelay(bCfg, b.addr)
 		c2.stop()
-		c2 = e.startClient(b, k2, e.ticket(PublicKey(k2), time.Hour))
+		c2 = e.startClient(b, k2, e.ticket(k2.Public(), time.Hour))
 		waitConnected(t, c2)
 		sendUntilDelivered(t, c1, c2, []byte("a to new b"))
 		sendUntilDelivered(t, c2, c1, []byte("new b to a"))
@@ -96,7 +96,7 @@ func TestMeshRefusesWrongKey(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			rc := dialRaw(t, tt.r)
-			_, err := meshHandshake(rc.br, rc.bw, tt.r.s.PublicKey(), newKey(), tt.key)
+			_, err := meshHandshake(rc.br, rc.bw, tt.r.s.PublicKey(), newKey().Public(), tt.key)
 			if tt.reason == "" {
 				if err != nil {
 					t.Fatalf("got %v, want success", err)

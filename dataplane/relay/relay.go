@@ -30,11 +30,11 @@ import (
 	"io"
 	"slices"
 
-	"golang.org/x/crypto/curve25519"
+	"github.com/edgewire/edgewire/types/key"
 )
 
-// Key is a Curve25519 public or private key (node or relay).
-type Key = [32]byte
+// Key is a node's or relay's public key (one type for all of edgewire).
+type Key = key.Public
 
 // ProtocolVersion is the relay protocol version spoken here. It travels in
 // the Upgrade request (versionHeader) and in frameServerKey/frameServerInfo.
@@ -129,13 +129,6 @@ var (
 	// ErrPacketTooLarge is returned by Client.Send for oversize packets.
 	ErrPacketTooLarge = errors.New("relay: packet too large")
 )
-
-// PublicKey returns the Curve25519 public key of priv.
-func PublicKey(priv Key) Key {
-	var pub Key
-	curve25519.ScalarBaseMult(&pub, &priv)
-	return pub
-}
 
 // readFrame reads one frame from br into buf and returns its type and
 // payload, which aliases buf or, when buf is too small, new memory. A

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // TestRevocationListReachesRelay: a node deleted by the coordinator
@@ -18,15 +20,15 @@ func TestRevocationListReachesRelay(t *testing.T) {
 		return a.s.Stats().MeshLinks == 1 && b.s.Stats().MeshLinks == 1
 	})
 	kc, kv, kw := newKey(), newKey(), newKey()
-	carrier := e.startClient(a, kc, e.ticket(PublicKey(kc), time.Hour))
-	victim := e.startClient(a, kv, e.ticket(PublicKey(kv), time.Hour))
-	onB := e.startClient(b, kw, e.ticket(PublicKey(kw), time.Hour))
+	carrier := e.startClient(a, kc, e.ticket(kc.Public(), time.Hour))
+	victim := e.startClient(a, kv, e.ticket(kv.Public(), time.Hour))
+	onB := e.startClient(b, kw, e.ticket(kw.Public(), time.Hour))
 	waitConnected(t, carrier, victim, onB)
 	now := e.clock.Now()
-	list := func(issued time.Time, es ...Key) []byte {
+	list := func(issued time.Time, es ...key.Private) []byte {
 		r := Revocations{Issued: issued}
 		for _, k := range es {
-			r.Entries = append(r.Entries, Revocation{Node: PublicKey(k), Until: now.Add(time.Hour)})
+			r.Entries = append(r.Entries, Revocation{Node: k.Public(), Until: now.Add(time.Hour)})
 		}
 		return SignRevocations(e.tpriv, r)
 	}
@@ -43,7 +45,7 @@ func TestRevocationListReachesRelay(t *testing.T) {
 
 	t.Run("stale list changes nothing", func(t *testing.T) {
 		k := newKey()
-		c := e.startClient(a, k, e.ticket(PublicKey(k), time.Hour))
+		c := e.startClient(a, k, e.ticket(k.Public(), time.Hour))
 		waitConnected(t, c)
 		conn := carrier.c.cur.Load()
 		carrier.c.SetRevocations(list(now.Add(-time.Second), k))
@@ -62,14 +64,14 @@ func TestRevocationListReachesRelay(t *testing.T) {
 
 	t.Run("forged list closes its carrier", func(t *testing.T) {
 		k, v := newKey(), newKey()
-		c := e.startClient(a, v, e.ticket(PublicKey(v), time.Hour))
+		c := e.startClient(a, v, e.ticket(v.Public(), time.Hour))
 		waitConnected(t, c)
 		rc := dialNode(t, a, k)
-		if err := rc.handshake(a, e.ticket(PublicKey(k), time.Hour)); err != nil {
+		if err := rc.handshake(a, e.ticket(k.Public(), time.Hour)); err != nil {
 			t.Fatal(err)
 		}
 		_, other := testTicketKey(7)
-		rc.send(t, frameRevocations, SignRevocations(other, Revocations{Issued: now.Add(time.Minute), Entries: []Revocation{{Node: PublicKey(v), Until: now.Add(time.Hour)}}}))
+		rc.send(t, frameRevocations, SignRevocations(other, Revocations{Issued: now.Add(time.Minute), Entries: []Revocation{{Node: v.Public(), Until: now.Add(time.Hour)}}}))
 		rc.waitClosed(t)
 		if got := a.s.Stats().Drops["bad_revocations"]; got != 1 {
 			t.Errorf("bad_revocations: got %d, want 1", got)
@@ -84,12 +86,12 @@ func TestRevocationListReachesRelay(t *testing.T) {
 		// carrier's next handshake.
 		u := e.startRelay(ServerConfig{}, "")
 		k, v := newKey(), newKey()
-		c := e.startClient(u, k, e.ticket(PublicKey(k), time.Hour))
+		c := e.startClient(u, k, e.ticket(k.Public(), time.Hour))
 		waitConnected(t, c)
 		c.c.SetRevocations(list(now.Add(time.Minute), v))
-		eventually(t, 5*time.Second, "the list to be applied", func() bool { return u.s.revokedUntil(PublicKey(v), now) })
+		eventually(t, 5*time.Second, "the list to be applied", func() bool { return u.s.revokedUntil(v.Public(), now) })
 		u.stop()
 		u2 := e.startRelay(ServerConfig{PrivateKey: u.s.cfg.PrivateKey}, u.addr)
-		eventually(t, 10*time.Second, "the restarted relay to apply the list", func() bool { return u2.s.revokedUntil(PublicKey(v), now) })
+		eventually(t, 10*time.Second, "the restarted relay to apply the list", func() bool { return u2.s.revokedUntil(v.Public(), now) })
 	})
 }

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // Defaults of ServerConfig.
@@ -79,7 +81,7 @@ var dropNames = [numDrops]string{"no_route", "queue_full", "rate_limited", "bad_
 
 // ServerConfig configures a relay. Zero values take the defaults above.
 type ServerConfig struct {
-	PrivateKey Key               // relay identity (Curve25519); required
+	PrivateKey key.Private       // relay identity (Curve25519); required
 	TicketKey  ed25519.PublicKey // coordinator's ticket (and revocation list) verification key; required
 	MeshKey    []byte            // shared by the relays of a mesh, >= 32 bytes; nil: no mesh
 	MeshPeers  []MeshPeer        // the other relays of the mesh; an entry with this relay's own key is skipped
@@ -163,7 +165,7 @@ type meshPeer struct {
 
 // NewServer validates cfg and returns a relay.
 func NewServer(cfg ServerConfig) (*Server, error) {
-	if cfg.PrivateKey == (Key{}) {
+	if cfg.PrivateKey == (key.Private{}) {
 		return nil, errors.New("relay: PrivateKey is required")
 	}
 	if len(cfg.TicketKey) != ed25519.PublicKeySize {
@@ -235,7 +237,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	s := &Server{
 		cfg:        cfg,
-		pub:        PublicKey(cfg.PrivateKey),
+		pub:        cfg.PrivateKey.Public(),
 		log:        cfg.Logger,
 		now:        cfg.Now,
 		sweepEvery: time.Second,

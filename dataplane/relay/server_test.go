@@ -18,6 +18,7 @@ import (
 	"golang.org/x/crypto/nacl/secretbox"
 
 	"github.com/edgewire/edgewire/internal/dhkey"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 func TestTwoClientsExchangePackets(t *testing.T) {
@@ -45,7 +46,7 @@ func TestTwoClientsExchangePackets(t *testing.T) {
 		t.Errorf("oversize Send: got %v, want ErrPacketTooLarge", err)
 	}
 	// No route: a node that is nowhere.
-	c1.c.Send(newKey(), []byte("lost"))
+	c1.c.Send(newKey().Public(), []byte("lost"))
 	eventually(t, 5*time.Second, "no_route drop", func() bool { return r.s.Stats().Drops["no_route"] == 1 })
 }
 
@@ -53,7 +54,7 @@ func TestPing(t *testing.T) {
 	e := newEnv(t)
 	r := e.startRelay(ServerConfig{}, "")
 	k := newKey()
-	c := e.startClient(r, k, e.ticket(PublicKey(k), time.Hour))
+	c := e.startClient(r, k, e.ticket(k.Public(), time.Hour))
 	waitConnected(t, c)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -74,7 +75,7 @@ func TestClientRefusesWrongRelayKey(t *testing.T) {
 	e := newEnv(t)
 	r := e.startRelay(ServerConfig{}, "")
 	k := newKey()
-	c, err := NewClient(ClientConfig{URL: r.url, ServerKey: newKey(), PrivateKey: k, Ticket: e.ticket(PublicKey(k), time.Hour)})
+	c, err := NewClient(ClientConfig{URL: r.url, ServerKey: newKey().Public(), PrivateKey: k, Ticket: e.ticket(k.Public(), time.Hour)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,17 +97,17 @@ func TestRelayRefusesClients(t *testing.T) {
 	e := newEnv(t)
 	r := e.startRelay(ServerConfig{}, "")
 	k := newKey()
-	pub := PublicKey(k)
+	pub := k.Public()
 	srv := r.s.PublicKey()
 	// clientInfo answers the relay's key frame with a client info naming
 	// node, sealed under the RelayClient key priv derives, holding the
 	// server nonce (or zeros) and tk.
-	clientInfo := func(rc *rawConn, node, priv Key, zeroNonce bool, tk []byte) error {
+	clientInfo := func(rc *rawConn, node Key, priv key.Private, zeroNonce bool, tk []byte) error {
 		snonce, _, err := readServerKey(rc.br, srv)
 		if err != nil {
 			return err
 		}
-		kc, err := handshakeKey(&priv, &srv, dhkey.RelayClient, srv, rc.hello.node, &rc.hello.cnonce, &snonce)
+		kc, err := handshakeKey(priv, srv, dhkey.RelayClient, srv, rc.hello.node, &rc.hello.cnonce, &snonce)
 		if err != nil {
 			return err
 		}
@@ -131,7 +132,7 @@ func TestRelayRefusesClients(t *testing.T) {
 		{"no ticket", withTicket(nil), "invalid"},
 		{"expired ticket", withTicket(e.ticket(pub, -time.Second)), "expired"},
 		{"ticket beyond MaxTicketTTL", withTicket(e.ticket(pub, MaxTicketTTL+ticketClockSkew+time.Second)), "ahead"},
-		{"ticket for another key", withTicket(e.ticket(newKey(), time.Hour)), "another node"},
+		{"ticket for another key", withTicket(e.ticket(newKey().Public(), time.Hour)), "another node"},
 		{"ticket from another coordinator", withTicket(SignTicket(func() []byte { _, p := testTicketKey(9); return p }(), Ticket{Node: pub, Expires: e.clock.Now().Add(time.Hour)})), "invalid"},
 		{"forged node key", func(t *testing.T) error {
 			// Claims pub, but only knows another private key.
@@ -142,7 +143,7 @@ func TestRelayRefusesClients(t *testing.T) {
 		}, "proof failed"},
 		{"client info for another key than the header", func(t *testing.T) error {
 			other := newKey()
-			return clientInfo(dialNode(t, r, k), PublicKey(other), other, false, e.ticket(PublicKey(other), time.Hour))
+			return clientInfo(dialNode(t, r, k), other.Public(), other, false, e.ticket(other.Public(), time.Hour))
 		}, "another key than"},
 		{"client info without the client header (v1 style)", func(t *testing.T) error {
 			rc := dialRaw(t, r)
@@ -182,11 +183,11 @@ func TestRelayRefusesClients(t *testing.T) {
 // another nonce, no proof) gets nothing sealed from the client.
 func TestClientRefusesUnprovenRelay(t *testing.T) {
 	relayPriv, node := newKey(), newKey()
-	relayPub, nodePub := PublicKey(relayPriv), PublicKey(node)
+	relayPub, nodePub := relayPriv.Public(), node.Public()
 	hello := newClientHello(nodePub)
 	snonce := [nonceLen]byte(newNonce(nonceLen))
-	proofFor := func(h *clientHello, priv Key) []byte {
-		k, err := handshakeKey(&priv, &h.node, dhkey.RelayServerProof, relayPub, h.node, &h.cnonce, &snonce)
+	proofFor := func(h *clientHello, priv key.Private) []byte {
+		k, err := handshakeKey(priv, h.node, dhkey.RelayServerProof, relayPub, h.node, &h.cnonce, &snonce)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -277,7 +278,7 @@ func TestHTTPSurface(t *testing.T) {
 func TestClientRefusesOtherVersion(t *testing.T) {
 	var b bytes.Buffer
 	bw := bufio.NewWriter(&b)
-	srv := newKey()
+	srv := newKey().Public()
 	writeFrame(bw, frameServerKey, []byte(serverMagic), []byte{1}, srv[:], make([]byte, nonceLen)) // a version 1 frame
 	bw.Flush()
 	_, _, err := readServerKey(bufio.NewReader(&b), srv)
@@ -311,10 +312,10 @@ func TestBadFrameClosesOnlyThatConnection(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			k := newKey()
 			rc := dialNode(t, r, k)
-			if err := rc.handshake(r, e.ticket(PublicKey(k), time.Hour)); err != nil {
+			if err := rc.handshake(r, e.ticket(k.Public(), time.Hour)); err != nil {
 				t.Fatal(err)
 			}
-			tt.send(t, rc, PublicKey(k))
+			tt.send(t, rc, k.Public())
 			rc.waitClosed(t)
 			if got := r.s.Stats().Drops["bad_frame"]; got != uint64(i+1) {
 				t.Errorf("bad_frame: got %d, want %d", got, i+1)
@@ -336,10 +337,10 @@ func TestSecondConnectionReplacesFirst(t *testing.T) {
 	r := e.startRelay(ServerConfig{}, "")
 	k := newKey()
 	first, second := dialNode(t, r, k), dialNode(t, r, k)
-	if err := first.handshake(r, e.ticket(PublicKey(k), time.Hour)); err != nil {
+	if err := first.handshake(r, e.ticket(k.Public(), time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	if err := second.handshake(r, e.ticket(PublicKey(k), time.Hour)); err != nil {
+	if err := second.handshake(r, e.ticket(k.Public(), time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	first.waitClosed(t)
@@ -423,14 +424,14 @@ func TestServerQueueFullDrops(t *testing.T) {
 	dst := newKey()
 	// A node that never reads: its socket buffers fill, then its queue.
 	slow := dialNode(t, r, dst)
-	if err := slow.handshake(r, e.ticket(PublicKey(dst), time.Hour)); err != nil {
+	if err := slow.handshake(r, e.ticket(dst.Public(), time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	k := newKey()
-	c := e.startClient(r, k, e.ticket(PublicKey(k), time.Hour))
+	c := e.startClient(r, k, e.ticket(k.Public(), time.Hour))
 	waitConnected(t, c)
 	pkt := make([]byte, maxPacketSize)
-	d := PublicKey(dst)
+	d := dst.Public()
 	eventually(t, 10*time.Second, "queue_full drops", func() bool {
 		for i := 0; i < 64; i++ {
 			c.c.Send(d, pkt)
@@ -443,11 +444,11 @@ func TestTicketExpiryAndRenewal(t *testing.T) {
 	e := newEnv(t)
 	r := e.startRelay(ServerConfig{}, "")
 	kOld, kNew := newKey(), newKey()
-	stale := e.startClient(r, kOld, e.ticket(PublicKey(kOld), time.Minute))
-	renewed := e.startClient(r, kNew, e.ticket(PublicKey(kNew), time.Minute))
+	stale := e.startClient(r, kOld, e.ticket(kOld.Public(), time.Minute))
+	renewed := e.startClient(r, kNew, e.ticket(kNew.Public(), time.Minute))
 	waitConnected(t, stale, renewed)
 	conn := renewed.c.cur.Load()
-	renewed.c.SetTicket(e.ticket(PublicKey(kNew), time.Hour))
+	renewed.c.SetTicket(e.ticket(kNew.Public(), time.Hour))
 	// The relay handles frames in order: once the ping returns, the
 	// renewed ticket is in.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -467,7 +468,7 @@ func TestTicketExpiryAndRenewal(t *testing.T) {
 		t.Errorf("clients: got %d, want 1", got)
 	}
 	// A fresh ticket lets the stale client back in.
-	stale.c.SetTicket(e.ticket(PublicKey(kOld), time.Hour))
+	stale.c.SetTicket(e.ticket(kOld.Public(), time.Hour))
 	waitConnected(t, stale)
 }
 
@@ -475,7 +476,7 @@ func TestRevoke(t *testing.T) {
 	e := newEnv(t)
 	r := e.startRelay(ServerConfig{}, "")
 	k := newKey()
-	c := e.startClient(r, k, e.ticket(PublicKey(k), time.Hour))
+	c := e.startClient(r, k, e.ticket(k.Public(), time.Hour))
 	waitConnected(t, c)
 	conn := c.c.cur.Load()
 	r.s.Revoke(c.pub, e.clock.Now().Add(time.Hour))
@@ -487,20 +488,20 @@ func TestRevoke(t *testing.T) {
 		t.Fatal("revoked client reconnected")
 	}
 	e.clock.Advance(time.Hour)
-	c.c.SetTicket(e.ticket(PublicKey(k), time.Hour))
+	c.c.SetTicket(e.ticket(k.Public(), time.Hour))
 	waitConnected(t, c)
 }
 
 func TestNewServerValidates(t *testing.T) {
 	pub, _ := testTicketKey(1)
-	good := ServerConfig{PrivateKey: Key{1}, TicketKey: pub}
+	good := ServerConfig{PrivateKey: key.Private{1}, TicketKey: pub}
 	tests := []struct {
 		name string
 		mod  func(*ServerConfig)
 		want string
 	}{
 		{"ok", func(*ServerConfig) {}, ""},
-		{"no private key", func(c *ServerConfig) { c.PrivateKey = Key{} }, "PrivateKey"},
+		{"no private key", func(c *ServerConfig) { c.PrivateKey = key.Private{} }, "PrivateKey"},
 		{"no ticket key", func(c *ServerConfig) { c.TicketKey = nil }, "TicketKey"},
 		{"short mesh key", func(c *ServerConfig) { c.MeshKey = make([]byte, 16) }, "MeshKey"},
 		{"peers without mesh key", func(c *ServerConfig) { c.MeshPeers = []MeshPeer{{URL: "http://x/relay", Key: Key{2}}} }, "MeshKey"},
@@ -558,7 +559,7 @@ func TestTLSAndKeepAlive(t *testing.T) {
 	// An idle connection gets keepalives.
 	k := newKey()
 	rc := dialNode(t, r, k)
-	if err := rc.handshake(r, e.ticket(PublicKey(k), time.Hour)); err != nil {
+	if err := rc.handshake(r, e.ticket(k.Public(), time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	rc.nc.SetReadDeadline(time.Now().Add(3 * time.Second))

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // A ticket is the coordinator's word that a node may use the relays until
@@ -40,8 +42,8 @@ var (
 
 // Ticket is the content of a relay ticket.
 type Ticket struct {
-	Node    [32]byte  // node public key the ticket is for
-	Expires time.Time // second precision on the wire
+	Node    key.Public // node public key the ticket is for
+	Expires time.Time  // second precision on the wire
 }
 
 // SignTicket encodes and signs t with the coordinator key priv (which must

@@ -1,29 +1,27 @@
 package wgdev
 
 import (
-	"crypto/rand"
 	"net/netip"
 	"testing"
 	"time"
 
-	"golang.org/x/crypto/curve25519"
 	"golang.zx2c4.com/wireguard/conn/bindtest"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
+
+	"github.com/edgewire/edgewire/types/key"
 )
 
-func testKey(t *testing.T) (priv, pub Key) {
+func testKey(t *testing.T) (key.Private, key.Public) {
 	t.Helper()
-	rand.Read(priv[:])
-	p, err := curve25519.X25519(priv[:], curve25519.Basepoint)
+	priv, err := key.NewPrivate()
 	if err != nil {
 		t.Fatal(err)
 	}
-	copy(pub[:], p)
-	return priv, pub
+	return priv, priv.Public()
 }
 
 // endpointOf reads the endpoint WireGuard holds for peer.
-func endpointOf(t *testing.T, d *Device, peer Key) string {
+func endpointOf(t *testing.T, d *Device, peer key.Public) string {
 	t.Helper()
 	stats, err := d.Stats()
 	if err != nil {

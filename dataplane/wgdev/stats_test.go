@@ -8,11 +8,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/edgewire/edgewire/types/key"
 )
 
 func hexKey(b byte) string { return hex.EncodeToString(bytes.Repeat([]byte{b}, 32)) }
 
-func keyOf(b byte) Key { return Key(bytes.Repeat([]byte{b}, 32)) }
+func keyOf(b byte) key.Public { return key.Public(bytes.Repeat([]byte{b}, 32)) }
 
 // uapiGet is a UAPI get response as wireguard-go writes it: the interface
 // section, then one section per peer, each starting with public_key.
@@ -46,12 +48,12 @@ func TestParseStats(t *testing.T) {
 	tests := []struct {
 		name string
 		in   string
-		want map[Key]PeerStats
+		want map[key.Public]PeerStats
 	}{
 		{
 			name: "two peers, one never handshaken",
 			in:   uapiGet,
-			want: map[Key]PeerStats{
+			want: map[key.Public]PeerStats{
 				keyOf(0xaa): {
 					PublicKey:     keyOf(0xaa),
 					Endpoint:      netip.MustParseAddrPort("192.0.2.7:41641"),
@@ -65,18 +67,18 @@ func TestParseStats(t *testing.T) {
 		{
 			name: "interface only",
 			in:   "private_key=" + hexKey(0x11) + "\nlisten_port=51820\n",
-			want: map[Key]PeerStats{},
+			want: map[key.Public]PeerStats{},
 		},
 		{
 			name: "empty",
 			in:   "",
-			want: map[Key]PeerStats{},
+			want: map[key.Public]PeerStats{},
 		},
 		{
 			name: "IPv6 endpoint, handshake seconds only",
 			in: "public_key=" + hexKey(0xcc) + "\nendpoint=[2001:db8::7]:51820\n" +
 				"last_handshake_time_sec=1777636800\nlast_handshake_time_nsec=0\n",
-			want: map[Key]PeerStats{
+			want: map[key.Public]PeerStats{
 				keyOf(0xcc): {
 					PublicKey:     keyOf(0xcc),
 					Endpoint:      netip.MustParseAddrPort("[2001:db8::7]:51820"),
@@ -89,7 +91,7 @@ func TestParseStats(t *testing.T) {
 			name: "handshake does not carry over",
 			in: "public_key=" + hexKey(0xaa) + "\nlast_handshake_time_sec=5\nlast_handshake_time_nsec=6\n" +
 				"public_key=" + hexKey(0xbb) + "\n",
-			want: map[Key]PeerStats{
+			want: map[key.Public]PeerStats{
 				keyOf(0xaa): {PublicKey: keyOf(0xaa), LastHandshake: time.Unix(5, 6)},
 				keyOf(0xbb): {PublicKey: keyOf(0xbb)},
 			},

@@ -24,17 +24,16 @@ import (
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/ipc"
 	"golang.zx2c4.com/wireguard/tun"
-)
 
-// Key is a Curve25519 key as WireGuard uses it.
-type Key = [32]byte
+	"github.com/edgewire/edgewire/types/key"
+)
 
 // Config configures a Device.
 type Config struct {
 	Name       string // interface name, at most 15 bytes
 	MTU        int
 	ListenPort int // 0: pick one
-	PrivateKey Key
+	PrivateKey key.Private
 	Bind       conn.Bind // nil: wireguard-go's default (batching, GSO/GRO)
 	// FwMark is the socket mark of the WireGuard socket (0: none); see
 	// linkconf.Mark, which keeps the tunnel's own packets off overlay
@@ -51,7 +50,7 @@ type Config struct {
 
 // PeerConfig is the desired state of one peer.
 type PeerConfig struct {
-	PublicKey  Key
+	PublicKey  key.Public
 	AllowedIPs []netip.Prefix
 	Endpoint   netip.AddrPort // invalid: no endpoint (the peer only answers handshakes until one is set; see writePeer)
 	Keepalive  time.Duration  // persistent keepalive; 0 off
@@ -64,7 +63,7 @@ func (p PeerConfig) equal(q PeerConfig) bool {
 
 // PeerStats is what WireGuard reports about a peer.
 type PeerStats struct {
-	PublicKey     Key
+	PublicKey     key.Public
 	Endpoint      netip.AddrPort
 	LastHandshake time.Time // zero: never
 	RxBytes       uint64
@@ -81,7 +80,7 @@ type Device struct {
 	wg   sync.WaitGroup // UAPI accept loop
 
 	mu      sync.Mutex // guards applied
-	applied map[Key]PeerConfig
+	applied map[key.Public]PeerConfig
 }
 
 // UAPIPath returns where the UAPI socket of interface name lives.
@@ -130,7 +129,7 @@ func New(cfg Config) (*Device, error) {
 	}
 	dev := device.NewDevice(tdev, cfg.Bind, wlog)
 	dev.DisableSomeRoamingForBrokenMobileSemantics()
-	d := &Device{name: cfg.Name, dev: dev, log: log, applied: make(map[Key]PeerConfig)}
+	d := &Device{name: cfg.Name, dev: dev, log: log, applied: make(map[key.Public]PeerConfig)}
 	conf := fmt.Sprintf("private_key=%s\nlisten_port=%d\nfwmark=%d\n", hex.EncodeToString(cfg.PrivateKey[:]), cfg.ListenPort, cfg.FwMark)
 	if err := dev.IpcSet(conf); err != nil {
 		dev.Close()
@@ -190,7 +189,7 @@ func (d *Device) ListenPort() (int, error) {
 func (d *Device) SetPeers(peers []PeerConfig) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	want := make(map[Key]PeerConfig, len(peers))
+	want := make(map[key.Public]PeerConfig, len(peers))
 	for _, p := range peers {
 		want[p.PublicKey] = p
 	}
@@ -217,11 +216,11 @@ func (d *Device) SetPeers(peers []PeerConfig) error {
 	if err := d.dev.IpcSet(b.String()); err != nil {
 		// The device may hold part of the change; forget what we think
 		// is applied so the next call rewrites every peer.
-		d.applied = map[Key]PeerConfig{}
+		d.applied = map[key.Public]PeerConfig{}
 		return fmt.Errorf("apply peers: %w", err)
 	}
 	if err := d.pinEndpoints(moved); err != nil {
-		d.applied = map[Key]PeerConfig{}
+		d.applied = map[key.Public]PeerConfig{}
 		return err
 	}
 	d.applied = want
@@ -277,7 +276,7 @@ func writePeer(b *strings.Builder, p PeerConfig) {
 }
 
 // Stats returns per-peer statistics.
-func (d *Device) Stats() (map[Key]PeerStats, error) {
+func (d *Device) Stats() (map[key.Public]PeerStats, error) {
 	s, err := d.dev.IpcGet()
 	if err != nil {
 		return nil, err
@@ -286,8 +285,8 @@ func (d *Device) Stats() (map[Key]PeerStats, error) {
 }
 
 // ParseStats parses the peer sections of a UAPI get response.
-func ParseStats(s string) (map[Key]PeerStats, error) {
-	out := map[Key]PeerStats{}
+func ParseStats(s string) (map[key.Public]PeerStats, error) {
+	out := map[key.Public]PeerStats{}
 	var cur *PeerStats
 	var sec, nsec int64
 	flush := func() {

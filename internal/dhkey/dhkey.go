@@ -18,6 +18,8 @@ import (
 	"errors"
 
 	"golang.org/x/crypto/curve25519"
+
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // Purpose names one use of an agreement. Each purpose yields unrelated
@@ -55,7 +57,7 @@ var checkScalar = [Size]byte{1}
 
 // CheckPublic returns ErrLowOrder if pub is a point of small order (the
 // all-zero key among them).
-func CheckPublic(pub [Size]byte) error {
+func CheckPublic(pub key.Public) error {
 	if _, err := curve25519.X25519(checkScalar[:], pub[:]); err != nil {
 		return ErrLowOrder
 	}
@@ -66,7 +68,7 @@ func CheckPublic(pub [Size]byte) error {
 // bound to the transcript parts (public keys, nonces, channel bindings).
 // Both sides must pass the same parts in the same order. It fails with
 // ErrLowOrder when pub is of small order.
-func Derive(priv, pub *[Size]byte, p Purpose, transcript ...[]byte) ([Size]byte, error) {
+func Derive(priv key.Private, pub key.Public, p Purpose, transcript ...[]byte) ([Size]byte, error) {
 	var out [Size]byte
 	shared, err := curve25519.X25519(priv[:], pub[:])
 	if err != nil {
@@ -91,8 +93,8 @@ func Derive(priv, pub *[Size]byte, p Purpose, transcript ...[]byte) ([Size]byte,
 
 // MAC returns HMAC-SHA256 of the concatenated parts under key. All parts
 // but the last must have a fixed length in the caller's layout.
-func MAC(key [Size]byte, parts ...[]byte) [Size]byte {
-	m := hmac.New(sha256.New, key[:])
+func MAC(k [Size]byte, parts ...[]byte) [Size]byte {
+	m := hmac.New(sha256.New, k[:])
 	for _, p := range parts {
 		m.Write(p)
 	}

@@ -1,23 +1,20 @@
 package dhkey
 
 import (
-	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"testing"
 
-	"golang.org/x/crypto/curve25519"
+	"github.com/edgewire/edgewire/types/key"
 )
 
-func pair(t *testing.T) (priv, pub [Size]byte) {
+func pair(t *testing.T) (key.Private, key.Public) {
 	t.Helper()
-	rand.Read(priv[:])
-	p, err := curve25519.X25519(priv[:], curve25519.Basepoint)
+	priv, err := key.NewPrivate()
 	if err != nil {
 		t.Fatal(err)
 	}
-	copy(pub[:], p)
-	return priv, pub
+	return priv, priv.Public()
 }
 
 // lowOrder are the Curve25519 points of order 1, 2, 4 and 8 in their
@@ -34,13 +31,13 @@ var lowOrder = []string{
 
 func TestCheckPublic(t *testing.T) {
 	for _, h := range lowOrder {
-		var k [Size]byte
+		var k key.Public
 		hex.Decode(k[:], []byte(h))
 		if err := CheckPublic(k); !errors.Is(err, ErrLowOrder) {
 			t.Errorf("CheckPublic(%s) = %v, want ErrLowOrder", h[:16], err)
 		}
 		priv, _ := pair(t)
-		if _, err := Derive(&priv, &k, Signal); !errors.Is(err, ErrLowOrder) {
+		if _, err := Derive(priv, k, Signal); !errors.Is(err, ErrLowOrder) {
 			t.Errorf("Derive with %s = %v, want ErrLowOrder", h[:16], err)
 		}
 	}
@@ -53,11 +50,11 @@ func TestCheckPublic(t *testing.T) {
 func TestDerive(t *testing.T) {
 	aPriv, aPub := pair(t)
 	bPriv, bPub := pair(t)
-	ab, err := Derive(&aPriv, &bPub, Signal, aPub[:], bPub[:])
+	ab, err := Derive(aPriv, bPub, Signal, aPub[:], bPub[:])
 	if err != nil {
 		t.Fatal(err)
 	}
-	ba, err := Derive(&bPriv, &aPub, Signal, aPub[:], bPub[:])
+	ba, err := Derive(bPriv, aPub, Signal, aPub[:], bPub[:])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,10 +62,10 @@ func TestDerive(t *testing.T) {
 		t.Fatal("the two sides derived different keys")
 	}
 	others := map[string][Size]byte{}
-	others["other purpose"], _ = Derive(&aPriv, &bPub, ControlAuth, aPub[:], bPub[:])
-	others["parts swapped"], _ = Derive(&aPriv, &bPub, Signal, bPub[:], aPub[:])
-	others["parts split differently"], _ = Derive(&aPriv, &bPub, Signal, append(aPub[:], bPub[:1]...), bPub[1:])
-	others["no transcript"], _ = Derive(&aPriv, &bPub, Signal)
+	others["other purpose"], _ = Derive(aPriv, bPub, ControlAuth, aPub[:], bPub[:])
+	others["parts swapped"], _ = Derive(aPriv, bPub, Signal, bPub[:], aPub[:])
+	others["parts split differently"], _ = Derive(aPriv, bPub, Signal, append(aPub[:], bPub[:1]...), bPub[1:])
+	others["no transcript"], _ = Derive(aPriv, bPub, Signal)
 	for name, k := range others {
 		if k == ab {
 			t.Errorf("%s: same key, want a different one", name)

@@ -40,6 +40,7 @@ import (
 	"github.com/edgewire/edgewire/node/svcproxy"
 	"github.com/edgewire/edgewire/node/traversal"
 	"github.com/edgewire/edgewire/types/jointoken"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // Defaults, in one place.
@@ -220,14 +221,14 @@ func Join(ctx context.Context, jc JoinConfig) (identity.Enrolment, *api.JoinResp
 	if _, _, err := net.SplitHostPort(jc.Coordinator); err != nil {
 		return identity.Enrolment{}, nil, fmt.Errorf("--coordinator %q: want host:port: %w", jc.Coordinator, err)
 	}
-	key, err := identity.LoadOrCreateKey(jc.StateDir)
+	nk, err := identity.LoadOrCreateKey(jc.StateDir)
 	if err != nil {
 		return identity.Enrolment{}, nil, err
 	}
 	host, _ := os.Hostname()
 	e, resp, err := control.Join(ctx, control.JoinRequest{
 		Coordinator: jc.Coordinator, ServerName: jc.ServerName, Token: jc.Token,
-		PrivateKey: key, Name: jc.Name, Hostname: host, Routes: jc.Routes,
+		PrivateKey: nk, Name: jc.Name, Hostname: host, Routes: jc.Routes,
 		KubernetesToken: kubernetesToken(jc.KubernetesTokenFile, slog.Default()), Dial: markedDialAddr,
 	})
 	if err != nil {
@@ -259,10 +260,10 @@ func markedDialAddr(ctx context.Context, addr string) (net.Conn, error) {
 
 // Agent is a running agent.
 type Agent struct {
-	cfg Config
-	log *slog.Logger
-	key identity.Key
-	enr identity.Enrolment
+	cfg  Config
+	log  *slog.Logger
+	priv key.Private // the node key
+	enr  identity.Enrolment
 
 	hosts   hostCache     // resolved coordinator, relay and STUN names
 	refused refusedRoutes // map routes refused and logged
@@ -290,7 +291,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.MemoryLimit > 0 {
 		debug.SetMemoryLimit(cfg.MemoryLimit)
 	}
-	key, err := identity.LoadOrCreateKey(cfg.StateDir)
+	nk, err := identity.LoadOrCreateKey(cfg.StateDir)
 	if err != nil {
 		return err
 	}
@@ -304,7 +305,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := removeTokenFile(cfg.TokenFile); err != nil {
 		log.Warn("the node is enrolled but its join token file stays", "err", err)
 	}
-	a := &Agent{cfg: cfg, log: log, key: key, enr: enr, dirty: make(chan struct{}, 1)}
+	a := &Agent{cfg: cfg, log: log, priv: nk, enr: enr, dirty: make(chan struct{}, 1)}
 	a.state, err = mapstate.Load(filepath.Join(cfg.StateDir, identity.NetworkMapFile))
 	switch {
 	case err == nil:
@@ -322,7 +323,7 @@ func Run(ctx context.Context, cfg Config) error {
 	defer a.bind.Shutdown()
 	a.dev, err = wgdev.New(wgdev.Config{
 		Name: cfg.Interface, MTU: cfg.MTU, ListenPort: cfg.ListenPort,
-		PrivateKey: wgdev.Key(key), Bind: a.bind, Logger: log, FwMark: linkconf.Mark,
+		PrivateKey: nk, Bind: a.bind, Logger: log, FwMark: linkconf.Mark,
 	})
 	if err != nil {
 		return err
@@ -341,11 +342,11 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	log.Info("wireguard up", "iface", cfg.Interface, "public_key", key.Public(), "listen_port", port)
+	log.Info("wireguard up", "iface", cfg.Interface, "public_key", nk.Public().String(), "listen_port", port)
 
 	host, _ := os.Hostname()
 	a.cc, err = control.New(control.Config{
-		Enrolment: enr, PrivateKey: key, Hostname: host, Logger: log, OnMap: a.onMap,
+		Enrolment: enr, PrivateKey: nk, Hostname: host, Logger: log, OnMap: a.onMap,
 		OnSignal: func(s *api.Signal) { a.trav.HandleSignal(s) },
 		OnTicket: a.onTicket, KnownKey: a.knownKey, Dial: markedDialAddr,
 		KubernetesToken: func() string { return kubernetesToken(cfg.KubernetesTokenFile, log) },
@@ -356,15 +357,15 @@ func Run(ctx context.Context, cfg Config) error {
 	mux := traversal.NewMux(a.bind.PacketConn(), a.bind.Port, a.hostAddrs, log)
 	defer mux.Close()
 	a.trav, err = traversal.New(traversal.Config{
-		PrivateKey: key, PublicKey: key.Public(), Mux: mux, Send: a.cc.SendSignal,
+		PrivateKey: nk, PublicKey: nk.Public(), Mux: mux, Send: a.cc.SendSignal,
 		HostAddrs: a.hostAddrs, RelayEndpoint: a.bind.RelayEndpoint, Overlay: a.viaOverlay, Logger: log,
 	})
 	if err != nil {
 		return err
 	}
 	a.home = homerelay.New(homerelay.Config{
-		PrivateKey: key, Preferred: cfg.RelayRegion, Logger: log,
-		OnPacket: func(src [32]byte, p []byte) {
+		PrivateKey: nk, Preferred: cfg.RelayRegion, Logger: log,
+		OnPacket: func(src key.Public, p []byte) {
 			a.trav.Seen(src) // the peer talks to us: worth looking for a direct path
 			a.bind.DeliverRelayed(src, p)
 		},
@@ -608,8 +609,8 @@ func inAny(a netip.Addr, ps []netip.Prefix) bool {
 }
 
 // knownKey reports whether k is this node's, a peer's or a relay's key.
-func (a *Agent) knownKey(k [32]byte) bool {
-	if k == a.key.Public() {
+func (a *Agent) knownKey(k key.Public) bool {
+	if k == a.priv.Public() {
 		return true
 	}
 	a.mu.Lock()
@@ -776,7 +777,7 @@ func (a *Agent) Status() (localapi.Status, error) {
 	peers := a.state.SortedPeers()
 	a.mu.Unlock()
 	st := localapi.Status{Self: localapi.SelfStatus{
-		Name: self.Name, PublicKey: a.key.Public().String(), Interface: a.cfg.Interface,
+		Name: self.Name, PublicKey: a.priv.Public().String(), Interface: a.cfg.Interface,
 		ListenPort: port, Coordinator: a.enr.Coordinator, Connected: a.cc.Connected(), MapVersion: version,
 	}}
 	if st.Self.Name == "" {
@@ -796,7 +797,7 @@ func (a *Agent) Status() (localapi.Status, error) {
 	}
 	st.Peers = []localapi.PeerStatus{}
 	for _, p := range peers {
-		ps := localapi.PeerStatus{Name: p.Name, PublicKey: identity.Key(p.Key).String(), Online: p.Online}
+		ps := localapi.PeerStatus{Name: p.Name, PublicKey: p.Key.String(), Online: p.Online}
 		for _, ad := range p.Addresses {
 			ps.Addresses = append(ps.Addresses, ad.String())
 		}

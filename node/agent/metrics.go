@@ -7,6 +7,7 @@ import (
 
 	"github.com/edgewire/edgewire/internal/telemetry"
 	"github.com/edgewire/edgewire/node/pathsel"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // registerMetrics exposes the agent's state on reg. Everything is read at
@@ -15,7 +16,7 @@ func (a *Agent) registerMetrics(reg prometheus.Registerer) {
 	telemetry.Labelled(reg, "edgewire_agent_peers", "Peers by path.", prometheus.GaugeValue, []string{"path"},
 		func(emit func(float64, ...string)) {
 			a.mu.Lock()
-			keys := make([][32]byte, 0, len(a.state.Peers))
+			keys := make([]key.Public, 0, len(a.state.Peers))
 			for k := range a.state.Peers {
 				keys = append(keys, k)
 			}
@@ -35,7 +36,7 @@ func (a *Agent) registerMetrics(reg prometheus.Registerer) {
 				return
 			}
 			a.mu.Lock()
-			names := make(map[[32]byte]string, len(a.state.Peers))
+			names := make(map[key.Public]string, len(a.state.Peers))
 			for k, p := range a.state.Peers {
 				names[k] = p.Name
 			}

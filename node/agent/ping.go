@@ -15,6 +15,7 @@ import (
 
 	"github.com/edgewire/edgewire/node/localapi"
 	"github.com/edgewire/edgewire/node/pathsel"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 var pingSeq atomic.Uint32
@@ -24,11 +25,11 @@ var pingSeq atomic.Uint32
 func (a *Agent) Ping(ctx context.Context, name string) (localapi.PingResult, error) {
 	var res localapi.PingResult
 	a.mu.Lock()
-	var key [32]byte
+	var nk key.Public
 	var dst netip.Addr
 	for _, p := range a.state.Peers {
 		if p.Name == name && len(p.Addresses) > 0 {
-			key, dst = p.Key, p.Addresses[0]
+			nk, dst = p.Key, p.Addresses[0]
 		}
 	}
 	a.mu.Unlock()
@@ -63,7 +64,7 @@ func (a *Agent) Ping(ctx context.Context, name string) (localapi.PingResult, err
 	for {
 		n, from, err := c.ReadFrom(buf)
 		if err != nil {
-			res.Path, res.Relay = a.pathOf(key)
+			res.Path, res.Relay = a.pathOf(nk)
 			return res, fmt.Errorf("no reply from %s (%s) within %v", name, dst, time.Until(deadline)+time.Since(start))
 		}
 		rm, err := icmp.ParseMessage(1, buf[:n])
@@ -74,10 +75,10 @@ func (a *Agent) Ping(ctx context.Context, name string) (localapi.PingResult, err
 			continue
 		}
 		res.RTTMs = float64(time.Since(start).Microseconds()) / 1000
-		res.Path, res.Relay = a.pathOf(key)
+		res.Path, res.Relay = a.pathOf(nk)
 		res.Address = dst.String()
 		if st, err := a.dev.Stats(); err == nil {
-			if s, ok := st[key]; ok && s.Endpoint.IsValid() {
+			if s, ok := st[nk]; ok && s.Endpoint.IsValid() {
 				res.Endpoint = s.Endpoint.String()
 			}
 		}
@@ -85,8 +86,8 @@ func (a *Agent) Ping(ctx context.Context, name string) (localapi.PingResult, err
 	}
 }
 
-func (a *Agent) pathOf(key [32]byte) (string, string) {
-	p := a.trav.Path(key)
+func (a *Agent) pathOf(nk key.Public) (string, string) {
+	p := a.trav.Path(nk)
 	if p.Kind == pathsel.Relay {
 		return p.Kind.String(), a.home.Status().Home
 	}

@@ -29,6 +29,7 @@ import (
 	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/node/identity"
 	"github.com/edgewire/edgewire/types/jointoken"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // ErrRefused marks a join the coordinator refused (bad token, name taken,
@@ -40,7 +41,7 @@ type JoinRequest struct {
 	Coordinator string // host:port
 	ServerName  string // TLS name; empty: jointoken.ServerName
 	Token       string
-	PrivateKey  identity.Key
+	PrivateKey  key.Private
 	Name        string
 	Hostname    string
 	Routes      []netip.Prefix
@@ -96,7 +97,7 @@ func Join(ctx context.Context, req JoinRequest) (identity.Enrolment, *api.JoinRe
 }
 
 // join runs the Join stream: the key proof, then the request.
-func join(ctx context.Context, cl api.ControlClient, priv identity.Key, hostname string, jr *api.JoinRequest) (*api.JoinResponse, error) {
+func join(ctx context.Context, cl api.ControlClient, priv key.Private, hostname string, jr *api.JoinRequest) (*api.JoinResponse, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := cl.Join(ctx)
@@ -125,7 +126,7 @@ func join(ctx context.Context, cl api.ControlClient, priv identity.Key, hostname
 // filled in) and answers the coordinator's challenge with the node key,
 // bound to the stream's TLS session. refuse reports keys a challenge must
 // not use (known node and relay keys); nil: only the node's own.
-func Authenticate(stream api.Control_ConnectClient, priv identity.Key, method string, hello *api.Hello, refuse func([32]byte) bool) error {
+func Authenticate(stream api.Control_ConnectClient, priv key.Private, method string, hello *api.Hello, refuse func(key.Public) bool) error {
 	pub := priv.Public()
 	hello.PublicKey, hello.ProtocolVersion = pub[:], api.ProtocolVersion_PROTOCOL_VERSION_1
 	if err := stream.Send(&api.ClientMessage{Msg: &api.ClientMessage_Hello{Hello: hello}}); err != nil {
@@ -147,8 +148,7 @@ func Authenticate(stream api.Control_ConnectClient, priv identity.Key, method st
 			}
 		}
 	}
-	k := [32]byte(priv)
-	proof, err := api.Prove(&k, ch, method, bind, refuse)
+	proof, err := api.Prove(priv, ch, method, bind, refuse)
 	if err != nil {
 		return fmt.Errorf("coordinator's challenge: %w", err)
 	}
@@ -166,7 +166,7 @@ func describe(err error) string {
 // Config configures a Client.
 type Config struct {
 	Enrolment  identity.Enrolment
-	PrivateKey identity.Key
+	PrivateKey key.Private
 	Hostname   string
 	Logger     *slog.Logger
 	// OnMap is called, from the client's goroutine, with every map
@@ -179,7 +179,7 @@ type Config struct {
 	OnTicket func(*api.RelayTicket)
 	// KnownKey reports node and relay keys from the network map: a
 	// challenge using one is refused (a genuine one uses a fresh key).
-	KnownKey func([32]byte) bool
+	KnownKey func(key.Public) bool
 	// KubernetesToken returns the agent's current service account token
 	// (read afresh: the kubelet rotates it) or "" for none.
 	KubernetesToken func() string

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/edgewire/edgewire/dataplane/relay"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // Region is one relay from the relay map, resolved for this node.
@@ -28,7 +29,7 @@ type Region struct {
 	ID   uint32
 	Name string
 	Addr string // host:port of its HTTPS listener
-	Key  [32]byte
+	Key  key.Public
 }
 
 // Timing of probes and failover.
@@ -50,7 +51,7 @@ const (
 // Conn is a connection to one relay; *relay.Client is the real one.
 type Conn interface {
 	Run(ctx context.Context) error
-	Send(dst [32]byte, pkt []byte) error
+	Send(dst key.Public, pkt []byte) error
 	SetTicket(t []byte)
 	// SetRevocations hands the relay the coordinator's signed list of
 	// nodes to refuse (sent after every handshake, and on change).
@@ -63,10 +64,10 @@ var _ Conn = (*relay.Client)(nil)
 
 // Config configures a Manager.
 type Config struct {
-	PrivateKey [32]byte
-	Preferred  uint32                       // region ID to use whenever it is up; 0: choose by latency
-	OnPacket   func(src [32]byte, p []byte) // packets from the relay; p valid during the call
-	OnChange   func(up bool)                // the home connection went up or down
+	PrivateKey key.Private
+	Preferred  uint32                         // region ID to use whenever it is up; 0: choose by latency
+	OnPacket   func(src key.Public, p []byte) // packets from the relay; p valid during the call
+	OnChange   func(up bool)                  // the home connection went up or down
 	Logger     *slog.Logger
 	// Probe measures the latency to a region (nil: an HTTPS GET of
 	// /relay/probe on a fresh connection).
@@ -120,7 +121,7 @@ func New(cfg Config) *Manager {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.OnPacket == nil {
-		cfg.OnPacket = func([32]byte, []byte) {}
+		cfg.OnPacket = func(key.Public, []byte) {}
 	}
 	if cfg.OnChange == nil {
 		cfg.OnChange = func(bool) {}
@@ -191,7 +192,7 @@ func (m *Manager) SetRevocations(b []byte) {
 
 // Send implements bind.Relay. It runs per relayed packet, so it takes no
 // lock.
-func (m *Manager) Send(dst [32]byte, pkt []byte) error {
+func (m *Manager) Send(dst key.Public, pkt []byte) error {
 	h := m.sendTo.Load()
 	if h == nil {
 		return relay.ErrNotConnected

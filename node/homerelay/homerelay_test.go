@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // fakeConn is a relay connection whose health the test sets.
@@ -19,7 +21,7 @@ type fakeConn struct {
 }
 
 func (f *fakeConn) Run(ctx context.Context) error { <-ctx.Done(); return nil }
-func (f *fakeConn) Send([32]byte, []byte) error   { return nil }
+func (f *fakeConn) Send(key.Public, []byte) error { return nil }
 func (f *fakeConn) SetTicket([]byte)              {}
 func (f *fakeConn) SetRevocations(b []byte) {
 	f.mu.Lock()

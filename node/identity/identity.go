@@ -5,18 +5,17 @@
 package identity
 
 import (
-	"crypto/rand"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
-
-	"golang.org/x/crypto/curve25519"
+	"time"
 
 	"github.com/edgewire/edgewire/internal/atomicfile"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 const (
@@ -26,72 +25,39 @@ const (
 	NetworkMapFile = "netmap.pb"
 )
 
-// Key is a Curve25519 private or public key.
-type Key [32]byte
-
-// String encodes k in base64, as wg(8) does.
-func (k Key) String() string { return base64.StdEncoding.EncodeToString(k[:]) }
-
-// ParseKey parses a base64 key.
-func ParseKey(s string) (Key, error) {
-	var k Key
-	b, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
-	if err != nil {
-		return k, fmt.Errorf("key is not base64: %w", err)
-	}
-	if len(b) != len(k) {
-		return k, fmt.Errorf("key is %d bytes, want %d", len(b), len(k))
-	}
-	copy(k[:], b)
-	return k, nil
-}
-
-// Public returns the public key of private key k.
-func (k Key) Public() Key {
-	var pub Key
-	curve25519.ScalarBaseMult((*[32]byte)(&pub), (*[32]byte)(&k))
-	return pub
-}
-
 // LoadOrCreateKey returns the node's private key in dir, creating it on
-// first use.
-func LoadOrCreateKey(dir string) (Key, error) {
-	return LoadOrCreateKeyFile(filepath.Join(dir, keyFile))
+// first use (mode 0600; it never leaves the node).
+func LoadOrCreateKey(dir string) (key.Private, error) {
+	return key.LoadOrCreatePrivateFile(filepath.Join(dir, keyFile))
 }
 
-// LoadOrCreateKeyFile returns the Curve25519 private key in path (base64,
-// as wg(8) writes it), creating it with mode 0600 on first use.
-func LoadOrCreateKeyFile(path string) (Key, error) {
-	dir := filepath.Dir(path)
-	b, err := os.ReadFile(path)
-	if err == nil {
-		st, err := os.Stat(path)
-		if err == nil && st.Mode().Perm()&0o077 != 0 {
-			return Key{}, fmt.Errorf("private key %s is readable by others (mode %v); chmod 600 it", path, st.Mode().Perm())
-		}
-		k, err := ParseKey(string(b))
-		if err != nil {
-			return Key{}, fmt.Errorf("private key %s: %w", path, err)
-		}
-		return k, nil
+// ticketFile holds the last relay ticket: 20 bytes of decimal expiry
+// (unix seconds, space padded), a newline, then the ticket bytes.
+const ticketFile = "relay.ticket"
+
+// SaveTicket saves the relay ticket t expiring at exp in dir, so a
+// restarted agent can use the relays while the coordinator is away.
+func SaveTicket(dir string, t []byte, exp time.Time) error {
+	b := append([]byte(fmt.Sprintf("%-20d\n", exp.Unix())), t...)
+	return atomicfile.Write(filepath.Join(dir, ticketFile), b, 0o600)
+}
+
+// LoadTicket returns the saved relay ticket in dir if it has not expired
+// at now; ok is false when there is none, it is malformed, or it expired.
+func LoadTicket(dir string, now time.Time) (t []byte, exp time.Time, ok bool) {
+	b, err := os.ReadFile(filepath.Join(dir, ticketFile))
+	if err != nil || len(b) <= 21 || b[20] != '\n' {
+		return nil, time.Time{}, false
 	}
-	if !errors.Is(err, os.ErrNotExist) {
-		return Key{}, err
+	secs, err := strconv.ParseInt(strings.TrimSpace(string(b[:20])), 10, 64)
+	if err != nil {
+		return nil, time.Time{}, false
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return Key{}, err
+	exp = time.Unix(secs, 0)
+	if !exp.After(now) {
+		return nil, exp, false
 	}
-	var k Key
-	if _, err := rand.Read(k[:]); err != nil {
-		return Key{}, err
-	}
-	// Clamp as WireGuard does, so `wg` shows the same key we use.
-	k[0] &= 248
-	k[31] = (k[31] & 127) | 64
-	if err := atomicfile.Write(path, []byte(k.String()+"\n"), 0o600); err != nil {
-		return Key{}, fmt.Errorf("write private key: %w", err)
-	}
-	return k, nil
+	return b[21:], exp, true
 }
 
 // Enrolment records a successful join.

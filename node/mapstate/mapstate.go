@@ -16,6 +16,7 @@ import (
 
 	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/internal/atomicfile"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // ErrGap means a delta does not follow the version held: ask for a full map.
@@ -23,7 +24,7 @@ var ErrGap = errors.New("network map version gap")
 
 // Peer is a peer as the agent uses it, parsed and validated.
 type Peer struct {
-	Key       [32]byte
+	Key       key.Public
 	Name      string
 	Addresses []netip.Addr
 	Routes    []netip.Prefix
@@ -34,7 +35,7 @@ type Peer struct {
 
 // Self is the local node as the coordinator sees it.
 type Self struct {
-	Key       [32]byte
+	Key       key.Public
 	Name      string
 	Addresses []netip.Addr
 	Routes    []netip.Prefix
@@ -47,7 +48,7 @@ type State struct {
 	Prefixes []netip.Prefix
 	STUN     []STUNServer
 	Relays   []RelayRegion
-	Peers    map[[32]byte]Peer
+	Peers    map[key.Public]Peer
 	// Services by "namespace/name", as the coordinator sent them; they
 	// are validated where they are used, one by one.
 	Services map[string]*api.Service
@@ -65,7 +66,7 @@ type RelayRegion struct {
 	Name     string
 	Host     string
 	Port     uint16
-	Key      [32]byte
+	Key      key.Public
 	STUNPort uint16
 }
 
@@ -77,7 +78,7 @@ type STUNServer struct {
 }
 
 // New returns an empty state.
-func New() *State { return &State{Peers: map[[32]byte]Peer{}, Services: map[string]*api.Service{}} }
+func New() *State { return &State{Peers: map[key.Public]Peer{}, Services: map[string]*api.Service{}} }
 
 // Apply applies a map message. A full map replaces everything; a delta must
 // start at the held version (ErrGap otherwise). Malformed entries make the
@@ -92,7 +93,7 @@ func (s *State) Apply(m *api.NetworkMap) error {
 		next.RelayRevocations = m.GetRelayRevocations()
 	}
 	if m.GetFull() {
-		next.Peers = make(map[[32]byte]Peer, len(m.GetPeers()))
+		next.Peers = make(map[key.Public]Peer, len(m.GetPeers()))
 		next.Prefixes = nil
 		for _, p := range m.GetOverlayPrefixes() {
 			pfx, err := netip.ParsePrefix(p)
@@ -118,10 +119,10 @@ func (s *State) Apply(m *api.NetworkMap) error {
 				return fmt.Errorf("bad relay region %d %q", r.GetId(), r.GetName())
 			}
 			next.Relays = append(next.Relays, RelayRegion{ID: r.GetId(), Name: r.GetName(), Host: r.GetHost(),
-				Port: uint16(r.GetPort()), Key: [32]byte(r.GetKey()), STUNPort: uint16(r.GetStunPort())})
+				Port: uint16(r.GetPort()), Key: key.Public(r.GetKey()), STUNPort: uint16(r.GetStunPort())})
 		}
 	} else {
-		next.Peers = make(map[[32]byte]Peer, len(s.Peers))
+		next.Peers = make(map[key.Public]Peer, len(s.Peers))
 		for k, v := range s.Peers {
 			next.Peers[k] = v
 		}
@@ -165,7 +166,7 @@ func (s *State) Apply(m *api.NetworkMap) error {
 		if len(k) != 32 {
 			return fmt.Errorf("removed key of %d bytes", len(k))
 		}
-		delete(next.Peers, [32]byte(k))
+		delete(next.Peers, key.Public(k))
 	}
 	*s = *next
 	return nil
@@ -176,7 +177,7 @@ func parseNode(n *api.Node) (Peer, error) {
 	if len(n.GetPublicKey()) != 32 {
 		return p, fmt.Errorf("public key of %d bytes", len(n.GetPublicKey()))
 	}
-	p.Key = [32]byte(n.GetPublicKey())
+	p.Key = key.Public(n.GetPublicKey())
 	p.Name = n.GetName()
 	p.Online = n.GetOnline()
 	p.LastSeen = n.GetLastSeenUnixMs()

@@ -14,15 +14,16 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/edgewire/edgewire/api"
+	"github.com/edgewire/edgewire/types/key"
 )
 
-func key(b byte) []byte { return bytes.Repeat([]byte{b}, 32) }
+func nk(b byte) []byte { return bytes.Repeat([]byte{b}, 32) }
 
-func k32(b byte) [32]byte { return [32]byte(key(b)) }
+func k32(b byte) key.Public { return key.Public(nk(b)) }
 
 func pbNode(b byte, name string) *api.Node {
 	return &api.Node{
-		PublicKey: key(b),
+		PublicKey: nk(b),
 		Name:      name,
 		Addresses: []string{"100.64.0." + string('0'+rune(b))},
 		Routes:    []string{"10.244." + string('0'+rune(b)) + ".0/24"},
@@ -153,12 +154,12 @@ func TestApplyDeltas(t *testing.T) {
 		},
 		{
 			name:      "removed peer",
-			delta:     &api.NetworkMap{Version: 11, BaseVersion: 10, Removed: [][]byte{key(3)}},
+			delta:     &api.NetworkMap{Version: 11, BaseVersion: 10, Removed: [][]byte{nk(3)}},
 			wantPeers: []string{"two"},
 		},
 		{
 			name:      "removed unknown key",
-			delta:     &api.NetworkMap{Version: 11, BaseVersion: 10, Removed: [][]byte{key(9)}},
+			delta:     &api.NetworkMap{Version: 11, BaseVersion: 10, Removed: [][]byte{nk(9)}},
 			wantPeers: []string{"three", "two"},
 		},
 		{
@@ -236,10 +237,10 @@ func TestApplyRejects(t *testing.T) {
 		wantErr string
 	}{
 		{"delta from an older version", &api.NetworkMap{Version: 11, BaseVersion: 9, Peers: []*api.Node{pbNode(4, "four")}}, true, "have 10, delta from 9"},
-		{"delta from a newer version", &api.NetworkMap{Version: 12, BaseVersion: 11, Removed: [][]byte{key(2)}}, true, "have 10, delta from 11"},
+		{"delta from a newer version", &api.NetworkMap{Version: 12, BaseVersion: 11, Removed: [][]byte{nk(2)}}, true, "have 10, delta from 11"},
 		{"delta from zero", &api.NetworkMap{Version: 1}, true, "have 10, delta from 0"},
-		{"short peer key", peer(func(n *api.Node) { n.PublicKey = key(4)[:31] }), false, "public key of 31 bytes"},
-		{"long peer key", peer(func(n *api.Node) { n.PublicKey = append(key(4), 0) }), false, "public key of 33 bytes"},
+		{"short peer key", peer(func(n *api.Node) { n.PublicKey = nk(4)[:31] }), false, "public key of 31 bytes"},
+		{"long peer key", peer(func(n *api.Node) { n.PublicKey = append(nk(4), 0) }), false, "public key of 33 bytes"},
 		{"missing peer key", peer(func(n *api.Node) { n.PublicKey = nil }), false, "public key of 0 bytes"},
 		{"bad address", peer(func(n *api.Node) { n.Addresses = []string{"100.64.0.4", "100.64.0.256"} }), false, `address "100.64.0.256"`},
 		{"address with prefix length", peer(func(n *api.Node) { n.Addresses = []string{"100.64.0.4/32"} }), false, `address "100.64.0.4/32"`},
@@ -247,11 +248,11 @@ func TestApplyRejects(t *testing.T) {
 		{"route without length", peer(func(n *api.Node) { n.Routes = []string{"10.244.4.0"} }), false, `route "10.244.4.0"`},
 		{"endpoint without port", peer(func(n *api.Node) { n.Endpoints = []string{"192.0.2.4"} }), false, `endpoint "192.0.2.4"`},
 		{"endpoint hostname", peer(func(n *api.Node) { n.Endpoints = []string{"example.com:51820"} }), false, `endpoint "example.com:51820"`},
-		{"bad self", &api.NetworkMap{Version: 11, BaseVersion: 10, Self: &api.Node{PublicKey: key(1)[:5]}}, false, "self: public key of 5 bytes"},
-		{"bad removed key", &api.NetworkMap{Version: 11, BaseVersion: 10, Peers: []*api.Node{pbNode(4, "four")}, Removed: [][]byte{key(2), {1, 2}}}, false, "removed key of 2 bytes"},
+		{"bad self", &api.NetworkMap{Version: 11, BaseVersion: 10, Self: &api.Node{PublicKey: nk(1)[:5]}}, false, "self: public key of 5 bytes"},
+		{"bad removed key", &api.NetworkMap{Version: 11, BaseVersion: 10, Peers: []*api.Node{pbNode(4, "four")}, Removed: [][]byte{nk(2), {1, 2}}}, false, "removed key of 2 bytes"},
 		{"full without self", &api.NetworkMap{Version: 20, Full: true, Peers: []*api.Node{pbNode(4, "four")}}, false, "full map without self"},
 		{"full with bad prefix", &api.NetworkMap{Version: 20, Full: true, Self: pbNode(1, "self"), OverlayPrefixes: []string{"100.64.0.0"}}, false, `overlay prefix "100.64.0.0"`},
-		{"full with bad peer", &api.NetworkMap{Version: 20, Full: true, Self: pbNode(1, "self"), Peers: []*api.Node{{PublicKey: key(4), Addresses: []string{"x"}}}}, false, `address "x"`},
+		{"full with bad peer", &api.NetworkMap{Version: 20, Full: true, Self: pbNode(1, "self"), Peers: []*api.Node{{PublicKey: nk(4), Addresses: []string{"x"}}}}, false, `address "x"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -288,8 +289,8 @@ func TestSaveLoad(t *testing.T) {
 		{"full map", []*api.NetworkMap{full()}},
 		{"full map and deltas", []*api.NetworkMap{
 			full(),
-			{Version: 11, BaseVersion: 10, Peers: []*api.Node{pbNode(4, "four")}, Removed: [][]byte{key(2)}},
-			{Version: 15, BaseVersion: 11, Peers: []*api.Node{{PublicKey: key(5), Name: "bare"}}},
+			{Version: 11, BaseVersion: 10, Peers: []*api.Node{pbNode(4, "four")}, Removed: [][]byte{nk(2)}},
+			{Version: 15, BaseVersion: 11, Peers: []*api.Node{{PublicKey: nk(5), Name: "bare"}}},
 		}},
 	}
 	for _, tt := range tests {
@@ -387,9 +388,9 @@ func FuzzApply(f *testing.F) {
 		f.Add(b)
 	}
 	seed(full())
-	seed(&api.NetworkMap{Version: 2, BaseVersion: 1, Peers: []*api.Node{pbNode(4, "four")}, Removed: [][]byte{key(2)}})
+	seed(&api.NetworkMap{Version: 2, BaseVersion: 1, Peers: []*api.Node{pbNode(4, "four")}, Removed: [][]byte{nk(2)}})
 	seed(&api.NetworkMap{Version: 2, BaseVersion: 1, Self: pbNode(2, "two")})
-	seed(&api.NetworkMap{Version: 2, BaseVersion: 1, Peers: []*api.Node{{PublicKey: key(3), Routes: []string{"10.0.0.1/8"}}}})
+	seed(&api.NetworkMap{Version: 2, BaseVersion: 1, Peers: []*api.Node{{PublicKey: nk(3), Routes: []string{"10.0.0.1/8"}}}})
 	seed(&api.NetworkMap{Version: 2, BaseVersion: 5})
 	f.Add([]byte{})
 	f.Add([]byte("\x0a\x05hello"))

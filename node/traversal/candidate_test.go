@@ -172,7 +172,7 @@ func waitCounters(t *testing.T, m *Manager, d time.Duration, ok func(Counters) b
 
 func TestCandidateBound(t *testing.T) {
 	r := newLazyRig(t, false)
-	r.m.SetPeers([]Peer{{Key: *r.peerPub, Online: true}})
+	r.m.SetPeers([]Peer{{Key: r.peerPub, Online: true}})
 	// An offer without credentials: the session exists and takes
 	// candidates but never dials, so none of them gets a check.
 	r.fromPeer(t, &api.SignalPayload{Kind: api.SignalPayload_KIND_OFFER, Session: 7})
@@ -252,7 +252,7 @@ func TestLoopbackCandidateGetsNoCheck(t *testing.T) {
 			if unfiltered {
 				r.m.post(func() { r.m.unfiltered = true })
 			}
-			r.m.SetPeers([]Peer{{Key: *r.peerPub, Online: true}})
+			r.m.SetPeers([]Peer{{Key: r.peerPub, Online: true}})
 			r.fromPeer(t, &api.SignalPayload{Kind: api.SignalPayload_KIND_OFFER, Session: 7,
 				Ufrag: "peerufragpeeruf", Pwd: "peerpasswordpeerpasswordpeerpass"})
 			r.fromPeer(t, &api.SignalPayload{Kind: api.SignalPayload_KIND_CANDIDATE, Session: 7, Candidates: cands})

@@ -6,12 +6,12 @@ import (
 	"fmt"
 	"time"
 
-	"golang.org/x/crypto/curve25519"
 	"golang.org/x/crypto/nacl/secretbox"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/internal/dhkey"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // maxSkew bounds how far a signal's timestamp may be from the local clock;
@@ -25,7 +25,7 @@ var ErrOpen = errors.New("signal rejected")
 // from the two node keys for signalling only (dhkey.Signal), so no other
 // use of the node key (the coordinator's challenge, the relay handshake)
 // can be made to seal or open a signal.
-func signalKey(priv, peer *[32]byte, sender, recipient [32]byte) (*[32]byte, error) {
+func signalKey(priv key.Private, peer, sender, recipient key.Public) (*[32]byte, error) {
 	k, err := dhkey.Derive(priv, peer, dhkey.Signal, sender[:], recipient[:])
 	if err != nil {
 		return nil, err
@@ -33,21 +33,15 @@ func signalKey(priv, peer *[32]byte, sender, recipient [32]byte) (*[32]byte, err
 	return &k, nil
 }
 
-func publicKey(priv *[32]byte) [32]byte {
-	var pub [32]byte
-	curve25519.ScalarBaseMult(&pub, priv)
-	return pub
-}
-
 // Seal encrypts and authenticates p from the holder of priv to peer.
-func Seal(p *api.SignalPayload, peer, priv *[32]byte) (*api.Signal, error) {
+func Seal(p *api.SignalPayload, peer key.Public, priv key.Private) (*api.Signal, error) {
 	plain, err := proto.Marshal(p)
 	if err != nil {
 		return nil, err
 	}
-	k, err := signalKey(priv, peer, publicKey(priv), *peer)
+	k, err := signalKey(priv, peer, priv.Public(), peer)
 	if err != nil {
-		return nil, fmt.Errorf("seal to %x: %w", peer[:4], err)
+		return nil, fmt.Errorf("seal to %s: %w", peer.Short(), err)
 	}
 	var nonce [24]byte
 	if _, err := rand.Read(nonce[:]); err != nil {
@@ -58,12 +52,12 @@ func Seal(p *api.SignalPayload, peer, priv *[32]byte) (*api.Signal, error) {
 
 // Open authenticates and decrypts a signal whose PeerKey is its sender,
 // and checks it is fresh at now.
-func Open(s *api.Signal, priv *[32]byte, now time.Time) (*api.SignalPayload, error) {
+func Open(s *api.Signal, priv key.Private, now time.Time) (*api.SignalPayload, error) {
 	if len(s.GetPeerKey()) != 32 || len(s.GetNonce()) != 24 {
 		return nil, fmt.Errorf("%w: bad envelope", ErrOpen)
 	}
-	sender := [32]byte(s.GetPeerKey())
-	k, err := signalKey(priv, &sender, sender, publicKey(priv))
+	sender := key.Public(s.GetPeerKey())
+	k, err := signalKey(priv, sender, sender, priv.Public())
 	if err != nil {
 		return nil, fmt.Errorf("%w: sender key: %v", ErrOpen, err)
 	}

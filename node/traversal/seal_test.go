@@ -2,7 +2,6 @@ package traversal
 
 import (
 	"bytes"
-	"crypto/rand"
 	"errors"
 	"testing"
 	"time"
@@ -11,14 +10,15 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/edgewire/edgewire/api"
+	"github.com/edgewire/edgewire/types/key"
 )
 
-func keypair(t testing.TB) (pub, priv *[32]byte) {
-	pub, priv, err := box.GenerateKey(rand.Reader)
+func keypair(t testing.TB) (key.Public, key.Private) {
+	priv, err := key.NewPrivate()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return pub, priv
+	return priv.Public(), priv
 }
 
 func TestSealOpen(t *testing.T) {
@@ -29,7 +29,7 @@ func TestSealOpen(t *testing.T) {
 	payload := &api.SignalPayload{Kind: api.SignalPayload_KIND_OFFER, Session: 7, Ufrag: "uf", Pwd: "pw", SentUnixMs: now.UnixMilli()}
 
 	// seal from a to b; the coordinator rewrites PeerKey to the sender.
-	sealed := func(p *api.SignalPayload, priv *[32]byte) *api.Signal {
+	sealed := func(p *api.SignalPayload, priv key.Private) *api.Signal {
 		s, err := Seal(p, bPub, priv)
 		if err != nil {
 			t.Fatal(err)
@@ -58,7 +58,7 @@ func TestSealOpen(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		s    *api.Signal
-		priv *[32]byte
+		priv key.Private
 	}{
 		{"tampered ciphertext", flip(func(s *api.Signal) { s.Sealed[len(s.Sealed)/2] ^= 1 }), bPriv},
 		{"tampered nonce", flip(func(s *api.Signal) { s.Nonce[0] ^= 1 }), bPriv},
@@ -81,8 +81,8 @@ func FuzzOpen(f *testing.F) {
 	_, priv := keypair(f)
 	pub, _ := keypair(f)
 	f.Add(pub[:], make([]byte, 24), []byte("sealed"))
-	f.Fuzz(func(t *testing.T, key, nonce, sealed []byte) {
-		p, err := Open(&api.Signal{PeerKey: key, Nonce: nonce, Sealed: sealed}, priv, time.Now())
+	f.Fuzz(func(t *testing.T, nk, nonce, sealed []byte) {
+		p, err := Open(&api.Signal{PeerKey: nk, Nonce: nonce, Sealed: sealed}, priv, time.Now())
 		if err == nil && p.GetSession() == 0 {
 			t.Fatal("opened a signal without a session")
 		}
@@ -109,7 +109,7 @@ func TestSignalNotAnOracle(t *testing.T) {
 
 	// The fake challenge: the peer's key as the "ephemeral" key.
 	ch := &api.Challenge{EphemeralPublicKey: peerPub[:], Nonce: append(bytes.Clone(sig.Nonce), make([]byte, 8)...)}
-	known := func(k [32]byte) bool { return k == *peerPub }
+	known := func(k key.Public) bool { return k == peerPub }
 	if _, err := api.Prove(nodePriv, ch, api.AuthConnect, nil, known); !errors.Is(err, api.ErrBadChallenge) {
 		t.Errorf("challenge with a known peer key: got %v, want ErrBadChallenge", err)
 	}
@@ -124,7 +124,7 @@ func TestSignalNotAnOracle(t *testing.T) {
 	}
 	// The v1 oracle opened a NaCl box with the node key and the
 	// challenge's key; the signal is no longer such a box.
-	if _, ok := box.Open(nil, sig.Sealed, (*[24]byte)(sig.Nonce), peerPub, nodePriv); ok {
+	if _, ok := box.Open(nil, sig.Sealed, (*[24]byte)(sig.Nonce), (*[32]byte)(&peerPub), (*[32]byte)(&nodePriv)); ok {
 		t.Error("the sealed signal opens as a NaCl box between the node keys")
 	}
 	// And the real recipient still opens it.

@@ -20,7 +20,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -38,6 +37,7 @@ import (
 
 	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/node/pathsel"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // ICE timing. Disconnection is noticed after DisconnectedTimeout without
@@ -62,14 +62,14 @@ const (
 
 // Peer is what the manager needs to know about a peer.
 type Peer struct {
-	Key    [32]byte
+	Key    key.Public
 	Online bool // connected to the coordinator, so signalling can reach it
 }
 
 // Config configures a Manager.
 type Config struct {
-	PrivateKey [32]byte
-	PublicKey  [32]byte
+	PrivateKey key.Private
+	PublicKey  key.Public
 	Mux        ice.UniversalUDPMux
 	// Send hands a sealed signal to the coordinator stream. It must not
 	// block; it reports false when the signal could not be queued.
@@ -86,7 +86,7 @@ type Config struct {
 	Overlay func(netip.Addr) bool
 	// RelayEndpoint returns the synthetic endpoint of a relayed peer
 	// (nil: no relay support).
-	RelayEndpoint func([32]byte) netip.AddrPort
+	RelayEndpoint func(key.Public) netip.AddrPort
 	IPv6          bool
 	// IdleTimeout: a peer that sent nothing over the relay, no signal and
 	// had no working pair for this long gets no new ICE session (0: 2
@@ -135,7 +135,7 @@ type session struct {
 }
 
 type peer struct {
-	key         [32]byte
+	nk          key.Public
 	controlling bool
 	online      bool
 	m           *pathsel.Machine
@@ -157,10 +157,10 @@ type Manager struct {
 	queue []func()
 	wake  chan struct{} // capacity 1
 
-	seen atomic.Pointer[map[[32]byte]*peer] // copy of peers for Seen, replaced (never mutated) under mu
+	seen atomic.Pointer[map[key.Public]*peer] // copy of peers for Seen, replaced (never mutated) under mu
 
 	mu      sync.Mutex // guards everything below
-	peers   map[[32]byte]*peer
+	peers   map[key.Public]*peer
 	stun    []*stun.URI
 	hosts   []netip.Addr
 	gone    pathsel.Stats // counters of peers that left
@@ -187,7 +187,7 @@ func New(cfg Config) (*Manager, error) {
 	}
 	return &Manager{
 		cfg: cfg, log: cfg.Logger, changed: make(chan struct{}, 1), wake: make(chan struct{}, 1),
-		peers: map[[32]byte]*peer{}, hosts: cfg.HostAddrs(),
+		peers: map[key.Public]*peer{}, hosts: cfg.HostAddrs(),
 	}, nil
 }
 
@@ -195,12 +195,12 @@ func New(cfg Config) (*Manager, error) {
 // the peer is alive and talking to us, so ICE should look for a direct
 // path. It is called for every relayed packet: one map read and, at most
 // once per tick per peer, a store and a wake-up.
-func (m *Manager) Seen(key [32]byte) {
+func (m *Manager) Seen(nk key.Public) {
 	ps := m.seen.Load()
 	if ps == nil {
 		return
 	}
-	if p := (*ps)[key]; p != nil && !p.seen.Load() {
+	if p := (*ps)[nk]; p != nil && !p.seen.Load() {
 		p.seen.Store(true)
 		select {
 		case m.wake <- struct{}{}:
@@ -213,10 +213,10 @@ func (m *Manager) Seen(key [32]byte) {
 func (m *Manager) Changed() <-chan struct{} { return m.changed }
 
 // Path returns the current path to a peer.
-func (m *Manager) Path(key [32]byte) pathsel.Path {
+func (m *Manager) Path(nk key.Public) pathsel.Path {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if p := m.peers[key]; p != nil {
+	if p := m.peers[nk]; p != nil {
 		return m.path(p)
 	}
 	return pathsel.Path{}
@@ -226,7 +226,7 @@ func (m *Manager) Path(key [32]byte) pathsel.Path {
 func (m *Manager) path(p *peer) pathsel.Path {
 	path := p.m.Path()
 	if path.Kind == pathsel.Relay {
-		path.Endpoint = m.cfg.RelayEndpoint(p.key)
+		path.Endpoint = m.cfg.RelayEndpoint(p.nk)
 	}
 	return path
 }
@@ -247,10 +247,10 @@ func (m *Manager) SetRelay(up bool) {
 }
 
 // Status returns the traversal state of a peer.
-func (m *Manager) Status(key [32]byte) (PeerStatus, bool) {
+func (m *Manager) Status(nk key.Public) (PeerStatus, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	p := m.peers[key]
+	p := m.peers[nk]
 	if p == nil {
 		return PeerStatus{}, false
 	}
@@ -380,12 +380,12 @@ func (m *Manager) checkAddrs() {
 
 func (m *Manager) setPeers(peers []Peer) {
 	now := m.cfg.Now()
-	seen := make(map[[32]byte]bool, len(peers))
+	seen := make(map[key.Public]bool, len(peers))
 	for _, pi := range peers {
 		seen[pi.Key] = true
 		p := m.peers[pi.Key]
 		if p == nil {
-			p = &peer{key: pi.Key, controlling: bytes.Compare(m.cfg.PublicKey[:], pi.Key[:]) > 0,
+			p = &peer{nk: pi.Key, controlling: bytes.Compare(m.cfg.PublicKey[:], pi.Key[:]) > 0,
 				m: pathsel.NewMachine(m.cfg.Machine, now)}
 			p.m.SetRelay(m.relayUp)
 			m.peers[pi.Key] = p
@@ -439,7 +439,7 @@ func (m *Manager) tickLocked() {
 		}
 		if p.controlling {
 			if err := m.offer(p, now); err != nil {
-				m.log.Warn("start ICE session", "peer", keyString(p.key), "err", err)
+				m.log.Warn("start ICE session", "peer", p.nk, "err", err)
 				p.m.Started(now)
 				p.m.Failed(now)
 			}
@@ -462,7 +462,7 @@ func (m *Manager) notifyIfChanged() {
 	changed := false
 	for _, p := range m.peers {
 		if path := m.path(p); path != p.lastPath {
-			m.log.Info("path changed", "peer", keyString(p.key), "from", describe(p.lastPath), "to", describe(path))
+			m.log.Info("path changed", "peer", p.nk, "from", describe(p.lastPath), "to", describe(path))
 			p.lastPath = path
 			changed = true
 		}
@@ -531,23 +531,23 @@ func (m *Manager) startSession(p *peer, id uint64, now time.Time) (*session, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &session{id: id, agent: ag, ctx: ctx, cancel: cancel}
-	key := p.key
+	nk := p.nk
 	ag.OnCandidate(func(c ice.Candidate) {
 		if c == nil {
 			return
 		}
 		raw := c.Marshal()
 		m.post(func() {
-			if p := m.peers[key]; p != nil && p.s == s {
+			if p := m.peers[nk]; p != nil && p.s == s {
 				m.send(p, &api.SignalPayload{Kind: api.SignalPayload_KIND_CANDIDATE, Session: id, Candidates: []string{raw}})
 			}
 		})
 	})
 	ag.OnConnectionStateChange(func(st ice.ConnectionState) {
-		m.post(func() { m.onState(key, s, st) })
+		m.post(func() { m.onState(nk, s, st) })
 	})
 	ag.OnSelectedCandidatePairChange(func(ice.Candidate, ice.Candidate) {
-		m.post(func() { m.onState(key, s, ice.ConnectionStateConnected) })
+		m.post(func() { m.onState(nk, s, ice.ConnectionStateConnected) })
 	})
 	p.s = s
 	p.requestGap = 0
@@ -584,8 +584,8 @@ func (m *Manager) closeSession(p *peer) {
 	}
 }
 
-func (m *Manager) onState(key [32]byte, s *session, st ice.ConnectionState) {
-	p := m.peers[key]
+func (m *Manager) onState(nk key.Public, s *session, st ice.ConnectionState) {
+	p := m.peers[nk]
 	if p == nil || p.s != s {
 		return // a session we already replaced
 	}
@@ -598,7 +598,7 @@ func (m *Manager) onState(key [32]byte, s *session, st ice.ConnectionState) {
 		}
 		remote, ok := candidateInfo(pair.Remote)
 		if !ok {
-			m.log.Warn("selected pair has an unusable remote address", "peer", keyString(key), "remote", pair.Remote.String())
+			m.log.Warn("selected pair has an unusable remote address", "peer", nk, "remote", pair.Remote.String())
 			return
 		}
 		s.local, _ = candidateInfo(pair.Local)
@@ -626,7 +626,7 @@ func candidateInfo(c ice.Candidate) (*CandidateInfo, bool) {
 
 func (m *Manager) send(p *peer, pl *api.SignalPayload) {
 	pl.SentUnixMs = m.cfg.Now().UnixMilli()
-	sig, err := Seal(pl, &p.key, &m.cfg.PrivateKey)
+	sig, err := Seal(pl, p.nk, m.cfg.PrivateKey)
 	if err != nil {
 		m.log.Warn("seal signal", "err", err)
 		return
@@ -639,17 +639,17 @@ func (m *Manager) send(p *peer, pl *api.SignalPayload) {
 }
 
 func (m *Manager) handleSignal(sig *api.Signal) {
-	pl, err := Open(sig, &m.cfg.PrivateKey, m.cfg.Now())
+	pl, err := Open(sig, m.cfg.PrivateKey, m.cfg.Now())
 	if err != nil {
 		m.signals.SignalsDropped++
 		m.log.Debug("dropping signal", "err", err)
 		return
 	}
-	key := [32]byte(sig.GetPeerKey())
-	p := m.peers[key]
+	nk := key.Public(sig.GetPeerKey())
+	p := m.peers[nk]
 	if p == nil {
 		m.signals.SignalsDropped++
-		m.log.Debug("dropping signal from a node not in the map", "from", keyString(key))
+		m.log.Debug("dropping signal from a node not in the map", "from", nk)
 		return
 	}
 	m.signals.SignalsIn++
@@ -658,7 +658,7 @@ func (m *Manager) handleSignal(sig *api.Signal) {
 	switch pl.GetKind() {
 	case api.SignalPayload_KIND_OFFER:
 		if p.controlling {
-			m.log.Debug("dropping offer from the controlled side", "from", keyString(key))
+			m.log.Debug("dropping offer from the controlled side", "from", nk)
 			return
 		}
 		if p.s != nil && p.s.id == pl.GetSession() {
@@ -666,7 +666,7 @@ func (m *Manager) handleSignal(sig *api.Signal) {
 		}
 		s, err := m.startSession(p, pl.GetSession(), now)
 		if err != nil {
-			m.log.Warn("answer ICE session", "peer", keyString(key), "err", err)
+			m.log.Warn("answer ICE session", "peer", nk, "err", err)
 			return
 		}
 		ufrag, pwd, err := s.agent.GetLocalUserCredentials()
@@ -677,12 +677,12 @@ func (m *Manager) handleSignal(sig *api.Signal) {
 		if err := s.agent.GatherCandidates(); err != nil {
 			m.log.Warn("gather candidates", "err", err)
 		}
-		m.dial(key, s, pl.GetUfrag(), pl.GetPwd(), false)
+		m.dial(nk, s, pl.GetUfrag(), pl.GetPwd(), false)
 	case api.SignalPayload_KIND_ANSWER:
 		if !p.controlling || p.s == nil || p.s.id != pl.GetSession() || p.s.dialing {
 			return
 		}
-		m.dial(key, p.s, pl.GetUfrag(), pl.GetPwd(), true)
+		m.dial(nk, p.s, pl.GetUfrag(), pl.GetPwd(), true)
 	case api.SignalPayload_KIND_CANDIDATE:
 		if p.s == nil || p.s.id != pl.GetSession() {
 			return
@@ -691,7 +691,7 @@ func (m *Manager) handleSignal(sig *api.Signal) {
 			if p.s.remotes >= maxRemoteCandidates {
 				n := uint64(len(pl.GetCandidates()) - i)
 				m.signals.CandidatesDropped += n
-				m.log.Debug("dropping remote candidates over the session's bound", "peer", keyString(key), "dropped", n, "max", maxRemoteCandidates)
+				m.log.Debug("dropping remote candidates over the session's bound", "peer", nk, "dropped", n, "max", maxRemoteCandidates)
 				break
 			}
 			var c ice.Candidate
@@ -703,12 +703,12 @@ func (m *Manager) handleSignal(sig *api.Signal) {
 			}
 			if err != nil {
 				m.signals.CandidatesRefused++
-				m.log.Debug("refusing remote candidate", "peer", keyString(key), "err", err)
+				m.log.Debug("refusing remote candidate", "peer", nk, "err", err)
 				continue
 			}
 			if err := p.s.agent.AddRemoteCandidate(c); err != nil {
 				m.signals.CandidatesRefused++
-				m.log.Debug("add remote candidate", "peer", keyString(key), "err", err)
+				m.log.Debug("add remote candidate", "peer", nk, "err", err)
 				continue
 			}
 			p.s.remotes++
@@ -716,7 +716,7 @@ func (m *Manager) handleSignal(sig *api.Signal) {
 		}
 	case api.SignalPayload_KIND_RESTART_REQUEST:
 		if p.controlling && p.m.State() != pathsel.Checking {
-			m.log.Info("peer asked for an ICE restart", "peer", keyString(key))
+			m.log.Info("peer asked for an ICE restart", "peer", nk)
 			p.m.Kick(now)
 		}
 	default:
@@ -811,9 +811,9 @@ func unsafeAddr(a netip.Addr) string {
 
 // dial runs Dial (controlling) or Accept (controlled) in the background;
 // the outcome arrives through the state callbacks.
-func (m *Manager) dial(key [32]byte, s *session, ufrag, pwd string, controlling bool) {
+func (m *Manager) dial(nk key.Public, s *session, ufrag, pwd string, controlling bool) {
 	if ufrag == "" || pwd == "" {
-		m.log.Debug("signal without ICE credentials", "peer", keyString(key))
+		m.log.Debug("signal without ICE credentials", "peer", nk)
 		return
 	}
 	s.dialing = true
@@ -828,8 +828,8 @@ func (m *Manager) dial(key [32]byte, s *session, ufrag, pwd string, controlling 
 		}
 		if err != nil {
 			m.post(func() {
-				if p := m.peers[key]; p != nil && p.s == s {
-					m.log.Debug("ICE session ended without connecting", "peer", keyString(key), "err", err)
+				if p := m.peers[nk]; p != nil && p.s == s {
+					m.log.Debug("ICE session ended without connecting", "peer", nk, "err", err)
 					p.m.Failed(m.cfg.Now())
 					m.closeSession(p)
 				}
@@ -837,6 +837,3 @@ func (m *Manager) dial(key [32]byte, s *session, ufrag, pwd string, controlling 
 		}
 	}()
 }
-
-// keyString abbreviates a key the way wireguard-go's logs do.
-func keyString(k [32]byte) string { return base64.StdEncoding.EncodeToString(k[:])[:8] }

@@ -11,15 +11,16 @@ import (
 	"time"
 
 	"github.com/edgewire/edgewire/api"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // lazyRig is a manager on a loopback socket with one peer that never
 // answers; sent collects what the manager signals to it.
 type lazyRig struct {
-	m                 *Manager
-	ourPub            *[32]byte
-	peerPub, peerPriv *[32]byte
-	sent              chan *api.SignalPayload
+	m               *Manager
+	ourPub, peerPub key.Public
+	peerPriv        key.Private
+	sent            chan *api.SignalPayload
 }
 
 func newLazyRig(t *testing.T, controlling bool) *lazyRig {
@@ -38,8 +39,8 @@ func newLazyRig(t *testing.T, controlling bool) *lazyRig {
 	mux := NewMux(pc, func() uint16 { return port }, hosts, slog.New(slog.DiscardHandler))
 	r := &lazyRig{ourPub: ourPub, peerPub: peerPub, peerPriv: peerPriv, sent: make(chan *api.SignalPayload, 100)}
 	r.m, err = New(Config{
-		PrivateKey: *ourPriv, PublicKey: *ourPub, Mux: mux, HostAddrs: hosts,
-		RelayEndpoint: func([32]byte) netip.AddrPort { return netip.MustParseAddrPort("127.77.0.1:1") },
+		PrivateKey: ourPriv, PublicKey: ourPub, Mux: mux, HostAddrs: hosts,
+		RelayEndpoint: func(key.Public) netip.AddrPort { return netip.MustParseAddrPort("127.77.0.1:1") },
 		Send: func(sig *api.Signal) bool {
 			sig.PeerKey = ourPub[:] // as the coordinator rewrites it: the sender
 			pl, err := Open(sig, peerPriv, time.Now())
@@ -105,12 +106,12 @@ func TestLazySessions(t *testing.T) {
 		{"silent peer, relay up: no session", true, true, nil, 0},
 		{"silent peer, controlled side, relay up: no request", false, true, nil, 0},
 		{"silent peer, no relay: ICE is the only way, offer at once", true, false, nil, api.SignalPayload_KIND_OFFER},
-		{"relayed packet from the peer: offer", true, true, func(t *testing.T, r *lazyRig) { r.m.Seen(*r.peerPub) }, api.SignalPayload_KIND_OFFER},
-		{"relayed packet, controlled side: ask for a session", false, true, func(t *testing.T, r *lazyRig) { r.m.Seen(*r.peerPub) }, api.SignalPayload_KIND_RESTART_REQUEST},
+		{"relayed packet from the peer: offer", true, true, func(t *testing.T, r *lazyRig) { r.m.Seen(r.peerPub) }, api.SignalPayload_KIND_OFFER},
+		{"relayed packet, controlled side: ask for a session", false, true, func(t *testing.T, r *lazyRig) { r.m.Seen(r.peerPub) }, api.SignalPayload_KIND_RESTART_REQUEST},
 		{"peer asks for a session: offer", true, true, func(t *testing.T, r *lazyRig) {
 			r.fromPeer(t, &api.SignalPayload{Kind: api.SignalPayload_KIND_RESTART_REQUEST, Session: 1})
 		}, api.SignalPayload_KIND_OFFER},
-		{"packets from another key change nothing", true, true, func(t *testing.T, r *lazyRig) { r.m.Seen(*r.ourPub) }, 0},
+		{"packets from another key change nothing", true, true, func(t *testing.T, r *lazyRig) { r.m.Seen(r.ourPub) }, 0},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -118,7 +119,7 @@ func TestLazySessions(t *testing.T) {
 			if tc.relay {
 				r.m.SetRelay(true)
 			}
-			r.m.SetPeers([]Peer{{Key: *r.peerPub, Online: true}})
+			r.m.SetPeers([]Peer{{Key: r.peerPub, Online: true}})
 			if tc.wake != nil {
 				if got := r.next(quiet); got != 0 {
 					t.Fatalf("before the peer talked: got signal %v, want none", got)
