@@ -18,7 +18,6 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,7 +27,6 @@ import (
 	"github.com/edgewire/edgewire/dataplane/bind"
 	"github.com/edgewire/edgewire/dataplane/linkconf"
 	"github.com/edgewire/edgewire/dataplane/wgdev"
-	"github.com/edgewire/edgewire/internal/atomicfile"
 	"github.com/edgewire/edgewire/internal/sdnotify"
 	"github.com/edgewire/edgewire/internal/telemetry"
 	"github.com/edgewire/edgewire/node/control"
@@ -375,11 +373,9 @@ func Run(ctx context.Context, cfg Config) error {
 	a.bind.SetRelay(a.home)
 	// A saved, unexpired ticket lets a restarted agent use the relays
 	// while the coordinator is unreachable.
-	if b, err := os.ReadFile(filepath.Join(cfg.StateDir, ticketFile)); err == nil {
-		if exp, err := strconv.ParseInt(strings.TrimSpace(string(b[:min(len(b), 20)])), 10, 64); err == nil && time.Unix(exp, 0).After(time.Now()) && len(b) > 21 {
-			a.home.SetTicket(b[21:])
-			log.Info("using saved relay ticket", "expires", time.Unix(exp, 0))
-		}
+	if t, exp, ok := identity.LoadTicket(cfg.StateDir, time.Now()); ok {
+		a.home.SetTicket(t)
+		log.Info("using saved relay ticket", "expires", exp)
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -475,15 +471,10 @@ func (a *Agent) markDirty() {
 	}
 }
 
-// ticketFile holds the last relay ticket: 20 bytes of decimal expiry
-// (unix seconds, space padded), a newline, then the ticket.
-const ticketFile = "relay.ticket"
-
 // onTicket hands a new relay ticket to the home relay and saves it.
 func (a *Agent) onTicket(t *api.RelayTicket) {
 	a.home.SetTicket(t.GetTicket())
-	b := append([]byte(fmt.Sprintf("%-20d\n", t.GetExpiresUnix())), t.GetTicket()...)
-	if err := atomicfile.Write(filepath.Join(a.cfg.StateDir, ticketFile), b, 0o600); err != nil {
+	if err := identity.SaveTicket(a.cfg.StateDir, t.GetTicket(), time.Unix(t.GetExpiresUnix(), 0)); err != nil {
 		a.log.Warn("save relay ticket", "err", err)
 	}
 }
