@@ -40,7 +40,7 @@ import (
 
 // Defaults, in one place.
 const (
-	DefaultDataDir = "/var/lib/edgewire/coordinator"
+	DefaultDataDir = api.DefaultCoordinatorDataDir
 	DefaultListen  = ":8443"
 	DefaultPrefix  = "100.64.0.0/10"
 	DefaultSTUN    = ":3478"
@@ -48,7 +48,7 @@ const (
 	TicketKeyFile  = "ticket.key"
 	RelayKeyFile   = "relay.key"
 	AdminTokenFile = "admin.token"
-	AdminSocket    = "admin.sock"
+	AdminSocket    = api.AdminSocketName
 	StoreFile      = "edgewire.db"
 
 	agentWriteBuffer = 16 << 10 // per writing agent connection, pooled; gRPC's default is 32 KiB

@@ -24,7 +24,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/edgewire/edgewire/api"
-	"github.com/edgewire/edgewire/coordinator"
 	"github.com/edgewire/edgewire/node/localapi"
 	"github.com/edgewire/edgewire/types/jointoken"
 )
@@ -56,7 +55,7 @@ func main() {
 	pf := root.PersistentFlags()
 	pf.StringVarP(&g.output, "output", "o", "table", "table or json")
 	pf.StringVar(&g.agentSocket, "socket", localapi.DefaultSocket, "agent local API socket")
-	pf.StringVar(&g.adminSocket, "admin-socket", filepath.Join(coordinator.DefaultDataDir, coordinator.AdminSocket), "coordinator admin socket (on the coordinator host)")
+	pf.StringVar(&g.adminSocket, "admin-socket", filepath.Join(api.DefaultCoordinatorDataDir, api.AdminSocketName), "coordinator admin socket (on the coordinator host)")
 	pf.StringVar(&g.coordinator, "coordinator", "", "reach the coordinator over TLS at host:port instead of the admin socket (needs --admin-token-file and --ca-file)")
 	pf.StringVar(&g.adminTokenFile, "admin-token-file", "", "file holding the coordinator's admin token (<data-dir>/admin.token)")
 	pf.StringVar(&g.caFile, "ca-file", "", "coordinator CA certificate (<data-dir>/pki/ca.crt)")
