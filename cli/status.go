@@ -1,0 +1,169 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/edgewire/edgewire/node/localapi"
+)
+
+// The commands in this file ask the agent on this host, over its local API.
+
+func statusCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Show this node and its peers",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, cancel := callContext()
+			defer cancel()
+			st, err := localapi.Client{Socket: g.agentSocket}.Status(c)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if g.output == "json" {
+				return printJSON(out, st)
+			}
+			now := g.now()
+			conn := "disconnected"
+			if st.Self.Connected {
+				conn = "connected"
+			}
+			fmt.Fprintf(out, "self: %s %s iface %s port %d coordinator %s (%s) map v%d\n",
+				st.Self.Name, strings.Join(st.Self.Addresses, ","), st.Self.Interface, st.Self.ListenPort,
+				st.Self.Coordinator, conn, st.Self.MapVersion)
+			if r := st.Self.Relay; r != nil && r.Home != "" {
+				state := "connected"
+				if !r.Connected {
+					state = "down: " + r.Error
+				}
+				fmt.Fprintf(out, "home relay: %s (%s)\n", r.Home, state)
+			}
+			tw := table(out)
+			fmt.Fprintln(tw, "NAME\tOVERLAY IP\tPATH\tENDPOINT\tHANDSHAKE\tRX\tTX\tONLINE")
+			for _, p := range st.Peers {
+				ep := p.Endpoint
+				if ep == "" {
+					ep = "-"
+				}
+				path := p.Path
+				if p.Relay != "" {
+					path += ":" + p.Relay
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%v\n", p.Name, strings.Join(p.Addresses, ","), path, ep,
+					ago(p.LastHandshake, now), bytesIEC(p.RxBytes), bytesIEC(p.TxBytes), p.Online)
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func pingCmd(g *globals) *cobra.Command {
+	var (
+		count       int
+		untilDirect bool
+		interval    time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "ping NODE",
+		Short: "Ping a peer over the overlay and show the path each reply took",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if count < 1 {
+				return fmt.Errorf("-c %d: want at least 1", count)
+			}
+			if interval < 10*time.Millisecond {
+				return fmt.Errorf("--interval %v: want at least 10ms", interval)
+			}
+			cl := localapi.Client{Socket: g.agentSocket}
+			out := cmd.OutOrStdout()
+			var results []localapi.PingResult
+			replies := 0
+			for i := 0; i < count; i++ {
+				if i > 0 {
+					time.Sleep(interval)
+				}
+				c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				res, err := cl.Ping(c, args[0])
+				cancel()
+				if err != nil && res.Path == "" {
+					return err
+				}
+				results = append(results, res)
+				path := res.Path
+				if res.Relay != "" {
+					path += " via " + res.Relay
+				}
+				if err != nil {
+					if g.output == "table" {
+						fmt.Fprintf(out, "no reply from %s (path %s): %v\n", args[0], path, err)
+					}
+					continue
+				}
+				replies++
+				if g.output == "table" {
+					fmt.Fprintf(out, "reply from %s (%s) path %s endpoint %s time %.2f ms\n", args[0], res.Address, path, res.Endpoint, res.RTTMs)
+				}
+				if untilDirect && res.Path == "direct" {
+					break
+				}
+			}
+			if g.output == "json" {
+				if err := printJSON(out, results); err != nil {
+					return err
+				}
+			}
+			if untilDirect && (len(results) == 0 || results[len(results)-1].Path != "direct") {
+				return fmt.Errorf("no direct path to %s after %d pings", args[0], len(results))
+			}
+			if replies == 0 {
+				return fmt.Errorf("no replies from %s", args[0])
+			}
+			return nil
+		},
+	}
+	cmd.Flags().IntVarP(&count, "count", "c", 4, "number of pings (with --until-direct: at most this many)")
+	cmd.Flags().BoolVar(&untilDirect, "until-direct", false, "keep pinging until a reply comes over a direct path")
+	cmd.Flags().DurationVarP(&interval, "interval", "i", time.Second, "time between pings")
+	return cmd
+}
+
+func netcheckCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "netcheck",
+		Short: "Probe this node's network: UDP, NAT mapping, public address, relay latency",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			nc, err := localapi.Client{Socket: g.agentSocket}.Netcheck(c)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if g.output == "json" {
+				return printJSON(out, nc)
+			}
+			fmt.Fprintf(out, "UDP:             %v\n", nc.UDP)
+			fmt.Fprintf(out, "public address:  %s\n", nc.PublicAddr)
+			fmt.Fprintf(out, "NAT mapping:     %s\n", nc.Mapping)
+			for _, s := range nc.STUN {
+				if s.Error != "" {
+					fmt.Fprintf(out, "  stun %s: %s\n", s.Server, s.Error)
+				} else {
+					fmt.Fprintf(out, "  stun %s: mapped %s in %.2f ms\n", s.Server, s.Mapped, s.RTTMs)
+				}
+			}
+			fmt.Fprintf(out, "preferred relay: %s\n", nc.PreferredRelay)
+			for _, r := range nc.RelayLatencyMs {
+				fmt.Fprintf(out, "  relay %s: %.2f ms\n", r.Name, r.LatencyMs)
+			}
+			return nil
+		},
+	}
+}
