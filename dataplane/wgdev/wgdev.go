@@ -56,7 +56,8 @@ type PeerConfig struct {
 	Keepalive  time.Duration  // persistent keepalive; 0 off
 }
 
-func (p PeerConfig) equal(q PeerConfig) bool {
+// Equal reports whether p and q configure a peer the same way.
+func (p PeerConfig) Equal(q PeerConfig) bool {
 	return p.PublicKey == q.PublicKey && p.Endpoint == q.Endpoint && p.Keepalive == q.Keepalive &&
 		slices.Equal(p.AllowedIPs, q.AllowedIPs)
 }
@@ -202,7 +203,7 @@ func (d *Device) SetPeers(peers []PeerConfig) error {
 	var moved []PeerConfig // peers whose endpoint is set or changed
 	for k, p := range want {
 		old, ok := d.applied[k]
-		if ok && old.equal(p) {
+		if ok && old.Equal(p) {
 			continue
 		}
 		writePeer(&b, p)

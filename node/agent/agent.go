@@ -166,6 +166,16 @@ type JoinConfig struct {
 	Name                string
 	Routes              []netip.Prefix
 	KubernetesTokenFile string
+	// Host dials the coordinator (nil: the real host, with marked sockets).
+	Host Host
+}
+
+func (jc JoinConfig) dial() func(context.Context, string) (net.Conn, error) {
+	h := jc.Host
+	if h == nil {
+		h = linuxHost{}
+	}
+	return func(ctx context.Context, addr string) (net.Conn, error) { return h.Dial(ctx, "tcp", addr) }
 }
 
 // maxTokenFile bounds what is read of a token file.
@@ -227,7 +237,7 @@ func Join(ctx context.Context, jc JoinConfig) (identity.Enrolment, *api.JoinResp
 	e, resp, err := control.Join(ctx, control.JoinRequest{
 		Coordinator: jc.Coordinator, ServerName: jc.ServerName, Token: jc.Token,
 		PrivateKey: nk, Name: jc.Name, Hostname: host, Routes: jc.Routes,
-		KubernetesToken: kubernetesToken(jc.KubernetesTokenFile, slog.Default()), Dial: markedDialAddr,
+		KubernetesToken: kubernetesToken(jc.KubernetesTokenFile, slog.Default()), Dial: jc.dial(),
 	})
 	if err != nil {
 		return e, nil, err
@@ -252,13 +262,11 @@ func removeTokenFile(path string) error {
 	return nil
 }
 
-func markedDialAddr(ctx context.Context, addr string) (net.Conn, error) {
-	return markedDial(ctx, "tcp", addr)
-}
-
 // Agent is a running agent.
 type Agent struct {
 	cfg  Config
+	env  Env
+	host Host
 	log  *slog.Logger
 	priv key.Private // the node key
 	enr  identity.Enrolment
@@ -280,10 +288,18 @@ type Agent struct {
 	overlay atomic.Pointer[[]netip.Prefix] // prefixes reached through the overlay; see viaOverlay
 }
 
-// Run runs the agent until ctx ends, then removes its interface.
-func Run(ctx context.Context, cfg Config) error {
+// Run runs the agent on this machine until ctx ends, then removes its
+// interface.
+func Run(ctx context.Context, cfg Config) error { return RunWith(ctx, cfg, Env{}) }
+
+// RunWith runs the agent with the parts env gives (the real machine's for
+// the zero Env) until ctx ends.
+func RunWith(ctx context.Context, cfg Config, env Env) error {
 	if err := cfg.validate(); err != nil {
 		return err
+	}
+	if env.Host == nil {
+		env.Host = linuxHost{table: cfg.RouteTable}
 	}
 	log := cfg.Logger
 	if cfg.MemoryLimit > 0 {
@@ -295,7 +311,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	enr, err := identity.LoadEnrolment(cfg.StateDir)
 	if errors.Is(err, identity.ErrNotEnrolled) && (cfg.Token != "" || cfg.TokenFile != "") {
-		enr, err = joinWithRetry(ctx, cfg, log)
+		enr, err = joinWithRetry(ctx, cfg, env.Host, log)
 	}
 	if err != nil {
 		return err
@@ -303,7 +319,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := removeTokenFile(cfg.TokenFile); err != nil {
 		log.Warn("the node is enrolled but its join token file stays", "err", err)
 	}
-	a := &Agent{cfg: cfg, log: log, priv: nk, enr: enr, dirty: make(chan struct{}, 1)}
+	a := &Agent{cfg: cfg, env: env, host: env.Host, log: log, priv: nk, enr: enr, dirty: make(chan struct{}, 1)}
 	a.state, err = mapstate.Load(filepath.Join(cfg.StateDir, identity.NetworkMapFile))
 	switch {
 	case err == nil:
@@ -317,16 +333,16 @@ func Run(ctx context.Context, cfg Config) error {
 		a.state = mapstate.New()
 	}
 
-	a.bind = bind.New(nil, log)
+	a.bind = bind.New(env.Bind, log)
 	defer a.bind.Shutdown()
 	a.dev, err = wgdev.New(wgdev.Config{
 		Name: cfg.Interface, MTU: cfg.MTU, ListenPort: cfg.ListenPort,
-		PrivateKey: nk, Bind: a.bind, Logger: log, FwMark: linkconf.Mark,
+		PrivateKey: nk, Bind: a.bind, Logger: log, FwMark: linkconf.Mark, TUN: env.TUN,
 	})
 	if err != nil {
 		return err
 	}
-	removeRules, err := installRules(cfg.RouteTable)
+	removeRules, err := a.host.InstallRules()
 	defer removeRules()
 	if err != nil {
 		a.dev.Close()
@@ -346,7 +362,8 @@ func Run(ctx context.Context, cfg Config) error {
 	a.cc, err = control.New(control.Config{
 		Enrolment: enr, PrivateKey: nk, Hostname: host, Logger: log, OnMap: a.onMap,
 		OnSignal: func(s *api.Signal) { a.trav.HandleSignal(s) },
-		OnTicket: a.onTicket, KnownKey: a.knownKey, Dial: markedDialAddr,
+		OnTicket: a.onTicket, KnownKey: a.knownKey,
+		Dial:            func(ctx context.Context, addr string) (net.Conn, error) { return a.host.Dial(ctx, "tcp", addr) },
 		KubernetesToken: func() string { return kubernetesToken(cfg.KubernetesTokenFile, log) },
 	})
 	if err != nil {
@@ -357,6 +374,7 @@ func Run(ctx context.Context, cfg Config) error {
 	a.trav, err = traversal.New(traversal.Config{
 		PrivateKey: nk, PublicKey: nk.Public(), Mux: mux, Send: a.cc.SendSignal,
 		HostAddrs: a.hostAddrs, RelayEndpoint: a.bind.RelayEndpoint, Overlay: a.viaOverlay, Logger: log,
+		SameHost: env.SameHost,
 	})
 	if err != nil {
 		return err
@@ -368,7 +386,7 @@ func Run(ctx context.Context, cfg Config) error {
 			a.bind.DeliverRelayed(src, p)
 		},
 		OnChange: a.trav.SetRelay,
-		NetDial:  markedDial,
+		NetDial:  a.host.Dial,
 	})
 	a.bind.SetRelay(a.home)
 	// A saved, unexpired ticket lets a restarted agent use the relays
@@ -435,12 +453,13 @@ func (a *Agent) ready() error {
 	return nil
 }
 
-func joinWithRetry(ctx context.Context, cfg Config, log *slog.Logger) (identity.Enrolment, error) {
+func joinWithRetry(ctx context.Context, cfg Config, host Host, log *slog.Logger) (identity.Enrolment, error) {
 	backoff := time.Second
 	for attempt := 1; ; attempt++ {
 		e, resp, err := Join(ctx, JoinConfig{
 			StateDir: cfg.StateDir, Coordinator: cfg.Coordinator, Token: cfg.Token, TokenFile: cfg.TokenFile,
 			ServerName: cfg.ServerName, Name: cfg.Name, Routes: cfg.Routes, KubernetesTokenFile: cfg.KubernetesTokenFile,
+			Host: host,
 		})
 		if err == nil {
 			log.Info("joined", "coordinator", cfg.Coordinator, "name", e.Name, "addresses", resp.GetSelf().GetAddresses(),
@@ -542,61 +561,19 @@ func (a *Agent) reconcile() error {
 	a.trav.SetSTUN(stun)
 	a.trav.SetPeers(tp)
 
-	var regionAddrs []string
-	for _, r := range regions {
-		regionAddrs = append(regionAddrs, r.Addr)
-	}
-	pol := a.routePolicy(prefixes, peers, stun, regionAddrs)
-	var (
-		wgPeers []wgdev.PeerConfig
-		routes  []netip.Prefix
-	)
+	paths := make(map[key.Public]pathsel.Path, len(peers))
 	for _, p := range peers {
-		pc := wgdev.PeerConfig{PublicKey: p.Key}
-		for _, addr := range p.Addresses {
-			if len(prefixes) > 0 && !inAny(addr, prefixes) {
-				continue // an overlay address outside the overlay: the map is not to be trusted there
-			}
-			pc.AllowedIPs = append(pc.AllowedIPs, netip.PrefixFrom(addr, addr.BitLen()))
-		}
-		ok := a.filterRoutes(pol, p)
-		pc.AllowedIPs = append(pc.AllowedIPs, ok...)
-		routes = append(routes, ok...)
-		if path := a.trav.Path(p.Key); path.Kind != pathsel.None {
-			pc.Endpoint = path.Endpoint // the peer's address, or its synthetic relay endpoint
-			// Keepalive only with a path: turning it on makes WireGuard send
-			// at once, so the first handshake goes out the moment a path
-			// exists instead of after a failed attempt's 5 s back-off.
-			pc.Keepalive = keepalive
-		}
-		wgPeers = append(wgPeers, pc)
+		paths[p.Key] = a.trav.Path(p.Key)
 	}
-	if err := a.dev.SetPeers(wgPeers); err != nil {
+	pl := makePlan(self, peers, prefixes, paths, routePolicy(prefixes, peers, paths, a.underlay(stun, regions)))
+	a.logRefusals(pl.refused)
+	if err := a.dev.SetPeers(pl.peers); err != nil {
 		return err
 	}
-	var addrs []netip.Prefix
-	for _, addr := range self.Addresses {
-		bits := addr.BitLen()
-		for _, p := range prefixes {
-			if p.Contains(addr) {
-				bits = p.Bits() // the prefix route covers the whole overlay
-			}
-		}
-		addrs = append(addrs, netip.PrefixFrom(addr, bits))
-	}
-	if err := linkconf.Apply(a.cfg.Interface, a.cfg.RouteTable, addrs, routes); err != nil {
+	if err := a.host.Configure(a.cfg.Interface, pl.addrs, pl.routes); err != nil {
 		return err
 	}
 	return a.svc.update(svcGen, svcs, names)
-}
-
-func inAny(a netip.Addr, ps []netip.Prefix) bool {
-	for _, p := range ps {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
 }
 
 // knownKey reports whether k is this node's, a peer's or a relay's key.
@@ -617,8 +594,8 @@ func (a *Agent) knownKey(k key.Public) bool {
 	return false
 }
 
-// host resolves a map host: empty means the coordinator's.
-func (a *Agent) host(h string) string {
+// mapHost resolves a map host: empty means the coordinator's.
+func (a *Agent) mapHost(h string) string {
 	if h == "" {
 		h, _, _ = net.SplitHostPort(a.enr.Coordinator)
 	}
@@ -630,7 +607,7 @@ func (a *Agent) host(h string) string {
 func (a *Agent) stunServers() []string {
 	var out []string
 	add := func(host string, port uint16) {
-		if hp := net.JoinHostPort(a.host(host), fmt.Sprint(port)); port != 0 && !slices.Contains(out, hp) {
+		if hp := net.JoinHostPort(a.mapHost(host), fmt.Sprint(port)); port != 0 && !slices.Contains(out, hp) {
 			out = append(out, hp)
 		}
 	}
@@ -648,7 +625,7 @@ func (a *Agent) relayRegions() []homerelay.Region {
 	var out []homerelay.Region
 	for _, r := range a.state.Relays {
 		out = append(out, homerelay.Region{ID: r.ID, Name: r.Name, Key: r.Key,
-			Addr: net.JoinHostPort(a.host(r.Host), fmt.Sprint(r.Port))})
+			Addr: net.JoinHostPort(a.mapHost(r.Host), fmt.Sprint(r.Port))})
 	}
 	return out
 }
@@ -657,17 +634,11 @@ func (a *Agent) relayRegions() []homerelay.Region {
 // host's, except those only reachable through the overlay (a pod bridge
 // inside this node's advertised pod CIDR, say).
 func (a *Agent) hostAddrs() []netip.Addr {
-	eps, err := hostEndpoints(a.cfg.Interface, 0)
+	addrs, err := a.host.Addrs(a.cfg.Interface)
 	if err != nil {
 		a.log.Warn("list host addresses", "err", err)
 	}
-	var out []netip.Addr
-	for _, e := range eps {
-		if !a.viaOverlay(e.Addr()) {
-			out = append(out, e.Addr())
-		}
-	}
-	return out
+	return slices.DeleteFunc(addrs, a.viaOverlay)
 }
 
 // viaOverlay reports whether ip is in the overlay prefixes or anyone's
@@ -707,7 +678,7 @@ func (a *Agent) endpointLoop(ctx context.Context, port int) error {
 	t := time.NewTicker(endpointInterval)
 	defer t.Stop()
 	for {
-		eps, err := hostEndpoints(a.cfg.Interface, port)
+		eps, err := a.hostEndpoints(port)
 		if err != nil {
 			a.log.Warn("list host addresses", "err", err)
 		} else {
@@ -721,36 +692,14 @@ func (a *Agent) endpointLoop(ctx context.Context, port int) error {
 	}
 }
 
-// hostEndpoints lists global unicast addresses of every up interface but
-// the overlay one, with port.
-func hostEndpoints(overlay string, port int) ([]netip.AddrPort, error) {
-	ifs, err := net.Interfaces()
-	if err != nil {
-		return nil, err
+// hostEndpoints is the host's addresses with port.
+func (a *Agent) hostEndpoints(port int) ([]netip.AddrPort, error) {
+	addrs, err := a.host.Addrs(a.cfg.Interface)
+	out := make([]netip.AddrPort, 0, len(addrs))
+	for _, ad := range addrs {
+		out = append(out, netip.AddrPortFrom(ad, uint16(port)))
 	}
-	var out []netip.AddrPort
-	for _, ifc := range ifs {
-		if ifc.Name == overlay || ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 {
-			continue
-		}
-		addrs, err := ifc.Addrs()
-		if err != nil {
-			continue
-		}
-		for _, ad := range addrs {
-			ipn, ok := ad.(*net.IPNet)
-			if !ok {
-				continue
-			}
-			ip, ok := netip.AddrFromSlice(ipn.IP)
-			if !ok || !ip.Unmap().IsGlobalUnicast() {
-				continue
-			}
-			out = append(out, netip.AddrPortFrom(ip.Unmap(), uint16(port)))
-		}
-	}
-	slices.SortFunc(out, func(a, b netip.AddrPort) int { return a.Compare(b) })
-	return out, nil
+	return out, err
 }
 
 // Status implements localapi.Backend.
@@ -782,7 +731,7 @@ func (a *Agent) Status() (localapi.Status, error) {
 	for _, ad := range self.Addresses {
 		st.Self.Addresses = append(st.Self.Addresses, ad.String())
 	}
-	eps, _ := hostEndpoints(a.cfg.Interface, port)
+	eps, _ := a.hostEndpoints(port)
 	for _, e := range eps {
 		st.Self.Endpoints = append(st.Self.Endpoints, e.String())
 	}

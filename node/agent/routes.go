@@ -2,16 +2,12 @@ package agent
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"net/netip"
 	"sync"
 	"time"
 
-	"github.com/edgewire/edgewire/dataplane/linkconf"
-	"github.com/edgewire/edgewire/internal/routeguard"
-	"github.com/edgewire/edgewire/node/mapstate"
-	"github.com/edgewire/edgewire/node/pathsel"
+	"github.com/edgewire/edgewire/node/homerelay"
 )
 
 // The agent checks every route of its network map again before it
@@ -19,14 +15,6 @@ import (
 // come from disk (saved before an upgrade, or edited), and no map may cut
 // the node off the addresses it needs underneath the overlay. A refused
 // route gets neither a kernel route nor WireGuard allowed IPs.
-
-// markedDial opens edgewire's own TCP connections (coordinator, relays)
-// with linkconf.Mark, so that they use the main routing table whatever
-// routes the overlay holds.
-func markedDial(ctx context.Context, network, addr string) (net.Conn, error) {
-	d := net.Dialer{KeepAlive: 30 * time.Second, Control: linkconf.MarkSocket}
-	return d.DialContext(ctx, network, addr)
-}
 
 // resolveTTL is how long a resolved coordinator, relay or STUN name is
 // trusted before it is looked up again; resolveTimeout bounds a lookup.
@@ -76,42 +64,27 @@ func (c *hostCache) lookup(host string) []netip.Addr {
 	return addrs
 }
 
-// routePolicy is what peer routes must pass on this node: the overlay
-// prefixes, and no route may cover the coordinator, a relay, a STUN
-// server, a peer's underlay endpoint, a default gateway or a subnet the
-// host is attached to (its LAN: a peer's route must not claim a neighbour).
-func (a *Agent) routePolicy(prefixes []netip.Prefix, peers []mapstate.Peer, stun []string, regions []string) *routeguard.Policy {
-	p := &routeguard.Policy{Overlay: prefixes}
-	protect := func(addr netip.Addr) {
-		if addr.IsValid() {
-			p.Protected = append(p.Protected, routeguard.Host(addr))
-		}
+// underlay gathers what the node must reach without the overlay: the
+// coordinator's, STUN servers' and relays' addresses (names resolved,
+// cached) and the host's gateways and attached subnets.
+func (a *Agent) underlay(stun []string, regions []homerelay.Region) underlay {
+	var u underlay
+	hosts := append([]string{a.enr.Coordinator}, stun...)
+	for _, r := range regions {
+		hosts = append(hosts, r.Addr)
 	}
-	hosts := append(append([]string{a.enr.Coordinator}, stun...), regions...)
 	for _, hp := range hosts {
 		host, _, err := net.SplitHostPort(hp)
 		if err != nil {
 			host = hp
 		}
-		for _, addr := range a.hosts.lookup(host) {
-			protect(addr)
-		}
+		u.protected = append(u.protected, a.hosts.lookup(host)...)
 	}
-	for _, peer := range peers {
-		for _, ep := range peer.Endpoints {
-			protect(ep.Addr())
-		}
-		if path := a.trav.Path(peer.Key); path.Kind == pathsel.Direct {
-			protect(path.Endpoint.Addr())
-		}
-	}
-	gws, subnets, err := linkconf.Underlay(a.cfg.Interface)
-	if err != nil {
+	var err error
+	if u.gateways, u.subnets, err = a.host.Underlay(a.cfg.Interface); err != nil {
 		a.log.Warn("list host routes for the route check", "err", err)
 	}
-	p.Protected = append(p.Protected, gws...)
-	p.Local = subnets
-	return p
+	return u
 }
 
 // refusedRoutes remembers which refusals were logged, so a map that keeps
@@ -121,35 +94,19 @@ type refusedRoutes struct {
 	logged map[string]bool
 }
 
-// filter returns the routes of peer that pol allows, logging new refusals.
-func (a *Agent) filterRoutes(pol *routeguard.Policy, peer mapstate.Peer) []netip.Prefix {
-	out := make([]netip.Prefix, 0, len(peer.Routes))
-	for _, r := range peer.Routes {
-		err := pol.Check(r)
-		if err == nil {
-			out = append(out, r)
+// logRefusals logs refused routes, each once while it stays refused.
+func (a *Agent) logRefusals(rs []refusal) {
+	a.refused.mu.Lock()
+	defer a.refused.mu.Unlock()
+	if a.refused.logged == nil || len(a.refused.logged) > 4096 {
+		a.refused.logged = map[string]bool{}
+	}
+	for _, r := range rs {
+		k := r.peer.Key.Short() + " " + r.route.String()
+		if a.refused.logged[k] {
 			continue
 		}
-		key := fmt.Sprintf("%x %s", peer.Key[:8], r)
-		a.refused.mu.Lock()
-		if a.refused.logged == nil || len(a.refused.logged) > 4096 {
-			a.refused.logged = map[string]bool{}
-		}
-		first := !a.refused.logged[key]
-		a.refused.logged[key] = true
-		a.refused.mu.Unlock()
-		if first {
-			a.log.Warn("not installing a peer's route", "peer", peer.Name, "route", r, "err", err)
-		}
+		a.refused.logged[k] = true
+		a.log.Warn("not installing a peer's route", "peer", r.peer.Name, "route", r.route, "err", r.err)
 	}
-	return out
-}
-
-// installRules sets up policy routing (see linkconf): overlay routes in
-// their own table, edgewire's own marked sockets on the main table.
-func installRules(table int) (func(), error) {
-	if err := linkconf.InstallRules(table); err != nil {
-		return func() {}, err
-	}
-	return func() { linkconf.RemoveRules() }, nil
 }

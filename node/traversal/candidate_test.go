@@ -250,7 +250,7 @@ func TestLoopbackCandidateGetsNoCheck(t *testing.T) {
 
 			r := newLazyRig(t, false)
 			if unfiltered {
-				r.m.post(func() { r.m.unfiltered = true })
+				r.m.post(func() { r.m.cfg.SameHost = true })
 			}
 			r.m.SetPeers([]Peer{{Key: r.peerPub, Online: true}})
 			r.fromPeer(t, &api.SignalPayload{Kind: api.SignalPayload_KIND_OFFER, Session: 7,

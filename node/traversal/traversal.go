@@ -95,6 +95,10 @@ type Config struct {
 	Machine     pathsel.Config
 	Logger      *slog.Logger
 	Now         func() time.Time
+	// SameHost lets every parsed remote candidate through, loopback and
+	// this host's own addresses included: only for peers in one process
+	// (the agent's in-process tests). Never set it on a real node.
+	SameHost bool
 }
 
 // CandidateInfo is one side of a selected candidate pair.
@@ -166,9 +170,6 @@ type Manager struct {
 	gone    pathsel.Stats // counters of peers that left
 	signals Counters
 	relayUp bool
-	// unfiltered lets every parsed remote candidate through, for tests
-	// that show what the filters keep out.
-	unfiltered bool
 }
 
 // New validates cfg and returns a manager.
@@ -510,7 +511,7 @@ func (m *Manager) newAgent() (*ice.Agent, error) {
 		KeepaliveInterval:   &ka,
 		LoggerFactory:       pionLogs{m.log.With("peer", "ice")},
 	}
-	if !m.unfiltered {
+	if !m.cfg.SameHost {
 		// Signalled candidates pass remoteCandidate first; this catches
 		// peer-reflexive ones, learned from the source of a check. pion
 		// sends to the unmapped address.
@@ -696,7 +697,7 @@ func (m *Manager) handleSignal(sig *api.Signal) {
 			}
 			var c ice.Candidate
 			var err error
-			if m.unfiltered {
+			if m.cfg.SameHost {
 				c, err = ice.UnmarshalCandidate(raw)
 			} else {
 				c, err = remoteCandidate(raw, m.local)
