@@ -5,11 +5,14 @@
 // only when every part has.
 //
 // A part is a function of a context that runs until the context ends and
-// then returns nil (or the context's error). Returning early is a failure
-// either way: with an error, the error; with nil, ErrStopped, since a
-// server or loop that quietly ends while the daemon is up is a bug that
-// would otherwise leave the daemon running without it. Parts that finish
-// on purpose (a one-off job) are started with GoOneShot instead.
+// then returns. Returning earlier is a failure either way: with an error,
+// the error; with nil, ErrStopped, since a server or loop that quietly
+// ends while the daemon is up is a bug that would otherwise leave the
+// daemon running without it. Parts that finish on purpose (a one-off
+// job) are started with GoOneShot instead. What a part returns after the
+// context ended is its reaction to the stop and not a failure ("cache did
+// not sync", "use of closed connection"); a part whose shutdown can go
+// wrong in a way worth knowing logs it.
 //
 // A panic in a part is not recovered: it ends the process, as a panic in
 // any goroutine does.
@@ -34,7 +37,7 @@ type Group struct {
 	wg     sync.WaitGroup // one per part still running
 
 	mu  sync.Mutex // guards err
-	err error      // the first failure, wrapped with its part's name
+	err error      // the failure that stopped the group, wrapped with its part's name
 }
 
 // New returns a group and the context its parts run with. The context
@@ -61,7 +64,7 @@ func (g *Group) start(name string, f func(context.Context) error, oneShot bool) 
 	g.wg.Go(func() {
 		err := f(g.ctx)
 		switch {
-		case g.ctx.Err() != nil && (err == nil || errors.Is(err, g.ctx.Err())):
+		case g.ctx.Err() != nil:
 			return // stopped because the group did
 		case err == nil && oneShot:
 			return
@@ -72,7 +75,8 @@ func (g *Group) start(name string, f func(context.Context) error, oneShot bool) 
 	})
 }
 
-// fail records err if it is the first failure and stops the group.
+// fail records err if it is the first failure and stops the group. Two
+// parts failing at once both get here; the first to lock wins.
 func (g *Group) fail(err error) {
 	g.mu.Lock()
 	if g.err == nil {
@@ -83,10 +87,8 @@ func (g *Group) fail(err error) {
 }
 
 // Wait waits for every part to return and then ends the group's context.
-// It returns the first failure, as "<name>: <error>"; nil if the parts
-// stopped only because the parent context ended. A part that fails while
-// the others shut down (other than by returning the context's error)
-// counts too: a daemon whose shutdown went wrong should say so.
+// It returns why the group stopped: the failure of the part that stopped
+// it, as "<name>: <error>", or nil if the parent context ended it.
 func (g *Group) Wait() error {
 	g.wg.Wait()
 	g.cancel(nil)
