@@ -1,0 +1,317 @@
+package agent
+
+// Two agents, one coordinator and one relay in one process, with no root
+// and no namespaces: real wireguard-go devices over channel TUNs, real
+// UDP sockets on loopback, the real coordinator (coordtest) and relay
+// (relaytest), a Host that only records. The tests drive what most bugs
+// so far lived in, the way a peer is reached: over the relay, direct,
+// back to the relay when the direct pair is cut, and direct again.
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/tun/tuntest"
+
+	"github.com/edgewire/edgewire/api"
+	"github.com/edgewire/edgewire/coordinator/coordtest"
+	"github.com/edgewire/edgewire/node/localapi"
+	"github.com/edgewire/edgewire/node/svcproxy"
+)
+
+// fakeHost is a Host on loopback that records what the agent configures.
+type fakeHost struct {
+	mu     sync.Mutex // guards addrs, routes
+	addrs  []netip.Prefix
+	routes []netip.Prefix
+}
+
+func (h *fakeHost) Configure(_ string, addrs, routes []netip.Prefix) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.addrs, h.routes = addrs, routes
+	return nil
+}
+
+func (h *fakeHost) InstallRules() (func(), error) { return func() {}, nil }
+
+func (h *fakeHost) Underlay(string) ([]netip.Prefix, []netip.Prefix, error) { return nil, nil, nil }
+
+func (h *fakeHost) Addrs(string) ([]netip.Addr, error) {
+	return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
+}
+
+func (h *fakeHost) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, network, addr)
+}
+
+// cutBind is the agent's UDP socket with a switch that drops everything
+// it sends: the direct path (and STUN) is cut, the relay (TCP) is not.
+type cutBind struct {
+	conn.Bind
+	cut atomic.Bool
+}
+
+func (b *cutBind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	if b.cut.Load() {
+		return nil
+	}
+	return b.Bind.Send(bufs, ep)
+}
+
+// testAgent is one agent of the rig.
+type testAgent struct {
+	name   string
+	cfg    Config
+	env    Env
+	tun    *tuntest.ChannelTUN
+	bind   *cutBind
+	host   *fakeHost
+	api    localapi.Client
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// logTo is where the agents log: the test's output when -v, else nowhere.
+func logTo(t *testing.T, name string) *slog.Logger {
+	if !testing.Verbose() {
+		return slog.New(slog.DiscardHandler)
+	}
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})).With("agent", name)
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// newTestAgent prepares an agent of c with a join token; start runs it.
+func newTestAgent(t *testing.T, c *coordtest.Coordinator, name, tok string) *testAgent {
+	dir := t.TempDir()
+	a := &testAgent{name: name, bind: &cutBind{Bind: conn.NewStdNetBind()}, host: &fakeHost{}}
+	a.cfg = Config{
+		StateDir: filepath.Join(dir, "state"), Interface: "ew-" + name, ListenPort: 0,
+		Socket: filepath.Join(dir, "agent.sock"), Coordinator: c.Addr, Token: tok, Name: name,
+		Services: svcproxy.ModeOff, Logger: logTo(t, name),
+	}
+	a.env = Env{Host: a.host, Bind: a.bind, SameHost: true}
+	a.api = localapi.Client{Socket: a.cfg.Socket}
+	return a
+}
+
+func (a *testAgent) start(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	a.cancel, a.done = cancel, make(chan error, 1)
+	a.tun = tuntest.NewChannelTUN() // a device closes its TUN when it stops
+	env := a.env
+	env.TUN = a.tun.TUN()
+	go func() { a.done <- RunWith(ctx, a.cfg, env) }()
+	t.Cleanup(func() { a.stop(t) })
+}
+
+// stop ends the agent and waits for it; a second call does nothing.
+func (a *testAgent) stop(t *testing.T) {
+	if a.cancel == nil {
+		return
+	}
+	a.cancel()
+	select {
+	case err := <-a.done:
+		if err != nil {
+			t.Errorf("agent %s: %v", a.name, err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Errorf("agent %s did not stop within 20 s", a.name)
+	}
+	a.cancel = nil
+}
+
+// peer waits until the agent's status of peer satisfies ok.
+func (a *testAgent) waitPeer(t *testing.T, peer, what string, within time.Duration, ok func(localapi.PeerStatus) bool) localapi.PeerStatus {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	var last string
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		st, err := a.api.Status(ctx)
+		cancel()
+		if err != nil {
+			last = err.Error()
+		} else {
+			for _, p := range st.Peers {
+				if p.Name == peer {
+					if ok(p) {
+						return p
+					}
+					last = fmt.Sprintf("path %s endpoint %s", p.Path, p.Endpoint)
+				}
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s: %s's view of %s never became %s within %v (last: %s)", t.Name(), a.name, peer, what, within, last)
+	return localapi.PeerStatus{}
+}
+
+func (a *testAgent) overlayIP(t *testing.T) netip.Addr {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for ctx.Err() == nil {
+		if st, err := a.api.Status(ctx); err == nil && len(st.Self.Addresses) > 0 {
+			return netip.MustParseAddr(st.Self.Addresses[0])
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s has no overlay address", a.name)
+	return netip.Addr{}
+}
+
+// send writes an ICMP echo from a to b into a's TUN and waits for it to
+// come out of b's: a packet through the tunnel, whatever the path.
+func send(t *testing.T, a, b *testAgent) {
+	t.Helper()
+	src, dst := a.overlayIP(t), b.overlayIP(t)
+	deadline := time.After(10 * time.Second)
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case a.tun.Outbound <- tuntest.Ping(dst, src):
+		case <-deadline:
+			t.Fatalf("a packet from %s to %s did not come through", a.name, b.name)
+		}
+		select {
+		case p := <-b.tun.Inbound:
+			if len(p) >= 20 && netip.AddrFrom4([4]byte(p[12:16])) == src {
+				return
+			}
+		case <-tick.C:
+		case <-deadline:
+			t.Fatalf("a packet from %s to %s did not come through", a.name, b.name)
+		}
+	}
+}
+
+func isRelay(p localapi.PeerStatus) bool  { return p.Path == "relay" }
+func isDirect(p localapi.PeerStatus) bool { return p.Path == "direct" }
+
+// rig starts a coordinator and two agents a and b, with a's UDP cut if
+// cut, and waits until each lists the other.
+func rig(t *testing.T, cut bool) (*coordtest.Coordinator, *testAgent, *testAgent) {
+	c := coordtest.Start(t, coordtest.Options{})
+	tok := c.Token(&api.CreateTokenRequest{Uses: 3})
+	a, b := newTestAgent(t, c, "a", tok), newTestAgent(t, c, "b", tok)
+	a.bind.cut.Store(cut)
+	a.start(t)
+	b.start(t)
+	a.waitPeer(t, "b", "listed", 20*time.Second, func(localapi.PeerStatus) bool { return true })
+	b.waitPeer(t, "a", "listed", 20*time.Second, func(localapi.PeerStatus) bool { return true })
+	return c, a, b
+}
+
+// TestRelayDirectAndBack: over the relay while UDP is cut, direct once it
+// is not, back on the relay the moment the direct pair is cut, and direct
+// again when it heals; packets come through in every phase.
+func TestRelayDirectAndBack(t *testing.T) {
+	_, a, b := rig(t, true)
+
+	a.waitPeer(t, "b", "relayed", 20*time.Second, isRelay)
+	b.waitPeer(t, "a", "relayed", 20*time.Second, isRelay)
+	send(t, a, b)
+	send(t, b, a)
+
+	a.bind.cut.Store(false)
+	pa := a.waitPeer(t, "b", "direct", 30*time.Second, isDirect)
+	b.waitPeer(t, "a", "direct", 30*time.Second, isDirect)
+	// WireGuard's endpoint is the peer's socket, not a relay endpoint.
+	if ap, err := netip.ParseAddrPort(pa.Endpoint); err != nil || !ap.Addr().IsLoopback() || ap.Addr() == netip.MustParseAddr("127.77.0.1") {
+		t.Errorf("a's WireGuard endpoint for b: got %q, want b's loopback socket", pa.Endpoint)
+	}
+	send(t, a, b)
+	send(t, b, a)
+
+	a.bind.cut.Store(true)
+	a.waitPeer(t, "b", "relayed after the cut", 20*time.Second, isRelay)
+	send(t, b, a)
+
+	a.bind.cut.Store(false)
+	a.waitPeer(t, "b", "direct again", 45*time.Second, isDirect)
+	send(t, a, b)
+}
+
+// TestDeletedPeer: deleting a node takes it out of the other's WireGuard.
+func TestDeletedPeer(t *testing.T) {
+	c, a, b := rig(t, false)
+	send(t, a, b)
+	c.DeleteNode("b")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		st, err := a.api.Status(ctx)
+		cancel()
+		if err == nil && len(st.Peers) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a still lists %v 10 s after b's deletion", st.Peers)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestRestartWithSavedMap: an agent restarted while the coordinator is
+// gone comes up from its saved map and saved relay ticket and reaches its
+// peer over the relay.
+func TestRestartWithSavedMap(t *testing.T) {
+	c, a, b := rig(t, true)
+	a.waitPeer(t, "b", "relayed", 20*time.Second, isRelay)
+	send(t, a, b)
+	a.stop(t)
+	c.Stop() // the relay stays
+	a.start(t)
+	a.waitPeer(t, "b", "relayed from the saved map", 20*time.Second, isRelay)
+	send(t, a, b)
+	send(t, b, a)
+}
+
+// TestRevokedTicket: once a node is deleted, its relay ticket no longer
+// gets it onto the relay.
+func TestRevokedTicket(t *testing.T) {
+	c, a, b := rig(t, true)
+	a.waitPeer(t, "b", "relayed", 20*time.Second, isRelay)
+	c.DeleteNode("a")
+	// b drops a; a cannot use the relay with its old ticket.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		st, err := a.api.Status(ctx)
+		cancel()
+		if err == nil && st.Self.Relay != nil && !st.Self.Relay.Connected && strings.Contains(st.Self.Relay.Error, "revoked") {
+			break
+		}
+		if time.Now().After(deadline) {
+			var relay any
+			if err == nil {
+				relay = st.Self.Relay
+			}
+			t.Fatalf("a's relay after its deletion: %+v, %v; want refused as revoked", relay, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	_ = b
+}
