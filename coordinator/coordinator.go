@@ -28,11 +28,13 @@ import (
 	"github.com/edgewire/edgewire/coordinator/store"
 	"github.com/edgewire/edgewire/coordinator/svcsource"
 	"github.com/edgewire/edgewire/dataplane/relay"
+	"github.com/edgewire/edgewire/dataplane/relayd"
 	"github.com/edgewire/edgewire/dataplane/stunserver"
 	"github.com/edgewire/edgewire/internal/atomicfile"
 	"github.com/edgewire/edgewire/internal/connlimit"
 	"github.com/edgewire/edgewire/internal/httpserve"
 	"github.com/edgewire/edgewire/internal/routeguard"
+	"github.com/edgewire/edgewire/internal/rungroup"
 	"github.com/edgewire/edgewire/internal/telemetry"
 	"github.com/edgewire/edgewire/types/jointoken"
 	"github.com/edgewire/edgewire/types/key"
@@ -153,7 +155,11 @@ func (c *Config) validate() error {
 	return nil
 }
 
-// Run runs the coordinator until ctx ends.
+// Run runs the coordinator until ctx ends or one of its parts fails. It
+// opens everything first (a failure there starts nothing), then runs
+// every server as a part of one run group, and returns once all of them
+// have stopped: gRPC handlers, relay connections, STUN and the services
+// source. The error is the failure that stopped it, nil after ctx ended.
 func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.validate(); err != nil {
 		return err
@@ -170,36 +176,38 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	defer st.Close()
+	defer st.Close() // after every part: handlers use the store until Stop returns
 	adminHash, err := adminToken(filepath.Join(cfg.DataDir, AdminTokenFile))
 	if err != nil {
 		return err
 	}
+	// The sockets below are closed by the parts that serve them; these
+	// deferred closes matter only when Run fails before they start, and
+	// are harmless after.
+	var stunSrv *stunserver.Server
 	var stunServers []*api.StunServer
 	if cfg.STUNListen != "" {
-		ss, err := stunserver.Listen(cfg.STUNListen, log.With("src", "stun"))
+		stunSrv, err = stunserver.Listen(cfg.STUNListen, log.With("src", "stun"))
 		if err != nil {
 			return fmt.Errorf("STUN server: %w", err)
 		}
-		defer ss.Close()
-		go ss.Serve()
+		defer stunSrv.Close()
 		// Agents reach it on the host they dial the coordinator at.
-		stunServers = append(stunServers, &api.StunServer{Port: uint32(ss.Addr().(*net.UDPAddr).Port)})
-		log.Info("STUN server started", "listen", ss.Addr())
+		stunServers = append(stunServers, &api.StunServer{Port: uint32(stunSrv.Addr().(*net.UDPAddr).Port)})
 	}
 	ticketKey, err := loadOrCreateTicketKey(filepath.Join(cfg.DataDir, TicketKeyFile))
 	if err != nil {
 		return err
 	}
 	relays := cfg.Relays
-	var embedded *relay.Server
+	var embedded *embeddedRelay
 	if cfg.RelayListen != "" {
-		var region *api.RelayRegion
-		embedded, region, err = startRelay(ctx, cfg, id, ticketKey, stunServers)
+		embedded, err = newRelay(cfg, ticketKey, stunServers)
 		if err != nil {
 			return err
 		}
-		relays = append([]*api.RelayRegion{region}, relays...)
+		defer embedded.ln.Close()
+		relays = append([]*api.RelayRegion{embedded.region}, relays...)
 	}
 	policy := cfg.RoutePolicy
 	policy.Protected = append(policy.Protected, protectedAddrs(ctx, cfg, relays, log)...)
@@ -213,7 +221,7 @@ func Run(ctx context.Context, cfg Config) error {
 		RoutePolicy: policy, Kube: kube, FailureRate: rate.Limit(cfg.FailureRate), FailureBurst: cfg.FailureBurst,
 		OnDelete: func(nk key.Public, until time.Time) {
 			if embedded != nil {
-				embedded.Revoke(nk, until)
+				embedded.srv.Revoke(nk, until)
 			}
 		},
 	})
@@ -224,24 +232,7 @@ func Run(ctx context.Context, cfg Config) error {
 	reg := telemetry.NewRegistry()
 	srv.RegisterMetrics(reg)
 	if embedded != nil {
-		embedded.RegisterMetrics(reg)
-	}
-	go func() {
-		if err := telemetry.Serve(ctx, cfg.MetricsListen, reg, nil, log); err != nil {
-			log.Error("metrics server", "err", err)
-		}
-	}()
-	go func() {
-		if err := telemetry.ServeProfiles(ctx, cfg.PprofSocket, log); err != nil {
-			log.Error("pprof server", "err", err)
-		}
-	}()
-	if cfg.Services != nil {
-		go func() {
-			if err := cfg.Services.Run(ctx, srv.Registry()); err != nil {
-				log.Error("service source stopped", "err", err)
-			}
-		}()
+		embedded.srv.RegisterMetrics(reg)
 	}
 
 	unary, stream := server.AdminAuth(adminHash)
@@ -268,9 +259,10 @@ func Run(ctx context.Context, cfg Config) error {
 		grpc.MaxHeaderListSize(16<<10),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 20 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.WaitForHandlers(true),
 	)
 	srv.Register(netSrv)
-	localSrv := grpc.NewServer(grpc.ForceServerCodecV2(server.Codec()))
+	localSrv := grpc.NewServer(grpc.ForceServerCodecV2(server.Codec()), grpc.WaitForHandlers(true))
 	srv.Register(localSrv)
 
 	tcpLn, err := net.Listen("tcp", cfg.Listen)
@@ -278,33 +270,67 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
 	ln := connlimit.New(tcpLn, cfg.MaxConnsPerSource)
+	defer ln.Close()
 	uln, err := httpserve.ListenUnix(cfg.AdminSocket, 0o700)
 	if err != nil {
-		ln.Close()
 		return err
+	}
+	defer os.Remove(cfg.AdminSocket)
+	defer uln.Close()
+
+	g, ctx := rungroup.New(ctx)
+	g.Go("agent gRPC", func(ctx context.Context) error { return serveGRPC(ctx, netSrv, ln) })
+	g.Go("admin gRPC", func(ctx context.Context) error { return serveGRPC(ctx, localSrv, uln) })
+	if stunSrv != nil {
+		g.Go("STUN", func(ctx context.Context) error {
+			return rungroup.Serve(ctx, stunSrv.Serve, func() { stunSrv.Close() })
+		})
+		log.Info("STUN server started", "listen", stunSrv.Addr())
+	}
+	if embedded != nil {
+		g.Go("relay", func(ctx context.Context) error { return relayd.Serve(ctx, embedded.srv, embedded.ln, id.Cert) })
+		log.Info("relay started", "listen", embedded.ln.Addr(), "region", cfg.RelayID, "name", cfg.RelayName,
+			"key", embedded.srv.PublicKey().String(), "mesh_peers", embedded.meshPeers)
+	}
+	if cfg.Services != nil {
+		g.Go("services source", func(ctx context.Context) error { return cfg.Services.Run(ctx, srv.Registry()) })
+	}
+	if cfg.MetricsListen != "" {
+		g.Go("metrics", func(ctx context.Context) error { return telemetry.Serve(ctx, cfg.MetricsListen, reg, nil, log) })
+	}
+	if cfg.PprofSocket != "" {
+		g.Go("pprof", func(ctx context.Context) error { return telemetry.ServeProfiles(ctx, cfg.PprofSocket, log) })
 	}
 	log.Info("coordinator started", "listen", ln.Addr(), "admin_socket", cfg.AdminSocket,
 		"overlay", cfg.Prefixes, "ca_pin", jointoken.FormatPin(jointoken.PinCert(id.CA)))
-
-	errc := make(chan error, 2)
-	go func() { errc <- netSrv.Serve(ln) }()
-	go func() { errc <- localSrv.Serve(uln) }()
-	select {
-	case <-ctx.Done():
-	case err = <-errc:
-	}
-	localSrv.Stop()
-	// Agent streams never end on their own; give unary calls a moment, then cut.
-	done := make(chan struct{})
-	go func() { netSrv.GracefulStop(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(2 * time.Second):
-		netSrv.Stop()
-	}
-	os.Remove(cfg.AdminSocket)
-	log.Info("coordinator stopped")
+	err = g.Wait()
+	log.Info("coordinator stopped", "err", err)
 	return err
+}
+
+// grpcGrace is how long unary calls in flight get to finish on stop;
+// agent streams never end on their own and are cut after it.
+const grpcGrace = 2 * time.Second
+
+// serveGRPC serves gs on ln until ctx ends, then stops it: gracefully for
+// up to grpcGrace, then by force. It returns once Serve has, which (with
+// grpc.WaitForHandlers) is after every handler returned.
+func serveGRPC(ctx context.Context, gs *grpc.Server, ln net.Listener) error {
+	return rungroup.Serve(ctx, func() error { return gs.Serve(ln) }, func() {
+		done := make(chan struct{})
+		go func() {
+			gs.GracefulStop()
+			close(done)
+		}()
+		t := time.NewTimer(grpcGrace)
+		defer t.Stop()
+		select {
+		case <-done:
+		case <-t.C:
+			gs.Stop()
+			<-done
+		}
+	})
 }
 
 // protectedAddrs lists addresses no route may cover: the ones agents use
@@ -390,12 +416,21 @@ func adminToken(path string) ([32]byte, error) {
 	return server.AdminTokenHash(tok), nil
 }
 
-// startRelay runs the embedded relay on cfg.RelayListen with the
-// coordinator's TLS identity, meshed with the relays of the relay map.
-func startRelay(ctx context.Context, cfg Config, id *pki.Identity, ticketKey ed25519.PrivateKey, stun []*api.StunServer) (*relay.Server, *api.RelayRegion, error) {
+// embeddedRelay is the coordinator's own relay, ready to serve.
+type embeddedRelay struct {
+	srv       *relay.Server
+	ln        net.Listener // bounded per source address
+	region    *api.RelayRegion
+	meshPeers int
+}
+
+// newRelay prepares the embedded relay on cfg.RelayListen, meshed with
+// the relays of the relay map; it serves with the coordinator's TLS
+// identity.
+func newRelay(cfg Config, ticketKey ed25519.PrivateKey, stun []*api.StunServer) (*embeddedRelay, error) {
 	nk, err := key.LoadOrCreatePrivateFile(filepath.Join(cfg.DataDir, RelayKeyFile))
 	if err != nil {
-		return nil, nil, fmt.Errorf("relay key: %w", err)
+		return nil, fmt.Errorf("relay key: %w", err)
 	}
 	var peers []relay.MeshPeer
 	if cfg.MeshKey != nil {
@@ -411,22 +446,15 @@ func startRelay(ctx context.Context, cfg Config, id *pki.Identity, ticketKey ed2
 		RateBytes: cfg.RelayRate, Logger: cfg.Logger.With("src", "relay"),
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	tcpLn, err := net.Listen("tcp", cfg.RelayListen)
 	if err != nil {
-		return nil, nil, fmt.Errorf("relay listen %s: %w", cfg.RelayListen, err)
+		return nil, fmt.Errorf("relay listen %s: %w", cfg.RelayListen, err)
 	}
 	// Bounded before the relay's own per-address limits start (at the
 	// Upgrade request): TLS handshakes and idle connections count too.
 	ln := connlimit.New(tcpLn, relay.DefaultMaxConnsPerIP+relay.DefaultMaxPendingPerIP)
-	hs := relay.NewHTTPServer(rs, id.Cert)
-	go hs.ServeTLS(ln, "", "")
-	go rs.Run(ctx)
-	go func() {
-		<-ctx.Done()
-		hs.Close()
-	}()
 	region := &api.RelayRegion{
 		Id: cfg.RelayID, Name: cfg.RelayName, Port: uint32(ln.Addr().(*net.TCPAddr).Port),
 		Key: func() []byte { k := nk.Public(); return k[:] }(),
@@ -434,7 +462,5 @@ func startRelay(ctx context.Context, cfg Config, id *pki.Identity, ticketKey ed2
 	if len(stun) > 0 {
 		region.StunPort = stun[0].GetPort()
 	}
-	cfg.Logger.Info("relay started", "listen", ln.Addr(), "region", cfg.RelayID, "name", cfg.RelayName,
-		"key", nk.Public().String(), "mesh_peers", len(peers))
-	return rs, region, nil
+	return &embeddedRelay{srv: rs, ln: ln, region: region, meshPeers: len(peers)}, nil
 }
