@@ -27,6 +27,7 @@ import (
 	"github.com/edgewire/edgewire/dataplane/bind"
 	"github.com/edgewire/edgewire/dataplane/linkconf"
 	"github.com/edgewire/edgewire/dataplane/wgdev"
+	"github.com/edgewire/edgewire/internal/atomicfile"
 	"github.com/edgewire/edgewire/internal/sdnotify"
 	"github.com/edgewire/edgewire/internal/telemetry"
 	"github.com/edgewire/edgewire/node/control"
@@ -280,7 +281,8 @@ type Agent struct {
 	cc      *control.Client
 	svc     *servicesLayer
 
-	dirty chan struct{} // the map changed; capacity 1
+	dirty   chan struct{} // the map changed; capacity 1
+	unsaved chan struct{} // the map changed since it was saved; capacity 1
 
 	mu    sync.Mutex // guards state
 	state *mapstate.State
@@ -319,7 +321,7 @@ func RunWith(ctx context.Context, cfg Config, env Env) error {
 	if err := removeTokenFile(cfg.TokenFile); err != nil {
 		log.Warn("the node is enrolled but its join token file stays", "err", err)
 	}
-	a := &Agent{cfg: cfg, env: env, host: env.Host, log: log, priv: nk, enr: enr, dirty: make(chan struct{}, 1)}
+	a := &Agent{cfg: cfg, env: env, host: env.Host, log: log, priv: nk, enr: enr, dirty: make(chan struct{}, 1), unsaved: make(chan struct{}, 1)}
 	a.state, err = mapstate.Load(filepath.Join(cfg.StateDir, identity.NetworkMapFile))
 	switch {
 	case err == nil:
@@ -361,7 +363,11 @@ func RunWith(ctx context.Context, cfg Config, env Env) error {
 	host, _ := os.Hostname()
 	a.cc, err = control.New(control.Config{
 		Enrolment: enr, PrivateKey: nk, Hostname: host, Logger: log, OnMap: a.onMap,
-		OnSignal: func(s *api.Signal) { a.trav.HandleSignal(s) },
+		OnSignal: func(s *api.Signal) {
+			if sig, err := traversal.SignalFromProto(s); err == nil {
+				a.trav.HandleSignal(sig)
+			}
+		},
 		OnTicket: a.onTicket, KnownKey: a.knownKey,
 		Dial:            func(ctx context.Context, addr string) (net.Conn, error) { return a.host.Dial(ctx, "tcp", addr) },
 		KubernetesToken: func() string { return kubernetesToken(cfg.KubernetesTokenFile, log) },
@@ -372,7 +378,8 @@ func RunWith(ctx context.Context, cfg Config, env Env) error {
 	mux := traversal.NewMux(a.bind.PacketConn(), a.bind.Port, a.hostAddrs, log)
 	defer mux.Close()
 	a.trav, err = traversal.New(traversal.Config{
-		PrivateKey: nk, PublicKey: nk.Public(), Mux: mux, Send: a.cc.SendSignal,
+		PrivateKey: nk, PublicKey: nk.Public(), Mux: mux,
+		Send: func(s traversal.Signal) bool { return a.cc.SendSignal(s.Proto()) },
 		HostAddrs: a.hostAddrs, RelayEndpoint: a.bind.RelayEndpoint, Overlay: a.viaOverlay, Logger: log,
 		SameHost: env.SameHost,
 	})
@@ -424,6 +431,7 @@ func RunWith(ctx context.Context, cfg Config, env Env) error {
 	run("traversal", a.trav.Run)
 	run("home relay", a.home.Run)
 	run("reconcile", a.reconcileLoop)
+	run("save map", a.saveLoop)
 	run("memory trim", a.trimLoop)
 	run("endpoints", func(ctx context.Context) error { return a.endpointLoop(ctx, port) })
 	run("local API", func(ctx context.Context) error { return localapi.Serve(ctx, cfg.Socket, a, log) })
@@ -502,20 +510,57 @@ func (a *Agent) onTicket(t *api.RelayTicket) {
 func (a *Agent) onMap(m *api.NetworkMap) error {
 	a.mu.Lock()
 	err := a.state.Apply(m)
-	var saveErr error
 	if err == nil {
 		a.setOverlay()
-		saveErr = a.state.Save(filepath.Join(a.cfg.StateDir, identity.NetworkMapFile))
 	}
 	a.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	if saveErr != nil {
-		a.log.Warn("persist network map", "err", saveErr)
-	}
 	a.markDirty()
+	select {
+	case a.unsaved <- struct{}{}:
+	default:
+	}
 	return nil
+}
+
+// saveDelay batches saves of the map: a burst of deltas (a fleet joining)
+// costs one write, and a map at most this old is lost in a crash.
+const saveDelay = time.Second
+
+// saveLoop writes the map to the state dir, at most once per saveDelay,
+// outside mu (only the encoding holds it), and once more when ctx ends.
+func (a *Agent) saveLoop(ctx context.Context) error {
+	path := filepath.Join(a.cfg.StateDir, identity.NetworkMapFile)
+	save := func() {
+		a.mu.Lock()
+		b, err := a.state.Marshal()
+		a.mu.Unlock()
+		if err == nil {
+			err = atomicfile.Write(path, b, 0o600)
+		}
+		if err != nil {
+			a.log.Warn("persist network map", "err", err)
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			select {
+			case <-a.unsaved:
+				save()
+			default:
+			}
+			return nil
+		case <-a.unsaved:
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(saveDelay):
+		}
+		save()
+	}
 }
 
 func (a *Agent) reconcileLoop(ctx context.Context) error {
@@ -544,7 +589,7 @@ func (a *Agent) reconcile() error {
 	prefixes := a.state.Prefixes
 	stun := a.stunServers()
 	regions := a.relayRegions()
-	svcGen, svcs := a.state.ServicesGen, a.state.Services
+	svcGen, svcs, refused := a.state.ServicesGen, a.state.Services, a.state.Refused
 	revs := a.state.RelayRevocations
 	names := map[string][]netip.Addr{self.Name: self.Addresses}
 	for _, p := range peers {
@@ -573,7 +618,7 @@ func (a *Agent) reconcile() error {
 	if err := a.host.Configure(a.cfg.Interface, pl.addrs, pl.routes); err != nil {
 		return err
 	}
-	return a.svc.update(svcGen, svcs, names)
+	return a.svc.update(svcGen, svcs, refused, names)
 }
 
 // knownKey reports whether k is this node's, a peer's or a relay's key.

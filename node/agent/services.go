@@ -3,13 +3,13 @@ package agent
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"slices"
 	"strings"
 	"time"
 
-	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/dataplane/linkconf"
 	"github.com/edgewire/edgewire/node/dnsserver"
 	"github.com/edgewire/edgewire/node/localsrc"
@@ -170,7 +170,7 @@ func (a *Agent) startServices(ctx context.Context, run func(string, func(context
 
 // update feeds the current map to DNS and the rules, and the node's pod
 // CIDRs to the local-only checks. Called from reconcile.
-func (sl *servicesLayer) update(gen uint64, raw map[string]*api.Service, nodes map[string][]netip.Addr) error {
+func (sl *servicesLayer) update(gen uint64, svcs map[string]*services.Service, refused map[string]error, nodes map[string][]netip.Addr) error {
 	if sl.dns != nil {
 		sl.dns.SetNodes(nodes)
 	}
@@ -192,17 +192,11 @@ func (sl *servicesLayer) update(gen uint64, raw map[string]*api.Service, nodes m
 	if gen == sl.gen && sl.gen != 0 {
 		return nil
 	}
-	var list []*services.Service
-	for key, r := range raw {
-		s, err := services.FromProto(r)
-		if err != nil {
-			// One bad Service is refused; the others still work.
-			sl.a.log.Warn("refusing Service from the network map", "service", key, "err", err)
-			continue
-		}
-		list = append(list, s)
+	for k, err := range refused {
+		// One bad Service is refused; the others still work.
+		sl.a.log.Warn("refusing Service from the network map", "service", k, "err", err)
 	}
-	t, err := services.NewTable(list)
+	t, err := services.NewTable(slices.Collect(maps.Values(svcs)))
 	if err != nil {
 		return err
 	}

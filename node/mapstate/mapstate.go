@@ -7,6 +7,7 @@ package mapstate
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"sort"
@@ -17,6 +18,7 @@ import (
 	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/internal/atomicfile"
 	"github.com/edgewire/edgewire/types/key"
+	"github.com/edgewire/edgewire/types/services"
 )
 
 // ErrGap means a delta does not follow the version held: ask for a full map.
@@ -49,9 +51,11 @@ type State struct {
 	STUN     []STUNServer
 	Relays   []RelayRegion
 	Peers    map[key.Public]Peer
-	// Services by "namespace/name", as the coordinator sent them; they
-	// are validated where they are used, one by one.
-	Services map[string]*api.Service
+	// Services by "namespace/name", converted from the map and valid.
+	Services map[string]*services.Service
+	// Refused are Services of the map that did not validate, by
+	// "namespace/name": one bad Service is left out, the others work.
+	Refused map[string]error
 	// ServicesGen changes whenever Services does.
 	ServicesGen uint64
 	// RelayRevocations is the coordinator's signed list of nodes relays
@@ -78,7 +82,9 @@ type STUNServer struct {
 }
 
 // New returns an empty state.
-func New() *State { return &State{Peers: map[key.Public]Peer{}, Services: map[string]*api.Service{}} }
+func New() *State {
+	return &State{Peers: map[key.Public]Peer{}, Services: map[string]*services.Service{}, Refused: map[string]error{}}
+}
 
 // Apply applies a map message. A full map replaces everything; a delta must
 // start at the held version (ErrGap otherwise). Malformed entries make the
@@ -88,7 +94,7 @@ func (s *State) Apply(m *api.NetworkMap) error {
 		return fmt.Errorf("%w: have %d, delta from %d", ErrGap, s.Version, m.GetBaseVersion())
 	}
 	next := &State{Version: m.GetVersion(), Self: s.Self, Prefixes: s.Prefixes, STUN: s.STUN, Relays: s.Relays, Peers: s.Peers,
-		Services: s.Services, ServicesGen: s.ServicesGen, RelayRevocations: s.RelayRevocations}
+		Services: s.Services, Refused: s.Refused, ServicesGen: s.ServicesGen, RelayRevocations: s.RelayRevocations}
 	if m.GetFull() || len(m.GetRelayRevocations()) > 0 {
 		next.RelayRevocations = m.GetRelayRevocations()
 	}
@@ -147,19 +153,28 @@ func (s *State) Apply(m *api.NetworkMap) error {
 		next.Peers[p.Key] = p
 	}
 	if m.GetFull() || len(m.GetServices()) > 0 || len(m.GetRemovedServices()) > 0 {
-		svcs := make(map[string]*api.Service, len(s.Services))
+		svcs := make(map[string]*services.Service, len(s.Services))
+		refused := map[string]error{}
 		if !m.GetFull() {
-			for k, v := range s.Services {
-				svcs[k] = v
-			}
+			maps.Copy(svcs, s.Services)
+			maps.Copy(refused, s.Refused)
 		}
-		for _, svc := range m.GetServices() {
-			svcs[svc.GetNamespace()+"/"+svc.GetName()] = svc
+		for _, p := range m.GetServices() {
+			k := p.GetNamespace() + "/" + p.GetName()
+			svc, err := services.FromProto(p)
+			if err != nil {
+				delete(svcs, k)
+				refused[k] = err
+				continue
+			}
+			delete(refused, k)
+			svcs[k] = svc
 		}
 		for _, k := range m.GetRemovedServices() {
 			delete(svcs, k)
+			delete(refused, k)
 		}
-		next.Services = svcs
+		next.Services, next.Refused = svcs, refused
 		next.ServicesGen++
 	}
 	for _, k := range m.GetRemoved() {
@@ -242,7 +257,7 @@ func (s *State) Marshal() ([]byte, error) {
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		m.Services = append(m.Services, s.Services[k])
+		m.Services = append(m.Services, services.ToProto(s.Services[k]))
 	}
 	for _, r := range s.Relays {
 		m.Relays = append(m.Relays, &api.RelayRegion{Id: r.ID, Name: r.Name, Host: r.Host, Port: uint32(r.Port),

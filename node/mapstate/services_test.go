@@ -1,6 +1,7 @@
 package mapstate
 
 import (
+	"path/filepath"
 	"testing"
 
 	"github.com/edgewire/edgewire/api"
@@ -38,5 +39,41 @@ func TestApplyServices(t *testing.T) {
 	}
 	if len(s.Services) != 0 {
 		t.Errorf("full map without Services: got %v, want none", s.Services)
+	}
+}
+
+// TestRefusedServices: a Service that does not validate is left out (and
+// its error kept), the others stay; a valid version replaces it, and a
+// save and load keeps the Services.
+func TestRefusedServices(t *testing.T) {
+	self := &api.Node{PublicKey: make([]byte, 32), Name: "self"}
+	self.PublicKey[0] = 9
+	good := &api.Service{Namespace: "demo", Name: "web", ClusterIps: []string{"10.96.0.10"},
+		Ports: []*api.ServicePort{{Name: "http", Protocol: "TCP", Port: 80}}}
+	bad := &api.Service{Namespace: "demo", Name: "api", ClusterIps: []string{"not an address"}}
+	s := New()
+	if err := s.Apply(&api.NetworkMap{Version: 1, Full: true, Self: self, Services: []*api.Service{good, bad}}); err != nil {
+		t.Fatal(err)
+	}
+	if s.Services["demo/web"] == nil || s.Services["demo/api"] != nil || s.Refused["demo/api"] == nil {
+		t.Fatalf("got services %v refused %v; want web kept and api refused", s.Services, s.Refused)
+	}
+	fixed := &api.Service{Namespace: "demo", Name: "api", ClusterIps: []string{"10.96.0.20"}}
+	if err := s.Apply(&api.NetworkMap{Version: 2, BaseVersion: 1, Services: []*api.Service{fixed}}); err != nil {
+		t.Fatal(err)
+	}
+	if s.Services["demo/api"] == nil || s.Refused["demo/api"] != nil {
+		t.Errorf("after the fix: services %v refused %v; want api kept", s.Services, s.Refused)
+	}
+	path := filepath.Join(t.TempDir(), "netmap.pb")
+	if err := s.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	back, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(back.Services) != 2 || back.Services["demo/web"].Ports[0].Port != 80 {
+		t.Errorf("after save and load: got %v, want web and api", back.Services)
 	}
 }

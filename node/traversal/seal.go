@@ -33,35 +33,55 @@ func signalKey(priv key.Private, peer, sender, recipient key.Public) (*[32]byte,
 	return &k, nil
 }
 
+// Signal is a sealed signalling message as the coordinator forwards it:
+// Peer is the recipient of one sent and the sender of one received.
+type Signal struct {
+	Peer   key.Public
+	Nonce  [24]byte
+	Sealed []byte // secretbox of a marshalled api.SignalPayload
+}
+
+// SignalFromProto converts a signal off the coordinator stream; a
+// malformed envelope is an error wrapping ErrOpen.
+func SignalFromProto(s *api.Signal) (Signal, error) {
+	if len(s.GetPeerKey()) != key.Size || len(s.GetNonce()) != 24 {
+		return Signal{}, fmt.Errorf("%w: bad envelope", ErrOpen)
+	}
+	return Signal{Peer: key.Public(s.GetPeerKey()), Nonce: [24]byte(s.GetNonce()), Sealed: s.GetSealed()}, nil
+}
+
+// Proto converts a signal for the coordinator stream.
+func (s Signal) Proto() *api.Signal {
+	return &api.Signal{PeerKey: s.Peer[:], Nonce: s.Nonce[:], Sealed: s.Sealed}
+}
+
 // Seal encrypts and authenticates p from the holder of priv to peer.
-func Seal(p *api.SignalPayload, peer key.Public, priv key.Private) (*api.Signal, error) {
+func Seal(p *api.SignalPayload, peer key.Public, priv key.Private) (Signal, error) {
 	plain, err := proto.Marshal(p)
 	if err != nil {
-		return nil, err
+		return Signal{}, err
 	}
 	k, err := signalKey(priv, peer, priv.Public(), peer)
 	if err != nil {
-		return nil, fmt.Errorf("seal to %s: %w", peer.Short(), err)
+		return Signal{}, fmt.Errorf("seal to %s: %w", peer.Short(), err)
 	}
-	var nonce [24]byte
-	if _, err := rand.Read(nonce[:]); err != nil {
-		return nil, err
+	s := Signal{Peer: peer}
+	if _, err := rand.Read(s.Nonce[:]); err != nil {
+		return Signal{}, err
 	}
-	return &api.Signal{PeerKey: peer[:], Nonce: nonce[:], Sealed: secretbox.Seal(nil, plain, &nonce, k)}, nil
+	s.Sealed = secretbox.Seal(nil, plain, &s.Nonce, k)
+	return s, nil
 }
 
 // Open authenticates and decrypts a signal whose PeerKey is its sender,
 // and checks it is fresh at now.
-func Open(s *api.Signal, priv key.Private, now time.Time) (*api.SignalPayload, error) {
-	if len(s.GetPeerKey()) != 32 || len(s.GetNonce()) != 24 {
-		return nil, fmt.Errorf("%w: bad envelope", ErrOpen)
-	}
-	sender := key.Public(s.GetPeerKey())
+func Open(s Signal, priv key.Private, now time.Time) (*api.SignalPayload, error) {
+	sender := s.Peer
 	k, err := signalKey(priv, sender, sender, priv.Public())
 	if err != nil {
 		return nil, fmt.Errorf("%w: sender key: %v", ErrOpen, err)
 	}
-	plain, ok := secretbox.Open(nil, s.GetSealed(), (*[24]byte)(s.GetNonce()), k)
+	plain, ok := secretbox.Open(nil, s.Sealed, &s.Nonce, k)
 	if !ok {
 		return nil, fmt.Errorf("%w: does not authenticate", ErrOpen)
 	}

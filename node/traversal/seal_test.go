@@ -29,12 +29,12 @@ func TestSealOpen(t *testing.T) {
 	payload := &api.SignalPayload{Kind: api.SignalPayload_KIND_OFFER, Session: 7, Ufrag: "uf", Pwd: "pw", SentUnixMs: now.UnixMilli()}
 
 	// seal from a to b; the coordinator rewrites PeerKey to the sender.
-	sealed := func(p *api.SignalPayload, priv key.Private) *api.Signal {
+	sealed := func(p *api.SignalPayload, priv key.Private) Signal {
 		s, err := Seal(p, bPub, priv)
 		if err != nil {
 			t.Fatal(err)
 		}
-		s.PeerKey = aPub[:]
+		s.Peer = aPub
 		return s
 	}
 	good := sealed(payload, aPriv)
@@ -46,9 +46,10 @@ func TestSealOpen(t *testing.T) {
 		t.Errorf("open: got %v, want %v", got, payload)
 	}
 
-	flip := func(f func(s *api.Signal)) *api.Signal {
-		s := proto.Clone(good).(*api.Signal)
-		f(s)
+	flip := func(f func(s *Signal)) Signal {
+		s := good
+		s.Sealed = bytes.Clone(good.Sealed)
+		f(&s)
 		return s
 	}
 	stale := proto.Clone(payload).(*api.SignalPayload)
@@ -57,15 +58,14 @@ func TestSealOpen(t *testing.T) {
 	noSession.Session = 0
 	for _, tc := range []struct {
 		name string
-		s    *api.Signal
+		s    Signal
 		priv key.Private
 	}{
-		{"tampered ciphertext", flip(func(s *api.Signal) { s.Sealed[len(s.Sealed)/2] ^= 1 }), bPriv},
-		{"tampered nonce", flip(func(s *api.Signal) { s.Nonce[0] ^= 1 }), bPriv},
-		{"sender key swapped", flip(func(s *api.Signal) { s.PeerKey = bPub[:] }), bPriv},
+		{"tampered ciphertext", flip(func(s *Signal) { s.Sealed[len(s.Sealed)/2] ^= 1 }), bPriv},
+		{"tampered nonce", flip(func(s *Signal) { s.Nonce[0] ^= 1 }), bPriv},
+		{"sender key swapped", flip(func(s *Signal) { s.Peer = bPub }), bPriv},
 		{"forged by a third key", sealed(payload, mPriv), bPriv},
 		{"wrong recipient", good, aPriv},
-		{"short nonce", flip(func(s *api.Signal) { s.Nonce = s.Nonce[:23] }), bPriv},
 		{"stale (replay)", sealed(stale, aPriv), bPriv},
 		{"no session", sealed(noSession, aPriv), bPriv},
 	} {
@@ -75,6 +75,19 @@ func TestSealOpen(t *testing.T) {
 			}
 		})
 	}
+	// Envelopes off the wire are checked when they are converted.
+	for name, w := range map[string]*api.Signal{
+		"short nonce": {PeerKey: aPub[:], Nonce: make([]byte, 23), Sealed: good.Sealed},
+		"short key":   {PeerKey: aPub[:31], Nonce: make([]byte, 24), Sealed: good.Sealed},
+	} {
+		if _, err := SignalFromProto(w); !errors.Is(err, ErrOpen) {
+			t.Errorf("%s: SignalFromProto = %v, want ErrOpen", name, err)
+		}
+	}
+	w, err := SignalFromProto(good.Proto())
+	if err != nil || w.Peer != good.Peer || w.Nonce != good.Nonce || !bytes.Equal(w.Sealed, good.Sealed) {
+		t.Errorf("Proto and back: got %+v, %v", w, err)
+	}
 }
 
 func FuzzOpen(f *testing.F) {
@@ -82,7 +95,11 @@ func FuzzOpen(f *testing.F) {
 	pub, _ := keypair(f)
 	f.Add(pub[:], make([]byte, 24), []byte("sealed"))
 	f.Fuzz(func(t *testing.T, nk, nonce, sealed []byte) {
-		p, err := Open(&api.Signal{PeerKey: nk, Nonce: nonce, Sealed: sealed}, priv, time.Now())
+		sig, err := SignalFromProto(&api.Signal{PeerKey: nk, Nonce: nonce, Sealed: sealed})
+		if err != nil {
+			return
+		}
+		p, err := Open(sig, priv, time.Now())
 		if err == nil && p.GetSession() == 0 {
 			t.Fatal("opened a signal without a session")
 		}
@@ -104,11 +121,11 @@ func TestSignalNotAnOracle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sig.PeerKey = peerPub[:] // as the coordinator forwards it
+	sig.Peer = peerPub // as the coordinator forwards it
 	plain, _ := proto.Marshal(offer)
 
 	// The fake challenge: the peer's key as the "ephemeral" key.
-	ch := &api.Challenge{EphemeralPublicKey: peerPub[:], Nonce: append(bytes.Clone(sig.Nonce), make([]byte, 8)...)}
+	ch := &api.Challenge{EphemeralPublicKey: peerPub[:], Nonce: append(bytes.Clone(sig.Nonce[:]), make([]byte, 8)...)}
 	known := func(k key.Public) bool { return k == peerPub }
 	if _, err := api.Prove(nodePriv, ch, api.AuthConnect, nil, known); !errors.Is(err, api.ErrBadChallenge) {
 		t.Errorf("challenge with a known peer key: got %v, want ErrBadChallenge", err)
@@ -124,7 +141,7 @@ func TestSignalNotAnOracle(t *testing.T) {
 	}
 	// The v1 oracle opened a NaCl box with the node key and the
 	// challenge's key; the signal is no longer such a box.
-	if _, ok := box.Open(nil, sig.Sealed, (*[24]byte)(sig.Nonce), (*[32]byte)(&peerPub), (*[32]byte)(&nodePriv)); ok {
+	if _, ok := box.Open(nil, sig.Sealed, &sig.Nonce, (*[32]byte)(&peerPub), (*[32]byte)(&nodePriv)); ok {
 		t.Error("the sealed signal opens as a NaCl box between the node keys")
 	}
 	// And the real recipient still opens it.
@@ -138,7 +155,7 @@ func TestSignalNotAnOracle(t *testing.T) {
 // open under a predictable key; it is refused.
 func TestOpenLowOrderSender(t *testing.T) {
 	_, priv := keypair(t)
-	s := &api.Signal{PeerKey: make([]byte, 32), Nonce: make([]byte, 24), Sealed: make([]byte, 40)}
+	s := Signal{Sealed: make([]byte, 40)}
 	if _, err := Open(s, priv, time.Now()); !errors.Is(err, ErrOpen) {
 		t.Errorf("got %v, want ErrOpen", err)
 	}

@@ -73,7 +73,7 @@ type Config struct {
 	Mux        ice.UniversalUDPMux
 	// Send hands a sealed signal to the coordinator stream. It must not
 	// block; it reports false when the signal could not be queued.
-	Send func(*api.Signal) bool
+	Send func(Signal) bool
 	// HostAddrs returns the host addresses ICE offers; a change restarts
 	// the sessions so new candidates are gathered. They should be every
 	// address of this host but loopback, link-local and the overlay's
@@ -315,7 +315,7 @@ func (m *Manager) SetSTUN(servers []string) {
 }
 
 // HandleSignal processes a signal the coordinator forwarded.
-func (m *Manager) HandleSignal(sig *api.Signal) {
+func (m *Manager) HandleSignal(sig Signal) {
 	m.post(func() { m.handleSignal(sig) })
 }
 
@@ -639,14 +639,14 @@ func (m *Manager) send(p *peer, pl *api.SignalPayload) {
 	}
 }
 
-func (m *Manager) handleSignal(sig *api.Signal) {
+func (m *Manager) handleSignal(sig Signal) {
 	pl, err := Open(sig, m.cfg.PrivateKey, m.cfg.Now())
 	if err != nil {
 		m.signals.SignalsDropped++
 		m.log.Debug("dropping signal", "err", err)
 		return
 	}
-	nk := key.Public(sig.GetPeerKey())
+	nk := sig.Peer
 	p := m.peers[nk]
 	if p == nil {
 		m.signals.SignalsDropped++

@@ -41,8 +41,8 @@ func newLazyRig(t *testing.T, controlling bool) *lazyRig {
 	r.m, err = New(Config{
 		PrivateKey: ourPriv, PublicKey: ourPub, Mux: mux, HostAddrs: hosts,
 		RelayEndpoint: func(key.Public) netip.AddrPort { return netip.MustParseAddrPort("127.77.0.1:1") },
-		Send: func(sig *api.Signal) bool {
-			sig.PeerKey = ourPub[:] // as the coordinator rewrites it: the sender
+		Send: func(sig Signal) bool {
+			sig.Peer = ourPub // as the coordinator rewrites it: the sender
 			pl, err := Open(sig, peerPriv, time.Now())
 			if err != nil {
 				t.Errorf("signal to the peer does not open: %v", err)
@@ -90,7 +90,7 @@ func (r *lazyRig) fromPeer(t *testing.T, pl *api.SignalPayload) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sig.PeerKey = r.peerPub[:]
+	sig.Peer = r.peerPub
 	r.m.HandleSignal(sig)
 }
 
