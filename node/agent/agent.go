@@ -28,6 +28,7 @@ import (
 	"github.com/edgewire/edgewire/dataplane/linkconf"
 	"github.com/edgewire/edgewire/dataplane/wgdev"
 	"github.com/edgewire/edgewire/internal/atomicfile"
+	"github.com/edgewire/edgewire/internal/rungroup"
 	"github.com/edgewire/edgewire/internal/sdnotify"
 	"github.com/edgewire/edgewire/internal/telemetry"
 	"github.com/edgewire/edgewire/node/control"
@@ -379,7 +380,7 @@ func RunWith(ctx context.Context, cfg Config, env Env) error {
 	defer mux.Close()
 	a.trav, err = traversal.New(traversal.Config{
 		PrivateKey: nk, PublicKey: nk.Public(), Mux: mux,
-		Send: func(s traversal.Signal) bool { return a.cc.SendSignal(s.Proto()) },
+		Send:      func(s traversal.Signal) bool { return a.cc.SendSignal(s.Proto()) },
 		HostAddrs: a.hostAddrs, RelayEndpoint: a.bind.RelayEndpoint, Overlay: a.viaOverlay, Logger: log,
 		SameHost: env.SameHost,
 	})
@@ -405,49 +406,37 @@ func RunWith(ctx context.Context, cfg Config, env Env) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var wg sync.WaitGroup
-	errc := make(chan error, 16) // more than the parts run below: a failing part never blocks
-	run := func(name string, f func(context.Context) error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := f(ctx); err != nil {
-				errc <- fmt.Errorf("%s: %w", name, err)
-			}
-		}()
-	}
-	svcCleanup, err := a.startServices(ctx, run)
+	g, gctx := rungroup.New(ctx)
+	svcCleanup, err := a.startServices(gctx, g.Go)
 	defer svcCleanup()
 	if err != nil {
 		cancel()
-		wg.Wait()
+		g.Wait()
 		return fmt.Errorf("services layer: %w", err)
 	}
 	reg := telemetry.NewRegistry()
 	a.registerMetrics(reg)
-	run("metrics", func(ctx context.Context) error { return telemetry.Serve(ctx, cfg.MetricsListen, reg, a.ready, log) })
-	run("pprof", func(ctx context.Context) error { return telemetry.ServeProfiles(ctx, cfg.PprofSocket, log) })
-	run("coordinator stream", a.cc.Run)
-	run("traversal", a.trav.Run)
-	run("home relay", a.home.Run)
-	run("reconcile", a.reconcileLoop)
-	run("save map", a.saveLoop)
-	run("memory trim", a.trimLoop)
-	run("endpoints", func(ctx context.Context) error { return a.endpointLoop(ctx, port) })
-	run("local API", func(ctx context.Context) error { return localapi.Serve(ctx, cfg.Socket, a, log) })
+	if cfg.MetricsListen != "" {
+		g.Go("metrics", func(ctx context.Context) error { return telemetry.Serve(ctx, cfg.MetricsListen, reg, a.ready, log) })
+	}
+	if cfg.PprofSocket != "" {
+		g.Go("pprof", func(ctx context.Context) error { return telemetry.ServeProfiles(ctx, cfg.PprofSocket, log) })
+	}
+	g.Go("coordinator stream", a.cc.Run)
+	g.Go("traversal", a.trav.Run)
+	g.Go("home relay", a.home.Run)
+	g.Go("reconcile", a.reconcileLoop)
+	g.Go("save map", a.saveLoop)
+	g.Go("memory trim", a.trimLoop)
+	g.Go("endpoints", func(ctx context.Context) error { return a.endpointLoop(ctx, port) })
+	g.Go("local API", func(ctx context.Context) error { return localapi.Serve(ctx, cfg.Socket, a, log) })
 
 	if _, err := sdnotify.Ready("interface " + cfg.Interface + " up"); err != nil {
 		log.Warn("notify systemd", "err", err)
 	}
-	select {
-	case <-ctx.Done():
-		err = nil
-	case err = <-errc:
-	}
+	<-gctx.Done()
 	sdnotify.Stopping()
-	cancel()
-	wg.Wait()
-	return err
+	return g.Wait()
 }
 
 // ready is the agent's readiness: it holds a network map (from the
