@@ -285,6 +285,17 @@ type Agent struct {
 	dirty   chan struct{} // the map changed; capacity 1
 	unsaved chan struct{} // the map changed since it was saved; capacity 1
 
+	// Lock order. mu is the agent's only outer lock, and a leaf: while it
+	// is held the agent touches its map and nothing else, never calling
+	// into traversal, the home relay, the Bind, the device, the control
+	// client or the Host (reconcile and Status copy what they need under
+	// mu, release it, then call the parts). The parts' own locks only go
+	// downward: traversal.Manager.mu → control.Client.mu (Send) and the
+	// Bind's relay table (RelayEndpoint); homerelay.Manager.mu →
+	// relay.Client.mu; wgdev.Device.mu → wireguard-go's. The callbacks the
+	// parts make into the agent take no agent lock (viaOverlay reads an
+	// atomic snapshot, hostAddrs asks the Host) or take only mu with no
+	// other lock held (knownKey, from the control client's session).
 	mu    sync.Mutex // guards state
 	state *mapstate.State
 
