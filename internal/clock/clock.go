@@ -56,7 +56,10 @@ func Or(c Clock) Clock {
 // Fake is a clock that moves only when Advance is called. Timers fire,
 // in order of their deadlines, during Advance: channel timers by a
 // non-blocking send (buffered, as time.Timer's channel), AfterFunc
-// timers by running f in a new goroutine.
+// timers by running f in a new goroutine. As with time.Timer, a timer
+// set to a duration <= 0 fires at once, and after Stop or Reset its
+// channel holds no value from before (Go 1.23 timer semantics, which
+// Real has since this module requires a later Go).
 type Fake struct {
 	mu     sync.Mutex // guards now, timers
 	now    time.Time
@@ -98,15 +101,7 @@ func (f *Fake) Advance(d time.Duration) {
 		t := f.timers[0]
 		f.timers = f.timers[1:]
 		f.now = t.at
-		t.active = false
-		if t.fn != nil {
-			go t.fn()
-		} else {
-			select {
-			case t.c <- f.now:
-			default:
-			}
-		}
+		t.fireLocked()
 	}
 	f.now = end
 	f.mu.Unlock()
@@ -136,7 +131,15 @@ func (t *fakeTimer) Stop() bool {
 	return t.removeLocked()
 }
 
+// removeLocked disarms t and drops a value it sent but nobody received,
+// and reports whether it was armed. Called with f.mu held.
 func (t *fakeTimer) removeLocked() bool {
+	if t.c != nil {
+		select {
+		case <-t.c:
+		default:
+		}
+	}
 	if !t.active {
 		return false
 	}
@@ -155,7 +158,27 @@ func (t *fakeTimer) Reset(d time.Duration) bool {
 	defer t.f.mu.Unlock()
 	was := t.removeLocked()
 	t.at = t.f.now.Add(d)
+	if d <= 0 {
+		// Due now: fire as time.NewTimer(0) does, rather than at the next
+		// Advance (which would also move the clock back to t.at).
+		t.fireLocked()
+		return was
+	}
 	t.active = true
 	t.f.timers = append(t.f.timers, t)
 	return was
+}
+
+// fireLocked fires t, which is not (or no longer) in f.timers, at the
+// clock's current time. Called with f.mu held.
+func (t *fakeTimer) fireLocked() {
+	t.active = false
+	if t.fn != nil {
+		go t.fn()
+		return
+	}
+	select {
+	case t.c <- t.f.now:
+	default:
+	}
 }
