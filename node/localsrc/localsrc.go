@@ -18,6 +18,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/edgewire/edgewire/internal/clock"
 )
 
 // DefaultRefreshEvery is the shortest time between two reads of the host
@@ -33,8 +35,8 @@ type Config struct {
 	// RefreshEvery bounds how often Addrs is called; 0 means
 	// DefaultRefreshEvery.
 	RefreshEvery time.Duration
-	// Now is the clock (nil: time.Now).
-	Now func() time.Time
+	// Clock times the refreshes (nil: clock.Real).
+	Clock clock.Clock
 }
 
 // Set answers Contains for the servers. Its methods are safe for
@@ -42,7 +44,7 @@ type Config struct {
 type Set struct {
 	addrsFn func() ([]netip.Addr, error)
 	every   time.Duration
-	now     func() time.Time
+	clock   clock.Clock
 
 	pods  atomic.Pointer[[]netip.Prefix]      // local pod CIDRs
 	hosts atomic.Pointer[map[netip.Addr]bool] // host addresses, last read
@@ -59,10 +61,7 @@ func New(cfg Config) *Set {
 	if cfg.RefreshEvery <= 0 {
 		cfg.RefreshEvery = DefaultRefreshEvery
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
-	s := &Set{addrsFn: cfg.Addrs, every: cfg.RefreshEvery, now: cfg.Now}
+	s := &Set{addrsFn: cfg.Addrs, every: cfg.RefreshEvery, clock: clock.Or(cfg.Clock)}
 	s.pods.Store(&[]netip.Prefix{})
 	s.hosts.Store(&map[netip.Addr]bool{})
 	s.refresh(true)
@@ -115,7 +114,7 @@ func (s *Set) refresh(force bool) bool {
 		return false
 	}
 	defer s.refreshMu.Unlock()
-	now := s.now()
+	now := s.clock.Now()
 	if !force && !s.last.IsZero() && now.Sub(s.last) < s.every {
 		return false
 	}

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/edgewire/edgewire/internal/clock"
 )
 
 type fakeHost struct {
@@ -40,8 +42,7 @@ func (f *fakeHost) count() int {
 func TestContains(t *testing.T) {
 	host := &fakeHost{}
 	host.set("192.0.2.10", "fe80::1", "100.64.0.7")
-	now := time.Unix(1000, 0)
-	s := New(Config{Addrs: host.list, Now: func() time.Time { return now }})
+	s := New(Config{Addrs: host.list, Clock: clock.NewFake(time.Unix(1000, 0))})
 	s.SetPodCIDRs([]netip.Prefix{netip.MustParsePrefix("10.244.1.7/24")})
 
 	tests := []struct {
@@ -79,10 +80,8 @@ func TestContains(t *testing.T) {
 func TestRefreshBounded(t *testing.T) {
 	host := &fakeHost{}
 	host.set("192.0.2.10")
-	now := time.Unix(1000, 0)
-	var mu sync.Mutex // guards now
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	s := New(Config{Addrs: host.list, Now: clock, RefreshEvery: time.Second})
+	clk := clock.NewFake(time.Unix(1000, 0))
+	s := New(Config{Addrs: host.list, Clock: clk, RefreshEvery: time.Second})
 	calls := host.count()
 	for i := range 10000 {
 		s.Contains(netip.AddrFrom4([4]byte{198, 51, byte(i >> 8), byte(i)}))
@@ -95,9 +94,11 @@ func TestRefreshBounded(t *testing.T) {
 	if s.Contains(netip.MustParseAddr("192.0.2.99")) {
 		t.Errorf("new address seen before the refresh interval passed")
 	}
-	mu.Lock()
-	now = now.Add(1100 * time.Millisecond)
-	mu.Unlock()
+	clk.Advance(time.Second - time.Millisecond)
+	if s.Contains(netip.MustParseAddr("192.0.2.99")) {
+		t.Errorf("new address seen 1ms before the refresh interval passed")
+	}
+	clk.Advance(time.Millisecond)
 	if !s.Contains(netip.MustParseAddr("192.0.2.99")) {
 		t.Errorf("new host address not seen after the refresh interval")
 	}
@@ -112,9 +113,7 @@ func TestRefreshBounded(t *testing.T) {
 	host.mu.Lock()
 	host.err = errors.New("netlink down")
 	host.mu.Unlock()
-	mu.Lock()
-	now = now.Add(2 * time.Second)
-	mu.Unlock()
+	clk.Advance(2 * time.Second)
 	if !s.Contains(netip.MustParseAddr("192.0.2.10")) || s.Contains(netip.MustParseAddr("198.51.100.2")) {
 		t.Errorf("a failed read changed the answer")
 	}
