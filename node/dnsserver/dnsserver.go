@@ -71,6 +71,7 @@ import (
 	"github.com/miekg/dns"
 	"golang.org/x/net/netutil"
 
+	"github.com/edgewire/edgewire/internal/clock"
 	"github.com/edgewire/edgewire/types/services"
 )
 
@@ -119,8 +120,8 @@ type Config struct {
 	// MaxTCPConns bounds client TCP connections; more wait in the
 	// kernel's accept queue. Default DefaultMaxTCPConns.
 	MaxTCPConns int
-	// Now is the clock of the rate limiter (nil: time.Now).
-	Now func() time.Time
+	// Clock refills the rate limiter's buckets (nil: clock.Real).
+	Clock clock.Clock
 }
 
 // Server answers DNS queries; see the package doc. It is a dns.Handler.
@@ -135,7 +136,7 @@ type Server struct {
 	tcp       *dns.Client
 	timeout   time.Duration // per upstream exchange; tests shorten it
 	local     func(netip.Addr) bool
-	now       func() time.Time
+	clock     clock.Clock // of the rate limiter
 	limiter   *limiter
 	slots     chan struct{}   // a token per forward in flight
 	tcpSlots  chan struct{}   // a token per TCP exchange with an upstream
@@ -190,9 +191,6 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxTCPConns == 0 {
 		cfg.MaxTCPConns = DefaultMaxTCPConns
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
 	if cfg.MaxInFlight < 0 || cfg.ForwardBurst < 0 || cfg.MaxTCPConns < 0 {
 		return nil, fmt.Errorf("dnsserver: negative limit (in flight %d, burst %d, TCP connections %d)", cfg.MaxInFlight, cfg.ForwardBurst, cfg.MaxTCPConns)
 	}
@@ -217,7 +215,7 @@ func New(cfg Config) (*Server, error) {
 		timeout:  forwardTimeout,
 		nodes:    map[string][]netip.Addr{},
 		local:    cfg.Local,
-		now:      cfg.Now,
+		clock:    clock.Or(cfg.Clock),
 		limiter:  newLimiter(cfg.ForwardRate, cfg.ForwardBurst, maxLimited),
 		slots:    make(chan struct{}, cfg.MaxInFlight),
 		tcpSlots: make(chan struct{}, maxTCPForwards),

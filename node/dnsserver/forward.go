@@ -71,7 +71,7 @@ func (s *Server) forward(ctx context.Context, w dns.ResponseWriter, r, m *dns.Ms
 		s.write(w, m)
 		return
 	}
-	if !s.limiter.allow(clientAddr(w), s.now()) {
+	if !s.limiter.allow(clientAddr(w), s.clock.Now()) {
 		s.stats.rateLimited.Add(1)
 		m.Rcode = dns.RcodeRefused
 		s.write(w, m)

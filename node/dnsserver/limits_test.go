@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/edgewire/edgewire/internal/clock"
 )
 
 // startServer runs s on a free loopback port until the test ends.
@@ -329,9 +331,9 @@ func TestOverloaded(t *testing.T) {
 // affected.
 func TestRateLimit(t *testing.T) {
 	up := startUpstream(t)
-	now := time.Unix(1000, 0)
+	clk := clock.NewFake(time.Unix(1000, 0))
 	s, err := New(Config{Listen: netip.MustParseAddrPort("169.254.96.16:53"), Upstreams: []netip.AddrPort{up.addr},
-		ForwardRate: 10, ForwardBurst: 5, Now: func() time.Time { return now }})
+		ForwardRate: 10, ForwardBurst: 5, Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -357,7 +359,7 @@ func TestRateLimit(t *testing.T) {
 	if rc := ask(quiet, "example.com."); rc != dns.RcodeSuccess {
 		t.Errorf("another client: got %s, want NOERROR", dns.RcodeToString[rc])
 	}
-	now = now.Add(200 * time.Millisecond) // two tokens
+	clk.Advance(200 * time.Millisecond) // two tokens
 	for i, want := range []int{dns.RcodeSuccess, dns.RcodeSuccess, dns.RcodeRefused} {
 		if rc := ask(noisy, "example.com."); rc != want {
 			t.Errorf("after 200 ms, query %d: got %s, want %s", i, dns.RcodeToString[rc], dns.RcodeToString[want])
