@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -28,7 +29,6 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/coordinator/svcsource"
 	"github.com/edgewire/edgewire/types/services"
 )
@@ -56,12 +56,6 @@ var _ svcsource.Source = (*Source)(nil)
 
 // New connects to the API server described by cfg.
 func New(cfg Config) (*Source, error) {
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	if cfg.Resync <= 0 {
-		cfg.Resync = 10 * time.Minute
-	}
 	var rc *rest.Config
 	var err error
 	if cfg.Kubeconfig != "" {
@@ -80,7 +74,14 @@ func New(cfg Config) (*Source, error) {
 	return newSource(cfg, c)
 }
 
+// newSource validates cfg, fills in its defaults and returns a Source on c.
 func newSource(cfg Config, c kubernetes.Interface) (*Source, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Resync <= 0 {
+		cfg.Resync = 10 * time.Minute
+	}
 	if sa := cfg.AgentServiceAccount; sa != "" {
 		ns, name, ok := strings.Cut(sa, "/")
 		if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
@@ -249,8 +250,8 @@ func (s *Source) podCIDRs(n *corev1.Node) []netip.Prefix {
 	return out
 }
 
-// sync rebuilds one Service from the listers and hands it to the sink;
-// an invalid one is logged and withdrawn, never half-shipped.
+// sync rebuilds one Service from the listers, validates it and hands it
+// to the sink; an invalid one is logged and withdrawn, never half-shipped.
 func (s *Source) sync(key string, svcs corelisters.ServiceLister, slices discoverylisters.EndpointSliceLister, sink svcsource.Sink) {
 	ns, name, _ := services.SplitKey(key)
 	svc, err := svcs.Services(ns).Get(name)
@@ -268,39 +269,58 @@ func (s *Source) sync(key string, svcs corelisters.ServiceLister, slices discove
 		s.log.Warn("list endpoint slices", "service", key, "err", err)
 		return
 	}
-	p := Convert(svc, list)
-	if _, err := services.FromProto(p); err != nil {
+	out, err := Convert(svc, list)
+	if err == nil {
+		err = out.Validate()
+	}
+	if err != nil {
 		s.log.Warn("refusing invalid Service", "service", key, "err", err)
 		sink.DeleteService(key)
 		return
 	}
-	sink.SetService(p)
+	sink.SetService(out)
 }
 
-// Convert builds the network-map form of a Service from the Service and
-// its EndpointSlices (ready endpoints only).
-func Convert(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) *api.Service {
-	p := &api.Service{Namespace: svc.Namespace, Name: svc.Name}
+// Convert builds the Service the map carries from a Kubernetes Service
+// and its EndpointSlices: ready endpoints only, each address once, in
+// address order so that an unchanged Service converts to an equal one
+// (the lister returns slices in no particular order). It refuses what
+// does not fit the domain types (addresses that do not parse, ports out
+// of range); the caller validates the rest.
+func Convert(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) (*services.Service, error) {
+	out := &services.Service{Namespace: svc.Namespace, Name: svc.Name}
 	for _, ip := range svc.Spec.ClusterIPs {
-		if ip != "" && ip != corev1.ClusterIPNone {
-			p.ClusterIps = append(p.ClusterIps, ip)
+		if ip == "" || ip == corev1.ClusterIPNone {
+			continue
 		}
+		a, err := netip.ParseAddr(ip)
+		if err != nil {
+			return nil, fmt.Errorf("service %s: cluster IP %q: %w", out.Key(), ip, err)
+		}
+		out.ClusterIPs = append(out.ClusterIPs, a)
 	}
 	for _, sp := range svc.Spec.Ports {
-		p.Ports = append(p.Ports, &api.ServicePort{Name: sp.Name, Protocol: string(sp.Protocol), Port: uint32(sp.Port)})
+		if sp.Port <= 0 || sp.Port > 65535 {
+			return nil, fmt.Errorf("service %s port %q: %d out of range", out.Key(), sp.Name, sp.Port)
+		}
+		out.Ports = append(out.Ports, services.Port{Name: sp.Name, Protocol: services.Protocol(sp.Protocol), Port: uint16(sp.Port)})
 	}
 	if svc.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
-		p.ClientIpAffinity = true
+		out.ClientIPAffinity = true
 		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
-			p.AffinityTimeoutSeconds = *c.ClientIP.TimeoutSeconds
+			secs := *c.ClientIP.TimeoutSeconds
+			if secs < 0 || secs > maxAffinityTimeout {
+				return nil, fmt.Errorf("service %s: affinity timeout %ds out of range (0-%d)", out.Key(), secs, maxAffinityTimeout)
+			}
+			out.AffinityTimeout = time.Duration(secs) * time.Second
 		}
 	}
-	seen := map[string]bool{}
+	seen := map[netip.Addr]bool{}
 	for _, sl := range slices {
 		if sl.AddressType != discoveryv1.AddressTypeIPv4 && sl.AddressType != discoveryv1.AddressTypeIPv6 {
 			continue
 		}
-		ports := map[string]uint32{}
+		ports := map[string]uint16{}
 		for _, pt := range sl.Ports {
 			if pt.Port == nil {
 				continue
@@ -309,25 +329,39 @@ func Convert(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) *api.Serv
 			if pt.Name != nil {
 				n = *pt.Name
 			}
-			ports[n] = uint32(*pt.Port)
+			if *pt.Port <= 0 || *pt.Port > 65535 {
+				return nil, fmt.Errorf("service %s endpoint port %q: %d out of range", out.Key(), n, *pt.Port)
+			}
+			ports[n] = uint16(*pt.Port)
 		}
 		for _, ep := range sl.Endpoints {
 			if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
 				continue
 			}
-			if len(ep.Addresses) == 0 || seen[ep.Addresses[0]] {
+			e := services.Endpoint{Ports: ports}
+			for _, a := range ep.Addresses {
+				addr, err := netip.ParseAddr(a)
+				if err != nil {
+					return nil, fmt.Errorf("service %s endpoint %q: %w", out.Key(), a, err)
+				}
+				e.Addresses = append(e.Addresses, addr)
+			}
+			if len(e.Addresses) == 0 || seen[e.Addresses[0]] {
 				continue
 			}
-			seen[ep.Addresses[0]] = true
-			pe := &api.ServiceEndpoint{Addresses: ep.Addresses, Ports: ports}
+			seen[e.Addresses[0]] = true
 			if ep.Hostname != nil {
-				pe.Hostname = *ep.Hostname
+				e.Hostname = *ep.Hostname
 			}
 			if ep.NodeName != nil {
-				pe.NodeName = *ep.NodeName
+				e.NodeName = *ep.NodeName
 			}
-			p.Endpoints = append(p.Endpoints, pe)
+			out.Endpoints = append(out.Endpoints, e)
 		}
 	}
-	return p
+	sort.Slice(out.Endpoints, func(i, j int) bool { return out.Endpoints[i].Addresses[0].Less(out.Endpoints[j].Addresses[0]) })
+	return out, nil
 }
+
+// maxAffinityTimeout is the longest ClientIP affinity Kubernetes allows.
+const maxAffinityTimeout = 86400 // seconds

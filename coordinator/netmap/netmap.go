@@ -15,6 +15,7 @@ package netmap
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -29,6 +30,7 @@ import (
 	"github.com/edgewire/edgewire/coordinator/store"
 	"github.com/edgewire/edgewire/internal/routeguard"
 	"github.com/edgewire/edgewire/types/key"
+	"github.com/edgewire/edgewire/types/services"
 )
 
 // ErrUnknownNode is returned for a key that is not (or no longer) registered.
@@ -56,6 +58,13 @@ type entry struct {
 	version   uint64
 
 	pb *api.Node // map entry, built lazily, shared read-only by every stream; nil after a change
+}
+
+// svcEntry is a Service and its map entry. A change replaces the whole
+// entry, so pb never outlives the Service it was built from.
+type svcEntry struct {
+	svc *services.Service // read-only
+	pb  *api.Service      // map entry, built lazily, shared read-only by every stream
 }
 
 // pub is one publication: the version every woken subscriber moves to,
@@ -98,7 +107,7 @@ type Registry struct {
 
 	mu       sync.Mutex // guards everything below
 	nodes    map[key.Public]*entry
-	services map[string]*api.Service // by namespace/name; values read-only
+	services map[string]*svcEntry // by namespace/name
 	// kubeNodes are the Kubernetes Nodes by name with their pod CIDRs.
 	// A CIDR is routed to the node whose verified KubeNode has that name,
 	// never to a node that merely chose the name.
@@ -122,7 +131,7 @@ func New(prefixes []netip.Prefix) *Registry {
 		maxLog:    DefaultMaxLog,
 		now:       time.Now,
 		nodes:     make(map[key.Public]*entry),
-		services:  make(map[string]*api.Service),
+		services:  make(map[string]*svcEntry),
 		kubeNodes: make(map[string][]netip.Prefix),
 		subs:      make(map[*Sub]struct{}),
 		pub:       &pub{},
@@ -189,15 +198,17 @@ func (r *Registry) Upsert(n store.Node) {
 	r.changedLocked(n.Key, e)
 }
 
-// SetService adds or replaces a Service. svc must not be modified later.
-func (r *Registry) SetService(svc *api.Service) {
-	k := svc.GetNamespace() + "/" + svc.GetName()
+// SetService adds or replaces a Service; one equal to the one held is no
+// change. svc must be valid (services.Service.Validate: sources check
+// what they build) and must not be modified later.
+func (r *Registry) SetService(svc *services.Service) {
+	k := svc.Key()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if old := r.services[k]; old != nil && proto.Equal(old, svc) {
+	if old := r.services[k]; old != nil && sameService(old.svc, svc) {
 		return
 	}
-	r.services[k] = svc
+	r.services[k] = &svcEntry{svc: svc}
 	r.serviceChangedLocked(k)
 }
 
@@ -217,6 +228,28 @@ func (r *Registry) Services() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.services)
+}
+
+// protoLocked returns the Service's map entry, converting it on first
+// use: once per change, however many streams it goes to.
+func (se *svcEntry) protoLocked() *api.Service {
+	if se.pb == nil {
+		se.pb = services.ToProto(se.svc)
+	}
+	return se.pb
+}
+
+// sameService reports whether a and b would put the same entry in the
+// map. It is order-sensitive: a reordering costs a redundant version,
+// never a missed change, and sources build Services in a stable order.
+func sameService(a, b *services.Service) bool {
+	return a.Namespace == b.Namespace && a.Name == b.Name &&
+		a.ClientIPAffinity == b.ClientIPAffinity && a.AffinityTimeout == b.AffinityTimeout &&
+		slices.Equal(a.ClusterIPs, b.ClusterIPs) && slices.Equal(a.Ports, b.Ports) &&
+		slices.EqualFunc(a.Endpoints, b.Endpoints, func(x, y services.Endpoint) bool {
+			return x.Hostname == y.Hostname && x.NodeName == y.NodeName &&
+				slices.Equal(x.Addresses, y.Addresses) && maps.Equal(x.Ports, y.Ports)
+		})
 }
 
 // SetRoutePolicy sets what pod CIDRs must pass besides not overlapping
@@ -712,8 +745,8 @@ func (r *Registry) fullLocked(v uint64) *api.NetworkMap {
 	}
 	m.RelayRevocations = r.revocations
 	m.Services = make([]*api.Service, 0, len(r.services))
-	for _, svc := range r.services {
-		m.Services = append(m.Services, svc)
+	for _, se := range r.services {
+		m.Services = append(m.Services, se.protoLocked())
 	}
 	return m
 }
@@ -740,8 +773,8 @@ func (r *Registry) deltaLocked(since, until uint64) *shared {
 				continue
 			}
 			seenSvc[c.svc] = struct{}{}
-			if svc := r.services[c.svc]; svc != nil {
-				m.Services = append(m.Services, svc)
+			if se := r.services[c.svc]; se != nil {
+				m.Services = append(m.Services, se.protoLocked())
 			} else {
 				m.RemovedServices = append(m.RemovedServices, c.svc)
 			}

@@ -3,17 +3,15 @@ package svcsource
 import (
 	"encoding/json"
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 
-	"google.golang.org/protobuf/proto"
-
-	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/types/services"
 )
 
 // loadBytes runs Load on b written to a file in dir.
-func loadBytes(t testing.TB, dir string, b []byte) ([]*api.Service, error) {
+func loadBytes(t testing.TB, dir string, b []byte) ([]*services.Service, error) {
 	t.Helper()
 	f, err := os.CreateTemp(dir, "services-*.json")
 	if err != nil {
@@ -30,20 +28,29 @@ func loadBytes(t testing.TB, dir string, b []byte) ([]*api.Service, error) {
 }
 
 // writeFile is the inverse of Load: a services file holding svcs.
-func writeFile(t testing.TB, svcs []*api.Service) []byte {
+func writeFile(t testing.TB, svcs []*services.Service) []byte {
 	t.Helper()
 	f := struct {
 		Services []FileService `json:"services"`
 	}{Services: []FileService{}}
 	for _, s := range svcs {
-		fs := FileService{Namespace: s.GetNamespace(), Name: s.GetName(), ClusterIPs: s.GetClusterIps(),
-			ClientIPAffinity: s.GetClientIpAffinity(), AffinityTimeout: s.GetAffinityTimeoutSeconds()}
-		for _, p := range s.GetPorts() {
-			fs.Ports = append(fs.Ports, FilePort{Name: p.GetName(), Protocol: p.GetProtocol(), Port: p.GetPort()})
+		fs := FileService{Namespace: s.Namespace, Name: s.Name, ClientIPAffinity: s.ClientIPAffinity,
+			AffinityTimeout: int32(s.AffinityTimeout.Seconds())}
+		for _, ip := range s.ClusterIPs {
+			fs.ClusterIPs = append(fs.ClusterIPs, ip.String())
 		}
-		for _, e := range s.GetEndpoints() {
-			fs.Endpoints = append(fs.Endpoints, FileEndpoint{Addresses: e.GetAddresses(), Hostname: e.GetHostname(),
-				NodeName: e.GetNodeName(), Ports: e.GetPorts()})
+		for _, p := range s.Ports {
+			fs.Ports = append(fs.Ports, FilePort{Name: p.Name, Protocol: string(p.Protocol), Port: uint32(p.Port)})
+		}
+		for _, e := range s.Endpoints {
+			fe := FileEndpoint{Hostname: e.Hostname, NodeName: e.NodeName, Ports: map[string]uint32{}}
+			for _, a := range e.Addresses {
+				fe.Addresses = append(fe.Addresses, a.String())
+			}
+			for n, p := range e.Ports {
+				fe.Ports[n] = uint32(p)
+			}
+			fs.Endpoints = append(fs.Endpoints, fe)
 		}
 		f.Services = append(f.Services, fs)
 	}
@@ -114,8 +121,8 @@ func TestLoadNormalises(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got []string
-	for _, p := range svcs[0].GetPorts() {
-		got = append(got, p.GetName()+"/"+p.GetProtocol())
+	for _, p := range svcs[0].Ports {
+		got = append(got, p.Name+"/"+string(p.Protocol))
 	}
 	if strings.Join(got, " ") != "a/UDP b/TCP" {
 		t.Errorf("ports: got %q, want [a/UDP b/TCP] (protocols upper-cased, TCP by default)", got)
@@ -123,34 +130,27 @@ func TestLoadNormalises(t *testing.T) {
 }
 
 // checkLoaded fails t unless svcs, as Load returned them, are valid
-// Services in canonical form that survive a write and a second Load.
-func checkLoaded(t *testing.T, dir string, svcs []*api.Service) {
+// Services with distinct keys that agents accept from the map and that
+// survive a write and a second Load unchanged.
+func checkLoaded(t *testing.T, dir string, svcs []*services.Service) {
 	t.Helper()
-	var list []*services.Service
-	for _, p := range svcs {
-		s, err := services.FromProto(p)
-		if err != nil {
-			t.Fatalf("loaded Service %s/%s does not validate: %v", p.GetNamespace(), p.GetName(), err)
+	for _, s := range svcs {
+		if err := s.Validate(); err != nil {
+			t.Fatalf("loaded Service %s does not validate: %v", s.Key(), err)
 		}
-		if c := services.ToProto(s); !proto.Equal(c, p) {
-			t.Errorf("loaded Service is not canonical:\ngot  %v\nwant %v", p, c)
+		if _, err := services.FromProto(services.ToProto(s)); err != nil {
+			t.Fatalf("agents refuse loaded Service %s as the map carries it: %v", s.Key(), err)
 		}
-		list = append(list, s)
 	}
-	if _, err := services.NewTable(list); err != nil {
+	if _, err := services.NewTable(svcs); err != nil {
 		t.Fatalf("loaded Services do not make a table: %v", err)
 	}
 	again, err := loadBytes(t, dir, writeFile(t, svcs))
 	if err != nil {
 		t.Fatalf("Load of the written file: %v", err)
 	}
-	if len(again) != len(svcs) {
-		t.Fatalf("written and loaded again: got %d Services, want %d", len(again), len(svcs))
-	}
-	for i := range svcs {
-		if !proto.Equal(again[i], svcs[i]) {
-			t.Errorf("written and loaded again:\ngot  %v\nwant %v", again[i], svcs[i])
-		}
+	if !reflect.DeepEqual(again, svcs) {
+		t.Errorf("written and loaded again:\ngot  %+v\nwant %+v", again, svcs)
 	}
 }
 

@@ -5,6 +5,7 @@
 package svcsource
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -14,15 +15,17 @@ import (
 	"strings"
 	"time"
 
-	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/types/services"
 )
 
 // Sink receives the Service map. Implementations are safe for concurrent
-// use and treat the Services they get as read-only.
+// use.
 type Sink interface {
-	SetService(svc *api.Service) // add or replace
-	DeleteService(key string)    // "namespace/name"
+	// SetService adds or replaces the Service svc.Key(). Sources hand
+	// over only valid Services (svc.Validate) and give up svc: neither
+	// side modifies it afterwards.
+	SetService(svc *services.Service)
+	DeleteService(key string) // "namespace/name"
 	// SetKubeNode records a Kubernetes Node and its pod CIDRs (refused
 	// whole if they overlap another Node's or fail the route policy);
 	// DeleteKubeNode forgets it.
@@ -75,12 +78,12 @@ type File struct {
 }
 
 // Load reads and validates a services file.
-func Load(path string) ([]*api.Service, error) {
+func Load(path string) ([]*services.Service, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	var f struct {
 		Services []FileService `json:"services"`
@@ -88,32 +91,68 @@ func Load(path string) ([]*api.Service, error) {
 	if err := dec.Decode(&f); err != nil {
 		return nil, fmt.Errorf("services file %s: %w", path, err)
 	}
-	var out []*api.Service
 	var list []*services.Service
 	for _, fs := range f.Services {
-		p := &api.Service{Namespace: fs.Namespace, Name: fs.Name, ClusterIps: fs.ClusterIPs,
-			ClientIpAffinity: fs.ClientIPAffinity, AffinityTimeoutSeconds: fs.AffinityTimeout}
-		for _, fp := range fs.Ports {
-			proto := strings.ToUpper(fp.Protocol)
-			if proto == "" {
-				proto = "TCP"
-			}
-			p.Ports = append(p.Ports, &api.ServicePort{Name: fp.Name, Protocol: proto, Port: fp.Port})
-		}
-		for _, fe := range fs.Endpoints {
-			p.Endpoints = append(p.Endpoints, &api.ServiceEndpoint{Addresses: fe.Addresses, Hostname: fe.Hostname, NodeName: fe.NodeName, Ports: fe.Ports})
-		}
-		s, err := services.FromProto(p)
+		s, err := fs.service()
 		if err != nil {
 			return nil, fmt.Errorf("services file %s: %w", path, err)
 		}
 		list = append(list, s)
-		out = append(out, services.ToProto(s))
 	}
+	// The table validates every Service, once, and refuses a key listed
+	// twice.
 	if _, err := services.NewTable(list); err != nil {
 		return nil, fmt.Errorf("services file %s: %w", path, err)
 	}
-	return out, nil
+	return list, nil
+}
+
+// maxAffinityTimeout is the longest ClientIP affinity Kubernetes allows.
+const maxAffinityTimeout = 86400 // seconds
+
+// service converts fs. It refuses only what does not fit the domain
+// types (bad addresses, numbers out of range); Load validates the rest.
+func (fs *FileService) service() (*services.Service, error) {
+	s := &services.Service{Namespace: fs.Namespace, Name: fs.Name, ClientIPAffinity: fs.ClientIPAffinity,
+		AffinityTimeout: time.Duration(fs.AffinityTimeout) * time.Second}
+	if fs.AffinityTimeout < 0 || fs.AffinityTimeout > maxAffinityTimeout {
+		return nil, fmt.Errorf("service %s: affinity timeout %ds out of range (0-%d)", s.Key(), fs.AffinityTimeout, maxAffinityTimeout)
+	}
+	for _, ip := range fs.ClusterIPs {
+		a, err := netip.ParseAddr(ip)
+		if err != nil {
+			return nil, fmt.Errorf("service %s: cluster IP %q: %w", s.Key(), ip, err)
+		}
+		s.ClusterIPs = append(s.ClusterIPs, a)
+	}
+	for _, fp := range fs.Ports {
+		proto := services.Protocol(strings.ToUpper(fp.Protocol))
+		if proto == "" {
+			proto = services.TCP
+		}
+		if fp.Port > 65535 {
+			return nil, fmt.Errorf("service %s port %q: %d out of range", s.Key(), fp.Name, fp.Port)
+		}
+		s.Ports = append(s.Ports, services.Port{Name: fp.Name, Protocol: proto, Port: uint16(fp.Port)})
+	}
+	for _, fe := range fs.Endpoints {
+		e := services.Endpoint{Hostname: fe.Hostname, NodeName: fe.NodeName, Ports: make(map[string]uint16, len(fe.Ports))}
+		for _, a := range fe.Addresses {
+			addr, err := netip.ParseAddr(a)
+			if err != nil {
+				return nil, fmt.Errorf("service %s endpoint %q: %w", s.Key(), a, err)
+			}
+			e.Addresses = append(e.Addresses, addr)
+		}
+		for name, port := range fe.Ports {
+			if port == 0 || port > 65535 {
+				return nil, fmt.Errorf("service %s endpoint port %q: %d out of range", s.Key(), name, port)
+			}
+			e.Ports[name] = uint16(port)
+		}
+		s.Endpoints = append(s.Endpoints, e)
+	}
+	return s, nil
 }
 
 // Run implements Source.
@@ -141,8 +180,7 @@ func (f *File) Run(ctx context.Context, sink Sink) error {
 				lastMod = st.ModTime()
 				next := map[string]bool{}
 				for _, s := range svcs {
-					k := s.GetNamespace() + "/" + s.GetName()
-					next[k] = true
+					next[s.Key()] = true
 					sink.SetService(s)
 				}
 				for k := range have {
