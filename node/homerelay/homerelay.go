@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/edgewire/edgewire/dataplane/relay"
+	"github.com/edgewire/edgewire/internal/clock"
 	"github.com/edgewire/edgewire/types/key"
 )
 
@@ -78,6 +79,10 @@ type Config struct {
 	// (nil: net.Dialer); the agent marks them so that overlay routes
 	// cannot capture them.
 	NetDial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Clock times probes, failover and the return to the preferred relay
+	// (nil: clock.Real). Probe timeouts bound network I/O and stay on
+	// real time.
+	Clock clock.Clock
 }
 
 // Status describes the home relay.
@@ -98,9 +103,14 @@ type home struct {
 
 // Manager owns the home relay connection. Create with New, start Run.
 type Manager struct {
-	cfg  Config
-	log  *slog.Logger
-	kick chan struct{} // regions or ticket changed; capacity 1
+	cfg   Config
+	log   *slog.Logger
+	clock clock.Clock
+	kick  chan struct{} // regions or ticket changed; capacity 1
+	// settled, when a test sets it, is sent on by Run whenever it waits
+	// with no probe out and no kick pending, so the test knows the
+	// loop has acted on everything before it moves the clock.
+	settled chan struct{}
 
 	// sendTo is home's connection for Send, read per packet without mu;
 	// it is stored wherever home changes.
@@ -140,7 +150,7 @@ func New(cfg Config) *Manager {
 			})
 		}
 	}
-	return &Manager{cfg: cfg, log: cfg.Logger, kick: make(chan struct{}, 1), latency: map[uint32]time.Duration{}}
+	return &Manager{cfg: cfg, log: cfg.Logger, clock: clock.Or(cfg.Clock), kick: make(chan struct{}, 1), latency: map[uint32]time.Duration{}}
 }
 
 func (m *Manager) poke() {
@@ -221,9 +231,11 @@ func (m *Manager) Status() Status {
 
 // Run keeps the home relay until ctx ends.
 func (m *Manager) Run(ctx context.Context) error {
-	tick := time.NewTicker(tickInterval)
+	// Timers rather than tickers (a clock.Clock makes timers): tick and
+	// pref are re-armed as they are handled.
+	tick := m.clock.NewTimer(tickInterval)
 	defer tick.Stop()
-	probe := time.NewTimer(0)
+	probe := m.clock.NewTimer(0)
 	defer probe.Stop()
 	type probeResult struct {
 		lat  map[uint32]time.Duration
@@ -231,7 +243,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 	probed := make(chan probeResult, 1)
 	probing := false
-	pref := time.NewTicker(prefInterval)
+	pref := m.clock.NewTimer(prefInterval)
 	defer pref.Stop()
 	defer func() {
 		m.mu.Lock()
@@ -245,14 +257,20 @@ func (m *Manager) Run(ctx context.Context) error {
 		}
 	}()
 	for {
+		settled := m.settled
+		if probing || len(m.kick) > 0 {
+			settled = nil
+		}
 		select {
 		case <-ctx.Done():
 			return nil
+		case settled <- struct{}{}:
+			continue
 		case <-m.kick:
 			if !probing {
 				probe.Reset(0)
 			}
-		case <-probe.C:
+		case <-probe.C():
 			if probing {
 				probe.Reset(time.Second) // a probe is out; try again shortly
 				break
@@ -267,7 +285,8 @@ func (m *Manager) Run(ctx context.Context) error {
 			if r.full {
 				probe.Reset(probeInterval)
 			}
-		case <-pref.C:
+		case <-pref.C():
+			pref.Reset(prefInterval)
 			m.mu.Lock()
 			p, h := m.preferred(), m.home
 			away := p != nil && (h == nil || h.region.ID != p.ID)
@@ -276,7 +295,8 @@ func (m *Manager) Run(ctx context.Context) error {
 				probing = true
 				go func() { probed <- probeResult{m.probeOne(ctx, *p), false} }()
 			}
-		case <-tick.C:
+		case <-tick.C():
+			tick.Reset(tickInterval)
 		}
 		m.evaluate(ctx)
 	}
@@ -330,7 +350,7 @@ func (m *Manager) probeAll(ctx context.Context) map[uint32]time.Duration {
 
 // evaluate reports connection changes and picks or replaces the home.
 func (m *Manager) evaluate(ctx context.Context) {
-	now := time.Now()
+	now := m.clock.Now()
 	m.mu.Lock()
 	h := m.home
 	up := h != nil && h.client.Connected()
@@ -440,7 +460,7 @@ func (m *Manager) switchTo(ctx context.Context, r Region) {
 		return
 	}
 	cctx, cancel := context.WithCancel(ctx)
-	nh := &home{region: r, client: c, cancel: cancel, done: make(chan struct{}), since: time.Now()}
+	nh := &home{region: r, client: c, cancel: cancel, done: make(chan struct{}), since: m.clock.Now()}
 	go func() {
 		defer close(nh.done)
 		c.Run(cctx)
@@ -459,7 +479,8 @@ func (m *Manager) switchTo(ctx context.Context, r Region) {
 }
 
 // probeHTTPS times a GET of /relay/probe on a fresh TLS connection. The
-// relay is authenticated later by its key, not by this probe.
+// relay is authenticated later by its key, not by this probe. It measures
+// the network, so it reads the real clock, not Config.Clock.
 func probeHTTPS(ctx context.Context, r Region, dial func(ctx context.Context, network, addr string) (net.Conn, error)) (time.Duration, error) {
 	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, DisableKeepAlives: true, DialContext: dial}
 	defer tr.CloseIdleConnections()

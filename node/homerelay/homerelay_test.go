@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgewire/edgewire/internal/clock"
 	"github.com/edgewire/edgewire/types/key"
 )
 
@@ -45,15 +46,20 @@ func (f *fakeConn) LastError() error {
 // world holds the fake relays: their latency (absent: unreachable) and
 // whether a new connection to them comes up.
 type world struct {
-	mu      sync.Mutex
+	mu      sync.Mutex // guards the fields below
 	latency map[string]time.Duration
 	alive   map[string]bool
 	conns   []*fakeConn
+	probes  map[string]int // probes of each relay so far
 }
 
 func (w *world) probe(_ context.Context, r Region) (time.Duration, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.probes == nil {
+		w.probes = map[string]int{}
+	}
+	w.probes[r.Name]++
 	d, ok := w.latency[r.Name]
 	if !ok {
 		return 0, errors.New("unreachable")
@@ -82,29 +88,116 @@ func (w *world) kill(name string) {
 	}
 }
 
+func (w *world) probeCount(name string) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.probes[name]
+}
+
+func (w *world) revive(name string, d time.Duration) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.latency[name] = d
+	w.alive[name] = true
+	for _, c := range w.conns {
+		if c.region == name {
+			c.up.Store(true)
+		}
+	}
+}
+
 var regions = []Region{{ID: 1, Name: "near", Addr: "a:1"}, {ID: 2, Name: "far", Addr: "b:1"}, {ID: 3, Name: "mid", Addr: "c:1"}}
 
-func run(t *testing.T, w *world, preferred uint32) (*Manager, func()) {
-	m := New(Config{Preferred: preferred, Probe: w.probe, Dial: w.dial})
+// loopTimers is how many timers Run has armed while it waits with nothing
+// to do: tick, probe and pref.
+const loopTimers = 3
+
+// harness runs a Manager on a fake clock.
+type harness struct {
+	t   *testing.T
+	m   *Manager
+	clk *clock.Fake
+}
+
+// run starts a Manager over w and returns once it has acted on its start
+// (first probe, first home), before the clock has moved.
+func run(t *testing.T, w *world, preferred uint32) *harness {
+	clk := clock.NewFake(time.Unix(1_800_000_000, 0))
+	m := New(Config{Preferred: preferred, Probe: w.probe, Dial: w.dial, Clock: clk})
+	m.settled = make(chan struct{})
 	m.SetRegions(regions)
 	m.SetTicket([]byte("ticket"))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { m.Run(ctx); close(done) }()
-	return m, func() { cancel(); <-done }
+	t.Cleanup(func() { cancel(); <-done })
+	h := &harness{t: t, m: m, clk: clk}
+	h.settle()
+	return h
 }
 
-func waitHome(t *testing.T, m *Manager, want string, within time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
-		if st := m.Status(); st.Home == want && st.Connected {
+// settle waits until Run has acted on everything due at the clock's
+// time: each timer that fired has been handled (all are armed again),
+// and the loop has since come back to wait with no probe out.
+func (h *harness) settle() {
+	h.t.Helper()
+	for {
+		h.waitSettled()
+		if h.clk.Timers() == loopTimers {
+			// The iteration that re-armed the last timer may still be
+			// evaluating; the next wait comes after it.
+			h.waitSettled()
 			return
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
-	st := m.Status()
-	t.Fatalf("home: got %q (connected %v), want %q connected", st.Home, st.Connected, want)
+}
+
+func (h *harness) waitSettled() {
+	h.t.Helper()
+	select {
+	case <-h.m.settled:
+	case <-time.After(10 * time.Second):
+		h.t.Fatalf("Run did not come back to wait (%d timers armed, want %d)", h.clk.Timers(), loopTimers)
+	}
+}
+
+// advanceUntil moves the clock a tick at a time, letting Run act after
+// each, until ok holds, and returns how far it moved. It fails if ok does
+// not hold once the clock has moved limit.
+func (h *harness) advanceUntil(limit time.Duration, what string, ok func(Status) bool) time.Duration {
+	h.t.Helper()
+	for moved := time.Duration(0); ; moved += tickInterval {
+		st := h.m.Status()
+		if ok(st) {
+			return moved
+		}
+		if moved >= limit {
+			h.t.Fatalf("%v after: got home %q (connected %v), want %s", moved, st.Home, st.Connected, what)
+		}
+		h.clk.Advance(tickInterval)
+		h.settle()
+	}
+}
+
+func homeIs(name string) func(Status) bool {
+	return func(st Status) bool { return st.Home == name }
+}
+
+func connectedTo(name string) func(Status) bool {
+	return func(st Status) bool { return st.Home == name && st.Connected }
+}
+
+// failover kills the home relay and checks that from replaces it with to
+// on the first evaluation past failoverAfter, and that to is connected a
+// tick later.
+func (h *harness) failover(w *world, from, to string) {
+	h.t.Helper()
+	w.kill(from)
+	moved := h.advanceUntil(failoverAfter+tickInterval, to+" home", homeIs(to))
+	if moved <= failoverAfter {
+		h.t.Errorf("home %s down: replaced after %v, want after failoverAfter (%v)", from, moved, failoverAfter)
+	}
+	h.advanceUntil(tickInterval, to+" connected", connectedTo(to))
 }
 
 func TestClosestThenFailover(t *testing.T) {
@@ -112,12 +205,38 @@ func TestClosestThenFailover(t *testing.T) {
 		latency: map[string]time.Duration{"near": 5 * time.Millisecond, "far": 80 * time.Millisecond, "mid": 30 * time.Millisecond},
 		alive:   map[string]bool{"near": true, "far": true, "mid": true},
 	}
-	m, stop := run(t, w, 0)
-	defer stop()
-	waitHome(t, m, "near", 2*time.Second)
-	w.kill("near")
+	h := run(t, w, 0)
+	// The closest, as soon as the first probe answers.
+	h.advanceUntil(0, "near connected", connectedTo("near"))
 	// The next best reachable relay, after failoverAfter.
-	waitHome(t, m, "mid", failoverAfter+2*time.Second)
+	h.failover(w, "near", "mid")
+}
+
+// TestBriefOutageKeepsHome: a home relay that is back within failoverAfter
+// stays home.
+func TestBriefOutageKeepsHome(t *testing.T) {
+	w := &world{
+		latency: map[string]time.Duration{"near": 5 * time.Millisecond, "mid": 30 * time.Millisecond},
+		alive:   map[string]bool{"near": true, "mid": true},
+	}
+	h := run(t, w, 0)
+	h.advanceUntil(0, "near connected", connectedTo("near"))
+	w.kill("near")
+	for moved := time.Duration(0); moved < failoverAfter; moved += tickInterval {
+		h.clk.Advance(tickInterval)
+		h.settle()
+	}
+	if st := h.m.Status(); st.Home != "near" || st.Connected {
+		t.Fatalf("home down for failoverAfter: got home %q (connected %v), want near, not connected", st.Home, st.Connected)
+	}
+	w.revive("near", 5*time.Millisecond)
+	for range 2 * failoverAfter / tickInterval {
+		h.clk.Advance(tickInterval)
+		h.settle()
+		if st := h.m.Status(); st.Home != "near" || !st.Connected {
+			t.Fatalf("home back within failoverAfter: got home %q (connected %v), want near connected", st.Home, st.Connected)
+		}
+	}
 }
 
 // TestRevocationsFollowTheHome: the revocation list reaches the home
@@ -128,9 +247,9 @@ func TestRevocationsFollowTheHome(t *testing.T) {
 		latency: map[string]time.Duration{"near": 5 * time.Millisecond, "mid": 30 * time.Millisecond},
 		alive:   map[string]bool{"near": true, "mid": true},
 	}
-	m, stop := run(t, w, 0)
-	defer stop()
-	waitHome(t, m, "near", 2*time.Second)
+	h := run(t, w, 0)
+	m := h.m
+	h.advanceUntil(0, "near connected", connectedTo("near"))
 	m.SetRevocations([]byte("list-1"))
 	m.SetRevocations([]byte("list-2"))
 	home := func() *fakeConn {
@@ -141,8 +260,7 @@ func TestRevocationsFollowTheHome(t *testing.T) {
 	if got := home().revocations(); got != "list-2" {
 		t.Errorf("home near: got list %q, want list-2", got)
 	}
-	w.kill("near")
-	waitHome(t, m, "mid", failoverAfter+2*time.Second)
+	h.failover(w, "near", "mid")
 	if got := home().revocations(); got != "list-2" {
 		t.Errorf("home mid after failover: got list %q, want list-2", got)
 	}
@@ -153,15 +271,16 @@ func TestPreferredWinsAndReturns(t *testing.T) {
 		latency: map[string]time.Duration{"near": 5 * time.Millisecond, "far": 80 * time.Millisecond},
 		alive:   map[string]bool{"near": true, "far": true},
 	}
-	m, stop := run(t, w, 2) // prefer "far" although "near" is closer
-	defer stop()
-	waitHome(t, m, "far", 2*time.Second)
-	w.kill("far")
-	waitHome(t, m, "near", failoverAfter+2*time.Second)
-	w.mu.Lock()
-	w.latency["far"], w.alive["far"] = 80*time.Millisecond, true
-	w.mu.Unlock()
-	waitHome(t, m, "far", prefInterval+2*time.Second)
+	h := run(t, w, 2) // prefer "far" although "near" is closer
+	h.advanceUntil(0, "far connected", connectedTo("far"))
+	h.failover(w, "far", "near")
+	// Probed every prefInterval while away; home again at the first
+	// probe that finds it, connected a tick later. It comes back just
+	// after a probe found it down, the longest wait.
+	n := w.probeCount("far")
+	h.advanceUntil(prefInterval, "a probe of far", func(Status) bool { return w.probeCount("far") > n })
+	w.revive("far", 80*time.Millisecond)
+	h.advanceUntil(prefInterval+tickInterval, "far connected", connectedTo("far"))
 }
 
 func TestChooseHysteresis(t *testing.T) {
