@@ -28,6 +28,7 @@ import (
 
 	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/coordinator/store"
+	"github.com/edgewire/edgewire/internal/clock"
 	"github.com/edgewire/edgewire/internal/routeguard"
 	"github.com/edgewire/edgewire/types/key"
 	"github.com/edgewire/edgewire/types/services"
@@ -100,12 +101,12 @@ type Registry struct {
 	prefixes []string       // overlay prefixes, sent in full maps
 	overlay  []netip.Prefix // the same, parsed
 	maxLog   int
-	now      func() time.Time
 
 	stun   atomic.Pointer[[]*api.StunServer]  // sent in full maps; read-only once set
 	relays atomic.Pointer[[]*api.RelayRegion] // sent in full maps; read-only once set
 
-	mu       sync.Mutex // guards everything below
+	mu       sync.Mutex  // guards everything below
+	clk      clock.Clock // change times and the publication interval
 	nodes    map[key.Public]*entry
 	services map[string]*svcEntry // by namespace/name
 	// kubeNodes are the Kubernetes Nodes by name with their pod CIDRs.
@@ -121,15 +122,15 @@ type Registry struct {
 	interval    time.Duration // least time between two publications; 0: publish every change
 	perSub      time.Duration // added to interval for every subscriber
 	pub         *pub          // the latest publication; never nil
-	lastPub     time.Time     // when pub was made (monotonic clock)
-	pending     *time.Timer   // non-nil while a publication is scheduled
+	lastPub     time.Time     // when pub was made (clk; monotonic with clock.Real)
+	pending     clock.Timer   // non-nil while a publication is scheduled
 }
 
 // New returns an empty registry for the given overlay prefixes.
 func New(prefixes []netip.Prefix) *Registry {
 	r := &Registry{
 		maxLog:    DefaultMaxLog,
-		now:       time.Now,
+		clk:       clock.Real{},
 		nodes:     make(map[key.Public]*entry),
 		services:  make(map[string]*svcEntry),
 		kubeNodes: make(map[string][]netip.Prefix),
@@ -155,6 +156,14 @@ func (r *Registry) SetInterval(d, perSub time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.interval, r.perSub = d, perSub
+}
+
+// SetClock sets the clock that times changes and publications (nil:
+// clock.Real, the default). Call it before the first change.
+func (r *Registry) SetClock(c clock.Clock) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.clk = clock.Or(c)
 }
 
 // SetSTUN sets the STUN servers announced in full maps. The slice and its
@@ -388,12 +397,12 @@ func (r *Registry) SetRelayRevocations(b []byte) {
 	defer r.mu.Unlock()
 	r.revocations = b
 	r.version++
-	r.appendLocked(change{version: r.version, rev: true, at: r.now()})
+	r.appendLocked(change{version: r.version, rev: true, at: r.clk.Now()})
 }
 
 func (r *Registry) serviceChangedLocked(nk string) {
 	r.version++
-	r.appendLocked(change{version: r.version, svc: nk, at: r.now()})
+	r.appendLocked(change{version: r.version, svc: nk, at: r.clk.Now()})
 }
 
 // Delete removes a node. Its own subscribers see ErrUnknownNode.
@@ -499,7 +508,7 @@ func (r *Registry) changedLocked(nk key.Public, e *entry) {
 		e.version = r.version
 		e.pb = nil
 	}
-	r.appendLocked(change{version: r.version, nk: nk, at: r.now()})
+	r.appendLocked(change{version: r.version, nk: nk, at: r.clk.Now()})
 }
 
 func (r *Registry) appendLocked(c change) {
@@ -514,18 +523,18 @@ func (r *Registry) appendLocked(c change) {
 
 // publishSoonLocked publishes now if the last publication is at least an
 // interval old, else schedules one for when it will be: a lone change goes
-// out at once, a burst once per interval. The interval is measured on the
-// monotonic clock, as the timer is.
+// out at once, a burst once per interval. The interval is measured on
+// r.clk, as the timer is (monotonic with clock.Real).
 func (r *Registry) publishSoonLocked() {
 	if r.pending != nil {
 		return
 	}
-	wait := r.interval + time.Duration(len(r.subs))*r.perSub - time.Since(r.lastPub)
+	wait := r.interval + time.Duration(len(r.subs))*r.perSub - r.clk.Now().Sub(r.lastPub)
 	if wait <= 0 {
 		r.publishLocked()
 		return
 	}
-	r.pending = time.AfterFunc(wait, func() {
+	r.pending = r.clk.AfterFunc(wait, func() {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		r.pending = nil
@@ -538,7 +547,7 @@ func (r *Registry) publishLocked() {
 		return
 	}
 	r.pub = &pub{version: r.version}
-	r.lastPub = time.Now()
+	r.lastPub = r.clk.Now()
 	for s := range r.subs {
 		s.wake()
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/coordinator/store"
+	"github.com/edgewire/edgewire/internal/clock"
 	"github.com/edgewire/edgewire/types/key"
 )
 
@@ -42,11 +43,21 @@ func node(i int) store.Node {
 // newRegistry returns a registry holding nodes 1..n, added with Upsert.
 func newRegistry(t testing.TB, n int) *Registry {
 	t.Helper()
+	r, _ := newFakeRegistry(t, n)
+	return r
+}
+
+// newFakeRegistry is newRegistry on a fake clock at t0, which only the
+// test moves.
+func newFakeRegistry(t testing.TB, n int) (*Registry, *clock.Fake) {
+	t.Helper()
+	clk := clock.NewFake(t0)
 	r := New(prefixes)
+	r.SetClock(clk)
 	for i := 1; i <= n; i++ {
 		r.Upsert(node(i))
 	}
-	return r
+	return r, clk
 }
 
 // decoded calls s.Next and decodes the update as an agent would see it.

@@ -1,11 +1,16 @@
 package netmap
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"testing"
 	"time"
 )
+
+// timeout bounds waits for what runs in other goroutines (a timer's
+// function); the tests' time is the fake clock's.
+const timeout = 5 * time.Second
 
 // sameBytes reports whether a and b are the same memory, not just equal.
 func sameBytes(a, b []byte) bool {
@@ -93,16 +98,18 @@ func decodeNext(t *testing.T, s *Sub) (*apiMap, *Update) {
 	return m, u
 }
 
-// With an interval, a lone change is published at once and a burst after
-// it waits for the interval, arriving as one update. The interval grows
-// with the number of subscribers.
+// With an interval, a lone change is published at once, a burst after it
+// is held for the interval and arrives as one update, and a change right
+// after a publication waits a whole interval: at most one publication per
+// interval. The interval grows with the number of subscribers. Time moves
+// only when the test moves it.
 func TestPublishInterval(t *testing.T) {
 	const want = 100 * time.Millisecond
 	tests := []struct {
 		name             string
 		interval, perSub time.Duration
 		burst            int
-		wantV            []uint64 // versions Next returns, one per wake-up
+		wantV            []uint64 // at once, then one publication per interval
 	}{
 		{"one change", want, 0, 1, []uint64{4}},
 		{"burst coalesces", want, 0, 5, []uint64{4, 8}},
@@ -110,40 +117,58 @@ func TestPublishInterval(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := newRegistry(t, 3)
+			r, clk := newFakeRegistry(t, 3)
 			r.SetInterval(tt.interval, tt.perSub)
-			time.Sleep(want) // the registry's own Upserts were published just now
+			clk.Advance(want) // the registry's own Upserts were published an interval ago
 			s := subscribe(t, r, 1)
 			subscribe(t, r, 2)
-			start := time.Now()
-			for i := range tt.burst {
+			change := func(i int) {
 				n := node(2)
-				n.Hostname = string(rune('a' + i))
+				n.Hostname = fmt.Sprint(i)
 				r.Upsert(n)
 			}
-			var got []uint64
-			for range tt.wantV {
+			for i := range tt.burst {
+				change(i)
+			}
+			if !signalled(s) {
+				t.Fatal("a change after an idle interval was not published at once")
+			}
+			got := []uint64{next(t, s).Version}
+			// released waits an interval less a nanosecond, checks that
+			// nothing was published, then moves the last nanosecond and
+			// reads the publication.
+			released := func(what string) uint64 {
+				t.Helper()
+				clk.Advance(want - time.Nanosecond)
+				if woken, n := signalled(s), clk.Timers(); woken || n != 1 {
+					t.Fatalf("%s: published before the interval ended (woken %v, %d timers, want 1)", what, woken, n)
+				}
+				clk.Advance(time.Nanosecond)
 				select {
 				case <-s.C():
-				case <-time.After(5 * want):
-					t.Fatalf("no wake-up after %v; got versions %v", 5*want, got)
+				case <-time.After(timeout):
+					t.Fatalf("%s: no publication once the interval ended", what)
 				}
 				m := next(t, s)
 				if m == nil {
-					t.Fatalf("woken with nothing to read; got versions %v", got)
+					t.Fatalf("%s: woken with nothing to read", what)
 				}
-				got = append(got, m.Version)
+				return m.Version
+			}
+			if tt.burst > 1 {
+				got = append(got, released("burst"))
 			}
 			if !slices.Equal(got, tt.wantV) {
 				t.Errorf("got versions %v, want %v", got, tt.wantV)
 			}
-			if el := time.Since(start); len(tt.wantV) > 1 && el < want*8/10 {
-				t.Errorf("burst delivered after %v, want it held for about %v", el, want)
+			if woken, n := signalled(s), clk.Timers(); woken || n != 0 {
+				t.Fatalf("after the burst: woken %v, %d timers; want nothing pending", woken, n)
 			}
-			if signalled(s) {
-				if m := next(t, s); m != nil {
-					t.Errorf("extra update %d->%d after the burst", m.BaseVersion, m.Version)
-				}
+
+			last := got[len(got)-1]
+			change(tt.burst)
+			if v := released("a change right after a publication"); v != last+1 {
+				t.Errorf("got version %d, want %d", v, last+1)
 			}
 		})
 	}
@@ -153,25 +178,42 @@ func TestPublishInterval(t *testing.T) {
 // publication's version; the next update carries it again, so the
 // subscriber converges.
 func TestLateMarshalConverges(t *testing.T) {
-	r := newRegistry(t, 2)
+	r, clk := newFakeRegistry(t, 2)
 	s := subscribe(t, r, 1)
-	r.SetInterval(time.Hour, 0) // nothing more is published until we say so
-	r.mu.Lock()
-	r.lastPub = time.Time{}
-	r.mu.Unlock()
-	r.Upsert(node(3))    // published at once (the last publication is old)
-	r.Delete(nodeKey(2)) // held back
+	r.SetInterval(time.Hour, 0)
+	clk.Advance(time.Hour) // the last publication is an interval old
+	r.Upsert(node(3))      // published at once
+	r.Delete(nodeKey(2))   // held back for an hour
+	if !signalled(s) {
+		t.Fatal("a change after an idle interval was not published at once")
+	}
 	m := next(t, s)
 	if m.Version != 3 || len(m.Removed) != 0 {
 		t.Fatalf("got %d->%d removed %d, want 2->3 without removals", m.BaseVersion, m.Version, len(m.Removed))
 	}
-	r.mu.Lock()
-	r.pending.Stop()
-	r.pending = nil
-	r.publishLocked()
-	r.mu.Unlock()
+	clk.Advance(time.Hour)
+	select {
+	case <-s.C():
+	case <-time.After(timeout):
+		t.Fatal("no publication an hour later")
+	}
 	m = next(t, s)
 	if m.BaseVersion != 3 || m.Version != 4 || len(m.Removed) != 1 {
 		t.Errorf("got %d->%d removed %d, want 3->4 removing node 2", m.BaseVersion, m.Version, len(m.Removed))
+	}
+}
+
+// A delta's Oldest is when its oldest change happened on the registry's
+// clock: the fan-out latency is measured from there.
+func TestUpdateOldest(t *testing.T) {
+	r, clk := newFakeRegistry(t, 2)
+	s := subscribe(t, r, 1)
+	clk.Advance(time.Second)
+	r.Upsert(node(3))
+	clk.Advance(time.Second)
+	r.Upsert(node(4))
+	_, u := decodeNext(t, s)
+	if want := t0.Add(time.Second); !u.Oldest.Equal(want) {
+		t.Errorf("got Oldest %v, want %v (the first change's time)", u.Oldest, want)
 	}
 }
