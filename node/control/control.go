@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/edgewire/edgewire/api"
+	"github.com/edgewire/edgewire/internal/clock"
 	"github.com/edgewire/edgewire/node/identity"
 	"github.com/edgewire/edgewire/types/jointoken"
 	"github.com/edgewire/edgewire/types/key"
@@ -187,15 +188,23 @@ type Config struct {
 	MinBackoff, MaxBackoff time.Duration
 	// Dial connects to the coordinator (nil: a plain TCP dial).
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
+	// Clock times the reconnect backoff (nil: clock.Real). gRPC's
+	// keepalives stay on real time.
+	Clock clock.Clock
 }
+
+// healthySession: a stream that lasted longer than this was healthy, so
+// the next reconnect starts again from MinBackoff.
+const healthySession = 30 * time.Second
 
 // Client keeps the stream to the coordinator.
 type Client struct {
-	cfg  Config
-	log  *slog.Logger
-	tls  *tls.Config
-	kick chan struct{}    // endpoints changed; capacity 1
-	sigs chan *api.Signal // outgoing signals while connected
+	cfg   Config
+	log   *slog.Logger
+	clock clock.Clock
+	tls   *tls.Config
+	kick  chan struct{}    // endpoints changed; capacity 1
+	sigs  chan *api.Signal // outgoing signals while connected
 
 	mu        sync.Mutex // guards endpoints, connected
 	endpoints []netip.AddrPort
@@ -220,7 +229,7 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("control: enrolment CA: %w", err)
 	}
-	return &Client{cfg: cfg, log: cfg.Logger, tls: tc, kick: make(chan struct{}, 1), sigs: make(chan *api.Signal, signalQueue)}, nil
+	return &Client{cfg: cfg, log: cfg.Logger, clock: clock.Or(cfg.Clock), tls: tc, kick: make(chan struct{}, 1), sigs: make(chan *api.Signal, signalQueue)}, nil
 }
 
 // SetEndpoints sets the endpoints reported to the coordinator.
@@ -294,27 +303,29 @@ func (c *Client) Run(ctx context.Context) error {
 	cl := api.NewControlClient(conn)
 	backoff := c.cfg.MinBackoff
 	for {
-		start := time.Now()
+		start := c.clock.Now()
 		err := c.session(ctx, cl)
 		c.setConnected(false)
 		if ctx.Err() != nil {
 			return nil
 		}
-		if time.Since(start) > 30*time.Second {
+		if c.clock.Now().Sub(start) > healthySession {
 			backoff = c.cfg.MinBackoff // the session was healthy; start over
 		}
 		lvl := slog.LevelWarn
 		if code := status.Code(err); code == codes.NotFound || code == codes.PermissionDenied || code == codes.Unauthenticated {
 			lvl = slog.LevelError
 		}
-		// Full jitter in [backoff/2, backoff): reconnect storms after a
+		// Jitter in [backoff/2, backoff): reconnect storms after a
 		// coordinator restart spread out instead of arriving in lockstep.
-		wait := backoff/2 + rand.N(backoff/2+1)
+		wait := backoff/2 + rand.N(backoff-backoff/2)
 		c.log.Log(ctx, lvl, "coordinator stream ended; reconnecting", "err", describe(err), "in", wait.Round(time.Millisecond))
+		t := c.clock.NewTimer(wait)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return nil
-		case <-time.After(wait):
+		case <-t.C():
 		}
 		backoff = min(backoff*2, c.cfg.MaxBackoff)
 	}

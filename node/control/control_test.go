@@ -1,0 +1,188 @@
+package control
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/test/bufconn"
+
+	"github.com/edgewire/edgewire/api"
+	"github.com/edgewire/edgewire/internal/clock"
+	"github.com/edgewire/edgewire/node/identity"
+	"github.com/edgewire/edgewire/types/jointoken"
+	"github.com/edgewire/edgewire/types/key"
+)
+
+// refusing is a coordinator that refuses every Connect stream when the
+// test says so: each stream hands the test a channel for the error that
+// ends it, so the test decides how long the session lasts on its clock.
+type refusing struct {
+	api.UnimplementedControlServer
+	streams chan chan<- error
+}
+
+func (r *refusing) Connect(stream grpc.BidiStreamingServer[api.ClientMessage, api.ServerMessage]) error {
+	end := make(chan error)
+	select {
+	case r.streams <- end:
+	case <-stream.Context().Done():
+		return stream.Context().Err()
+	}
+	select {
+	case err := <-end:
+		return err
+	case <-stream.Context().Done():
+		return stream.Context().Err()
+	}
+}
+
+// serveRefusing starts a refusing coordinator over bufconn, with a
+// self-signed certificate for the coordinator's TLS name, and returns it
+// with the enrolment and dialer a Client needs to reach it.
+func serveRefusing(t *testing.T) (*refusing, identity.Enrolment, func(context.Context, string) (net.Conn, error)) {
+	t.Helper()
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "edgewire test coordinator"},
+		DNSNames:              []string{jointoken.ServerName},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &priv.PublicKey, priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{
+		Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: priv}},
+		MinVersion:   tls.VersionTLS13,
+	})))
+	r := &refusing{streams: make(chan chan<- error)}
+	api.RegisterControlServer(srv, r)
+	lis := bufconn.Listen(1 << 16)
+	served := make(chan struct{})
+	go func() { srv.Serve(lis); close(served) }()
+	t.Cleanup(func() { srv.Stop(); <-served })
+	enr := identity.Enrolment{
+		Coordinator: "passthrough:///coordinator",
+		ServerName:  jointoken.ServerName,
+		CAPEM:       string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
+	}
+	return r, enr, func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }
+}
+
+// TestReconnectBackoff: against a coordinator that refuses every stream,
+// the client waits between attempts a time in [backoff/2, backoff), the
+// backoff doubling from MinBackoff up to MaxBackoff, and starting over
+// after a session that lasted longer than healthySession.
+func TestReconnectBackoff(t *testing.T) {
+	coord, enr, dial := serveRefusing(t)
+	priv, err := key.NewPrivate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := clock.NewFake(time.Unix(1_800_000_000, 0))
+	const minBackoff, maxBackoff = time.Second, 8 * time.Second
+	c, err := New(Config{
+		Enrolment: enr, PrivateKey: priv, Dial: dial, Clock: clk,
+		OnMap:      func(*api.NetworkMap) error { return nil },
+		MinBackoff: minBackoff, MaxBackoff: maxBackoff,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: got %v, want nil after cancel", err)
+		}
+	})
+
+	// wait polls for cond; it fails the test (rather than hanging) if the
+	// client never gets there.
+	wait := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+		}
+	}
+	// Each wait is measured to backoff/2/steps; spread collects the
+	// steps at which waits ended.
+	const steps = 8
+	spread := map[int]bool{}
+	for i, a := range []struct {
+		session time.Duration // how long the coordinator keeps the stream before refusing it
+		backoff time.Duration // the backoff the next wait is drawn under
+	}{
+		{0, time.Second},
+		{0, 2 * time.Second},
+		{0, 4 * time.Second},
+		{0, 8 * time.Second},
+		{0, 8 * time.Second}, // capped
+		{0, 8 * time.Second},
+		{healthySession - time.Second, 8 * time.Second}, // not long enough to count as healthy
+		{healthySession + time.Second, time.Second},     // healthy: start over
+		{0, 2 * time.Second},
+		{0, 4 * time.Second},
+		{0, 8 * time.Second},
+		{0, 8 * time.Second},
+	} {
+		var end chan<- error
+		select {
+		case end = <-coord.streams:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("attempt %d: the client did not reconnect", i)
+		}
+		clk.Advance(a.session)
+		end <- status.Error(codes.Unavailable, "coordinator refuses streams")
+		wait("the backoff timer", func() bool { return clk.Timers() == 1 })
+
+		// The timer must not fire before backoff/2, and must by backoff.
+		clk.Advance(a.backoff/2 - time.Nanosecond)
+		if clk.Timers() != 1 {
+			t.Fatalf("attempt %d: reconnected sooner than %v, want [%v, %v)", i, a.backoff/2, a.backoff/2, a.backoff)
+		}
+		step := 1
+		for ; step <= steps; step++ {
+			clk.Advance(a.backoff / 2 / steps)
+			if clk.Timers() == 0 {
+				break
+			}
+		}
+		if step > steps {
+			t.Fatalf("attempt %d: no reconnect within %v, want [%v, %v)", i, a.backoff-time.Nanosecond, a.backoff/2, a.backoff)
+		}
+		spread[step] = true
+	}
+	// The waits are drawn, not fixed: not all in the same eighth of
+	// their range (by chance: 8^-11).
+	if len(spread) < 2 {
+		t.Errorf("every wait fell in the same eighth (%v) of [backoff/2, backoff), want them jittered", spread)
+	}
+}
