@@ -79,7 +79,7 @@ func (s *Server) CreateToken(ctx context.Context, req *api.CreateTokenRequest) (
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "generate token: %v", err)
 	}
-	rec, err := token.NewRecord(tok, s.now(), time.Duration(req.GetTtlSeconds())*time.Second,
+	rec, err := token.NewRecord(tok, s.clk.Now(), time.Duration(req.GetTtlSeconds())*time.Second,
 		req.GetReusable(), int(req.GetUses()), req.GetTags())
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
@@ -187,7 +187,7 @@ func (s *Server) DeleteNode(ctx context.Context, req *api.DeleteNodeRequest) (*a
 	// Outstanding tickets stay valid until they expire; relays must
 	// refuse the node until then: the embedded relay (and its mesh) at
 	// once, every other relay through the signed list agents carry.
-	until := s.now().Add(s.cfg.TicketTTL)
+	until := s.clk.Now().Add(s.cfg.TicketTTL)
 	if s.cfg.OnDelete != nil {
 		s.cfg.OnDelete(node.Key, until)
 	}
@@ -279,7 +279,7 @@ func (s *Server) revoke(nk key.Public, until time.Time) {
 	if s.cfg.TicketKey == nil {
 		return // no tickets, no relays to tell
 	}
-	now := s.now()
+	now := s.clk.Now()
 	s.revMu.Lock()
 	defer s.revMu.Unlock()
 	s.revoked[nk] = until

@@ -171,7 +171,7 @@ func (s *Server) join(ctx context.Context, nk key.Public, tok jointoken.Token, r
 	km := &s.keyMu[int(nk[0])%len(s.keyMu)]
 	km.Lock()
 	defer km.Unlock()
-	now := s.now()
+	now := s.clk.Now()
 	var (
 		node    store.Node
 		pending []netip.Prefix

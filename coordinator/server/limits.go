@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/peer"
 
 	"github.com/edgewire/edgewire/api"
+	"github.com/edgewire/edgewire/internal/clock"
 )
 
 // Failure limits: every failed join or authentication costs its source
@@ -31,7 +32,7 @@ const (
 type failureLimiter struct {
 	rate  rate.Limit
 	burst int
-	now   func() time.Time
+	clk   clock.Clock
 
 	mu      sync.Mutex // guards buckets
 	buckets map[string]*failureBucket
@@ -42,8 +43,8 @@ type failureBucket struct {
 	last time.Time
 }
 
-func newFailureLimiter(r rate.Limit, burst int, now func() time.Time) *failureLimiter {
-	return &failureLimiter{rate: r, burst: burst, now: now, buckets: map[string]*failureBucket{}}
+func newFailureLimiter(r rate.Limit, burst int, clk clock.Clock) *failureLimiter {
+	return &failureLimiter{rate: r, burst: burst, clk: clk, buckets: map[string]*failureBucket{}}
 }
 
 // allow reports whether every key may try again (empty keys are skipped).
@@ -51,7 +52,7 @@ func (l *failureLimiter) allow(keys ...string) bool {
 	if l.rate <= 0 {
 		return true
 	}
-	now := l.now()
+	now := l.clk.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, k := range keys {
@@ -67,7 +68,7 @@ func (l *failureLimiter) fail(keys ...string) {
 	if l.rate <= 0 {
 		return
 	}
-	now := l.now()
+	now := l.clk.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, k := range keys {

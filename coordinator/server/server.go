@@ -27,6 +27,7 @@ import (
 	"github.com/edgewire/edgewire/coordinator/netmap"
 	"github.com/edgewire/edgewire/coordinator/store"
 	"github.com/edgewire/edgewire/dataplane/relay"
+	"github.com/edgewire/edgewire/internal/clock"
 	"github.com/edgewire/edgewire/internal/dhkey"
 	"github.com/edgewire/edgewire/internal/routeguard"
 	"github.com/edgewire/edgewire/types/key"
@@ -38,7 +39,10 @@ type Config struct {
 	Prefixes []netip.Prefix // overlay prefixes, at most one per address family
 	CAPin    [32]byte       // pin embedded in the join tokens this server creates
 	Logger   *slog.Logger
-	Now      func() time.Time // clock; nil means time.Now
+	// Clock tells the time (token and ticket expiry, last seen, the
+	// failure limits) and times what waits (the authentication timeout,
+	// ticket renewals, the map's publication interval); nil: clock.Real.
+	Clock clock.Clock
 	// AuthTimeout bounds the Hello/AuthProof exchange on a new stream.
 	AuthTimeout time.Duration
 	// MaxEndpoints bounds how many endpoints a node may report.
@@ -55,7 +59,8 @@ type Config struct {
 	// network map (default 250 ms), plus MapIntervalPerStream for every
 	// open stream (default 100 µs: 1.25 s at 10,000 streams). Changes in
 	// between coalesce into one delta, and all streams move in step so
-	// they share its bytes.
+	// they share its bytes. MapInterval < 0 publishes every change at
+	// once, whatever the number of streams.
 	MapInterval          time.Duration
 	MapIntervalPerStream time.Duration
 	// OnDelete is called after a node is deleted (revocation at relays).
@@ -101,7 +106,7 @@ type Server struct {
 
 	cfg     Config
 	log     *slog.Logger
-	now     func() time.Time
+	clk     clock.Clock
 	reg     *netmap.Registry
 	pools   []*ipam.Allocator
 	signals *signalRouter
@@ -144,9 +149,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
+	cfg.Clock = clock.Or(cfg.Clock)
 	if cfg.AuthTimeout <= 0 {
 		cfg.AuthTimeout = defaultAuthTimeout
 	}
@@ -156,11 +159,15 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.TicketTTL <= 0 {
 		cfg.TicketTTL = defaultTicketTTL
 	}
-	if cfg.MapInterval == 0 {
-		cfg.MapInterval = 250 * time.Millisecond
-	}
-	if cfg.MapIntervalPerStream == 0 {
-		cfg.MapIntervalPerStream = 100 * time.Microsecond
+	if cfg.MapInterval < 0 {
+		cfg.MapInterval, cfg.MapIntervalPerStream = 0, 0 // every change at once
+	} else {
+		if cfg.MapInterval == 0 {
+			cfg.MapInterval = 250 * time.Millisecond
+		}
+		if cfg.MapIntervalPerStream == 0 {
+			cfg.MapIntervalPerStream = 100 * time.Microsecond
+		}
 	}
 	if err := cfg.RoutePolicy.Validate(); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
@@ -174,8 +181,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.FailureBurst <= 0 {
 		cfg.FailureBurst = defaultFailureBurst
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, now: cfg.Now, signals: newSignalRouter(), m: newMetrics(),
-		fails: newFailureLimiter(cfg.FailureRate, cfg.FailureBurst, cfg.Now), streams: map[key.Public]*nodeStream{}, revoked: map[key.Public]time.Time{}}
+	s := &Server{cfg: cfg, log: cfg.Logger, clk: cfg.Clock, signals: newSignalRouter(), m: newMetrics(),
+		fails: newFailureLimiter(cfg.FailureRate, cfg.FailureBurst, cfg.Clock), streams: map[key.Public]*nodeStream{}, revoked: map[key.Public]time.Time{}}
 	s.policy = cfg.RoutePolicy
 	s.policy.Overlay = cfg.Prefixes
 	families := map[bool]bool{}
@@ -229,6 +236,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		}
 	}
 	s.reg = netmap.New(cfg.Prefixes)
+	s.reg.SetClock(cfg.Clock)
 	s.reg.SetInterval(cfg.MapInterval, cfg.MapIntervalPerStream)
 	s.reg.SetSTUN(cfg.STUN)
 	s.reg.SetRelays(cfg.Relays)
@@ -313,7 +321,7 @@ func (s *Server) Connect(stream api.Control_ConnectServer) error {
 	ctx, done := s.claimStream(stream.Context(), nk)
 	defer done()
 	log := s.log.With("key", nk)
-	if err := s.reg.Connected(nk, eps, s.now()); err != nil {
+	if err := s.reg.Connected(nk, eps, s.clk.Now()); err != nil {
 		return status.Error(codes.PermissionDenied, "node is not registered (deleted?); join again with a token")
 	}
 	if tok := hello.GetKubernetesToken(); tok != "" {
@@ -326,7 +334,7 @@ func (s *Server) Connect(stream api.Control_ConnectServer) error {
 		s.m.streams.Add(-1)
 		s.signals.detach(nk, inbox)
 		sub.Close()
-		now := s.now()
+		now := s.clk.Now()
 		s.reg.Disconnected(nk, now)
 		s.saveLastSeen(nk, now)
 	}()
@@ -385,14 +393,19 @@ func (s *Server) Connect(stream api.Control_ConnectServer) error {
 	}()
 
 	// Relay tickets: one now, renewed at half their lifetime.
-	var renew <-chan time.Time
+	var renew clock.Timer
+	var renewC <-chan time.Time // nil without tickets: never ready
+	if s.cfg.TicketKey != nil {
+		renew = s.clk.NewTimer(s.cfg.TicketTTL / 2)
+		defer renew.Stop()
+		renewC = renew.C()
+	}
 	sendTicket := func() error {
 		if s.cfg.TicketKey == nil {
 			return nil
 		}
-		exp := s.now().Add(s.cfg.TicketTTL)
+		exp := s.clk.Now().Add(s.cfg.TicketTTL)
 		t := relay.SignTicket(s.cfg.TicketKey, relay.Ticket{Node: nk, Expires: exp})
-		renew = time.After(s.cfg.TicketTTL / 2)
 		return stream.Send(&api.ServerMessage{Msg: &api.ServerMessage_RelayTicket{RelayTicket: &api.RelayTicket{Ticket: t, ExpiresUnix: exp.Unix()}}})
 	}
 	if err := sendTicket(); err != nil {
@@ -406,7 +419,8 @@ func (s *Server) Connect(stream api.Control_ConnectServer) error {
 				return status.Error(codes.Aborted, errReplaced.Error())
 			}
 			return ctx.Err()
-		case <-renew:
+		case <-renewC:
+			renew.Reset(s.cfg.TicketTTL / 2)
 			if err := sendTicket(); err != nil {
 				return err
 			}
@@ -443,7 +457,7 @@ func (s *Server) Connect(stream api.Control_ConnectServer) error {
 			return err
 		}
 		if !u.Oldest.IsZero() {
-			s.m.fanout.Observe(s.now().Sub(u.Oldest).Seconds())
+			s.m.fanout.Observe(s.clk.Now().Sub(u.Oldest).Seconds())
 		}
 	}
 }
@@ -534,12 +548,12 @@ func (s *Server) recv(stream api.Control_ConnectServer) (*api.ClientMessage, err
 		m, err := stream.Recv()
 		ch <- result{m, err}
 	}()
-	t := time.NewTimer(s.cfg.AuthTimeout)
+	t := s.clk.NewTimer(s.cfg.AuthTimeout)
 	defer t.Stop()
 	select {
 	case r := <-ch:
 		return r.msg, r.err
-	case <-t.C:
+	case <-t.C():
 		return nil, status.Error(codes.DeadlineExceeded, "authentication timed out")
 	}
 }

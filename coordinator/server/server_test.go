@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"fmt"
 	"net"
 	"net/netip"
@@ -26,6 +27,8 @@ import (
 
 	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/coordinator/store"
+	"github.com/edgewire/edgewire/dataplane/relay"
+	"github.com/edgewire/edgewire/internal/clock"
 	"github.com/edgewire/edgewire/types/jointoken"
 	"github.com/edgewire/edgewire/types/key"
 )
@@ -70,35 +73,19 @@ const timeout = 5 * time.Second
 
 var t0 = time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 
-// clock is a settable Config.Now.
-type clock struct {
-	mu  sync.Mutex // guards now
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 type env struct {
 	srv     *Server
 	store   *store.Bolt
-	clock   *clock
+	clock   *clock.Fake // the server's; it moves only when a test moves it
 	conn    *grpc.ClientConn
 	control api.ControlClient
 	admin   api.AdminClient
 }
 
-// newEnv starts a Server on a real bbolt store and serves it in process
-// over bufconn. mod may adjust the config; opts are grpc server options.
+// newEnv starts a Server on a real bbolt store and a fake clock at t0 and
+// serves it in process over bufconn. Every change is published at once
+// (the interval is netmap's to test, and TestMapInterval's). mod may
+// adjust the config; opts are grpc server options.
 func newEnv(t *testing.T, mod func(*Config), opts ...grpc.ServerOption) *env {
 	t.Helper()
 	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "state.db"))
@@ -106,12 +93,13 @@ func newEnv(t *testing.T, mod func(*Config), opts ...grpc.ServerOption) *env {
 		t.Fatalf("OpenBolt: %v", err)
 	}
 	t.Cleanup(func() { st.Close() })
-	clk := &clock{now: t0}
+	clk := clock.NewFake(t0)
 	cfg := Config{
-		Store:    st,
-		Prefixes: []netip.Prefix{netip.MustParsePrefix("100.64.0.0/10")},
-		CAPin:    [32]byte{0xca},
-		Now:      clk.Now,
+		Store:       st,
+		Prefixes:    []netip.Prefix{netip.MustParsePrefix("100.64.0.0/10")},
+		CAPin:       [32]byte{0xca},
+		Clock:       clk,
+		MapInterval: -1,
 	}
 	if mod != nil {
 		mod(&cfg)
@@ -145,6 +133,19 @@ func serve(t *testing.T, srv *Server, opts ...grpc.ServerOption) *grpc.ClientCon
 	}
 	t.Cleanup(func() { cc.Close() })
 	return cc
+}
+
+// waitTimers waits until the server has n timers set on its clock: it
+// has reached the wait a test is about to cut short by moving time.
+func (e *env) waitTimers(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for e.clock.Timers() != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("got %d timers on the server's clock, want %d", e.clock.Timers(), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 func ctxT(t *testing.T) context.Context {
@@ -381,6 +382,24 @@ func (s *stream) next(t *testing.T) *api.NetworkMap {
 			return nm
 		case <-time.After(timeout):
 			t.Fatalf("no map within %s", timeout)
+		}
+	}
+}
+
+// ticket returns the next relay ticket, skipping maps.
+func (s *stream) ticket(t *testing.T) *api.RelayTicket {
+	t.Helper()
+	for {
+		select {
+		case m, ok := <-s.msgs:
+			if !ok {
+				t.Fatalf("stream ended while waiting for a ticket: %v", <-s.done)
+			}
+			if rt := m.GetRelayTicket(); rt != nil {
+				return rt
+			}
+		case <-time.After(timeout):
+			t.Fatalf("no ticket within %s", timeout)
 		}
 	}
 }
@@ -775,7 +794,7 @@ func TestNewConfig(t *testing.T) {
 }
 
 func TestConnectRefused(t *testing.T) {
-	e := newEnv(t, func(c *Config) { c.AuthTimeout = 300 * time.Millisecond })
+	e := newEnv(t, nil)
 	tok := e.createToken(t, &api.CreateTokenRequest{Reusable: true})
 	a := newAgent(t)
 	e.join(t, a, "a", tok)
@@ -863,6 +882,8 @@ func TestConnectRefused(t *testing.T) {
 			t.Errorf("got %v, want InvalidArgument", err)
 		}
 	})
+	// The authentication timeout runs on the server's clock: the
+	// tests wait until the server waits, then move time past it.
 	t.Run("silent client times out", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
@@ -870,6 +891,8 @@ func TestConnectRefused(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		e.waitTimers(t, 1)
+		e.clock.Advance(e.srv.cfg.AuthTimeout)
 		if _, err := c.Recv(); code(err) != codes.DeadlineExceeded {
 			t.Errorf("got %v, want DeadlineExceeded from the server's auth timeout", err)
 		}
@@ -887,6 +910,8 @@ func TestConnectRefused(t *testing.T) {
 		if m, err := c2.Recv(); err != nil || m.GetChallenge() == nil {
 			t.Fatalf("got %v, %v; want a challenge", m, err)
 		}
+		e.waitTimers(t, 1) // the wait for the proof
+		e.clock.Advance(e.srv.cfg.AuthTimeout)
 		if _, err := c2.Recv(); code(err) != codes.DeadlineExceeded {
 			t.Errorf("got %v, want DeadlineExceeded", err)
 		}
@@ -1092,6 +1117,80 @@ func TestConnectBurstArrivesComplete(t *testing.T) {
 	}
 	if m := sa.version; m != e.srv.Registry().Version() {
 		t.Errorf("got last version %d, want %d", m, e.srv.Registry().Version())
+	}
+}
+
+// The map's publication interval (MapInterval, plus MapIntervalPerStream
+// for every stream) runs on the server's clock: changes right after a
+// publication are held until the interval has passed and arrive
+// together; a change after an idle interval goes out at once.
+func TestMapInterval(t *testing.T) {
+	const interval, perStream = time.Second, time.Millisecond
+	e := newEnv(t, func(c *Config) { c.MapInterval, c.MapIntervalPerStream = interval, perStream })
+	tok := e.createToken(t, &api.CreateTokenRequest{Reusable: true})
+	a := newAgent(t)
+	e.join(t, a, "a", tok) // published at once: nothing was before
+	sa := e.connect(t, a)  // a online: held, the join was just published
+	if m := sa.next(t); !m.Full {
+		t.Fatal("first map: got a delta, want a full map")
+	}
+	// held moves the clock to a nanosecond before the held publication is
+	// due, checks that it is still pending, then moves the last nanosecond.
+	held := func(what string, wait time.Duration) {
+		t.Helper()
+		e.clock.Advance(wait - time.Nanosecond)
+		if n := e.clock.Timers(); n != 1 {
+			t.Fatalf("%s: got %d timers a nanosecond before the interval ends, want the publication's", what, n)
+		}
+		e.clock.Advance(time.Nanosecond)
+	}
+
+	e.join(t, newAgent(t), "b", tok)
+	held("b joined", interval) // scheduled before a's stream subscribed
+	m := sa.waitFor(t, "b", func(m *api.NetworkMap) bool { return peerByName(m, "b") != nil })
+	if m.Full || !peerByName(m, "a").GetOnline() {
+		t.Errorf("got full=%v, a online=%v; want a delta with a online and b (held together)", m.Full, peerByName(m, "a").GetOnline())
+	}
+
+	e.join(t, newAgent(t), "c", tok)
+	held("c joined", interval+perStream) // one stream now
+	sa.waitFor(t, "c", func(m *api.NetworkMap) bool { return peerByName(m, "c") != nil })
+
+	e.clock.Advance(2 * interval)
+	e.join(t, newAgent(t), "d", tok)
+	sa.waitFor(t, "d, at once", func(m *api.NetworkMap) bool { return peerByName(m, "d") != nil })
+}
+
+// Relay tickets are renewed at half their lifetime on the server's
+// clock, each valid for a whole lifetime from when it was signed.
+func TestTicketRenewal(t *testing.T) {
+	pub, priv, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const ttl = 10 * time.Minute
+	e := newEnv(t, func(c *Config) { c.TicketKey, c.TicketTTL = priv, ttl })
+	tok := e.createToken(t, &api.CreateTokenRequest{Reusable: true})
+	a := newAgent(t)
+	e.join(t, a, "a", tok)
+	sa := e.connect(t, a)
+	for i := range 3 {
+		if i > 0 {
+			e.clock.Advance(ttl/2 - time.Nanosecond)
+			if n := e.clock.Timers(); n != 1 {
+				t.Fatalf("renewal %d: got %d timers a nanosecond before it is due, want the renewal's", i, n)
+			}
+			e.clock.Advance(time.Nanosecond)
+		}
+		rt := sa.ticket(t)
+		want := t0.Add(time.Duration(i) * ttl / 2).Add(ttl)
+		tk, err := relay.VerifyTicket(pub, rt.GetTicket(), e.clock.Now())
+		if err != nil {
+			t.Fatalf("ticket %d: %v", i, err)
+		}
+		if tk.Node != a.pub || !tk.Expires.Equal(want) || rt.GetExpiresUnix() != want.Unix() {
+			t.Errorf("ticket %d: got node %v expiring %v (announced %d), want %v expiring %v", i, tk.Node, tk.Expires.UTC(), rt.GetExpiresUnix(), a.pub, want)
+		}
 	}
 }
 

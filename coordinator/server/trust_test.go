@@ -20,6 +20,7 @@ import (
 
 	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/dataplane/relay"
+	"github.com/edgewire/edgewire/internal/clock"
 	"github.com/edgewire/edgewire/internal/routeguard"
 	"github.com/edgewire/edgewire/types/key"
 )
@@ -340,8 +341,8 @@ func TestOneStreamPerKey(t *testing.T) {
 // TestFailureLimit: guessing token secrets (or probing token IDs) from
 // one address runs into a limit; a well-behaved token is unaffected.
 func TestFailureLimit(t *testing.T) {
-	now := time.Unix(1e9, 0)
-	l := newFailureLimiter(1, 5, func() time.Time { return now })
+	clk := clock.NewFake(time.Unix(1e9, 0))
+	l := newFailureLimiter(1, 5, clk)
 	for i := range 5 {
 		if !l.allow("198.51.100.7") {
 			t.Fatalf("attempt %d refused, want allowed within the burst", i)
@@ -354,7 +355,7 @@ func TestFailureLimit(t *testing.T) {
 	if !l.allow("198.51.100.8", "token other") {
 		t.Error("another source and token refused, want allowed")
 	}
-	now = now.Add(2 * time.Second)
+	clk.Advance(2 * time.Second)
 	if !l.allow("198.51.100.7") {
 		t.Error("refused after the bucket refilled, want allowed")
 	}
