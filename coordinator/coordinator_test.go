@@ -15,7 +15,7 @@ import (
 
 	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/coordinator/svcsource"
-	"github.com/edgewire/edgewire/internal/rungroup/leaktest"
+	"github.com/edgewire/edgewire/internal/leaktest"
 )
 
 const timeout = 10 * time.Second

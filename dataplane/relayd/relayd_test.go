@@ -15,7 +15,7 @@ import (
 	"github.com/pion/stun/v4"
 
 	"github.com/edgewire/edgewire/dataplane/relay"
-	"github.com/edgewire/edgewire/internal/rungroup/leaktest"
+	"github.com/edgewire/edgewire/internal/leaktest"
 	"github.com/edgewire/edgewire/types/key"
 )
 
