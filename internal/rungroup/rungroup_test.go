@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgewire/edgewire/internal/rungroup/leaktest"
+	"github.com/edgewire/edgewire/internal/leaktest"
 )
 
 const timeout = 5 * time.Second
