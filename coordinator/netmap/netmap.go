@@ -240,7 +240,8 @@ func (r *Registry) Services() int {
 }
 
 // protoLocked returns the Service's map entry, converting it on first
-// use: once per change, however many streams it goes to.
+// use: once per change, however many streams it goes to. Registry.mu is
+// held.
 func (se *svcEntry) protoLocked() *api.Service {
 	if se.pb == nil {
 		se.pb = services.ToProto(se.svc)
