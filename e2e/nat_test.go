@@ -167,6 +167,26 @@ func pingEventually(from *cluster.Agent, to netip.Addr, count int) error {
 	})
 }
 
+// wgPeerState is x's WireGuard view of y (endpoint, last handshake,
+// bytes in and out), read with the stock wg tool, for a failed ping's
+// message: it tells a path that drops everything from a session that one
+// side cannot decrypt.
+func wgPeerState(x, y *natNode) string {
+	peers, err := x.agent.WGShow()
+	if err != nil {
+		return fmt.Sprintf("%s's view of %s: %v", x.name, y.name, err)
+	}
+	p, ok := peers[y.key]
+	if !ok {
+		return fmt.Sprintf("%s's view of %s: no such peer", x.name, y.name)
+	}
+	hs := "never"
+	if !p.LastHandshake.IsZero() {
+		hs = time.Since(p.LastHandshake).Round(time.Second).String() + " ago"
+	}
+	return fmt.Sprintf("%s's view of %s: endpoint %s, handshake %s, rx %d B, tx %d B", x.name, y.name, p.Endpoint, hs, p.Rx, p.Tx)
+}
+
 // pingAll runs every ping at once and returns one error per failed ping.
 func pingAll(pings []nodePair, count int) []error {
 	var (
@@ -176,9 +196,12 @@ func pingAll(pings []nodePair, count int) []error {
 	)
 	for _, p := range pings {
 		wg.Go(func() {
+			before := []string{wgPeerState(p.a, p.b), wgPeerState(p.b, p.a)}
 			if err := pingEventually(p.a.agent, p.b.overlay, count); err != nil {
+				err = fmt.Errorf("ping %s -> %s (%s): %w\n\tbefore: %s\n\t        %s\n\tafter:  %s\n\t        %s",
+					p.a.name, p.b.name, p.b.overlay, err, before[0], before[1], wgPeerState(p.a, p.b), wgPeerState(p.b, p.a))
 				mu.Lock()
-				errs = append(errs, fmt.Errorf("ping %s -> %s (%s): %w", p.a.name, p.b.name, p.b.overlay, err))
+				errs = append(errs, err)
 				mu.Unlock()
 			}
 		})
