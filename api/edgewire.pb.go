@@ -1324,11 +1324,14 @@ func (x *ServicePort) GetPort() uint32 {
 }
 
 type ServiceEndpoint struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Addresses     []string               `protobuf:"bytes,1,rep,name=addresses,proto3" json:"addresses,omitempty"`
-	Hostname      string                 `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
-	NodeName      string                 `protobuf:"bytes,3,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
-	Ports         map[string]uint32      `protobuf:"bytes,4,rep,name=ports,proto3" json:"ports,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"` // target port by service port name
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Addresses []string               `protobuf:"bytes,1,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	Hostname  string                 `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	NodeName  string                 `protobuf:"bytes,3,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
+	Ports     map[string]uint32      `protobuf:"bytes,4,rep,name=ports,proto3" json:"ports,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"` // target port by service port name
+	// The address is one of its node's own addresses (a hostNetwork pod or
+	// a host service): reached through that node's overlay address.
+	HostNetwork   bool `protobuf:"varint,5,opt,name=host_network,json=hostNetwork,proto3" json:"host_network,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1389,6 +1392,13 @@ func (x *ServiceEndpoint) GetPorts() map[string]uint32 {
 		return x.Ports
 	}
 	return nil
+}
+
+func (x *ServiceEndpoint) GetHostNetwork() bool {
+	if x != nil {
+		return x.HostNetwork
+	}
+	return false
 }
 
 // RelayRegion is one relay agents may use. An empty host means the host
@@ -1548,8 +1558,9 @@ type Node struct {
 	Tags           []string               `protobuf:"bytes,9,rep,name=tags,proto3" json:"tags,omitempty"`
 	// ListNodes only: routes the node advertised that are not approved.
 	PendingRoutes []string `protobuf:"bytes,10,rep,name=pending_routes,json=pendingRoutes,proto3" json:"pending_routes,omitempty"`
-	// ListNodes only: the Kubernetes Node this node is verified to be (its
-	// pod CIDRs become routes of this node), empty if none.
+	// The Kubernetes Node this node is verified to be (its pod CIDRs become
+	// routes of this node), empty if none. Agents match Service endpoints'
+	// node names against it.
 	KubernetesNode string `protobuf:"bytes,11,opt,name=kubernetes_node,json=kubernetesNode,proto3" json:"kubernetes_node,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
@@ -2452,12 +2463,13 @@ const file_edgewire_proto_rawDesc = "" +
 	"\vServicePort\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bprotocol\x18\x02 \x01(\tR\bprotocol\x12\x12\n" +
-	"\x04port\x18\x03 \x01(\rR\x04port\"\xe1\x01\n" +
+	"\x04port\x18\x03 \x01(\rR\x04port\"\x84\x02\n" +
 	"\x0fServiceEndpoint\x12\x1c\n" +
 	"\taddresses\x18\x01 \x03(\tR\taddresses\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x1b\n" +
 	"\tnode_name\x18\x03 \x01(\tR\bnodeName\x12=\n" +
-	"\x05ports\x18\x04 \x03(\v2'.edgewire.v1.ServiceEndpoint.PortsEntryR\x05ports\x1a8\n" +
+	"\x05ports\x18\x04 \x03(\v2'.edgewire.v1.ServiceEndpoint.PortsEntryR\x05ports\x12!\n" +
+	"\fhost_network\x18\x05 \x01(\bR\vhostNetwork\x1a8\n" +
 	"\n" +
 	"PortsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +

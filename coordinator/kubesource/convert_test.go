@@ -57,6 +57,7 @@ func TestConvert(t *testing.T) {
 		name    string
 		svc     *corev1.Service
 		slices  []*discoveryv1.EndpointSlice
+		host    func(node string, a netip.Addr) bool
 		want    *services.Service
 		refused string // in Convert's error; "": converts
 	}{
@@ -76,6 +77,32 @@ func TestConvert(t *testing.T) {
 				Endpoints: []services.Endpoint{
 					{Addresses: addrs("10.244.1.5"), NodeName: "edge-1", Ports: http},
 					{Addresses: addrs("10.244.2.5"), NodeName: "edge-2", Ports: http},
+				}},
+		},
+		{
+			// Every site's default bridge hands out 172.17.0.2, and every
+			// site's LAN may number its host 192.168.1.10: one endpoint per
+			// node, never one for all.
+			name: "the same address on two nodes is two endpoints; a node's own address is hostNetwork",
+			svc:  kubeService(nil),
+			slices: []*discoveryv1.EndpointSlice{
+				slice(discoveryv1.AddressTypeIPv4, 8080,
+					endpoint(true, "edge-2", "172.17.0.2"),
+					endpoint(true, "edge-1", "172.17.0.2"),
+					endpoint(true, "edge-2", "192.168.1.10"),
+					endpoint(true, "edge-1", "192.168.1.10"),
+					endpoint(true, "edge-1", "172.17.0.2")),
+			},
+			host: func(node string, a netip.Addr) bool {
+				return a == netip.MustParseAddr("192.168.1.10") && node == "edge-2"
+			},
+			want: &services.Service{Namespace: "demo", Name: "web", ClusterIPs: addrs("10.96.0.10"),
+				Ports: []services.Port{{Name: "http", Protocol: services.TCP, Port: 80}},
+				Endpoints: []services.Endpoint{
+					{Addresses: addrs("172.17.0.2"), NodeName: "edge-1", Ports: http},
+					{Addresses: addrs("172.17.0.2"), NodeName: "edge-2", Ports: http},
+					{Addresses: addrs("192.168.1.10"), NodeName: "edge-1", Ports: http},
+					{Addresses: addrs("192.168.1.10"), NodeName: "edge-2", Ports: http, HostNetwork: true},
 				}},
 		},
 		{
@@ -108,7 +135,7 @@ func TestConvert(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := Convert(tt.svc, tt.slices)
+			got, err := Convert(tt.svc, tt.slices, tt.host)
 			if tt.refused != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.refused) {
 					t.Fatalf("got %v, want an error saying %q", err, tt.refused)
@@ -136,11 +163,11 @@ func TestConvertStable(t *testing.T) {
 	b.Name = "web-2"
 	c := slice(discoveryv1.AddressTypeIPv4, 8080, endpoint(true, "edge-1", "10.244.1.5"))
 	c.Name = "web-3"
-	one, err := Convert(kubeService(nil), []*discoveryv1.EndpointSlice{a, b, c})
+	one, err := Convert(kubeService(nil), []*discoveryv1.EndpointSlice{a, b, c}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	two, err := Convert(kubeService(nil), []*discoveryv1.EndpointSlice{c, b, a})
+	two, err := Convert(kubeService(nil), []*discoveryv1.EndpointSlice{c, b, a}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -195,15 +195,34 @@ func (s *Source) Run(ctx context.Context, sink svcsource.Sink) error {
 			s.log.Error("refusing pod CIDRs", "err", err)
 		}
 	}
+	// A Node whose addresses change may turn its endpoints into
+	// hostNetwork ones or back: every Service is looked at again (rare).
+	remarkAll := func() {
+		all, err := svcInf.Lister().List(labels.Everything())
+		if err != nil {
+			return
+		}
+		for _, svc := range all {
+			mark(svc.Namespace + "/" + svc.Name)
+		}
+	}
 	if _, err := nodeInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    nodeHandler,
-		UpdateFunc: func(_, n any) { nodeHandler(n) },
+		AddFunc: func(obj any) { nodeHandler(obj); remarkAll() },
+		UpdateFunc: func(o, n any) {
+			nodeHandler(n)
+			on, ok1 := o.(*corev1.Node)
+			nn, ok2 := n.(*corev1.Node)
+			if ok1 && ok2 && !slices.Equal(nodeAddrs(on), nodeAddrs(nn)) {
+				remarkAll()
+			}
+		},
 		DeleteFunc: func(obj any) {
 			if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 				obj = d.Obj
 			}
 			if n, ok := obj.(*corev1.Node); ok {
 				sink.DeleteKubeNode(n.Name)
+				remarkAll()
 			}
 		},
 	}); err != nil {
@@ -227,8 +246,12 @@ func (s *Source) Run(ctx context.Context, sink svcsource.Sink) error {
 		keys := pending
 		pending = map[string]bool{}
 		mu.Unlock()
+		hostAddr := func(node string, a netip.Addr) bool {
+			n, err := nodeInf.Lister().Get(node)
+			return err == nil && slices.Contains(nodeAddrs(n), a)
+		}
 		for key := range keys {
-			s.sync(key, svcInf.Lister(), epsInf.Lister(), sink)
+			s.sync(key, svcInf.Lister(), epsInf.Lister(), hostAddr, sink)
 		}
 	}
 }
@@ -252,7 +275,7 @@ func (s *Source) podCIDRs(n *corev1.Node) []netip.Prefix {
 
 // sync rebuilds one Service from the listers, validates it and hands it
 // to the sink; an invalid one is logged and withdrawn, never half-shipped.
-func (s *Source) sync(key string, svcs corelisters.ServiceLister, slices discoverylisters.EndpointSliceLister, sink svcsource.Sink) {
+func (s *Source) sync(key string, svcs corelisters.ServiceLister, slices discoverylisters.EndpointSliceLister, hostAddr func(string, netip.Addr) bool, sink svcsource.Sink) {
 	ns, name, _ := services.SplitKey(key)
 	svc, err := svcs.Services(ns).Get(name)
 	if err != nil {
@@ -269,7 +292,7 @@ func (s *Source) sync(key string, svcs corelisters.ServiceLister, slices discove
 		s.log.Warn("list endpoint slices", "service", key, "err", err)
 		return
 	}
-	out, err := Convert(svc, list)
+	out, err := Convert(svc, list, hostAddr)
 	if err == nil {
 		err = out.Validate()
 	}
@@ -281,13 +304,31 @@ func (s *Source) sync(key string, svcs corelisters.ServiceLister, slices discove
 	sink.SetService(out)
 }
 
+// nodeAddrs is a Node's own addresses (InternalIP, ExternalIP), sorted.
+func nodeAddrs(n *corev1.Node) []netip.Addr {
+	var out []netip.Addr
+	for _, na := range n.Status.Addresses {
+		if na.Type != corev1.NodeInternalIP && na.Type != corev1.NodeExternalIP {
+			continue
+		}
+		if a, err := netip.ParseAddr(na.Address); err == nil && !slices.Contains(out, a.Unmap()) {
+			out = append(out, a.Unmap())
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out
+}
+
 // Convert builds the Service the map carries from a Kubernetes Service
-// and its EndpointSlices: ready endpoints only, each address once, in
-// address order so that an unchanged Service converts to an equal one
-// (the lister returns slices in no particular order). It refuses what
-// does not fit the domain types (addresses that do not parse, ports out
-// of range); the caller validates the rest.
-func Convert(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) (*services.Service, error) {
+// and its EndpointSlices: ready endpoints only, each address once per
+// node (every site's default bridge may hand out the same address), in
+// address and node order so that an unchanged Service converts to an
+// equal one (the lister returns slices in no particular order). An
+// endpoint whose address is one of its node's own (hostAddr, which may be
+// nil) is marked HostNetwork. It refuses what does not fit the domain
+// types (addresses that do not parse, ports out of range); the caller
+// validates the rest.
+func Convert(svc *corev1.Service, slices []*discoveryv1.EndpointSlice, hostAddr func(node string, a netip.Addr) bool) (*services.Service, error) {
 	out := &services.Service{Namespace: svc.Namespace, Name: svc.Name}
 	for _, ip := range svc.Spec.ClusterIPs {
 		if ip == "" || ip == corev1.ClusterIPNone {
@@ -315,7 +356,11 @@ func Convert(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) (*service
 			out.AffinityTimeout = time.Duration(secs) * time.Second
 		}
 	}
-	seen := map[netip.Addr]bool{}
+	type seenKey struct {
+		addr netip.Addr
+		node string
+	}
+	seen := map[seenKey]bool{}
 	for _, sl := range slices {
 		if sl.AddressType != discoveryv1.AddressTypeIPv4 && sl.AddressType != discoveryv1.AddressTypeIPv6 {
 			continue
@@ -346,20 +391,25 @@ func Convert(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) (*service
 				}
 				e.Addresses = append(e.Addresses, addr)
 			}
-			if len(e.Addresses) == 0 || seen[e.Addresses[0]] {
+			if len(e.Addresses) == 0 {
 				continue
-			}
-			seen[e.Addresses[0]] = true
-			if ep.Hostname != nil {
-				e.Hostname = *ep.Hostname
 			}
 			if ep.NodeName != nil {
 				e.NodeName = *ep.NodeName
 			}
+			if k := (seenKey{e.Addresses[0], e.NodeName}); seen[k] {
+				continue
+			} else {
+				seen[k] = true
+			}
+			if ep.Hostname != nil {
+				e.Hostname = *ep.Hostname
+			}
+			e.HostNetwork = e.NodeName != "" && hostAddr != nil && hostAddr(e.NodeName, e.Addresses[0].Unmap())
 			out.Endpoints = append(out.Endpoints, e)
 		}
 	}
-	sort.Slice(out.Endpoints, func(i, j int) bool { return out.Endpoints[i].Addresses[0].Less(out.Endpoints[j].Addresses[0]) })
+	sort.Slice(out.Endpoints, func(i, j int) bool { return out.Endpoints[i].Less(&out.Endpoints[j]) })
 	return out, nil
 }
 

@@ -491,7 +491,6 @@ func (r *Registry) Nodes() []*api.Node {
 		if !e.lastSeen.IsZero() {
 			pb.LastSeenUnixMs = e.lastSeen.UnixMilli()
 		}
-		pb.KubernetesNode = e.node.KubeNode
 		for _, p := range e.node.AdvertisedRoutes {
 			if !slices.Contains(e.node.Routes, p) {
 				pb.PendingRoutes = append(pb.PendingRoutes, p.String())
@@ -569,6 +568,8 @@ func (r *Registry) protoLocked(e *entry) *api.Node {
 		Name:      n.Name,
 		Online:    e.conns > 0,
 		Tags:      n.Tags,
+		// Agents match Service endpoints to nodes by it.
+		KubernetesNode: n.KubeNode,
 	}
 	for _, a := range n.Addresses {
 		pb.Addresses = append(pb.Addresses, a.String())

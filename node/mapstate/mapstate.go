@@ -28,6 +28,7 @@ var ErrGap = errors.New("network map version gap")
 type Peer struct {
 	Key       key.Public
 	Name      string
+	KubeNode  string // the Kubernetes Node it is verified to be, "" if none
 	Addresses []netip.Addr
 	Routes    []netip.Prefix
 	Endpoints []netip.AddrPort
@@ -39,6 +40,7 @@ type Peer struct {
 type Self struct {
 	Key       key.Public
 	Name      string
+	KubeNode  string // the Kubernetes Node it is verified to be, "" if none
 	Addresses []netip.Addr
 	Routes    []netip.Prefix
 }
@@ -138,7 +140,7 @@ func (s *State) Apply(m *api.NetworkMap) error {
 		if err != nil {
 			return fmt.Errorf("self: %w", err)
 		}
-		next.Self = Self{Key: p.Key, Name: p.Name, Addresses: p.Addresses, Routes: p.Routes}
+		next.Self = Self{Key: p.Key, Name: p.Name, KubeNode: p.KubeNode, Addresses: p.Addresses, Routes: p.Routes}
 		// Self is never a peer, even if it was listed as one before.
 		delete(next.Peers, next.Self.Key)
 	}
@@ -194,6 +196,7 @@ func parseNode(n *api.Node) (Peer, error) {
 	}
 	p.Key = key.Public(n.GetPublicKey())
 	p.Name = n.GetName()
+	p.KubeNode = n.GetKubernetesNode()
 	p.Online = n.GetOnline()
 	p.LastSeen = n.GetLastSeenUnixMs()
 	for _, a := range n.GetAddresses() {
@@ -237,7 +240,7 @@ func (s *State) SortedPeers() []Peer {
 
 // Marshal encodes the state as a full NetworkMap.
 func (s *State) Marshal() ([]byte, error) {
-	m := &api.NetworkMap{Version: s.Version, Full: true, Self: &api.Node{PublicKey: s.Self.Key[:], Name: s.Self.Name},
+	m := &api.NetworkMap{Version: s.Version, Full: true, Self: &api.Node{PublicKey: s.Self.Key[:], Name: s.Self.Name, KubernetesNode: s.Self.KubeNode},
 		RelayRevocations: s.RelayRevocations}
 	for _, a := range s.Self.Addresses {
 		m.Self.Addresses = append(m.Self.Addresses, a.String())
@@ -264,7 +267,7 @@ func (s *State) Marshal() ([]byte, error) {
 			Key: r.Key[:], StunPort: uint32(r.STUNPort)})
 	}
 	for _, p := range s.SortedPeers() {
-		n := &api.Node{PublicKey: p.Key[:], Name: p.Name, Online: p.Online, LastSeenUnixMs: p.LastSeen}
+		n := &api.Node{PublicKey: p.Key[:], Name: p.Name, KubernetesNode: p.KubeNode, Online: p.Online, LastSeenUnixMs: p.LastSeen}
 		for _, a := range p.Addresses {
 			n.Addresses = append(n.Addresses, a.String())
 		}

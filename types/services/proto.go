@@ -34,7 +34,7 @@ func FromProto(p *api.Service) (*Service, error) {
 		s.Ports = append(s.Ports, Port{Name: pp.GetName(), Protocol: Protocol(pp.GetProtocol()), Port: uint16(pp.GetPort())})
 	}
 	for _, pe := range p.GetEndpoints() {
-		e := Endpoint{Hostname: pe.GetHostname(), NodeName: pe.GetNodeName(), Ports: map[string]uint16{}}
+		e := Endpoint{Hostname: pe.GetHostname(), NodeName: pe.GetNodeName(), HostNetwork: pe.GetHostNetwork(), Ports: map[string]uint16{}}
 		for _, a := range pe.GetAddresses() {
 			addr, err := netip.ParseAddr(a)
 			if err != nil {
@@ -69,9 +69,9 @@ func ToProto(s *Service) *api.Service {
 		p.Ports = append(p.Ports, &api.ServicePort{Name: pp.Name, Protocol: string(pp.Protocol), Port: uint32(pp.Port)})
 	}
 	eps := append([]Endpoint(nil), s.Endpoints...)
-	sort.SliceStable(eps, func(i, j int) bool { return eps[i].Addresses[0].Less(eps[j].Addresses[0]) })
+	sort.SliceStable(eps, func(i, j int) bool { return eps[i].Less(&eps[j]) })
 	for _, e := range eps {
-		pe := &api.ServiceEndpoint{Hostname: e.Hostname, NodeName: e.NodeName, Ports: map[string]uint32{}}
+		pe := &api.ServiceEndpoint{Hostname: e.Hostname, NodeName: e.NodeName, HostNetwork: e.HostNetwork, Ports: map[string]uint32{}}
 		for _, a := range e.Addresses {
 			pe.Addresses = append(pe.Addresses, a.String())
 		}

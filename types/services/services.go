@@ -31,8 +31,22 @@ type Port struct {
 type Endpoint struct {
 	Addresses []netip.Addr
 	Hostname  string            // for headless Services: <hostname>.<svc>.<ns>.svc.<domain>
-	NodeName  string            //
+	NodeName  string            // the Kubernetes Node it runs on, "" if not known
 	Ports     map[string]uint16 // target port by Service port name ("" for unnamed)
+	// HostNetwork: the address is one of its node's own addresses (a
+	// hostNetwork pod or a host service), which may be the same LAN
+	// address on every site; it is reached through that node.
+	HostNetwork bool
+}
+
+// Less orders endpoints by first address, then node name: the map
+// carries them in this order, and two nodes' endpoints may share an
+// address (every site's default bridge hands out 172.17.0.2).
+func (e *Endpoint) Less(o *Endpoint) bool {
+	if c := e.Addresses[0].Compare(o.Addresses[0]); c != 0 {
+		return c < 0
+	}
+	return e.NodeName < o.NodeName
 }
 
 // Service is a Kubernetes Service with its ready endpoints.
