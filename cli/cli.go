@@ -86,7 +86,7 @@ func newRoot(g *globals) *cobra.Command {
 	pf.StringVar(&g.caFile, "ca-file", "", "coordinator CA certificate (<data-dir>/pki/ca.crt)")
 	pf.StringVar(&g.serverName, "coordinator-server-name", jointoken.ServerName, "TLS name of the coordinator")
 
-	root.AddCommand(statusCmd(g), pingCmd(g), netcheckCmd(g), tokenCmd(g), nodesCmd(g))
+	root.AddCommand(statusCmd(g), servicesCmd(g), pingCmd(g), netcheckCmd(g), tokenCmd(g), nodesCmd(g))
 	return root
 }
 

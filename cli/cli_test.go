@@ -213,6 +213,21 @@ func (fakeAgent) Netcheck(context.Context) (localapi.Netcheck, error) {
 	}, nil
 }
 
+func (fakeAgent) Services() (localapi.Services, error) {
+	return localapi.Services{
+		Endpoints: []localapi.ServiceEndpoint{
+			{Service: "demo/web", Address: "10.244.1.7", NodeName: "edge-1", Via: "edge-1", Path: "l3", Target: "10.244.1.7", Why: "its node routes the address"},
+			{Service: "demo/web", Address: "172.17.0.2", NodeName: "edge-2", Via: "edge-2", Path: "forward", Target: "100.64.0.8",
+				Why: "address not routable over the overlay: forwarded by its node's agent"},
+			{Service: "demo/web", Address: "172.17.0.2", NodeName: "edge-3", Via: "edge-3", Path: "local", Target: "172.17.0.2", Why: "on this node"},
+			{Service: "kube-system/node-exporter", Address: "192.168.1.10", NodeName: "edge-2", Via: "edge-2", Path: "host", Target: "100.64.0.8",
+				Why: "hostNetwork: through its node's overlay address"},
+			{Service: "demo/ghost", Address: "10.9.0.4", NodeName: "cloud-9", Path: "none", Why: "node cloud-9 is not in the overlay and no node routes 10.9.0.4"},
+		},
+		Forward: localapi.ForwardStats{Ports: 2, Out: 17, OutFailed: 1, In: 4},
+	}, nil
+}
+
 // serveAgent serves b's local API on a unix socket in dir until the test
 // ends and returns the socket's path once it answers.
 func serveAgent(t *testing.T, dir string, b localapi.Backend) string {
@@ -298,6 +313,8 @@ func TestGolden(t *testing.T) {
 		{"nodes_routes_withdraw", []string{"nodes", "routes", "withdraw", "alpha", "10.42.0.0/24"}},
 		{"status", []string{"status"}},
 		{"status_json", []string{"status", "-o", "json"}},
+		{"services", []string{"services"}},
+		{"services_json", []string{"services", "-o", "json"}},
 		{"ping", []string{"ping", "-c", "2", "-i", "10ms", "db"}},
 		{"ping_relay_json", []string{"ping", "-c", "1", "cam-7", "-o", "json"}},
 		{"netcheck", []string{"netcheck"}},

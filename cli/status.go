@@ -167,3 +167,43 @@ func netcheckCmd(g *globals) *cobra.Command {
 		},
 	}
 }
+
+func servicesCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "services",
+		Short: "Show how this node reaches each Service endpoint, and why",
+		Long: `Show how this node reaches each Service endpoint:
+  local    on this node
+  l3       its node routes the address over the overlay (pod CIDR, route)
+  host     a hostNetwork endpoint, through its node's overlay address
+  forward  an address the overlay cannot route (a runtime's default bridge):
+           its node's agent takes the connection and connects locally
+  address  no node name: the address as given
+  none     left out, with the reason`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, cancel := callContext()
+			defer cancel()
+			sv, err := localapi.Client{Socket: g.agentSocket}.Services(c)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if g.output == "json" {
+				return printJSON(out, sv)
+			}
+			tw := table(out)
+			fmt.Fprintln(tw, "SERVICE\tENDPOINT\tNODE\tPATH\tTARGET\tWHY")
+			for _, e := range sv.Endpoints {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.Service, e.Address, orDash(e.NodeName), e.Path, orDash(e.Target), e.Why)
+			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			f := sv.Forward
+			_, err = fmt.Fprintf(out, "forwarded: %d out (%d failed) on %d ports, %d in (%d refused, %d unanswered)\n",
+				f.Out, f.OutFailed, f.Ports, f.In, f.InRefused, f.InNoAnswer)
+			return err
+		},
+	}
+}

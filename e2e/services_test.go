@@ -31,6 +31,7 @@ import (
 	"github.com/edgewire/edgewire/e2e/cluster"
 	"github.com/edgewire/edgewire/e2e/kube"
 	"github.com/edgewire/edgewire/e2e/lab"
+	"github.com/edgewire/edgewire/node/localapi"
 )
 
 // The Services lab: names and addresses the test and its helpers share.
@@ -50,6 +51,8 @@ var (
 	webIP   = netip.MustParseAddr("10.96.0.50")
 	ghostIP = netip.MustParseAddr("10.96.0.51")
 	sctpIP  = netip.MustParseAddr("10.96.0.52")
+	// ghostPortal is how `nft list` shows ghost's port in a set or map.
+	ghostPortal = fmt.Sprintf("%s . tcp . 80", ghostIP)
 	// Pod CIDRs by node, set on the Kubernetes Node objects.
 	podCIDRs = map[string]netip.Prefix{
 		"a": netip.MustParsePrefix("10.244.1.0/24"),
@@ -378,8 +381,11 @@ func TestServices(t *testing.T) {
 			t.Error(err)
 		}
 
-		// An endpoint on a node the mesh does not know: the Service is
-		// still a Service (kube-proxy would program it too).
+		// An endpoint on a node the mesh does not know, at an address no
+		// node routes: left out (counted, shown by `edgewire services`),
+		// so the ClusterIP is refused at once instead of DNATed to an
+		// address that reaches nobody (or a local pod that has it). The
+		// Service is still a Service: its name resolves.
 		mustKube(t, "create service ghost", func() error {
 			_, err := cs.CoreV1().Services(svcNS).Create(ctx, &corev1.Service{
 				ObjectMeta: metav1.ObjectMeta{Name: "ghost"},
@@ -408,14 +414,19 @@ func TestServices(t *testing.T) {
 				if rules, err = svcRules(n.host); err != nil {
 					return err
 				}
-				if !strings.Contains(rules, portalNeedle(ghostIP, "tcp", 80)) {
-					return fmt.Errorf("Service ghost has no portal for %s in the services map:\n%s", ghostIP, grepLines(rules, " : goto svc-"))
+				if !strings.Contains(rules, ghostPortal) || strings.Contains(rules, portalNeedle(ghostIP, "tcp", 80)) {
+					return fmt.Errorf("Service ghost's portal %s is not (only) in the no-endpoints set:\n%s", ghostIP, grepLines(rules, ghostIP.String()))
 				}
 				return nil
 			})
 			if err != nil {
 				t.Errorf("%s: %v", n.name, err)
 				continue
+			}
+			if sv, err := n.agent.Services(); err != nil {
+				t.Errorf("%s: edgewire services: %v", n.name, err)
+			} else if e := findEndpoint(sv, svcNS+"/ghost", "10.244.9.2"); e == nil || e.Path != "none" || !strings.Contains(e.Why, "nosuchnode") {
+				t.Errorf("%s: edgewire services shows ghost's endpoint as %+v, want path none naming its node", n.name, e)
 			}
 			// ghost came after sctp: sctp's refusal has reached this node.
 			if ans, rc, err := dnsA(n.host, "sctp."+svcNS+"."+svcDomain); err != nil || rc != dns.RcodeNameError {
@@ -547,8 +558,9 @@ func TestServices(t *testing.T) {
 				if lines := grepLines(rules, needles...); lines != "" {
 					return fmt.Errorf("rules of web remain:\n%s", lines)
 				}
-				// The check is not vacuous: ghost's rules are still there.
-				if !strings.Contains(rules, portalNeedle(ghostIP, "tcp", 80)) {
+				// The check is not vacuous: ghost's portal (in the
+				// no-endpoints set) is still there.
+				if !strings.Contains(rules, ghostPortal) {
 					return fmt.Errorf("ghost's portal went too:\n%s", rules)
 				}
 				return nil
@@ -569,8 +581,8 @@ func TestServices(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !strings.Contains(rules, "chain svc-") {
-			t.Fatalf("a has no Service chains before SIGTERM; the check below would be vacuous:\n%s", rules)
+		if !strings.Contains(rules, ghostPortal) {
+			t.Fatalf("a has no Service rules before SIGTERM; the check below would be vacuous:\n%s", rules)
 		}
 		if err := a.agent.Proc.Stop(40 * time.Second); err != nil {
 			t.Errorf("agent a after SIGTERM: exit %v, want a clean exit", err)
@@ -1119,4 +1131,15 @@ edgewire_relay_bytes_received_total 1.5e+06
 			t.Errorf("metricSum(%s, %q): got %v %v, want %v %v", tc.name, tc.label, got, ok, tc.want, tc.wantOK)
 		}
 	}
+}
+
+// findEndpoint returns the entry of `edgewire services` for service's
+// endpoint at addr (the first, if two nodes share the address), or nil.
+func findEndpoint(sv localapi.Services, service, addr string) *localapi.ServiceEndpoint {
+	for i, e := range sv.Endpoints {
+		if e.Service == service && e.Address == addr {
+			return &sv.Endpoints[i]
+		}
+	}
+	return nil
 }

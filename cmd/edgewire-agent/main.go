@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -39,6 +41,7 @@ func main() {
 		routes              []string
 		dnsAddr, socksAddr  string
 		services            string
+		forwardPorts        string
 		logLevel, logFormat string
 		memLimitMiB         int64
 	)
@@ -100,6 +103,9 @@ func main() {
 				}
 			}
 			cfg.Services = svcproxy.Mode(services)
+			if cfg.ForwardFirstPort, cfg.ForwardLastPort, err = parsePortRange(forwardPorts); err != nil {
+				return fmt.Errorf("--service-forward-ports: %w", err)
+			}
 			cfg.MemoryLimit = memLimitMiB << 20
 			cfg.Logger = log
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -118,6 +124,8 @@ func main() {
 	rf.StringVar(&cfg.MeshDomain, "mesh-domain", agent.DefaultMeshDomain, "domain of node names (<node>.<mesh-domain>)")
 	rf.StringVar(&cfg.ResolvConf, "resolv-conf", "/etc/resolv.conf", "where the upstream resolvers for other names are read from")
 	rf.StringVar(&services, "services", "auto", "program ClusterIP rules: auto (not where kube-proxy runs), on or off")
+	rf.IntVar(&cfg.ForwardPort, "service-forward-port", agent.DefaultForwardPort, "TCP port on the overlay address where this node takes Service connections other nodes forward to its endpoints whose addresses the overlay cannot route (0: off; endpoints that need it are left out)")
+	rf.StringVar(&forwardPorts, "service-forward-ports", agent.DefaultForwardPorts, "local port range (first-last) on the overlay address for Service endpoints reached through their node")
 	rf.StringVar(&socksAddr, "socks5-listen", "", "SOCKS5 proxy to reach nodes by name, for this node's own clients (and pods) only: ip:port, \"default\" (the DNS address, port 1080) or empty (off, the default)")
 	rf.StringVar(&cfg.MetricsListen, "metrics-listen", "127.0.0.1:9092", "address for /metrics, /healthz and /readyz (empty: off)")
 	rf.StringVar(&cfg.PprofSocket, "pprof-socket", "", "serve Go runtime profiles (/debug/pprof/profile for CPU, heap, goroutine, allocs, ...) on this unix socket, for debugging (empty: off)")
@@ -155,4 +163,15 @@ func main() {
 		fmt.Fprintln(os.Stderr, "edgewire-agent:", err)
 		os.Exit(1)
 	}
+}
+
+// parsePortRange parses "first-last".
+func parsePortRange(s string) (uint16, uint16, error) {
+	a, b, ok := strings.Cut(s, "-")
+	first, err1 := strconv.ParseUint(a, 10, 16)
+	last, err2 := strconv.ParseUint(b, 10, 16)
+	if !ok || err1 != nil || err2 != nil || first == 0 || last < first {
+		return 0, 0, fmt.Errorf("%q: want first-last, two ports with first <= last", s)
+	}
+	return uint16(first), uint16(last), nil
 }

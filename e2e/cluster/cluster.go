@@ -237,6 +237,20 @@ func (a *Agent) Status() (localapi.Status, error) {
 	return st, nil
 }
 
+// Services asks the agent how it reaches each Service endpoint, through
+// `edgewire services -o json`.
+func (a *Agent) Services() (localapi.Services, error) {
+	var sv localapi.Services
+	out, err := a.CLI("services", "-o", "json")
+	if err != nil {
+		return sv, err
+	}
+	if err := json.Unmarshal([]byte(out), &sv); err != nil {
+		return sv, fmt.Errorf("decode services: %w: %s", err, out)
+	}
+	return sv, nil
+}
+
 // WaitPeers waits until the agent has an overlay address and exactly n peers.
 func (a *Agent) WaitPeers(n int, timeout time.Duration) localapi.Status {
 	a.t.Helper()

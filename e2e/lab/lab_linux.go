@@ -237,17 +237,28 @@ type Site struct {
 // bridge with the next free 203.0.113.x and whose LAN is 10.n.0.1/24.
 func (l *Lab) AddSite(name string, kind NATKind) *Site {
 	l.t.Helper()
-	return l.addSite(name, kind, nil)
+	return l.addSite(name, kind, nil, netip.Prefix{})
+}
+
+// AddSiteLAN adds a site as AddSite does, with the LAN lan (a masked
+// IPv4 /24; .1 is the router) instead of the next 10.n.0.0/24. Two sites
+// may have the same LAN, as home networks do (192.168.1.0/24).
+func (l *Lab) AddSiteLAN(name string, kind NATKind, lan netip.Prefix) *Site {
+	l.t.Helper()
+	if !lan.Addr().Is4() || lan.Bits() != 24 || lan != lan.Masked() {
+		l.t.Fatalf("add site %s: LAN %s, want a masked IPv4 /24", name, lan)
+	}
+	return l.addSite(name, kind, nil, lan)
 }
 
 // AddSite adds a site whose WAN sits on this site's LAN (double NAT, e.g.
 // a home NAT behind CGNAT), with default route via this site's router.
 func (s *Site) AddSite(name string, kind NATKind) *Site {
 	s.lab.t.Helper()
-	return s.lab.addSite(name, kind, s)
+	return s.lab.addSite(name, kind, s, netip.Prefix{})
 }
 
-func (l *Lab) addSite(name string, kind NATKind, parent *Site) *Site {
+func (l *Lab) addSite(name string, kind NATKind, parent *Site, lan netip.Prefix) *Site {
 	l.t.Helper()
 	if kind < NATNone || kind > NATUDPBlocked {
 		l.t.Fatalf("add site %s: unknown NAT kind %v", name, kind)
@@ -268,7 +279,10 @@ func (l *Lab) addSite(name string, kind NATKind, parent *Site) *Site {
 		r = l.newHost(name, parent.allocLAN())
 		l.plug(parent.router, "lan", r, "wan", parent.gateway())
 	}
-	s := &Site{lab: l, router: r, kind: kind, lan: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(n), 0, 0}), 24)}
+	if !lan.IsValid() {
+		lan = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(n), 0, 0}), 24)
+	}
+	s := &Site{lab: l, router: r, kind: kind, lan: lan}
 	l.addBridge(r, "lan", netip.PrefixFrom(s.gateway(), 24))
 
 	ipt := func(args ...string) {

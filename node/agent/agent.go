@@ -37,6 +37,7 @@ import (
 	"github.com/edgewire/edgewire/node/localapi"
 	"github.com/edgewire/edgewire/node/mapstate"
 	"github.com/edgewire/edgewire/node/pathsel"
+	"github.com/edgewire/edgewire/node/svcfwd"
 	"github.com/edgewire/edgewire/node/svcproxy"
 	"github.com/edgewire/edgewire/node/traversal"
 	"github.com/edgewire/edgewire/types/jointoken"
@@ -90,6 +91,13 @@ type Config struct {
 	ResolvConf    string
 	Services      svcproxy.Mode
 	SOCKS5        netip.AddrPort
+	// ForwardPort is the TCP port on the overlay address where this node
+	// takes Service connections for its endpoints whose addresses the
+	// overlay cannot route (package svcfwd); 0: forwarding off, and such
+	// endpoints are left out. ForwardFirstPort-ForwardLastPort is the
+	// local port range for endpoints on other nodes (0, 0: the default).
+	ForwardPort                       int
+	ForwardFirstPort, ForwardLastPort uint16
 
 	MetricsListen string // /metrics, /healthz, /readyz; empty: off
 	PprofSocket   string // Go runtime profiles on a unix socket; empty: off
@@ -132,6 +140,18 @@ func (c *Config) validate() error {
 	}
 	if c.MemoryLimit < 0 {
 		return fmt.Errorf("--memory-limit-mib %d: want 0 (off) or more", c.MemoryLimit>>20)
+	}
+	if c.ForwardPort < 0 || c.ForwardPort > 65535 {
+		return fmt.Errorf("--service-forward-port %d: want 0 (off) to 65535", c.ForwardPort)
+	}
+	if c.ForwardFirstPort == 0 && c.ForwardLastPort == 0 {
+		c.ForwardFirstPort, c.ForwardLastPort = svcfwd.DefaultFirstPort, svcfwd.DefaultLastPort
+	}
+	if c.ForwardLastPort < c.ForwardFirstPort || c.ForwardFirstPort == 0 {
+		return fmt.Errorf("--service-forward-ports %d-%d: want first <= last", c.ForwardFirstPort, c.ForwardLastPort)
+	}
+	if c.ForwardPort != 0 && c.ForwardPort >= int(c.ForwardFirstPort) && c.ForwardPort <= int(c.ForwardLastPort) {
+		return fmt.Errorf("--service-forward-port %d lies in --service-forward-ports %d-%d", c.ForwardPort, c.ForwardFirstPort, c.ForwardLastPort)
 	}
 	mode, err := svcproxy.ParseMode(string(c.Services))
 	if err != nil {
@@ -618,7 +638,7 @@ func (a *Agent) reconcile() error {
 	if err := a.host.Configure(a.cfg.Interface, pl.addrs, pl.routes); err != nil {
 		return err
 	}
-	return a.svc.update(svcGen, svcs, refused, names)
+	return a.svc.update(svcGen, svcs, refused, names, makeSvcView(self, peers, pl.refused))
 }
 
 // knownKey reports whether k is this node's, a peer's or a relay's key.

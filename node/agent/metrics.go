@@ -5,6 +5,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/edgewire/edgewire/node/svcpath"
+
 	"github.com/edgewire/edgewire/internal/telemetry"
 	"github.com/edgewire/edgewire/node/pathsel"
 	"github.com/edgewire/edgewire/types/key"
@@ -140,6 +142,33 @@ func (a *Agent) registerMetrics(reg prometheus.Registerer) {
 			emit(float64(st.Applies), "applied")
 			emit(float64(st.Skipped), "unchanged")
 			emit(float64(st.Errors), "error")
+		})
+	telemetry.Labelled(reg, "edgewire_agent_service_endpoints", "Service endpoints by how this node reaches them (none: left out; see `edgewire services`).", prometheus.GaugeValue, []string{"path"},
+		func(emit func(float64, ...string)) {
+			if a.svc == nil {
+				return
+			}
+			a.svc.mu.Lock()
+			n := svcpath.Count(a.svc.decisions)
+			a.svc.mu.Unlock()
+			for p, c := range n {
+				emit(float64(c), string(p))
+			}
+		})
+	telemetry.Labelled(reg, "edgewire_agent_service_forwards_total", "Node-forwarded Service connections and UDP flows, by direction and outcome.", prometheus.CounterValue, []string{"direction", "outcome"},
+		func(emit func(float64, ...string)) {
+			if a.svc == nil || a.svc.fwd == nil {
+				return
+			}
+			is, ss := a.svc.fwd.stats()
+			emit(float64(is.TCP+is.UDP), "out", "forwarded")
+			emit(float64(is.Failed), "out", "failed")
+			emit(float64(is.NotLocal), "out", "not_local")
+			emit(float64(is.Dropped), "out", "dropped_datagram")
+			emit(float64(ss.TCP+ss.UDP), "in", "forwarded")
+			emit(float64(ss.Refused), "in", "refused")
+			emit(float64(ss.DialFailed), "in", "no_answer")
+			emit(float64(ss.Busy), "in", "busy")
 		})
 	telemetry.CounterFunc(reg, "edgewire_agent_socks5_connections_total", "Connections proxied by the SOCKS5 proxy.", func() float64 {
 		if a.svc == nil || a.svc.socks == nil {

@@ -8,12 +8,17 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/edgewire/edgewire/dataplane/linkconf"
 	"github.com/edgewire/edgewire/node/dnsserver"
+	"github.com/edgewire/edgewire/node/localapi"
 	"github.com/edgewire/edgewire/node/localsrc"
+	"github.com/edgewire/edgewire/node/mapstate"
 	"github.com/edgewire/edgewire/node/socks5"
+	"github.com/edgewire/edgewire/node/svcfwd"
+	"github.com/edgewire/edgewire/node/svcpath"
 	"github.com/edgewire/edgewire/node/svcproxy"
 	"github.com/edgewire/edgewire/types/services"
 )
@@ -25,6 +30,8 @@ const (
 	DefaultClusterDomain = "cluster.local"
 	DefaultMeshDomain    = "edgewire.internal"
 	DefaultSOCKS5Port    = 1080
+	DefaultForwardPort   = svcfwd.DefaultPort
+	DefaultForwardPorts  = "40960-42959" // svcfwd.DefaultFirstPort-DefaultLastPort
 )
 
 // servicesLayer is the agent's DNS server, Service DNAT and SOCKS5 proxy.
@@ -37,8 +44,47 @@ type servicesLayer struct {
 	proxy *svcproxy.Proxy   // nil when neither Service rules nor the guard are needed
 	socks *socks5.Server    // nil when off
 	local *localsrc.Set     // who DNS and SOCKS5 serve
+	fwd   *forwarding       // nil when Service rules are off or --service-forward-port is 0
 	gen   uint64            // ServicesGen last applied
+	view  string            // the node view (svcView.key) last applied
 	pods  []netip.Prefix    // local pod CIDRs last set
+
+	mu        sync.Mutex         // guards decisions
+	decisions []svcpath.Decision // how each endpoint is reached, of the last apply
+}
+
+// svcView is what decides how Service endpoints are reached: this node
+// and its peers, with the routes this node actually routes to them.
+type svcView struct {
+	self  svcpath.Node
+	peers []svcpath.Node
+}
+
+// key identifies a view: a new one re-decides the endpoints.
+func (v svcView) key() string { return fmt.Sprint(v.self, v.peers) }
+
+// makeSvcView builds the view from the map's self and peers and the plan's
+// refused routes (a route this node does not route reaches nothing).
+func makeSvcView(self mapstate.Self, peers []mapstate.Peer, refused []refusal) svcView {
+	first4 := func(as []netip.Addr) netip.Addr {
+		for _, a := range as {
+			if a.Is4() {
+				return a
+			}
+		}
+		return netip.Addr{}
+	}
+	v := svcView{self: svcpath.Node{Name: self.Name, KubeNode: self.KubeNode, Overlay: first4(self.Addresses), Routes: self.Routes, Online: true}}
+	for _, p := range peers {
+		var routes []netip.Prefix
+		for _, r := range p.Routes {
+			if !slices.ContainsFunc(refused, func(rf refusal) bool { return rf.peer.Key == p.Key && rf.route == r }) {
+				routes = append(routes, r)
+			}
+		}
+		v.peers = append(v.peers, svcpath.Node{Name: p.Name, KubeNode: p.KubeNode, Overlay: first4(p.Addresses), Routes: routes, Online: p.Online})
+	}
+	return v
 }
 
 // Pod CIDRs broader than these are not taken as this node's pods (an
@@ -97,16 +143,20 @@ func (a *Agent) startServices(ctx context.Context, run func(string, func(context
 		if err != nil {
 			return cleanup, err
 		}
-		if cfg.Services == svcproxy.ModeAuto {
-			on, err := p.Enabled(ctx)
-			if err != nil {
-				return cleanup, err
-			}
-			if !on {
-				a.log.Info("kube-proxy serves this node; not programming Service rules")
-			}
+		rulesOn, err := p.Enabled(ctx)
+		if err != nil {
+			return cleanup, err
+		}
+		if cfg.Services == svcproxy.ModeAuto && !rulesOn {
+			a.log.Info("kube-proxy serves this node; not programming Service rules")
 		}
 		sl.proxy = p
+		// Forwarding serves the rules: where they are programmed, this
+		// node both sends and takes node-forwarded connections.
+		if cfg.ForwardPort != 0 && rulesOn {
+			sl.fwd = &forwarding{a: a, port: uint16(cfg.ForwardPort), first: cfg.ForwardFirstPort, last: cfg.ForwardLastPort, parent: ctx}
+			cleanups = append(cleanups, sl.fwd.close)
+		}
 		cleanups = append(cleanups, func() {
 			// Removing the table is one netlink message; the timeout only
 			// bounds a wedged netlink socket.
@@ -170,7 +220,7 @@ func (a *Agent) startServices(ctx context.Context, run func(string, func(context
 
 // update feeds the current map to DNS and the rules, and the node's pod
 // CIDRs to the local-only checks. Called from reconcile.
-func (sl *servicesLayer) update(gen uint64, svcs map[string]*services.Service, refused map[string]error, nodes map[string][]netip.Addr) error {
+func (sl *servicesLayer) update(gen uint64, svcs map[string]*services.Service, refused map[string]error, nodes map[string][]netip.Addr, view svcView) error {
 	if sl.dns != nil {
 		sl.dns.SetNodes(nodes)
 	}
@@ -189,16 +239,48 @@ func (sl *servicesLayer) update(gen uint64, svcs map[string]*services.Service, r
 			sl.a.log.Warn("local-only firewall guard", "err", err)
 		}
 	}
-	if gen == sl.gen && sl.gen != 0 {
+	if sl.fwd != nil {
+		sl.fwd.setAddr(view.self.Overlay)
+	}
+	viewKey := view.key()
+	if gen == sl.gen && sl.gen != 0 && viewKey == sl.view {
 		return nil
 	}
-	for k, err := range refused {
-		// One bad Service is refused; the others still work.
-		sl.a.log.Warn("refusing Service from the network map", "service", k, "err", err)
+	if gen != sl.gen {
+		for k, err := range refused {
+			// One bad Service is refused; the others still work.
+			sl.a.log.Warn("refusing Service from the network map", "service", k, "err", err)
+		}
 	}
 	t, err := services.NewTable(slices.Collect(maps.Values(svcs)))
 	if err != nil {
 		return err
+	}
+	// Where each endpoint is decides how it is reached; an address alone
+	// is never DNATed to when its node says it is elsewhere.
+	ds := svcpath.Resolve(t, view.self, view.peers)
+	ports := func(svcpath.Forwarding) (uint16, bool) { return 0, false }
+	if sl.fwd != nil {
+		sl.fwd.setAllow(t, view.self, view.peers)
+		ports = sl.fwd.ports(svcpath.Forwardings(t, ds))
+	}
+	rules, names, err := svcpath.Rewrite(t, ds, view.self.Overlay, ports)
+	if err != nil {
+		return err
+	}
+	for i := range ds {
+		if ds[i].Path != svcpath.Forward {
+			continue
+		}
+		// A forward without a port is left out of the rules: say so.
+		if !hasForwardPort(rules, ds[i], view.self.Overlay) {
+			ds[i].Path, ds[i].Target = svcpath.None, netip.Addr{}
+			if sl.fwd == nil {
+				ds[i].Why = "address not routable over the overlay, and forwarding is off here (--service-forward-port 0, or no Service rules)"
+			} else {
+				ds[i].Why = "address not routable over the overlay, and no forwarding port is free here (--service-forward-ports)"
+			}
+		}
 	}
 	// Rules first, then names: a client that resolves a new Service and
 	// connects at once must find its DNAT rule in place (a UDP flow that
@@ -206,15 +288,60 @@ func (sl *servicesLayer) update(gen uint64, svcs map[string]*services.Service, r
 	if sl.proxy != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		if err := sl.proxy.Apply(ctx, t); err != nil {
+		if err := sl.proxy.Apply(ctx, rules); err != nil {
 			return fmt.Errorf("apply Service rules: %w", err)
 		}
 	}
 	if sl.dns != nil {
-		sl.dns.SetServices(t)
+		sl.dns.SetServices(names)
 	}
-	sl.gen = gen
+	sl.logDecisions(ds)
+	sl.gen, sl.view = gen, viewKey
 	return nil
+}
+
+// hasForwardPort reports whether the rules reach forward decision d
+// through this node's forwarding address.
+func hasForwardPort(rules *services.Table, d svcpath.Decision, local netip.Addr) bool {
+	ns, name, _ := services.SplitKey(d.Service)
+	s := rules.Get(ns, name)
+	if s == nil || !local.IsValid() {
+		return false
+	}
+	for _, e := range s.Endpoints {
+		if e.Addresses[0] == local && len(e.Ports) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// logDecisions keeps ds for `edgewire services` and logs what changed
+// for endpoints that are forwarded or left out.
+func (sl *servicesLayer) logDecisions(ds []svcpath.Decision) {
+	sl.mu.Lock()
+	old := sl.decisions
+	sl.decisions = ds
+	sl.mu.Unlock()
+	type k struct {
+		svc, node string
+		ep        netip.Addr
+	}
+	was := map[k]svcpath.Path{}
+	for _, d := range old {
+		was[k{d.Service, d.KubeNode, d.Endpoint}] = d.Path
+	}
+	for _, d := range ds {
+		if p, ok := was[k{d.Service, d.KubeNode, d.Endpoint}]; ok && p == d.Path {
+			continue
+		}
+		switch d.Path {
+		case svcpath.None:
+			sl.a.log.Warn("Service endpoint left out", "service", d.Service, "endpoint", d.Endpoint, "node", d.KubeNode, "why", d.Why)
+		case svcpath.Forward, svcpath.Host:
+			sl.a.log.Info("Service endpoint reached through its node", "service", d.Service, "endpoint", d.Endpoint, "node", d.KubeNode, "path", d.Path, "via", d.Target)
+		}
+	}
 }
 
 // nodeResolver lets SOCKS5 reach nodes by name (or <name>.<mesh-domain>)
@@ -244,4 +371,30 @@ func (r nodeResolver) Resolve(host string) (netip.Addr, error) {
 		}
 	}
 	return netip.Addr{}, fmt.Errorf("%w: no node named %q", socks5.ErrNotAllowed, host)
+}
+
+// Services implements localapi.Backend: how this node reaches each
+// Service endpoint, as of the last apply.
+func (a *Agent) Services() (localapi.Services, error) {
+	out := localapi.Services{Endpoints: []localapi.ServiceEndpoint{}}
+	sl := a.svc
+	if sl == nil {
+		return out, nil
+	}
+	sl.mu.Lock()
+	ds := sl.decisions
+	sl.mu.Unlock()
+	for _, d := range ds {
+		e := localapi.ServiceEndpoint{Service: d.Service, Address: d.Endpoint.String(), NodeName: d.KubeNode, Via: d.Node, Path: string(d.Path), Why: d.Why}
+		if d.Target.IsValid() {
+			e.Target = d.Target.String()
+		}
+		out.Endpoints = append(out.Endpoints, e)
+	}
+	if sl.fwd != nil {
+		is, ss := sl.fwd.stats()
+		out.Forward = localapi.ForwardStats{Ports: is.Ports, Out: is.TCP + is.UDP, OutFailed: is.Failed,
+			In: ss.TCP + ss.UDP, InRefused: ss.Refused, InNoAnswer: ss.DialFailed}
+	}
+	return out, nil
 }

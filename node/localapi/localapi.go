@@ -113,6 +113,33 @@ type RelayLatency struct {
 	LatencyMs float64 `json:"latency_ms"`
 }
 
+// Services is how this node reaches each Service endpoint.
+type Services struct {
+	Endpoints []ServiceEndpoint `json:"endpoints"`
+	Forward   ForwardStats      `json:"forward"`
+}
+
+// ServiceEndpoint is one endpoint of a Service and its path from here.
+type ServiceEndpoint struct {
+	Service  string `json:"service"`          // namespace/name
+	Address  string `json:"address"`          // the endpoint's address
+	NodeName string `json:"node,omitempty"`   // its Kubernetes node
+	Via      string `json:"via,omitempty"`    // the overlay node it is reached through
+	Path     string `json:"path"`             // local, l3, host, forward, address, none
+	Target   string `json:"target,omitempty"` // where the rules send it
+	Why      string `json:"why"`
+}
+
+// ForwardStats counts node-forwarded Service connections.
+type ForwardStats struct {
+	Ports      int   `json:"ports"`        // local ports for endpoints on other nodes
+	Out        int64 `json:"out"`          // connections and flows sent to other nodes
+	OutFailed  int64 `json:"out_failed"`   // refused or unanswered by the endpoint's node
+	In         int64 `json:"in"`           // taken for endpoints on this node
+	InRefused  int64 `json:"in_refused"`   // not an endpoint here, or not from a peer
+	InNoAnswer int64 `json:"in_no_answer"` // the local endpoint did not answer
+}
+
 // ErrNoPeer is returned for a ping to a name that is not a peer.
 var ErrNoPeer = errors.New("no such peer")
 
@@ -121,6 +148,7 @@ type Backend interface {
 	Status() (Status, error)
 	Ping(ctx context.Context, peer string) (PingResult, error)
 	Netcheck(ctx context.Context) (Netcheck, error)
+	Services() (Services, error)
 }
 
 // Serve serves the API on a unix socket at path until ctx ends.
@@ -139,6 +167,15 @@ func Serve(ctx context.Context, path string, b Backend, log *slog.Logger) error 
 		}
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(st)
+	})
+	mux.HandleFunc("GET /v1/services", func(w http.ResponseWriter, r *http.Request) {
+		sv, err := b.Services()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(sv)
 	})
 	mux.HandleFunc("POST /v1/netcheck", func(w http.ResponseWriter, r *http.Request) {
 		nc, err := b.Netcheck(r.Context())
@@ -235,22 +272,33 @@ func (c Client) Netcheck(ctx context.Context) (Netcheck, error) {
 // Status fetches the agent's status.
 func (c Client) Status(ctx context.Context) (Status, error) {
 	var st Status
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent/v1/status", nil)
+	return st, c.get(ctx, "/v1/status", &st)
+}
+
+// Services fetches how the agent reaches each Service endpoint.
+func (c Client) Services(ctx context.Context) (Services, error) {
+	var sv Services
+	return sv, c.get(ctx, "/v1/services", &sv)
+}
+
+// get fetches path and decodes its JSON into v.
+func (c Client) get(ctx context.Context, path string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent"+path, nil)
 	if err != nil {
-		return st, err
+		return err
 	}
 	resp, err := c.http().Do(req)
 	if err != nil {
 		var op *net.OpError
 		if errors.As(err, &op) {
-			return st, fmt.Errorf("cannot reach the agent at %s (is edgewire-agent running? use --socket): %w", c.Socket, err)
+			return fmt.Errorf("cannot reach the agent at %s (is edgewire-agent running? use --socket): %w", c.Socket, err)
 		}
-		return st, err
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return st, fmt.Errorf("agent: %s: %s", resp.Status, b)
+		return fmt.Errorf("agent: %s: %s", resp.Status, b)
 	}
-	return st, json.NewDecoder(resp.Body).Decode(&st)
+	return json.NewDecoder(resp.Body).Decode(v)
 }
