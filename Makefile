@@ -9,7 +9,7 @@ PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
 BINARIES := edgewire-coordinator edgewire-agent edgewire-relay edgewire
 
-.PHONY: all build test unit e2e demo bench proto deps kube helm manifests fmt vet clean
+.PHONY: all build test unit e2e demo bench proto deps kube helm cni manifests fmt vet clean
 
 all: build
 
@@ -52,7 +52,12 @@ helm:
 manifests: helm
 	deploy/render.sh
 
-e2e: deps build kube helm
+# cnitool (github.com/containernetworking/cni), for creating pods in the
+# e2e tests as a container runtime does, into .cache/tools.
+cni:
+	hack/cni/build.sh
+
+e2e: deps build kube helm cni
 	EDGEWIRE_BIN=$(BIN) $(GO) test -count=1 -timeout 40m -p 1 ./e2e/...
 
 test: deps vet unit e2e

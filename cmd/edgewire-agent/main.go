@@ -17,6 +17,7 @@ import (
 	"github.com/edgewire/edgewire/internal/logging"
 	"github.com/edgewire/edgewire/node/agent"
 	"github.com/edgewire/edgewire/node/localapi"
+	"github.com/edgewire/edgewire/node/podnet"
 	"github.com/edgewire/edgewire/node/svcproxy"
 )
 
@@ -42,6 +43,7 @@ func main() {
 		dnsAddr, socksAddr  string
 		services            string
 		forwardPorts        string
+		podNetwork          string
 		logLevel, logFormat string
 		memLimitMiB         int64
 	)
@@ -106,6 +108,7 @@ func main() {
 			if cfg.ForwardFirstPort, cfg.ForwardLastPort, err = parsePortRange(forwardPorts); err != nil {
 				return fmt.Errorf("--service-forward-ports: %w", err)
 			}
+			cfg.PodNetwork = podnet.Mode(podNetwork)
 			cfg.MemoryLimit = memLimitMiB << 20
 			cfg.Logger = log
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -126,6 +129,9 @@ func main() {
 	rf.StringVar(&services, "services", "auto", "program ClusterIP rules: auto (not where kube-proxy runs), on or off")
 	rf.IntVar(&cfg.ForwardPort, "service-forward-port", agent.DefaultForwardPort, "TCP port on the overlay address where this node takes Service connections other nodes forward to its endpoints whose addresses the overlay cannot route (0: off; endpoints that need it are left out)")
 	rf.StringVar(&forwardPorts, "service-forward-ports", agent.DefaultForwardPorts, "local port range (first-last) on the overlay address for Service endpoints reached through their node")
+	rf.StringVar(&podNetwork, "pod-network", "off", "manage this node's pod networking: write a CNI configuration (bridge, host-local, portmap) for its pod CIDR and masquerade pod traffic that leaves the overlay: cni, auto (only when no other CNI configuration is present) or off")
+	rf.StringVar(&cfg.CNIConfDir, "cni-conf-dir", podnet.DefaultConfDir, "where container runtimes read CNI configurations (with --pod-network)")
+	rf.StringVar(&cfg.CNIIPAMDir, "cni-ipam-dir", "", "host-local IPAM's data directory (default: host-local's own, /var/lib/cni/networks)")
 	rf.StringVar(&socksAddr, "socks5-listen", "", "SOCKS5 proxy to reach nodes by name, for this node's own clients (and pods) only: ip:port, \"default\" (the DNS address, port 1080) or empty (off, the default)")
 	rf.StringVar(&cfg.MetricsListen, "metrics-listen", "127.0.0.1:9092", "address for /metrics, /healthz and /readyz (empty: off)")
 	rf.StringVar(&cfg.PprofSocket, "pprof-socket", "", "serve Go runtime profiles (/debug/pprof/profile for CPU, heap, goroutine, allocs, ...) on this unix socket, for debugging (empty: off)")
@@ -158,7 +164,26 @@ func main() {
 			return nil
 		},
 	}
-	root.AddCommand(run, join)
+	var uninstallConf string
+	uninstall := &cobra.Command{
+		Use:   "uninstall",
+		Short: "Remove what the agent leaves on the host when it stops: the pod network (CNI configuration, masquerade rules, bridge) and firewall tables",
+		Long: `Remove what edgewire leaves on the host when the agent stops (so that pods
+keep their network across restarts): the CNI configuration edgewire wrote,
+the pod masquerade rules and the pod bridge, and the Service rules of an
+agent that did not exit cleanly. Running pods lose their network. The
+node's identity (--state-dir) is kept; delete it to forget the node.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := logging.New(os.Stderr, logLevel, logFormat)
+			if err != nil {
+				return err
+			}
+			return agent.Uninstall(agent.UninstallConfig{CNIConfDir: uninstallConf, Logger: log})
+		},
+	}
+	uninstall.Flags().StringVar(&uninstallConf, "cni-conf-dir", podnet.DefaultConfDir, "where the agent wrote its CNI configuration")
+	root.AddCommand(run, join, uninstall)
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "edgewire-agent:", err)
 		os.Exit(1)

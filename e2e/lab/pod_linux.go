@@ -1,8 +1,15 @@
 package lab
 
 import (
+	"context"
 	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
 )
 
 // podBridge is the bridge in a node's namespace that its pods hang off.
@@ -56,5 +63,80 @@ func (h *Host) AddPod(name string, cidr netip.Prefix) *Host {
 	}
 	pod := l.newHost(name, netip.PrefixFrom(ip, cidr.Bits()))
 	l.plug(h, podBridge, pod, "eth0", gw)
+	return pod
+}
+
+// CNIPluginDir is where Debian's containernetworking-plugins installs the
+// reference plugins.
+const CNIPluginDir = "/usr/lib/cni"
+
+// CNITool returns the path of cnitool (hack/cni/build.sh puts it in
+// .cache/tools); a missing one fails the test under CI=true and skips it
+// elsewhere, as a missing lab tool does.
+func CNITool(t testing.TB) string {
+	t.Helper()
+	path := os.Getenv("EDGEWIRE_CNITOOL")
+	if path == "" {
+		dir, err := os.Getwd()
+		for err == nil {
+			if _, serr := os.Stat(filepath.Join(dir, "hack", "cni", "build.sh")); serr == nil {
+				break
+			}
+			parent := filepath.Dir(dir)
+			if parent == dir {
+				err = errors.New("repository root not found")
+			}
+			dir = parent
+		}
+		if err == nil {
+			path = filepath.Join(dir, ".cache", "tools", "cnitool")
+		}
+	}
+	for _, p := range []string{path, filepath.Join(CNIPluginDir, "bridge"), filepath.Join(CNIPluginDir, "host-local")} {
+		if _, err := os.Stat(p); err != nil {
+			msg := fmt.Sprintf("CNI tools unavailable (make cni; apt install containernetworking-plugins): %v", err)
+			if os.Getenv("CI") == "true" {
+				t.Fatal(msg)
+			}
+			t.Skip(msg)
+		}
+	}
+	return path
+}
+
+// AddCNIPod adds a "pod" behind node h the way a container runtime does:
+// it creates the pod's namespace and runs `cnitool add <network>` inside
+// h's namespace with the configuration in confDir and the plugins in
+// CNIPluginDir, so the plugins make its interface, address and routes.
+// The pod's address is the one the plugins' result gives. At cleanup the
+// plugins are run again with DEL (before the lab removes the namespaces).
+func (h *Host) AddCNIPod(name, cnitool, network, confDir string) *Host {
+	l := h.lab
+	l.t.Helper()
+	pod := l.newHost(name, netip.Prefix{})
+	env := []string{"CNI_PATH=" + CNIPluginDir, "NETCONFPATH=" + confDir}
+	nsPath := filepath.Join("/var/run/netns", pod.ns)
+	out, err := h.Exec(context.Background(), append([]string{"env"}, append(env, cnitool, "add", network, nsPath)...)...)
+	if err != nil {
+		l.t.Fatalf("add pod %s on %s: cnitool add: %v", name, h.name, err)
+	}
+	var res struct {
+		IPs []struct {
+			Address string `json:"address"`
+		} `json:"ips"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.IPs) == 0 {
+		l.t.Fatalf("add pod %s on %s: CNI result %q: %v", name, h.name, out, err)
+	}
+	ip, err := netip.ParsePrefix(res.IPs[0].Address)
+	if err != nil {
+		l.t.Fatalf("add pod %s on %s: CNI result address %q: %v", name, h.name, res.IPs[0].Address, err)
+	}
+	pod.ip = ip
+	l.t.Cleanup(func() {
+		if out, err := h.Exec(context.Background(), append([]string{"env"}, append(env, cnitool, "del", network, nsPath)...)...); err != nil {
+			l.t.Logf("del pod %s on %s: cnitool del: %v: %s", name, h.name, err, out)
+		}
+	})
 	return pod
 }

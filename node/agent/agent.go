@@ -37,6 +37,7 @@ import (
 	"github.com/edgewire/edgewire/node/localapi"
 	"github.com/edgewire/edgewire/node/mapstate"
 	"github.com/edgewire/edgewire/node/pathsel"
+	"github.com/edgewire/edgewire/node/podnet"
 	"github.com/edgewire/edgewire/node/svcfwd"
 	"github.com/edgewire/edgewire/node/svcproxy"
 	"github.com/edgewire/edgewire/node/traversal"
@@ -99,6 +100,14 @@ type Config struct {
 	ForwardPort                       int
 	ForwardFirstPort, ForwardLastPort uint16
 
+	// PodNetwork manages this node's pod networking (package podnet):
+	// off, cni or auto. CNIConfDir is where the CNI configuration goes
+	// ("" : /etc/cni/net.d), CNIIPAMDir host-local's data directory
+	// ("": its default).
+	PodNetwork podnet.Mode
+	CNIConfDir string
+	CNIIPAMDir string
+
 	MetricsListen string // /metrics, /healthz, /readyz; empty: off
 	PprofSocket   string // Go runtime profiles on a unix socket; empty: off
 	// MemoryLimit is the Go runtime's soft memory limit in bytes
@@ -152,6 +161,12 @@ func (c *Config) validate() error {
 	}
 	if c.ForwardPort != 0 && c.ForwardPort >= int(c.ForwardFirstPort) && c.ForwardPort <= int(c.ForwardLastPort) {
 		return fmt.Errorf("--service-forward-port %d lies in --service-forward-ports %d-%d", c.ForwardPort, c.ForwardFirstPort, c.ForwardLastPort)
+	}
+	if c.PodNetwork == "" {
+		c.PodNetwork = podnet.ModeOff
+	}
+	if _, err := podnet.ParseMode(string(c.PodNetwork)); err != nil {
+		return fmt.Errorf("--pod-network: %w", err)
 	}
 	mode, err := svcproxy.ParseMode(string(c.Services))
 	if err != nil {
@@ -301,6 +316,7 @@ type Agent struct {
 	home    *homerelay.Manager
 	cc      *control.Client
 	svc     *servicesLayer
+	pods    *podnet.Manager // nil with --pod-network off
 
 	dirty   chan struct{} // the map changed; capacity 1
 	unsaved chan struct{} // the map changed since it was saved; capacity 1
@@ -375,6 +391,14 @@ func RunWith(ctx context.Context, cfg Config, env Env) error {
 	})
 	if err != nil {
 		return err
+	}
+	if cfg.PodNetwork != podnet.ModeOff {
+		// Pods keep their network when the agent stops: nothing here is
+		// undone on the way out (see `edgewire-agent uninstall`).
+		if a.pods, err = podnet.New(podnet.Config{Mode: cfg.PodNetwork, ConfDir: cfg.CNIConfDir, IPAMDir: cfg.CNIIPAMDir,
+			MTU: cfg.MTU, Logger: log}); err != nil {
+			return err
+		}
 	}
 	removeRules, err := a.host.InstallRules()
 	defer removeRules()
@@ -638,7 +662,19 @@ func (a *Agent) reconcile() error {
 	if err := a.host.Configure(a.cfg.Interface, pl.addrs, pl.routes); err != nil {
 		return err
 	}
-	return a.svc.update(svcGen, svcs, refused, names, makeSvcView(self, peers, pl.refused))
+	view := makeSvcView(self, peers, pl.refused)
+	if a.pods != nil {
+		// Pod traffic to the overlay and to every node's routes keeps its
+		// source; the rest is masqueraded.
+		routed := slices.Clone(prefixes)
+		for _, p := range append(view.peers, view.self) {
+			routed = append(routed, p.Routes...)
+		}
+		if err := a.pods.Apply(a.localPodCIDRs(), routed); err != nil {
+			return err
+		}
+	}
+	return a.svc.update(svcGen, svcs, refused, names, view)
 }
 
 // knownKey reports whether k is this node's, a peer's or a relay's key.
@@ -760,6 +796,10 @@ func (a *Agent) endpointLoop(ctx context.Context, port int) error {
 // hostEndpoints is the host's addresses with port.
 func (a *Agent) hostEndpoints(port int) ([]netip.AddrPort, error) {
 	addrs, err := a.host.Addrs(a.cfg.Interface)
+	// An address inside what the overlay routes (a pod bridge's gateway
+	// in this node's pod CIDR) is no underlay endpoint: peers would
+	// protect it and refuse this node's pod CIDR.
+	addrs = slices.DeleteFunc(addrs, a.viaOverlay)
 	out := make([]netip.AddrPort, 0, len(addrs))
 	for _, ad := range addrs {
 		out = append(out, netip.AddrPortFrom(ad, uint16(port)))

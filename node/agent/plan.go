@@ -58,7 +58,13 @@ func routePolicy(prefixes []netip.Prefix, peers []mapstate.Peer, paths map[key.P
 	p.Protected = append(p.Protected, u.gateways...)
 	for _, peer := range peers {
 		for _, ep := range peer.Endpoints {
-			protect(ep.Addr())
+			// An endpoint inside the peer's own routes (its pod bridge's
+			// gateway, reported by an older agent) cannot be reached
+			// through the underlay; protecting it would refuse the very
+			// route it lies in.
+			if !inAny(ep.Addr(), peer.Routes) {
+				protect(ep.Addr())
+			}
 		}
 		if path := paths[peer.Key]; path.Kind == pathsel.Direct {
 			protect(path.Endpoint.Addr())

@@ -94,6 +94,17 @@ func TestMakePlan(t *testing.T) {
 			wantRefused: []error{routeguard.ErrProtected},
 		},
 		{
+			// An older agent reports its pod bridge's gateway as an
+			// endpoint: that must not cost it its own pod CIDR.
+			name: "a peer's endpoint inside its own route does not refuse the route",
+			peers: []mapstate.Peer{
+				{Key: kA, Name: "a", Addresses: addrs("100.64.0.2"), Routes: pfx("10.245.1.0/24"),
+					Endpoints: []netip.AddrPort{netip.MustParseAddrPort("10.245.1.1:51820"), netip.MustParseAddrPort("203.0.113.7:51820")}},
+			},
+			wantPeers:  []wgdev.PeerConfig{{PublicKey: kA, AllowedIPs: pfx("100.64.0.2/32", "10.245.1.0/24")}},
+			wantRoutes: pfx("10.245.1.0/24"),
+		},
+		{
 			name:  "a route covering a peer's current direct endpoint is refused",
 			peers: []mapstate.Peer{{Key: kA, Name: "a", Addresses: addrs("100.64.0.2"), Routes: pfx("198.51.100.0/24")}},
 			paths: map[key.Public]pathsel.Path{kA: direct},

@@ -2,7 +2,9 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net/netip"
 	"os"
@@ -16,6 +18,7 @@ import (
 	"github.com/edgewire/edgewire/node/localapi"
 	"github.com/edgewire/edgewire/node/localsrc"
 	"github.com/edgewire/edgewire/node/mapstate"
+	"github.com/edgewire/edgewire/node/podnet"
 	"github.com/edgewire/edgewire/node/socks5"
 	"github.com/edgewire/edgewire/node/svcfwd"
 	"github.com/edgewire/edgewire/node/svcpath"
@@ -397,4 +400,31 @@ func (a *Agent) Services() (localapi.Services, error) {
 			In: ss.TCP + ss.UDP, InRefused: ss.Refused, InNoAnswer: ss.DialFailed}
 	}
 	return out, nil
+}
+
+// UninstallConfig is what `edgewire-agent uninstall` needs.
+type UninstallConfig struct {
+	CNIConfDir string // "": podnet.DefaultConfDir
+	Logger     *slog.Logger
+}
+
+// Uninstall removes what the agent leaves on the host when it stops: the
+// pod network and the Service rules' table (an agent that exits cleanly
+// removes that itself).
+func Uninstall(cfg UninstallConfig) error {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	pn, err := podnet.New(podnet.Config{Mode: podnet.ModeCNI, ConfDir: cfg.CNIConfDir, Logger: cfg.Logger})
+	if err != nil {
+		return err
+	}
+	errs := []error{pn.Uninstall()}
+	p, err := svcproxy.New(svcproxy.Config{Mode: svcproxy.ModeOn, Interface: DefaultInterface, Logger: cfg.Logger})
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err = p.Cleanup(ctx)
+		cancel()
+	}
+	return errors.Join(append(errs, err)...)
 }
