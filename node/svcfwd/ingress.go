@@ -47,6 +47,7 @@ type IngressConfig struct {
 	DialTimeout time.Duration // default DefaultDialTimeout
 	IdleTimeout time.Duration // default DefaultIdleTimeout
 	MaxFlows    int           // UDP flows per target; default DefaultMaxFlows
+	MaxConns    int           // TCP connections at once, all targets; default DefaultMaxConns
 	Logger      *slog.Logger
 }
 
@@ -55,6 +56,8 @@ type IngressConfig struct {
 type Ingress struct {
 	cfg IngressConfig
 	log *slog.Logger
+
+	slots chan struct{} // one per TCP connection in progress
 
 	mu     sync.Mutex // guards the fields below
 	open   map[Target]*port
@@ -104,10 +107,13 @@ func NewIngress(cfg IngressConfig) (*Ingress, error) {
 	if cfg.MaxFlows <= 0 {
 		cfg.MaxFlows = DefaultMaxFlows
 	}
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = DefaultMaxConns
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Ingress{cfg: cfg, log: cfg.Logger, open: map[Target]*port{}, used: map[uint16]bool{}}, nil
+	return &Ingress{cfg: cfg, log: cfg.Logger, open: map[Target]*port{}, used: map[uint16]bool{}, slots: make(chan struct{}, cfg.MaxConns)}, nil
 }
 
 // Set makes the Ingress serve exactly ts: a Target it already serves
@@ -242,11 +248,21 @@ func (in *Ingress) acceptTCP(p *port) {
 			c.Close()
 			continue
 		}
+		select {
+		case in.slots <- struct{}{}:
+		default:
+			in.stats.dropped.Add(1) // too many at once: refused at once
+			c.(*net.TCPConn).SetLinger(0)
+			c.Close()
+			continue
+		}
 		if !p.conns.add(c) {
+			<-in.slots
 			c.Close()
 			return
 		}
 		go func() {
+			defer func() { <-in.slots }()
 			defer p.conns.done(c)
 			up, err := in.dial(p.t)
 			if err != nil {
@@ -412,7 +428,7 @@ type IngressStats struct {
 	TCP, UDP int64 // connections and flows forwarded
 	NotLocal int64 // clients refused: not this node's
 	Failed   int64 // forwards the target's node refused or did not answer
-	Dropped  int64 // datagrams dropped: flow queue full or too many flows
+	Dropped  int64 // datagrams dropped (flow queue full, too many flows) and connections refused (MaxConns)
 	Ports    int   // ports open
 }
 

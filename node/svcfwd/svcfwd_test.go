@@ -369,3 +369,36 @@ func TestFrames(t *testing.T) {
 		t.Errorf("truncated frame: %v", err)
 	}
 }
+
+// Past MaxConns connections at once, a new one is refused at once (a
+// reset) rather than queued, and the ones in progress keep working.
+func TestIngressMaxConns(t *testing.T) {
+	b := newBed(t, time.Minute)
+	b.in.slots = make(chan struct{}, 1) // MaxConns 1
+	ep := endpoint(t, endpointIP, "pod")
+	tcp := Target{Via: endNode, To: ep, Proto: services.TCP}
+	to := netip.AddrPortFrom(clientNode, b.in.Set([]Target{tcp})[tcp])
+	d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(clientNode, 0)), Timeout: 5 * time.Second}
+	first, err := d.Dial("tcp4", to.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	first.Write([]byte("one"))
+	// Wait until the first holds the slot.
+	deadline := time.Now().Add(5 * time.Second)
+	for len(b.in.slots) == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got, err := tcpRequest(to, "two"); got != "" || err == nil {
+		t.Errorf("second connection: got %q, %v; want a reset", got, err)
+	}
+	first.(*net.TCPConn).CloseWrite()
+	first.SetDeadline(time.Now().Add(5 * time.Second))
+	if got, err := io.ReadAll(first); err != nil || string(got) != "pod:one" {
+		t.Errorf("first connection: got %q, %v", got, err)
+	}
+	if st := b.in.Stats(); st.Dropped != 1 {
+		t.Errorf("dropped %d, want 1", st.Dropped)
+	}
+}
