@@ -52,6 +52,9 @@ func statusCmd(g *globals) *cobra.Command {
 					ep = "-"
 				}
 				path := p.Path
+				if p.LastKnown {
+					path += "(last known)"
+				}
 				if p.Relay != "" {
 					path += ":" + p.Relay
 				}

@@ -317,6 +317,10 @@ type Agent struct {
 	cc      *control.Client
 	svc     *servicesLayer
 	pods    *podnet.Manager // nil with --pod-network off
+	// lastDirect: peers' last direct endpoints, loaded at start (they
+	// seed new path machines) and kept by reconcile (which alone touches
+	// it) to notice changes worth saving.
+	lastDirect map[key.Public]identity.LastDirect
 
 	dirty   chan struct{} // the map changed; capacity 1
 	unsaved chan struct{} // the map changed since it was saved; capacity 1
@@ -383,6 +387,11 @@ func RunWith(ctx context.Context, cfg Config, env Env) error {
 		a.state = mapstate.New()
 	}
 
+	// Peers' last direct endpoints: without relay or coordinator, a
+	// restarted node tries them at once.
+	if a.lastDirect, err = identity.LoadLastDirect(cfg.StateDir, time.Now(), lastDirectMaxAge); err != nil {
+		log.Warn("ignoring saved direct endpoints", "err", err)
+	}
 	a.bind = bind.New(env.Bind, log)
 	defer a.bind.Shutdown()
 	a.dev, err = wgdev.New(wgdev.Config{
@@ -425,6 +434,8 @@ func RunWith(ctx context.Context, cfg Config, env Env) error {
 			}
 		},
 		OnTicket: a.onTicket, KnownKey: a.knownKey,
+		// Sessions that failed for want of signalling start over at once.
+		OnConnected: func() { a.trav.Reconnected() },
 		Dial:            func(ctx context.Context, addr string) (net.Conn, error) { return a.host.Dial(ctx, "tcp", addr) },
 		KubernetesToken: func() string { return kubernetesToken(cfg.KubernetesTokenFile, log) },
 	})
@@ -569,6 +580,32 @@ func (a *Agent) onMap(m *api.NetworkMap) error {
 	return nil
 }
 
+// lastDirectMaxAge: saved direct endpoints older than this are not
+// tried after a restart (NAT mappings do not live that long).
+const lastDirectMaxAge = 24 * time.Hour
+
+// noteDirect schedules a save when a peer's confirmed direct endpoint
+// changed since the last one noted. Called from reconcile only.
+func (a *Agent) noteDirect(paths map[key.Public]pathsel.Path) {
+	changed := false
+	for k, p := range paths {
+		if p.Kind != pathsel.Direct || p.LastKnown || a.lastDirect[k].Endpoint == p.Endpoint {
+			continue
+		}
+		if a.lastDirect == nil {
+			a.lastDirect = map[key.Public]identity.LastDirect{}
+		}
+		a.lastDirect[k] = identity.LastDirect{Endpoint: p.Endpoint, At: time.Now()}
+		changed = true
+	}
+	if changed {
+		select {
+		case a.unsaved <- struct{}{}:
+		default:
+		}
+	}
+}
+
 // saveDelay batches saves of the map: a burst of deltas (a fleet joining)
 // costs one write, and a map at most this old is lost in a crash.
 const saveDelay = time.Second
@@ -586,6 +623,13 @@ func (a *Agent) saveLoop(ctx context.Context) error {
 		}
 		if err != nil {
 			a.log.Warn("persist network map", "err", err)
+		}
+		eps := map[key.Public]identity.LastDirect{}
+		for k, ld := range a.trav.LastDirect() {
+			eps[k] = identity.LastDirect{Endpoint: ld.Endpoint, At: ld.At}
+		}
+		if err := identity.SaveLastDirect(a.cfg.StateDir, eps); err != nil {
+			a.log.Warn("persist direct endpoints", "err", err)
 		}
 	}
 	for {
@@ -646,6 +690,9 @@ func (a *Agent) reconcile() error {
 	tp := make([]traversal.Peer, len(peers))
 	for i, p := range peers {
 		tp[i] = traversal.Peer{Key: p.Key, Online: p.Online}
+		if ld, ok := a.lastDirect[p.Key]; ok {
+			tp[i].LastDirect = traversal.LastDirect{Endpoint: ld.Endpoint, At: ld.At}
+		}
 	}
 	a.trav.SetSTUN(stun)
 	a.trav.SetPeers(tp)
@@ -654,6 +701,7 @@ func (a *Agent) reconcile() error {
 	for _, p := range peers {
 		paths[p.Key] = a.trav.Path(p.Key)
 	}
+	a.noteDirect(paths)
 	pl := makePlan(self, peers, prefixes, paths, routePolicy(prefixes, peers, paths, a.underlay(stun, regions)))
 	a.logRefusals(pl.refused)
 	if err := a.dev.SetPeers(pl.peers); err != nil {
@@ -851,6 +899,7 @@ func (a *Agent) Status() (localapi.Status, error) {
 		}
 		if ts, ok := a.trav.Status(p.Key); ok {
 			ps.Path = ts.Path.Kind.String()
+			ps.LastKnown = ts.Path.LastKnown
 			if ts.Path.Kind == pathsel.Relay {
 				ps.Relay = hs.Home
 			}

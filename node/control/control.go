@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
@@ -178,6 +179,10 @@ type Config struct {
 	OnSignal func(*api.Signal)
 	// OnTicket is called with every relay ticket the coordinator sends.
 	OnTicket func(*api.RelayTicket)
+	// OnConnected, if set, is called each time a stream is up (its first
+	// map applied): after an outage, what waited for the coordinator can
+	// go on.
+	OnConnected func()
 	// KnownKey reports node and relay keys from the network map: a
 	// challenge using one is refused (a genuine one uses a fresh key).
 	KnownKey func(key.Public) bool
@@ -291,6 +296,14 @@ func (c *Client) Run(ctx context.Context) error {
 	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(credentials.NewTLS(c.tls)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 15 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+		// gRPC keeps a reconnect backoff of its own (up to 120 s by
+		// default) and fails RPCs with the cached error meanwhile: a
+		// second backoff hidden under ours. Cap it at ours, and reset it
+		// before every attempt (below), so each attempt really dials.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           grpcbackoff.Config{BaseDelay: c.cfg.MinBackoff, Multiplier: 1.6, Jitter: 0.2, MaxDelay: c.cfg.MaxBackoff},
+			MinConnectTimeout: 20 * time.Second,
+		}),
 	}
 	if c.cfg.Dial != nil {
 		opts = append(opts, grpc.WithContextDialer(c.cfg.Dial))
@@ -304,6 +317,7 @@ func (c *Client) Run(ctx context.Context) error {
 	backoff := c.cfg.MinBackoff
 	for {
 		start := c.clock.Now()
+		conn.ResetConnectBackoff()
 		err := c.session(ctx, cl)
 		c.setConnected(false)
 		if ctx.Err() != nil {
@@ -406,6 +420,9 @@ func (c *Client) session(ctx context.Context, cl api.ControlClient) error {
 			c.setConnected(true)
 			c.log.Info("connected to coordinator", "addr", c.cfg.Enrolment.Coordinator, "version", m.GetVersion())
 			first = false
+			if c.cfg.OnConnected != nil {
+				c.cfg.OnConnected()
+			}
 		}
 		if err := c.cfg.OnMap(m); err != nil {
 			c.log.Warn("network map not applied; asking for a full map", "err", err)

@@ -11,6 +11,8 @@ import (
 	"encoding/pem"
 	"math/big"
 	"net"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -184,5 +186,62 @@ func TestReconnectBackoff(t *testing.T) {
 	// their range (by chance: 8^-11).
 	if len(spread) < 2 {
 		t.Errorf("every wait fell in the same eighth (%v) of [backoff/2, backoff), want them jittered", spread)
+	}
+}
+
+// TestNoHiddenBackoff: while the coordinator refuses connections, the
+// client retries on its own backoff; once it accepts again, the next
+// attempt reaches it, not one delayed by a second backoff inside the gRPC
+// client (whose default grows to 120 s and answers with the cached
+// failure meanwhile).
+func TestNoHiddenBackoff(t *testing.T) {
+	coord, enr, dial := serveRefusing(t)
+	var down atomic.Bool
+	down.Store(true)
+	var dials atomic.Int64
+	refusingDial := func(ctx context.Context, addr string) (net.Conn, error) {
+		dials.Add(1)
+		if down.Load() {
+			return nil, syscall.ECONNREFUSED
+		}
+		return dial(ctx, addr)
+	}
+	priv, err := key.NewPrivate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(Config{
+		Enrolment: enr, PrivateKey: priv, Dial: refusingDial,
+		OnMap:      func(*api.NetworkMap) error { return nil },
+		MinBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	// Long enough for gRPC's own backoff (1 s, x1.6 per failure) to have
+	// grown past the client's 100 ms cap.
+	time.Sleep(3500 * time.Millisecond)
+	if n := dials.Load(); n < 10 {
+		t.Errorf("%d dials in 3.5 s with a 100 ms backoff cap; want one per attempt", n)
+	}
+	down.Store(false)
+	up := time.Now()
+	select {
+	case end := <-coord.streams:
+		if d := time.Since(up); d > 500*time.Millisecond {
+			t.Errorf("first stream %v after the coordinator came back; want within the client's backoff cap (100 ms) and a dial", d)
+		}
+		end <- status.Error(codes.Unavailable, "bye")
+	case <-time.After(10 * time.Second):
+		t.Fatal("no stream within 10 s of the coordinator coming back")
 	}
 }

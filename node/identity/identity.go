@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -102,4 +103,62 @@ func SaveEnrolment(dir string, e Enrolment) error {
 		return err
 	}
 	return atomicfile.Write(filepath.Join(dir, enrolmentFile), append(b, '\n'), 0o600)
+}
+
+// lastDirectFile holds each peer's last direct endpoint, so a node
+// restarted while the coordinator and relays are unreachable tries them
+// at once.
+const lastDirectFile = "last-direct.json"
+
+// LastDirect is a peer's last direct endpoint and when it was confirmed.
+type LastDirect struct {
+	Endpoint netip.AddrPort `json:"endpoint"`
+	At       time.Time      `json:"at"`
+}
+
+type lastDirectDoc struct {
+	Version int                   `json:"v"`
+	Peers   map[string]LastDirect `json:"peers"` // by the peer's key (base64)
+}
+
+// SaveLastDirect saves peers' last direct endpoints in dir.
+func SaveLastDirect(dir string, eps map[key.Public]LastDirect) error {
+	doc := lastDirectDoc{Version: 1, Peers: map[string]LastDirect{}}
+	for k, e := range eps {
+		doc.Peers[k.String()] = e
+	}
+	b, err := json.Marshal(doc)
+	if err != nil {
+		return err
+	}
+	return atomicfile.Write(filepath.Join(dir, lastDirectFile), append(b, '\n'), 0o600)
+}
+
+// LoadLastDirect returns the saved last direct endpoints in dir no older
+// than maxAge at now. A missing file is no error; entries that do not
+// parse are skipped.
+func LoadLastDirect(dir string, now time.Time, maxAge time.Duration) (map[key.Public]LastDirect, error) {
+	out := map[key.Public]LastDirect{}
+	b, err := os.ReadFile(filepath.Join(dir, lastDirectFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return out, nil
+	}
+	if err != nil {
+		return out, err
+	}
+	var doc lastDirectDoc
+	if err := json.Unmarshal(b, &doc); err != nil {
+		return out, fmt.Errorf("parse %s: %w", lastDirectFile, err)
+	}
+	if doc.Version != 1 {
+		return out, fmt.Errorf("%s has version %d, this agent understands 1", lastDirectFile, doc.Version)
+	}
+	for ks, e := range doc.Peers {
+		k, err := key.ParsePublic(ks)
+		if err != nil || !e.Endpoint.IsValid() || e.Endpoint.Port() == 0 || e.At.After(now) || now.Sub(e.At) > maxAge {
+			continue
+		}
+		out[k] = e
+	}
+	return out, nil
 }

@@ -2,10 +2,13 @@ package identity
 
 import (
 	"bytes"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/edgewire/edgewire/types/key"
 )
 
 func TestTicketFile(t *testing.T) {
@@ -59,5 +62,42 @@ func TestEnrolment(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, enrolmentFile), []byte(`{"v":2,"coordinator":"c","ca_pem":"p"}`), 0o600)
 	if _, err := LoadEnrolment(dir); err == nil {
 		t.Error("a newer enrolment version: got nil error")
+	}
+}
+
+func TestLastDirectFile(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
+	kA, kB, kC := key.Public{1}, key.Public{2}, key.Public{3}
+	eps := map[key.Public]LastDirect{
+		kA: {netip.MustParseAddrPort("203.0.113.7:51820"), now.Add(-time.Minute)},
+		kB: {netip.MustParseAddrPort("[2001:db8::7]:4000"), now.Add(-2 * time.Hour)},
+		kC: {netip.MustParseAddrPort("198.51.100.1:1"), now.Add(-49 * time.Hour)}, // too old
+	}
+	if got, err := LoadLastDirect(dir, now, 48*time.Hour); err != nil || len(got) != 0 {
+		t.Fatalf("no file: got %v, %v; want nothing and no error", got, err)
+	}
+	if err := SaveLastDirect(dir, eps); err != nil {
+		t.Fatal(err)
+	}
+	got, err := LoadLastDirect(dir, now, 48*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[kA].Endpoint != eps[kA].Endpoint || !got[kA].At.Equal(eps[kA].At) || got[kB].Endpoint != eps[kB].Endpoint {
+		t.Errorf("got %v", got)
+	}
+	// A damaged file is an error and no entries, never a panic.
+	for _, bad := range []string{"{", `{"v":2,"peers":{}}`, `{"v":1,"peers":{"nokey":{"endpoint":"1.2.3.4:5","at":"2026-12-06T11:00:00Z"}}}`} {
+		if err := os.WriteFile(filepath.Join(dir, lastDirectFile), []byte(bad), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		got, err := LoadLastDirect(dir, now, 48*time.Hour)
+		if len(got) != 0 {
+			t.Errorf("%q: got %v", bad, got)
+		}
+		if bad != `{"v":1,"peers":{"nokey":{"endpoint":"1.2.3.4:5","at":"2026-12-06T11:00:00Z"}}}` && err == nil {
+			t.Errorf("%q: no error", bad)
+		}
 	}
 }

@@ -55,10 +55,11 @@ type PeerStatus struct {
 	PublicKey     string     `json:"public_key"`
 	Addresses     []string   `json:"addresses"`
 	Routes        []string   `json:"routes,omitempty"`
-	Online        bool       `json:"online"`             // connected to the coordinator
-	Path          string     `json:"path"`               // none, direct, relay
-	Relay         string     `json:"relay,omitempty"`    // relay region, when Path is relay
-	Endpoint      string     `json:"endpoint,omitempty"` // as WireGuard has it
+	Online        bool       `json:"online"`               // connected to the coordinator
+	Path          string     `json:"path"`                 // none, direct, relay
+	LastKnown     bool       `json:"last_known,omitempty"` // direct to the last endpoint that worked (no relay; not confirmed now)
+	Relay         string     `json:"relay,omitempty"`      // relay region, when Path is relay
+	Endpoint      string     `json:"endpoint,omitempty"`   // as WireGuard has it
 	LastHandshake time.Time  `json:"last_handshake,omitzero"`
 	RxBytes       uint64     `json:"rx_bytes"`
 	TxBytes       uint64     `json:"tx_bytes"`

@@ -4,8 +4,10 @@
 // failed) and whether a relay is up, and answers what the path is and
 // when to try ICE again. Relay-first: a peer is reachable through the
 // relay until ICE finds a direct pair, and falls back to it the moment
-// the direct pair stops answering. Pure logic with the clock passed in,
-// so every transition is unit-testable.
+// the direct pair stops answering. Without a relay, the last direct
+// endpoint stays the path (LastKnown): an edge site whose cloud link is
+// gone keeps what worked instead of nothing. Pure logic with the clock
+// passed in, so every transition is unit-testable.
 package pathsel
 
 import (
@@ -40,6 +42,11 @@ func (k Kind) String() string {
 type Path struct {
 	Kind     Kind
 	Endpoint netip.AddrPort // the peer's address (Direct); filled in by the owner for Relay
+	// LastKnown: Direct to the last endpoint ICE confirmed, kept because
+	// nothing else can carry the peer (no relay, no confirmed pair).
+	// WireGuard keeps handshaking to it, so the path comes back on its
+	// own when the underlay does, with no coordinator to signal through.
+	LastKnown bool
 }
 
 // ICEState is the state of the peer's current ICE session as the
@@ -101,6 +108,10 @@ type Machine struct {
 	started  bool           // a session was ever started
 	relay    bool           // a relay connection is up
 	stats    Stats
+	// lastDirect is the last endpoint a session connected to (or one
+	// seeded from a saved state), and when: the path of last resort.
+	lastDirect   netip.AddrPort
+	lastDirectAt time.Time
 }
 
 // NewMachine returns a machine that wants a session right away.
@@ -109,15 +120,41 @@ func NewMachine(cfg Config, now time.Time) *Machine {
 	return &Machine{cfg: cfg, since: now, backoff: cfg.MinBackoff, next: now}
 }
 
-// Path returns the current path.
+// Path returns the current path: the connected pair; else the relay;
+// else the last direct endpoint (LastKnown); else none.
 func (m *Machine) Path() Path {
 	switch {
 	case m.ice == Connected:
 		return Path{Kind: Direct, Endpoint: m.endpoint}
 	case m.relay:
 		return Path{Kind: Relay}
+	case m.lastDirect.IsValid():
+		return Path{Kind: Direct, Endpoint: m.lastDirect, LastKnown: true}
 	}
 	return Path{}
+}
+
+// LastDirect returns the last endpoint a session connected to and when
+// (zero if none), for the owner to save across restarts.
+func (m *Machine) LastDirect() (netip.AddrPort, time.Time) { return m.lastDirect, m.lastDirectAt }
+
+// Seed gives a new machine the last direct endpoint a previous run saved,
+// so a restarted node without relay or coordinator tries it at once.
+// A machine that already knows one keeps its own.
+func (m *Machine) Seed(ep netip.AddrPort, at time.Time) {
+	if ep.IsValid() && !m.lastDirect.IsValid() {
+		m.lastDirect, m.lastDirectAt = ep, at
+	}
+}
+
+// Reset forgets the backoff: the next session may start at once (the
+// coordinator is back after an outage in which every session failed
+// for want of signalling).
+func (m *Machine) Reset(now time.Time) {
+	m.backoff = m.cfg.MinBackoff
+	if m.ice == Idle || m.ice == Failed {
+		m.next = now
+	}
 }
 
 // SetRelay records whether the node's relay connection is up.
@@ -152,6 +189,7 @@ func (m *Machine) Connected(ep netip.AddrPort, now time.Time) {
 		m.stats.Successes++
 	}
 	m.endpoint = ep
+	m.lastDirect, m.lastDirectAt = ep, now
 	m.backoff = m.cfg.MinBackoff
 	m.set(Connected, now)
 }

@@ -39,9 +39,73 @@ func TestMachineRelayFirst(t *testing.T) {
 	if got := m.Path().Kind; got != Direct {
 		t.Errorf("relay down, direct up: got %v, want direct", got)
 	}
+	// Without a relay, the endpoint that worked stays the path: WireGuard
+	// keeps handshaking to it and recovers when the underlay does.
 	m.Failed(at(4 * time.Second))
-	if got := m.Path().Kind; got != None {
-		t.Errorf("relay down, ICE failed: got %v, want none", got)
+	if got := m.Path(); got.Kind != Direct || got.Endpoint != ep || !got.LastKnown {
+		t.Errorf("relay down, ICE failed: got %+v, want the last direct endpoint %s", got, ep)
+	}
+	// The relay back: it carries the peer until ICE confirms a pair.
+	m.SetRelay(true)
+	if got := m.Path(); got.Kind != Relay {
+		t.Errorf("relay back: got %+v, want relay", got)
+	}
+	m.SetRelay(false)
+	m.Started(at(5 * time.Second))
+	if got := m.Path(); !got.LastKnown || got.Endpoint != ep {
+		t.Errorf("a new session checking without relay: got %+v, want the last direct endpoint", got)
+	}
+	ep2 := netip.MustParseAddrPort("198.51.100.9:4000")
+	m.Connected(ep2, at(6*time.Second))
+	m.Failed(at(7 * time.Second))
+	if got := m.Path(); got.Endpoint != ep2 || !got.LastKnown {
+		t.Errorf("after a new pair failed: got %+v, want %s", got, ep2)
+	}
+	if got, when := m.LastDirect(); got != ep2 || !when.Equal(at(6*time.Second)) {
+		t.Errorf("LastDirect: %v at %v", got, when)
+	}
+}
+
+// A machine seeded from a saved state uses the saved endpoint when
+// nothing else carries the peer; one that learnt its own keeps it.
+func TestMachineSeed(t *testing.T) {
+	m := NewMachine(Config{}, t0)
+	m.Seed(ep, t0.Add(-time.Hour))
+	if got := m.Path(); got.Kind != Direct || got.Endpoint != ep || !got.LastKnown {
+		t.Fatalf("seeded: got %+v", got)
+	}
+	m.SetRelay(true)
+	if got := m.Path().Kind; got != Relay {
+		t.Errorf("seeded with a relay: got %v, want relay", got)
+	}
+	ep2 := netip.MustParseAddrPort("198.51.100.9:4000")
+	m.Connected(ep2, t0)
+	m.Seed(ep, t0)
+	if got, _ := m.LastDirect(); got != ep2 {
+		t.Errorf("a later Seed replaced a learnt endpoint: %v", got)
+	}
+}
+
+// Reset lifts the backoff of a failed machine at once.
+func TestMachineReset(t *testing.T) {
+	m := NewMachine(Config{MinBackoff: time.Second, MaxBackoff: 30 * time.Second}, t0)
+	for i := range 5 {
+		now := at(time.Duration(i) * time.Minute)
+		m.Started(now)
+		m.Failed(now) // backoff grows to 30 s
+	}
+	now := at(4*time.Minute + time.Second)
+	if m.Tick(now) {
+		t.Fatal("due 1 s after the fifth failure; the backoff should hold it")
+	}
+	m.Reset(now)
+	if !m.Tick(now) {
+		t.Error("not due after Reset")
+	}
+	m.Started(now)
+	m.Failed(now)
+	if m.Tick(now.Add(999*time.Millisecond)) || !m.Tick(now.Add(time.Second)) {
+		t.Error("the backoff after Reset is not back to MinBackoff")
 	}
 }
 
@@ -51,7 +115,7 @@ func TestMachine(t *testing.T) {
 		at       time.Duration
 		do       func(m *Machine, now time.Time)
 		wantTick bool // Tick's answer after the action
-		wantPath Kind
+		wantPath string // none, direct, relay or last (the last known direct endpoint)
 		wantICE  ICEState
 	}
 	started := func(m *Machine, now time.Time) { m.Started(now) }
@@ -66,67 +130,67 @@ func TestMachine(t *testing.T) {
 		wantStats Stats
 	}{
 		{"new machine wants a session at once", []step{
-			{0, nothing, true, None, Idle},
+			{0, nothing, true, "none", Idle},
 		}, Stats{}},
 		{"connect gives a direct path", []step{
-			{0, started, false, None, Checking},
-			{time.Second, connected, false, Direct, Connected},
+			{0, started, false, "none", Checking},
+			{time.Second, connected, false, "direct", Connected},
 		}, Stats{Attempts: 1, Successes: 1}},
 		{"session timeout fails and backs off", []step{
-			{0, started, false, None, Checking},
-			{10 * time.Second, nothing, false, None, Failed},
-			{10*time.Second + 999*time.Millisecond, nothing, false, None, Failed},
-			{11 * time.Second, nothing, true, None, Failed},
+			{0, started, false, "none", Checking},
+			{10 * time.Second, nothing, false, "none", Failed},
+			{10*time.Second + 999*time.Millisecond, nothing, false, "none", Failed},
+			{11 * time.Second, nothing, true, "none", Failed},
 		}, Stats{Attempts: 1, Failures: 1}},
 		{"backoff doubles and caps", []step{
-			{0, started, false, None, Checking},
-			{0, failed, false, None, Failed}, // next at 1s, backoff 2s
-			{time.Second, started, false, None, Checking},
-			{time.Second, failed, false, None, Failed}, // next at 3s, backoff 4s
-			{2 * time.Second, nothing, false, None, Failed},
-			{3 * time.Second, started, false, None, Checking},
-			{3 * time.Second, failed, false, None, Failed}, // next at 7s, backoff 8s
-			{7 * time.Second, started, false, None, Checking},
-			{7 * time.Second, failed, false, None, Failed}, // next at 15s, capped 8s
-			{14 * time.Second, nothing, false, None, Failed},
-			{15 * time.Second, started, false, None, Checking},
-			{15 * time.Second, failed, false, None, Failed}, // next at 23s
-			{22 * time.Second, nothing, false, None, Failed},
-			{23 * time.Second, nothing, true, None, Failed},
+			{0, started, false, "none", Checking},
+			{0, failed, false, "none", Failed}, // next at 1s, backoff 2s
+			{time.Second, started, false, "none", Checking},
+			{time.Second, failed, false, "none", Failed}, // next at 3s, backoff 4s
+			{2 * time.Second, nothing, false, "none", Failed},
+			{3 * time.Second, started, false, "none", Checking},
+			{3 * time.Second, failed, false, "none", Failed}, // next at 7s, backoff 8s
+			{7 * time.Second, started, false, "none", Checking},
+			{7 * time.Second, failed, false, "none", Failed}, // next at 15s, capped 8s
+			{14 * time.Second, nothing, false, "none", Failed},
+			{15 * time.Second, started, false, "none", Checking},
+			{15 * time.Second, failed, false, "none", Failed}, // next at 23s
+			{22 * time.Second, nothing, false, "none", Failed},
+			{23 * time.Second, nothing, true, "none", Failed},
 		}, Stats{Attempts: 5, Failures: 5, Restarts: 4}},
 		{"success resets backoff", []step{
-			{0, started, false, None, Checking},
-			{0, failed, false, None, Failed},
-			{time.Second, started, false, None, Checking},
-			{time.Second, connected, false, Direct, Connected},
-			{5 * time.Second, failed, false, None, Failed}, // backoff back to 1s
-			{6 * time.Second, nothing, true, None, Failed},
+			{0, started, false, "none", Checking},
+			{0, failed, false, "none", Failed},
+			{time.Second, started, false, "none", Checking},
+			{time.Second, connected, false, "direct", Connected},
+			{5 * time.Second, failed, false, "last", Failed}, // backoff back to 1s
+			{6 * time.Second, nothing, true, "last", Failed},
 		}, Stats{Attempts: 2, Successes: 1, Failures: 2, Restarts: 1}},
 		{"disconnect drops the path at once and recovers", []step{
-			{0, started, false, None, Checking},
-			{0, connected, false, Direct, Connected},
-			{time.Second, disconnected, false, None, Disconnected},
-			{2 * time.Second, connected, false, Direct, Connected},
+			{0, started, false, "none", Checking},
+			{0, connected, false, "direct", Connected},
+			{time.Second, disconnected, false, "last", Disconnected},
+			{2 * time.Second, connected, false, "direct", Connected},
 		}, Stats{Attempts: 1, Successes: 1}},
 		{"disconnect past grace fails", []step{
-			{0, started, false, None, Checking},
-			{0, connected, false, Direct, Connected},
-			{time.Second, disconnected, false, None, Disconnected},
-			{4 * time.Second, nothing, false, None, Failed},
-			{5 * time.Second, nothing, true, None, Failed},
+			{0, started, false, "none", Checking},
+			{0, connected, false, "direct", Connected},
+			{time.Second, disconnected, false, "last", Disconnected},
+			{4 * time.Second, nothing, false, "last", Failed},
+			{5 * time.Second, nothing, true, "last", Failed},
 		}, Stats{Attempts: 1, Successes: 1, Failures: 1}},
 		{"kick restarts a connected session after min backoff", []step{
-			{0, started, false, None, Checking},
-			{0, connected, false, Direct, Connected},
-			{100 * time.Millisecond, kick, false, None, Failed},
-			{time.Second, nothing, true, None, Failed},
+			{0, started, false, "none", Checking},
+			{0, connected, false, "direct", Connected},
+			{100 * time.Millisecond, kick, false, "last", Failed},
+			{time.Second, nothing, true, "last", Failed},
 		}, Stats{Attempts: 1, Successes: 1}},
 		{"kick skips the backoff of a failed session", []step{
-			{0, started, false, None, Checking},
-			{0, failed, false, None, Failed},
-			{time.Second, started, false, None, Checking},
-			{time.Second, failed, false, None, Failed}, // next at 3s
-			{2 * time.Second, kick, true, None, Failed},
+			{0, started, false, "none", Checking},
+			{0, failed, false, "none", Failed},
+			{time.Second, started, false, "none", Checking},
+			{time.Second, failed, false, "none", Failed}, // next at 3s
+			{2 * time.Second, kick, true, "none", Failed},
 		}, Stats{Attempts: 2, Failures: 2, Restarts: 1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -137,7 +201,7 @@ func TestMachine(t *testing.T) {
 				if got := m.Tick(now); got != s.wantTick {
 					t.Errorf("step %d (t=%v): Tick got %v, want %v", i, s.at, got, s.wantTick)
 				}
-				if got := m.Path().Kind; got != s.wantPath {
+				if got := pathName(m.Path()); got != s.wantPath {
 					t.Errorf("step %d (t=%v): path got %v, want %v", i, s.at, got, s.wantPath)
 				}
 				if got := m.State(); got != s.wantICE {
@@ -152,4 +216,11 @@ func TestMachine(t *testing.T) {
 			}
 		})
 	}
+}
+
+func pathName(p Path) string {
+	if p.LastKnown {
+		return "last"
+	}
+	return p.Kind.String()
 }

@@ -64,6 +64,16 @@ const (
 type Peer struct {
 	Key    key.Public
 	Online bool // connected to the coordinator, so signalling can reach it
+	// LastDirect is the last direct endpoint a previous run confirmed
+	// (and when), tried when nothing else carries the peer. Used only
+	// when the peer is first set.
+	LastDirect LastDirect
+}
+
+// LastDirect is a peer's last direct endpoint ICE confirmed.
+type LastDirect struct {
+	Endpoint netip.AddrPort
+	At       time.Time
 }
 
 // Config configures a Manager.
@@ -314,6 +324,37 @@ func (m *Manager) SetSTUN(servers []string) {
 	m.post(func() { m.stun = uris })
 }
 
+// Reconnected tells the manager the coordinator is reachable again:
+// sessions that failed for want of signalling during the outage start
+// again at once for every peer not on a confirmed direct path, without
+// the backoff the outage built up.
+func (m *Manager) Reconnected() {
+	m.post(func() {
+		now := m.cfg.Now()
+		for _, p := range m.peers {
+			if p.m.State() == pathsel.Connected {
+				continue
+			}
+			p.m.Reset(now)
+			p.requestGap, p.lastRequest = 0, time.Time{}
+		}
+	})
+}
+
+// LastDirect returns each peer's last confirmed direct endpoint, for the
+// owner to save across restarts.
+func (m *Manager) LastDirect() map[key.Public]LastDirect {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := map[key.Public]LastDirect{}
+	for k, p := range m.peers {
+		if ep, at := p.m.LastDirect(); ep.IsValid() {
+			out[k] = LastDirect{Endpoint: ep, At: at}
+		}
+	}
+	return out
+}
+
 // HandleSignal processes a signal the coordinator forwarded.
 func (m *Manager) HandleSignal(sig Signal) {
 	m.post(func() { m.handleSignal(sig) })
@@ -389,6 +430,7 @@ func (m *Manager) setPeers(peers []Peer) {
 			p = &peer{nk: pi.Key, controlling: bytes.Compare(m.cfg.PublicKey[:], pi.Key[:]) > 0,
 				m: pathsel.NewMachine(m.cfg.Machine, now)}
 			p.m.SetRelay(m.relayUp)
+			p.m.Seed(pi.LastDirect.Endpoint, pi.LastDirect.At)
 			m.peers[pi.Key] = p
 		}
 		if pi.Online && !p.online && p.controlling && p.m.State() != pathsel.Connected {
@@ -477,6 +519,9 @@ func (m *Manager) notifyIfChanged() {
 }
 
 func describe(p pathsel.Path) string {
+	if p.LastKnown {
+		return "last known direct " + p.Endpoint.String()
+	}
 	if p.Kind == pathsel.Direct {
 		return "direct " + p.Endpoint.String()
 	}
