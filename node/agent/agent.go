@@ -435,7 +435,7 @@ func RunWith(ctx context.Context, cfg Config, env Env) error {
 		},
 		OnTicket: a.onTicket, KnownKey: a.knownKey,
 		// Sessions that failed for want of signalling start over at once.
-		OnConnected: func() { a.trav.Reconnected() },
+		OnConnected:     func() { a.trav.Reconnected() },
 		Dial:            func(ctx context.Context, addr string) (net.Conn, error) { return a.host.Dial(ctx, "tcp", addr) },
 		KubernetesToken: func() string { return kubernetesToken(cfg.KubernetesTokenFile, log) },
 	})

@@ -114,7 +114,7 @@ func TestMachine(t *testing.T) {
 	type step struct {
 		at       time.Duration
 		do       func(m *Machine, now time.Time)
-		wantTick bool // Tick's answer after the action
+		wantTick bool   // Tick's answer after the action
 		wantPath string // none, direct, relay or last (the last known direct endpoint)
 		wantICE  ICEState
 	}
