@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -121,4 +123,96 @@ func TestCoordinatorDown(t *testing.T) {
 			t.Error(err)
 		}
 	})
+}
+
+// TestSmallUnderlayMTU: one site reaches the internet through a link with
+// a 1280-byte MTU (its ISP's router fragments or answers "fragmentation
+// needed", as a real one does). With the default configuration bulk
+// traffic must not blackhole: a 20 MB TCP transfer completes both ways,
+// and 1400-byte DF pings over the overlay pass.
+func TestSmallUnderlayMTU(t *testing.T) {
+	lab.Require(t)
+	l := lab.New(t)
+	cloud := l.AddPublicHost("cloud")
+	coord := cluster.StartCoordinator(t, l, cloud)
+	isp := l.AddSite("isp", lab.NATEIM)
+	sa := isp.AddSite("sa", lab.NATEIM)
+	sb := l.AddSite("sb", lab.NATEIM)
+	// The 1280 link: between the ISP's router and the site's router, both
+	// L3 hops, so packets are fragmented or refused with ICMP, not
+	// dropped by a switch.
+	out := isp.Router().MustExec(t, "ip", "-o", "link", "show")
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		name, _, _ := strings.Cut(strings.TrimSuffix(f[1], ":"), "@")
+		if name == "lo" || name == "wan" {
+			continue
+		}
+		isp.Router().MustExec(t, "ip", "link", "set", "dev", name, "mtu", "1280")
+	}
+	sa.Router().MustExec(t, "ip", "link", "set", "dev", "wan", "mtu", "1280")
+	a := &natNode{name: "a", spot: natSpot{natEIM, "sa"}, host: sa.AddNode("a"), nats: []*lab.Site{sa, isp}}
+	b := &natNode{name: "b", spot: natSpot{natEIM, "sb"}, host: sb.AddNode("b"), nats: []*lab.Site{sb}}
+	nodes := []*natNode{a, b}
+	startNodes(t, l, coord, nodes, nil)
+	defer matrixOnFailure(t, nodes, expectedPath)
+	waitPaths(t, nodes, expectedPath, 45*time.Second)
+
+	for _, dir := range [][2]*natNode{{a, b}, {b, a}} {
+		from, to := dir[0], dir[1]
+		t.Run(fmt.Sprintf("20 MB TCP %s to %s", from.name, to.name), func(t *testing.T) {
+			ln, err := to.host.ListenTCP(to.overlay.String() + ":7000")
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := make(chan int64, 1)
+			go func() {
+				c, err := ln.Accept()
+				if err != nil {
+					got <- -1
+					return
+				}
+				c.SetDeadline(time.Now().Add(60 * time.Second))
+				n, _ := io.Copy(io.Discard, c)
+				c.Close()
+				got <- n
+			}()
+			ctx := ctxT(t, 60*time.Second)
+			c, err := from.host.DialTCP(ctx, to.overlay.String()+":7000")
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.SetDeadline(time.Now().Add(60 * time.Second))
+			const size = 20 << 20
+			t0 := time.Now()
+			sent, err := io.Copy(c, io.LimitReader(zeros{}, size))
+			c.CloseWrite()
+			if err != nil {
+				t.Fatalf("sent %d of %d bytes: %v", sent, size, err)
+			}
+			if n := <-got; n != size {
+				t.Fatalf("received %d of %d bytes", n, size)
+			}
+			c.Close()
+			ln.Close()
+			t.Logf("20 MB in %v", time.Since(t0).Round(time.Millisecond))
+		})
+	}
+	t.Run("1400-byte DF pings over the overlay pass", func(t *testing.T) {
+		out, err := a.host.Exec(ctxT(t, 20*time.Second), "ping", "-n", "-c", "5", "-i", "0.2", "-W", "2", "-M", "do", "-s", "1372", b.overlay.String())
+		if !strings.Contains(out, " 5 received") {
+			t.Errorf("ping -M do -s 1372 a -> b: %v\n%s", err, out)
+		}
+	})
+}
+
+// zeros reads as an endless run of zero bytes.
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
 }

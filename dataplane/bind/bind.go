@@ -40,6 +40,7 @@ type Counters struct {
 // WireGuard device; use PacketConn for ICE.
 type Bind struct {
 	inner conn.Bind
+	std   bool // inner is StdNetBind: its IPv4 socket sends without DF (omitPMTU)
 	log   *slog.Logger
 	pc    *PacketConn
 	rs    *relayState
@@ -54,13 +55,14 @@ var _ conn.Bind = (*Bind)(nil)
 
 // New wraps inner (nil: conn.NewStdNetBind()).
 func New(inner conn.Bind, log *slog.Logger) *Bind {
-	if inner == nil {
+	std := inner == nil
+	if std {
 		inner = conn.NewStdNetBind()
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	b := &Bind{inner: inner, log: log, rs: newRelayState()}
+	b := &Bind{inner: inner, std: std, log: log, rs: newRelayState()}
 	b.pc = &PacketConn{b: b, in: make(chan datagram, stunQueue), closed: make(chan struct{})}
 	return b
 }
@@ -74,6 +76,15 @@ func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	fns, actual, err := b.inner.Open(port)
 	if err != nil {
 		return nil, 0, err
+	}
+	if b.std {
+		// Outer packets without DF: a smaller MTU on the path is
+		// fragmented by its router instead of blackholing GSO batches.
+		if n, err := omitPMTU(actual); err != nil {
+			b.log.Warn("path MTU discovery stays on; a smaller underlay MTU may blackhole bulk traffic", "err", err)
+		} else if n == 0 {
+			b.log.Warn("found no IPv4 UDP socket to take DF off", "port", actual)
+		}
 	}
 	closed := make(chan struct{})
 	b.mu.Lock()
