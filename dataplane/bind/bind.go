@@ -46,8 +46,9 @@ type Bind struct {
 	rs    *relayState
 	C     Counters
 
-	mu     sync.Mutex    // guards port, closed
+	mu     sync.Mutex    // guards port, closed, fds4
 	port   uint16        // bound port, 0 while closed
+	fds4   []int         // the IPv4 socket StdNetBind opened (SendTTL), while open
 	closed chan struct{} // closed by Close: ends the relay ReceiveFunc of that Open
 }
 
@@ -77,12 +78,13 @@ func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	if err != nil {
 		return nil, 0, err
 	}
+	var fds []int
 	if b.std {
 		// Outer packets without DF: a smaller MTU on the path is
 		// fragmented by its router instead of blackholing GSO batches.
-		if n, err := omitPMTU(actual); err != nil {
+		if fds, err = omitPMTU(actual); err != nil {
 			b.log.Warn("path MTU discovery stays on; a smaller underlay MTU may blackhole bulk traffic", "err", err)
-		} else if n == 0 {
+		} else if len(fds) == 0 {
 			b.log.Warn("found no IPv4 UDP socket to take DF off", "port", actual)
 		}
 	}
@@ -90,6 +92,7 @@ func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	b.mu.Lock()
 	b.port = actual
 	b.closed = closed
+	b.fds4 = fds
 	b.mu.Unlock()
 	wrapped := make([]conn.ReceiveFunc, len(fns), len(fns)+1)
 	for i, fn := range fns {
@@ -119,10 +122,24 @@ func (b *Bind) wrap(fn conn.ReceiveFunc) conn.ReceiveFunc {
 	}
 }
 
+// SendTTL sends p to the IPv4 dst from the WireGuard socket with IP TTL
+// ttl for this datagram only (traversal's primers: they open this
+// node's own NAT mapping towards a peer and die before the peer's NAT).
+// It needs the standard bind on Linux.
+func (b *Bind) SendTTL(dst netip.AddrPort, p []byte, ttl int) error {
+	b.mu.Lock()
+	defer b.mu.Unlock() // held across the send: Close must not free the descriptor under it
+	if len(b.fds4) == 0 {
+		return errors.New("bind: no IPv4 socket to send with a TTL from")
+	}
+	return sendTTL(b.fds4[0], dst, p, ttl)
+}
+
 // Close implements conn.Bind. The PacketConn stays usable; see Shutdown.
 func (b *Bind) Close() error {
 	b.mu.Lock()
 	b.port = 0
+	b.fds4 = nil
 	if b.closed != nil {
 		close(b.closed)
 		b.closed = nil

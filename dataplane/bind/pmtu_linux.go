@@ -2,15 +2,18 @@ package bind
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"strconv"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
 // omitPMTU sets IP_MTU_DISCOVER to IP_PMTUDISC_OMIT on this process's
 // IPv4 UDP sockets bound to port (the WireGuard socket StdNetBind opened,
-// which keeps its file descriptors to itself) and returns how many it set.
+// which keeps its file descriptors to itself) and returns their
+// descriptors.
 //
 // Why: the overlay's 1420-byte MTU makes 1480-byte datagrams. Over an
 // underlay with a smaller MTU somewhere on the path (PPPoE, mobile
@@ -22,12 +25,12 @@ import (
 // interface MTU, so a router on a smaller link fragments instead, and a
 // normal path is unchanged. IPv6 routers never fragment, so IPv6
 // sockets keep their setting.
-func omitPMTU(port uint16) (int, error) {
+func omitPMTU(port uint16) ([]int, error) {
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	n := 0
+	var fds []int
 	for _, e := range ents {
 		fd, err := strconv.Atoi(e.Name())
 		if err != nil {
@@ -44,9 +47,25 @@ func omitPMTU(port uint16) (int, error) {
 			continue
 		}
 		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_OMIT); err != nil {
-			return n, fmt.Errorf("IP_MTU_DISCOVER on the UDP socket of port %d: %w", port, err)
+			return fds, fmt.Errorf("IP_MTU_DISCOVER on the UDP socket of port %d: %w", port, err)
 		}
-		n++
+		fds = append(fds, fd)
 	}
-	return n, nil
+	return fds, nil
+}
+
+// sendTTL sends p to dst from the socket fd with the IP TTL ttl, for
+// this datagram only.
+func sendTTL(fd int, dst netip.AddrPort, p []byte, ttl int) error {
+	if !dst.Addr().Is4() {
+		return fmt.Errorf("send with TTL to %v: IPv4 only", dst)
+	}
+	oob := make([]byte, unix.CmsgSpace(4))
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+	h.Level, h.Type = unix.IPPROTO_IP, unix.IP_TTL
+	h.SetLen(unix.CmsgLen(4))
+	*(*int32)(unsafe.Pointer(&oob[unix.CmsgLen(0)])) = int32(ttl)
+	sa := &unix.SockaddrInet4{Port: int(dst.Port()), Addr: dst.Addr().As4()}
+	_, err := unix.SendmsgN(fd, p, oob, sa, unix.MSG_DONTWAIT)
+	return err
 }

@@ -2,4 +2,11 @@
 
 package bind
 
-func omitPMTU(uint16) (int, error) { return 1, nil }
+import (
+	"errors"
+	"net/netip"
+)
+
+func omitPMTU(uint16) ([]int, error) { return nil, nil }
+
+func sendTTL(int, netip.AddrPort, []byte, int) error { return errors.ErrUnsupported }

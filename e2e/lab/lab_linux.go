@@ -237,7 +237,7 @@ type Site struct {
 // bridge with the next free 203.0.113.x and whose LAN is 10.n.0.1/24.
 func (l *Lab) AddSite(name string, kind NATKind) *Site {
 	l.t.Helper()
-	return l.addSite(name, kind, nil, netip.Prefix{})
+	return l.addSite(name, kind, nil, SiteOptions{})
 }
 
 // AddSiteLAN adds a site as AddSite does, with the LAN lan (a masked
@@ -245,23 +245,49 @@ func (l *Lab) AddSite(name string, kind NATKind) *Site {
 // may have the same LAN, as home networks do (192.168.1.0/24).
 func (l *Lab) AddSiteLAN(name string, kind NATKind, lan netip.Prefix) *Site {
 	l.t.Helper()
-	if !lan.Addr().Is4() || lan.Bits() != 24 || lan != lan.Masked() {
-		l.t.Fatalf("add site %s: LAN %s, want a masked IPv4 /24", name, lan)
-	}
-	return l.addSite(name, kind, nil, lan)
+	return l.addSite(name, kind, nil, SiteOptions{LAN: lan})
+}
+
+// SiteOptions vary a site from AddSite's.
+type SiteOptions struct {
+	// LAN instead of the next 10.n.0.0/24 (a masked IPv4 /24).
+	LAN netip.Prefix
+	// OpenWAN leaves out the router's drop of unsolicited WAN input, as
+	// many routers do: a peer's early probe then leaves a conntrack entry
+	// that makes MASQUERADE move the site's mapping to another port.
+	OpenWAN bool
+	// ISP puts a routed hop (the site's ISP, namespace "isp"+name)
+	// between the internet bridge and the site's router, whose WAN then
+	// holds 198.18.n.2/24 behind the ISP's 198.18.n.1, as on the real
+	// internet, where two sites are never adjacent hops: a packet with
+	// TTL 2 from a node leaves through its own NAT and dies at its ISP.
+	ISP bool
+}
+
+// AddSiteWith adds a site as AddSite does, varied by opts.
+func (l *Lab) AddSiteWith(name string, kind NATKind, opts SiteOptions) *Site {
+	l.t.Helper()
+	return l.addSite(name, kind, nil, opts)
 }
 
 // AddSite adds a site whose WAN sits on this site's LAN (double NAT, e.g.
 // a home NAT behind CGNAT), with default route via this site's router.
 func (s *Site) AddSite(name string, kind NATKind) *Site {
 	s.lab.t.Helper()
-	return s.lab.addSite(name, kind, s, netip.Prefix{})
+	return s.lab.addSite(name, kind, s, SiteOptions{})
 }
 
-func (l *Lab) addSite(name string, kind NATKind, parent *Site, lan netip.Prefix) *Site {
+func (l *Lab) addSite(name string, kind NATKind, parent *Site, opts SiteOptions) *Site {
 	l.t.Helper()
 	if kind < NATNone || kind > NATUDPBlocked {
 		l.t.Fatalf("add site %s: unknown NAT kind %v", name, kind)
+	}
+	lan := opts.LAN
+	if lan.IsValid() && (!lan.Addr().Is4() || lan.Bits() != 24 || lan != lan.Masked()) {
+		l.t.Fatalf("add site %s: LAN %s, want a masked IPv4 /24", name, lan)
+	}
+	if opts.ISP && parent != nil {
+		l.t.Fatalf("add site %s: an ISP hop is for sites on the internet", name)
 	}
 	l.mu.Lock()
 	n := l.nextSite
@@ -272,10 +298,23 @@ func (l *Lab) addSite(name string, kind NATKind, parent *Site, lan netip.Prefix)
 	}
 
 	var r *Host
-	if parent == nil {
+	switch {
+	case opts.ISP:
+		// The ISP routes 198.18.n.0/24 to the site; the internet
+		// namespace, every public host's gateway, routes it to the ISP.
+		isp := l.newHost("isp"+name, l.allocPublic())
+		l.plug(l.inet, "br0", isp, "wan", publicGW)
+		down := netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(n), 1}), 24)
+		l.addBridge(isp, "cust", down)
+		l.run("ip", "netns", "exec", isp.ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+		l.run("ip", "-n", l.inet.ns, "route", "add", down.Masked().String(), "via", isp.ip.Addr().String())
+		l.run("ip", "netns", "exec", l.inet.ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+		r = l.newHost(name, netip.PrefixFrom(down.Addr().Next(), 24))
+		l.plug(isp, "cust", r, "wan", down.Addr())
+	case parent == nil:
 		r = l.newHost(name, l.allocPublic())
 		l.plug(l.inet, "br0", r, "wan", publicGW)
-	} else {
+	default:
 		r = l.newHost(name, parent.allocLAN())
 		l.plug(parent.router, "lan", r, "wan", parent.gateway())
 	}
@@ -292,7 +331,9 @@ func (l *Lab) addSite(name string, kind NATKind, parent *Site, lan netip.Prefix)
 	// Drop unsolicited input on the WAN as home routers do; without it a
 	// peer's early probe leaves a conntrack entry that makes MASQUERADE
 	// pick another port and breaks hole punching (DESIGN.md, "The lab").
-	ipt("-A", "INPUT", "-i", "wan", "-m", "conntrack", "--ctstate", "NEW,INVALID", "-j", "DROP")
+	if !opts.OpenWAN {
+		ipt("-A", "INPUT", "-i", "wan", "-m", "conntrack", "--ctstate", "NEW,INVALID", "-j", "DROP")
+	}
 	if kind != NATNone {
 		ipt(append([]string{"-t", "nat", "-A", "POSTROUTING"}, s.masqRule()...)...)
 	}

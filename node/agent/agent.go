@@ -448,6 +448,13 @@ func RunWith(ctx context.Context, cfg Config, env Env) error {
 		PrivateKey: nk, PublicKey: nk.Public(), Mux: mux,
 		Send:      func(s traversal.Signal) bool { return a.cc.SendSignal(s.Proto()) },
 		HostAddrs: a.hostAddrs, RelayEndpoint: a.bind.RelayEndpoint, Overlay: a.viaOverlay, Logger: log,
+		Prime: func(dst netip.AddrPort, ttl int) {
+			// One byte that no peer takes for WireGuard or STUN, if one
+			// ever gets there.
+			if err := a.bind.SendTTL(dst, []byte{0xff}, ttl); err != nil {
+				log.Debug("ICE primer not sent", "to", dst, "err", err)
+			}
+		},
 		SameHost: env.SameHost,
 	})
 	if err != nil {

@@ -58,6 +58,10 @@ const (
 	// defaultIdleTimeout outlasts WireGuard's 25 s persistent keepalive
 	// several times over, so a live peer on the relay never goes idle.
 	defaultIdleTimeout = 2 * time.Minute
+	// defaultPrimeDelay outlasts the difference between the moments the
+	// two sides learn each other's server-reflexive candidates (both
+	// gather them at once; the signals cross the coordinator).
+	defaultPrimeDelay = 200 * time.Millisecond
 )
 
 // Peer is what the manager needs to know about a peer.
@@ -97,6 +101,16 @@ type Config struct {
 	// RelayEndpoint returns the synthetic endpoint of a relayed peer
 	// (nil: no relay support).
 	RelayEndpoint func(key.Public) netip.AddrPort
+	// Prime, if set, sends a datagram to dst from the shared socket with
+	// a small IP TTL: it opens this node's own NAT mapping towards a
+	// peer's server-reflexive candidate and dies in the network before
+	// the peer's NAT. A router that keeps state for unsolicited WAN input
+	// would otherwise take our first check as an inbound flow and move
+	// its site's mapping for us to another port (a conntrack clash),
+	// which keeps the pair off direct. Checks to that candidate start
+	// PrimeDelay later (default 200 ms), after the peer has primed too.
+	Prime      func(dst netip.AddrPort, ttl int)
+	PrimeDelay time.Duration
 	IPv6          bool
 	// IdleTimeout: a peer that sent nothing over the relay, no signal and
 	// had no working pair for this long gets no new ICE session (0: 2
@@ -195,6 +209,9 @@ func New(cfg Config) (*Manager, error) {
 	}
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = defaultIdleTimeout
+	}
+	if cfg.PrimeDelay <= 0 {
+		cfg.PrimeDelay = defaultPrimeDelay
 	}
 	return &Manager{
 		cfg: cfg, log: cfg.Logger, changed: make(chan struct{}, 1), wake: make(chan struct{}, 1),
@@ -752,13 +769,24 @@ func (m *Manager) handleSignal(sig Signal) {
 				m.log.Debug("refusing remote candidate", "peer", nk, "err", err)
 				continue
 			}
-			if err := p.s.agent.AddRemoteCandidate(c); err != nil {
-				m.signals.CandidatesRefused++
-				m.log.Debug("add remote candidate", "peer", nk, "err", err)
-				continue
-			}
 			p.s.remotes++
-			m.signals.CandidatesAdded++
+			if m.cfg.Prime != nil && c.Type() == ice.CandidateTypeServerReflexive {
+				if dst, ok := candidateAddr(c); ok && dst.Addr().Is4() {
+					for _, ttl := range primeTTLs {
+						m.cfg.Prime(dst, ttl)
+					}
+					s := p.s
+					time.AfterFunc(m.cfg.PrimeDelay, func() {
+						m.post(func() {
+							if p := m.peers[nk]; p != nil && p.s == s {
+								m.addRemote(nk, s, c)
+							}
+						})
+					})
+					continue
+				}
+			}
+			m.addRemote(nk, p.s, c)
 		}
 	case api.SignalPayload_KIND_RESTART_REQUEST:
 		if p.controlling && p.m.State() != pathsel.Checking {
@@ -768,6 +796,28 @@ func (m *Manager) handleSignal(sig Signal) {
 	default:
 		m.signals.SignalsDropped++
 	}
+}
+
+// primeTTLs pass a home router and a carrier-grade NAT behind it, and
+// end in the carrier's network, well before any peer's NAT.
+var primeTTLs = []int{2, 3}
+
+// addRemote adds a remote candidate to a session. Called with mu held.
+func (m *Manager) addRemote(nk key.Public, s *session, c ice.Candidate) {
+	if err := s.agent.AddRemoteCandidate(c); err != nil {
+		m.signals.CandidatesRefused++
+		m.log.Debug("add remote candidate", "peer", nk, "err", err)
+		return
+	}
+	m.signals.CandidatesAdded++
+}
+
+func candidateAddr(c ice.Candidate) (netip.AddrPort, bool) {
+	a, err := netip.ParseAddr(c.Address())
+	if err != nil || c.Port() <= 0 || c.Port() > 65535 {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(a.Unmap(), uint16(c.Port())), true
 }
 
 // local reports addresses a check must never go to besides those
