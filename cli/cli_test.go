@@ -169,7 +169,7 @@ func (fakeAgent) Status() (localapi.Status, error) {
 	return localapi.Status{
 		Self: localapi.SelfStatus{
 			Name: "edge-3", PublicKey: "mO1e2Uu2Yc0wqDlvXNo1r2vGBZkZk6Q0x0T9CqJcN3E=", Addresses: []string{"100.64.0.7"},
-			Interface: "edgewire0", ListenPort: 51820, Endpoints: []string{"203.0.113.50:51820"},
+			Interface: "edgewire0", ListenPort: 51820, MTU: 1420, Endpoints: []string{"203.0.113.50:51820"},
 			Coordinator: "coord.example.net:7443", Connected: true, MapVersion: 1042,
 			Relay: &localapi.RelayStatus{Home: "fra", Connected: true, LatencyMs: map[string]float64{"fra": 11.5, "ams": 17.25}},
 		},
@@ -185,6 +185,9 @@ func (fakeAgent) Status() (localapi.Status, error) {
 				ICE: &localapi.ICEStatus{State: "checking", Restarts: 4}},
 			{Name: "old-laptop", PublicKey: "b2Xc4Vn6Mm8Qq0Ww2Ee4Rr6Tt8Yy0Uu2Ii4Oo6Pp8A=", Addresses: []string{"100.64.0.10"},
 				Path: "none"},
+			// No relay and no coordinator: the endpoint that last worked.
+			{Name: "gw-2", PublicKey: "c3Yd5Wo7Nn9Rr1Xx3Ff5Ss7Uu9Zz1Vv3Jj5Pp7Qq9B=", Addresses: []string{"100.64.0.12"},
+				Path: "direct", LastKnown: true, Endpoint: "198.51.100.40:51820", LastHandshake: now.Add(-3 * time.Second)},
 		},
 	}, nil
 }

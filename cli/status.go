@@ -34,8 +34,8 @@ func statusCmd(g *globals) *cobra.Command {
 			if st.Self.Connected {
 				conn = "connected"
 			}
-			fmt.Fprintf(out, "self: %s %s iface %s port %d coordinator %s (%s) map v%d\n",
-				st.Self.Name, strings.Join(st.Self.Addresses, ","), st.Self.Interface, st.Self.ListenPort,
+			fmt.Fprintf(out, "self: %s %s iface %s mtu %d port %d coordinator %s (%s) map v%d\n",
+				st.Self.Name, strings.Join(st.Self.Addresses, ","), st.Self.Interface, st.Self.MTU, st.Self.ListenPort,
 				st.Self.Coordinator, conn, st.Self.MapVersion)
 			if r := st.Self.Relay; r != nil && r.Home != "" {
 				state := "connected"
@@ -53,7 +53,7 @@ func statusCmd(g *globals) *cobra.Command {
 				}
 				path := p.Path
 				if p.LastKnown {
-					path += "(last known)"
+					path += " (last known)"
 				}
 				if p.Relay != "" {
 					path += ":" + p.Relay

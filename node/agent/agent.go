@@ -878,7 +878,7 @@ func (a *Agent) Status() (localapi.Status, error) {
 	a.mu.Unlock()
 	st := localapi.Status{Self: localapi.SelfStatus{
 		Name: self.Name, PublicKey: a.priv.Public().String(), Interface: a.cfg.Interface,
-		ListenPort: port, Coordinator: a.enr.Coordinator, Connected: a.cc.Connected(), MapVersion: version,
+		ListenPort: port, MTU: a.cfg.MTU, Coordinator: a.enr.Coordinator, Connected: a.cc.Connected(), MapVersion: version,
 	}}
 	if st.Self.Name == "" {
 		st.Self.Name = a.enr.Name

@@ -29,11 +29,15 @@ type Status struct {
 
 // SelfStatus describes the local node.
 type SelfStatus struct {
-	Name        string       `json:"name"`
-	PublicKey   string       `json:"public_key"`
-	Addresses   []string     `json:"addresses"`
-	Interface   string       `json:"interface"`
-	ListenPort  int          `json:"listen_port"`
+	Name       string   `json:"name"`
+	PublicKey  string   `json:"public_key"`
+	Addresses  []string `json:"addresses"`
+	Interface  string   `json:"interface"`
+	ListenPort int      `json:"listen_port"`
+	// MTU is the overlay interface's, and every peer's effective MTU:
+	// outer packets go without DF, so a smaller underlay MTU on the way
+	// to a peer is fragmented by its router instead of lowering it.
+	MTU         int          `json:"mtu"`
 	Endpoints   []string     `json:"endpoints"`
 	Coordinator string       `json:"coordinator"`
 	Connected   bool         `json:"connected"` // stream to the coordinator is up

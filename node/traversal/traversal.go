@@ -111,7 +111,7 @@ type Config struct {
 	// PrimeDelay later (default 200 ms), after the peer has primed too.
 	Prime      func(dst netip.AddrPort, ttl int)
 	PrimeDelay time.Duration
-	IPv6          bool
+	IPv6       bool
 	// IdleTimeout: a peer that sent nothing over the relay, no signal and
 	// had no working pair for this long gets no new ICE session (0: 2
 	// minutes).
