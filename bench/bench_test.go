@@ -100,6 +100,7 @@ func TestBench(t *testing.T) {
 	t.Run("micro", func(t *testing.T) { benchMicro(t, rep) })
 	t.Run("services", func(t *testing.T) { benchServices(t, rep, cfg) })
 	t.Run("podnet", func(t *testing.T) { benchPodNet(t, rep, cfg) })
+	t.Run("underlay", func(t *testing.T) { benchUnderlay(t, rep, cfg) })
 	t.Run("dns", func(t *testing.T) { benchDNS(t, rep, cfg) })
 	t.Run("overlay", func(t *testing.T) { benchOverlay(t, rep, cfg, wgplain) })
 	t.Run("scale", func(t *testing.T) { benchScale(t, rep, cfg) })

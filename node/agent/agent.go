@@ -6,6 +6,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -321,6 +322,9 @@ type Agent struct {
 	// seed new path machines) and kept by reconcile (which alone touches
 	// it) to notice changes worth saving.
 	lastDirect map[key.Public]identity.LastDirect
+	// waitingHandshake: the last plan held some peer's keepalive for its
+	// first handshake (reconcile only).
+	waitingHandshake bool
 
 	dirty   chan struct{} // the map changed; capacity 1
 	unsaved chan struct{} // the map changed since it was saved; capacity 1
@@ -672,6 +676,9 @@ func (a *Agent) reconcileLoop(ctx context.Context) error {
 		if err := a.reconcile(); err != nil {
 			a.log.Warn("reconcile failed; retrying", "err", err)
 			retry.Reset(2 * time.Second)
+		} else if a.waitingHandshake {
+			// Turn keepalives on soon after the peer's handshake arrives.
+			retry.Reset(time.Second)
 		}
 	}
 }
@@ -709,7 +716,18 @@ func (a *Agent) reconcile() error {
 		paths[p.Key] = a.trav.Path(p.Key)
 	}
 	a.noteDirect(paths)
-	pl := makePlan(self, peers, prefixes, paths, routePolicy(prefixes, peers, paths, a.underlay(stun, regions)))
+	// The node with the larger key starts a pair's first handshake; the
+	// other answers it (see makePlan).
+	stats, err := a.dev.Stats()
+	if err != nil {
+		return err
+	}
+	me := a.priv.Public()
+	waiting := func(k key.Public) bool {
+		return bytes.Compare(me[:], k[:]) < 0 && stats[k].LastHandshake.IsZero()
+	}
+	pl := makePlan(self, peers, prefixes, paths, routePolicy(prefixes, peers, paths, a.underlay(stun, regions)), waiting)
+	a.waitingHandshake = pl.waiting
 	a.logRefusals(pl.refused)
 	if err := a.dev.SetPeers(pl.peers); err != nil {
 		return err

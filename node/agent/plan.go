@@ -22,6 +22,7 @@ type plan struct {
 	addrs   []netip.Prefix // the node's overlay addresses, with the overlay prefix's length
 	routes  []netip.Prefix // through the overlay interface
 	refused []refusal      // map routes the policy refused
+	waiting bool           // some peer's keepalive waits for its first handshake
 }
 
 // refusal is a peer's route that is not installed, and why.
@@ -75,7 +76,14 @@ func routePolicy(prefixes []netip.Prefix, peers []mapstate.Peer, paths map[key.P
 
 // makePlan plans the data plane for self and peers (sorted) under the
 // overlay prefixes, given each peer's path and the route policy.
-func makePlan(self mapstate.Self, peers []mapstate.Peer, prefixes []netip.Prefix, paths map[key.Public]pathsel.Path, pol *routeguard.Policy) plan {
+//
+// waiting reports peers whose first handshake this node leaves to the
+// peer (nil: none): their keepalive stays off until a handshake is done,
+// so the two sides do not both initiate the moment the relay comes up.
+// Crossed first initiations leave wireguard-go, now and then, with one
+// direction that nothing decrypts until the 15 s retry (seen in the lab
+// as a pair that drops every packet one way right after coming up).
+func makePlan(self mapstate.Self, peers []mapstate.Peer, prefixes []netip.Prefix, paths map[key.Public]pathsel.Path, pol *routeguard.Policy, waiting func(key.Public) bool) plan {
 	var out plan
 	for _, p := range peers {
 		pc := wgdev.PeerConfig{PublicKey: p.Key}
@@ -99,6 +107,10 @@ func makePlan(self mapstate.Self, peers []mapstate.Peer, prefixes []netip.Prefix
 			// at once, so the first handshake goes out the moment a path
 			// exists instead of after a failed attempt's 5 s back-off.
 			pc.Keepalive = keepalive
+			if waiting != nil && waiting(p.Key) {
+				pc.Keepalive = 0
+				out.waiting = true
+			}
 		}
 		out.peers = append(out.peers, pc)
 	}

@@ -121,7 +121,7 @@ func TestMakePlan(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			pl := makePlan(self, tt.peers, overlay, tt.paths, routePolicy(overlay, tt.peers, tt.paths, tt.u))
+			pl := makePlan(self, tt.peers, overlay, tt.paths, routePolicy(overlay, tt.peers, tt.paths, tt.u), nil)
 			if len(pl.peers) != len(tt.wantPeers) {
 				t.Fatalf("got %d peers, want %d", len(pl.peers), len(tt.wantPeers))
 			}
@@ -146,5 +146,25 @@ func TestMakePlan(t *testing.T) {
 				t.Errorf("addresses: got %v, want %v", pl.addrs, want)
 			}
 		})
+	}
+}
+
+// A peer whose first handshake this node waits for gets no keepalive
+// (no initiation from here) until the handshake is done; the plan says
+// so, to be re-made soon.
+func TestMakePlanWaitsForFirstHandshake(t *testing.T) {
+	direct := pathsel.Path{Kind: pathsel.Direct, Endpoint: netip.MustParseAddrPort("198.51.100.7:51820")}
+	peers := []mapstate.Peer{{Key: kA, Name: "a", Addresses: addrs("100.64.0.2")}, {Key: kB, Name: "b", Addresses: addrs("100.64.0.3")}}
+	paths := map[key.Public]pathsel.Path{kA: direct, kB: direct}
+	pl := makePlan(mapstate.Self{}, peers, overlay, paths, routePolicy(overlay, peers, paths, underlay{}), func(k key.Public) bool { return k == kB })
+	if pl.peers[0].Keepalive != keepalive || pl.peers[1].Keepalive != 0 || !pl.waiting {
+		t.Errorf("keepalives %v, %v, waiting %v; want %v, 0, true", pl.peers[0].Keepalive, pl.peers[1].Keepalive, pl.waiting, keepalive)
+	}
+	if pl.peers[1].Endpoint != direct.Endpoint {
+		t.Errorf("the waiting peer lost its endpoint: %v", pl.peers[1].Endpoint)
+	}
+	pl = makePlan(mapstate.Self{}, peers, overlay, paths, routePolicy(overlay, peers, paths, underlay{}), func(key.Public) bool { return false })
+	if pl.peers[1].Keepalive != keepalive || pl.waiting {
+		t.Errorf("after the handshake: keepalive %v, waiting %v", pl.peers[1].Keepalive, pl.waiting)
 	}
 }

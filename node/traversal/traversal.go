@@ -160,6 +160,11 @@ type session struct {
 	remotes int // remote candidates added, at most maxRemoteCandidates
 	local   *CandidateInfo
 	remote  *CandidateInfo
+	// mapped: this node's own server-reflexive candidate is gathered (or
+	// gathering is over); priming holds remote server-reflexive
+	// candidates waiting for it (Config.Prime).
+	mapped  bool
+	priming []ice.Candidate
 }
 
 type peer struct {
@@ -597,12 +602,23 @@ func (m *Manager) startSession(p *peer, id uint64, now time.Time) (*session, err
 	nk := p.nk
 	ag.OnCandidate(func(c ice.Candidate) {
 		if c == nil {
+			// Gathering is over (no STUN server answered, say): prime
+			// what waits for our own mapping anyway.
+			m.post(func() {
+				if p := m.peers[nk]; p != nil && p.s == s {
+					m.primeReady(nk, s)
+				}
+			})
 			return
 		}
 		raw := c.Marshal()
+		srflx := c.Type() == ice.CandidateTypeServerReflexive
 		m.post(func() {
 			if p := m.peers[nk]; p != nil && p.s == s {
 				m.send(p, &api.SignalPayload{Kind: api.SignalPayload_KIND_CANDIDATE, Session: id, Candidates: []string{raw}})
+				if srflx {
+					m.primeReady(nk, s)
+				}
 			}
 		})
 	})
@@ -772,17 +788,10 @@ func (m *Manager) handleSignal(sig Signal) {
 			p.s.remotes++
 			if m.cfg.Prime != nil && c.Type() == ice.CandidateTypeServerReflexive {
 				if dst, ok := candidateAddr(c); ok && dst.Addr().Is4() {
-					for _, ttl := range primeTTLs {
-						m.cfg.Prime(dst, ttl)
+					p.s.priming = append(p.s.priming, c)
+					if p.s.mapped {
+						m.primeReady(nk, p.s)
 					}
-					s := p.s
-					time.AfterFunc(m.cfg.PrimeDelay, func() {
-						m.post(func() {
-							if p := m.peers[nk]; p != nil && p.s == s {
-								m.addRemote(nk, s, c)
-							}
-						})
-					})
 					continue
 				}
 			}
@@ -801,6 +810,32 @@ func (m *Manager) handleSignal(sig Signal) {
 // primeTTLs pass a home router and a carrier-grade NAT behind it, and
 // end in the carrier's network, well before any peer's NAT.
 var primeTTLs = []int{2, 3}
+
+// primeReady notes that this node's own mapping exists (its
+// server-reflexive candidate is gathered, or gathering is over) and
+// primes the remote candidates waiting for it, adding each to the
+// session PrimeDelay later. Primers wait for our own STUN query so that
+// a node's first datagram out of its NAT is always that query: behind a
+// NAT shared by hosts on one port, the first flow decides which host
+// keeps the port. Called with mu held.
+func (m *Manager) primeReady(nk key.Public, s *session) {
+	s.mapped = true
+	cs := s.priming
+	s.priming = nil
+	for _, c := range cs {
+		dst, _ := candidateAddr(c)
+		for _, ttl := range primeTTLs {
+			m.cfg.Prime(dst, ttl)
+		}
+		time.AfterFunc(m.cfg.PrimeDelay, func() {
+			m.post(func() {
+				if p := m.peers[nk]; p != nil && p.s == s {
+					m.addRemote(nk, s, c)
+				}
+			})
+		})
+	}
+}
 
 // addRemote adds a remote candidate to a session. Called with mu held.
 func (m *Manager) addRemote(nk key.Public, s *session, c ice.Candidate) {
