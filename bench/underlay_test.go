@@ -4,7 +4,6 @@ package bench
 
 import (
 	"fmt"
-	"strings"
 	"testing"
 	"time"
 
@@ -27,18 +26,7 @@ func benchUnderlay(t *testing.T, rep *Report, cfg config) {
 	isp1, isp2 := l.AddSite("isp1", lab.NATEIM), l.AddSite("isp2", lab.NATEIM)
 	sa, sc := isp1.AddSite("sa", lab.NATEIM), isp2.AddSite("sc", lab.NATEIM)
 	sb := l.AddSite("sb", lab.NATEIM)
-	out := isp1.Router().MustExec(t, "ip", "-o", "link", "show")
-	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 2 {
-			continue
-		}
-		name, _, _ := strings.Cut(strings.TrimSuffix(f[1], ":"), "@")
-		if name != "lo" && name != "wan" {
-			isp1.Router().MustExec(t, "ip", "link", "set", "dev", name, "mtu", "1280")
-		}
-	}
-	sa.Router().MustExec(t, "ip", "link", "set", "dev", "wan", "mtu", "1280")
+	sa.SetUplinkMTU(1280)
 	tok := coord.Token("--reusable")
 	ha, hb, hc := sa.AddNode("a"), sb.AddNode("b"), sc.AddNode("c")
 	a := cluster.StartAgent(t, l, ha, coord, "a", cluster.AgentOptions{Token: tok, Extra: quiet})

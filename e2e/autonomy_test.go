@@ -138,22 +138,8 @@ func TestSmallUnderlayMTU(t *testing.T) {
 	isp := l.AddSite("isp", lab.NATEIM)
 	sa := isp.AddSite("sa", lab.NATEIM)
 	sb := l.AddSite("sb", lab.NATEIM)
-	// The 1280 link: between the ISP's router and the site's router, both
-	// L3 hops, so packets are fragmented or refused with ICMP, not
-	// dropped by a switch.
-	out := isp.Router().MustExec(t, "ip", "-o", "link", "show")
-	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 2 {
-			continue
-		}
-		name, _, _ := strings.Cut(strings.TrimSuffix(f[1], ":"), "@")
-		if name == "lo" || name == "wan" {
-			continue
-		}
-		isp.Router().MustExec(t, "ip", "link", "set", "dev", name, "mtu", "1280")
-	}
-	sa.Router().MustExec(t, "ip", "link", "set", "dev", "wan", "mtu", "1280")
+	// The 1280 link is between the ISP's router and the site's.
+	sa.SetUplinkMTU(1280)
 	a := &natNode{name: "a", spot: natSpot{natEIM, "sa"}, host: sa.AddNode("a"), nats: []*lab.Site{sa, isp}}
 	b := &natNode{name: "b", spot: natSpot{natEIM, "sb"}, host: sb.AddNode("b"), nats: []*lab.Site{sb}}
 	nodes := []*natNode{a, b}

@@ -4,9 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -84,7 +81,7 @@ func TestPodNetwork(t *testing.T) {
 	startNodes(t, l, coord, nodes, extra)
 	defer matrixOnFailure(t, nodes, expectedPath)
 	waitPaths(t, nodes, expectedPath, 45*time.Second)
-	waitPodNetRoutes(t, nodes, 20*time.Second)
+	waitPodRoutes(t, nodes, podNetCIDRs, 20*time.Second)
 	phase("agents up, pod CIDRs routed")
 
 	// The agents write their configuration; the runtime (cnitool) makes
@@ -265,64 +262,13 @@ func TestPodNetwork(t *testing.T) {
 	})
 }
 
-// waitPodNetRoutes waits until every agent routes each peer's pod CIDR.
-func waitPodNetRoutes(t *testing.T, nodes []*natNode, timeout time.Duration) {
-	t.Helper()
-	err := lab.Eventually(timeout, 200*time.Millisecond, func() error {
-		snap, err := takeSnapshot(nodes)
-		if err != nil {
-			return err
-		}
-		for _, x := range nodes {
-			for _, y := range nodes {
-				if x == y {
-					continue
-				}
-				p := snap.peer(x, y)
-				if p == nil || !strings.Contains(strings.Join(p.Routes, ","), podNetCIDRs[y.name].String()) {
-					return fmt.Errorf("%s does not route %s's pod CIDR %s", x.name, y.name, podNetCIDRs[y.name])
-				}
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
 // serveWho serves, in h, HTTP on podHTTP answering "<name> <caller's
 // address>" and a UDP echo on podEcho answering "<name> <caller's
 // address> <payload>": the reply says who answered and whom it saw.
 func serveWho(t *testing.T, h *lab.Host) {
 	t.Helper()
-	ln, err := h.ListenTCP(fmt.Sprintf("0.0.0.0:%d", podHTTP))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			host, _, _ := net.SplitHostPort(r.RemoteAddr)
-			io.WriteString(w, h.Name()+" "+host)
-		}),
-		ReadHeaderTimeout: 5 * time.Second,
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	uc, err := h.ListenUDP(fmt.Sprintf("0.0.0.0:%d", podEcho))
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := uc.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			uc.WriteToUDPAddrPort([]byte(h.Name()+" "+from.Addr().Unmap().String()+" "+string(buf[:n])), from)
-		}
-	}()
+	serveBoth(t, h, func(c netip.Addr) string { return h.Name() + " " + c.String() },
+		func(c netip.Addr, p []byte) []byte { return []byte(h.Name() + " " + c.String() + " " + string(p)) })
 }
 
 // whoHTTP GETs serveWho's answer at to from h.

@@ -123,7 +123,7 @@ func TestServices(t *testing.T) {
 	startNodes(t, l, coord, nodes, extra)
 	defer matrixOnFailure(t, nodes, expectedPath)
 	waitPaths(t, nodes, expectedPath, 45*time.Second)
-	waitPodRoutes(t, nodes, 20*time.Second)
+	waitPodRoutes(t, nodes, podCIDRs, 20*time.Second)
 	phase("agents up, a<->b direct, c relayed, pod CIDRs routed")
 
 	t.Run("a token holder cannot take a Kubernetes node's name or pod CIDR", func(t *testing.T) {
@@ -718,9 +718,9 @@ func endpointSlice(name, svc string, eps []podEndpoint, ports ...discoveryv1.End
 	}
 }
 
-// waitPodRoutes waits until every agent lists each peer's pod CIDR as
-// that peer's route.
-func waitPodRoutes(t *testing.T, nodes []*natNode, timeout time.Duration) {
+// waitPodRoutes waits until every agent lists each peer's pod CIDR (in
+// cidrs, by node name) as that peer's route.
+func waitPodRoutes(t *testing.T, nodes []*natNode, cidrs map[string]netip.Prefix, timeout time.Duration) {
 	t.Helper()
 	err := lab.Eventually(timeout, 200*time.Millisecond, func() error {
 		snap, err := takeSnapshot(nodes)
@@ -736,7 +736,7 @@ func waitPodRoutes(t *testing.T, nodes []*natNode, timeout time.Duration) {
 				if ps == nil {
 					return fmt.Errorf("%s does not list %s", x.name, y.name)
 				}
-				if want := podCIDRs[y.name].String(); !strings.Contains(strings.Join(ps.Routes, " "), want) {
+				if want := cidrs[y.name].String(); !strings.Contains(strings.Join(ps.Routes, " "), want) {
 					return fmt.Errorf("%s's routes of %s: got %v, want %s (its Node's podCIDRs)", x.name, y.name, ps.Routes, want)
 				}
 			}
@@ -753,19 +753,29 @@ func waitPodRoutes(t *testing.T, nodes []*natNode, timeout time.Duration) {
 // when the lab closes their sockets.
 func servePod(t *testing.T, pod *lab.Host) {
 	t.Helper()
-	ln, err := pod.ListenTCP(fmt.Sprintf("0.0.0.0:%d", podHTTP))
+	serveBoth(t, pod, func(netip.Addr) string { return pod.Name() },
+		func(_ netip.Addr, p []byte) []byte { return append([]byte(pod.Name()+":"), p...) })
+}
+
+// serveBoth serves, in h, HTTP on podHTTP with the body body(caller) and a
+// UDP echo on podEcho answering reply(caller, payload), until the lab
+// closes their sockets.
+func serveBoth(t *testing.T, h *lab.Host, body func(caller netip.Addr) string, reply func(caller netip.Addr, p []byte) []byte) {
+	t.Helper()
+	ln, err := h.ListenTCP(fmt.Sprintf("0.0.0.0:%d", podHTTP))
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-			io.WriteString(w, pod.Name())
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			ap, _ := netip.ParseAddrPort(r.RemoteAddr)
+			io.WriteString(w, body(ap.Addr().Unmap()))
 		}),
 		ReadHeaderTimeout: 5 * time.Second,
 	}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
-	uc, err := pod.ListenUDP(fmt.Sprintf("0.0.0.0:%d", podEcho))
+	uc, err := h.ListenUDP(fmt.Sprintf("0.0.0.0:%d", podEcho))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -776,7 +786,7 @@ func servePod(t *testing.T, pod *lab.Host) {
 			if err != nil {
 				return // closed at teardown
 			}
-			uc.WriteToUDPAddrPort(append([]byte(pod.Name()+":"), buf[:n]...), from)
+			uc.WriteToUDPAddrPort(reply(from.Addr().Unmap(), buf[:n]), from)
 		}
 	}()
 }

@@ -231,6 +231,35 @@ type Site struct {
 	router *Host
 	kind   NATKind
 	lan    netip.Prefix // 10.n.0.0/24; the router holds 10.n.0.1
+	parent *Site        // the site whose LAN this one's WAN is on, nil on the internet
+}
+
+// SetUplinkMTU sets the MTU of the link between a nested site and its
+// parent (the parent's LAN bridge, its ports and this router's WAN): two
+// L3 hops, so a larger packet is fragmented or refused with ICMP, never
+// dropped by a switch. Every site on the parent's LAN shares the link.
+func (s *Site) SetUplinkMTU(mtu int) {
+	l := s.lab
+	l.t.Helper()
+	if s.parent == nil {
+		l.t.Fatalf("site %s: uplink MTU: not a nested site", s.router.name)
+	}
+	pr := s.parent.router
+	out, err := runCmd(context.Background(), "ip", "-n", pr.ns, "-o", "link", "show")
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	for line := range strings.Lines(out) {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		name, _, _ := strings.Cut(strings.TrimSuffix(f[1], ":"), "@")
+		if name != "lo" && name != "wan" {
+			l.run("ip", "-n", pr.ns, "link", "set", "dev", name, "mtu", strconv.Itoa(mtu))
+		}
+	}
+	l.run("ip", "-n", s.router.ns, "link", "set", "dev", "wan", "mtu", strconv.Itoa(mtu))
 }
 
 // AddSite adds a site whose router's WAN ("wan") sits on the internet
@@ -321,7 +350,7 @@ func (l *Lab) addSite(name string, kind NATKind, parent *Site, opts SiteOptions)
 	if !lan.IsValid() {
 		lan = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(n), 0, 0}), 24)
 	}
-	s := &Site{lab: l, router: r, kind: kind, lan: lan}
+	s := &Site{lab: l, router: r, kind: kind, lan: lan, parent: parent}
 	l.addBridge(r, "lan", netip.PrefixFrom(s.gateway(), 24))
 
 	ipt := func(args ...string) {
