@@ -323,8 +323,9 @@ type Agent struct {
 	// it) to notice changes worth saving.
 	lastDirect map[key.Public]identity.LastDirect
 	// waitingHandshake: the last plan held some peer's keepalive for its
-	// first handshake (reconcile only).
+	// first handshake; waitSince: since when, per peer (reconcile only).
 	waitingHandshake bool
+	waitSince        map[key.Public]time.Time
 
 	dirty   chan struct{} // the map changed; capacity 1
 	unsaved chan struct{} // the map changed since it was saved; capacity 1
@@ -591,6 +592,10 @@ func (a *Agent) onMap(m *api.NetworkMap) error {
 	return nil
 }
 
+// firstHandshakeWait bounds how long a node with a path to a peer leaves
+// their first handshake to the peer (the one with the larger key).
+const firstHandshakeWait = time.Second
+
 // lastDirectMaxAge: saved direct endpoints older than this are not
 // tried after a restart (NAT mappings do not live that long).
 const lastDirectMaxAge = 24 * time.Hour
@@ -677,8 +682,9 @@ func (a *Agent) reconcileLoop(ctx context.Context) error {
 			a.log.Warn("reconcile failed; retrying", "err", err)
 			retry.Reset(2 * time.Second)
 		} else if a.waitingHandshake {
-			// Turn keepalives on soon after the peer's handshake arrives.
-			retry.Reset(time.Second)
+			// Turn keepalives on soon after the peer's handshake arrives,
+			// or when the wait is over.
+			retry.Reset(firstHandshakeWait / 4)
 		}
 	}
 }
@@ -723,8 +729,23 @@ func (a *Agent) reconcile() error {
 		return err
 	}
 	me := a.priv.Public()
+	now := time.Now()
 	waiting := func(k key.Public) bool {
-		return bytes.Compare(me[:], k[:]) < 0 && stats[k].LastHandshake.IsZero()
+		if bytes.Compare(me[:], k[:]) >= 0 || !stats[k].LastHandshake.IsZero() || paths[k].Kind == pathsel.None {
+			delete(a.waitSince, k)
+			return false
+		}
+		// Not for long: if the peer's initiation does not come (it had
+		// no path back to us yet, say), initiate after all rather than
+		// wait for its 5 s retry.
+		since, ok := a.waitSince[k]
+		if !ok {
+			if a.waitSince == nil {
+				a.waitSince = map[key.Public]time.Time{}
+			}
+			a.waitSince[k], since = now, now
+		}
+		return now.Sub(since) < firstHandshakeWait
 	}
 	pl := makePlan(self, peers, prefixes, paths, routePolicy(prefixes, peers, paths, a.underlay(stun, regions)), waiting)
 	a.waitingHandshake = pl.waiting
