@@ -234,6 +234,25 @@ type Site struct {
 	parent *Site        // the site whose LAN this one's WAN is on, nil on the internet
 }
 
+// DropUDP makes the site's router drop percent % of the UDP it forwards
+// either way, at random, each packet on its own, and returns a function
+// that removes the rule. For drops per datagram rather than per GSO
+// batch, the nodes behind it and their peers must SendSingleDatagrams.
+func (s *Site) DropUDP(percent int) (undo func()) {
+	l := s.lab
+	l.t.Helper()
+	if percent < 1 || percent > 99 {
+		l.t.Fatalf("site %s: drop %d%% of UDP, want 1-99", s.router.name, percent)
+	}
+	rule := []string{"FORWARD", "-p", "udp", "-m", "statistic", "--mode", "random", "--probability", fmt.Sprintf("%.2f", float64(percent)/100), "-j", "DROP"}
+	l.run(append([]string{"ip", "netns", "exec", s.router.ns, "iptables", "-w", "-I"}, rule...)...)
+	return func() {
+		if _, err := runCmd(context.Background(), append([]string{"ip", "netns", "exec", s.router.ns, "iptables", "-w", "-D"}, rule...)...); err != nil {
+			l.t.Errorf("site %s: remove UDP drop: %v", s.router.name, err)
+		}
+	}
+}
+
 // SetUplinkMTU sets the MTU of the link between a nested site and its
 // parent (the parent's LAN bridge, its ports and this router's WAN): two
 // L3 hops, so a larger packet is fragmented or refused with ICMP, never
