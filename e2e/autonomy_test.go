@@ -150,40 +150,8 @@ func TestSmallUnderlayMTU(t *testing.T) {
 	for _, dir := range [][2]*natNode{{a, b}, {b, a}} {
 		from, to := dir[0], dir[1]
 		t.Run(fmt.Sprintf("20 MB TCP %s to %s", from.name, to.name), func(t *testing.T) {
-			ln, err := to.host.ListenTCP(to.overlay.String() + ":7000")
-			if err != nil {
-				t.Fatal(err)
-			}
-			got := make(chan int64, 1)
-			go func() {
-				c, err := ln.Accept()
-				if err != nil {
-					got <- -1
-					return
-				}
-				c.SetDeadline(time.Now().Add(60 * time.Second))
-				n, _ := io.Copy(io.Discard, c)
-				c.Close()
-				got <- n
-			}()
-			ctx := ctxT(t, 60*time.Second)
-			c, err := from.host.DialTCP(ctx, to.overlay.String()+":7000")
-			if err != nil {
-				t.Fatal(err)
-			}
-			c.SetDeadline(time.Now().Add(60 * time.Second))
-			const size = 20 << 20
 			t0 := time.Now()
-			sent, err := io.Copy(c, io.LimitReader(zeros{}, size))
-			c.CloseWrite()
-			if err != nil {
-				t.Fatalf("sent %d of %d bytes: %v", sent, size, err)
-			}
-			if n := <-got; n != size {
-				t.Fatalf("received %d of %d bytes", n, size)
-			}
-			c.Close()
-			ln.Close()
+			transfer(t, from, to, 20<<20)
 			t.Logf("20 MB in %v", time.Since(t0).Round(time.Millisecond))
 		})
 	}
@@ -223,40 +191,8 @@ func TestLossPerDatagram(t *testing.T) {
 		t.Fatal(err)
 	}
 	const size = 8 << 20
-	send := func(t *testing.T) {
-		ln, err := b.host.ListenTCP(b.overlay.String() + ":7001")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		got := make(chan int64, 1)
-		go func() {
-			c, err := ln.Accept()
-			if err != nil {
-				got <- -1
-				return
-			}
-			c.SetDeadline(time.Now().Add(60 * time.Second))
-			n, _ := io.Copy(io.Discard, c)
-			c.Close()
-			got <- n
-		}()
-		c, err := a.host.DialTCP(ctxT(t, 60*time.Second), b.overlay.String()+":7001")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(60 * time.Second))
-		if _, err := io.Copy(c, io.LimitReader(zeros{}, size)); err != nil {
-			t.Fatal(err)
-		}
-		c.CloseWrite()
-		if n := <-got; n != size {
-			t.Fatalf("received %d of %d bytes", n, size)
-		}
-	}
 	before, _ := udp.Packets()
-	send(t)
+	transfer(t, a, b, size)
 	after, err := udp.Packets()
 	if err != nil {
 		t.Fatal(err)
@@ -268,8 +204,57 @@ func TestLossPerDatagram(t *testing.T) {
 	t.Run("a transfer completes through 5% loss per datagram", func(t *testing.T) {
 		undo := sa.DropUDP(5)
 		defer undo()
-		send(t)
+		transfer(t, a, b, size)
+		// Not vacuous: the rule dropped some of it.
+		out := sa.Router().MustExec(t, "iptables", "-w", "-L", "FORWARD", "-v", "-x", "-n")
+		for line := range strings.Lines(out) {
+			if f := strings.Fields(line); len(f) > 2 && strings.Contains(line, "statistic") && f[2] == "DROP" {
+				if f[0] == "0" {
+					t.Errorf("the 5%% rule dropped nothing:\n%s", out)
+				}
+				return
+			}
+		}
+		t.Errorf("no drop rule in the router's FORWARD chain:\n%s", out)
 	})
+}
+
+// transfer sends size bytes over TCP from one node to the other's
+// overlay address and fails the test unless all of them arrive within
+// 60 s.
+func transfer(t *testing.T, from, to *natNode, size int64) {
+	t.Helper()
+	ln, err := to.host.ListenTCP(to.overlay.String() + ":7000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan int64, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- -1
+			return
+		}
+		c.SetDeadline(time.Now().Add(60 * time.Second))
+		n, _ := io.Copy(io.Discard, c)
+		c.Close()
+		got <- n
+	}()
+	c, err := from.host.DialTCP(ctxT(t, 60*time.Second), to.overlay.String()+":7000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	sent, err := io.Copy(c, io.LimitReader(zeros{}, size))
+	c.CloseWrite()
+	if err != nil {
+		t.Fatalf("%s -> %s: sent %d of %d bytes: %v", from.name, to.name, sent, size, err)
+	}
+	if n := <-got; n != size {
+		t.Fatalf("%s -> %s: received %d of %d bytes", from.name, to.name, n, size)
+	}
 }
 
 // zeros reads as an endless run of zero bytes.

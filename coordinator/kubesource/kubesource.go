@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	authv1 "k8s.io/api/authentication/v1"
@@ -197,7 +198,11 @@ func (s *Source) Run(ctx context.Context, sink svcsource.Sink) error {
 	}
 	// A Node whose addresses change may turn its endpoints into
 	// hostNetwork ones or back: every Service is looked at again (rare).
+	var synced atomic.Bool
 	remarkAll := func() {
+		if !synced.Load() {
+			return // the initial list marks every Service anyway
+		}
 		all, err := svcInf.Lister().List(labels.Everything())
 		if err != nil {
 			return
@@ -235,6 +240,7 @@ func (s *Source) Run(ctx context.Context, sink svcsource.Sink) error {
 			return fmt.Errorf("kubernetes: %v cache did not sync", typ)
 		}
 	}
+	synced.Store(true)
 	s.log.Info("kubernetes watcher synced")
 	for {
 		select {

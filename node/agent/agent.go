@@ -749,6 +749,11 @@ func (a *Agent) reconcile() error {
 	}
 	pl := makePlan(self, peers, prefixes, paths, routePolicy(prefixes, peers, paths, a.underlay(stun, regions)), waiting)
 	a.waitingHandshake = pl.waiting
+	for k := range a.waitSince {
+		if _, ok := paths[k]; !ok {
+			delete(a.waitSince, k) // the peer left the map
+		}
+	}
 	a.logRefusals(pl.refused)
 	if err := a.dev.SetPeers(pl.peers); err != nil {
 		return err
@@ -829,11 +834,20 @@ func (a *Agent) relayRegions() []homerelay.Region {
 // host's, except those only reachable through the overlay (a pod bridge
 // inside this node's advertised pod CIDR, say).
 func (a *Agent) hostAddrs() []netip.Addr {
-	addrs, err := a.host.Addrs(a.cfg.Interface)
+	addrs, err := a.underlayAddrs()
 	if err != nil {
 		a.log.Warn("list host addresses", "err", err)
 	}
-	return slices.DeleteFunc(addrs, a.viaOverlay)
+	return addrs
+}
+
+// underlayAddrs is the host's addresses but those inside what the
+// overlay routes (a pod bridge's gateway in this node's pod CIDR is no
+// underlay address: offered as an endpoint, peers would protect it and
+// refuse this node's pod CIDR).
+func (a *Agent) underlayAddrs() ([]netip.Addr, error) {
+	addrs, err := a.host.Addrs(a.cfg.Interface)
+	return slices.DeleteFunc(addrs, a.viaOverlay), err
 }
 
 // viaOverlay reports whether ip is in the overlay prefixes or anyone's
@@ -889,11 +903,7 @@ func (a *Agent) endpointLoop(ctx context.Context, port int) error {
 
 // hostEndpoints is the host's addresses with port.
 func (a *Agent) hostEndpoints(port int) ([]netip.AddrPort, error) {
-	addrs, err := a.host.Addrs(a.cfg.Interface)
-	// An address inside what the overlay routes (a pod bridge's gateway
-	// in this node's pod CIDR) is no underlay endpoint: peers would
-	// protect it and refuse this node's pod CIDR.
-	addrs = slices.DeleteFunc(addrs, a.viaOverlay)
+	addrs, err := a.underlayAddrs()
 	out := make([]netip.AddrPort, 0, len(addrs))
 	for _, ad := range addrs {
 		out = append(out, netip.AddrPortFrom(ad, uint16(port)))

@@ -110,6 +110,7 @@ type Manager struct {
 	pods     []netip.Prefix  // of the last Apply
 	said     string          // the last "not managing" reason logged
 	skipped  map[string]bool // prefixes logged as attached to an interface
+	lastIn   string          // the input of the last successful Apply
 }
 
 // New validates cfg. It touches nothing.
@@ -152,13 +153,30 @@ func (m *Manager) Enabled() bool { return m.cfg.Mode != ModeOff }
 // subnet router's LAN, a runtime's docker0) and is skipped. An
 // empty pods removes our configuration (no new pod can get an address)
 // but leaves running pods alone. In mode off, and in mode auto when
-// another CNI's configuration is present, it does nothing.
+// another CNI's configuration is present, it does nothing. An Apply with
+// the input of the last successful one returns at once: the files and
+// rules are looked at again when the pod CIDRs or routes change.
 func (m *Manager) Apply(pods, routed []netip.Prefix) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.cfg.Mode == ModeOff {
 		return nil
 	}
+	// The agent calls this on every reconcile; unchanged input after a
+	// successful Apply costs nothing (no directory scan, no netlink).
+	in := fmt.Sprint(v4(pods), v4(routed))
+	if in == m.lastIn {
+		return nil
+	}
+	m.lastIn = ""
+	if err := m.applyLocked(pods, routed); err != nil {
+		return err
+	}
+	m.lastIn = in
+	return nil
+}
+
+func (m *Manager) applyLocked(pods, routed []netip.Prefix) error {
 	pods, err := m.unattached(v4(pods))
 	if err != nil {
 		return err
@@ -328,7 +346,7 @@ func (m *Manager) Uninstall() error {
 	if err := m.removeBridge(); err != nil {
 		errs = append(errs, err)
 	}
-	m.managing, m.loaded = false, nil
+	m.managing, m.loaded, m.lastIn = false, nil, ""
 	return errors.Join(errs...)
 }
 
