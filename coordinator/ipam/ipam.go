@@ -142,6 +142,21 @@ func (a *Allocator) Release(addr netip.Addr) {
 	delete(a.used, addr)
 }
 
+// Return gives back an address Allocate handed out for an allocation
+// that did not happen (a refused join): it is freed and, if no allocation
+// came after it, the cursor moves back so the next one gets it again.
+func (a *Allocator) Return(addr netip.Addr) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, ok := a.used[addr]; !ok {
+		return
+	}
+	delete(a.used, addr)
+	if a.assignable(addr) && a.cursor == a.next(addr) {
+		a.cursor = addr
+	}
+}
+
 // InUse returns how many addresses are allocated or reserved, not counting
 // the network and broadcast addresses.
 func (a *Allocator) InUse() int {

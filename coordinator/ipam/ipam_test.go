@@ -79,6 +79,14 @@ func TestAllocator(t *testing.T) {
 		{"reserve other family", "10.0.0.0/29", []step{{"reserve", "fd00::1", ErrOutOfRange}}, 0},
 		{"release unallocated is no-op", "10.0.0.0/29",
 			cat(allocs("10.0.0.1"), []step{{"release", "10.0.0.5", nil}, {"release", "192.0.2.1", nil}}), 1},
+		{"returned address is allocated again", "10.0.0.0/29",
+			cat(allocs("10.0.0.1", "10.0.0.2"), []step{{"return", "10.0.0.2", nil}}, allocs("10.0.0.2")), 2},
+		{"returned address after a later allocation waits for the wrap", "10.0.0.0/29",
+			cat(allocs("10.0.0.1", "10.0.0.2"), []step{{"return", "10.0.0.1", nil}}, allocs("10.0.0.3")), 2},
+		{"return of the last address wraps back", "10.0.0.0/29",
+			cat(six, []step{{"return", "10.0.0.6", nil}}, allocs("10.0.0.6")), 6},
+		{"return unallocated is no-op", "10.0.0.0/29",
+			cat(allocs("10.0.0.1"), []step{{"return", "10.0.0.5", nil}}, allocs("10.0.0.2")), 2},
 		{"ipv4 /30", "10.0.0.0/30",
 			cat(allocs("10.0.0.1", "10.0.0.2"), []step{{"alloc", "", ErrExhausted}}), 2},
 		{"ipv6 /120 uses last address", "fd7a:115c::/120",
@@ -106,6 +114,8 @@ func TestAllocator(t *testing.T) {
 					err = a.Reserve(netip.MustParseAddr(s.addr))
 				case "release":
 					a.Release(netip.MustParseAddr(s.addr))
+				case "return":
+					a.Return(netip.MustParseAddr(s.addr))
 				}
 				if !errors.Is(err, s.wantErr) || (s.wantErr == nil && err != nil) {
 					t.Fatalf("step %d (%s %s): got error %v, want %v", i, s.op, s.addr, err, s.wantErr)

@@ -172,11 +172,94 @@ func (s *Server) join(ctx context.Context, nk key.Public, tok jointoken.Token, r
 	km.Lock()
 	defer km.Unlock()
 	now := s.clk.Now()
-	var (
-		node    store.Node
-		pending []netip.Prefix
-		fresh   []netip.Addr // allocated by this call, released if it fails
-	)
+	// A new node's addresses are allocated before the transaction (its
+	// function must be free of side effects: the store may run it
+	// again) and released if the join fails. Another writer sharing the
+	// store (a coordinator replica) may hold an address this one's pool
+	// thought free: it stays reserved here and the join takes the next.
+	var fresh []netip.Addr
+	defer func() {
+		for _, a := range fresh {
+			s.pool(a).Return(a)
+		}
+	}()
+	var node store.Node
+	var pending []netip.Prefix
+	for attempt := 0; ; attempt++ {
+		if fresh == nil {
+			var known bool
+			if known, err = s.known(ctx, nk); err != nil {
+				break
+			}
+			if !known {
+				if fresh, err = s.allocate(); err != nil {
+					break
+				}
+			}
+		}
+		node, pending, err = s.register(ctx, nk, tok, in, now, fresh)
+		var taken *store.AddrInUseError
+		if !errors.As(err, &taken) || attempt == maxAllocAttempts-1 {
+			break
+		}
+		s.log.Info("overlay address taken by another writer; allocating another", "name", in.name, "addr", taken.Addr, "holder", taken.Owner)
+		// Keep the taken address reserved (it is in use), free the rest.
+		for _, a := range fresh {
+			if a != taken.Addr {
+				s.pool(a).Return(a)
+			}
+		}
+		fresh = nil
+	}
+	if err != nil {
+		if _, ok := status.FromError(err); ok {
+			s.refused(in.name, err)
+			return nil, err
+		}
+		s.log.Error("join failed", "name", in.name, "err", err)
+		return nil, status.Errorf(codes.Internal, "join: %v", err)
+	}
+	fresh = nil // the node holds them now
+	s.reg.Upsert(node)
+	s.m.joins.Add(1)
+	s.log.Info("node joined", "name", node.Name, "key", node.Key, "addresses", node.Addresses, "token", tok.ID,
+		"kubernetes_node", node.KubeNode, "routes", node.Routes, "pending_routes", pending)
+	resp := &api.JoinResponse{Self: &api.Node{PublicKey: nk[:], Name: node.Name, Hostname: node.Hostname, KubernetesNode: node.KubeNode}}
+	for _, a := range node.Addresses {
+		resp.Self.Addresses = append(resp.Self.Addresses, a.String())
+	}
+	for _, p := range node.Routes {
+		resp.Self.Routes = append(resp.Self.Routes, p.String())
+	}
+	for _, p := range pending {
+		resp.PendingRoutes = append(resp.PendingRoutes, p.String())
+	}
+	for _, p := range s.pools {
+		resp.OverlayPrefixes = append(resp.OverlayPrefixes, p.Prefix().String())
+	}
+	return resp, nil
+}
+
+// maxAllocAttempts bounds a join's retries for addresses other writers
+// took meanwhile.
+const maxAllocAttempts = 8
+
+// known reports whether nk is a registered node.
+func (s *Server) known(ctx context.Context, nk key.Public) (bool, error) {
+	err := s.cfg.Store.View(ctx, func(tx store.Tx) error {
+		_, err := tx.Node(nk)
+		return err
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// register checks the token and writes the node in one transaction; a
+// new node gets the addresses in fresh. It returns a
+// *store.AddrInUseError if another writer holds one of them.
+func (s *Server) register(ctx context.Context, nk key.Public, tok jointoken.Token, in joinInput, now time.Time, fresh []netip.Addr) (node store.Node, pending []netip.Prefix, err error) {
 	err = s.cfg.Store.Update(ctx, func(tx store.Tx) error {
 		st, err := tx.Token(tok.ID)
 		if errors.Is(err, store.ErrNotFound) {
@@ -210,17 +293,11 @@ func (s *Server) join(ctx context.Context, nk key.Public, tok jointoken.Token, r
 		}
 		node = old
 		if !known {
-			node = store.Node{Key: nk, CreatedAt: now}
-			// fn may run again (the store retries batches): allocate
-			// once, all families or none.
 			if fresh == nil {
-				got, err := s.allocate()
-				if err != nil {
-					return err
-				}
-				fresh = got
+				// Deleted since known() said otherwise: join again.
+				return status.Error(codes.Aborted, "the node was deleted during its join; join again")
 			}
-			node.Addresses = slices.Clone(fresh)
+			node = store.Node{Key: nk, CreatedAt: now, Addresses: slices.Clone(fresh)}
 		}
 		node.Name = name
 		node.Hostname = in.hostname
@@ -233,37 +310,14 @@ func (s *Server) join(ctx context.Context, nk key.Public, tok jointoken.Token, r
 		if err := tx.PutToken(st); err != nil {
 			return err
 		}
-		return tx.PutNode(node)
+		if err := tx.PutNode(node); errors.Is(err, store.ErrExists) {
+			return status.Errorf(codes.AlreadyExists, "node name %q is taken by another node; choose another with --name, or have an admin delete the old node", node.Name)
+		} else if err != nil {
+			return err
+		}
+		return nil
 	})
-	if err != nil {
-		for _, a := range fresh {
-			s.pool(a).Release(a)
-		}
-		if _, ok := status.FromError(err); ok {
-			s.refused(in.name, err)
-			return nil, err
-		}
-		s.log.Error("join failed", "name", in.name, "err", err)
-		return nil, status.Errorf(codes.Internal, "join: %v", err)
-	}
-	s.reg.Upsert(node)
-	s.m.joins.Add(1)
-	s.log.Info("node joined", "name", node.Name, "key", node.Key, "addresses", node.Addresses, "token", tok.ID,
-		"kubernetes_node", node.KubeNode, "routes", node.Routes, "pending_routes", pending)
-	resp := &api.JoinResponse{Self: &api.Node{PublicKey: nk[:], Name: node.Name, Hostname: node.Hostname, KubernetesNode: node.KubeNode}}
-	for _, a := range node.Addresses {
-		resp.Self.Addresses = append(resp.Self.Addresses, a.String())
-	}
-	for _, p := range node.Routes {
-		resp.Self.Routes = append(resp.Self.Routes, p.String())
-	}
-	for _, p := range pending {
-		resp.PendingRoutes = append(resp.PendingRoutes, p.String())
-	}
-	for _, p := range s.pools {
-		resp.OverlayPrefixes = append(resp.OverlayPrefixes, p.Prefix().String())
-	}
-	return resp, nil
+	return node, pending, err
 }
 
 func (s *Server) refused(name string, err error) {
@@ -329,7 +383,7 @@ func (s *Server) allocate() ([]netip.Addr, error) {
 		a, err := pool.Allocate()
 		if err != nil {
 			for _, a := range got {
-				s.pool(a).Release(a)
+				s.pool(a).Return(a)
 			}
 			return nil, status.Errorf(codes.ResourceExhausted, "allocate overlay address from %s: %v", pool.Prefix(), err)
 		}

@@ -12,6 +12,7 @@ import (
 type metrics struct {
 	joins        atomic.Uint64
 	joinsRefused atomic.Uint64
+	storeRejects atomic.Uint64
 	streams      atomic.Int64
 	sigForwarded atomic.Uint64
 	sigDropped   atomic.Uint64
@@ -32,6 +33,7 @@ func (s *Server) RegisterMetrics(reg prometheus.Registerer) {
 	reg.MustRegister(m.fanout)
 	telemetry.CounterFunc(reg, "edgewire_coordinator_joins_total", "Successful joins.", func() float64 { return float64(m.joins.Load()) })
 	telemetry.CounterFunc(reg, "edgewire_coordinator_joins_refused_total", "Refused joins (bad token, name taken, bad input).", func() float64 { return float64(m.joinsRefused.Load()) })
+	telemetry.CounterFunc(reg, "edgewire_coordinator_stored_nodes_rejected_total", "Stored nodes not loaded because they conflict with another (an address held twice).", func() float64 { return float64(m.storeRejects.Load()) })
 	telemetry.GaugeFunc(reg, "edgewire_coordinator_streams", "Authenticated agent streams.", func() float64 { return float64(m.streams.Load()) })
 	telemetry.CounterFunc(reg, "edgewire_coordinator_signals_forwarded_total", "Sealed signals forwarded between nodes.", func() float64 { return float64(m.sigForwarded.Load()) })
 	telemetry.CounterFunc(reg, "edgewire_coordinator_signals_dropped_total", "Signals dropped (malformed, rate limited, recipient away).", func() float64 { return float64(m.sigDropped.Load()) })

@@ -206,6 +206,13 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load nodes: %w", err)
 	}
+	loaded := nodes[:0]
+	for _, n := range nodes {
+		if s.reserveAll(n) {
+			loaded = append(loaded, n)
+		}
+	}
+	nodes = loaded
 	for i, n := range nodes {
 		// Routes approved before routes needed approval, or before this
 		// policy, are checked again: one that the policy refuses now is
@@ -222,18 +229,6 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 			keep = append(keep, r)
 		}
 		nodes[i].Routes = keep
-		for _, a := range n.Addresses {
-			pool := s.pool(a)
-			if pool == nil {
-				// The prefix changed since the node joined; keep the node,
-				// it keeps its address, but warn: routes may not cover it.
-				s.log.Warn("node address outside every overlay prefix", "node", n.Name, "addr", a)
-				continue
-			}
-			if err := pool.Reserve(a); err != nil {
-				return nil, fmt.Errorf("node %s address %s: %w", n.Name, a, err)
-			}
-		}
 	}
 	s.reg = netmap.New(cfg.Prefixes)
 	s.reg.SetClock(cfg.Clock)
@@ -243,6 +238,33 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.reg.SetRoutePolicy(cfg.RoutePolicy)
 	s.reg.Load(nodes)
 	return s, nil
+}
+
+// reserveAll reserves a stored node's addresses in the pools. A node
+// with an address another stored node holds (a store edited by hand) is
+// reported and not loaded: two nodes must never share an address, and
+// the first by name keeps it.
+func (s *Server) reserveAll(n store.Node) bool {
+	var got []netip.Addr
+	for _, a := range n.Addresses {
+		pool := s.pool(a)
+		if pool == nil {
+			// The prefix changed since the node joined; keep the node,
+			// it keeps its address, but warn: routes may not cover it.
+			s.log.Warn("node address outside every overlay prefix", "node", n.Name, "addr", a)
+			continue
+		}
+		if err := pool.Reserve(a); err != nil {
+			s.log.Error("stored node not loaded: its overlay address is another node's; delete one of them", "node", n.Name, "key", n.Key, "addr", a, "err", err)
+			s.m.storeRejects.Add(1)
+			for _, a := range got {
+				s.pool(a).Release(a)
+			}
+			return false
+		}
+		got = append(got, a)
+	}
+	return true
 }
 
 // Registry exposes the live view (for tests and metrics).

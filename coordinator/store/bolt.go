@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -20,6 +21,7 @@ var (
 	bucketTokens = []byte("tokens")     // token ID -> tokenRecord JSON
 	bucketNodes  = []byte("nodes")      // 32B node key -> nodeRecord JSON
 	bucketNames  = []byte("node-names") // node name -> 32B node key
+	bucketAddrs  = []byte("node-addrs") // overlay address (text) -> 32B node key
 )
 
 // schemaVersion is written into every record as "v". Records with a
@@ -54,10 +56,15 @@ func OpenBolt(path string) (*Bolt, error) {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketTokens, bucketNodes, bucketNames} {
+		indexed := tx.Bucket(bucketAddrs) != nil
+		for _, name := range [][]byte{bucketTokens, bucketNodes, bucketNames, bucketAddrs} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("create bucket %s: %w", name, err)
 			}
+		}
+		if !indexed {
+			// A file from a build before the address index.
+			return indexAddrs(tx)
 		}
 		return nil
 	})
@@ -295,10 +302,18 @@ func (t boltTx) PutNode(n Node) error {
 	}
 	names := t.tx.Bucket(bucketNames)
 	nodes := t.tx.Bucket(bucketNodes)
+	addrs := t.tx.Bucket(bucketAddrs)
 	if owner := names.Get([]byte(n.Name)); owner != nil && string(owner) != string(n.Key[:]) {
 		return fmt.Errorf("put node %s: name %q: %w", n.Key, n.Name, ErrExists)
 	}
-	// A rename frees the old name.
+	for _, a := range n.Addresses {
+		if owner := addrs.Get([]byte(a.String())); owner != nil && string(owner) != string(n.Key[:]) {
+			e := &AddrInUseError{Addr: a, Node: n.Key}
+			copy(e.Owner[:], owner)
+			return e
+		}
+	}
+	// A rename frees the old name, a changed address the old address.
 	if old := nodes.Get(n.Key[:]); old != nil {
 		prev, err := decodeNode(old)
 		if err != nil {
@@ -307,6 +322,13 @@ func (t boltTx) PutNode(n Node) error {
 		if prev.Name != n.Name {
 			if err := names.Delete([]byte(prev.Name)); err != nil {
 				return fmt.Errorf("put node %s: %w", n.Key, err)
+			}
+		}
+		for _, a := range prev.Addresses {
+			if !slices.Contains(n.Addresses, a) {
+				if err := deleteOwned(addrs, a.String(), n.Key); err != nil {
+					return fmt.Errorf("put node %s: %w", n.Key, err)
+				}
 			}
 		}
 	}
@@ -333,6 +355,11 @@ func (t boltTx) PutNode(n Node) error {
 	if err := names.Put([]byte(n.Name), n.Key[:]); err != nil {
 		return fmt.Errorf("put node %s: %w", n.Key, err)
 	}
+	for _, a := range n.Addresses {
+		if err := addrs.Put([]byte(a.String()), n.Key[:]); err != nil {
+			return fmt.Errorf("put node %s: %w", n.Key, err)
+		}
+	}
 	return nil
 }
 
@@ -349,6 +376,11 @@ func (t boltTx) DeleteNode(nk key.Public) error {
 	if err := t.tx.Bucket(bucketNames).Delete([]byte(n.Name)); err != nil {
 		return fmt.Errorf("delete node %s: %w", nk, err)
 	}
+	for _, a := range n.Addresses {
+		if err := deleteOwned(t.tx.Bucket(bucketAddrs), a.String(), nk); err != nil {
+			return fmt.Errorf("delete node %s: %w", nk, err)
+		}
+	}
 	if err := nodes.Delete(nk[:]); err != nil {
 		return fmt.Errorf("delete node %s: %w", nk, err)
 	}
@@ -363,4 +395,33 @@ func indexKey(name string, v []byte) (key.Public, error) {
 	}
 	copy(k[:], v)
 	return k, nil
+}
+
+// deleteOwned deletes an index entry if nk holds it.
+func deleteOwned(b *bolt.Bucket, k string, nk key.Public) error {
+	if owner := b.Get([]byte(k)); string(owner) != string(nk[:]) {
+		return nil
+	}
+	return b.Delete([]byte(k))
+}
+
+// indexAddrs fills the address index from the nodes. Two nodes with one
+// address (possible only in a file written before the index) are left to
+// the coordinator, which reports and skips the second when it loads.
+func indexAddrs(tx *bolt.Tx) error {
+	addrs := tx.Bucket(bucketAddrs)
+	return tx.Bucket(bucketNodes).ForEach(func(k, v []byte) error {
+		n, err := decodeNode(v)
+		if err != nil {
+			return err
+		}
+		for _, a := range n.Addresses {
+			if addrs.Get([]byte(a.String())) == nil {
+				if err := addrs.Put([]byte(a.String()), k); err != nil {
+					return fmt.Errorf("index address %s: %w", a, err)
+				}
+			}
+		}
+		return nil
+	})
 }

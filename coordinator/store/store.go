@@ -7,6 +7,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"time"
 
@@ -17,7 +18,25 @@ import (
 var (
 	ErrNotFound = errors.New("not found")
 	ErrExists   = errors.New("already exists")
+	// ErrAddrInUse: another node holds one of the addresses PutNode was
+	// given (another writer allocated it meanwhile). The error is an
+	// *AddrInUseError naming the address.
+	ErrAddrInUse = errors.New("overlay address in use by another node")
 )
+
+// AddrInUseError is PutNode's error for an address another node holds.
+type AddrInUseError struct {
+	Addr  netip.Addr
+	Node  key.Public // the node that wanted it
+	Owner key.Public // the node that holds it
+}
+
+func (e *AddrInUseError) Error() string {
+	return fmt.Sprintf("put node %s: address %s: %v (node %s)", e.Node.Short(), e.Addr, ErrAddrInUse, e.Owner.Short())
+}
+
+// Is makes errors.Is(err, ErrAddrInUse) true.
+func (e *AddrInUseError) Is(target error) bool { return target == ErrAddrInUse }
 
 // Token is a stored join token. The secret itself is never stored: only
 // its SHA-256.
@@ -71,7 +90,7 @@ type Tx interface {
 	Node(k key.Public) (Node, error)      // ErrNotFound
 	NodeByName(name string) (Node, error) // ErrNotFound
 	Nodes() ([]Node, error)               // ordered by Name
-	PutNode(n Node) error                 // create or replace; ErrExists if another key holds n.Name
+	PutNode(n Node) error                 // create or replace; ErrExists if another key holds n.Name, ErrAddrInUse if another holds one of n.Addresses
 	DeleteNode(k key.Public) error        // ErrNotFound
 }
 
@@ -79,7 +98,13 @@ type Tx interface {
 // concurrent use. Update runs fn in a read-write transaction and commits
 // only if fn returns nil: an error leaves the store unchanged. A backend
 // with optimistic concurrency may run fn more than once, so fn must not
-// have side effects outside tx.
+// have side effects outside tx: whatever it needs from outside (an
+// allocated address, the time) is decided before Update, and undone by
+// the caller if Update fails.
+//
+// Names and overlay addresses are unique across nodes in every backend:
+// PutNode refuses a name or an address another node holds, so two
+// writers (two coordinator replicas) can never hand out the same one.
 type Store interface {
 	View(ctx context.Context, fn func(Tx) error) error
 	Update(ctx context.Context, fn func(Tx) error) error
