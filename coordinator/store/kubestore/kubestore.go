@@ -1,0 +1,401 @@
+// Package kubestore is a store.Store kept in the Kubernetes API: nodes,
+// join tokens and uniqueness claims as custom resources in one namespace
+// (crds.yaml), so coordinator replicas share their state through the API
+// server and its etcd.
+//
+// The API server has no transactions across objects. Update runs fn
+// against a cache, then writes what fn changed with optimistic
+// concurrency, in an order that keeps every invariant at every step:
+//
+//  1. claims: one EdgewireClaim per node name and overlay address, created
+//     (never updated), so two writers cannot both hold one;
+//  2. tokens, with the resourceVersion they were read at, so concurrent
+//     joins cannot overspend a token's uses;
+//  3. nodes, likewise;
+//  4. claims the writes freed are deleted.
+//
+// A conflict at any step (another writer got there first) undoes the
+// steps before it, refreshes what conflicted and runs fn again. A writer
+// that dies between steps leaves at worst claims no node holds, which the
+// next writer that needs one deletes, or a token use spent on a join that
+// did not finish: never a name or address held twice, never a token used
+// more than its limit.
+//
+// Reads come from the cache: loaded by Open (one list per resource) and
+// kept by this store's own writes. A coordinator is its store's only
+// writer while it leads (see docs/architecture.md); what another writer
+// or a hand edit changed shows up as a conflict, which refreshes the
+// object. Objects that do not decode (a hand edit into nonsense) are
+// reported, counted and treated as absent; a write to one replaces it.
+package kubestore
+
+import (
+	"cmp"
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+
+	"github.com/edgewire/edgewire/coordinator/store"
+	"github.com/edgewire/edgewire/types/key"
+)
+
+// CRDs is the CustomResourceDefinitions the store needs, as YAML.
+//
+//go:embed crds.yaml
+var CRDs []byte
+
+// ErrUnavailable wraps failures to reach the API server.
+var ErrUnavailable = errors.New("Kubernetes API server unavailable")
+
+const (
+	// maxAttempts bounds how often Update runs fn after conflicts.
+	maxAttempts = 8
+	// callTimeout bounds each API call, so an API server that stopped
+	// answering fails a write in seconds rather than hanging a join.
+	callTimeout = 10 * time.Second
+)
+
+// Config configures a Store.
+type Config struct {
+	Client    dynamic.Interface
+	Namespace string
+	Logger    *slog.Logger
+}
+
+// Store is a store.Store in the Kubernetes API.
+type Store struct {
+	cfg Config
+	log *slog.Logger
+
+	// The cache is written with both mu and rmu held, and read with
+	// either: Update (holding mu) reads it freely, View takes rmu.
+	mu  sync.Mutex // serializes Update
+	rmu sync.RWMutex
+	c   cache
+
+	rejected atomic.Uint64
+}
+
+var _ store.Store = (*Store)(nil)
+
+// cache holds decoded objects with the resourceVersion they were read at.
+// A bad entry exists in the API but did not decode: reads skip it, a
+// write replaces it.
+type cache struct {
+	nodes  map[key.Public]nodeEntry
+	tokens map[string]tokenEntry
+	claims map[string]claimEntry
+	// indexes over good nodes
+	byName map[string]key.Public
+	byAddr map[netip.Addr]key.Public
+}
+
+type nodeEntry struct {
+	n   store.Node
+	rv  string
+	bad bool
+}
+
+type tokenEntry struct {
+	t   store.Token
+	rv  string
+	bad bool
+}
+
+type claimEntry struct {
+	holder key.Public
+	rv     string
+	bad    bool
+}
+
+// Open loads the namespace's objects into a new Store.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	if cfg.Client == nil || cfg.Namespace == "" {
+		return nil, errors.New("kubestore: a client and a namespace are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Store{cfg: cfg, log: cfg.Logger}
+	if err := s.load(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Rejected counts objects that did not decode, since Open.
+func (s *Store) Rejected() uint64 { return s.rejected.Load() }
+
+// load lists every resource into a fresh cache.
+func (s *Store) load(ctx context.Context) error {
+	c := cache{nodes: map[key.Public]nodeEntry{}, tokens: map[string]tokenEntry{}, claims: map[string]claimEntry{}}
+	for _, r := range []struct {
+		what string
+		list func(*unstructured.Unstructured)
+	}{
+		{"edgewirenodes", func(u *unstructured.Unstructured) {
+			nk, e := s.nodeFrom(u)
+			c.nodes[nk] = e
+		}},
+		{"edgewiretokens", func(u *unstructured.Unstructured) { c.tokens[u.GetName()] = s.tokenFrom(u) }},
+		{"edgewireclaims", func(u *unstructured.Unstructured) { c.claims[u.GetName()] = s.claimFrom(u) }},
+	} {
+		gvr := nodesGVR
+		gvr.Resource = r.what
+		cont := ""
+		for {
+			cctx, cancel := context.WithTimeout(ctx, callTimeout)
+			l, err := s.cfg.Client.Resource(gvr).Namespace(s.cfg.Namespace).List(cctx, metav1.ListOptions{Limit: 500, Continue: cont})
+			cancel()
+			if err != nil {
+				return s.apiErr("list "+r.what, err)
+			}
+			for i := range l.Items {
+				r.list(&l.Items[i])
+			}
+			if cont = l.GetContinue(); cont == "" {
+				break
+			}
+		}
+	}
+	c.reindex(s.log)
+	s.rmu.Lock()
+	s.c = c
+	s.rmu.Unlock()
+	return nil
+}
+
+// reindex rebuilds the name and address indexes. A node whose name or
+// address another good node holds (two objects edited by hand into one
+// address) is reported and marked bad: the first by name keeps it.
+func (c *cache) reindex(log *slog.Logger) {
+	c.byName = map[string]key.Public{}
+	c.byAddr = map[netip.Addr]key.Public{}
+	keys := make([]key.Public, 0, len(c.nodes))
+	for k, e := range c.nodes {
+		if !e.bad {
+			keys = append(keys, k)
+		}
+	}
+	slices.SortFunc(keys, func(a, b key.Public) int { return cmp.Compare(c.nodes[a].n.Name, c.nodes[b].n.Name) })
+	for _, k := range keys {
+		e := c.nodes[k]
+		clash := ""
+		if _, ok := c.byName[e.n.Name]; ok {
+			clash = "name " + e.n.Name
+		}
+		for _, a := range e.n.Addresses {
+			if _, ok := c.byAddr[a]; ok {
+				clash = "address " + a.String()
+			}
+		}
+		if clash != "" {
+			log.Error("ignoring a stored node: another node holds its "+clash+"; delete one of the EdgewireNode objects", "object", nodeObjectName(k))
+			e.bad = true
+			c.nodes[k] = e
+			continue
+		}
+		c.byName[e.n.Name] = k
+		for _, a := range e.n.Addresses {
+			c.byAddr[a] = k
+		}
+	}
+}
+
+func (s *Store) reject(kind, name string, err error) {
+	s.rejected.Add(1)
+	s.log.Error("ignoring a stored object that does not decode; fix or delete it", "kind", kind, "object", name, "err", err)
+}
+
+func (s *Store) nodeFrom(u *unstructured.Unstructured) (key.Public, nodeEntry) {
+	n, err := decodeNode(u)
+	if err != nil {
+		s.reject(kindNode, u.GetName(), err)
+		nk, _ := parseNodeObjectName(u.GetName())
+		return nk, nodeEntry{rv: u.GetResourceVersion(), bad: true}
+	}
+	return n.Key, nodeEntry{n: n, rv: u.GetResourceVersion()}
+}
+
+func (s *Store) tokenFrom(u *unstructured.Unstructured) tokenEntry {
+	t, err := decodeToken(u)
+	if err != nil {
+		s.reject(kindToken, u.GetName(), err)
+		return tokenEntry{rv: u.GetResourceVersion(), bad: true}
+	}
+	return tokenEntry{t: t, rv: u.GetResourceVersion()}
+}
+
+func (s *Store) claimFrom(u *unstructured.Unstructured) claimEntry {
+	h, err := decodeClaim(u)
+	if err != nil {
+		s.reject(kindClaim, u.GetName(), err)
+		return claimEntry{rv: u.GetResourceVersion(), bad: true}
+	}
+	return claimEntry{holder: h, rv: u.GetResourceVersion()}
+}
+
+// apiErr wraps err as ErrUnavailable when the API server could not be
+// reached or did not answer.
+func (s *Store) apiErr(what string, err error) error {
+	var ne net.Error
+	if errors.As(err, &ne) || errors.Is(err, context.DeadlineExceeded) || apierrors.IsServerTimeout(err) ||
+		apierrors.IsTimeout(err) || apierrors.IsServiceUnavailable(err) || apierrors.IsTooManyRequests(err) || apierrors.IsInternalError(err) {
+		return fmt.Errorf("%s: %w: %v", what, ErrUnavailable, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// View runs fn against the cache.
+func (s *Store) View(ctx context.Context, fn func(store.Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.rmu.RLock()
+	defer s.rmu.RUnlock()
+	return fn(&tx{c: &s.c})
+}
+
+// Update runs fn and writes what it changed (see the package comment).
+func (s *Store) Update(ctx context.Context, fn func(store.Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for attempt := 1; ; attempt++ {
+		t := &tx{c: &s.c, write: true, s: s, ctx: ctx}
+		err := fn(t)
+		if err == nil {
+			err = t.err // a read-through that failed
+		}
+		if err != nil {
+			return err
+		}
+		err = s.commit(ctx, t)
+		var c *conflict
+		if !errors.As(err, &c) {
+			return err
+		}
+		if attempt == maxAttempts {
+			return fmt.Errorf("kubestore: still conflicting after %d attempts: %w", attempt, err)
+		}
+		s.log.Debug("write conflict; refreshing and running the transaction again", "object", c.name, "attempt", attempt)
+		if err := s.refresh(ctx, c); err != nil {
+			return err
+		}
+	}
+}
+
+// Close does nothing: the store holds no connection of its own.
+func (s *Store) Close() error { return nil }
+
+// conflict: an object changed under a write (another writer).
+type conflict struct {
+	kind, name string
+	err        error
+}
+
+func (c *conflict) Error() string { return fmt.Sprintf("%s %s changed meanwhile: %v", c.kind, c.name, c.err) }
+
+// refresh reads what a conflict was about into the cache: the object,
+// and for a claim the node holding it.
+func (s *Store) refresh(ctx context.Context, c *conflict) error {
+	switch c.kind {
+	case kindNode:
+		nk, err := parseNodeObjectName(c.name)
+		if err != nil {
+			return err
+		}
+		return s.refreshNode(ctx, nk)
+	case kindToken:
+		return s.fetchToken(ctx, c.name)
+	case kindClaim:
+		return s.refreshClaim(ctx, c.name)
+	}
+	return fmt.Errorf("kubestore: conflict on unknown kind %s", c.kind)
+}
+
+// fetchToken reads one token into the cache. Called with mu held.
+func (s *Store) fetchToken(ctx context.Context, id string) error {
+	u, err := s.get(ctx, tokensGVR, id)
+	if err != nil {
+		return err
+	}
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	if u == nil {
+		delete(s.c.tokens, id)
+	} else {
+		s.c.tokens[id] = s.tokenFrom(u)
+	}
+	return nil
+}
+
+// refreshClaim reads a claim and the node holding it into the cache.
+// Called with mu held.
+func (s *Store) refreshClaim(ctx context.Context, name string) error {
+	u, err := s.get(ctx, claimsGVR, name)
+	if err != nil {
+		return err
+	}
+	var holder key.Public
+	s.rmu.Lock()
+	if u == nil {
+		delete(s.c.claims, name)
+	} else {
+		e := s.claimFrom(u)
+		s.c.claims[name] = e
+		holder = e.holder
+	}
+	s.rmu.Unlock()
+	if holder.IsZero() {
+		return nil
+	}
+	return s.refreshNode(ctx, holder)
+}
+
+// refreshNode reads one node into the cache. Called with mu held.
+func (s *Store) refreshNode(ctx context.Context, nk key.Public) error {
+	u, err := s.get(ctx, nodesGVR, nodeObjectName(nk))
+	if err != nil {
+		return err
+	}
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	if u == nil {
+		delete(s.c.nodes, nk)
+	} else if k, e := s.nodeFrom(u); k == nk {
+		s.c.nodes[nk] = e
+	}
+	s.c.reindex(s.log)
+	return nil
+}
+
+// get reads one object; nil if it does not exist.
+func (s *Store) get(ctx context.Context, gvr schema.GroupVersionResource, name string) (*unstructured.Unstructured, error) {
+	cctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	u, err := s.cfg.Client.Resource(gvr).Namespace(s.cfg.Namespace).Get(cctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, s.apiErr("get "+gvr.Resource+" "+name, err)
+	}
+	return u, nil
+}
