@@ -310,7 +310,9 @@ type conflict struct {
 	err        error
 }
 
-func (c *conflict) Error() string { return fmt.Sprintf("%s %s changed meanwhile: %v", c.kind, c.name, c.err) }
+func (c *conflict) Error() string {
+	return fmt.Sprintf("%s %s changed meanwhile: %v", c.kind, c.name, c.err)
+}
 
 // refresh reads what a conflict was about into the cache: the object,
 // and for a claim the node holding it.
