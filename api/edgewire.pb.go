@@ -79,6 +79,11 @@ const (
 	SignalPayload_KIND_ANSWER          SignalPayload_Kind = 2 // controlled side accepts session: credentials
 	SignalPayload_KIND_CANDIDATE       SignalPayload_Kind = 3 // trickled candidates for session
 	SignalPayload_KIND_RESTART_REQUEST SignalPayload_Kind = 4 // controlled side asks for a new session
+	// The sender has primed its NAT towards the recipient's server-reflexive
+	// candidates of session (TTL-limited datagrams): checks to the sender's
+	// server-reflexive candidates can start. Without it the recipient waits
+	// a fixed delay instead.
+	SignalPayload_KIND_PRIMED SignalPayload_Kind = 5
 )
 
 // Enum value maps for SignalPayload_Kind.
@@ -89,6 +94,7 @@ var (
 		2: "KIND_ANSWER",
 		3: "KIND_CANDIDATE",
 		4: "KIND_RESTART_REQUEST",
+		5: "KIND_PRIMED",
 	}
 	SignalPayload_Kind_value = map[string]int32{
 		"KIND_UNSPECIFIED":     0,
@@ -96,6 +102,7 @@ var (
 		"KIND_ANSWER":          2,
 		"KIND_CANDIDATE":       3,
 		"KIND_RESTART_REQUEST": 4,
+		"KIND_PRIMED":          5,
 	}
 )
 
@@ -2402,7 +2409,7 @@ const file_edgewire_proto_rawDesc = "" +
 	"\x06Signal\x12\x19\n" +
 	"\bpeer_key\x18\x01 \x01(\fR\apeerKey\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\fR\x05nonce\x12\x16\n" +
-	"\x06sealed\x18\x03 \x01(\fR\x06sealed\"\xb5\x02\n" +
+	"\x06sealed\x18\x03 \x01(\fR\x06sealed\"\xc6\x02\n" +
 	"\rSignalPayload\x123\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1f.edgewire.v1.SignalPayload.KindR\x04kind\x12\x18\n" +
 	"\asession\x18\x02 \x01(\x04R\asession\x12\x14\n" +
@@ -2412,14 +2419,15 @@ const file_edgewire_proto_rawDesc = "" +
 	"candidates\x18\x05 \x03(\tR\n" +
 	"candidates\x12 \n" +
 	"\fsent_unix_ms\x18\x06 \x01(\x03R\n" +
-	"sentUnixMs\"k\n" +
+	"sentUnixMs\"|\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
 	"KIND_OFFER\x10\x01\x12\x0f\n" +
 	"\vKIND_ANSWER\x10\x02\x12\x12\n" +
 	"\x0eKIND_CANDIDATE\x10\x03\x12\x18\n" +
-	"\x14KIND_RESTART_REQUEST\x10\x04\"\xd4\x01\n" +
+	"\x14KIND_RESTART_REQUEST\x10\x04\x12\x0f\n" +
+	"\vKIND_PRIMED\x10\x05\"\xd4\x01\n" +
 	"\x05Hello\x12\x1d\n" +
 	"\n" +
 	"public_key\x18\x01 \x01(\fR\tpublicKey\x12G\n" +

@@ -58,9 +58,12 @@ const (
 	// defaultIdleTimeout outlasts WireGuard's 25 s persistent keepalive
 	// several times over, so a live peer on the relay never goes idle.
 	defaultIdleTimeout = 2 * time.Minute
-	// defaultPrimeDelay outlasts the difference between the moments the
-	// two sides learn each other's server-reflexive candidates (both
-	// gather them at once; the signals cross the coordinator).
+	// defaultPrimeDelay is how long a session waits for the peer's
+	// KIND_PRIMED before checking the peer's server-reflexive candidates
+	// anyway (a peer that never primes: an older agent, or one without
+	// our server-reflexive candidate). It outlasts the difference between
+	// the moments the two sides learn each other's candidates (both gather
+	// them at once; the signals cross the coordinator).
 	defaultPrimeDelay = 200 * time.Millisecond
 )
 
@@ -107,8 +110,10 @@ type Config struct {
 	// the peer's NAT. A router that keeps state for unsolicited WAN input
 	// would otherwise take our first check as an inbound flow and move
 	// its site's mapping for us to another port (a conntrack clash),
-	// which keeps the pair off direct. Checks to that candidate start
-	// PrimeDelay later (default 200 ms), after the peer has primed too.
+	// which keeps the pair off direct. Checks to a peer's
+	// server-reflexive candidate start once both sides have primed: when
+	// the peer's KIND_PRIMED arrives (it sends it after its primers left),
+	// or PrimeDelay (default 200 ms) after our own primers at the latest.
 	Prime      func(dst netip.AddrPort, ttl int)
 	PrimeDelay time.Duration
 	IPv6       bool
@@ -160,11 +165,15 @@ type session struct {
 	remotes int // remote candidates added, at most maxRemoteCandidates
 	local   *CandidateInfo
 	remote  *CandidateInfo
-	// mapped: this node's own server-reflexive candidate is gathered (or
-	// gathering is over); priming holds remote server-reflexive
-	// candidates waiting for it (Config.Prime).
-	mapped  bool
-	priming []ice.Candidate
+	// Priming (Config.Prime). mapped: this node's own server-reflexive
+	// candidate is gathered (or gathering is over); priming holds remote
+	// server-reflexive candidates waiting for it. held: candidates we
+	// primed, waiting for the peer's KIND_PRIMED (peerPrimed) or the
+	// fallback delay.
+	mapped     bool
+	priming    []ice.Candidate
+	held       []ice.Candidate
+	peerPrimed bool
 }
 
 type peer struct {
@@ -797,6 +806,12 @@ func (m *Manager) handleSignal(sig Signal) {
 			}
 			m.addRemote(nk, p.s, c)
 		}
+	case api.SignalPayload_KIND_PRIMED:
+		if p.s == nil || p.s.id != pl.GetSession() {
+			return
+		}
+		p.s.peerPrimed = true
+		m.release(nk, p.s)
 	case api.SignalPayload_KIND_RESTART_REQUEST:
 		if p.controlling && p.m.State() != pathsel.Checking {
 			m.log.Info("peer asked for an ICE restart", "peer", nk)
@@ -812,28 +827,50 @@ func (m *Manager) handleSignal(sig Signal) {
 var primeTTLs = []int{2, 3}
 
 // primeReady notes that this node's own mapping exists (its
-// server-reflexive candidate is gathered, or gathering is over) and
-// primes the remote candidates waiting for it, adding each to the
-// session PrimeDelay later. Primers wait for our own STUN query so that
-// a node's first datagram out of its NAT is always that query: behind a
-// NAT shared by hosts on one port, the first flow decides which host
-// keeps the port. Called with mu held.
+// server-reflexive candidate is gathered, or gathering is over), primes
+// the remote candidates waiting for it and tells the peer (KIND_PRIMED).
+// Primers wait for our own STUN query so that a node's first datagram
+// out of its NAT is always that query: behind a NAT shared by hosts on
+// one port, the first flow decides which host keeps the port. The primed
+// candidates are checked once the peer has primed too (release). Called
+// with mu held.
 func (m *Manager) primeReady(nk key.Public, s *session) {
 	s.mapped = true
 	cs := s.priming
 	s.priming = nil
+	p := m.peers[nk]
+	if len(cs) == 0 || p == nil || p.s != s {
+		return
+	}
 	for _, c := range cs {
 		dst, _ := candidateAddr(c)
 		for _, ttl := range primeTTLs {
 			m.cfg.Prime(dst, ttl)
 		}
-		time.AfterFunc(m.cfg.PrimeDelay, func() {
-			m.post(func() {
-				if p := m.peers[nk]; p != nil && p.s == s {
-					m.addRemote(nk, s, c)
-				}
-			})
+	}
+	m.send(p, &api.SignalPayload{Kind: api.SignalPayload_KIND_PRIMED, Session: s.id})
+	s.held = append(s.held, cs...)
+	if s.peerPrimed {
+		m.release(nk, s)
+		return
+	}
+	time.AfterFunc(m.cfg.PrimeDelay, func() {
+		m.post(func() {
+			if p := m.peers[nk]; p != nil && p.s == s {
+				m.release(nk, s)
+			}
 		})
+	})
+}
+
+// release adds the candidates a session primed and held to its agent:
+// the peer has primed too, or stopped being waited for. Called with mu
+// held.
+func (m *Manager) release(nk key.Public, s *session) {
+	cs := s.held
+	s.held = nil
+	for _, c := range cs {
+		m.addRemote(nk, s, c)
 	}
 }
 

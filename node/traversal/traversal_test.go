@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -25,6 +26,12 @@ type lazyRig struct {
 
 func newLazyRig(t *testing.T, controlling bool) *lazyRig {
 	t.Helper()
+	return newLazyRigWith(t, controlling, nil)
+}
+
+// newLazyRigWith is newLazyRig with the manager's Config changed by tune.
+func newLazyRigWith(t *testing.T, controlling bool, tune func(*Config)) *lazyRig {
+	t.Helper()
 	ourPub, ourPriv := keypair(t)
 	peerPub, peerPriv := keypair(t)
 	if (bytes.Compare(ourPub[:], peerPub[:]) > 0) != controlling {
@@ -38,7 +45,7 @@ func newLazyRig(t *testing.T, controlling bool) *lazyRig {
 	hosts := func() []netip.Addr { return []netip.Addr{netip.MustParseAddr("127.0.0.1")} }
 	mux := NewMux(pc, func() uint16 { return port }, hosts, slog.New(slog.DiscardHandler))
 	r := &lazyRig{ourPub: ourPub, peerPub: peerPub, peerPriv: peerPriv, sent: make(chan *api.SignalPayload, 100)}
-	r.m, err = New(Config{
+	cfg := Config{
 		PrivateKey: ourPriv, PublicKey: ourPub, Mux: mux, HostAddrs: hosts,
 		RelayEndpoint: func(key.Public) netip.AddrPort { return netip.MustParseAddrPort("127.77.0.1:1") },
 		Send: func(sig Signal) bool {
@@ -54,7 +61,11 @@ func newLazyRig(t *testing.T, controlling bool) *lazyRig {
 			}
 			return true
 		},
-	})
+	}
+	if tune != nil {
+		tune(&cfg)
+	}
+	r.m, err = New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,6 +139,88 @@ func TestLazySessions(t *testing.T) {
 			}
 			if got := r.next(quiet); got != tc.want {
 				t.Fatalf("got signal %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestPriming follows a peer's server-reflexive candidate through
+// priming: primed towards at once (TTL 2 and 3), announced to the peer
+// with KIND_PRIMED, and checked only once the peer has primed too, or
+// after the fallback delay. The sessions never dial (offers without
+// credentials), so no check leaves the host.
+func TestPriming(t *testing.T) {
+	const srflx = "2 1 udp 1694498815 198.51.100.7 40123 typ srflx raddr 10.0.0.5 rport 51820"
+	dst := netip.MustParseAddrPort("198.51.100.7:40123")
+	type prime struct {
+		dst netip.AddrPort
+		ttl int
+	}
+	tests := []struct {
+		name string
+		// steps after the offer of session 7; the candidate is sent by
+		// "cand", the peer's KIND_PRIMED by "primed" (for session 7) or
+		// "primed-other" (session 8).
+		steps     []string
+		delay     time.Duration // fallback
+		wantAdded uint64        // within 0.5 s of the last step
+	}{
+		{"peer primed after us: checked when its signal arrives", []string{"cand", "primed"}, time.Minute, 1},
+		{"peer primed first: checked right after our primers", []string{"primed", "cand"}, time.Minute, 1},
+		{"peer never primes: held for the fallback delay", []string{"cand"}, time.Minute, 0},
+		{"peer never primes, short fallback: checked anyway", []string{"cand"}, 100 * time.Millisecond, 1},
+		{"another session's signal releases nothing", []string{"cand", "primed-other"}, time.Minute, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var mu sync.Mutex
+			var primes []prime
+			r := newLazyRigWith(t, false, func(c *Config) {
+				c.PrimeDelay = tc.delay
+				c.Prime = func(dst netip.AddrPort, ttl int) {
+					mu.Lock()
+					primes = append(primes, prime{dst, ttl})
+					mu.Unlock()
+				}
+			})
+			r.m.SetPeers([]Peer{{Key: r.peerPub, Online: true}})
+			r.fromPeer(t, &api.SignalPayload{Kind: api.SignalPayload_KIND_OFFER, Session: 7})
+			for _, st := range tc.steps {
+				switch st {
+				case "cand":
+					r.fromPeer(t, &api.SignalPayload{Kind: api.SignalPayload_KIND_CANDIDATE, Session: 7, Candidates: []string{srflx}})
+				case "primed":
+					r.fromPeer(t, &api.SignalPayload{Kind: api.SignalPayload_KIND_PRIMED, Session: 7})
+				case "primed-other":
+					r.fromPeer(t, &api.SignalPayload{Kind: api.SignalPayload_KIND_PRIMED, Session: 8})
+				}
+			}
+			steps := uint64(1 + len(tc.steps))
+			waitCounters(t, r.m, 5*time.Second, func(c Counters) bool { return c.SignalsIn == steps })
+
+			// We primed and told the peer, whatever it did.
+			deadline := time.Now().Add(5 * time.Second)
+			sawPrimed := false
+			for !sawPrimed && time.Now().Before(deadline) {
+				select {
+				case pl := <-r.sent:
+					sawPrimed = pl.GetKind() == api.SignalPayload_KIND_PRIMED && pl.GetSession() == 7
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+			if !sawPrimed {
+				t.Error("no KIND_PRIMED for session 7 sent to the peer")
+			}
+			mu.Lock()
+			got := append([]prime(nil), primes...)
+			mu.Unlock()
+			if want := []prime{{dst, 2}, {dst, 3}}; !slices.Equal(got, want) {
+				t.Errorf("primes: got %v, want %v", got, want)
+			}
+
+			time.Sleep(500 * time.Millisecond)
+			if c := r.m.Counters(); c.CandidatesAdded != tc.wantAdded {
+				t.Errorf("candidates added: got %d, want %d", c.CandidatesAdded, tc.wantAdded)
 			}
 		})
 	}
