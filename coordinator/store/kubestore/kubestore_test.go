@@ -6,54 +6,34 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 
 	"github.com/edgewire/edgewire/coordinator/store"
 	"github.com/edgewire/edgewire/coordinator/store/kubestore"
 	"github.com/edgewire/edgewire/coordinator/store/storetest"
-	"github.com/edgewire/edgewire/e2e/kube"
+	"github.com/edgewire/edgewire/internal/kubetest"
 )
 
 // apiServer is one real kube-apiserver and etcd for every test here, with
 // the CRDs installed; each test gets its own namespace.
 type apiServer struct {
+	api *kubetest.API
 	dyn dynamic.Interface
-	cs  kubernetes.Interface
-	n   atomic.Int64
 }
 
 func start(t *testing.T) *apiServer {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("needs a kube-apiserver")
-	}
-	c := kube.Start(t, t.TempDir(), nil)
-	ca, err := os.ReadFile(c.CAFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc := &rest.Config{Host: c.URL, BearerToken: c.Token, TLSClientConfig: rest.TLSClientConfig{CAData: ca}, QPS: 1000, Burst: 1000}
-	a := &apiServer{}
-	if a.dyn, err = dynamic.NewForConfig(rc); err != nil {
-		t.Fatal(err)
-	}
-	if a.cs, err = kubernetes.NewForConfig(rc); err != nil {
-		t.Fatal(err)
-	}
+	a := &apiServer{api: kubetest.Start(t)}
+	_, a.dyn = a.api.Clients(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := kubestore.InstallCRDs(ctx, a.dyn); err != nil {
@@ -62,15 +42,7 @@ func start(t *testing.T) *apiServer {
 	return a
 }
 
-// namespace creates a fresh namespace.
-func (a *apiServer) namespace(t *testing.T) string {
-	t.Helper()
-	ns := fmt.Sprintf("ew-%d", a.n.Add(1))
-	if _, err := a.cs.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	return ns
-}
+func (a *apiServer) namespace(t *testing.T) string { return a.api.Namespace(t) }
 
 func (a *apiServer) open(t *testing.T, ns string) *kubestore.Store {
 	t.Helper()
@@ -90,6 +62,43 @@ func TestKubeStore(t *testing.T) {
 	t.Run("Reopen", func(t *testing.T) { reopen(t, a) })
 	t.Run("HandEdits", func(t *testing.T) { handEdits(t, a) })
 	t.Run("UnheldClaim", func(t *testing.T) { unheldClaim(t, a) })
+	t.Run("Unreachable", func(t *testing.T) { unreachable(t, a) })
+}
+
+// unreachable: with the API server out of reach, reads go on from the
+// cache, writes fail with ErrUnavailable and leave nothing behind, and
+// writes work again once it is back.
+func unreachable(t *testing.T, a *apiServer) {
+	ns := a.namespace(t)
+	ctx := context.Background()
+	cut := &kubetest.Cut{}
+	_, dyn := a.api.Clients(t, cut.Wrap)
+	s, err := kubestore.Open(ctx, kubestore.Config{Client: dyn, Namespace: ns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	alpha := storetest.TestNode(1, "alpha")
+	if err := s.Update(ctx, func(tx store.Tx) error { return tx.PutNode(alpha) }); err != nil {
+		t.Fatal(err)
+	}
+	cut.Set(true)
+	bravo := storetest.TestNode(2, "bravo")
+	err = s.Update(ctx, func(tx store.Tx) error { return tx.PutNode(bravo) })
+	if !errors.Is(err, kubestore.ErrUnavailable) {
+		t.Errorf("write while cut off: got %v, want ErrUnavailable", err)
+	}
+	if err := s.View(ctx, func(tx store.Tx) error {
+		_, err := tx.Node(alpha.Key)
+		return err
+	}); err != nil {
+		t.Errorf("read while cut off: %v", err)
+	}
+	cut.Set(false)
+	checkClaims(t, a, ns, []store.Node{alpha})
+	if err := s.Update(ctx, func(tx store.Tx) error { return tx.PutNode(bravo) }); err != nil {
+		t.Errorf("write after the API server is back: %v", err)
+	}
+	checkClaims(t, a, ns, []store.Node{alpha, bravo})
 }
 
 // twoWriters: two stores on one namespace (two coordinator replicas),
@@ -184,7 +193,11 @@ func checkClaims(t *testing.T, a *apiServer, ns string, nodes []store.Node) {
 	for _, n := range nodes {
 		want = append(want, "name."+n.Name)
 		for _, addr := range n.Addresses {
-			want = append(want, "addr."+addr.String())
+			name := addr.String()
+			if addr.Is6() {
+				name = strings.ReplaceAll(addr.StringExpanded(), ":", "-")
+			}
+			want = append(want, "addr."+name)
 		}
 	}
 	slices.Sort(got)
