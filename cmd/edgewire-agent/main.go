@@ -60,7 +60,7 @@ func main() {
 	}
 	pf := root.PersistentFlags()
 	pf.StringVar(&cfg.StateDir, "state-dir", agent.DefaultStateDir, "directory for the node key, enrolment and last network map")
-	pf.StringVar(&cfg.Coordinator, "coordinator", "", "coordinator host:port (for joining)")
+	pf.StringVar(&cfg.Coordinator, "coordinator", "", "coordinator host:port (for joining); replicas as a comma-separated list, tried in order")
 	// The token's default is read when the command runs, not shown here:
 	// --help must never print a secret from the environment.
 	pf.StringVar(&cfg.Token, "token", "", "join token (default $EDGEWIRE_TOKEN; prefer --token-file: a command line shows in ps)")

@@ -264,8 +264,8 @@ func Join(ctx context.Context, jc JoinConfig) (identity.Enrolment, *api.JoinResp
 	if jc.Coordinator == "" || jc.Token == "" {
 		return identity.Enrolment{}, nil, errors.New("joining needs --coordinator and --token (or --token-file)")
 	}
-	if _, _, err := net.SplitHostPort(jc.Coordinator); err != nil {
-		return identity.Enrolment{}, nil, fmt.Errorf("--coordinator %q: want host:port: %w", jc.Coordinator, err)
+	if _, err := control.Addrs(jc.Coordinator); err != nil {
+		return identity.Enrolment{}, nil, fmt.Errorf("--coordinator: %w", err)
 	}
 	nk, err := identity.LoadOrCreateKey(jc.StateDir)
 	if err != nil {
@@ -794,10 +794,15 @@ func (a *Agent) knownKey(k key.Public) bool {
 	return false
 }
 
-// mapHost resolves a map host: empty means the coordinator's.
+// mapHost resolves a map host: empty means the coordinator's (the first
+// of several replicas': a coordinator with an embedded STUN server or
+// relay runs alone, replicated ones leave them to separate relays).
 func (a *Agent) mapHost(h string) string {
 	if h == "" {
-		h, _, _ = net.SplitHostPort(a.enr.Coordinator)
+		addrs, _ := control.Addrs(a.enr.Coordinator)
+		if len(addrs) > 0 {
+			h, _, _ = net.SplitHostPort(addrs[0])
+		}
 	}
 	return h
 }

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/edgewire/edgewire/node/control"
 	"github.com/edgewire/edgewire/node/homerelay"
 )
 
@@ -69,7 +70,8 @@ func (c *hostCache) lookup(host string) []netip.Addr {
 // cached) and the host's gateways and attached subnets.
 func (a *Agent) underlay(stun []string, regions []homerelay.Region) underlay {
 	var u underlay
-	hosts := append([]string{a.enr.Coordinator}, stun...)
+	hosts, _ := control.Addrs(a.enr.Coordinator)
+	hosts = append(hosts, stun...)
 	for _, r := range regions {
 		hosts = append(hosts, r.Addr)
 	}

@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,6 +26,8 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
 
 	"github.com/edgewire/edgewire/api"
@@ -55,6 +58,43 @@ type JoinRequest struct {
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
 }
 
+// Addrs splits a coordinator address: host:port, or several of them
+// separated by commas (coordinator replicas; whichever answers serves).
+func Addrs(s string) ([]string, error) {
+	var out []string
+	for _, hp := range strings.Split(s, ",") {
+		hp = strings.TrimSpace(hp)
+		host, port, err := net.SplitHostPort(hp)
+		if err != nil || host == "" || port == "" {
+			return nil, fmt.Errorf("coordinator address %q: want host:port (several separated by commas)", hp)
+		}
+		if !slices.Contains(out, hp) {
+			out = append(out, hp)
+		}
+	}
+	return out, nil
+}
+
+// Target returns the gRPC target and options that reach a coordinator
+// address (Addrs). Several addresses are tried in order (pick_first):
+// standby replicas do not listen, so a connection lands on the leader.
+func Target(s string) (string, []grpc.DialOption, error) {
+	addrs, err := Addrs(s)
+	if err != nil {
+		return "", nil, err
+	}
+	if len(addrs) == 1 {
+		return addrs[0], nil, nil
+	}
+	r := manual.NewBuilderWithScheme("edgewire")
+	var st resolver.State
+	for _, a := range addrs {
+		st.Addresses = append(st.Addresses, resolver.Address{Addr: a})
+	}
+	r.InitialState(st)
+	return "edgewire:///coordinators", []grpc.DialOption{grpc.WithResolvers(r)}, nil
+}
+
 // Join registers the node and returns its enrolment (with the pinned CA).
 func Join(ctx context.Context, req JoinRequest) (identity.Enrolment, *api.JoinResponse, error) {
 	tok, err := jointoken.Parse(req.Token)
@@ -69,7 +109,11 @@ func Join(ctx context.Context, req JoinRequest) (identity.Enrolment, *api.JoinRe
 	if req.Dial != nil {
 		opts = append(opts, grpc.WithContextDialer(req.Dial))
 	}
-	conn, err := grpc.NewClient(req.Coordinator, opts...)
+	target, topts, err := Target(req.Coordinator)
+	if err != nil {
+		return identity.Enrolment{}, nil, err
+	}
+	conn, err := grpc.NewClient(target, append(opts, topts...)...)
 	if err != nil {
 		return identity.Enrolment{}, nil, fmt.Errorf("connect to %s: %w", req.Coordinator, err)
 	}
@@ -308,7 +352,11 @@ func (c *Client) Run(ctx context.Context) error {
 	if c.cfg.Dial != nil {
 		opts = append(opts, grpc.WithContextDialer(c.cfg.Dial))
 	}
-	conn, err := grpc.NewClient(c.cfg.Enrolment.Coordinator, opts...)
+	target, topts, err := Target(c.cfg.Enrolment.Coordinator)
+	if err != nil {
+		return fmt.Errorf("control: %w", err)
+	}
+	conn, err := grpc.NewClient(target, append(opts, topts...)...)
 	if err != nil {
 		return fmt.Errorf("control: %w", err)
 	}

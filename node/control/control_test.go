@@ -11,6 +11,8 @@ import (
 	"encoding/pem"
 	"math/big"
 	"net"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -243,5 +245,72 @@ func TestNoHiddenBackoff(t *testing.T) {
 		end <- status.Error(codes.Unavailable, "bye")
 	case <-time.After(10 * time.Second):
 		t.Fatal("no stream within 10 s of the coordinator coming back")
+	}
+}
+
+func TestAddrs(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    []string
+		wantErr bool
+	}{
+		{"coord:8443", []string{"coord:8443"}, false},
+		{"a:1,b:2", []string{"a:1", "b:2"}, false},
+		{" a:1 , b:2 ,a:1", []string{"a:1", "b:2"}, false},
+		{"[fd00::1]:8443,10.0.0.1:8443", []string{"[fd00::1]:8443", "10.0.0.1:8443"}, false},
+		{"", nil, true},
+		{"a:1,", nil, true},
+		{"a", nil, true},
+		{":8443", nil, true},
+		{"a:", nil, true},
+	}
+	for _, tt := range tests {
+		got, err := Addrs(tt.in)
+		if (err != nil) != tt.wantErr || !slices.Equal(got, tt.want) {
+			t.Errorf("Addrs(%q) = %v, %v; want %v, error %v", tt.in, got, err, tt.want, tt.wantErr)
+		}
+	}
+}
+
+// TestReplicaAddresses: with several coordinator addresses the client
+// moves past one that refuses (a standby replica, which does not listen)
+// to the one that serves.
+func TestReplicaAddresses(t *testing.T) {
+	coord, enr, dial := serveRefusing(t)
+	enr.Coordinator = "standby.test:8443,leader.test:8443"
+	var mu sync.Mutex
+	var dialed []string
+	d := func(ctx context.Context, addr string) (net.Conn, error) {
+		mu.Lock()
+		dialed = append(dialed, addr)
+		mu.Unlock()
+		if addr != "leader.test:8443" {
+			return nil, syscall.ECONNREFUSED
+		}
+		return dial(ctx, addr)
+	}
+	priv, err := key.NewPrivate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(Config{Enrolment: enr, PrivateKey: priv, Dial: d, OnMap: func(*api.NetworkMap) error { return nil },
+		MinBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	select {
+	case end := <-coord.streams:
+		end <- status.Error(codes.Unavailable, "bye")
+	case <-time.After(5 * time.Second):
+		t.Fatal("no stream within 5 s")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(dialed) < 2 || dialed[0] != "standby.test:8443" || !slices.Contains(dialed, "leader.test:8443") {
+		t.Errorf("dialed %v; want the standby first, then the leader", dialed)
 	}
 }
