@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -95,6 +96,10 @@ type Config struct {
 	// (0: no limit).
 	MaxConnsPerSource int
 	MetricsListen     string // /metrics, /healthz, /readyz; empty: off
+	// Replication, if set, keeps the state in the Kubernetes API and
+	// runs this process as one of several replicas; nil: bbolt in the
+	// data dir, one process.
+	Replication *Replication
 	PprofSocket       string // unix socket for net/http/pprof; empty: off
 	Logger            *slog.Logger
 }
@@ -164,19 +169,34 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.validate(); err != nil {
 		return err
 	}
-	log := cfg.Logger
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return err
 	}
-	id, err := tlsIdentity(cfg)
-	if err != nil {
-		return err
+	if cfg.Replication != nil {
+		return runReplica(ctx, cfg)
 	}
 	st, err := store.OpenBolt(filepath.Join(cfg.DataDir, StoreFile))
 	if err != nil {
 		return err
 	}
 	defer st.Close() // after every part: handlers use the store until Stop returns
+	reg := telemetry.NewRegistry()
+	g, ctx := rungroup.New(ctx)
+	if cfg.MetricsListen != "" {
+		g.Go("metrics", func(ctx context.Context) error { return telemetry.Serve(ctx, cfg.MetricsListen, reg, nil, cfg.Logger) })
+	}
+	g.Go("coordinator", func(ctx context.Context) error { return serve(ctx, cfg, st, reg) })
+	return g.Wait()
+}
+
+// serve runs the coordinator's servers on st until ctx ends, registering
+// their metrics on reg.
+func serve(ctx context.Context, cfg Config, st store.Store, reg prometheus.Registerer) error {
+	log := cfg.Logger
+	id, err := tlsIdentity(cfg)
+	if err != nil {
+		return err
+	}
 	adminHash, err := adminToken(filepath.Join(cfg.DataDir, AdminTokenFile))
 	if err != nil {
 		return err
@@ -229,7 +249,6 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 
-	reg := telemetry.NewRegistry()
 	srv.RegisterMetrics(reg)
 	if embedded != nil {
 		embedded.srv.RegisterMetrics(reg)
@@ -294,9 +313,6 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if cfg.Services != nil {
 		g.Go("services source", func(ctx context.Context) error { return cfg.Services.Run(ctx, srv.Registry()) })
-	}
-	if cfg.MetricsListen != "" {
-		g.Go("metrics", func(ctx context.Context) error { return telemetry.Serve(ctx, cfg.MetricsListen, reg, nil, log) })
 	}
 	if cfg.PprofSocket != "" {
 		g.Go("pprof", func(ctx context.Context) error { return telemetry.ServeProfiles(ctx, cfg.PprofSocket, log) })
@@ -416,6 +432,11 @@ func adminToken(path string) ([32]byte, error) {
 	return server.AdminTokenHash(tok), nil
 }
 
+// relayKey loads the embedded relay's key, creating it on first start.
+func relayKey(cfg Config) (key.Private, error) {
+	return key.LoadOrCreatePrivateFile(filepath.Join(cfg.DataDir, RelayKeyFile))
+}
+
 // embeddedRelay is the coordinator's own relay, ready to serve.
 type embeddedRelay struct {
 	srv       *relay.Server
@@ -428,7 +449,7 @@ type embeddedRelay struct {
 // the relays of the relay map; it serves with the coordinator's TLS
 // identity.
 func newRelay(cfg Config, ticketKey ed25519.PrivateKey, stun []*api.StunServer) (*embeddedRelay, error) {
-	nk, err := key.LoadOrCreatePrivateFile(filepath.Join(cfg.DataDir, RelayKeyFile))
+	nk, err := relayKey(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("relay key: %w", err)
 	}

@@ -33,6 +33,8 @@ func main() {
 		agentSA             string
 		protect             []string
 		logLevel, logFormat string
+		storeKind           string
+		repl                coordinator.Replication
 	)
 	cmd := &cobra.Command{
 		Use:           "edgewire-coordinator",
@@ -81,6 +83,29 @@ func main() {
 				}
 				cfg.Services = &svcsource.File{Path: servicesFile, Logger: log.With("src", "services-file")}
 			}
+			switch storeKind {
+			case "bolt":
+			case "kubernetes":
+				if kubeconfig == "" && !inCluster {
+					return fmt.Errorf("--store kubernetes needs --kubeconfig or --in-cluster")
+				}
+				if repl.Kube, err = kubesource.RESTConfig(kubeconfig); err != nil {
+					return err
+				}
+				if repl.Namespace == "" {
+					if repl.Namespace = os.Getenv("POD_NAMESPACE"); repl.Namespace == "" {
+						return fmt.Errorf("--store kubernetes needs --store-namespace (or $POD_NAMESPACE)")
+					}
+				}
+				if repl.Identity == "" {
+					if repl.Identity = os.Getenv("POD_NAME"); repl.Identity == "" {
+						repl.Identity, _ = os.Hostname()
+					}
+				}
+				cfg.Replication = &repl
+			default:
+				return fmt.Errorf("--store %q: want bolt or kubernetes", storeKind)
+			}
 			for _, p := range protect {
 				pfx, err := netip.ParsePrefix(p)
 				if err != nil {
@@ -122,9 +147,14 @@ func main() {
 	f.Float64Var(&cfg.FailureRate, "failure-rate", 1, "failed joins and authentications per second allowed per source address and per token (after the burst; negative: no limit)")
 	f.IntVar(&cfg.FailureBurst, "failure-burst", 20, "failed joins and authentications allowed at once per source address and per token")
 	f.IntVar(&cfg.MaxConnsPerSource, "max-conns-per-source", 4096, "open agent connections allowed per source address (0: no limit); raise it when many nodes share one NAT address")
-	f.StringVar(&kubeconfig, "kubeconfig", "", "watch Services, EndpointSlices and Nodes of this cluster")
+	f.StringVar(&kubeconfig, "kubeconfig", "", "a Kubernetes cluster: its Services, EndpointSlices and Nodes are watched (and --store kubernetes keeps the state there)")
 	f.BoolVar(&inCluster, "in-cluster", false, "watch the cluster the coordinator runs in (service account)")
 	f.StringVar(&servicesFile, "services-file", "", "JSON file declaring Services, for fleets without Kubernetes (see README)")
+	f.StringVar(&storeKind, "store", "bolt", "where the state lives: bolt (a file in --data-dir, one coordinator) or kubernetes (custom resources in --store-namespace, shared by replicas that elect a leader; needs --kubeconfig or --in-cluster)")
+	f.StringVar(&repl.Namespace, "store-namespace", "", "namespace of the Kubernetes store, its Lease and its Secret of shared keys (default $POD_NAMESPACE)")
+	f.StringVar(&repl.Identity, "replica-id", "", "this replica's identity in the leader election, unique among replicas (default $POD_NAME, else the hostname)")
+	f.StringVar(&repl.LeaseName, "lease-name", "edgewire-coordinator", "name of the Lease the replicas elect a leader on (and prefix of the Secret of shared keys)")
+	f.DurationVar(&repl.LeaseDuration, "lease-duration", 6*time.Second, "how long a leader's lease lasts unrenewed: a dead leader is replaced after about this long")
 	f.StringVar(&cfg.MetricsListen, "metrics-listen", "127.0.0.1:9090", "address for /metrics, /healthz and /readyz (empty: off)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")

@@ -55,12 +55,13 @@ type Source struct {
 
 var _ svcsource.Source = (*Source)(nil)
 
-// New connects to the API server described by cfg.
-func New(cfg Config) (*Source, error) {
+// RESTConfig reads a kubeconfig, or the in-cluster configuration when
+// the path is empty.
+func RESTConfig(kubeconfig string) (*rest.Config, error) {
 	var rc *rest.Config
 	var err error
-	if cfg.Kubeconfig != "" {
-		rc, err = clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+	if kubeconfig != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
 	} else {
 		rc, err = rest.InClusterConfig()
 	}
@@ -68,6 +69,15 @@ func New(cfg Config) (*Source, error) {
 		return nil, fmt.Errorf("kubernetes config: %w", err)
 	}
 	rc.UserAgent = "edgewire-coordinator"
+	return rc, nil
+}
+
+// New connects to the API server described by cfg.
+func New(cfg Config) (*Source, error) {
+	rc, err := RESTConfig(cfg.Kubeconfig)
+	if err != nil {
+		return nil, err
+	}
 	c, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return nil, err

@@ -92,7 +92,7 @@ func (s *Server) CreateToken(ctx context.Context, req *api.CreateTokenRequest) (
 		return tx.PutToken(rec)
 	})
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "store token: %v", err)
+		return nil, storeError("store token", err)
 	}
 	s.log.Info("join token created", "id", rec.ID, "expires", rec.ExpiresAt, "reusable", rec.Reusable, "max_uses", rec.MaxUses)
 	return &api.CreateTokenResponse{Token: tok.String(), Info: tokenInfo(rec)}, nil
@@ -124,7 +124,7 @@ func (s *Server) ListTokens(ctx context.Context, _ *api.ListTokensRequest) (*api
 		return err
 	})
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "list tokens: %v", err)
+		return nil, storeError("list tokens", err)
 	}
 	return &resp, nil
 }
@@ -147,7 +147,7 @@ func (s *Server) RevokeToken(ctx context.Context, req *api.RevokeTokenRequest) (
 		return nil, status.Errorf(codes.NotFound, "no token with id %q", id)
 	}
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "revoke token: %v", err)
+		return nil, storeError("revoke token", err)
 	}
 	s.log.Info("join token revoked", "id", id)
 	return &api.RevokeTokenResponse{}, nil
@@ -176,7 +176,7 @@ func (s *Server) DeleteNode(ctx context.Context, req *api.DeleteNodeRequest) (*a
 		return nil, status.Errorf(codes.NotFound, "no node named %q", req.GetName())
 	}
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "delete node: %v", err)
+		return nil, storeError("delete node", err)
 	}
 	for _, a := range node.Addresses {
 		if p := s.pool(a); p != nil {
@@ -261,7 +261,7 @@ func (s *Server) ApproveRoutes(ctx context.Context, req *api.ApproveRoutesReques
 		return nil, err
 	}
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "approve routes: %v", err)
+		return nil, storeError("approve routes", err)
 	}
 	s.reg.Upsert(node)
 	s.log.Info("routes approved", "node", node.Name, "routes", node.Routes)

@@ -217,7 +217,7 @@ func (s *Server) join(ctx context.Context, nk key.Public, tok jointoken.Token, r
 			return nil, err
 		}
 		s.log.Error("join failed", "name", in.name, "err", err)
-		return nil, status.Errorf(codes.Internal, "join: %v", err)
+		return nil, storeError("join", err)
 	}
 	fresh = nil // the node holds them now
 	s.reg.Upsert(node)

@@ -240,6 +240,17 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	return s, nil
 }
 
+// storeError is the status of a failed store operation: Unavailable,
+// saying so, when the backend cannot be reached (a replica that lost the
+// Kubernetes API server serves its streams but refuses changes), Internal
+// otherwise.
+func storeError(what string, err error) error {
+	if errors.Is(err, store.ErrUnavailable) {
+		return status.Errorf(codes.Unavailable, "%s: the coordinator cannot reach its store, so it refuses changes for now (established nodes are unaffected); try again later: %v", what, err)
+	}
+	return status.Errorf(codes.Internal, "%s: %v", what, err)
+}
+
 // reserveAll reserves a stored node's addresses in the pools. A node
 // with an address another stored node holds (a store edited by hand) is
 // reported and not loaded: two nodes must never share an address, and

@@ -22,6 +22,9 @@ var (
 	// given (another writer allocated it meanwhile). The error is an
 	// *AddrInUseError naming the address.
 	ErrAddrInUse = errors.New("overlay address in use by another node")
+	// ErrUnavailable: the backend cannot be reached (the Kubernetes API
+	// server); reads may still be served from memory.
+	ErrUnavailable = errors.New("store unavailable")
 )
 
 // AddrInUseError is PutNode's error for an address another node holds.

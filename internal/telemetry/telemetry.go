@@ -5,6 +5,7 @@ package telemetry
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -18,7 +19,14 @@ import (
 )
 
 // Ready reports whether the daemon is ready to serve; nil error is ready.
+// A *Degraded error is ready too: /readyz answers 200 and says why it is
+// degraded.
 type Ready func() error
+
+// Degraded describes a daemon that serves, but not all of its job.
+type Degraded struct{ Reason string }
+
+func (d *Degraded) Error() string { return "degraded: " + d.Reason }
 
 // NewRegistry returns a registry with the Go and process collectors.
 func NewRegistry() *prometheus.Registry {
@@ -29,7 +37,7 @@ func NewRegistry() *prometheus.Registry {
 
 // Serve serves /metrics, /healthz and /readyz on addr until ctx ends. An
 // empty addr serves nothing.
-func Serve(ctx context.Context, addr string, reg *prometheus.Registry, ready Ready, log *slog.Logger) error {
+func Serve(ctx context.Context, addr string, reg prometheus.Gatherer, ready Ready, log *slog.Logger) error {
 	if addr == "" {
 		return nil
 	}
@@ -38,11 +46,15 @@ func Serve(ctx context.Context, addr string, reg *prometheus.Registry, ready Rea
 		return fmt.Errorf("metrics listen %s: %w", addr, err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if ready != nil {
-			if err := ready(); err != nil {
+			var d *Degraded
+			if err := ready(); errors.As(err, &d) {
+				fmt.Fprintln(w, "ok ("+d.Error()+")")
+				return
+			} else if err != nil {
 				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
 				return
 			}

@@ -59,7 +59,7 @@ import (
 var CRDs []byte
 
 // ErrUnavailable wraps failures to reach the API server.
-var ErrUnavailable = errors.New("Kubernetes API server unavailable")
+var ErrUnavailable = store.ErrUnavailable
 
 const (
 	// maxAttempts bounds how often Update runs fn after conflicts.
@@ -255,7 +255,7 @@ func (s *Store) apiErr(what string, err error) error {
 	var ne net.Error
 	if errors.As(err, &ne) || errors.Is(err, context.DeadlineExceeded) || apierrors.IsServerTimeout(err) ||
 		apierrors.IsTimeout(err) || apierrors.IsServiceUnavailable(err) || apierrors.IsTooManyRequests(err) || apierrors.IsInternalError(err) {
-		return fmt.Errorf("%s: %w: %v", what, ErrUnavailable, err)
+		return fmt.Errorf("%s: %w (Kubernetes API server): %v", what, ErrUnavailable, err)
 	}
 	return fmt.Errorf("%s: %w", what, err)
 }

@@ -1,0 +1,56 @@
+package telemetry
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestReadyz(t *testing.T) {
+	tests := []struct {
+		name     string
+		ready    Ready
+		wantCode int
+		wantBody string
+	}{
+		{"no check", nil, 200, "ok"},
+		{"ready", func() error { return nil }, 200, "ok"},
+		{"not ready", func() error { return errors.New("standby") }, 503, "not ready: standby"},
+		{"degraded", func() error { return &Degraded{Reason: "API server unreachable"} }, 200, "ok (degraded: API server unreachable)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			addr := ln.Addr().String()
+			ln.Close()
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- Serve(ctx, addr, NewRegistry(), tt.ready, slog.New(slog.DiscardHandler)) }()
+			defer func() { cancel(); <-done }()
+			var resp *http.Response
+			for i := 0; i < 100; i++ {
+				if resp, err = http.Get("http://" + addr + "/readyz"); err == nil {
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tt.wantCode || strings.TrimSpace(string(body)) != tt.wantBody {
+				t.Errorf("got %d %q, want %d %q", resp.StatusCode, body, tt.wantCode, tt.wantBody)
+			}
+		})
+	}
+}
