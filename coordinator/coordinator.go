@@ -100,8 +100,8 @@ type Config struct {
 	// runs this process as one of several replicas; nil: bbolt in the
 	// data dir, one process.
 	Replication *Replication
-	PprofSocket       string // unix socket for net/http/pprof; empty: off
-	Logger            *slog.Logger
+	PprofSocket string // unix socket for net/http/pprof; empty: off
+	Logger      *slog.Logger
 }
 
 func (c *Config) validate() error {
