@@ -96,12 +96,12 @@ type Config struct {
 	// (0: no limit).
 	MaxConnsPerSource int
 	MetricsListen     string // /metrics, /healthz, /readyz; empty: off
+	PprofSocket       string // unix socket for net/http/pprof; empty: off
+	Logger            *slog.Logger
 	// Replication, if set, keeps the state in the Kubernetes API and
 	// runs this process as one of several replicas; nil: bbolt in the
 	// data dir, one process.
 	Replication *Replication
-	PprofSocket string // unix socket for net/http/pprof; empty: off
-	Logger      *slog.Logger
 }
 
 func (c *Config) validate() error {
