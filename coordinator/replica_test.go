@@ -2,12 +2,14 @@ package coordinator
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +18,7 @@ import (
 	"github.com/edgewire/edgewire/coordinator/store/kubestore"
 	"github.com/edgewire/edgewire/internal/kubetest"
 	"github.com/edgewire/edgewire/node/control"
+	"github.com/edgewire/edgewire/node/identity"
 	"github.com/edgewire/edgewire/types/key"
 )
 
@@ -167,5 +170,111 @@ func TestReplicas(t *testing.T) {
 	}
 	if _, err := join(t, r2.cfg.Listen, tok.GetToken(), "one"); err == nil || !strings.Contains(err.Error(), "taken") {
 		t.Errorf("joining as a name the first leader gave out: got %v, want it taken", err)
+	}
+}
+
+// TestMigrate moves a lone coordinator's bbolt store into the Kubernetes
+// store: a replica then serves the same nodes with the same names, keys
+// and addresses, an enrolled node's stream comes up without joining
+// again, and the old token still joins (the CA moved too).
+func TestMigrate(t *testing.T) {
+	kapi := kubetest.Start(t)
+	_, dyn := kapi.Clients(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := kubestore.InstallCRDs(ctx, dyn); err != nil {
+		t.Fatal(err)
+	}
+	// A lone coordinator with two nodes and a reusable token.
+	lone := testConfig(t)
+	lone.Listen, lone.STUNListen, lone.RelayListen, lone.Services = freePort(t), "", "", nil
+	lone.Logger = slog.New(slog.DiscardHandler)
+	lctx, lcancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- Run(lctx, lone) }()
+	conn := dialAdmin(t, filepath.Join(lone.DataDir, AdminSocket), done)
+	admin := api.NewAdminClient(conn)
+	tok, err := admin.CreateToken(ctx, &api.CreateTokenRequest{Reusable: true, TtlSeconds: 3600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	privs := map[string]key.Private{}
+	var enrolled identity.Enrolment
+	for _, name := range []string{"one", "two"} {
+		priv, _ := key.NewPrivate()
+		privs[name] = priv
+		e, _, err := control.Join(ctx, control.JoinRequest{Coordinator: lone.Listen, Token: tok.GetToken(), PrivateKey: priv, Name: name, Hostname: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		enrolled = e
+	}
+	before, err := admin.ListNodes(ctx, &api.ListNodesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	lcancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+
+	ns := kapi.Namespace(t)
+	repl := &Replication{Kube: kapi.Config(t, nil), Namespace: ns, LeaseName: "edgewire-coordinator"}
+	res, err := Migrate(ctx, Config{DataDir: lone.DataDir, Replication: repl, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Nodes != 2 || res.Tokens != 1 {
+		t.Errorf("migrated %+v, want 2 nodes and 1 token", res)
+	}
+	if _, err := Migrate(ctx, Config{DataDir: lone.DataDir, Replication: repl, Logger: slog.New(slog.DiscardHandler)}); err == nil || !strings.Contains(err.Error(), "already holds") {
+		t.Errorf("second migration into the same namespace: got %v, want a refusal", err)
+	}
+
+	r := startReplica(t, kapi, ns, "r1")
+	waitReady(t, r, 20*time.Second)
+	conn = dialAdmin(t, filepath.Join(r.cfg.DataDir, AdminSocket), r.done)
+	defer conn.Close()
+	after, err := api.NewAdminClient(conn).ListNodes(ctx, &api.ListNodesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type nodeID struct{ name, key, addrs string }
+	ids := func(ns []*api.Node) (out []nodeID) {
+		for _, n := range ns {
+			out = append(out, nodeID{n.GetName(), fmt.Sprint(n.GetPublicKey()), fmt.Sprint(n.GetAddresses())})
+		}
+		return out
+	}
+	if b, a := ids(before.GetNodes()), ids(after.GetNodes()); !slices.Equal(b, a) {
+		t.Errorf("nodes before the migration %v, after %v", b, a)
+	}
+
+	// The last enrolled node connects to the replica as it is.
+	enrolled.Coordinator = r.cfg.Listen
+	maps := make(chan struct{}, 1)
+	c, err := control.New(control.Config{Enrolment: enrolled, PrivateKey: privs["two"], OnMap: func(*api.NetworkMap) error {
+		select {
+		case maps <- struct{}{}:
+		default:
+		}
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cctx, ccancel := context.WithCancel(ctx)
+	cdone := make(chan error, 1)
+	go func() { cdone <- c.Run(cctx) }()
+	select {
+	case <-maps:
+	case <-time.After(15 * time.Second):
+		t.Error("the migrated node got no map from the replica within 15 s")
+	}
+	ccancel()
+	<-cdone
+	if _, err := join(t, r.cfg.Listen, tok.GetToken(), "three"); err != nil {
+		t.Errorf("the lone coordinator's token on the replica: %v", err)
 	}
 }

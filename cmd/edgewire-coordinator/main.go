@@ -15,6 +15,7 @@ import (
 
 	"github.com/edgewire/edgewire/coordinator"
 	"github.com/edgewire/edgewire/coordinator/kubesource"
+	"github.com/edgewire/edgewire/coordinator/store/kubestore"
 	"github.com/edgewire/edgewire/coordinator/svcsource"
 	"github.com/edgewire/edgewire/dataplane/relay"
 	"github.com/edgewire/edgewire/internal/logging"
@@ -158,8 +159,70 @@ func main() {
 	f.StringVar(&cfg.MetricsListen, "metrics-listen", "127.0.0.1:9090", "address for /metrics, /healthz and /readyz (empty: off)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")
+	cmd.AddCommand(migrateCmd(), crdsCmd())
 	if err := cmd.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "edgewire-coordinator:", err)
 		os.Exit(1)
+	}
+}
+
+// migrateCmd moves a lone coordinator's state into the Kubernetes store.
+func migrateCmd() *cobra.Command {
+	var (
+		dataDir, kubeconfig string
+		inCluster           bool
+		repl                coordinator.Replication
+	)
+	c := &cobra.Command{
+		Use:   "migrate",
+		Short: "Move a stopped coordinator's bbolt store and keys into the Kubernetes store, for replicas",
+		Long: `migrate copies the nodes, join tokens and keys (the CA that join tokens and agents pin, the relay
+ticket and relay keys, the admin token) of a stopped coordinator's data dir into an empty Kubernetes
+store, then reads them back and compares. Replicas started on that store serve the same fleet: no
+node joins again. Install the CRDs first (edgewire-coordinator crds | kubectl apply -f -, or the Helm chart).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := logging.New(os.Stderr, "info", "text")
+			if err != nil {
+				return err
+			}
+			if kubeconfig == "" && !inCluster {
+				return fmt.Errorf("migrate needs --kubeconfig or --in-cluster")
+			}
+			if repl.Namespace == "" {
+				return fmt.Errorf("migrate needs --store-namespace")
+			}
+			if repl.Kube, err = kubesource.RESTConfig(kubeconfig); err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			res, err := coordinator.Migrate(ctx, coordinator.Config{DataDir: dataDir, Replication: &repl, Logger: log})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "migrated %d nodes and %d tokens into namespace %s\n", res.Nodes, res.Tokens, repl.Namespace)
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&dataDir, "data-dir", coordinator.DefaultDataDir, "the stopped coordinator's data dir (its edgewire.db and keys)")
+	f.StringVar(&kubeconfig, "kubeconfig", "", "the Kubernetes cluster of the store")
+	f.BoolVar(&inCluster, "in-cluster", false, "the cluster this runs in (service account)")
+	f.StringVar(&repl.Namespace, "store-namespace", "", "namespace of the Kubernetes store")
+	f.StringVar(&repl.LeaseName, "lease-name", "edgewire-coordinator", "the replicas' --lease-name (names the Secret of shared keys)")
+	return c
+}
+
+// crdsCmd prints the CustomResourceDefinitions of the Kubernetes store.
+func crdsCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "crds",
+		Short: "Print the CustomResourceDefinitions the Kubernetes store needs (for kubectl apply -f -)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, err := cmd.OutOrStdout().Write(kubestore.CRDs)
+			return err
+		},
 	}
 }
