@@ -243,6 +243,9 @@ func writeShared(cfg Config, data map[string][]byte) error {
 			continue
 		}
 		path := filepath.Join(cfg.DataDir, f.path)
+		if cur, err := os.ReadFile(path); err == nil && string(cur) == string(b) {
+			continue // already so (perhaps a read-only mount: the chart's admin token)
+		}
 		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 			return err
 		}

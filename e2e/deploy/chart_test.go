@@ -11,6 +11,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/edgewire/edgewire/coordinator/store/kubestore"
 )
 
 const (
@@ -600,6 +602,75 @@ func TestChartEditedValues(t *testing.T) {
 	}
 }
 
+// replicatedValues run the coordinator on the Kubernetes store.
+func replicatedValues() map[string]any {
+	return map[string]any{"coordinator": map[string]any{"store": "kubernetes", "replicas": 3, "leaseDuration": "4s"}}
+}
+
+// TestChartReplicated: store kubernetes renders replicas that share the
+// API server (no volume of their own), elect a leader (RBAC for the store,
+// the Lease and the Secret), keep one up through drains, prefer different
+// nodes, and are ready only while they serve.
+func TestChartReplicated(t *testing.T) {
+	h := tools(t)
+	objs := h.render(t, replicatedValues())
+	checkInvariants(t, objs)
+	names := kindsAndNames(objs)
+	for _, want := range []string{"PodDisruptionBudget/edgewire-coordinator", "Role/edgewire-coordinator-store", "RoleBinding/edgewire-coordinator-store"} {
+		if !slices.Contains(names, want) {
+			t.Errorf("objects %q: want %s", names, want)
+		}
+	}
+	if find(objs, "PersistentVolumeClaim", "edgewire-coordinator-data") != nil {
+		t.Error("a coordinator PVC with the Kubernetes store")
+	}
+	d := mustFind(t, objs, "Deployment", "edgewire-coordinator")
+	if got := d.get("spec", "replicas"); got != float64(3) {
+		t.Errorf("replicas: got %v, want 3", got)
+	}
+	if got := d.str("spec", "strategy", "type"); got != "RollingUpdate" {
+		t.Errorf("strategy: got %q, want RollingUpdate", got)
+	}
+	c := container(d)
+	containsAll(t, "coordinator args", strs(c.list("args")), "--store=kubernetes", "--lease-duration=4s", "--in-cluster")
+	var env []string
+	for _, e := range c.list("env") {
+		env = append(env, sub(e).str("name")+"="+sub(e).str("valueFrom", "fieldRef", "fieldPath"))
+	}
+	containsAll(t, "coordinator env", env, "POD_NAME=metadata.name", "POD_NAMESPACE=metadata.namespace")
+	if c.get("livenessProbe") != nil {
+		t.Error("a liveness probe on the gRPC port would restart every standby (standbys do not listen)")
+	}
+	if c.str("readinessProbe", "tcpSocket", "port") != "grpc" {
+		t.Errorf("readiness: %v, want the gRPC port (only the leader listens)", c.get("readinessProbe"))
+	}
+	for _, v := range d.list("spec", "template", "spec", "volumes") {
+		if sub(v).str("name") == "data" && sub(v).get("emptyDir") == nil {
+			t.Errorf("coordinator data volume: got %v, want emptyDir (the state is in the API server)", v)
+		}
+	}
+	if d.get("spec", "template", "spec", "affinity", "podAntiAffinity") == nil {
+		t.Error("replicas have no anti-affinity")
+	}
+	role := mustFind(t, objs, "Role", "edgewire-coordinator-store")
+	var grants []string
+	for _, r := range role.list("rules") {
+		for _, res := range strs(sub(r).list("resources")) {
+			grants = append(grants, res+":"+strings.Join(strs(sub(r).list("verbs")), ","))
+		}
+	}
+	containsAll(t, "store role", grants, "edgewirenodes:get,list,watch,create,update,delete", "leases:get,create,update", "secrets:get,create")
+
+	// The chart's CRDs are the ones the store was tested with.
+	crds, err := os.ReadFile(filepath.Join(h.root, "deploy", "helm", "edgewire", "crds", "edgewire.io.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(crds, kubestore.CRDs) {
+		t.Error("deploy/helm/edgewire/crds/edgewire.io.yaml differs from coordinator/store/kubestore/crds.yaml; copy it over")
+	}
+}
+
 // TestChartRefusesIncompleteValues checks that values which would deploy
 // a broken relay or agent stop the render with a message saying what to set.
 func TestChartRefusesIncompleteValues(t *testing.T) {
@@ -613,6 +684,8 @@ func TestChartRefusesIncompleteValues(t *testing.T) {
 		{"relay without ticket key", map[string]any{"relay": map[string]any{"enabled": true}, "meshKey": map[string]any{"existingSecret": "m"}}, "relay.ticketKey"},
 		{"short mesh key", map[string]any{"meshKey": map[string]any{"value": "short"}}, "at least 32 characters"},
 		{"bad join token", map[string]any{"agent": map[string]any{"joinToken": map[string]any{"value": "hunter2"}}}, "must be a join token"},
+		{"unknown store", map[string]any{"coordinator": map[string]any{"store": "etcd"}}, "want bolt or kubernetes"},
+		{"kubernetes store without the API", map[string]any{"coordinator": map[string]any{"store": "kubernetes", "watchKubernetes": false}}, "set coordinator.watchKubernetes true"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -626,7 +699,7 @@ func TestChartRefusesIncompleteValues(t *testing.T) {
 
 func TestChartLint(t *testing.T) {
 	h := tools(t)
-	for name, values := range map[string]map[string]any{"defaults": nil, "edited": editedValues()} {
+	for name, values := range map[string]map[string]any{"defaults": nil, "edited": editedValues(), "replicated": replicatedValues()} {
 		t.Run(name, func(t *testing.T) {
 			args := []string{"lint", "--strict", h.chart(), "--namespace", namespace}
 			if values != nil {

@@ -119,7 +119,7 @@ func TestChartServerDryRun(t *testing.T) {
 		t.Fatalf("create namespace %s: HTTP %d: %s", namespace, code, resp)
 	}
 
-	for name, values := range map[string]map[string]any{"defaults": nil, "edited": editedValues()} {
+	for name, values := range map[string]map[string]any{"defaults": nil, "edited": editedValues(), "replicated": replicatedValues()} {
 		t.Run(name, func(t *testing.T) {
 			objs := h.render(t, values)
 			var accepted []string
