@@ -6,6 +6,7 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -69,6 +70,7 @@ type Coordinator struct {
 	Proc    *lab.Process
 	t       testing.TB
 	extra   []string
+	replica bool
 }
 
 // CoordinatorOptions tune StartCoordinatorWith.
@@ -77,6 +79,9 @@ type CoordinatorOptions struct {
 	// Setup runs before the first start with the (created) data dir, e.g.
 	// to place a relay.key whose public key the test needs up front.
 	Setup func(dataDir string) error
+	// Replica: a replica on the Kubernetes store, which opens its admin
+	// socket only once it leads; Start waits only for it to be running.
+	Replica bool
 }
 
 // StartCoordinator starts a coordinator on h with a data dir in the lab.
@@ -88,7 +93,7 @@ func StartCoordinator(t testing.TB, l *lab.Lab, h *lab.Host) *Coordinator {
 // StartCoordinatorWith is StartCoordinator with options.
 func StartCoordinatorWith(t testing.TB, l *lab.Lab, h *lab.Host, opts CoordinatorOptions) *Coordinator {
 	t.Helper()
-	c := &Coordinator{Host: h, DataDir: CoordinatorDataDir(l, h), t: t, extra: opts.Extra}
+	c := &Coordinator{Host: h, DataDir: CoordinatorDataDir(l, h), t: t, extra: opts.Extra, replica: opts.Replica}
 	if opts.Setup != nil {
 		if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
 			t.Fatal(err)
@@ -122,12 +127,27 @@ func (c *Coordinator) Start() {
 		if p.Exited() {
 			return fmt.Errorf("coordinator exited: %v\n%s", p.ExitErr(), p.Log())
 		}
+		if c.replica {
+			if !strings.Contains(p.Log(), "coordinator replica started") {
+				return errors.New("replica not started")
+			}
+			return nil
+		}
 		_, err := os.Stat(c.AdminSocket())
 		return err
 	})
 	if err != nil {
 		t.Fatalf("coordinator did not come up: %v", err)
 	}
+}
+
+// Serving reports whether the coordinator serves (a replica: leads).
+func (c *Coordinator) Serving() bool {
+	if c.Proc == nil || c.Proc.Exited() {
+		return false
+	}
+	_, err := os.Stat(c.AdminSocket())
+	return err == nil
 }
 
 // Addr is the coordinator's host:port for agents.
@@ -180,6 +200,8 @@ type Agent struct {
 type AgentOptions struct {
 	Token string   // join token; empty to rely on an earlier join
 	Extra []string // more flags for `edgewire-agent run`
+	// Coordinator overrides the coordinator's address (several replicas).
+	Coordinator string
 }
 
 // StartAgent starts an agent named name on h. Interface names embed the
@@ -192,8 +214,12 @@ func StartAgent(t testing.TB, l *lab.Lab, h *lab.Host, c *Coordinator, name stri
 		StateDir: filepath.Join(l.Dir(), "agent-"+name),
 		Socket:   filepath.Join(l.Dir(), "agent-"+name+".sock"),
 	}
+	addr := opts.Coordinator
+	if addr == "" {
+		addr = c.Addr()
+	}
 	a.args = []string{"run", "--state-dir", a.StateDir, "--interface", a.Iface, "--socket", a.Socket,
-		"--coordinator", c.Addr(), "--name", name, "--log-level", "debug"}
+		"--coordinator", addr, "--name", name, "--log-level", "debug"}
 	if opts.Token != "" {
 		a.args = append(a.args, "--token", opts.Token)
 	}

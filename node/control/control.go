@@ -246,6 +246,14 @@ type Config struct {
 // the next reconnect starts again from MinBackoff.
 const healthySession = 30 * time.Second
 
+// failoverWindow: after an established stream ends, reconnects stay at
+// MinBackoff this long before backing off: a standby replica takes over
+// within its lease (6 s by default) and a restarted coordinator is back
+// in seconds, and an agent that had doubled its way to 8 s by then would
+// come back seconds after it could have. A stream that keeps ending opens
+// one window per healthySession at most.
+const failoverWindow = 10 * time.Second
+
 // Client keeps the stream to the coordinator.
 type Client struct {
 	cfg   Config
@@ -362,18 +370,18 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 	defer conn.Close()
 	cl := api.NewControlClient(conn)
-	backoff := c.cfg.MinBackoff
+	bo := backoffPolicy{min: c.cfg.MinBackoff, max: c.cfg.MaxBackoff, cur: c.cfg.MinBackoff}
 	for {
 		start := c.clock.Now()
 		conn.ResetConnectBackoff()
 		err := c.session(ctx, cl)
+		established := c.Connected()
 		c.setConnected(false)
 		if ctx.Err() != nil {
 			return nil
 		}
-		if c.clock.Now().Sub(start) > healthySession {
-			backoff = c.cfg.MinBackoff // the session was healthy; start over
-		}
+		bo.ended(start, c.clock.Now(), established)
+		backoff := bo.cur
 		lvl := slog.LevelWarn
 		if code := status.Code(err); code == codes.NotFound || code == codes.PermissionDenied || code == codes.Unauthenticated {
 			lvl = slog.LevelError
@@ -389,7 +397,33 @@ func (c *Client) Run(ctx context.Context) error {
 			return nil
 		case <-t.C():
 		}
-		backoff = min(backoff*2, c.cfg.MaxBackoff)
+		bo.waited(c.clock.Now())
+	}
+}
+
+// backoffPolicy is the reconnect backoff: doubling from min to max,
+// starting over after a healthy session, and held at min through the
+// failover window after an established stream ends.
+type backoffPolicy struct {
+	min, max, cur time.Duration
+	window        time.Time // when the last failover window opened
+}
+
+// ended notes a session from start to now; established: it got a map.
+func (b *backoffPolicy) ended(start, now time.Time, established bool) {
+	if now.Sub(start) > healthySession {
+		b.cur = b.min // the session was healthy; start over
+	}
+	if established && (b.window.IsZero() || now.Sub(b.window) > healthySession) {
+		b.cur = b.min
+		b.window = now
+	}
+}
+
+// waited notes that a wait under cur ended at now.
+func (b *backoffPolicy) waited(now time.Time) {
+	if b.window.IsZero() || now.Sub(b.window) >= failoverWindow {
+		b.cur = min(b.cur*2, b.max)
 	}
 }
 

@@ -314,3 +314,59 @@ func TestReplicaAddresses(t *testing.T) {
 		t.Errorf("dialed %v; want the standby first, then the leader", dialed)
 	}
 }
+
+// TestBackoffPolicy: the backoff doubles per failed attempt up to its
+// cap, starts over after a healthy session, and stays at its minimum for
+// failoverWindow after an established stream ends (a replica taking over,
+// a coordinator restarting), at most one window per healthySession.
+func TestBackoffPolicy(t *testing.T) {
+	t0 := time.Unix(1_800_000_000, 0)
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	type step struct {
+		session     [2]float64 // a session from, to (seconds); zero: a failed attempt
+		established bool
+		waitedAt    float64 // when the wait after it ended
+		want        time.Duration
+	}
+	tests := []struct {
+		name  string
+		steps []step
+	}{
+		{"failed attempts double to the cap", []step{
+			{waitedAt: 1, want: 2 * time.Second}, {waitedAt: 3, want: 4 * time.Second},
+			{waitedAt: 7, want: 8 * time.Second}, {waitedAt: 15, want: 8 * time.Second},
+		}},
+		{"an established stream ends: 1 s through the window, then doubling", []step{
+			{session: [2]float64{0, 5}, established: true, waitedAt: 6, want: time.Second},
+			{waitedAt: 7, want: time.Second}, {waitedAt: 14.9, want: time.Second},
+			{waitedAt: 15, want: 2 * time.Second}, {waitedAt: 17, want: 4 * time.Second},
+		}},
+		{"a flapping stream opens one window per healthy-session period", []step{
+			{session: [2]float64{0, 2}, established: true, waitedAt: 3, want: time.Second},
+			{waitedAt: 13, want: 2 * time.Second},
+			{session: [2]float64{13, 15}, established: true, waitedAt: 16, want: 4 * time.Second}, // within 30 s of the window: none
+			{session: [2]float64{16, 40}, established: true, waitedAt: 41, want: time.Second},     // a new window
+		}},
+		{"a stream refused before its map opens no window", []step{
+			{session: [2]float64{0, 2}, waitedAt: 3, want: 2 * time.Second},
+		}},
+		{"a healthy session starts over", []step{
+			{waitedAt: 1, want: 2 * time.Second}, {waitedAt: 3, want: 4 * time.Second},
+			{session: [2]float64{3, 40}, waitedAt: 41, want: 2 * time.Second},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := backoffPolicy{min: time.Second, max: 8 * time.Second, cur: time.Second}
+			for i, s := range tt.steps {
+				if s.session != [2]float64{} || s.established {
+					b.ended(at(s.session[0]), at(s.session[1]), s.established)
+				}
+				b.waited(at(s.waitedAt))
+				if b.cur != s.want {
+					t.Fatalf("step %d: backoff %v, want %v", i, b.cur, s.want)
+				}
+			}
+		})
+	}
+}
