@@ -203,6 +203,9 @@ func (s *Server) join(ctx context.Context, nk key.Public, tok jointoken.Token, r
 			break
 		}
 		s.log.Info("overlay address taken by another writer; allocating another", "name", in.name, "addr", taken.Addr, "holder", taken.Owner)
+		if err = s.resyncPools(ctx); err != nil {
+			break
+		}
 		// Keep the taken address reserved (it is in use), free the rest.
 		for _, a := range fresh {
 			if a != taken.Addr {
@@ -243,6 +246,27 @@ func (s *Server) join(ctx context.Context, nk key.Public, tok jointoken.Token, r
 // maxAllocAttempts bounds a join's retries for addresses other writers
 // took meanwhile.
 const maxAllocAttempts = 8
+
+// resyncPools learns the addresses other writers handed out: the store's
+// cache is reloaded (if it keeps one) and every stored address reserved.
+func (s *Server) resyncPools(ctx context.Context) error {
+	if r, ok := s.cfg.Store.(store.Refresher); ok {
+		if err := r.Refresh(ctx); err != nil {
+			return err
+		}
+	}
+	return s.cfg.Store.View(ctx, func(tx store.Tx) error {
+		nodes, err := tx.Nodes()
+		for _, n := range nodes {
+			for _, a := range n.Addresses {
+				if p := s.pool(a); p != nil {
+					p.Reserve(a) // ErrInUse: known already
+				}
+			}
+		}
+		return err
+	})
+}
 
 // known reports whether nk is a registered node.
 func (s *Server) known(ctx context.Context, nk key.Public) (bool, error) {

@@ -82,6 +82,12 @@ type Node struct {
 	TokenID   string // token it joined with
 }
 
+// Refresher is a Store whose reads come from a cache that other writers
+// can leave behind (the Kubernetes backend); Refresh reloads it whole.
+type Refresher interface {
+	Refresh(ctx context.Context) error
+}
+
 // Tx is one transaction. Methods must not be called after the function
 // passed to View or Update returns.
 type Tx interface {

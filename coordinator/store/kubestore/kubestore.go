@@ -137,6 +137,16 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	return s, nil
 }
 
+var _ store.Refresher = (*Store)(nil)
+
+// Refresh reloads the cache from the API server: what other writers did
+// since it was loaded (another replica's joins) becomes visible.
+func (s *Store) Refresh(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.load(ctx)
+}
+
 // Rejected counts objects that did not decode, since Open.
 func (s *Store) Rejected() uint64 { return s.rejected.Load() }
 
