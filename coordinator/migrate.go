@@ -58,11 +58,12 @@ func Migrate(ctx context.Context, cfg Config) (MigrateResult, error) {
 		return res, fmt.Errorf("migrate: read %s: %w", StoreFile, err)
 	}
 
-	cs, err := kubernetes.NewForConfig(r.Kube)
+	kc := storeClientConfig(r.Kube)
+	cs, err := kubernetes.NewForConfig(kc)
 	if err != nil {
 		return res, err
 	}
-	dyn, err := dynamic.NewForConfig(r.Kube)
+	dyn, err := dynamic.NewForConfig(kc)
 	if err != nil {
 		return res, err
 	}

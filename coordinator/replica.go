@@ -56,11 +56,12 @@ var sharedFiles = []struct {
 func runReplica(ctx context.Context, cfg Config) error {
 	r := cfg.Replication
 	log := cfg.Logger
-	cs, err := kubernetes.NewForConfig(r.Kube)
+	kc := storeClientConfig(r.Kube)
+	cs, err := kubernetes.NewForConfig(kc)
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
-	dyn, err := dynamic.NewForConfig(r.Kube)
+	dyn, err := dynamic.NewForConfig(kc)
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
@@ -107,6 +108,17 @@ func runReplica(ctx context.Context, cfg Config) error {
 	})
 	log.Info("coordinator replica started", "identity", r.Identity, "namespace", r.Namespace, "lease", r.LeaseName)
 	return g.Wait()
+}
+
+// storeClientConfig is the store's client configuration: client-go's
+// default client-side limit (5 requests/s) would hold a burst of joins
+// (about six calls each) to one a second.
+func storeClientConfig(rc *rest.Config) *rest.Config {
+	rc = rest.CopyConfig(rc)
+	if rc.QPS == 0 {
+		rc.QPS, rc.Burst = 500, 1000
+	}
+	return rc
 }
 
 // readiness: a replica is ready while it leads and serves; a leader that
