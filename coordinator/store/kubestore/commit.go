@@ -146,10 +146,10 @@ func (s *Store) commit(ctx context.Context, t *tx) error {
 	s.rmu.Lock()
 	defer s.rmu.Unlock()
 	for _, c := range create {
-		s.c.claims[c.name] = claimEntry{holder: c.holder, rv: claimed[c.name]}
+		s.c.setClaim(c.name, claimEntry{holder: c.holder, rv: claimed[c.name]})
 	}
 	for _, name := range freed {
-		delete(s.c.claims, name)
+		s.c.dropClaim(name)
 	}
 	for id, tk := range t.tokens {
 		if tk == nil {
@@ -160,12 +160,11 @@ func (s *Store) commit(ctx context.Context, t *tx) error {
 	}
 	for k, n := range t.nodes {
 		if n == nil {
-			delete(s.c.nodes, k)
+			s.c.dropNode(k)
 			continue
 		}
-		s.c.nodes[k] = nodeEntry{n: cloneNode(*n), rv: nodeRV[k]}
+		s.c.setNode(k, nodeEntry{n: cloneNode(*n), rv: nodeRV[k]}, s.log)
 	}
-	s.c.reindex(s.log)
 	return nil
 }
 
@@ -180,23 +179,7 @@ type claimWrite struct {
 func (s *Store) claimsHeld(k key.Public) []string {
 	s.rmu.RLock()
 	defer s.rmu.RUnlock()
-	if e, ok := s.c.nodes[k]; ok && !e.bad {
-		var out []string
-		for _, c := range claimsOf(&e.n) {
-			if ce, ok := s.c.claims[c]; ok && ce.holder == k {
-				out = append(out, c)
-			}
-		}
-		return out
-	}
-	var out []string
-	for name, ce := range s.c.claims {
-		if ce.holder == k {
-			out = append(out, name)
-		}
-	}
-	slices.Sort(out)
-	return out
+	return s.c.held(k)
 }
 
 // claim creates a claim for its holder. One that exists for another

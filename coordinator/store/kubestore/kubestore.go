@@ -30,15 +30,12 @@
 package kubestore
 
 import (
-	"cmp"
 	"context"
 	_ "embed"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -92,36 +89,6 @@ type Store struct {
 
 var _ store.Store = (*Store)(nil)
 
-// cache holds decoded objects with the resourceVersion they were read at.
-// A bad entry exists in the API but did not decode: reads skip it, a
-// write replaces it.
-type cache struct {
-	nodes  map[key.Public]nodeEntry
-	tokens map[string]tokenEntry
-	claims map[string]claimEntry
-	// indexes over good nodes
-	byName map[string]key.Public
-	byAddr map[netip.Addr]key.Public
-}
-
-type nodeEntry struct {
-	n   store.Node
-	rv  string
-	bad bool
-}
-
-type tokenEntry struct {
-	t   store.Token
-	rv  string
-	bad bool
-}
-
-type claimEntry struct {
-	holder key.Public
-	rv     string
-	bad    bool
-}
-
 // Open loads the namespace's objects into a new Store.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.Client == nil || cfg.Namespace == "" {
@@ -152,7 +119,7 @@ func (s *Store) Rejected() uint64 { return s.rejected.Load() }
 
 // load lists every resource into a fresh cache.
 func (s *Store) load(ctx context.Context) error {
-	c := cache{nodes: map[key.Public]nodeEntry{}, tokens: map[string]tokenEntry{}, claims: map[string]claimEntry{}}
+	c := newCache()
 	for _, r := range []struct {
 		what string
 		list func(*unstructured.Unstructured)
@@ -162,7 +129,7 @@ func (s *Store) load(ctx context.Context) error {
 			c.nodes[nk] = e
 		}},
 		{"edgewiretokens", func(u *unstructured.Unstructured) { c.tokens[u.GetName()] = s.tokenFrom(u) }},
-		{"edgewireclaims", func(u *unstructured.Unstructured) { c.claims[u.GetName()] = s.claimFrom(u) }},
+		{"edgewireclaims", func(u *unstructured.Unstructured) { c.setClaim(u.GetName(), s.claimFrom(u)) }},
 	} {
 		gvr := nodesGVR
 		gvr.Resource = r.what
@@ -184,46 +151,9 @@ func (s *Store) load(ctx context.Context) error {
 	}
 	c.reindex(s.log)
 	s.rmu.Lock()
-	s.c = c
+	s.c = *c
 	s.rmu.Unlock()
 	return nil
-}
-
-// reindex rebuilds the name and address indexes. A node whose name or
-// address another good node holds (two objects edited by hand into one
-// address) is reported and marked bad: the first by name keeps it.
-func (c *cache) reindex(log *slog.Logger) {
-	c.byName = map[string]key.Public{}
-	c.byAddr = map[netip.Addr]key.Public{}
-	keys := make([]key.Public, 0, len(c.nodes))
-	for k, e := range c.nodes {
-		if !e.bad {
-			keys = append(keys, k)
-		}
-	}
-	slices.SortFunc(keys, func(a, b key.Public) int { return cmp.Compare(c.nodes[a].n.Name, c.nodes[b].n.Name) })
-	for _, k := range keys {
-		e := c.nodes[k]
-		clash := ""
-		if _, ok := c.byName[e.n.Name]; ok {
-			clash = "name " + e.n.Name
-		}
-		for _, a := range e.n.Addresses {
-			if _, ok := c.byAddr[a]; ok {
-				clash = "address " + a.String()
-			}
-		}
-		if clash != "" {
-			log.Error("ignoring a stored node: another node holds its "+clash+"; delete one of the EdgewireNode objects", "object", nodeObjectName(k))
-			e.bad = true
-			c.nodes[k] = e
-			continue
-		}
-		c.byName[e.n.Name] = k
-		for _, a := range e.n.Addresses {
-			c.byAddr[a] = k
-		}
-	}
 }
 
 func (s *Store) reject(kind, name string, err error) {
@@ -368,10 +298,10 @@ func (s *Store) refreshClaim(ctx context.Context, name string) error {
 	var holder key.Public
 	s.rmu.Lock()
 	if u == nil {
-		delete(s.c.claims, name)
+		s.c.dropClaim(name)
 	} else {
 		e := s.claimFrom(u)
-		s.c.claims[name] = e
+		s.c.setClaim(name, e)
 		holder = e.holder
 	}
 	s.rmu.Unlock()
@@ -390,11 +320,10 @@ func (s *Store) refreshNode(ctx context.Context, nk key.Public) error {
 	s.rmu.Lock()
 	defer s.rmu.Unlock()
 	if u == nil {
-		delete(s.c.nodes, nk)
+		s.c.dropNode(nk)
 	} else if k, e := s.nodeFrom(u); k == nk {
-		s.c.nodes[nk] = e
+		s.c.setNode(nk, e, s.log)
 	}
-	s.c.reindex(s.log)
 	return nil
 }
 

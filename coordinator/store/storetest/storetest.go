@@ -461,64 +461,80 @@ func tokenUses(t *testing.T, open Open) {
 	for _, tc := range []struct {
 		name     string
 		sameAddr bool
-		want     int
 	}{
-		{"3-use token, 20 writers", false, 3},
-		{"one address, 20 writers", true, 1},
+		{"3-use token, 20 writers", false},
+		{"one address, 20 writers", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := fresh(t, open)
-			put(t, s, func(tx store.Tx) error { return tx.PutToken(store.Token{ID: "aaaaaaaa", MaxUses: 3}) })
-			const writers = 20
-			errs := make([]error, writers)
-			var wg sync.WaitGroup
-			errSpent := errors.New("token spent")
-			for i := range writers {
-				addr := Addr4(i + 1)
-				if tc.sameAddr {
-					addr = Addr4(1)
-				}
-				wg.Go(func() {
-					errs[i] = s.Update(context.Background(), func(tx store.Tx) error {
-						tk, err := tx.Token("aaaaaaaa")
-						if err != nil {
-							return err
-						}
-						if tk.Uses >= tk.MaxUses {
-							return errSpent
-						}
-						tk.Uses++
-						if err := tx.PutToken(tk); err != nil {
-							return err
-						}
-						return tx.PutNode(store.Node{Key: NodeKey(byte(i + 1)), Name: fmt.Sprintf("n%d", i), Addresses: []netip.Addr{addr}})
-					})
-				})
-			}
-			wg.Wait()
-			won := 0
-			for i, err := range errs {
-				switch {
-				case err == nil:
-					won++
-				case errors.Is(err, store.ErrAddrInUse), errors.Is(err, errSpent):
-				default:
-					t.Errorf("writer %d: %v", i, err)
-				}
-			}
-			var tk store.Token
-			var nodes []store.Node
-			view(t, s, func(tx store.Tx) error {
-				var err error
-				if tk, err = tx.Token("aaaaaaaa"); err != nil {
-					return err
-				}
-				nodes, err = tx.Nodes()
-				return err
-			})
-			if won != tc.want || len(nodes) != tc.want || tk.Uses != tc.want {
-				t.Errorf("%d won, %d nodes stored, token used %d times; want %d each", won, len(nodes), tk.Uses, tc.want)
-			}
+			RaceTokenUses(t, []store.Store{s}, func() store.Store { return s }, tc.sameAddr)
 		})
 	}
+}
+
+// RaceTokenUses has 20 writers, spread over stores (replicas sharing a
+// backend), each take a use of a 3-use token and store a node, all for
+// one address when sameAddr. It checks through check that exactly three
+// won (one, for one address) and that the token counts as many uses, and
+// returns the nodes stored; check is called after the race (a fresh store
+// reads the backend afresh).
+func RaceTokenUses(t *testing.T, stores []store.Store, check func() store.Store, sameAddr bool) []store.Node {
+	t.Helper()
+	want := 3
+	if sameAddr {
+		want = 1
+	}
+	put(t, stores[0], func(tx store.Tx) error { return tx.PutToken(store.Token{ID: "aaaaaaaa", MaxUses: 3}) })
+	const writers = 20
+	errs := make([]error, writers)
+	var wg sync.WaitGroup
+	errSpent := errors.New("token spent")
+	for i := range writers {
+		addr := Addr4(i + 1)
+		if sameAddr {
+			addr = Addr4(1)
+		}
+		s := stores[i%len(stores)]
+		wg.Go(func() {
+			errs[i] = s.Update(context.Background(), func(tx store.Tx) error {
+				tk, err := tx.Token("aaaaaaaa")
+				if err != nil {
+					return err
+				}
+				if tk.Uses >= tk.MaxUses {
+					return errSpent
+				}
+				tk.Uses++
+				if err := tx.PutToken(tk); err != nil {
+					return err
+				}
+				return tx.PutNode(store.Node{Key: NodeKey(byte(i + 1)), Name: fmt.Sprintf("n%d", i), Addresses: []netip.Addr{addr}})
+			})
+		})
+	}
+	wg.Wait()
+	won := 0
+	for i, err := range errs {
+		switch {
+		case err == nil:
+			won++
+		case errors.Is(err, store.ErrAddrInUse), errors.Is(err, errSpent):
+		default:
+			t.Errorf("writer %d: %v", i, err)
+		}
+	}
+	var tk store.Token
+	var nodes []store.Node
+	view(t, check(), func(tx store.Tx) error {
+		var err error
+		if tk, err = tx.Token("aaaaaaaa"); err != nil {
+			return err
+		}
+		nodes, err = tx.Nodes()
+		return err
+	})
+	if won != want || len(nodes) != want || tk.Uses != want {
+		t.Errorf("%d writers over %d stores: %d won, %d nodes stored, token used %d times; want %d each", writers, len(stores), won, len(nodes), tk.Uses, want)
+	}
+	return nodes
 }
