@@ -23,6 +23,7 @@ type config struct {
 	ttcReps int           // BENCH_TTC_REPS: time-to-connectivity repetitions (default 10)
 	recReps int           // BENCH_RECOVERY_REPS: recovery repetitions (default 3)
 	scale   []int         // BENCH_SCALE: coordinator scale steps (default 1000,5000,10000)
+	haScale []int         // BENCH_HA_SCALE: replicated coordinator steps (default 1000,10000)
 	out     string        // BENCH_OUT: where results go (default bench/)
 
 	idleSettle time.Duration // BENCH_IDLE_SETTLE: idle time before the after-forwarding idle measurement (default 60s)
@@ -30,7 +31,7 @@ type config struct {
 }
 
 func loadConfig(t *testing.T) config {
-	c := config{reps: 3, dur: 5 * time.Second, ttcReps: 10, recReps: 3, scale: []int{1000, 5000, 10000}, out: ".", idleSettle: time.Minute}
+	c := config{reps: 3, dur: 5 * time.Second, ttcReps: 10, recReps: 3, scale: []int{1000, 5000, 10000}, haScale: []int{1000, 10000}, out: ".", idleSettle: time.Minute}
 	atoi := func(k string, p *int) {
 		if v := os.Getenv(k); v != "" {
 			n, err := strconv.Atoi(v)
@@ -58,16 +59,22 @@ func loadConfig(t *testing.T) config {
 		c.idleSettle = d
 	}
 	c.profiles = os.Getenv("BENCH_PROFILES")
-	if v := os.Getenv("BENCH_SCALE"); v != "" {
-		c.scale = nil
+	ints := func(k string, p *[]int) {
+		v := os.Getenv(k)
+		if v == "" {
+			return
+		}
+		*p = nil
 		for f := range strings.SplitSeq(v, ",") {
 			n, err := strconv.Atoi(strings.TrimSpace(f))
 			if err != nil || n < 1 {
-				t.Fatalf("BENCH_SCALE=%q: want comma-separated positive integers", v)
+				t.Fatalf("%s=%q: want comma-separated positive integers", k, v)
 			}
-			c.scale = append(c.scale, n)
+			*p = append(*p, n)
 		}
 	}
+	ints("BENCH_SCALE", &c.scale)
+	ints("BENCH_HA_SCALE", &c.haScale)
 	if v := os.Getenv("BENCH_OUT"); v != "" {
 		c.out = v
 	}
@@ -104,6 +111,7 @@ func TestBench(t *testing.T) {
 	t.Run("dns", func(t *testing.T) { benchDNS(t, rep, cfg) })
 	t.Run("overlay", func(t *testing.T) { benchOverlay(t, rep, cfg, wgplain) })
 	t.Run("scale", func(t *testing.T) { benchScale(t, rep, cfg) })
+	t.Run("ha", func(t *testing.T) { benchHA(t, rep, cfg) })
 }
 
 // buildWGPlain builds the plain wireguard-go reference device.
