@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -12,7 +11,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,53 +18,29 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 
 	"github.com/edgewire/edgewire/coordinator/store/kubestore"
 	"github.com/edgewire/edgewire/e2e/cluster"
-	"github.com/edgewire/edgewire/e2e/kube"
 	"github.com/edgewire/edgewire/e2e/lab"
 )
 
 const haNS = "edgewire"
 
-// haKube is a kube-apiserver and etcd in a lab host's namespace that the
-// test can stop and start again (same ports, certificates and data).
+// haKube is the API server of the HA lab, reachable from every lab host.
 type haKube struct {
-	*kube.Cluster
-	host *lab.Host
-	cs   kubernetes.Interface
-	dyn  dynamic.Interface
-
-	mu    sync.Mutex
-	argv  map[string][]string
-	procs map[string]*lab.Process
+	*cluster.Kube
+	cs  kubernetes.Interface
+	dyn dynamic.Interface
 }
 
 func startHAKube(t *testing.T, l *lab.Lab, h *lab.Host) *haKube {
 	t.Helper()
-	k := &haKube{host: h, argv: map[string][]string{}, procs: map[string]*lab.Process{}}
-	dial := func(ctx context.Context, _, addr string) (net.Conn, error) { return h.DialTCP(ctx, addr) }
-	k.Cluster = kube.StartConfig(t, kube.Config{
-		Dir:  filepath.Join(l.Dir(), "kube"),
-		Addr: h.IP(),
-		Run: func(name string, argv ...string) (func(), error) {
-			k.mu.Lock()
-			k.argv[name] = argv
-			k.mu.Unlock()
-			if err := k.start(name); err != nil {
-				return nil, err
-			}
-			return func() { k.stop(name) }, nil
-		},
-		DialContext: dial,
-	})
-	rc := &rest.Config{Host: k.URL, BearerToken: k.Token, TLSClientConfig: rest.TLSClientConfig{CAFile: k.CAFile}, Dial: dial, Timeout: 20 * time.Second}
+	k := &haKube{Kube: cluster.StartKube(t, l, h, cluster.KubeOptions{OnHostAddr: true})}
 	var err error
-	if k.cs, err = kubernetes.NewForConfig(rc); err != nil {
+	if k.cs, err = kubernetes.NewForConfig(k.Config); err != nil {
 		t.Fatal(err)
 	}
-	if k.dyn, err = dynamic.NewForConfig(rc); err != nil {
+	if k.dyn, err = dynamic.NewForConfig(k.Config); err != nil {
 		t.Fatal(err)
 	}
 	ctx := ctxT(t, time.Minute)
@@ -76,26 +50,6 @@ func startHAKube(t *testing.T, l *lab.Lab, h *lab.Host) *haKube {
 		return err
 	})
 	return k
-}
-
-func (k *haKube) start(name string) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	p, err := k.host.Start(name, nil, k.argv[name]...)
-	if err != nil {
-		return err
-	}
-	k.procs[name] = p
-	return nil
-}
-
-func (k *haKube) stop(name string) {
-	k.mu.Lock()
-	p := k.procs[name]
-	k.mu.Unlock()
-	if p != nil {
-		p.Stop(10 * time.Second)
-	}
 }
 
 // leaseHolder reads the coordinators' Lease: holder and transitions.
@@ -358,7 +312,7 @@ func TestHACoordinator(t *testing.T) {
 		}
 		pid := leader.Proc.Pid()
 		p := startFastPinger(t, a.host, b.overlay, 75*time.Second)
-		h.kube.stop("kube-apiserver")
+		h.kube.Stop("kube-apiserver")
 		down := time.Now()
 		phase("API server stopped")
 		time.Sleep(5 * time.Second)
@@ -379,7 +333,7 @@ func TestHACoordinator(t *testing.T) {
 				t.Errorf("%s lost its stream while the API server was away: %v", n.name, err)
 			}
 		}
-		if err := h.kube.start("kube-apiserver"); err != nil {
+		if err := h.kube.Start("kube-apiserver"); err != nil {
 			t.Fatal(err)
 		}
 		phase("API server back")

@@ -26,7 +26,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 
 	"github.com/edgewire/edgewire/e2e/cluster"
 	"github.com/edgewire/edgewire/e2e/kube"
@@ -655,29 +654,12 @@ func agentIdentities(t *testing.T, ctx context.Context, cs kubernetes.Interface,
 // there) and returns the cluster and a client that dials through h.
 func startKube(t *testing.T, l *lab.Lab, h *lab.Host) (*kube.Cluster, kubernetes.Interface) {
 	t.Helper()
-	dial := func(ctx context.Context, _, addr string) (net.Conn, error) { return h.DialTCP(ctx, addr) }
-	kc := kube.StartConfig(t, kube.Config{
-		Dir: filepath.Join(l.Dir(), "kube"),
-		Run: func(name string, argv ...string) (func(), error) {
-			p, err := h.Start(name, nil, argv...)
-			if err != nil {
-				return nil, err
-			}
-			return func() { p.Stop(10 * time.Second) }, nil
-		},
-		DialContext: dial,
-	})
-	cs, err := kubernetes.NewForConfig(&rest.Config{
-		Host:            kc.URL,
-		BearerToken:     kc.Token,
-		TLSClientConfig: rest.TLSClientConfig{CAFile: kc.CAFile},
-		Dial:            dial,
-		Timeout:         20 * time.Second,
-	})
+	k := cluster.StartKube(t, l, h, cluster.KubeOptions{})
+	cs, err := kubernetes.NewForConfig(k.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return kc, cs
+	return k.Cluster, cs
 }
 
 // mustKube runs one API call and fails the test with what it was on error.
