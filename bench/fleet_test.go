@@ -105,6 +105,18 @@ func (f *fleet) newNode(name string) (*simNode, error) {
 	return n, nil
 }
 
+// newNodes creates n nodes named sim0, sim1, ...
+func (f *fleet) newNodes(n int) ([]*simNode, error) {
+	nodes := make([]*simNode, n)
+	for j := range nodes {
+		var err error
+		if nodes[j], err = f.newNode(fmt.Sprintf("sim%d", j)); err != nil {
+			return nil, err
+		}
+	}
+	return nodes, nil
+}
+
 // join registers n with the fleet's token.
 func (f *fleet) join(n *simNode) error {
 	ctx, cancel := context.WithTimeout(f.ctx, time.Minute)

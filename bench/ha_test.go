@@ -102,11 +102,9 @@ func haStep(t *testing.T, l *lab.Lab, rep *Report, sec string, i, n int) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	nodes := make([]*simNode, n)
-	for j := range nodes {
-		if nodes[j], err = f.newNode(fmt.Sprintf("sim%d", j)); err != nil {
-			t.Fatal(err)
-		}
+	nodes, err := f.newNodes(n)
+	if err != nil {
+		t.Fatal(err)
 	}
 	t0 := time.Now()
 	if _, err := f.bringUp(nodes, 64, 15*time.Minute, nil); err != nil {

@@ -58,11 +58,9 @@ func scaleStep(t *testing.T, l *lab.Lab, rep *Report, sec string, i, n int) bool
 		t.Fatal(err)
 	}
 	defer f.Close()
-	nodes := make([]*simNode, n)
-	for j := range nodes {
-		if nodes[j], err = f.newNode(fmt.Sprintf("sim%d", j)); err != nil {
-			t.Fatal(err)
-		}
+	nodes, err := f.newNodes(n)
+	if err != nil {
+		t.Fatal(err)
 	}
 
 	pid := proc.Pid()
