@@ -75,19 +75,12 @@ func runReplica(ctx context.Context, cfg Config) error {
 	}
 	base := telemetry.NewRegistry()
 	registerReplicaMetrics(base, el)
+	// A term's registry is set while its servers run: readiness reads it.
 	var term termGatherer
-	var serving sync.Mutex // held while a term's servers run
-	isServing := func() bool {
-		if serving.TryLock() {
-			serving.Unlock()
-			return false
-		}
-		return true
-	}
 	g, ctx := rungroup.New(ctx)
 	if cfg.MetricsListen != "" {
 		g.Go("metrics", func(ctx context.Context) error {
-			return telemetry.Serve(ctx, cfg.MetricsListen, prometheus.Gatherers{base, &term}, readiness(el, isServing), log)
+			return telemetry.Serve(ctx, cfg.MetricsListen, prometheus.Gatherers{base, &term}, readiness(el, term.serving), log)
 		})
 	}
 	g.Go("election", func(ctx context.Context) error {
@@ -101,8 +94,6 @@ func runReplica(ctx context.Context, cfg Config) error {
 				"Stored objects ignored because they do not decode (edited by hand into nonsense).", func() float64 { return float64(st.Rejected()) })
 			term.set(reg)
 			defer term.set(nil)
-			serving.Lock()
-			defer serving.Unlock()
 			return serve(ctx, cfg, st, reg)
 		})
 	})
@@ -162,6 +153,13 @@ func (t *termGatherer) set(r *prometheus.Registry) {
 	t.mu.Lock()
 	t.reg = r
 	t.mu.Unlock()
+}
+
+// serving reports whether a leadership term runs.
+func (t *termGatherer) serving() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.reg != nil
 }
 
 func (t *termGatherer) Gather() ([]*dto.MetricFamily, error) {

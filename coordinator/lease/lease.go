@@ -29,6 +29,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	coordclient "k8s.io/client-go/kubernetes/typed/coordination/v1"
 )
 
 // Defaults.
@@ -162,11 +163,7 @@ func (e *Elector) Run(ctx context.Context, lead func(context.Context) error) err
 	}
 }
 
-func (e *Elector) leases() interface {
-	Get(context.Context, string, metav1.GetOptions) (*coordv1.Lease, error)
-	Create(context.Context, *coordv1.Lease, metav1.CreateOptions) (*coordv1.Lease, error)
-	Update(context.Context, *coordv1.Lease, metav1.UpdateOptions) (*coordv1.Lease, error)
-} {
+func (e *Elector) leases() coordclient.LeaseInterface {
 	return e.cfg.Client.CoordinationV1().Leases(e.cfg.Namespace)
 }
 

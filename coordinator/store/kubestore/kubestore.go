@@ -55,9 +55,6 @@ import (
 //go:embed crds.yaml
 var CRDs []byte
 
-// ErrUnavailable wraps failures to reach the API server.
-var ErrUnavailable = store.ErrUnavailable
-
 const (
 	// maxAttempts bounds how often Update runs fn after conflicts.
 	maxAttempts = 8
@@ -195,7 +192,7 @@ func (s *Store) apiErr(what string, err error) error {
 	var ne net.Error
 	if errors.As(err, &ne) || errors.Is(err, context.DeadlineExceeded) || apierrors.IsServerTimeout(err) ||
 		apierrors.IsTimeout(err) || apierrors.IsServiceUnavailable(err) || apierrors.IsTooManyRequests(err) || apierrors.IsInternalError(err) {
-		return fmt.Errorf("%s: %w (Kubernetes API server): %v", what, ErrUnavailable, err)
+		return fmt.Errorf("%s: %w (Kubernetes API server): %v", what, store.ErrUnavailable, err)
 	}
 	return fmt.Errorf("%s: %w", what, err)
 }

@@ -82,7 +82,7 @@ func unreachable(t *testing.T, a *apiServer) {
 	cut.Set(true)
 	bravo := storetest.TestNode(2, "bravo")
 	err = s.Update(ctx, func(tx store.Tx) error { return tx.PutNode(bravo) })
-	if !errors.Is(err, kubestore.ErrUnavailable) {
+	if !errors.Is(err, store.ErrUnavailable) {
 		t.Errorf("write while cut off: got %v, want ErrUnavailable", err)
 	}
 	if err := s.View(ctx, func(tx store.Tx) error {
