@@ -115,6 +115,28 @@ func (c *cache) setNode(k key.Public, e nodeEntry, log *slog.Logger) {
 	}
 }
 
+// setNodes replaces several nodes' entries at once (a nil entry drops
+// the node): all leave the indexes before any enters them, so a name or
+// address moving from one of them to another is no clash, whatever the
+// order.
+func (c *cache) setNodes(nodes map[key.Public]*nodeEntry, log *slog.Logger) {
+	for k := range nodes {
+		c.unindex(k)
+	}
+	for k, e := range nodes {
+		if e == nil {
+			delete(c.nodes, k)
+			continue
+		}
+		c.nodes[k] = *e
+	}
+	for k, e := range nodes {
+		if e != nil && !e.bad {
+			c.index(k, log)
+		}
+	}
+}
+
 // dropNode removes one node's entry.
 func (c *cache) dropNode(k key.Public) {
 	c.unindex(k)

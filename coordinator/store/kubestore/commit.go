@@ -158,13 +158,15 @@ func (s *Store) commit(ctx context.Context, t *tx) error {
 		}
 		s.c.tokens[id] = tokenEntry{t: cloneToken(*tk), rv: tokenRV[id]}
 	}
+	nodes := make(map[key.Public]*nodeEntry, len(t.nodes))
 	for k, n := range t.nodes {
-		if n == nil {
-			s.c.dropNode(k)
-			continue
+		if n != nil {
+			nodes[k] = &nodeEntry{n: cloneNode(*n), rv: nodeRV[k]}
+		} else {
+			nodes[k] = nil
 		}
-		s.c.setNode(k, nodeEntry{n: cloneNode(*n), rv: nodeRV[k]}, s.log)
 	}
+	s.c.setNodes(nodes, s.log)
 	return nil
 }
 
