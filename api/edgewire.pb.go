@@ -777,8 +777,20 @@ type Hello struct {
 	// JoinRequest), so a node that joined before its identity was checked
 	// gets it verified over its own authenticated stream.
 	KubernetesToken string `protobuf:"bytes,5,opt,name=kubernetes_token,json=kubernetesToken,proto3" json:"kubernetes_token,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// On Connect: NetworkMap.digest of the last map message the agent
+	// applied (empty if it has none). If the coordinator's map has the same
+	// digest, it answers with a map marked current instead of a full map,
+	// so a fleet reconnecting to a new coordinator replica (or after a
+	// restart) costs a few bytes per node, not a full map each.
+	MapDigest []byte `protobuf:"bytes,6,opt,name=map_digest,json=mapDigest,proto3" json:"map_digest,omitempty"`
+	// On Connect: the agent's own sums of the map it holds (api.MapSums,
+	// computed over the entries as received; api/digest.go): 256 node
+	// buckets then the rest, 8 bytes each. A coordinator whose map differs
+	// from it in a few node buckets only sends those (NetworkMap
+	// patched_buckets) instead of a full map. Empty: not known.
+	MapBuckets    []byte `protobuf:"bytes,7,opt,name=map_buckets,json=mapBuckets,proto3" json:"map_buckets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
@@ -844,6 +856,20 @@ func (x *Hello) GetKubernetesToken() string {
 		return x.KubernetesToken
 	}
 	return ""
+}
+
+func (x *Hello) GetMapDigest() []byte {
+	if x != nil {
+		return x.MapDigest
+	}
+	return nil
+}
+
+func (x *Hello) GetMapBuckets() []byte {
+	if x != nil {
+		return x.MapBuckets
+	}
+	return nil
 }
 
 // Challenge: a fresh ephemeral Curve25519 key of the server and a random
@@ -1039,7 +1065,17 @@ func (*MapRequest) Descriptor() ([]byte, []int) {
 // peers is the same for every client at one (base_version, version), so
 // the coordinator marshals it once and sends the same bytes to all: it may
 // include the receiving node itself, and clients skip the entry with their
-// own key. An entry may be newer than version; a later delta repeats it.
+// own key.
+//
+// digest identifies the whole map a client holds after applying the
+// message (every node, Service, prefix, STUN server and relay, as the
+// coordinator encodes them), the same on every coordinator replica for
+// the same content. It is empty when the coordinator cannot vouch for
+// that; a client keeps the last one it applied and sends it back in
+// Hello.map_digest. current = true (no other field but version and
+// digest set) answers such a Hello: the client's map is the
+// coordinator's at version, keep it; a client whose digest differs asks
+// for a full map (MapRequest).
 type NetworkMap struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Version         uint64                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
@@ -1058,8 +1094,16 @@ type NetworkMap struct {
 	// never talk to the coordinator still refuse deleted nodes. Set in full
 	// maps and in deltas when it changed.
 	RelayRevocations []byte `protobuf:"bytes,12,opt,name=relay_revocations,json=relayRevocations,proto3" json:"relay_revocations,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	Digest           []byte `protobuf:"bytes,13,opt,name=digest,proto3" json:"digest,omitempty"`
+	Current          bool   `protobuf:"varint,14,opt,name=current,proto3" json:"current,omitempty"`
+	// patched_buckets answers a Hello whose map_buckets differ from the
+	// coordinator's in the node buckets listed (one byte each), and only
+	// there: the client keeps its map except that it drops every peer in
+	// those buckets and takes peers (and self) instead. After it the client
+	// holds the coordinator's map at version.
+	PatchedBuckets []byte `protobuf:"bytes,15,opt,name=patched_buckets,json=patchedBuckets,proto3" json:"patched_buckets,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *NetworkMap) Reset() {
@@ -1172,6 +1216,27 @@ func (x *NetworkMap) GetRemovedServices() []string {
 func (x *NetworkMap) GetRelayRevocations() []byte {
 	if x != nil {
 		return x.RelayRevocations
+	}
+	return nil
+}
+
+func (x *NetworkMap) GetDigest() []byte {
+	if x != nil {
+		return x.Digest
+	}
+	return nil
+}
+
+func (x *NetworkMap) GetCurrent() bool {
+	if x != nil {
+		return x.Current
+	}
+	return false
+}
+
+func (x *NetworkMap) GetPatchedBuckets() []byte {
+	if x != nil {
+		return x.PatchedBuckets
 	}
 	return nil
 }
@@ -2427,14 +2492,18 @@ const file_edgewire_proto_rawDesc = "" +
 	"\vKIND_ANSWER\x10\x02\x12\x12\n" +
 	"\x0eKIND_CANDIDATE\x10\x03\x12\x18\n" +
 	"\x14KIND_RESTART_REQUEST\x10\x04\x12\x0f\n" +
-	"\vKIND_PRIMED\x10\x05\"\xd4\x01\n" +
+	"\vKIND_PRIMED\x10\x05\"\x94\x02\n" +
 	"\x05Hello\x12\x1d\n" +
 	"\n" +
 	"public_key\x18\x01 \x01(\fR\tpublicKey\x12G\n" +
 	"\x10protocol_version\x18\x02 \x01(\x0e2\x1c.edgewire.v1.ProtocolVersionR\x0fprotocolVersion\x12\x1c\n" +
 	"\tendpoints\x18\x03 \x03(\tR\tendpoints\x12\x1a\n" +
 	"\bhostname\x18\x04 \x01(\tR\bhostname\x12)\n" +
-	"\x10kubernetes_token\x18\x05 \x01(\tR\x0fkubernetesToken\"Y\n" +
+	"\x10kubernetes_token\x18\x05 \x01(\tR\x0fkubernetesToken\x12\x1d\n" +
+	"\n" +
+	"map_digest\x18\x06 \x01(\fR\tmapDigest\x12\x1f\n" +
+	"\vmap_buckets\x18\a \x01(\fR\n" +
+	"mapBuckets\"Y\n" +
 	"\tChallenge\x120\n" +
 	"\x14ephemeral_public_key\x18\x01 \x01(\fR\x12ephemeralPublicKey\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\fR\x05nonceJ\x04\b\x03\x10\x04\"#\n" +
@@ -2443,7 +2512,7 @@ const file_edgewire_proto_rawDesc = "" +
 	"\x0eEndpointUpdate\x12\x1c\n" +
 	"\tendpoints\x18\x01 \x03(\tR\tendpoints\"\f\n" +
 	"\n" +
-	"MapRequest\"\xea\x03\n" +
+	"MapRequest\"\xc5\x04\n" +
 	"\n" +
 	"NetworkMap\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12!\n" +
@@ -2458,7 +2527,10 @@ const file_edgewire_proto_rawDesc = "" +
 	"\bservices\x18\n" +
 	" \x03(\v2\x14.edgewire.v1.ServiceR\bservices\x12)\n" +
 	"\x10removed_services\x18\v \x03(\tR\x0fremovedServices\x12+\n" +
-	"\x11relay_revocations\x18\f \x01(\fR\x10relayRevocations\"\xb0\x02\n" +
+	"\x11relay_revocations\x18\f \x01(\fR\x10relayRevocations\x12\x16\n" +
+	"\x06digest\x18\r \x01(\fR\x06digest\x12\x18\n" +
+	"\acurrent\x18\x0e \x01(\bR\acurrent\x12'\n" +
+	"\x0fpatched_buckets\x18\x0f \x01(\fR\x0epatchedBuckets\"\xb0\x02\n" +
 	"\aService\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1f\n" +

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/node/control"
+	"github.com/edgewire/edgewire/node/mapstate"
 	"github.com/edgewire/edgewire/types/jointoken"
 	"github.com/edgewire/edgewire/types/key"
 )
@@ -43,6 +45,11 @@ type fleet struct {
 	watch atomic.Pointer[[32]byte] // key whose arrival the nodes time-stamp
 	msgs  atomic.Int64             // map messages received by all nodes
 	bytes atomic.Int64             // their total size
+	// current counts first maps that said the node's map is current,
+	// patched those that patched a few buckets of it.
+	current atomic.Int64
+	patched atomic.Int64
+	model   mapModel
 
 	mu    sync.Mutex // guards nodes
 	nodes []*simNode
@@ -57,6 +64,10 @@ type simNode struct {
 	gotMap chan struct{} // closed when the first network map arrived
 	seenAt atomic.Int64  // unix ns when the watched key arrived; 0: not yet
 	sendMu sync.Mutex    // serialises SendMsg on stream
+	// digest is NetworkMap.digest of the last map message, sent back in
+	// Hello when the node reconnects, as an agent does.
+	digest atomic.Pointer[[]byte]
+	eps    []string // the endpoints last reported (under sendMu), sent in Hello as an agent does
 }
 
 func newFleet(dial func(ctx context.Context, addr string) (net.Conn, error), target, tok string) (*fleet, error) {
@@ -145,6 +156,13 @@ func (f *fleet) connect(n *simNode) error {
 	}
 	hello := &api.ClientMessage{Msg: &api.ClientMessage_Hello{Hello: &api.Hello{PublicKey: n.pub[:],
 		ProtocolVersion: api.ProtocolVersion_PROTOCOL_VERSION_1, Hostname: n.name}}}
+	if d := n.digest.Load(); d != nil {
+		hello.GetHello().MapDigest = *d
+		hello.GetHello().MapBuckets = f.model.buckets(*d)
+	}
+	n.sendMu.Lock()
+	hello.GetHello().Endpoints = n.eps
+	n.sendMu.Unlock()
 	if err := cs.SendMsg(hello); err != nil {
 		return fmt.Errorf("hello %s: %w", n.name, err)
 	}
@@ -169,7 +187,10 @@ func (f *fleet) connect(n *simNode) error {
 	go func() {
 		first := true
 		for {
-			m := scanned{watch: &f.watch}
+			m := scanned{watch: &f.watch, model: &f.model}
+			if d := n.digest.Load(); d != nil {
+				m.prev = *d
+			}
 			if err := cs.RecvMsg(&m); err != nil {
 				return
 			}
@@ -178,6 +199,16 @@ func (f *fleet) connect(n *simNode) error {
 			}
 			f.msgs.Add(1)
 			f.bytes.Add(int64(m.size))
+			if m.current {
+				f.current.Add(1)
+			}
+			if m.patch {
+				f.patched.Add(1)
+			}
+			if !m.current {
+				d := m.digest
+				n.digest.Store(&d)
+			}
 			if first {
 				close(n.gotMap)
 				first = false
@@ -194,6 +225,7 @@ func (f *fleet) connect(n *simNode) error {
 func (n *simNode) setEndpoints(eps ...string) error {
 	n.sendMu.Lock()
 	defer n.sendMu.Unlock()
+	n.eps = eps
 	return n.stream.SendMsg(&api.ClientMessage{Msg: &api.ClientMessage_Endpoints{Endpoints: &api.EndpointUpdate{Endpoints: eps}}})
 }
 
@@ -393,7 +425,12 @@ type scanned struct {
 	watch     *atomic.Pointer[[32]byte] // in: key to look for among peers and self, read when the message arrives
 	challenge *api.Challenge
 	isMap     bool
-	found     bool // the watched key is in the map
+	found     bool   // the watched key is in the map
+	digest    []byte // NetworkMap.digest
+	current   bool   // NetworkMap.current
+	patch     bool   // NetworkMap.patched_buckets set
+	model     *mapModel
+	prev      []byte // in: the digest of the map the node held before this message
 	size      int
 }
 
@@ -430,6 +467,10 @@ func (m *scanned) scan(b []byte) error {
 			}
 		case 2:
 			m.isMap = true
+			m.digest, m.current, m.patch = mapFlags(v)
+			if m.model != nil {
+				m.model.apply(m.prev, v)
+			}
 			if m.watch != nil {
 				if k := m.watch.Load(); k != nil {
 					m.found = mapHasKey(v, k[:])
@@ -438,6 +479,115 @@ func (m *scanned) scan(b []byte) error {
 		}
 	}
 	return nil
+}
+
+// mapModel is the maps the fleet's nodes hold, as agents hold them
+// (mapstate.State, with the agent's own bucket sums), by the
+// coordinator's digest: a map is exactly the map at its version, so every
+// node with one digest holds the same map, and each is decoded once
+// however many nodes receive it. It keeps the last modelStates.
+type mapModel struct {
+	mu     sync.Mutex
+	states map[string]*mapstate.State
+	order  []string
+}
+
+const modelStates = 16
+
+// apply records the map a node holds after a message (raw NetworkMap
+// bytes), given the digest of the one it held before.
+func (mm *mapModel) apply(prev, raw []byte) {
+	d, current, _ := mapFlags(raw)
+	if len(d) == 0 {
+		return
+	}
+	mm.mu.Lock()
+	defer mm.mu.Unlock()
+	if _, ok := mm.states[string(d)]; ok && !current {
+		return
+	}
+	var m api.NetworkMap
+	if err := proto.Unmarshal(raw, &m); err != nil {
+		return
+	}
+	var st mapstate.State
+	switch base := mm.states[string(prev)]; {
+	case m.Full:
+		st = *mapstate.New()
+	case base != nil:
+		st = *base // Apply replaces what it changes, never writes into base's maps
+	default:
+		return
+	}
+	if err := st.Apply(&m); err != nil {
+		return
+	}
+	if mm.states == nil {
+		mm.states = map[string]*mapstate.State{}
+	}
+	if _, ok := mm.states[string(d)]; !ok {
+		mm.order = append(mm.order, string(d))
+	}
+	mm.states[string(d)] = &st // a current message: the same map, at the new coordinator's version
+	if len(mm.order) > modelStates {
+		delete(mm.states, mm.order[0])
+		mm.order = mm.order[1:]
+	}
+}
+
+// buckets returns the bucket sums of the map with digest d, as its
+// holder sends them in Hello, or nil if the model has none.
+func (mm *mapModel) buckets(d []byte) []byte {
+	mm.mu.Lock()
+	defer mm.mu.Unlock()
+	if st := mm.states[string(d)]; st != nil {
+		return st.Buckets()
+	}
+	return nil
+}
+
+// mapFlags returns NetworkMap.digest (13), whether .current (14) is set
+// and whether .patched_buckets (15) is not empty.
+func mapFlags(b []byte) (digest []byte, current, patch bool) {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return nil, false, false
+		}
+		b = b[n:]
+		switch {
+		case num == 13 && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return nil, false, false
+			}
+			digest = slices.Clone(v)
+			b = b[n:]
+			continue
+		case num == 15 && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return nil, false, false
+			}
+			patch = len(v) > 0
+			b = b[n:]
+			continue
+		case num == 14 && typ == protowire.VarintType:
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 {
+				return nil, false, false
+			}
+			current = v != 0
+			b = b[n:]
+			continue
+		}
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return nil, false, false
+		}
+		b = b[n:]
+	}
+	return digest, current, patch
 }
 
 func mapHasKey(b, key []byte) bool {

@@ -311,6 +311,7 @@ func serve(ctx context.Context, cfg Config, st store.Store, reg prometheus.Regis
 		log.Info("relay started", "listen", embedded.ln.Addr(), "region", cfg.RelayID, "name", cfg.RelayName,
 			"key", embedded.srv.PublicKey().String(), "mesh_peers", embedded.meshPeers)
 	}
+	g.Go("presence", srv.KeepPresence)
 	if cfg.Services != nil {
 		g.Go("services source", func(ctx context.Context) error { return cfg.Services.Run(ctx, srv.Registry()) })
 	}

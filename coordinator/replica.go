@@ -85,10 +85,12 @@ func runReplica(ctx context.Context, cfg Config) error {
 	}
 	g.Go("election", func(ctx context.Context) error {
 		return el.Run(ctx, func(ctx context.Context) error {
+			t0 := time.Now()
 			st, err := kubestore.Open(ctx, kubestore.Config{Client: dyn, Namespace: r.Namespace, Logger: log.With("src", "store")})
 			if err != nil {
 				return err
 			}
+			log.Info("store loaded", "took", time.Since(t0).Round(time.Millisecond))
 			reg := prometheus.NewRegistry()
 			telemetry.CounterFunc(reg, "edgewire_coordinator_store_objects_rejected_total",
 				"Stored objects ignored because they do not decode (edited by hand into nonsense).", func() float64 { return float64(st.Rejected()) })

@@ -52,20 +52,29 @@ type change struct {
 }
 
 type entry struct {
-	node      store.Node
-	conns     int // open authenticated streams; online when > 0
+	node  store.Node
+	conns int // open authenticated streams; online when > 0
+	// carried: online as the previous coordinator saved it (Carry), until
+	// the node connects or the carry-over ends.
+	carried   bool
 	lastSeen  time.Time
 	endpoints []netip.AddrPort
 	version   uint64
 
-	pb *api.Node // map entry, built lazily, shared read-only by every stream; nil after a change
+	pb     *api.Node   // map entry, built lazily, shared read-only by every stream; nil after a change
+	hash   api.MapHash // of pb, in Registry.sums while hashed
+	hashed bool
 }
+
+func (e *entry) online() bool { return e.conns > 0 || e.carried }
 
 // svcEntry is a Service and its map entry. A change replaces the whole
 // entry, so pb never outlives the Service it was built from.
 type svcEntry struct {
-	svc *services.Service // read-only
-	pb  *api.Service      // map entry, built lazily, shared read-only by every stream
+	svc    *services.Service // read-only
+	pb     *api.Service      // map entry, built lazily, shared read-only by every stream
+	hash   api.MapHash       // of pb, in Registry.svcSum while hashed
+	hashed bool
 }
 
 // pub is one publication: the version every woken subscriber moves to,
@@ -81,11 +90,12 @@ type pub struct {
 // Registry.mu by the first subscriber that needs it; the marshal runs
 // outside the lock, once.
 type shared struct {
-	once   sync.Once
-	msg    *api.NetworkMap // input; nil once b is set
-	b      []byte          // NetworkMap wire bytes without self; read-only
-	err    error
-	oldest time.Time // when the oldest change in a delta happened
+	version uint64 // the registry's version the content is exactly
+	once    sync.Once
+	msg     *api.NetworkMap // input; nil once b is set
+	b       []byte          // NetworkMap wire bytes without self; read-only
+	err     error
+	oldest  time.Time // when the oldest change in a delta happened
 }
 
 func (sh *shared) bytes() ([]byte, error) {
@@ -124,6 +134,19 @@ type Registry struct {
 	pub         *pub          // the latest publication; never nil
 	lastPub     time.Time     // when pub was made (clk; monotonic with clock.Real)
 	pending     clock.Timer   // non-nil while a publication is scheduled
+
+	// sums holds the XOR of the hashes of the hashed node entries by
+	// bucket, svcSum of the hashed Service entries; digest caches the
+	// map's digest at digestAt (resume.go).
+	sums     api.MapSums
+	svcSum   api.MapHash
+	digest   []byte
+	digestAt uint64
+	history  []versionDigest // recent digests, oldest first
+	// presenceGen moves whenever a node's presence or endpoints may have
+	// changed (what SavePresence keeps).
+	presenceGen uint64
+	carryTimer  clock.Timer // ends the carry-over; nil if none
 }
 
 // New returns an empty registry for the given overlay prefixes.
@@ -168,11 +191,21 @@ func (r *Registry) SetClock(c clock.Clock) {
 
 // SetSTUN sets the STUN servers announced in full maps. The slice and its
 // elements must not be modified afterwards.
-func (r *Registry) SetSTUN(servers []*api.StunServer) { r.stun.Store(&servers) }
+func (r *Registry) SetSTUN(servers []*api.StunServer) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.stun.Store(&servers)
+	r.digest, r.history = nil, nil // the maps at past versions had other ones
+}
 
 // SetRelays sets the relay map announced in full maps. The slice and its
 // elements must not be modified afterwards.
-func (r *Registry) SetRelays(regions []*api.RelayRegion) { r.relays.Store(&regions) }
+func (r *Registry) SetRelays(regions []*api.RelayRegion) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.relays.Store(&regions)
+	r.digest, r.history = nil, nil // the maps at past versions had other ones
+}
 
 // Version returns the current version.
 func (r *Registry) Version() uint64 {
@@ -214,9 +247,11 @@ func (r *Registry) SetService(svc *services.Service) {
 	k := svc.Key()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if old := r.services[k]; old != nil && sameService(old.svc, svc) {
+	old := r.services[k]
+	if old != nil && sameService(old.svc, svc) {
 		return
 	}
+	r.unhashServiceLocked(old)
 	r.services[k] = &svcEntry{svc: svc}
 	r.serviceChangedLocked(k)
 }
@@ -225,9 +260,11 @@ func (r *Registry) SetService(svc *services.Service) {
 func (r *Registry) DeleteService(nk string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if _, ok := r.services[nk]; !ok {
+	old, ok := r.services[nk]
+	if !ok {
 		return
 	}
+	r.unhashServiceLocked(old)
 	delete(r.services, nk)
 	r.serviceChangedLocked(nk)
 }
@@ -410,10 +447,13 @@ func (r *Registry) serviceChangedLocked(nk string) {
 func (r *Registry) Delete(nk key.Public) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if _, ok := r.nodes[nk]; !ok {
+	e, ok := r.nodes[nk]
+	if !ok {
 		return
 	}
+	r.unhashLocked(e)
 	delete(r.nodes, nk)
+	r.presenceGen++
 	r.changedLocked(nk, nil)
 }
 
@@ -426,12 +466,16 @@ func (r *Registry) Connected(nk key.Public, eps []netip.AddrPort, now time.Time)
 	if e == nil {
 		return ErrUnknownNode
 	}
+	was := e.online()
 	e.conns++
+	e.carried = false
 	e.lastSeen = now
 	// Maps carry presence and endpoints, not last-seen: a second stream
-	// with the same endpoints changes nothing a peer would see.
-	if e.conns == 1 || !slices.Equal(e.endpoints, eps) {
+	// with the same endpoints, or the first of a node carried over from
+	// the previous coordinator, changes nothing a peer would see.
+	if !was || !slices.Equal(e.endpoints, eps) {
 		e.endpoints = eps
+		r.presenceGen++
 		r.changedLocked(nk, e)
 	}
 	return nil
@@ -448,6 +492,7 @@ func (r *Registry) Disconnected(nk key.Public, now time.Time) {
 	e.conns--
 	e.lastSeen = now
 	if e.conns == 0 {
+		r.presenceGen++
 		r.changedLocked(nk, e)
 	}
 }
@@ -464,6 +509,7 @@ func (r *Registry) SetEndpoints(nk key.Public, eps []netip.AddrPort) error {
 		return nil
 	}
 	e.endpoints = eps
+	r.presenceGen++
 	r.changedLocked(nk, e)
 	return nil
 }
@@ -476,7 +522,7 @@ func (r *Registry) Node(nk key.Public) (store.Node, bool, bool) {
 	if e == nil {
 		return store.Node{}, false, false
 	}
-	return e.node, e.conns > 0, true
+	return e.node, e.online(), true
 }
 
 // Nodes returns every node as it appears in a network map plus what only
@@ -507,6 +553,7 @@ func (r *Registry) changedLocked(nk key.Public, e *entry) {
 	if e != nil {
 		e.version = r.version
 		e.pb = nil
+		r.unhashLocked(e)
 	}
 	r.appendLocked(change{version: r.version, nk: nk, at: r.clk.Now()})
 }
@@ -566,7 +613,7 @@ func (r *Registry) protoLocked(e *entry) *api.Node {
 	pb := &api.Node{
 		PublicKey: k[:],
 		Name:      n.Name,
-		Online:    e.conns > 0,
+		Online:    e.online(),
 		Tags:      n.Tags,
 		// Agents match Service endpoints to nodes by it.
 		KubernetesNode: n.KubeNode,
@@ -616,6 +663,14 @@ type Sub struct {
 	self    key.Public
 	c       chan struct{} // capacity 1: pending wake-ups coalesce
 	version uint64        // version of the last update handed out; 0 = none yet
+	held    *Held         // the map the agent holds, until the first Next
+}
+
+// Held is what an agent says of the map it holds when it connects
+// (Hello.map_digest and map_buckets).
+type Held struct {
+	Digest  []byte // the coordinator's digest of it, as last received
+	Buckets []byte // the agent's own sums of it (api.MapSums.Wire)
 }
 
 // Update is one network-map message for one stream. Its NetworkMap wire
@@ -624,6 +679,12 @@ type Update struct {
 	Version uint64
 	Base    uint64 // the version a delta applies to; 0 in full maps
 	Full    bool
+	// Current: the agent's map (the digest it subscribed with) is the
+	// registry's at Version; Shared says so and nothing else.
+	Current bool
+	// Patch: the agent's map differed from the registry's in a few node
+	// buckets only; Shared replaces those (and carries self).
+	Patch bool
 	// Head is this stream's own part: NetworkMap.self, set in full maps
 	// and when the node changed since Base; empty otherwise.
 	Head []byte
@@ -640,8 +701,13 @@ type Update struct {
 var selfField = (&api.NetworkMap{}).ProtoReflect().Descriptor().Fields().ByName("self").Number()
 
 // Subscribe registers a subscriber for node self. Call Close when done.
-func (r *Registry) Subscribe(self key.Public) *Sub {
-	s := &Sub{r: r, self: self, c: make(chan struct{}, 1)}
+// held is what the agent said of the map it holds (nil: nothing): if the
+// registry's map is that one (now, or at a recent version) when the first
+// update is due, that update says the agent's map is current; if it
+// differs in a few node buckets only, the update patches those; else it
+// is a full map.
+func (r *Registry) Subscribe(self key.Public, held *Held) *Sub {
+	s := &Sub{r: r, self: self, c: make(chan struct{}, 1), held: held}
 	r.mu.Lock()
 	r.subs[s] = struct{}{}
 	r.mu.Unlock()
@@ -674,15 +740,16 @@ func (s *Sub) Resync() {
 }
 
 // Next returns the update from the previous call's version to the latest
-// publication: a full map on the first call, after Resync, or when the log
-// no longer reaches back; a delta otherwise; nil when the subscriber is
-// already there. It returns ErrUnknownNode once the subscriber's own node
-// is deleted.
+// publication: on the first call, a current-map update if the registry's
+// digest is the one the subscriber came with, else a full map; a full map
+// after Resync or when the log no longer reaches back; a delta otherwise;
+// nil when the subscriber is already there. It returns ErrUnknownNode
+// once the subscriber's own node is deleted.
 //
-// Entries are marshalled when first needed, from the registry as it is
-// then, so an update may carry a node or Service newer than its Version
-// (never older); the next update carries it again, so the agent ends up
-// where the registry is.
+// An update is built, when first needed, from the registry as it is then:
+// its Version is the registry's version at that moment, which may be newer
+// than the publication that woke the subscriber, and its content is
+// exactly the map at that version, so its digest is exact too.
 func (s *Sub) Next() (*Update, error) {
 	r := s.r
 	r.mu.Lock()
@@ -692,16 +759,43 @@ func (s *Sub) Next() (*Update, error) {
 		return nil, ErrUnknownNode
 	}
 	p := r.pub
-	if p.version == 0 || s.version == p.version {
+	if p.version == 0 || s.version >= p.version {
 		r.mu.Unlock()
 		return nil, nil
 	}
-	u := &Update{Version: p.version}
+	if s.version == 0 && s.held != nil {
+		held := s.held
+		s.held = nil
+		if v, ok := r.resumeLocked(held.Digest); ok {
+			// The agent holds the map at v: say so, and if the registry
+			// has moved on since, the delta from v follows.
+			s.version = v
+			if v < p.version {
+				s.wake()
+			}
+			r.mu.Unlock()
+			b, err := proto.Marshal(&api.NetworkMap{Version: v, Current: true, Digest: held.Digest})
+			if err != nil {
+				return nil, fmt.Errorf("marshal network map: %w", err)
+			}
+			return &Update{Version: v, Current: true, Shared: b}, nil
+		}
+		if m := r.patchLocked(self, held.Buckets); m != nil {
+			s.version = m.Version
+			r.mu.Unlock()
+			b, err := proto.Marshal(m)
+			if err != nil {
+				return nil, fmt.Errorf("marshal network map: %w", err)
+			}
+			return &Update{Version: m.Version, Patch: true, Shared: b}, nil
+		}
+	}
+	u := &Update{}
 	var sh *shared
 	if s.version == 0 || s.version < r.logFloor {
 		u.Full = true
 		if p.full == nil {
-			p.full = &shared{msg: r.fullLocked(p.version)}
+			p.full = &shared{version: r.version, msg: r.fullLocked(r.version)}
 		}
 		sh = p.full
 	} else {
@@ -710,7 +804,7 @@ func (s *Sub) Next() (*Update, error) {
 			if p.deltas == nil {
 				p.deltas = make(map[uint64]*shared)
 			}
-			sh = r.deltaLocked(s.version, p.version)
+			sh = r.deltaLocked(s.version, r.version)
 			p.deltas[s.version] = sh
 		}
 	}
@@ -718,7 +812,8 @@ func (s *Sub) Next() (*Update, error) {
 	if u.Full || self.version > s.version {
 		selfPB = r.protoLocked(self)
 	}
-	s.version = p.version
+	u.Version = sh.version
+	s.version = sh.version
 	r.mu.Unlock()
 
 	b, err := sh.bytes()
@@ -744,6 +839,7 @@ func (r *Registry) fullLocked(v uint64) *api.NetworkMap {
 		Full:            true,
 		Peers:           make([]*api.Node, 0, len(r.nodes)),
 		OverlayPrefixes: r.prefixes,
+		Digest:          r.digestLocked(),
 	}
 	if p := r.stun.Load(); p != nil {
 		m.StunServers = *p
@@ -765,10 +861,10 @@ func (r *Registry) fullLocked(v uint64) *api.NetworkMap {
 // deltaLocked collects what changed in (since, until]: each changed node
 // or Service once, as it is now.
 func (r *Registry) deltaLocked(since, until uint64) *shared {
-	m := &api.NetworkMap{Version: until, BaseVersion: since}
+	m := &api.NetworkMap{Version: until, BaseVersion: since, Digest: r.digestLocked()}
 	i := sort.Search(len(r.log), func(i int) bool { return r.log[i].version > since })
 	j := sort.Search(len(r.log), func(i int) bool { return r.log[i].version > until })
-	sh := &shared{msg: m}
+	sh := &shared{version: until, msg: m}
 	if i < j {
 		sh.oldest = r.log[i].at
 	}

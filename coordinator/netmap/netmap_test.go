@@ -82,7 +82,7 @@ func next(t *testing.T, s *Sub) *api.NetworkMap {
 // subscribe subscribes node i and consumes its first (full) map.
 func subscribe(t *testing.T, r *Registry, i int) *Sub {
 	t.Helper()
-	s := r.Subscribe(nodeKey(i))
+	s := r.Subscribe(nodeKey(i), nil)
 	t.Cleanup(s.Close)
 	<-s.C() // as a stream does: wait, then read
 	if m := next(t, s); m == nil || !m.Full {
@@ -113,7 +113,7 @@ func signalled(s *Sub) bool {
 // subscriber's own included, and self is the subscriber's.
 func TestFirstNextIsFullMap(t *testing.T) {
 	r := newRegistry(t, 3)
-	s := r.Subscribe(nodeKey(2))
+	s := r.Subscribe(nodeKey(2), nil)
 	defer s.Close()
 	if !signalled(s) {
 		t.Fatal("new subscriber not signalled, want a wake-up for its first map")
@@ -148,7 +148,7 @@ func TestLoadThenSubscribe(t *testing.T) {
 	if got := r.Version(); got != 2 {
 		t.Fatalf("got version %d after Load, want 2", got)
 	}
-	s := r.Subscribe(nodeKey(1))
+	s := r.Subscribe(nodeKey(1), nil)
 	defer s.Close()
 	m := next(t, s)
 	if got, want := names(m.Peers), []string{"node-00001", "node-00002"}; !m.GetFull() || !slices.Equal(got, want) || m.Self.GetName() != "node-00001" {
@@ -387,9 +387,9 @@ func TestBehindLogFloorGetsFullMap(t *testing.T) {
 func TestLogFloorBoundary(t *testing.T) {
 	r := newRegistry(t, 3)
 	r.maxLog = 4
-	atFloor := r.Subscribe(nodeKey(1))
+	atFloor := r.Subscribe(nodeKey(1), nil)
 	defer atFloor.Close()
-	behind := r.Subscribe(nodeKey(2))
+	behind := r.Subscribe(nodeKey(2), nil)
 	defer behind.Close()
 	behindAt := next(t, behind).Version
 	for i := 0; r.logFloor <= behindAt; i++ {
@@ -485,7 +485,7 @@ func TestUnknownNode(t *testing.T) {
 	if got := r.Version(); got != v {
 		t.Errorf("operations on an unknown key moved the version from %d to %d", v, got)
 	}
-	s := r.Subscribe(nodeKey(7))
+	s := r.Subscribe(nodeKey(7), nil)
 	defer s.Close()
 	if _, err := s.decoded(); !errors.Is(err, ErrUnknownNode) {
 		t.Errorf("Next for an unknown key: got %v, want ErrUnknownNode", err)
@@ -551,7 +551,7 @@ func namesInOrder(nodes []*api.Node) []string {
 func TestIdleSubscribersDoNotBlock(t *testing.T) {
 	r := newRegistry(t, 100)
 	for i := 1; i <= 100; i++ {
-		s := r.Subscribe(nodeKey(i))
+		s := r.Subscribe(nodeKey(i), nil)
 		defer s.Close()
 	}
 	done := make(chan struct{})
@@ -591,7 +591,7 @@ func TestConcurrentReaders(t *testing.T) {
 	errc := make(chan error, nodes)
 	stop := make(chan struct{})
 	for i := 1; i <= nodes; i++ {
-		s := r.Subscribe(nodeKey(i))
+		s := r.Subscribe(nodeKey(i), nil)
 		go func() {
 			defer s.Close()
 			var last uint64
@@ -649,7 +649,7 @@ func BenchmarkFanout(b *testing.B) {
 	r := newRegistry(b, n)
 	subs := make([]*Sub, 0, n)
 	for i := 1; i <= n; i++ {
-		s := r.Subscribe(nodeKey(i))
+		s := r.Subscribe(nodeKey(i), nil)
 		if _, err := s.Next(); err != nil {
 			b.Fatal(err)
 		}

@@ -28,7 +28,7 @@ func TestServiceDeltas(t *testing.T) {
 	k[0] = 1
 	r.Upsert(store.Node{Key: k, Name: "a"})
 	r.SetService(svc("web", "10.96.0.10"))
-	sub := r.Subscribe(k)
+	sub := r.Subscribe(k, nil)
 	defer sub.Close()
 
 	full, err := sub.decoded()
@@ -97,7 +97,7 @@ func TestServiceThroughSink(t *testing.T) {
 			{Addresses: []string{"10.244.2.9"}, Hostname: "pg-1", NodeName: "edge-2", Ports: map[string]uint32{"pg": 5432}},
 		},
 	}
-	s := r.Subscribe(nodeKey(1))
+	s := r.Subscribe(nodeKey(1), nil)
 	defer s.Close()
 	full := next(t, s)
 	if len(full.GetServices()) != 1 || !proto.Equal(full.GetServices()[0], want) {
@@ -110,7 +110,7 @@ func TestServiceThroughSink(t *testing.T) {
 	// A second stream's full map at another publication reuses the
 	// conversion.
 	r.Upsert(node(3))
-	s2 := r.Subscribe(nodeKey(2))
+	s2 := r.Subscribe(nodeKey(2), nil)
 	defer s2.Close()
 	if m := next(t, s2); len(m.GetServices()) != 1 || !proto.Equal(m.GetServices()[0], want) {
 		t.Fatalf("second full map: got Services %v, want [%v]", m.GetServices(), want)

@@ -1,6 +1,7 @@
 package netmap
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -23,7 +24,7 @@ func TestUpdatesShared(t *testing.T) {
 	r := newRegistry(t, 4)
 	subs := map[int]*Sub{}
 	for _, i := range []int{1, 2, 3} {
-		subs[i] = r.Subscribe(nodeKey(i))
+		subs[i] = r.Subscribe(nodeKey(i), nil)
 		t.Cleanup(subs[i].Close)
 	}
 	first := map[int]*Update{}
@@ -127,13 +128,14 @@ func TestPublishInterval(t *testing.T) {
 				n.Hostname = fmt.Sprint(i)
 				r.Upsert(n)
 			}
-			for i := range tt.burst {
-				change(i)
-			}
+			change(0)
 			if !signalled(s) {
 				t.Fatal("a change after an idle interval was not published at once")
 			}
 			got := []uint64{next(t, s).Version}
+			for i := 1; i < tt.burst; i++ {
+				change(i)
+			}
 			// released waits an interval less a nanosecond, checks that
 			// nothing was published, then moves the last nanosecond and
 			// reads the publication.
@@ -174,10 +176,11 @@ func TestPublishInterval(t *testing.T) {
 	}
 }
 
-// An entry marshalled after its publication may be newer than the
-// publication's version; the next update carries it again, so the
-// subscriber converges.
-func TestLateMarshalConverges(t *testing.T) {
+// An update is the map exactly as it is when the update is built, at the
+// registry's version then, even if that is newer than the publication
+// that woke the subscriber; its digest is that map's. The publication of
+// what it already carried then has nothing for it.
+func TestUpdateIsExact(t *testing.T) {
 	r, clk := newFakeRegistry(t, 2)
 	s := subscribe(t, r, 1)
 	r.SetInterval(time.Hour, 0)
@@ -188,8 +191,11 @@ func TestLateMarshalConverges(t *testing.T) {
 		t.Fatal("a change after an idle interval was not published at once")
 	}
 	m := next(t, s)
-	if m.Version != 3 || len(m.Removed) != 0 {
-		t.Fatalf("got %d->%d removed %d, want 2->3 without removals", m.BaseVersion, m.Version, len(m.Removed))
+	if m.BaseVersion != 2 || m.Version != 4 || len(m.Removed) != 1 || len(m.Peers) != 1 {
+		t.Fatalf("got %d->%d, %d peers, removed %d; want 2->4 with node 3 and node 2 removed", m.BaseVersion, m.Version, len(m.Peers), len(m.Removed))
+	}
+	if !bytes.Equal(m.Digest, r.Digest()) {
+		t.Errorf("digest %x, want the registry's %x", m.Digest, r.Digest())
 	}
 	clk.Advance(time.Hour)
 	select {
@@ -197,9 +203,8 @@ func TestLateMarshalConverges(t *testing.T) {
 	case <-time.After(timeout):
 		t.Fatal("no publication an hour later")
 	}
-	m = next(t, s)
-	if m.BaseVersion != 3 || m.Version != 4 || len(m.Removed) != 1 {
-		t.Errorf("got %d->%d removed %d, want 3->4 removing node 2", m.BaseVersion, m.Version, len(m.Removed))
+	if u, err := s.Next(); err != nil || u != nil {
+		t.Errorf("after the publication of what it had: %+v, %v; want nothing", u, err)
 	}
 }
 

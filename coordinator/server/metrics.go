@@ -16,6 +16,10 @@ type metrics struct {
 	streams      atomic.Int64
 	sigForwarded atomic.Uint64
 	sigDropped   atomic.Uint64
+	fullMaps     atomic.Uint64
+	currentMaps  atomic.Uint64
+	patchMaps    atomic.Uint64
+	presenceErrs atomic.Uint64
 	fanout       prometheus.Histogram
 }
 
@@ -37,6 +41,13 @@ func (s *Server) RegisterMetrics(reg prometheus.Registerer) {
 	telemetry.GaugeFunc(reg, "edgewire_coordinator_streams", "Authenticated agent streams.", func() float64 { return float64(m.streams.Load()) })
 	telemetry.CounterFunc(reg, "edgewire_coordinator_signals_forwarded_total", "Sealed signals forwarded between nodes.", func() float64 { return float64(m.sigForwarded.Load()) })
 	telemetry.CounterFunc(reg, "edgewire_coordinator_signals_dropped_total", "Signals dropped (malformed, rate limited, recipient away).", func() float64 { return float64(m.sigDropped.Load()) })
+	telemetry.Labelled(reg, "edgewire_coordinator_first_maps_total", "First network maps sent on new streams: full; current (the agent already held this map: it reconnected to another replica or after a restart); or patch (it held this map but for a few node buckets).", prometheus.CounterValue, []string{"kind"},
+		func(emit func(float64, ...string)) {
+			emit(float64(m.fullMaps.Load()), "full")
+			emit(float64(m.currentMaps.Load()), "current")
+			emit(float64(m.patchMaps.Load()), "patch")
+		})
+	telemetry.CounterFunc(reg, "edgewire_coordinator_presence_save_errors_total", "Failed saves of the fleet's presence (for the next coordinator to start from).", func() float64 { return float64(m.presenceErrs.Load()) })
 	telemetry.GaugeFunc(reg, "edgewire_coordinator_map_version", "Current network map version.", func() float64 { return float64(s.reg.Version()) })
 	telemetry.GaugeFunc(reg, "edgewire_coordinator_services", "Services in the Service map.", func() float64 { return float64(s.reg.Services()) })
 	telemetry.Labelled(reg, "edgewire_coordinator_nodes", "Registered nodes by presence.", prometheus.GaugeValue, []string{"state"},

@@ -5,6 +5,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"errors"
@@ -78,6 +79,15 @@ type Config struct {
 	// FailureRate < 0: no limit).
 	FailureRate  rate.Limit
 	FailureBurst int
+	// PresenceInterval is how often the fleet's presence is saved, if the
+	// store keeps it (store.PresenceKeeper; default 5 s); saves happen
+	// when it changed, and at least every 30 s. PresenceGrace is how long
+	// nodes the previous coordinator saved as online stay online without
+	// connecting (default 30 s); a save older than PresenceMaxAge
+	// (default 2 min) is not used.
+	PresenceInterval time.Duration
+	PresenceGrace    time.Duration
+	PresenceMaxAge   time.Duration
 }
 
 // KubeVerifier tells which Kubernetes Node a service account token was
@@ -105,6 +115,7 @@ type Server struct {
 	api.UnimplementedAdminServer
 
 	cfg     Config
+	life    context.Context // New's: ends when the server stops
 	log     *slog.Logger
 	clk     clock.Clock
 	reg     *netmap.Registry
@@ -181,7 +192,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.FailureBurst <= 0 {
 		cfg.FailureBurst = defaultFailureBurst
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, clk: cfg.Clock, signals: newSignalRouter(), m: newMetrics(),
+	cfg.PresenceInterval = cmp.Or(cfg.PresenceInterval, defaultPresenceInterval)
+	cfg.PresenceGrace = cmp.Or(cfg.PresenceGrace, defaultPresenceGrace)
+	cfg.PresenceMaxAge = cmp.Or(cfg.PresenceMaxAge, defaultPresenceMaxAge)
+	s := &Server{cfg: cfg, life: ctx, log: cfg.Logger, clk: cfg.Clock, signals: newSignalRouter(), m: newMetrics(),
 		fails: newFailureLimiter(cfg.FailureRate, cfg.FailureBurst, cfg.Clock), streams: map[key.Public]*nodeStream{}, revoked: map[key.Public]time.Time{}}
 	s.policy = cfg.RoutePolicy
 	s.policy.Overlay = cfg.Prefixes
@@ -237,6 +251,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.reg.SetRelays(cfg.Relays)
 	s.reg.SetRoutePolicy(cfg.RoutePolicy)
 	s.reg.Load(nodes)
+	s.carryPresence(ctx)
 	return s, nil
 }
 
@@ -360,13 +375,27 @@ func (s *Server) Connect(stream api.Control_ConnectServer) error {
 	if tok := hello.GetKubernetesToken(); tok != "" {
 		s.bindKubeNode(ctx, nk, tok)
 	}
-	sub := s.reg.Subscribe(nk)
+	var held *netmap.Held
+	if d, b := hello.GetMapDigest(), hello.GetMapBuckets(); len(d) == netmap.DigestSize || len(b) > 0 {
+		held = &netmap.Held{Buckets: b}
+		if len(d) == netmap.DigestSize {
+			held.Digest = d
+		}
+	}
+	sub := s.reg.Subscribe(nk, held)
 	inbox := s.signals.attach(nk)
 	s.m.streams.Add(1)
 	defer func() {
 		s.m.streams.Add(-1)
 		s.signals.detach(nk, inbox)
 		sub.Close()
+		if s.life.Err() != nil {
+			// The coordinator is stopping, not the node: presence stays
+			// as it is for the last save (KeepPresence), which the next
+			// coordinator starts from, and a fleet's worth of last-seen
+			// writes is spared.
+			return
+		}
 		now := s.clk.Now()
 		s.reg.Disconnected(nk, now)
 		s.saveLastSeen(nk, now)
@@ -488,6 +517,14 @@ func (s *Server) Connect(stream api.Control_ConnectServer) error {
 		}
 		if err := stream.SendMsg(newEncodedMap(u)); err != nil {
 			return err
+		}
+		switch {
+		case u.Current:
+			s.m.currentMaps.Add(1)
+		case u.Patch:
+			s.m.patchMaps.Add(1)
+		case u.Full:
+			s.m.fullMaps.Add(1)
 		}
 		if !u.Oldest.IsZero() {
 			s.m.fanout.Observe(s.clk.Now().Sub(u.Oldest).Seconds())

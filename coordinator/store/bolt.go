@@ -22,7 +22,10 @@ var (
 	bucketNodes  = []byte("nodes")      // 32B node key -> nodeRecord JSON
 	bucketNames  = []byte("node-names") // node name -> 32B node key
 	bucketAddrs  = []byte("node-addrs") // overlay address (text) -> 32B node key
+	bucketMisc   = []byte("misc")       // keyPresence -> EncodePresence
 )
+
+var keyPresence = []byte("presence")
 
 // schemaVersion is written into every record as "v". Records with a
 // higher version come from a newer build and are refused, not misread.
@@ -44,7 +47,10 @@ type Bolt struct {
 	db *bolt.DB
 }
 
-var _ Store = (*Bolt)(nil)
+var (
+	_ Store          = (*Bolt)(nil)
+	_ PresenceKeeper = (*Bolt)(nil)
+)
 
 // OpenBolt opens or creates the bbolt file at path (mode 0600).
 func OpenBolt(path string) (*Bolt, error) {
@@ -57,7 +63,7 @@ func OpenBolt(path string) (*Bolt, error) {
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
 		indexed := tx.Bucket(bucketAddrs) != nil
-		for _, name := range [][]byte{bucketTokens, bucketNodes, bucketNames, bucketAddrs} {
+		for _, name := range [][]byte{bucketTokens, bucketNodes, bucketNames, bucketAddrs, bucketMisc} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("create bucket %s: %w", name, err)
 			}
@@ -94,6 +100,38 @@ func (b *Bolt) Update(ctx context.Context, fn func(Tx) error) error {
 		return err
 	}
 	return b.db.Batch(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
+}
+
+// SavePresence keeps p in the file (one value, replaced whole), so the
+// coordinator restarted on it starts with the fleet it had.
+func (b *Bolt) SavePresence(ctx context.Context, p Presence, at time.Time) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	v := EncodePresence(p, at)
+	return b.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMisc).Put(keyPresence, v) })
+}
+
+// LoadPresence returns what SavePresence kept last.
+func (b *Bolt) LoadPresence(ctx context.Context) (Presence, time.Time, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, time.Time{}, err
+	}
+	p := Presence{}
+	var at time.Time
+	err := b.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketMisc).Get(keyPresence)
+		if v == nil {
+			return nil
+		}
+		var err error
+		at, err = DecodePresence(v, p)
+		return err
+	})
+	if err != nil {
+		return Presence{}, time.Time{}, fmt.Errorf("load presence: %w", err)
+	}
+	return p, at, nil
 }
 
 // Close releases the file and its lock.

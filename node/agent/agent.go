@@ -443,6 +443,11 @@ func RunWith(ctx context.Context, cfg Config, env Env) error {
 		OnConnected:     func() { a.trav.Reconnected() },
 		Dial:            func(ctx context.Context, addr string) (net.Conn, error) { return a.host.Dial(ctx, "tcp", addr) },
 		KubernetesToken: func() string { return kubernetesToken(cfg.KubernetesTokenFile, log) },
+		HeldMap: func() ([]byte, []byte) {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			return a.state.Digest, a.state.Buckets()
+		},
 	})
 	if err != nil {
 		return err

@@ -233,6 +233,12 @@ type Config struct {
 	// KubernetesToken returns the agent's current service account token
 	// (read afresh: the kubelet rotates it) or "" for none.
 	KubernetesToken func() string
+	// HeldMap returns what the agent can say of the map it holds: the
+	// coordinator's digest of it and its own bucket sums
+	// (mapstate.State.Digest and Buckets), sent when a stream opens so a
+	// coordinator with the same map, or nearly, need not send it whole;
+	// nil: never sent.
+	HeldMap func() (digest, buckets []byte)
 	// MinBackoff and MaxBackoff bound the reconnect delay.
 	MinBackoff, MaxBackoff time.Duration
 	// Dial connects to the coordinator (nil: a plain TCP dial).
@@ -437,6 +443,9 @@ func (c *Client) session(ctx context.Context, cl api.ControlClient) error {
 	hello := &api.Hello{Endpoints: c.endpointStrings(), Hostname: c.cfg.Hostname}
 	if c.cfg.KubernetesToken != nil {
 		hello.KubernetesToken = c.cfg.KubernetesToken()
+	}
+	if c.cfg.HeldMap != nil {
+		hello.MapDigest, hello.MapBuckets = c.cfg.HeldMap()
 	}
 	if err := Authenticate(stream, c.cfg.PrivateKey, api.AuthConnect, hello, c.cfg.KnownKey); err != nil {
 		return err

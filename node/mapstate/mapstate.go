@@ -5,6 +5,7 @@
 package mapstate
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"maps"
@@ -63,7 +64,28 @@ type State struct {
 	// RelayRevocations is the coordinator's signed list of nodes relays
 	// must refuse, handed to the home relay as is (relays verify it).
 	RelayRevocations []byte
+	// Digest is the coordinator's digest of this map (NetworkMap.digest),
+	// empty if the last message applied had none. The agent sends it when
+	// it reconnects: a coordinator whose map has the same digest answers
+	// that the map is current instead of sending a full one.
+	Digest []byte
+	// sums: the agent's own sums of the map (sums.go); nil when not known
+	// (a state loaded from disk, whose entries were rebuilt).
+	sums *sums
 }
+
+// Buckets returns the agent's own sums of the map as Hello.map_buckets
+// carries them, or nil if it has none.
+func (s *State) Buckets() []byte {
+	if s.sums == nil {
+		return nil
+	}
+	return s.sums.s.Wire()
+}
+
+// ErrNotCurrent means a map message said the held map is current, but
+// the digests differ: ask for a full map.
+var ErrNotCurrent = errors.New("network map said to be current is not the one held")
 
 // RelayRegion is a relay from the relay map. An empty Host means the
 // coordinator's host.
@@ -92,13 +114,35 @@ func New() *State {
 // start at the held version (ErrGap otherwise). Malformed entries make the
 // whole message fail and leave the state unchanged.
 func (s *State) Apply(m *api.NetworkMap) error {
-	if !m.GetFull() && m.GetBaseVersion() != s.Version {
+	if m.GetCurrent() {
+		if len(s.Digest) == 0 || !bytes.Equal(m.GetDigest(), s.Digest) {
+			return fmt.Errorf("%w (version %d)", ErrNotCurrent, m.GetVersion())
+		}
+		s.Version = m.GetVersion()
+		return nil
+	}
+	patch := !m.GetFull() && len(m.GetPatchedBuckets()) > 0
+	if patch && s.sums == nil {
+		return fmt.Errorf("%w: a patch for a map whose sums are not known", ErrNotCurrent)
+	}
+	if !m.GetFull() && !patch && m.GetBaseVersion() != s.Version {
 		return fmt.Errorf("%w: have %d, delta from %d", ErrGap, s.Version, m.GetBaseVersion())
 	}
 	next := &State{Version: m.GetVersion(), Self: s.Self, Prefixes: s.Prefixes, STUN: s.STUN, Relays: s.Relays, Peers: s.Peers,
-		Services: s.Services, Refused: s.Refused, ServicesGen: s.ServicesGen, RelayRevocations: s.RelayRevocations}
+		Services: s.Services, Refused: s.Refused, ServicesGen: s.ServicesGen, RelayRevocations: s.RelayRevocations,
+		Digest: m.GetDigest()}
 	if m.GetFull() || len(m.GetRelayRevocations()) > 0 {
 		next.RelayRevocations = m.GetRelayRevocations()
+	}
+	switch {
+	case m.GetFull():
+		next.sums = newSums()
+		next.sums.prefixes, next.sums.stun, next.sums.relays = m.GetOverlayPrefixes(), m.GetStunServers(), m.GetRelays()
+	case s.sums != nil:
+		next.sums = s.sums.clone()
+	}
+	if next.sums != nil && (m.GetFull() || len(m.GetRelayRevocations()) > 0) {
+		next.sums.revs = m.GetRelayRevocations()
 	}
 	if m.GetFull() {
 		next.Peers = make(map[key.Public]Peer, len(m.GetPeers()))
@@ -135,6 +179,19 @@ func (s *State) Apply(m *api.NetworkMap) error {
 			next.Peers[k] = v
 		}
 	}
+	if patch {
+		// The buckets patched are replaced whole.
+		var in [api.MapBuckets]bool
+		for _, b := range m.GetPatchedBuckets() {
+			in[b] = true
+			next.sums.dropBucket(int(b))
+		}
+		for k := range next.Peers {
+			if in[api.NodeBucket(k[:])] {
+				delete(next.Peers, k)
+			}
+		}
+	}
 	if m.GetSelf() != nil {
 		p, err := parseNode(m.GetSelf())
 		if err != nil {
@@ -149,6 +206,9 @@ func (s *State) Apply(m *api.NetworkMap) error {
 		if err != nil {
 			return fmt.Errorf("peer %q: %w", n.GetName(), err)
 		}
+		if next.sums != nil {
+			next.sums.setNode(n)
+		}
 		if p.Key == next.Self.Key {
 			continue
 		}
@@ -161,8 +221,14 @@ func (s *State) Apply(m *api.NetworkMap) error {
 			maps.Copy(svcs, s.Services)
 			maps.Copy(refused, s.Refused)
 		}
+		if next.sums != nil && m.GetFull() {
+			next.sums.svcs, next.sums.svcSum = map[string]api.MapHash{}, api.MapHash{}
+		}
 		for _, p := range m.GetServices() {
 			k := p.GetNamespace() + "/" + p.GetName()
+			if next.sums != nil {
+				next.sums.setService(k, p)
+			}
 			svc, err := services.FromProto(p)
 			if err != nil {
 				delete(svcs, k)
@@ -173,6 +239,9 @@ func (s *State) Apply(m *api.NetworkMap) error {
 			svcs[k] = svc
 		}
 		for _, k := range m.GetRemovedServices() {
+			if next.sums != nil {
+				next.sums.dropService(k)
+			}
 			delete(svcs, k)
 			delete(refused, k)
 		}
@@ -184,6 +253,18 @@ func (s *State) Apply(m *api.NetworkMap) error {
 			return fmt.Errorf("removed key of %d bytes", len(k))
 		}
 		delete(next.Peers, key.Public(k))
+		if next.sums != nil {
+			next.sums.dropNode(key.Public(k))
+		}
+	}
+	if next.sums != nil {
+		next.sums.seal()
+		// Our own account must come to the coordinator's digest; if it
+		// does not (entries that do not hash back as sent, a state
+		// rebuilt from disk), it is not sent at all.
+		if d := next.sums.s.Digest(); len(next.Digest) == 0 || !bytes.Equal(d[:], next.Digest) {
+			next.sums = nil
+		}
 	}
 	*s = *next
 	return nil
@@ -241,7 +322,7 @@ func (s *State) SortedPeers() []Peer {
 // Marshal encodes the state as a full NetworkMap.
 func (s *State) Marshal() ([]byte, error) {
 	m := &api.NetworkMap{Version: s.Version, Full: true, Self: &api.Node{PublicKey: s.Self.Key[:], Name: s.Self.Name, KubernetesNode: s.Self.KubeNode},
-		RelayRevocations: s.RelayRevocations}
+		RelayRevocations: s.RelayRevocations, Digest: s.Digest}
 	for _, a := range s.Self.Addresses {
 		m.Self.Addresses = append(m.Self.Addresses, a.String())
 	}

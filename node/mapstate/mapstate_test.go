@@ -292,6 +292,10 @@ func TestSaveLoad(t *testing.T) {
 			{Version: 11, BaseVersion: 10, Peers: []*api.Node{pbNode(4, "four")}, Removed: [][]byte{nk(2)}},
 			{Version: 15, BaseVersion: 11, Peers: []*api.Node{{PublicKey: nk(5), Name: "bare"}}},
 		}},
+		{"with a digest, said current", []*api.NetworkMap{
+			withDigest(full(), 7),
+			{Version: 3, Current: true, Digest: digest(7)},
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -319,6 +323,48 @@ func TestSaveLoad(t *testing.T) {
 				t.Errorf("got mode %o, want 600", perm)
 			}
 		})
+	}
+}
+
+func digest(b byte) []byte { return bytes.Repeat([]byte{b}, 16) }
+
+func withDigest(m *api.NetworkMap, b byte) *api.NetworkMap {
+	m.Digest = digest(b)
+	return m
+}
+
+// The state keeps the digest of the last message applied; a message
+// saying the map is current moves only the version, and only if the
+// digests match (an agent whose map is not the one the coordinator
+// vouches for asks for a full map).
+func TestCurrent(t *testing.T) {
+	s := New()
+	if err := s.Apply(&api.NetworkMap{Version: 1, Current: true, Digest: digest(1)}); !errors.Is(err, ErrNotCurrent) {
+		t.Fatalf("current with no map held: %v, want ErrNotCurrent", err)
+	}
+	mustApply(t, s, withDigest(full(), 1))
+	before := marshal(t, s)
+	for _, d := range [][]byte{digest(2), nil, digest(1)[:8]} {
+		if err := s.Apply(&api.NetworkMap{Version: 99, Current: true, Digest: d}); !errors.Is(err, ErrNotCurrent) {
+			t.Errorf("current with digest %x: %v, want ErrNotCurrent", d, err)
+		}
+	}
+	if !bytes.Equal(marshal(t, s), before) {
+		t.Fatal("a refused current message changed the state")
+	}
+	mustApply(t, s, &api.NetworkMap{Version: 4, Current: true, Digest: digest(1)})
+	if s.Version != 4 || !reflect.DeepEqual(peerNames(s), []string{"three", "two"}) {
+		t.Errorf("after current: version %d peers %v, want 4 and the map held", s.Version, peerNames(s))
+	}
+	// Deltas on the new coordinator's versions; one without a digest
+	// leaves none (the next reconnect gets a full map).
+	mustApply(t, s, withDigest(&api.NetworkMap{Version: 5, BaseVersion: 4, Peers: []*api.Node{pbNode(4, "four")}}, 2))
+	if !bytes.Equal(s.Digest, digest(2)) {
+		t.Errorf("digest %x after a delta, want the delta's", s.Digest)
+	}
+	mustApply(t, s, &api.NetworkMap{Version: 6, BaseVersion: 5})
+	if s.Digest != nil {
+		t.Errorf("digest %x after a delta without one, want none", s.Digest)
 	}
 }
 
@@ -429,4 +475,57 @@ func FuzzApply(f *testing.F) {
 			t.Fatalf("self %x is among the peers", s.Self.Key)
 		}
 	})
+}
+
+// digestOf is the coordinator's digest of a full map: every node (self
+// included among the peers) and Service, and the rest.
+func digestOf(m *api.NetworkMap) []byte {
+	var s api.MapSums
+	for _, n := range m.GetPeers() {
+		s.Buckets[api.NodeBucket(n.GetPublicKey())].Xor(api.HashNode(n))
+	}
+	for _, svc := range m.GetServices() {
+		s.Rest.Xor(api.HashService(svc))
+	}
+	s.Rest.Xor(api.HashRest(m.GetOverlayPrefixes(), m.GetStunServers(), m.GetRelays(), m.GetRelayRevocations()))
+	d := s.Digest()
+	return d[:]
+}
+
+// The agent keeps its own sums when they come to the coordinator's
+// digest, and only then; a patch replaces the buckets it names.
+func TestSumsAndPatch(t *testing.T) {
+	m := full()
+	m.Peers = append(m.Peers, pbNode(1, "self"))
+	m.Digest = digestOf(m)
+	s := New()
+	mustApply(t, s, m)
+	if s.Buckets() == nil {
+		t.Fatal("no sums after a full map with the right digest")
+	}
+
+	// The coordinator's map: node 3 moved, node 4 joined in 3's bucket.
+	moved := pbNode(3, "three")
+	moved.Endpoints = []string{"198.51.100.3:1"}
+	four := pbNode(4, "four")
+	four.PublicKey = append([]byte{3}, nk(4)[1:]...)
+	coord := full()
+	coord.Peers = []*api.Node{pbNode(1, "self"), pbNode(2, "two"), moved, four}
+	patch := &api.NetworkMap{Version: 7, PatchedBuckets: []byte{3}, Self: pbNode(1, "self"), Peers: []*api.Node{moved, four}, Digest: digestOf(coord)}
+	mustApply(t, s, patch)
+	if s.Version != 7 || !bytes.Equal(s.Digest, patch.Digest) || s.Buckets() == nil {
+		t.Fatalf("after the patch: version %d digest %x sums %v", s.Version, s.Digest, s.Buckets() != nil)
+	}
+	if got := peerNames(s); !reflect.DeepEqual(got, []string{"four", "three", "two"}) || s.Peers[k32(3)].Endpoints[0].String() != "198.51.100.3:1" {
+		t.Errorf("peers %v (three at %v), want four, three moved, two", got, s.Peers[k32(3)].Endpoints)
+	}
+
+	// A message whose digest our sums do not reach: sums dropped, not sent.
+	mustApply(t, s, &api.NetworkMap{Version: 8, BaseVersion: 7, Peers: []*api.Node{pbNode(5, "five")}, Digest: digest(9)})
+	if s.Buckets() != nil {
+		t.Error("sums kept although they do not come to the coordinator's digest")
+	}
+	if err := s.Apply(&api.NetworkMap{Version: 9, PatchedBuckets: []byte{5}, Self: pbNode(1, "self")}); !errors.Is(err, ErrNotCurrent) {
+		t.Errorf("a patch without sums: %v, want ErrNotCurrent", err)
+	}
 }

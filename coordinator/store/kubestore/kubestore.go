@@ -27,6 +27,10 @@
 // or a hand edit changed shows up as a conflict, which refreshes the
 // object. Objects that do not decode (a hand edit into nonsense) are
 // reported, counted and treated as absent; a write to one replaces it.
+//
+// The store also keeps the fleet's presence for the next leader
+// (store.PresenceKeeper) in EdgewirePresence shards: not part of the
+// transactions, written by server-side apply (presence.go).
 package kubestore
 
 import (
@@ -58,6 +62,9 @@ var CRDs []byte
 const (
 	// maxAttempts bounds how often Update runs fn after conflicts.
 	maxAttempts = 8
+	// listPage is the objects per list call: a page of EdgewireNodes is
+	// about a megabyte.
+	listPage = 2000
 	// callTimeout bounds each API call, so an API server that stopped
 	// answering fails a write in seconds rather than hanging a join.
 	callTimeout = 10 * time.Second
@@ -82,6 +89,7 @@ type Store struct {
 	c   cache
 
 	rejected atomic.Uint64
+	presence presenceState
 }
 
 var _ store.Store = (*Store)(nil)
@@ -114,12 +122,13 @@ func (s *Store) Refresh(ctx context.Context) error {
 // Rejected counts objects that did not decode, since Open.
 func (s *Store) Rejected() uint64 { return s.rejected.Load() }
 
-// load lists every resource into a fresh cache.
+// load lists every resource into a fresh cache: the three lists at once
+// (a new leader's takeover waits for them), each in pages.
 func (s *Store) load(ctx context.Context) error {
 	c := newCache()
-	for _, r := range []struct {
+	lists := []struct {
 		what string
-		list func(*unstructured.Unstructured)
+		add  func(*unstructured.Unstructured)
 	}{
 		{"edgewirenodes", func(u *unstructured.Unstructured) {
 			nk, e := s.nodeFrom(u)
@@ -127,23 +136,20 @@ func (s *Store) load(ctx context.Context) error {
 		}},
 		{"edgewiretokens", func(u *unstructured.Unstructured) { c.tokens[u.GetName()] = s.tokenFrom(u) }},
 		{"edgewireclaims", func(u *unstructured.Unstructured) { c.setClaim(u.GetName(), s.claimFrom(u)) }},
-	} {
-		gvr := nodesGVR
-		gvr.Resource = r.what
-		cont := ""
-		for {
-			cctx, cancel := context.WithTimeout(ctx, callTimeout)
-			l, err := s.cfg.Client.Resource(gvr).Namespace(s.cfg.Namespace).List(cctx, metav1.ListOptions{Limit: 500, Continue: cont})
-			cancel()
-			if err != nil {
-				return s.apiErr("list "+r.what, err)
-			}
-			for i := range l.Items {
-				r.list(&l.Items[i])
-			}
-			if cont = l.GetContinue(); cont == "" {
-				break
-			}
+	}
+	got := make([][]unstructured.Unstructured, len(lists))
+	errs := make([]error, len(lists))
+	var wg sync.WaitGroup
+	for i, r := range lists {
+		wg.Go(func() { got[i], errs[i] = s.list(ctx, r.what) })
+	}
+	wg.Wait()
+	for i, r := range lists {
+		if errs[i] != nil {
+			return errs[i]
+		}
+		for j := range got[i] {
+			r.add(&got[i][j])
 		}
 	}
 	c.reindex(s.log)
@@ -151,6 +157,26 @@ func (s *Store) load(ctx context.Context) error {
 	s.c = *c
 	s.rmu.Unlock()
 	return nil
+}
+
+// list returns every object of one resource in the namespace.
+func (s *Store) list(ctx context.Context, resource string) ([]unstructured.Unstructured, error) {
+	gvr := nodesGVR
+	gvr.Resource = resource
+	var out []unstructured.Unstructured
+	cont := ""
+	for {
+		cctx, cancel := context.WithTimeout(ctx, callTimeout)
+		l, err := s.cfg.Client.Resource(gvr).Namespace(s.cfg.Namespace).List(cctx, metav1.ListOptions{Limit: listPage, Continue: cont})
+		cancel()
+		if err != nil {
+			return nil, s.apiErr("list "+resource, err)
+		}
+		out = append(out, l.Items...)
+		if cont = l.GetContinue(); cont == "" {
+			return out, nil
+		}
+	}
 }
 
 func (s *Store) reject(kind, name string, err error) {

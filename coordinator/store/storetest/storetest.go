@@ -34,6 +34,7 @@ func Run(t *testing.T, open Open) {
 		{"ContextCancelled", contextCancelled},
 		{"ConcurrentUpdates", concurrentUpdates},
 		{"TokenUses", tokenUses},
+		{"Presence", presence},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open) })
 	}
@@ -537,4 +538,48 @@ func RaceTokenUses(t *testing.T, stores []store.Store, check func() store.Store,
 		t.Errorf("%d writers over %d stores: %d won, %d nodes stored, token used %d times; want %d each", writers, len(stores), won, len(nodes), tk.Uses, want)
 	}
 	return nodes
+}
+
+// presence: a PresenceKeeper gives back what it saved last, whole, with
+// the save time; an empty store has none. Backends that do not keep
+// presence skip this.
+func presence(t *testing.T, open Open) {
+	s := fresh(t, open)
+	pk, ok := s.(store.PresenceKeeper)
+	if !ok {
+		t.Skip("the store does not keep presence")
+	}
+	ctx := context.Background()
+	if p, at, err := pk.LoadPresence(ctx); err != nil || len(p) != 0 || !at.IsZero() {
+		t.Fatalf("empty store: %v, %v, %v; want nothing", p, at, err)
+	}
+	at := time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC)
+	// Many nodes, so that every part of a sharded backend holds some.
+	first := store.Presence{}
+	for i := range 64 {
+		first[NodeKey(byte(i*4+1))] = []netip.AddrPort{netip.AddrPortFrom(Addr4(i), 51820), netip.MustParseAddrPort("[2001:db8::1]:4242")}
+	}
+	first[NodeKey(2)] = nil // online, no endpoints reported
+	second := store.Presence{NodeKey(5): {netip.MustParseAddrPort("192.0.2.5:1")}, NodeKey(9): nil}
+	for i, want := range []store.Presence{first, second, {}} {
+		at := at.Add(time.Duration(i) * time.Minute)
+		if err := pk.SavePresence(ctx, want, at); err != nil {
+			t.Fatalf("save %d: %v", i, err)
+		}
+		got, gotAt, err := pk.LoadPresence(ctx)
+		if err != nil {
+			t.Fatalf("load %d: %v", i, err)
+		}
+		if len(got) != len(want) {
+			t.Fatalf("save %d: loaded %d nodes, want %d", i, len(got), len(want))
+		}
+		for k, eps := range want {
+			if g, ok := got[k]; !ok || len(g) != len(eps) || (len(eps) > 0 && !reflect.DeepEqual(g, eps)) {
+				t.Errorf("save %d: node %s: got %v (present %v), want %v", i, k.Short(), g, ok, eps)
+			}
+		}
+		if !gotAt.Equal(at) {
+			t.Errorf("save %d: saved at %v, want %v", i, gotAt, at)
+		}
+	}
 }
