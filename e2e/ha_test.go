@@ -26,6 +26,9 @@ import (
 
 const haNS = "edgewire"
 
+// haMetricsPort is each replica's metrics listener, on its own host.
+const haMetricsPort = 9464
+
 // haKube is the API server of the HA lab, reachable from every lab host.
 type haKube struct {
 	*cluster.Kube
@@ -97,6 +100,7 @@ func startHALab(t *testing.T, l *lab.Lab) *haLab {
 		c := cluster.StartCoordinatorWith(t, l, l.AddPublicHost(id), cluster.CoordinatorOptions{Replica: true, Extra: []string{
 			"--store", "kubernetes", "--kubeconfig", h.kube.Kubeconfig, "--store-namespace", haNS, "--replica-id", id,
 			"--lease-duration", "4s", "--relay-listen", "", "--stun-listen", "", "--relay-map", relayMap,
+			"--metrics-listen", fmt.Sprintf("127.0.0.1:%d", haMetricsPort),
 		}})
 		// Stop replicas before the API server (cleanups run last first).
 		t.Cleanup(func() { c.Proc.Stop(5 * time.Second) })
@@ -248,6 +252,19 @@ func TestHACoordinator(t *testing.T) {
 			}
 		}
 		phase(fmt.Sprintf("all four agents on a stream, %.1f s after the kill", time.Since(killed).Seconds()))
+		// They held the map the new leader has (presence carried over),
+		// so none fetched it whole: the first map each got says current,
+		// or patches the few buckets that changed.
+		out, err := scrape(next.Host, fmt.Sprintf("127.0.0.1:%d", haMetricsPort))
+		if err != nil {
+			t.Fatal(err)
+		}
+		current, _ := metricSum(out, "edgewire_coordinator_first_maps_total", `kind="current"`)
+		patched, _ := metricSum(out, "edgewire_coordinator_first_maps_total", `kind="patch"`)
+		resumed := current + patched
+		if resumed < float64(len(nodes)) {
+			t.Errorf("the new leader resumed %v streams without a full map, want the %d established agents:\n%s", resumed, len(nodes), grepLines(out, "first_maps"))
+		}
 	})
 	t.Run("a new node joins within 20 s of the kill", func(t *testing.T) {
 		st := e.agent.WaitPeers(len(nodes), 20*time.Second-time.Since(killed))
