@@ -78,6 +78,7 @@ func (a *Agent) registerMetrics(reg prometheus.Registerer) {
 			emit(float64(c.SignalsIn), "received")
 			emit(float64(c.SignalsOut), "sent")
 			emit(float64(c.SignalsDropped), "dropped")
+			emit(float64(c.SignalsHeld), "held")
 		})
 	telemetry.Labelled(reg, "edgewire_agent_socket_packets_total", "Datagrams on the shared socket and the relay by kind.", prometheus.CounterValue, []string{"kind"},
 		func(emit func(float64, ...string)) {

@@ -223,9 +223,14 @@ func (m *Machine) Closed(now time.Time) {
 
 // Kick asks for a new session soon (local addresses changed, the peer
 // asked for a restart): at once if the last one started more than
-// MinBackoff ago.
+// MinBackoff ago, or if none ever started (there is nothing to pace: a
+// new peer's first session must not wait out a backoff counted from the
+// machine's creation).
 func (m *Machine) Kick(now time.Time) {
 	earliest := m.since.Add(m.cfg.MinBackoff)
+	if !m.started {
+		earliest = now
+	}
 	if m.ice == Connected || m.ice == Checking || m.ice == Disconnected {
 		m.set(Failed, now)
 	}

@@ -132,6 +132,15 @@ func TestMachine(t *testing.T) {
 		{"new machine wants a session at once", []step{
 			{0, nothing, true, "none", Idle},
 		}, Stats{}},
+		{"a kick before any session starts one at once", []step{
+			{0, nothing, true, "none", Idle},
+			{100 * time.Millisecond, kick, true, "none", Idle}, // the lazy-ICE trigger: a relayed packet
+		}, Stats{}},
+		{"a kick right after a session waits out MinBackoff", []step{
+			{0, started, false, "none", Checking},
+			{100 * time.Millisecond, kick, false, "none", Failed},
+			{time.Second, nothing, true, "none", Failed},
+		}, Stats{Attempts: 1}},
 		{"connect gives a direct path", []step{
 			{0, started, false, "none", Checking},
 			{time.Second, connected, false, "direct", Connected},

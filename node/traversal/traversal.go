@@ -46,8 +46,14 @@ const (
 	iceDisconnected = 3 * time.Second
 	iceFailed       = 8 * time.Second
 	iceKeepalive    = time.Second
-	tickInterval    = 250 * time.Millisecond
-	addrInterval    = 5 * time.Second
+	// pion waits 500 ms (server-reflexive) and 1 s (peer-reflexive) after
+	// such a pair works for a better one before nominating it. Behind
+	// NATs those are the pairs that work, and a better one, if any,
+	// answers within a round trip or two: wait that long, not a second.
+	srflxAcceptanceWait = 100 * time.Millisecond
+	prflxAcceptanceWait = 250 * time.Millisecond
+	tickInterval        = 250 * time.Millisecond
+	addrInterval        = 5 * time.Second
 	// A peer offers one host candidate per address of its host and a
 	// server-reflexive one per STUN server and family; more than this
 	// per session is a peer steering our checks, not a bigger host.
@@ -150,6 +156,9 @@ type PeerStatus struct {
 type Counters struct {
 	Attempts, Successes, Failures, Restarts uint64
 	SignalsIn, SignalsOut, SignalsDropped   uint64
+	// SignalsHeld counts signals from nodes the map did not have yet,
+	// held and replayed when it did (or dropped after heldFor).
+	SignalsHeld uint64
 	// Remote candidates from signals: added to a session, refused
 	// (malformed, too long, or a type or address never checked; see
 	// remoteCandidate), or dropped over maxRemoteCandidates.
@@ -208,6 +217,9 @@ type Manager struct {
 	gone    pathsel.Stats // counters of peers that left
 	signals Counters
 	relayUp bool
+	// held: signals from nodes not (yet) in the map, replayed when the
+	// map brings them (held.go).
+	held map[key.Public][]heldSignal
 }
 
 // New validates cfg and returns a manager.
@@ -468,6 +480,7 @@ func (m *Manager) setPeers(peers []Peer) {
 			p.m.Kick(now) // it just came (back): try at once, not after the backoff
 		}
 		p.online = pi.Online
+		m.replay(pi.Key)
 	}
 	for k, p := range m.peers {
 		if !seen[k] {
@@ -571,6 +584,7 @@ func newSessionID() uint64 {
 
 func (m *Manager) newAgent() (*ice.Agent, error) {
 	disc, failed, ka := iceDisconnected, iceFailed, iceKeepalive
+	srflxWait, prflxWait := srflxAcceptanceWait, prflxAcceptanceWait
 	nets := []ice.NetworkType{ice.NetworkTypeUDP4}
 	if m.cfg.IPv6 {
 		nets = append(nets, ice.NetworkTypeUDP6)
@@ -585,7 +599,12 @@ func (m *Manager) newAgent() (*ice.Agent, error) {
 		DisconnectedTimeout: &disc,
 		FailedTimeout:       &failed,
 		KeepaliveInterval:   &ka,
-		LoggerFactory:       pionLogs{m.log.With("peer", "ice")},
+		// How long the controlling side waits, once a pair of this
+		// kind works, for a better one before nominating it (host
+		// pairs: at once).
+		SrflxAcceptanceMinWait: &srflxWait,
+		PrflxAcceptanceMinWait: &prflxWait,
+		LoggerFactory:          pionLogs{m.log.With("peer", "ice")},
 	}
 	if !m.cfg.SameHost {
 		// Signalled candidates pass remoteCandidate first; this catches
@@ -736,8 +755,7 @@ func (m *Manager) handleSignal(sig Signal) {
 	nk := sig.Peer
 	p := m.peers[nk]
 	if p == nil {
-		m.signals.SignalsDropped++
-		m.log.Debug("dropping signal from a node not in the map", "from", nk)
+		m.hold(sig)
 		return
 	}
 	m.signals.SignalsIn++

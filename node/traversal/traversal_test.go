@@ -225,3 +225,42 @@ func TestPriming(t *testing.T) {
 		})
 	}
 }
+
+// An offer from a node the map does not have yet is held and answered
+// once the map brings it; one held longer than heldFor is dropped, and
+// a flood from unknown nodes is bounded.
+func TestSignalBeforeMap(t *testing.T) {
+	offer := &api.SignalPayload{Kind: api.SignalPayload_KIND_OFFER, Session: 7, Ufrag: "ufragufragufrag1", Pwd: "pwdpwdpwdpwdpwdpwdpwdpwd"}
+
+	r := newLazyRig(t, false) // the controlled side answers offers
+	r.fromPeer(t, offer)
+	if got := r.next(300 * time.Millisecond); got != 0 {
+		t.Fatalf("answered %v before the map had the sender", got)
+	}
+	if c := waitCounters(t, r.m, time.Second, func(c Counters) bool { return c.SignalsHeld == 1 }); c.SignalsDropped != 0 {
+		t.Fatalf("counters %+v, want 1 held, none dropped", c)
+	}
+	r.m.SetPeers([]Peer{{Key: r.peerPub, Online: true}})
+	if got := r.next(time.Second); got != api.SignalPayload_KIND_ANSWER {
+		t.Fatalf("after the map brought the sender: got %v, want an answer", got)
+	}
+
+	// Too late: the sender's session has long timed out.
+	r = newLazyRig(t, false)
+	now := time.Now()
+	r.m.cfg.Now = func() time.Time { return now }
+	r.fromPeer(t, offer)
+	waitCounters(t, r.m, time.Second, func(c Counters) bool { return c.SignalsHeld == 1 })
+	now = now.Add(heldFor + time.Second)
+	r.m.SetPeers([]Peer{{Key: r.peerPub, Online: true}})
+	if c := waitCounters(t, r.m, time.Second, func(c Counters) bool { return c.SignalsDropped == 1 }); c.SignalsIn != 0 {
+		t.Fatalf("a signal held too long was handled: %+v", c)
+	}
+
+	// Bounded: a sender holds at most maxHeldPerKey.
+	r = newLazyRig(t, false)
+	for range maxHeldPerKey + 5 {
+		r.fromPeer(t, offer)
+	}
+	waitCounters(t, r.m, time.Second, func(c Counters) bool { return c.SignalsHeld == maxHeldPerKey && c.SignalsDropped == 5 })
+}
