@@ -53,7 +53,9 @@ type overlay struct {
 	idleRows  []*Measure // the idle measurements, reported together at the end
 }
 
-var quiet = []string{"--log-level", "info"}
+// quiet is the overlay agents' extra flags: info logs, and whatever
+// BENCH_AGENT_ARGS adds (to compare settings, e.g. --memory-limit-mib).
+var quiet = append([]string{"--log-level", "info"}, strings.Fields(os.Getenv("BENCH_AGENT_ARGS"))...)
 
 func setupOverlay(t *testing.T, wgplain string) *overlay {
 	o := &overlay{l: lab.New(t)}
