@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -53,9 +54,11 @@ type overlay struct {
 	idleRows  []*Measure // the idle measurements, reported together at the end
 }
 
-// quiet is the overlay agents' extra flags: info logs, and whatever
+var quiet = []string{"--log-level", "info"}
+
+// agentArgs is the overlay agents' extra flags: info logs, and whatever
 // BENCH_AGENT_ARGS adds (to compare settings, e.g. --memory-limit-mib).
-var quiet = append([]string{"--log-level", "info"}, strings.Fields(os.Getenv("BENCH_AGENT_ARGS"))...)
+var agentArgs = append(slices.Clone(quiet), strings.Fields(os.Getenv("BENCH_AGENT_ARGS"))...)
 
 func setupOverlay(t *testing.T, wgplain string) *overlay {
 	o := &overlay{l: lab.New(t)}
@@ -85,12 +88,12 @@ func setupOverlay(t *testing.T, wgplain string) *overlay {
 	o.ha, o.hb, o.hc, o.hd = o.siteA.AddNode("a"), o.siteB.AddNode("b"), siteC.AddNode("c"), siteD.AddNode("d")
 	o.tok = o.coord.Token("--reusable")
 	start := func(h *lab.Host, name, region string) *cluster.Agent {
-		return cluster.StartAgent(t, l, h, o.coord, name, cluster.AgentOptions{Token: o.tok, Extra: append([]string{"--relay-region", region}, quiet...)})
+		return cluster.StartAgent(t, l, h, o.coord, name, cluster.AgentOptions{Token: o.tok, Extra: append([]string{"--relay-region", region}, agentArgs...)})
 	}
 	o.bPprof = filepath.Join(l.Dir(), "agent-b-pprof.sock")
 	o.a, o.c, o.d = start(o.ha, "a", "1"), start(o.hc, "c", "1"), start(o.hd, "d", "2")
 	o.b = cluster.StartAgent(t, l, o.hb, o.coord, "b", cluster.AgentOptions{Token: o.tok,
-		Extra: append([]string{"--relay-region", "1", "--pprof-socket", o.bPprof}, quiet...)})
+		Extra: append([]string{"--relay-region", "1", "--pprof-socket", o.bPprof}, agentArgs...)})
 	for _, ag := range []*cluster.Agent{o.a, o.b, o.c, o.d} {
 		ag.WaitPeers(3, 45*time.Second)
 	}
@@ -427,7 +430,7 @@ func (o *overlay) connectivity(t *testing.T, rep *Report, cfg config) {
 		name := fmt.Sprintf("ttc%d", r)
 		h := o.siteA.AddNode(name)
 		t0 := time.Now()
-		ag := cluster.StartAgent(t, o.l, h, o.coord, name, cluster.AgentOptions{Token: o.tok, Extra: append([]string{"--relay-region", "1"}, quiet...)})
+		ag := cluster.StartAgent(t, o.l, h, o.coord, name, cluster.AgentOptions{Token: o.tok, Extra: append([]string{"--relay-region", "1"}, agentArgs...)})
 		var first time.Duration
 		for time.Since(t0) < 30*time.Second {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
