@@ -315,6 +315,14 @@ func (o *overlay) throughput(t *testing.T, rep *Report, cfg config) {
 	// Kernel counters of the tunnel runs: GSO/GRO in use, where packets drop.
 	tuns := map[string][2]string{"direct": {o.a.Iface, o.b.Iface}, "plain": {"ew" + o.l.ID() + "pa", "ew" + o.l.ID() + "pb"}}
 	counters := map[string]map[string][]flowCounters{} // flow -> target -> per run
+	agents := []struct {
+		name string
+		pid  int
+	}{{"sender", o.a.Proc.Pid()}, {"receiver", o.b.Proc.Pid()}}
+	var before [2]float64 // the agents' RSS before the first run
+	for i, ag := range agents {
+		before[i], _, _ = procMem(ag.pid)
+	}
 	for r := range cfg.reps {
 		// Alternate which tunnel goes first, so drift in the machine's
 		// load does not favour one of the two.
@@ -372,6 +380,20 @@ func (o *overlay) throughput(t *testing.T, rep *Report, cfg config) {
 				}
 			}
 		}
+	}
+	// What the agents keep once traffic stops: 10 s after the last run
+	// against what they held before the first, and the peak in between.
+	time.Sleep(10 * time.Second)
+	memSec := "Agent memory around the throughput runs"
+	for i, ag := range agents {
+		after, peak, err := procMem(ag.pid)
+		if err != nil {
+			t.Logf("agent %s memory: %v", ag.name, err)
+			continue
+		}
+		rep.Add(&Measure{Section: memSec, Name: "RSS 10 s after the last run, " + ag.name, Unit: "MiB", Edgewire: []float64{after},
+			RefName: "before the first", Reference: []float64{before[i]}, Target: "<= 1.2x"}).Met = met(after <= 1.2*before[i])
+		rep.Add(&Measure{Section: memSec, Name: "peak RSS (VmHWM) since start, " + ag.name, Unit: "MiB", Edgewire: []float64{peak}})
 	}
 	rep.SetRaw("throughput/gbps", res)
 	rep.SetRaw("throughput/tcp_stalls", stalls)

@@ -8,7 +8,8 @@ import (
 	"time"
 )
 
-// Returning memory after bursts. While forwarding, wireguard-go grows
+// Returning memory after bursts (within 10 s of the last packet: a 2 s
+// tick, two quiet ticks, then the trim). While forwarding, wireguard-go grows
 // sync.Pools of 64 KiB message buffers (hundreds of MiB under a bulk TCP
 // flow). Once the flow ends they are garbage, but the Go runtime frees
 // pooled objects only after two GC cycles, and an idle agent allocates so
@@ -31,13 +32,13 @@ import (
 // help: new 64 KiB buffers placed on reused heap pages are zeroed by the
 // allocator, which makes them wholly resident.
 const (
-	trimInterval = 10 * time.Second
-	trimQuiet    = 20 * time.Second // quiet this long after a burst: trim
-	trimBurst    = 16 << 20         // bytes through the data plane, or allocated, in one interval that make a burst
-	trimIdle     = 256 << 10        // at most this many data-plane bytes per interval is quiet (keepalives, handshakes, pings)
-	trimIdleHeap = 4 << 20          // at most this many bytes allocated per interval is quiet
-	trimFree     = 8 << 20          // free heap pages kept from the OS worth returning while quiet
-	trimEvery    = time.Minute      // at most one trim for free pages per this long
+	trimInterval = 2 * time.Second
+	trimQuiet    = 2 * trimInterval  // quiet this long after a burst: trim (within 10 s of the last packet)
+	trimBurst    = 4 << 20           // bytes through the data plane, or allocated, in one interval that make a burst
+	trimIdle     = 64 << 10          // at most this many data-plane bytes per interval is quiet (keepalives, handshakes, pings)
+	trimIdleHeap = 1 << 20           // at most this many bytes allocated per interval is quiet
+	trimFree     = 8 << 20           // free heap pages kept from the OS worth returning while quiet
+	trimEvery    = 30 * trimInterval // at most one trim for free pages per this long (a minute)
 )
 
 // trimmer decides when to trim; pure, with the clock passed in.
