@@ -298,7 +298,14 @@ func serve(ctx context.Context, cfg Config, st store.Store, reg prometheus.Regis
 	defer uln.Close()
 
 	g, ctx := rungroup.New(ctx)
-	g.Go("agent gRPC", func(ctx context.Context) error { return serveGRPC(ctx, netSrv, ln) })
+	g.Go("agent gRPC", func(ctx context.Context) error {
+		if cfg.Services != nil {
+			// Agents' first maps must have the Services and pod CIDRs
+			// there are, or they tear their rules down until the next.
+			waitSynced(ctx, srv.Registry().SourceSynced(), sourceSyncWait, log)
+		}
+		return serveGRPC(ctx, netSrv, ln)
+	})
 	g.Go("admin gRPC", func(ctx context.Context) error { return serveGRPC(ctx, localSrv, uln) })
 	if stunSrv != nil {
 		g.Go("STUN", func(ctx context.Context) error {
@@ -323,6 +330,22 @@ func serve(ctx context.Context, cfg Config, st store.Store, reg prometheus.Regis
 	err = g.Wait()
 	log.Info("coordinator stopped", "err", err)
 	return err
+}
+
+// sourceSyncWait bounds how long agents wait for the Service source's
+// first sync before the coordinator serves them anyway.
+const sourceSyncWait = 15 * time.Second
+
+// waitSynced waits until synced is closed, ctx ends or d passes.
+func waitSynced(ctx context.Context, synced <-chan struct{}, d time.Duration, log *slog.Logger) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-synced:
+	case <-ctx.Done():
+	case <-t.C:
+		log.Warn("serving agents before the Service source synced: their first maps may lack Services and pod CIDRs", "waited", d)
+	}
 }
 
 // grpcGrace is how long unary calls in flight get to finish on stop;

@@ -188,11 +188,15 @@ func (s *Source) Run(ctx context.Context, sink svcsource.Sink) error {
 		UpdateFunc: func(_, n any) { svcKey(n) },
 		DeleteFunc: svcKey,
 	}
-	if _, err := svcInf.Informer().AddEventHandler(h); err != nil {
-		return err
-	}
-	if _, err := epsInf.Informer().AddEventHandler(h); err != nil {
-		return err
+	// The handlers' registrations sync once every object of the initial
+	// lists has been delivered to them, not only listed.
+	var handled []cache.InformerSynced
+	for _, inf := range []cache.SharedIndexInformer{svcInf.Informer(), epsInf.Informer()} {
+		reg, err := inf.AddEventHandler(h)
+		if err != nil {
+			return err
+		}
+		handled = append(handled, reg.HasSynced)
 	}
 	nodeHandler := func(obj any) {
 		if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
@@ -221,7 +225,7 @@ func (s *Source) Run(ctx context.Context, sink svcsource.Sink) error {
 			mark(svc.Namespace + "/" + svc.Name)
 		}
 	}
-	if _, err := nodeInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+	nodeReg, err := nodeInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) { nodeHandler(obj); remarkAll() },
 		UpdateFunc: func(o, n any) {
 			nodeHandler(n)
@@ -240,9 +244,11 @@ func (s *Source) Run(ctx context.Context, sink svcsource.Sink) error {
 				remarkAll()
 			}
 		},
-	}); err != nil {
+	})
+	if err != nil {
 		return err
 	}
+	handled = append(handled, nodeReg.HasSynced)
 	f.Start(ctx.Done())
 	defer f.Shutdown()
 	for typ, ok := range f.WaitForCacheSync(ctx.Done()) {
@@ -250,13 +256,19 @@ func (s *Source) Run(ctx context.Context, sink svcsource.Sink) error {
 			return fmt.Errorf("kubernetes: %v cache did not sync", typ)
 		}
 	}
+	if !cache.WaitForCacheSync(ctx.Done(), handled...) {
+		return fmt.Errorf("kubernetes: event handlers did not sync")
+	}
 	synced.Store(true)
 	s.log.Info("kubernetes watcher synced")
+	first := true
 	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-dirty:
+		if !first { // the initial list marked every Service: sync those at once
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-dirty:
+			}
 		}
 		mu.Lock()
 		keys := pending
@@ -268,6 +280,10 @@ func (s *Source) Run(ctx context.Context, sink svcsource.Sink) error {
 		}
 		for key := range keys {
 			s.sync(key, svcInf.Lister(), epsInf.Lister(), hostAddr, sink)
+		}
+		if first {
+			first = false
+			sink.Synced()
 		}
 	}
 }

@@ -2,6 +2,7 @@ package kubesource
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -24,6 +25,8 @@ type recorder struct {
 	svcs     map[string]*services.Service
 	deleted  []string
 	podCIDRs map[string][]netip.Prefix
+	synced   int    // Synced calls
+	atSync   string // what it held at the first
 }
 
 var _ svcsource.Sink = (*recorder)(nil)
@@ -55,6 +58,13 @@ func (r *recorder) DeleteKubeNode(name string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	delete(r.podCIDRs, name)
+}
+
+func (r *recorder) Synced() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.synced++
+	r.atSync = fmt.Sprintf("%d services, %d nodes with pod CIDRs", len(r.svcs), len(r.podCIDRs))
 }
 
 // waitFor polls until ok holds for the recorder (informers deliver in
@@ -106,6 +116,13 @@ func TestRun(t *testing.T) {
 	rec.waitFor(t, "edge-1's pod CIDR", func(r *recorder) bool {
 		return slices.Equal(r.podCIDRs["edge-1"], []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")})
 	})
+	// Synced came once, after what existed at the start was handed over.
+	rec.waitFor(t, "synced", func(r *recorder) bool { return r.synced > 0 })
+	rec.mu.Lock()
+	if rec.synced != 1 || rec.atSync != "1 services, 1 nodes with pod CIDRs" {
+		t.Errorf("Synced called %d times, holding %s at the first; want once, with 1 service and 1 node", rec.synced, rec.atSync)
+	}
+	rec.mu.Unlock()
 
 	// A Service that fails validation is withdrawn, not shipped.
 	bad := kubeService(func(s *corev1.Service) { s.Spec.Ports[0].Protocol = corev1.ProtocolSCTP })

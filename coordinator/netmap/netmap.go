@@ -147,6 +147,9 @@ type Registry struct {
 	// changed (what SavePresence keeps).
 	presenceGen uint64
 	carryTimer  clock.Timer // ends the carry-over; nil if none
+
+	synced     chan struct{} // closed by Synced
+	syncedOnce sync.Once
 }
 
 // New returns an empty registry for the given overlay prefixes.
@@ -159,6 +162,7 @@ func New(prefixes []netip.Prefix) *Registry {
 		kubeNodes: make(map[string][]netip.Prefix),
 		subs:      make(map[*Sub]struct{}),
 		pub:       &pub{},
+		synced:    make(chan struct{}),
 	}
 	r.overlay = prefixes
 	r.policy.Overlay = prefixes
@@ -268,6 +272,13 @@ func (r *Registry) DeleteService(nk string) {
 	delete(r.services, nk)
 	r.serviceChangedLocked(nk)
 }
+
+// Synced records that the Service source has handed over everything it
+// had at its start (svcsource.Sink).
+func (r *Registry) Synced() { r.syncedOnce.Do(func() { close(r.synced) }) }
+
+// SourceSynced is closed once the Service source called Synced.
+func (r *Registry) SourceSynced() <-chan struct{} { return r.synced }
 
 // Services returns the number of Services.
 func (r *Registry) Services() int {

@@ -31,6 +31,10 @@ type Sink interface {
 	// DeleteKubeNode forgets it.
 	SetKubeNode(name string, podCIDRs []netip.Prefix) error
 	DeleteKubeNode(name string)
+	// Synced says the source has handed over everything it had when it
+	// started (called once): until then a map would lack Services and
+	// pod CIDRs that exist, and agents would tear their rules down.
+	Synced()
 }
 
 // Source feeds a Sink until ctx ends.
@@ -167,6 +171,7 @@ func (f *File) Run(ctx context.Context, sink Sink) error {
 	}
 	var lastMod time.Time
 	have := map[string]bool{}
+	synced := false
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -191,6 +196,10 @@ func (f *File) Run(ctx context.Context, sink Sink) error {
 				have = next
 				log.Info("services file loaded", "services", len(svcs))
 			}
+		}
+		if !synced {
+			synced = true
+			sink.Synced() // the first look, whatever it found
 		}
 		select {
 		case <-ctx.Done():
