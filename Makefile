@@ -11,11 +11,19 @@ BINARIES := edgewire-coordinator edgewire-agent edgewire-relay edgewire
 
 .PHONY: all build test unit e2e demo bench proto deps kube helm cni manifests fmt vet clean
 
+# VERSION is stamped into every binary (`version`, edgewire_build_info):
+# the nearest tag and the commits since, or the commit without a tag.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
+DIRTY ?= $(shell test -n "$$(git status --porcelain 2>/dev/null)" && echo true)
+BUILDINFO := github.com/edgewire/edgewire/internal/buildinfo
+LDFLAGS := -X $(BUILDINFO).Version=$(VERSION) -X $(BUILDINFO).Revision=$(REVISION) -X $(BUILDINFO).Dirty=$(DIRTY)
+
 all: build
 
 build:
 	@mkdir -p $(BIN)
-	CGO_ENABLED=0 $(GO) build -o $(BIN)/ $(addprefix ./cmd/,$(BINARIES))
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ $(addprefix ./cmd/,$(BINARIES))
 
 deps:
 	@hack/install-deps.sh

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/edgewire/edgewire/api"
+	"github.com/edgewire/edgewire/internal/buildinfo"
 	"github.com/edgewire/edgewire/node/localapi"
 	"github.com/edgewire/edgewire/types/jointoken"
 )
@@ -86,7 +87,8 @@ func newRoot(g *globals) *cobra.Command {
 	pf.StringVar(&g.caFile, "ca-file", "", "coordinator CA certificate (<data-dir>/pki/ca.crt)")
 	pf.StringVar(&g.serverName, "coordinator-server-name", jointoken.ServerName, "TLS name of the coordinator")
 
-	root.AddCommand(statusCmd(g), servicesCmd(g), pingCmd(g), netcheckCmd(g), tokenCmd(g), nodesCmd(g))
+	root.AddCommand(statusCmd(g), servicesCmd(g), pingCmd(g), netcheckCmd(g), tokenCmd(g), nodesCmd(g), buildinfo.Command("edgewire"))
+	buildinfo.SetVersion(root, "edgewire")
 	return root
 }
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/edgewire/edgewire/internal/buildinfo"
 	"github.com/edgewire/edgewire/internal/logging"
 	"github.com/edgewire/edgewire/node/agent"
 	"github.com/edgewire/edgewire/node/localapi"
@@ -183,7 +184,8 @@ node's identity (--state-dir) is kept; delete it to forget the node.`,
 		},
 	}
 	uninstall.Flags().StringVar(&uninstallConf, "cni-conf-dir", podnet.DefaultConfDir, "where the agent wrote its CNI configuration")
-	root.AddCommand(run, join, uninstall)
+	root.AddCommand(run, join, uninstall, buildinfo.Command("edgewire-agent"))
+	buildinfo.SetVersion(root, "edgewire-agent")
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "edgewire-agent:", err)
 		os.Exit(1)

@@ -18,6 +18,7 @@ import (
 	"github.com/edgewire/edgewire/coordinator/store/kubestore"
 	"github.com/edgewire/edgewire/coordinator/svcsource"
 	"github.com/edgewire/edgewire/dataplane/relay"
+	"github.com/edgewire/edgewire/internal/buildinfo"
 	"github.com/edgewire/edgewire/internal/logging"
 	"github.com/edgewire/edgewire/internal/routeguard"
 )
@@ -159,7 +160,8 @@ func main() {
 	f.StringVar(&cfg.MetricsListen, "metrics-listen", "127.0.0.1:9090", "address for /metrics, /healthz and /readyz (empty: off)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")
-	cmd.AddCommand(migrateCmd(), crdsCmd())
+	cmd.AddCommand(migrateCmd(), crdsCmd(), buildinfo.Command("edgewire-coordinator"))
+	buildinfo.SetVersion(cmd, "edgewire-coordinator")
 	if err := cmd.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "edgewire-coordinator:", err)
 		os.Exit(1)

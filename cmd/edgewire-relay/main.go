@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/edgewire/edgewire/dataplane/relayd"
+	"github.com/edgewire/edgewire/internal/buildinfo"
 	"github.com/edgewire/edgewire/internal/logging"
 )
 
@@ -70,6 +71,8 @@ func main() {
 	f.StringVar(&cfg.MetricsListen, "metrics-listen", cfg.MetricsListen, "address for /metrics, /healthz and /readyz (empty: off)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")
+	cmd.AddCommand(buildinfo.Command("edgewire-relay"))
+	buildinfo.SetVersion(cmd, "edgewire-relay")
 	if err := cmd.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "edgewire-relay:", err)
 		os.Exit(1)

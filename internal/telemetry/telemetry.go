@@ -10,11 +10,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/edgewire/edgewire/internal/buildinfo"
 	"github.com/edgewire/edgewire/internal/httpserve"
 )
 
@@ -32,6 +34,15 @@ func (d *Degraded) Error() string { return "degraded: " + d.Reason }
 func NewRegistry() *prometheus.Registry {
 	r := prometheus.NewRegistry()
 	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	bi := buildinfo.Get()
+	info := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "edgewire_build_info",
+		Help: "The running build: always 1, with the version, VCS revision and Go version as labels.",
+		ConstLabels: prometheus.Labels{"version": bi.Version, "revision": bi.Revision,
+			"modified": strconv.FormatBool(bi.Modified), "goversion": bi.GoVersion},
+	})
+	info.Set(1)
+	r.MustRegister(info)
 	return r
 }
 

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/edgewire/edgewire/internal/buildinfo"
 )
 
 func TestReadyz(t *testing.T) {
@@ -53,4 +55,31 @@ func TestReadyz(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Every daemon's registry says which build runs.
+func TestBuildInfoMetric(t *testing.T) {
+	mfs, err := NewRegistry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bi := buildinfo.Get()
+	for _, mf := range mfs {
+		if mf.GetName() != "edgewire_build_info" {
+			continue
+		}
+		m := mf.GetMetric()
+		if len(m) != 1 || m[0].GetGauge().GetValue() != 1 {
+			t.Fatalf("edgewire_build_info: %v", m)
+		}
+		labels := map[string]string{}
+		for _, l := range m[0].GetLabel() {
+			labels[l.GetName()] = l.GetValue()
+		}
+		if labels["version"] != bi.Version || labels["goversion"] != bi.GoVersion || labels["revision"] != bi.Revision {
+			t.Errorf("labels %v, want the build's %+v", labels, bi)
+		}
+		return
+	}
+	t.Fatal("no edgewire_build_info")
 }
