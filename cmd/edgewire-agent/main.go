@@ -17,6 +17,7 @@ import (
 	"github.com/edgewire/edgewire/internal/buildinfo"
 	"github.com/edgewire/edgewire/internal/logging"
 	"github.com/edgewire/edgewire/node/agent"
+	"github.com/edgewire/edgewire/node/identity"
 	"github.com/edgewire/edgewire/node/localapi"
 	"github.com/edgewire/edgewire/node/podnet"
 	"github.com/edgewire/edgewire/node/svcproxy"
@@ -149,6 +150,12 @@ func main() {
 			if err != nil {
 				return err
 			}
+			// Not while an agent runs on this state dir: it holds the key.
+			lock, err := identity.LockStateDir(cfg.StateDir)
+			if err != nil {
+				return err
+			}
+			defer lock.Close()
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			e, resp, err := agent.Join(ctx, agent.JoinConfig{

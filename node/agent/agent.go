@@ -364,6 +364,13 @@ func RunWith(ctx context.Context, cfg Config, env Env) error {
 	if cfg.MemoryLimit > 0 {
 		debug.SetMemoryLimit(cfg.MemoryLimit)
 	}
+	// One agent per state dir, checked before a token is spent or the
+	// coordinator hears of this key.
+	lock, err := identity.LockStateDir(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
 	nk, err := identity.LoadOrCreateKey(cfg.StateDir)
 	if err != nil {
 		return err
