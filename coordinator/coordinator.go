@@ -185,13 +185,16 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.MetricsListen != "" {
 		g.Go("metrics", func(ctx context.Context) error { return telemetry.Serve(ctx, cfg.MetricsListen, reg, nil, cfg.Logger) })
 	}
-	g.Go("coordinator", func(ctx context.Context) error { return serve(ctx, cfg, st, reg) })
+	g.Go("coordinator", func(ctx context.Context) error { return serve(ctx, cfg, st, reg, nil) })
 	return g.Wait()
 }
 
 // serve runs the coordinator's servers on st until ctx ends, registering
 // their metrics on reg.
-func serve(ctx context.Context, cfg Config, st store.Store, reg prometheus.Registerer) error {
+// serve runs the coordinator on st until ctx ends. serving, if not nil,
+// is called once agents are served (the listener accepts, the Service
+// source has synced): a replica is ready from then on.
+func serve(ctx context.Context, cfg Config, st store.Store, reg prometheus.Registerer, serving func()) error {
 	log := cfg.Logger
 	id, err := tlsIdentity(cfg)
 	if err != nil {
@@ -303,6 +306,9 @@ func serve(ctx context.Context, cfg Config, st store.Store, reg prometheus.Regis
 			// Agents' first maps must have the Services and pod CIDRs
 			// there are, or they tear their rules down until the next.
 			waitSynced(ctx, srv.Registry().SourceSynced(), sourceSyncWait, log)
+		}
+		if serving != nil {
+			serving()
 		}
 		return serveGRPC(ctx, netSrv, ln)
 	})

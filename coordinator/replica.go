@@ -96,7 +96,7 @@ func runReplica(ctx context.Context, cfg Config) error {
 				"Stored objects ignored because they do not decode (edited by hand into nonsense).", func() float64 { return float64(st.Rejected()) })
 			term.set(reg)
 			defer term.set(nil)
-			return serve(ctx, cfg, st, reg)
+			return serve(ctx, cfg, st, reg, term.listening)
 		})
 	})
 	log.Info("coordinator replica started", "identity", r.Identity, "namespace", r.Namespace, "lease", r.LeaseName)
@@ -147,21 +147,30 @@ func registerReplicaMetrics(reg prometheus.Registerer, el *lease.Elector) {
 // termGatherer gathers the current leadership term's registry (none
 // while standing by).
 type termGatherer struct {
-	mu  sync.Mutex
-	reg *prometheus.Registry
+	mu        sync.Mutex
+	reg       *prometheus.Registry
+	accepting bool // the term serves agents (serve's serving callback)
 }
 
 func (t *termGatherer) set(r *prometheus.Registry) {
 	t.mu.Lock()
-	t.reg = r
+	t.reg, t.accepting = r, false
 	t.mu.Unlock()
 }
 
-// serving reports whether a leadership term runs.
+// listening notes that the term serves agents.
+func (t *termGatherer) listening() {
+	t.mu.Lock()
+	t.accepting = t.reg != nil
+	t.mu.Unlock()
+}
+
+// serving reports whether a leadership term runs and serves agents: it
+// loads the store, the saved presence and the Service source first.
 func (t *termGatherer) serving() bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.reg != nil
+	return t.reg != nil && t.accepting
 }
 
 func (t *termGatherer) Gather() ([]*dto.MetricFamily, error) {
