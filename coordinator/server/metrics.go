@@ -16,6 +16,7 @@ type metrics struct {
 	streams      atomic.Int64
 	sigForwarded atomic.Uint64
 	sigDropped   atomic.Uint64
+	sigHeld      atomic.Uint64
 	fullMaps     atomic.Uint64
 	currentMaps  atomic.Uint64
 	patchMaps    atomic.Uint64
@@ -40,6 +41,7 @@ func (s *Server) RegisterMetrics(reg prometheus.Registerer) {
 	telemetry.CounterFunc(reg, "edgewire_coordinator_stored_nodes_rejected_total", "Stored nodes not loaded because they conflict with another (an address held twice).", func() float64 { return float64(m.storeRejects.Load()) })
 	telemetry.GaugeFunc(reg, "edgewire_coordinator_streams", "Authenticated agent streams.", func() float64 { return float64(m.streams.Load()) })
 	telemetry.CounterFunc(reg, "edgewire_coordinator_signals_forwarded_total", "Sealed signals forwarded between nodes.", func() float64 { return float64(m.sigForwarded.Load()) })
+	telemetry.CounterFunc(reg, "edgewire_coordinator_signals_held_total", "Signals held for a node not connected, delivered if it connects within 8 s.", func() float64 { return float64(m.sigHeld.Load()) })
 	telemetry.CounterFunc(reg, "edgewire_coordinator_signals_dropped_total", "Signals dropped (malformed, rate limited, recipient away).", func() float64 { return float64(m.sigDropped.Load()) })
 	telemetry.Labelled(reg, "edgewire_coordinator_first_maps_total", "First network maps sent on new streams: full; current (the agent already held this map: it reconnected to another replica or after a restart); or patch (it held this map but for a few node buckets).", prometheus.CounterValue, []string{"kind"},
 		func(emit func(float64, ...string)) {

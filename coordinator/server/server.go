@@ -438,6 +438,11 @@ func (s *Server) Connect(stream api.Control_ConnectServer) error {
 					continue
 				}
 				if !s.signals.forward(nk, to, m.Signal.GetNonce(), m.Signal.GetSealed()) {
+					if _, _, known := s.reg.Node(to); known && s.signals.hold(nk, to, m.Signal.GetNonce(), m.Signal.GetSealed()) {
+						s.m.sigHeld.Add(1)
+						log.Debug("signal held for a recipient not connected yet", "to", to)
+						continue
+					}
 					s.m.sigDropped.Add(1)
 					log.Debug("signal recipient not connected or busy", "to", to)
 					continue

@@ -2,6 +2,7 @@ package server
 
 import (
 	"sync"
+	"time"
 
 	"golang.org/x/time/rate"
 
@@ -18,16 +19,32 @@ const (
 	signalBurst    = 200
 	signalKeyBytes = 32
 	signalNonce    = 24
+	// Signals for a registered node with no stream are held this long,
+	// at most signalHeldPerKey per recipient and signalHeldMax in all,
+	// and delivered when it connects: after a coordinator restart or
+	// failover nodes come back seconds apart, and the first session
+	// offer of one that came back early would otherwise be lost, its
+	// ICE session waiting out its 10 s timeout.
+	signalHold       = 8 * time.Second
+	signalHeldPerKey = 16
+	signalHeldMax    = 8192
 )
 
 // signalRouter delivers sealed signals to the streams of their recipient.
 type signalRouter struct {
-	mu      sync.Mutex // guards streams
+	mu      sync.Mutex // guards everything below
 	streams map[key.Public]map[chan *api.Signal]struct{}
+	held    map[key.Public][]heldSignal // for recipients with no stream
+	nHeld   int
+}
+
+type heldSignal struct {
+	sig *api.Signal
+	at  time.Time
 }
 
 func newSignalRouter() *signalRouter {
-	return &signalRouter{streams: make(map[key.Public]map[chan *api.Signal]struct{})}
+	return &signalRouter{streams: make(map[key.Public]map[chan *api.Signal]struct{}), held: map[key.Public][]heldSignal{}}
 }
 
 // attach registers a stream of key and returns its inbox.
@@ -39,7 +56,44 @@ func (r *signalRouter) attach(nk key.Public) chan *api.Signal {
 		r.streams[nk] = make(map[chan *api.Signal]struct{})
 	}
 	r.streams[nk][ch] = struct{}{}
+	now := time.Now()
+	for _, h := range r.held[nk] {
+		if now.Sub(h.at) <= signalHold {
+			select {
+			case ch <- h.sig:
+			default:
+			}
+		}
+	}
+	r.nHeld -= len(r.held[nk])
+	delete(r.held, nk)
 	return ch
+}
+
+// hold keeps a signal for a recipient that has no stream now, to be
+// delivered when it attaches; false if the bounds leave no room.
+func (r *signalRouter) hold(from, to key.Public, nonce, sealed []byte) bool {
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.streams[to]) > 0 {
+		return false // attached meanwhile: the sender's retry reaches it
+	}
+	if r.nHeld >= signalHeldMax {
+		for k, q := range r.held { // drop what has expired
+			if now.Sub(q[len(q)-1].at) > signalHold {
+				r.nHeld -= len(q)
+				delete(r.held, k)
+			}
+		}
+	}
+	q := r.held[to]
+	if r.nHeld >= signalHeldMax || len(q) >= signalHeldPerKey {
+		return false
+	}
+	r.held[to] = append(q, heldSignal{sig: &api.Signal{PeerKey: from[:], Nonce: nonce, Sealed: sealed}, at: now})
+	r.nHeld++
+	return true
 }
 
 func (r *signalRouter) detach(nk key.Public, ch chan *api.Signal) {

@@ -66,3 +66,49 @@ func TestValidSignal(t *testing.T) {
 		})
 	}
 }
+
+// Signals for a node with no stream are held and delivered, in order,
+// when it attaches; bounded per recipient and in all; none for a node
+// that has a stream (forward's business).
+func TestSignalHold(t *testing.T) {
+	var a, b, c key.Public
+	a[0], b[0], c[0] = 1, 2, 3
+	r := newSignalRouter()
+	for i := range signalHeldPerKey + 3 {
+		ok := r.hold(a, b, make([]byte, 24), []byte{byte(i)})
+		if want := i < signalHeldPerKey; ok != want {
+			t.Fatalf("hold %d: %v, want %v", i, ok, want)
+		}
+	}
+	in := r.attach(b)
+	for i := range signalHeldPerKey {
+		select {
+		case s := <-in:
+			if s.GetSealed()[0] != byte(i) || key.Public(s.GetPeerKey()) != a {
+				t.Fatalf("held signal %d: %x from %x", i, s.GetSealed(), s.GetPeerKey())
+			}
+		default:
+			t.Fatalf("only %d held signals delivered on attach, want %d", i, signalHeldPerKey)
+		}
+	}
+	if r.nHeld != 0 || len(r.held) != 0 {
+		t.Errorf("after delivery: %d held for %d keys, want none", r.nHeld, len(r.held))
+	}
+	if r.hold(a, b, make([]byte, 24), []byte("x")) {
+		t.Error("held a signal for a node with a stream")
+	}
+	// In all: at most signalHeldMax.
+	r2 := newSignalRouter()
+	held := 0
+	for i := range signalHeldMax + 100 {
+		var to key.Public
+		to[0], to[1], to[2] = byte(i>>16), byte(i>>8), byte(i)
+		to[3] = 9
+		if r2.hold(c, to, make([]byte, 24), []byte("x")) {
+			held++
+		}
+	}
+	if held != signalHeldMax {
+		t.Errorf("held %d in all, want %d", held, signalHeldMax)
+	}
+}

@@ -370,7 +370,11 @@ func (m *Manager) SetSTUN(servers []string) {
 // Reconnected tells the manager the coordinator is reachable again:
 // sessions that failed for want of signalling during the outage start
 // again at once for every peer not on a confirmed direct path, without
-// the backoff the outage built up.
+// the backoff the outage built up. A peer this node had a direct path
+// to counts as active even if no packet came since (lazy ICE would wait
+// for one): the pair was direct before the outage and should be again,
+// and after a coordinator restart that carried presence over, no peer
+// comes online in the map to prompt it.
 func (m *Manager) Reconnected() {
 	m.post(func() {
 		now := m.cfg.Now()
@@ -380,6 +384,9 @@ func (m *Manager) Reconnected() {
 			}
 			p.m.Reset(now)
 			p.requestGap, p.lastRequest = 0, time.Time{}
+			if ep, _ := p.m.LastDirect(); ep.IsValid() {
+				p.lastActive = now
+			}
 		}
 	})
 }
@@ -526,7 +533,11 @@ func (m *Manager) tickLocked() {
 		}
 		if p.controlling {
 			if err := m.offer(p, now); err != nil {
-				m.log.Warn("start ICE session", "peer", p.nk, "err", err)
+				lvl := slog.LevelWarn
+				if errors.Is(err, errOfferNotSent) {
+					lvl = slog.LevelDebug // the coordinator is away: Reconnected starts again
+				}
+				m.log.Log(context.Background(), lvl, "start ICE session", "peer", p.nk, "err", err)
 				p.m.Started(now)
 				p.m.Failed(now)
 			}
@@ -672,9 +683,17 @@ func (m *Manager) offer(p *peer, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	m.send(p, &api.SignalPayload{Kind: api.SignalPayload_KIND_OFFER, Session: s.id, Ufrag: ufrag, Pwd: pwd})
+	if !m.send(p, &api.SignalPayload{Kind: api.SignalPayload_KIND_OFFER, Session: s.id, Ufrag: ufrag, Pwd: pwd}) {
+		// No coordinator to carry it: the session cannot start, and left
+		// checking it would ignore the peer's requests until its timeout.
+		m.closeSession(p)
+		return errOfferNotSent
+	}
 	return s.agent.GatherCandidates()
 }
+
+// errOfferNotSent: the offer did not leave (no coordinator stream).
+var errOfferNotSent = errors.New("offer not sent: no coordinator stream")
 
 func (m *Manager) closeSession(p *peer) {
 	if p.s == nil {
@@ -731,18 +750,21 @@ func candidateInfo(c ice.Candidate) (*CandidateInfo, bool) {
 	return &CandidateInfo{Type: c.Type().String(), Address: netip.AddrPortFrom(a.Unmap(), uint16(c.Port()))}, true
 }
 
-func (m *Manager) send(p *peer, pl *api.SignalPayload) {
+// send seals pl for p and hands it to the coordinator stream; false if
+// it did not leave.
+func (m *Manager) send(p *peer, pl *api.SignalPayload) bool {
 	pl.SentUnixMs = m.cfg.Now().UnixMilli()
 	sig, err := Seal(pl, p.nk, m.cfg.PrivateKey)
 	if err != nil {
 		m.log.Warn("seal signal", "err", err)
-		return
+		return false
 	}
 	if m.cfg.Send(sig) {
 		m.signals.SignalsOut++
-	} else {
-		m.signals.SignalsDropped++
+		return true
 	}
+	m.signals.SignalsDropped++
+	return false
 }
 
 func (m *Manager) handleSignal(sig Signal) {

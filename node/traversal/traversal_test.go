@@ -8,10 +8,12 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/edgewire/edgewire/api"
+	"github.com/edgewire/edgewire/node/pathsel"
 	"github.com/edgewire/edgewire/types/key"
 )
 
@@ -263,4 +265,32 @@ func TestSignalBeforeMap(t *testing.T) {
 		r.fromPeer(t, offer)
 	}
 	waitCounters(t, r.m, time.Second, func(c Counters) bool { return c.SignalsHeld == maxHeldPerKey && c.SignalsDropped == 5 })
+}
+
+// An offer that cannot leave (no coordinator stream) fails its session at
+// once: left checking, the session would ignore the peer's requests for
+// a session until its timeout. Once the stream is back (Reconnected) the
+// next offer goes out at once.
+func TestOfferNotSent(t *testing.T) {
+	var down atomic.Bool
+	down.Store(true)
+	r := newLazyRigWith(t, true, func(c *Config) {
+		send := c.Send
+		c.Send = func(s Signal) bool {
+			if down.Load() {
+				return false
+			}
+			return send(s)
+		}
+	})
+	r.m.SetPeers([]Peer{{Key: r.peerPub, Online: true}}) // no relay: ICE at once
+	waitCounters(t, r.m, 2*time.Second, func(c Counters) bool { return c.SignalsDropped > 0 })
+	if st, _ := r.m.Status(r.peerPub); st.State == pathsel.Checking {
+		t.Fatalf("a session whose offer did not leave is %v", st.State)
+	}
+	down.Store(false)
+	r.m.Reconnected()
+	if got := r.next(time.Second); got != api.SignalPayload_KIND_OFFER {
+		t.Fatalf("after the stream is back: got %v, want an offer at once", got)
+	}
 }
