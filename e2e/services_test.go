@@ -789,7 +789,7 @@ func httpGet(h *lab.Host, url string) (string, error) {
 		return "", err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20)) // a metrics page runs to tens of kB
 	if err != nil {
 		return "", err
 	}
