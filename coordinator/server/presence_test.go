@@ -42,13 +42,8 @@ func TestResumeOnNextCoordinator(t *testing.T) {
 	}
 
 	// The next coordinator: same store, its own registry and versions.
-	next, err := New(context.Background(), Config{Store: e.store, Prefixes: e.srv.cfg.Prefixes, CAPin: e.srv.cfg.CAPin,
-		Clock: e.clock, MapInterval: -1, PresenceGrace: time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc := serve(t, next)
-	e2 := &env{srv: next, store: e.store, clock: e.clock, conn: cc, control: api.NewControlClient(cc), admin: api.NewAdminClient(cc)}
+	e2 := e.next(t, context.Background(), func(c *Config) { c.PresenceGrace = time.Minute })
+	next := e2.srv
 	if n := next.Registry().Carried(); n != 2 {
 		t.Fatalf("the next coordinator carries %d nodes, want 2 (a and b)", n)
 	}
@@ -102,13 +97,8 @@ func TestCarryGraceAndAge(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := func(age time.Duration) (*Server, *env) {
-		next, err := New(context.Background(), Config{Store: e.store, Prefixes: e.srv.cfg.Prefixes, CAPin: e.srv.cfg.CAPin,
-			Clock: e.clock, MapInterval: -1, PresenceGrace: 30 * time.Second, PresenceMaxAge: age})
-		if err != nil {
-			t.Fatal(err)
-		}
-		cc := serve(t, next)
-		return next, &env{srv: next, store: e.store, clock: e.clock, conn: cc, control: api.NewControlClient(cc), admin: api.NewAdminClient(cc)}
+		e2 := e.next(t, context.Background(), func(c *Config) { c.PresenceGrace, c.PresenceMaxAge = 30*time.Second, age })
+		return e2.srv, e2
 	}
 	e.clock.Advance(10 * time.Second)
 	if old, _ := start(5 * time.Second); old.Registry().Carried() != 0 {
@@ -145,12 +135,8 @@ func TestFinalSaveOnStop(t *testing.T) {
 
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
-	srv, err := New(ctx, Config{Store: e.store, Prefixes: e.srv.cfg.Prefixes, CAPin: e.srv.cfg.CAPin, Clock: e.clock, MapInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc := serve(t, srv)
-	e2 := &env{srv: srv, store: e.store, clock: e.clock, conn: cc, control: api.NewControlClient(cc), admin: api.NewAdminClient(cc)}
+	e2 := e.next(t, ctx, nil)
+	srv := e2.srv
 	sa := e2.connect(t, a, "192.0.2.1:51820")
 	sa.next(t)
 	kept := make(chan error, 1)
@@ -217,13 +203,8 @@ func TestPatchAfterCrash(t *testing.T) {
 		t.Fatalf("a's map: digest %x, own sums %v; want the registry's digest %x and sums", state.Digest, state.Buckets() != nil, e.srv.Registry().Digest())
 	}
 
-	next, err := New(context.Background(), Config{Store: e.store, Prefixes: e.srv.cfg.Prefixes, CAPin: e.srv.cfg.CAPin,
-		Clock: e.clock, MapInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc := serve(t, next)
-	e2 := &env{srv: next, store: e.store, clock: e.clock, conn: cc, control: api.NewControlClient(cc), admin: api.NewAdminClient(cc)}
+	e2 := e.next(t, context.Background(), nil)
+	next := e2.srv
 	h := hello(a, "192.0.2.1:51820")
 	h.MapDigest, h.MapBuckets = state.Digest, state.Buckets()
 	m := e2.connectHello(t, a, h).next(t)
@@ -246,4 +227,21 @@ func TestPatchAfterCrash(t *testing.T) {
 			t.Fatalf("patch maps sent: %d, want 1", next.m.patchMaps.Load())
 		}
 	}
+}
+
+// next starts the next coordinator on e's store and clock (a restart, or
+// another replica taking over), with cfg changed by mod, served until
+// the test ends; ctx is its life (New's).
+func (e *env) next(t *testing.T, ctx context.Context, mod func(*Config)) *env {
+	t.Helper()
+	cfg := Config{Store: e.store, Prefixes: e.srv.cfg.Prefixes, CAPin: e.srv.cfg.CAPin, Clock: e.clock, MapInterval: -1}
+	if mod != nil {
+		mod(&cfg)
+	}
+	srv, err := New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := serve(t, srv)
+	return &env{srv: srv, store: e.store, clock: e.clock, conn: cc, control: api.NewControlClient(cc), admin: api.NewAdminClient(cc)}
 }

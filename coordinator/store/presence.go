@@ -41,6 +41,9 @@ type PresenceKeeper interface {
 // the address and the port (big-endian).
 const (
 	presenceFormat = 1
+	// PresenceHeaderLen is the format byte and the save time: what
+	// follows is the presence itself.
+	PresenceHeaderLen = 9
 	// MaxPresenceEndpoints bounds the endpoints kept per node.
 	MaxPresenceEndpoints = 32
 )
@@ -53,7 +56,7 @@ func EncodePresence(p Presence, at time.Time) []byte {
 		keys = append(keys, k)
 	}
 	slices.SortFunc(keys, func(a, b key.Public) int { return bytes.Compare(a[:], b[:]) })
-	b := make([]byte, 0, 9+len(p)*(33+2*7))
+	b := make([]byte, 0, PresenceHeaderLen+len(p)*(33+2*7))
 	b = append(b, presenceFormat)
 	b = binary.BigEndian.AppendUint64(b, uint64(at.UnixMilli()))
 	for _, k := range keys {
@@ -82,11 +85,11 @@ var ErrBadPresence = errors.New("not a saved presence")
 // not decode whole (truncated, trailing, a bad length, a key twice)
 // add nothing.
 func DecodePresence(b []byte, into Presence) (time.Time, error) {
-	if len(b) < 9 || b[0] != presenceFormat {
+	if len(b) < PresenceHeaderLen || b[0] != presenceFormat {
 		return time.Time{}, fmt.Errorf("%w: bad header", ErrBadPresence)
 	}
-	at := time.UnixMilli(int64(binary.BigEndian.Uint64(b[1:9])))
-	b = b[9:]
+	at := time.UnixMilli(int64(binary.BigEndian.Uint64(b[1:PresenceHeaderLen])))
+	b = b[PresenceHeaderLen:]
 	got := Presence{}
 	for len(b) > 0 {
 		if len(b) < 33 {

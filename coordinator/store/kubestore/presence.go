@@ -62,7 +62,7 @@ func (s *Store) SavePresence(ctx context.Context, p store.Presence, at time.Time
 	defer ps.mu.Unlock()
 	for i, sh := range shards {
 		b := store.EncodePresence(sh, at)
-		content := b[9:] // without the format and the save time
+		content := b[store.PresenceHeaderLen:] // the presence, without its save time
 		if bytes.Equal(content, ps.content[i]) && at.Sub(ps.written[i]) < presenceRewrite {
 			continue
 		}
