@@ -17,6 +17,7 @@ import (
 const (
 	AuthJoin    = "join"
 	AuthConnect = "connect"
+	AuthUpdate  = "update"
 )
 
 // ChallengeNonceLen is the length of Challenge.nonce.

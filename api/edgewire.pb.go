@@ -130,7 +130,7 @@ func (x SignalPayload_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SignalPayload_Kind.Descriptor instead.
 func (SignalPayload_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{6, 0}
+	return file_edgewire_proto_rawDescGZIP(), []int{7, 0}
 }
 
 type JoinRequest struct {
@@ -220,6 +220,84 @@ func (x *JoinRequest) GetKubernetesToken() string {
 	return ""
 }
 
+// UpdateRequest is what the node wants changed; what it leaves unset is
+// kept as registered.
+type UpdateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SetName       bool                   `protobuf:"varint,1,opt,name=set_name,json=setName,proto3" json:"set_name,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"` // with set_name; empty: the default (Kubernetes node or hostname)
+	SetRoutes     bool                   `protobuf:"varint,3,opt,name=set_routes,json=setRoutes,proto3" json:"set_routes,omitempty"`
+	Routes        []string               `protobuf:"bytes,4,rep,name=routes,proto3" json:"routes,omitempty"`     // with set_routes: the full list (empty: none)
+	Hostname      string                 `protobuf:"bytes,5,opt,name=hostname,proto3" json:"hostname,omitempty"` // empty: kept
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateRequest) Reset() {
+	*x = UpdateRequest{}
+	mi := &file_edgewire_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateRequest) ProtoMessage() {}
+
+func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_edgewire_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateRequest.ProtoReflect.Descriptor instead.
+func (*UpdateRequest) Descriptor() ([]byte, []int) {
+	return file_edgewire_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *UpdateRequest) GetSetName() bool {
+	if x != nil {
+		return x.SetName
+	}
+	return false
+}
+
+func (x *UpdateRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *UpdateRequest) GetSetRoutes() bool {
+	if x != nil {
+		return x.SetRoutes
+	}
+	return false
+}
+
+func (x *UpdateRequest) GetRoutes() []string {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+func (x *UpdateRequest) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
 type JoinResponse struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Self            *Node                  `protobuf:"bytes,1,opt,name=self,proto3" json:"self,omitempty"`
@@ -233,7 +311,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_edgewire_proto_msgTypes[1]
+	mi := &file_edgewire_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -245,7 +323,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[1]
+	mi := &file_edgewire_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -258,7 +336,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{1}
+	return file_edgewire_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *JoinResponse) GetSelf() *Node {
@@ -292,6 +370,7 @@ type ClientMessage struct {
 	//	*ClientMessage_MapRequest
 	//	*ClientMessage_Signal
 	//	*ClientMessage_Join
+	//	*ClientMessage_Update
 	Msg           isClientMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -299,7 +378,7 @@ type ClientMessage struct {
 
 func (x *ClientMessage) Reset() {
 	*x = ClientMessage{}
-	mi := &file_edgewire_proto_msgTypes[2]
+	mi := &file_edgewire_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -311,7 +390,7 @@ func (x *ClientMessage) String() string {
 func (*ClientMessage) ProtoMessage() {}
 
 func (x *ClientMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[2]
+	mi := &file_edgewire_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -324,7 +403,7 @@ func (x *ClientMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientMessage.ProtoReflect.Descriptor instead.
 func (*ClientMessage) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{2}
+	return file_edgewire_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ClientMessage) GetMsg() isClientMessage_Msg {
@@ -388,6 +467,15 @@ func (x *ClientMessage) GetJoin() *JoinRequest {
 	return nil
 }
 
+func (x *ClientMessage) GetUpdate() *UpdateRequest {
+	if x != nil {
+		if x, ok := x.Msg.(*ClientMessage_Update); ok {
+			return x.Update
+		}
+	}
+	return nil
+}
+
 type isClientMessage_Msg interface {
 	isClientMessage_Msg()
 }
@@ -416,6 +504,10 @@ type ClientMessage_Join struct {
 	Join *JoinRequest `protobuf:"bytes,6,opt,name=join,proto3,oneof"` // on Join, after AuthProof
 }
 
+type ClientMessage_Update struct {
+	Update *UpdateRequest `protobuf:"bytes,7,opt,name=update,proto3,oneof"` // on Update, after AuthProof
+}
+
 func (*ClientMessage_Hello) isClientMessage_Msg() {}
 
 func (*ClientMessage_Proof) isClientMessage_Msg() {}
@@ -427,6 +519,8 @@ func (*ClientMessage_MapRequest) isClientMessage_Msg() {}
 func (*ClientMessage_Signal) isClientMessage_Msg() {}
 
 func (*ClientMessage_Join) isClientMessage_Msg() {}
+
+func (*ClientMessage_Update) isClientMessage_Msg() {}
 
 type ServerMessage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -444,7 +538,7 @@ type ServerMessage struct {
 
 func (x *ServerMessage) Reset() {
 	*x = ServerMessage{}
-	mi := &file_edgewire_proto_msgTypes[3]
+	mi := &file_edgewire_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -456,7 +550,7 @@ func (x *ServerMessage) String() string {
 func (*ServerMessage) ProtoMessage() {}
 
 func (x *ServerMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[3]
+	mi := &file_edgewire_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -469,7 +563,7 @@ func (x *ServerMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerMessage.ProtoReflect.Descriptor instead.
 func (*ServerMessage) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{3}
+	return file_edgewire_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ServerMessage) GetMsg() isServerMessage_Msg {
@@ -545,7 +639,7 @@ type ServerMessage_RelayTicket struct {
 }
 
 type ServerMessage_Joined struct {
-	Joined *JoinResponse `protobuf:"bytes,5,opt,name=joined,proto3,oneof"` // on Join
+	Joined *JoinResponse `protobuf:"bytes,5,opt,name=joined,proto3,oneof"` // on Join and Update
 }
 
 func (*ServerMessage_Challenge) isServerMessage_Msg() {}
@@ -572,7 +666,7 @@ type RelayTicket struct {
 
 func (x *RelayTicket) Reset() {
 	*x = RelayTicket{}
-	mi := &file_edgewire_proto_msgTypes[4]
+	mi := &file_edgewire_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -584,7 +678,7 @@ func (x *RelayTicket) String() string {
 func (*RelayTicket) ProtoMessage() {}
 
 func (x *RelayTicket) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[4]
+	mi := &file_edgewire_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -597,7 +691,7 @@ func (x *RelayTicket) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayTicket.ProtoReflect.Descriptor instead.
 func (*RelayTicket) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{4}
+	return file_edgewire_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RelayTicket) GetTicket() []byte {
@@ -633,7 +727,7 @@ type Signal struct {
 
 func (x *Signal) Reset() {
 	*x = Signal{}
-	mi := &file_edgewire_proto_msgTypes[5]
+	mi := &file_edgewire_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -645,7 +739,7 @@ func (x *Signal) String() string {
 func (*Signal) ProtoMessage() {}
 
 func (x *Signal) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[5]
+	mi := &file_edgewire_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -658,7 +752,7 @@ func (x *Signal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Signal.ProtoReflect.Descriptor instead.
 func (*Signal) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{5}
+	return file_edgewire_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Signal) GetPeerKey() []byte {
@@ -697,7 +791,7 @@ type SignalPayload struct {
 
 func (x *SignalPayload) Reset() {
 	*x = SignalPayload{}
-	mi := &file_edgewire_proto_msgTypes[6]
+	mi := &file_edgewire_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -709,7 +803,7 @@ func (x *SignalPayload) String() string {
 func (*SignalPayload) ProtoMessage() {}
 
 func (x *SignalPayload) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[6]
+	mi := &file_edgewire_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -722,7 +816,7 @@ func (x *SignalPayload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalPayload.ProtoReflect.Descriptor instead.
 func (*SignalPayload) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{6}
+	return file_edgewire_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SignalPayload) GetKind() SignalPayload_Kind {
@@ -795,7 +889,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_edgewire_proto_msgTypes[7]
+	mi := &file_edgewire_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -807,7 +901,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[7]
+	mi := &file_edgewire_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -820,7 +914,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{7}
+	return file_edgewire_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Hello) GetPublicKey() []byte {
@@ -884,7 +978,7 @@ type Challenge struct {
 
 func (x *Challenge) Reset() {
 	*x = Challenge{}
-	mi := &file_edgewire_proto_msgTypes[8]
+	mi := &file_edgewire_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -896,7 +990,7 @@ func (x *Challenge) String() string {
 func (*Challenge) ProtoMessage() {}
 
 func (x *Challenge) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[8]
+	mi := &file_edgewire_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -909,7 +1003,7 @@ func (x *Challenge) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Challenge.ProtoReflect.Descriptor instead.
 func (*Challenge) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{8}
+	return file_edgewire_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Challenge) GetEphemeralPublicKey() []byte {
@@ -941,7 +1035,7 @@ type AuthProof struct {
 
 func (x *AuthProof) Reset() {
 	*x = AuthProof{}
-	mi := &file_edgewire_proto_msgTypes[9]
+	mi := &file_edgewire_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -953,7 +1047,7 @@ func (x *AuthProof) String() string {
 func (*AuthProof) ProtoMessage() {}
 
 func (x *AuthProof) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[9]
+	mi := &file_edgewire_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -966,7 +1060,7 @@ func (x *AuthProof) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthProof.ProtoReflect.Descriptor instead.
 func (*AuthProof) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{9}
+	return file_edgewire_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AuthProof) GetMac() []byte {
@@ -985,7 +1079,7 @@ type EndpointUpdate struct {
 
 func (x *EndpointUpdate) Reset() {
 	*x = EndpointUpdate{}
-	mi := &file_edgewire_proto_msgTypes[10]
+	mi := &file_edgewire_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -997,7 +1091,7 @@ func (x *EndpointUpdate) String() string {
 func (*EndpointUpdate) ProtoMessage() {}
 
 func (x *EndpointUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[10]
+	mi := &file_edgewire_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1010,7 +1104,7 @@ func (x *EndpointUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointUpdate.ProtoReflect.Descriptor instead.
 func (*EndpointUpdate) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{10}
+	return file_edgewire_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *EndpointUpdate) GetEndpoints() []string {
@@ -1029,7 +1123,7 @@ type MapRequest struct {
 
 func (x *MapRequest) Reset() {
 	*x = MapRequest{}
-	mi := &file_edgewire_proto_msgTypes[11]
+	mi := &file_edgewire_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1041,7 +1135,7 @@ func (x *MapRequest) String() string {
 func (*MapRequest) ProtoMessage() {}
 
 func (x *MapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[11]
+	mi := &file_edgewire_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1054,7 +1148,7 @@ func (x *MapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MapRequest.ProtoReflect.Descriptor instead.
 func (*MapRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{11}
+	return file_edgewire_proto_rawDescGZIP(), []int{12}
 }
 
 // NetworkMap is either a full map (full = true: peers lists every node and
@@ -1108,7 +1202,7 @@ type NetworkMap struct {
 
 func (x *NetworkMap) Reset() {
 	*x = NetworkMap{}
-	mi := &file_edgewire_proto_msgTypes[12]
+	mi := &file_edgewire_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1120,7 +1214,7 @@ func (x *NetworkMap) String() string {
 func (*NetworkMap) ProtoMessage() {}
 
 func (x *NetworkMap) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[12]
+	mi := &file_edgewire_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1133,7 +1227,7 @@ func (x *NetworkMap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkMap.ProtoReflect.Descriptor instead.
 func (*NetworkMap) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{12}
+	return file_edgewire_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *NetworkMap) GetVersion() uint64 {
@@ -1258,7 +1352,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_edgewire_proto_msgTypes[13]
+	mi := &file_edgewire_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1270,7 +1364,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[13]
+	mi := &file_edgewire_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1283,7 +1377,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{13}
+	return file_edgewire_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Service) GetNamespace() string {
@@ -1346,7 +1440,7 @@ type ServicePort struct {
 
 func (x *ServicePort) Reset() {
 	*x = ServicePort{}
-	mi := &file_edgewire_proto_msgTypes[14]
+	mi := &file_edgewire_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1358,7 +1452,7 @@ func (x *ServicePort) String() string {
 func (*ServicePort) ProtoMessage() {}
 
 func (x *ServicePort) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[14]
+	mi := &file_edgewire_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1371,7 +1465,7 @@ func (x *ServicePort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServicePort.ProtoReflect.Descriptor instead.
 func (*ServicePort) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{14}
+	return file_edgewire_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ServicePort) GetName() string {
@@ -1410,7 +1504,7 @@ type ServiceEndpoint struct {
 
 func (x *ServiceEndpoint) Reset() {
 	*x = ServiceEndpoint{}
-	mi := &file_edgewire_proto_msgTypes[15]
+	mi := &file_edgewire_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1422,7 +1516,7 @@ func (x *ServiceEndpoint) String() string {
 func (*ServiceEndpoint) ProtoMessage() {}
 
 func (x *ServiceEndpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[15]
+	mi := &file_edgewire_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1435,7 +1529,7 @@ func (x *ServiceEndpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceEndpoint.ProtoReflect.Descriptor instead.
 func (*ServiceEndpoint) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{15}
+	return file_edgewire_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ServiceEndpoint) GetAddresses() []string {
@@ -1489,7 +1583,7 @@ type RelayRegion struct {
 
 func (x *RelayRegion) Reset() {
 	*x = RelayRegion{}
-	mi := &file_edgewire_proto_msgTypes[16]
+	mi := &file_edgewire_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1501,7 +1595,7 @@ func (x *RelayRegion) String() string {
 func (*RelayRegion) ProtoMessage() {}
 
 func (x *RelayRegion) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[16]
+	mi := &file_edgewire_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1514,7 +1608,7 @@ func (x *RelayRegion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayRegion.ProtoReflect.Descriptor instead.
 func (*RelayRegion) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{16}
+	return file_edgewire_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RelayRegion) GetId() uint32 {
@@ -1571,7 +1665,7 @@ type StunServer struct {
 
 func (x *StunServer) Reset() {
 	*x = StunServer{}
-	mi := &file_edgewire_proto_msgTypes[17]
+	mi := &file_edgewire_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1583,7 +1677,7 @@ func (x *StunServer) String() string {
 func (*StunServer) ProtoMessage() {}
 
 func (x *StunServer) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[17]
+	mi := &file_edgewire_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1596,7 +1690,7 @@ func (x *StunServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StunServer.ProtoReflect.Descriptor instead.
 func (*StunServer) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{17}
+	return file_edgewire_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StunServer) GetHost() string {
@@ -1640,7 +1734,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_edgewire_proto_msgTypes[18]
+	mi := &file_edgewire_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1652,7 +1746,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[18]
+	mi := &file_edgewire_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1665,7 +1759,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{18}
+	return file_edgewire_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Node) GetPublicKey() []byte {
@@ -1765,7 +1859,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_edgewire_proto_msgTypes[19]
+	mi := &file_edgewire_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1777,7 +1871,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[19]
+	mi := &file_edgewire_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1790,7 +1884,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{19}
+	return file_edgewire_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CreateTokenRequest) GetTtlSeconds() int64 {
@@ -1845,7 +1939,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_edgewire_proto_msgTypes[20]
+	mi := &file_edgewire_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1857,7 +1951,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[20]
+	mi := &file_edgewire_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1870,7 +1964,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{20}
+	return file_edgewire_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CreateTokenResponse) GetToken() string {
@@ -1905,7 +1999,7 @@ type TokenInfo struct {
 
 func (x *TokenInfo) Reset() {
 	*x = TokenInfo{}
-	mi := &file_edgewire_proto_msgTypes[21]
+	mi := &file_edgewire_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1917,7 +2011,7 @@ func (x *TokenInfo) String() string {
 func (*TokenInfo) ProtoMessage() {}
 
 func (x *TokenInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[21]
+	mi := &file_edgewire_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1930,7 +2024,7 @@ func (x *TokenInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenInfo.ProtoReflect.Descriptor instead.
 func (*TokenInfo) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{21}
+	return file_edgewire_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *TokenInfo) GetId() string {
@@ -2011,7 +2105,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_edgewire_proto_msgTypes[22]
+	mi := &file_edgewire_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2023,7 +2117,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[22]
+	mi := &file_edgewire_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2036,7 +2130,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{22}
+	return file_edgewire_proto_rawDescGZIP(), []int{23}
 }
 
 type ListTokensResponse struct {
@@ -2048,7 +2142,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_edgewire_proto_msgTypes[23]
+	mi := &file_edgewire_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2060,7 +2154,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[23]
+	mi := &file_edgewire_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2073,7 +2167,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{23}
+	return file_edgewire_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListTokensResponse) GetTokens() []*TokenInfo {
@@ -2092,7 +2186,7 @@ type RevokeTokenRequest struct {
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_edgewire_proto_msgTypes[24]
+	mi := &file_edgewire_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2104,7 +2198,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[24]
+	mi := &file_edgewire_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2117,7 +2211,7 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{24}
+	return file_edgewire_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RevokeTokenRequest) GetId() string {
@@ -2135,7 +2229,7 @@ type RevokeTokenResponse struct {
 
 func (x *RevokeTokenResponse) Reset() {
 	*x = RevokeTokenResponse{}
-	mi := &file_edgewire_proto_msgTypes[25]
+	mi := &file_edgewire_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2147,7 +2241,7 @@ func (x *RevokeTokenResponse) String() string {
 func (*RevokeTokenResponse) ProtoMessage() {}
 
 func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[25]
+	mi := &file_edgewire_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2160,7 +2254,7 @@ func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{25}
+	return file_edgewire_proto_rawDescGZIP(), []int{26}
 }
 
 type ListNodesRequest struct {
@@ -2171,7 +2265,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_edgewire_proto_msgTypes[26]
+	mi := &file_edgewire_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2183,7 +2277,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[26]
+	mi := &file_edgewire_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2196,7 +2290,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{26}
+	return file_edgewire_proto_rawDescGZIP(), []int{27}
 }
 
 type ListNodesResponse struct {
@@ -2208,7 +2302,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_edgewire_proto_msgTypes[27]
+	mi := &file_edgewire_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2220,7 +2314,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[27]
+	mi := &file_edgewire_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2233,7 +2327,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{27}
+	return file_edgewire_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -2252,7 +2346,7 @@ type DeleteNodeRequest struct {
 
 func (x *DeleteNodeRequest) Reset() {
 	*x = DeleteNodeRequest{}
-	mi := &file_edgewire_proto_msgTypes[28]
+	mi := &file_edgewire_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2264,7 +2358,7 @@ func (x *DeleteNodeRequest) String() string {
 func (*DeleteNodeRequest) ProtoMessage() {}
 
 func (x *DeleteNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[28]
+	mi := &file_edgewire_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2277,7 +2371,7 @@ func (x *DeleteNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteNodeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteNodeRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{28}
+	return file_edgewire_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DeleteNodeRequest) GetName() string {
@@ -2295,7 +2389,7 @@ type DeleteNodeResponse struct {
 
 func (x *DeleteNodeResponse) Reset() {
 	*x = DeleteNodeResponse{}
-	mi := &file_edgewire_proto_msgTypes[29]
+	mi := &file_edgewire_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2307,7 +2401,7 @@ func (x *DeleteNodeResponse) String() string {
 func (*DeleteNodeResponse) ProtoMessage() {}
 
 func (x *DeleteNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[29]
+	mi := &file_edgewire_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2320,7 +2414,7 @@ func (x *DeleteNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteNodeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteNodeResponse) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{29}
+	return file_edgewire_proto_rawDescGZIP(), []int{30}
 }
 
 type ApproveRoutesRequest struct {
@@ -2335,7 +2429,7 @@ type ApproveRoutesRequest struct {
 
 func (x *ApproveRoutesRequest) Reset() {
 	*x = ApproveRoutesRequest{}
-	mi := &file_edgewire_proto_msgTypes[30]
+	mi := &file_edgewire_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2347,7 +2441,7 @@ func (x *ApproveRoutesRequest) String() string {
 func (*ApproveRoutesRequest) ProtoMessage() {}
 
 func (x *ApproveRoutesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[30]
+	mi := &file_edgewire_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2360,7 +2454,7 @@ func (x *ApproveRoutesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveRoutesRequest.ProtoReflect.Descriptor instead.
 func (*ApproveRoutesRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{30}
+	return file_edgewire_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ApproveRoutesRequest) GetName() string {
@@ -2400,7 +2494,7 @@ type ApproveRoutesResponse struct {
 
 func (x *ApproveRoutesResponse) Reset() {
 	*x = ApproveRoutesResponse{}
-	mi := &file_edgewire_proto_msgTypes[31]
+	mi := &file_edgewire_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2412,7 +2506,7 @@ func (x *ApproveRoutesResponse) String() string {
 func (*ApproveRoutesResponse) ProtoMessage() {}
 
 func (x *ApproveRoutesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[31]
+	mi := &file_edgewire_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2425,7 +2519,7 @@ func (x *ApproveRoutesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveRoutesResponse.ProtoReflect.Descriptor instead.
 func (*ApproveRoutesResponse) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{31}
+	return file_edgewire_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ApproveRoutesResponse) GetNode() *Node {
@@ -2447,11 +2541,18 @@ const file_edgewire_proto_rawDesc = "" +
 	"\x04name\x18\x03 \x01(\tR\x04name\x12\x1a\n" +
 	"\bhostname\x18\x04 \x01(\tR\bhostname\x12\x16\n" +
 	"\x06routes\x18\x05 \x03(\tR\x06routes\x12)\n" +
-	"\x10kubernetes_token\x18\x06 \x01(\tR\x0fkubernetesToken\"\x87\x01\n" +
+	"\x10kubernetes_token\x18\x06 \x01(\tR\x0fkubernetesToken\"\x91\x01\n" +
+	"\rUpdateRequest\x12\x19\n" +
+	"\bset_name\x18\x01 \x01(\bR\asetName\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"set_routes\x18\x03 \x01(\bR\tsetRoutes\x12\x16\n" +
+	"\x06routes\x18\x04 \x03(\tR\x06routes\x12\x1a\n" +
+	"\bhostname\x18\x05 \x01(\tR\bhostname\"\x87\x01\n" +
 	"\fJoinResponse\x12%\n" +
 	"\x04self\x18\x01 \x01(\v2\x11.edgewire.v1.NodeR\x04self\x12)\n" +
 	"\x10overlay_prefixes\x18\x02 \x03(\tR\x0foverlayPrefixes\x12%\n" +
-	"\x0epending_routes\x18\x03 \x03(\tR\rpendingRoutes\"\xca\x02\n" +
+	"\x0epending_routes\x18\x03 \x03(\tR\rpendingRoutes\"\x80\x03\n" +
 	"\rClientMessage\x12*\n" +
 	"\x05hello\x18\x01 \x01(\v2\x12.edgewire.v1.HelloH\x00R\x05hello\x12.\n" +
 	"\x05proof\x18\x02 \x01(\v2\x16.edgewire.v1.AuthProofH\x00R\x05proof\x12;\n" +
@@ -2459,7 +2560,8 @@ const file_edgewire_proto_rawDesc = "" +
 	"\vmap_request\x18\x04 \x01(\v2\x17.edgewire.v1.MapRequestH\x00R\n" +
 	"mapRequest\x12-\n" +
 	"\x06signal\x18\x05 \x01(\v2\x13.edgewire.v1.SignalH\x00R\x06signal\x12.\n" +
-	"\x04join\x18\x06 \x01(\v2\x18.edgewire.v1.JoinRequestH\x00R\x04joinB\x05\n" +
+	"\x04join\x18\x06 \x01(\v2\x18.edgewire.v1.JoinRequestH\x00R\x04join\x124\n" +
+	"\x06update\x18\a \x01(\v2\x1a.edgewire.v1.UpdateRequestH\x00R\x06updateB\x05\n" +
 	"\x03msg\"\x9e\x02\n" +
 	"\rServerMessage\x126\n" +
 	"\tchallenge\x18\x01 \x01(\v2\x16.edgewire.v1.ChallengeH\x00R\tchallenge\x12+\n" +
@@ -2623,10 +2725,11 @@ const file_edgewire_proto_rawDesc = "" +
 	"\x04node\x18\x01 \x01(\v2\x11.edgewire.v1.NodeR\x04node*K\n" +
 	"\x0fProtocolVersion\x12 \n" +
 	"\x1cPROTOCOL_VERSION_UNSPECIFIED\x10\x00\x12\x16\n" +
-	"\x12PROTOCOL_VERSION_1\x10\x012\x94\x01\n" +
+	"\x12PROTOCOL_VERSION_1\x10\x012\xda\x01\n" +
 	"\aControl\x12B\n" +
 	"\x04Join\x12\x1a.edgewire.v1.ClientMessage\x1a\x1a.edgewire.v1.ServerMessage(\x010\x01\x12E\n" +
-	"\aConnect\x12\x1a.edgewire.v1.ClientMessage\x1a\x1a.edgewire.v1.ServerMessage(\x010\x012\xed\x03\n" +
+	"\aConnect\x12\x1a.edgewire.v1.ClientMessage\x1a\x1a.edgewire.v1.ServerMessage(\x010\x01\x12D\n" +
+	"\x06Update\x12\x1a.edgewire.v1.ClientMessage\x1a\x1a.edgewire.v1.ServerMessage(\x010\x012\xed\x03\n" +
 	"\x05Admin\x12P\n" +
 	"\vCreateToken\x12\x1f.edgewire.v1.CreateTokenRequest\x1a .edgewire.v1.CreateTokenResponse\x12M\n" +
 	"\n" +
@@ -2650,92 +2753,96 @@ func file_edgewire_proto_rawDescGZIP() []byte {
 }
 
 var file_edgewire_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_edgewire_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_edgewire_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_edgewire_proto_goTypes = []any{
 	(ProtocolVersion)(0),          // 0: edgewire.v1.ProtocolVersion
 	(SignalPayload_Kind)(0),       // 1: edgewire.v1.SignalPayload.Kind
 	(*JoinRequest)(nil),           // 2: edgewire.v1.JoinRequest
-	(*JoinResponse)(nil),          // 3: edgewire.v1.JoinResponse
-	(*ClientMessage)(nil),         // 4: edgewire.v1.ClientMessage
-	(*ServerMessage)(nil),         // 5: edgewire.v1.ServerMessage
-	(*RelayTicket)(nil),           // 6: edgewire.v1.RelayTicket
-	(*Signal)(nil),                // 7: edgewire.v1.Signal
-	(*SignalPayload)(nil),         // 8: edgewire.v1.SignalPayload
-	(*Hello)(nil),                 // 9: edgewire.v1.Hello
-	(*Challenge)(nil),             // 10: edgewire.v1.Challenge
-	(*AuthProof)(nil),             // 11: edgewire.v1.AuthProof
-	(*EndpointUpdate)(nil),        // 12: edgewire.v1.EndpointUpdate
-	(*MapRequest)(nil),            // 13: edgewire.v1.MapRequest
-	(*NetworkMap)(nil),            // 14: edgewire.v1.NetworkMap
-	(*Service)(nil),               // 15: edgewire.v1.Service
-	(*ServicePort)(nil),           // 16: edgewire.v1.ServicePort
-	(*ServiceEndpoint)(nil),       // 17: edgewire.v1.ServiceEndpoint
-	(*RelayRegion)(nil),           // 18: edgewire.v1.RelayRegion
-	(*StunServer)(nil),            // 19: edgewire.v1.StunServer
-	(*Node)(nil),                  // 20: edgewire.v1.Node
-	(*CreateTokenRequest)(nil),    // 21: edgewire.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),   // 22: edgewire.v1.CreateTokenResponse
-	(*TokenInfo)(nil),             // 23: edgewire.v1.TokenInfo
-	(*ListTokensRequest)(nil),     // 24: edgewire.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),    // 25: edgewire.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),    // 26: edgewire.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),   // 27: edgewire.v1.RevokeTokenResponse
-	(*ListNodesRequest)(nil),      // 28: edgewire.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),     // 29: edgewire.v1.ListNodesResponse
-	(*DeleteNodeRequest)(nil),     // 30: edgewire.v1.DeleteNodeRequest
-	(*DeleteNodeResponse)(nil),    // 31: edgewire.v1.DeleteNodeResponse
-	(*ApproveRoutesRequest)(nil),  // 32: edgewire.v1.ApproveRoutesRequest
-	(*ApproveRoutesResponse)(nil), // 33: edgewire.v1.ApproveRoutesResponse
-	nil,                           // 34: edgewire.v1.ServiceEndpoint.PortsEntry
+	(*UpdateRequest)(nil),         // 3: edgewire.v1.UpdateRequest
+	(*JoinResponse)(nil),          // 4: edgewire.v1.JoinResponse
+	(*ClientMessage)(nil),         // 5: edgewire.v1.ClientMessage
+	(*ServerMessage)(nil),         // 6: edgewire.v1.ServerMessage
+	(*RelayTicket)(nil),           // 7: edgewire.v1.RelayTicket
+	(*Signal)(nil),                // 8: edgewire.v1.Signal
+	(*SignalPayload)(nil),         // 9: edgewire.v1.SignalPayload
+	(*Hello)(nil),                 // 10: edgewire.v1.Hello
+	(*Challenge)(nil),             // 11: edgewire.v1.Challenge
+	(*AuthProof)(nil),             // 12: edgewire.v1.AuthProof
+	(*EndpointUpdate)(nil),        // 13: edgewire.v1.EndpointUpdate
+	(*MapRequest)(nil),            // 14: edgewire.v1.MapRequest
+	(*NetworkMap)(nil),            // 15: edgewire.v1.NetworkMap
+	(*Service)(nil),               // 16: edgewire.v1.Service
+	(*ServicePort)(nil),           // 17: edgewire.v1.ServicePort
+	(*ServiceEndpoint)(nil),       // 18: edgewire.v1.ServiceEndpoint
+	(*RelayRegion)(nil),           // 19: edgewire.v1.RelayRegion
+	(*StunServer)(nil),            // 20: edgewire.v1.StunServer
+	(*Node)(nil),                  // 21: edgewire.v1.Node
+	(*CreateTokenRequest)(nil),    // 22: edgewire.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),   // 23: edgewire.v1.CreateTokenResponse
+	(*TokenInfo)(nil),             // 24: edgewire.v1.TokenInfo
+	(*ListTokensRequest)(nil),     // 25: edgewire.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),    // 26: edgewire.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),    // 27: edgewire.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),   // 28: edgewire.v1.RevokeTokenResponse
+	(*ListNodesRequest)(nil),      // 29: edgewire.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),     // 30: edgewire.v1.ListNodesResponse
+	(*DeleteNodeRequest)(nil),     // 31: edgewire.v1.DeleteNodeRequest
+	(*DeleteNodeResponse)(nil),    // 32: edgewire.v1.DeleteNodeResponse
+	(*ApproveRoutesRequest)(nil),  // 33: edgewire.v1.ApproveRoutesRequest
+	(*ApproveRoutesResponse)(nil), // 34: edgewire.v1.ApproveRoutesResponse
+	nil,                           // 35: edgewire.v1.ServiceEndpoint.PortsEntry
 }
 var file_edgewire_proto_depIdxs = []int32{
-	20, // 0: edgewire.v1.JoinResponse.self:type_name -> edgewire.v1.Node
-	9,  // 1: edgewire.v1.ClientMessage.hello:type_name -> edgewire.v1.Hello
-	11, // 2: edgewire.v1.ClientMessage.proof:type_name -> edgewire.v1.AuthProof
-	12, // 3: edgewire.v1.ClientMessage.endpoints:type_name -> edgewire.v1.EndpointUpdate
-	13, // 4: edgewire.v1.ClientMessage.map_request:type_name -> edgewire.v1.MapRequest
-	7,  // 5: edgewire.v1.ClientMessage.signal:type_name -> edgewire.v1.Signal
+	21, // 0: edgewire.v1.JoinResponse.self:type_name -> edgewire.v1.Node
+	10, // 1: edgewire.v1.ClientMessage.hello:type_name -> edgewire.v1.Hello
+	12, // 2: edgewire.v1.ClientMessage.proof:type_name -> edgewire.v1.AuthProof
+	13, // 3: edgewire.v1.ClientMessage.endpoints:type_name -> edgewire.v1.EndpointUpdate
+	14, // 4: edgewire.v1.ClientMessage.map_request:type_name -> edgewire.v1.MapRequest
+	8,  // 5: edgewire.v1.ClientMessage.signal:type_name -> edgewire.v1.Signal
 	2,  // 6: edgewire.v1.ClientMessage.join:type_name -> edgewire.v1.JoinRequest
-	10, // 7: edgewire.v1.ServerMessage.challenge:type_name -> edgewire.v1.Challenge
-	14, // 8: edgewire.v1.ServerMessage.map:type_name -> edgewire.v1.NetworkMap
-	7,  // 9: edgewire.v1.ServerMessage.signal:type_name -> edgewire.v1.Signal
-	6,  // 10: edgewire.v1.ServerMessage.relay_ticket:type_name -> edgewire.v1.RelayTicket
-	3,  // 11: edgewire.v1.ServerMessage.joined:type_name -> edgewire.v1.JoinResponse
-	1,  // 12: edgewire.v1.SignalPayload.kind:type_name -> edgewire.v1.SignalPayload.Kind
-	0,  // 13: edgewire.v1.Hello.protocol_version:type_name -> edgewire.v1.ProtocolVersion
-	20, // 14: edgewire.v1.NetworkMap.self:type_name -> edgewire.v1.Node
-	20, // 15: edgewire.v1.NetworkMap.peers:type_name -> edgewire.v1.Node
-	19, // 16: edgewire.v1.NetworkMap.stun_servers:type_name -> edgewire.v1.StunServer
-	18, // 17: edgewire.v1.NetworkMap.relays:type_name -> edgewire.v1.RelayRegion
-	15, // 18: edgewire.v1.NetworkMap.services:type_name -> edgewire.v1.Service
-	16, // 19: edgewire.v1.Service.ports:type_name -> edgewire.v1.ServicePort
-	17, // 20: edgewire.v1.Service.endpoints:type_name -> edgewire.v1.ServiceEndpoint
-	34, // 21: edgewire.v1.ServiceEndpoint.ports:type_name -> edgewire.v1.ServiceEndpoint.PortsEntry
-	23, // 22: edgewire.v1.CreateTokenResponse.info:type_name -> edgewire.v1.TokenInfo
-	23, // 23: edgewire.v1.ListTokensResponse.tokens:type_name -> edgewire.v1.TokenInfo
-	20, // 24: edgewire.v1.ListNodesResponse.nodes:type_name -> edgewire.v1.Node
-	20, // 25: edgewire.v1.ApproveRoutesResponse.node:type_name -> edgewire.v1.Node
-	4,  // 26: edgewire.v1.Control.Join:input_type -> edgewire.v1.ClientMessage
-	4,  // 27: edgewire.v1.Control.Connect:input_type -> edgewire.v1.ClientMessage
-	21, // 28: edgewire.v1.Admin.CreateToken:input_type -> edgewire.v1.CreateTokenRequest
-	24, // 29: edgewire.v1.Admin.ListTokens:input_type -> edgewire.v1.ListTokensRequest
-	26, // 30: edgewire.v1.Admin.RevokeToken:input_type -> edgewire.v1.RevokeTokenRequest
-	28, // 31: edgewire.v1.Admin.ListNodes:input_type -> edgewire.v1.ListNodesRequest
-	30, // 32: edgewire.v1.Admin.DeleteNode:input_type -> edgewire.v1.DeleteNodeRequest
-	32, // 33: edgewire.v1.Admin.ApproveRoutes:input_type -> edgewire.v1.ApproveRoutesRequest
-	5,  // 34: edgewire.v1.Control.Join:output_type -> edgewire.v1.ServerMessage
-	5,  // 35: edgewire.v1.Control.Connect:output_type -> edgewire.v1.ServerMessage
-	22, // 36: edgewire.v1.Admin.CreateToken:output_type -> edgewire.v1.CreateTokenResponse
-	25, // 37: edgewire.v1.Admin.ListTokens:output_type -> edgewire.v1.ListTokensResponse
-	27, // 38: edgewire.v1.Admin.RevokeToken:output_type -> edgewire.v1.RevokeTokenResponse
-	29, // 39: edgewire.v1.Admin.ListNodes:output_type -> edgewire.v1.ListNodesResponse
-	31, // 40: edgewire.v1.Admin.DeleteNode:output_type -> edgewire.v1.DeleteNodeResponse
-	33, // 41: edgewire.v1.Admin.ApproveRoutes:output_type -> edgewire.v1.ApproveRoutesResponse
-	34, // [34:42] is the sub-list for method output_type
-	26, // [26:34] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	3,  // 7: edgewire.v1.ClientMessage.update:type_name -> edgewire.v1.UpdateRequest
+	11, // 8: edgewire.v1.ServerMessage.challenge:type_name -> edgewire.v1.Challenge
+	15, // 9: edgewire.v1.ServerMessage.map:type_name -> edgewire.v1.NetworkMap
+	8,  // 10: edgewire.v1.ServerMessage.signal:type_name -> edgewire.v1.Signal
+	7,  // 11: edgewire.v1.ServerMessage.relay_ticket:type_name -> edgewire.v1.RelayTicket
+	4,  // 12: edgewire.v1.ServerMessage.joined:type_name -> edgewire.v1.JoinResponse
+	1,  // 13: edgewire.v1.SignalPayload.kind:type_name -> edgewire.v1.SignalPayload.Kind
+	0,  // 14: edgewire.v1.Hello.protocol_version:type_name -> edgewire.v1.ProtocolVersion
+	21, // 15: edgewire.v1.NetworkMap.self:type_name -> edgewire.v1.Node
+	21, // 16: edgewire.v1.NetworkMap.peers:type_name -> edgewire.v1.Node
+	20, // 17: edgewire.v1.NetworkMap.stun_servers:type_name -> edgewire.v1.StunServer
+	19, // 18: edgewire.v1.NetworkMap.relays:type_name -> edgewire.v1.RelayRegion
+	16, // 19: edgewire.v1.NetworkMap.services:type_name -> edgewire.v1.Service
+	17, // 20: edgewire.v1.Service.ports:type_name -> edgewire.v1.ServicePort
+	18, // 21: edgewire.v1.Service.endpoints:type_name -> edgewire.v1.ServiceEndpoint
+	35, // 22: edgewire.v1.ServiceEndpoint.ports:type_name -> edgewire.v1.ServiceEndpoint.PortsEntry
+	24, // 23: edgewire.v1.CreateTokenResponse.info:type_name -> edgewire.v1.TokenInfo
+	24, // 24: edgewire.v1.ListTokensResponse.tokens:type_name -> edgewire.v1.TokenInfo
+	21, // 25: edgewire.v1.ListNodesResponse.nodes:type_name -> edgewire.v1.Node
+	21, // 26: edgewire.v1.ApproveRoutesResponse.node:type_name -> edgewire.v1.Node
+	5,  // 27: edgewire.v1.Control.Join:input_type -> edgewire.v1.ClientMessage
+	5,  // 28: edgewire.v1.Control.Connect:input_type -> edgewire.v1.ClientMessage
+	5,  // 29: edgewire.v1.Control.Update:input_type -> edgewire.v1.ClientMessage
+	22, // 30: edgewire.v1.Admin.CreateToken:input_type -> edgewire.v1.CreateTokenRequest
+	25, // 31: edgewire.v1.Admin.ListTokens:input_type -> edgewire.v1.ListTokensRequest
+	27, // 32: edgewire.v1.Admin.RevokeToken:input_type -> edgewire.v1.RevokeTokenRequest
+	29, // 33: edgewire.v1.Admin.ListNodes:input_type -> edgewire.v1.ListNodesRequest
+	31, // 34: edgewire.v1.Admin.DeleteNode:input_type -> edgewire.v1.DeleteNodeRequest
+	33, // 35: edgewire.v1.Admin.ApproveRoutes:input_type -> edgewire.v1.ApproveRoutesRequest
+	6,  // 36: edgewire.v1.Control.Join:output_type -> edgewire.v1.ServerMessage
+	6,  // 37: edgewire.v1.Control.Connect:output_type -> edgewire.v1.ServerMessage
+	6,  // 38: edgewire.v1.Control.Update:output_type -> edgewire.v1.ServerMessage
+	23, // 39: edgewire.v1.Admin.CreateToken:output_type -> edgewire.v1.CreateTokenResponse
+	26, // 40: edgewire.v1.Admin.ListTokens:output_type -> edgewire.v1.ListTokensResponse
+	28, // 41: edgewire.v1.Admin.RevokeToken:output_type -> edgewire.v1.RevokeTokenResponse
+	30, // 42: edgewire.v1.Admin.ListNodes:output_type -> edgewire.v1.ListNodesResponse
+	32, // 43: edgewire.v1.Admin.DeleteNode:output_type -> edgewire.v1.DeleteNodeResponse
+	34, // 44: edgewire.v1.Admin.ApproveRoutes:output_type -> edgewire.v1.ApproveRoutesResponse
+	36, // [36:45] is the sub-list for method output_type
+	27, // [27:36] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_edgewire_proto_init() }
@@ -2743,15 +2850,16 @@ func file_edgewire_proto_init() {
 	if File_edgewire_proto != nil {
 		return
 	}
-	file_edgewire_proto_msgTypes[2].OneofWrappers = []any{
+	file_edgewire_proto_msgTypes[3].OneofWrappers = []any{
 		(*ClientMessage_Hello)(nil),
 		(*ClientMessage_Proof)(nil),
 		(*ClientMessage_Endpoints)(nil),
 		(*ClientMessage_MapRequest)(nil),
 		(*ClientMessage_Signal)(nil),
 		(*ClientMessage_Join)(nil),
+		(*ClientMessage_Update)(nil),
 	}
-	file_edgewire_proto_msgTypes[3].OneofWrappers = []any{
+	file_edgewire_proto_msgTypes[4].OneofWrappers = []any{
 		(*ServerMessage_Challenge)(nil),
 		(*ServerMessage_Map)(nil),
 		(*ServerMessage_Signal)(nil),
@@ -2764,7 +2872,7 @@ func file_edgewire_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_edgewire_proto_rawDesc), len(file_edgewire_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   33,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -24,6 +24,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	Control_Join_FullMethodName    = "/edgewire.v1.Control/Join"
 	Control_Connect_FullMethodName = "/edgewire.v1.Control/Connect"
+	Control_Update_FullMethodName  = "/edgewire.v1.Control/Update"
 )
 
 // ControlClient is the client API for Control service.
@@ -44,6 +45,13 @@ type ControlClient interface {
 	// streams NetworkMap messages (a full map first, then deltas) and the
 	// client may send EndpointUpdate and MapRequest at any time.
 	Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ClientMessage, ServerMessage], error)
+	// Update changes a registered node's own settings (name, advertised
+	// routes, hostname) without a join token: the agent's flags are its
+	// desired state on every start. The client proves its node key as on
+	// Join (method "update"), sends UpdateRequest, and the server answers
+	// with JoinResponse (or an error status) after the same checks a join
+	// gets, and ends the stream. No token use is spent.
+	Update(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ClientMessage, ServerMessage], error)
 }
 
 type controlClient struct {
@@ -80,6 +88,19 @@ func (c *controlClient) Connect(ctx context.Context, opts ...grpc.CallOption) (g
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Control_ConnectClient = grpc.BidiStreamingClient[ClientMessage, ServerMessage]
 
+func (c *controlClient) Update(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ClientMessage, ServerMessage], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Control_ServiceDesc.Streams[2], Control_Update_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ClientMessage, ServerMessage]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Control_UpdateClient = grpc.BidiStreamingClient[ClientMessage, ServerMessage]
+
 // ControlServer is the server API for Control service.
 // All implementations must embed UnimplementedControlServer
 // for forward compatibility.
@@ -98,6 +119,13 @@ type ControlServer interface {
 	// streams NetworkMap messages (a full map first, then deltas) and the
 	// client may send EndpointUpdate and MapRequest at any time.
 	Connect(grpc.BidiStreamingServer[ClientMessage, ServerMessage]) error
+	// Update changes a registered node's own settings (name, advertised
+	// routes, hostname) without a join token: the agent's flags are its
+	// desired state on every start. The client proves its node key as on
+	// Join (method "update"), sends UpdateRequest, and the server answers
+	// with JoinResponse (or an error status) after the same checks a join
+	// gets, and ends the stream. No token use is spent.
+	Update(grpc.BidiStreamingServer[ClientMessage, ServerMessage]) error
 	mustEmbedUnimplementedControlServer()
 }
 
@@ -113,6 +141,9 @@ func (UnimplementedControlServer) Join(grpc.BidiStreamingServer[ClientMessage, S
 }
 func (UnimplementedControlServer) Connect(grpc.BidiStreamingServer[ClientMessage, ServerMessage]) error {
 	return status.Error(codes.Unimplemented, "method Connect not implemented")
+}
+func (UnimplementedControlServer) Update(grpc.BidiStreamingServer[ClientMessage, ServerMessage]) error {
+	return status.Error(codes.Unimplemented, "method Update not implemented")
 }
 func (UnimplementedControlServer) mustEmbedUnimplementedControlServer() {}
 func (UnimplementedControlServer) testEmbeddedByValue()                 {}
@@ -149,6 +180,13 @@ func _Control_Connect_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Control_ConnectServer = grpc.BidiStreamingServer[ClientMessage, ServerMessage]
 
+func _Control_Update_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(ControlServer).Update(&grpc.GenericServerStream[ClientMessage, ServerMessage]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Control_UpdateServer = grpc.BidiStreamingServer[ClientMessage, ServerMessage]
+
 // Control_ServiceDesc is the grpc.ServiceDesc for Control service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -166,6 +204,12 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Connect",
 			Handler:       _Control_Connect_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Update",
+			Handler:       _Control_Update_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
 		},

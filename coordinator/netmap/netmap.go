@@ -406,20 +406,16 @@ func (r *Registry) IsKubeNode(name string) bool {
 }
 
 // CheckRoutes reports whether routes about to be approved for the node
-// named node overlap another node's approved routes or any pod CIDR that
-// is not the node's own.
-func (r *Registry) CheckRoutes(node string, routes []netip.Prefix) error {
+// with key k, verified to be Kubernetes node kube (empty: none), overlap
+// another node's approved routes or any pod CIDR that is not the node's
+// own. The node is known by its key, not its name: a node that is being
+// renamed still owns its routes.
+func (r *Registry) CheckRoutes(k key.Public, kube string, routes []netip.Prefix) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var kube string
-	for _, e := range r.nodes {
-		if e.node.Name == node {
-			kube = e.node.KubeNode
-		}
-	}
 	for _, c := range routes {
 		for _, e := range r.nodes {
-			if e.node.Name == node {
+			if e.node.Key == k {
 				continue
 			}
 			for _, rt := range e.node.Routes {

@@ -125,17 +125,20 @@ func TestCheckRoutes(t *testing.T) {
 	if err := r.SetKubeNode("a", pfx("10.244.1.0/24")); err != nil {
 		t.Fatal(err)
 	}
+	kb := key.Public{2}
 	for _, tc := range []struct {
-		node, route string
+		node        key.Public
+		kube, route string
 		ok          bool
 	}{
-		{"b", "192.168.50.0/25", false},
-		{"b", "10.244.0.0/16", false},
-		{"b", "192.168.51.0/24", true},
-		{"a", "192.168.50.0/24", true}, // its own route
-		{"a", "10.244.1.0/24", true},   // its own pod CIDR
+		{kb, "", "192.168.50.0/25", false},
+		{kb, "", "10.244.0.0/16", false},
+		{kb, "", "192.168.51.0/24", true},
+		{ka, "a", "192.168.50.0/24", true}, // its own route
+		{ka, "a", "10.244.1.0/24", true},   // its own pod CIDR
+		{ka, "", "10.244.1.0/24", false},   // not its own without the identity
 	} {
-		err := r.CheckRoutes(tc.node, pfx(tc.route))
+		err := r.CheckRoutes(tc.node, tc.kube, pfx(tc.route))
 		if (err == nil) != tc.ok {
 			t.Errorf("CheckRoutes(%s, %s): got %v, want ok=%v", tc.node, tc.route, err, tc.ok)
 		}

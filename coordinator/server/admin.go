@@ -246,7 +246,7 @@ func (s *Server) ApproveRoutes(ctx context.Context, req *api.ApproveRoutesReques
 			if err := s.policy.Check(p); err != nil {
 				return status.Errorf(codes.InvalidArgument, "route refused: %v", err)
 			}
-			if err := s.reg.CheckRoutes(node.Name, append(slices.Clip(routes), p)); err != nil {
+			if err := s.reg.CheckRoutes(node.Key, node.KubeNode, append(slices.Clip(routes), p)); err != nil {
 				return status.Error(codes.FailedPrecondition, err.Error())
 			}
 			routes = append(routes, p)

@@ -227,7 +227,12 @@ func (s *Server) join(ctx context.Context, nk key.Public, tok jointoken.Token, r
 	s.m.joins.Add(1)
 	s.log.Info("node joined", "name", node.Name, "key", node.Key, "addresses", node.Addresses, "token", tok.ID,
 		"kubernetes_node", node.KubeNode, "routes", node.Routes, "pending_routes", pending)
-	resp := &api.JoinResponse{Self: &api.Node{PublicKey: nk[:], Name: node.Name, Hostname: node.Hostname, KubernetesNode: node.KubeNode}}
+	return s.joinResponse(node, pending), nil
+}
+
+// joinResponse tells a node what it is registered as.
+func (s *Server) joinResponse(node store.Node, pending []netip.Prefix) *api.JoinResponse {
+	resp := &api.JoinResponse{Self: &api.Node{PublicKey: node.Key[:], Name: node.Name, Hostname: node.Hostname, KubernetesNode: node.KubeNode}}
 	for _, a := range node.Addresses {
 		resp.Self.Addresses = append(resp.Self.Addresses, a.String())
 	}
@@ -240,7 +245,7 @@ func (s *Server) join(ctx context.Context, nk key.Public, tok jointoken.Token, r
 	for _, p := range s.pools {
 		resp.OverlayPrefixes = append(resp.OverlayPrefixes, p.Prefix().String())
 	}
-	return resp, nil
+	return resp
 }
 
 // maxAllocAttempts bounds a join's retries for addresses other writers
@@ -303,18 +308,6 @@ func (s *Server) register(ctx context.Context, nk key.Public, tok jointoken.Toke
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
-		kube, name, err := s.identity(in, st, old)
-		if err != nil {
-			return err
-		}
-		if other, err := tx.NodeByName(name); err == nil && other.Key != nk {
-			return status.Errorf(codes.AlreadyExists, "node name %q is taken by another node; choose another with --name, or have an admin delete the old node", name)
-		}
-		if kube != "" && kube != old.KubeNode {
-			if owner, ok := s.reg.KubeNodeOwner(kube, nk); ok {
-				return status.Errorf(codes.AlreadyExists, "Kubernetes node %s is already registered as node %q with another key; an admin must delete that node first", kube, owner)
-			}
-		}
 		node = old
 		if !known {
 			if fresh == nil {
@@ -323,25 +316,59 @@ func (s *Server) register(ctx context.Context, nk key.Public, tok jointoken.Toke
 			}
 			node = store.Node{Key: nk, CreatedAt: now, Addresses: slices.Clone(fresh)}
 		}
-		node.Name = name
-		node.Hostname = in.hostname
-		node.KubeNode = kube
 		node.Tags = st.Tags
 		node.TokenID = st.ID
-		node.AdvertisedRoutes = in.routes
-		node.Routes, pending = s.approve(name, in.routes, old.Routes, st.Routes)
+		if node, pending, err = s.settle(tx, node, old, in, st, st.Routes); err != nil {
+			return err
+		}
 		st.Uses++
 		if err := tx.PutToken(st); err != nil {
 			return err
 		}
-		if err := tx.PutNode(node); errors.Is(err, store.ErrExists) {
-			return status.Errorf(codes.AlreadyExists, "node name %q is taken by another node; choose another with --name, or have an admin delete the old node", node.Name)
-		} else if err != nil {
-			return err
-		}
-		return nil
+		return putNode(tx, node)
 	})
 	return node, pending, err
+}
+
+// settle decides what a join or an update makes of node (old as stored,
+// the zero Node for a new one): its Kubernetes identity and name (see
+// identity), hostname and routes, those within allowed approved. The
+// checks are the same for both: a name another node holds, a Kubernetes
+// node another key holds, routes that clash.
+func (s *Server) settle(tx store.Tx, node, old store.Node, in joinInput, st store.Token, allowed []netip.Prefix) (store.Node, []netip.Prefix, error) {
+	kube, name, err := s.identity(in, st, old)
+	if err != nil {
+		return node, nil, err
+	}
+	if other, err := tx.NodeByName(name); err == nil && other.Key != node.Key {
+		return node, nil, errNameTaken(name)
+	}
+	if kube != "" && kube != old.KubeNode {
+		if owner, ok := s.reg.KubeNodeOwner(kube, node.Key); ok {
+			return node, nil, status.Errorf(codes.AlreadyExists, "Kubernetes node %s is already registered as node %q with another key; an admin must delete that node first", kube, owner)
+		}
+	}
+	node.Name = name
+	node.Hostname = in.hostname
+	node.KubeNode = kube
+	node.AdvertisedRoutes = in.routes
+	var pending []netip.Prefix
+	node.Routes, pending = s.approve(node.Key, kube, in.routes, old.Routes, allowed)
+	return node, pending, nil
+}
+
+func errNameTaken(name string) error {
+	return status.Errorf(codes.AlreadyExists, "node name %q is taken by another node; choose another with --name, or have an admin delete the old node", name)
+}
+
+// putNode writes node, a name clash the store finds as errNameTaken.
+func putNode(tx store.Tx, node store.Node) error {
+	if err := tx.PutNode(node); errors.Is(err, store.ErrExists) {
+		return errNameTaken(node.Name)
+	} else if err != nil {
+		return err
+	}
+	return nil
 }
 
 func (s *Server) refused(name string, err error) {
@@ -389,9 +416,9 @@ func (s *Server) identity(in joinInput, st store.Token, old store.Node) (kube, n
 // approve splits advertised routes into approved ones (within the
 // token's allow-list, or approved before, and clashing with no other
 // node's routes or pod CIDRs) and pending ones.
-func (s *Server) approve(name string, advertised, before, allowed []netip.Prefix) (approved, pending []netip.Prefix) {
+func (s *Server) approve(k key.Public, kube string, advertised, before, allowed []netip.Prefix) (approved, pending []netip.Prefix) {
 	for _, p := range advertised {
-		if (within(p, allowed) || slices.Contains(before, p)) && s.reg.CheckRoutes(name, []netip.Prefix{p}) == nil {
+		if (within(p, allowed) || slices.Contains(before, p)) && s.reg.CheckRoutes(k, kube, []netip.Prefix{p}) == nil {
 			approved = append(approved, p)
 		} else {
 			pending = append(pending, p)

@@ -10,18 +10,20 @@ import (
 
 // metrics are the server's instruments; registered by RegisterMetrics.
 type metrics struct {
-	joins        atomic.Uint64
-	joinsRefused atomic.Uint64
-	storeRejects atomic.Uint64
-	streams      atomic.Int64
-	sigForwarded atomic.Uint64
-	sigDropped   atomic.Uint64
-	sigHeld      atomic.Uint64
-	fullMaps     atomic.Uint64
-	currentMaps  atomic.Uint64
-	patchMaps    atomic.Uint64
-	presenceErrs atomic.Uint64
-	fanout       prometheus.Histogram
+	joins          atomic.Uint64
+	joinsRefused   atomic.Uint64
+	updates        atomic.Uint64
+	updatesRefused atomic.Uint64
+	storeRejects   atomic.Uint64
+	streams        atomic.Int64
+	sigForwarded   atomic.Uint64
+	sigDropped     atomic.Uint64
+	sigHeld        atomic.Uint64
+	fullMaps       atomic.Uint64
+	currentMaps    atomic.Uint64
+	patchMaps      atomic.Uint64
+	presenceErrs   atomic.Uint64
+	fanout         prometheus.Histogram
 }
 
 func newMetrics() *metrics {
@@ -38,6 +40,8 @@ func (s *Server) RegisterMetrics(reg prometheus.Registerer) {
 	reg.MustRegister(m.fanout)
 	telemetry.CounterFunc(reg, "edgewire_coordinator_joins_total", "Successful joins.", func() float64 { return float64(m.joins.Load()) })
 	telemetry.CounterFunc(reg, "edgewire_coordinator_joins_refused_total", "Refused joins (bad token, name taken, bad input).", func() float64 { return float64(m.joinsRefused.Load()) })
+	telemetry.CounterFunc(reg, "edgewire_coordinator_updates_total", "Nodes' changes of their own name, routes or hostname (Update).", func() float64 { return float64(m.updates.Load()) })
+	telemetry.CounterFunc(reg, "edgewire_coordinator_updates_refused_total", "Refused updates (name taken, bad routes, not registered).", func() float64 { return float64(m.updatesRefused.Load()) })
 	telemetry.CounterFunc(reg, "edgewire_coordinator_stored_nodes_rejected_total", "Stored nodes not loaded because they conflict with another (an address held twice).", func() float64 { return float64(m.storeRejects.Load()) })
 	telemetry.GaugeFunc(reg, "edgewire_coordinator_streams", "Authenticated agent streams.", func() float64 { return float64(m.streams.Load()) })
 	telemetry.CounterFunc(reg, "edgewire_coordinator_signals_forwarded_total", "Sealed signals forwarded between nodes.", func() float64 { return float64(m.sigForwarded.Load()) })
