@@ -48,29 +48,37 @@ func main() {
 		podNetwork          string
 		logLevel, logFormat string
 		memLimitMiB         int64
+		configFile          string
 	)
 	root := &cobra.Command{
 		Use:           "edgewire-agent",
 		Short:         "Run the edgewire node agent",
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		PersistentPreRun: func(*cobra.Command, []string) {
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			if configFile != "" {
+				if err := applyConfigFile(cmd.Flags(), configFile); err != nil {
+					return err
+				}
+			}
 			if cfg.Token == "" {
 				cfg.Token = os.Getenv("EDGEWIRE_TOKEN")
 			}
+			return nil
 		},
 	}
 	pf := root.PersistentFlags()
+	pf.StringVar(&configFile, "config", "", "YAML file of settings: keys are these flags' names without dashes (advertise-routes: [10.42.3.0/24]); flags given on the command line win")
 	pf.StringVar(&cfg.StateDir, "state-dir", agent.DefaultStateDir, "directory for the node key, enrolment and last network map")
-	pf.StringVar(&cfg.Coordinator, "coordinator", "", "coordinator host:port (for joining); replicas as a comma-separated list, tried in order")
+	pf.StringVar(&cfg.Coordinator, "coordinator", "", "coordinator host:port; replicas as a comma-separated list, tried in order (default: the one the node joined)")
 	// The token's default is read when the command runs, not shown here:
 	// --help must never print a secret from the environment.
 	pf.StringVar(&cfg.Token, "token", "", "join token (default $EDGEWIRE_TOKEN; prefer --token-file: a command line shows in ps)")
 	pf.StringVar(&cfg.TokenFile, "token-file", "", "file holding the join token; deleted once the node is enrolled")
 	pf.StringVar(&cfg.KubernetesTokenFile, "kubernetes-token-file", "", "projected service account token (audience edgewire) proving which Kubernetes node this agent runs on (DaemonSet agents)")
 	pf.StringVar(&cfg.ServerName, "coordinator-server-name", "", "TLS name the coordinator's certificate must carry (default edgewire-coordinator)")
-	pf.StringVar(&cfg.Name, "name", "", "node name (default: hostname)")
-	pf.StringSliceVar(&routes, "advertise-routes", nil, "prefixes behind this node to route over the overlay (e.g. the pod CIDR)")
+	pf.StringVar(&cfg.Name, "name", "", "node name (default: hostname at join; then the registered name)")
+	pf.StringSliceVar(&routes, "advertise-routes", nil, "prefixes behind this node to route over the overlay, e.g. the pod CIDR (default: none at join; then the registered ones; --advertise-routes= clears them)")
 	pf.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	pf.StringVar(&logFormat, "log-format", "text", "text or json")
 
@@ -86,6 +94,9 @@ func main() {
 			if cfg.Routes, err = parseRoutes(routes); err != nil {
 				return err
 			}
+			// Given flags are the node's desired state; others keep
+			// what is registered.
+			cfg.SetName, cfg.SetRoutes = cmd.Flags().Changed("name"), cmd.Flags().Changed("advertise-routes")
 			if dnsAddr != "" {
 				if cfg.DNSAddr, err = netip.ParseAddr(dnsAddr); err != nil {
 					return fmt.Errorf("--dns-addr %q: %w", dnsAddr, err)
@@ -148,6 +159,9 @@ func main() {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			rs, err := parseRoutes(routes)
 			if err != nil {
+				return err
+			}
+			if err := agent.CheckPrivileges(); err != nil {
 				return err
 			}
 			// Not while an agent runs on this state dir: it holds the key.

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -218,14 +219,26 @@ func StartAgent(t testing.TB, l *lab.Lab, h *lab.Host, c *Coordinator, name stri
 	if addr == "" {
 		addr = c.Addr()
 	}
-	a.args = []string{"run", "--state-dir", a.StateDir, "--interface", a.Iface, "--socket", a.Socket,
-		"--coordinator", addr, "--name", name, "--log-level", "debug"}
+	args := []string{"--coordinator", addr, "--name", name}
 	if opts.Token != "" {
-		a.args = append(a.args, "--token", opts.Token)
+		args = append(args, "--token", opts.Token)
 	}
-	a.args = append(a.args, opts.Extra...)
-	a.Start()
+	a.StartWith(append(args, opts.Extra...)...)
 	return a
+}
+
+// StartWith (re)starts the agent with the same state, interface and
+// socket, and args for the rest of `edgewire-agent run`'s flags (name,
+// coordinator, token, ...) in place of those it had.
+func (a *Agent) StartWith(args ...string) {
+	a.t.Helper()
+	a.args = append([]string{"run", "--state-dir", a.StateDir, "--interface", a.Iface, "--socket", a.Socket, "--log-level", "debug"}, args...)
+	// A host that routes a subnet forwards packets, as a real one must
+	// (the agent refuses to advertise routes otherwise).
+	if slices.ContainsFunc(args, func(s string) bool { return strings.HasPrefix(s, "--advertise-routes") }) {
+		a.Host.MustExec(a.t, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	}
+	a.Start()
 }
 
 func shortName(s string) string {

@@ -65,13 +65,20 @@ type Config struct {
 	ListenPort int
 	Socket     string // local API socket
 
-	// Joining, used only when the state dir holds no enrolment yet.
+	// Joining, when the state dir holds no enrolment yet (or a token of
+	// another overlay is given: the node re-joins). Name, Routes and
+	// Coordinator are also the node's desired state on every start:
+	// Coordinator when set, Name and Routes when SetName and SetRoutes
+	// say they were given (unset ones keep what is registered); see
+	// converge.go.
 	Coordinator string
 	Token       string
 	TokenFile   string // holds the token; deleted once enrolled
 	ServerName  string
 	Name        string
 	Routes      []netip.Prefix // advertised routes
+	SetName     bool
+	SetRoutes   bool
 	// KubernetesTokenFile is a projected service account token (audience
 	// "edgewire") proving the Kubernetes Node the agent runs on; read at
 	// every join and connect (the kubelet rotates it). Empty: none.
@@ -357,33 +364,93 @@ func RunWith(ctx context.Context, cfg Config, env Env) error {
 	if err := cfg.validate(); err != nil {
 		return err
 	}
-	if env.Host == nil {
+	// Before a token is spent or the coordinator hears of this key: the
+	// privileges, one agent per state dir, the ports (preflight.go).
+	if err := preflightPrivileges(env, realHost); err != nil {
+		return err
+	}
+	lock, err := identity.LockStateDir(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	onHost := env.Host == nil
+	if err := preflightPorts(cfg, env, onHost, realHost); err != nil {
+		return err
+	}
+	if onHost {
 		env.Host = linuxHost{table: cfg.RouteTable}
 	}
 	log := cfg.Logger
 	if cfg.MemoryLimit > 0 {
 		debug.SetMemoryLimit(cfg.MemoryLimit)
 	}
-	// One agent per state dir, checked before a token is spent or the
-	// coordinator hears of this key.
-	lock, err := identity.LockStateDir(cfg.StateDir)
-	if err != nil {
-		return err
-	}
-	defer lock.Close()
 	nk, err := identity.LoadOrCreateKey(cfg.StateDir)
 	if err != nil {
 		return err
 	}
+	hostname, _ := os.Hostname()
 	enr, err := identity.LoadEnrolment(cfg.StateDir)
+	rejoin := false
+	if err == nil {
+		if rejoin, err = tokenForOtherOverlay(cfg, enr); err != nil {
+			return fmt.Errorf("join token: %w", err)
+		}
+		if rejoin {
+			if cfg.Coordinator == "" {
+				return fmt.Errorf("the join token is for another overlay than the one this node is enrolled in (%s): give that overlay's --coordinator to re-join it", enr.Coordinator)
+			}
+			log.Warn("the join token is for another overlay: re-joining; an admin of the old one may delete this node there",
+				"enrolled_with", enr.Coordinator, "coordinator", cfg.Coordinator, "name", enr.Name)
+			err = identity.ErrNotEnrolled
+		}
+	}
+	// The routes this run advertises: the flags', or else those
+	// registered.
+	advertised := cfg.Routes
+	if !cfg.SetRoutes && err == nil {
+		advertised = nil
+		for _, r := range enr.Advertised {
+			if p, perr := netip.ParsePrefix(r); perr == nil {
+				advertised = append(advertised, p)
+			}
+		}
+	}
+	if err := preflightForwarding(advertised, onHost, realHost); err != nil {
+		return err
+	}
+	joined := false
 	if errors.Is(err, identity.ErrNotEnrolled) && (cfg.Token != "" || cfg.TokenFile != "") {
 		enr, err = joinWithRetry(ctx, cfg, env.Host, log)
+		joined = err == nil
 	}
 	if err != nil {
 		return err
 	}
+	if rejoin {
+		if err := identity.ForgetOverlay(cfg.StateDir); err != nil {
+			return fmt.Errorf("forget the old overlay's state: %w", err)
+		}
+	}
 	if err := removeTokenFile(cfg.TokenFile); err != nil {
 		log.Warn("the node is enrolled but its join token file stays", "err", err)
+	}
+	// The flags are the node's desired state: a join just applied them,
+	// otherwise what differs from the registration is asked for now.
+	var pending changes
+	registered := enr
+	if w := cfg.wants(enr, hostname); w.any() && !joined {
+		uctx, cancel := context.WithTimeout(ctx, updateTimeout)
+		enr, err = updateRegistration(uctx, cfg, enr, w, nk, env.Host, hostname, log)
+		cancel()
+		switch {
+		case errors.Is(err, errPendingUpdate):
+			log.Warn("cannot reach the coordinator to update this node's registration; running as registered and asking again in the background",
+				"changed", w.String(), "err", err)
+			pending = w
+		case err != nil:
+			return err
+		}
 	}
 	a := &Agent{cfg: cfg, env: env, host: env.Host, log: log, priv: nk, enr: enr, dirty: make(chan struct{}, 1), unsaved: make(chan struct{}, 1)}
 	a.state, err = mapstate.Load(filepath.Join(cfg.StateDir, identity.NetworkMapFile))
@@ -437,9 +504,8 @@ func RunWith(ctx context.Context, cfg Config, env Env) error {
 	}
 	log.Info("wireguard up", "iface", cfg.Interface, "public_key", nk.Public().String(), "listen_port", port)
 
-	host, _ := os.Hostname()
 	a.cc, err = control.New(control.Config{
-		Enrolment: enr, PrivateKey: nk, Hostname: host, Logger: log, OnMap: a.onMap,
+		Enrolment: enr, PrivateKey: nk, Hostname: hostname, Logger: log, OnMap: a.onMap,
 		OnSignal: func(s *api.Signal) {
 			if sig, err := traversal.SignalFromProto(s); err == nil {
 				a.trav.HandleSignal(sig)
@@ -520,6 +586,9 @@ func RunWith(ctx context.Context, cfg Config, env Env) error {
 	g.Go("memory trim", a.trimLoop)
 	g.Go("endpoints", func(ctx context.Context) error { return a.endpointLoop(ctx, port) })
 	g.Go("local API", func(ctx context.Context) error { return localapi.Serve(ctx, cfg.Socket, a, log) })
+	if pending.any() {
+		g.GoOneShot("registration update", func(ctx context.Context) error { return a.updateLoop(ctx, registered, pending, hostname) })
+	}
 
 	if _, err := sdnotify.Ready("interface " + cfg.Interface + " up"); err != nil {
 		log.Warn("notify systemd", "err", err)

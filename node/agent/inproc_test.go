@@ -9,11 +9,13 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,6 +29,7 @@ import (
 	"github.com/edgewire/edgewire/coordinator/coordtest"
 	"github.com/edgewire/edgewire/dataplane/bind"
 	"github.com/edgewire/edgewire/internal/leaktest"
+	"github.com/edgewire/edgewire/node/identity"
 	"github.com/edgewire/edgewire/node/localapi"
 	"github.com/edgewire/edgewire/node/svcproxy"
 )
@@ -36,6 +39,7 @@ type fakeHost struct {
 	mu     sync.Mutex // guards addrs, routes
 	addrs  []netip.Prefix
 	routes []netip.Prefix
+	down   atomic.Bool // TCP dials (coordinator, relay) fail
 }
 
 func (h *fakeHost) Configure(_ string, addrs, routes []netip.Prefix) error {
@@ -54,6 +58,9 @@ func (h *fakeHost) Addrs(string) ([]netip.Addr, error) {
 }
 
 func (h *fakeHost) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	if h.down.Load() {
+		return nil, errors.New("network down (test)")
+	}
 	var d net.Dialer
 	return d.DialContext(ctx, network, addr)
 }
@@ -253,7 +260,7 @@ func rig(t *testing.T, cut bool) (*coordtest.Coordinator, *testAgent, *testAgent
 		}
 	})
 	c := coordtest.Start(t, coordtest.Options{})
-	tok := c.Token(&api.CreateTokenRequest{Uses: 3})
+	tok := c.Token(&api.CreateTokenRequest{Uses: 3, Routes: []string{"10.77.0.0/16"}})
 	a, b := newTestAgent(t, c, "a", tok), newTestAgent(t, c, "b", tok)
 	a.bind.cut.Store(cut)
 	a.start(t)
@@ -352,4 +359,39 @@ func TestRevokedTicket(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	_ = b
+}
+
+// TestRegistrationUpdate: an agent restarted with another name and routes
+// re-registers (its peers see the change); one that cannot reach the
+// coordinator at start runs as registered and applies the change in the
+// background once it can.
+func TestRegistrationUpdate(t *testing.T) {
+	_, a, b := rig(t, false)
+	rename := func(name string, routes ...string) {
+		a.stop(t)
+		a.cfg.Name, a.cfg.SetName, a.cfg.SetRoutes, a.cfg.Token = name, true, true, ""
+		a.cfg.Routes = nil
+		for _, r := range routes {
+			a.cfg.Routes = append(a.cfg.Routes, netip.MustParsePrefix(r))
+		}
+		a.start(t)
+	}
+	seen := func(name, route string) {
+		t.Helper()
+		b.waitPeer(t, name, "listed with route "+route, 20*time.Second, func(p localapi.PeerStatus) bool {
+			return slices.Equal(p.Routes, []string{route})
+		})
+		enr, err := identity.LoadEnrolment(a.cfg.StateDir)
+		if err != nil || enr.Name != name || !slices.Equal(enr.Advertised, []string{route}) {
+			t.Errorf("enrolment %+v (%v), want name %s advertising %s", enr, err, name, route)
+		}
+	}
+	rename("a1", "10.77.1.0/24")
+	seen("a1", "10.77.1.0/24")
+
+	a.host.down.Store(true)
+	rename("a2", "10.77.1.0/24")
+	time.Sleep(time.Second) // the update at start has failed by now
+	a.host.down.Store(false)
+	seen("a2", "10.77.1.0/24")
 }

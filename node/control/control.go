@@ -37,9 +37,9 @@ import (
 	"github.com/edgewire/edgewire/types/key"
 )
 
-// ErrRefused marks a join the coordinator refused (bad token, name taken,
-// bad routes): retrying the same request will not help.
-var ErrRefused = errors.New("join refused")
+// ErrRefused marks a join or update the coordinator refused (bad token,
+// name taken, bad routes): retrying the same request will not help.
+var ErrRefused = errors.New("refused")
 
 // JoinRequest is what Join needs.
 type JoinRequest struct {
@@ -118,17 +118,14 @@ func Join(ctx context.Context, req JoinRequest) (identity.Enrolment, *api.JoinRe
 		return identity.Enrolment{}, nil, fmt.Errorf("connect to %s: %w", req.Coordinator, err)
 	}
 	defer conn.Close()
-	jr := &api.JoinRequest{Token: req.Token, Name: req.Name, Hostname: req.Hostname, KubernetesToken: req.KubernetesToken}
-	for _, r := range req.Routes {
-		jr.Routes = append(jr.Routes, r.String())
-	}
+	jr := &api.JoinRequest{Token: req.Token, Name: req.Name, Hostname: req.Hostname, KubernetesToken: req.KubernetesToken, Routes: RouteStrings(req.Routes)}
 	resp, err := join(ctx, api.NewControlClient(conn), req.PrivateKey, req.Hostname, jr)
 	if err != nil {
 		switch status.Code(err) {
 		case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.Internal:
 			return identity.Enrolment{}, nil, fmt.Errorf("join %s: %s", req.Coordinator, describe(err))
 		}
-		return identity.Enrolment{}, nil, fmt.Errorf("%w by %s: %s", ErrRefused, req.Coordinator, describe(err))
+		return identity.Enrolment{}, nil, fmt.Errorf("join %w by %s: %s", ErrRefused, req.Coordinator, describe(err))
 	}
 	if ca == nil {
 		return identity.Enrolment{}, nil, errors.New("join: TLS handshake did not pin a CA")
@@ -138,8 +135,19 @@ func Join(ctx context.Context, req JoinRequest) (identity.Enrolment, *api.JoinRe
 		ServerName:  req.ServerName,
 		CAPEM:       string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Raw})),
 		Name:        resp.GetSelf().GetName(),
+		Advertised:  RouteStrings(req.Routes),
 	}
 	return e, resp, nil
+}
+
+// RouteStrings is routes in CIDR notation, never nil (an enrolment tells
+// "no routes" from "not known" by it).
+func RouteStrings(routes []netip.Prefix) []string {
+	out := make([]string, 0, len(routes))
+	for _, r := range routes {
+		out = append(out, r.String())
+	}
+	return out
 }
 
 // join runs the Join stream: the key proof, then the request.

@@ -68,6 +68,10 @@ type Enrolment struct {
 	ServerName  string `json:"server_name"` // TLS name to verify
 	CAPEM       string `json:"ca_pem"`      // CA the token pinned
 	Name        string `json:"name"`        // node name as registered
+	// Advertised is the routes the node registered (advertised, approved
+	// or not), to tell whether the flags changed them; nil in enrolments
+	// written before it was kept: unknown.
+	Advertised []string `json:"advertised"`
 }
 
 // ErrNotEnrolled means the agent has not joined a coordinator yet.
@@ -103,6 +107,19 @@ func SaveEnrolment(dir string, e Enrolment) error {
 		return err
 	}
 	return atomicfile.Write(filepath.Join(dir, enrolmentFile), append(b, '\n'), 0o600)
+}
+
+// ForgetOverlay removes what the state dir holds of the overlay the node
+// was enrolled in, but its key and enrolment: the last network map, the
+// relay ticket and the peers' direct endpoints. A node that re-joins
+// another overlay must not bring them along.
+func ForgetOverlay(dir string) error {
+	for _, f := range []string{NetworkMapFile, ticketFile, lastDirectFile} {
+		if err := os.Remove(filepath.Join(dir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
 }
 
 // lastDirectFile holds each peer's last direct endpoint, so a node

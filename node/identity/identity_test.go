@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 	"time"
 
@@ -50,14 +51,17 @@ func TestEnrolment(t *testing.T) {
 	if _, err := LoadEnrolment(dir); err != ErrNotEnrolled {
 		t.Fatalf("LoadEnrolment of an empty dir: %v, want ErrNotEnrolled", err)
 	}
-	e := Enrolment{Coordinator: "c:8443", ServerName: "edgewire-coordinator", CAPEM: "pem", Name: "n1"}
-	if err := SaveEnrolment(dir, e); err != nil {
-		t.Fatal(err)
-	}
-	got, err := LoadEnrolment(dir)
-	e.Version = enrolmentV1
-	if err != nil || got != e {
-		t.Errorf("round trip: got %+v, %v; want %+v", got, err, e)
+	// Advertised: nil (not known, an older enrolment), none, some.
+	for _, adv := range [][]string{nil, {}, {"10.42.3.0/24"}} {
+		e := Enrolment{Coordinator: "c:8443", ServerName: "edgewire-coordinator", CAPEM: "pem", Name: "n1", Advertised: adv}
+		if err := SaveEnrolment(dir, e); err != nil {
+			t.Fatal(err)
+		}
+		got, err := LoadEnrolment(dir)
+		e.Version = enrolmentV1
+		if err != nil || !reflect.DeepEqual(got, e) {
+			t.Errorf("round trip: got %+v, %v; want %+v", got, err, e)
+		}
 	}
 	os.WriteFile(filepath.Join(dir, enrolmentFile), []byte(`{"v":2,"coordinator":"c","ca_pem":"p"}`), 0o600)
 	if _, err := LoadEnrolment(dir); err == nil {

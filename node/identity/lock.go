@@ -45,7 +45,7 @@ func LockStateDir(dir string) (*Lock, error) {
 			if pid, perr := strconv.Atoi(strings.TrimSpace(string(b))); perr == nil && pid > 0 {
 				holder = "pid " + strconv.Itoa(pid)
 			}
-			return nil, fmt.Errorf("%w: %s is used by %s (another edgewire-agent); stop it, or give this one its own --state-dir", ErrStateDirInUse, dir, holder)
+			return nil, fmt.Errorf("%w by %s: %s belongs to another edgewire-agent; stop it, or give this one its own --state-dir", ErrStateDirInUse, holder, dir)
 		}
 		return nil, fmt.Errorf("state dir lock %s: %w", path, err)
 	}
