@@ -29,6 +29,7 @@ import (
 	"github.com/edgewire/edgewire/dataplane/linkconf"
 	"github.com/edgewire/edgewire/dataplane/wgdev"
 	"github.com/edgewire/edgewire/internal/atomicfile"
+	"github.com/edgewire/edgewire/internal/buildinfo"
 	"github.com/edgewire/edgewire/internal/rungroup"
 	"github.com/edgewire/edgewire/internal/sdnotify"
 	"github.com/edgewire/edgewire/internal/telemetry"
@@ -439,7 +440,7 @@ func RunWith(ctx context.Context, cfg Config, env Env) error {
 
 	host, _ := os.Hostname()
 	a.cc, err = control.New(control.Config{
-		Enrolment: enr, PrivateKey: nk, Hostname: host, Logger: log, OnMap: a.onMap,
+		Enrolment: enr, PrivateKey: nk, Hostname: host, Version: buildinfo.Get().Version, Logger: log, OnMap: a.onMap,
 		OnSignal: func(s *api.Signal) {
 			if sig, err := traversal.SignalFromProto(s); err == nil {
 				a.trav.HandleSignal(sig)
