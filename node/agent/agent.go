@@ -964,7 +964,7 @@ func (a *Agent) Status() (localapi.Status, error) {
 	}
 	st.Peers = []localapi.PeerStatus{}
 	for _, p := range peers {
-		ps := localapi.PeerStatus{Name: p.Name, PublicKey: p.Key.String(), Online: p.Online}
+		ps := localapi.PeerStatus{Name: p.Name, PublicKey: p.Key.String(), Online: p.Online, Version: p.Version}
 		for _, ad := range p.Addresses {
 			ps.Addresses = append(ps.Addresses, ad.String())
 		}
@@ -991,7 +991,11 @@ func (a *Agent) Status() (localapi.Status, error) {
 			if s.Endpoint.IsValid() {
 				ps.Endpoint = s.Endpoint.String()
 			}
-			ps.LastHandshake, ps.RxBytes, ps.TxBytes = s.LastHandshake, s.RxBytes, s.TxBytes
+			if !s.LastHandshake.IsZero() {
+				hs := s.LastHandshake
+				ps.LastHandshake = &hs
+			}
+			ps.RxBytes, ps.TxBytes = s.RxBytes, s.TxBytes
 		}
 		st.Peers = append(st.Peers, ps)
 	}
