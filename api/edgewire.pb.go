@@ -882,7 +882,11 @@ type Hello struct {
 	// buckets then the rest, 8 bytes each. A coordinator whose map differs
 	// from it in a few node buckets only sends those (NetworkMap
 	// patched_buckets) instead of a full map. Empty: not known.
-	MapBuckets    []byte `protobuf:"bytes,7,opt,name=map_buckets,json=mapBuckets,proto3" json:"map_buckets,omitempty"`
+	MapBuckets []byte `protobuf:"bytes,7,opt,name=map_buckets,json=mapBuckets,proto3" json:"map_buckets,omitempty"`
+	// The agent's version (internal/buildinfo), as `edgewire-agent version`
+	// prints it: at most 64 printable ASCII characters, else the
+	// coordinator records none. Shown in ListNodes and in the map.
+	Version       string `protobuf:"bytes,8,opt,name=version,proto3" json:"version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -964,6 +968,13 @@ func (x *Hello) GetMapBuckets() []byte {
 		return x.MapBuckets
 	}
 	return nil
+}
+
+func (x *Hello) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
 }
 
 // Challenge: a fresh ephemeral Curve25519 key of the server and a random
@@ -1728,8 +1739,12 @@ type Node struct {
 	// routes of this node), empty if none. Agents match Service endpoints'
 	// node names against it.
 	KubernetesNode string `protobuf:"bytes,11,opt,name=kubernetes_node,json=kubernetesNode,proto3" json:"kubernetes_node,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The agent version the node reported in its last Hello (empty if it
+	// reported none, or one the coordinator refused). Kept with presence,
+	// not in the registry's durable state.
+	Version       string `protobuf:"bytes,12,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Node) Reset() {
@@ -1835,6 +1850,13 @@ func (x *Node) GetPendingRoutes() []string {
 func (x *Node) GetKubernetesNode() string {
 	if x != nil {
 		return x.KubernetesNode
+	}
+	return ""
+}
+
+func (x *Node) GetVersion() string {
+	if x != nil {
+		return x.Version
 	}
 	return ""
 }
@@ -2594,7 +2616,7 @@ const file_edgewire_proto_rawDesc = "" +
 	"\vKIND_ANSWER\x10\x02\x12\x12\n" +
 	"\x0eKIND_CANDIDATE\x10\x03\x12\x18\n" +
 	"\x14KIND_RESTART_REQUEST\x10\x04\x12\x0f\n" +
-	"\vKIND_PRIMED\x10\x05\"\x94\x02\n" +
+	"\vKIND_PRIMED\x10\x05\"\xae\x02\n" +
 	"\x05Hello\x12\x1d\n" +
 	"\n" +
 	"public_key\x18\x01 \x01(\fR\tpublicKey\x12G\n" +
@@ -2605,7 +2627,8 @@ const file_edgewire_proto_rawDesc = "" +
 	"\n" +
 	"map_digest\x18\x06 \x01(\fR\tmapDigest\x12\x1f\n" +
 	"\vmap_buckets\x18\a \x01(\fR\n" +
-	"mapBuckets\"Y\n" +
+	"mapBuckets\x12\x18\n" +
+	"\aversion\x18\b \x01(\tR\aversion\"Y\n" +
 	"\tChallenge\x120\n" +
 	"\x14ephemeral_public_key\x18\x01 \x01(\fR\x12ephemeralPublicKey\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\fR\x05nonceJ\x04\b\x03\x10\x04\"#\n" +
@@ -2666,7 +2689,7 @@ const file_edgewire_proto_rawDesc = "" +
 	"\n" +
 	"StunServer\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x12\n" +
-	"\x04port\x18\x02 \x01(\rR\x04port\"\xd0\x02\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\"\xea\x02\n" +
 	"\x04Node\x12\x1d\n" +
 	"\n" +
 	"public_key\x18\x01 \x01(\fR\tpublicKey\x12\x12\n" +
@@ -2680,7 +2703,8 @@ const file_edgewire_proto_rawDesc = "" +
 	"\x04tags\x18\t \x03(\tR\x04tags\x12%\n" +
 	"\x0epending_routes\x18\n" +
 	" \x03(\tR\rpendingRoutes\x12'\n" +
-	"\x0fkubernetes_node\x18\v \x01(\tR\x0ekubernetesNode\"\xba\x01\n" +
+	"\x0fkubernetes_node\x18\v \x01(\tR\x0ekubernetesNode\x12\x18\n" +
+	"\aversion\x18\f \x01(\tR\aversion\"\xba\x01\n" +
 	"\x12CreateTokenRequest\x12\x1f\n" +
 	"\vttl_seconds\x18\x01 \x01(\x03R\n" +
 	"ttlSeconds\x12\x1a\n" +

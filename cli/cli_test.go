@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -16,12 +17,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/edgewire/edgewire/api"
+	"github.com/edgewire/edgewire/internal/buildinfo"
 	"github.com/edgewire/edgewire/node/localapi"
 )
 
@@ -75,16 +78,21 @@ func (a *fakeAdmin) RevokeToken(_ context.Context, req *api.RevokeTokenRequest) 
 	return &api.RevokeTokenResponse{}, nil
 }
 
+// testKey is a fixed 32-byte public key.
+func testKey(b byte) []byte { return bytes.Repeat([]byte{b * 17}, 32) }
+
 // nodes is the registry ListNodes shows.
 func nodes() []*api.Node {
 	return []*api.Node{
-		{Name: "alpha", Addresses: []string{"100.64.0.1"}, Routes: []string{"10.42.0.0/24"}, PendingRoutes: []string{"10.43.0.0/24", "192.168.7.0/24"},
+		{Name: "alpha", PublicKey: testKey(1), Hostname: "alpha.example", Addresses: []string{"100.64.0.1"}, Routes: []string{"10.42.0.0/24"},
+			PendingRoutes: []string{"10.43.0.0/24", "192.168.7.0/24"}, Tags: []string{"edge", "cam"}, Version: "v0.9.0",
 			Endpoints: []string{"203.0.113.10:51820", "192.168.1.10:51820"}, Online: true, LastSeenUnixMs: now.UnixMilli()},
-		{Name: "beta", Addresses: []string{"100.64.0.2", "fd7a:115c:a1e0::2"}, Endpoints: []string{"198.51.100.4:41641"},
-			LastSeenUnixMs: now.Add(-90*time.Second - 400*time.Millisecond).UnixMilli()},
-		{Name: "gamma", Addresses: []string{"100.64.0.3"}, PendingRoutes: []string{"192.168.10.0/24"}},
-		{Name: "worker-1", Addresses: []string{"100.64.0.4"}, Routes: []string{"10.42.1.0/24"}, KubernetesNode: "worker-1",
-			Online: true, LastSeenUnixMs: now.Add(-time.Second).UnixMilli()},
+		{Name: "beta", PublicKey: testKey(2), Addresses: []string{"100.64.0.2", "fd7a:115c:a1e0::2"}, Endpoints: []string{"198.51.100.4:41641"},
+			LastSeenUnixMs: now.Add(-90*time.Second - 400*time.Millisecond).UnixMilli(), Version: "v0.8.2-14-g3f2a9c1-dirty"},
+		// Never connected: no endpoints, no version, never seen.
+		{Name: "gamma", PublicKey: testKey(3), Addresses: []string{"100.64.0.3"}, PendingRoutes: []string{"192.168.10.0/24"}},
+		{Name: "worker-1", PublicKey: testKey(4), Addresses: []string{"100.64.0.4"}, Routes: []string{"10.42.1.0/24"}, KubernetesNode: "worker-1",
+			Online: true, LastSeenUnixMs: now.Add(-time.Second).UnixMilli(), Version: "v0.9.0"},
 	}
 }
 
@@ -175,32 +183,35 @@ func (fakeAgent) Status() (localapi.Status, error) {
 		},
 		Peers: []localapi.PeerStatus{
 			{Name: "db", PublicKey: "Zx4m2vJb2b7cN0uA6jH7p3xkq9wJ8s5T1rL0yQe2VdU=", Addresses: []string{"100.64.0.8"}, Routes: []string{"10.20.0.0/16"},
-				Online: true, Path: "direct", Endpoint: "198.51.100.23:51820", LastHandshake: now.Add(-12*time.Second - 300*time.Millisecond),
+				Online: true, Path: "direct", Endpoint: "198.51.100.23:51820", LastHandshake: at(now.Add(-12*time.Second - 300*time.Millisecond)), Version: "v0.9.0",
 				RxBytes: 1536, TxBytes: 5 << 20,
 				ICE: &localapi.ICEStatus{State: "connected", Local: &localapi.CandidateInfo{Type: "srflx", Address: "203.0.113.50:51820"},
 					Remote: &localapi.CandidateInfo{Type: "host", Address: "198.51.100.23:51820"}, RTTMs: 4.25, Restarts: 1}},
 			{Name: "cam-7", PublicKey: "q9H3nT0aZ7l2wV5xR8cK1mB4yU6eJ0sD2fG3hP5iL7o=", Addresses: []string{"100.64.0.9"},
-				Online: true, Path: "relay", Relay: "fra", Endpoint: "127.77.0.2:1", LastHandshake: now.Add(-75 * time.Second),
+				Online: true, Path: "relay", Relay: "fra", Endpoint: "127.77.0.2:1", LastHandshake: at(now.Add(-75 * time.Second)), Version: "v0.8.2",
 				RxBytes: 512, TxBytes: 3 << 30,
 				ICE: &localapi.ICEStatus{State: "checking", Restarts: 4}},
-			{Name: "old-laptop", PublicKey: "b2Xc4Vn6Mm8Qq0Ww2Ee4Rr6Tt8Yy0Uu2Ii4Oo6Pp8A=", Addresses: []string{"100.64.0.10"},
+			{Name: "old-laptop", PublicKey: "Enf+hoH/jWtZLBIoXuK8nqgd6F6m2iL/m3feMuENuW0=", Addresses: []string{"100.64.0.10"},
 				Path: "none"},
 			// No relay and no coordinator: the endpoint that last worked.
-			{Name: "gw-2", PublicKey: "c3Yd5Wo7Nn9Rr1Xx3Ff5Ss7Uu9Zz1Vv3Jj5Pp7Qq9B=", Addresses: []string{"100.64.0.12"},
-				Path: "direct", LastKnown: true, Endpoint: "198.51.100.40:51820", LastHandshake: now.Add(-3 * time.Second)},
+			{Name: "gw-2", PublicKey: "dAzxAxn9kKsl/iR26rl4ajGJxzf0ymqjXkFGjSENeN0=", Addresses: []string{"100.64.0.12"},
+				Path: "direct", LastKnown: true, Endpoint: "198.51.100.40:51820", LastHandshake: at(now.Add(-3 * time.Second))},
 		},
 	}, nil
 }
 
-// Ping answers db directly, cam-7 over relay fra, and loses lossy's reply.
+func at(t time.Time) *time.Time { return &t }
+
+// Ping answers db directly, cam-7 over relay fra, and loses lossy's
+// reply; like the agent it takes a name or an overlay address.
 func (fakeAgent) Ping(_ context.Context, peer string) (localapi.PingResult, error) {
 	switch peer {
-	case "db":
-		return localapi.PingResult{Address: "100.64.0.8", Path: "direct", Endpoint: "198.51.100.23:51820", RTTMs: 4.125}, nil
-	case "cam-7":
-		return localapi.PingResult{Address: "100.64.0.9", Path: "relay", Relay: "fra", Endpoint: "127.77.0.2:1", RTTMs: 31.5}, nil
-	case "lossy":
-		return localapi.PingResult{Address: "100.64.0.11", Path: "relay", Relay: "fra"}, errors.New("no reply within 2s")
+	case "db", "100.64.0.8":
+		return localapi.PingResult{Peer: "db", Address: "100.64.0.8", Path: "direct", Endpoint: "198.51.100.23:51820", RTTMs: 4.125}, nil
+	case "cam-7", "100.64.0.9":
+		return localapi.PingResult{Peer: "cam-7", Address: "100.64.0.9", Path: "relay", Relay: "fra", Endpoint: "127.77.0.2:1", RTTMs: 31.5}, nil
+	case "lossy", "100.64.0.11":
+		return localapi.PingResult{Peer: "lossy", Address: "100.64.0.11", Path: "relay", Relay: "fra"}, errors.New("no reply within 2s")
 	}
 	return localapi.PingResult{}, localapi.ErrNoPeer
 }
@@ -268,15 +279,18 @@ func newFixture(t *testing.T) *fixture {
 	return &fixture{admin: a, flags: []string{"--admin-socket", serveAdmin(t, dir, a), "--socket", serveAgent(t, dir, fakeAgent{})}}
 }
 
-// run runs the CLI in process with the fixed clock.
+// build is what `version` reports in tests.
+var build = buildinfo.Info{Version: "v0.9.0", Revision: "3f2a9c1d5e7b9a0c1e3f5a7b9c0d1e2f3a4b5c6d", GoVersion: "go1.26.0", Platform: "linux/arm64"}
+
+// run runs the CLI in process with the fixed clock and build.
 func (f *fixture) run(args ...string) (stdout, stderr string, code int) {
 	var out, errOut bytes.Buffer
-	code = run(append(slices.Clone(args), f.flags...), &out, &errOut, func() time.Time { return now })
+	code = runBuild(append(slices.Clone(args), f.flags...), &out, &errOut, func() time.Time { return now }, build)
 	return out.String(), errOut.String(), code
 }
 
-// golden compares got with testdata/name.golden, or rewrites the file
-// under -update.
+// golden compares got with testdata/name.golden byte for byte, or
+// rewrites the file under -update.
 func golden(t *testing.T, name, got string) {
 	t.Helper()
 	path := filepath.Join("testdata", name+".golden")
@@ -291,13 +305,70 @@ func golden(t *testing.T, name, got string) {
 		t.Fatalf("%v (run with -update to create it)", err)
 	}
 	if got != string(want) {
-		t.Errorf("output differs from %s (rerun with -update if the change is meant)\ngot:\n%s\nwant:\n%s", path, got, want)
+		t.Errorf("output differs from %s (rerun with -update if the change is meant); - want, + got:\n%s", path, lineDiff(string(want), got))
 	}
 }
 
-// TestGolden runs each command against the fakes and compares what it
-// prints with testdata/<name>.golden; `go test ./cli -run TestGolden
-// -update` rewrites those files.
+// lineDiff shows the lines of a and b that differ (- a, + b) between the
+// common lines, with a trailing "⏎" on lines missing their newline.
+func lineDiff(a, b string) string {
+	split := func(s string) []string {
+		l := strings.SplitAfter(s, "\n")
+		if l[len(l)-1] == "" {
+			l = l[:len(l)-1]
+		}
+		for i, x := range l {
+			if !strings.HasSuffix(x, "\n") {
+				l[i] = x + "⏎\n"
+			}
+		}
+		return l
+	}
+	x, y := split(a), split(b)
+	// lcs[i][j]: length of the longest common subsequence of x[i:], y[j:].
+	lcs := make([][]int, len(x)+1)
+	for i := range lcs {
+		lcs[i] = make([]int, len(y)+1)
+	}
+	for i := len(x) - 1; i >= 0; i-- {
+		for j := len(y) - 1; j >= 0; j-- {
+			if x[i] == y[j] {
+				lcs[i][j] = lcs[i+1][j+1] + 1
+			} else {
+				lcs[i][j] = max(lcs[i+1][j], lcs[i][j+1])
+			}
+		}
+	}
+	var sb strings.Builder
+	i, j := 0, 0
+	for i < len(x) || j < len(y) {
+		switch {
+		case i < len(x) && j < len(y) && x[i] == y[j]:
+			sb.WriteString("  " + x[i])
+			i, j = i+1, j+1
+		case i < len(x) && (j == len(y) || lcs[i+1][j] >= lcs[i][j+1]):
+			sb.WriteString("- " + x[i])
+			i++
+		default:
+			sb.WriteString("+ " + y[j])
+			j++
+		}
+	}
+	return sb.String()
+}
+
+// TestLineDiff: the diff a failing golden test shows.
+func TestLineDiff(t *testing.T) {
+	got := lineDiff("a\nb\nc\n", "a\nB\nc\nd")
+	want := "  a\n- b\n+ B\n  c\n+ d⏎\n"
+	if got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
+// TestGolden runs each command against the fakes, as a table and as
+// JSON, and compares what it prints with testdata/<name>.golden; `go test
+// ./cli -run TestGolden -update` rewrites those files.
 func TestGolden(t *testing.T) {
 	f := newFixture(t)
 	for _, tc := range []struct {
@@ -305,31 +376,132 @@ func TestGolden(t *testing.T) {
 		args   []string
 	}{
 		{"token_list", []string{"token", "list"}},
+		{"token_list_json", []string{"token", "list", "-o", "json"}},
 		{"token_create", []string{"token", "create"}},
 		{"token_create_json", []string{"token", "create", "--ttl", "1h", "--uses", "3", "--tags", "edge,cam", "--routes", "10.42.0.0/16", "-o", "json"}},
+		{"token_create_never_json", []string{"token", "create", "--ttl", "0", "--reusable", "-o", "json"}},
 		{"token_revoke", []string{"token", "revoke", "valid001"}},
+		{"token_revoke_json", []string{"token", "revoke", "valid001", "-o", "json"}},
 		{"nodes_list", []string{"nodes", "list"}},
+		{"nodes_list_json", []string{"nodes", "list", "-o", "json"}},
 		{"nodes_delete", []string{"nodes", "delete", "beta"}},
+		{"nodes_delete_json", []string{"nodes", "delete", "beta", "-o", "json"}},
 		{"nodes_routes_list", []string{"nodes", "routes", "list"}},
+		{"nodes_routes_list_json", []string{"nodes", "routes", "list", "-o", "json"}},
 		{"nodes_routes_approve", []string{"nodes", "routes", "approve", "alpha", "10.43.0.0/24"}},
+		{"nodes_routes_approve_json", []string{"nodes", "routes", "approve", "alpha", "10.43.0.0/24", "-o", "json"}},
 		{"nodes_routes_approve_all", []string{"nodes", "routes", "approve", "gamma", "--all"}},
 		{"nodes_routes_withdraw", []string{"nodes", "routes", "withdraw", "alpha", "10.42.0.0/24"}},
+		{"nodes_routes_withdraw_json", []string{"nodes", "routes", "withdraw", "alpha", "10.42.0.0/24", "-o", "json"}},
 		{"status", []string{"status"}},
 		{"status_json", []string{"status", "-o", "json"}},
 		{"services", []string{"services"}},
 		{"services_json", []string{"services", "-o", "json"}},
 		{"ping", []string{"ping", "-c", "2", "-i", "10ms", "db"}},
+		{"ping_ip", []string{"ping", "-c", "1", "100.64.0.9"}},
+		{"ping_json", []string{"ping", "-c", "1", "db", "-o", "json"}},
 		{"ping_relay_json", []string{"ping", "-c", "1", "cam-7", "-o", "json"}},
 		{"netcheck", []string{"netcheck"}},
+		{"netcheck_json", []string{"netcheck", "-o", "json"}},
+		{"version", []string{"version"}},
+		{"version_json", []string{"version", "-o", "json"}},
 	} {
 		t.Run(tc.golden, func(t *testing.T) {
 			out, errOut, code := f.run(tc.args...)
 			if code != 0 || errOut != "" {
 				t.Fatalf("edgewire %s: exit %d, stderr %q; want 0 and nothing", strings.Join(tc.args, " "), code, errOut)
 			}
+			if strings.HasSuffix(tc.golden, "_json") && !json.Valid([]byte(out)) {
+				t.Errorf("edgewire %s: not JSON:\n%s", strings.Join(tc.args, " "), out)
+			}
 			golden(t, tc.golden, out)
 		})
 	}
+}
+
+// TestGoldenCoversEveryVerb: every command that runs has a table and a
+// JSON golden file, so a new verb cannot skip either.
+func TestGoldenCoversEveryVerb(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("testdata", "*.golden"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, f := range files {
+		have[strings.TrimSuffix(filepath.Base(f), ".golden")] = true
+	}
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, sub := range c.Commands() {
+			if sub.Hidden || sub.Name() == "help" || sub.Name() == "completion" {
+				continue
+			}
+			if sub.HasSubCommands() {
+				walk(sub)
+				continue
+			}
+			name := strings.ReplaceAll(strings.TrimPrefix(sub.CommandPath(), "edgewire "), " ", "_")
+			if !have[name] {
+				t.Errorf("%s: no testdata/%s.golden", sub.CommandPath(), name)
+			}
+			if !have[name+"_json"] {
+				t.Errorf("%s -o json: no testdata/%s_json.golden", sub.CommandPath(), name)
+			}
+		}
+	}
+	walk(newRoot(&globals{now: time.Now}))
+}
+
+// TestJSONZeroValues: -o json keeps false, 0, "" and empty lists (a
+// consumer tells them from a field it does not know) and prints what does
+// not apply as null.
+func TestJSONZeroValues(t *testing.T) {
+	f := newFixture(t)
+	decode := func(args ...string) any {
+		t.Helper()
+		out, errOut, code := f.run(append(args, "-o", "json")...)
+		if code != 0 {
+			t.Fatalf("edgewire %s: exit %d: %s", strings.Join(args, " "), code, errOut)
+		}
+		var v any
+		if err := json.Unmarshal([]byte(out), &v); err != nil {
+			t.Fatalf("edgewire %s: %v", strings.Join(args, " "), err)
+		}
+		return v
+	}
+	find := func(list any, field, value string) map[string]any {
+		t.Helper()
+		for _, e := range list.([]any) {
+			if m := e.(map[string]any); m[field] == value {
+				return m
+			}
+		}
+		t.Fatalf("no entry with %s %q", field, value)
+		return nil
+	}
+	check := func(what string, m map[string]any, want map[string]any) {
+		t.Helper()
+		for k, w := range want {
+			g, ok := m[k]
+			if !ok {
+				t.Errorf("%s: no field %q (want %v)", what, k, w)
+				continue
+			}
+			if fmt.Sprint(g) != fmt.Sprint(w) {
+				t.Errorf("%s: field %q is %v, want %v", what, k, g, w)
+			}
+		}
+	}
+	gamma := find(decode("nodes", "list"), "name", "gamma")
+	check("nodes list gamma", gamma, map[string]any{"online": false, "endpoints": []any{}, "routes": []any{}, "tags": []any{},
+		"last_seen": nil, "version": "", "kubernetes_node": "", "hostname": ""})
+	tok := find(decode("token", "list"), "id", "reuse001")
+	check("token list reuse001", tok, map[string]any{"expires": nil, "max_uses": 0, "revoked": false, "tags": []any{}})
+	peers := decode("status").(map[string]any)["peers"]
+	check("status old-laptop", find(peers, "name", "old-laptop"), map[string]any{"last_handshake": nil, "rx_bytes": 0, "routes": []any{},
+		"last_known": false, "relay": "", "endpoint": "", "ice": nil, "online": false, "version": ""})
+	stun := decode("netcheck").(map[string]any)["stun"]
+	check("netcheck stun timeout", find(stun, "server", "relay-ams.example.net:3478"), map[string]any{"mapped": "", "rtt_ms": 0})
 }
 
 // TestRequests checks what the commands ask the coordinator for.
@@ -375,38 +547,56 @@ func checkOne[M proto.Message](t *testing.T, rpc string, got []M, want M) {
 	}
 }
 
-// TestErrors: refusals are one line on stderr (no usage) and exit 1, and
-// nothing refused by the CLI reaches the coordinator.
+// TestErrors: refusals are one line on stderr (no usage); a command line
+// that is wrong exits 2, a command that failed exits 1; nothing refused
+// by the CLI reaches the coordinator.
 func TestErrors(t *testing.T) {
 	f := newFixture(t)
 	for _, tc := range []struct {
 		name   string
 		args   []string
+		code   int
 		stderr string
 	}{
-		{"unknown flag", []string{"token", "list", "--bogus"}, "edgewire: unknown flag: --bogus\n"},
-		{"bad flag value", []string{"token", "create", "--uses", "many"}, `edgewire: invalid argument "many" for "--uses" flag: strconv.ParseInt: parsing "many": invalid syntax` + "\n"},
-		{"bad output", []string{"status", "-o", "yaml"}, `edgewire: --output "yaml": want table or json` + "\n"},
-		{"ttl under a second", []string{"token", "create", "--ttl", "500ms"}, "edgewire: --ttl 500ms: want at least 1s (or 0 for a token that never expires)\n"},
-		{"negative ttl", []string{"token", "create", "--ttl", "-1h"}, "edgewire: --ttl -1h0m0s: must not be negative\n"},
-		{"negative uses", []string{"token", "create", "--uses", "-1"}, "edgewire: --uses -1: must not be negative\n"},
-		{"approve nothing", []string{"nodes", "routes", "approve", "gamma"}, "edgewire: give the prefixes to approve, or --all\n"},
-		{"approve prefixes and all", []string{"nodes", "routes", "approve", "gamma", "192.168.10.0/24", "--all"}, "edgewire: give the prefixes to approve, or --all\n"},
-		{"approve a non-prefix", []string{"nodes", "routes", "approve", "gamma", "192.168.10.1"}, `edgewire: "192.168.10.1": want a prefix like 10.42.0.0/16` + "\n"},
-		{"withdraw nothing", []string{"nodes", "routes", "withdraw", "alpha"}, "edgewire: requires at least 2 arg(s), only received 1\n"},
-		{"rpc error delete", []string{"nodes", "delete", "nosuch"}, `edgewire: no node named "nosuch"` + "\n"},
-		{"rpc error approve", []string{"nodes", "routes", "approve", "nosuch", "--all"}, `edgewire: no node named "nosuch"` + "\n"},
-		{"rpc error revoke", []string{"token", "revoke", "zzzz"}, `edgewire: no token "zzzz"` + "\n"},
-		{"ping no such peer", []string{"ping", "-c", "1", "nosuch"}, "edgewire: no such peer\n"},
-		{"ping count", []string{"ping", "-c", "0", "db"}, "edgewire: -c 0: want at least 1\n"},
-		{"ping interval", []string{"ping", "-i", "1ms", "db"}, "edgewire: --interval 1ms: want at least 10ms\n"},
-		{"ping never direct", []string{"ping", "-c", "1", "--until-direct", "cam-7"}, "edgewire: no direct path to cam-7 after 1 pings\n"},
-		{"unknown command", []string{"nodez"}, "edgewire: unknown command \"nodez\" for \"edgewire\"\n\nDid you mean this?\n\tnodes\n\n"},
+		{"unknown flag", []string{"token", "list", "--bogus"}, 2, "edgewire: unknown flag: --bogus\n"},
+		{"bad flag value", []string{"token", "create", "--uses", "many"}, 2, `edgewire: invalid argument "many" for "--uses" flag: strconv.ParseInt: parsing "many": invalid syntax` + "\n"},
+		{"bad output", []string{"status", "-o", "yaml"}, 2, `edgewire: --output "yaml": want table or json` + "\n"},
+		{"ttl under a second", []string{"token", "create", "--ttl", "500ms"}, 2, "edgewire: --ttl 500ms: want at least 1s (or 0 for a token that never expires)\n"},
+		{"negative ttl", []string{"token", "create", "--ttl", "-1h"}, 2, "edgewire: --ttl -1h0m0s: must not be negative\n"},
+		{"negative uses", []string{"token", "create", "--uses", "-1"}, 2, "edgewire: --uses -1: must not be negative\n"},
+		{"approve nothing", []string{"nodes", "routes", "approve", "gamma"}, 2, "edgewire: give the prefixes to approve, or --all\n"},
+		{"approve prefixes and all", []string{"nodes", "routes", "approve", "gamma", "192.168.10.0/24", "--all"}, 2, "edgewire: give the prefixes to approve, or --all\n"},
+		{"approve a non-prefix", []string{"nodes", "routes", "approve", "gamma", "192.168.10.1"}, 2, `edgewire: "192.168.10.1": want a prefix like 10.42.0.0/16` + "\n"},
+		{"withdraw nothing", []string{"nodes", "routes", "withdraw", "alpha"}, 2, "edgewire: requires at least 2 arg(s), only received 1\n"},
+		{"delete nothing", []string{"nodes", "delete"}, 2, "edgewire: accepts 1 arg(s), received 0\n"},
+		{"revoke two", []string{"token", "revoke", "a", "b", "-o", "json"}, 2, "edgewire: accepts 1 arg(s), received 2\n"},
+		{"rpc error delete", []string{"nodes", "delete", "nosuch"}, 1, `edgewire: no node named "nosuch"` + "\n"},
+		{"rpc error delete json", []string{"nodes", "delete", "nosuch", "-o", "json"}, 1, `edgewire: no node named "nosuch"` + "\n"},
+		{"rpc error approve", []string{"nodes", "routes", "approve", "nosuch", "--all"}, 1, `edgewire: no node named "nosuch"` + "\n"},
+		{"rpc error revoke", []string{"token", "revoke", "zzzz"}, 1, `edgewire: no token "zzzz"` + "\n"},
+		{"rpc error revoke json", []string{"token", "revoke", "zzzz", "-o", "json"}, 1, `edgewire: no token "zzzz"` + "\n"},
+		{"ping no such peer", []string{"ping", "-c", "1", "nosuch"}, 1, "edgewire: no such peer\n"},
+		{"ping no such address", []string{"ping", "-c", "1", "100.64.0.99"}, 1, "edgewire: no such peer\n"},
+		{"ping count", []string{"ping", "-c", "0", "db"}, 2, "edgewire: -c 0: want at least 1\n"},
+		{"ping interval", []string{"ping", "-i", "1ms", "db"}, 2, "edgewire: --interval 1ms: want at least 10ms\n"},
+		{"ping nothing", []string{"ping"}, 2, "edgewire: accepts 1 arg(s), received 0\n"},
+		{"ping never direct", []string{"ping", "-c", "1", "--until-direct", "cam-7"}, 1, "edgewire: no direct path to cam-7 after 1 pings\n"},
+		{"unknown command", []string{"nodez"}, 2, `edgewire: unknown command "nodez" for "edgewire" (did you mean nodes?)` + "\n"},
+		{"unknown command, no suggestion", []string{"frobnicate"}, 2, `edgewire: unknown command "frobnicate" for "edgewire" (see edgewire --help)` + "\n"},
+		{"unknown subcommand", []string{"nodes", "lst"}, 2, `edgewire: unknown command "lst" for "edgewire nodes" (did you mean list?)` + "\n"},
+		{"unknown subcommand json", []string{"nodes", "lst", "-o", "json"}, 2, `edgewire: unknown command "lst" for "edgewire nodes" (did you mean list?)` + "\n"},
+		{"unknown token subcommand", []string{"token", "revok", "valid001"}, 2, `edgewire: unknown command "revok" for "edgewire token" (did you mean revoke?)` + "\n"},
+		{"unknown routes subcommand", []string{"nodes", "routes", "aprove", "alpha"}, 2, `edgewire: unknown command "aprove" for "edgewire nodes routes" (did you mean approve?)` + "\n"},
+		{"argument to a leaf", []string{"status", "db"}, 2, `edgewire: unknown command "db" for "edgewire status" (it takes no arguments)` + "\n"},
+		{"argument to nodes list", []string{"nodes", "list", "alpha"}, 2, `edgewire: unknown command "alpha" for "edgewire nodes list" (it takes no arguments)` + "\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, errOut, code := f.run(tc.args...)
-			if code != 1 || errOut != tc.stderr {
-				t.Errorf("edgewire %s: got exit %d, stderr %q; want exit 1, stderr %q", strings.Join(tc.args, " "), code, errOut, tc.stderr)
+			out, errOut, code := f.run(tc.args...)
+			if code != tc.code || errOut != tc.stderr {
+				t.Errorf("edgewire %s: got exit %d, stderr %q; want exit %d, stderr %q", strings.Join(tc.args, " "), code, errOut, tc.code, tc.stderr)
+			}
+			if tc.code == 2 && out != "" {
+				t.Errorf("edgewire %s: printed %q on stdout for a usage error, want nothing", strings.Join(tc.args, " "), out)
 			}
 			if strings.Contains(errOut, "Usage:") {
 				t.Errorf("stderr carries the usage:\n%s", errOut)
@@ -419,6 +609,18 @@ func TestErrors(t *testing.T) {
 	}
 	if len(approves) != 1 || approves[0].GetName() != "nosuch" {
 		t.Errorf("route approvals that reached the coordinator: got %v, want only the one for nosuch", approves)
+	}
+}
+
+// TestGroupAlone: a command that only groups others, run alone, prints
+// its help and succeeds (asking for it is not an error).
+func TestGroupAlone(t *testing.T) {
+	f := newFixture(t)
+	for _, args := range [][]string{{}, {"nodes"}, {"token"}, {"nodes", "routes"}} {
+		out, errOut, code := f.run(args...)
+		if code != 0 || errOut != "" || !strings.Contains(out, "Available Commands:") {
+			t.Errorf("edgewire %s: got exit %d, stderr %q, stdout %q; want 0 and the help", strings.Join(args, " "), code, errOut, out)
+		}
 	}
 }
 

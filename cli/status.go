@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/edgewire/edgewire/node/localapi"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // The commands in this file ask the agent on this host, over its local API.
@@ -17,7 +18,7 @@ func statusCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "status",
 		Short: "Show this node and its peers",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, cancel := callContext()
 			defer cancel()
@@ -34,8 +35,8 @@ func statusCmd(g *globals) *cobra.Command {
 			if st.Self.Connected {
 				conn = "connected"
 			}
-			fmt.Fprintf(out, "self: %s %s iface %s mtu %d port %d coordinator %s (%s) map v%d\n",
-				st.Self.Name, strings.Join(st.Self.Addresses, ","), st.Self.Interface, st.Self.MTU, st.Self.ListenPort,
+			fmt.Fprintf(out, "self: %s key %s %s iface %s mtu %d port %d coordinator %s (%s) map v%d\n",
+				st.Self.Name, shortKey(st.Self.PublicKey), strings.Join(st.Self.Addresses, ","), st.Self.Interface, st.Self.MTU, st.Self.ListenPort,
 				st.Self.Coordinator, conn, st.Self.MapVersion)
 			if r := st.Self.Relay; r != nil && r.Home != "" {
 				state := "connected"
@@ -45,7 +46,7 @@ func statusCmd(g *globals) *cobra.Command {
 				fmt.Fprintf(out, "home relay: %s (%s)\n", r.Home, state)
 			}
 			tw := table(out)
-			fmt.Fprintln(tw, "NAME\tOVERLAY IP\tPATH\tENDPOINT\tHANDSHAKE\tRX\tTX\tONLINE")
+			fmt.Fprintln(tw, "NAME\tKEY\tOVERLAY IP\tPATH\tENDPOINT\tHANDSHAKE\tRX\tTX\tONLINE")
 			for _, p := range st.Peers {
 				ep := p.Endpoint
 				if ep == "" {
@@ -58,8 +59,12 @@ func statusCmd(g *globals) *cobra.Command {
 				if p.Relay != "" {
 					path += ":" + p.Relay
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%v\n", p.Name, strings.Join(p.Addresses, ","), path, ep,
-					ago(p.LastHandshake, now), bytesIEC(p.RxBytes), bytesIEC(p.TxBytes), p.Online)
+				hs := "never"
+				if p.LastHandshake != nil {
+					hs = ago(*p.LastHandshake, now)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%v\n", p.Name, shortKey(p.PublicKey), orDash(strings.Join(p.Addresses, ",")), path, ep,
+					hs, bytesIEC(p.RxBytes), bytesIEC(p.TxBytes), p.Online)
 			}
 			return tw.Flush()
 		},
@@ -73,19 +78,19 @@ func pingCmd(g *globals) *cobra.Command {
 		interval    time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "ping NODE",
-		Short: "Ping a peer over the overlay and show the path each reply took",
-		Args:  cobra.ExactArgs(1),
+		Use:   "ping NODE|OVERLAY-IP",
+		Short: "Ping a peer, by node name or overlay address, and show the path each reply took",
+		Args:  args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if count < 1 {
-				return fmt.Errorf("-c %d: want at least 1", count)
+				return usagef("-c %d: want at least 1", count)
 			}
 			if interval < 10*time.Millisecond {
-				return fmt.Errorf("--interval %v: want at least 10ms", interval)
+				return usagef("--interval %v: want at least 10ms", interval)
 			}
 			cl := localapi.Client{Socket: g.agentSocket}
 			out := cmd.OutOrStdout()
-			var results []localapi.PingResult
+			var results []pingOut
 			replies := 0
 			for i := 0; i < count; i++ {
 				if i > 0 {
@@ -97,20 +102,28 @@ func pingCmd(g *globals) *cobra.Command {
 				if err != nil && res.Path == "" {
 					return err
 				}
-				results = append(results, res)
+				po := pingOut{PingResult: res}
+				if err != nil {
+					po.Error = err.Error()
+				}
+				results = append(results, po)
+				name := args[0]
+				if res.Peer != "" {
+					name = res.Peer
+				}
 				path := res.Path
 				if res.Relay != "" {
 					path += " via " + res.Relay
 				}
 				if err != nil {
 					if g.output == "table" {
-						fmt.Fprintf(out, "no reply from %s (path %s): %v\n", args[0], path, err)
+						fmt.Fprintf(out, "no reply from %s (path %s): %v\n", name, path, err)
 					}
 					continue
 				}
 				replies++
 				if g.output == "table" {
-					fmt.Fprintf(out, "reply from %s (%s) path %s endpoint %s time %.2f ms\n", args[0], res.Address, path, res.Endpoint, res.RTTMs)
+					fmt.Fprintf(out, "reply from %s (%s) path %s endpoint %s time %.2f ms\n", name, res.Address, path, orDash(res.Endpoint), res.RTTMs)
 				}
 				if untilDirect && res.Path == "direct" {
 					break
@@ -121,7 +134,7 @@ func pingCmd(g *globals) *cobra.Command {
 					return err
 				}
 			}
-			if untilDirect && (len(results) == 0 || results[len(results)-1].Path != "direct") {
+			if untilDirect && (len(results) == 0 || results[len(results)-1].Path != "direct" || results[len(results)-1].Error != "") {
 				return fmt.Errorf("no direct path to %s after %d pings", args[0], len(results))
 			}
 			if replies == 0 {
@@ -136,11 +149,32 @@ func pingCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
+// pingOut is one ping as -o json prints it: the agent's result, and why
+// no reply came ("" for a reply).
+type pingOut struct {
+	localapi.PingResult
+	Error string `json:"error"`
+}
+
+// shortKey is the KEY column: the first 8 characters of the base64 key,
+// the start of what `wg show` prints on the peer's line (and the form
+// logs use, key.Public.Short), so `wg show | grep KEY` finds the peer.
+func shortKey(k string) string {
+	pk, err := key.ParsePublic(k)
+	if err != nil { // not a key: its start, as the same rule would show one
+		if len(k) > 8 {
+			return k[:8]
+		}
+		return orDash(k)
+	}
+	return pk.Short()
+}
+
 func netcheckCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "netcheck",
 		Short: "Probe this node's network: UDP, NAT mapping, public address, relay latency",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
@@ -183,7 +217,7 @@ func servicesCmd(g *globals) *cobra.Command {
            its node's agent takes the connection and connects locally
   address  no node name: the address as given
   none     left out, with the reason`,
-		Args: cobra.NoArgs,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, cancel := callContext()
 			defer cancel()

@@ -9,8 +9,47 @@ import (
 	"github.com/edgewire/edgewire/api"
 )
 
+// tokenOut is a join token's record as -o json prints it (never the
+// secret: only token create prints that, once).
+type tokenOut struct {
+	ID             string     `json:"id"`
+	Created        time.Time  `json:"created"`
+	Expires        *time.Time `json:"expires"` // null: never
+	Reusable       bool       `json:"reusable"`
+	Uses           int32      `json:"uses"`
+	MaxUses        int32      `json:"max_uses"` // 0 when reusable
+	Revoked        bool       `json:"revoked"`
+	State          string     `json:"state"` // valid, expired, used up, revoked (as of the CLI's clock)
+	Tags           []string   `json:"tags"`
+	Routes         []string   `json:"routes"`
+	KubernetesNode string     `json:"kubernetes_node"`
+}
+
+func toTokenOut(t *api.TokenInfo, now time.Time) tokenOut {
+	o := tokenOut{ID: t.GetId(), Created: time.Unix(t.GetCreatedUnix(), 0).UTC(), Reusable: t.GetReusable(), Uses: t.GetUses(),
+		MaxUses: t.GetMaxUses(), Revoked: t.GetRevoked(), State: tokenState(t, now), Tags: t.GetTags(), Routes: t.GetRoutes(),
+		KubernetesNode: t.GetKubernetesNode()}
+	if t.GetExpiresUnix() != 0 {
+		e := time.Unix(t.GetExpiresUnix(), 0).UTC()
+		o.Expires = &e
+	}
+	return o
+}
+
+// tokenState is what a token can do as of now.
+func tokenState(t *api.TokenInfo, now time.Time) string {
+	switch {
+	case t.GetRevoked():
+		return "revoked"
+	case t.GetExpiresUnix() != 0 && !now.Before(time.Unix(t.GetExpiresUnix(), 0)):
+		return "expired"
+	case !t.GetReusable() && t.GetUses() >= t.GetMaxUses():
+		return "used up"
+	}
+	return "valid"
+}
+
 func tokenCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "token", Short: "Manage join tokens"}
 	var (
 		ttl      time.Duration
 		reusable bool
@@ -22,18 +61,18 @@ func tokenCmd(g *globals) *cobra.Command {
 	create := &cobra.Command{
 		Use:   "create",
 		Short: "Create a join token (printed once)",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if ttl < 0 {
-				return fmt.Errorf("--ttl %s: must not be negative", ttl)
+				return usagef("--ttl %s: must not be negative", ttl)
 			}
 			// The coordinator counts whole seconds, where 0 is "never
 			// expires": a TTL under a second must not become that.
 			if ttl > 0 && ttl < time.Second {
-				return fmt.Errorf("--ttl %s: want at least 1s (or 0 for a token that never expires)", ttl)
+				return usagef("--ttl %s: want at least 1s (or 0 for a token that never expires)", ttl)
 			}
 			if uses < 0 {
-				return fmt.Errorf("--uses %d: must not be negative", uses)
+				return usagef("--uses %d: must not be negative", uses)
 			}
 			cl, c, done, err := g.admin()
 			if err != nil {
@@ -47,7 +86,10 @@ func tokenCmd(g *globals) *cobra.Command {
 				return rpcErr(err)
 			}
 			if g.output == "json" {
-				return printJSON(cmd.OutOrStdout(), resp)
+				return printJSON(cmd.OutOrStdout(), struct {
+					Token string   `json:"token"` // the secret: printed this once
+					Info  tokenOut `json:"info"`
+				}{resp.GetToken(), toTokenOut(resp.GetInfo(), g.now())})
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), resp.GetToken())
 			return nil
@@ -63,7 +105,7 @@ func tokenCmd(g *globals) *cobra.Command {
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List join tokens",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cl, c, done, err := g.admin()
 			if err != nil {
@@ -74,31 +116,26 @@ func tokenCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return rpcErr(err)
 			}
+			now := g.now()
 			if g.output == "json" {
-				return printJSON(cmd.OutOrStdout(), resp.GetTokens())
+				out := make([]tokenOut, 0, len(resp.GetTokens()))
+				for _, t := range resp.GetTokens() {
+					out = append(out, toTokenOut(t, now))
+				}
+				return printJSON(cmd.OutOrStdout(), out)
 			}
 			tw := table(cmd.OutOrStdout())
 			fmt.Fprintln(tw, "ID\tCREATED\tEXPIRES\tUSES\tSTATE")
-			now := g.now()
 			for _, t := range resp.GetTokens() {
-				exp, state := "never", "valid"
+				exp := "never"
 				if t.GetExpiresUnix() != 0 {
-					e := time.Unix(t.GetExpiresUnix(), 0)
-					exp = e.UTC().Format(time.RFC3339)
-					if !now.Before(e) {
-						state = "expired"
-					}
+					exp = time.Unix(t.GetExpiresUnix(), 0).UTC().Format(time.RFC3339)
 				}
 				usesStr := fmt.Sprintf("%d/%d", t.GetUses(), t.GetMaxUses())
 				if t.GetReusable() {
 					usesStr = fmt.Sprintf("%d/unlimited", t.GetUses())
-				} else if t.GetUses() >= t.GetMaxUses() && state == "valid" {
-					state = "used up"
 				}
-				if t.GetRevoked() {
-					state = "revoked"
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.GetId(), time.Unix(t.GetCreatedUnix(), 0).UTC().Format(time.RFC3339), exp, usesStr, state)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.GetId(), time.Unix(t.GetCreatedUnix(), 0).UTC().Format(time.RFC3339), exp, usesStr, tokenState(t, now))
 			}
 			return tw.Flush()
 		},
@@ -106,20 +143,25 @@ func tokenCmd(g *globals) *cobra.Command {
 	revoke := &cobra.Command{
 		Use:   "revoke ID",
 		Short: "Revoke a join token (nodes that joined with it stay)",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
+		Args:  args(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, a []string) error {
 			cl, c, done, err := g.admin()
 			if err != nil {
 				return err
 			}
 			defer done()
-			if _, err := cl.RevokeToken(c, &api.RevokeTokenRequest{Id: args[0]}); err != nil {
+			if _, err := cl.RevokeToken(c, &api.RevokeTokenRequest{Id: a[0]}); err != nil {
 				return rpcErr(err)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "revoked %s\n", args[0])
+			if g.output == "json" {
+				return printJSON(cmd.OutOrStdout(), struct {
+					ID      string `json:"id"`
+					Revoked bool   `json:"revoked"`
+				}{a[0], true})
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "revoked %s\n", a[0])
 			return nil
 		},
 	}
-	cmd.AddCommand(create, list, revoke)
-	return cmd
+	return group(&cobra.Command{Use: "token", Short: "Manage join tokens"}, create, list, revoke)
 }

@@ -3,12 +3,14 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/edgewire/edgewire/e2e/cluster"
 	"github.com/edgewire/edgewire/e2e/lab"
+	"github.com/edgewire/edgewire/internal/buildinfo"
 	"github.com/edgewire/edgewire/node/localapi"
 )
 
@@ -85,10 +87,10 @@ func TestCLI(t *testing.T) {
 				found := false
 				for _, line := range strings.Split(out, "\n") {
 					f := strings.Fields(line)
-					if len(f) > 2 && f[0] == peer {
+					if len(f) > 3 && f[0] == peer {
 						found = true
-						if f[2] != "relay:coordinator" {
-							return fmt.Errorf("peer %s path column %q, want relay:coordinator\n%s", peer, f[2], out)
+						if f[3] != "relay:coordinator" {
+							return fmt.Errorf("peer %s path column %q, want relay:coordinator\n%s", peer, f[3], out)
 						}
 					}
 				}
@@ -103,6 +105,88 @@ func TestCLI(t *testing.T) {
 		})
 		if err != nil {
 			t.Fatal(err)
+		}
+	})
+	t.Run("status KEY column is the start of wg show's key", func(t *testing.T) {
+		wg, err := e.WGShow()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := e.CLI("status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := e.Status()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range st.Peers {
+			if _, ok := wg[p.PublicKey]; !ok {
+				t.Errorf("peer %s: key %s not in wg show", p.Name, p.PublicKey)
+			}
+			found := false
+			for _, line := range strings.Split(out, "\n") {
+				if f := strings.Fields(line); len(f) > 1 && f[0] == p.Name {
+					found = true
+					if len(f[1]) < 8 || !strings.HasPrefix(p.PublicKey, f[1]) {
+						t.Errorf("peer %s: KEY column %q is not the start of wg show's %s", p.Name, f[1], p.PublicKey)
+					}
+				}
+			}
+			if !found {
+				t.Errorf("no status line for peer %s:\n%s", p.Name, out)
+			}
+		}
+	})
+	t.Run("ping by overlay address", func(t *testing.T) {
+		ip := s.OverlayIP().String()
+		var res []localapi.PingResult
+		err := lab.Eventually(20*time.Second, time.Second, func() error {
+			var err error
+			res, err = cliPing(e, ip, "-c", "1")
+			return err
+		})
+		if err != nil || len(res) != 1 || res[0].Peer != "s" || res[0].Address != ip {
+			t.Errorf("ping %s: got %+v (%v), want a reply from s at %s", ip, res, err, ip)
+		}
+	})
+	t.Run("nodes list shows each agent's version", func(t *testing.T) {
+		var bi buildinfo.Info
+		out, err := exec.Command(cluster.Bin(t, "edgewire"), "version", "-o", "json").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(out, &bi); err != nil {
+			t.Fatalf("edgewire version -o json: %v: %s", err, out)
+		}
+		list, err := coord.CLI("nodes", "list", "-o", "json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var nodes []struct {
+			Name    string `json:"name"`
+			Version string `json:"version"`
+		}
+		if err := json.Unmarshal([]byte(list), &nodes); err != nil {
+			t.Fatalf("nodes list -o json: %v: %s", err, list)
+		}
+		if len(nodes) != 3 {
+			t.Errorf("nodes list: %d nodes, want 3: %s", len(nodes), list)
+		}
+		for _, n := range nodes {
+			if n.Version != bi.Version {
+				t.Errorf("node %s: version %q, want the build's %q", n.Name, n.Version, bi.Version)
+			}
+		}
+		table, err := coord.CLI("nodes", "list")
+		if err != nil || !strings.Contains(table, "VERSION") || !strings.Contains(table, bi.Version) {
+			t.Errorf("nodes list table (%v) has no VERSION column with %s:\n%s", err, bi.Version, table)
+		}
+	})
+	t.Run("a mistyped command fails with exit status 2", func(t *testing.T) {
+		_, err := coord.CLI("nodes", "lst")
+		if err == nil || !strings.Contains(err.Error(), "exit status 2") || !strings.Contains(err.Error(), `did you mean list?`) {
+			t.Errorf("edgewire nodes lst: got %v, want exit status 2 suggesting list", err)
 		}
 	})
 }

@@ -59,7 +59,11 @@ type entry struct {
 	carried   bool
 	lastSeen  time.Time
 	endpoints []netip.AddrPort
-	version   uint64
+	// agent is the agent version the node reported when it last
+	// connected (api.ValidVersion): presence, like endpoints, kept after
+	// it disconnects.
+	agent   string
+	version uint64
 
 	pb     *api.Node   // map entry, built lazily, shared read-only by every stream; nil after a change
 	hash   api.MapHash // of pb, in Registry.sums while hashed
@@ -465,8 +469,9 @@ func (r *Registry) Delete(nk key.Public) {
 }
 
 // Connected marks one more stream of key as online and records the
-// endpoints it reported. It fails for unknown keys.
-func (r *Registry) Connected(nk key.Public, eps []netip.AddrPort, now time.Time) error {
+// endpoints and the agent version it reported (which must be
+// api.ValidVersion; the server checks). It fails for unknown keys.
+func (r *Registry) Connected(nk key.Public, eps []netip.AddrPort, agentVersion string, now time.Time) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e := r.nodes[nk]
@@ -480,8 +485,9 @@ func (r *Registry) Connected(nk key.Public, eps []netip.AddrPort, now time.Time)
 	// Maps carry presence and endpoints, not last-seen: a second stream
 	// with the same endpoints, or the first of a node carried over from
 	// the previous coordinator, changes nothing a peer would see.
-	if !was || !slices.Equal(e.endpoints, eps) {
+	if !was || !slices.Equal(e.endpoints, eps) || e.agent != agentVersion {
 		e.endpoints = eps
+		e.agent = agentVersion
 		r.presenceGen++
 		r.changedLocked(nk, e)
 	}
@@ -608,7 +614,8 @@ func (r *Registry) publishLocked() {
 }
 
 // protoLocked returns the node's map entry: what peers need (key, name,
-// addresses, routes, endpoints, presence), nothing only admins read, so
+// addresses, routes, endpoints, presence, agent version), nothing only
+// admins read, so
 // every byte of it is sent to every node. Routes are the approved ones
 // that no other node's pod CIDR shadows, plus the node's own pod CIDRs.
 func (r *Registry) protoLocked(e *entry) *api.Node {
@@ -624,6 +631,7 @@ func (r *Registry) protoLocked(e *entry) *api.Node {
 		Tags:      n.Tags,
 		// Agents match Service endpoints to nodes by it.
 		KubernetesNode: n.KubeNode,
+		Version:        e.agent,
 	}
 	for _, a := range n.Addresses {
 		pb.Addresses = append(pb.Addresses, a.String())

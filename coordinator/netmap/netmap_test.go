@@ -188,7 +188,7 @@ func TestDeltas(t *testing.T) {
 		{
 			name: "peer connects",
 			change: func(t *testing.T, r *Registry) {
-				if err := r.Connected(nodeKey(2), eps, t0); err != nil {
+				if err := r.Connected(nodeKey(2), eps, "", t0); err != nil {
 					t.Fatalf("Connected: %v", err)
 				}
 			},
@@ -280,7 +280,7 @@ func TestPeerStateInDelta(t *testing.T) {
 	r := newRegistry(t, 2)
 	s := subscribe(t, r, 1)
 	eps := []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:51820"), netip.MustParseAddrPort("[2001:db8::1]:41641")}
-	if err := r.Connected(nodeKey(2), eps, t0); err != nil {
+	if err := r.Connected(nodeKey(2), eps, "", t0); err != nil {
 		t.Fatalf("Connected: %v", err)
 	}
 	m := next(t, s)
@@ -442,7 +442,7 @@ func TestPresence(t *testing.T) {
 				v := r.Version()
 				switch st.op {
 				case "connect":
-					if err := r.Connected(nodeKey(2), nil, t0.Add(time.Duration(i)*time.Second)); err != nil {
+					if err := r.Connected(nodeKey(2), nil, "", t0.Add(time.Duration(i)*time.Second)); err != nil {
 						t.Fatalf("step %d: Connected: %v", i, err)
 					}
 				case "disconnect":
@@ -472,7 +472,7 @@ func TestPresence(t *testing.T) {
 func TestUnknownNode(t *testing.T) {
 	r := newRegistry(t, 1)
 	v := r.Version()
-	if err := r.Connected(nodeKey(7), nil, t0); !errors.Is(err, ErrUnknownNode) {
+	if err := r.Connected(nodeKey(7), nil, "", t0); !errors.Is(err, ErrUnknownNode) {
 		t.Errorf("Connected: got %v, want ErrUnknownNode", err)
 	}
 	if err := r.SetEndpoints(nodeKey(7), nil); !errors.Is(err, ErrUnknownNode) {
@@ -683,4 +683,55 @@ func decode(u *Update) (*api.NetworkMap, error) {
 		return nil, fmt.Errorf("update %d->%d full=%v decodes as %d->%d full=%v", u.Base, u.Version, u.Full, m.BaseVersion, m.Version, m.Full)
 	}
 	return m, nil
+}
+
+// TestAgentVersion: the version a node reports is part of its map entry
+// (so of the digest), a new one is a change, the same one is none, and it
+// stays when the node goes offline.
+func TestAgentVersion(t *testing.T) {
+	r, _ := newFakeRegistry(t, 2)
+	version := func() string {
+		for _, n := range r.Nodes() {
+			if n.GetName() == node(2).Name {
+				return n.GetVersion()
+			}
+		}
+		t.Fatal("node 2 not listed")
+		return ""
+	}
+	d0 := r.Digest()
+	if err := r.Connected(nodeKey(2), nil, "v1.0.0", t0); err != nil {
+		t.Fatal(err)
+	}
+	if got := version(); got != "v1.0.0" {
+		t.Errorf("connected: got version %q, want v1.0.0", got)
+	}
+	r.Disconnected(nodeKey(2), t0)
+	if got := version(); got != "v1.0.0" {
+		t.Errorf("offline: got version %q, want v1.0.0 (the last reported)", got)
+	}
+	d1 := r.Digest()
+	if bytes.Equal(d0, d1) {
+		t.Error("a node offline with a version has the digest of one that never reported one")
+	}
+	if err := r.Connected(nodeKey(2), nil, "v1.0.0", t0); err != nil {
+		t.Fatal(err)
+	}
+	v := r.Version()
+	if err := r.Connected(nodeKey(2), nil, "v1.0.0", t0); err != nil { // a second stream, same version
+		t.Fatal(err)
+	}
+	if r.Version() != v {
+		t.Errorf("the same version again moved the map from %d to %d", v, r.Version())
+	}
+	if err := r.Connected(nodeKey(2), nil, "v1.1.0", t0); err != nil {
+		t.Fatal(err)
+	}
+	if r.Version() != v+1 || version() != "v1.1.0" {
+		t.Errorf("upgrade: map moved %d versions, version %q; want 1 and v1.1.0", r.Version()-v, version())
+	}
+	p, _ := r.Presence()
+	if got := p[nodeKey(2)].Version; got != "v1.1.0" {
+		t.Errorf("presence: got version %q, want v1.1.0", got)
+	}
 }

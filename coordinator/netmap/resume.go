@@ -1,12 +1,11 @@
 package netmap
 
 import (
-	"net/netip"
 	"slices"
 	"time"
 
 	"github.com/edgewire/edgewire/api"
-	"github.com/edgewire/edgewire/types/key"
+	"github.com/edgewire/edgewire/coordinator/store"
 )
 
 // A fleet that reconnects (to a new coordinator replica after a
@@ -18,10 +17,11 @@ import (
 //     the agent holds once it is applied; the agent sends the last one
 //     back when it reconnects, and if the registry's map has the same
 //     digest the agent is told its map is current. The digest depends on
-//     the content only (not on versions, which are per replica), so a
-//     replica that loaded the same store agrees with its predecessor.
-//   - Carried presence. Presence and endpoints are part of the map but not
-//     of the durable store; the serving coordinator saves them in batches
+//     the content only (not on map versions, which are per replica), so
+//     a replica that loaded the same store agrees with its predecessor.
+//   - Carried presence. Presence, endpoints and the agent version each
+//     node reported are part of the map but not of the durable store;
+//     the serving coordinator saves them in batches
 //     (store.PresenceKeeper), and the next one starts from them (Carry),
 //     so its map is the one agents hold and their reconnections change
 //     nothing a peer would see.
@@ -127,8 +127,9 @@ func (r *Registry) Digest() []byte {
 	return slices.Clone(r.digestLocked())
 }
 
-// Presence is which nodes are online, with the endpoints they reported.
-type Presence = map[key.Public][]netip.AddrPort
+// Presence is which nodes are online, with the endpoints and agent
+// version they reported.
+type Presence = store.Presence
 
 // Carry starts the registry from the presence a previous coordinator
 // saved: those nodes are online with those endpoints until each connects
@@ -138,13 +139,18 @@ type Presence = map[key.Public][]netip.AddrPort
 func (r *Registry) Carry(p Presence, until time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for k, eps := range p {
+	for k, np := range p {
 		e := r.nodes[k]
 		if e == nil || e.conns > 0 {
 			continue
 		}
 		e.carried = true
-		e.endpoints = slices.Clone(eps)
+		e.endpoints = slices.Clone(np.Endpoints)
+		// The version is part of the entry agents hold: without it the
+		// map would differ from theirs in every node until it connects.
+		if api.ValidVersion(np.Version) {
+			e.agent = np.Version
+		}
 		e.pb = nil
 		r.unhashLocked(e)
 	}
@@ -192,7 +198,7 @@ func (r *Registry) Presence() (Presence, uint64) {
 	p := make(Presence)
 	for k, e := range r.nodes {
 		if e.online() {
-			p[k] = e.endpoints // never modified in place: replaced on change
+			p[k] = store.NodePresence{Endpoints: e.endpoints, Version: e.agent} // endpoints are never modified in place: replaced on change
 		}
 	}
 	return p, r.presenceGen

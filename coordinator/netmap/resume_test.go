@@ -42,7 +42,10 @@ func TestResumeOnAnotherRegistry(t *testing.T) {
 	for i := 1; i <= 5; i++ {
 		nodes = append(nodes, node(i))
 	}
-	online := Presence{nodeKey(1): eps("192.0.2.1:51820"), nodeKey(2): eps("192.0.2.2:51820", "[2001:db8::2]:51820")}
+	online := Presence{
+		nodeKey(1): {Endpoints: eps("192.0.2.1:51820"), Version: "v1.4.0"},
+		nodeKey(2): {Endpoints: eps("192.0.2.2:51820", "[2001:db8::2]:51820"), Version: "v1.5.0-rc.1"},
+	}
 
 	// The serving registry: nodes joined over time, two online.
 	a, _ := newFakeRegistry(t, 0)
@@ -50,8 +53,8 @@ func TestResumeOnAnotherRegistry(t *testing.T) {
 		a.Upsert(n)
 	}
 	a.SetService(svc("web", "10.96.0.10"))
-	for k, e := range online {
-		if err := a.Connected(k, e, t0); err != nil {
+	for k, np := range online {
+		if err := a.Connected(k, np.Endpoints, np.Version, t0); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -82,10 +85,10 @@ func TestResumeOnAnotherRegistry(t *testing.T) {
 		t.Fatalf("resume: got current %v full %v, %d peers, version %d (registry %d); want current at the registry's version", m.Current, m.Full, len(m.Peers), m.Version, b.Version())
 	}
 
-	// The agent reconnects with its own endpoints: nothing a peer sees
-	// changes, so nothing is published.
+	// The agent reconnects with its own endpoints and version: nothing a
+	// peer sees changes, so nothing is published.
 	v := b.Version()
-	if err := b.Connected(nodeKey(1), online[nodeKey(1)], t0); err != nil {
+	if err := b.Connected(nodeKey(1), online[nodeKey(1)].Endpoints, online[nodeKey(1)].Version, t0); err != nil {
 		t.Fatal(err)
 	}
 	if b.Version() != v || !bytes.Equal(b.Digest(), held.Digest) {
@@ -100,7 +103,11 @@ func TestResumeOnAnotherRegistry(t *testing.T) {
 	}{
 		{"a node more", func(r *Registry) { r.Upsert(node(6)) }},
 		{"a Service less", func(r *Registry) { r.DeleteService("demo/web") }},
-		{"a node offline", func(r *Registry) { _ = r.Connected(nodeKey(2), online[nodeKey(2)], t0); r.Disconnected(nodeKey(2), t0) }},
+		{"a node offline", func(r *Registry) {
+			_ = r.Connected(nodeKey(2), online[nodeKey(2)].Endpoints, online[nodeKey(2)].Version, t0)
+			r.Disconnected(nodeKey(2), t0)
+		}},
+		{"a node upgraded", func(r *Registry) { _ = r.Connected(nodeKey(2), online[nodeKey(2)].Endpoints, "v1.5.0", t0) }},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			b := newB(online)
@@ -132,7 +139,11 @@ func TestResumeOnAnotherRegistry(t *testing.T) {
 		edit  func(*Registry)
 	}{
 		{"presence not carried", Presence{}, nil},
-		{"other endpoints", Presence{nodeKey(1): eps("192.0.2.1:51820"), nodeKey(2): eps("192.0.2.2:4242")}, nil},
+		{"other endpoints", Presence{nodeKey(1): online[nodeKey(1)], nodeKey(2): {Endpoints: eps("192.0.2.2:4242"), Version: "v1.5.0-rc.1"}}, nil},
+		// What a coordinator from before agent versions saved: the
+		// nodes are in the map without theirs.
+		{"no versions carried", Presence{nodeKey(1): {Endpoints: online[nodeKey(1)].Endpoints}, nodeKey(2): {Endpoints: online[nodeKey(2)].Endpoints}}, nil},
+		{"another version", Presence{nodeKey(1): online[nodeKey(1)], nodeKey(2): {Endpoints: online[nodeKey(2)].Endpoints, Version: "v1.5.0"}}, nil},
 		// A relay map set after the start changes what every past
 		// version meant.
 		{"another relay map", online, func(r *Registry) {
@@ -158,7 +169,7 @@ func TestDigestFollowsDeltas(t *testing.T) {
 	s := subscribe(t, r, 1)
 	changes := []func(){
 		func() { r.Upsert(node(4)) },
-		func() { _ = r.Connected(nodeKey(2), eps("192.0.2.2:1"), t0) },
+		func() { _ = r.Connected(nodeKey(2), eps("192.0.2.2:1"), "", t0) },
 		func() { r.SetService(svc("db", "10.96.0.11")) },
 		func() { _ = r.SetEndpoints(nodeKey(2), eps("192.0.2.2:2")) },
 		func() { r.Disconnected(nodeKey(2), t0) },
@@ -187,7 +198,7 @@ func TestDigestFollowsDeltas(t *testing.T) {
 	// Undoing a change gives the digest from before it back: the digest is
 	// the content, not the history.
 	before := r.Digest()
-	_ = r.Connected(nodeKey(2), eps("192.0.2.2:2"), t0) // offline with these before
+	_ = r.Connected(nodeKey(2), eps("192.0.2.2:2"), "", t0) // offline with these before
 	if bytes.Equal(r.Digest(), before) {
 		t.Fatal("a change left the digest as it was")
 	}
@@ -211,7 +222,8 @@ func TestResumeRefused(t *testing.T) {
 // then those that did not connect go offline, in one change each.
 func TestCarry(t *testing.T) {
 	r, clk := newFakeRegistry(t, 3)
-	r.Carry(Presence{nodeKey(1): eps("192.0.2.1:1"), nodeKey(2): eps("192.0.2.2:1"), nodeKey(9): eps("192.0.2.9:1")}, t0.Add(30*time.Second))
+	r.Carry(Presence{nodeKey(1): {Endpoints: eps("192.0.2.1:1")}, nodeKey(2): {Endpoints: eps("192.0.2.2:1"), Version: "v2.0.0"}, nodeKey(9): {Endpoints: eps("192.0.2.9:1")}},
+		t0.Add(30*time.Second))
 	if n := r.Carried(); n != 2 {
 		t.Fatalf("carried %d, want 2 (node 9 is not registered)", n)
 	}
@@ -223,10 +235,10 @@ func TestCarry(t *testing.T) {
 		t.Fatalf("online: %v %v %v, want true true false", online(1), online(2), online(3))
 	}
 	p, _ := r.Presence()
-	if len(p) != 2 || !slices.Equal(p[nodeKey(2)], eps("192.0.2.2:1")) {
-		t.Errorf("presence %v, want nodes 1 and 2 with their carried endpoints", p)
+	if len(p) != 2 || !slices.Equal(p[nodeKey(2)].Endpoints, eps("192.0.2.2:1")) || p[nodeKey(2)].Version != "v2.0.0" {
+		t.Errorf("presence %v, want nodes 1 and 2 with their carried endpoints and version", p)
 	}
-	if err := r.Connected(nodeKey(1), eps("192.0.2.1:7"), t0); err != nil {
+	if err := r.Connected(nodeKey(1), eps("192.0.2.1:7"), "", t0); err != nil {
 		t.Fatal(err)
 	}
 	v := r.Version()

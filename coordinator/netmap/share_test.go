@@ -50,7 +50,7 @@ func TestUpdatesShared(t *testing.T) {
 		}
 	}
 	eps := []netip.AddrPort{netip.MustParseAddrPort("192.0.2.7:4000")}
-	if err := r.Connected(nodeKey(2), eps, t0); err != nil {
+	if err := r.Connected(nodeKey(2), eps, "", t0); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {

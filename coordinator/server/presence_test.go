@@ -152,7 +152,7 @@ func TestFinalSaveOnStop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if eps, ok := p[a.pub]; !ok || len(eps) != 1 || eps[0].String() != "192.0.2.1:51820" {
+	if np, ok := p[a.pub]; !ok || len(np.Endpoints) != 1 || np.Endpoints[0].String() != "192.0.2.1:51820" {
 		t.Fatalf("saved presence %v, want a online at 192.0.2.1:51820", p)
 	}
 	for deadline := time.Now().Add(timeout); srv.m.streams.Load() != 0; time.Sleep(time.Millisecond) {

@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"regexp"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -369,7 +370,15 @@ func (s *Server) Connect(stream api.Control_ConnectServer) error {
 	ctx, done := s.claimStream(stream.Context(), nk)
 	defer done()
 	log := s.log.With("key", nk)
-	if err := s.reg.Connected(nk, eps, s.clk.Now()); err != nil {
+	ver := hello.GetVersion()
+	if !api.ValidVersion(ver) {
+		// Only shown to people: not worth refusing the node for. It is
+		// recorded as none, and the log says why.
+		log.Warn("dropping the agent version the node reported: want printable ASCII without spaces, not too long",
+			"version", quotePrefix(ver, 2*api.MaxVersionLen), "max_len", api.MaxVersionLen)
+		ver = ""
+	}
+	if err := s.reg.Connected(nk, eps, ver, s.clk.Now()); err != nil {
 		return status.Error(codes.PermissionDenied, "node is not registered (deleted?); join again with a token")
 	}
 	if tok := hello.GetKubernetesToken(); tok != "" {
@@ -583,6 +592,14 @@ func (s *Server) prove(stream api.Control_ConnectServer, method string) (key.Pub
 		return nk, nil, status.Error(codes.Unauthenticated, "node key proof failed")
 	}
 	return nk, hello, nil
+}
+
+// quotePrefix quotes at most n bytes of s, for logging what a peer sent.
+func quotePrefix(s string, n int) string {
+	if len(s) > n {
+		return strconv.Quote(s[:n]) + "..."
+	}
+	return strconv.Quote(s)
 }
 
 // checkHello checks a stream's first message before any challenge is

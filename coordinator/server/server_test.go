@@ -1333,6 +1333,81 @@ func TestListNodes(t *testing.T) {
 	}
 }
 
+// TestAgentVersion: the version an agent reports in Hello reaches its
+// peers' maps and ListNodes, follows an upgrade, stays while the node is
+// offline, and one the coordinator cannot show is recorded as none
+// without refusing the node.
+func TestAgentVersion(t *testing.T) {
+	e := newEnv(t, nil)
+	tok := e.createToken(t, &api.CreateTokenRequest{Reusable: true})
+	a, b := newAgent(t), newAgent(t)
+	e.join(t, a, "a", tok)
+	e.join(t, b, "b", tok)
+	withVersion := func(ag *agent, v string) *api.Hello {
+		h := hello(ag, "192.0.2.9:51820")
+		h.Version = v
+		return h
+	}
+	listed := func(t *testing.T, name string) string {
+		t.Helper()
+		resp, err := e.admin.ListNodes(ctxT(t), &api.ListNodesRequest{})
+		if err != nil {
+			t.Fatalf("ListNodes: %v", err)
+		}
+		for _, n := range resp.GetNodes() {
+			if n.GetName() == name {
+				return n.GetVersion()
+			}
+		}
+		t.Fatalf("ListNodes: no node %s", name)
+		return ""
+	}
+
+	sa := e.connectHello(t, a, withVersion(a, "v1.4.0-3-g1a2b3c4"))
+	if m := sa.next(t); m.GetSelf().GetVersion() != "v1.4.0-3-g1a2b3c4" {
+		t.Errorf("self: got version %q, want v1.4.0-3-g1a2b3c4", m.GetSelf().GetVersion())
+	}
+	if got := listed(t, "a"); got != "v1.4.0-3-g1a2b3c4" {
+		t.Errorf("ListNodes a: got version %q, want v1.4.0-3-g1a2b3c4", got)
+	}
+	if got := listed(t, "b"); got != "" {
+		t.Errorf("ListNodes b (never connected): got version %q, want none", got)
+	}
+
+	for _, tc := range []struct {
+		name, sent, want string
+	}{
+		{"reported", "v1.4.0", "v1.4.0"},
+		{"upgraded", "v1.5.0", "v1.5.0"},
+		{"longest", strings.Repeat("v", api.MaxVersionLen), strings.Repeat("v", api.MaxVersionLen)},
+		{"too long", strings.Repeat("v", api.MaxVersionLen+1), ""},
+		{"escape sequence", "v1\x1b[2J", ""},
+		{"newline", "v1\nlevel=ERROR", ""},
+		{"space", "v1 beta", ""},
+		{"not ASCII", "v1.0-é", ""},
+		{"none", "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sb := e.connectHello(t, b, withVersion(b, tc.sent))
+			if m := sb.next(t); m.GetSelf().GetVersion() != tc.want {
+				t.Errorf("self: got version %q, want %q", m.GetSelf().GetVersion(), tc.want)
+			}
+			sa.waitFor(t, "b's version", func(m *api.NetworkMap) bool {
+				pb := peerByName(m, "b")
+				return pb.GetOnline() && pb.GetVersion() == tc.want
+			})
+			if got := listed(t, "b"); got != tc.want {
+				t.Errorf("ListNodes: got version %q, want %q", got, tc.want)
+			}
+			sb.cancel()
+			sa.waitFor(t, "b offline", func(m *api.NetworkMap) bool { return peerByName(m, "b") != nil && !peerByName(m, "b").GetOnline() })
+			if got := listed(t, "b"); got != tc.want {
+				t.Errorf("ListNodes after b left: got version %q, want %q (the last reported)", got, tc.want)
+			}
+		})
+	}
+}
+
 func TestAdminAuth(t *testing.T) {
 	adminTok, err := NewAdminToken()
 	if err != nil {

@@ -10,11 +10,18 @@ import (
 	"slices"
 	"time"
 
+	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/types/key"
 )
 
-// Presence is which nodes are online, with the endpoints each reported.
-type Presence = map[key.Public][]netip.AddrPort
+// Presence is which nodes are online, with what each reported.
+type Presence = map[key.Public]NodePresence
+
+// NodePresence is what an online node reported when it connected.
+type NodePresence struct {
+	Endpoints []netip.AddrPort
+	Version   string // agent version (api.ValidVersion); "" if none
+}
 
 // PresenceKeeper is a Store that also keeps the fleet's presence: the
 // serving coordinator saves it every few seconds, in batches, and the
@@ -34,13 +41,18 @@ type PresenceKeeper interface {
 	LoadPresence(ctx context.Context) (Presence, time.Time, error)
 }
 
-// Encoding of a saved presence (EncodePresence): a version byte (1), the
+// Encoding of a saved presence (EncodePresence): a format byte (2), the
 // save time (int64 Unix milliseconds, big-endian), then per node in key
 // order: the 32-byte key, the number of endpoints (one byte, at most
-// MaxPresenceEndpoints), and per endpoint the address length (4 or 16),
-// the address and the port (big-endian).
+// MaxPresenceEndpoints), per endpoint the address length (4 or 16), the
+// address and the port (big-endian), then the agent version's length
+// (one byte, at most api.MaxVersionLen) and its bytes. Format 1, what
+// coordinators before agent versions saved, is the same without the
+// version; it still decodes (versions empty), so an upgrade does not cost
+// the fleet its carried presence.
 const (
-	presenceFormat = 1
+	presenceFormat   = 2
+	presenceFormatV1 = 1
 	// PresenceHeaderLen is the format byte and the save time: what
 	// follows is the presence itself.
 	PresenceHeaderLen = 9
@@ -49,18 +61,20 @@ const (
 )
 
 // EncodePresence encodes p as of at. Endpoints beyond
-// MaxPresenceEndpoints are left out.
+// MaxPresenceEndpoints are left out, and so is a version that is not
+// api.ValidVersion.
 func EncodePresence(p Presence, at time.Time) []byte {
 	keys := make([]key.Public, 0, len(p))
 	for k := range p {
 		keys = append(keys, k)
 	}
 	slices.SortFunc(keys, func(a, b key.Public) int { return bytes.Compare(a[:], b[:]) })
-	b := make([]byte, 0, PresenceHeaderLen+len(p)*(33+2*7))
+	b := make([]byte, 0, PresenceHeaderLen+len(p)*(34+2*7+8))
 	b = append(b, presenceFormat)
 	b = binary.BigEndian.AppendUint64(b, uint64(at.UnixMilli()))
 	for _, k := range keys {
-		eps := p[k]
+		np := p[k]
+		eps := np.Endpoints
 		if len(eps) > MaxPresenceEndpoints {
 			eps = eps[:MaxPresenceEndpoints]
 		}
@@ -72,6 +86,12 @@ func EncodePresence(p Presence, at time.Time) []byte {
 			b = append(b, a.AsSlice()...)
 			b = binary.BigEndian.AppendUint16(b, ep.Port())
 		}
+		v := np.Version
+		if !api.ValidVersion(v) {
+			v = ""
+		}
+		b = append(b, byte(len(v)))
+		b = append(b, v...)
 	}
 	return b
 }
@@ -85,9 +105,10 @@ var ErrBadPresence = errors.New("not a saved presence")
 // not decode whole (truncated, trailing, a bad length, a key twice)
 // add nothing.
 func DecodePresence(b []byte, into Presence) (time.Time, error) {
-	if len(b) < PresenceHeaderLen || b[0] != presenceFormat {
+	if len(b) < PresenceHeaderLen || (b[0] != presenceFormat && b[0] != presenceFormatV1) {
 		return time.Time{}, fmt.Errorf("%w: bad header", ErrBadPresence)
 	}
+	withVersion := b[0] == presenceFormat
 	at := time.UnixMilli(int64(binary.BigEndian.Uint64(b[1:PresenceHeaderLen])))
 	b = b[PresenceHeaderLen:]
 	got := Presence{}
@@ -120,10 +141,21 @@ func DecodePresence(b []byte, into Presence) (time.Time, error) {
 			eps = append(eps, netip.AddrPortFrom(a, binary.BigEndian.Uint16(b[1+l:])))
 			b = b[1+l+2:]
 		}
-		got[k] = eps
+		var v string
+		if withVersion {
+			if len(b) < 1 || len(b) < 1+int(b[0]) {
+				return time.Time{}, fmt.Errorf("%w: truncated version", ErrBadPresence)
+			}
+			v = string(b[1 : 1+int(b[0])])
+			if !api.ValidVersion(v) {
+				return time.Time{}, fmt.Errorf("%w: bad version %q", ErrBadPresence, v)
+			}
+			b = b[1+len(v):]
+		}
+		got[k] = NodePresence{Endpoints: eps, Version: v}
 	}
-	for k, eps := range got {
-		into[k] = eps
+	for k, np := range got {
+		into[k] = np
 	}
 	return at, nil
 }

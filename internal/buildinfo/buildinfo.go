@@ -27,11 +27,11 @@ var (
 
 // Info describes the running build.
 type Info struct {
-	Version   string `json:"version"`   // "dev" when unknown
-	Revision  string `json:"revision"`  // VCS commit, "" when unknown
-	Modified  bool   `json:"modified"`  // built from a tree with uncommitted changes
-	GoVersion string `json:"goVersion"` // the toolchain's
-	Platform  string `json:"platform"`  // GOOS/GOARCH
+	Version   string `json:"version"`    // "dev" when unknown
+	Revision  string `json:"revision"`   // VCS commit, "" when unknown
+	Modified  bool   `json:"modified"`   // built from a tree with uncommitted changes
+	GoVersion string `json:"go_version"` // the toolchain's
+	Platform  string `json:"platform"`   // GOOS/GOARCH
 }
 
 var get = sync.OnceValue(func() Info {

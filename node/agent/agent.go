@@ -29,6 +29,7 @@ import (
 	"github.com/edgewire/edgewire/dataplane/linkconf"
 	"github.com/edgewire/edgewire/dataplane/wgdev"
 	"github.com/edgewire/edgewire/internal/atomicfile"
+	"github.com/edgewire/edgewire/internal/buildinfo"
 	"github.com/edgewire/edgewire/internal/rungroup"
 	"github.com/edgewire/edgewire/internal/sdnotify"
 	"github.com/edgewire/edgewire/internal/telemetry"
@@ -505,7 +506,7 @@ func RunWith(ctx context.Context, cfg Config, env Env) error {
 	log.Info("wireguard up", "iface", cfg.Interface, "public_key", nk.Public().String(), "listen_port", port)
 
 	a.cc, err = control.New(control.Config{
-		Enrolment: enr, PrivateKey: nk, Hostname: hostname, Logger: log, OnMap: a.onMap,
+		Enrolment: enr, PrivateKey: nk, Hostname: hostname, Version: buildinfo.Get().Version, Logger: log, OnMap: a.onMap,
 		OnSignal: func(s *api.Signal) {
 			if sig, err := traversal.SignalFromProto(s); err == nil {
 				a.trav.HandleSignal(sig)
@@ -1032,7 +1033,7 @@ func (a *Agent) Status() (localapi.Status, error) {
 	}
 	st.Peers = []localapi.PeerStatus{}
 	for _, p := range peers {
-		ps := localapi.PeerStatus{Name: p.Name, PublicKey: p.Key.String(), Online: p.Online}
+		ps := localapi.PeerStatus{Name: p.Name, PublicKey: p.Key.String(), Online: p.Online, Version: p.Version}
 		for _, ad := range p.Addresses {
 			ps.Addresses = append(ps.Addresses, ad.String())
 		}
@@ -1059,7 +1060,11 @@ func (a *Agent) Status() (localapi.Status, error) {
 			if s.Endpoint.IsValid() {
 				ps.Endpoint = s.Endpoint.String()
 			}
-			ps.LastHandshake, ps.RxBytes, ps.TxBytes = s.LastHandshake, s.RxBytes, s.TxBytes
+			if !s.LastHandshake.IsZero() {
+				hs := s.LastHandshake
+				ps.LastHandshake = &hs
+			}
+			ps.RxBytes, ps.TxBytes = s.RxBytes, s.TxBytes
 		}
 		st.Peers = append(st.Peers, ps)
 	}

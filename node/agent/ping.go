@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"golang.org/x/net/ipv4"
 
 	"github.com/edgewire/edgewire/node/localapi"
+	"github.com/edgewire/edgewire/node/mapstate"
 	"github.com/edgewire/edgewire/node/pathsel"
 	"github.com/edgewire/edgewire/types/key"
 )
@@ -21,21 +23,18 @@ import (
 var pingSeq atomic.Uint32
 
 // Ping sends one ICMP echo to a peer's overlay address and reports the
-// path it took (implements localapi.Pinger).
-func (a *Agent) Ping(ctx context.Context, name string) (localapi.PingResult, error) {
+// path it took (implements localapi.Backend). target is the peer's node
+// name or one of its overlay addresses.
+func (a *Agent) Ping(ctx context.Context, target string) (localapi.PingResult, error) {
 	var res localapi.PingResult
 	a.mu.Lock()
-	var nk key.Public
-	var dst netip.Addr
-	for _, p := range a.state.Peers {
-		if p.Name == name && len(p.Addresses) > 0 {
-			nk, dst = p.Key, p.Addresses[0]
-		}
-	}
+	p, dst, ok := pingTarget(a.state.Peers, target)
 	a.mu.Unlock()
-	if !dst.IsValid() {
-		return res, fmt.Errorf("%w: %q", localapi.ErrNoPeer, name)
+	if !ok {
+		return res, fmt.Errorf("%w: %q", localapi.ErrNoPeer, target)
 	}
+	nk, name := p.Key, p.Name
+	res.Peer, res.Address = name, dst.String()
 	if !dst.Is4() {
 		return res, errors.New("ping: IPv6 overlay addresses are not supported yet")
 	}
@@ -76,7 +75,6 @@ func (a *Agent) Ping(ctx context.Context, name string) (localapi.PingResult, err
 		}
 		res.RTTMs = float64(time.Since(start).Microseconds()) / 1000
 		res.Path, res.Relay = a.pathOf(nk)
-		res.Address = dst.String()
 		if st, err := a.dev.Stats(); err == nil {
 			if s, ok := st[nk]; ok && s.Endpoint.IsValid() {
 				res.Endpoint = s.Endpoint.String()
@@ -84,6 +82,26 @@ func (a *Agent) Ping(ctx context.Context, name string) (localapi.PingResult, err
 		}
 		return res, nil
 	}
+}
+
+// pingTarget finds the peer target names: a node name, or an overlay
+// address of a peer (names are DNS labels, so never an address). It
+// returns the address to ping: the one given, or the peer's first.
+func pingTarget(peers map[key.Public]mapstate.Peer, target string) (mapstate.Peer, netip.Addr, bool) {
+	ip, err := netip.ParseAddr(target)
+	isAddr := err == nil
+	for _, p := range peers {
+		if len(p.Addresses) == 0 {
+			continue
+		}
+		if !isAddr && p.Name == target {
+			return p, p.Addresses[0], true
+		}
+		if isAddr && slices.Contains(p.Addresses, ip.Unmap()) {
+			return p, ip.Unmap(), true
+		}
+	}
+	return mapstate.Peer{}, netip.Addr{}, false
 }
 
 func (a *Agent) pathOf(nk key.Public) (string, string) {

@@ -222,7 +222,10 @@ type Config struct {
 	Enrolment  identity.Enrolment
 	PrivateKey key.Private
 	Hostname   string
-	Logger     *slog.Logger
+	// Version is the agent's version (buildinfo), sent in every Hello so
+	// the coordinator can show it in the map and in `nodes list`.
+	Version string
+	Logger  *slog.Logger
 	// OnMap is called, from the client's goroutine, with every map
 	// message. It returns an error to ask for a full map (a version gap).
 	OnMap func(*api.NetworkMap) error
@@ -448,7 +451,7 @@ func (c *Client) session(ctx context.Context, cl api.ControlClient) error {
 	if err != nil {
 		return err
 	}
-	hello := &api.Hello{Endpoints: c.endpointStrings(), Hostname: c.cfg.Hostname}
+	hello := &api.Hello{Endpoints: c.endpointStrings(), Hostname: c.cfg.Hostname, Version: c.cfg.Version}
 	if c.cfg.KubernetesToken != nil {
 		hello.KubernetesToken = c.cfg.KubernetesToken()
 	}

@@ -21,6 +21,11 @@ import (
 // DefaultSocket is where the agent listens unless told otherwise.
 const DefaultSocket = "/run/edgewire/agent.sock"
 
+// The types below are the local API's JSON and what `edgewire ... -o
+// json` prints: every field is always present (no omitempty), so a
+// consumer can tell false, 0 and "" from a field it does not know. An
+// object that does not apply is null.
+
 // Status is the agent's view of itself and its peers.
 type Status struct {
 	Self  SelfStatus   `json:"self"`
@@ -42,15 +47,15 @@ type SelfStatus struct {
 	Coordinator string       `json:"coordinator"`
 	Connected   bool         `json:"connected"` // stream to the coordinator is up
 	MapVersion  uint64       `json:"map_version"`
-	Relay       *RelayStatus `json:"relay,omitempty"`
+	Relay       *RelayStatus `json:"relay"`
 }
 
 // RelayStatus describes the node's home relay.
 type RelayStatus struct {
 	Home      string             `json:"home"` // region name
 	Connected bool               `json:"connected"`
-	Error     string             `json:"error,omitempty"`
-	LatencyMs map[string]float64 `json:"latency_ms,omitempty"` // by region name
+	Error     string             `json:"error"`
+	LatencyMs map[string]float64 `json:"latency_ms"` // by region name
 }
 
 // PeerStatus describes one peer.
@@ -58,24 +63,25 @@ type PeerStatus struct {
 	Name          string     `json:"name"`
 	PublicKey     string     `json:"public_key"`
 	Addresses     []string   `json:"addresses"`
-	Routes        []string   `json:"routes,omitempty"`
-	Online        bool       `json:"online"`               // connected to the coordinator
-	Path          string     `json:"path"`                 // none, direct, relay
-	LastKnown     bool       `json:"last_known,omitempty"` // direct to the last endpoint that worked (no relay; not confirmed now)
-	Relay         string     `json:"relay,omitempty"`      // relay region, when Path is relay
-	Endpoint      string     `json:"endpoint,omitempty"`   // as WireGuard has it
-	LastHandshake time.Time  `json:"last_handshake,omitzero"`
+	Routes        []string   `json:"routes"`
+	Online        bool       `json:"online"`         // connected to the coordinator
+	Path          string     `json:"path"`           // none, direct, relay
+	LastKnown     bool       `json:"last_known"`     // direct to the last endpoint that worked (no relay; not confirmed now)
+	Relay         string     `json:"relay"`          // relay region, when Path is relay
+	Endpoint      string     `json:"endpoint"`       // as WireGuard has it
+	LastHandshake *time.Time `json:"last_handshake"` // nil (null): never
 	RxBytes       uint64     `json:"rx_bytes"`
 	TxBytes       uint64     `json:"tx_bytes"`
-	ICE           *ICEStatus `json:"ice,omitempty"`
+	ICE           *ICEStatus `json:"ice"`     // nil (null): no ICE session
+	Version       string     `json:"version"` // agent version the peer reported, "" if none
 }
 
 // ICEStatus is the state of the peer's ICE session.
 type ICEStatus struct {
-	State    string         `json:"state"`           // new, checking, connected, disconnected, failed, closed
-	Local    *CandidateInfo `json:"local,omitempty"` // selected pair, when connected
-	Remote   *CandidateInfo `json:"remote,omitempty"`
-	RTTMs    float64        `json:"rtt_ms,omitempty"`
+	State    string         `json:"state"` // new, checking, connected, disconnected, failed, closed
+	Local    *CandidateInfo `json:"local"` // selected pair, when connected
+	Remote   *CandidateInfo `json:"remote"`
+	RTTMs    float64        `json:"rtt_ms"`
 	Restarts uint64         `json:"restarts"`
 }
 
@@ -87,17 +93,18 @@ type CandidateInfo struct {
 
 // PingResult is one echo to a peer.
 type PingResult struct {
-	Address  string  `json:"address"`
+	Peer     string  `json:"peer"`    // the peer's name
+	Address  string  `json:"address"` // the overlay address pinged
 	Path     string  `json:"path"`
-	Relay    string  `json:"relay,omitempty"`
-	Endpoint string  `json:"endpoint,omitempty"`
+	Relay    string  `json:"relay"`
+	Endpoint string  `json:"endpoint"`
 	RTTMs    float64 `json:"rtt_ms"`
 }
 
 // Netcheck is what `edgewire netcheck` reports.
 type Netcheck struct {
 	UDP            bool           `json:"udp"` // some STUN server answered
-	PublicAddr     string         `json:"public_addr,omitempty"`
+	PublicAddr     string         `json:"public_addr"`
 	Mapping        string         `json:"mapping"`
 	STUN           []STUNResult   `json:"stun"`
 	RelayLatencyMs []RelayLatency `json:"relays"`
@@ -107,9 +114,9 @@ type Netcheck struct {
 // STUNResult is one STUN server's answer.
 type STUNResult struct {
 	Server string  `json:"server"`
-	Mapped string  `json:"mapped,omitempty"`
-	RTTMs  float64 `json:"rtt_ms,omitempty"`
-	Error  string  `json:"error,omitempty"`
+	Mapped string  `json:"mapped"`
+	RTTMs  float64 `json:"rtt_ms"`
+	Error  string  `json:"error"`
 }
 
 // RelayLatency is the measured latency to one relay.
@@ -126,12 +133,12 @@ type Services struct {
 
 // ServiceEndpoint is one endpoint of a Service and its path from here.
 type ServiceEndpoint struct {
-	Service  string `json:"service"`          // namespace/name
-	Address  string `json:"address"`          // the endpoint's address
-	NodeName string `json:"node,omitempty"`   // its Kubernetes node
-	Via      string `json:"via,omitempty"`    // the overlay node it is reached through
-	Path     string `json:"path"`             // local, l3, host, forward, address, none
-	Target   string `json:"target,omitempty"` // where the rules send it
+	Service  string `json:"service"` // namespace/name
+	Address  string `json:"address"` // the endpoint's address
+	NodeName string `json:"node"`    // its Kubernetes node
+	Via      string `json:"via"`     // the overlay node it is reached through
+	Path     string `json:"path"`    // local, l3, host, forward, address, none
+	Target   string `json:"target"`  // where the rules send it
 	Why      string `json:"why"`
 }
 
@@ -145,12 +152,15 @@ type ForwardStats struct {
 	InNoAnswer int64 `json:"in_no_answer"` // the local endpoint did not answer
 }
 
-// ErrNoPeer is returned for a ping to a name that is not a peer.
+// ErrNoPeer is returned for a ping to a name or address that is not a
+// peer's.
 var ErrNoPeer = errors.New("no such peer")
 
 // Backend is what the server needs from the agent.
 type Backend interface {
 	Status() (Status, error)
+	// Ping pings peer, a peer's node name or one of its overlay
+	// addresses, once.
 	Ping(ctx context.Context, peer string) (PingResult, error)
 	Netcheck(ctx context.Context) (Netcheck, error)
 	Services() (Services, error)

@@ -34,7 +34,8 @@ type Peer struct {
 	Routes    []netip.Prefix
 	Endpoints []netip.AddrPort
 	Online    bool
-	LastSeen  int64 // unix ms
+	LastSeen  int64  // unix ms
+	Version   string // agent version the node reported, "" if none
 }
 
 // Self is the local node as the coordinator sees it.
@@ -280,6 +281,7 @@ func parseNode(n *api.Node) (Peer, error) {
 	p.KubeNode = n.GetKubernetesNode()
 	p.Online = n.GetOnline()
 	p.LastSeen = n.GetLastSeenUnixMs()
+	p.Version = n.GetVersion()
 	for _, a := range n.GetAddresses() {
 		addr, err := netip.ParseAddr(a)
 		if err != nil {
@@ -348,7 +350,7 @@ func (s *State) Marshal() ([]byte, error) {
 			Key: r.Key[:], StunPort: uint32(r.STUNPort)})
 	}
 	for _, p := range s.SortedPeers() {
-		n := &api.Node{PublicKey: p.Key[:], Name: p.Name, KubernetesNode: p.KubeNode, Online: p.Online, LastSeenUnixMs: p.LastSeen}
+		n := &api.Node{PublicKey: p.Key[:], Name: p.Name, KubernetesNode: p.KubeNode, Online: p.Online, LastSeenUnixMs: p.LastSeen, Version: p.Version}
 		for _, a := range p.Addresses {
 			n.Addresses = append(n.Addresses, a.String())
 		}

@@ -29,6 +29,7 @@ func pbNode(b byte, name string) *api.Node {
 		Routes:    []string{"10.244." + string('0'+rune(b)) + ".0/24"},
 		Endpoints: []string{"192.0.2." + string('0'+rune(b)) + ":51820"},
 		Online:    true,
+		Version:   "v1.0." + string('0'+rune(b)),
 	}
 }
 
@@ -93,6 +94,7 @@ func TestApplyFull(t *testing.T) {
 		Routes:    []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24")},
 		Endpoints: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.2:51820")},
 		Online:    true,
+		Version:   "v1.0.2",
 	}
 	if got := s.Peers[k32(2)]; !reflect.DeepEqual(got, wantTwo) {
 		t.Errorf("got peer %+v, want %+v", got, wantTwo)

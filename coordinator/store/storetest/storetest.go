@@ -557,10 +557,11 @@ func presence(t *testing.T, open Open) {
 	// Many nodes, so that every part of a sharded backend holds some.
 	first := store.Presence{}
 	for i := range 64 {
-		first[NodeKey(byte(i*4+1))] = []netip.AddrPort{netip.AddrPortFrom(Addr4(i), 51820), netip.MustParseAddrPort("[2001:db8::1]:4242")}
+		first[NodeKey(byte(i*4+1))] = store.NodePresence{Endpoints: []netip.AddrPort{netip.AddrPortFrom(Addr4(i), 51820), netip.MustParseAddrPort("[2001:db8::1]:4242")},
+			Version: fmt.Sprintf("v0.%d.0", i)}
 	}
-	first[NodeKey(2)] = nil // online, no endpoints reported
-	second := store.Presence{NodeKey(5): {netip.MustParseAddrPort("192.0.2.5:1")}, NodeKey(9): nil}
+	first[NodeKey(2)] = store.NodePresence{} // online, no endpoints or version reported
+	second := store.Presence{NodeKey(5): {Endpoints: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.5:1")}, Version: "dev"}, NodeKey(9): {}}
 	for i, want := range []store.Presence{first, second, {}} {
 		at := at.Add(time.Duration(i) * time.Minute)
 		if err := pk.SavePresence(ctx, want, at); err != nil {
@@ -573,9 +574,10 @@ func presence(t *testing.T, open Open) {
 		if len(got) != len(want) {
 			t.Fatalf("save %d: loaded %d nodes, want %d", i, len(got), len(want))
 		}
-		for k, eps := range want {
-			if g, ok := got[k]; !ok || len(g) != len(eps) || (len(eps) > 0 && !reflect.DeepEqual(g, eps)) {
-				t.Errorf("save %d: node %s: got %v (present %v), want %v", i, k.Short(), g, ok, eps)
+		for k, np := range want {
+			g, ok := got[k]
+			if !ok || len(g.Endpoints) != len(np.Endpoints) || (len(np.Endpoints) > 0 && !reflect.DeepEqual(g.Endpoints, np.Endpoints)) || g.Version != np.Version {
+				t.Errorf("save %d: node %s: got %v (present %v), want %v", i, k.Short(), g, ok, np)
 			}
 		}
 		if !gotAt.Equal(at) {
