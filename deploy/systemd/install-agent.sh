@@ -3,8 +3,10 @@
 # binary, /etc/edgewire/agent.env, the join token in
 # /etc/edgewire/join-token (root only; the agent deletes it once the node
 # is enrolled), the unit, then enables and starts it. Safe to run again:
-# unchanged files are left alone, and the service is restarted only when
-# something changed.
+# unchanged files are left alone, the service is restarted only when
+# something changed, and a setting not given again (--coordinator,
+# --name, --agent-args) keeps what the last run wrote. The agent applies
+# a changed name, routes or coordinator at its restart.
 #
 #   install-agent.sh --coordinator coord.example.com:8443 --token-file token.txt \
 #       (--binary ./edgewire-agent | --url https://.../edgewire-agent --sha256 HEX)
@@ -28,11 +30,12 @@ state_dir=$root/var/lib/edgewire/agent
 
 usage() {
 	cat <<'EOF'
-Usage: install-agent.sh --coordinator HOST:PORT [--token TOKEN | --token-file FILE]
+Usage: install-agent.sh [--coordinator HOST:PORT] [--token TOKEN | --token-file FILE]
                         [--binary PATH | --url URL --sha256 HEX]
                         [--name NODE] [--agent-args "ARGS"] [--unit PATH] [--no-start]
 
-  --coordinator HOST:PORT  the coordinator's agent port (TCP 8443 by default)
+  --coordinator HOST:PORT  the coordinator's agent port (TCP 8443 by default);
+                           needed at the first install, then kept
   --token TOKEN            join token (edgewire token create); also read from
                            $EDGEWIRE_TOKEN. Not needed once the node has joined
                            or while /etc/edgewire/join-token still holds one.
@@ -43,9 +46,11 @@ Usage: install-agent.sh --coordinator HOST:PORT [--token TOKEN | --token-file FI
   --url URL                download edgewire-agent from URL (http or https);
                            needs --sha256
   --sha256 HEX             expected SHA-256 of the binary (required with --url)
-  --name NODE              node name (default: the hostname)
+  --name NODE              node name (default: the hostname at the first
+                           install, then kept)
   --agent-args "ARGS"      more edgewire-agent run flags, e.g.
-                           "--advertise-routes 10.42.3.0/24 --relay-region 2"
+                           "--advertise-routes 10.42.3.0/24 --relay-region 2";
+                           replaces the last run's ("" clears them), else kept
   --unit PATH              unit file to install (default: edgewire-agent.service
                            beside this script)
   --no-start               install and enable, but do not start or restart
@@ -72,6 +77,7 @@ need_value() {
 }
 
 coordinator='' token=${EDGEWIRE_TOKEN:-} token_file='' binary='' url='' sha256='' name='' agent_args='' start=yes
+agent_args_set=no
 unit_src=$here/edgewire-agent.service
 while [ $# -gt 0 ]; do
 	case $1 in
@@ -82,13 +88,32 @@ while [ $# -gt 0 ]; do
 	--url) need_value "$@"; url=$2; shift 2 ;;
 	--sha256) need_value "$@"; sha256=$2; shift 2 ;;
 	--name) need_value "$@"; name=$2; shift 2 ;;
-	--agent-args) need_value "$@"; agent_args=$2; shift 2 ;;
+	--agent-args) [ $# -ge 2 ] || usage_error "--agent-args needs a value"; agent_args=$2; agent_args_set=yes; shift 2 ;;
 	--unit) need_value "$@"; unit_src=$2; shift 2 ;;
 	--no-start) start=no; shift ;;
 	-h | --help) usage; exit 0 ;;
 	*) usage_error "unknown argument: $1" ;;
 	esac
 done
+
+# What the last run wrote (agent.env is this script's own format) is
+# kept for what this run does not say.
+prev_coordinator='' prev_name='' prev_args=''
+if [ -r "$env_path" ]; then
+	prev_coordinator=$(sed -n 's/^EDGEWIRE_COORDINATOR=//p' "$env_path" | tail -n 1)
+	read -r -a prev_words <<<"$(sed -n 's/^EDGEWIRE_AGENT_ARGS="\(.*\)"$/\1/p' "$env_path" | tail -n 1)"
+	i=0
+	while [ $i -lt ${#prev_words[@]} ]; do
+		case ${prev_words[$i]} in
+		--name) prev_name=${prev_words[$((i + 1))]:-}; i=$((i + 2)) ;;
+		--token-file) i=$((i + 2)) ;;
+		*) prev_args+="${prev_args:+ }${prev_words[$i]}"; i=$((i + 1)) ;;
+		esac
+	done
+fi
+[ -n "$coordinator" ] || coordinator=$prev_coordinator
+[ -n "$name" ] || name=$prev_name
+[ "$agent_args_set" = yes ] || agent_args=$prev_args
 
 # Arguments first, so mistakes show before anything needs root.
 [ -n "$coordinator" ] || usage_error "--coordinator HOST:PORT is required"

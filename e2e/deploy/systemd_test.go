@@ -464,6 +464,42 @@ func TestInstallAgentScript(t *testing.T) {
 		}
 	})
 
+	t.Run("keeps what it is not told to change", func(t *testing.T) {
+		r := newInstallRun(t)
+		code, out := r.run(nil, "--coordinator", "coord.example.com:8443", "--token", token, "--binary", fakeBin,
+			"--name", "edge-01", "--agent-args", "--advertise-routes 10.42.3.0/24 --relay-region 2")
+		if code != 0 {
+			t.Fatalf("first run: exit %d:\n%s", code, out)
+		}
+		r.enrol()
+		steps := []struct {
+			what string
+			args []string
+			want string // agent.env's two settings
+		}{
+			{"a new binary only", []string{"--binary", fakeBin},
+				"EDGEWIRE_COORDINATOR=coord.example.com:8443\nEDGEWIRE_AGENT_ARGS=\"--name edge-01 --advertise-routes 10.42.3.0/24 --relay-region 2\""},
+			{"another coordinator", []string{"--coordinator", "coord2.example.com:8443"},
+				"EDGEWIRE_COORDINATOR=coord2.example.com:8443\nEDGEWIRE_AGENT_ARGS=\"--name edge-01 --advertise-routes 10.42.3.0/24 --relay-region 2\""},
+			{"another name", []string{"--name", "edge-02"},
+				"EDGEWIRE_COORDINATOR=coord2.example.com:8443\nEDGEWIRE_AGENT_ARGS=\"--name edge-02 --advertise-routes 10.42.3.0/24 --relay-region 2\""},
+			{"other flags", []string{"--agent-args", "--advertise-routes 10.42.4.0/24"},
+				"EDGEWIRE_COORDINATOR=coord2.example.com:8443\nEDGEWIRE_AGENT_ARGS=\"--name edge-02 --advertise-routes 10.42.4.0/24\""},
+			{"flags cleared", []string{"--agent-args", ""},
+				"EDGEWIRE_COORDINATOR=coord2.example.com:8443\nEDGEWIRE_AGENT_ARGS=\"--name edge-02\""},
+		}
+		for _, st := range steps {
+			code, out := r.run(nil, st.args...)
+			if code != 0 {
+				t.Fatalf("%s: exit %d:\n%s", st.what, code, out)
+			}
+			if got := r.read("etc/edgewire/agent.env"); !strings.Contains(got, st.want+"\n") {
+				t.Errorf("%s: agent.env:\n%s\nwant:\n%s", st.what, got, st.want)
+			}
+			r.systemctl()
+		}
+	})
+
 	// Installs before the token file kept the token in agent.env.
 	const oldEnv = "EDGEWIRE_COORDINATOR=c:8443\nEDGEWIRE_TOKEN=" + token + "\nEDGEWIRE_AGENT_ARGS=\"\"\n"
 	t.Run("moves the token out of an old agent.env", func(t *testing.T) {
