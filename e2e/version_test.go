@@ -46,3 +46,21 @@ func TestVersion(t *testing.T) {
 		})
 	}
 }
+
+// TestSecretsNotEchoed: a join token in the environment never shows in
+// the agent's help (it is the --token default when the command runs, not
+// in the flag's definition).
+func TestSecretsNotEchoed(t *testing.T) {
+	const secret = "ewt1.0123456789abcdef.fedcba9876543210fedcba9876543210.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+	for _, args := range [][]string{{"run", "--help"}, {"join", "--help"}, {"--help"}} {
+		cmd := exec.Command(cluster.Bin(t, "edgewire-agent"), args...)
+		cmd.Env = append(os.Environ(), "EDGEWIRE_TOKEN="+secret)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("edgewire-agent %v: %v\n%s", args, err, out)
+		}
+		if strings.Contains(string(out), "0123456789abcdef") || !strings.Contains(string(out), "--token") && len(args) > 1 {
+			t.Errorf("edgewire-agent %v printed the token, or no --token flag:\n%s", args, out)
+		}
+	}
+}
