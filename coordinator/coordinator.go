@@ -76,19 +76,12 @@ type Config struct {
 	TLSCA       string             // ...and the CA that issued it (pinned by tokens)
 	TLSSANs     []string           // extra DNS names / IPs for the generated cert
 	STUNListen  string             // UDP address of the embedded STUN server; empty: none
-	// STUNListenAlt is the STUN server's second UDP address, advertised
-	// as the map's alt_port for netcheck's mapping test
-	// (stunserver.AltListen: stunserver.AltAuto is the STUN port + 1);
-	// empty: none.
-	STUNListenAlt string
+	STUNAlt     string             // its second UDP address, the map's alt_port (stunserver.AltListen); empty: none
 	RelayListen string             // TCP address of the embedded relay; empty: none
 	RelayID     uint32             // region id of the embedded relay
 	RelayName   string             // region name of the embedded relay
 	Relays      []*api.RelayRegion // further relays (--relay-map)
-	// RelaySTUN lists the STUN servers of further relays that have a
-	// second port (--relay-map's stun_alt_port), advertised beside the
-	// coordinator's own; agents dedupe them against the relays' STUN.
-	RelaySTUN []*api.StunServer
+	RelaySTUN   []*api.StunServer  // STUN servers of further relays with a second port (--relay-map's stun_alt_port)
 	MeshKey     []byte             // relay mesh key; nil: the embedded relay does not mesh
 	RelayRate   float64            // embedded relay's per-client bytes/s (relay.ServerConfig.RateBytes; 0: default)
 	TicketTTL   time.Duration      // relay ticket lifetime
@@ -219,7 +212,7 @@ func serve(ctx context.Context, cfg Config, st store.Store, reg prometheus.Regis
 	var stunSrv, stunAlt *stunserver.Server
 	var stunServers []*api.StunServer
 	if cfg.STUNListen != "" {
-		altAddr, err := stunserver.AltListen(cfg.STUNListen, cfg.STUNListenAlt)
+		altAddr, err := stunserver.AltListen(cfg.STUNListen, cfg.STUNAlt)
 		if err != nil {
 			return fmt.Errorf("STUN server: %w", err)
 		}

@@ -36,7 +36,7 @@ func testConfig(t *testing.T) Config {
 		Listen:        "127.0.0.1:0",
 		Prefixes:      []netip.Prefix{netip.MustParsePrefix(DefaultPrefix)},
 		STUNListen:    "127.0.0.1:0",
-		STUNListenAlt: stunserver.AltAuto,
+		STUNAlt:       stunserver.AltAuto,
 		RelayListen:   "127.0.0.1:0",
 		RelayID:       1,
 		RelayName:     "test",
@@ -160,7 +160,7 @@ func TestRunSTUNAltInUse(t *testing.T) {
 	defer busy.Close()
 	before := leaktest.Take()
 	cfg := testConfig(t)
-	cfg.STUNListenAlt = busy.LocalAddr().String()
+	cfg.STUNAlt = busy.LocalAddr().String()
 	if err := Run(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "--stun-listen-alt") || !strings.Contains(err.Error(), "address already in use") {
 		t.Fatalf("Run: got %v, want STUN server (--stun-listen-alt): ... address already in use", err)
 	}

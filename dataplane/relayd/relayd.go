@@ -52,10 +52,7 @@ type Config struct {
 	DataDir     string   // KeyFile, and the self-signed certificate (pki/) unless TLSCert is given
 	Listen      string   // TCP address of the relay's HTTPS listener
 	STUNListen  string   // UDP address of the STUN server; empty: off
-	// STUNListenAlt is the STUN server's second UDP address, for
-	// netcheck's mapping test (stunserver.AltListen: stunserver.AltAuto
-	// is the STUN port + 1); empty: off.
-	STUNListenAlt string
+	STUNAlt     string   // its second UDP address, for netcheck (stunserver.AltListen); empty: off
 	TicketKey   string   // the coordinator's ticket public key: base64, or a file holding it; required
 	MeshKeyFile string   // file with the relay mesh key; empty: no mesh
 	MeshPeers   []string // other relays of the mesh, "https://host:port/relay=<base64 key>"
@@ -80,7 +77,7 @@ func DefaultConfig() Config {
 		DataDir:              DefaultDataDir,
 		Listen:               DefaultListen,
 		STUNListen:           DefaultSTUN,
-		STUNListenAlt:        stunserver.AltAuto,
+		STUNAlt:              stunserver.AltAuto,
 		ClientRateMbit:       relay.DefaultRateBytes * 8 / 1e6,
 		QueueBudgetMiB:       relay.DefaultQueueBudget >> 20,
 		ClientQueueMiB:       relay.DefaultQueueBytes >> 20,
@@ -141,7 +138,7 @@ func New(cfg Config) (*Relay, error) {
 	}
 	r := &Relay{cfg: cfg, log: cfg.Logger, srv: rs, cert: cert, reg: telemetry.NewRegistry()}
 	rs.RegisterMetrics(r.reg)
-	altAddr, err := stunserver.AltListen(cfg.STUNListen, cfg.STUNListenAlt)
+	altAddr, err := stunserver.AltListen(cfg.STUNListen, cfg.STUNAlt)
 	if err != nil {
 		return nil, fmt.Errorf("STUN server: %w", err)
 	}

@@ -208,7 +208,7 @@ func TestNewListenFailureClosesSTUN(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.STUNListen, cfg.STUNListenAlt = pc.LocalAddr().String(), alt.LocalAddr().String()
+	cfg.STUNListen, cfg.STUNAlt = pc.LocalAddr().String(), alt.LocalAddr().String()
 	pc.Close()
 	alt.Close()
 	cfg.Listen = busy.Addr().String()
@@ -216,7 +216,7 @@ func TestNewListenFailureClosesSTUN(t *testing.T) {
 		t.Fatalf("New on a busy port: got %v, want address already in use", err)
 	}
 	// The STUN ports are free again.
-	for _, a := range []string{cfg.STUNListen, cfg.STUNListenAlt} {
+	for _, a := range []string{cfg.STUNListen, cfg.STUNAlt} {
 		pc, err = net.ListenPacket("udp", a)
 		if err != nil {
 			t.Fatalf("STUN port %s after a failed New: %v, want it released", a, err)
@@ -238,7 +238,7 @@ func TestNewSTUNAltInUse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.STUNListen, cfg.STUNListenAlt = pc.LocalAddr().String(), busy.LocalAddr().String()
+	cfg.STUNListen, cfg.STUNAlt = pc.LocalAddr().String(), busy.LocalAddr().String()
 	pc.Close()
 	if _, err := New(cfg); err == nil || !strings.Contains(err.Error(), "--stun-listen-alt") {
 		t.Fatalf("New with the second STUN port in use: got %v, want an error naming --stun-listen-alt", err)
