@@ -152,7 +152,7 @@ address, and how the NAT maps the socket:
   unknown               fewer than two STUN endpoints answered; none at all
                         means UDP is blocked and every peer goes through a relay
 Then the latency to each relay.`,
-		Args:  cobra.NoArgs,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
