@@ -43,3 +43,21 @@ func TestMapSums(t *testing.T) {
 		t.Error("an empty node hashes as an empty Service")
 	}
 }
+
+// A STUN server's alt port is part of the rest's hash, so a coordinator
+// that starts or stops advertising one changes the digest, and equal
+// content built apart hashes equal.
+func TestHashRestAltPort(t *testing.T) {
+	rest := func(alt uint32) MapHash {
+		return HashRest([]string{"100.64.0.0/10"}, []*StunServer{{Port: 3478, AltPort: alt}}, nil, nil)
+	}
+	if rest(3479) != rest(3479) {
+		t.Error("equal STUN servers hash differently")
+	}
+	if rest(3479) == rest(0) {
+		t.Error("an alt port left the hash unchanged")
+	}
+	if rest(3479) == rest(3480) {
+		t.Error("another alt port left the hash unchanged")
+	}
+}

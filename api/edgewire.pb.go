@@ -1666,10 +1666,14 @@ func (x *RelayRegion) GetStunPort() uint32 {
 
 // StunServer is a STUN server agents use for server-reflexive candidates.
 // An empty host means "the host the agent dialled the coordinator at".
+// alt_port, when not 0, is a second UDP port of the same server: netcheck
+// asks both from one socket, and a NAT that maps the two flows to different
+// public ports is endpoint-dependent (symmetric). ICE uses port only.
 type StunServer struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Host          string                 `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
 	Port          uint32                 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	AltPort       uint32                 `protobuf:"varint,3,opt,name=alt_port,json=altPort,proto3" json:"alt_port,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1714,6 +1718,13 @@ func (x *StunServer) GetHost() string {
 func (x *StunServer) GetPort() uint32 {
 	if x != nil {
 		return x.Port
+	}
+	return 0
+}
+
+func (x *StunServer) GetAltPort() uint32 {
+	if x != nil {
+		return x.AltPort
 	}
 	return 0
 }
@@ -2685,11 +2696,12 @@ const file_edgewire_proto_rawDesc = "" +
 	"\x04host\x18\x03 \x01(\tR\x04host\x12\x12\n" +
 	"\x04port\x18\x04 \x01(\rR\x04port\x12\x10\n" +
 	"\x03key\x18\x05 \x01(\fR\x03key\x12\x1b\n" +
-	"\tstun_port\x18\x06 \x01(\rR\bstunPort\"4\n" +
+	"\tstun_port\x18\x06 \x01(\rR\bstunPort\"O\n" +
 	"\n" +
 	"StunServer\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x12\n" +
-	"\x04port\x18\x02 \x01(\rR\x04port\"\xea\x02\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\x12\x19\n" +
+	"\balt_port\x18\x03 \x01(\rR\aaltPort\"\xea\x02\n" +
 	"\x04Node\x12\x1d\n" +
 	"\n" +
 	"public_key\x18\x01 \x01(\fR\tpublicKey\x12\x12\n" +

@@ -218,8 +218,10 @@ func (fakeAgent) Ping(_ context.Context, peer string) (localapi.PingResult, erro
 
 func (fakeAgent) Netcheck(context.Context) (localapi.Netcheck, error) {
 	return localapi.Netcheck{UDP: true, PublicAddr: "203.0.113.50", Mapping: "endpoint-independent",
+		Meaning: "endpoint-independent NAT (a typical home router): hole punching works",
 		STUN: []localapi.STUNResult{
 			{Server: "coord.example.net:3478", Mapped: "203.0.113.50:40001", RTTMs: 9.75},
+			{Server: "coord.example.net:3479", Alt: true, Mapped: "203.0.113.50:40001", RTTMs: 9.5},
 			{Server: "relay-ams.example.net:3478", Error: "timeout"},
 		},
 		RelayLatencyMs: []localapi.RelayLatency{{Name: "fra", LatencyMs: 11.5}, {Name: "ams", LatencyMs: 17.25}},

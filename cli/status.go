@@ -174,7 +174,19 @@ func netcheckCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "netcheck",
 		Short: "Probe this node's network: UDP, NAT mapping, public address, relay latency",
-		Args:  noArgs,
+		Long: `Probe this node's network from one UDP socket: STUN requests to every STUN
+server of the network map, and to the second port of those that have one
+(the coordinator's --stun-listen-alt), tell whether UDP gets out, the public
+address, and how the NAT maps the socket:
+  endpoint-independent  one public port whatever the destination (a home
+                        router): hole punching works, direct paths to most peers
+  endpoint-dependent    a new public port per destination (symmetric NAT):
+                        direct only to peers with a public address or an
+                        endpoint-independent NAT, the others through a relay
+  unknown               fewer than two STUN endpoints answered; none at all
+                        means UDP is blocked and every peer goes through a relay
+Then the latency to each relay.`,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
@@ -189,11 +201,18 @@ func netcheckCmd(g *globals) *cobra.Command {
 			fmt.Fprintf(out, "UDP:             %v\n", nc.UDP)
 			fmt.Fprintf(out, "public address:  %s\n", nc.PublicAddr)
 			fmt.Fprintf(out, "NAT mapping:     %s\n", nc.Mapping)
+			if nc.Meaning != "" {
+				fmt.Fprintf(out, "what it means:   %s\n", nc.Meaning)
+			}
 			for _, s := range nc.STUN {
+				server := s.Server
+				if s.Alt {
+					server += " (second port)"
+				}
 				if s.Error != "" {
-					fmt.Fprintf(out, "  stun %s: %s\n", s.Server, s.Error)
+					fmt.Fprintf(out, "  stun %s: %s\n", server, s.Error)
 				} else {
-					fmt.Fprintf(out, "  stun %s: mapped %s in %.2f ms\n", s.Server, s.Mapped, s.RTTMs)
+					fmt.Fprintf(out, "  stun %s: mapped %s in %.2f ms\n", server, s.Mapped, s.RTTMs)
 				}
 			}
 			fmt.Fprintf(out, "preferred relay: %s\n", nc.PreferredRelay)

@@ -76,10 +76,12 @@ type Config struct {
 	TLSCA       string             // ...and the CA that issued it (pinned by tokens)
 	TLSSANs     []string           // extra DNS names / IPs for the generated cert
 	STUNListen  string             // UDP address of the embedded STUN server; empty: none
+	STUNAlt     string             // its second UDP address, the map's alt_port (stunserver.AltListen); empty: none
 	RelayListen string             // TCP address of the embedded relay; empty: none
 	RelayID     uint32             // region id of the embedded relay
 	RelayName   string             // region name of the embedded relay
 	Relays      []*api.RelayRegion // further relays (--relay-map)
+	RelaySTUN   []*api.StunServer  // STUN servers of further relays with a second port (--relay-map's stun_alt_port)
 	MeshKey     []byte             // relay mesh key; nil: the embedded relay does not mesh
 	RelayRate   float64            // embedded relay's per-client bytes/s (relay.ServerConfig.RateBytes; 0: default)
 	TicketTTL   time.Duration      // relay ticket lifetime
@@ -207,16 +209,26 @@ func serve(ctx context.Context, cfg Config, st store.Store, reg prometheus.Regis
 	// The sockets below are closed by the parts that serve them; these
 	// deferred closes matter only when Run fails before they start, and
 	// are harmless after.
-	var stunSrv *stunserver.Server
+	var stunSrv, stunAlt *stunserver.Server
 	var stunServers []*api.StunServer
 	if cfg.STUNListen != "" {
+		altAddr, err := stunserver.AltListen(cfg.STUNListen, cfg.STUNAlt)
+		if err != nil {
+			return fmt.Errorf("STUN server: %w", err)
+		}
 		stunSrv, err = stunserver.Listen(cfg.STUNListen, log.With("src", "stun"))
 		if err != nil {
 			return fmt.Errorf("STUN server: %w", err)
 		}
 		defer stunSrv.Close()
+		if altAddr != "" {
+			if stunAlt, err = stunserver.Listen(altAddr, log.With("src", "stun-alt")); err != nil {
+				return fmt.Errorf("STUN server (--stun-listen-alt): %w", err)
+			}
+			defer stunAlt.Close()
+		}
 		// Agents reach it on the host they dial the coordinator at.
-		stunServers = append(stunServers, &api.StunServer{Port: uint32(stunSrv.Addr().(*net.UDPAddr).Port)})
+		stunServers = append(stunServers, &api.StunServer{Port: stunserver.Port(stunSrv), AltPort: stunserver.Port(stunAlt)})
 	}
 	ticketKey, err := loadOrCreateTicketKey(filepath.Join(cfg.DataDir, TicketKeyFile))
 	if err != nil {
@@ -232,6 +244,7 @@ func serve(ctx context.Context, cfg Config, st store.Store, reg prometheus.Regis
 		defer embedded.ln.Close()
 		relays = append([]*api.RelayRegion{embedded.region}, relays...)
 	}
+	stunServers = append(stunServers, cfg.RelaySTUN...)
 	policy := cfg.RoutePolicy
 	policy.Protected = append(policy.Protected, protectedAddrs(ctx, cfg, relays, log)...)
 	var kube server.KubeVerifier
@@ -318,6 +331,12 @@ func serve(ctx context.Context, cfg Config, st store.Store, reg prometheus.Regis
 			return rungroup.Serve(ctx, stunSrv.Serve, func() { stunSrv.Close() })
 		})
 		log.Info("STUN server started", "listen", stunSrv.Addr())
+	}
+	if stunAlt != nil {
+		g.Go("STUN alt", func(ctx context.Context) error {
+			return rungroup.Serve(ctx, stunAlt.Serve, func() { stunAlt.Close() })
+		})
+		log.Info("STUN server started on its second port", "listen", stunAlt.Addr())
 	}
 	if embedded != nil {
 		g.Go("relay", func(ctx context.Context) error { return relayd.Serve(ctx, embedded.srv, embedded.ln, id.Cert) })

@@ -15,6 +15,7 @@ import (
 
 	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/coordinator/svcsource"
+	"github.com/edgewire/edgewire/dataplane/stunserver"
 	"github.com/edgewire/edgewire/internal/leaktest"
 )
 
@@ -35,6 +36,7 @@ func testConfig(t *testing.T) Config {
 		Listen:        "127.0.0.1:0",
 		Prefixes:      []netip.Prefix{netip.MustParsePrefix(DefaultPrefix)},
 		STUNListen:    "127.0.0.1:0",
+		STUNAlt:       stunserver.AltAuto,
 		RelayListen:   "127.0.0.1:0",
 		RelayID:       1,
 		RelayName:     "test",
@@ -141,6 +143,26 @@ func TestRunSetupFailureStartsNothing(t *testing.T) {
 	cfg.Listen = busy.Addr().String()
 	if err := Run(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "address already in use") {
 		t.Fatalf("Run: got %v, want listen ...: address already in use", err)
+	}
+	if l := before.Leaked(timeout); l != "" {
+		t.Fatalf("goroutines outlived Run: %s", l)
+	}
+}
+
+// TestRunSTUNAltInUse: the STUN server's second port is opened with the
+// other sockets, so a port in use stops Run before anything serves and
+// names the flag.
+func TestRunSTUNAltInUse(t *testing.T) {
+	busy, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	before := leaktest.Take()
+	cfg := testConfig(t)
+	cfg.STUNAlt = busy.LocalAddr().String()
+	if err := Run(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "--stun-listen-alt") || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("Run: got %v, want STUN server (--stun-listen-alt): ... address already in use", err)
 	}
 	if l := before.Leaked(timeout); l != "" {
 		t.Fatalf("goroutines outlived Run: %s", l)

@@ -18,7 +18,11 @@ import (
 // embedded in the coordinator.
 //
 //	{"regions": [{"id": 2, "name": "eu-west", "host": "relay-eu.example.com",
-//	              "port": 8444, "key": "<base64 relay public key>", "stun_port": 3478}]}
+//	              "port": 8444, "key": "<base64 relay public key>", "stun_port": 3478,
+//	              "stun_alt_port": 3479}]}
+//
+// stun_alt_port (optional) is the relay's second STUN port
+// (edgewire-relay --stun-listen-alt); netcheck uses it to classify NATs.
 type RelayMap struct {
 	Regions []RelayRegion `json:"regions"`
 }
@@ -31,21 +35,26 @@ type RelayRegion struct {
 	Port     uint16 `json:"port"`
 	Key      string `json:"key"`
 	STUNPort uint16 `json:"stun_port"`
+	// STUNAltPort is the relay's second STUN port; 0: none.
+	STUNAltPort uint16 `json:"stun_alt_port,omitempty"`
 }
 
-// LoadRelayMap reads and validates a relay map file.
-func LoadRelayMap(path string) ([]*api.RelayRegion, error) {
+// LoadRelayMap reads and validates a relay map file. Relays with a second
+// STUN port are also returned as STUN servers (the map's relay regions
+// have no field for it), for Config.RelaySTUN.
+func LoadRelayMap(path string) ([]*api.RelayRegion, []*api.StunServer, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	dec := json.NewDecoder(strings.NewReader(string(b)))
 	dec.DisallowUnknownFields()
 	var m RelayMap
 	if err := dec.Decode(&m); err != nil {
-		return nil, fmt.Errorf("relay map %s: %w", path, err)
+		return nil, nil, fmt.Errorf("relay map %s: %w", path, err)
 	}
 	var out []*api.RelayRegion
+	var stun []*api.StunServer
 	for i, r := range m.Regions {
 		key, err := base64.StdEncoding.DecodeString(r.Key)
 		switch {
@@ -59,13 +68,20 @@ func LoadRelayMap(path string) ([]*api.RelayRegion, error) {
 			err = errors.New("port is required")
 		case err != nil || len(key) != 32:
 			err = fmt.Errorf("key must be a base64 32-byte relay public key (edgewire-relay prints it)")
+		case r.STUNAltPort != 0 && r.STUNPort == 0:
+			err = errors.New("stun_alt_port needs stun_port")
+		case r.STUNAltPort != 0 && r.STUNAltPort == r.STUNPort:
+			err = errors.New("stun_alt_port must differ from stun_port")
 		}
 		if err != nil {
-			return nil, fmt.Errorf("relay map %s: region %d: %w", path, i, err)
+			return nil, nil, fmt.Errorf("relay map %s: region %d: %w", path, i, err)
 		}
 		out = append(out, &api.RelayRegion{Id: r.ID, Name: r.Name, Host: r.Host, Port: uint32(r.Port), Key: key, StunPort: uint32(r.STUNPort)})
+		if r.STUNAltPort != 0 {
+			stun = append(stun, &api.StunServer{Host: r.Host, Port: uint32(r.STUNPort), AltPort: uint32(r.STUNAltPort)})
+		}
 	}
-	return out, nil
+	return out, stun, nil
 }
 
 // loadOrCreateTicketKey returns the Ed25519 key that signs relay tickets,

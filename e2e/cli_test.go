@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -16,12 +17,13 @@ import (
 
 // TestCLI checks what operators read: `edgewire netcheck` tells an
 // endpoint-independent NAT from a symmetric one and notices blocked UDP
-// (two STUN servers: the coordinator's and a standalone relay's), and the
-// status table's path column names the relay of relayed peers.
+// (two STUN servers, each on two ports: the coordinator's and a standalone
+// relay's, whose second port comes from the relay map's stun_alt_port),
+// and the status table's path column names the relay of relayed peers.
 func TestCLI(t *testing.T) {
 	lab.Require(t)
 	l := lab.New(t)
-	coord, _ := startMeshedRelays(t, l)
+	coord, relay2 := startMeshedRelays(t, l)
 	eimSite := l.AddSite("se", lab.NATEIM)
 	symSite := l.AddSite("ss", lab.NATSymmetric)
 	udpSite := l.AddSite("su", lab.NATUDPBlocked)
@@ -58,6 +60,15 @@ func TestCLI(t *testing.T) {
 		nc := netcheck(t, e)
 		if !nc.UDP || nc.PublicAddr != eimSite.PublicIP().String() || nc.Mapping != "endpoint-independent" {
 			t.Errorf("EIM node: got udp %v public %s mapping %q, want true %s endpoint-independent", nc.UDP, nc.PublicAddr, nc.Mapping, eimSite.PublicIP())
+		}
+		var alts []string
+		for _, st := range nc.STUN {
+			if st.Alt && st.Mapped != "" {
+				alts = append(alts, st.Server)
+			}
+		}
+		if want := []string{coord.Host.IP().String() + ":3479", relay2.Host.IP().String() + ":3479"}; !slices.Equal(alts, want) {
+			t.Errorf("EIM node: second STUN ports answered %v, want %v (the relay's from the relay map)", alts, want)
 		}
 		nc = netcheck(t, s)
 		if !nc.UDP || nc.PublicAddr != symSite.PublicIP().String() || !strings.HasPrefix(nc.Mapping, "endpoint-dependent") {

@@ -348,7 +348,8 @@ func startMeshedRelays(t *testing.T, l *lab.Lab) (*cluster.Coordinator, *cluster
 	meshKey := writeMeshKey(t, l)
 	relay2 := cluster.NewRelay(t, l, r2host)
 	relayMap := filepath.Join(l.Dir(), "relaymap.json")
-	rm := fmt.Sprintf(`{"regions":[{"id":2,"name":"r2","host":%q,"port":%d,"key":%q,"stun_port":3478}]}`,
+	// The relay answers STUN on 3478 and, by default, 3479 too.
+	rm := fmt.Sprintf(`{"regions":[{"id":2,"name":"r2","host":%q,"port":%d,"key":%q,"stun_port":3478,"stun_alt_port":3479}]}`,
 		r2host.IP(), cluster.RelayPort, relay2.Key)
 	if err := os.WriteFile(relayMap, []byte(rm), 0o644); err != nil {
 		t.Fatal(err)

@@ -18,6 +18,7 @@ import (
 	"github.com/edgewire/edgewire/coordinator/store/kubestore"
 	"github.com/edgewire/edgewire/coordinator/svcsource"
 	"github.com/edgewire/edgewire/dataplane/relay"
+	"github.com/edgewire/edgewire/dataplane/stunserver"
 	"github.com/edgewire/edgewire/internal/buildinfo"
 	"github.com/edgewire/edgewire/internal/logging"
 	"github.com/edgewire/edgewire/internal/routeguard"
@@ -58,7 +59,7 @@ func main() {
 				cfg.Prefixes = append(cfg.Prefixes, pfx)
 			}
 			if relayMap != "" {
-				if cfg.Relays, err = coordinator.LoadRelayMap(relayMap); err != nil {
+				if cfg.Relays, cfg.RelaySTUN, err = coordinator.LoadRelayMap(relayMap); err != nil {
 					return err
 				}
 			}
@@ -134,6 +135,7 @@ func main() {
 	f.StringVar(&cfg.TLSCA, "tls-ca", "", "CA that issued --tls-cert (its key is what join tokens pin)")
 	f.StringSliceVar(&cfg.TLSSANs, "tls-san", nil, "extra DNS names or IPs for the generated serving certificate")
 	f.StringVar(&cfg.STUNListen, "stun-listen", coordinator.DefaultSTUN, "UDP address of the embedded STUN server (empty: off)")
+	f.StringVar(&cfg.STUNAlt, "stun-listen-alt", stunserver.AltAuto, "second UDP address of the STUN server, which lets netcheck tell endpoint-independent NATs from symmetric ones with one coordinator ("+stunserver.AltAuto+": the --stun-listen port + 1; empty: off)")
 	f.StringVar(&cfg.RelayListen, "relay-listen", coordinator.DefaultRelay, "TCP address of the embedded relay (HTTPS; empty: off)")
 	f.Uint32Var(&cfg.RelayID, "relay-region-id", 1, "region id of the embedded relay")
 	f.StringVar(&cfg.RelayName, "relay-region-name", "coordinator", "region name of the embedded relay")

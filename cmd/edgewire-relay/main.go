@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/edgewire/edgewire/dataplane/relayd"
+	"github.com/edgewire/edgewire/dataplane/stunserver"
 	"github.com/edgewire/edgewire/internal/buildinfo"
 	"github.com/edgewire/edgewire/internal/logging"
 )
@@ -56,6 +57,7 @@ func main() {
 	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the relay key")
 	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "TCP address of the relay's HTTPS listener")
 	f.StringVar(&cfg.STUNListen, "stun-listen", cfg.STUNListen, "UDP address of the STUN server (empty: off)")
+	f.StringVar(&cfg.STUNAlt, "stun-listen-alt", cfg.STUNAlt, "second UDP address of the STUN server, which lets netcheck tell endpoint-independent NATs from symmetric ones ("+stunserver.AltAuto+": the --stun-listen port + 1; empty: off); give its port as stun_alt_port in the coordinator's relay map")
 	f.StringVar(&cfg.TicketKey, "ticket-key", "", "coordinator's ticket public key: base64, or a file holding it (<coordinator data-dir>/ticket.key.pub)")
 	f.StringVar(&cfg.MeshKeyFile, "mesh-key-file", "", "file with the relay mesh key")
 	f.StringSliceVar(&cfg.MeshPeers, "mesh-peer", nil, "another relay of the mesh as https://host:port/relay=<base64 key> (repeatable)")

@@ -52,6 +52,7 @@ type Config struct {
 	DataDir     string   // KeyFile, and the self-signed certificate (pki/) unless TLSCert is given
 	Listen      string   // TCP address of the relay's HTTPS listener
 	STUNListen  string   // UDP address of the STUN server; empty: off
+	STUNAlt     string   // its second UDP address, for netcheck (stunserver.AltListen); empty: off
 	TicketKey   string   // the coordinator's ticket public key: base64, or a file holding it; required
 	MeshKeyFile string   // file with the relay mesh key; empty: no mesh
 	MeshPeers   []string // other relays of the mesh, "https://host:port/relay=<base64 key>"
@@ -76,6 +77,7 @@ func DefaultConfig() Config {
 		DataDir:              DefaultDataDir,
 		Listen:               DefaultListen,
 		STUNListen:           DefaultSTUN,
+		STUNAlt:              stunserver.AltAuto,
 		ClientRateMbit:       relay.DefaultRateBytes * 8 / 1e6,
 		QueueBudgetMiB:       relay.DefaultQueueBudget >> 20,
 		ClientQueueMiB:       relay.DefaultQueueBytes >> 20,
@@ -96,6 +98,7 @@ type Relay struct {
 	cert tls.Certificate
 	ln   net.Listener       // the HTTPS listener, bounded per source address
 	stun *stunserver.Server // nil: off
+	alt  *stunserver.Server // its second port; nil: off
 	reg  *prometheus.Registry
 }
 
@@ -135,16 +138,31 @@ func New(cfg Config) (*Relay, error) {
 	}
 	r := &Relay{cfg: cfg, log: cfg.Logger, srv: rs, cert: cert, reg: telemetry.NewRegistry()}
 	rs.RegisterMetrics(r.reg)
+	altAddr, err := stunserver.AltListen(cfg.STUNListen, cfg.STUNAlt)
+	if err != nil {
+		return nil, fmt.Errorf("STUN server: %w", err)
+	}
+	closeSTUN := func() {
+		for _, s := range []*stunserver.Server{r.stun, r.alt} {
+			if s != nil {
+				s.Close()
+			}
+		}
+	}
 	if cfg.STUNListen != "" {
 		if r.stun, err = stunserver.Listen(cfg.STUNListen, cfg.Logger.With("src", "stun")); err != nil {
 			return nil, fmt.Errorf("STUN server: %w", err)
 		}
 	}
+	if altAddr != "" {
+		if r.alt, err = stunserver.Listen(altAddr, cfg.Logger.With("src", "stun-alt")); err != nil {
+			closeSTUN()
+			return nil, fmt.Errorf("STUN server (--stun-listen-alt): %w", err)
+		}
+	}
 	tcpLn, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
-		if r.stun != nil {
-			r.stun.Close()
-		}
+		closeSTUN()
 		return nil, err
 	}
 	// The relay bounds connections per address from the Upgrade request
@@ -221,6 +239,15 @@ func (r *Relay) STUNAddr() net.Addr {
 	return r.stun.Addr()
 }
 
+// STUNAltAddr is the address of the STUN server's second port; nil when
+// it is off.
+func (r *Relay) STUNAltAddr() net.Addr {
+	if r.alt == nil {
+		return nil
+	}
+	return r.alt.Addr()
+}
+
 // Run serves until ctx ends or a part fails, and returns once every part
 // has stopped and the listeners are closed: nil after ctx ended, else the
 // failure ("<part>: <error>"). Call it once.
@@ -229,6 +256,11 @@ func (r *Relay) Run(ctx context.Context) error {
 	if r.stun != nil {
 		g.Go("STUN", func(ctx context.Context) error {
 			return rungroup.Serve(ctx, r.stun.Serve, func() { r.stun.Close() })
+		})
+	}
+	if r.alt != nil {
+		g.Go("STUN alt", func(ctx context.Context) error {
+			return rungroup.Serve(ctx, r.alt.Serve, func() { r.alt.Close() })
 		})
 	}
 	g.Go("relay", func(ctx context.Context) error { return Serve(ctx, r.srv, r.ln, r.cert) })

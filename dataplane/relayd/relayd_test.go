@@ -83,6 +83,12 @@ func TestRunServesAndStops(t *testing.T) {
 	if got, want := stunBinding(t, r.STUNAddr()), "127.0.0.1"; got != want {
 		t.Fatalf("STUN mapped address: got %s, want %s", got, want)
 	}
+	if r.STUNAltAddr() == nil {
+		t.Fatal("no second STUN port by default")
+	}
+	if got, want := stunBinding(t, r.STUNAltAddr()), "127.0.0.1"; got != want {
+		t.Fatalf("STUN mapped address on the second port: got %s, want %s", got, want)
+	}
 
 	cancel()
 	select {
@@ -198,13 +204,45 @@ func TestNewListenFailureClosesSTUN(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.STUNListen = pc.LocalAddr().String()
+	alt, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.STUNListen, cfg.STUNAlt = pc.LocalAddr().String(), alt.LocalAddr().String()
 	pc.Close()
+	alt.Close()
 	cfg.Listen = busy.Addr().String()
 	if _, err := New(cfg); err == nil || !strings.Contains(err.Error(), "address already in use") {
 		t.Fatalf("New on a busy port: got %v, want address already in use", err)
 	}
-	// The STUN port is free again.
+	// The STUN ports are free again.
+	for _, a := range []string{cfg.STUNListen, cfg.STUNAlt} {
+		pc, err = net.ListenPacket("udp", a)
+		if err != nil {
+			t.Fatalf("STUN port %s after a failed New: %v, want it released", a, err)
+		}
+		pc.Close()
+	}
+}
+
+// TestNewSTUNAltInUse: a second STUN port in use fails New with the
+// flag's name, and the first STUN port is released.
+func TestNewSTUNAltInUse(t *testing.T) {
+	busy, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	cfg, _ := testConfig(t)
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.STUNListen, cfg.STUNAlt = pc.LocalAddr().String(), busy.LocalAddr().String()
+	pc.Close()
+	if _, err := New(cfg); err == nil || !strings.Contains(err.Error(), "--stun-listen-alt") {
+		t.Fatalf("New with the second STUN port in use: got %v, want an error naming --stun-listen-alt", err)
+	}
 	pc, err = net.ListenPacket("udp", cfg.STUNListen)
 	if err != nil {
 		t.Fatalf("STUN port after a failed New: %v, want it released", err)

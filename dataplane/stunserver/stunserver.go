@@ -6,13 +6,60 @@ package stunserver
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+	"strconv"
 	"sync/atomic"
 
 	"github.com/pion/stun/v4"
 )
+
+// AltAuto is the value of --stun-listen-alt meaning the STUN port + 1 on
+// the STUN listener's host.
+const AltAuto = "auto"
+
+// AltListen returns the address of the server's second socket for the
+// STUN listener main and the flag value alt: "" (off) stays "", AltAuto
+// is main's port + 1 (port 0, any port, stays 0), anything else is taken
+// as given. A node asks both sockets from one socket of its own: a NAT
+// that maps the two flows to different public ports is endpoint-dependent.
+func AltListen(main, alt string) (string, error) {
+	if alt == "" || main == "" {
+		return "", nil
+	}
+	if alt != AltAuto {
+		if alt == main {
+			return "", fmt.Errorf("--stun-listen-alt %s: the same address as --stun-listen", alt)
+		}
+		return alt, nil
+	}
+	host, port, err := net.SplitHostPort(main)
+	if err != nil {
+		return "", fmt.Errorf("--stun-listen %q: %w", main, err)
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return "", fmt.Errorf("--stun-listen %q: port %q is not a number (give --stun-listen-alt explicitly)", main, port)
+	}
+	switch {
+	case p == 0:
+	case p == 65535:
+		return "", fmt.Errorf("--stun-listen %q: no port above it for --stun-listen-alt %s (give one)", main, AltAuto)
+	default:
+		p++
+	}
+	return net.JoinHostPort(host, strconv.FormatUint(p, 10)), nil
+}
+
+// Port returns the UDP port of a server's address; 0 for nil.
+func Port(s *Server) uint32 {
+	if s == nil {
+		return 0
+	}
+	return uint32(s.Addr().(*net.UDPAddr).Port)
+}
 
 // Counters are the server's counters.
 type Counters struct {

@@ -3,6 +3,7 @@ package stunserver
 import (
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -84,4 +85,30 @@ func FuzzAnswer(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestAltListen(t *testing.T) {
+	for _, tc := range []struct {
+		main, alt, want, wantErr string
+	}{
+		{":3478", AltAuto, ":3479", ""},
+		{"192.0.2.1:3478", AltAuto, "192.0.2.1:3479", ""},
+		{"[2001:db8::1]:3478", AltAuto, "[2001:db8::1]:3479", ""},
+		{"127.0.0.1:0", AltAuto, "127.0.0.1:0", ""},
+		{":3478", "", "", ""},
+		{"", AltAuto, "", ""},
+		{":3478", ":5000", ":5000", ""},
+		{":3478", ":3478", "", "same address"},
+		{":65535", AltAuto, "", "no port above it"},
+		{":stun", AltAuto, "", "not a number"},
+		{"3478", AltAuto, "", "--stun-listen"},
+	} {
+		got, err := AltListen(tc.main, tc.alt)
+		switch {
+		case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+			t.Errorf("AltListen(%q, %q): got error %v, want one containing %q", tc.main, tc.alt, err, tc.wantErr)
+		case tc.wantErr == "" && (err != nil || got != tc.want):
+			t.Errorf("AltListen(%q, %q): got %q, %v; want %q", tc.main, tc.alt, got, err, tc.want)
+		}
+	}
 }

@@ -376,7 +376,7 @@ func TestChartDefaults(t *testing.T) {
 		}
 		c := container(d)
 		containsAll(t, "coordinator args", strs(c.list("args")),
-			"--data-dir=/var/lib/edgewire/coordinator", "--listen=:8443", "--relay-listen=:8444", "--stun-listen=:3478",
+			"--data-dir=/var/lib/edgewire/coordinator", "--listen=:8443", "--relay-listen=:8444", "--stun-listen=:3478", "--stun-listen-alt=:3479",
 			"--overlay-prefix=100.64.0.0/10", "--in-cluster", "--relay-map=/etc/edgewire/relay-map/relays.json",
 			"--metrics-listen=127.0.0.1:9090",
 			// Only the agent DaemonSet's tokens prove a node's identity.
@@ -406,7 +406,7 @@ func TestChartDefaults(t *testing.T) {
 		if got := s.str("spec", "externalTrafficPolicy"); got != "Local" {
 			t.Errorf("externalTrafficPolicy: got %q, want Local (STUN must see the client's address)", got)
 		}
-		if got, want := servicePorts(s), []string{"grpc 8443/TCP", "relay 8444/TCP", "stun 3478/UDP"}; !slices.Equal(got, want) {
+		if got, want := servicePorts(s), []string{"grpc 8443/TCP", "relay 8444/TCP", "stun 3478/UDP", "stun-alt 3479/UDP"}; !slices.Equal(got, want) {
 			t.Errorf("Service ports: got %q, want %q", got, want)
 		}
 		cm := mustFind(t, objs, "ConfigMap", "edgewire-relay-map")
@@ -515,10 +515,11 @@ func editedValues() map[string]any {
 		"meshKey":         map[string]any{"value": "bWVzaC1rZXktZm9yLXRlc3RzLW9ubHktMDEyMzQ1Njc4OQ=="},
 		"relayMap": map[string]any{"regions": []any{map[string]any{
 			"id": 2, "name": "eu-west", "host": "relay-eu.example.com", "port": 8444,
-			"key": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", "stun_port": 3478,
+			"key": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", "stun_port": 3478, "stun_alt_port": 3479,
 		}}},
 		"coordinator": map[string]any{
 			"service":     map[string]any{"type": "NodePort", "nodePorts": map[string]any{"grpc": 30443}},
+			"ports":       map[string]any{"stunAlt": 0},
 			"persistence": map[string]any{"enabled": false},
 			"adminToken":  map[string]any{"value": "admin-token-for-tests"},
 			"tlsSANs":     []any{"coord.example.com"},
@@ -577,12 +578,17 @@ func TestChartEditedValues(t *testing.T) {
 	if got := s.str("spec", "type"); got != "NodePort" {
 		t.Errorf("Service type: got %q, want NodePort", got)
 	}
+	// The second STUN port turned off: no flag value, no port.
 	if got, want := servicePorts(s), []string{"grpc 8443/TCP:30443", "relay 8444/TCP", "stun 3478/UDP"}; !slices.Equal(got, want) {
 		t.Errorf("Service ports: got %q, want %q", got, want)
 	}
+	containsAll(t, "coordinator args", args, "--stun-listen-alt=")
 
 	r := mustFind(t, objs, "Deployment", "edgewire-relay")
-	containsAll(t, "relay args", strs(container(r).list("args")),
+	if got, want := servicePorts(mustFind(t, objs, "Service", "edgewire-relay")), []string{"relay 8444/TCP", "stun 3478/UDP", "stun-alt 3479/UDP"}; !slices.Equal(got, want) {
+		t.Errorf("relay Service ports: got %q, want %q", got, want)
+	}
+	containsAll(t, "relay args", strs(container(r).list("args")), "--stun-listen=:3478", "--stun-listen-alt=:3479",
 		"--ticket-key=/etc/edgewire/ticket/ticket.key.pub", "--mesh-key-file=/etc/edgewire/mesh/mesh.key",
 		"--mesh-peer=https://edgewire-coordinator.edgewire.svc:8444/relay=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
 

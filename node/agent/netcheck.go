@@ -5,20 +5,26 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
-	"github.com/pion/stun/v4"
-
 	"github.com/edgewire/edgewire/node/localapi"
+	"github.com/edgewire/edgewire/node/netcheck"
 )
+
+// netcheckWait is how long netcheck waits for STUN answers per round (two
+// rounds).
+const netcheckWait = 1500 * time.Millisecond
 
 // Netcheck probes the node's network: whether UDP gets out, the public
 // address STUN servers see, whether the NAT maps one socket to the same
 // public port for different destinations (endpoint-independent mapping,
-// what hole punching needs), and the latency to each relay.
+// what hole punching needs), and the latency to each relay. One socket
+// asks every STUN server and every second STUN port, so one coordinator
+// with a second port is enough to tell the mapping.
 func (a *Agent) Netcheck(ctx context.Context) (localapi.Netcheck, error) {
 	a.mu.Lock()
-	servers := a.stunServers()
+	targets := a.netcheckTargets()
 	a.mu.Unlock()
 	var nc localapi.Netcheck
 	pc, err := net.ListenUDP("udp4", nil)
@@ -26,29 +32,23 @@ func (a *Agent) Netcheck(ctx context.Context) (localapi.Netcheck, error) {
 		return nc, fmt.Errorf("open UDP socket: %w", err)
 	}
 	defer pc.Close()
-	var mapped []netip.AddrPort
-	for _, s := range servers {
-		r := localapi.STUNResult{Server: s}
-		m, rtt, err := stunProbe(ctx, pc, s)
-		if err != nil {
-			r.Error = err.Error()
+	results := netcheck.Probe(ctx, pc, targets, netcheckWait)
+	for _, r := range results {
+		sr := localapi.STUNResult{Server: r.Server, Alt: r.Alt}
+		if r.Err != nil {
+			sr.Error = r.Err.Error()
 		} else {
-			r.Mapped, r.RTTMs = m.String(), float64(rtt.Microseconds())/1000
-			mapped = append(mapped, m)
+			sr.Mapped, sr.RTTMs = r.Mapped.String(), float64(r.RTT.Microseconds())/1000
 		}
-		nc.STUN = append(nc.STUN, r)
+		nc.STUN = append(nc.STUN, sr)
 	}
-	nc.UDP = len(mapped) > 0
-	if len(mapped) > 0 {
-		nc.PublicAddr = mapped[0].Addr().String()
-	}
-	switch {
-	case len(mapped) < 2:
-		nc.Mapping = "unknown (needs answers from two STUN servers)"
-	case allSamePort(mapped):
-		nc.Mapping = "endpoint-independent"
-	default:
-		nc.Mapping = "endpoint-dependent (symmetric): direct paths only to public peers; others use the relay"
+	port := pc.LocalAddr().(*net.UDPAddr).Port
+	v := netcheck.Classify(results, func(m netip.AddrPort) bool {
+		return int(m.Port()) == port && slices.Contains(a.hostAddrs(), m.Addr())
+	})
+	nc.UDP, nc.Mapping, nc.Meaning, nc.NoNAT = v.UDP, v.Mapping, v.Meaning, v.NoNAT
+	if v.PublicAddr.IsValid() {
+		nc.PublicAddr = v.PublicAddr.Addr().String()
 	}
 	hs := a.home.Status()
 	nc.PreferredRelay = hs.Home
@@ -58,53 +58,23 @@ func (a *Agent) Netcheck(ctx context.Context) (localapi.Netcheck, error) {
 	return nc, nil
 }
 
-func allSamePort(m []netip.AddrPort) bool {
-	for _, x := range m[1:] {
-		if x != m[0] {
-			return false
+// netcheckTargets lists what netcheck asks: every STUN server of the map
+// and of its relays, and the second port of those that have one (ICE
+// uses only the first: stunServers). Called with mu held.
+func (a *Agent) netcheckTargets() []netcheck.Target {
+	var out []netcheck.Target
+	add := func(host string, port uint16, alt bool) {
+		hp := net.JoinHostPort(a.mapHost(host), fmt.Sprint(port))
+		if port != 0 && !slices.ContainsFunc(out, func(t netcheck.Target) bool { return t.Server == hp }) {
+			out = append(out, netcheck.Target{Server: hp, Alt: alt})
 		}
 	}
-	return true
-}
-
-// stunProbe sends a binding request to server from pc and returns the
-// mapped address (two tries, 1.5 s each).
-func stunProbe(ctx context.Context, pc *net.UDPConn, server string) (netip.AddrPort, time.Duration, error) {
-	ua, err := net.ResolveUDPAddr("udp4", server)
-	if err != nil {
-		return netip.AddrPort{}, 0, err
+	for _, st := range a.state.STUN {
+		add(st.Host, st.Port, false)
+		add(st.Host, st.AltPort, true)
 	}
-	buf := make([]byte, 1500)
-	for try := 0; try < 2; try++ {
-		req := stun.MustBuild(stun.TransactionID, stun.BindingRequest, stun.Fingerprint)
-		start := time.Now()
-		if _, err := pc.WriteToUDP(req.Raw, ua); err != nil {
-			return netip.AddrPort{}, 0, err
-		}
-		deadline := start.Add(1500 * time.Millisecond)
-		if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-			deadline = d
-		}
-		pc.SetReadDeadline(deadline)
-		for {
-			n, _, err := pc.ReadFromUDP(buf)
-			if err != nil {
-				break // timeout: next try
-			}
-			resp := &stun.Message{Raw: append([]byte(nil), buf[:n]...)}
-			if resp.Decode() != nil || resp.TransactionID != req.TransactionID {
-				continue
-			}
-			var xor stun.XORMappedAddress
-			if err := xor.GetFrom(resp); err != nil {
-				return netip.AddrPort{}, 0, fmt.Errorf("no mapped address in the answer: %w", err)
-			}
-			a, ok := netip.AddrFromSlice(xor.IP)
-			if !ok {
-				return netip.AddrPort{}, 0, fmt.Errorf("bad mapped address %v", xor.IP)
-			}
-			return netip.AddrPortFrom(a.Unmap(), uint16(xor.Port)), time.Since(start), nil
-		}
+	for _, r := range a.state.Relays {
+		add(r.Host, r.STUNPort, false)
 	}
-	return netip.AddrPort{}, 0, fmt.Errorf("no answer (UDP blocked?)")
+	return out
 }

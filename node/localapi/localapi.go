@@ -105,7 +105,9 @@ type PingResult struct {
 type Netcheck struct {
 	UDP            bool           `json:"udp"` // some STUN server answered
 	PublicAddr     string         `json:"public_addr"`
-	Mapping        string         `json:"mapping"`
+	Mapping        string         `json:"mapping"` // endpoint-independent, endpoint-dependent or unknown
+	Meaning        string         `json:"meaning"` // what the verdict means for direct paths, in plain words
+	NoNAT          bool           `json:"no_nat"`  // the public address is the node's own
 	STUN           []STUNResult   `json:"stun"`
 	RelayLatencyMs []RelayLatency `json:"relays"`
 	PreferredRelay string         `json:"preferred_relay"`
@@ -114,6 +116,7 @@ type Netcheck struct {
 // STUNResult is one STUN server's answer.
 type STUNResult struct {
 	Server string  `json:"server"`
+	Alt    bool    `json:"alt"` // the server's second port (mapping test only)
 	Mapped string  `json:"mapped"`
 	RTTMs  float64 `json:"rtt_ms"`
 	Error  string  `json:"error"`

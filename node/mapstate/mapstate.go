@@ -100,10 +100,12 @@ type RelayRegion struct {
 }
 
 // STUNServer is a STUN server to gather server-reflexive candidates
-// against. An empty Host means the coordinator's host.
+// against. An empty Host means the coordinator's host. AltPort (0: none)
+// is the server's second port, for netcheck's mapping test only.
 type STUNServer struct {
-	Host string
-	Port uint16
+	Host    string
+	Port    uint16
+	AltPort uint16
 }
 
 // New returns an empty state.
@@ -160,10 +162,10 @@ func (s *State) Apply(m *api.NetworkMap) error {
 		}
 		next.STUN = nil
 		for _, st := range m.GetStunServers() {
-			if st.GetPort() == 0 || st.GetPort() > 65535 || strings.ContainsAny(st.GetHost(), "/ ") {
-				return fmt.Errorf("bad STUN server %q port %d", st.GetHost(), st.GetPort())
+			if st.GetPort() == 0 || st.GetPort() > 65535 || st.GetAltPort() > 65535 || strings.ContainsAny(st.GetHost(), "/ ") {
+				return fmt.Errorf("bad STUN server %q port %d alt port %d", st.GetHost(), st.GetPort(), st.GetAltPort())
 			}
-			next.STUN = append(next.STUN, STUNServer{Host: st.GetHost(), Port: uint16(st.GetPort())})
+			next.STUN = append(next.STUN, STUNServer{Host: st.GetHost(), Port: uint16(st.GetPort()), AltPort: uint16(st.GetAltPort())})
 		}
 		next.Relays = nil
 		for _, r := range m.GetRelays() {
@@ -335,7 +337,7 @@ func (s *State) Marshal() ([]byte, error) {
 		m.OverlayPrefixes = append(m.OverlayPrefixes, p.String())
 	}
 	for _, st := range s.STUN {
-		m.StunServers = append(m.StunServers, &api.StunServer{Host: st.Host, Port: uint32(st.Port)})
+		m.StunServers = append(m.StunServers, &api.StunServer{Host: st.Host, Port: uint32(st.Port), AltPort: uint32(st.AltPort)})
 	}
 	keys := make([]string, 0, len(s.Services))
 	for k := range s.Services {

@@ -41,6 +41,7 @@ func full() *api.NetworkMap {
 		Self:            pbNode(1, "self"),
 		Peers:           []*api.Node{pbNode(2, "two"), pbNode(3, "three")},
 		OverlayPrefixes: []string{"100.64.0.0/10", "fd7a:115c:a1e0::/48"},
+		StunServers:     []*api.StunServer{{Port: 3478, AltPort: 3479}, {Host: "relay.example.net", Port: 3478}},
 	}
 }
 
@@ -254,6 +255,7 @@ func TestApplyRejects(t *testing.T) {
 		{"bad removed key", &api.NetworkMap{Version: 11, BaseVersion: 10, Peers: []*api.Node{pbNode(4, "four")}, Removed: [][]byte{nk(2), {1, 2}}}, false, "removed key of 2 bytes"},
 		{"full without self", &api.NetworkMap{Version: 20, Full: true, Peers: []*api.Node{pbNode(4, "four")}}, false, "full map without self"},
 		{"full with bad prefix", &api.NetworkMap{Version: 20, Full: true, Self: pbNode(1, "self"), OverlayPrefixes: []string{"100.64.0.0"}}, false, `overlay prefix "100.64.0.0"`},
+		{"full with bad STUN alt port", &api.NetworkMap{Version: 20, Full: true, Self: pbNode(1, "self"), StunServers: []*api.StunServer{{Port: 3478, AltPort: 65536}}}, false, "alt port 65536"},
 		{"full with bad peer", &api.NetworkMap{Version: 20, Full: true, Self: pbNode(1, "self"), Peers: []*api.Node{{PublicKey: nk(4), Addresses: []string{"x"}}}}, false, `address "x"`},
 	}
 	for _, tt := range tests {
