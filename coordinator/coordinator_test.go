@@ -16,6 +16,7 @@ import (
 	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/coordinator/svcsource"
 	"github.com/edgewire/edgewire/internal/leaktest"
+	"github.com/edgewire/edgewire/internal/logging/logtest"
 )
 
 const timeout = 10 * time.Second
@@ -42,6 +43,7 @@ func testConfig(t *testing.T) Config {
 		Services:      &svcsource.File{Path: svcs},
 		MetricsListen: "127.0.0.1:0",
 		PprofSocket:   filepath.Join(dir, "pprof.sock"),
+		Logger:        logtest.New(t),
 	}
 }
 
