@@ -9,13 +9,16 @@
 package logging
 
 import (
+	"encoding"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"reflect"
 	"strings"
+	"time"
 )
 
 // New returns a logger writing to w. level is debug, info, warn or error;
@@ -52,6 +55,11 @@ func NewHandler(w io.Writer, format string, level slog.Leveler) (slog.Handler, e
 //     JSON would print a struct {"IP":...,"Port":...,"Zone":...}.
 //   - []byte and byte arrays: lower-case hex; JSON would print base64 or
 //     an array of numbers, text a quoted string or [1 2 3].
+//   - Any other fmt.Stringer that is not a text or JSON marshaler (enums,
+//     small structs): its String, which text prints already; JSON would
+//     print the number or the struct's fields.
+//   - Slices and arrays of the above, and of LogValuers (a []key.Public):
+//     a list of the elements' forms; JSON would print full keys, structs.
 //
 // netip.Addr, AddrPort and Prefix need nothing: they are text marshalers,
 // which both handlers use. time.Time stays as the handlers print it,
@@ -62,34 +70,67 @@ func ReplaceAttr(_ []string, a slog.Attr) slog.Attr {
 		a.Value = slog.StringValue(a.Value.Duration().String())
 	case slog.KindAny:
 		if v, ok := render(a.Value.Any()); ok {
-			a.Value = v
+			a.Value = slog.AnyValue(v)
 		}
 	}
 	return a
 }
 
-func render(v any) (slog.Value, bool) {
-	switch x := v.(type) {
-	case nil:
-		return slog.Value{}, false
-	case net.Addr:
-		if rv := reflect.ValueOf(x); rv.Kind() == reflect.Pointer && rv.IsNil() {
-			return slog.StringValue(""), true
-		}
-		return slog.StringValue(x.String()), true
-	case []byte:
-		return slog.StringValue(hex.EncodeToString(x)), true
+// render returns the form of v that ReplaceAttr logs, and false to leave
+// v to the handler.
+func render(v any) (any, bool) {
+	if v == nil {
+		return nil, false
 	}
-	// Byte arrays ([32]byte and named kinds of it) that are not text
-	// marshalers (key.Public is a LogValuer and never gets here).
 	rv := reflect.ValueOf(v)
-	if rv.Kind() == reflect.Array && rv.Type().Elem().Kind() == reflect.Uint8 {
-		if _, ok := v.(interface{ MarshalText() ([]byte, error) }); ok {
-			return slog.Value{}, false
-		}
-		b := make([]byte, rv.Len())
-		reflect.Copy(reflect.ValueOf(b), rv)
-		return slog.StringValue(hex.EncodeToString(b)), true
+	if rv.Kind() == reflect.Pointer && rv.IsNil() {
+		return nil, false // null in JSON, <nil> in text; String could panic
 	}
-	return slog.Value{}, false
+	switch x := v.(type) {
+	case net.Addr:
+		return x.String(), true
+	case []byte:
+		return hex.EncodeToString(x), true
+	case time.Duration: // an element of a list; top level is KindDuration
+		return x.String(), true
+	case slog.LogValuer: // an element of a list; top level is resolved
+		if lv := x.LogValue().Resolve(); lv.Kind() != slog.KindGroup {
+			return lv.Any(), true
+		}
+		return nil, false
+	case encoding.TextMarshaler, json.Marshaler, error:
+		return nil, false
+	case fmt.Stringer:
+		return x.String(), true
+	}
+	switch rv.Kind() {
+	case reflect.Array:
+		if rv.Type().Elem().Kind() == reflect.Uint8 {
+			b := make([]byte, rv.Len())
+			reflect.Copy(reflect.ValueOf(b), rv)
+			return hex.EncodeToString(b), true
+		}
+		return renderList(rv)
+	case reflect.Slice:
+		return renderList(rv)
+	}
+	return nil, false
+}
+
+// renderList renders a slice or array whose elements render; false
+// leaves it (and elements that do not render) to the handler.
+func renderList(rv reflect.Value) (any, bool) {
+	if rv.Len() == 0 {
+		return nil, false
+	}
+	out := make([]any, rv.Len())
+	for i := range rv.Len() {
+		e := rv.Index(i).Interface()
+		r, ok := render(e)
+		if !ok {
+			return nil, false
+		}
+		out[i] = r
+	}
+	return out, true
 }

@@ -3,6 +3,8 @@ package logging
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -12,6 +14,21 @@ import (
 
 	"github.com/edgewire/edgewire/types/key"
 )
+
+// state is an enum as pion's and our own are: an int with a String.
+type state int
+
+const stateConnected state = 2
+
+func (s state) String() string { return map[state]string{stateConnected: "connected"}[s] }
+
+// localPort is a small struct with a String, as svcproxy.LocalPort.
+type localPort struct {
+	Port  int
+	Proto string
+}
+
+func (p localPort) String() string { return fmt.Sprintf("%d/%s", p.Port, p.Proto) }
 
 func testKey(t *testing.T) key.Public {
 	t.Helper()
@@ -39,12 +56,20 @@ func TestRender(t *testing.T) {
 		{"netip.Prefix", netip.MustParsePrefix("10.20.0.0/16"), "10.20.0.0/16", `"10.20.0.0/16"`},
 		{"*net.UDPAddr", &net.UDPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 3478}, "192.0.2.1:3478", `"192.0.2.1:3478"`},
 		{"*net.TCPAddr", &net.TCPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 443}, "192.0.2.1:443", `"192.0.2.1:443"`},
-		{"nil *net.UDPAddr", (*net.UDPAddr)(nil), `""`, `""`},
+		{"nil *net.UDPAddr", (*net.UDPAddr)(nil), "<nil>", `null`},
 		{"[]byte", []byte{0xde, 0xad, 0xbe, 0xef}, "deadbeef", `"deadbeef"`},
 		{"[4]byte", [4]byte{1, 2, 3, 255}, "010203ff", `"010203ff"`},
 		{"key.Public", k, "mO1e2Uu2", `"mO1e2Uu2"`},
 		{"key.Named", key.Named{Name: "db", Key: k}, "", `{"name":"db","key":"mO1e2Uu2"}`},
 		{"time", time.Date(2026, 12, 6, 18, 0, 0, 500e6, time.UTC), "2026-12-06T18:00:00.500Z", `"2026-12-06T18:00:00.5Z"`},
+		{"enum", stateConnected, "connected", `"connected"`},
+		{"Stringer struct", localPort{53, "udp"}, "53/udp", `"53/udp"`},
+		{"nil Stringer pointer", (*localPort)(nil), "<nil>", `null`},
+		{"[]Stringer", []localPort{{53, "udp"}, {80, "tcp"}}, `"[53/udp 80/tcp]"`, `["53/udp","80/tcp"]`},
+		{"[]key.Public", []key.Public{k, k}, `"[mO1e2Uu2 mO1e2Uu2]"`, `["mO1e2Uu2","mO1e2Uu2"]`},
+		{"[]time.Duration", []time.Duration{time.Second, time.Millisecond}, `"[1s 1ms]"`, `["1s","1ms"]`},
+		{"[]netip.Addr", []netip.Addr{netip.MustParseAddr("100.64.0.7")}, "[100.64.0.7]", `["100.64.0.7"]`},
+		{"error", errors.New("boom"), "boom", `"boom"`},
 		{"string", "plain", "plain", `"plain"`},
 		{"int", 42, "42", `42`},
 	} {
