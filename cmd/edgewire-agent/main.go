@@ -83,6 +83,7 @@ func main() {
 			if err != nil {
 				return err
 			}
+			logging.Install(log)
 			if cfg.Routes, err = parseRoutes(routes); err != nil {
 				return err
 			}
