@@ -12,9 +12,10 @@ import (
 	"github.com/edgewire/edgewire/internal/logging"
 )
 
-// TestJSONLogs runs a coordinator and two agents with --log-format json
-// (and debug level, so pion's and WireGuard's lines are in) until the
-// agents reach each other directly and pass traffic, stops them, and
+// TestJSONLogs runs a coordinator, a relay meshed with the coordinator's
+// and two agents, one homed on each relay, with --log-format json (and
+// debug level, so pion's and WireGuard's lines are in) until the agents
+// reach each other directly and pass traffic, stops them, and
 // reads every line they wrote: each must pass logging.CheckLine (one
 // JSON object, time/level/msg, no key twice, keys, addresses and
 // durations as strings), and every line an agent logs about its peer,
@@ -23,14 +24,14 @@ import (
 func TestJSONLogs(t *testing.T) {
 	lab.Require(t)
 	l := lab.New(t)
-	cloud := l.AddPublicHost("cloud")
-	h1, h2 := l.AddPublicHost("h1"), l.AddPublicHost("h2")
 	jsonLogs := []string{"--log-format", "json"}
-	coord := cluster.StartCoordinatorWith(t, l, cloud, cluster.CoordinatorOptions{Extra: jsonLogs})
+	coord, relay2 := startMeshedRelays(t, l, jsonLogs...)
+	h1, h2 := l.AddPublicHost("h1"), l.AddPublicHost("h2")
 	tok := coord.Token("--uses", "2")
+	// Homed on different relays: until the pair is direct, it is relayed across the mesh.
 	agents := []*cluster.Agent{
-		cluster.StartAgent(t, l, h1, coord, "n1", cluster.AgentOptions{Token: tok, Extra: jsonLogs}),
-		cluster.StartAgent(t, l, h2, coord, "n2", cluster.AgentOptions{Token: tok, Extra: jsonLogs}),
+		cluster.StartAgent(t, l, h1, coord, "n1", cluster.AgentOptions{Token: tok, Extra: append(jsonLogs, "--relay-region", "1")}),
+		cluster.StartAgent(t, l, h2, coord, "n2", cluster.AgentOptions{Token: tok, Extra: append(jsonLogs, "--relay-region", "2")}),
 	}
 	// shortKeys: node name -> its key's short form, as logs must show it.
 	shortKeys := map[string]string{}
@@ -66,8 +67,12 @@ func TestJSONLogs(t *testing.T) {
 	if err := coord.Proc.Stop(15 * time.Second); err != nil {
 		t.Errorf("coordinator: %v", err)
 	}
+	if err := relay2.Proc.Stop(15 * time.Second); err != nil {
+		t.Errorf("relay: %v", err)
+	}
 
 	checkJSONLog(t, "coordinator", coord.Proc.Log())
+	checkJSONLog(t, "relay", relay2.Proc.Log())
 	for i, a := range agents {
 		other := agents[1-i].Name
 		lines := checkJSONLog(t, "agent "+a.Name, a.Proc.Log())
