@@ -5,7 +5,9 @@
 //
 // Our own types render themselves (slog.LogValuer: key.Public prints its
 // short form, key.Named a peer's {name, key}); ReplaceAttr renders the
-// standard library's types whose default JSON is unreadable.
+// standard library's types whose default JSON is unreadable; Install
+// routes the libraries that log on their own (net/http, gRPC) through
+// the daemon's logger. logtest checks every line in-process tests log.
 package logging
 
 import (
