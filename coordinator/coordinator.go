@@ -341,7 +341,7 @@ func serve(ctx context.Context, cfg Config, st store.Store, reg prometheus.Regis
 	if embedded != nil {
 		g.Go("relay", func(ctx context.Context) error { return relayd.Serve(ctx, embedded.srv, embedded.ln, id.Cert) })
 		log.Info("relay started", "listen", embedded.ln.Addr(), "region", cfg.RelayID, "name", cfg.RelayName,
-			"key", embedded.srv.PublicKey().String(), "mesh_peers", embedded.meshPeers)
+			"public_key", embedded.srv.PublicKey().String(), "mesh_peers", embedded.meshPeers)
 	}
 	g.Go("presence", srv.KeepPresence)
 	if cfg.Services != nil {

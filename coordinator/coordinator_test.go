@@ -17,6 +17,7 @@ import (
 	"github.com/edgewire/edgewire/coordinator/svcsource"
 	"github.com/edgewire/edgewire/dataplane/stunserver"
 	"github.com/edgewire/edgewire/internal/leaktest"
+	"github.com/edgewire/edgewire/internal/logging/logtest"
 )
 
 const timeout = 10 * time.Second
@@ -44,6 +45,7 @@ func testConfig(t *testing.T) Config {
 		Services:      &svcsource.File{Path: svcs},
 		MetricsListen: "127.0.0.1:0",
 		PprofSocket:   filepath.Join(dir, "pprof.sock"),
+		Logger:        logtest.New(t),
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -17,6 +16,7 @@ import (
 	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/coordinator/store/kubestore"
 	"github.com/edgewire/edgewire/internal/kubetest"
+	"github.com/edgewire/edgewire/internal/logging/logtest"
 	"github.com/edgewire/edgewire/node/control"
 	"github.com/edgewire/edgewire/node/identity"
 	"github.com/edgewire/edgewire/types/key"
@@ -48,7 +48,7 @@ func startReplica(t *testing.T, api *kubetest.API, ns, id string) *replica {
 		Prefixes:      testConfig(t).Prefixes,
 		TicketTTL:     10 * time.Minute,
 		MetricsListen: freePort(t),
-		Logger:        slog.New(slog.DiscardHandler),
+		Logger:        logtest.New(t).With("replica", id),
 		Replication: &Replication{Kube: api.Config(t, nil), Namespace: ns, Identity: id,
 			LeaseName: "edgewire-coordinator", LeaseDuration: 2 * time.Second},
 	}
@@ -188,7 +188,6 @@ func TestMigrate(t *testing.T) {
 	// A lone coordinator with two nodes and a reusable token.
 	lone := testConfig(t)
 	lone.Listen, lone.STUNListen, lone.RelayListen, lone.Services = freePort(t), "", "", nil
-	lone.Logger = slog.New(slog.DiscardHandler)
 	lctx, lcancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- Run(lctx, lone) }()
@@ -221,14 +220,14 @@ func TestMigrate(t *testing.T) {
 
 	ns := kapi.Namespace(t)
 	repl := &Replication{Kube: kapi.Config(t, nil), Namespace: ns, LeaseName: "edgewire-coordinator"}
-	res, err := Migrate(ctx, Config{DataDir: lone.DataDir, Replication: repl, Logger: slog.New(slog.DiscardHandler)})
+	res, err := Migrate(ctx, Config{DataDir: lone.DataDir, Replication: repl, Logger: logtest.New(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if res.Nodes != 2 || res.Tokens != 1 {
 		t.Errorf("migrated %+v, want 2 nodes and 1 token", res)
 	}
-	if _, err := Migrate(ctx, Config{DataDir: lone.DataDir, Replication: repl, Logger: slog.New(slog.DiscardHandler)}); err == nil || !strings.Contains(err.Error(), "already holds") {
+	if _, err := Migrate(ctx, Config{DataDir: lone.DataDir, Replication: repl, Logger: logtest.New(t)}); err == nil || !strings.Contains(err.Error(), "already holds") {
 		t.Errorf("second migration into the same namespace: got %v, want a refusal", err)
 	}
 

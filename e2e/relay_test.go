@@ -340,8 +340,8 @@ func TestRelayMatrix(t *testing.T) {
 // startMeshedRelays starts a coordinator (embedded relay, region 1
 // "coordinator") on public host "cloud" and a standalone relay (region 2
 // "r2") on public host "relay2", meshed with a shared key; each also
-// serves STUN.
-func startMeshedRelays(t *testing.T, l *lab.Lab) (*cluster.Coordinator, *cluster.Relay) {
+// serves STUN. extra flags go to both.
+func startMeshedRelays(t *testing.T, l *lab.Lab, extra ...string) (*cluster.Coordinator, *cluster.Relay) {
 	t.Helper()
 	cloud := l.AddPublicHost("cloud")
 	r2host := l.AddPublicHost("relay2")
@@ -355,10 +355,10 @@ func startMeshedRelays(t *testing.T, l *lab.Lab) (*cluster.Coordinator, *cluster
 		t.Fatal(err)
 	}
 	coord := cluster.StartCoordinatorWith(t, l, cloud, cluster.CoordinatorOptions{
-		Extra: []string{"--relay-map", relayMap, "--mesh-key-file", meshKey},
+		Extra: append([]string{"--relay-map", relayMap, "--mesh-key-file", meshKey}, extra...),
 	})
 	relay2.StartWith(cluster.RelayOptions{
-		TicketKey: coord.TicketKeyFile(), MeshKeyFile: meshKey, MeshPeers: []string{coord.RelayMeshPeer()},
+		TicketKey: coord.TicketKeyFile(), MeshKeyFile: meshKey, MeshPeers: []string{coord.RelayMeshPeer()}, Extra: extra,
 	})
 	return coord, relay2
 }

@@ -91,6 +91,7 @@ func main() {
 			if err != nil {
 				return err
 			}
+			logging.Install(log)
 			if cfg.Routes, err = parseRoutes(routes); err != nil {
 				return err
 			}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/klog/v2"
 
 	"github.com/edgewire/edgewire/coordinator"
 	"github.com/edgewire/edgewire/coordinator/kubesource"
@@ -50,6 +51,8 @@ func main() {
 			if err != nil {
 				return err
 			}
+			logging.Install(log)
+			klog.SetSlogLogger(log.With("src", "client-go")) // client-go's own lines
 			cfg.Logger = log
 			for _, p := range prefixes {
 				pfx, err := netip.ParsePrefix(p)

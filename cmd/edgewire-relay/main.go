@@ -35,6 +35,7 @@ func main() {
 			if err != nil {
 				return err
 			}
+			logging.Install(log)
 			cfg.Logger = log
 			if printKey {
 				priv, err := relayd.LoadKey(cfg.DataDir)

@@ -28,6 +28,7 @@ import (
 	"github.com/edgewire/edgewire/coordinator/store"
 	"github.com/edgewire/edgewire/dataplane/relay/relaytest"
 	"github.com/edgewire/edgewire/dataplane/stunserver"
+	"github.com/edgewire/edgewire/internal/logging/logtest"
 	"github.com/edgewire/edgewire/types/jointoken"
 	"github.com/edgewire/edgewire/types/key"
 )
@@ -87,6 +88,7 @@ func Start(t testing.TB, opts Options) *Coordinator {
 		// A shorter publication interval keeps tests quick.
 		MapInterval: 20 * time.Millisecond,
 		OnDelete:    func(k key.Public, until time.Time) { rl.Server.Revoke(k, until) },
+		Logger:      logtest.New(t),
 	}
 	if opts.Mod != nil {
 		opts.Mod(&cfg)

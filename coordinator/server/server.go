@@ -381,6 +381,9 @@ func (s *Server) Connect(stream api.Control_ConnectServer) error {
 	if err := s.reg.Connected(nk, eps, ver, s.clk.Now()); err != nil {
 		return status.Error(codes.PermissionDenied, "node is not registered (deleted?); join again with a token")
 	}
+	if n, _, ok := s.reg.Node(nk); ok {
+		log = log.With("name", n.Name) // as "node joined" names it
+	}
 	if tok := hello.GetKubernetesToken(); tok != "" {
 		s.bindKubeNode(ctx, nk, tok)
 	}

@@ -93,7 +93,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	return &Client{
 		cfg:     cfg,
 		u:       u,
-		log:     cfg.Logger.With("relay", cfg.URL),
+		log:     cfg.Logger.With("relay_url", cfg.URL),
 		ticket:  bytes.Clone(cfg.Ticket),
 		lastErr: ErrNotConnected,
 	}, nil

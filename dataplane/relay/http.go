@@ -3,6 +3,7 @@ package relay
 import (
 	"crypto/tls"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"strings"
@@ -12,13 +13,21 @@ import (
 // NewHTTPServer returns an HTTPS server for h (a relay Server) that speaks
 // HTTP/1.1 only: the relay protocol starts with an Upgrade, which HTTP/2
 // does not have. Serve it with ServeTLS(ln, "", "").
+//
+// The HTTP server's own errors (a failed TLS handshake: any port scanner)
+// go to the relay Server's logger at debug level, not to the standard
+// library's log package.
 func NewHTTPServer(h http.Handler, cert tls.Certificate) *http.Server {
-	return &http.Server{
+	hs := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
 		TLSNextProto:      map[string]func(*http.Server, *tls.Conn, http.Handler){},
 	}
+	if s, ok := h.(*Server); ok {
+		hs.ErrorLog = slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)
+	}
+	return hs
 }
 
 // LoadMeshKey reads a relay mesh key: at least 32 characters of secret,

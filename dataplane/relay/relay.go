@@ -218,5 +218,3 @@ func newNonce(n int) []byte {
 	rand.Read(b) // never fails (crypto/rand panics instead)
 	return b
 }
-
-func shortKey(k Key) string { return fmt.Sprintf("%x", k[:4]) }

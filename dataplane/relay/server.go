@@ -522,14 +522,14 @@ func (s *Server) serveConn(nc net.Conn, br *bufio.Reader, hello *clientHello, sl
 		done: make(chan struct{}),
 	}
 	if pi.mesh {
-		c.log = log.With("mesh_peer", shortKey(pi.key))
+		c.log = log.With("mesh_peer_key", pi.key)
 		c.q = newQueue(queueConfig{pkts: 1, bytes: minQueueBytes, ctrl: meshCtrl}, nil) // control frames only
 		if !s.addMeshConn(c) {
 			return
 		}
 		defer s.removeMeshConn(c)
 	} else {
-		c.log = log.With("node", shortKey(pi.key))
+		c.log = log.With("key", pi.key)
 		c.q = newQueue(queueConfig{pkts: s.cfg.QueueLen, bytes: s.cfg.QueueBytes, ctrl: clientCtrl}, s.budget)
 		c.lim = rate.NewLimiter(rate.Limit(s.cfg.RateBytes), s.cfg.RateBurst)
 		c.expires.Store(pi.expires.Unix())

@@ -269,7 +269,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			return telemetry.Serve(ctx, r.cfg.MetricsListen, r.reg, nil, r.log)
 		})
 	}
-	r.log.Info("relay started", "listen", r.ln.Addr(), "key", r.PublicKey().String(), "mesh_peers", len(r.cfg.MeshPeers))
+	r.log.Info("relay started", "listen", r.ln.Addr(), "public_key", r.PublicKey().String(), "mesh_peers", len(r.cfg.MeshPeers))
 	err := g.Wait()
 	r.log.Info("relay stopped", "err", err)
 	return err

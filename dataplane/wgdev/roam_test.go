@@ -1,7 +1,13 @@
 package wgdev
 
 import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"log/slog"
 	"net/netip"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -89,4 +95,56 @@ func TestEndpointDoesNotRoam(t *testing.T) {
 	if got := endpointOf(t, a, bPub); got != direct {
 		t.Errorf("a's endpoint for b after b's packets: got %s, want %s (roamed to where the packets came from)", got, direct)
 	}
+}
+
+// TestPeerNamesInLogs: wireguard-go's lines about a peer carry the peer
+// by name and short key, from its creation on.
+func TestPeerNamesInLogs(t *testing.T) {
+	priv, _ := testKey(t)
+	_, peer := testKey(t)
+	var mu sync.Mutex
+	var buf bytes.Buffer
+	log := slog.New(slog.NewJSONHandler(lockedWriter{&mu, &buf}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	tunA := tuntest.NewChannelTUN()
+	d, err := New(Config{Name: "names", MTU: 1420, PrivateKey: priv, Bind: bindtest.NewChannelBinds()[0], TUN: tunA.TUN(), Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.SetPeers([]PeerConfig{{PublicKey: peer, Name: "db", AllowedIPs: []netip.Prefix{netip.MustParsePrefix("100.64.0.2/32")}}}); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	var named int
+	for _, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		var m struct {
+			Msg  string
+			Peer *struct{ Name, Key string }
+		}
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("%s: %v", line, err)
+		}
+		if !strings.HasPrefix(m.Msg, "peer(") {
+			continue
+		}
+		if m.Peer == nil || m.Peer.Name != "db" || m.Peer.Key != peer.Short() {
+			t.Errorf("line %s: got peer %+v, want {db %s}", line, m.Peer, peer.Short())
+		}
+		named++
+	}
+	if named == 0 {
+		t.Errorf("no wireguard-go line about the peer in %s", buf.String())
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (w lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.w.Write(p)
 }

@@ -6,6 +6,7 @@ package wgdev
 
 import (
 	"bufio"
+	"context"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
@@ -51,6 +53,7 @@ type Config struct {
 // PeerConfig is the desired state of one peer.
 type PeerConfig struct {
 	PublicKey  key.Public
+	Name       string // the node's name, for log lines only (Equal ignores it)
 	AllowedIPs []netip.Prefix
 	Endpoint   netip.AddrPort // invalid: no endpoint (the peer only answers handshakes until one is set; see writePeer)
 	Keepalive  time.Duration  // persistent keepalive; 0 off
@@ -82,6 +85,11 @@ type Device struct {
 
 	mu      sync.Mutex // guards applied
 	applied map[key.Public]PeerConfig
+
+	// names maps wireguard-go's name of a peer ("peer(AbCd…wXyZ)") to
+	// the peer for log lines. Replaced, never changed, by SetPeers; read
+	// without a lock because wireguard-go logs while SetPeers holds mu.
+	names atomic.Pointer[map[string]key.Named]
 }
 
 // UAPIPath returns where the UAPI socket of interface name lives.
@@ -115,10 +123,9 @@ func New(cfg Config) (*Device, error) {
 		}
 	}
 	log := cfg.Logger.With("iface", cfg.Name)
-	wlog := &device.Logger{
-		Verbosef: func(f string, a ...any) { log.Debug(fmt.Sprintf(f, a...), "src", "wireguard") },
-		Errorf:   func(f string, a ...any) { log.Warn(fmt.Sprintf(f, a...), "src", "wireguard") },
-	}
+	d := &Device{name: cfg.Name, log: log, applied: make(map[key.Public]PeerConfig)}
+	d.names.Store(&map[string]key.Named{})
+	wlog := &device.Logger{Verbosef: d.wireguardLog(slog.LevelDebug), Errorf: d.wireguardLog(slog.LevelWarn)}
 	// wireguard-go turns TUN offloads (IFF_VNET_HDR, TSO, USO) on where
 	// the kernel allows and then reads and writes up to IdealBatchSize
 	// packets per syscall; without them it moves one packet per syscall
@@ -130,7 +137,7 @@ func New(cfg Config) (*Device, error) {
 	}
 	dev := device.NewDevice(tdev, cfg.Bind, wlog)
 	dev.DisableSomeRoamingForBrokenMobileSemantics()
-	d := &Device{name: cfg.Name, dev: dev, log: log, applied: make(map[key.Public]PeerConfig)}
+	d.dev = dev
 	conf := fmt.Sprintf("private_key=%s\nlisten_port=%d\nfwmark=%d\n", hex.EncodeToString(cfg.PrivateKey[:]), cfg.ListenPort, cfg.FwMark)
 	if err := dev.IpcSet(conf); err != nil {
 		dev.Close()
@@ -185,6 +192,47 @@ func (d *Device) ListenPort() (int, error) {
 	return 0, errors.New("listen_port missing from device state")
 }
 
+// wireguardLog is wireguard-go's logging at level. Its lines about a peer
+// name it "peer(AbCd…wXyZ)"; they get a peer attribute with the node's
+// name and our short key.
+func (d *Device) wireguardLog(level slog.Level) func(string, ...any) {
+	return func(format string, args ...any) {
+		ctx := context.Background()
+		if !d.log.Enabled(ctx, level) {
+			return // wireguard-go logs every handshake and keepalive; format none of it unread
+		}
+		attrs := []any{"src", "wireguard"}
+		for _, a := range args {
+			if p, ok := a.(*device.Peer); ok {
+				if n, ok := (*d.names.Load())[p.String()]; ok {
+					attrs = append(attrs, "peer", n)
+				}
+				break
+			}
+		}
+		d.log.Log(ctx, level, fmt.Sprintf(format, args...), attrs...)
+	}
+}
+
+// wireguardName is how wireguard-go's (*device.Peer).String names the
+// peer with key k.
+func wireguardName(k key.Public) string {
+	s := k.String()
+	return "peer(" + s[0:4] + "…" + s[39:43] + ")"
+}
+
+// setNames makes log lines name the peers in peers and in d.applied,
+// so the lines of a removal still name the peer. Called with mu held.
+func (d *Device) setNames(peers map[key.Public]PeerConfig) {
+	names := make(map[string]key.Named, len(peers)+len(d.applied))
+	for _, m := range []map[key.Public]PeerConfig{d.applied, peers} {
+		for k, p := range m {
+			names[wireguardName(k)] = key.Named{Name: p.Name, Key: k}
+		}
+	}
+	d.names.Store(&names)
+}
+
 // SetPeers makes the device's peers exactly peers, in one UAPI transaction
 // holding only the differences.
 func (d *Device) SetPeers(peers []PeerConfig) error {
@@ -211,7 +259,9 @@ func (d *Device) SetPeers(peers []PeerConfig) error {
 			moved = append(moved, p)
 		}
 	}
+	d.setNames(want)
 	if b.Len() == 0 {
+		d.applied = want // names may have changed
 		return nil
 	}
 	if err := d.dev.IpcSet(b.String()); err != nil {

@@ -791,7 +791,7 @@ func (a *Agent) reconcile() error {
 	a.home.SetRevocations(revs)
 	tp := make([]traversal.Peer, len(peers))
 	for i, p := range peers {
-		tp[i] = traversal.Peer{Key: p.Key, Online: p.Online}
+		tp[i] = traversal.Peer{Key: p.Key, Name: p.Name, Online: p.Online}
 		if ld, ok := a.lastDirect[p.Key]; ok {
 			tp[i].LastDirect = traversal.LastDirect{Endpoint: ld.Endpoint, At: ld.At}
 		}

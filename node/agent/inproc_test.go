@@ -29,6 +29,7 @@ import (
 	"github.com/edgewire/edgewire/coordinator/coordtest"
 	"github.com/edgewire/edgewire/dataplane/bind"
 	"github.com/edgewire/edgewire/internal/leaktest"
+	"github.com/edgewire/edgewire/internal/logging/logtest"
 	"github.com/edgewire/edgewire/node/identity"
 	"github.com/edgewire/edgewire/node/localapi"
 	"github.com/edgewire/edgewire/node/svcproxy"
@@ -94,19 +95,10 @@ type testAgent struct {
 	done    chan error
 }
 
-// logTo is where the agents log: the test's output when -v, else nowhere.
+// logTo is where the agents log: every line is checked against the log
+// rules (logtest), and shown in the test's output when -v.
 func logTo(t *testing.T, name string) *slog.Logger {
-	if !testing.Verbose() {
-		return slog.New(slog.DiscardHandler)
-	}
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})).With("agent", name)
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
+	return logtest.New(t).With("agent", name)
 }
 
 // newTestAgent prepares an agent of c with a join token; start runs it.

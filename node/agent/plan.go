@@ -86,7 +86,7 @@ func routePolicy(prefixes []netip.Prefix, peers []mapstate.Peer, paths map[key.P
 func makePlan(self mapstate.Self, peers []mapstate.Peer, prefixes []netip.Prefix, paths map[key.Public]pathsel.Path, pol *routeguard.Policy, waiting func(key.Public) bool) plan {
 	var out plan
 	for _, p := range peers {
-		pc := wgdev.PeerConfig{PublicKey: p.Key}
+		pc := wgdev.PeerConfig{PublicKey: p.Key, Name: p.Name}
 		for _, addr := range p.Addresses {
 			if len(prefixes) > 0 && !inAny(addr, prefixes) {
 				continue // an overlay address outside the overlay: the map is not to be trusted there

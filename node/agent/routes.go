@@ -9,6 +9,7 @@ import (
 
 	"github.com/edgewire/edgewire/node/control"
 	"github.com/edgewire/edgewire/node/homerelay"
+	"github.com/edgewire/edgewire/types/key"
 )
 
 // The agent checks every route of its network map again before it
@@ -109,6 +110,6 @@ func (a *Agent) logRefusals(rs []refusal) {
 			continue
 		}
 		a.refused.logged[k] = true
-		a.log.Warn("not installing a peer's route", "peer", r.peer.Name, "route", r.route, "err", r.err)
+		a.log.Warn("not installing a peer's route", "peer", key.Named{Name: r.peer.Name, Key: r.peer.Key}, "route", r.route, "err", r.err)
 	}
 }

@@ -142,7 +142,7 @@ func (a *Agent) startServices(ctx context.Context, run func(string, func(context
 		localOnly = append(localOnly, svcproxy.LocalPort{Addr: cfg.SOCKS5, Proto: services.TCP})
 	}
 	if cfg.Services != svcproxy.ModeOff || len(localOnly) > 0 {
-		p, err := svcproxy.New(svcproxy.Config{Mode: cfg.Services, Interface: cfg.Interface, LocalOnly: localOnly, Logger: a.log.With("src", "svcproxy")})
+		p, err := svcproxy.New(svcproxy.Config{Mode: cfg.Services, Interface: cfg.Interface, LocalOnly: localOnly, Logger: a.log})
 		if err != nil {
 			return cleanup, err
 		}

@@ -139,7 +139,7 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Manager{cfg: cfg, log: cfg.Logger.With("component", "podnet"), skipped: map[string]bool{}}, nil
+	return &Manager{cfg: cfg, log: cfg.Logger.With("src", "podnet"), skipped: map[string]bool{}}, nil
 }
 
 // Enabled reports whether the mode is not off.

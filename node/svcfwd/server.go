@@ -113,12 +113,12 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 	req, err := ReadRequest(c)
 	if err != nil {
 		s.stats.refused.Add(1)
-		s.log.Debug("bad forward request", "peer", peer, "err", err)
+		s.log.Debug("bad forward request", "from", peer, "err", err)
 		return
 	}
 	if !s.cfg.Allow(peer, req.To, req.Proto) {
 		s.stats.refused.Add(1)
-		s.log.Debug("forward refused", "peer", peer, "to", req.To, "proto", req.Proto)
+		s.log.Debug("forward refused", "from", peer, "to", req.To, "proto", req.Proto)
 		c.Write([]byte{byte(StatusNotAllowed)})
 		return
 	}
@@ -138,7 +138,7 @@ func (s *Server) serve(ctx context.Context, c *net.TCPConn) {
 	up, err := d.DialContext(ctx, network, req.To.String())
 	if err != nil {
 		s.stats.dialFailed.Add(1)
-		s.log.Debug("forward: endpoint did not answer", "peer", peer, "to", req.To, "proto", req.Proto, "err", err)
+		s.log.Debug("forward: endpoint did not answer", "from", peer, "to", req.To, "proto", req.Proto, "err", err)
 		c.Write([]byte{byte(StatusDialFailed)})
 		return
 	}

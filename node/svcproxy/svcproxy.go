@@ -187,7 +187,7 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	p := &Proxy{cfg: cfg, log: cfg.Logger.With("component", "svcproxy")}
+	p := &Proxy{cfg: cfg, log: cfg.Logger.With("src", "svcproxy")}
 	for _, lp := range cfg.LocalOnly {
 		if lp.Proto != services.TCP && lp.Proto != services.UDP {
 			return nil, fmt.Errorf("services: local-only port %s: protocol %q, want TCP or UDP", lp, lp.Proto)

@@ -76,7 +76,8 @@ const (
 // Peer is what the manager needs to know about a peer.
 type Peer struct {
 	Key    key.Public
-	Online bool // connected to the coordinator, so signalling can reach it
+	Name   string // the node's name, for log lines
+	Online bool   // connected to the coordinator, so signalling can reach it
 	// LastDirect is the last direct endpoint a previous run confirmed
 	// (and when), tried when nothing else carries the peer. Used only
 	// when the peer is first set.
@@ -187,6 +188,7 @@ type session struct {
 
 type peer struct {
 	nk          key.Public
+	name        string
 	controlling bool
 	online      bool
 	m           *pathsel.Machine
@@ -483,6 +485,7 @@ func (m *Manager) setPeers(peers []Peer) {
 			p.m.Seed(pi.LastDirect.Endpoint, pi.LastDirect.At)
 			m.peers[pi.Key] = p
 		}
+		p.name = pi.Name
 		if pi.Online && !p.online && p.controlling && p.m.State() != pathsel.Connected {
 			p.m.Kick(now) // it just came (back): try at once, not after the backoff
 		}
@@ -503,6 +506,17 @@ func (m *Manager) setPeers(peers []Peer) {
 	ps := maps.Clone(m.peers)
 	m.seen.Store(&ps)
 	m.notifyIfChanged()
+}
+
+// named is how log lines name p. Called with mu held.
+func (p *peer) named() key.Named { return key.Named{Name: p.name, Key: p.nk} }
+
+// named is how log lines name the peer with key nk. Called with mu held.
+func (m *Manager) named(nk key.Public) key.Named {
+	if p := m.peers[nk]; p != nil {
+		return p.named()
+	}
+	return key.Named{Key: nk}
 }
 
 // active reports whether ICE should run towards p: it talked to us
@@ -537,7 +551,7 @@ func (m *Manager) tickLocked() {
 				if errors.Is(err, errOfferNotSent) {
 					lvl = slog.LevelDebug // the coordinator is away: Reconnected starts again
 				}
-				m.log.Log(context.Background(), lvl, "start ICE session", "peer", p.nk, "err", err)
+				m.log.Log(context.Background(), lvl, "start ICE session", "peer", p.named(), "err", err)
 				p.m.Started(now)
 				p.m.Failed(now)
 			}
@@ -560,7 +574,7 @@ func (m *Manager) notifyIfChanged() {
 	changed := false
 	for _, p := range m.peers {
 		if path := m.path(p); path != p.lastPath {
-			m.log.Info("path changed", "peer", p.nk, "from", describe(p.lastPath), "to", describe(path))
+			m.log.Info("path changed", "peer", p.named(), "from", describe(p.lastPath), "to", describe(path))
 			p.lastPath = path
 			changed = true
 		}
@@ -593,7 +607,7 @@ func newSessionID() uint64 {
 	}
 }
 
-func (m *Manager) newAgent() (*ice.Agent, error) {
+func (m *Manager) newAgent(p *peer) (*ice.Agent, error) {
 	disc, failed, ka := iceDisconnected, iceFailed, iceKeepalive
 	srflxWait, prflxWait := srflxAcceptanceWait, prflxAcceptanceWait
 	nets := []ice.NetworkType{ice.NetworkTypeUDP4}
@@ -615,7 +629,7 @@ func (m *Manager) newAgent() (*ice.Agent, error) {
 		// pairs: at once).
 		SrflxAcceptanceMinWait: &srflxWait,
 		PrflxAcceptanceMinWait: &prflxWait,
-		LoggerFactory:          pionLogs{m.log.With("peer", "ice")},
+		LoggerFactory:          pionLogs{m.log.With("peer", p.named())},
 	}
 	if !m.cfg.SameHost {
 		// Signalled candidates pass remoteCandidate first; this catches
@@ -632,7 +646,7 @@ func (m *Manager) newAgent() (*ice.Agent, error) {
 // startSession creates an agent for session id and wires its callbacks.
 func (m *Manager) startSession(p *peer, id uint64, now time.Time) (*session, error) {
 	m.closeSession(p)
-	ag, err := m.newAgent()
+	ag, err := m.newAgent(p)
 	if err != nil {
 		return nil, err
 	}
@@ -724,7 +738,7 @@ func (m *Manager) onState(nk key.Public, s *session, st ice.ConnectionState) {
 		}
 		remote, ok := candidateInfo(pair.Remote)
 		if !ok {
-			m.log.Warn("selected pair has an unusable remote address", "peer", nk, "remote", pair.Remote.String())
+			m.log.Warn("selected pair has an unusable remote address", "peer", p.named(), "remote", pair.Remote.String())
 			return
 		}
 		s.local, _ = candidateInfo(pair.Local)
@@ -756,7 +770,7 @@ func (m *Manager) send(p *peer, pl *api.SignalPayload) bool {
 	pl.SentUnixMs = m.cfg.Now().UnixMilli()
 	sig, err := Seal(pl, p.nk, m.cfg.PrivateKey)
 	if err != nil {
-		m.log.Warn("seal signal", "err", err)
+		m.log.Warn("seal signal", "peer", p.named(), "err", err)
 		return false
 	}
 	if m.cfg.Send(sig) {
@@ -786,7 +800,7 @@ func (m *Manager) handleSignal(sig Signal) {
 	switch pl.GetKind() {
 	case api.SignalPayload_KIND_OFFER:
 		if p.controlling {
-			m.log.Debug("dropping offer from the controlled side", "from", nk)
+			m.log.Debug("dropping offer from the controlled side", "peer", p.named())
 			return
 		}
 		if p.s != nil && p.s.id == pl.GetSession() {
@@ -794,7 +808,7 @@ func (m *Manager) handleSignal(sig Signal) {
 		}
 		s, err := m.startSession(p, pl.GetSession(), now)
 		if err != nil {
-			m.log.Warn("answer ICE session", "peer", nk, "err", err)
+			m.log.Warn("answer ICE session", "peer", p.named(), "err", err)
 			return
 		}
 		ufrag, pwd, err := s.agent.GetLocalUserCredentials()
@@ -803,7 +817,7 @@ func (m *Manager) handleSignal(sig Signal) {
 		}
 		m.send(p, &api.SignalPayload{Kind: api.SignalPayload_KIND_ANSWER, Session: s.id, Ufrag: ufrag, Pwd: pwd})
 		if err := s.agent.GatherCandidates(); err != nil {
-			m.log.Warn("gather candidates", "err", err)
+			m.log.Warn("gather candidates", "peer", p.named(), "err", err)
 		}
 		m.dial(nk, s, pl.GetUfrag(), pl.GetPwd(), false)
 	case api.SignalPayload_KIND_ANSWER:
@@ -819,7 +833,7 @@ func (m *Manager) handleSignal(sig Signal) {
 			if p.s.remotes >= maxRemoteCandidates {
 				n := uint64(len(pl.GetCandidates()) - i)
 				m.signals.CandidatesDropped += n
-				m.log.Debug("dropping remote candidates over the session's bound", "peer", nk, "dropped", n, "max", maxRemoteCandidates)
+				m.log.Debug("dropping remote candidates over the session's bound", "peer", p.named(), "dropped", n, "max", maxRemoteCandidates)
 				break
 			}
 			var c ice.Candidate
@@ -831,7 +845,7 @@ func (m *Manager) handleSignal(sig Signal) {
 			}
 			if err != nil {
 				m.signals.CandidatesRefused++
-				m.log.Debug("refusing remote candidate", "peer", nk, "err", err)
+				m.log.Debug("refusing remote candidate", "peer", p.named(), "err", err)
 				continue
 			}
 			p.s.remotes++
@@ -854,7 +868,7 @@ func (m *Manager) handleSignal(sig Signal) {
 		m.release(nk, p.s)
 	case api.SignalPayload_KIND_RESTART_REQUEST:
 		if p.controlling && p.m.State() != pathsel.Checking {
-			m.log.Info("peer asked for an ICE restart", "peer", nk)
+			m.log.Info("peer asked for an ICE restart", "peer", p.named())
 			p.m.Kick(now)
 		}
 	default:
@@ -918,7 +932,7 @@ func (m *Manager) release(nk key.Public, s *session) {
 func (m *Manager) addRemote(nk key.Public, s *session, c ice.Candidate) {
 	if err := s.agent.AddRemoteCandidate(c); err != nil {
 		m.signals.CandidatesRefused++
-		m.log.Debug("add remote candidate", "peer", nk, "err", err)
+		m.log.Debug("add remote candidate", "peer", m.named(nk), "err", err)
 		return
 	}
 	m.signals.CandidatesAdded++
@@ -1021,7 +1035,7 @@ func unsafeAddr(a netip.Addr) string {
 // the outcome arrives through the state callbacks.
 func (m *Manager) dial(nk key.Public, s *session, ufrag, pwd string, controlling bool) {
 	if ufrag == "" || pwd == "" {
-		m.log.Debug("signal without ICE credentials", "peer", nk)
+		m.log.Debug("signal without ICE credentials", "peer", m.named(nk))
 		return
 	}
 	s.dialing = true
@@ -1037,7 +1051,7 @@ func (m *Manager) dial(nk key.Public, s *session, ufrag, pwd string, controlling
 		if err != nil {
 			m.post(func() {
 				if p := m.peers[nk]; p != nil && p.s == s {
-					m.log.Debug("ICE session ended without connecting", "peer", nk, "err", err)
+					m.log.Debug("ICE session ended without connecting", "peer", p.named(), "err", err)
 					p.m.Failed(m.cfg.Now())
 					m.closeSession(p)
 				}

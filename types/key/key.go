@@ -4,7 +4,8 @@
 // A public key prints in two forms: String, the full base64 that wg(8)
 // shows, and Short, its first 8 characters, which every log line uses
 // (through slog's LogValuer), so one peer can be followed through the
-// coordinator's, the relays' and the agents' logs with one grep. A
+// coordinator's, the relays' and the agents' logs with one grep, and
+// found in wg(8)'s output as a prefix. Named adds the node's name. A
 // private key never prints.
 package key
 
@@ -44,6 +45,22 @@ func (k Public) Short() string { return k.String()[:shortLen] }
 
 // LogValue makes slog print the short form.
 func (k Public) LogValue() slog.Value { return slog.StringValue(k.Short()) }
+
+// Named is a node's key with the node's name: how a log line names a
+// peer. slog prints it as the group {name, key} ("peer.name=n2
+// peer.key=AbCdEfGh" in text); the name is left out when unknown.
+type Named struct {
+	Name string
+	Key  Public
+}
+
+// LogValue makes slog print the group {name, key}.
+func (n Named) LogValue() slog.Value {
+	if n.Name == "" {
+		return slog.GroupValue(slog.Any("key", n.Key))
+	}
+	return slog.GroupValue(slog.String("name", n.Name), slog.Any("key", n.Key))
+}
 
 // IsZero reports whether k is all zeros (no key).
 func (k Public) IsZero() bool { return k == Public{} }

@@ -91,3 +91,34 @@ func TestLoadOrCreatePrivateFile(t *testing.T) {
 		t.Error("garbage key file: got nil error")
 	}
 }
+
+// TestNamed: a peer logs as the group {name, key} in both formats, and
+// without a name when none is known.
+func TestNamed(t *testing.T) {
+	priv, err := NewPrivate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := priv.Public()
+	for _, tc := range []struct {
+		name string
+		n    Named
+		text string
+		json string
+	}{
+		{"named", Named{Name: "n2", Key: pub}, "peer.name=n2 peer.key=" + pub.Short(), `"peer":{"name":"n2","key":"` + pub.Short() + `"}`},
+		{"unknown", Named{Key: pub}, "peer.key=" + pub.Short(), `"peer":{"key":"` + pub.Short() + `"}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var text, js strings.Builder
+			slog.New(slog.NewTextHandler(&text, nil)).Info("x", "peer", tc.n)
+			slog.New(slog.NewJSONHandler(&js, nil)).Info("x", "peer", tc.n)
+			if !strings.Contains(text.String(), " "+tc.text+"\n") {
+				t.Errorf("text: got %q, want it to end in %q", text.String(), tc.text)
+			}
+			if !strings.Contains(js.String(), ","+tc.json+"}\n") {
+				t.Errorf("JSON: got %q, want it to end in %q", js.String(), tc.json)
+			}
+		})
+	}
+}

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/edgewire/edgewire/dataplane/relay"
+	"github.com/edgewire/edgewire/internal/logging/logtest"
 	"github.com/edgewire/edgewire/types/key"
 )
 
@@ -41,7 +42,7 @@ func Start(t testing.TB, ticketKey ed25519.PublicKey) *Relay {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := relay.NewServer(relay.ServerConfig{PrivateKey: priv, TicketKey: ticketKey})
+	s, err := relay.NewServer(relay.ServerConfig{PrivateKey: priv, TicketKey: ticketKey, Logger: logtest.New(t).With("src", "relay")})
 	if err != nil {
 		t.Fatal(err)
 	}
