@@ -130,7 +130,87 @@ func (x SignalPayload_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SignalPayload_Kind.Descriptor instead.
 func (SignalPayload_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{7, 0}
+	return file_edgewire_proto_rawDescGZIP(), []int{12, 0}
+}
+
+type TopologyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TopologyRequest) Reset() {
+	*x = TopologyRequest{}
+	mi := &file_edgewire_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TopologyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TopologyRequest) ProtoMessage() {}
+
+func (x *TopologyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_edgewire_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TopologyRequest.ProtoReflect.Descriptor instead.
+func (*TopologyRequest) Descriptor() ([]byte, []int) {
+	return file_edgewire_proto_rawDescGZIP(), []int{0}
+}
+
+type TopologyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ViewJson      []byte                 `protobuf:"bytes,1,opt,name=view_json,json=viewJson,proto3" json:"view_json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TopologyResponse) Reset() {
+	*x = TopologyResponse{}
+	mi := &file_edgewire_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TopologyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TopologyResponse) ProtoMessage() {}
+
+func (x *TopologyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_edgewire_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TopologyResponse.ProtoReflect.Descriptor instead.
+func (*TopologyResponse) Descriptor() ([]byte, []int) {
+	return file_edgewire_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *TopologyResponse) GetViewJson() []byte {
+	if x != nil {
+		return x.ViewJson
+	}
+	return nil
 }
 
 type JoinRequest struct {
@@ -150,7 +230,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_edgewire_proto_msgTypes[0]
+	mi := &file_edgewire_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -162,7 +242,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[0]
+	mi := &file_edgewire_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -175,7 +255,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{0}
+	return file_edgewire_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *JoinRequest) GetToken() string {
@@ -220,6 +300,256 @@ func (x *JoinRequest) GetKubernetesToken() string {
 	return ""
 }
 
+// PathReport is what a node says of its paths and its network, on its
+// Connect stream: when they change (at most every few seconds) and every
+// few minutes. The coordinator keeps the last one per node in memory only
+// (the topology view, `edgewire graph`); it never reaches the store.
+type PathReport struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Peers         []*PeerPath            `protobuf:"bytes,1,rep,name=peers,proto3" json:"peers,omitempty"` // active peers only
+	Nat           *NATReport             `protobuf:"bytes,2,opt,name=nat,proto3" json:"nat,omitempty"`
+	HomeRelay     string                 `protobuf:"bytes,3,opt,name=home_relay,json=homeRelay,proto3" json:"home_relay,omitempty"`           // region name; empty: none
+	HomeRelayMs   float32                `protobuf:"fixed32,4,opt,name=home_relay_ms,json=homeRelayMs,proto3" json:"home_relay_ms,omitempty"` // latency to it; 0: not measured
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PathReport) Reset() {
+	*x = PathReport{}
+	mi := &file_edgewire_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PathReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PathReport) ProtoMessage() {}
+
+func (x *PathReport) ProtoReflect() protoreflect.Message {
+	mi := &file_edgewire_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PathReport.ProtoReflect.Descriptor instead.
+func (*PathReport) Descriptor() ([]byte, []int) {
+	return file_edgewire_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PathReport) GetPeers() []*PeerPath {
+	if x != nil {
+		return x.Peers
+	}
+	return nil
+}
+
+func (x *PathReport) GetNat() *NATReport {
+	if x != nil {
+		return x.Nat
+	}
+	return nil
+}
+
+func (x *PathReport) GetHomeRelay() string {
+	if x != nil {
+		return x.HomeRelay
+	}
+	return ""
+}
+
+func (x *PathReport) GetHomeRelayMs() float32 {
+	if x != nil {
+		return x.HomeRelayMs
+	}
+	return 0
+}
+
+// PeerPath is one active peer's path as the reporting node sees it.
+type PeerPath struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	PublicKey       []byte                 `protobuf:"bytes,1,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	Path            string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`                                           // direct, relay, none
+	Relay           string                 `protobuf:"bytes,3,opt,name=relay,proto3" json:"relay,omitempty"`                                         // region name, with relay
+	LocalCandidate  string                 `protobuf:"bytes,4,opt,name=local_candidate,json=localCandidate,proto3" json:"local_candidate,omitempty"` // selected ICE pair's candidate types: host, srflx, prflx, relay
+	RemoteCandidate string                 `protobuf:"bytes,5,opt,name=remote_candidate,json=remoteCandidate,proto3" json:"remote_candidate,omitempty"`
+	RttMs           float32                `protobuf:"fixed32,6,opt,name=rtt_ms,json=rttMs,proto3" json:"rtt_ms,omitempty"`
+	SinceUnixMs     int64                  `protobuf:"varint,7,opt,name=since_unix_ms,json=sinceUnixMs,proto3" json:"since_unix_ms,omitempty"` // when the path became what it is
+	LastFailure     string                 `protobuf:"bytes,8,opt,name=last_failure,json=lastFailure,proto3" json:"last_failure,omitempty"`    // why the last ICE session failed, if it did
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *PeerPath) Reset() {
+	*x = PeerPath{}
+	mi := &file_edgewire_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PeerPath) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PeerPath) ProtoMessage() {}
+
+func (x *PeerPath) ProtoReflect() protoreflect.Message {
+	mi := &file_edgewire_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PeerPath.ProtoReflect.Descriptor instead.
+func (*PeerPath) Descriptor() ([]byte, []int) {
+	return file_edgewire_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *PeerPath) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+func (x *PeerPath) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *PeerPath) GetRelay() string {
+	if x != nil {
+		return x.Relay
+	}
+	return ""
+}
+
+func (x *PeerPath) GetLocalCandidate() string {
+	if x != nil {
+		return x.LocalCandidate
+	}
+	return ""
+}
+
+func (x *PeerPath) GetRemoteCandidate() string {
+	if x != nil {
+		return x.RemoteCandidate
+	}
+	return ""
+}
+
+func (x *PeerPath) GetRttMs() float32 {
+	if x != nil {
+		return x.RttMs
+	}
+	return 0
+}
+
+func (x *PeerPath) GetSinceUnixMs() int64 {
+	if x != nil {
+		return x.SinceUnixMs
+	}
+	return 0
+}
+
+func (x *PeerPath) GetLastFailure() string {
+	if x != nil {
+		return x.LastFailure
+	}
+	return ""
+}
+
+// NATReport is the node's netcheck verdict.
+type NATReport struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Measured      bool                   `protobuf:"varint,1,opt,name=measured,proto3" json:"measured,omitempty"`
+	Udp           bool                   `protobuf:"varint,2,opt,name=udp,proto3" json:"udp,omitempty"`
+	Mapping       string                 `protobuf:"bytes,3,opt,name=mapping,proto3" json:"mapping,omitempty"` // endpoint-independent, endpoint-dependent, unknown
+	NoNat         bool                   `protobuf:"varint,4,opt,name=no_nat,json=noNat,proto3" json:"no_nat,omitempty"`
+	PublicAddr    string                 `protobuf:"bytes,5,opt,name=public_addr,json=publicAddr,proto3" json:"public_addr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NATReport) Reset() {
+	*x = NATReport{}
+	mi := &file_edgewire_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NATReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NATReport) ProtoMessage() {}
+
+func (x *NATReport) ProtoReflect() protoreflect.Message {
+	mi := &file_edgewire_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NATReport.ProtoReflect.Descriptor instead.
+func (*NATReport) Descriptor() ([]byte, []int) {
+	return file_edgewire_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *NATReport) GetMeasured() bool {
+	if x != nil {
+		return x.Measured
+	}
+	return false
+}
+
+func (x *NATReport) GetUdp() bool {
+	if x != nil {
+		return x.Udp
+	}
+	return false
+}
+
+func (x *NATReport) GetMapping() string {
+	if x != nil {
+		return x.Mapping
+	}
+	return ""
+}
+
+func (x *NATReport) GetNoNat() bool {
+	if x != nil {
+		return x.NoNat
+	}
+	return false
+}
+
+func (x *NATReport) GetPublicAddr() string {
+	if x != nil {
+		return x.PublicAddr
+	}
+	return ""
+}
+
 // UpdateRequest is what the node wants changed; what it leaves unset is
 // kept as registered.
 type UpdateRequest struct {
@@ -235,7 +565,7 @@ type UpdateRequest struct {
 
 func (x *UpdateRequest) Reset() {
 	*x = UpdateRequest{}
-	mi := &file_edgewire_proto_msgTypes[1]
+	mi := &file_edgewire_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -247,7 +577,7 @@ func (x *UpdateRequest) String() string {
 func (*UpdateRequest) ProtoMessage() {}
 
 func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[1]
+	mi := &file_edgewire_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -260,7 +590,7 @@ func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRequest.ProtoReflect.Descriptor instead.
 func (*UpdateRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{1}
+	return file_edgewire_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *UpdateRequest) GetSetName() bool {
@@ -311,7 +641,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_edgewire_proto_msgTypes[2]
+	mi := &file_edgewire_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -323,7 +653,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[2]
+	mi := &file_edgewire_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -336,7 +666,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{2}
+	return file_edgewire_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *JoinResponse) GetSelf() *Node {
@@ -371,6 +701,7 @@ type ClientMessage struct {
 	//	*ClientMessage_Signal
 	//	*ClientMessage_Join
 	//	*ClientMessage_Update
+	//	*ClientMessage_Paths
 	Msg           isClientMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -378,7 +709,7 @@ type ClientMessage struct {
 
 func (x *ClientMessage) Reset() {
 	*x = ClientMessage{}
-	mi := &file_edgewire_proto_msgTypes[3]
+	mi := &file_edgewire_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -390,7 +721,7 @@ func (x *ClientMessage) String() string {
 func (*ClientMessage) ProtoMessage() {}
 
 func (x *ClientMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[3]
+	mi := &file_edgewire_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -403,7 +734,7 @@ func (x *ClientMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientMessage.ProtoReflect.Descriptor instead.
 func (*ClientMessage) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{3}
+	return file_edgewire_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ClientMessage) GetMsg() isClientMessage_Msg {
@@ -476,6 +807,15 @@ func (x *ClientMessage) GetUpdate() *UpdateRequest {
 	return nil
 }
 
+func (x *ClientMessage) GetPaths() *PathReport {
+	if x != nil {
+		if x, ok := x.Msg.(*ClientMessage_Paths); ok {
+			return x.Paths
+		}
+	}
+	return nil
+}
+
 type isClientMessage_Msg interface {
 	isClientMessage_Msg()
 }
@@ -508,6 +848,10 @@ type ClientMessage_Update struct {
 	Update *UpdateRequest `protobuf:"bytes,7,opt,name=update,proto3,oneof"` // on Update, after AuthProof
 }
 
+type ClientMessage_Paths struct {
+	Paths *PathReport `protobuf:"bytes,8,opt,name=paths,proto3,oneof"` // on Connect, after the first map
+}
+
 func (*ClientMessage_Hello) isClientMessage_Msg() {}
 
 func (*ClientMessage_Proof) isClientMessage_Msg() {}
@@ -521,6 +865,8 @@ func (*ClientMessage_Signal) isClientMessage_Msg() {}
 func (*ClientMessage_Join) isClientMessage_Msg() {}
 
 func (*ClientMessage_Update) isClientMessage_Msg() {}
+
+func (*ClientMessage_Paths) isClientMessage_Msg() {}
 
 type ServerMessage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -538,7 +884,7 @@ type ServerMessage struct {
 
 func (x *ServerMessage) Reset() {
 	*x = ServerMessage{}
-	mi := &file_edgewire_proto_msgTypes[4]
+	mi := &file_edgewire_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -550,7 +896,7 @@ func (x *ServerMessage) String() string {
 func (*ServerMessage) ProtoMessage() {}
 
 func (x *ServerMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[4]
+	mi := &file_edgewire_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -563,7 +909,7 @@ func (x *ServerMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerMessage.ProtoReflect.Descriptor instead.
 func (*ServerMessage) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{4}
+	return file_edgewire_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ServerMessage) GetMsg() isServerMessage_Msg {
@@ -666,7 +1012,7 @@ type RelayTicket struct {
 
 func (x *RelayTicket) Reset() {
 	*x = RelayTicket{}
-	mi := &file_edgewire_proto_msgTypes[5]
+	mi := &file_edgewire_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -678,7 +1024,7 @@ func (x *RelayTicket) String() string {
 func (*RelayTicket) ProtoMessage() {}
 
 func (x *RelayTicket) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[5]
+	mi := &file_edgewire_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -691,7 +1037,7 @@ func (x *RelayTicket) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayTicket.ProtoReflect.Descriptor instead.
 func (*RelayTicket) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{5}
+	return file_edgewire_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RelayTicket) GetTicket() []byte {
@@ -727,7 +1073,7 @@ type Signal struct {
 
 func (x *Signal) Reset() {
 	*x = Signal{}
-	mi := &file_edgewire_proto_msgTypes[6]
+	mi := &file_edgewire_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -739,7 +1085,7 @@ func (x *Signal) String() string {
 func (*Signal) ProtoMessage() {}
 
 func (x *Signal) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[6]
+	mi := &file_edgewire_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -752,7 +1098,7 @@ func (x *Signal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Signal.ProtoReflect.Descriptor instead.
 func (*Signal) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{6}
+	return file_edgewire_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Signal) GetPeerKey() []byte {
@@ -791,7 +1137,7 @@ type SignalPayload struct {
 
 func (x *SignalPayload) Reset() {
 	*x = SignalPayload{}
-	mi := &file_edgewire_proto_msgTypes[7]
+	mi := &file_edgewire_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -803,7 +1149,7 @@ func (x *SignalPayload) String() string {
 func (*SignalPayload) ProtoMessage() {}
 
 func (x *SignalPayload) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[7]
+	mi := &file_edgewire_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -816,7 +1162,7 @@ func (x *SignalPayload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalPayload.ProtoReflect.Descriptor instead.
 func (*SignalPayload) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{7}
+	return file_edgewire_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SignalPayload) GetKind() SignalPayload_Kind {
@@ -893,7 +1239,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_edgewire_proto_msgTypes[8]
+	mi := &file_edgewire_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -905,7 +1251,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[8]
+	mi := &file_edgewire_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -918,7 +1264,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{8}
+	return file_edgewire_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Hello) GetPublicKey() []byte {
@@ -989,7 +1335,7 @@ type Challenge struct {
 
 func (x *Challenge) Reset() {
 	*x = Challenge{}
-	mi := &file_edgewire_proto_msgTypes[9]
+	mi := &file_edgewire_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1001,7 +1347,7 @@ func (x *Challenge) String() string {
 func (*Challenge) ProtoMessage() {}
 
 func (x *Challenge) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[9]
+	mi := &file_edgewire_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1014,7 +1360,7 @@ func (x *Challenge) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Challenge.ProtoReflect.Descriptor instead.
 func (*Challenge) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{9}
+	return file_edgewire_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Challenge) GetEphemeralPublicKey() []byte {
@@ -1046,7 +1392,7 @@ type AuthProof struct {
 
 func (x *AuthProof) Reset() {
 	*x = AuthProof{}
-	mi := &file_edgewire_proto_msgTypes[10]
+	mi := &file_edgewire_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1058,7 +1404,7 @@ func (x *AuthProof) String() string {
 func (*AuthProof) ProtoMessage() {}
 
 func (x *AuthProof) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[10]
+	mi := &file_edgewire_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1071,7 +1417,7 @@ func (x *AuthProof) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthProof.ProtoReflect.Descriptor instead.
 func (*AuthProof) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{10}
+	return file_edgewire_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AuthProof) GetMac() []byte {
@@ -1090,7 +1436,7 @@ type EndpointUpdate struct {
 
 func (x *EndpointUpdate) Reset() {
 	*x = EndpointUpdate{}
-	mi := &file_edgewire_proto_msgTypes[11]
+	mi := &file_edgewire_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1102,7 +1448,7 @@ func (x *EndpointUpdate) String() string {
 func (*EndpointUpdate) ProtoMessage() {}
 
 func (x *EndpointUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[11]
+	mi := &file_edgewire_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1115,7 +1461,7 @@ func (x *EndpointUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointUpdate.ProtoReflect.Descriptor instead.
 func (*EndpointUpdate) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{11}
+	return file_edgewire_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *EndpointUpdate) GetEndpoints() []string {
@@ -1134,7 +1480,7 @@ type MapRequest struct {
 
 func (x *MapRequest) Reset() {
 	*x = MapRequest{}
-	mi := &file_edgewire_proto_msgTypes[12]
+	mi := &file_edgewire_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1146,7 +1492,7 @@ func (x *MapRequest) String() string {
 func (*MapRequest) ProtoMessage() {}
 
 func (x *MapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[12]
+	mi := &file_edgewire_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1159,7 +1505,7 @@ func (x *MapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MapRequest.ProtoReflect.Descriptor instead.
 func (*MapRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{12}
+	return file_edgewire_proto_rawDescGZIP(), []int{17}
 }
 
 // NetworkMap is either a full map (full = true: peers lists every node and
@@ -1213,7 +1559,7 @@ type NetworkMap struct {
 
 func (x *NetworkMap) Reset() {
 	*x = NetworkMap{}
-	mi := &file_edgewire_proto_msgTypes[13]
+	mi := &file_edgewire_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1225,7 +1571,7 @@ func (x *NetworkMap) String() string {
 func (*NetworkMap) ProtoMessage() {}
 
 func (x *NetworkMap) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[13]
+	mi := &file_edgewire_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1238,7 +1584,7 @@ func (x *NetworkMap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkMap.ProtoReflect.Descriptor instead.
 func (*NetworkMap) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{13}
+	return file_edgewire_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *NetworkMap) GetVersion() uint64 {
@@ -1363,7 +1709,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_edgewire_proto_msgTypes[14]
+	mi := &file_edgewire_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1375,7 +1721,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[14]
+	mi := &file_edgewire_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1388,7 +1734,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{14}
+	return file_edgewire_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Service) GetNamespace() string {
@@ -1451,7 +1797,7 @@ type ServicePort struct {
 
 func (x *ServicePort) Reset() {
 	*x = ServicePort{}
-	mi := &file_edgewire_proto_msgTypes[15]
+	mi := &file_edgewire_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1463,7 +1809,7 @@ func (x *ServicePort) String() string {
 func (*ServicePort) ProtoMessage() {}
 
 func (x *ServicePort) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[15]
+	mi := &file_edgewire_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1476,7 +1822,7 @@ func (x *ServicePort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServicePort.ProtoReflect.Descriptor instead.
 func (*ServicePort) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{15}
+	return file_edgewire_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ServicePort) GetName() string {
@@ -1515,7 +1861,7 @@ type ServiceEndpoint struct {
 
 func (x *ServiceEndpoint) Reset() {
 	*x = ServiceEndpoint{}
-	mi := &file_edgewire_proto_msgTypes[16]
+	mi := &file_edgewire_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1527,7 +1873,7 @@ func (x *ServiceEndpoint) String() string {
 func (*ServiceEndpoint) ProtoMessage() {}
 
 func (x *ServiceEndpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[16]
+	mi := &file_edgewire_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1540,7 +1886,7 @@ func (x *ServiceEndpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceEndpoint.ProtoReflect.Descriptor instead.
 func (*ServiceEndpoint) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{16}
+	return file_edgewire_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ServiceEndpoint) GetAddresses() []string {
@@ -1594,7 +1940,7 @@ type RelayRegion struct {
 
 func (x *RelayRegion) Reset() {
 	*x = RelayRegion{}
-	mi := &file_edgewire_proto_msgTypes[17]
+	mi := &file_edgewire_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1606,7 +1952,7 @@ func (x *RelayRegion) String() string {
 func (*RelayRegion) ProtoMessage() {}
 
 func (x *RelayRegion) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[17]
+	mi := &file_edgewire_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1619,7 +1965,7 @@ func (x *RelayRegion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayRegion.ProtoReflect.Descriptor instead.
 func (*RelayRegion) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{17}
+	return file_edgewire_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RelayRegion) GetId() uint32 {
@@ -1680,7 +2026,7 @@ type StunServer struct {
 
 func (x *StunServer) Reset() {
 	*x = StunServer{}
-	mi := &file_edgewire_proto_msgTypes[18]
+	mi := &file_edgewire_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1692,7 +2038,7 @@ func (x *StunServer) String() string {
 func (*StunServer) ProtoMessage() {}
 
 func (x *StunServer) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[18]
+	mi := &file_edgewire_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1705,7 +2051,7 @@ func (x *StunServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StunServer.ProtoReflect.Descriptor instead.
 func (*StunServer) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{18}
+	return file_edgewire_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StunServer) GetHost() string {
@@ -1760,7 +2106,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_edgewire_proto_msgTypes[19]
+	mi := &file_edgewire_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1772,7 +2118,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[19]
+	mi := &file_edgewire_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1785,7 +2131,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{19}
+	return file_edgewire_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Node) GetPublicKey() []byte {
@@ -1892,7 +2238,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_edgewire_proto_msgTypes[20]
+	mi := &file_edgewire_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1904,7 +2250,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[20]
+	mi := &file_edgewire_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1917,7 +2263,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{20}
+	return file_edgewire_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CreateTokenRequest) GetTtlSeconds() int64 {
@@ -1972,7 +2318,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_edgewire_proto_msgTypes[21]
+	mi := &file_edgewire_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1984,7 +2330,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[21]
+	mi := &file_edgewire_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1997,7 +2343,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{21}
+	return file_edgewire_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CreateTokenResponse) GetToken() string {
@@ -2032,7 +2378,7 @@ type TokenInfo struct {
 
 func (x *TokenInfo) Reset() {
 	*x = TokenInfo{}
-	mi := &file_edgewire_proto_msgTypes[22]
+	mi := &file_edgewire_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2044,7 +2390,7 @@ func (x *TokenInfo) String() string {
 func (*TokenInfo) ProtoMessage() {}
 
 func (x *TokenInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[22]
+	mi := &file_edgewire_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2057,7 +2403,7 @@ func (x *TokenInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenInfo.ProtoReflect.Descriptor instead.
 func (*TokenInfo) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{22}
+	return file_edgewire_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *TokenInfo) GetId() string {
@@ -2138,7 +2484,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_edgewire_proto_msgTypes[23]
+	mi := &file_edgewire_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2150,7 +2496,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[23]
+	mi := &file_edgewire_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2163,7 +2509,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{23}
+	return file_edgewire_proto_rawDescGZIP(), []int{28}
 }
 
 type ListTokensResponse struct {
@@ -2175,7 +2521,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_edgewire_proto_msgTypes[24]
+	mi := &file_edgewire_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2187,7 +2533,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[24]
+	mi := &file_edgewire_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2200,7 +2546,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{24}
+	return file_edgewire_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListTokensResponse) GetTokens() []*TokenInfo {
@@ -2219,7 +2565,7 @@ type RevokeTokenRequest struct {
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_edgewire_proto_msgTypes[25]
+	mi := &file_edgewire_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2231,7 +2577,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[25]
+	mi := &file_edgewire_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2244,7 +2590,7 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{25}
+	return file_edgewire_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RevokeTokenRequest) GetId() string {
@@ -2262,7 +2608,7 @@ type RevokeTokenResponse struct {
 
 func (x *RevokeTokenResponse) Reset() {
 	*x = RevokeTokenResponse{}
-	mi := &file_edgewire_proto_msgTypes[26]
+	mi := &file_edgewire_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2274,7 +2620,7 @@ func (x *RevokeTokenResponse) String() string {
 func (*RevokeTokenResponse) ProtoMessage() {}
 
 func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[26]
+	mi := &file_edgewire_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2287,7 +2633,7 @@ func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{26}
+	return file_edgewire_proto_rawDescGZIP(), []int{31}
 }
 
 type ListNodesRequest struct {
@@ -2298,7 +2644,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_edgewire_proto_msgTypes[27]
+	mi := &file_edgewire_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2310,7 +2656,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[27]
+	mi := &file_edgewire_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2323,7 +2669,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{27}
+	return file_edgewire_proto_rawDescGZIP(), []int{32}
 }
 
 type ListNodesResponse struct {
@@ -2335,7 +2681,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_edgewire_proto_msgTypes[28]
+	mi := &file_edgewire_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2347,7 +2693,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[28]
+	mi := &file_edgewire_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2360,7 +2706,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{28}
+	return file_edgewire_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -2379,7 +2725,7 @@ type DeleteNodeRequest struct {
 
 func (x *DeleteNodeRequest) Reset() {
 	*x = DeleteNodeRequest{}
-	mi := &file_edgewire_proto_msgTypes[29]
+	mi := &file_edgewire_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2391,7 +2737,7 @@ func (x *DeleteNodeRequest) String() string {
 func (*DeleteNodeRequest) ProtoMessage() {}
 
 func (x *DeleteNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[29]
+	mi := &file_edgewire_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2404,7 +2750,7 @@ func (x *DeleteNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteNodeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteNodeRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{29}
+	return file_edgewire_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DeleteNodeRequest) GetName() string {
@@ -2422,7 +2768,7 @@ type DeleteNodeResponse struct {
 
 func (x *DeleteNodeResponse) Reset() {
 	*x = DeleteNodeResponse{}
-	mi := &file_edgewire_proto_msgTypes[30]
+	mi := &file_edgewire_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2434,7 +2780,7 @@ func (x *DeleteNodeResponse) String() string {
 func (*DeleteNodeResponse) ProtoMessage() {}
 
 func (x *DeleteNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[30]
+	mi := &file_edgewire_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2447,7 +2793,7 @@ func (x *DeleteNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteNodeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteNodeResponse) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{30}
+	return file_edgewire_proto_rawDescGZIP(), []int{35}
 }
 
 type ApproveRoutesRequest struct {
@@ -2462,7 +2808,7 @@ type ApproveRoutesRequest struct {
 
 func (x *ApproveRoutesRequest) Reset() {
 	*x = ApproveRoutesRequest{}
-	mi := &file_edgewire_proto_msgTypes[31]
+	mi := &file_edgewire_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2474,7 +2820,7 @@ func (x *ApproveRoutesRequest) String() string {
 func (*ApproveRoutesRequest) ProtoMessage() {}
 
 func (x *ApproveRoutesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[31]
+	mi := &file_edgewire_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2487,7 +2833,7 @@ func (x *ApproveRoutesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveRoutesRequest.ProtoReflect.Descriptor instead.
 func (*ApproveRoutesRequest) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{31}
+	return file_edgewire_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ApproveRoutesRequest) GetName() string {
@@ -2527,7 +2873,7 @@ type ApproveRoutesResponse struct {
 
 func (x *ApproveRoutesResponse) Reset() {
 	*x = ApproveRoutesResponse{}
-	mi := &file_edgewire_proto_msgTypes[32]
+	mi := &file_edgewire_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2539,7 +2885,7 @@ func (x *ApproveRoutesResponse) String() string {
 func (*ApproveRoutesResponse) ProtoMessage() {}
 
 func (x *ApproveRoutesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_edgewire_proto_msgTypes[32]
+	mi := &file_edgewire_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2552,7 +2898,7 @@ func (x *ApproveRoutesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveRoutesResponse.ProtoReflect.Descriptor instead.
 func (*ApproveRoutesResponse) Descriptor() ([]byte, []int) {
-	return file_edgewire_proto_rawDescGZIP(), []int{32}
+	return file_edgewire_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ApproveRoutesResponse) GetNode() *Node {
@@ -2566,7 +2912,10 @@ var File_edgewire_proto protoreflect.FileDescriptor
 
 const file_edgewire_proto_rawDesc = "" +
 	"\n" +
-	"\x0eedgewire.proto\x12\vedgewire.v1\"\xb5\x01\n" +
+	"\x0eedgewire.proto\x12\vedgewire.v1\"\x11\n" +
+	"\x0fTopologyRequest\"/\n" +
+	"\x10TopologyResponse\x12\x1b\n" +
+	"\tview_json\x18\x01 \x01(\fR\bviewJson\"\xb5\x01\n" +
 	"\vJoinRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1d\n" +
 	"\n" +
@@ -2574,7 +2923,31 @@ const file_edgewire_proto_rawDesc = "" +
 	"\x04name\x18\x03 \x01(\tR\x04name\x12\x1a\n" +
 	"\bhostname\x18\x04 \x01(\tR\bhostname\x12\x16\n" +
 	"\x06routes\x18\x05 \x03(\tR\x06routes\x12)\n" +
-	"\x10kubernetes_token\x18\x06 \x01(\tR\x0fkubernetesToken\"\x91\x01\n" +
+	"\x10kubernetes_token\x18\x06 \x01(\tR\x0fkubernetesToken\"\xa6\x01\n" +
+	"\n" +
+	"PathReport\x12+\n" +
+	"\x05peers\x18\x01 \x03(\v2\x15.edgewire.v1.PeerPathR\x05peers\x12(\n" +
+	"\x03nat\x18\x02 \x01(\v2\x16.edgewire.v1.NATReportR\x03nat\x12\x1d\n" +
+	"\n" +
+	"home_relay\x18\x03 \x01(\tR\thomeRelay\x12\"\n" +
+	"\rhome_relay_ms\x18\x04 \x01(\x02R\vhomeRelayMs\"\x85\x02\n" +
+	"\bPeerPath\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x01 \x01(\fR\tpublicKey\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x14\n" +
+	"\x05relay\x18\x03 \x01(\tR\x05relay\x12'\n" +
+	"\x0flocal_candidate\x18\x04 \x01(\tR\x0elocalCandidate\x12)\n" +
+	"\x10remote_candidate\x18\x05 \x01(\tR\x0fremoteCandidate\x12\x15\n" +
+	"\x06rtt_ms\x18\x06 \x01(\x02R\x05rttMs\x12\"\n" +
+	"\rsince_unix_ms\x18\a \x01(\x03R\vsinceUnixMs\x12!\n" +
+	"\flast_failure\x18\b \x01(\tR\vlastFailure\"\x8b\x01\n" +
+	"\tNATReport\x12\x1a\n" +
+	"\bmeasured\x18\x01 \x01(\bR\bmeasured\x12\x10\n" +
+	"\x03udp\x18\x02 \x01(\bR\x03udp\x12\x18\n" +
+	"\amapping\x18\x03 \x01(\tR\amapping\x12\x15\n" +
+	"\x06no_nat\x18\x04 \x01(\bR\x05noNat\x12\x1f\n" +
+	"\vpublic_addr\x18\x05 \x01(\tR\n" +
+	"publicAddr\"\x91\x01\n" +
 	"\rUpdateRequest\x12\x19\n" +
 	"\bset_name\x18\x01 \x01(\bR\asetName\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1d\n" +
@@ -2585,7 +2958,7 @@ const file_edgewire_proto_rawDesc = "" +
 	"\fJoinResponse\x12%\n" +
 	"\x04self\x18\x01 \x01(\v2\x11.edgewire.v1.NodeR\x04self\x12)\n" +
 	"\x10overlay_prefixes\x18\x02 \x03(\tR\x0foverlayPrefixes\x12%\n" +
-	"\x0epending_routes\x18\x03 \x03(\tR\rpendingRoutes\"\x80\x03\n" +
+	"\x0epending_routes\x18\x03 \x03(\tR\rpendingRoutes\"\xb1\x03\n" +
 	"\rClientMessage\x12*\n" +
 	"\x05hello\x18\x01 \x01(\v2\x12.edgewire.v1.HelloH\x00R\x05hello\x12.\n" +
 	"\x05proof\x18\x02 \x01(\v2\x16.edgewire.v1.AuthProofH\x00R\x05proof\x12;\n" +
@@ -2594,7 +2967,8 @@ const file_edgewire_proto_rawDesc = "" +
 	"mapRequest\x12-\n" +
 	"\x06signal\x18\x05 \x01(\v2\x13.edgewire.v1.SignalH\x00R\x06signal\x12.\n" +
 	"\x04join\x18\x06 \x01(\v2\x18.edgewire.v1.JoinRequestH\x00R\x04join\x124\n" +
-	"\x06update\x18\a \x01(\v2\x1a.edgewire.v1.UpdateRequestH\x00R\x06updateB\x05\n" +
+	"\x06update\x18\a \x01(\v2\x1a.edgewire.v1.UpdateRequestH\x00R\x06update\x12/\n" +
+	"\x05paths\x18\b \x01(\v2\x17.edgewire.v1.PathReportH\x00R\x05pathsB\x05\n" +
 	"\x03msg\"\x9e\x02\n" +
 	"\rServerMessage\x126\n" +
 	"\tchallenge\x18\x01 \x01(\v2\x16.edgewire.v1.ChallengeH\x00R\tchallenge\x12+\n" +
@@ -2765,7 +3139,7 @@ const file_edgewire_proto_rawDesc = "" +
 	"\aControl\x12B\n" +
 	"\x04Join\x12\x1a.edgewire.v1.ClientMessage\x1a\x1a.edgewire.v1.ServerMessage(\x010\x01\x12E\n" +
 	"\aConnect\x12\x1a.edgewire.v1.ClientMessage\x1a\x1a.edgewire.v1.ServerMessage(\x010\x01\x12D\n" +
-	"\x06Update\x12\x1a.edgewire.v1.ClientMessage\x1a\x1a.edgewire.v1.ServerMessage(\x010\x012\xed\x03\n" +
+	"\x06Update\x12\x1a.edgewire.v1.ClientMessage\x1a\x1a.edgewire.v1.ServerMessage(\x010\x012\xb6\x04\n" +
 	"\x05Admin\x12P\n" +
 	"\vCreateToken\x12\x1f.edgewire.v1.CreateTokenRequest\x1a .edgewire.v1.CreateTokenResponse\x12M\n" +
 	"\n" +
@@ -2774,7 +3148,8 @@ const file_edgewire_proto_rawDesc = "" +
 	"\tListNodes\x12\x1d.edgewire.v1.ListNodesRequest\x1a\x1e.edgewire.v1.ListNodesResponse\x12M\n" +
 	"\n" +
 	"DeleteNode\x12\x1e.edgewire.v1.DeleteNodeRequest\x1a\x1f.edgewire.v1.DeleteNodeResponse\x12V\n" +
-	"\rApproveRoutes\x12!.edgewire.v1.ApproveRoutesRequest\x1a\".edgewire.v1.ApproveRoutesResponseB\"Z github.com/edgewire/edgewire/apib\x06proto3"
+	"\rApproveRoutes\x12!.edgewire.v1.ApproveRoutesRequest\x1a\".edgewire.v1.ApproveRoutesResponse\x12G\n" +
+	"\bTopology\x12\x1c.edgewire.v1.TopologyRequest\x1a\x1d.edgewire.v1.TopologyResponseB\"Z github.com/edgewire/edgewire/apib\x06proto3"
 
 var (
 	file_edgewire_proto_rawDescOnce sync.Once
@@ -2789,96 +3164,106 @@ func file_edgewire_proto_rawDescGZIP() []byte {
 }
 
 var file_edgewire_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_edgewire_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_edgewire_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_edgewire_proto_goTypes = []any{
 	(ProtocolVersion)(0),          // 0: edgewire.v1.ProtocolVersion
 	(SignalPayload_Kind)(0),       // 1: edgewire.v1.SignalPayload.Kind
-	(*JoinRequest)(nil),           // 2: edgewire.v1.JoinRequest
-	(*UpdateRequest)(nil),         // 3: edgewire.v1.UpdateRequest
-	(*JoinResponse)(nil),          // 4: edgewire.v1.JoinResponse
-	(*ClientMessage)(nil),         // 5: edgewire.v1.ClientMessage
-	(*ServerMessage)(nil),         // 6: edgewire.v1.ServerMessage
-	(*RelayTicket)(nil),           // 7: edgewire.v1.RelayTicket
-	(*Signal)(nil),                // 8: edgewire.v1.Signal
-	(*SignalPayload)(nil),         // 9: edgewire.v1.SignalPayload
-	(*Hello)(nil),                 // 10: edgewire.v1.Hello
-	(*Challenge)(nil),             // 11: edgewire.v1.Challenge
-	(*AuthProof)(nil),             // 12: edgewire.v1.AuthProof
-	(*EndpointUpdate)(nil),        // 13: edgewire.v1.EndpointUpdate
-	(*MapRequest)(nil),            // 14: edgewire.v1.MapRequest
-	(*NetworkMap)(nil),            // 15: edgewire.v1.NetworkMap
-	(*Service)(nil),               // 16: edgewire.v1.Service
-	(*ServicePort)(nil),           // 17: edgewire.v1.ServicePort
-	(*ServiceEndpoint)(nil),       // 18: edgewire.v1.ServiceEndpoint
-	(*RelayRegion)(nil),           // 19: edgewire.v1.RelayRegion
-	(*StunServer)(nil),            // 20: edgewire.v1.StunServer
-	(*Node)(nil),                  // 21: edgewire.v1.Node
-	(*CreateTokenRequest)(nil),    // 22: edgewire.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),   // 23: edgewire.v1.CreateTokenResponse
-	(*TokenInfo)(nil),             // 24: edgewire.v1.TokenInfo
-	(*ListTokensRequest)(nil),     // 25: edgewire.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),    // 26: edgewire.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),    // 27: edgewire.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),   // 28: edgewire.v1.RevokeTokenResponse
-	(*ListNodesRequest)(nil),      // 29: edgewire.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),     // 30: edgewire.v1.ListNodesResponse
-	(*DeleteNodeRequest)(nil),     // 31: edgewire.v1.DeleteNodeRequest
-	(*DeleteNodeResponse)(nil),    // 32: edgewire.v1.DeleteNodeResponse
-	(*ApproveRoutesRequest)(nil),  // 33: edgewire.v1.ApproveRoutesRequest
-	(*ApproveRoutesResponse)(nil), // 34: edgewire.v1.ApproveRoutesResponse
-	nil,                           // 35: edgewire.v1.ServiceEndpoint.PortsEntry
+	(*TopologyRequest)(nil),       // 2: edgewire.v1.TopologyRequest
+	(*TopologyResponse)(nil),      // 3: edgewire.v1.TopologyResponse
+	(*JoinRequest)(nil),           // 4: edgewire.v1.JoinRequest
+	(*PathReport)(nil),            // 5: edgewire.v1.PathReport
+	(*PeerPath)(nil),              // 6: edgewire.v1.PeerPath
+	(*NATReport)(nil),             // 7: edgewire.v1.NATReport
+	(*UpdateRequest)(nil),         // 8: edgewire.v1.UpdateRequest
+	(*JoinResponse)(nil),          // 9: edgewire.v1.JoinResponse
+	(*ClientMessage)(nil),         // 10: edgewire.v1.ClientMessage
+	(*ServerMessage)(nil),         // 11: edgewire.v1.ServerMessage
+	(*RelayTicket)(nil),           // 12: edgewire.v1.RelayTicket
+	(*Signal)(nil),                // 13: edgewire.v1.Signal
+	(*SignalPayload)(nil),         // 14: edgewire.v1.SignalPayload
+	(*Hello)(nil),                 // 15: edgewire.v1.Hello
+	(*Challenge)(nil),             // 16: edgewire.v1.Challenge
+	(*AuthProof)(nil),             // 17: edgewire.v1.AuthProof
+	(*EndpointUpdate)(nil),        // 18: edgewire.v1.EndpointUpdate
+	(*MapRequest)(nil),            // 19: edgewire.v1.MapRequest
+	(*NetworkMap)(nil),            // 20: edgewire.v1.NetworkMap
+	(*Service)(nil),               // 21: edgewire.v1.Service
+	(*ServicePort)(nil),           // 22: edgewire.v1.ServicePort
+	(*ServiceEndpoint)(nil),       // 23: edgewire.v1.ServiceEndpoint
+	(*RelayRegion)(nil),           // 24: edgewire.v1.RelayRegion
+	(*StunServer)(nil),            // 25: edgewire.v1.StunServer
+	(*Node)(nil),                  // 26: edgewire.v1.Node
+	(*CreateTokenRequest)(nil),    // 27: edgewire.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),   // 28: edgewire.v1.CreateTokenResponse
+	(*TokenInfo)(nil),             // 29: edgewire.v1.TokenInfo
+	(*ListTokensRequest)(nil),     // 30: edgewire.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),    // 31: edgewire.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),    // 32: edgewire.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),   // 33: edgewire.v1.RevokeTokenResponse
+	(*ListNodesRequest)(nil),      // 34: edgewire.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),     // 35: edgewire.v1.ListNodesResponse
+	(*DeleteNodeRequest)(nil),     // 36: edgewire.v1.DeleteNodeRequest
+	(*DeleteNodeResponse)(nil),    // 37: edgewire.v1.DeleteNodeResponse
+	(*ApproveRoutesRequest)(nil),  // 38: edgewire.v1.ApproveRoutesRequest
+	(*ApproveRoutesResponse)(nil), // 39: edgewire.v1.ApproveRoutesResponse
+	nil,                           // 40: edgewire.v1.ServiceEndpoint.PortsEntry
 }
 var file_edgewire_proto_depIdxs = []int32{
-	21, // 0: edgewire.v1.JoinResponse.self:type_name -> edgewire.v1.Node
-	10, // 1: edgewire.v1.ClientMessage.hello:type_name -> edgewire.v1.Hello
-	12, // 2: edgewire.v1.ClientMessage.proof:type_name -> edgewire.v1.AuthProof
-	13, // 3: edgewire.v1.ClientMessage.endpoints:type_name -> edgewire.v1.EndpointUpdate
-	14, // 4: edgewire.v1.ClientMessage.map_request:type_name -> edgewire.v1.MapRequest
-	8,  // 5: edgewire.v1.ClientMessage.signal:type_name -> edgewire.v1.Signal
-	2,  // 6: edgewire.v1.ClientMessage.join:type_name -> edgewire.v1.JoinRequest
-	3,  // 7: edgewire.v1.ClientMessage.update:type_name -> edgewire.v1.UpdateRequest
-	11, // 8: edgewire.v1.ServerMessage.challenge:type_name -> edgewire.v1.Challenge
-	15, // 9: edgewire.v1.ServerMessage.map:type_name -> edgewire.v1.NetworkMap
-	8,  // 10: edgewire.v1.ServerMessage.signal:type_name -> edgewire.v1.Signal
-	7,  // 11: edgewire.v1.ServerMessage.relay_ticket:type_name -> edgewire.v1.RelayTicket
-	4,  // 12: edgewire.v1.ServerMessage.joined:type_name -> edgewire.v1.JoinResponse
-	1,  // 13: edgewire.v1.SignalPayload.kind:type_name -> edgewire.v1.SignalPayload.Kind
-	0,  // 14: edgewire.v1.Hello.protocol_version:type_name -> edgewire.v1.ProtocolVersion
-	21, // 15: edgewire.v1.NetworkMap.self:type_name -> edgewire.v1.Node
-	21, // 16: edgewire.v1.NetworkMap.peers:type_name -> edgewire.v1.Node
-	20, // 17: edgewire.v1.NetworkMap.stun_servers:type_name -> edgewire.v1.StunServer
-	19, // 18: edgewire.v1.NetworkMap.relays:type_name -> edgewire.v1.RelayRegion
-	16, // 19: edgewire.v1.NetworkMap.services:type_name -> edgewire.v1.Service
-	17, // 20: edgewire.v1.Service.ports:type_name -> edgewire.v1.ServicePort
-	18, // 21: edgewire.v1.Service.endpoints:type_name -> edgewire.v1.ServiceEndpoint
-	35, // 22: edgewire.v1.ServiceEndpoint.ports:type_name -> edgewire.v1.ServiceEndpoint.PortsEntry
-	24, // 23: edgewire.v1.CreateTokenResponse.info:type_name -> edgewire.v1.TokenInfo
-	24, // 24: edgewire.v1.ListTokensResponse.tokens:type_name -> edgewire.v1.TokenInfo
-	21, // 25: edgewire.v1.ListNodesResponse.nodes:type_name -> edgewire.v1.Node
-	21, // 26: edgewire.v1.ApproveRoutesResponse.node:type_name -> edgewire.v1.Node
-	5,  // 27: edgewire.v1.Control.Join:input_type -> edgewire.v1.ClientMessage
-	5,  // 28: edgewire.v1.Control.Connect:input_type -> edgewire.v1.ClientMessage
-	5,  // 29: edgewire.v1.Control.Update:input_type -> edgewire.v1.ClientMessage
-	22, // 30: edgewire.v1.Admin.CreateToken:input_type -> edgewire.v1.CreateTokenRequest
-	25, // 31: edgewire.v1.Admin.ListTokens:input_type -> edgewire.v1.ListTokensRequest
-	27, // 32: edgewire.v1.Admin.RevokeToken:input_type -> edgewire.v1.RevokeTokenRequest
-	29, // 33: edgewire.v1.Admin.ListNodes:input_type -> edgewire.v1.ListNodesRequest
-	31, // 34: edgewire.v1.Admin.DeleteNode:input_type -> edgewire.v1.DeleteNodeRequest
-	33, // 35: edgewire.v1.Admin.ApproveRoutes:input_type -> edgewire.v1.ApproveRoutesRequest
-	6,  // 36: edgewire.v1.Control.Join:output_type -> edgewire.v1.ServerMessage
-	6,  // 37: edgewire.v1.Control.Connect:output_type -> edgewire.v1.ServerMessage
-	6,  // 38: edgewire.v1.Control.Update:output_type -> edgewire.v1.ServerMessage
-	23, // 39: edgewire.v1.Admin.CreateToken:output_type -> edgewire.v1.CreateTokenResponse
-	26, // 40: edgewire.v1.Admin.ListTokens:output_type -> edgewire.v1.ListTokensResponse
-	28, // 41: edgewire.v1.Admin.RevokeToken:output_type -> edgewire.v1.RevokeTokenResponse
-	30, // 42: edgewire.v1.Admin.ListNodes:output_type -> edgewire.v1.ListNodesResponse
-	32, // 43: edgewire.v1.Admin.DeleteNode:output_type -> edgewire.v1.DeleteNodeResponse
-	34, // 44: edgewire.v1.Admin.ApproveRoutes:output_type -> edgewire.v1.ApproveRoutesResponse
-	36, // [36:45] is the sub-list for method output_type
-	27, // [27:36] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	6,  // 0: edgewire.v1.PathReport.peers:type_name -> edgewire.v1.PeerPath
+	7,  // 1: edgewire.v1.PathReport.nat:type_name -> edgewire.v1.NATReport
+	26, // 2: edgewire.v1.JoinResponse.self:type_name -> edgewire.v1.Node
+	15, // 3: edgewire.v1.ClientMessage.hello:type_name -> edgewire.v1.Hello
+	17, // 4: edgewire.v1.ClientMessage.proof:type_name -> edgewire.v1.AuthProof
+	18, // 5: edgewire.v1.ClientMessage.endpoints:type_name -> edgewire.v1.EndpointUpdate
+	19, // 6: edgewire.v1.ClientMessage.map_request:type_name -> edgewire.v1.MapRequest
+	13, // 7: edgewire.v1.ClientMessage.signal:type_name -> edgewire.v1.Signal
+	4,  // 8: edgewire.v1.ClientMessage.join:type_name -> edgewire.v1.JoinRequest
+	8,  // 9: edgewire.v1.ClientMessage.update:type_name -> edgewire.v1.UpdateRequest
+	5,  // 10: edgewire.v1.ClientMessage.paths:type_name -> edgewire.v1.PathReport
+	16, // 11: edgewire.v1.ServerMessage.challenge:type_name -> edgewire.v1.Challenge
+	20, // 12: edgewire.v1.ServerMessage.map:type_name -> edgewire.v1.NetworkMap
+	13, // 13: edgewire.v1.ServerMessage.signal:type_name -> edgewire.v1.Signal
+	12, // 14: edgewire.v1.ServerMessage.relay_ticket:type_name -> edgewire.v1.RelayTicket
+	9,  // 15: edgewire.v1.ServerMessage.joined:type_name -> edgewire.v1.JoinResponse
+	1,  // 16: edgewire.v1.SignalPayload.kind:type_name -> edgewire.v1.SignalPayload.Kind
+	0,  // 17: edgewire.v1.Hello.protocol_version:type_name -> edgewire.v1.ProtocolVersion
+	26, // 18: edgewire.v1.NetworkMap.self:type_name -> edgewire.v1.Node
+	26, // 19: edgewire.v1.NetworkMap.peers:type_name -> edgewire.v1.Node
+	25, // 20: edgewire.v1.NetworkMap.stun_servers:type_name -> edgewire.v1.StunServer
+	24, // 21: edgewire.v1.NetworkMap.relays:type_name -> edgewire.v1.RelayRegion
+	21, // 22: edgewire.v1.NetworkMap.services:type_name -> edgewire.v1.Service
+	22, // 23: edgewire.v1.Service.ports:type_name -> edgewire.v1.ServicePort
+	23, // 24: edgewire.v1.Service.endpoints:type_name -> edgewire.v1.ServiceEndpoint
+	40, // 25: edgewire.v1.ServiceEndpoint.ports:type_name -> edgewire.v1.ServiceEndpoint.PortsEntry
+	29, // 26: edgewire.v1.CreateTokenResponse.info:type_name -> edgewire.v1.TokenInfo
+	29, // 27: edgewire.v1.ListTokensResponse.tokens:type_name -> edgewire.v1.TokenInfo
+	26, // 28: edgewire.v1.ListNodesResponse.nodes:type_name -> edgewire.v1.Node
+	26, // 29: edgewire.v1.ApproveRoutesResponse.node:type_name -> edgewire.v1.Node
+	10, // 30: edgewire.v1.Control.Join:input_type -> edgewire.v1.ClientMessage
+	10, // 31: edgewire.v1.Control.Connect:input_type -> edgewire.v1.ClientMessage
+	10, // 32: edgewire.v1.Control.Update:input_type -> edgewire.v1.ClientMessage
+	27, // 33: edgewire.v1.Admin.CreateToken:input_type -> edgewire.v1.CreateTokenRequest
+	30, // 34: edgewire.v1.Admin.ListTokens:input_type -> edgewire.v1.ListTokensRequest
+	32, // 35: edgewire.v1.Admin.RevokeToken:input_type -> edgewire.v1.RevokeTokenRequest
+	34, // 36: edgewire.v1.Admin.ListNodes:input_type -> edgewire.v1.ListNodesRequest
+	36, // 37: edgewire.v1.Admin.DeleteNode:input_type -> edgewire.v1.DeleteNodeRequest
+	38, // 38: edgewire.v1.Admin.ApproveRoutes:input_type -> edgewire.v1.ApproveRoutesRequest
+	2,  // 39: edgewire.v1.Admin.Topology:input_type -> edgewire.v1.TopologyRequest
+	11, // 40: edgewire.v1.Control.Join:output_type -> edgewire.v1.ServerMessage
+	11, // 41: edgewire.v1.Control.Connect:output_type -> edgewire.v1.ServerMessage
+	11, // 42: edgewire.v1.Control.Update:output_type -> edgewire.v1.ServerMessage
+	28, // 43: edgewire.v1.Admin.CreateToken:output_type -> edgewire.v1.CreateTokenResponse
+	31, // 44: edgewire.v1.Admin.ListTokens:output_type -> edgewire.v1.ListTokensResponse
+	33, // 45: edgewire.v1.Admin.RevokeToken:output_type -> edgewire.v1.RevokeTokenResponse
+	35, // 46: edgewire.v1.Admin.ListNodes:output_type -> edgewire.v1.ListNodesResponse
+	37, // 47: edgewire.v1.Admin.DeleteNode:output_type -> edgewire.v1.DeleteNodeResponse
+	39, // 48: edgewire.v1.Admin.ApproveRoutes:output_type -> edgewire.v1.ApproveRoutesResponse
+	3,  // 49: edgewire.v1.Admin.Topology:output_type -> edgewire.v1.TopologyResponse
+	40, // [40:50] is the sub-list for method output_type
+	30, // [30:40] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_edgewire_proto_init() }
@@ -2886,7 +3271,7 @@ func file_edgewire_proto_init() {
 	if File_edgewire_proto != nil {
 		return
 	}
-	file_edgewire_proto_msgTypes[3].OneofWrappers = []any{
+	file_edgewire_proto_msgTypes[8].OneofWrappers = []any{
 		(*ClientMessage_Hello)(nil),
 		(*ClientMessage_Proof)(nil),
 		(*ClientMessage_Endpoints)(nil),
@@ -2894,8 +3279,9 @@ func file_edgewire_proto_init() {
 		(*ClientMessage_Signal)(nil),
 		(*ClientMessage_Join)(nil),
 		(*ClientMessage_Update)(nil),
+		(*ClientMessage_Paths)(nil),
 	}
-	file_edgewire_proto_msgTypes[4].OneofWrappers = []any{
+	file_edgewire_proto_msgTypes[9].OneofWrappers = []any{
 		(*ServerMessage_Challenge)(nil),
 		(*ServerMessage_Map)(nil),
 		(*ServerMessage_Signal)(nil),
@@ -2908,7 +3294,7 @@ func file_edgewire_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_edgewire_proto_rawDesc), len(file_edgewire_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   34,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

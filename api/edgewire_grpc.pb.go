@@ -224,6 +224,7 @@ const (
 	Admin_ListNodes_FullMethodName     = "/edgewire.v1.Admin/ListNodes"
 	Admin_DeleteNode_FullMethodName    = "/edgewire.v1.Admin/DeleteNode"
 	Admin_ApproveRoutes_FullMethodName = "/edgewire.v1.Admin/ApproveRoutes"
+	Admin_Topology_FullMethodName      = "/edgewire.v1.Admin/Topology"
 )
 
 // AdminClient is the client API for Admin service.
@@ -241,6 +242,10 @@ type AdminClient interface {
 	// ApproveRoutes approves (or withdraws approval of) routes a node
 	// advertised. Only approved routes and Kubernetes pod CIDRs are routed.
 	ApproveRoutes(ctx context.Context, in *ApproveRoutesRequest, opts ...grpc.CallOption) (*ApproveRoutesResponse, error)
+	// Topology is the fleet's connectivity from the agents' path reports
+	// (types/topoview.View as JSON: the same document the coordinator's
+	// /topology page serves).
+	Topology(ctx context.Context, in *TopologyRequest, opts ...grpc.CallOption) (*TopologyResponse, error)
 }
 
 type adminClient struct {
@@ -311,6 +316,16 @@ func (c *adminClient) ApproveRoutes(ctx context.Context, in *ApproveRoutesReques
 	return out, nil
 }
 
+func (c *adminClient) Topology(ctx context.Context, in *TopologyRequest, opts ...grpc.CallOption) (*TopologyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TopologyResponse)
+	err := c.cc.Invoke(ctx, Admin_Topology_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -326,6 +341,10 @@ type AdminServer interface {
 	// ApproveRoutes approves (or withdraws approval of) routes a node
 	// advertised. Only approved routes and Kubernetes pod CIDRs are routed.
 	ApproveRoutes(context.Context, *ApproveRoutesRequest) (*ApproveRoutesResponse, error)
+	// Topology is the fleet's connectivity from the agents' path reports
+	// (types/topoview.View as JSON: the same document the coordinator's
+	// /topology page serves).
+	Topology(context.Context, *TopologyRequest) (*TopologyResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -353,6 +372,9 @@ func (UnimplementedAdminServer) DeleteNode(context.Context, *DeleteNodeRequest) 
 }
 func (UnimplementedAdminServer) ApproveRoutes(context.Context, *ApproveRoutesRequest) (*ApproveRoutesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ApproveRoutes not implemented")
+}
+func (UnimplementedAdminServer) Topology(context.Context, *TopologyRequest) (*TopologyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Topology not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -483,6 +505,24 @@ func _Admin_ApproveRoutes_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_Topology_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TopologyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).Topology(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_Topology_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).Topology(ctx, req.(*TopologyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -513,6 +553,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ApproveRoutes",
 			Handler:    _Admin_ApproveRoutes_Handler,
+		},
+		{
+			MethodName: "Topology",
+			Handler:    _Admin_Topology_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -184,6 +184,7 @@ func (s *Server) DeleteNode(ctx context.Context, req *api.DeleteNodeRequest) (*a
 		}
 	}
 	s.reg.Delete(node.Key)
+	s.topo.Forget(node.Key)
 	// Outstanding tickets stay valid until they expire; relays must
 	// refuse the node until then: the embedded relay (and its mesh) at
 	// once, every other relay through the signed list agents carry.

@@ -14,6 +14,7 @@ type metrics struct {
 	joinsRefused   atomic.Uint64
 	updates        atomic.Uint64
 	updatesRefused atomic.Uint64
+	reportsBad     atomic.Uint64
 	storeRejects   atomic.Uint64
 	streams        atomic.Int64
 	sigForwarded   atomic.Uint64
@@ -68,4 +69,24 @@ func (s *Server) RegisterMetrics(reg prometheus.Registerer) {
 			emit(float64(online), "online")
 			emit(float64(total-online), "offline")
 		})
+	telemetry.Labelled(reg, "edgewire_coordinator_path_reports_total", "Agents' path reports: taken, dropped for coming too often, or bad.", prometheus.CounterValue, []string{"result"},
+		func(emit func(float64, ...string)) {
+			got, dropped := s.topo.Counts()
+			emit(float64(got), "taken")
+			emit(float64(dropped), "too_often")
+			emit(float64(m.reportsBad.Load()), "bad")
+		})
+	// The fleet's paths: one view per scrape, both families from it.
+	pairs := prometheus.NewDesc("edgewire_coordinator_pairs", "Active node pairs by path (direct, relay, none), from the agents' path reports.", []string{"path"}, nil)
+	kinds := prometheus.NewDesc("edgewire_coordinator_nodes_by_nat", "Nodes by NAT kind from their netcheck: none (public), eim, symmetric, blocked (no UDP), unknown.", []string{"kind"}, nil)
+	reg.MustRegister(telemetry.Collector([]*prometheus.Desc{pairs, kinds}, func(ch chan<- prometheus.Metric) {
+		v := s.TopologyView()
+		c := v.Summary.Pairs
+		for path, n := range map[string]int{"direct": c.Direct, "relay": c.Relay, "none": c.None} {
+			ch <- prometheus.MustNewConstMetric(pairs, prometheus.GaugeValue, float64(n), path)
+		}
+		for _, k := range v.Summary.NATKinds {
+			ch <- prometheus.MustNewConstMetric(kinds, prometheus.GaugeValue, float64(k.Nodes), k.Kind)
+		}
+	}))
 }

@@ -10,6 +10,8 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"github.com/edgewire/edgewire/coordinator/topology"
+	"github.com/edgewire/edgewire/types/topoview"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -53,6 +55,10 @@ type Config struct {
 	STUN []*api.StunServer
 	// Relays is the relay map advertised to agents.
 	Relays []*api.RelayRegion
+	// RelayStats returns the counters of a relay region the coordinator
+	// runs (its embedded relay) for the topology view; nil, or nil for
+	// a region: not known here.
+	RelayStats func(region uint32) *topoview.RelayStats
 	// TicketKey signs relay tickets; nil: no tickets (no relays).
 	TicketKey ed25519.PrivateKey
 	// TicketTTL is how long a relay ticket is valid; it is renewed at half.
@@ -117,6 +123,7 @@ type Server struct {
 
 	cfg     Config
 	life    context.Context // New's: ends when the server stops
+	topo    *topology.Store // agents' path reports (memory only)
 	log     *slog.Logger
 	clk     clock.Clock
 	reg     *netmap.Registry
@@ -246,6 +253,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		nodes[i].Routes = keep
 	}
 	s.reg = netmap.New(cfg.Prefixes)
+	s.topo = topology.New()
 	s.reg.SetClock(cfg.Clock)
 	s.reg.SetInterval(cfg.MapInterval, cfg.MapIntervalPerStream)
 	s.reg.SetSTUN(cfg.STUN)
@@ -460,6 +468,10 @@ func (s *Server) Connect(stream api.Control_ConnectServer) error {
 					continue
 				}
 				s.m.sigForwarded.Add(1)
+			case *api.ClientMessage_Paths:
+				if err := s.pathReport(nk, m.Paths); err != nil {
+					log.Debug("dropping path report", "err", err)
+				}
 			case *api.ClientMessage_MapRequest:
 				select {
 				case resync <- struct{}{}:

@@ -105,3 +105,23 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.desc, c.typ, v, lv...)
 	})
 }
+
+// Collector is a collector of several metric families whose
+// samples one function produces at scrape time (families that come from
+// one expensive computation, done once per scrape).
+func Collector(descs []*prometheus.Desc, collect func(ch chan<- prometheus.Metric)) prometheus.Collector {
+	return &multiCollector{descs: descs, collect: collect}
+}
+
+type multiCollector struct {
+	descs   []*prometheus.Desc
+	collect func(ch chan<- prometheus.Metric)
+}
+
+func (c *multiCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range c.descs {
+		ch <- d
+	}
+}
+
+func (c *multiCollector) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }
