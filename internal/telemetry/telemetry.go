@@ -46,9 +46,19 @@ func NewRegistry() *prometheus.Registry {
 	return r
 }
 
-// Serve serves /metrics, /healthz and /readyz on addr until ctx ends. An
-// empty addr serves nothing.
-func Serve(ctx context.Context, addr string, reg prometheus.Gatherer, ready Ready, log *slog.Logger) error {
+// Option adds to what Serve serves.
+type Option func(*http.ServeMux)
+
+// Handle serves h on pattern (http.ServeMux syntax) beside the metrics
+// and probes: a daemon's own read-only pages, such as the coordinator's
+// /topology. pattern must not be one of Serve's own paths.
+func Handle(pattern string, h http.Handler) Option {
+	return func(mux *http.ServeMux) { mux.Handle(pattern, h) }
+}
+
+// Serve serves /metrics, /healthz and /readyz, and what opts add, on addr
+// until ctx ends. An empty addr serves nothing.
+func Serve(ctx context.Context, addr string, reg prometheus.Gatherer, ready Ready, log *slog.Logger, opts ...Option) error {
 	if addr == "" {
 		return nil
 	}
@@ -57,6 +67,9 @@ func Serve(ctx context.Context, addr string, reg prometheus.Gatherer, ready Read
 		return fmt.Errorf("metrics listen %s: %w", addr, err)
 	}
 	mux := http.NewServeMux()
+	for _, o := range opts {
+		o(mux)
+	}
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {

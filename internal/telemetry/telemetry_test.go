@@ -83,3 +83,49 @@ func TestBuildInfoMetric(t *testing.T) {
 	}
 	t.Fatal("no edgewire_build_info")
 }
+
+// TestHandle: Serve serves what Handle adds beside its own paths.
+func TestHandle(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	page := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "the page") })
+	go func() {
+		done <- Serve(ctx, addr, NewRegistry(), nil, slog.New(slog.DiscardHandler), Handle("GET /page", page))
+	}()
+	defer func() { cancel(); <-done }()
+	get := func(path string) (int, string) {
+		t.Helper()
+		var resp *http.Response
+		for range 100 {
+			if resp, err = http.Get("http://" + addr + path); err == nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, strings.TrimSpace(string(b))
+	}
+	for _, tc := range []struct {
+		path     string
+		wantCode int
+		wantBody string
+	}{
+		{"/page", 200, "the page"},
+		{"/healthz", 200, "ok"},
+		{"/other", 404, "404 page not found"},
+	} {
+		if code, body := get(tc.path); code != tc.wantCode || body != tc.wantBody {
+			t.Errorf("GET %s: got %d %q, want %d %q", tc.path, code, body, tc.wantCode, tc.wantBody)
+		}
+	}
+}
