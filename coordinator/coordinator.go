@@ -183,11 +183,18 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer st.Close() // after every part: handlers use the store until Stop returns
 	reg := telemetry.NewRegistry()
+	views := &topologyViews{}
+	page, err := topologyPage(cfg, views)
+	if err != nil {
+		return err
+	}
 	g, ctx := rungroup.New(ctx)
 	if cfg.MetricsListen != "" {
-		g.Go("metrics", func(ctx context.Context) error { return telemetry.Serve(ctx, cfg.MetricsListen, reg, nil, cfg.Logger) })
+		g.Go("metrics", func(ctx context.Context) error {
+			return telemetry.Serve(ctx, cfg.MetricsListen, reg, nil, cfg.Logger, page...)
+		})
 	}
-	g.Go("coordinator", func(ctx context.Context) error { return serve(ctx, cfg, st, reg, nil) })
+	g.Go("coordinator", func(ctx context.Context) error { return serve(ctx, cfg, st, reg, nil, views) })
 	return g.Wait()
 }
 
@@ -196,7 +203,8 @@ func Run(ctx context.Context, cfg Config) error {
 // serve runs the coordinator on st until ctx ends. serving, if not nil,
 // is called once agents are served (the listener accepts, the Service
 // source has synced): a replica is ready from then on.
-func serve(ctx context.Context, cfg Config, st store.Store, reg prometheus.Registerer, serving func()) error {
+// views, if not nil, is given the server while it runs.
+func serve(ctx context.Context, cfg Config, st store.Store, reg prometheus.Registerer, serving func(), views *topologyViews) error {
 	log := cfg.Logger
 	id, err := tlsIdentity(cfg)
 	if err != nil {
@@ -247,6 +255,10 @@ func serve(ctx context.Context, cfg Config, st store.Store, reg prometheus.Regis
 	stunServers = append(stunServers, cfg.RelaySTUN...)
 	policy := cfg.RoutePolicy
 	policy.Protected = append(policy.Protected, protectedAddrs(ctx, cfg, relays, log)...)
+	var embeddedStats *relayStats
+	if embedded != nil {
+		embeddedStats = &relayStats{srv: embedded.srv, id: cfg.RelayID}
+	}
 	var kube server.KubeVerifier
 	if v, ok := cfg.Services.(server.KubeVerifier); ok {
 		kube = v
@@ -254,6 +266,7 @@ func serve(ctx context.Context, cfg Config, st store.Store, reg prometheus.Regis
 	srv, err := server.New(ctx, server.Config{
 		Store: st, Prefixes: cfg.Prefixes, CAPin: jointoken.PinCert(id.CA), Logger: log, STUN: stunServers,
 		Relays: relays, TicketKey: ticketKey, TicketTTL: cfg.TicketTTL,
+		RelayStats:  embeddedStats.stats,
 		RoutePolicy: policy, Kube: kube, FailureRate: rate.Limit(cfg.FailureRate), FailureBurst: cfg.FailureBurst,
 		OnDelete: func(nk key.Public, until time.Time) {
 			if embedded != nil {
@@ -266,6 +279,10 @@ func serve(ctx context.Context, cfg Config, st store.Store, reg prometheus.Regis
 	}
 
 	srv.RegisterMetrics(reg)
+	if views != nil {
+		views.srv.Store(srv)
+		defer views.srv.Store(nil)
+	}
 	if embedded != nil {
 		embedded.srv.RegisterMetrics(reg)
 	}

@@ -2,7 +2,10 @@ package coordinator
 
 import (
 	"context"
+	"encoding/json"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -18,6 +21,7 @@ import (
 	"github.com/edgewire/edgewire/dataplane/stunserver"
 	"github.com/edgewire/edgewire/internal/leaktest"
 	"github.com/edgewire/edgewire/internal/logging/logtest"
+	"github.com/edgewire/edgewire/types/topoview"
 )
 
 const timeout = 10 * time.Second
@@ -192,4 +196,54 @@ func dialAdmin(t *testing.T, sock string, done <-chan error) *grpc.ClientConn {
 		t.Fatal(err)
 	}
 	return conn
+}
+
+// TestTopologyPage: the metrics listener serves the topology page with
+// the running server's view, open from loopback.
+func TestTopologyPage(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.MetricsListen = freePort(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	var v topoview.View
+	deadline := time.Now().Add(timeout)
+	for {
+		resp, err := http.Get("http://" + cfg.MetricsListen + "/topology.json")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				if err := json.Unmarshal(b, &v); err != nil {
+					t.Fatalf("/topology.json: %v in %q", err, b)
+				}
+				break
+			}
+			if resp.StatusCode != 503 {
+				t.Fatalf("/topology.json: got %d %q, want 200 (or 503 while starting)", resp.StatusCode, b)
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/topology.json not served after %s: %v", timeout, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if len(v.Relays) != 1 || v.Relays[0].Name != "test" || v.Relays[0].Stats == nil {
+		t.Errorf("relays %+v: want the embedded relay \"test\" with its stats", v.Relays)
+	}
+	resp, err := http.Get("http://" + cfg.MetricsListen + "/topology")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(b), `<svg id="topology"`) && !strings.Contains(string(b), `id="no-pairs"`) {
+		t.Errorf("/topology: got %d %q, want the page", resp.StatusCode, b)
+	}
 }

@@ -77,10 +77,15 @@ func runReplica(ctx context.Context, cfg Config) error {
 	registerReplicaMetrics(base, el)
 	// A term's registry is set while its servers run: readiness reads it.
 	var term termGatherer
+	views := &topologyViews{}
+	page, err := topologyPage(cfg, views) // after syncSecrets: the shared admin token
+	if err != nil {
+		return err
+	}
 	g, ctx := rungroup.New(ctx)
 	if cfg.MetricsListen != "" {
 		g.Go("metrics", func(ctx context.Context) error {
-			return telemetry.Serve(ctx, cfg.MetricsListen, prometheus.Gatherers{base, &term}, readiness(el, term.serving), log)
+			return telemetry.Serve(ctx, cfg.MetricsListen, prometheus.Gatherers{base, &term}, readiness(el, term.serving), log, page...)
 		})
 	}
 	g.Go("election", func(ctx context.Context) error {
@@ -96,7 +101,7 @@ func runReplica(ctx context.Context, cfg Config) error {
 				"Stored objects ignored because they do not decode (edited by hand into nonsense).", func() float64 { return float64(st.Rejected()) })
 			term.set(reg)
 			defer term.set(nil)
-			return serve(ctx, cfg, st, reg, term.listening)
+			return serve(ctx, cfg, st, reg, term.listening, views)
 		})
 	})
 	log.Info("coordinator replica started", "identity", r.Identity, "namespace", r.Namespace, "lease", r.LeaseName)
