@@ -335,8 +335,9 @@ type Agent struct {
 	waitingHandshake bool
 	waitSince        map[key.Public]time.Time
 
-	dirty   chan struct{} // the map changed; capacity 1
-	unsaved chan struct{} // the map changed since it was saved; capacity 1
+	dirty     chan struct{} // the map changed; capacity 1
+	unsaved   chan struct{} // the map changed since it was saved; capacity 1
+	reportNow chan struct{} // a stream opened: report paths now; capacity 1
 
 	// Lock order. mu is the agent's only outer lock, and a leaf: while it
 	// is held the agent touches its map and nothing else, never calling
@@ -453,7 +454,7 @@ func RunWith(ctx context.Context, cfg Config, env Env) error {
 			return err
 		}
 	}
-	a := &Agent{cfg: cfg, env: env, host: env.Host, log: log, priv: nk, enr: enr, dirty: make(chan struct{}, 1), unsaved: make(chan struct{}, 1)}
+	a := &Agent{cfg: cfg, env: env, host: env.Host, log: log, priv: nk, enr: enr, dirty: make(chan struct{}, 1), unsaved: make(chan struct{}, 1), reportNow: make(chan struct{}, 1)}
 	a.state, err = mapstate.Load(filepath.Join(cfg.StateDir, identity.NetworkMapFile))
 	switch {
 	case err == nil:
@@ -514,7 +515,7 @@ func RunWith(ctx context.Context, cfg Config, env Env) error {
 		},
 		OnTicket: a.onTicket, KnownKey: a.knownKey,
 		// Sessions that failed for want of signalling start over at once.
-		OnConnected:     func() { a.trav.Reconnected() },
+		OnConnected:     func() { a.trav.Reconnected(); a.kickReport() },
 		Dial:            func(ctx context.Context, addr string) (net.Conn, error) { return a.host.Dial(ctx, "tcp", addr) },
 		KubernetesToken: func() string { return kubernetesToken(cfg.KubernetesTokenFile, log) },
 		HeldMap: func() ([]byte, []byte) {
@@ -585,6 +586,7 @@ func RunWith(ctx context.Context, cfg Config, env Env) error {
 	g.Go("reconcile", a.reconcileLoop)
 	g.Go("save map", a.saveLoop)
 	g.Go("memory trim", a.trimLoop)
+	g.Go("path reports", a.reportLoop)
 	g.Go("endpoints", func(ctx context.Context) error { return a.endpointLoop(ctx, port) })
 	g.Go("local API", func(ctx context.Context) error { return localapi.Serve(ctx, cfg.Socket, a, log) })
 	if pending.any() {

@@ -33,6 +33,7 @@ import (
 	"github.com/edgewire/edgewire/node/identity"
 	"github.com/edgewire/edgewire/node/localapi"
 	"github.com/edgewire/edgewire/node/svcproxy"
+	"github.com/edgewire/edgewire/types/topoview"
 )
 
 // fakeHost is a Host on loopback that records what the agent configures.
@@ -386,4 +387,33 @@ func TestRegistrationUpdate(t *testing.T) {
 	time.Sleep(time.Second) // the update at start has failed by now
 	a.host.down.Store(false)
 	seen("a2", "10.77.1.0/24")
+}
+
+// TestPathReports: the agents tell the coordinator their paths; its
+// topology view follows a pair from direct to relayed.
+func TestPathReports(t *testing.T) {
+	c, a, b := rig(t, false)
+	send(t, a, b, "a to b")
+	waitView := func(what string, ok func(topoview.Pair) bool) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		var last topoview.View
+		for time.Now().Before(deadline) {
+			last = c.Server.TopologyView()
+			for _, p := range last.Pairs {
+				if p.A == "a" && p.B == "b" && ok(p) {
+					return
+				}
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Fatalf("the coordinator's view never showed a-b %s; pairs: %+v", what, last.Pairs)
+	}
+	waitView("direct from both sides", func(p topoview.Pair) bool {
+		return p.Path == topoview.PathDirect && p.FromA != nil && p.FromB != nil && p.FromA.Local != "" && p.FromB.Remote != ""
+	})
+	a.bind.cut.Store(true)
+	a.waitPeer(t, "b", "relayed", 20*time.Second, isRelay)
+	send(t, a, b, "a to b over the relay")
+	waitView("relayed", func(p topoview.Pair) bool { return p.Path == topoview.PathRelay && p.Relay != "" })
 }

@@ -279,6 +279,9 @@ type Client struct {
 	tls   *tls.Config
 	kick  chan struct{}    // endpoints changed; capacity 1
 	sigs  chan *api.Signal // outgoing signals while connected
+	// paths holds the latest path report not sent yet; capacity 1 (a
+	// newer report replaces it).
+	paths chan *api.PathReport
 
 	mu        sync.Mutex // guards endpoints, connected
 	endpoints []netip.AddrPort
@@ -303,7 +306,7 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("control: enrolment CA: %w", err)
 	}
-	return &Client{cfg: cfg, log: cfg.Logger, clock: clock.Or(cfg.Clock), tls: tc, kick: make(chan struct{}, 1), sigs: make(chan *api.Signal, signalQueue)}, nil
+	return &Client{cfg: cfg, log: cfg.Logger, clock: clock.Or(cfg.Clock), tls: tc, kick: make(chan struct{}, 1), sigs: make(chan *api.Signal, signalQueue), paths: make(chan *api.PathReport, 1)}, nil
 }
 
 // SetEndpoints sets the endpoints reported to the coordinator.
@@ -317,6 +320,25 @@ func (c *Client) SetEndpoints(eps []netip.AddrPort) {
 		case c.kick <- struct{}{}:
 		default:
 		}
+	}
+}
+
+// SendPathReport queues the node's path report for the coordinator,
+// replacing one not sent yet. It never blocks; it returns false when no
+// stream is up (the caller reports again when one is: OnConnected).
+func (c *Client) SendPathReport(r *api.PathReport) bool {
+	if !c.Connected() {
+		return false
+	}
+	select {
+	case <-c.paths: // an older one, not sent: drop it
+	default:
+	}
+	select {
+	case c.paths <- r:
+		return true
+	default: // another report got in first (one reporter: never)
+		return false
 	}
 }
 
@@ -477,6 +499,8 @@ func (c *Client) session(ctx context.Context, cl api.ControlClient) error {
 				msg = &api.ClientMessage{Msg: &api.ClientMessage_MapRequest{MapRequest: &api.MapRequest{}}}
 			case sig := <-c.sigs:
 				msg = &api.ClientMessage{Msg: &api.ClientMessage_Signal{Signal: sig}}
+			case r := <-c.paths:
+				msg = &api.ClientMessage{Msg: &api.ClientMessage_Paths{Paths: r}}
 			case <-c.kick:
 				eps := c.endpointStrings()
 				if slices.Equal(eps, sent) {

@@ -151,6 +151,15 @@ type PeerStatus struct {
 	Remote *CandidateInfo
 	RTT    time.Duration
 	Stats  pathsel.Stats
+	// PathSince is when the path's kind (direct, relay, none) began (zero:
+	// it has not changed since the peer appeared); LastFailure why the
+	// last ICE session failed, "" if it did not.
+	PathSince   time.Time
+	LastFailure string
+	// Active: the peer talked to this node (a packet, a signal or a live
+	// direct pair) within the idle timeout: a pair in use, not just one
+	// the map lists.
+	Active bool
 }
 
 // Counters sums session outcomes over all peers, including removed ones.
@@ -194,6 +203,8 @@ type peer struct {
 	m           *pathsel.Machine
 	s           *session
 	lastPath    pathsel.Path
+	pathSince   time.Time     // when lastPath's kind began
+	lastFailure string        // why the last session failed; "" once one connects
 	lastRequest time.Time     // controlled side: last restart request sent
 	requestGap  time.Duration // controlled side without a session: wait between requests, doubling
 	lastActive  time.Time     // last packet over the relay or signal from the peer
@@ -310,7 +321,9 @@ func (m *Manager) Status(nk key.Public) (PeerStatus, bool) {
 	if p == nil {
 		return PeerStatus{}, false
 	}
-	st := PeerStatus{Path: m.path(p), State: p.m.State(), Stats: p.m.Stats()}
+	now := m.cfg.Now()
+	st := PeerStatus{Path: m.path(p), State: p.m.State(), Stats: p.m.Stats(), PathSince: p.pathSince, LastFailure: p.lastFailure,
+		Active: p.m.State() == pathsel.Connected || !p.lastActive.IsZero() && now.Sub(p.lastActive) < m.cfg.IdleTimeout}
 	if p.s != nil && p.m.State() == pathsel.Connected {
 		st.Local, st.Remote = p.s.local, p.s.remote
 		if ps, ok := p.s.agent.GetSelectedCandidatePairStats(); ok {
@@ -554,6 +567,7 @@ func (m *Manager) tickLocked() {
 				m.log.Log(context.Background(), lvl, "start ICE session", "peer", p.named(), "err", err)
 				p.m.Started(now)
 				p.m.Failed(now)
+				p.lastFailure = "the offer could not be sent: " + err.Error()
 			}
 		} else if gap := max(p.requestGap, time.Second); now.Sub(p.lastRequest) >= gap {
 			// Only the controlling side starts sessions; ask it. (A request
@@ -575,6 +589,9 @@ func (m *Manager) notifyIfChanged() {
 	for _, p := range m.peers {
 		if path := m.path(p); path != p.lastPath {
 			m.log.Info("path changed", "peer", p.named(), "from", describe(p.lastPath), "to", describe(path))
+			if path.Kind != p.lastPath.Kind {
+				p.pathSince = m.cfg.Now()
+			}
 			p.lastPath = path
 			changed = true
 		}
@@ -744,10 +761,12 @@ func (m *Manager) onState(nk key.Public, s *session, st ice.ConnectionState) {
 		s.local, _ = candidateInfo(pair.Local)
 		s.remote = remote
 		p.m.Connected(remote.Address, now)
+		p.lastFailure = ""
 	case ice.ConnectionStateDisconnected:
 		p.m.Disconnected(now)
 	case ice.ConnectionStateFailed:
 		p.m.Failed(now)
+		p.lastFailure = "no candidate pair answered its checks (a symmetric NAT or a firewall in the way)"
 		m.closeSession(p)
 	}
 	m.notifyIfChanged()
@@ -1053,6 +1072,7 @@ func (m *Manager) dial(nk key.Public, s *session, ufrag, pwd string, controlling
 				if p := m.peers[nk]; p != nil && p.s == s {
 					m.log.Debug("ICE session ended without connecting", "peer", p.named(), "err", err)
 					p.m.Failed(m.cfg.Now())
+					p.lastFailure = "the session ended before it connected: " + err.Error()
 					m.closeSession(p)
 				}
 			})
