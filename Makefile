@@ -44,7 +44,7 @@ fmt:
 	gofmt -l -w $$(git ls-files '*.go' | grep -v '\.pb\.go$$')
 
 unit:
-	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)
+	EDGEWIRE_TOOLS_REQUIRED=1 $(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)
 
 # A real kube-apiserver and etcd from the Go module proxy, cached in
 # .cache/kube (the first build takes 10-15 minutes on 2 cores).
@@ -66,7 +66,7 @@ cni:
 	hack/cni/build.sh
 
 e2e: deps build kube helm cni
-	EDGEWIRE_BIN=$(BIN) $(GO) test -count=1 -timeout 40m -p 1 ./e2e/...
+	EDGEWIRE_TOOLS_REQUIRED=1 EDGEWIRE_BIN=$(BIN) $(GO) test -count=1 -timeout 40m -p 1 ./e2e/...
 
 test: deps vet unit e2e
 

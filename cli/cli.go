@@ -135,7 +135,7 @@ func newRoot(g *globals) *cobra.Command {
 		Use:   "edgewire",
 		Short: "Operate an edgewire overlay",
 		Long: `Operate an edgewire overlay: this node's agent (status, services, ping,
-netcheck) and the coordinator (token, nodes).
+netcheck) and the coordinator (token, nodes, graph).
 
 Every command prints a table or, with -o json, JSON with stable snake_case
 fields that are always present. Exit status: 0 done, 1 the command failed,
@@ -159,7 +159,7 @@ fields that are always present. Exit status: 0 done, 1 the command failed,
 	pf.StringVar(&g.caFile, "ca-file", "", "coordinator CA certificate (<data-dir>/pki/ca.crt)")
 	pf.StringVar(&g.serverName, "coordinator-server-name", jointoken.ServerName, "TLS name of the coordinator")
 
-	group(root, statusCmd(g), servicesCmd(g), pingCmd(g), netcheckCmd(g), tokenCmd(g), nodesCmd(g), versionCmd(g))
+	group(root, statusCmd(g), servicesCmd(g), pingCmd(g), netcheckCmd(g), tokenCmd(g), nodesCmd(g), graphCmd(g), versionCmd(g))
 	buildinfo.SetVersion(root, "edgewire")
 	return root
 }

@@ -405,6 +405,8 @@ func TestGolden(t *testing.T) {
 		{"ping_relay_json", []string{"ping", "-c", "1", "cam-7", "-o", "json"}},
 		{"netcheck", []string{"netcheck"}},
 		{"netcheck_json", []string{"netcheck", "-o", "json"}},
+		{"graph", []string{"graph"}},
+		{"graph_json", []string{"graph", "-o", "json"}},
 		{"version", []string{"version"}},
 		{"version_json", []string{"version", "-o", "json"}},
 	} {

@@ -2,7 +2,7 @@
 # Installs the Debian packages edgewire's tests and demo need, once.
 # Idempotent: does nothing when everything is present.
 set -euo pipefail
-want=(iproute2 iptables nftables wireguard-tools conntrack iperf3 iputils-ping tcpdump curl shellcheck util-linux systemd containernetworking-plugins)
+want=(iproute2 iptables nftables wireguard-tools conntrack iperf3 iputils-ping tcpdump curl shellcheck util-linux systemd containernetworking-plugins graphviz chromium)
 [ "${1:-}" = protoc ] && want=(protobuf-compiler)
 missing=()
 for p in "${want[@]}"; do
