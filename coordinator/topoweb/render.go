@@ -189,9 +189,12 @@ func fmtBytes(f float64) string {
 // (so a node keeps its place from one refresh to the next), one edge per
 // active pair.
 type picture struct {
-	Size  float64 // the square viewBox's side
-	Nodes []pictureNode
-	Edges []pictureEdge
+	Size float64 // the square viewBox's side
+	// RelayLabels: relayed links carry the relay's name (only when
+	// there are several relays to tell apart).
+	RelayLabels bool
+	Nodes       []pictureNode
+	Edges       []pictureEdge
 }
 
 type pictureNode struct {
@@ -215,8 +218,8 @@ type pictureEdge struct {
 func draw(v topoview.View) *picture {
 	n := len(v.Nodes)
 	r := math.Max(110, float64(n)*9)
-	margin := 130.0 // room for labels
-	p := &picture{Size: 2 * (r + margin)}
+	margin := 90.0 // room for labels
+	p := &picture{Size: 2 * (r + margin), RelayLabels: len(v.Relays) > 1}
 	c := r + margin
 	at := make(map[string]int, n)
 	for i, nd := range v.Nodes {

@@ -455,3 +455,23 @@ func TestPictureBounds(t *testing.T) {
 		seen[[2]float64{n.X, n.Y}] = true
 	}
 }
+
+// TestRelayLabels: relayed links name their relay only when there are
+// several relays to tell apart.
+func TestRelayLabels(t *testing.T) {
+	for _, tc := range []struct {
+		relays int
+		want   []string
+	}{{2, []string{"cloud"}}, {1, nil}} {
+		v := synthetic()
+		v.Relays = v.Relays[:tc.relays]
+		doc := parse(t, read(t, do(newHandler(t, v, nil), "GET", "/topology", "127.0.0.1:1", nil, nil)))
+		var got []string
+		for _, n := range find(doc, "text", "edge-label") {
+			got = append(got, text(n))
+		}
+		if !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%d relays: edge labels %q, want %q", tc.relays, got, tc.want)
+		}
+	}
+}
