@@ -1,12 +1,15 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	"image/png"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -116,16 +119,28 @@ func waitPage(t *testing.T, ctx context.Context, nodes []*natNode, want func(a, 
 }
 
 // screenshot saves the page as PNG into the lab's dir and, when
-// EDGEWIRE_LAB_LOGS is set, next to the kept logs.
+// EDGEWIRE_LAB_LOGS is set, next to the kept logs: the whole page as
+// name.png and its top 1300 pixels, recompressed, as name-top.png (small
+// enough for docs/topology.png).
 func screenshot(t *testing.T, ctx context.Context, l *lab.Lab, name string) {
 	t.Helper()
 	sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	png, err := chromedp.Run(sctx, chromedp.FullScreenshot(100))
+	full, err := chromedp.Run(sctx, chromedp.FullScreenshot(100))
 	if err != nil {
 		t.Errorf("screenshot: %v", err)
 		return
 	}
+	if err := chromedp.Do(sctx, chromedp.EmulateViewport(1200, 1300)); err != nil {
+		t.Errorf("screenshot: %v", err)
+		return
+	}
+	top, err := chromedp.Run(sctx, chromedp.CaptureScreenshot())
+	if err != nil {
+		t.Errorf("screenshot: %v", err)
+		return
+	}
+	top = recompress(t, top)
 	dirs := []string{l.Dir()}
 	if keep := os.Getenv("EDGEWIRE_LAB_LOGS"); keep != "" {
 		dirs = append(dirs, filepath.Join(keep, strings.NewReplacer("/", "_").Replace(t.Name())))
@@ -135,13 +150,30 @@ func screenshot(t *testing.T, ctx context.Context, l *lab.Lab, name string) {
 			t.Errorf("screenshot: %v", err)
 			continue
 		}
-		p := filepath.Join(d, name)
-		if err := os.WriteFile(p, png, 0o644); err != nil {
-			t.Errorf("screenshot: %v", err)
-			continue
+		for file, png := range map[string][]byte{name + ".png": full, name + "-top.png": top} {
+			p := filepath.Join(d, file)
+			if err := os.WriteFile(p, png, 0o644); err != nil {
+				t.Errorf("screenshot: %v", err)
+				continue
+			}
+			t.Logf("screenshot: %s (%d KB)", p, len(png)>>10)
 		}
-		t.Logf("screenshot: %s (%d KB)", p, len(png)>>10)
 	}
+}
+
+// recompress re-encodes a PNG with the best compression (Chromium's is
+// fast, not small); on any error it returns the original.
+func recompress(t *testing.T, b []byte) []byte {
+	img, err := png.Decode(bytes.NewReader(b))
+	if err != nil {
+		t.Logf("recompress screenshot: %v", err)
+		return b
+	}
+	var out bytes.Buffer
+	if err := (&png.Encoder{CompressionLevel: png.BestCompression}).Encode(&out, img); err != nil || out.Len() >= len(b) {
+		return b
+	}
+	return out.Bytes()
 }
 
 // TestTopologyPage opens the coordinator's topology page in headless
@@ -296,7 +328,38 @@ func TestTopologyPage(t *testing.T) {
 		if err != nil {
 			t.Errorf("nodes' NAT kinds on the page: %v", err)
 		}
-		screenshot(t, ctx, l, "topology.png")
+		screenshot(t, ctx, l, "topology")
+	})
+
+	t.Run("edgewire graph draws one edge per active pair", func(t *testing.T) {
+		dot, err := exec.LookPath("dot")
+		if err != nil {
+			if os.Getenv("EDGEWIRE_TOOLS_REQUIRED") != "" {
+				t.Fatalf("Graphviz dot not found: %v", err)
+			}
+			t.Skip("Graphviz dot not installed")
+		}
+		out, err := coord.CLI("graph")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, dot, "-Tsvg")
+		cmd.Stdin = strings.NewReader(out)
+		svg, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("dot -Tsvg: %v\n%s", err, out)
+		}
+		n := len(nodes) * (len(nodes) - 1) / 2
+		if got := strings.Count(string(svg), `class="edge"`); got != n {
+			t.Errorf("dot drew %d edges, want %d (one per active pair):\n%s", got, n, out)
+		}
+		for _, want := range []string{`"eim1" -- "eim2" [style=solid`, `"sym1" -- "sym2" [style=dashed`, `"eim1" -- "udp1" [style=dashed`} {
+			if !strings.Contains(out, want) {
+				t.Errorf("edgewire graph: no %q in\n%s", want, out)
+			}
+		}
 	})
 	if t.Failed() {
 		t.FailNow()
