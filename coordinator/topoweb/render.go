@@ -14,6 +14,9 @@ import (
 // the page says to use `edgewire graph` instead.
 const maxPictureNodes = 300
 
+// minPictureWidth is the least width (CSS pixels) the picture is shown at.
+const minPictureWidth = 520
+
 // pageData is what the templates render: the view, turned into rows and
 // a picture once, here, so the templates only print.
 type pageData struct {
@@ -190,6 +193,8 @@ func fmtBytes(f float64) string {
 // active pair.
 type picture struct {
 	Size float64 // the square viewBox's side
+	// Width it is shown at: small fleets are scaled up to stay legible.
+	Width float64
 	// RelayLabels: relayed links carry the relay's name (only when
 	// there are several relays to tell apart).
 	RelayLabels bool
@@ -218,8 +223,9 @@ type pictureEdge struct {
 func draw(v topoview.View) *picture {
 	n := len(v.Nodes)
 	r := math.Max(110, float64(n)*9)
-	margin := 90.0 // room for labels
+	margin := 70.0 // room for labels
 	p := &picture{Size: 2 * (r + margin), RelayLabels: len(v.Relays) > 1}
+	p.Width = math.Max(p.Size, minPictureWidth)
 	c := r + margin
 	at := make(map[string]int, n)
 	for i, nd := range v.Nodes {
