@@ -3,8 +3,8 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"image/png"
 	"fmt"
+	"image/png"
 	"io"
 	"net"
 	"net/http"

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"html/template"
 	"math"
-	"strings"
 	"time"
 
 	"github.com/edgewire/edgewire/types/topoview"
@@ -265,6 +264,5 @@ func draw(v topoview.View) *picture {
 }
 
 var funcs = template.FuncMap{
-	"f1":    func(f float64) string { return fmt.Sprintf("%.1f", f) },
-	"lower": strings.ToLower,
+	"f1": func(f float64) string { return fmt.Sprintf("%.1f", f) },
 }

@@ -245,7 +245,7 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 // wantsJSON: a client that asks for JSON and not HTML (a script's
 // "Accept: application/json"; browsers ask for text/html).
 func wantsJSON(r *http.Request) bool {
-	json, html := false, false
+	asksJSON, asksHTML := false, false
 	for _, part := range strings.Split(r.Header.Get("Accept"), ",") {
 		mt, _, err := mime.ParseMediaType(strings.TrimSpace(part))
 		if err != nil {
@@ -253,12 +253,12 @@ func wantsJSON(r *http.Request) bool {
 		}
 		switch mt {
 		case "application/json":
-			json = true
+			asksJSON = true
 		case "text/html":
-			html = true
+			asksHTML = true
 		}
 	}
-	return json && !html
+	return asksJSON && !asksHTML
 }
 
 // view reads the view, answering 503 when there is none.

@@ -475,3 +475,40 @@ func TestRelayLabels(t *testing.T) {
 		}
 	}
 }
+
+// TestLargeFleet: 10,000 nodes with 5 active pairs each are served as
+// JSON in at most 5 MB gzipped, and as a page without a picture.
+func TestLargeFleet(t *testing.T) {
+	if testing.Short() {
+		t.Skip("large fleet")
+	}
+	const nodes, pairsPer = 10000, 5
+	v := topoview.View{GeneratedAt: t0, Nodes: make([]topoview.Node, 0, nodes), Pairs: make([]topoview.Pair, 0, nodes*pairsPer/2), Relays: []topoview.Relay{}}
+	eim := topoview.NAT{Measured: true, UDP: true, Mapping: "endpoint-independent"}
+	name := func(i int) string { return fmt.Sprintf("edge-%05d", i) }
+	for i := range nodes {
+		v.Nodes = append(v.Nodes, topoview.Node{Name: name(i), Key: fmt.Sprintf("%08x", i), Addresses: []string{fmt.Sprintf("100.64.%d.%d", i/256, i%256)},
+			Online: true, Version: "v1.2.3", Tags: []string{"site-" + fmt.Sprint(i%50)}, Reported: at(t0), NAT: eim, HomeRelay: "fra", HomeRelayMs: 12.5})
+	}
+	for i := range nodes {
+		for j := 1; j <= pairsPer/2+1 && len(v.Pairs) < nodes*pairsPer/2; j++ {
+			side := &topoview.Side{Path: "direct", Local: "srflx", Remote: "srflx", RTTMs: 3.25, Since: t0}
+			v.Pairs = append(v.Pairs, topoview.Pair{A: name(i), B: name((i + j) % nodes), Path: topoview.PathDirect, RTTMs: 3.25, Since: t0, FromA: side, FromB: side})
+		}
+	}
+	h := newHandler(t, v, nil)
+	start := time.Now()
+	resp := do(h, "GET", "/topology.json", "127.0.0.1:1", map[string]string{"Accept-Encoding": "gzip"}, nil)
+	body := read(t, resp)
+	t.Logf("%d nodes, %d pairs: JSON %d KB gzipped in %v", len(v.Nodes), len(v.Pairs), len(body)>>10, time.Since(start).Round(time.Millisecond))
+	if resp.Header.Get("Content-Encoding") != "gzip" || len(body) > 5<<20 {
+		t.Errorf("JSON: %d bytes, encoding %q; want gzip, at most 5 MB", len(body), resp.Header.Get("Content-Encoding"))
+	}
+	start = time.Now()
+	resp = do(h, "GET", "/topology", "127.0.0.1:1", map[string]string{"Accept-Encoding": "gzip"}, nil)
+	body = read(t, resp)
+	t.Logf("page %d KB gzipped in %v", len(body)>>10, time.Since(start).Round(time.Millisecond))
+	if resp.StatusCode != 200 || len(body) > 5<<20 {
+		t.Errorf("page: %d, %d bytes; want 200, at most 5 MB", resp.StatusCode, len(body))
+	}
+}
