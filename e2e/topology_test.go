@@ -239,8 +239,11 @@ func TestTopologyPage(t *testing.T) {
 			auth string
 			want int
 		}{{"", 401}, {"Bearer ewadm1.wrong", 403}, {"Bearer " + adminToken, 200}} {
-			got, err := eval[int](ctx, fmt.Sprintf(`fetch("/topology.json", {headers: %s}).then(r => r.status)`,
-				map[bool]string{true: "{}", false: fmt.Sprintf(`{"Authorization": %q}`, tc.auth)}[tc.auth == ""]))
+			headers := "{}"
+			if tc.auth != "" {
+				headers = fmt.Sprintf(`{"Authorization": %q}`, tc.auth)
+			}
+			got, err := eval[int](ctx, `fetch("/topology.json", {headers: `+headers+`}).then(r => r.status)`)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -397,6 +400,11 @@ func TestTopologyPage(t *testing.T) {
 		{"eim1-eim2 turns direct again on the page when UDP is back", "direct", "-D"},
 	} {
 		t.Run(step.name, func(t *testing.T) {
+			// Agents report pairs that talked in the last 2 minutes; a
+			// slow run must not lose the others.
+			for _, err := range pingAll(allPairs(nodes), 1) {
+				t.Error(err)
+			}
 			changed := time.Now()
 			cut(step.op)
 			err := lab.Eventually(60*time.Second, 250*time.Millisecond, func() error {
