@@ -110,7 +110,10 @@ type Config struct {
 	CNIIPAMDir string
 
 	MetricsListen string // /metrics, /healthz, /readyz; empty: off
-	PprofSocket   string // Go runtime profiles on a unix socket; empty: off
+	// MetricsPerPeer selects the peers with series of their own ("":
+	// active; see PeerMetrics).
+	MetricsPerPeer PeerMetrics
+	PprofSocket    string // Go runtime profiles on a unix socket; empty: off
 	// MemoryLimit is the Go runtime's soft memory limit in bytes
 	// (debug.SetMemoryLimit); 0 leaves the runtime's, which honours
 	// $GOMEMLIMIT.
@@ -162,6 +165,12 @@ func (c *Config) validate() error {
 	}
 	if c.ForwardPort != 0 && c.ForwardPort >= int(c.ForwardFirstPort) && c.ForwardPort <= int(c.ForwardLastPort) {
 		return fmt.Errorf("--service-forward-port %d lies in --service-forward-ports %d-%d", c.ForwardPort, c.ForwardFirstPort, c.ForwardLastPort)
+	}
+	if c.MetricsPerPeer == "" {
+		c.MetricsPerPeer = PeerMetricsActive
+	}
+	if _, err := ParsePeerMetrics(string(c.MetricsPerPeer)); err != nil {
+		return fmt.Errorf("--metrics-per-peer: %w", err)
 	}
 	if c.PodNetwork == "" {
 		c.PodNetwork = podnet.ModeOff
