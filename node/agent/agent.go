@@ -142,7 +142,7 @@ func (c *Config) validate() error {
 		c.RouteTable = DefaultRouteTable
 	}
 	// 253-255 are the kernel's default, main and local tables.
-	if c.RouteTable < 1 || c.RouteTable >= 1<<31 || (c.RouteTable >= 253 && c.RouteTable <= 255) {
+	if c.RouteTable < 1 || int64(c.RouteTable) >= 1<<31 || (c.RouteTable >= 253 && c.RouteTable <= 255) {
 		return fmt.Errorf("--route-table %d: want a table number other than 253-255 (default, main, local)", c.RouteTable)
 	}
 	if c.Socket == "" {

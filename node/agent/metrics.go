@@ -7,6 +7,7 @@ import (
 
 	"github.com/edgewire/edgewire/node/svcpath"
 
+	"github.com/edgewire/edgewire/dataplane/wgdev"
 	"github.com/edgewire/edgewire/internal/telemetry"
 	"github.com/edgewire/edgewire/types/key"
 )
@@ -15,7 +16,7 @@ import (
 // scrape time from the parts that own it. Series per peer are in
 // peermetrics.go.
 func (a *Agent) registerMetrics(reg prometheus.Registerer) {
-	reg.MustRegister(newPeerMetrics(a.cfg.MetricsPerPeer, time.Now, a.peerViews, a.dev.Stats))
+	reg.MustRegister(newPeerMetrics(a.cfg.MetricsPerPeer, time.Now, a.peerViews, func() (map[key.Public]wgdev.PeerStats, error) { return a.dev.Stats() }))
 	telemetry.Labelled(reg, "edgewire_agent_ice_sessions_total", "ICE sessions by outcome.", prometheus.CounterValue, []string{"event"},
 		func(emit func(float64, ...string)) {
 			c := a.trav.Counters()
