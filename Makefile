@@ -9,7 +9,7 @@ PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
 BINARIES := edgewire-coordinator edgewire-agent edgewire-relay edgewire
 
-.PHONY: all build test unit e2e demo bench proto deps kube helm cni manifests fmt vet clean check-deploy
+.PHONY: all build test unit e2e demo bench proto deps kube helm cni manifests fmt vet clean release check-deploy
 
 # VERSION is stamped into every binary (`version`, edgewire_build_info):
 # the nearest tag and the commits since, or the commit without a tag.
@@ -27,6 +27,12 @@ build:
 
 deps:
 	@hack/install-deps.sh
+
+# Static binaries of every command for linux/amd64, linux/arm64 and
+# linux/arm (GOARM=7) into dist/, with SHA256SUMS; each checked with
+# file(1) for its architecture. dist/ is git-ignored.
+release: deps
+	VERSION="$(VERSION)" REVISION="$(REVISION)" DIRTY="$(DIRTY)" BINARIES="$(BINARIES)" DIST="$(CURDIR)/dist" GO="$(GO)" hack/release.sh
 
 proto:
 	@hack/install-deps.sh protoc
