@@ -896,6 +896,29 @@ func TestChartMonitoring(t *testing.T) {
 			t.Errorf("PodMonitor scrapes %q, want %q", scraped, want)
 		}
 	})
+
+	// The PrometheusRule carries deploy/monitoring's rules as they are.
+	t.Run("PrometheusRule", func(t *testing.T) {
+		shipped := readDeploy(t, alertsFile)
+		if inChart := readDeploy(t, "helm/edgewire/files/edgewire-alerts.yaml"); inChart != shipped {
+			t.Fatalf("deploy/helm/edgewire/files/edgewire-alerts.yaml differs from deploy/%s; run deploy/render.sh", alertsFile)
+		}
+		objs := h.render(t, map[string]any{"monitoring": map[string]any{"prometheusRule": map[string]any{"enabled": true, "labels": map[string]any{"release": "kube-prometheus-stack"}}}})
+		checkInvariants(t, objs)
+		pr := mustFind(t, objs, "PrometheusRule", "edgewire")
+		if pr.str("metadata", "labels", "release") != "kube-prometheus-stack" {
+			t.Errorf("PrometheusRule labels %v: want monitoring.prometheusRule.labels", pr.get("metadata", "labels"))
+		}
+		rules := h.objects(t, []byte(shipped))
+		if len(rules) != 1 {
+			t.Fatalf("%s: got %d documents, want 1", alertsFile, len(rules))
+		}
+		got, _ := json.Marshal(pr.get("spec", "groups"))
+		want, _ := json.Marshal(rules[0].get("groups"))
+		if string(got) != string(want) || len(want) < 100 {
+			t.Errorf("PrometheusRule groups differ from %s:\ngot  %s\nwant %s", alertsFile, got, want)
+		}
+	})
 }
 
 // TestChartRefusesIncompleteValues checks that values which would deploy
