@@ -77,10 +77,12 @@ func runReplica(ctx context.Context, cfg Config) error {
 	registerReplicaMetrics(base, el)
 	// A term's registry is set while its servers run: readiness reads it.
 	var term termGatherer
+	ready := readiness(el, term.serving)
+	telemetry.ReadyGauge(base, readyMetric, readyHelp, ready)
 	g, ctx := rungroup.New(ctx)
 	if cfg.MetricsListen != "" {
 		g.Go("metrics", func(ctx context.Context) error {
-			return telemetry.Serve(ctx, cfg.MetricsListen, prometheus.Gatherers{base, &term}, readiness(el, term.serving), log)
+			return telemetry.Serve(ctx, cfg.MetricsListen, prometheus.Gatherers{base, &term}, ready, log)
 		})
 	}
 	g.Go("election", func(ctx context.Context) error {

@@ -503,6 +503,9 @@ func TestServices(t *testing.T) {
 	phase("bad input")
 
 	t.Run("metrics show handshakes, relay bytes and DNS queries", func(t *testing.T) {
+		// Series per peer are only for active peers (more than keepalives
+		// in the last 5 minutes): make a's peers with web's pods active.
+		countPods(t, a.host, webHTTP, 40)
 		am, err := scrape(a.host, "127.0.0.1:9092")
 		if err != nil {
 			t.Fatal(err)
@@ -514,7 +517,13 @@ func TestServices(t *testing.T) {
 			t.Errorf("a: edgewire_agent_dns_queries_total{rcode=\"NXDOMAIN\"}: got %v (present %v), want > 0", v, ok)
 		}
 		if _, ok := metricSum(am, "edgewire_agent_peer_handshake_age_seconds", ""); !ok {
-			t.Error("a: no edgewire_agent_peer_handshake_age_seconds samples, want one per peer with a handshake")
+			t.Error("a: no edgewire_agent_peer_handshake_age_seconds samples, want one per active peer with a handshake")
+		}
+		if v, ok := metricSum(am, "edgewire_agent_peers_active", ""); !ok || v < 1 {
+			t.Errorf("a: edgewire_agent_peers_active: got %v (present %v), want >= 1 after 40 GETs to pods on other nodes", v, ok)
+		}
+		if v, ok := metricSum(am, "edgewire_agent_wireguard_bytes_total", `direction="tx"`); !ok || v <= 0 {
+			t.Errorf("a: edgewire_agent_wireguard_bytes_total{direction=\"tx\"}: got %v (present %v), want > 0", v, ok)
 		}
 		cm, err := scrape(cloud, "127.0.0.1:9090")
 		if err != nil {
