@@ -422,10 +422,19 @@ func TestServices(t *testing.T) {
 				t.Errorf("%s: %v", n.name, err)
 				continue
 			}
-			if sv, err := n.agent.Services(); err != nil {
-				t.Errorf("%s: edgewire services: %v", n.name, err)
-			} else if e := findEndpoint(sv, svcNS+"/ghost", "10.244.9.2"); e == nil || e.Path != "none" || !strings.Contains(e.Why, "nosuchnode") {
-				t.Errorf("%s: edgewire services shows ghost's endpoint as %+v, want path none naming its node", n.name, e)
+			// The endpoint list is the path decisions', made after the
+			// rules: a moment later under load.
+			if err := lab.Eventually(5*time.Second, 100*time.Millisecond, func() error {
+				sv, err := n.agent.Services()
+				if err != nil {
+					return fmt.Errorf("edgewire services: %w", err)
+				}
+				if e := findEndpoint(sv, svcNS+"/ghost", "10.244.9.2"); e == nil || e.Path != "none" || !strings.Contains(e.Why, "nosuchnode") {
+					return fmt.Errorf("edgewire services shows ghost's endpoint as %+v, want path none naming its node", e)
+				}
+				return nil
+			}); err != nil {
+				t.Errorf("%s: %v", n.name, err)
 			}
 			// ghost came after sctp: sctp's refusal has reached this node.
 			if ans, rc, err := dnsA(n.host, "sctp."+svcNS+"."+svcDomain); err != nil || rc != dns.RcodeNameError {
