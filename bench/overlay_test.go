@@ -454,7 +454,7 @@ func (o *overlay) connectivity(t *testing.T, rep *Report, cfg config) {
 		name := fmt.Sprintf("ttc%d", r)
 		h := o.siteA.AddNode(name)
 		t0 := time.Now()
-		ag := cluster.StartAgent(t, o.l, h, o.coord, name, cluster.AgentOptions{Token: o.tok, Extra: append([]string{"--relay-region", "1", "--log-format", "json"}, agentArgs...)})
+		ag := cluster.StartAgent(t, o.l, h, o.coord, name, cluster.AgentOptions{Token: o.tok, Extra: append(append([]string{"--relay-region", "1"}, agentArgs...), "--log-format", "json", "--log-level", "debug")})
 		var first time.Duration
 		for time.Since(t0) < 30*time.Second {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -506,7 +506,7 @@ func (o *overlay) connectivity(t *testing.T, rep *Report, cfg config) {
 	rep.Add(&Measure{Section: sec, Name: "agent start -> direct on both sides", Unit: "s", Edgewire: toDirect, Target: "< 3 s", Met: met(len(toDirect) > 0 && median(toDirect) < 3)})
 	for _, ph := range directPhaseOrder {
 		if xs := phases[ph.name]; len(xs) > 0 {
-			rep.Add(&Measure{Section: sec, Name: "agent start -> " + ph.name + " (from the new agent's log)", Unit: "ms", Edgewire: xs})
+			rep.Add(&Measure{Section: sec, Name: "agent start -> " + ph.name + " (from the new agent's debug log)", Unit: "ms", Edgewire: xs})
 		}
 	}
 }
