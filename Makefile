@@ -9,7 +9,7 @@ PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
 BINARIES := edgewire-coordinator edgewire-agent edgewire-relay edgewire
 
-.PHONY: all build test unit e2e demo bench proto deps kube helm cni manifests fmt vet clean
+.PHONY: all build test unit e2e demo bench proto deps kube helm cni manifests fmt vet clean release check-deploy
 
 # VERSION is stamped into every binary (`version`, edgewire_build_info):
 # the nearest tag and the commits since, or the commit without a tag.
@@ -27,6 +27,12 @@ build:
 
 deps:
 	@hack/install-deps.sh
+
+# Static binaries of every command for linux/amd64, linux/arm64 and
+# linux/arm (GOARM=7) into dist/, with SHA256SUMS; each checked with
+# file(1) for its architecture. dist/ is git-ignored.
+release: deps
+	VERSION="$(VERSION)" REVISION="$(REVISION)" DIRTY="$(DIRTY)" BINARIES="$(BINARIES)" DIST="$(CURDIR)/dist" GO="$(GO)" hack/release.sh
 
 proto:
 	@hack/install-deps.sh protoc
@@ -68,7 +74,16 @@ cni:
 e2e: deps build kube helm cni
 	EDGEWIRE_TOOLS_REQUIRED=1 EDGEWIRE_BIN=$(BIN) $(GO) test -count=1 -timeout 40m -p 1 ./e2e/...
 
-test: deps vet unit e2e
+# What deploy/ ships, checked as its consumers read it: the alert rules
+# (promtool check rules, and the rules' unit tests) and the chart's values
+# against values.schema.json (helm lint fails on a schema violation).
+# e2e/deploy checks more (metric names, a values file the schema refuses).
+check-deploy: deps helm
+	promtool check rules deploy/monitoring/edgewire-alerts.yaml
+	cd deploy/monitoring && promtool test rules edgewire-alerts_test.yaml
+	$(TOOLS)/helm lint --strict deploy/helm/edgewire
+
+test: deps vet check-deploy unit e2e
 
 # Benchmarks (never part of make test): writes bench/results.md and
 # bench/results.json. BENCH_REPS, BENCH_DURATION, BENCH_SCALE tune it.

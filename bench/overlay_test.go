@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -448,11 +449,12 @@ func (o *overlay) throughput(t *testing.T, rep *Report, cfg config) {
 func (o *overlay) connectivity(t *testing.T, rep *Report, cfg config) {
 	var toRelay, toDirect []float64
 	firstVia := map[string]int{}
+	phases := map[string][]float64{}
 	for r := range cfg.ttcReps {
 		name := fmt.Sprintf("ttc%d", r)
 		h := o.siteA.AddNode(name)
 		t0 := time.Now()
-		ag := cluster.StartAgent(t, o.l, h, o.coord, name, cluster.AgentOptions{Token: o.tok, Extra: append([]string{"--relay-region", "1"}, agentArgs...)})
+		ag := cluster.StartAgent(t, o.l, h, o.coord, name, cluster.AgentOptions{Token: o.tok, Extra: append(append([]string{"--relay-region", "1"}, agentArgs...), "--log-format", "json", "--log-level", "debug")})
 		var first time.Duration
 		for time.Since(t0) < 30*time.Second {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -482,6 +484,11 @@ func (o *overlay) connectivity(t *testing.T, rep *Report, cfg config) {
 			time.Sleep(50 * time.Millisecond)
 		}
 		ag.Proc.Stop(5 * time.Second)
+		if direct != 0 {
+			for ph, at := range directPhases(ag.Proc.Log(), t0) {
+				phases[ph] = append(phases[ph], at.Seconds()*1000)
+			}
+		}
 		if _, err := o.coord.CLI("nodes", "delete", name); err != nil {
 			t.Logf("delete %s: %v", name, err)
 		}
@@ -497,6 +504,54 @@ func (o *overlay) connectivity(t *testing.T, rep *Report, cfg config) {
 	note := fmt.Sprintf("first reply came via: %v", firstVia)
 	rep.Add(&Measure{Section: sec, Name: "agent start -> first ping reply", Unit: "s", Edgewire: toRelay, Target: "< 1 s (via relay)", Met: met(median(toRelay) < 1), Note: note})
 	rep.Add(&Measure{Section: sec, Name: "agent start -> direct on both sides", Unit: "s", Edgewire: toDirect, Target: "< 3 s", Met: met(len(toDirect) > 0 && median(toDirect) < 3)})
+	for _, ph := range directPhaseOrder {
+		if xs := phases[ph.name]; len(xs) > 0 {
+			rep.Add(&Measure{Section: sec, Name: "agent start -> " + ph.name + " (from the new agent's debug log)", Unit: "ms", Edgewire: xs})
+		}
+	}
+}
+
+// directPhaseOrder are the steps from an agent's start to its direct path,
+// found in its JSON log by message: the first line matching each.
+var directPhaseOrder = []struct {
+	name string
+	msg  func(string) bool
+}{
+	{"joined (token spent, enrolment saved)", func(m string) bool { return m == "joined" }},
+	{"WireGuard up", func(m string) bool { return m == "wireguard up" }},
+	{"relay connected", func(m string) bool { return m == "relay: connected" }},
+	{"first network map", func(m string) bool { return m == "connected to coordinator" }},
+	{"ICE session started", func(m string) bool { return strings.HasPrefix(m, "Started agent") }},
+	{"ICE checking", func(m string) bool { return m == "Setting new connection state: Checking" }},
+	{"ICE pair selected", func(m string) bool { return m == "Setting new connection state: Connected" }},
+	{"WireGuard endpoint switched to direct", func(m string) bool { return m == "path changed" }},
+}
+
+// directPhases reads an agent's JSON log and returns, per phase of
+// directPhaseOrder, when it first happened after t0; a "path changed"
+// line counts only when it goes direct.
+func directPhases(log string, t0 time.Time) map[string]time.Duration {
+	out := map[string]time.Duration{}
+	for _, line := range strings.Split(log, "\n") {
+		var rec struct {
+			Time time.Time `json:"time"`
+			Msg  string    `json:"msg"`
+			To   string    `json:"to"`
+		}
+		if json.Unmarshal([]byte(line), &rec) != nil || rec.Time.IsZero() {
+			continue
+		}
+		for _, ph := range directPhaseOrder {
+			if _, done := out[ph.name]; done || !ph.msg(rec.Msg) {
+				continue
+			}
+			if rec.Msg == "path changed" && !strings.HasPrefix(rec.To, "direct") {
+				continue
+			}
+			out[ph.name] = rec.Time.Sub(t0)
+		}
+	}
+	return out
 }
 
 // pinger is a timestamped `ping -D` in a lab namespace.

@@ -4,6 +4,7 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/edgewire/edgewire/e2e/cluster"
 	"github.com/edgewire/edgewire/e2e/lab"
+	"github.com/edgewire/edgewire/types/topoview"
 )
 
 // benchScale runs the coordinator binary in a lab namespace and brings up
@@ -33,6 +35,7 @@ func benchScale(t *testing.T, rep *Report, cfg config) {
 	if top := slices.Max(cfg.scale); uint64(top)+1000 > lim {
 		t.Fatalf("RLIMIT_NOFILE is %d here: too few for %d streams (one TCP connection each)", lim, top)
 	}
+	t.Run("topology view", func(t *testing.T) { benchTopologyView(t, rep, 10000) })
 	sec := "Coordinator scale (simulated nodes over real TLS gRPC, coordinator in a lab namespace)"
 	l := lab.New(t)
 	for i, n := range cfg.scale {
@@ -152,6 +155,45 @@ func scaleStep(t *testing.T, l *lab.Lab, rep *Report, sec string, i, n int) bool
 	chWall := time.Since(t0)
 	chCoord, _ := cm.cores()
 	chHarness := (selfCPU() - h0).Seconds() / chWall.Seconds()
+
+	// The same changes while the fleet sends path reports at the rate a
+	// fleet of 10,000 may reach (issue 19: at most 200/s), nodes[10:]
+	// reporting 5 peers each; then the view of what they reported.
+	const reportRate = 200
+	var rp99s []float64
+	var sent atomic.Int64
+	stop := make(chan struct{})
+	rwg := reporter(nodes[10:], reportRate, stop, &sent)
+	time.Sleep(2 * time.Second)
+	for c := range 3 {
+		var lat []float64
+		var err error
+		if c == 0 {
+			extra, err2 := f.newNode(fmt.Sprintf("later%d", i))
+			if err2 != nil {
+				t.Fatal(err2)
+			}
+			lat, _, err = f.propagation(nodes, extra.pub, func() error { return f.join(extra) }, 30*time.Second)
+		} else {
+			src := nodes[2+c]
+			others := append(append([]*simNode{}, nodes[:2+c]...), nodes[3+c:]...)
+			lat, _, err = f.propagation(others, src.pub, func() error {
+				return src.setEndpoints(fmt.Sprintf("203.0.113.%d:%d", 110+c, 40000+c))
+			}, 30*time.Second)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		rp99s = append(rp99s, quantile(lat, 0.99))
+		f.quiesce(time.Second, 30*time.Second)
+	}
+	close(stop)
+	rwg.Wait()
+	viewTook, viewJSON, viewErr := adminView(sock)
+	var view topoview.View
+	if viewErr == nil {
+		viewErr = json.Unmarshal(viewJSON, &view)
+	}
 	_, hwm, _ = procMem(pid)
 
 	rate := float64(n) / joined.Seconds()
@@ -189,6 +231,15 @@ func scaleStep(t *testing.T, l *lab.Lab, rep *Report, sec string, i, n int) bool
 	rep.Add(&Measure{Section: sec, Name: name("one change reaches all, p99"), Unit: "ms", Edgewire: p99s, Target: tg, Met: m,
 		Note: "per change: 1 join, 2 endpoint updates"})
 	rep.Add(&Measure{Section: sec, Name: name("one change reaches all, max"), Unit: "ms", Edgewire: maxs})
+	rep.Add(&Measure{Section: sec, Name: name(fmt.Sprintf("one change reaches all, p99, with path reports at %d/s", reportRate)), Unit: "ms", Edgewire: rp99s,
+		RefName: "without reports", Reference: p99s, Note: fmt.Sprintf("%d reports sent during the changes", sent.Load())})
+	if viewErr != nil {
+		t.Errorf("topology view: %v", viewErr)
+	} else {
+		rep.Add(&Measure{Section: sec, Name: name("topology view served (Admin.Topology)"), Unit: "s", Edgewire: []float64{viewTook.Seconds()},
+			Note: fmt.Sprintf("%d nodes, %d pairs from the reports received; %.2f MB JSON, %.2f MB gzipped", len(view.Nodes), len(view.Pairs),
+				float64(len(viewJSON))/1e6, float64(gzipSize(viewJSON))/1e6)})
+	}
 	tg, m = target("< 1024 MiB", hwm < 1024)
 	rep.Add(&Measure{Section: sec, Name: name("coordinator peak RSS (VmHWM)"), Unit: "MiB", Edgewire: []float64{hwm}, Target: tg, Met: m,
 		Note: fmt.Sprintf("idle RSS %.0f MiB", idleRSS)})

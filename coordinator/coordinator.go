@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -183,6 +184,16 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer st.Close() // after every part: handlers use the store until Stop returns
 	reg := telemetry.NewRegistry()
+	// Ready once agents are served (the listener accepts, the Service
+	// source has synced), as a replica is.
+	var serving atomic.Bool
+	ready := func() error {
+		if !serving.Load() {
+			return errors.New("starting")
+		}
+		return nil
+	}
+	telemetry.ReadyGauge(reg, readyMetric, readyHelp, ready)
 	views := &topologyViews{}
 	page, err := topologyPage(cfg, views)
 	if err != nil {
@@ -191,15 +202,22 @@ func Run(ctx context.Context, cfg Config) error {
 	g, ctx := rungroup.New(ctx)
 	if cfg.MetricsListen != "" {
 		g.Go("metrics", func(ctx context.Context) error {
-			return telemetry.Serve(ctx, cfg.MetricsListen, reg, nil, cfg.Logger, page...)
+			return telemetry.Serve(ctx, cfg.MetricsListen, reg, ready, cfg.Logger, page...)
 		})
 	}
-	g.Go("coordinator", func(ctx context.Context) error { return serve(ctx, cfg, st, reg, nil, views) })
+	g.Go("coordinator", func(ctx context.Context) error {
+		return serve(ctx, cfg, st, reg, func() { serving.Store(true) }, views)
+	})
 	return g.Wait()
 }
 
-// serve runs the coordinator's servers on st until ctx ends, registering
-// their metrics on reg.
+// readyMetric is what /readyz answers, as a gauge: on every replica, so
+// max() over them says whether any serves.
+const (
+	readyMetric = "edgewire_coordinator_ready"
+	readyHelp   = "1 while this coordinator serves agents (what /readyz answers: a standby replica is 0)."
+)
+
 // serve runs the coordinator on st until ctx ends. serving, if not nil,
 // is called once agents are served (the listener accepts, the Service
 // source has synced): a replica is ready from then on.

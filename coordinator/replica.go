@@ -77,6 +77,8 @@ func runReplica(ctx context.Context, cfg Config) error {
 	registerReplicaMetrics(base, el)
 	// A term's registry is set while its servers run: readiness reads it.
 	var term termGatherer
+	ready := readiness(el, term.serving)
+	telemetry.ReadyGauge(base, readyMetric, readyHelp, ready)
 	views := &topologyViews{}
 	page, err := topologyPage(cfg, views) // after syncSecrets: the shared admin token
 	if err != nil {
@@ -85,7 +87,7 @@ func runReplica(ctx context.Context, cfg Config) error {
 	g, ctx := rungroup.New(ctx)
 	if cfg.MetricsListen != "" {
 		g.Go("metrics", func(ctx context.Context) error {
-			return telemetry.Serve(ctx, cfg.MetricsListen, prometheus.Gatherers{base, &term}, readiness(el, term.serving), log, page...)
+			return telemetry.Serve(ctx, cfg.MetricsListen, prometheus.Gatherers{base, &term}, ready, log, page...)
 		})
 	}
 	g.Go("election", func(ctx context.Context) error {

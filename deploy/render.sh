@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates deploy/kubernetes/edgewire.yaml: the Helm chart in
+# Copies the alert rules into the chart (files/) and regenerates
+# deploy/kubernetes/edgewire.yaml: the Helm chart in
 # deploy/helm/edgewire rendered with its default values, release "edgewire"
 # in namespace "edgewire". e2e/deploy checks that the file matches, so run
 # this after every chart change.
@@ -13,6 +14,9 @@ out=${1:-$here/kubernetes/edgewire.yaml}
 tools=${EDGEWIRE_HELM_BIN:-$root/.cache/tools}
 
 "$root/hack/helm/build.sh"
+# The chart's PrometheusRule carries the alert rules; Helm reads only files
+# inside the chart.
+cp "$here/monitoring/edgewire-alerts.yaml" "$here/helm/edgewire/files/edgewire-alerts.yaml"
 tmp=$(mktemp)
 trap 'rm -f "$tmp"' EXIT
 {

@@ -35,29 +35,8 @@ func TestCLI(t *testing.T) {
 		a.WaitPeers(2, 30*time.Second)
 	}
 
-	netcheck := func(t *testing.T, a *cluster.Agent) localapi.Netcheck {
-		t.Helper()
-		var nc localapi.Netcheck
-		err := lab.Eventually(20*time.Second, time.Second, func() error {
-			out, err := a.CLI("netcheck", "-o", "json")
-			if err != nil {
-				return err
-			}
-			if err := json.Unmarshal([]byte(out), &nc); err != nil {
-				return fmt.Errorf("decode %q: %w", out, err)
-			}
-			if len(nc.STUN) < 2 {
-				return fmt.Errorf("%d STUN servers probed, want 2 (the map may not be there yet)", len(nc.STUN))
-			}
-			return nil
-		})
-		if err != nil {
-			t.Fatalf("netcheck on %s: %v", a.Name, err)
-		}
-		return nc
-	}
 	t.Run("netcheck", func(t *testing.T) {
-		nc := netcheck(t, e)
+		nc := netcheckJSON(t, e, 2)
 		if !nc.UDP || nc.PublicAddr != eimSite.PublicIP().String() || nc.Mapping != "endpoint-independent" {
 			t.Errorf("EIM node: got udp %v public %s mapping %q, want true %s endpoint-independent", nc.UDP, nc.PublicAddr, nc.Mapping, eimSite.PublicIP())
 		}
@@ -70,11 +49,11 @@ func TestCLI(t *testing.T) {
 		if want := []string{coord.Host.IP().String() + ":3479", relay2.Host.IP().String() + ":3479"}; !slices.Equal(alts, want) {
 			t.Errorf("EIM node: second STUN ports answered %v, want %v (the relay's from the relay map)", alts, want)
 		}
-		nc = netcheck(t, s)
+		nc = netcheckJSON(t, s, 2)
 		if !nc.UDP || nc.PublicAddr != symSite.PublicIP().String() || !strings.HasPrefix(nc.Mapping, "endpoint-dependent") {
 			t.Errorf("symmetric node: got udp %v public %s mapping %q, want true %s endpoint-dependent", nc.UDP, nc.PublicAddr, nc.Mapping, symSite.PublicIP())
 		}
-		nc = netcheck(t, u)
+		nc = netcheckJSON(t, u, 2)
 		if nc.UDP || nc.PublicAddr != "" {
 			t.Errorf("UDP-blocked node: got udp %v public %q, want no UDP", nc.UDP, nc.PublicAddr)
 		}

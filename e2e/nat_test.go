@@ -327,8 +327,10 @@ func TestNATTraversal(t *testing.T) {
 	ctx := context.Background() // each lab command has its own timeout
 
 	cloud := l.AddPublicHost("cloud")
-	// Any UDP to the cloud other than STUN would be data plane through it.
-	cloudUDP, err := cloud.AddCounter("INPUT", "-p", "udp", "!", "--dport", "3478")
+	// Any UDP to the cloud other than STUN (its port, and the second
+	// port netcheck asks, which agents do for their path reports) would
+	// be data plane through it.
+	cloudUDP, err := cloud.AddCounter("INPUT", "-p", "udp", "-m", "multiport", "!", "--dports", "3478,3479")
 	if err != nil {
 		t.Fatal(err)
 	}

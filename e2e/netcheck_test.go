@@ -13,7 +13,7 @@ import (
 )
 
 // netcheckJSON runs `edgewire netcheck -o json` on a once its map lists
-// want STUN endpoints (the coordinator's two ports).
+// at least want STUN endpoints (the coordinator's two ports, say).
 func netcheckJSON(t *testing.T, a *cluster.Agent, want int) localapi.Netcheck {
 	t.Helper()
 	var nc localapi.Netcheck
@@ -25,7 +25,7 @@ func netcheckJSON(t *testing.T, a *cluster.Agent, want int) localapi.Netcheck {
 		if err := json.Unmarshal([]byte(out), &nc); err != nil {
 			return fmt.Errorf("decode %q: %w", out, err)
 		}
-		if len(nc.STUN) != want {
+		if len(nc.STUN) < want {
 			return fmt.Errorf("%d STUN endpoints probed, want %d (the map may not be there yet): %+v", len(nc.STUN), want, nc.STUN)
 		}
 		return nil

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -43,12 +44,7 @@ func TestOperatorAgent(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := lab.Eventually(15*time.Second, 100*time.Millisecond, func() error {
-			if !dup.Exited() {
-				return fmt.Errorf("still running")
-			}
-			return nil
-		}); err != nil {
+		if err := waitExit(dup, 15*time.Second); err != nil {
 			t.Fatalf("second agent: %v\n%s", err, dup.Log())
 		}
 		if want := "in use by pid " + strconv.Itoa(a.Proc.Pid()); dup.ExitErr() == nil || !strings.Contains(dup.Log(), want) {
@@ -120,12 +116,7 @@ func TestOperatorAgent(t *testing.T) {
 			t.Fatal(err)
 		}
 		a.StartWith("--coordinator", coord.Addr(), "--name", "opb")
-		if err := lab.Eventually(20*time.Second, 100*time.Millisecond, func() error {
-			if !a.Proc.Exited() {
-				return fmt.Errorf("still running")
-			}
-			return nil
-		}); err != nil {
+		if err := waitExit(a.Proc, 20*time.Second); err != nil {
 			t.Fatalf("agent renamed to a taken name: %v", err)
 		}
 		log := a.Proc.Log()
@@ -173,12 +164,7 @@ func TestOperatorAgent(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := lab.Eventually(15*time.Second, 100*time.Millisecond, func() error {
-			if !p.Exited() {
-				return fmt.Errorf("still running")
-			}
-			return nil
-		}); err != nil {
+		if err := waitExit(p, 15*time.Second); err != nil {
 			t.Fatalf("unprivileged agent: %v", err)
 		}
 		if p.ExitErr() == nil || !strings.Contains(p.Log(), "needs CAP_NET_ADMIN") {
@@ -195,6 +181,16 @@ func TestOperatorAgent(t *testing.T) {
 		if err := c.WaitConnected(30 * time.Second); err != nil {
 			t.Fatalf("joining with the unspent token: %v\n%s", err, c.Proc.Log())
 		}
+	})
+}
+
+// waitExit waits up to d for p to exit.
+func waitExit(p *lab.Process, d time.Duration) error {
+	return lab.Eventually(d, 100*time.Millisecond, func() error {
+		if !p.Exited() {
+			return errors.New("still running")
+		}
+		return nil
 	})
 }
 

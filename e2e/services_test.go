@@ -422,10 +422,19 @@ func TestServices(t *testing.T) {
 				t.Errorf("%s: %v", n.name, err)
 				continue
 			}
-			if sv, err := n.agent.Services(); err != nil {
-				t.Errorf("%s: edgewire services: %v", n.name, err)
-			} else if e := findEndpoint(sv, svcNS+"/ghost", "10.244.9.2"); e == nil || e.Path != "none" || !strings.Contains(e.Why, "nosuchnode") {
-				t.Errorf("%s: edgewire services shows ghost's endpoint as %+v, want path none naming its node", n.name, e)
+			// The endpoint list is the path decisions', made after the
+			// rules: a moment later under load.
+			if err := lab.Eventually(5*time.Second, 100*time.Millisecond, func() error {
+				sv, err := n.agent.Services()
+				if err != nil {
+					return fmt.Errorf("edgewire services: %w", err)
+				}
+				if e := findEndpoint(sv, svcNS+"/ghost", "10.244.9.2"); e == nil || e.Path != "none" || !strings.Contains(e.Why, "nosuchnode") {
+					return fmt.Errorf("edgewire services shows ghost's endpoint as %+v, want path none naming its node", e)
+				}
+				return nil
+			}); err != nil {
+				t.Errorf("%s: %v", n.name, err)
 			}
 			// ghost came after sctp: sctp's refusal has reached this node.
 			if ans, rc, err := dnsA(n.host, "sctp."+svcNS+"."+svcDomain); err != nil || rc != dns.RcodeNameError {
@@ -503,6 +512,9 @@ func TestServices(t *testing.T) {
 	phase("bad input")
 
 	t.Run("metrics show handshakes, relay bytes and DNS queries", func(t *testing.T) {
+		// Series per peer are only for active peers (more than keepalives
+		// in the last 5 minutes): make a's peers with web's pods active.
+		countPods(t, a.host, webHTTP, 40)
 		am, err := scrape(a.host, "127.0.0.1:9092")
 		if err != nil {
 			t.Fatal(err)
@@ -514,7 +526,13 @@ func TestServices(t *testing.T) {
 			t.Errorf("a: edgewire_agent_dns_queries_total{rcode=\"NXDOMAIN\"}: got %v (present %v), want > 0", v, ok)
 		}
 		if _, ok := metricSum(am, "edgewire_agent_peer_handshake_age_seconds", ""); !ok {
-			t.Error("a: no edgewire_agent_peer_handshake_age_seconds samples, want one per peer with a handshake")
+			t.Error("a: no edgewire_agent_peer_handshake_age_seconds samples, want one per active peer with a handshake")
+		}
+		if v, ok := metricSum(am, "edgewire_agent_peers_active", ""); !ok || v < 1 {
+			t.Errorf("a: edgewire_agent_peers_active: got %v (present %v), want >= 1 after 40 GETs to pods on other nodes", v, ok)
+		}
+		if v, ok := metricSum(am, "edgewire_agent_wireguard_bytes_total", `direction="tx"`); !ok || v <= 0 {
+			t.Errorf("a: edgewire_agent_wireguard_bytes_total{direction=\"tx\"}: got %v (present %v), want > 0", v, ok)
 		}
 		cm, err := scrape(cloud, "127.0.0.1:9090")
 		if err != nil {

@@ -148,6 +148,7 @@ func main() {
 	rf.StringVar(&cfg.CNIIPAMDir, "cni-ipam-dir", "", "host-local IPAM's data directory (default: host-local's own, /var/lib/cni/networks)")
 	rf.StringVar(&socksAddr, "socks5-listen", "", "SOCKS5 proxy to reach nodes by name, for this node's own clients (and pods) only: ip:port, \"default\" (the DNS address, port 1080) or empty (off, the default)")
 	rf.StringVar(&cfg.MetricsListen, "metrics-listen", "127.0.0.1:9092", "address for /metrics, /healthz and /readyz (empty: off)")
+	rf.StringVar((*string)(&cfg.MetricsPerPeer), "metrics-per-peer", string(agent.PeerMetricsActive), "which peers get metric series of their own (they grow with the square of the fleet): active (traffic beyond keepalives in the last 5 minutes, or an ICE session deciding the path), all, or off; fleet-wide gauges are always exported")
 	rf.StringVar(&cfg.PprofSocket, "pprof-socket", "", "serve Go runtime profiles (/debug/pprof/profile for CPU, heap, goroutine, allocs, ...) on this unix socket, for debugging (empty: off)")
 	rf.Int64Var(&memLimitMiB, "memory-limit-mib", 0, "soft memory limit for the Go runtime in MiB: the GC works harder as the heap nears it (0: none, or $GOMEMLIMIT)")
 	rf.IntVar(&cfg.RouteTable, "route-table", agent.DefaultRouteTable, "routing table for routes through the overlay (policy rules send the rest to main)")

@@ -229,9 +229,12 @@ func checkInvariants(t *testing.T, objs []object) {
 				if sub(c).str("image") == "" {
 					t.Errorf("%s: container %s has no image", o, sub(c).str("name"))
 				}
+				var ports []string
 				for _, p := range sub(c).list("ports") {
-					podPorts[o.String()] = append(podPorts[o.String()], sub(p).str("name"))
+					ports = append(ports, sub(p).str("name"))
 				}
+				podPorts[o.String()] = append(podPorts[o.String()], ports...)
+				checkProbes(t, o, sub(c), ports)
 				for _, m := range sub(c).list("volumeMounts") {
 					if !volumes[sub(m).str("name")] {
 						t.Errorf("%s: volumeMount %s has no volume", o, sub(m).str("name"))
@@ -267,6 +270,34 @@ func checkInvariants(t *testing.T, objs []object) {
 	}
 }
 
+// checkProbes: every container has a readiness probe, and one for
+// liveness unless it is a coordinator standby that would fail it; a probe
+// by port name names a port of the container, and an HTTP probe asks for
+// /readyz (readiness) or /healthz (liveness), which every daemon serves.
+func checkProbes(t *testing.T, o object, c object, ports []string) {
+	t.Helper()
+	for _, kind := range []string{"readinessProbe", "livenessProbe"} {
+		p := sub(c.get(kind))
+		if p == nil {
+			if kind == "livenessProbe" && o.kind() == "Deployment" && c.str("name") == "coordinator" && container(o).get("readinessProbe", "tcpSocket") != nil && o.get("spec", "replicas") != float64(1) {
+				continue // standbys do not listen on the gRPC port: a TCP liveness probe would restart them
+			}
+			t.Errorf("%s: container %s has no %s", o, c.str("name"), kind)
+			continue
+		}
+		port := p.get("httpGet", "port")
+		if port == nil {
+			port = p.get("tcpSocket", "port")
+		}
+		if name, ok := port.(string); !ok || !slices.Contains(ports, name) {
+			t.Errorf("%s: %s %s port %v: want one of the container's named ports %q", o, c.str("name"), kind, port, ports)
+		}
+		if path := p.str("httpGet", "path"); path != "" && path != map[string]string{"readinessProbe": "/readyz", "livenessProbe": "/healthz"}[kind] {
+			t.Errorf("%s: %s %s path %q", o, c.str("name"), kind, path)
+		}
+	}
+}
+
 // servicePorts returns a Service's ports as "name port/protocol[:nodePort]".
 func servicePorts(o object) []string {
 	var s []string
@@ -277,6 +308,28 @@ func servicePorts(o object) []string {
 			e += fmt.Sprintf(":%v", np)
 		}
 		s = append(s, e)
+	}
+	return s
+}
+
+// probe describes a container's probe: "GET [host] port path" or "TCP port".
+func probe(c object, kind string) string {
+	p := sub(c.get(kind))
+	switch {
+	case p == nil:
+		return ""
+	case p.get("httpGet") != nil:
+		return strings.Join(strings.Fields(fmt.Sprintf("GET %s %v %s", p.str("httpGet", "host"), p.get("httpGet", "port"), p.str("httpGet", "path"))), " ")
+	default:
+		return fmt.Sprintf("TCP %v", p.get("tcpSocket", "port"))
+	}
+}
+
+// containerPorts returns a container's ports as "name port/protocol".
+func containerPorts(c object) []string {
+	var s []string
+	for _, p := range c.list("ports") {
+		s = append(s, fmt.Sprintf("%s %v/%s", sub(p).str("name"), sub(p).get("containerPort"), sub(p).str("protocol")))
 	}
 	return s
 }
@@ -378,7 +431,7 @@ func TestChartDefaults(t *testing.T) {
 		containsAll(t, "coordinator args", strs(c.list("args")),
 			"--data-dir=/var/lib/edgewire/coordinator", "--listen=:8443", "--relay-listen=:8444", "--stun-listen=:3478", "--stun-listen-alt=:3479",
 			"--overlay-prefix=100.64.0.0/10", "--in-cluster", "--relay-map=/etc/edgewire/relay-map/relays.json",
-			"--metrics-listen=127.0.0.1:9090",
+			"--metrics-listen=:9090",
 			// Only the agent DaemonSet's tokens prove a node's identity.
 			"--agent-service-account="+namespace+"/edgewire-agent")
 		for _, a := range strs(c.list("args")) {
@@ -397,6 +450,16 @@ func TestChartDefaults(t *testing.T) {
 		}
 		if got := c.get("securityContext", "capabilities", "drop"); fmt.Sprint(got) != "[ALL]" {
 			t.Errorf("coordinator capabilities drop: got %v, want [ALL]", got)
+		}
+		// Probes on the metrics listener: ready once it serves agents.
+		if got := probe(c, "readinessProbe"); got != "GET metrics /readyz" {
+			t.Errorf("coordinator readiness: got %q, want GET metrics /readyz", got)
+		}
+		if got := probe(c, "livenessProbe"); got != "GET metrics /healthz" {
+			t.Errorf("coordinator liveness: got %q, want GET metrics /healthz", got)
+		}
+		if got := containerPorts(c); !slices.Contains(got, "metrics 9090/TCP") {
+			t.Errorf("coordinator ports %q: want metrics 9090/TCP", got)
 		}
 
 		s := mustFind(t, objs, "Service", "edgewire-coordinator")
@@ -441,7 +504,19 @@ func TestChartDefaults(t *testing.T) {
 		}
 		containsAll(t, "agent args", strs(c.list("args")),
 			"run", "--coordinator=edgewire-coordinator.edgewire.svc:8443", "--name=$(NODE_NAME)", "--services=auto",
-			"--state-dir=/var/lib/edgewire/agent", "--kubernetes-token-file=/var/run/secrets/edgewire/token")
+			"--state-dir=/var/lib/edgewire/agent", "--kubernetes-token-file=/var/run/secrets/edgewire/token",
+			"--metrics-listen=127.0.0.1:9092", "--metrics-per-peer=active")
+		// The metrics listener is on the node's loopback: the kubelet
+		// probes it there.
+		if got := probe(c, "readinessProbe"); got != "GET 127.0.0.1 metrics /readyz" {
+			t.Errorf("agent readiness: got %q, want GET 127.0.0.1 metrics /readyz", got)
+		}
+		if got := probe(c, "livenessProbe"); got != "GET 127.0.0.1 metrics /healthz" {
+			t.Errorf("agent liveness: got %q, want GET 127.0.0.1 metrics /healthz", got)
+		}
+		if got := containerPorts(c); !slices.Equal(got, []string{"metrics 9092/TCP"}) {
+			t.Errorf("agent ports: got %q, want [metrics 9092/TCP]", got)
+		}
 		// Its identity: a token of its own service account, for the
 		// audience "edgewire" only, and no API token besides.
 		if got := pod.str("serviceAccountName"); got != "edgewire-agent" {
@@ -644,11 +719,29 @@ func TestChartReplicated(t *testing.T) {
 		env = append(env, sub(e).str("name")+"="+sub(e).str("valueFrom", "fieldRef", "fieldPath"))
 	}
 	containsAll(t, "coordinator env", env, "POD_NAME=metadata.name", "POD_NAMESPACE=metadata.namespace")
-	if c.get("livenessProbe") != nil {
-		t.Error("a liveness probe on the gRPC port would restart every standby (standbys do not listen)")
+	// Ready: /readyz, which only the serving leader answers 200; alive:
+	// /healthz, which standbys answer too (they serve no gRPC port, so a
+	// TCP liveness probe there would restart them).
+	if got := probe(c, "readinessProbe"); got != "GET metrics /readyz" {
+		t.Errorf("readiness: got %q, want GET metrics /readyz (only the leader is ready)", got)
 	}
-	if c.str("readinessProbe", "tcpSocket", "port") != "grpc" {
-		t.Errorf("readiness: %v, want the gRPC port (only the leader listens)", c.get("readinessProbe"))
+	if got := probe(c, "livenessProbe"); got != "GET metrics /healthz" {
+		t.Errorf("liveness: got %q, want GET metrics /healthz (standbys answer it)", got)
+	}
+	if got := c.get("readinessProbe", "periodSeconds"); got != float64(1) {
+		t.Errorf("readiness period: got %v, want 1 (a new leader is found within a second)", got)
+	}
+
+	// Without a metrics listener the pod network reaches, the replicas
+	// fall back to TCP on the gRPC port, and no liveness probe.
+	loop := replicatedValues()
+	loop["coordinator"].(map[string]any)["metricsListen"] = "127.0.0.1:9090"
+	lc := container(mustFind(t, h.render(t, loop), "Deployment", "edgewire-coordinator"))
+	if got := probe(lc, "readinessProbe"); got != "TCP grpc" {
+		t.Errorf("loopback metrics: readiness %q, want TCP grpc", got)
+	}
+	if lc.get("livenessProbe") != nil {
+		t.Error("loopback metrics: a liveness probe on the gRPC port would restart every standby")
 	}
 	for _, v := range d.list("spec", "template", "spec", "volumes") {
 		if sub(v).str("name") == "data" && sub(v).get("emptyDir") == nil {
@@ -677,6 +770,163 @@ func TestChartReplicated(t *testing.T) {
 	}
 }
 
+// monitoredValues turn on a ServiceMonitor or PodMonitor (kind), the
+// relay, and agents that listen on the node's address.
+func monitoredValues(kind string) map[string]any {
+	v := editedValues()
+	v["agent"].(map[string]any)["metricsListen"] = "$(HOST_IP):9092"
+	v["monitoring"] = map[string]any{kind: map[string]any{"enabled": true, "interval": "15s", "labels": map[string]any{"release": "kube-prometheus-stack"}}}
+	return v
+}
+
+// TestChartMonitoring: with monitoring.serviceMonitor the chart renders a
+// ServiceMonitor whose selector finds one headless metrics Service per
+// component, each on its pods' metrics port; with monitoring.podMonitor a
+// PodMonitor over the pods' metrics ports. Both relabel node and
+// component, which the alert rules group by. Off by default.
+func TestChartMonitoring(t *testing.T) {
+	h := tools(t)
+	for _, o := range h.render(t, nil) {
+		if strings.HasPrefix(o.str("apiVersion"), "monitoring.coreos.com/") || strings.HasSuffix(o.name(), "-metrics") {
+			t.Errorf("defaults render %s; want monitoring off by default", o)
+		}
+	}
+	relabeled := func(t *testing.T, ep object) {
+		t.Helper()
+		if ep.str("port") != "metrics" || ep.str("path") != "/metrics" || ep.str("interval") != "15s" {
+			t.Errorf("endpoint %v: want port metrics, path /metrics, interval 15s", ep)
+		}
+		var got []string
+		for _, r := range ep.list("relabelings") {
+			got = append(got, strings.Join(strs(sub(r).list("sourceLabels")), ",")+"->"+sub(r).str("targetLabel"))
+		}
+		want := []string{"__meta_kubernetes_pod_node_name->node", "__meta_kubernetes_pod_label_app_kubernetes_io_component->component"}
+		if !slices.Equal(got, want) {
+			t.Errorf("relabelings: got %q, want %q", got, want)
+		}
+	}
+
+	t.Run("ServiceMonitor", func(t *testing.T) {
+		objs := h.render(t, monitoredValues("serviceMonitor"))
+		checkInvariants(t, objs)
+		sm := mustFind(t, objs, "ServiceMonitor", "edgewire")
+		if sm.str("apiVersion") != "monitoring.coreos.com/v1" {
+			t.Errorf("ServiceMonitor apiVersion %q, want monitoring.coreos.com/v1", sm.str("apiVersion"))
+		}
+		if sm.str("metadata", "labels", "release") != "kube-prometheus-stack" {
+			t.Errorf("ServiceMonitor labels %v: want monitoring.serviceMonitor.labels", sm.get("metadata", "labels"))
+		}
+		if got := strs(sm.list("spec", "namespaceSelector", "matchNames")); !slices.Equal(got, []string{namespace}) {
+			t.Errorf("namespaceSelector: got %q, want [%s]", got, namespace)
+		}
+		eps := sm.list("spec", "endpoints")
+		if len(eps) != 1 {
+			t.Fatalf("endpoints: got %v, want one", eps)
+		}
+		relabeled(t, sub(eps[0]))
+		sel, _ := sm.get("spec", "selector", "matchLabels").(map[string]any)
+		var selected []string
+		for _, o := range objs {
+			if o.kind() != "Service" {
+				continue
+			}
+			match := len(sel) > 0
+			for k, v := range sel {
+				match = match && o.str("metadata", "labels", k) == v
+			}
+			if !match {
+				continue
+			}
+			selected = append(selected, o.name())
+			if o.str("spec", "clusterIP") != "None" || o.get("spec", "publishNotReadyAddresses") != true {
+				t.Errorf("%s: want headless with publishNotReadyAddresses (standbys are scraped too)", o)
+			}
+			if got := servicePorts(o); len(got) != 1 || !strings.HasPrefix(got[0], "metrics ") {
+				t.Errorf("%s ports %q: want one named metrics", o, got)
+			}
+		}
+		sort.Strings(selected)
+		if want := []string{"edgewire-agent-metrics", "edgewire-coordinator-metrics", "edgewire-relay-metrics"}; !slices.Equal(selected, want) {
+			t.Errorf("ServiceMonitor selects Services %q, want %q (and not the public coordinator Service)", selected, want)
+		}
+		// The agent listens on the node's address and is probed there.
+		ds := mustFind(t, objs, "DaemonSet", "edgewire-agent")
+		c := container(ds)
+		containsAll(t, "agent args", strs(c.list("args")), "--metrics-listen=$(HOST_IP):9092")
+		if got := probe(c, "readinessProbe"); got != "GET metrics /readyz" {
+			t.Errorf("agent readiness: got %q, want GET metrics /readyz (the pod's address is the node's)", got)
+		}
+		var hostIP string
+		for _, e := range c.list("env") {
+			if sub(e).str("name") == "HOST_IP" {
+				hostIP = sub(e).str("valueFrom", "fieldRef", "fieldPath")
+			}
+		}
+		if hostIP != "status.hostIP" {
+			t.Errorf("agent env HOST_IP: got fieldPath %q, want status.hostIP", hostIP)
+		}
+		r := container(mustFind(t, objs, "Deployment", "edgewire-relay"))
+		if got := containerPorts(r); !slices.Contains(got, "metrics 9091/TCP") {
+			t.Errorf("relay ports %q: want metrics 9091/TCP", got)
+		}
+	})
+
+	t.Run("PodMonitor", func(t *testing.T) {
+		objs := h.render(t, monitoredValues("podMonitor"))
+		checkInvariants(t, objs)
+		if find(objs, "ServiceMonitor", "edgewire") != nil {
+			t.Error("a ServiceMonitor with only monitoring.podMonitor enabled")
+		}
+		pm := mustFind(t, objs, "PodMonitor", "edgewire")
+		eps := pm.list("spec", "podMetricsEndpoints")
+		if len(eps) != 1 {
+			t.Fatalf("podMetricsEndpoints: got %v, want one", eps)
+		}
+		relabeled(t, sub(eps[0]))
+		sel, _ := pm.get("spec", "selector", "matchLabels").(map[string]any)
+		var scraped []string
+		for _, o := range objs {
+			if o.kind() != "Deployment" && o.kind() != "DaemonSet" {
+				continue
+			}
+			match := len(sel) > 0
+			for k, v := range sel {
+				match = match && o.str("spec", "template", "metadata", "labels", k) == v
+			}
+			if match && slices.ContainsFunc(containerPorts(container(o)), func(p string) bool { return strings.HasPrefix(p, "metrics ") }) {
+				scraped = append(scraped, o.String())
+			}
+		}
+		sort.Strings(scraped)
+		if want := []string{"DaemonSet/edgewire-agent", "Deployment/edgewire-coordinator", "Deployment/edgewire-relay"}; !slices.Equal(scraped, want) {
+			t.Errorf("PodMonitor scrapes %q, want %q", scraped, want)
+		}
+	})
+
+	// The PrometheusRule carries deploy/monitoring's rules as they are.
+	t.Run("PrometheusRule", func(t *testing.T) {
+		shipped := readDeploy(t, alertsFile)
+		if inChart := readDeploy(t, "helm/edgewire/files/edgewire-alerts.yaml"); inChart != shipped {
+			t.Fatalf("deploy/helm/edgewire/files/edgewire-alerts.yaml differs from deploy/%s; run deploy/render.sh", alertsFile)
+		}
+		objs := h.render(t, map[string]any{"monitoring": map[string]any{"prometheusRule": map[string]any{"enabled": true, "labels": map[string]any{"release": "kube-prometheus-stack"}}}})
+		checkInvariants(t, objs)
+		pr := mustFind(t, objs, "PrometheusRule", "edgewire")
+		if pr.str("metadata", "labels", "release") != "kube-prometheus-stack" {
+			t.Errorf("PrometheusRule labels %v: want monitoring.prometheusRule.labels", pr.get("metadata", "labels"))
+		}
+		rules := h.objects(t, []byte(shipped))
+		if len(rules) != 1 {
+			t.Fatalf("%s: got %d documents, want 1", alertsFile, len(rules))
+		}
+		got, _ := json.Marshal(pr.get("spec", "groups"))
+		want, _ := json.Marshal(rules[0].get("groups"))
+		if string(got) != string(want) || len(want) < 100 {
+			t.Errorf("PrometheusRule groups differ from %s:\ngot  %s\nwant %s", alertsFile, got, want)
+		}
+	})
+}
+
 // TestChartRefusesIncompleteValues checks that values which would deploy
 // a broken relay or agent stop the render with a message saying what to set.
 func TestChartRefusesIncompleteValues(t *testing.T) {
@@ -690,8 +940,23 @@ func TestChartRefusesIncompleteValues(t *testing.T) {
 		{"relay without ticket key", map[string]any{"relay": map[string]any{"enabled": true}, "meshKey": map[string]any{"existingSecret": "m"}}, "relay.ticketKey"},
 		{"short mesh key", map[string]any{"meshKey": map[string]any{"value": "short"}}, "at least 32 characters"},
 		{"bad join token", map[string]any{"agent": map[string]any{"joinToken": map[string]any{"value": "hunter2"}}}, "must be a join token"},
-		{"unknown store", map[string]any{"coordinator": map[string]any{"store": "etcd"}}, "want bolt or kubernetes"},
+		{"unknown store", map[string]any{"coordinator": map[string]any{"store": "etcd"}}, "'bolt', 'kubernetes'"},
 		{"kubernetes store without the API", map[string]any{"coordinator": map[string]any{"store": "kubernetes", "watchKubernetes": false}}, "set coordinator.watchKubernetes true"},
+		// values.schema.json: misspelt keys, wrong types, bad enums and forms.
+		{"unknown key", map[string]any{"agent": map[string]any{"metricListen": ":9092"}}, "additional properties 'metricListen' not allowed"},
+		{"unknown top-level key", map[string]any{"monitor": map[string]any{}}, "additional properties 'monitor' not allowed"},
+		{"string replicas", map[string]any{"coordinator": map[string]any{"replicas": "three"}}, "/coordinator/replicas"},
+		{"bad per-peer metrics", map[string]any{"agent": map[string]any{"metricsPerPeer": "some"}}, "'active', 'all', 'off'"},
+		{"listen without port", map[string]any{"coordinator": map[string]any{"metricsListen": "0.0.0.0"}}, "/coordinator/metricsListen"},
+		{"bad lease duration", map[string]any{"coordinator": map[string]any{"leaseDuration": "6 seconds"}}, "/coordinator/leaseDuration"},
+		{"port out of range", map[string]any{"agent": map[string]any{"listenPort": 70000}}, "/agent/listenPort"},
+		{"bad monitor interval", map[string]any{"monitoring": map[string]any{"serviceMonitor": map[string]any{"interval": "often"}}}, "/monitoring/serviceMonitor/interval"},
+		// Monitoring that could not scrape.
+		{"monitored loopback agent", map[string]any{"monitoring": map[string]any{"serviceMonitor": map[string]any{"enabled": true}}}, `set it to "$(HOST_IP):9092"`},
+		{"monitored loopback coordinator", map[string]any{"monitoring": map[string]any{"podMonitor": map[string]any{"enabled": true}},
+			"agent": map[string]any{"metricsListen": "$(HOST_IP):9092"}, "coordinator": map[string]any{"metricsListen": "127.0.0.1:9090"}}, `coordinator.metricsListen "127.0.0.1:9090" cannot be scraped`},
+		{"both monitors", map[string]any{"monitoring": map[string]any{"serviceMonitor": map[string]any{"enabled": true}, "podMonitor": map[string]any{"enabled": true}},
+			"agent": map[string]any{"metricsListen": "$(HOST_IP):9092"}}, "enable one"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -705,7 +970,7 @@ func TestChartRefusesIncompleteValues(t *testing.T) {
 
 func TestChartLint(t *testing.T) {
 	h := tools(t)
-	for name, values := range map[string]map[string]any{"defaults": nil, "edited": editedValues(), "replicated": replicatedValues()} {
+	for name, values := range map[string]map[string]any{"defaults": nil, "edited": editedValues(), "replicated": replicatedValues(), "monitored": monitoredValues("serviceMonitor")} {
 		t.Run(name, func(t *testing.T) {
 			args := []string{"lint", "--strict", h.chart(), "--namespace", namespace}
 			if values != nil {
@@ -727,6 +992,18 @@ func TestChartLint(t *testing.T) {
 				t.Errorf("helm install --dry-run output has no NOTES with the join-token steps:\n%s", out)
 			}
 		})
+	}
+}
+
+// TestChartLintChecksSchema: helm lint validates the values against
+// values.schema.json, so a values file with a misspelt key fails it (the
+// schema check make check-deploy relies on).
+func TestChartLintChecksSchema(t *testing.T) {
+	h := tools(t)
+	bad := writeValues(t, map[string]any{"agent": map[string]any{"metricsPerPeer": "active", "metricListen": ":9092"}})
+	out, err := exec.Command(h.helm, "lint", "--strict", h.chart(), "--namespace", namespace, "-f", bad).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "metricListen") {
+		t.Errorf("helm lint with a misspelt key: got %v\n%s\nwant a failure naming metricListen", err, out)
 	}
 }
 

@@ -89,6 +89,23 @@ func Serve(ctx context.Context, addr string, reg prometheus.Gatherer, ready Read
 	return httpserve.Serve(ctx, ln, mux)
 }
 
+// ReadyGauge registers a gauge that is 1 while ready reports the daemon
+// ready (nil or a *Degraded error, as /readyz answers 200) and 0 otherwise,
+// so alerts can see readiness without probing /readyz. A nil ready is
+// always ready.
+func ReadyGauge(reg prometheus.Registerer, name, help string, ready Ready) {
+	GaugeFunc(reg, name, help, func() float64 {
+		if ready == nil {
+			return 1
+		}
+		var d *Degraded
+		if err := ready(); err == nil || errors.As(err, &d) {
+			return 1
+		}
+		return 0
+	})
+}
+
 // CounterFunc registers a counter whose value is read from f at scrape.
 func CounterFunc(reg prometheus.Registerer, name, help string, f func() float64) {
 	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f))

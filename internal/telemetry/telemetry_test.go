@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/edgewire/edgewire/internal/buildinfo"
 )
 
@@ -52,6 +54,35 @@ func TestReadyz(t *testing.T) {
 			resp.Body.Close()
 			if resp.StatusCode != tt.wantCode || strings.TrimSpace(string(body)) != tt.wantBody {
 				t.Errorf("got %d %q, want %d %q", resp.StatusCode, body, tt.wantCode, tt.wantBody)
+			}
+		})
+	}
+}
+
+// The ready gauge says what /readyz says: degraded is ready.
+func TestReadyGauge(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		ready Ready
+		want  float64
+	}{
+		{"no check", nil, 1},
+		{"ready", func() error { return nil }, 1},
+		{"not ready", func() error { return errors.New("standby") }, 0},
+		{"degraded", func() error { return &Degraded{Reason: "API server unreachable"} }, 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			reg := prometheus.NewRegistry()
+			ReadyGauge(reg, "x_ready", "test", tt.ready)
+			mfs, err := reg.Gather()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(mfs) != 1 || len(mfs[0].GetMetric()) != 1 {
+				t.Fatalf("gathered %v, want one x_ready sample", mfs)
+			}
+			if got := mfs[0].GetMetric()[0].GetGauge().GetValue(); got != tt.want {
+				t.Errorf("x_ready: got %v, want %v", got, tt.want)
 			}
 		})
 	}

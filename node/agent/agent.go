@@ -118,7 +118,10 @@ type Config struct {
 	CNIIPAMDir string
 
 	MetricsListen string // /metrics, /healthz, /readyz; empty: off
-	PprofSocket   string // Go runtime profiles on a unix socket; empty: off
+	// MetricsPerPeer selects the peers with series of their own ("":
+	// active; see PeerMetrics).
+	MetricsPerPeer PeerMetrics
+	PprofSocket    string // Go runtime profiles on a unix socket; empty: off
 	// MemoryLimit is the Go runtime's soft memory limit in bytes
 	// (debug.SetMemoryLimit); 0 leaves the runtime's, which honours
 	// $GOMEMLIMIT.
@@ -147,7 +150,7 @@ func (c *Config) validate() error {
 		c.RouteTable = DefaultRouteTable
 	}
 	// 253-255 are the kernel's default, main and local tables.
-	if c.RouteTable < 1 || c.RouteTable >= 1<<31 || (c.RouteTable >= 253 && c.RouteTable <= 255) {
+	if c.RouteTable < 1 || int64(c.RouteTable) >= 1<<31 || (c.RouteTable >= 253 && c.RouteTable <= 255) {
 		return fmt.Errorf("--route-table %d: want a table number other than 253-255 (default, main, local)", c.RouteTable)
 	}
 	if c.Socket == "" {
@@ -170,6 +173,12 @@ func (c *Config) validate() error {
 	}
 	if c.ForwardPort != 0 && c.ForwardPort >= int(c.ForwardFirstPort) && c.ForwardPort <= int(c.ForwardLastPort) {
 		return fmt.Errorf("--service-forward-port %d lies in --service-forward-ports %d-%d", c.ForwardPort, c.ForwardFirstPort, c.ForwardLastPort)
+	}
+	if c.MetricsPerPeer == "" {
+		c.MetricsPerPeer = PeerMetricsActive
+	}
+	if _, err := ParsePeerMetrics(string(c.MetricsPerPeer)); err != nil {
+		return fmt.Errorf("--metrics-per-peer: %w", err)
 	}
 	if c.PodNetwork == "" {
 		c.PodNetwork = podnet.ModeOff

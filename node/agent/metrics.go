@@ -7,63 +7,16 @@ import (
 
 	"github.com/edgewire/edgewire/node/svcpath"
 
+	"github.com/edgewire/edgewire/dataplane/wgdev"
 	"github.com/edgewire/edgewire/internal/telemetry"
-	"github.com/edgewire/edgewire/node/pathsel"
 	"github.com/edgewire/edgewire/types/key"
 )
 
 // registerMetrics exposes the agent's state on reg. Everything is read at
-// scrape time from the parts that own it.
+// scrape time from the parts that own it. Series per peer are in
+// peermetrics.go.
 func (a *Agent) registerMetrics(reg prometheus.Registerer) {
-	telemetry.Labelled(reg, "edgewire_agent_peers", "Peers by path.", prometheus.GaugeValue, []string{"path"},
-		func(emit func(float64, ...string)) {
-			a.mu.Lock()
-			keys := make([]key.Public, 0, len(a.state.Peers))
-			for k := range a.state.Peers {
-				keys = append(keys, k)
-			}
-			a.mu.Unlock()
-			counts := map[pathsel.Kind]int{}
-			for _, k := range keys {
-				counts[a.trav.Path(k).Kind]++
-			}
-			for _, k := range []pathsel.Kind{pathsel.None, pathsel.Direct, pathsel.Relay} {
-				emit(float64(counts[k]), k.String())
-			}
-		})
-	telemetry.Labelled(reg, "edgewire_agent_peer_handshake_age_seconds", "Seconds since the last WireGuard handshake with a peer (peers with one).", prometheus.GaugeValue, []string{"peer"},
-		func(emit func(float64, ...string)) {
-			stats, err := a.dev.Stats()
-			if err != nil {
-				return
-			}
-			a.mu.Lock()
-			names := make(map[key.Public]string, len(a.state.Peers))
-			for k, p := range a.state.Peers {
-				names[k] = p.Name
-			}
-			a.mu.Unlock()
-			for k, s := range stats {
-				if !s.LastHandshake.IsZero() && names[k] != "" {
-					emit(time.Since(s.LastHandshake).Seconds(), names[k])
-				}
-			}
-		})
-	telemetry.Labelled(reg, "edgewire_agent_peer_bytes_total", "WireGuard bytes per peer and direction.", prometheus.CounterValue, []string{"peer", "direction"},
-		func(emit func(float64, ...string)) {
-			stats, err := a.dev.Stats()
-			if err != nil {
-				return
-			}
-			a.mu.Lock()
-			defer a.mu.Unlock()
-			for k, s := range stats {
-				if p, ok := a.state.Peers[k]; ok {
-					emit(float64(s.RxBytes), p.Name, "rx")
-					emit(float64(s.TxBytes), p.Name, "tx")
-				}
-			}
-		})
+	reg.MustRegister(newPeerMetrics(a.cfg.MetricsPerPeer, time.Now, a.peerViews, func() (map[key.Public]wgdev.PeerStats, error) { return a.dev.Stats() }))
 	telemetry.Labelled(reg, "edgewire_agent_ice_sessions_total", "ICE sessions by outcome.", prometheus.CounterValue, []string{"event"},
 		func(emit func(float64, ...string)) {
 			c := a.trav.Counters()
@@ -188,4 +141,17 @@ func (a *Agent) registerMetrics(reg prometheus.Registerer) {
 		defer a.mu.Unlock()
 		return float64(a.state.Version)
 	})
+}
+
+// peerViews returns what the peer metrics need of every peer in the map.
+func (a *Agent) peerViews() map[key.Public]peerView {
+	states := a.trav.States()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make(map[key.Public]peerView, len(a.state.Peers))
+	for k, p := range a.state.Peers {
+		st := states[k]
+		out[k] = peerView{Name: p.Name, Online: p.Online, Path: st.Kind, ICE: st.ICE}
+	}
+	return out
 }

@@ -152,16 +152,23 @@ func RouteStrings(routes []netip.Prefix) []string {
 
 // join runs the Join stream: the key proof, then the request.
 func join(ctx context.Context, cl api.ControlClient, priv key.Private, hostname string, jr *api.JoinRequest) (*api.JoinResponse, error) {
+	return oneShot(ctx, cl.Join, priv, api.AuthJoin, hostname, &api.ClientMessage{Msg: &api.ClientMessage_Join{Join: jr}})
+}
+
+// oneShot runs a Join or Update stream: open it, prove the node key for
+// method, send req and read the JoinResponse that ends it.
+func oneShot(ctx context.Context, open func(context.Context, ...grpc.CallOption) (api.Control_JoinClient, error), priv key.Private,
+	method, hostname string, req *api.ClientMessage) (*api.JoinResponse, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, err := cl.Join(ctx)
+	stream, err := open(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if err := Authenticate(stream, priv, api.AuthJoin, &api.Hello{Hostname: hostname}, nil); err != nil {
+	if err := Authenticate(stream, priv, method, &api.Hello{Hostname: hostname}, nil); err != nil {
 		return nil, err
 	}
-	if err := stream.Send(&api.ClientMessage{Msg: &api.ClientMessage_Join{Join: jr}}); err != nil {
+	if err := stream.Send(req); err != nil {
 		return nil, err
 	}
 	msg, err := stream.Recv()
@@ -170,13 +177,13 @@ func join(ctx context.Context, cl api.ControlClient, priv key.Private, hostname 
 	}
 	resp := msg.GetJoined()
 	if resp == nil {
-		return nil, status.Error(codes.Internal, "coordinator answered the join with no JoinResponse")
+		return nil, status.Errorf(codes.Internal, "coordinator answered the %s with no JoinResponse", method)
 	}
 	return resp, nil
 }
 
-// Authenticate opens a Join or Connect stream (method api.AuthJoin or
-// api.AuthConnect): it sends hello (public key and protocol version
+// Authenticate opens a Join, Update or Connect stream (method
+// api.AuthJoin, api.AuthUpdate or api.AuthConnect): it sends hello (public key and protocol version
 // filled in) and answers the coordinator's challenge with the node key,
 // bound to the stream's TLS session. refuse reports keys a challenge must
 // not use (known node and relay keys); nil: only the node's own.

@@ -85,27 +85,7 @@ func Update(ctx context.Context, req UpdateRequest) (*api.JoinResponse, error) {
 
 // update runs the Update stream: the key proof, then the request.
 func update(ctx context.Context, cl api.ControlClient, priv key.Private, ur *api.UpdateRequest) (*api.JoinResponse, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stream, err := cl.Update(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if err := Authenticate(stream, priv, api.AuthUpdate, &api.Hello{Hostname: ur.Hostname}, nil); err != nil {
-		return nil, err
-	}
-	if err := stream.Send(&api.ClientMessage{Msg: &api.ClientMessage_Update{Update: ur}}); err != nil {
-		return nil, err
-	}
-	msg, err := stream.Recv()
-	if err != nil {
-		return nil, err
-	}
-	resp := msg.GetJoined()
-	if resp == nil {
-		return nil, status.Error(codes.Internal, "coordinator answered the update with no JoinResponse")
-	}
-	return resp, nil
+	return oneShot(ctx, cl.Update, priv, api.AuthUpdate, ur.Hostname, &api.ClientMessage{Msg: &api.ClientMessage_Update{Update: ur}})
 }
 
 // recordVerify returns tc verifying the server's chain itself (the same

@@ -127,3 +127,62 @@ resources:
   requests:
     storage: {{ .size | quote }}
 {{- end }}
+
+{{/*
+Metrics listeners. Every daemon serves /metrics, /healthz and /readyz on
+its --metrics-listen address, "host:port" (host empty: every address).
+*/}}
+
+{{/* The port of a listen address ("" when it has none). */}}
+{{- define "edgewire.listenPort" -}}
+{{- regexFind "[0-9]+$" (toString .) }}
+{{- end }}
+
+{{/* The host of a listen address: "" for ":9090", "0.0.0.0" or "[::]". */}}
+{{- define "edgewire.listenHost" -}}
+{{- $h := regexReplaceAll ":[0-9]*$" (toString .) "" | trimPrefix "[" | trimSuffix "]" }}
+{{- if not (has $h (list "0.0.0.0" "::")) }}{{ $h }}{{ end }}
+{{- end }}
+
+{{/* "true" when the listen address is loopback only (no pod IP answers). */}}
+{{- define "edgewire.listenLoopback" -}}
+{{- $h := include "edgewire.listenHost" . }}
+{{- if or (hasPrefix "127." $h) (eq $h "::1") (eq $h "localhost") }}true{{ end }}
+{{- end }}
+
+{{/* Whether a ServiceMonitor or PodMonitor scrapes the release's pods. */}}
+{{- define "edgewire.monitored" -}}
+{{- if or .Values.monitoring.serviceMonitor.enabled .Values.monitoring.podMonitor.enabled }}true{{ end }}
+{{- end }}
+
+{{/*
+A pod-network component's metrics listener that kubelet and Prometheus can
+reach (the pod IP); fails when monitoring is on and they cannot. Call with
+(dict "ctx" $ "listen" $c.metricsListen "key" "coordinator.metricsListen"
+"default" ":9090"); returns "true" when reachable.
+*/}}
+{{- define "edgewire.podMetrics" -}}
+{{- $reachable := and .listen (not (include "edgewire.listenLoopback" .listen)) (not (include "edgewire.listenHost" .listen)) }}
+{{- if and (include "edgewire.monitored" .ctx) (not $reachable) }}
+{{- fail (printf "%s %q cannot be scraped from the pod network: set it to %q, or turn monitoring.serviceMonitor and monitoring.podMonitor off" .key (toString .listen) .default) }}
+{{- end }}
+{{- if $reachable }}true{{ end }}
+{{- end }}
+
+{{/*
+Scrape settings of a ServiceMonitor endpoint or PodMonitor endpoint; call
+with monitoring.serviceMonitor or monitoring.podMonitor. Every series gets
+the Kubernetes node (node) and the component (component) as labels, which
+the alert rules and dashboard in deploy/monitoring use.
+*/}}
+{{- define "edgewire.scrapeSettings" -}}
+interval: {{ .interval }}
+{{- with .scrapeTimeout }}
+scrapeTimeout: {{ . }}
+{{- end }}
+relabelings:
+  - sourceLabels: [__meta_kubernetes_pod_node_name]
+    targetLabel: node
+  - sourceLabels: [__meta_kubernetes_pod_label_app_kubernetes_io_component]
+    targetLabel: component
+{{- end }}
