@@ -16,7 +16,7 @@ import (
 // graphCmd is `edgewire graph`: the coordinator's topology view as
 // Graphviz DOT (the default), or -o json as the Admin service returns it.
 func graphCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{
+	return &cobra.Command{
 		Use:   "graph",
 		Short: "Print the fleet's topology as Graphviz DOT (or -o json): direct and relayed pairs",
 		Long: `Print the fleet's topology as the coordinator sees it from its agents' path
@@ -65,7 +65,6 @@ With -o json it prints the view itself (the coordinator's /topology.json).`,
 			return writeDOT(cmd.OutOrStdout(), v)
 		},
 	}
-	return cmd
 }
 
 // Edge styles by path: the page's colours.
