@@ -207,6 +207,24 @@ func TestDemo(t *testing.T) {
 	if !strings.Contains(body, "hello from pod web") {
 		t.Fatalf("curl: got %q, want the pod's greeting", body)
 	}
+	// The fleet as the coordinator sees it from the agents' path reports:
+	// edge-a talked to every node, so its three pairs are active.
+	var graph string
+	err = lab.Eventually(30*time.Second, 500*time.Millisecond, func() error {
+		out, err := coord.CLI("graph")
+		if err != nil {
+			return err
+		}
+		graph = out
+		if n := strings.Count(out, "--"); n < len(agents)-1 {
+			return fmt.Errorf("%d edges, want edge-a's %d:\n%s", n, len(agents)-1, out)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("edgewire graph: %v", err)
+	}
+	say("$ edgewire graph   # on the coordinator: active pairs from the agents' path reports, as Graphviz DOT (dashed: relayed); the same on its /topology page\n%s", graph)
 	say("== tearing down the lab")
 }
 

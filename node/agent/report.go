@@ -22,10 +22,10 @@ const (
 	reportTick    = 2 * time.Second
 	reportMinGap  = 5 * time.Second
 	reportRefresh = 5 * time.Minute
-	// netcheckEvery: the NAT verdict in reports is measured this often
-	// (and once soon after start).
+	// netcheckEvery: the NAT verdict in reports is measured this often,
+	// and first when the first stream opens (the map names the STUN
+	// servers by then).
 	netcheckEvery = 10 * time.Minute
-	netcheckFirst = 10 * time.Second
 	// maxReportPeers bounds a report (the coordinator refuses more).
 	maxReportPeers = 1024
 )
@@ -34,7 +34,7 @@ const (
 func (a *Agent) reportLoop(ctx context.Context) error {
 	tick := time.NewTicker(reportTick)
 	defer tick.Stop()
-	check := time.NewTimer(netcheckFirst)
+	check := time.NewTimer(netcheckEvery)
 	defer check.Stop()
 	var (
 		nat      *api.NATReport
@@ -48,6 +48,10 @@ func (a *Agent) reportLoop(ctx context.Context) error {
 			return nil
 		case <-a.reportNow:
 			force = true
+			if nat == nil {
+				nat = a.natReport(ctx) // at most two rounds of 1.5 s
+				check.Reset(netcheckEvery)
+			}
 		case <-check.C:
 			nat = a.natReport(ctx)
 			check.Reset(netcheckEvery)
