@@ -97,7 +97,10 @@ func dialUpgrade(ctx context.Context, dial dialFunc, u parsedURL, tlsConf *tls.C
 	if err != nil {
 		return nil, nil, fmt.Errorf("dial %s: %w", u.host, err)
 	}
-	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
+	// The TCP conn, not nc: nc becomes the TLS conn below while this may
+	// run (a deadline on the TCP conn ends the TLS conn's reads too).
+	raw := nc
+	stop := context.AfterFunc(ctx, func() { raw.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	if d, ok := ctx.Deadline(); ok {
 		nc.SetDeadline(d)
