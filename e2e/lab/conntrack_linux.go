@@ -18,7 +18,9 @@ import (
 // has one mapping per inner source; a symmetric one may have one per
 // destination. The result is sorted and empty when nothing is mapped.
 func (s *Site) UDPMappings(ctx context.Context, inner netip.AddrPort) ([]netip.AddrPort, error) {
-	out, err := s.router.Exec(ctx, "conntrack", "-L", "-p", "udp")
+	// stdout alone: conntrack prints its summary on stderr, which a
+	// combined pipe can put in the middle of a flow line.
+	out, err := s.router.Output(ctx, "conntrack", "-L", "-p", "udp")
 	if err != nil {
 		return nil, fmt.Errorf("site %s: list conntrack: %w", s.router.name, err)
 	}

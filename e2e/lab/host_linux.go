@@ -48,6 +48,15 @@ func (h *Host) Exec(ctx context.Context, argv ...string) (string, error) {
 	return runCmd(ctx, append([]string{"ip", "netns", "exec", h.ns}, argv...)...)
 }
 
+// Output runs a short command inside the namespace and returns its
+// standard output alone, for parsing; stderr is in the error.
+func (h *Host) Output(ctx context.Context, argv ...string) (string, error) {
+	if len(argv) == 0 {
+		return "", errors.New("exec: empty command")
+	}
+	return runCmdStdout(ctx, append([]string{"ip", "netns", "exec", h.ns}, argv...)...)
+}
+
 // MustExec is Exec that fails the test on error.
 func (h *Host) MustExec(t testing.TB, argv ...string) string {
 	t.Helper()

@@ -519,6 +519,17 @@ func (l *Lab) track(p *Process, c io.Closer) error {
 // runCmd runs argv with a default timeout unless ctx has a deadline and
 // returns its combined output; the error carries the output.
 func runCmd(ctx context.Context, argv ...string) (string, error) {
+	return runCommand(ctx, true, argv...)
+}
+
+// runCmdStdout is runCmd returning stdout alone (stderr goes into the
+// error): for commands whose output is parsed, since a combined pipe can
+// put a stderr line in the middle of a stdout line.
+func runCmdStdout(ctx context.Context, argv ...string) (string, error) {
+	return runCommand(ctx, false, argv...)
+}
+
+func runCommand(ctx context.Context, combined bool, argv ...string) (string, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, cmdTimeout)
@@ -526,9 +537,17 @@ func runCmd(ctx context.Context, argv ...string) (string, error) {
 	}
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.WaitDelay = time.Second
-	out, err := cmd.CombinedOutput()
+	var out []byte
+	var stderr strings.Builder
+	var err error
+	if combined {
+		out, err = cmd.CombinedOutput()
+	} else {
+		cmd.Stderr = &stderr
+		out, err = cmd.Output()
+	}
 	if err != nil {
-		return string(out), fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, strings.TrimSpace(string(out)))
+		return string(out), fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, strings.TrimSpace(string(out)+stderr.String()))
 	}
 	return string(out), nil
 }
