@@ -198,15 +198,12 @@ func (c *Client) session(ctx context.Context) (up bool, err error) {
 
 func (c *Client) readLoop(cc *cconn, br *bufio.Reader, ka time.Duration) error {
 	dl := newReadDeadline(cc.nc, ka)
-	buf := make([]byte, pktBufSize)
 	for {
 		dl.refresh()
-		t, p, err := readFrame(br, buf, maxFramePayload)
+		// br holds any frame whole (64 KiB), so p aliases it: no copy.
+		t, p, err := readFrame(br, nil, maxFramePayload)
 		if err != nil {
 			return err
-		}
-		if cap(p) > cap(buf) {
-			buf = p[:0]
 		}
 		switch t {
 		case frameRecvPacket:

@@ -64,6 +64,8 @@ func TestFrameRoundTrip(t *testing.T) {
 		{frameRecvPacket, 1, nil},
 		{frameRecvPacket, 8, nil},
 		{frameRecvPacket, 1400, make([]byte, pktBufSize)},
+		{frameRecvPacket, 4096 - frameHeaderLen, nil},     // fills the reader's buffer: in place
+		{frameRecvPacket, 4096 - frameHeaderLen + 1, nil}, // one over: read out of it
 		{frameRecvPacket, maxFramePayload, make([]byte, pktBufSize)},
 		{frameRecvPacket, maxFramePayload, nil},
 		{frameRevocations, maxRevocationsLen, make([]byte, 100)},

@@ -705,18 +705,16 @@ func (c *sconn) readLoop(br *bufio.Reader) error {
 	if !c.mesh {
 		limit = maxRevocationsLen
 	}
-	buf := make([]byte, pktBufSize)
 	for {
 		dl.refresh()
-		t, p, err := readFrame(br, buf, limit)
+		// Packet frames fit br (64 KiB) whole, so p aliases it: no
+		// copy. Only revocation lists may be bigger, and are rare.
+		t, p, err := readFrame(br, nil, limit)
 		if err != nil {
 			if errors.Is(err, errFrameTooLarge) {
 				s.drop(dropBadFrame)
 			}
 			return err
-		}
-		if cap(p) > cap(buf) && cap(p) <= maxFramePayload {
-			buf = p[:0] // keep a buffer for packets, not for lists
 		}
 		if err := c.handle(t, p); err != nil {
 			if errors.Is(err, errBadFrame) {
