@@ -36,9 +36,11 @@ var ErrNoRelay = errors.New("bind: no relay connection")
 
 // Relay is where the Bind sends relayed packets.
 type Relay interface {
-	// Send queues pkt for the node with public key dst. It must copy pkt
-	// and must not block for long.
-	Send(dst key.Public, pkt []byte) error
+	// SendBatch queues pkts, in order, for the node with public key dst.
+	// It must copy them and must not block for long. WireGuard hands
+	// the Bind its packets in batches; taking them whole lets the relay
+	// connection write them together.
+	SendBatch(dst key.Public, pkts [][]byte) error
 }
 
 // relayEndpoint is the conn.Endpoint of a relayed peer.
@@ -191,11 +193,9 @@ func (b *Bind) sendRelay(bufs [][]byte, e *relayEndpoint) error {
 	if h == nil {
 		return ErrNoRelay
 	}
-	for _, p := range bufs {
-		if err := h.r.Send(e.nk, p); err != nil {
-			return err
-		}
-		b.C.RelayOut.Add(1)
+	if err := h.r.SendBatch(e.nk, bufs); err != nil {
+		return err
 	}
+	b.C.RelayOut.Add(uint64(len(bufs)))
 	return nil
 }

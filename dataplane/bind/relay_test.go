@@ -16,10 +16,12 @@ type fakeRelay struct {
 	sent map[key.Public][][]byte
 }
 
-func (f *fakeRelay) Send(dst key.Public, pkt []byte) error {
+func (f *fakeRelay) SendBatch(dst key.Public, pkts [][]byte) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.sent[dst] = append(f.sent[dst], append([]byte(nil), pkt...))
+	for _, p := range pkts {
+		f.sent[dst] = append(f.sent[dst], append([]byte(nil), p...))
+	}
 	return nil
 }
 

@@ -236,15 +236,27 @@ func (c *Client) readLoop(cc *cconn, br *bufio.Reader, ka time.Duration) error {
 // connection is up, and ErrPacketTooLarge for a packet bigger than any
 // WireGuard message (9 KiB).
 func (c *Client) Send(dst Key, pkt []byte) error {
-	if len(pkt) > maxPacketSize {
-		return fmt.Errorf("%w: %d bytes, max %d", ErrPacketTooLarge, len(pkt), maxPacketSize)
-	}
+	return c.SendBatch(dst, [][]byte{pkt})
+}
+
+// SendBatch is Send for several packets to one node, queued in order;
+// the writer is woken once, so they leave in one write. A packet too
+// large is skipped (the others are queued) and reported.
+func (c *Client) SendBatch(dst Key, pkts [][]byte) error {
 	cc := c.cur.Load()
 	if cc == nil {
 		return ErrNotConnected
 	}
-	cc.q.pushPacket(newPacketItem(frameSendPacket, dst, Key{}, pkt))
-	return nil
+	var err error
+	for _, pkt := range pkts {
+		if len(pkt) > maxPacketSize {
+			err = fmt.Errorf("%w: %d bytes, max %d", ErrPacketTooLarge, len(pkt), maxPacketSize)
+			continue
+		}
+		cc.q.enqueue(newPacketItem(frameSendPacket, dst, Key{}, pkt))
+	}
+	cc.q.signal()
+	return err
 }
 
 // SetTicket replaces the ticket: it is sent on the live connection at

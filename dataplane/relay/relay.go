@@ -179,6 +179,17 @@ func readFrame(br *bufio.Reader, buf []byte, limit int) (frameType, []byte, erro
 	return t, p, nil
 }
 
+// frameBuffered reports whether br holds a whole frame, so that the next
+// readFrame returns without reading from the connection.
+func frameBuffered(br *bufio.Reader) bool {
+	n := br.Buffered()
+	if n < frameHeaderLen {
+		return false
+	}
+	hdr, _ := br.Peek(frameHeaderLen) // buffered: never reads
+	return uint64(n-frameHeaderLen) >= uint64(binary.BigEndian.Uint32(hdr[1:]))
+}
+
 func unexpected(err error) error {
 	if err == io.EOF {
 		return io.ErrUnexpectedEOF

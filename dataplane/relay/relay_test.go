@@ -138,7 +138,11 @@ func FuzzReadFrame(f *testing.F) {
 		br := bufio.NewReader(bytes.NewReader(in))
 		consumed := 0
 		for {
+			whole := frameBuffered(br)
 			typ, p, err := readFrame(br, nil, maxRevocationsLen)
+			if whole && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
+				t.Fatalf("frameBuffered said a whole frame was buffered at %d, but readFrame got %v", consumed, err)
+			}
 			if err != nil {
 				// What was allocated is bounded by what arrived, not by
 				// what a length field claims.

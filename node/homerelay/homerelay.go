@@ -52,7 +52,7 @@ const (
 // Conn is a connection to one relay; *relay.Client is the real one.
 type Conn interface {
 	Run(ctx context.Context) error
-	Send(dst key.Public, pkt []byte) error
+	SendBatch(dst key.Public, pkts [][]byte) error
 	SetTicket(t []byte)
 	// SetRevocations hands the relay the coordinator's signed list of
 	// nodes to refuse (sent after every handshake, and on change).
@@ -200,14 +200,14 @@ func (m *Manager) SetRevocations(b []byte) {
 	}
 }
 
-// Send implements bind.Relay. It runs per relayed packet, so it takes no
-// lock.
-func (m *Manager) Send(dst key.Public, pkt []byte) error {
+// SendBatch implements bind.Relay. It runs per batch of relayed
+// packets, so it takes no lock.
+func (m *Manager) SendBatch(dst key.Public, pkts [][]byte) error {
 	h := m.sendTo.Load()
 	if h == nil {
 		return relay.ErrNotConnected
 	}
-	return h.client.Send(dst, pkt)
+	return h.client.SendBatch(dst, pkts)
 }
 
 // Status returns the home relay's state.
