@@ -32,8 +32,12 @@ type ClientConfig struct {
 	// OnPacket is called from the reader goroutine; pkt is valid only
 	// during the call.
 	OnPacket func(src Key, pkt []byte)
-	Logger   *slog.Logger
-	Dial     func(ctx context.Context, network, addr string) (net.Conn, error) // nil: net.Dialer
+	// OnFlush (optional) is called from the reader goroutine after
+	// OnPacket calls, once it holds no further whole frame and its next
+	// read may wait: a receiver can batch packets until then.
+	OnFlush func()
+	Logger  *slog.Logger
+	Dial    func(ctx context.Context, network, addr string) (net.Conn, error) // nil: net.Dialer
 	// TLSConfig for https URLs (nil: no certificate verification, since
 	// the relay proves its key in the handshake).
 	TLSConfig *tls.Config
@@ -86,6 +90,9 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	}
 	if cfg.OnPacket == nil {
 		cfg.OnPacket = func(Key, []byte) {}
+	}
+	if cfg.OnFlush == nil {
+		cfg.OnFlush = func() {}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -198,7 +205,17 @@ func (c *Client) session(ctx context.Context) (up bool, err error) {
 
 func (c *Client) readLoop(cc *cconn, br *bufio.Reader, ka time.Duration) error {
 	dl := newReadDeadline(cc.nc, ka)
+	pending := false // OnPacket called since the last OnFlush
+	defer func() {
+		if pending {
+			c.cfg.OnFlush()
+		}
+	}()
 	for {
+		if pending && !frameBuffered(br) {
+			c.cfg.OnFlush() // the next read may wait
+			pending = false
+		}
 		dl.refresh()
 		// br holds any frame whole (64 KiB), so p aliases it: no copy.
 		t, p, err := readFrame(br, nil, maxFramePayload)
@@ -211,6 +228,7 @@ func (c *Client) readLoop(cc *cconn, br *bufio.Reader, ka time.Duration) error {
 				return fmt.Errorf("relay sent a packet frame of %d bytes", len(p))
 			}
 			c.cfg.OnPacket(Key(p[:32]), p[32:])
+			pending = true
 		case framePing:
 			if len(p) == pingLen {
 				cc.q.pushCtrl(item{typ: framePong, pkt: bytes.Clone(p)}, false)

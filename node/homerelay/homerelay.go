@@ -68,6 +68,7 @@ type Config struct {
 	PrivateKey key.Private
 	Preferred  uint32                         // region ID to use whenever it is up; 0: choose by latency
 	OnPacket   func(src key.Public, p []byte) // packets from the relay; p valid during the call
+	OnFlush    func()                         // after packets, before the relay connection's reader waits (relay.ClientConfig.OnFlush)
 	OnChange   func(up bool)                  // the home connection went up or down
 	Logger     *slog.Logger
 	// Probe measures the latency to a region (nil: an HTTPS GET of
@@ -146,7 +147,7 @@ func New(cfg Config) *Manager {
 		cfg.Dial = func(r Region, ticket []byte) (Conn, error) {
 			return relay.NewClient(relay.ClientConfig{
 				URL: "https://" + r.Addr + "/relay", ServerKey: r.Key, PrivateKey: cfg.PrivateKey,
-				Ticket: ticket, OnPacket: cfg.OnPacket, Logger: cfg.Logger.With("relay", r.Name), Dial: cfg.NetDial,
+				Ticket: ticket, OnPacket: cfg.OnPacket, OnFlush: cfg.OnFlush, Logger: cfg.Logger.With("relay", r.Name), Dial: cfg.NetDial,
 			})
 		}
 	}
