@@ -331,7 +331,10 @@ func (o *overlay) throughput(t *testing.T, rep *Report, cfg config) {
 	rss := map[string][]float64{}
 	stalls := map[string]int{}
 	procs := map[string]int{"agent a (sender)": o.a.Proc.Pid(), "agent b (receiver)": o.b.Proc.Pid(),
-		"wgplain a (sender)": o.plainA.Pid(), "wgplain b (receiver)": o.plainB.Pid()}
+		"wgplain a (sender)": o.plainA.Pid(), "wgplain b (receiver)": o.plainB.Pid(),
+		"relay: agent a": o.a.Proc.Pid(), "relay: coordinator": o.coord.Proc.Pid(), "relay: agent c": o.c.Proc.Pid()}
+	// Which processes each tunnel's TCP 1 stream run meters.
+	metered := map[string]string{"direct": "agent ", "plain": "wgplain ", "relay": "relay: "}
 	// Kernel counters of the tunnel runs: GSO/GRO in use, where packets drop.
 	tuns := map[string][2]string{"direct": {o.a.Iface, o.b.Iface}, "plain": {"ew" + o.l.ID() + "pa", "ew" + o.l.ID() + "pb"}}
 	counters := map[string]map[string][]flowCounters{} // flow -> target -> per run
@@ -357,10 +360,10 @@ func (o *overlay) throughput(t *testing.T, rep *Report, cfg config) {
 			}
 			for _, x := range order {
 				var meters map[string]*cpuMeter
-				if f == flows[0] && (x.name == "direct" || x.name == "plain") {
+				if prefix, ok := metered[x.name]; ok && f == flows[0] {
 					meters = map[string]*cpuMeter{}
 					for name, pid := range procs {
-						if strings.HasPrefix(name, "agent") == (x.name == "direct") {
+						if strings.HasPrefix(name, prefix) {
 							meters[name], _ = startCPU(pid)
 						}
 					}
@@ -460,6 +463,15 @@ func (o *overlay) throughput(t *testing.T, rep *Report, cfg config) {
 	rep.Add(&Measure{Section: sec, Name: "CPU per Gbit/s, TCP 1 stream, sender + receiver", Unit: "cores",
 		Edgewire: sumEach(perGbit("agent a (sender)", "direct"), perGbit("agent b (receiver)", "direct")),
 		RefName:  "wgplain", Reference: sumEach(perGbit("wgplain a (sender)", "plain"), perGbit("wgplain b (receiver)", "plain"))})
+	// The relay path's cost: both agents and the relay between them,
+	// against the direct path's two agents, per Gbit/s carried.
+	rep.Add(&Measure{Section: sec, Name: "CPU per Gbit/s, TCP 1 stream over the relay: agent a + relay + agent c", Unit: "cores",
+		Edgewire: sumEach(sumEach(perGbit("relay: agent a", "relay"), perGbit("relay: coordinator", "relay")), perGbit("relay: agent c", "relay")),
+		RefName:  "direct: agents a + b", Reference: sumEach(perGbit("agent a (sender)", "direct"), perGbit("agent b (receiver)", "direct"))})
+	for _, p := range []string{"agent a", "coordinator", "agent c"} {
+		rep.Add(&Measure{Section: sec, Name: "CPU per Gbit/s, TCP 1 stream over the relay: " + p, Unit: "cores",
+			Edgewire: perGbit("relay: "+p, "relay")})
+	}
 	rep.Add(&Measure{Section: sec, Name: "RSS while forwarding, sender side", Unit: "MiB",
 		Edgewire: rss["agent a (sender)"], RefName: "wgplain", Reference: rss["wgplain a (sender)"]})
 }
