@@ -212,11 +212,13 @@ func (c *Client) readLoop(cc *cconn, br *bufio.Reader, ka time.Duration) error {
 		}
 	}()
 	for {
-		if pending && !frameBuffered(br) {
-			c.cfg.OnFlush() // the next read may wait
-			pending = false
+		if !frameBuffered(br) { // the next read may wait
+			if pending {
+				c.cfg.OnFlush()
+				pending = false
+			}
+			dl.refresh()
 		}
-		dl.refresh()
 		// br holds any frame whole (64 KiB), so p aliases it: no copy.
 		t, p, err := readFrame(br, nil, maxFramePayload)
 		if err != nil {

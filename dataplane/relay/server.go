@@ -533,6 +533,7 @@ func (s *Server) serveConn(nc net.Conn, br *bufio.Reader, hello *clientHello, sl
 		c.log = log.With("key", pi.key)
 		c.q = newQueue(queueConfig{pkts: s.cfg.QueueLen, bytes: s.cfg.QueueBytes, ctrl: clientCtrl}, s.budget)
 		c.lim = rate.NewLimiter(rate.Limit(s.cfg.RateBytes), s.cfg.RateBurst)
+		c.unlimited = math.IsInf(s.cfg.RateBytes, 1)
 		c.expires.Store(pi.expires.Unix())
 		if !s.addClient(c) {
 			return
@@ -664,14 +665,17 @@ func (s *Server) forward(src, dst Key, pkt []byte, fromMesh bool) *queue {
 // sconn is one connection served here: a node, or a mesh relay that
 // dialled in.
 type sconn struct {
-	s       *Server
-	nc      net.Conn
-	key     Key
-	mesh    bool
-	log     *slog.Logger
-	q       *queue
-	lim     *rate.Limiter // bytes a node may send; nil for mesh relays
-	expires atomic.Int64  // ticket expiry, unix seconds (nodes)
+	s    *Server
+	nc   net.Conn
+	key  Key
+	mesh bool
+	log  *slog.Logger
+	q    *queue
+	lim  *rate.Limiter // bytes a node may send; nil for mesh relays
+	// unlimited: lim allows everything, so packets skip it (and the
+	// clock read it needs).
+	unlimited bool
+	expires   atomic.Int64 // ticket expiry, unix seconds (nodes)
 
 	closeOnce sync.Once
 	done      chan struct{} // closed by close
@@ -738,10 +742,10 @@ func (c *sconn) readLoop(br *bufio.Reader) error {
 	}
 	defer c.wakeWriters()
 	for {
-		if len(c.wake) > 0 && !frameBuffered(br) {
-			c.wakeWriters() // the next read may block
+		if !frameBuffered(br) { // the next read may wait
+			c.wakeWriters()
+			dl.refresh()
 		}
-		dl.refresh()
 		// Packet frames fit br (64 KiB) whole, so p aliases it: no
 		// copy. Only revocation lists may be bigger, and are rare.
 		t, p, err := readFrame(br, nil, limit)
@@ -785,7 +789,7 @@ func (c *sconn) handle(t frameType, p []byte) error {
 			s.drop(dropTooLarge)
 			return nil
 		}
-		if !c.lim.AllowN(s.now(), len(pkt)) {
+		if !c.unlimited && !c.lim.AllowN(s.now(), len(pkt)) {
 			s.drop(dropRateLimited)
 			return nil
 		}
