@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -48,11 +49,12 @@ type overlay struct {
 	plainIPB       string
 	srvB, srvC     *iperfServer
 
-	bPprof    string     // agent b's pprof socket
-	fleetGen  int        // simulated fleets brought up so far (names stay unique)
-	freshRSS  []float64  // agent b's idle RSS with 53 peers before any traffic
-	freshAnon []float64  // and its anonymous part
-	idleRows  []*Measure // the idle measurements, reported together at the end
+	bPprof    string            // agent b's pprof socket
+	pprofs    map[string]string // with BENCH_PROFILES: the relay path's pprof sockets (agents a, c, the coordinator)
+	fleetGen  int               // simulated fleets brought up so far (names stay unique)
+	freshRSS  []float64         // agent b's idle RSS with 53 peers before any traffic
+	freshAnon []float64         // and its anonymous part
+	idleRows  []*Measure        // the idle measurements, reported together at the end
 }
 
 var quiet = []string{"--log-level", "info"}
@@ -61,7 +63,7 @@ var quiet = []string{"--log-level", "info"}
 // BENCH_AGENT_ARGS adds (to compare settings, e.g. --memory-limit-mib).
 var agentArgs = append(slices.Clone(quiet), strings.Fields(os.Getenv("BENCH_AGENT_ARGS"))...)
 
-func setupOverlay(t *testing.T, wgplain string) *overlay {
+func setupOverlay(t *testing.T, cfg config, wgplain string) *overlay {
 	o := &overlay{l: lab.New(t)}
 	l := o.l
 	cloud := l.AddPublicHost("cloud")
@@ -78,8 +80,21 @@ func setupOverlay(t *testing.T, wgplain string) *overlay {
 	if err := os.WriteFile(relayMap, []byte(rm), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	coordExtra := []string{"--relay-map", relayMap, "--mesh-key-file", meshKey, "--relay-client-rate", "0"}
+	// With BENCH_PROFILES the relay path's three processes serve pprof,
+	// so the throughput section can profile a relayed TCP run.
+	withPprof := func(name string, extra []string) []string {
+		if cfg.profiles == "" {
+			return extra
+		}
+		if o.pprofs == nil {
+			o.pprofs = map[string]string{}
+		}
+		o.pprofs[name] = filepath.Join(l.Dir(), name+"-pprof.sock")
+		return append(slices.Clone(extra), "--pprof-socket", o.pprofs[name])
+	}
 	o.coord = cluster.StartCoordinatorWith(t, l, cloud, cluster.CoordinatorOptions{
-		Extra: append([]string{"--relay-map", relayMap, "--mesh-key-file", meshKey, "--relay-client-rate", "0"}, quiet...),
+		Extra: append(withPprof("coordinator", coordExtra), quiet...),
 	})
 	o.relay2.StartWith(cluster.RelayOptions{TicketKey: o.coord.TicketKeyFile(), MeshKeyFile: meshKey,
 		MeshPeers: []string{o.coord.RelayMeshPeer()}, Extra: append([]string{"--client-rate", "0"}, quiet...)})
@@ -89,7 +104,11 @@ func setupOverlay(t *testing.T, wgplain string) *overlay {
 	o.ha, o.hb, o.hc, o.hd = o.siteA.AddNode("a"), o.siteB.AddNode("b"), siteC.AddNode("c"), siteD.AddNode("d")
 	o.tok = o.coord.Token("--reusable")
 	start := func(h *lab.Host, name, region string) *cluster.Agent {
-		return cluster.StartAgent(t, l, h, o.coord, name, cluster.AgentOptions{Token: o.tok, Extra: append([]string{"--relay-region", region}, agentArgs...)})
+		extra := []string{"--relay-region", region}
+		if name == "a" || name == "c" {
+			extra = withPprof("agent-"+name, extra)
+		}
+		return cluster.StartAgent(t, l, h, o.coord, name, cluster.AgentOptions{Token: o.tok, Extra: append(extra, agentArgs...)})
 	}
 	o.bPprof = filepath.Join(l.Dir(), "agent-b-pprof.sock")
 	o.a, o.c, o.d = start(o.ha, "a", "1"), start(o.hc, "c", "1"), start(o.hd, "d", "2")
@@ -227,7 +246,7 @@ func (o *overlay) waitPaths(timeout time.Duration, want map[[2]*cluster.Agent]st
 }
 
 func benchOverlay(t *testing.T, rep *Report, cfg config, wgplain string) {
-	o := setupOverlay(t, wgplain)
+	o := setupOverlay(t, cfg, wgplain)
 	defer func() { // both idle measurements in one table, after the forwarding sections
 		for _, m := range o.idleRows {
 			rep.Add(m)
@@ -312,7 +331,10 @@ func (o *overlay) throughput(t *testing.T, rep *Report, cfg config) {
 	rss := map[string][]float64{}
 	stalls := map[string]int{}
 	procs := map[string]int{"agent a (sender)": o.a.Proc.Pid(), "agent b (receiver)": o.b.Proc.Pid(),
-		"wgplain a (sender)": o.plainA.Pid(), "wgplain b (receiver)": o.plainB.Pid()}
+		"wgplain a (sender)": o.plainA.Pid(), "wgplain b (receiver)": o.plainB.Pid(),
+		"relay: agent a": o.a.Proc.Pid(), "relay: coordinator": o.coord.Proc.Pid(), "relay: agent c": o.c.Proc.Pid()}
+	// Which processes each tunnel's TCP 1 stream run meters.
+	metered := map[string]string{"direct": "agent ", "plain": "wgplain ", "relay": "relay: "}
 	// Kernel counters of the tunnel runs: GSO/GRO in use, where packets drop.
 	tuns := map[string][2]string{"direct": {o.a.Iface, o.b.Iface}, "plain": {"ew" + o.l.ID() + "pa", "ew" + o.l.ID() + "pb"}}
 	counters := map[string]map[string][]flowCounters{} // flow -> target -> per run
@@ -338,10 +360,10 @@ func (o *overlay) throughput(t *testing.T, rep *Report, cfg config) {
 			}
 			for _, x := range order {
 				var meters map[string]*cpuMeter
-				if f == flows[0] && (x.name == "direct" || x.name == "plain") {
+				if prefix, ok := metered[x.name]; ok && f == flows[0] {
 					meters = map[string]*cpuMeter{}
 					for name, pid := range procs {
-						if strings.HasPrefix(name, "agent") == (x.name == "direct") {
+						if strings.HasPrefix(name, prefix) {
 							meters[name], _ = startCPU(pid)
 						}
 					}
@@ -382,6 +404,7 @@ func (o *overlay) throughput(t *testing.T, rep *Report, cfg config) {
 			}
 		}
 	}
+	o.profileRelay(t, cfg)
 	// What the agents keep once traffic stops: 10 s after the last run
 	// against what they held before the first, and the peak in between.
 	time.Sleep(10 * time.Second)
@@ -440,6 +463,15 @@ func (o *overlay) throughput(t *testing.T, rep *Report, cfg config) {
 	rep.Add(&Measure{Section: sec, Name: "CPU per Gbit/s, TCP 1 stream, sender + receiver", Unit: "cores",
 		Edgewire: sumEach(perGbit("agent a (sender)", "direct"), perGbit("agent b (receiver)", "direct")),
 		RefName:  "wgplain", Reference: sumEach(perGbit("wgplain a (sender)", "plain"), perGbit("wgplain b (receiver)", "plain"))})
+	// The relay path's cost: both agents and the relay between them,
+	// against the direct path's two agents, per Gbit/s carried.
+	rep.Add(&Measure{Section: sec, Name: "CPU per Gbit/s, TCP 1 stream over the relay: agent a + relay + agent c", Unit: "cores",
+		Edgewire: sumEach(sumEach(perGbit("relay: agent a", "relay"), perGbit("relay: coordinator", "relay")), perGbit("relay: agent c", "relay")),
+		RefName:  "direct: agents a + b", Reference: sumEach(perGbit("agent a (sender)", "direct"), perGbit("agent b (receiver)", "direct"))})
+	for _, p := range []string{"agent a", "coordinator", "agent c"} {
+		rep.Add(&Measure{Section: sec, Name: "CPU per Gbit/s, TCP 1 stream over the relay: " + p, Unit: "cores",
+			Edgewire: perGbit("relay: "+p, "relay")})
+	}
 	rep.Add(&Measure{Section: sec, Name: "RSS while forwarding, sender side", Unit: "MiB",
 		Edgewire: rss["agent a (sender)"], RefName: "wgplain", Reference: rss["wgplain a (sender)"]})
 }
@@ -880,4 +912,34 @@ func runNS(ctx context.Context, ns string, argv ...string) (string, error) {
 		return string(out), fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, out)
 	}
 	return string(out), nil
+}
+
+// profileRelay runs one more TCP 1 stream a -> c over the relay (not
+// counted) while taking CPU profiles of agent a, the coordinator's relay
+// and agent c, into BENCH_PROFILES.
+func (o *overlay) profileRelay(t *testing.T, cfg config) {
+	if cfg.profiles == "" || len(o.pprofs) == 0 {
+		return
+	}
+	if err := os.MkdirAll(cfg.profiles, 0o755); err != nil {
+		t.Errorf("relay profiles: %v", err)
+		return
+	}
+	secs := max(1, int(cfg.dur.Seconds())-2)
+	var wg sync.WaitGroup
+	for name, sock := range o.pprofs {
+		wg.Go(func() {
+			time.Sleep(time.Second) // past iperf3's slow start
+			b, err := pprofGet(sock, fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs))
+			if err == nil {
+				err = os.WriteFile(filepath.Join(cfg.profiles, "relay-tcp1-"+name+".cpu.pprof"), b, 0o644)
+			}
+			if err != nil {
+				t.Errorf("relay profile of %s: %v", name, err)
+			}
+		})
+	}
+	g, err := iperf(o.ha, o.ipC.String(), flows[0], cfg.dur)
+	wg.Wait()
+	t.Logf("relay TCP 1 stream while profiling: %.2f Gbit/s (err %v)", g, err)
 }

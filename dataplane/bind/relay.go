@@ -24,7 +24,8 @@ var RelayPrefix = netip.MustParsePrefix("127.77.0.0/16")
 // RelayPort is the port of every synthetic relay endpoint.
 const RelayPort = 1
 
-// relayQueue bounds packets from the relay waiting for WireGuard.
+// relayQueue bounds packets from the relay waiting for WireGuard (the
+// backlog: those that arrive while no receive call waits).
 const relayQueue = 4096
 
 // relayBufSize fits any WireGuard packet the device sends at MTU <= 1500
@@ -36,9 +37,11 @@ var ErrNoRelay = errors.New("bind: no relay connection")
 
 // Relay is where the Bind sends relayed packets.
 type Relay interface {
-	// Send queues pkt for the node with public key dst. It must copy pkt
-	// and must not block for long.
-	Send(dst key.Public, pkt []byte) error
+	// SendBatch queues pkts, in order, for the node with public key dst.
+	// It must copy them and must not block for long. WireGuard hands
+	// the Bind its packets in batches; taking them whole lets the relay
+	// connection write them together.
+	SendBatch(dst key.Public, pkts [][]byte) error
 }
 
 // relayEndpoint is the conn.Endpoint of a relayed peer.
@@ -64,10 +67,17 @@ type relayPacket struct {
 
 // relayState is the Bind's relay half.
 type relayState struct {
-	in   chan relayPacket
 	bufs sync.Pool
 
 	relay atomic.Pointer[relayHolder] // read per send batch without a lock
+
+	// Packets from the relay go straight into the buffers of a waiting
+	// receive call (WireGuard's), one copy; only those that arrive while
+	// none waits are copied to the backlog first.
+	rmu     sync.Mutex // guards rx, backlog, head
+	rx      *relayRecv // the receive call waiting for packets; nil: none
+	backlog []relayPacket
+	head    int // backlog[head:] are waiting, oldest first
 
 	mu    sync.Mutex // guards byKey, byAdr, next
 	byKey map[key.Public]*relayEndpoint
@@ -75,11 +85,20 @@ type relayState struct {
 	next  uint32 // last host index handed out
 }
 
+// relayRecv is a receive call waiting for packets from the relay. Its
+// fields are written under relayState.rmu while it is relayState.rx.
+type relayRecv struct {
+	bufs  [][]byte
+	sizes []int
+	eps   []conn.Endpoint
+	n     int           // packets in bufs
+	wake  chan struct{} // cap 1: the call has packets to return
+}
+
 type relayHolder struct{ r Relay }
 
 func newRelayState() *relayState {
 	return &relayState{
-		in:    make(chan relayPacket, relayQueue),
 		bufs:  sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }},
 		byKey: map[key.Public]*relayEndpoint{},
 		byAdr: map[netip.AddrPort]*relayEndpoint{},
@@ -127,28 +146,70 @@ func (rs *relayState) lookup(ap netip.AddrPort) *relayEndpoint {
 
 // DeliverRelayed hands a packet that arrived over the relay from the node
 // src to WireGuard. It copies pkt and never blocks: when WireGuard is
-// behind, the packet is dropped and false returned.
+// behind, the packet is dropped and false returned. It is
+// QueueRelayed and FlushRelayed in one.
 func (b *Bind) DeliverRelayed(src key.Public, pkt []byte) bool {
+	ok := b.QueueRelayed(src, pkt)
+	b.FlushRelayed()
+	return ok
+}
+
+// QueueRelayed is DeliverRelayed for a caller with more packets at hand:
+// WireGuard gets the packet at the latest at the next FlushRelayed, so it
+// takes the caller's packets in one batch. Callers must call
+// FlushRelayed before they wait for more.
+func (b *Bind) QueueRelayed(src key.Public, pkt []byte) bool {
 	if Classify(pkt) != WireGuard {
 		b.C.OtherDrop.Add(1)
 		return false
 	}
-	p := relayPacket{ep: b.rs.endpoint(src)}
+	ep := b.rs.endpoint(src)
+	rs := b.rs
+	rs.rmu.Lock()
+	// Straight into a waiting call's buffers, unless older packets wait
+	// in the backlog (they go first).
+	if r := rs.rx; r != nil && rs.head == len(rs.backlog) && len(pkt) <= len(r.bufs[r.n]) {
+		r.sizes[r.n] = copy(r.bufs[r.n], pkt)
+		r.eps[r.n] = ep
+		r.n++
+		if r.n == len(r.bufs) {
+			rs.wakeLocked()
+		}
+		rs.rmu.Unlock()
+		b.C.RelayIn.Add(1)
+		return true
+	}
+	if len(rs.backlog)-rs.head >= relayQueue {
+		rs.rmu.Unlock()
+		b.C.RelayDropped.Add(1)
+		return false
+	}
+	p := relayPacket{ep: ep}
 	if len(pkt) <= relayBufSize {
-		p.buf = b.rs.bufs.Get().(*[]byte)
+		p.buf = rs.bufs.Get().(*[]byte)
 		p.b = (*p.buf)[:copy(*p.buf, pkt)]
 	} else {
 		p.b = append([]byte(nil), pkt...)
 	}
-	select {
-	case b.rs.in <- p:
-		b.C.RelayIn.Add(1)
-		return true
-	default:
-		b.rs.put(p)
-		b.C.RelayDropped.Add(1)
-		return false
+	rs.backlog = append(rs.backlog, p)
+	rs.rmu.Unlock()
+	b.C.RelayIn.Add(1)
+	return true
+}
+
+// FlushRelayed hands WireGuard the packets QueueRelayed holds for it.
+func (b *Bind) FlushRelayed() {
+	b.rs.rmu.Lock()
+	if r := b.rs.rx; r != nil && r.n > 0 {
+		b.rs.wakeLocked()
 	}
+	b.rs.rmu.Unlock()
+}
+
+// wakeLocked ends the wait of rs.rx. rs.rmu held, rs.rx not nil.
+func (rs *relayState) wakeLocked() {
+	rs.rx.wake <- struct{}{} // cap 1, and only the waker of rx sends
+	rs.rx = nil
 }
 
 func (rs *relayState) put(p relayPacket) {
@@ -157,31 +218,71 @@ func (rs *relayState) put(p relayPacket) {
 	}
 }
 
-// receiveRelay is the ReceiveFunc for relayed packets; it returns
-// net.ErrClosed once closed is closed (the conn.Bind contract).
-func (b *Bind) receiveRelay(closed <-chan struct{}) conn.ReceiveFunc {
-	return func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
-		var p relayPacket
-		select {
-		case p = <-b.rs.in:
-		case <-closed:
-			return 0, net.ErrClosed
-		}
-		n := 0
-		for {
+// takeLocked moves up to len(bufs) backlog packets into bufs. rs.rmu held.
+func (rs *relayState) takeLocked(bufs [][]byte, sizes []int, eps []conn.Endpoint) int {
+	n := 0
+	for ; n < len(bufs) && rs.head < len(rs.backlog); rs.head++ {
+		p := &rs.backlog[rs.head]
+		if len(p.b) <= len(bufs[n]) { // WireGuard's buffers fit any message
 			sizes[n] = copy(bufs[n], p.b)
 			eps[n] = p.ep
-			b.rs.put(p)
 			n++
-			if n == len(bufs) {
-				return n, nil
-			}
-			select {
-			case p = <-b.rs.in:
-			default:
-				return n, nil
-			}
 		}
+		rs.put(*p)
+		*p = relayPacket{}
+	}
+	if rs.head == len(rs.backlog) {
+		rs.backlog, rs.head = rs.backlog[:0], 0
+	} else if rs.head > len(rs.backlog)/2 { // keep the slice from creeping
+		k := copy(rs.backlog, rs.backlog[rs.head:])
+		clear(rs.backlog[k:])
+		rs.backlog, rs.head = rs.backlog[:k], 0
+	}
+	return n
+}
+
+// receiveRelay is the ReceiveFunc for relayed packets; it returns
+// net.ErrClosed once closed is closed (the conn.Bind contract).
+// wireguard-go calls a ReceiveFunc from one goroutine at a time.
+func (b *Bind) receiveRelay(closed <-chan struct{}) conn.ReceiveFunc {
+	r := &relayRecv{wake: make(chan struct{}, 1)}
+	rs := b.rs
+	return func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+		select {
+		case <-closed:
+			return 0, net.ErrClosed
+		default:
+		}
+		if len(bufs) == 0 {
+			return 0, nil
+		}
+		rs.rmu.Lock()
+		if n := rs.takeLocked(bufs, sizes, eps); n > 0 {
+			rs.rmu.Unlock()
+			return n, nil
+		}
+		r.bufs, r.sizes, r.eps, r.n = bufs, sizes, eps, 0
+		rs.rx = r // a call of an earlier Open, if any, ends with its closed
+		rs.rmu.Unlock()
+		select {
+		case <-r.wake:
+		case <-closed:
+			rs.rmu.Lock()
+			if rs.rx == r {
+				rs.rx = nil
+			}
+			rs.rmu.Unlock()
+			select { // a wake that raced with closed
+			case <-r.wake:
+			default:
+			}
+			return 0, net.ErrClosed
+		}
+		rs.rmu.Lock() // the waker is done with r
+		n := r.n
+		r.bufs, r.sizes, r.eps = nil, nil, nil
+		rs.rmu.Unlock()
+		return n, nil
 	}
 }
 
@@ -191,11 +292,9 @@ func (b *Bind) sendRelay(bufs [][]byte, e *relayEndpoint) error {
 	if h == nil {
 		return ErrNoRelay
 	}
-	for _, p := range bufs {
-		if err := h.r.Send(e.nk, p); err != nil {
-			return err
-		}
-		b.C.RelayOut.Add(1)
+	if err := h.r.SendBatch(e.nk, bufs); err != nil {
+		return err
 	}
+	b.C.RelayOut.Add(uint64(len(bufs)))
 	return nil
 }

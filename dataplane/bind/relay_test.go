@@ -5,6 +5,7 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
 
@@ -16,10 +17,12 @@ type fakeRelay struct {
 	sent map[key.Public][][]byte
 }
 
-func (f *fakeRelay) Send(dst key.Public, pkt []byte) error {
+func (f *fakeRelay) SendBatch(dst key.Public, pkts [][]byte) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.sent[dst] = append(f.sent[dst], append([]byte(nil), pkt...))
+	for _, p := range pkts {
+		f.sent[dst] = append(f.sent[dst], append([]byte(nil), p...))
+	}
 	return nil
 }
 
@@ -88,5 +91,106 @@ func TestRelayPath(t *testing.T) {
 	b.Close()
 	if _, err := recv(bufs, sizes, eps); err != net.ErrClosed {
 		t.Errorf("receive after Close: got %v, want net.ErrClosed", err)
+	}
+}
+
+// TestRelayHandOff checks the receive path's two routes, straight into a
+// waiting receive call and through the backlog: packets arrive whole, in
+// order, a waiting call returns at FlushRelayed or when its buffers are
+// full, the backlog is bounded, and Close ends a waiting call.
+func TestRelayHandOff(t *testing.T) {
+	b := New(nil, nil)
+	fns, _, err := b.Open(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Shutdown()
+	recv := fns[len(fns)-1]
+	var src key.Public
+	src[0] = 9
+	pkt := func(i int) []byte { p := wg(4, 32+i%100); p[4], p[5] = byte(i), byte(i>>8); return p }
+	type result struct {
+		n   int
+		err error
+	}
+	const batch = 8
+	bufs := make([][]byte, batch)
+	for i := range bufs {
+		bufs[i] = make([]byte, 2048)
+	}
+	sizes := make([]int, batch)
+	eps := make([]conn.Endpoint, batch)
+	call := func() chan result {
+		ch := make(chan result, 1)
+		go func() { n, err := recv(bufs, sizes, eps); ch <- result{n, err} }()
+		return ch
+	}
+	// waitParked waits until a receive call waits for packets.
+	waitParked := func() {
+		for range 5000 {
+			b.rs.rmu.Lock()
+			parked := b.rs.rx != nil
+			b.rs.rmu.Unlock()
+			if parked {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+		t.Fatal("receive call never waited")
+	}
+	check := func(r result, from, n int) {
+		t.Helper()
+		if r.err != nil || r.n != n {
+			t.Fatalf("receive: got %d packets, err %v; want %d", r.n, r.err, n)
+		}
+		for i := range n {
+			if want := pkt(from + i); !bytes.Equal(bufs[i][:sizes[i]], want) || eps[i].DstToString() != b.RelayEndpoint(src).String() {
+				t.Fatalf("packet %d: got %x from %s, want %x", i, bufs[i][:sizes[i]], eps[i].DstToString(), want)
+			}
+		}
+	}
+
+	// Queued into a waiting call: it returns at the flush, not before.
+	ch := call()
+	waitParked()
+	for i := range 3 {
+		b.QueueRelayed(src, pkt(i))
+	}
+	select {
+	case r := <-ch:
+		t.Fatalf("receive returned %d packets before the flush", r.n)
+	default:
+	}
+	b.FlushRelayed()
+	check(<-ch, 0, 3)
+
+	// A full batch returns without a flush; the rest waits in the
+	// backlog for the next call, in order.
+	ch = call()
+	waitParked()
+	for i := range batch + 3 {
+		b.QueueRelayed(src, pkt(10+i))
+	}
+	check(<-ch, 10, batch)
+	check(<-call(), 10+batch, 3)
+
+	// The backlog is bounded; what does not fit is dropped and counted.
+	dropped := b.C.RelayDropped.Load()
+	for i := range relayQueue + 5 {
+		b.QueueRelayed(src, pkt(i))
+	}
+	if got := b.C.RelayDropped.Load() - dropped; got != 5 {
+		t.Errorf("backlog overflow dropped %d packets, want 5", got)
+	}
+	for i := 0; i < relayQueue; i += batch {
+		check(<-call(), i, batch)
+	}
+
+	// Close ends a waiting call.
+	ch = call()
+	waitParked()
+	b.Close()
+	if r := <-ch; r.err != net.ErrClosed {
+		t.Errorf("waiting receive after Close: got %d, %v; want net.ErrClosed", r.n, r.err)
 	}
 }

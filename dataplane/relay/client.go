@@ -32,8 +32,12 @@ type ClientConfig struct {
 	// OnPacket is called from the reader goroutine; pkt is valid only
 	// during the call.
 	OnPacket func(src Key, pkt []byte)
-	Logger   *slog.Logger
-	Dial     func(ctx context.Context, network, addr string) (net.Conn, error) // nil: net.Dialer
+	// OnFlush (optional) is called from the reader goroutine after
+	// OnPacket calls, once it holds no further whole frame and its next
+	// read may wait: a receiver can batch packets until then.
+	OnFlush func()
+	Logger  *slog.Logger
+	Dial    func(ctx context.Context, network, addr string) (net.Conn, error) // nil: net.Dialer
 	// TLSConfig for https URLs (nil: no certificate verification, since
 	// the relay proves its key in the handshake).
 	TLSConfig *tls.Config
@@ -86,6 +90,9 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	}
 	if cfg.OnPacket == nil {
 		cfg.OnPacket = func(Key, []byte) {}
+	}
+	if cfg.OnFlush == nil {
+		cfg.OnFlush = func() {}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -198,15 +205,24 @@ func (c *Client) session(ctx context.Context) (up bool, err error) {
 
 func (c *Client) readLoop(cc *cconn, br *bufio.Reader, ka time.Duration) error {
 	dl := newReadDeadline(cc.nc, ka)
-	buf := make([]byte, pktBufSize)
+	pending := false // OnPacket called since the last OnFlush
+	defer func() {
+		if pending {
+			c.cfg.OnFlush()
+		}
+	}()
 	for {
-		dl.refresh()
-		t, p, err := readFrame(br, buf, maxFramePayload)
+		if !frameBuffered(br) { // the next read may wait
+			if pending {
+				c.cfg.OnFlush()
+				pending = false
+			}
+			dl.refresh()
+		}
+		// br holds any frame whole (64 KiB), so p aliases it: no copy.
+		t, p, err := readFrame(br, nil, maxFramePayload)
 		if err != nil {
 			return err
-		}
-		if cap(p) > cap(buf) {
-			buf = p[:0]
 		}
 		switch t {
 		case frameRecvPacket:
@@ -214,6 +230,7 @@ func (c *Client) readLoop(cc *cconn, br *bufio.Reader, ka time.Duration) error {
 				return fmt.Errorf("relay sent a packet frame of %d bytes", len(p))
 			}
 			c.cfg.OnPacket(Key(p[:32]), p[32:])
+			pending = true
 		case framePing:
 			if len(p) == pingLen {
 				cc.q.pushCtrl(item{typ: framePong, pkt: bytes.Clone(p)}, false)
@@ -239,15 +256,27 @@ func (c *Client) readLoop(cc *cconn, br *bufio.Reader, ka time.Duration) error {
 // connection is up, and ErrPacketTooLarge for a packet bigger than any
 // WireGuard message (9 KiB).
 func (c *Client) Send(dst Key, pkt []byte) error {
-	if len(pkt) > maxPacketSize {
-		return fmt.Errorf("%w: %d bytes, max %d", ErrPacketTooLarge, len(pkt), maxPacketSize)
-	}
+	return c.SendBatch(dst, [][]byte{pkt})
+}
+
+// SendBatch is Send for several packets to one node, queued in order;
+// the writer is woken once, so they leave in one write. A packet too
+// large is skipped (the others are queued) and reported.
+func (c *Client) SendBatch(dst Key, pkts [][]byte) error {
 	cc := c.cur.Load()
 	if cc == nil {
 		return ErrNotConnected
 	}
-	cc.q.pushPacket(newPacketItem(frameSendPacket, dst, Key{}, pkt))
-	return nil
+	var err error
+	for _, pkt := range pkts {
+		if len(pkt) > maxPacketSize {
+			err = fmt.Errorf("%w: %d bytes, max %d", ErrPacketTooLarge, len(pkt), maxPacketSize)
+			continue
+		}
+		cc.q.enqueue(newPacketItem(frameSendPacket, dst, Key{}, pkt))
+	}
+	cc.q.signal()
+	return err
 }
 
 // SetTicket replaces the ticket: it is sent on the live connection at

@@ -116,10 +116,9 @@ func (s *Server) linkDown(l *meshLink) {
 
 func (s *Server) meshReadLoop(l *meshLink, br *bufio.Reader, nc net.Conn, ka time.Duration) error {
 	dl := newReadDeadline(nc, ka)
-	buf := make([]byte, 256)
 	for {
 		dl.refresh()
-		t, p, err := readFrame(br, buf, maxFramePayload)
+		t, p, err := readFrame(br, nil, maxFramePayload)
 		if err != nil {
 			return err
 		}

@@ -140,12 +140,20 @@ func (q *queue) popOldest() int64 {
 	return c
 }
 
-// pushPacket queues it. To make room it drops this queue's oldest packets
-// (dropped counts them) and, when the relay's budget is spent, packets of
-// the fullest queues (counted by the budget). When no room can be made
-// the new packet is dropped and refused is true. On a closed queue it is
-// dropped silently. pushPacket owns it.
+// pushPacket queues it and wakes the writer. To make room it drops this
+// queue's oldest packets (dropped counts them) and, when the relay's
+// budget is spent, packets of the fullest queues (counted by the budget).
+// When no room can be made the new packet is dropped and refused is true.
+// On a closed queue it is dropped silently. pushPacket owns it.
 func (q *queue) pushPacket(it item) (dropped int, refused bool) {
+	dropped, refused = q.enqueue(it)
+	q.signal()
+	return dropped, refused
+}
+
+// enqueue is pushPacket without waking the writer: the caller queues
+// more and calls signal once, so the writer takes them in one batch.
+func (q *queue) enqueue(it item) (dropped int, refused bool) {
 	c := it.cost()
 	if q.b != nil && !q.b.reserve(c) {
 		it.release()
@@ -172,7 +180,6 @@ func (q *queue) pushPacket(it item) (dropped int, refused bool) {
 	q.reclass()
 	q.mu.Unlock()
 	q.b.release(freed)
-	q.signal()
 	return dropped, false
 }
 

@@ -130,12 +130,13 @@ var (
 	ErrPacketTooLarge = errors.New("relay: packet too large")
 )
 
-// readFrame reads one frame from br into buf and returns its type and
-// payload, which aliases buf or, when buf is too small, new memory. A
-// length above limit or above maxPayload of its type returns
-// errFrameTooLarge before reading anything. Memory for a payload that
-// does not fit buf grows as its bytes arrive, so a length field alone
-// never allocates much.
+// readFrame reads one frame from br and returns its type and payload. A
+// frame that fits br's buffer is returned in place, without a copy: the
+// payload aliases br and is valid until br's next read. A bigger one is
+// read into buf or, when buf is too small, new memory. A length above
+// limit or above maxPayload of its type returns errFrameTooLarge before
+// reading anything. Memory for a payload that fits neither grows as its
+// bytes arrive, so a length field alone never allocates much.
 func readFrame(br *bufio.Reader, buf []byte, limit int) (frameType, []byte, error) {
 	hdr, err := br.Peek(frameHeaderLen)
 	if err != nil {
@@ -148,6 +149,14 @@ func readFrame(br *bufio.Reader, buf []byte, limit int) (frameType, []byte, erro
 	n := binary.BigEndian.Uint32(hdr[1:])
 	if max := min(limit, maxPayload(t)); uint64(n) > uint64(max) {
 		return 0, nil, fmt.Errorf("%w: type %#x length %d, max %d", errFrameTooLarge, byte(t), n, max)
+	}
+	if total := frameHeaderLen + int(n); total <= br.Size() {
+		f, err := br.Peek(total)
+		if err != nil {
+			return 0, nil, unexpected(err)
+		}
+		br.Discard(total)
+		return t, f[frameHeaderLen:total:total], nil
 	}
 	br.Discard(frameHeaderLen)
 	if int(n) <= cap(buf) {
@@ -168,6 +177,17 @@ func readFrame(br *bufio.Reader, buf []byte, limit int) (frameType, []byte, erro
 		p = p[:len(p)+step]
 	}
 	return t, p, nil
+}
+
+// frameBuffered reports whether br holds a whole frame, so that the next
+// readFrame returns without reading from the connection.
+func frameBuffered(br *bufio.Reader) bool {
+	n := br.Buffered()
+	if n < frameHeaderLen {
+		return false
+	}
+	hdr, _ := br.Peek(frameHeaderLen) // buffered: never reads
+	return uint64(n-frameHeaderLen) >= uint64(binary.BigEndian.Uint32(hdr[1:]))
 }
 
 func unexpected(err error) error {

@@ -64,6 +64,8 @@ func TestFrameRoundTrip(t *testing.T) {
 		{frameRecvPacket, 1, nil},
 		{frameRecvPacket, 8, nil},
 		{frameRecvPacket, 1400, make([]byte, pktBufSize)},
+		{frameRecvPacket, 4096 - frameHeaderLen, nil},     // fills the reader's buffer: in place
+		{frameRecvPacket, 4096 - frameHeaderLen + 1, nil}, // one over: read out of it
 		{frameRecvPacket, maxFramePayload, make([]byte, pktBufSize)},
 		{frameRecvPacket, maxFramePayload, nil},
 		{frameRevocations, maxRevocationsLen, make([]byte, 100)},
@@ -136,7 +138,11 @@ func FuzzReadFrame(f *testing.F) {
 		br := bufio.NewReader(bytes.NewReader(in))
 		consumed := 0
 		for {
+			whole := frameBuffered(br)
 			typ, p, err := readFrame(br, nil, maxRevocationsLen)
+			if whole && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
+				t.Fatalf("frameBuffered said a whole frame was buffered at %d, but readFrame got %v", consumed, err)
+			}
 			if err != nil {
 				// What was allocated is bounded by what arrived, not by
 				// what a length field claims.

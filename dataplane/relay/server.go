@@ -13,6 +13,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -532,6 +533,7 @@ func (s *Server) serveConn(nc net.Conn, br *bufio.Reader, hello *clientHello, sl
 		c.log = log.With("key", pi.key)
 		c.q = newQueue(queueConfig{pkts: s.cfg.QueueLen, bytes: s.cfg.QueueBytes, ctrl: clientCtrl}, s.budget)
 		c.lim = rate.NewLimiter(rate.Limit(s.cfg.RateBytes), s.cfg.RateBurst)
+		c.unlimited = math.IsInf(s.cfg.RateBytes, 1)
 		c.expires.Store(pi.expires.Unix())
 		if !s.addClient(c) {
 			return
@@ -632,8 +634,9 @@ func (s *Server) removeMeshConn(c *sconn) {
 
 // forward routes a packet from src to dst: to a local node, else (unless
 // it came from the mesh: one hop only) over the mesh link to the relay
-// holding dst.
-func (s *Server) forward(src, dst Key, pkt []byte, fromMesh bool) {
+// holding dst. It returns the queue it went to, whose writer the caller
+// wakes (see sconn.wakeLater), or nil.
+func (s *Server) forward(src, dst Key, pkt []byte, fromMesh bool) *queue {
 	s.mu.RLock()
 	c := s.clients[dst]
 	var l *meshLink
@@ -650,28 +653,60 @@ func (s *Server) forward(src, dst Key, pkt []byte, fromMesh bool) {
 		q, it = l.q, newPacketItem(frameForwardPacket, src, dst, pkt)
 	default:
 		s.drop(dropNoRoute)
-		return
+		return nil
 	}
 	// A packet refused for the budget is counted by the budget.
-	if dropped, _ := q.pushPacket(it); dropped > 0 {
+	if dropped, _ := q.enqueue(it); dropped > 0 {
 		s.drops[dropQueueFull].Add(uint64(dropped))
 	}
+	return q
 }
 
 // sconn is one connection served here: a node, or a mesh relay that
 // dialled in.
 type sconn struct {
-	s       *Server
-	nc      net.Conn
-	key     Key
-	mesh    bool
-	log     *slog.Logger
-	q       *queue
-	lim     *rate.Limiter // bytes a node may send; nil for mesh relays
-	expires atomic.Int64  // ticket expiry, unix seconds (nodes)
+	s    *Server
+	nc   net.Conn
+	key  Key
+	mesh bool
+	log  *slog.Logger
+	q    *queue
+	lim  *rate.Limiter // bytes a node may send; nil for mesh relays
+	// unlimited: lim allows everything, so packets skip it (and the
+	// clock read it needs).
+	unlimited bool
+	expires   atomic.Int64 // ticket expiry, unix seconds (nodes)
 
 	closeOnce sync.Once
 	done      chan struct{} // closed by close
+
+	// wake holds the queues this connection's reader put packets on and
+	// has not yet woken the writers of (readLoop's goroutine only).
+	wake []*queue
+}
+
+// maxWake bounds the queues a reader wakes late; past it, it wakes them.
+const maxWake = 16
+
+// wakeLater remembers to wake q's writer once the reader has taken every
+// frame it holds: the packets of one read leave in one write, instead of
+// a write (and a TLS record) per packet while the writer keeps up.
+func (c *sconn) wakeLater(q *queue) {
+	if q == nil || slices.Contains(c.wake, q) {
+		return
+	}
+	if len(c.wake) == maxWake {
+		c.wakeWriters()
+	}
+	c.wake = append(c.wake, q)
+}
+
+func (c *sconn) wakeWriters() {
+	for i, q := range c.wake {
+		q.signal()
+		c.wake[i] = nil
+	}
+	c.wake = c.wake[:0]
 }
 
 func (c *sconn) close() {
@@ -705,18 +740,20 @@ func (c *sconn) readLoop(br *bufio.Reader) error {
 	if !c.mesh {
 		limit = maxRevocationsLen
 	}
-	buf := make([]byte, pktBufSize)
+	defer c.wakeWriters()
 	for {
-		dl.refresh()
-		t, p, err := readFrame(br, buf, limit)
+		if !frameBuffered(br) { // the next read may wait
+			c.wakeWriters()
+			dl.refresh()
+		}
+		// Packet frames fit br (64 KiB) whole, so p aliases it: no
+		// copy. Only revocation lists may be bigger, and are rare.
+		t, p, err := readFrame(br, nil, limit)
 		if err != nil {
 			if errors.Is(err, errFrameTooLarge) {
 				s.drop(dropBadFrame)
 			}
 			return err
-		}
-		if cap(p) > cap(buf) && cap(p) <= maxFramePayload {
-			buf = p[:0] // keep a buffer for packets, not for lists
 		}
 		if err := c.handle(t, p); err != nil {
 			if errors.Is(err, errBadFrame) {
@@ -752,11 +789,11 @@ func (c *sconn) handle(t frameType, p []byte) error {
 			s.drop(dropTooLarge)
 			return nil
 		}
-		if !c.lim.AllowN(s.now(), len(pkt)) {
+		if !c.unlimited && !c.lim.AllowN(s.now(), len(pkt)) {
 			s.drop(dropRateLimited)
 			return nil
 		}
-		s.forward(c.key, dst, pkt, false)
+		c.wakeLater(s.forward(c.key, dst, pkt, false))
 	case t == frameTicket && !c.mesh:
 		tk, err := VerifyTicket(s.cfg.TicketKey, p, s.now())
 		if err == nil && tk.Node != c.key {
@@ -777,7 +814,7 @@ func (c *sconn) handle(t frameType, p []byte) error {
 		}
 		s.packetsIn.Add(1)
 		s.bytesIn.Add(uint64(len(p) - 64))
-		s.forward(Key(p[:32]), Key(p[32:64]), p[64:], true) // <= maxPacketSize: the frame limit
+		c.wakeLater(s.forward(Key(p[:32]), Key(p[32:64]), p[64:], true)) // <= maxPacketSize: the frame limit
 
 	default:
 		return badFrame("unexpected frame type %#x (%d bytes)", byte(t), len(p))

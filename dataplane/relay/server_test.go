@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -569,4 +570,62 @@ func TestTLSAndKeepAlive(t *testing.T) {
 	}
 	c1.stop()
 	c2.stop()
+}
+
+// TestClientBatchAndFlush sends a batch through the relay to a client with
+// OnFlush: the packets arrive whole and in order, and OnFlush follows the
+// last of them (a receiver that holds packets until OnFlush gets them all).
+func TestClientBatchAndFlush(t *testing.T) {
+	e := newEnv(t)
+	r := e.startRelay(ServerConfig{}, "")
+	k1, k2 := newKey(), newKey()
+	sender := e.startClient(r, k1, e.ticket(k1.Public(), time.Hour))
+	var mu sync.Mutex
+	var got [][]byte
+	flushedAt := -1 // packets received at the last OnFlush
+	rc, err := NewClient(ClientConfig{
+		URL: r.url, ServerKey: r.s.PublicKey(), PrivateKey: k2, Ticket: e.ticket(k2.Public(), time.Hour),
+		OnPacket: func(_ Key, p []byte) {
+			mu.Lock()
+			got = append(got, bytes.Clone(p))
+			mu.Unlock()
+		},
+		OnFlush: func() {
+			mu.Lock()
+			flushedAt = len(got)
+			mu.Unlock()
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { rc.Run(ctx) })
+	defer func() { cancel(); wg.Wait() }()
+	waitConnected(t, sender)
+	eventually(t, 10*time.Second, "receiver to connect", rc.Connected)
+	eventually(t, 10*time.Second, "both clients at the relay", func() bool { return r.s.Stats().Clients == 2 })
+
+	var batch [][]byte
+	for i := range 100 {
+		batch = append(batch, bytes.Repeat([]byte{byte(i)}, 100+i*13))
+	}
+	batch = append(batch, make([]byte, maxPacketSize+1)) // too large: skipped, reported
+	if err := sender.c.SendBatch(k2.Public(), batch); !errors.Is(err, ErrPacketTooLarge) {
+		t.Errorf("SendBatch with an oversize packet: got %v, want ErrPacketTooLarge", err)
+	}
+	batch = batch[:100]
+	eventually(t, 10*time.Second, "the batch and a flush after it", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return flushedAt == len(batch)
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	for i, p := range got {
+		if !bytes.Equal(p, batch[i]) {
+			t.Fatalf("packet %d: got %d bytes of %d, want %d bytes of %d", i, len(p), p[0], len(batch[i]), i)
+		}
+	}
 }

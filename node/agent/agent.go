@@ -558,8 +558,9 @@ func RunWith(ctx context.Context, cfg Config, env Env) error {
 		PrivateKey: nk, Preferred: cfg.RelayRegion, Logger: log,
 		OnPacket: func(src key.Public, p []byte) {
 			a.trav.Seen(src) // the peer talks to us: worth looking for a direct path
-			a.bind.DeliverRelayed(src, p)
+			a.bind.QueueRelayed(src, p)
 		},
+		OnFlush:  a.bind.FlushRelayed,
 		OnChange: a.trav.SetRelay,
 		NetDial:  a.host.Dial,
 	})

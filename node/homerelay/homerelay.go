@@ -52,7 +52,7 @@ const (
 // Conn is a connection to one relay; *relay.Client is the real one.
 type Conn interface {
 	Run(ctx context.Context) error
-	Send(dst key.Public, pkt []byte) error
+	SendBatch(dst key.Public, pkts [][]byte) error
 	SetTicket(t []byte)
 	// SetRevocations hands the relay the coordinator's signed list of
 	// nodes to refuse (sent after every handshake, and on change).
@@ -68,6 +68,7 @@ type Config struct {
 	PrivateKey key.Private
 	Preferred  uint32                         // region ID to use whenever it is up; 0: choose by latency
 	OnPacket   func(src key.Public, p []byte) // packets from the relay; p valid during the call
+	OnFlush    func()                         // after packets, before the relay connection's reader waits (relay.ClientConfig.OnFlush)
 	OnChange   func(up bool)                  // the home connection went up or down
 	Logger     *slog.Logger
 	// Probe measures the latency to a region (nil: an HTTPS GET of
@@ -146,7 +147,7 @@ func New(cfg Config) *Manager {
 		cfg.Dial = func(r Region, ticket []byte) (Conn, error) {
 			return relay.NewClient(relay.ClientConfig{
 				URL: "https://" + r.Addr + "/relay", ServerKey: r.Key, PrivateKey: cfg.PrivateKey,
-				Ticket: ticket, OnPacket: cfg.OnPacket, Logger: cfg.Logger.With("relay", r.Name), Dial: cfg.NetDial,
+				Ticket: ticket, OnPacket: cfg.OnPacket, OnFlush: cfg.OnFlush, Logger: cfg.Logger.With("relay", r.Name), Dial: cfg.NetDial,
 			})
 		}
 	}
@@ -200,14 +201,14 @@ func (m *Manager) SetRevocations(b []byte) {
 	}
 }
 
-// Send implements bind.Relay. It runs per relayed packet, so it takes no
-// lock.
-func (m *Manager) Send(dst key.Public, pkt []byte) error {
+// SendBatch implements bind.Relay. It runs per batch of relayed
+// packets, so it takes no lock.
+func (m *Manager) SendBatch(dst key.Public, pkts [][]byte) error {
 	h := m.sendTo.Load()
 	if h == nil {
 		return relay.ErrNotConnected
 	}
-	return h.client.Send(dst, pkt)
+	return h.client.SendBatch(dst, pkts)
 }
 
 // Status returns the home relay's state.

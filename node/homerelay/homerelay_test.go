@@ -21,9 +21,9 @@ type fakeConn struct {
 	revs string     // the last revocation list set
 }
 
-func (f *fakeConn) Run(ctx context.Context) error { <-ctx.Done(); return nil }
-func (f *fakeConn) Send(key.Public, []byte) error { return nil }
-func (f *fakeConn) SetTicket([]byte)              {}
+func (f *fakeConn) Run(ctx context.Context) error        { <-ctx.Done(); return nil }
+func (f *fakeConn) SendBatch(key.Public, [][]byte) error { return nil }
+func (f *fakeConn) SetTicket([]byte)                     {}
 func (f *fakeConn) SetRevocations(b []byte) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
