@@ -46,10 +46,7 @@ func TestEdgeEndpoints(t *testing.T) {
 
 	sa, sb := l.AddSiteLAN("sa", lab.NATEIM, homeLAN), l.AddSiteLAN("sb", lab.NATEIM, homeLAN)
 	sc, sd := l.AddSite("sc", lab.NATEIM), l.AddSite("sd", lab.NATSymmetric)
-	behind := func(name string, kind natKind, s *lab.Site) *natNode {
-		return &natNode{name: name, spot: natSpot{kind, s.Router().Name()}, host: s.AddNode(name), nats: []*lab.Site{s}}
-	}
-	nodes := []*natNode{behind("a", natEIM, sa), behind("b", natEIM, sb), behind("c", natEIM, sc), behind("d", natSym, sd)}
+	nodes := []*natNode{behindNAT("a", natEIM, sa), behindNAT("b", natEIM, sb), behindNAT("c", natEIM, sc), behindNAT("d", natSym, sd)}
 	a, b, c, d := nodes[0], nodes[1], nodes[2], nodes[3]
 	if a.host.IP() != b.host.IP() {
 		t.Fatalf("a is %v and b %v; the test needs them alike", a.host.IP(), b.host.IP())

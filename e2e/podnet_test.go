@@ -64,10 +64,7 @@ func TestPodNetwork(t *testing.T) {
 		"--agent-service-account", agentSA}})
 	t.Cleanup(func() { coord.Proc.Stop(5 * time.Second) })
 	s1, s2, s3 := l.AddSite("s1", lab.NATEIM), l.AddSite("s2", lab.NATEIM), l.AddSite("s3", lab.NATSymmetric)
-	behind := func(name string, kind natKind, s *lab.Site) *natNode {
-		return &natNode{name: name, spot: natSpot{kind, s.Router().Name()}, host: s.AddNode(name), nats: []*lab.Site{s}}
-	}
-	nodes := []*natNode{behind("e1", natEIM, s1), behind("e2", natEIM, s2), behind("e3", natSym, s3),
+	nodes := []*natNode{behindNAT("e1", natEIM, s1), behindNAT("e2", natEIM, s2), behindNAT("e3", natSym, s3),
 		{name: "k", spot: natSpot{kind: natPublic}, host: l.AddPublicHost("k")}}
 	e1, e2, e3, k := nodes[0], nodes[1], nodes[2], nodes[3]
 	confDir := func(n *natNode) string { return filepath.Join(l.Dir(), n.name+"-net.d") }

@@ -29,6 +29,11 @@ const embeddedRelay = "coordinator"
 // startNodes starts an agent for every node with one shared token and
 // fills in each node's overlay address, key and port once all of them
 // see every other node. extra adds agent flags per node name.
+// behindNAT is a node named name behind site s's NAT of kind kind.
+func behindNAT(name string, kind natKind, s *lab.Site) *natNode {
+	return &natNode{name: name, spot: natSpot{kind, s.Router().Name()}, host: s.AddNode(name), nats: []*lab.Site{s}}
+}
+
 func startNodes(t *testing.T, l *lab.Lab, coord *cluster.Coordinator, nodes []*natNode, extra map[string][]string) {
 	t.Helper()
 	tok := coord.Token("--uses", fmt.Sprint(len(nodes)))
@@ -242,15 +247,12 @@ func TestRelayMatrix(t *testing.T) {
 	siteA := l.AddSite("a", lab.NATEIM)
 	siteE, siteF := l.AddSite("e", lab.NATSymmetric), l.AddSite("f", lab.NATSymmetric)
 	siteU := l.AddSite("u", lab.NATUDPBlocked)
-	behind := func(name string, kind natKind, s *lab.Site) *natNode {
-		return &natNode{name: name, spot: natSpot{kind, s.Router().Name()}, host: s.AddNode(name), nats: []*lab.Site{s}}
-	}
 	nodes := []*natNode{
 		{name: "pub", spot: natSpot{kind: natPublic}, host: l.AddPublicHost("pub")},
-		behind("eim1", natEIM, siteA),
-		behind("sym1", natSym, siteE),
-		behind("sym2", natSym, siteF),
-		behind("udp1", natUDPBlocked, siteU),
+		behindNAT("eim1", natEIM, siteA),
+		behindNAT("sym1", natSym, siteE),
+		behindNAT("sym2", natSym, siteF),
+		behindNAT("udp1", natUDPBlocked, siteU),
 	}
 	pub, udp1 := nodes[0], nodes[4]
 	startNodes(t, l, coord, nodes, nil)

@@ -103,10 +103,7 @@ func TestServices(t *testing.T) {
 	// run last-registered first), or its graceful shutdown waits on them.
 	t.Cleanup(func() { coord.Proc.Stop(5 * time.Second) })
 	sa, sb, sc := l.AddSite("sa", lab.NATEIM), l.AddSite("sb", lab.NATEIM), l.AddSite("sc", lab.NATSymmetric)
-	behind := func(name string, kind natKind, s *lab.Site) *natNode {
-		return &natNode{name: name, spot: natSpot{kind, s.Router().Name()}, host: s.AddNode(name), nats: []*lab.Site{s}}
-	}
-	nodes := []*natNode{behind("a", natEIM, sa), behind("b", natEIM, sb), behind("c", natSym, sc)}
+	nodes := []*natNode{behindNAT("a", natEIM, sa), behindNAT("b", natEIM, sb), behindNAT("c", natSym, sc)}
 	a, b, c := nodes[0], nodes[1], nodes[2]
 
 	// No upstream resolvers: a name the agents do not own must not leave the lab.

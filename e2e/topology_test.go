@@ -203,16 +203,13 @@ func TestTopologyPage(t *testing.T) {
 	siteA, siteB := l.AddSite("a", lab.NATEIM), l.AddSite("b", lab.NATEIM)
 	siteE, siteF := l.AddSite("e", lab.NATSymmetric), l.AddSite("f", lab.NATSymmetric)
 	siteU := l.AddSite("u", lab.NATUDPBlocked)
-	behind := func(name string, kind natKind, s *lab.Site) *natNode {
-		return &natNode{name: name, spot: natSpot{kind, s.Router().Name()}, host: s.AddNode(name), nats: []*lab.Site{s}}
-	}
 	nodes := []*natNode{
 		{name: "pub", spot: natSpot{kind: natPublic}, host: l.AddPublicHost("pub")},
-		behind("eim1", natEIM, siteA),
-		behind("eim2", natEIM, siteB),
-		behind("sym1", natSym, siteE),
-		behind("sym2", natSym, siteF),
-		behind("udp1", natUDPBlocked, siteU),
+		behindNAT("eim1", natEIM, siteA),
+		behindNAT("eim2", natEIM, siteB),
+		behindNAT("sym1", natSym, siteE),
+		behindNAT("sym2", natSym, siteF),
+		behindNAT("udp1", natUDPBlocked, siteU),
 	}
 	eim1, eim2 := nodes[1], nodes[2]
 	wantNAT := map[string]string{"pub": "none", "eim1": "eim", "eim2": "eim", "sym1": "symmetric", "sym2": "symmetric", "udp1": "blocked"}
