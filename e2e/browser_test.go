@@ -24,14 +24,20 @@ import (
 // needChromium returns the path of Debian's chromium, skipping the test
 // when it is missing, unless the Makefile runs it (EDGEWIRE_TOOLS_REQUIRED;
 // `make test` installs chromium, so there it is a failure).
-func needChromium(t *testing.T) string {
+func needChromium(t *testing.T) string { return needTool(t, "chromium", "chromium") }
+
+// needTool returns the path of a tool from a Debian package, skipping the
+// test when it is missing unless the Makefile runs it
+// (EDGEWIRE_TOOLS_REQUIRED: hack/install-deps.sh installed it, so a
+// missing one is a failure).
+func needTool(t *testing.T, name, pkg string) string {
 	t.Helper()
-	p, err := exec.LookPath("chromium")
+	p, err := exec.LookPath(name)
 	if err != nil {
 		if os.Getenv("EDGEWIRE_TOOLS_REQUIRED") != "" {
-			t.Fatalf("chromium not found (hack/install-deps.sh installs it): %v", err)
+			t.Fatalf("%s not found (hack/install-deps.sh installs %s): %v", name, pkg, err)
 		}
-		t.Skip("chromium not installed (apt-get install chromium)")
+		t.Skipf("%s not installed (apt-get install %s)", name, pkg)
 	}
 	return p
 }

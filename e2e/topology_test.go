@@ -332,13 +332,7 @@ func TestTopologyPage(t *testing.T) {
 	})
 
 	t.Run("edgewire graph draws one edge per active pair", func(t *testing.T) {
-		dot, err := exec.LookPath("dot")
-		if err != nil {
-			if os.Getenv("EDGEWIRE_TOOLS_REQUIRED") != "" {
-				t.Fatalf("Graphviz dot not found: %v", err)
-			}
-			t.Skip("Graphviz dot not installed")
-		}
+		dot := needTool(t, "dot", "graphviz")
 		out, err := coord.CLI("graph")
 		if err != nil {
 			t.Fatal(err)

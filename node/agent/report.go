@@ -8,7 +8,6 @@ import (
 
 	"github.com/edgewire/edgewire/api"
 	"github.com/edgewire/edgewire/node/pathsel"
-	"github.com/edgewire/edgewire/types/key"
 )
 
 // The agent tells the coordinator its paths (api.PathReport) for the
@@ -57,11 +56,7 @@ func (a *Agent) reportLoop(ctx context.Context) error {
 			check.Reset(netcheckEvery)
 		case <-tick.C:
 		}
-		r, err := a.pathReport(nat)
-		if err != nil {
-			a.log.Debug("path report not built", "err", err)
-			continue
-		}
+		r := a.pathReport(nat)
 		sig := reportSignature(r)
 		now := time.Now()
 		due := force || sig != lastSig && now.Sub(lastSent) >= reportMinGap || now.Sub(lastSent) >= reportRefresh
@@ -80,29 +75,27 @@ func (a *Agent) kickReport() {
 	}
 }
 
-// pathReport builds the report from the agent's status.
-func (a *Agent) pathReport(nat *api.NATReport) (*api.PathReport, error) {
-	st, err := a.Status()
-	if err != nil {
-		return nil, err
-	}
+// pathReport builds the report from the map's peers and the traversal
+// manager's view of them: what Status shows, without its WireGuard stats
+// dump (a UAPI round trip every tick for counters the report leaves out).
+func (a *Agent) pathReport(nat *api.NATReport) *api.PathReport {
+	a.mu.Lock()
+	peers := a.state.SortedPeers()
+	a.mu.Unlock()
 	r := &api.PathReport{Nat: nat}
-	if rs := st.Self.Relay; rs != nil && rs.Connected {
-		r.HomeRelay = rs.Home
-		r.HomeRelayMs = float32(rs.LatencyMs[rs.Home])
+	hs := a.home.Status()
+	if hs.Connected {
+		r.HomeRelay = hs.Home
+		r.HomeRelayMs = float32(hs.Latency[hs.Home].Seconds() * 1000)
 	}
-	for _, p := range st.Peers {
-		k, err := key.ParsePublic(p.PublicKey)
-		if err != nil {
-			continue
-		}
-		ts, ok := a.trav.Status(k)
+	for _, p := range peers {
+		ts, ok := a.trav.Status(p.Key)
 		if !ok || !ts.Active || len(r.Peers) >= maxReportPeers {
 			continue
 		}
-		pp := &api.PeerPath{PublicKey: k[:], Path: ts.Path.Kind.String(), LastFailure: ts.LastFailure}
+		pp := &api.PeerPath{PublicKey: p.Key[:], Path: ts.Path.Kind.String(), LastFailure: ts.LastFailure}
 		if ts.Path.Kind == pathsel.Relay {
-			pp.Relay = p.Relay
+			pp.Relay = hs.Home
 		}
 		if ts.Local != nil && ts.Remote != nil {
 			pp.LocalCandidate, pp.RemoteCandidate = ts.Local.Type, ts.Remote.Type
@@ -113,7 +106,7 @@ func (a *Agent) pathReport(nat *api.NATReport) (*api.PathReport, error) {
 		}
 		r.Peers = append(r.Peers, pp)
 	}
-	return r, nil
+	return r
 }
 
 // reportSignature is what counts as a change of a report: paths,
