@@ -24,6 +24,7 @@ import (
 
 	"github.com/edgewire/edgewire/e2e/cluster"
 	"github.com/edgewire/edgewire/e2e/lab"
+	"github.com/edgewire/edgewire/node/agent"
 )
 
 // overlay is the data-plane lab: a cloud host (coordinator + embedded
@@ -48,6 +49,8 @@ type overlay struct {
 	plainA, plainB *lab.Process
 	plainIPB       string
 	srvB, srvC     *iperfServer
+
+	aArgs, bArgs []string // agents a's and b's flags after the join (to restart them)
 
 	bPprof    string            // agent b's pprof socket
 	pprofs    map[string]string // with BENCH_PROFILES: the relay path's pprof sockets (agents a, c, the coordinator)
@@ -108,12 +111,17 @@ func setupOverlay(t *testing.T, cfg config, wgplain string) *overlay {
 		if name == "a" || name == "c" {
 			extra = withPprof("agent-"+name, extra)
 		}
-		return cluster.StartAgent(t, l, h, o.coord, name, cluster.AgentOptions{Token: o.tok, Extra: append(extra, agentArgs...)})
+		extra = append(extra, agentArgs...)
+		if name == "a" {
+			o.aArgs = append([]string{"--coordinator", o.coord.Addr(), "--name", name}, extra...)
+		}
+		return cluster.StartAgent(t, l, h, o.coord, name, cluster.AgentOptions{Token: o.tok, Extra: extra})
 	}
 	o.bPprof = filepath.Join(l.Dir(), "agent-b-pprof.sock")
 	o.a, o.c, o.d = start(o.ha, "a", "1"), start(o.hc, "c", "1"), start(o.hd, "d", "2")
-	o.b = cluster.StartAgent(t, l, o.hb, o.coord, "b", cluster.AgentOptions{Token: o.tok,
-		Extra: append([]string{"--relay-region", "1", "--pprof-socket", o.bPprof}, agentArgs...)})
+	bExtra := append([]string{"--relay-region", "1", "--pprof-socket", o.bPprof}, agentArgs...)
+	o.bArgs = append([]string{"--coordinator", o.coord.Addr(), "--name", "b"}, bExtra...)
+	o.b = cluster.StartAgent(t, l, o.hb, o.coord, "b", cluster.AgentOptions{Token: o.tok, Extra: bExtra})
 	for _, ag := range []*cluster.Agent{o.a, o.b, o.c, o.d} {
 		ag.WaitPeers(3, 45*time.Second)
 	}
@@ -255,6 +263,7 @@ func benchOverlay(t *testing.T, rep *Report, cfg config, wgplain string) {
 	t.Run("idle-fresh", func(t *testing.T) { o.idleFresh(t, rep, cfg) })
 	t.Run("latency", func(t *testing.T) { o.latency(t, rep, cfg) })
 	t.Run("throughput", func(t *testing.T) { o.throughput(t, rep, cfg) })
+	t.Run("memory-bound", func(t *testing.T) { o.memoryBound(t, rep, cfg) })
 	t.Run("connectivity", func(t *testing.T) { o.connectivity(t, rep, cfg) })
 	t.Run("recovery", func(t *testing.T) { o.recovery(t, rep, cfg) })
 	t.Run("idle-after", func(t *testing.T) { o.idleAfter(t, rep, cfg) })
@@ -342,7 +351,8 @@ func (o *overlay) throughput(t *testing.T, rep *Report, cfg config) {
 		name string
 		pid  int
 	}{{"sender", o.a.Proc.Pid()}, {"receiver", o.b.Proc.Pid()}}
-	var before [2]float64 // the agents' RSS before the first run
+	peakRSS := map[string][]float64{} // agent -> peak RSS of each direct run, sampled every 100 ms
+	var before [2]float64             // the agents' RSS before the first run
 	for i, ag := range agents {
 		before[i], _, _ = procMem(ag.pid)
 	}
@@ -371,6 +381,16 @@ func (o *overlay) throughput(t *testing.T, rep *Report, cfg config) {
 				var g float64
 				var err error
 				run := func() { g, err = iperf(o.ha, x.addr, f, cfg.dur) }
+				if x.name == "direct" {
+					iperfRun := run
+					run = func() {
+						smp := sampleRSS(map[string]int{"sender": o.a.Proc.Pid(), "receiver": o.b.Proc.Pid()})
+						iperfRun()
+						for name, p := range smp.stop() {
+							peakRSS[name] = append(peakRSS[name], p)
+						}
+					}
+				}
 				if tun, ok := tuns[x.name]; ok {
 					fc, cerr := measureFlow(o.ha, o.hb, tun[0], tun[1], run)
 					if cerr != nil {
@@ -418,6 +438,10 @@ func (o *overlay) throughput(t *testing.T, rep *Report, cfg config) {
 		rep.Add(&Measure{Section: memSec, Name: "RSS 10 s after the last run, " + ag.name, Unit: "MiB", Edgewire: []float64{after},
 			RefName: "before the first", Reference: []float64{before[i]}, Target: "<= 1.2x"}).Met = met(after <= 1.2*before[i])
 		rep.Add(&Measure{Section: memSec, Name: "peak RSS (VmHWM) since start, " + ag.name, Unit: "MiB", Edgewire: []float64{peak}})
+		if v := peakRSS[ag.name]; len(v) > 0 {
+			rep.Add(&Measure{Section: memSec, Name: fmt.Sprintf("peak RSS while forwarding (every direct run, all flows; sampled every 100 ms; --max-inflight-packets %s), %s", inflightFlag(), ag.name),
+				Unit: "MiB", Edgewire: v, Target: "<= 64 MiB (the largest run)"}).Met = met(slices.Max(v) <= 64)
+		}
 	}
 	rep.SetRaw("throughput/gbps", res)
 	rep.SetRaw("throughput/tcp_stalls", stalls)
@@ -942,4 +966,122 @@ func (o *overlay) profileRelay(t *testing.T, cfg config) {
 	g, err := iperf(o.ha, o.ipC.String(), flows[0], cfg.dur)
 	wg.Wait()
 	t.Logf("relay TCP 1 stream while profiling: %.2f Gbit/s (err %v)", g, err)
+}
+
+// inflightFlag is the --max-inflight-packets the overlay agents run with:
+// BENCH_AGENT_ARGS's, or the agent's default.
+func inflightFlag() string {
+	v := strconv.Itoa(agent.DefaultMaxInflight)
+	for i, a := range agentArgs {
+		if a == "--max-inflight-packets" && i+1 < len(agentArgs) {
+			v = agentArgs[i+1]
+		} else if after, ok := strings.CutPrefix(a, "--max-inflight-packets="); ok {
+			v = after
+		}
+	}
+	return v
+}
+
+// memoryBound draws the trade curve of --max-inflight-packets: TCP, 1
+// stream, a -> b direct, with both agents restarted (fresh memory) at each
+// setting, settings taken in a rotating order in every round so drift in
+// the machine's load is shared. Each run's peak RSS is sampled every 100
+// ms on both agents; the unbounded pools (0) are the reference.
+func (o *overlay) memoryBound(t *testing.T, rep *Report, cfg config) {
+	settings := []int{0, 64, 128, 256, 1024}
+	if !slices.Contains(settings, agent.DefaultMaxInflight) {
+		settings = append(settings, agent.DefaultMaxInflight)
+	}
+	// Plain wireguard-go's tunnel between a and b is done with (latency
+	// and throughput ran before): its interfaces would offer restarted
+	// agents' ICE host candidates on a path through it, whose MTU is the
+	// tunnel's own.
+	for _, p := range []*lab.Process{o.plainA, o.plainB} {
+		p.Stop(10 * time.Second)
+	}
+	gbps := map[int][]float64{}
+	peak := map[int]map[string][]float64{}
+	restart := func(n int) error {
+		for _, ag := range []*cluster.Agent{o.a, o.b} {
+			if err := ag.Proc.Stop(10 * time.Second); err != nil {
+				return fmt.Errorf("stop agent %s: %w", ag.Name, err)
+			}
+		}
+		bound := []string{"--max-inflight-packets", strconv.Itoa(n)}
+		o.a.StartWith(append(slices.Clone(o.aArgs), bound...)...)
+		o.b.StartWith(append(slices.Clone(o.bArgs), bound...)...)
+		if err := o.waitPaths(60*time.Second, map[[2]*cluster.Agent]string{{o.a, o.b}: "direct", {o.b, o.a}: "direct"}); err != nil {
+			return err
+		}
+		// Both ends restarted at once: a handshake initiation sent before
+		// the other end was up is retried only after WireGuard's 5 s
+		// rekey timeout. Wait for the tunnel to carry a ping.
+		return lab.Eventually(20*time.Second, 100*time.Millisecond, func() error {
+			_, _, err := pingRTTs(o.ha, o.ipB.String(), 1, 100*time.Millisecond)
+			return err
+		})
+	}
+	defer func() { // the later sections run with the agents as they were
+		for _, ag := range []*cluster.Agent{o.a, o.b} {
+			ag.Proc.Stop(10 * time.Second)
+		}
+		o.a.StartWith(o.aArgs...)
+		o.b.StartWith(o.bArgs...)
+		if err := o.waitPaths(60*time.Second, map[[2]*cluster.Agent]string{{o.a, o.b}: "direct", {o.b, o.a}: "direct"}); err != nil {
+			t.Fatalf("agents restarted as they were: %v", err)
+		}
+	}()
+	for r := range cfg.reps {
+		for i := range settings {
+			n := settings[(i+r)%len(settings)]
+			if err := restart(n); err != nil {
+				t.Fatalf("--max-inflight-packets %d: %v", n, err)
+			}
+			smp := sampleRSS(map[string]int{"sender": o.a.Proc.Pid(), "receiver": o.b.Proc.Pid()})
+			g, err := iperf(o.ha, o.ipB.String(), flows[0], cfg.dur)
+			p := smp.stop()
+			if err != nil {
+				t.Logf("--max-inflight-packets %d: %.300v", n, err)
+				o.srvB.restart()
+				continue
+			}
+			gbps[n] = append(gbps[n], g)
+			if peak[n] == nil {
+				peak[n] = map[string][]float64{}
+			}
+			for name, v := range p {
+				peak[n][name] = append(peak[n][name], v)
+			}
+		}
+	}
+	rep.SetRaw("memory_bound/gbps", gbps)
+	rep.SetRaw("memory_bound/peak_rss_mib", peak)
+	sec := fmt.Sprintf("Data-plane memory bound: --max-inflight-packets against throughput and memory (TCP, 1 stream, direct a -> b, %v per run; agents restarted for each run)", cfg.dur)
+	for _, n := range settings {
+		name := fmt.Sprintf("--max-inflight-packets %d", n)
+		switch {
+		case n == 0:
+			name += " (no bound: wireguard-go's pools grow with the load)"
+		case n == agent.DefaultMaxInflight:
+			name += " (the default)"
+		}
+		if n != 0 {
+			m := rep.Add(&Measure{Section: sec, Name: name + ": throughput", Unit: "Gbit/s", Edgewire: gbps[n], RefName: "no bound", Reference: gbps[0]})
+			if n == agent.DefaultMaxInflight {
+				m.Target = ">= 0.95x"
+				if len(m.Edgewire) > 0 && len(m.Reference) > 0 {
+					m.Met = met(m.Ratio >= 0.95)
+				}
+			}
+		} else {
+			rep.Add(&Measure{Section: sec, Name: name + ": throughput", Unit: "Gbit/s", Edgewire: gbps[n]})
+		}
+		for _, side := range []string{"sender", "receiver"} {
+			m := rep.Add(&Measure{Section: sec, Name: name + ": peak RSS, " + side, Unit: "MiB", Edgewire: peak[n][side]})
+			if n == agent.DefaultMaxInflight && len(m.Edgewire) > 0 {
+				m.Target = "<= 64 MiB (the largest run)"
+				m.Met = met(slices.Max(m.Edgewire) <= 64)
+			}
+		}
+	}
 }

@@ -236,3 +236,40 @@ func saveProfiles(sock, dir, name string) error {
 	}
 	return nil
 }
+
+// rssSampler follows the RSS of some processes every 100 ms and keeps
+// the largest reading of each.
+type rssSampler struct {
+	done chan struct{}
+	out  chan map[string]float64
+}
+
+func sampleRSS(pids map[string]int) *rssSampler {
+	s := &rssSampler{done: make(chan struct{}), out: make(chan map[string]float64, 1)}
+	go func() {
+		peak := map[string]float64{}
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			for name, pid := range pids {
+				if rss, _, err := procMem(pid); err == nil && rss > peak[name] {
+					peak[name] = rss
+				}
+			}
+			select {
+			case <-s.done:
+				s.out <- peak
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return s
+}
+
+// stop ends the sampling (after one last reading) and returns the peaks
+// in MiB.
+func (s *rssSampler) stop() map[string]float64 {
+	close(s.done)
+	return <-s.out
+}

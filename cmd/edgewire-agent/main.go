@@ -151,6 +151,7 @@ func main() {
 	rf.StringVar((*string)(&cfg.MetricsPerPeer), "metrics-per-peer", string(agent.PeerMetricsActive), "which peers get metric series of their own (they grow with the square of the fleet): active (traffic beyond keepalives in the last 5 minutes, or an ICE session deciding the path), all, or off; fleet-wide gauges are always exported")
 	rf.StringVar(&cfg.PprofSocket, "pprof-socket", "", "serve Go runtime profiles (/debug/pprof/profile for CPU, heap, goroutine, allocs, ...) on this unix socket, for debugging (empty: off)")
 	rf.Int64Var(&memLimitMiB, "memory-limit-mib", 0, "soft memory limit for the Go runtime in MiB: the GC works harder as the heap nears it (0: none, or $GOMEMLIMIT)")
+	rf.IntVar(&cfg.MaxInflight, "max-inflight-packets", agent.DefaultMaxInflight, "bound on the packets the WireGuard device holds each way between the socket and the interface; each costs up to 64 KiB of memory while it is held, so this bounds the agent's memory under load (0: no bound; see docs/memory.md for throughput against memory)")
 	rf.IntVar(&cfg.RouteTable, "route-table", agent.DefaultRouteTable, "routing table for routes through the overlay (policy rules send the rest to main)")
 	rf.Uint32Var(&cfg.RelayRegion, "relay-region", 0, "preferred home relay region id, used whenever it is up (0: the closest)")
 

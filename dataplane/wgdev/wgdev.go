@@ -27,6 +27,7 @@ import (
 	"golang.zx2c4.com/wireguard/ipc"
 	"golang.zx2c4.com/wireguard/tun"
 
+	"github.com/edgewire/edgewire/dataplane/inflight"
 	"github.com/edgewire/edgewire/types/key"
 )
 
@@ -42,6 +43,11 @@ type Config struct {
 	// routes.
 	FwMark uint32
 	Logger *slog.Logger
+	// MaxInflight bounds the packets the device holds each way between
+	// taking them in and handing them on (see package inflight), and so
+	// its buffer pools: about 64 KiB of memory per packet. 0: no bound
+	// (wireguard-go's pools grow with the load).
+	MaxInflight int
 
 	// TUN, when set, is used instead of creating a kernel TUN device, and
 	// no UAPI socket is opened: two devices then run in one process with
@@ -81,7 +87,8 @@ type Device struct {
 	dev  *device.Device
 	uapi net.Listener
 	log  *slog.Logger
-	wg   sync.WaitGroup // UAPI accept loop
+	wg   sync.WaitGroup    // UAPI accept loop
+	lim  *inflight.Limiter // nil: no bound
 
 	mu      sync.Mutex // guards applied
 	applied map[key.Public]PeerConfig
@@ -102,6 +109,9 @@ func New(cfg Config) (*Device, error) {
 	}
 	if cfg.MTU < 1280 || cfg.MTU > 9000 {
 		return nil, fmt.Errorf("MTU %d: want 1280 to 9000", cfg.MTU)
+	}
+	if cfg.MaxInflight < 0 {
+		return nil, fmt.Errorf("max in-flight packets %d: want 0 (no bound) or more", cfg.MaxInflight)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -135,7 +145,12 @@ func New(cfg Config) (*Device, error) {
 	} else {
 		log.Warn("TUN offloads unavailable (no IFF_VNET_HDR/TSO): one packet per syscall, throughput will suffer", "bind_batch", cfg.Bind.BatchSize())
 	}
-	dev := device.NewDevice(tdev, cfg.Bind, wlog)
+	bind := cfg.Bind
+	if cfg.MaxInflight > 0 {
+		d.lim = inflight.New(cfg.MaxInflight, 0)
+		tdev, bind = d.lim.TUN(tdev), d.lim.Bind(bind)
+	}
+	dev := device.NewDevice(tdev, bind, wlog)
 	dev.DisableSomeRoamingForBrokenMobileSemantics()
 	d.dev = dev
 	conf := fmt.Sprintf("private_key=%s\nlisten_port=%d\nfwmark=%d\n", hex.EncodeToString(cfg.PrivateKey[:]), cfg.ListenPort, cfg.FwMark)
@@ -174,6 +189,10 @@ func New(cfg Config) (*Device, error) {
 	}()
 	return d, nil
 }
+
+// Inflight returns the limiter bounding the packets the device holds, or
+// nil when there is no bound.
+func (d *Device) Inflight() *inflight.Limiter { return d.lim }
 
 // Name returns the interface name.
 func (d *Device) Name() string { return d.name }

@@ -54,8 +54,15 @@ const (
 	DefaultMTU        = 1420
 	DefaultListenPort = 51820
 	DefaultRouteTable = linkconf.DefaultTable
-	keepalive         = 25 * time.Second
-	endpointInterval  = 30 * time.Second
+	// DefaultMaxInflight is the default bound on the packets the WireGuard
+	// device holds each way (see Config.MaxInflight), chosen by `make
+	// bench`'s trade curve: 128 and 256 both kept (and beat) the unbounded
+	// pools' TCP throughput; 256 leaves room for a receive batch (128)
+	// from several peers at once and for faster machines.
+	DefaultMaxInflight = 256
+	MaxInflightLimit   = 1 << 16
+	keepalive          = 25 * time.Second
+	endpointInterval   = 30 * time.Second
 )
 
 // Config configures the agent.
@@ -126,6 +133,11 @@ type Config struct {
 	// (debug.SetMemoryLimit); 0 leaves the runtime's, which honours
 	// $GOMEMLIMIT.
 	MemoryLimit int64
+	// MaxInflight bounds the packets the WireGuard device holds each way
+	// between taking them in and handing them on, and with them its
+	// buffer pools (64 KiB each): 0 leaves them unbounded. See package
+	// inflight and docs/memory.md for the trade against throughput.
+	MaxInflight int
 
 	Logger *slog.Logger
 }
@@ -161,6 +173,9 @@ func (c *Config) validate() error {
 	}
 	if c.MemoryLimit < 0 {
 		return fmt.Errorf("--memory-limit-mib %d: want 0 (off) or more", c.MemoryLimit>>20)
+	}
+	if c.MaxInflight < 0 || c.MaxInflight > MaxInflightLimit {
+		return fmt.Errorf("--max-inflight-packets %d: want 0 (no bound) or 1 to %d", c.MaxInflight, MaxInflightLimit)
 	}
 	if c.ForwardPort < 0 || c.ForwardPort > 65535 {
 		return fmt.Errorf("--service-forward-port %d: want 0 (off) to 65535", c.ForwardPort)
@@ -487,6 +502,7 @@ func RunWith(ctx context.Context, cfg Config, env Env) error {
 	a.dev, err = wgdev.New(wgdev.Config{
 		Name: cfg.Interface, MTU: cfg.MTU, ListenPort: cfg.ListenPort,
 		PrivateKey: nk, Bind: a.bind, Logger: log, FwMark: linkconf.Mark, TUN: env.TUN,
+		MaxInflight: cfg.MaxInflight,
 	})
 	if err != nil {
 		return err

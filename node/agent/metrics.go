@@ -7,6 +7,7 @@ import (
 
 	"github.com/edgewire/edgewire/node/svcpath"
 
+	"github.com/edgewire/edgewire/dataplane/inflight"
 	"github.com/edgewire/edgewire/dataplane/wgdev"
 	"github.com/edgewire/edgewire/internal/telemetry"
 	"github.com/edgewire/edgewire/types/key"
@@ -44,6 +45,22 @@ func (a *Agent) registerMetrics(reg prometheus.Registerer) {
 			emit(float64(c.RelayOut.Load()), "relay_out")
 			emit(float64(c.RelayDropped.Load()), "relay_dropped")
 		})
+	if lim := a.dev.Inflight(); lim != nil {
+		telemetry.GaugeFunc(reg, "edgewire_agent_inflight_limit_packets", "Bound on the packets the WireGuard device holds each way (--max-inflight-packets).",
+			func() float64 { return float64(lim.Max()) })
+		telemetry.Labelled(reg, "edgewire_agent_inflight_packets", "Packets the WireGuard device holds between taking them in and handing them on.", prometheus.GaugeValue, []string{"direction"},
+			func(emit func(float64, ...string)) {
+				s := lim.Stats()
+				emit(float64(s.Held[inflight.In]), "in")
+				emit(float64(s.Held[inflight.Out]), "out")
+			})
+		telemetry.Labelled(reg, "edgewire_agent_inflight_wait_seconds_total", "Time reads from the socket (in) or the interface (out) waited for the device to hand packets on: the bound at work.", prometheus.CounterValue, []string{"direction"},
+			func(emit func(float64, ...string)) {
+				s := lim.Stats()
+				emit(s.Waited[inflight.In].Seconds(), "in")
+				emit(s.Waited[inflight.Out].Seconds(), "out")
+			})
+	}
 	telemetry.GaugeFunc(reg, "edgewire_agent_relay_connected", "1 when the home relay connection is up.", func() float64 {
 		if a.home.Status().Connected {
 			return 1

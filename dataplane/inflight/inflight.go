@@ -1,0 +1,353 @@
+// Package inflight bounds the packets a wireguard-go device holds between
+// taking them in and handing them on, and so the memory its buffer pools
+// can grow to.
+//
+// wireguard-go on Linux gives every packet a 64 KiB buffer from a
+// sync.Pool with no limit and queues up to 1,024 batches per stage, so a
+// bulk flow that outpaces decryption or the TUN device grows the pools to
+// hundreds of MiB. The limits it has are compile-time constants that only
+// its iOS build sets. A Limiter bounds the same thing from outside, at the
+// two seams the device already has:
+//
+//   - inbound, a packet is held from the receive call that filled its
+//     buffer (the Bind's ReceiveFunc) until the TUN Write that delivers it;
+//   - outbound, from the TUN Read that filled it until the Bind Send that
+//     sends it.
+//
+// When a direction holds Max packets, the next receive (or TUN read) waits
+// until deliveries bring it under: the socket's (or the TUN's) kernel
+// queue then fills and drops, which is the backpressure TCP reacts to, as
+// it does on any slower link.
+//
+// A packet is counted as soon as a read returns it, known by its buffer's
+// address. wireguard-go replaces the buffer of every packet it keeps with a
+// fresh one from its pool before the next call, so a packet whose buffer
+// is still in its slot at the next call was not kept and is forgotten
+// then. One the device dropped later (a keepalive, a packet that failed to
+// decrypt) is forgotten when its buffer comes back in a fresh slot or goes
+// out in a Send. A dropped
+// buffer that is not reused stays counted for at most MaxAge; packets
+// wireguard-go keeps longer than that (staged while a handshake is
+// pending) stop being counted then. So the bound is Max packets per
+// direction, plus at most one batch per receive function in flight
+// between the check and the call, plus packets waiting for a handshake.
+package inflight
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/tun"
+)
+
+// Direction is which way packets go.
+type Direction int
+
+const (
+	In  Direction = iota // from the network to the TUN device
+	Out                  // from the TUN device to the network
+)
+
+func (d Direction) String() string {
+	if d == In {
+		return "in"
+	}
+	return "out"
+}
+
+// DefaultMaxAge is how long a taken buffer is counted without being
+// delivered or seen again: far longer than a packet spends in the device's
+// queues (microseconds to milliseconds), so only dropped buffers expire.
+const DefaultMaxAge = time.Second
+
+// sweepEvery bounds how often a full direction looks for expired buffers,
+// and how long a waiter sleeps before looking again on its own.
+const sweepEvery = 50 * time.Millisecond
+
+// Stats are a Limiter's counters.
+type Stats struct {
+	Held    [2]int           // packets held now, by Direction
+	Peak    [2]int           // most held at once
+	Waits   [2]uint64        // reads that waited for room
+	Waited  [2]time.Duration // total time they waited
+	Expired uint64           // buffers forgotten after MaxAge
+}
+
+// Limiter counts the packets a device holds in each direction. Create it
+// with New and wrap the device's Bind and TUN with Bind and TUN.
+type Limiter struct {
+	max    int
+	maxAge int64 // nanoseconds
+	epoch  time.Time
+
+	mu        sync.Mutex
+	held      map[uintptr]entry // buffer address -> when it was taken, and which way
+	count     [2]int
+	peak      [2]int
+	lastSweep int64
+	changed   chan struct{} // closed and replaced when packets are delivered while someone waits
+	waiting   int
+
+	waits   [2]atomic.Uint64
+	waited  [2]atomic.Int64
+	expired atomic.Uint64
+}
+
+type entry struct {
+	at  int64 // nanoseconds since epoch
+	dir Direction
+}
+
+// New returns a Limiter that lets each direction hold max packets.
+// maxAge <= 0 means DefaultMaxAge.
+func New(max int, maxAge time.Duration) *Limiter {
+	if max < 1 {
+		max = 1
+	}
+	if maxAge <= 0 {
+		maxAge = DefaultMaxAge
+	}
+	return &Limiter{max: max, maxAge: int64(maxAge), epoch: time.Now(),
+		held: make(map[uintptr]entry, 2*max), changed: make(chan struct{})}
+}
+
+// Max returns the bound per direction.
+func (l *Limiter) Max() int { return l.max }
+
+// Stats returns the counters. Buffers past MaxAge are forgotten first, so
+// Held is what the device holds, not what it dropped.
+func (l *Limiter) Stats() Stats {
+	var s Stats
+	l.mu.Lock()
+	if now := l.now(); now-l.lastSweep >= int64(sweepEvery) {
+		l.sweep(now)
+	}
+	s.Held, s.Peak = l.count, l.peak
+	l.mu.Unlock()
+	for d := range s.Waits {
+		s.Waits[d] = l.waits[d].Load()
+		s.Waited[d] = time.Duration(l.waited[d].Load())
+	}
+	s.Expired = l.expired.Load()
+	return s
+}
+
+func (l *Limiter) now() int64 { return int64(time.Since(l.epoch)) }
+
+func addr(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b))) }
+
+// reader is what a Limiter remembers of one read seam between calls: the
+// slots of the last call and which of them it counted. One goroutine
+// makes each seam's calls (wireguard-go runs one per receive function and
+// one TUN reader), so a reader needs no lock of its own.
+type reader struct {
+	prev []uintptr
+	held []bool
+}
+
+// before runs as the device calls a read with the slots bufs. Every
+// buffer in a slot belongs to the reader, not to a packet in flight: a
+// fresh one (the slot changed: the device kept the last call's packet
+// there, which stays counted) or one the device did not keep (the slot is
+// unchanged). Then it waits until dir is under the bound or done is
+// closed.
+func (l *Limiter) before(dir Direction, r *reader, bufs [][]byte, done <-chan struct{}) {
+	l.mu.Lock()
+	for i, b := range bufs {
+		a := addr(b)
+		switch {
+		case i >= len(r.prev) || r.prev[i] != a:
+			l.forget(a) // fresh from the device's pool
+		case r.held[i]:
+			l.forget(a) // counted, but the device did not keep it
+		}
+	}
+	if l.count[dir] < l.max {
+		l.mu.Unlock()
+		return
+	}
+	l.wait(dir, done) // unlocks
+}
+
+// after runs as the read returns n packets in bufs: each is counted at
+// once, before the device can hand it on, so a delivery never comes
+// before the count it ends.
+func (l *Limiter) after(dir Direction, r *reader, bufs [][]byte, sizes []int, n int) {
+	if len(r.prev) != len(bufs) {
+		r.prev, r.held = make([]uintptr, len(bufs)), make([]bool, len(bufs))
+	}
+	l.mu.Lock()
+	now := l.now()
+	for i, b := range bufs {
+		r.prev[i] = addr(b)
+		r.held[i] = i < n && sizes[i] > 0
+		if r.held[i] {
+			l.hold(r.prev[i], dir, now)
+		}
+	}
+	if l.count[dir] > l.peak[dir] {
+		l.peak[dir] = l.count[dir]
+	}
+	l.mu.Unlock()
+}
+
+// wait blocks, with l.mu held on entry and released on return, until dir
+// holds fewer than max packets or done is closed. It ends within MaxAge
+// plus a sweep even if nothing is delivered: every held buffer expires.
+func (l *Limiter) wait(dir Direction, done <-chan struct{}) {
+	start := l.now()
+	l.waits[dir].Add(1)
+	defer func() { l.waited[dir].Add(l.now() - start) }()
+	t := time.NewTimer(sweepEvery)
+	defer t.Stop()
+	for {
+		now := l.now()
+		if now-l.lastSweep >= int64(sweepEvery) {
+			l.sweep(now)
+		}
+		if l.count[dir] < l.max {
+			l.mu.Unlock()
+			return
+		}
+		ch := l.changed
+		l.waiting++
+		l.mu.Unlock()
+		select {
+		case <-ch:
+		case <-t.C:
+			t.Reset(sweepEvery)
+		case <-done:
+			l.mu.Lock()
+			l.waiting--
+			l.mu.Unlock()
+			return
+		}
+		l.mu.Lock()
+		l.waiting--
+	}
+}
+
+// sweep forgets buffers held longer than maxAge. l.mu is held.
+func (l *Limiter) sweep(now int64) {
+	l.lastSweep = now
+	for a, e := range l.held {
+		if now-e.at >= l.maxAge {
+			delete(l.held, a)
+			l.count[e.dir]--
+			l.expired.Add(1)
+		}
+	}
+}
+
+func (l *Limiter) hold(a uintptr, dir Direction, now int64) {
+	if e, ok := l.held[a]; ok {
+		l.count[e.dir]--
+	}
+	l.held[a] = entry{at: now, dir: dir}
+	l.count[dir]++
+}
+
+func (l *Limiter) forget(a uintptr) {
+	if e, ok := l.held[a]; ok {
+		delete(l.held, a)
+		l.count[e.dir]--
+	}
+}
+
+// release forgets the buffers the device delivered (TUN Write) or sent
+// (Bind Send) and wakes readers waiting for room.
+func (l *Limiter) release(bufs [][]byte) {
+	l.mu.Lock()
+	for _, b := range bufs {
+		l.forget(addr(b))
+	}
+	if l.waiting > 0 {
+		close(l.changed)
+		l.changed = make(chan struct{})
+	}
+	l.mu.Unlock()
+}
+
+// Bind wraps b: its receive functions count what the device takes in, and
+// Send releases what it sent.
+func (l *Limiter) Bind(b conn.Bind) conn.Bind { return &limitedBind{Bind: b, l: l} }
+
+type limitedBind struct {
+	conn.Bind
+	l    *Limiter
+	mu   sync.Mutex
+	done chan struct{} // closed by Close: receivers waiting for room return to find the socket closed
+}
+
+func (b *limitedBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
+	fns, actual, err := b.Bind.Open(port)
+	if err != nil {
+		return nil, 0, err
+	}
+	done := make(chan struct{})
+	b.mu.Lock()
+	b.done = done
+	b.mu.Unlock()
+	wrapped := make([]conn.ReceiveFunc, len(fns))
+	for i, fn := range fns {
+		r := new(reader)
+		wrapped[i] = func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+			b.l.before(In, r, bufs, done)
+			n, err := fn(bufs, sizes, eps)
+			b.l.after(In, r, bufs, sizes, n)
+			return n, err
+		}
+	}
+	return wrapped, actual, nil
+}
+
+func (b *limitedBind) Close() error {
+	b.mu.Lock()
+	if b.done != nil {
+		close(b.done)
+		b.done = nil
+	}
+	b.mu.Unlock()
+	return b.Bind.Close()
+}
+
+func (b *limitedBind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	err := b.Bind.Send(bufs, ep)
+	b.l.release(bufs)
+	return err
+}
+
+// TUN wraps t: Read counts what the device takes in from it, and Write
+// releases what it delivered.
+func (l *Limiter) TUN(t tun.Device) tun.Device {
+	return &limitedTUN{Device: t, l: l, done: make(chan struct{})}
+}
+
+type limitedTUN struct {
+	tun.Device
+	l    *Limiter
+	r    reader
+	once sync.Once
+	done chan struct{}
+}
+
+func (t *limitedTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	t.l.before(Out, &t.r, bufs, t.done)
+	n, err := t.Device.Read(bufs, sizes, offset)
+	t.l.after(Out, &t.r, bufs, sizes, n)
+	return n, err
+}
+
+func (t *limitedTUN) Write(bufs [][]byte, offset int) (int, error) {
+	n, err := t.Device.Write(bufs, offset)
+	t.l.release(bufs)
+	return n, err
+}
+
+func (t *limitedTUN) Close() error {
+	t.once.Do(func() { close(t.done) })
+	return t.Device.Close()
+}

@@ -1,0 +1,206 @@
+package inflight
+
+import (
+	"testing"
+	"time"
+)
+
+// device plays wireguard-go's side of a read seam: a batch of buffer slots
+// passed to every read, where each packet the device keeps has its slot
+// refilled with a fresh buffer before the next read.
+type device struct {
+	l    *Limiter
+	dir  Direction
+	bufs [][]byte
+	r    reader
+	done chan struct{}
+}
+
+func newDevice(l *Limiter, dir Direction, slots int) *device {
+	d := &device{l: l, dir: dir, done: make(chan struct{})}
+	for range slots {
+		d.bufs = append(d.bufs, make([]byte, 64))
+	}
+	return d
+}
+
+// read is the device's next read, which returns n packets; it blocks
+// while the direction is full.
+func (d *device) read(n int) {
+	d.l.before(d.dir, &d.r, d.bufs, d.done)
+	sizes := make([]int, len(d.bufs))
+	for i := range n {
+		sizes[i] = 60
+	}
+	d.l.after(d.dir, &d.r, d.bufs, sizes, n)
+}
+
+// keep takes the buffers of the first n slots, as the device does with
+// the packets a read returned, and refills the slots.
+func (d *device) keep(n int) [][]byte {
+	kept := make([][]byte, n)
+	for i := range n {
+		kept[i] = d.bufs[i]
+		d.bufs[i] = make([]byte, 64)
+	}
+	return kept
+}
+
+func TestAccounting(t *testing.T) {
+	l := New(100, time.Hour)
+	in := newDevice(l, In, 4)
+	out := newDevice(l, Out, 4)
+	held := func(want [2]int) {
+		t.Helper()
+		if got := l.Stats().Held; got != want {
+			t.Errorf("held: got %v, want %v (in, out)", got, want)
+		}
+	}
+
+	in.read(3)
+	held([2]int{3, 0}) // counted as the read returns them
+	a := in.keep(2)
+	in.read(0)
+	held([2]int{2, 0}) // the packet left in its slot was not kept
+	in.read(0)
+	held([2]int{2, 0})
+	l.release(a[:1]) // delivered
+	held([2]int{1, 0})
+	l.release(a[:1])
+	held([2]int{1, 0}) // delivered twice: counted once
+
+	// a[1] is dropped by the device (a keepalive) and comes back from its
+	// pool to refill a TUN read slot: it is no longer held inbound.
+	out.read(4)
+	held([2]int{1, 4})
+	kept := out.keep(4)
+	out.bufs[3] = a[1]
+	out.read(0)
+	held([2]int{0, 4})
+	l.release(kept) // sent
+	l.release([][]byte{make([]byte, 8)})
+	held([2]int{0, 0}) // a buffer never counted (a handshake message) changes nothing
+	if p := l.Stats().Peak; p != [2]int{3, 4} {
+		t.Errorf("peak: got %v, want [3 4]", p)
+	}
+}
+
+// startRead runs d's next read and returns a channel closed when it
+// returns.
+func startRead(d *device) chan struct{} {
+	ret := make(chan struct{})
+	go func() { d.read(0); close(ret) }()
+	return ret
+}
+
+func waitReturn(t *testing.T, ret chan struct{}, why string) {
+	t.Helper()
+	select {
+	case <-ret:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("read still waiting 10 s after %s", why)
+	}
+}
+
+func stillWaiting(t *testing.T, ret chan struct{}) {
+	t.Helper()
+	select {
+	case <-ret:
+		t.Fatal("read went on with the direction full")
+	case <-time.After(150 * time.Millisecond):
+	}
+}
+
+func TestFullDirectionWaits(t *testing.T) {
+	l := New(2, time.Hour)
+	in := newDevice(l, In, 4)
+	in.read(2)
+	kept := in.keep(2)
+	ret := startRead(in)
+	stillWaiting(t, ret)
+
+	// The other direction is not held up by this one.
+	out := newDevice(l, Out, 4)
+	out.read(1)
+	out.keep(1)
+	waitReturn(t, startRead(out), "reading the other direction")
+
+	l.release(kept[:1])
+	waitReturn(t, ret, "a delivery made room")
+	s := l.Stats()
+	if s.Waits[In] != 1 || s.Waits[Out] != 0 {
+		t.Errorf("waits: got %v, want [1 0]", s.Waits)
+	}
+	if s.Waited[In] <= 0 {
+		t.Errorf("time waited inbound: got %v, want > 0", s.Waited[In])
+	}
+}
+
+func TestCloseEndsWait(t *testing.T) {
+	l := New(1, time.Hour)
+	in := newDevice(l, In, 2)
+	in.read(1)
+	in.keep(1)
+	ret := startRead(in)
+	stillWaiting(t, ret)
+	close(in.done)
+	waitReturn(t, ret, "the socket was closed")
+}
+
+// A buffer the device dropped and never used again stops counting after
+// MaxAge, so a full direction cannot stay full for good.
+func TestDroppedBuffersExpire(t *testing.T) {
+	l := New(1, 20*time.Millisecond)
+	in := newDevice(l, In, 2)
+	in.read(1)
+	in.keep(1) // never delivered, never seen again
+	ret := startRead(in)
+	waitReturn(t, ret, "the only held buffer expired")
+	s := l.Stats()
+	if s.Expired != 1 || s.Held[In] != 0 {
+		t.Errorf("after expiry: expired %d, held %v; want 1 and [0 0]", s.Expired, s.Held)
+	}
+}
+
+// Many readers and deliverers at once: the count stays exact (-race).
+func TestConcurrent(t *testing.T) {
+	l := New(8, time.Hour)
+	const readers, rounds = 3, 300
+	delivered := make(chan [][]byte, readers*rounds)
+	finished := make(chan struct{})
+	for range readers {
+		go func() {
+			d := newDevice(l, In, 4)
+			for range rounds {
+				d.read(3)
+				delivered <- d.keep(2)
+			}
+			d.read(0)
+			finished <- struct{}{}
+		}()
+	}
+	go func() {
+		for b := range delivered {
+			l.release(b)
+		}
+	}()
+	for range readers {
+		select {
+		case <-finished:
+		case <-time.After(30 * time.Second):
+			t.Fatal("readers stuck")
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for l.Stats().Held[In] != 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	s := l.Stats()
+	if s.Held[In] != 0 {
+		t.Errorf("held after everything was delivered: %d", s.Held[In])
+	}
+	if s.Peak[In] > 8+readers*3 {
+		t.Errorf("peak %d: want at most the bound 8 plus one read's packets per reader (%d)", s.Peak[In], 8+readers*3)
+	}
+	close(delivered)
+}
