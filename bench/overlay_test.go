@@ -983,14 +983,17 @@ func inflightFlag() string {
 }
 
 // memoryBound draws the trade curve of --max-inflight-packets: TCP, 1
-// stream, a -> b direct, with both agents restarted (fresh memory) at each
-// setting, settings taken in a rotating order in every round so drift in
+// stream, a -> b direct, with both agents restarted (fresh memory) for
+// every run, settings taken in a rotating order in every round so drift in
 // the machine's load is shared. Each run's peak RSS is sampled every 100
-// ms on both agents; the unbounded pools (0) are the reference.
+// ms on both agents. The reference is the agent as it was before the
+// bound: no bound and the Go runtime's default GC target (100).
 func (o *overlay) memoryBound(t *testing.T, rep *Report, cfg config) {
-	settings := []int{0, 64, 128, 256, 1024}
-	if !slices.Contains(settings, agent.DefaultMaxInflight) {
-		settings = append(settings, agent.DefaultMaxInflight)
+	type setting struct{ bound, gc int } // gc 0: the agent's default
+	before := setting{0, 100}
+	settings := []setting{before, {0, 0}, {64, 0}, {128, 0}, {256, 0}, {1024, 0}}
+	if !slices.Contains(settings, setting{agent.DefaultMaxInflight, 0}) {
+		settings = append(settings, setting{agent.DefaultMaxInflight, 0})
 	}
 	// Plain wireguard-go's tunnel between a and b is done with (latency
 	// and throughput ran before): its interfaces would offer restarted
@@ -999,17 +1002,20 @@ func (o *overlay) memoryBound(t *testing.T, rep *Report, cfg config) {
 	for _, p := range []*lab.Process{o.plainA, o.plainB} {
 		p.Stop(10 * time.Second)
 	}
-	gbps := map[int][]float64{}
-	peak := map[int]map[string][]float64{}
-	restart := func(n int) error {
+	gbps := map[setting][]float64{}
+	peak := map[setting]map[string][]float64{}
+	restart := func(s setting) error {
 		for _, ag := range []*cluster.Agent{o.a, o.b} {
 			if err := ag.Proc.Stop(10 * time.Second); err != nil {
 				return fmt.Errorf("stop agent %s: %w", ag.Name, err)
 			}
 		}
-		bound := []string{"--max-inflight-packets", strconv.Itoa(n)}
-		o.a.StartWith(append(slices.Clone(o.aArgs), bound...)...)
-		o.b.StartWith(append(slices.Clone(o.bArgs), bound...)...)
+		args := []string{"--max-inflight-packets", strconv.Itoa(s.bound)}
+		if s.gc != 0 {
+			args = append(args, "--gc-percent", strconv.Itoa(s.gc))
+		}
+		o.a.StartWith(append(slices.Clone(o.aArgs), args...)...)
+		o.b.StartWith(append(slices.Clone(o.bArgs), args...)...)
 		if err := o.waitPaths(60*time.Second, map[[2]*cluster.Agent]string{{o.a, o.b}: "direct", {o.b, o.a}: "direct"}); err != nil {
 			return err
 		}
@@ -1033,52 +1039,56 @@ func (o *overlay) memoryBound(t *testing.T, rep *Report, cfg config) {
 	}()
 	for r := range cfg.reps {
 		for i := range settings {
-			n := settings[(i+r)%len(settings)]
-			if err := restart(n); err != nil {
-				t.Fatalf("--max-inflight-packets %d: %v", n, err)
+			st := settings[(i+r)%len(settings)]
+			if err := restart(st); err != nil {
+				t.Fatalf("%+v: %v", st, err)
 			}
 			smp := sampleRSS(map[string]int{"sender": o.a.Proc.Pid(), "receiver": o.b.Proc.Pid()})
 			g, err := iperf(o.ha, o.ipB.String(), flows[0], cfg.dur)
 			p := smp.stop()
 			if err != nil {
-				t.Logf("--max-inflight-packets %d: %.300v", n, err)
+				t.Logf("%+v: %.300v", st, err)
 				o.srvB.restart()
 				continue
 			}
-			gbps[n] = append(gbps[n], g)
-			if peak[n] == nil {
-				peak[n] = map[string][]float64{}
+			gbps[st] = append(gbps[st], g)
+			if peak[st] == nil {
+				peak[st] = map[string][]float64{}
 			}
 			for name, v := range p {
-				peak[n][name] = append(peak[n][name], v)
+				peak[st][name] = append(peak[st][name], v)
 			}
 		}
 	}
-	rep.SetRaw("memory_bound/gbps", gbps)
-	rep.SetRaw("memory_bound/peak_rss_mib", peak)
-	sec := fmt.Sprintf("Data-plane memory bound: --max-inflight-packets against throughput and memory (TCP, 1 stream, direct a -> b, %v per run; agents restarted for each run)", cfg.dur)
-	for _, n := range settings {
-		name := fmt.Sprintf("--max-inflight-packets %d", n)
+	raw := map[string]any{}
+	for _, st := range settings {
+		raw[fmt.Sprintf("bound=%d,gc=%d", st.bound, st.gc)] = map[string]any{"gbps": gbps[st], "peak_rss_mib": peak[st]}
+	}
+	rep.SetRaw("memory_bound", raw)
+	sec := fmt.Sprintf("Data-plane memory bound: --max-inflight-packets against throughput and memory (TCP, 1 stream, direct a -> b, %v per run; agents restarted for each run; --gc-percent %d unless said)", cfg.dur, agent.DefaultGCPercent)
+	for _, st := range settings {
+		name := fmt.Sprintf("--max-inflight-packets %d", st.bound)
 		switch {
-		case n == 0:
-			name += " (no bound: wireguard-go's pools grow with the load)"
-		case n == agent.DefaultMaxInflight:
+		case st == before:
+			name += " --gc-percent 100 (before: no bound, the runtime's GC target)"
+		case st.bound == 0:
+			name += " (no bound)"
+		case st.bound == agent.DefaultMaxInflight:
 			name += " (the default)"
 		}
-		if n != 0 {
-			m := rep.Add(&Measure{Section: sec, Name: name + ": throughput", Unit: "Gbit/s", Edgewire: gbps[n], RefName: "no bound", Reference: gbps[0]})
-			if n == agent.DefaultMaxInflight {
-				m.Target = ">= 0.95x"
-				if len(m.Edgewire) > 0 && len(m.Reference) > 0 {
-					m.Met = met(m.Ratio >= 0.95)
-				}
+		m := rep.Add(&Measure{Section: sec, Name: name + ": throughput", Unit: "Gbit/s", Edgewire: gbps[st]})
+		if st != before {
+			m.RefName, m.Reference = "before", gbps[before]
+		}
+		if st.bound == agent.DefaultMaxInflight {
+			m.Target = ">= 0.95x"
+			if len(m.Edgewire) > 0 && len(m.Reference) > 0 {
+				m.Met = met(m.Ratio >= 0.95)
 			}
-		} else {
-			rep.Add(&Measure{Section: sec, Name: name + ": throughput", Unit: "Gbit/s", Edgewire: gbps[n]})
 		}
 		for _, side := range []string{"sender", "receiver"} {
-			m := rep.Add(&Measure{Section: sec, Name: name + ": peak RSS, " + side, Unit: "MiB", Edgewire: peak[n][side]})
-			if n == agent.DefaultMaxInflight && len(m.Edgewire) > 0 {
+			m := rep.Add(&Measure{Section: sec, Name: name + ": peak RSS, " + side, Unit: "MiB", Edgewire: peak[st][side]})
+			if st.bound == agent.DefaultMaxInflight && len(m.Edgewire) > 0 {
 				m.Target = "<= 64 MiB (the largest run)"
 				m.Met = met(slices.Max(m.Edgewire) <= 64)
 			}

@@ -124,6 +124,9 @@ func main() {
 			}
 			cfg.PodNetwork = podnet.Mode(podNetwork)
 			cfg.MemoryLimit = memLimitMiB << 20
+			if !cmd.Flags().Changed("gc-percent") && os.Getenv("GOGC") != "" {
+				cfg.GCPercent = 0 // $GOGC, read by the runtime, stands
+			}
 			cfg.Logger = log
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -152,6 +155,7 @@ func main() {
 	rf.StringVar(&cfg.PprofSocket, "pprof-socket", "", "serve Go runtime profiles (/debug/pprof/profile for CPU, heap, goroutine, allocs, ...) on this unix socket, for debugging (empty: off)")
 	rf.Int64Var(&memLimitMiB, "memory-limit-mib", 0, "soft memory limit for the Go runtime in MiB: the GC works harder as the heap nears it (0: none, or $GOMEMLIMIT)")
 	rf.IntVar(&cfg.MaxInflight, "max-inflight-packets", agent.DefaultMaxInflight, "bound on the packets the WireGuard device holds each way between the socket and the interface; each costs up to 64 KiB of memory while it is held, so this bounds the agent's memory under load (0: no bound; see docs/memory.md for throughput against memory)")
+	rf.IntVar(&cfg.GCPercent, "gc-percent", agent.DefaultGCPercent, "Go GC target: heap growth over live data, in percent, before the next collection; lower holds less garbage resident under load for a little CPU (0: the runtime's; $GOGC, when set, stands unless this flag is given)")
 	rf.IntVar(&cfg.RouteTable, "route-table", agent.DefaultRouteTable, "routing table for routes through the overlay (policy rules send the rest to main)")
 	rf.Uint32Var(&cfg.RelayRegion, "relay-region", 0, "preferred home relay region id, used whenever it is up (0: the closest)")
 

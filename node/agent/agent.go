@@ -61,6 +61,7 @@ const (
 	// from several peers at once and for faster machines.
 	DefaultMaxInflight = 256
 	MaxInflightLimit   = 1 << 16
+	DefaultGCPercent   = 50
 	keepalive          = 25 * time.Second
 	endpointInterval   = 30 * time.Second
 )
@@ -138,6 +139,12 @@ type Config struct {
 	// buffer pools (64 KiB each): 0 leaves them unbounded. See package
 	// inflight and docs/memory.md for the trade against throughput.
 	MaxInflight int
+	// GCPercent is the Go GC's target heap growth (debug.SetGCPercent);
+	// 0 leaves the runtime's, which honours $GOGC. With the data plane's
+	// buffers bounded the live heap is small and mostly pointer-free
+	// packet buffers, cheap to collect, and what sits resident under load
+	// is garbage awaiting the next cycle: DefaultGCPercent halves it.
+	GCPercent int
 
 	Logger *slog.Logger
 }
@@ -173,6 +180,9 @@ func (c *Config) validate() error {
 	}
 	if c.MemoryLimit < 0 {
 		return fmt.Errorf("--memory-limit-mib %d: want 0 (off) or more", c.MemoryLimit>>20)
+	}
+	if c.GCPercent < 0 || c.GCPercent > 0 && c.GCPercent < 10 || c.GCPercent > 1000 {
+		return fmt.Errorf("--gc-percent %d: want 10 to 1000 (or 0: the runtime's, $GOGC)", c.GCPercent)
 	}
 	if c.MaxInflight < 0 || c.MaxInflight > MaxInflightLimit {
 		return fmt.Errorf("--max-inflight-packets %d: want 0 (no bound) or 1 to %d", c.MaxInflight, MaxInflightLimit)
@@ -410,6 +420,9 @@ func RunWith(ctx context.Context, cfg Config, env Env) error {
 	log := cfg.Logger
 	if cfg.MemoryLimit > 0 {
 		debug.SetMemoryLimit(cfg.MemoryLimit)
+	}
+	if cfg.GCPercent > 0 {
+		debug.SetGCPercent(cfg.GCPercent)
 	}
 	nk, err := identity.LoadOrCreateKey(cfg.StateDir)
 	if err != nil {
