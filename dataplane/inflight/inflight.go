@@ -26,10 +26,11 @@
 // then. One the device dropped later (a keepalive, a packet that failed to
 // decrypt) is forgotten when its buffer comes back in a fresh slot or goes
 // out in a Send. A dropped
-// buffer that is not reused stays counted for at most MaxAge; packets
-// wireguard-go keeps longer than that (staged while a handshake is
-// pending) stop being counted then. So the bound is Max packets per
-// direction, plus at most one batch per receive function in flight
+// buffer that is not reused stays counted for at most MaxAge, and a full
+// direction that sees no delivery at all for DefaultStall forgets what it
+// has held that long: packets wireguard-go keeps for longer (staged while
+// a handshake is pending) stop being counted then. So the bound is Max
+// packets per direction, plus at most one batch per receive function
 // between the check and the call, plus packets waiting for a handshake.
 package inflight
 
@@ -67,6 +68,15 @@ const DefaultMaxAge = time.Second
 // and how long a waiter sleeps before looking again on its own.
 const sweepEvery = 50 * time.Millisecond
 
+// DefaultStall is how long a full direction waits with nothing delivered
+// at all before it forgets the buffers held that long. A TUN write and a
+// Bind send never block (the kernel and the relay client drop instead), so
+// a device that delivers nothing for this long while packets are counted
+// is holding them elsewhere: staged for a peer whose handshake is pending,
+// or dropped. Without this, traffic to an unreachable peer (wireguard-go
+// stages up to 128 packets each) would stop all traffic until MaxAge.
+const DefaultStall = 100 * time.Millisecond
+
 // Stats are a Limiter's counters.
 type Stats struct {
 	Held    [2]int           // packets held now, by Direction
@@ -81,6 +91,7 @@ type Stats struct {
 type Limiter struct {
 	max    int
 	maxAge int64 // nanoseconds
+	stall  int64 // nanoseconds; see DefaultStall
 	epoch  time.Time
 
 	mu        sync.Mutex
@@ -88,6 +99,7 @@ type Limiter struct {
 	count     [2]int
 	peak      [2]int
 	lastSweep int64
+	lastDone  int64         // the last delivery (release)
 	changed   chan struct{} // closed and replaced when packets are delivered while someone waits
 	waiting   int
 
@@ -110,7 +122,7 @@ func New(max int, maxAge time.Duration) *Limiter {
 	if maxAge <= 0 {
 		maxAge = DefaultMaxAge
 	}
-	return &Limiter{max: max, maxAge: int64(maxAge), epoch: time.Now(),
+	return &Limiter{max: max, maxAge: int64(maxAge), stall: int64(DefaultStall), epoch: time.Now(),
 		held: make(map[uintptr]entry, 2*max), changed: make(chan struct{})}
 }
 
@@ -205,7 +217,10 @@ func (l *Limiter) wait(dir Direction, done <-chan struct{}) {
 	defer t.Stop()
 	for {
 		now := l.now()
-		if now-l.lastSweep >= int64(sweepEvery) {
+		switch {
+		case now-l.lastDone >= l.stall:
+			l.expire(now - l.stall)
+		case now-l.lastSweep >= int64(sweepEvery):
 			l.sweep(now)
 		}
 		if l.count[dir] < l.max {
@@ -233,8 +248,13 @@ func (l *Limiter) wait(dir Direction, done <-chan struct{}) {
 // sweep forgets buffers held longer than maxAge. l.mu is held.
 func (l *Limiter) sweep(now int64) {
 	l.lastSweep = now
+	l.expire(now - l.maxAge)
+}
+
+// expire forgets buffers taken at or before cutoff. l.mu is held.
+func (l *Limiter) expire(cutoff int64) {
 	for a, e := range l.held {
-		if now-e.at >= l.maxAge {
+		if e.at <= cutoff {
 			delete(l.held, a)
 			l.count[e.dir]--
 			l.expired.Add(1)
@@ -264,6 +284,7 @@ func (l *Limiter) release(bufs [][]byte) {
 	for _, b := range bufs {
 		l.forget(addr(b))
 	}
+	l.lastDone = l.now()
 	if l.waiting > 0 {
 		close(l.changed)
 		l.changed = make(chan struct{})

@@ -113,6 +113,7 @@ func stillWaiting(t *testing.T, ret chan struct{}) {
 
 func TestFullDirectionWaits(t *testing.T) {
 	l := New(2, time.Hour)
+	l.stall = int64(time.Hour)
 	in := newDevice(l, In, 4)
 	in.read(2)
 	kept := in.keep(2)
@@ -138,6 +139,7 @@ func TestFullDirectionWaits(t *testing.T) {
 
 func TestCloseEndsWait(t *testing.T) {
 	l := New(1, time.Hour)
+	l.stall = int64(time.Hour)
 	in := newDevice(l, In, 2)
 	in.read(1)
 	in.keep(1)
@@ -151,6 +153,7 @@ func TestCloseEndsWait(t *testing.T) {
 // MaxAge, so a full direction cannot stay full for good.
 func TestDroppedBuffersExpire(t *testing.T) {
 	l := New(1, 20*time.Millisecond)
+	l.stall = int64(time.Hour)
 	in := newDevice(l, In, 2)
 	in.read(1)
 	in.keep(1) // never delivered, never seen again
@@ -160,6 +163,47 @@ func TestDroppedBuffersExpire(t *testing.T) {
 	if s.Expired != 1 || s.Held[In] != 0 {
 		t.Errorf("after expiry: expired %d, held %v; want 1 and [0 0]", s.Expired, s.Held)
 	}
+}
+
+// A full direction with nothing delivered at all (packets staged for an
+// unreachable peer) forgets what it has held for DefaultStall rather than
+// stopping every flow for MaxAge.
+func TestStallForgets(t *testing.T) {
+	l := New(1, time.Hour)
+	in := newDevice(l, In, 2)
+	in.read(1)
+	in.keep(1)
+	start := time.Now()
+	waitReturn(t, startRead(in), "nothing was delivered for "+DefaultStall.String())
+	if s := l.Stats(); s.Expired != 1 || s.Held[In] != 0 {
+		t.Errorf("after the stall: expired %d, held %v; want 1 and [0 0]", s.Expired, s.Held)
+	}
+	t.Logf("the read waited %v", time.Since(start))
+
+	// While other packets are delivered the device is not stalled: the
+	// read waits for room.
+	in.read(1)
+	kept := in.keep(1)
+	stop := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+				l.release([][]byte{make([]byte, 8)}) // some other packet, delivered
+			}
+		}
+	}()
+	ret := startRead(in)
+	select {
+	case <-ret:
+		t.Fatal("read went on while deliveries went on and the direction was full")
+	case <-time.After(3 * DefaultStall):
+	}
+	close(stop)
+	l.release(kept)
+	waitReturn(t, ret, "the packet was delivered")
 }
 
 // Many readers and deliverers at once: the count stays exact (-race).
