@@ -94,7 +94,7 @@ type Limiter struct {
 	stall  int64 // nanoseconds; see DefaultStall
 	epoch  time.Time
 
-	mu        sync.Mutex
+	mu        sync.Mutex        // guards held through waiting
 	held      map[uintptr]entry // buffer address -> when it was taken, and which way
 	count     [2]int
 	peak      [2]int
@@ -296,10 +296,15 @@ func (l *Limiter) release(bufs [][]byte) {
 // Send releases what it sent.
 func (l *Limiter) Bind(b conn.Bind) conn.Bind { return &limitedBind{Bind: b, l: l} }
 
+var (
+	_ conn.Bind  = (*limitedBind)(nil)
+	_ tun.Device = (*limitedTUN)(nil)
+)
+
 type limitedBind struct {
 	conn.Bind
 	l    *Limiter
-	mu   sync.Mutex
+	mu   sync.Mutex    // guards done
 	done chan struct{} // closed by Close: receivers waiting for room return to find the socket closed
 }
 
