@@ -94,7 +94,7 @@ type Limiter struct {
 	stall  int64 // nanoseconds; see DefaultStall
 	epoch  time.Time
 
-	mu        sync.Mutex        // guards held through waiting
+	mu        sync.Mutex        // guards held through readers, and the readers' bufs and reading
 	held      map[uintptr]entry // buffer address -> when it was taken, and which way
 	count     [2]int
 	peak      [2]int
@@ -102,6 +102,7 @@ type Limiter struct {
 	lastDone  int64         // the last delivery (release)
 	changed   chan struct{} // closed and replaced when packets are delivered while someone waits
 	waiting   int
+	readers   map[*reader]struct{} // the device's read seams, for Trim
 
 	waits   [2]atomic.Uint64
 	waited  [2]atomic.Int64
@@ -123,7 +124,7 @@ func New(max int, maxAge time.Duration) *Limiter {
 		maxAge = DefaultMaxAge
 	}
 	return &Limiter{max: max, maxAge: int64(maxAge), stall: int64(DefaultStall), epoch: time.Now(),
-		held: make(map[uintptr]entry, 2*max), changed: make(chan struct{})}
+		held: make(map[uintptr]entry, 2*max), changed: make(chan struct{}), readers: make(map[*reader]struct{})}
 }
 
 // Max returns the bound per direction.
@@ -158,6 +159,55 @@ func addr(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b))
 type reader struct {
 	prev []uintptr
 	held []bool
+
+	// Guarded by the Limiter's mu: the slots of the read in progress,
+	// while one is (the device does not touch them then; see Trim).
+	bufs    [][]byte
+	reading bool
+}
+
+func (l *Limiter) newReader() *reader {
+	r := new(reader)
+	l.mu.Lock()
+	l.readers[r] = struct{}{}
+	l.mu.Unlock()
+	return r
+}
+
+func (l *Limiter) dropReaders(rs ...*reader) {
+	l.mu.Lock()
+	for _, r := range rs {
+		delete(l.readers, r)
+	}
+	l.mu.Unlock()
+}
+
+// Trim returns to the OS the memory pages of the buffers the device's
+// readers are reading into now, and reports how many bytes that was.
+//
+// Each reader keeps a batch of 64 KiB buffers for the device's lifetime
+// (128 per socket and for the TUN device): up to 32 MiB that a burst of
+// traffic leaves resident, live to the Go runtime, so neither the GC nor
+// the scavenger can return it. Only buffers of a read in progress are
+// trimmed: the device does not touch them until the read returns, and
+// whatever the read writes into them comes after the pages are gone (a
+// page then reads as zeros until written, which a receive target never
+// notices). A packet that lands in the instant between the kernel's copy
+// and the trim reads as zeros and fails authentication: a single drop, on
+// a device quiet enough to trim. Run it when traffic has stopped.
+func (l *Limiter) Trim() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var n int
+	for r := range l.readers {
+		if !r.reading {
+			continue
+		}
+		for _, b := range r.bufs {
+			n += release(b[:cap(b)])
+		}
+	}
+	return n
 }
 
 // before runs as the device calls a read with the slots bufs. Every
@@ -168,6 +218,7 @@ type reader struct {
 // closed.
 func (l *Limiter) before(dir Direction, r *reader, bufs [][]byte, done <-chan struct{}) {
 	l.mu.Lock()
+	r.bufs, r.reading = bufs, true
 	for i, b := range bufs {
 		a := addr(b)
 		switch {
@@ -192,6 +243,7 @@ func (l *Limiter) after(dir Direction, r *reader, bufs [][]byte, sizes []int, n 
 		r.prev, r.held = make([]uintptr, len(bufs)), make([]bool, len(bufs))
 	}
 	l.mu.Lock()
+	r.bufs, r.reading = nil, false
 	now := l.now()
 	for i, b := range bufs {
 		r.prev[i] = addr(b)
@@ -303,9 +355,10 @@ var (
 
 type limitedBind struct {
 	conn.Bind
-	l    *Limiter
-	mu   sync.Mutex    // guards done
-	done chan struct{} // closed by Close: receivers waiting for room return to find the socket closed
+	l       *Limiter
+	mu      sync.Mutex    // guards done and readers
+	done    chan struct{} // closed by Close: receivers waiting for room return to find the socket closed
+	readers []*reader     // of the receive functions of the last Open // closed by Close: receivers waiting for room return to find the socket closed
 }
 
 func (b *limitedBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
@@ -314,12 +367,11 @@ func (b *limitedBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 		return nil, 0, err
 	}
 	done := make(chan struct{})
-	b.mu.Lock()
-	b.done = done
-	b.mu.Unlock()
 	wrapped := make([]conn.ReceiveFunc, len(fns))
+	readers := make([]*reader, len(fns))
 	for i, fn := range fns {
-		r := new(reader)
+		r := b.l.newReader()
+		readers[i] = r
 		wrapped[i] = func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
 			b.l.before(In, r, bufs, done)
 			n, err := fn(bufs, sizes, eps)
@@ -327,6 +379,9 @@ func (b *limitedBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 			return n, err
 		}
 	}
+	b.mu.Lock()
+	b.done, b.readers = done, readers
+	b.mu.Unlock()
 	return wrapped, actual, nil
 }
 
@@ -336,6 +391,8 @@ func (b *limitedBind) Close() error {
 		close(b.done)
 		b.done = nil
 	}
+	b.l.dropReaders(b.readers...)
+	b.readers = nil
 	b.mu.Unlock()
 	return b.Bind.Close()
 }
@@ -349,21 +406,21 @@ func (b *limitedBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 // TUN wraps t: Read counts what the device takes in from it, and Write
 // releases what it delivered.
 func (l *Limiter) TUN(t tun.Device) tun.Device {
-	return &limitedTUN{Device: t, l: l, done: make(chan struct{})}
+	return &limitedTUN{Device: t, l: l, r: l.newReader(), done: make(chan struct{})}
 }
 
 type limitedTUN struct {
 	tun.Device
 	l    *Limiter
-	r    reader
+	r    *reader
 	once sync.Once
 	done chan struct{}
 }
 
 func (t *limitedTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	t.l.before(Out, &t.r, bufs, t.done)
+	t.l.before(Out, t.r, bufs, t.done)
 	n, err := t.Device.Read(bufs, sizes, offset)
-	t.l.after(Out, &t.r, bufs, sizes, n)
+	t.l.after(Out, t.r, bufs, sizes, n)
 	return n, err
 }
 
@@ -374,6 +431,9 @@ func (t *limitedTUN) Write(bufs [][]byte, offset int) (int, error) {
 }
 
 func (t *limitedTUN) Close() error {
-	t.once.Do(func() { close(t.done) })
+	t.once.Do(func() {
+		close(t.done)
+		t.l.dropReaders(t.r)
+	})
 	return t.Device.Close()
 }

@@ -1,6 +1,8 @@
 package inflight
 
 import (
+	"os"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -247,4 +249,64 @@ func TestConcurrent(t *testing.T) {
 		t.Errorf("peak %d: want at most the bound 8 plus one read's packets per reader (%d)", s.Peak[In], 8+readers*3)
 	}
 	close(delivered)
+}
+
+// Trim gives back the pages of the buffers of a read in progress (they
+// read as zeros after), and leaves every other buffer alone.
+func TestTrim(t *testing.T) {
+	l := New(8, time.Hour)
+	slots := func() [][]byte {
+		var bufs [][]byte
+		for range 4 {
+			b := new([65535]byte) // wireguard-go's message buffer
+			for i := range b {
+				b[i] = 0xa5
+			}
+			bufs = append(bufs, b[:])
+		}
+		return bufs
+	}
+	waiting, between := l.newReader(), l.newReader()
+	wb, bb := slots(), slots()
+	l.before(In, waiting, wb, nil) // in the read: the device does not touch wb
+	l.before(Out, between, bb, nil)
+	l.after(Out, between, bb, make([]int, len(bb)), 0) // back in the device: bb is its to use
+
+	n := l.Trim()
+	if runtime.GOOS != "linux" {
+		if n != 0 {
+			t.Errorf("Trim off Linux: got %d bytes, want 0", n)
+		}
+		return
+	}
+	pages := 65535 / os.Getpagesize() // whole pages inside a 64 KiB buffer (page-aligned or not: at least one less)
+	if n < len(wb)*(pages-1)*os.Getpagesize() || n > len(wb)*pages*os.Getpagesize() {
+		t.Errorf("Trim: got %d bytes, want the whole pages of %d buffers (%d-%d)", n, len(wb), len(wb)*(pages-1)*os.Getpagesize(), len(wb)*pages*os.Getpagesize())
+	}
+	zeros := func(b []byte) (n int) {
+		for _, c := range b {
+			if c == 0 {
+				n++
+			}
+		}
+		return n
+	}
+	for i, b := range wb {
+		if z := zeros(b); z < (pages-1)*os.Getpagesize() {
+			t.Errorf("read in progress, buffer %d: %d zero bytes after Trim, want its whole pages", i, z)
+		}
+	}
+	for i, b := range bb {
+		if z := zeros(b); z != 0 {
+			t.Errorf("buffer %d back in the device: %d bytes zeroed by Trim, want none", i, z)
+		}
+	}
+
+	l.dropReaders(waiting)
+	for _, b := range wb {
+		b[0] = 1
+	}
+	if n := l.Trim(); n != 0 {
+		t.Errorf("Trim with the reader gone: got %d bytes, want 0", n)
+	}
 }
