@@ -1076,10 +1076,11 @@ func (o *overlay) memoryBound(t *testing.T, rep *Report, cfg config) {
 		case st.bound == agent.DefaultMaxInflight:
 			name += " (the default)"
 		}
-		m := rep.Add(&Measure{Section: sec, Name: name + ": throughput", Unit: "Gbit/s", Edgewire: gbps[st]})
+		m := &Measure{Section: sec, Name: name + ": throughput", Unit: "Gbit/s", Edgewire: gbps[st]}
 		if st != before {
 			m.RefName, m.Reference = "before", gbps[before]
 		}
+		rep.Add(m)
 		if st.bound == agent.DefaultMaxInflight {
 			m.Target = ">= 0.95x"
 			if len(m.Edgewire) > 0 && len(m.Reference) > 0 {
