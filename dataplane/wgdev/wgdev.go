@@ -5,7 +5,7 @@
 package wgdev
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -92,6 +92,13 @@ type Device struct {
 
 	mu      sync.Mutex // guards applied
 	applied map[key.Public]PeerConfig
+
+	// The UAPI dump Stats parses, kept between calls: the agent asks
+	// every 2 s (its memory trimmer) and on every metrics scrape, and a
+	// fresh copy each time (about 330 bytes a peer) was garbage an idle
+	// agent holds until its next GC.
+	statsMu  sync.Mutex // guards statsBuf
+	statsBuf bytes.Buffer
 
 	// names maps wireguard-go's name of a peer ("peer(AbCd…wXyZ)") to
 	// the peer for log lines. Replaced, never changed, by SetPeers; read
@@ -347,15 +354,21 @@ func writePeer(b *strings.Builder, p PeerConfig) {
 
 // Stats returns per-peer statistics.
 func (d *Device) Stats() (map[key.Public]PeerStats, error) {
-	s, err := d.dev.IpcGet()
-	if err != nil {
+	d.statsMu.Lock()
+	defer d.statsMu.Unlock()
+	d.statsBuf.Reset()
+	if err := d.dev.IpcGetOperation(&d.statsBuf); err != nil {
 		return nil, err
 	}
-	return ParseStats(s)
+	return parseStats(d.statsBuf.Bytes())
 }
 
 // ParseStats parses the peer sections of a UAPI get response.
-func ParseStats(s string) (map[key.Public]PeerStats, error) {
+func ParseStats(s string) (map[key.Public]PeerStats, error) { return parseStats([]byte(s)) }
+
+// parseStats is ParseStats on the dump's bytes, without a string per
+// line: only the map and the endpoints are allocated.
+func parseStats(b []byte) (map[key.Public]PeerStats, error) {
 	out := map[key.Public]PeerStats{}
 	var cur *PeerStats
 	var sec, nsec int64
@@ -368,37 +381,38 @@ func ParseStats(s string) (map[key.Public]PeerStats, error) {
 		}
 		out[cur.PublicKey] = *cur
 	}
-	sc := bufio.NewScanner(strings.NewReader(s))
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), "=")
+	for len(b) > 0 {
+		var line []byte
+		line, b, _ = bytes.Cut(b, []byte{'\n'})
+		k, v, ok := bytes.Cut(line, []byte{'='})
 		if !ok {
 			continue
 		}
 		var err error
-		switch k {
+		switch string(k) {
 		case "public_key":
 			flush()
 			cur, sec, nsec = &PeerStats{}, 0, 0
-			var b []byte
-			if b, err = hex.DecodeString(v); err == nil && len(b) != 32 {
-				err = fmt.Errorf("key length %d", len(b))
+			if hex.DecodedLen(len(v)) != len(cur.PublicKey) {
+				err = fmt.Errorf("key length %d", hex.DecodedLen(len(v)))
+			} else {
+				_, err = hex.Decode(cur.PublicKey[:], v)
 			}
-			copy(cur.PublicKey[:], b)
 		case "endpoint":
 			if cur != nil {
-				cur.Endpoint, err = netip.ParseAddrPort(v)
+				cur.Endpoint, err = netip.ParseAddrPort(string(v))
 			}
 		case "last_handshake_time_sec":
-			sec, err = strconv.ParseInt(v, 10, 64)
+			sec, err = strconv.ParseInt(string(v), 10, 64)
 		case "last_handshake_time_nsec":
-			nsec, err = strconv.ParseInt(v, 10, 64)
+			nsec, err = strconv.ParseInt(string(v), 10, 64)
 		case "rx_bytes":
 			if cur != nil {
-				cur.RxBytes, err = strconv.ParseUint(v, 10, 64)
+				cur.RxBytes, err = strconv.ParseUint(string(v), 10, 64)
 			}
 		case "tx_bytes":
 			if cur != nil {
-				cur.TxBytes, err = strconv.ParseUint(v, 10, 64)
+				cur.TxBytes, err = strconv.ParseUint(string(v), 10, 64)
 			}
 		}
 		if err != nil {
@@ -406,7 +420,7 @@ func ParseStats(s string) (map[key.Public]PeerStats, error) {
 		}
 	}
 	flush()
-	return out, sc.Err()
+	return out, nil
 }
 
 // Close stops the device, which removes the interface and its routes, and

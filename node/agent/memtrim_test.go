@@ -11,7 +11,7 @@ func TestTrimmer(t *testing.T) {
 		total uint64 // cumulative data-plane bytes at this observation
 		want  bool
 		alloc uint64 // cumulative heap allocations (0 in the data-plane cases)
-		free  uint64 // free heap pages not returned to the OS
+		free  uint64 // free heap pages not returned to the OS, and garbage
 	}
 	tests := []struct {
 		name  string
@@ -26,7 +26,7 @@ func TestTrimmer(t *testing.T) {
 		{"counter reset is not traffic", []step{{0, false, 0, 0}, {50 * mib, false, 0, 0}, {0, false, 0, 0}, {0, false, 0, 0}, {0, true, 0, 0}}},
 		{"allocation burst then quiet trims once", []step{{0, false, 0, 0}, {0, false, 40 * mib, 0}, {0, false, 41 * mib, 0}, {0, false, 42 * mib, 0}, {0, true, 43 * mib, 0}, {0, false, 44 * mib, 0}}},
 		{"never while the heap churns", []step{{0, false, 0, 0}, {0, false, 40 * mib, 0}, {0, false, 50 * mib, 0}, {0, false, 60 * mib, 0}, {0, false, 70 * mib, 0}}},
-		{"free pages while quiet: trim, then not again within a minute", func() []step {
+		{"free pages while quiet: trim, then not again within trimEvery", func() []step {
 			st := []step{{0, false, 0, 0}, {0, false, 0, 9 * mib}, {0, true, 0, 9 * mib}}
 			for range trimEvery/trimInterval - 1 {
 				st = append(st, step{0, false, 0, 9 * mib})
@@ -34,6 +34,7 @@ func TestTrimmer(t *testing.T) {
 			return append(st, step{0, true, 0, 9 * mib})
 		}()},
 		{"few free pages: no trim", []step{{0, false, 0, 0}, {0, false, 0, mib}, {0, false, 0, mib}, {0, false, 0, mib}, {0, false, 0, mib}}},
+		{"garbage growing while quiet: trim once past trimFree", []step{{0, false, 0, 0}, {0, false, 100 << 10, mib}, {0, false, 200 << 10, 2 * mib}, {0, false, 300 << 10, 3 * mib}, {0, true, 400 << 10, 4 * mib}, {0, false, 500 << 10, 0}}},
 		{"free pages while busy: no trim", []step{{0, false, 0, 0}, {mib, false, 0, 9 * mib}, {2 * mib, false, 0, 9 * mib}, {3 * mib, false, 0, 9 * mib}}},
 		{"data-plane burst, then allocations keep it busy", []step{{0, false, 0, 0}, {50 * mib, false, 0, 0}, {50 * mib, false, 10 * mib, 0}, {50 * mib, false, 20 * mib, 0}, {50 * mib, false, 21 * mib, 0}, {50 * mib, false, 22 * mib, 0}, {50 * mib, true, 23 * mib, 0}}},
 	}
