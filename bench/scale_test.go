@@ -3,6 +3,7 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -40,7 +42,7 @@ func benchScale(t *testing.T, rep *Report, cfg config) {
 	l := lab.New(t)
 	for i, n := range cfg.scale {
 		complete := false
-		ok := t.Run(fmt.Sprintf("%d", n), func(t *testing.T) { complete = scaleStep(t, l, rep, sec, i, n) })
+		ok := t.Run(fmt.Sprintf("%d", n), func(t *testing.T) { complete = scaleStep(t, l, rep, cfg, sec, i, n) })
 		if !ok || !complete {
 			rep.Note("scale %d: the step did not complete (see its row and the test log). Larger steps were skipped.", n)
 			break
@@ -51,9 +53,15 @@ func benchScale(t *testing.T, rep *Report, cfg config) {
 // scaleStep measures one fleet size and reports whether the fleet came up:
 // a fleet that does not is a result (recorded as a missed target), not a
 // test failure, since benchmarks never fail on time.
-func scaleStep(t *testing.T, l *lab.Lab, rep *Report, sec string, i, n int) bool {
+func scaleStep(t *testing.T, l *lab.Lab, rep *Report, cfg config, sec string, i, n int) bool {
 	h := l.AddPublicHost(fmt.Sprintf("scale%d", i))
-	proc, sock := startCoordinatorNoFile(t, l, h)
+	var extra []string
+	pprofSock := ""
+	if cfg.profiles != "" {
+		pprofSock = filepath.Join(l.Dir(), fmt.Sprintf("coord-scale%d-pprof.sock", i))
+		extra = []string{"--pprof-socket", pprofSock}
+	}
+	proc, sock := startCoordinatorNoFile(t, l, h, extra...)
 	defer proc.Kill() // before the fleet closes: no 10,000 last-seen writes
 	tok := adminCLI(t, sock, "token", "create", "--reusable")
 	f, err := newFleet(func(ctx context.Context, addr string) (net.Conn, error) { return h.DialTCP(ctx, addr) }, "127.0.0.1:8443", tok)
@@ -73,9 +81,11 @@ func scaleStep(t *testing.T, l *lab.Lab, rep *Report, sec string, i, n int) bool
 	}
 	h0, t0 := selfCPU(), time.Now()
 	load0 := loadAvg()
+	profiled := profileBringUp(t, cfg.profiles, pprofSock, fmt.Sprintf("scale-%d", n))
 	const bringUpCap = 10 * time.Minute
 	var reconnects atomic.Int64
 	joined, err := f.bringUp(nodes, 64, bringUpCap, &reconnects)
+	profiled()
 	if err != nil {
 		// Record how far it got before giving up.
 		up := 0
@@ -251,18 +261,60 @@ func scaleStep(t *testing.T, l *lab.Lab, rep *Report, sec string, i, n int) bool
 	return true
 }
 
+// profileWindow is how much of a bring-up BENCH_PROFILES profiles: the
+// coordinator's profile has a length fixed when it is asked for.
+const profileWindow = 20 * time.Second
+
+// profileBringUp, with BENCH_PROFILES set, takes CPU profiles of the
+// coordinator (through its pprof socket) and of the harness (this
+// process) over the same first profileWindow of a bring-up, written to
+// dir as <name>-coordinator.cpu.pprof and <name>-harness.cpu.pprof. The
+// returned function waits for both; call it when the bring-up is over.
+func profileBringUp(t *testing.T, dir, sock, name string) (wait func()) {
+	if dir == "" || sock == "" {
+		return func() {}
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Errorf("profiles: %v", err)
+		return func() {}
+	}
+	var self bytes.Buffer
+	if err := pprof.StartCPUProfile(&self); err != nil {
+		t.Errorf("harness CPU profile: %v", err)
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		b, err := pprofGet(sock, fmt.Sprintf("/debug/pprof/profile?seconds=%d", int(profileWindow.Seconds())))
+		pprof.StopCPUProfile()
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dir, name+"-coordinator.cpu.pprof"), b, 0o644)
+		}
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dir, name+"-harness.cpu.pprof"), self.Bytes(), 0o644)
+		}
+		if err != nil {
+			t.Errorf("bring-up profiles: %v", err)
+		}
+	}()
+	return func() { <-done }
+}
+
 // startCoordinatorNoFile starts edgewire-coordinator on h with a raised
-// open-file limit and a fresh data dir, and waits for its admin socket.
-func startCoordinatorNoFile(t *testing.T, l *lab.Lab, h *lab.Host) (*lab.Process, string) {
+// open-file limit, a fresh data dir and extra flags, and waits for its
+// admin socket.
+func startCoordinatorNoFile(t *testing.T, l *lab.Lab, h *lab.Host, extra ...string) (*lab.Process, string) {
 	t.Helper()
 	dir := filepath.Join(l.Dir(), "coord-"+h.Name())
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	p, err := h.Start("coordinator", nil, "bash", "-c", `ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$0" "$@"`,
+	argv := []string{"bash", "-c", `ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$0" "$@"`,
 		cluster.Bin(t, "edgewire-coordinator"), "--data-dir", dir, "--listen", ":8443", "--log-level", "warn",
 		// Every simulated node dials from the one loopback address.
-		"--max-conns-per-source", "0")
+		"--max-conns-per-source", "0"}
+	p, err := h.Start("coordinator", nil, append(argv, extra...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
