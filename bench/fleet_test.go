@@ -104,6 +104,8 @@ func (f *fleet) newNode(name string) (*simNode, error) {
 		grpc.WithTransportCredentials(credentials.NewTLS(jointoken.PinnedConfig(f.pin, jointoken.ServerName, &ca))),
 		grpc.WithContextDialer(f.dial),
 		grpc.WithReadBufferSize(16<<10), grpc.WithWriteBufferSize(16<<10),
+		// The agent's window (a coordinator pays for window updates).
+		grpc.WithInitialWindowSize(control.Window), grpc.WithInitialConnWindowSize(control.Window),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)),
 	)
 	if err != nil {
