@@ -471,7 +471,7 @@ func (m *scanned) scan(b []byte) error {
 			m.isMap = true
 			m.digest, m.current, m.patch = mapFlags(v)
 			if m.model != nil {
-				m.model.apply(m.prev, v)
+				m.model.apply(m.prev, m.digest, m.current, v)
 			}
 			if m.watch != nil {
 				if k := m.watch.Load(); k != nil {
@@ -497,9 +497,9 @@ type mapModel struct {
 const modelStates = 16
 
 // apply records the map a node holds after a message (raw NetworkMap
-// bytes), given the digest of the one it held before.
-func (mm *mapModel) apply(prev, raw []byte) {
-	d, current, _ := mapFlags(raw)
+// bytes, with its digest d and current flag as mapFlags reads them),
+// given the digest of the one it held before.
+func (mm *mapModel) apply(prev, d []byte, current bool, raw []byte) {
 	if len(d) == 0 {
 		return
 	}
