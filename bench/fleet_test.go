@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/edgewire/edgewire/api"
+	"github.com/edgewire/edgewire/internal/dhkey"
 	"github.com/edgewire/edgewire/node/control"
 	"github.com/edgewire/edgewire/node/mapstate"
 	"github.com/edgewire/edgewire/types/jointoken"
@@ -57,7 +58,7 @@ type fleet struct {
 
 type simNode struct {
 	name   string
-	priv   key.Private
+	local  *dhkey.Local // the node key, prepared: each proof costs one scalar multiplication
 	pub    key.Public
 	conn   *grpc.ClientConn
 	stream grpc.ClientStream
@@ -94,11 +95,14 @@ func (f *fleet) Close() {
 // newNode creates a node with a fresh key and its (lazy) connection.
 func (f *fleet) newNode(name string) (*simNode, error) {
 	n := &simNode{name: name, gotMap: make(chan struct{})}
-	var err error
-	if n.priv, err = key.NewPrivate(); err != nil {
+	priv, err := key.NewPrivate()
+	if err != nil {
 		return nil, err
 	}
-	n.pub = n.priv.Public()
+	if n.local, err = dhkey.NewLocal(priv); err != nil {
+		return nil, err
+	}
+	n.pub = n.local.Public()
 	var ca *x509.Certificate
 	conn, err := grpc.NewClient("passthrough:///"+f.target,
 		grpc.WithTransportCredentials(credentials.NewTLS(jointoken.PinnedConfig(f.pin, jointoken.ServerName, &ca))),
@@ -136,7 +140,7 @@ func (f *fleet) join(n *simNode) error {
 	defer cancel()
 	js, err := api.NewControlClient(n.conn).Join(ctx)
 	if err == nil {
-		err = control.Authenticate(js, n.priv, api.AuthJoin, &api.Hello{Hostname: n.name}, nil)
+		err = control.Authenticate(js, n.local, api.AuthJoin, &api.Hello{Hostname: n.name}, nil)
 	}
 	if err == nil {
 		err = js.Send(&api.ClientMessage{Msg: &api.ClientMessage_Join{Join: &api.JoinRequest{Token: f.tok, Name: n.name, Hostname: n.name}}})
@@ -178,7 +182,7 @@ func (f *fleet) connect(n *simNode) error {
 			bind, _ = api.Binding(&ti.State)
 		}
 	}
-	proof, err := api.Prove(n.priv, m.challenge, api.AuthConnect, bind, nil)
+	proof, err := api.ProveWith(n.local, m.challenge, api.AuthConnect, bind, nil)
 	if err != nil {
 		return fmt.Errorf("challenge for %s: %w", n.name, err)
 	}

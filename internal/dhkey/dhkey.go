@@ -12,8 +12,10 @@
 package dhkey
 
 import (
+	"crypto/ecdh"
 	"crypto/hkdf"
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"errors"
 
@@ -51,17 +53,72 @@ var ErrLowOrder = errors.New("low-order public key")
 // Size is the size of keys, public keys and MACs here.
 const Size = 32
 
-// checkScalar is any clamped scalar: clamping makes it a multiple of 8,
-// which maps every point of small order to the identity.
-var checkScalar = [Size]byte{1}
+// checker holds any clamped scalar: clamping makes it a multiple of 8,
+// which maps every point of small order to the identity. Prepared once,
+// so a check costs one scalar multiplication.
+var checker = func() *Local {
+	l, err := NewLocal(key.Private{1})
+	if err != nil {
+		panic(err) // a 32-byte key cannot be refused
+	}
+	return l
+}()
 
 // CheckPublic returns ErrLowOrder if pub is a point of small order (the
 // all-zero key among them).
 func CheckPublic(pub key.Public) error {
-	if _, err := curve25519.X25519(checkScalar[:], pub[:]); err != nil {
-		return ErrLowOrder
+	_, err := checker.agree(pub)
+	return err
+}
+
+// Local is a private key prepared for agreements. Its public key is
+// computed once, when it is made; an agreement with a bare key.Private
+// (Derive) computes it again each time, which doubles the cost of every
+// agreement. Safe for concurrent use.
+type Local struct{ k *ecdh.PrivateKey }
+
+// NewLocal prepares priv.
+func NewLocal(priv key.Private) (*Local, error) {
+	k, err := ecdh.X25519().NewPrivateKey(priv[:])
+	if err != nil {
+		return nil, err
 	}
-	return nil
+	return &Local{k: k}, nil
+}
+
+// GenerateLocal returns a fresh random key, prepared.
+func GenerateLocal() (*Local, error) {
+	k, err := ecdh.X25519().GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	return &Local{k: k}, nil
+}
+
+// Public returns the public key.
+func (l *Local) Public() key.Public { return key.Public(l.k.PublicKey().Bytes()) }
+
+// Derive is the package's Derive with l's private key.
+func (l *Local) Derive(pub key.Public, p Purpose, transcript ...[]byte) ([Size]byte, error) {
+	shared, err := l.agree(pub)
+	if err != nil {
+		return [Size]byte{}, err
+	}
+	return derive(shared, p, transcript)
+}
+
+// agree returns the X25519 agreement of l and pub, ErrLowOrder when it
+// is all zeros (pub of small order).
+func (l *Local) agree(pub key.Public) ([]byte, error) {
+	pk, err := ecdh.X25519().NewPublicKey(pub[:])
+	if err != nil {
+		return nil, err // cannot happen for 32 bytes
+	}
+	shared, err := l.k.ECDH(pk)
+	if err != nil {
+		return nil, ErrLowOrder
+	}
+	return shared, nil
 }
 
 // Derive returns the key for purpose p from the agreement of priv and pub,
@@ -69,11 +126,16 @@ func CheckPublic(pub key.Public) error {
 // Both sides must pass the same parts in the same order. It fails with
 // ErrLowOrder when pub is of small order.
 func Derive(priv key.Private, pub key.Public, p Purpose, transcript ...[]byte) ([Size]byte, error) {
-	var out [Size]byte
 	shared, err := curve25519.X25519(priv[:], pub[:])
 	if err != nil {
-		return out, ErrLowOrder
+		return [Size]byte{}, ErrLowOrder
 	}
+	return derive(shared, p, transcript)
+}
+
+// derive is Derive after the agreement.
+func derive(shared []byte, p Purpose, transcript [][]byte) ([Size]byte, error) {
+	var out [Size]byte
 	// The transcript is the HKDF salt, hashed with each part's length so
 	// that no two different transcripts collide.
 	h := sha256.New()

@@ -40,6 +40,13 @@ func TestCheckPublic(t *testing.T) {
 		if _, err := Derive(priv, k, Signal); !errors.Is(err, ErrLowOrder) {
 			t.Errorf("Derive with %s = %v, want ErrLowOrder", h[:16], err)
 		}
+		l, err := GenerateLocal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.Derive(k, Signal); !errors.Is(err, ErrLowOrder) {
+			t.Errorf("Local.Derive with %s = %v, want ErrLowOrder", h[:16], err)
+		}
 	}
 	_, pub := pair(t)
 	if err := CheckPublic(pub); err != nil {
@@ -70,6 +77,46 @@ func TestDerive(t *testing.T) {
 		if k == ab {
 			t.Errorf("%s: same key, want a different one", name)
 		}
+	}
+}
+
+// A prepared key agrees with its bare form, on both sides.
+func TestLocal(t *testing.T) {
+	aPriv, aPub := pair(t)
+	bPriv, bPub := pair(t)
+	a, err := NewLocal(aPriv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := a.Public(); got != aPub {
+		t.Fatalf("Public() = %s, want %s", got, aPub)
+	}
+	want, err := Derive(aPriv, bPub, ControlAuth, aPub[:], bPub[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := a.Derive(bPub, ControlAuth, aPub[:], bPub[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != want {
+		t.Errorf("Local.Derive = %x, want Derive's %x", got, want)
+	}
+	eph, err := GenerateLocal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ePub := eph.Public()
+	fromEph, err := eph.Derive(bPub, Signal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromB, err := Derive(bPriv, ePub, Signal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fromEph != fromB {
+		t.Error("a generated key and its peer derived different keys")
 	}
 }
 
