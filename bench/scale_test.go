@@ -79,7 +79,7 @@ func scaleStep(t *testing.T, l *lab.Lab, rep *Report, cfg config, sec string, i,
 	if err != nil {
 		t.Fatal(err)
 	}
-	h0, t0 := selfCPU(), time.Now()
+	h0, t0, m0 := selfCPU(), time.Now(), machineBusy()
 	load0 := loadAvg()
 	profiled := profileBringUp(t, cfg.profiles, pprofSock, fmt.Sprintf("scale-%d", n))
 	const bringUpCap = 10 * time.Minute
@@ -106,10 +106,13 @@ func scaleStep(t *testing.T, l *lab.Lab, rep *Report, cfg config, sec string, i,
 	upAll := time.Since(t0)
 	coordCores, _ := cm.cores()
 	harnessCores := (selfCPU() - h0).Seconds() / upAll.Seconds()
+	// What neither used: other processes and the kernel's work outside
+	// either (loopback softirqs may land on either side or on neither).
+	otherCores := (machineBusy()-m0).Seconds()/upAll.Seconds() - coordCores - harnessCores
 	rss, hwm, _ := procMem(pid)
 	load1 := loadAvg()
-	t.Logf("%d nodes: joined in %v, all with a map in %v; coordinator %.2f cores, harness %.2f cores, RSS %.0f MiB (peak %.0f), %d map messages, %.1f MB; load average %s -> %s; %d streams reconnected",
-		n, joined.Round(time.Millisecond), upAll.Round(time.Millisecond), coordCores, harnessCores, rss, hwm, f.msgs.Load(), float64(f.bytes.Load())/1e6, load0, load1, reconnects.Load())
+	t.Logf("%d nodes: joined in %v, all with a map in %v; coordinator %.2f cores, harness %.2f cores, the rest of the machine %.2f cores, RSS %.0f MiB (peak %.0f), %d map messages, %.1f MB; load average %s -> %s; %d streams reconnected",
+		n, joined.Round(time.Millisecond), upAll.Round(time.Millisecond), coordCores, harnessCores, otherCores, rss, hwm, f.msgs.Load(), float64(f.bytes.Load())/1e6, load0, load1, reconnects.Load())
 
 	if err := f.quiesce(2*time.Second, 2*time.Minute); err != nil {
 		t.Logf("quiesce: %v", err)
@@ -214,11 +217,11 @@ func scaleStep(t *testing.T, l *lab.Lab, rep *Report, cfg config, sec string, i,
 	case harnessCores > coordCores:
 		bottleneck = "the harness's CPU (it used more than the coordinator): the number is a lower bound"
 	}
-	rep.Note("Scale %d: %.0f joins/s (64 concurrent joiners); during bring-up the coordinator used %.2f cores and the harness %.2f cores; the bottleneck was %s. %d map messages (%.0f MB) reached the streams during bring-up and changes.",
-		n, rate, coordCores, harnessCores, bottleneck, f.msgs.Load(), float64(f.bytes.Load())/1e6)
+	rep.Note("Scale %d: %.0f joins/s (64 concurrent joiners); during bring-up the coordinator used %.2f cores, the harness %.2f cores and the rest of the machine %.2f cores; the bottleneck was %s. %d map messages (%.0f MB) reached the streams during bring-up and changes.",
+		n, rate, coordCores, harnessCores, otherCores, bottleneck, f.msgs.Load(), float64(f.bytes.Load())/1e6)
 	rep.SetRaw(fmt.Sprintf("scale/%d", n), map[string]any{
 		"join_rpcs_done_s": joined.Seconds(), "all_with_map_s": upAll.Seconds(),
-		"bringup_coordinator_cores": coordCores, "bringup_harness_cores": harnessCores,
+		"bringup_coordinator_cores": coordCores, "bringup_harness_cores": harnessCores, "bringup_other_cores": otherCores,
 		"rss_after_bringup_mib": rss, "rss_idle_mib": idleRSS, "rss_peak_mib": hwm,
 		"idle_coordinator_cores": idleCores, "changes": raw,
 		"changes_coordinator_cores": chCoord, "changes_harness_cores": chHarness,
