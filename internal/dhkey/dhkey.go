@@ -53,22 +53,44 @@ var ErrLowOrder = errors.New("low-order public key")
 // Size is the size of keys, public keys and MACs here.
 const Size = 32
 
-// checker holds any clamped scalar: clamping makes it a multiple of 8,
-// which maps every point of small order to the identity. Prepared once,
-// so a check costs one scalar multiplication.
-var checker = func() *Local {
-	l, err := NewLocal(key.Private{1})
-	if err != nil {
-		panic(err) // a 32-byte key cannot be refused
+// lowOrder are the public keys whose agreement with every clamped scalar
+// is all zeros: the u-coordinates of the points of order 1, 2, 4 and 8 on
+// Curve25519 and its twist (0, 1, p-1 and the two of order 8), and p and
+// p+1, which X25519 reads as 0 and 1. A clamped scalar is a multiple of 8
+// and less than 8 times the large prime order of either group, so its
+// agreement is zero for exactly these, whatever the scalar (the test
+// checks this against a ladder). Bit 255 is ignored, as X25519 ignores it.
+var lowOrder = [...][Size]byte{
+	{},
+	{1},
+	{0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4, 0x6a,
+		0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16, 0x5f, 0x49, 0xb8, 0x00},
+	{0x5f, 0x9c, 0x95, 0xbc, 0xa3, 0x50, 0x8c, 0x24, 0xb1, 0xd0, 0xb1, 0x55, 0x9c, 0x83, 0xef, 0x5b,
+		0x04, 0x44, 0x5c, 0xc4, 0x58, 0x1c, 0x8e, 0x86, 0xd8, 0x22, 0x4e, 0xdd, 0xd0, 0x9f, 0x11, 0x57},
+	pMinus(1), pMinus(0), pMinus(-1),
+}
+
+// pMinus returns p-d (p = 2^255-19) for small d, little-endian.
+func pMinus(d int) [Size]byte {
+	b := [Size]byte{0: byte(0xed - d)}
+	for i := 1; i < Size-1; i++ {
+		b[i] = 0xff
 	}
-	return l
-}()
+	b[Size-1] = 0x7f
+	return b
+}
 
 // CheckPublic returns ErrLowOrder if pub is a point of small order (the
-// all-zero key among them).
+// all-zero key among them): one whose agreement with any key is all
+// zeros, so a party using it would agree on a key everyone knows.
 func CheckPublic(pub key.Public) error {
-	_, err := checker.agree(pub)
-	return err
+	pub[Size-1] &= 0x7f
+	for _, lo := range lowOrder {
+		if pub == key.Public(lo) {
+			return ErrLowOrder
+		}
+	}
+	return nil
 }
 
 // Local is a private key prepared for agreements. Its public key is
