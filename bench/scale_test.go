@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"runtime/pprof"
 	"slices"
 	"strings"
@@ -37,6 +38,13 @@ func benchScale(t *testing.T, rep *Report, cfg config) {
 	if top := slices.Max(cfg.scale); uint64(top)+1000 > lim {
 		t.Fatalf("RLIMIT_NOFILE is %d here: too few for %d streams (one TCP connection each)", lim, top)
 	}
+	// The harness is 10,000 agents' worth of TLS and gRPC in one process,
+	// and garbage collection was an eighth of its CPU at the default
+	// GOGC: let its heap grow further between collections (a few GB on a
+	// machine with 24), so that it does not take CPU the coordinator
+	// needs.
+	defer debug.SetGCPercent(debug.SetGCPercent(harnessGOGC))
+	rep.Config["harness_gogc"] = harnessGOGC
 	t.Run("topology view", func(t *testing.T) { benchTopologyView(t, rep, 10000) })
 	sec := "Coordinator scale (simulated nodes over real TLS gRPC, coordinator in a lab namespace)"
 	l := lab.New(t)
@@ -49,6 +57,9 @@ func benchScale(t *testing.T, rep *Report, cfg config) {
 		}
 	}
 }
+
+// harnessGOGC is the harness's GOGC during the scale section.
+const harnessGOGC = 400
 
 // scaleStep measures one fleet size and reports whether the fleet came up:
 // a fleet that does not is a result (recorded as a missed target), not a
@@ -110,9 +121,10 @@ func scaleStep(t *testing.T, l *lab.Lab, rep *Report, cfg config, sec string, i,
 	// either (loopback softirqs may land on either side or on neither).
 	otherCores := (machineBusy()-m0).Seconds()/upAll.Seconds() - coordCores - harnessCores
 	rss, hwm, _ := procMem(pid)
+	_, harnessHWM, _ := procMem(os.Getpid())
 	load1 := loadAvg()
-	t.Logf("%d nodes: joined in %v, all with a map in %v; coordinator %.2f cores, harness %.2f cores, the rest of the machine %.2f cores, RSS %.0f MiB (peak %.0f), %d map messages, %.1f MB; load average %s -> %s; %d streams reconnected",
-		n, joined.Round(time.Millisecond), upAll.Round(time.Millisecond), coordCores, harnessCores, otherCores, rss, hwm, f.msgs.Load(), float64(f.bytes.Load())/1e6, load0, load1, reconnects.Load())
+	t.Logf("%d nodes: joined in %v, all with a map in %v; coordinator %.2f cores, harness %.2f cores, the rest of the machine %.2f cores, RSS %.0f MiB (peak %.0f; harness peak %.0f MiB), %d map messages, %.1f MB; load average %s -> %s; %d streams reconnected",
+		n, joined.Round(time.Millisecond), upAll.Round(time.Millisecond), coordCores, harnessCores, otherCores, rss, hwm, harnessHWM, f.msgs.Load(), float64(f.bytes.Load())/1e6, load0, load1, reconnects.Load())
 
 	if err := f.quiesce(2*time.Second, 2*time.Minute); err != nil {
 		t.Logf("quiesce: %v", err)
@@ -221,7 +233,7 @@ func scaleStep(t *testing.T, l *lab.Lab, rep *Report, cfg config, sec string, i,
 		n, rate, coordCores, harnessCores, otherCores, bottleneck, f.msgs.Load(), float64(f.bytes.Load())/1e6)
 	rep.SetRaw(fmt.Sprintf("scale/%d", n), map[string]any{
 		"join_rpcs_done_s": joined.Seconds(), "all_with_map_s": upAll.Seconds(),
-		"bringup_coordinator_cores": coordCores, "bringup_harness_cores": harnessCores, "bringup_other_cores": otherCores,
+		"bringup_coordinator_cores": coordCores, "bringup_harness_cores": harnessCores, "bringup_other_cores": otherCores, "harness_rss_peak_mib": harnessHWM,
 		"rss_after_bringup_mib": rss, "rss_idle_mib": idleRSS, "rss_peak_mib": hwm,
 		"idle_coordinator_cores": idleCores, "changes": raw,
 		"changes_coordinator_cores": chCoord, "changes_harness_cores": chHarness,
