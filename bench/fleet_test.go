@@ -5,6 +5,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -41,7 +42,7 @@ type fleet struct {
 	dial   func(ctx context.Context, addr string) (net.Conn, error)
 	target string // coordinator host:port as the dialer sees it
 	tok    string
-	pin    [32]byte
+	tls    *tls.Config // the agent's pinned check, run once per certificate chain
 
 	watch atomic.Pointer[[32]byte] // key whose arrival the nodes time-stamp
 	msgs  atomic.Int64             // map messages received by all nodes
@@ -77,7 +78,35 @@ func newFleet(dial func(ctx context.Context, addr string) (net.Conn, error), tar
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &fleet{ctx: ctx, cancel: cancel, dial: dial, target: target, tok: tok, pin: tk.CAPin}, nil
+	var ca *x509.Certificate
+	tc := jointoken.PinnedConfig(tk.CAPin, jointoken.ServerName, &ca)
+	tc.VerifyPeerCertificate = verifyOnce(tc.VerifyPeerCertificate)
+	return &fleet{ctx: ctx, cancel: cancel, dial: dial, target: target, tok: tok, tls: tc}, nil
+}
+
+// verifyOnce remembers the chains verify accepted and accepts them again
+// without verifying: every simulated node sees the coordinators' few
+// chains, and an agent checks its coordinator's when it connects, not
+// once per node of a fleet. Refusals are not remembered. Safe for
+// concurrent use: verify runs under the lock (it writes the CA it found).
+func verifyOnce(verify func([][]byte, [][]*x509.Certificate) error) func([][]byte, [][]*x509.Certificate) error {
+	var (
+		mu sync.Mutex // guards ok and verify's output
+		ok = map[string]bool{}
+	)
+	return func(raw [][]byte, chains [][]*x509.Certificate) error {
+		k := string(bytes.Join(raw, nil)) // DER is self-delimiting
+		mu.Lock()
+		defer mu.Unlock()
+		if ok[k] {
+			return nil
+		}
+		if err := verify(raw, chains); err != nil {
+			return err
+		}
+		ok[k] = true
+		return nil
+	}
 }
 
 // Close ends every stream and connection.
@@ -103,9 +132,8 @@ func (f *fleet) newNode(name string) (*simNode, error) {
 		return nil, err
 	}
 	n.pub = n.local.Public()
-	var ca *x509.Certificate
 	conn, err := grpc.NewClient("passthrough:///"+f.target,
-		grpc.WithTransportCredentials(credentials.NewTLS(jointoken.PinnedConfig(f.pin, jointoken.ServerName, &ca))),
+		grpc.WithTransportCredentials(credentials.NewTLS(f.tls)),
 		grpc.WithContextDialer(f.dial),
 		grpc.WithReadBufferSize(16<<10), grpc.WithWriteBufferSize(16<<10),
 		// The agent's window (a coordinator pays for window updates).
