@@ -5,6 +5,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -22,6 +23,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/edgewire/edgewire/api"
+	"github.com/edgewire/edgewire/internal/dhkey"
 	"github.com/edgewire/edgewire/node/control"
 	"github.com/edgewire/edgewire/node/mapstate"
 	"github.com/edgewire/edgewire/types/jointoken"
@@ -40,7 +42,7 @@ type fleet struct {
 	dial   func(ctx context.Context, addr string) (net.Conn, error)
 	target string // coordinator host:port as the dialer sees it
 	tok    string
-	pin    [32]byte
+	tls    *tls.Config // the agent's pinned check, run once per certificate chain
 
 	watch atomic.Pointer[[32]byte] // key whose arrival the nodes time-stamp
 	msgs  atomic.Int64             // map messages received by all nodes
@@ -57,7 +59,7 @@ type fleet struct {
 
 type simNode struct {
 	name   string
-	priv   key.Private
+	local  *dhkey.Local // the node key, prepared: each proof costs one scalar multiplication
 	pub    key.Public
 	conn   *grpc.ClientConn
 	stream grpc.ClientStream
@@ -76,7 +78,35 @@ func newFleet(dial func(ctx context.Context, addr string) (net.Conn, error), tar
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &fleet{ctx: ctx, cancel: cancel, dial: dial, target: target, tok: tok, pin: tk.CAPin}, nil
+	var ca *x509.Certificate
+	tc := jointoken.PinnedConfig(tk.CAPin, jointoken.ServerName, &ca)
+	tc.VerifyPeerCertificate = verifyOnce(tc.VerifyPeerCertificate)
+	return &fleet{ctx: ctx, cancel: cancel, dial: dial, target: target, tok: tok, tls: tc}, nil
+}
+
+// verifyOnce remembers the chains verify accepted and accepts them again
+// without verifying: every simulated node sees the coordinators' few
+// chains, and an agent checks its coordinator's when it connects, not
+// once per node of a fleet. Refusals are not remembered. Safe for
+// concurrent use: verify runs under the lock (it writes the CA it found).
+func verifyOnce(verify func([][]byte, [][]*x509.Certificate) error) func([][]byte, [][]*x509.Certificate) error {
+	var (
+		mu sync.Mutex // guards ok and verify's output
+		ok = map[string]bool{}
+	)
+	return func(raw [][]byte, chains [][]*x509.Certificate) error {
+		k := string(bytes.Join(raw, nil)) // DER is self-delimiting
+		mu.Lock()
+		defer mu.Unlock()
+		if ok[k] {
+			return nil
+		}
+		if err := verify(raw, chains); err != nil {
+			return err
+		}
+		ok[k] = true
+		return nil
+	}
 }
 
 // Close ends every stream and connection.
@@ -94,16 +124,20 @@ func (f *fleet) Close() {
 // newNode creates a node with a fresh key and its (lazy) connection.
 func (f *fleet) newNode(name string) (*simNode, error) {
 	n := &simNode{name: name, gotMap: make(chan struct{})}
-	var err error
-	if n.priv, err = key.NewPrivate(); err != nil {
+	priv, err := key.NewPrivate()
+	if err != nil {
 		return nil, err
 	}
-	n.pub = n.priv.Public()
-	var ca *x509.Certificate
+	if n.local, err = dhkey.NewLocal(priv); err != nil {
+		return nil, err
+	}
+	n.pub = n.local.Public()
 	conn, err := grpc.NewClient("passthrough:///"+f.target,
-		grpc.WithTransportCredentials(credentials.NewTLS(jointoken.PinnedConfig(f.pin, jointoken.ServerName, &ca))),
+		grpc.WithTransportCredentials(credentials.NewTLS(f.tls)),
 		grpc.WithContextDialer(f.dial),
 		grpc.WithReadBufferSize(16<<10), grpc.WithWriteBufferSize(16<<10),
+		// The agent's window (a coordinator pays for window updates).
+		grpc.WithInitialWindowSize(control.Window), grpc.WithInitialConnWindowSize(control.Window),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)),
 	)
 	if err != nil {
@@ -134,7 +168,7 @@ func (f *fleet) join(n *simNode) error {
 	defer cancel()
 	js, err := api.NewControlClient(n.conn).Join(ctx)
 	if err == nil {
-		err = control.Authenticate(js, n.priv, api.AuthJoin, &api.Hello{Hostname: n.name}, nil)
+		err = control.Authenticate(js, n.local, api.AuthJoin, &api.Hello{Hostname: n.name}, nil)
 	}
 	if err == nil {
 		err = js.Send(&api.ClientMessage{Msg: &api.ClientMessage_Join{Join: &api.JoinRequest{Token: f.tok, Name: n.name, Hostname: n.name}}})
@@ -176,7 +210,7 @@ func (f *fleet) connect(n *simNode) error {
 			bind, _ = api.Binding(&ti.State)
 		}
 	}
-	proof, err := api.Prove(n.priv, m.challenge, api.AuthConnect, bind, nil)
+	proof, err := api.ProveWith(n.local, m.challenge, api.AuthConnect, bind, nil)
 	if err != nil {
 		return fmt.Errorf("challenge for %s: %w", n.name, err)
 	}
@@ -469,7 +503,7 @@ func (m *scanned) scan(b []byte) error {
 			m.isMap = true
 			m.digest, m.current, m.patch = mapFlags(v)
 			if m.model != nil {
-				m.model.apply(m.prev, v)
+				m.model.apply(m.prev, m.digest, m.current, v)
 			}
 			if m.watch != nil {
 				if k := m.watch.Load(); k != nil {
@@ -495,9 +529,9 @@ type mapModel struct {
 const modelStates = 16
 
 // apply records the map a node holds after a message (raw NetworkMap
-// bytes), given the digest of the one it held before.
-func (mm *mapModel) apply(prev, raw []byte) {
-	d, current, _ := mapFlags(raw)
+// bytes, with its digest d and current flag as mapFlags reads them),
+// given the digest of the one it held before.
+func (mm *mapModel) apply(prev, d []byte, current bool, raw []byte) {
 	if len(d) == 0 {
 		return
 	}

@@ -3,6 +3,7 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,6 +11,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -35,12 +38,19 @@ func benchScale(t *testing.T, rep *Report, cfg config) {
 	if top := slices.Max(cfg.scale); uint64(top)+1000 > lim {
 		t.Fatalf("RLIMIT_NOFILE is %d here: too few for %d streams (one TCP connection each)", lim, top)
 	}
+	// The harness is 10,000 agents' worth of TLS and gRPC in one process,
+	// and garbage collection was an eighth of its CPU at the default
+	// GOGC: let its heap grow further between collections (a few GB on a
+	// machine with 24), so that it does not take CPU the coordinator
+	// needs.
+	defer debug.SetGCPercent(debug.SetGCPercent(harnessGOGC))
+	rep.Config["harness_gogc"] = harnessGOGC
 	t.Run("topology view", func(t *testing.T) { benchTopologyView(t, rep, 10000) })
 	sec := "Coordinator scale (simulated nodes over real TLS gRPC, coordinator in a lab namespace)"
 	l := lab.New(t)
 	for i, n := range cfg.scale {
 		complete := false
-		ok := t.Run(fmt.Sprintf("%d", n), func(t *testing.T) { complete = scaleStep(t, l, rep, sec, i, n) })
+		ok := t.Run(fmt.Sprintf("%d", n), func(t *testing.T) { complete = scaleStep(t, l, rep, cfg, sec, i, n) })
 		if !ok || !complete {
 			rep.Note("scale %d: the step did not complete (see its row and the test log). Larger steps were skipped.", n)
 			break
@@ -48,12 +58,21 @@ func benchScale(t *testing.T, rep *Report, cfg config) {
 	}
 }
 
+// harnessGOGC is the harness's GOGC during the scale section.
+const harnessGOGC = 400
+
 // scaleStep measures one fleet size and reports whether the fleet came up:
 // a fleet that does not is a result (recorded as a missed target), not a
 // test failure, since benchmarks never fail on time.
-func scaleStep(t *testing.T, l *lab.Lab, rep *Report, sec string, i, n int) bool {
+func scaleStep(t *testing.T, l *lab.Lab, rep *Report, cfg config, sec string, i, n int) bool {
 	h := l.AddPublicHost(fmt.Sprintf("scale%d", i))
-	proc, sock := startCoordinatorNoFile(t, l, h)
+	var extra []string
+	pprofSock := ""
+	if cfg.profiles != "" {
+		pprofSock = filepath.Join(l.Dir(), fmt.Sprintf("coord-scale%d-pprof.sock", i))
+		extra = []string{"--pprof-socket", pprofSock}
+	}
+	proc, sock := startCoordinatorNoFile(t, l, h, extra...)
 	defer proc.Kill() // before the fleet closes: no 10,000 last-seen writes
 	tok := adminCLI(t, sock, "token", "create", "--reusable")
 	f, err := newFleet(func(ctx context.Context, addr string) (net.Conn, error) { return h.DialTCP(ctx, addr) }, "127.0.0.1:8443", tok)
@@ -71,11 +90,13 @@ func scaleStep(t *testing.T, l *lab.Lab, rep *Report, sec string, i, n int) bool
 	if err != nil {
 		t.Fatal(err)
 	}
-	h0, t0 := selfCPU(), time.Now()
+	h0, t0, m0 := selfCPU(), time.Now(), machineBusy()
 	load0 := loadAvg()
+	profiled := profileBringUp(t, cfg.profiles, pprofSock, fmt.Sprintf("scale-%d", n))
 	const bringUpCap = 10 * time.Minute
 	var reconnects atomic.Int64
 	joined, err := f.bringUp(nodes, 64, bringUpCap, &reconnects)
+	profiled()
 	if err != nil {
 		// Record how far it got before giving up.
 		up := 0
@@ -96,10 +117,14 @@ func scaleStep(t *testing.T, l *lab.Lab, rep *Report, sec string, i, n int) bool
 	upAll := time.Since(t0)
 	coordCores, _ := cm.cores()
 	harnessCores := (selfCPU() - h0).Seconds() / upAll.Seconds()
+	// What neither used: other processes and the kernel's work outside
+	// either (loopback softirqs may land on either side or on neither).
+	otherCores := (machineBusy()-m0).Seconds()/upAll.Seconds() - coordCores - harnessCores
 	rss, hwm, _ := procMem(pid)
+	_, harnessHWM, _ := procMem(os.Getpid())
 	load1 := loadAvg()
-	t.Logf("%d nodes: joined in %v, all with a map in %v; coordinator %.2f cores, harness %.2f cores, RSS %.0f MiB (peak %.0f), %d map messages, %.1f MB; load average %s -> %s; %d streams reconnected",
-		n, joined.Round(time.Millisecond), upAll.Round(time.Millisecond), coordCores, harnessCores, rss, hwm, f.msgs.Load(), float64(f.bytes.Load())/1e6, load0, load1, reconnects.Load())
+	t.Logf("%d nodes: joined in %v, all with a map in %v; coordinator %.2f cores, harness %.2f cores, the rest of the machine %.2f cores, RSS %.0f MiB (peak %.0f; harness peak %.0f MiB), %d map messages, %.1f MB; load average %s -> %s; %d streams reconnected",
+		n, joined.Round(time.Millisecond), upAll.Round(time.Millisecond), coordCores, harnessCores, otherCores, rss, hwm, harnessHWM, f.msgs.Load(), float64(f.bytes.Load())/1e6, load0, load1, reconnects.Load())
 
 	if err := f.quiesce(2*time.Second, 2*time.Minute); err != nil {
 		t.Logf("quiesce: %v", err)
@@ -204,11 +229,11 @@ func scaleStep(t *testing.T, l *lab.Lab, rep *Report, sec string, i, n int) bool
 	case harnessCores > coordCores:
 		bottleneck = "the harness's CPU (it used more than the coordinator): the number is a lower bound"
 	}
-	rep.Note("Scale %d: %.0f joins/s (64 concurrent joiners); during bring-up the coordinator used %.2f cores and the harness %.2f cores; the bottleneck was %s. %d map messages (%.0f MB) reached the streams during bring-up and changes.",
-		n, rate, coordCores, harnessCores, bottleneck, f.msgs.Load(), float64(f.bytes.Load())/1e6)
+	rep.Note("Scale %d: %.0f joins/s (64 concurrent joiners); during bring-up the coordinator used %.2f cores, the harness %.2f cores and the rest of the machine %.2f cores; the bottleneck was %s. %d map messages (%.0f MB) reached the streams during bring-up and changes.",
+		n, rate, coordCores, harnessCores, otherCores, bottleneck, f.msgs.Load(), float64(f.bytes.Load())/1e6)
 	rep.SetRaw(fmt.Sprintf("scale/%d", n), map[string]any{
 		"join_rpcs_done_s": joined.Seconds(), "all_with_map_s": upAll.Seconds(),
-		"bringup_coordinator_cores": coordCores, "bringup_harness_cores": harnessCores,
+		"bringup_coordinator_cores": coordCores, "bringup_harness_cores": harnessCores, "bringup_other_cores": otherCores, "harness_rss_peak_mib": harnessHWM,
 		"rss_after_bringup_mib": rss, "rss_idle_mib": idleRSS, "rss_peak_mib": hwm,
 		"idle_coordinator_cores": idleCores, "changes": raw,
 		"changes_coordinator_cores": chCoord, "changes_harness_cores": chHarness,
@@ -251,18 +276,60 @@ func scaleStep(t *testing.T, l *lab.Lab, rep *Report, sec string, i, n int) bool
 	return true
 }
 
+// profileWindow is how much of a bring-up BENCH_PROFILES profiles: the
+// coordinator's profile has a length fixed when it is asked for.
+const profileWindow = 20 * time.Second
+
+// profileBringUp, with BENCH_PROFILES set, takes CPU profiles of the
+// coordinator (through its pprof socket) and of the harness (this
+// process) over the same first profileWindow of a bring-up, written to
+// dir as <name>-coordinator.cpu.pprof and <name>-harness.cpu.pprof. The
+// returned function waits for both; call it when the bring-up is over.
+func profileBringUp(t *testing.T, dir, sock, name string) (wait func()) {
+	if dir == "" || sock == "" {
+		return func() {}
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Errorf("profiles: %v", err)
+		return func() {}
+	}
+	var self bytes.Buffer
+	if err := pprof.StartCPUProfile(&self); err != nil {
+		t.Errorf("harness CPU profile: %v", err)
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		b, err := pprofGet(sock, fmt.Sprintf("/debug/pprof/profile?seconds=%d", int(profileWindow.Seconds())))
+		pprof.StopCPUProfile()
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dir, name+"-coordinator.cpu.pprof"), b, 0o644)
+		}
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dir, name+"-harness.cpu.pprof"), self.Bytes(), 0o644)
+		}
+		if err != nil {
+			t.Errorf("bring-up profiles: %v", err)
+		}
+	}()
+	return func() { <-done }
+}
+
 // startCoordinatorNoFile starts edgewire-coordinator on h with a raised
-// open-file limit and a fresh data dir, and waits for its admin socket.
-func startCoordinatorNoFile(t *testing.T, l *lab.Lab, h *lab.Host) (*lab.Process, string) {
+// open-file limit, a fresh data dir and extra flags, and waits for its
+// admin socket.
+func startCoordinatorNoFile(t *testing.T, l *lab.Lab, h *lab.Host, extra ...string) (*lab.Process, string) {
 	t.Helper()
 	dir := filepath.Join(l.Dir(), "coord-"+h.Name())
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	p, err := h.Start("coordinator", nil, "bash", "-c", `ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$0" "$@"`,
+	argv := []string{"bash", "-c", `ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$0" "$@"`,
 		cluster.Bin(t, "edgewire-coordinator"), "--data-dir", dir, "--listen", ":8443", "--log-level", "warn",
 		// Every simulated node dials from the one loopback address.
-		"--max-conns-per-source", "0")
+		"--max-conns-per-source", "0"}
+	p, err := h.Start("coordinator", nil, append(argv, extra...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

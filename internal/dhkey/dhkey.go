@@ -12,8 +12,10 @@
 package dhkey
 
 import (
+	"crypto/ecdh"
 	"crypto/hkdf"
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"errors"
 
@@ -51,17 +53,94 @@ var ErrLowOrder = errors.New("low-order public key")
 // Size is the size of keys, public keys and MACs here.
 const Size = 32
 
-// checkScalar is any clamped scalar: clamping makes it a multiple of 8,
-// which maps every point of small order to the identity.
-var checkScalar = [Size]byte{1}
+// lowOrder are the public keys whose agreement with every clamped scalar
+// is all zeros: the u-coordinates of the points of order 1, 2, 4 and 8 on
+// Curve25519 and its twist (0, 1, p-1 and the two of order 8), and p and
+// p+1, which X25519 reads as 0 and 1. A clamped scalar is a multiple of 8
+// and less than 8 times the large prime order of either group, so its
+// agreement is zero for exactly these, whatever the scalar (the test
+// checks this against a ladder). Bit 255 is ignored, as X25519 ignores it.
+var lowOrder = [...][Size]byte{
+	{},
+	{1},
+	{0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4, 0x6a,
+		0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16, 0x5f, 0x49, 0xb8, 0x00},
+	{0x5f, 0x9c, 0x95, 0xbc, 0xa3, 0x50, 0x8c, 0x24, 0xb1, 0xd0, 0xb1, 0x55, 0x9c, 0x83, 0xef, 0x5b,
+		0x04, 0x44, 0x5c, 0xc4, 0x58, 0x1c, 0x8e, 0x86, 0xd8, 0x22, 0x4e, 0xdd, 0xd0, 0x9f, 0x11, 0x57},
+	pMinus(1), pMinus(0), pMinus(-1),
+}
+
+// pMinus returns p-d (p = 2^255-19) for small d, little-endian.
+func pMinus(d int) [Size]byte {
+	b := [Size]byte{0: byte(0xed - d)}
+	for i := 1; i < Size-1; i++ {
+		b[i] = 0xff
+	}
+	b[Size-1] = 0x7f
+	return b
+}
 
 // CheckPublic returns ErrLowOrder if pub is a point of small order (the
-// all-zero key among them).
+// all-zero key among them): one whose agreement with any key is all
+// zeros, so a party using it would agree on a key everyone knows.
 func CheckPublic(pub key.Public) error {
-	if _, err := curve25519.X25519(checkScalar[:], pub[:]); err != nil {
-		return ErrLowOrder
+	pub[Size-1] &= 0x7f
+	for _, lo := range lowOrder {
+		if pub == key.Public(lo) {
+			return ErrLowOrder
+		}
 	}
 	return nil
+}
+
+// Local is a private key prepared for agreements. Its public key is
+// computed once, when it is made; an agreement with a bare key.Private
+// (Derive) computes it again each time, which doubles the cost of every
+// agreement. Safe for concurrent use.
+type Local struct{ k *ecdh.PrivateKey }
+
+// NewLocal prepares priv.
+func NewLocal(priv key.Private) (*Local, error) {
+	k, err := ecdh.X25519().NewPrivateKey(priv[:])
+	if err != nil {
+		return nil, err
+	}
+	return &Local{k: k}, nil
+}
+
+// GenerateLocal returns a fresh random key, prepared.
+func GenerateLocal() (*Local, error) {
+	k, err := ecdh.X25519().GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	return &Local{k: k}, nil
+}
+
+// Public returns the public key.
+func (l *Local) Public() key.Public { return key.Public(l.k.PublicKey().Bytes()) }
+
+// Derive is the package's Derive with l's private key.
+func (l *Local) Derive(pub key.Public, p Purpose, transcript ...[]byte) ([Size]byte, error) {
+	shared, err := l.agree(pub)
+	if err != nil {
+		return [Size]byte{}, err
+	}
+	return derive(shared, p, transcript)
+}
+
+// agree returns the X25519 agreement of l and pub, ErrLowOrder when it
+// is all zeros (pub of small order).
+func (l *Local) agree(pub key.Public) ([]byte, error) {
+	pk, err := ecdh.X25519().NewPublicKey(pub[:])
+	if err != nil {
+		return nil, err // cannot happen for 32 bytes
+	}
+	shared, err := l.k.ECDH(pk)
+	if err != nil {
+		return nil, ErrLowOrder
+	}
+	return shared, nil
 }
 
 // Derive returns the key for purpose p from the agreement of priv and pub,
@@ -69,11 +148,16 @@ func CheckPublic(pub key.Public) error {
 // Both sides must pass the same parts in the same order. It fails with
 // ErrLowOrder when pub is of small order.
 func Derive(priv key.Private, pub key.Public, p Purpose, transcript ...[]byte) ([Size]byte, error) {
-	var out [Size]byte
 	shared, err := curve25519.X25519(priv[:], pub[:])
 	if err != nil {
-		return out, ErrLowOrder
+		return [Size]byte{}, ErrLowOrder
 	}
+	return derive(shared, p, transcript)
+}
+
+// derive is Derive after the agreement.
+func derive(shared []byte, p Purpose, transcript [][]byte) ([Size]byte, error) {
+	var out [Size]byte
 	// The transcript is the HKDF salt, hashed with each part's length so
 	// that no two different transcripts collide.
 	h := sha256.New()
