@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -489,9 +490,15 @@ func (o *overlay) throughput(t *testing.T, rep *Report, cfg config) {
 		RefName:  "wgplain", Reference: sumEach(perGbit("wgplain a (sender)", "plain"), perGbit("wgplain b (receiver)", "plain"))})
 	// The relay path's cost: both agents and the relay between them,
 	// against the direct path's two agents, per Gbit/s carried.
-	rep.Add(&Measure{Section: sec, Name: "CPU per Gbit/s, TCP 1 stream over the relay: agent a + relay + agent c", Unit: "cores",
+	relayCPU := rep.Add(&Measure{Section: sec, Name: "CPU per Gbit/s, TCP 1 stream over the relay: agent a + relay + agent c", Unit: "cores",
 		Edgewire: sumEach(sumEach(perGbit("relay: agent a", "relay"), perGbit("relay: coordinator", "relay")), perGbit("relay: agent c", "relay")),
 		RefName:  "direct: agents a + b", Reference: sumEach(perGbit("agent a (sender)", "direct"), perGbit("agent b (receiver)", "direct"))})
+	if d, r := res[flows[0].name]["direct"], res[flows[0].name]["relay"]; len(d) > 0 && len(r) > 0 && relayCPU.Ratio > 0 {
+		rep.Note("Relay against direct (TCP, 1 stream): %.2fx the rate, and %.2fx the CPU per Gbit/s (agent a + relay + agent c: %.2f cores, against agents a + b: %.2f). "+
+			"Both runs keep this machine's %d cores busy (iperf3 and the kernel included), so the relay's rate follows its cost: 1/%.2f = %.2f. "+
+			"The relay path adds a TLS record layer on each leg (an AES-GCM seal and open per leg) and the relay's own read, route and write per packet to WireGuard's work; see BENCH_PROFILES for the profiles.",
+			medianOf(r)/medianOf(d), relayCPU.Ratio, medianOf(relayCPU.Edgewire), medianOf(relayCPU.Reference), runtime.NumCPU(), relayCPU.Ratio, 1/relayCPU.Ratio)
+	}
 	for _, p := range []string{"agent a", "coordinator", "agent c"} {
 		rep.Add(&Measure{Section: sec, Name: "CPU per Gbit/s, TCP 1 stream over the relay: " + p, Unit: "cores",
 			Edgewire: perGbit("relay: "+p, "relay")})
@@ -1135,6 +1142,13 @@ func (o *overlay) memoryBound(t *testing.T, rep *Report, cfg config) {
 			if st == (setting{agent.DefaultMaxInflight, 0}) && len(m.Edgewire) > 0 {
 				m.Target = "<= 64 MiB (the largest run)"
 				m.Met = met(slices.Max(m.Edgewire) <= 64)
+				if slices.Max(m.Edgewire) > 64 {
+					rep.Note("Memory bound: the %s's peak at the default bound (%.0f MiB at most) is above 64 MiB. Its parts: the binary's pages (about 19 MiB), "+
+						"wireguard-go's batch buffers (128 x 64 KiB per reader: the IPv4 and IPv6 sockets, the relay, the TUN device; 32 MiB of heap, resident where written), "+
+						"up to %d packets of 64 KiB in flight, and garbage: the GC counts the batch buffers as live, written or not, so its goal (%d%% over live data) "+
+						"leaves that much more heap before it collects. A lower --gc-percent trades throughput for the rest (docs/memory.md).",
+						side, slices.Max(m.Edgewire), 2*agent.DefaultMaxInflight, agent.DefaultGCPercent)
+				}
 			}
 		}
 	}
