@@ -329,6 +329,10 @@ type peerInfo struct {
 	key     Key
 	mesh    bool      // a mesh relay, key is its relay key
 	expires time.Time // ticket expiry (clients)
+	// seq orders the handshakes of nodes: taken just before the relay
+	// answers, so a node that connects again after a handshake it saw
+	// complete always gets a larger one (see Server.addClient).
+	seq uint64
 }
 
 // serverHandshake runs the relay side of the handshake on a fresh
@@ -419,7 +423,7 @@ func (s *Server) checkClient(bw *bufio.Writer, p []byte, hello *clientHello, sno
 	if err := writeFrame(bw, frameServerInfo, bn[:], secretbox.Seal(nil, reply[:], &bn, &ks)); err != nil {
 		return peerInfo{}, err
 	}
-	return peerInfo{key: node, expires: tk.Expires}, bw.Flush()
+	return peerInfo{key: node, expires: tk.Expires, seq: s.handshakes.Add(1)}, bw.Flush()
 }
 
 func (s *Server) checkMesh(bw *bufio.Writer, p []byte, snonce [nonceLen]byte) (peerInfo, error) {

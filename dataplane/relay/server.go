@@ -146,6 +146,7 @@ type Server struct {
 	handlers sync.WaitGroup // ServeHTTP calls holding a connection
 
 	packetsIn, packetsOut, bytesIn, bytesOut, refused atomic.Uint64
+	handshakes                                        atomic.Uint64 // nodes' completed handshakes, for peerInfo.seq
 	drops                                             [numDrops]atomic.Uint64
 
 	mu        sync.RWMutex          // guards the fields below
@@ -520,6 +521,7 @@ func (s *Server) serveConn(nc net.Conn, br *bufio.Reader, hello *clientHello, sl
 		nc:   nc,
 		key:  pi.key,
 		mesh: pi.mesh,
+		seq:  pi.seq,
 		done: make(chan struct{}),
 	}
 	if pi.mesh {
@@ -576,6 +578,12 @@ func (s *Server) addClient(c *sconn) bool {
 		return false // revoked between handshake and here
 	}
 	old := s.clients[c.key]
+	if old != nil && old.seq > c.seq {
+		// Both connections of the node finished their handshakes, and
+		// the newer one got here first: this one is the stale one.
+		c.log.Debug("relay: a newer connection of the same node is already here")
+		return false
+	}
 	s.clients[c.key] = c
 	if old != nil {
 		old.log.Debug("relay: replaced by a new connection of the same node")
@@ -669,6 +677,7 @@ type sconn struct {
 	nc   net.Conn
 	key  Key
 	mesh bool
+	seq  uint64 // the handshake's order among nodes' (peerInfo.seq)
 	log  *slog.Logger
 	q    *queue
 	lim  *rate.Limiter // bytes a node may send; nil for mesh relays

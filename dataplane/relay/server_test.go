@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"net/http"
 	"net/http/httptest"
@@ -353,6 +354,30 @@ func TestSecondConnectionReplacesFirst(t *testing.T) {
 	if got := r.s.Stats().Clients; got != 1 {
 		t.Errorf("clients: got %d, want 1", got)
 	}
+}
+
+// A node's connections count in the order their handshakes finished, not
+// the order they reach the registry: the older one, late, is turned away
+// instead of replacing the newer.
+func TestStaleConnectionRefused(t *testing.T) {
+	e := newEnv(t)
+	r := e.startRelay(ServerConfig{}, "")
+	k := Key(newKey().Public())
+	conn := func(seq uint64) *sconn {
+		return &sconn{s: r.s, key: k, seq: seq, log: slog.New(slog.DiscardHandler), done: make(chan struct{})}
+	}
+	newer, older := conn(2), conn(1)
+	if !r.s.addClient(newer) {
+		t.Fatal("the newer connection was refused")
+	}
+	if r.s.addClient(older) {
+		t.Error("the older connection replaced the newer")
+	}
+	r.s.removeClient(older) // as its serveConn would not: it never registered
+	if got := r.s.Stats().Clients; got != 1 {
+		t.Errorf("clients: got %d, want 1 (the newer)", got)
+	}
+	r.s.removeClient(newer)
 }
 
 func TestRateLimitDrops(t *testing.T) {
