@@ -1052,18 +1052,17 @@ func (o *overlay) memoryBound(t *testing.T, rep *Report, cfg config) {
 	}
 	gbps := map[setting][]float64{}
 	peak := map[setting]map[string][]float64{}
-	restart := func(s setting) error {
+	// restart starts agents a and b again as they were, plus extra flags,
+	// and waits until the tunnel between them is direct and carries a
+	// ping.
+	restart := func(extra ...string) error {
 		for _, ag := range []*cluster.Agent{o.a, o.b} {
 			if err := ag.Proc.Stop(10 * time.Second); err != nil {
 				return fmt.Errorf("stop agent %s: %w", ag.Name, err)
 			}
 		}
-		args := []string{"--max-inflight-packets", strconv.Itoa(s.bound)}
-		if s.gc != 0 {
-			args = append(args, "--gc-percent", strconv.Itoa(s.gc))
-		}
-		o.a.StartWith(append(slices.Clone(o.aArgs), args...)...)
-		o.b.StartWith(append(slices.Clone(o.bArgs), args...)...)
+		o.a.StartWith(append(slices.Clone(o.aArgs), extra...)...)
+		o.b.StartWith(append(slices.Clone(o.bArgs), extra...)...)
 		if err := o.waitPaths(60*time.Second, map[[2]*cluster.Agent]string{{o.a, o.b}: "direct", {o.b, o.a}: "direct"}); err != nil {
 			return err
 		}
@@ -1076,19 +1075,18 @@ func (o *overlay) memoryBound(t *testing.T, rep *Report, cfg config) {
 		})
 	}
 	defer func() { // the later sections run with the agents as they were
-		for _, ag := range []*cluster.Agent{o.a, o.b} {
-			ag.Proc.Stop(10 * time.Second)
-		}
-		o.a.StartWith(o.aArgs...)
-		o.b.StartWith(o.bArgs...)
-		if err := o.waitPaths(60*time.Second, map[[2]*cluster.Agent]string{{o.a, o.b}: "direct", {o.b, o.a}: "direct"}); err != nil {
+		if err := restart(); err != nil {
 			t.Fatalf("agents restarted as they were: %v", err)
 		}
 	}()
 	for r := range cfg.reps {
 		for i := range settings {
 			st := settings[(i+r)%len(settings)]
-			if err := restart(st); err != nil {
+			args := []string{"--max-inflight-packets", strconv.Itoa(st.bound)}
+			if st.gc != 0 {
+				args = append(args, "--gc-percent", strconv.Itoa(st.gc))
+			}
+			if err := restart(args...); err != nil {
 				t.Fatalf("%+v: %v", st, err)
 			}
 			smp := sampleRSS(map[string]int{"sender": o.a.Proc.Pid(), "receiver": o.b.Proc.Pid()})

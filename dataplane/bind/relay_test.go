@@ -26,14 +26,20 @@ func (f *fakeRelay) SendBatch(dst key.Public, pkts [][]byte) error {
 	return nil
 }
 
-func TestRelayPath(t *testing.T) {
+// openRelay opens a Bind and returns it with its relay ReceiveFunc.
+func openRelay(t *testing.T) (*Bind, conn.ReceiveFunc) {
+	t.Helper()
 	b := New(nil, nil)
 	fns, _, err := b.Open(0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Shutdown()
-	recv := fns[len(fns)-1]
+	t.Cleanup(func() { b.Shutdown() })
+	return b, fns[len(fns)-1]
+}
+
+func TestRelayPath(t *testing.T) {
+	b, recv := openRelay(t)
 	var k1, k2 key.Public
 	k1[0], k2[0] = 1, 2
 
@@ -99,13 +105,7 @@ func TestRelayPath(t *testing.T) {
 // order, a waiting call returns at FlushRelayed or when its buffers are
 // full, the backlog is bounded, and Close ends a waiting call.
 func TestRelayHandOff(t *testing.T) {
-	b := New(nil, nil)
-	fns, _, err := b.Open(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Shutdown()
-	recv := fns[len(fns)-1]
+	b, recv := openRelay(t)
 	var src key.Public
 	src[0] = 9
 	pkt := func(i int) []byte { p := wg(4, 32+i%100); p[4], p[5] = byte(i), byte(i>>8); return p }

@@ -90,9 +90,9 @@ type Stats struct {
 // with New and wrap the device's Bind and TUN with Bind and TUN.
 type Limiter struct {
 	max    int
-	maxAge int64 // nanoseconds
-	stall  int64 // nanoseconds; see DefaultStall
-	epoch  time.Time
+	maxAge int64        // nanoseconds
+	stall  int64        // nanoseconds; see DefaultStall
+	now    func() int64 // monotonic nanoseconds; tests move it by hand
 
 	mu        sync.Mutex        // guards held through readers, and the readers' bufs and reading
 	held      map[uintptr]entry // buffer address -> when it was taken, and which way
@@ -110,7 +110,7 @@ type Limiter struct {
 }
 
 type entry struct {
-	at  int64 // nanoseconds since epoch
+	at  int64 // l.now() when taken
 	dir Direction
 }
 
@@ -123,7 +123,8 @@ func New(max int, maxAge time.Duration) *Limiter {
 	if maxAge <= 0 {
 		maxAge = DefaultMaxAge
 	}
-	return &Limiter{max: max, maxAge: int64(maxAge), stall: int64(DefaultStall), epoch: time.Now(),
+	epoch := time.Now()
+	return &Limiter{max: max, maxAge: int64(maxAge), stall: int64(DefaultStall), now: func() int64 { return int64(time.Since(epoch)) },
 		held: make(map[uintptr]entry, 2*max), changed: make(chan struct{}), readers: make(map[*reader]struct{})}
 }
 
@@ -147,8 +148,6 @@ func (l *Limiter) Stats() Stats {
 	s.Expired = l.expired.Load()
 	return s
 }
-
-func (l *Limiter) now() int64 { return int64(time.Since(l.epoch)) }
 
 func addr(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b))) }
 
@@ -192,9 +191,10 @@ func (l *Limiter) dropReaders(rs ...*reader) {
 // trimmed: the device does not touch them until the read returns, and
 // whatever the read writes into them comes after the pages are gone (a
 // page then reads as zeros until written, which a receive target never
-// notices). A packet that lands in the instant between the kernel's copy
-// and the trim reads as zeros and fails authentication: a single drop, on
-// a device quiet enough to trim. Run it when traffic has stopped.
+// notices). A packet that lands in the instant between its copy (by the
+// kernel, or by the relay's hand-off into a waiting read) and the trim
+// reads as zeros and fails authentication: a single drop, on a device
+// quiet enough to trim. Run it when traffic has stopped.
 func (l *Limiter) Trim() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
