@@ -31,6 +31,8 @@ type Counters struct {
 	OtherDrop   atomic.Uint64 // datagrams neither WireGuard nor STUN
 	STUNOut     atomic.Uint64 // datagrams ICE sent
 
+	SplitDrop atomic.Uint64 // segments of a coalesced datagram beyond the batch, dropped
+
 	RelayIn      atomic.Uint64 // packets from the relay handed to WireGuard
 	RelayDropped atomic.Uint64 // packets from the relay dropped: WireGuard behind
 	RelayOut     atomic.Uint64 // packets WireGuard sent through the relay
@@ -46,9 +48,10 @@ type Bind struct {
 	rs    *relayState
 	C     Counters
 
-	mu     sync.Mutex    // guards port, closed, fds4
+	mu     sync.Mutex    // guards port, closed, fds4, r4
 	port   uint16        // bound port, 0 while closed
 	fds4   []int         // the IPv4 socket StdNetBind opened (SendTTL), while open
+	r4     *recv4        // reads that socket for the device, while open (nil: StdNetBind's own reader)
 	closed chan struct{} // closed by Close: ends the relay ReceiveFunc of that Open
 }
 
@@ -88,11 +91,23 @@ func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 			b.log.Warn("found no IPv4 UDP socket to take DF off", "port", actual)
 		}
 	}
+	var r4 *recv4
+	if len(fds) == 1 && len(fns) > 0 {
+		// StdNetBind returns its IPv4 receive function first. Reading
+		// that socket ourselves saves an allocation per datagram (see
+		// recv4).
+		if r4, err = newRecv4(fds[0], b.inner.BatchSize(), &b.C.SplitDrop); err != nil {
+			b.log.Warn("reading the IPv4 socket with StdNetBind's receive function", "err", err)
+		} else {
+			fns[0] = r4.receive
+		}
+	}
 	closed := make(chan struct{})
 	b.mu.Lock()
 	b.port = actual
 	b.closed = closed
 	b.fds4 = fds
+	b.r4 = r4
 	b.mu.Unlock()
 	wrapped := make([]conn.ReceiveFunc, len(fns), len(fns)+1)
 	for i, fn := range fns {
@@ -140,6 +155,10 @@ func (b *Bind) Close() error {
 	b.mu.Lock()
 	b.port = 0
 	b.fds4 = nil
+	if b.r4 != nil {
+		b.r4.Close()
+		b.r4 = nil
+	}
 	if b.closed != nil {
 		close(b.closed)
 		b.closed = nil

@@ -41,6 +41,7 @@ func (a *Agent) registerMetrics(reg prometheus.Registerer) {
 			emit(float64(c.STUNOut.Load()), "stun_out")
 			emit(float64(c.STUNDropped.Load()), "stun_dropped")
 			emit(float64(c.OtherDrop.Load()), "other_dropped")
+			emit(float64(c.SplitDrop.Load()), "split_dropped")
 			emit(float64(c.RelayIn.Load()), "relay_in")
 			emit(float64(c.RelayOut.Load()), "relay_out")
 			emit(float64(c.RelayDropped.Load()), "relay_dropped")
