@@ -99,9 +99,8 @@ type Limiter struct {
 	count     [2]int
 	peak      [2]int
 	lastSweep int64
-	lastDone  int64         // the last delivery (release)
-	changed   chan struct{} // closed and replaced when packets are delivered while someone waits
-	waiting   int
+	lastDone  int64                // the last delivery (release)
+	waiting   map[*reader]struct{} // readers in wait, woken by deliveries
 	readers   map[*reader]struct{} // the device's read seams, for Trim
 
 	waits   [2]atomic.Uint64
@@ -125,7 +124,7 @@ func New(max int, maxAge time.Duration) *Limiter {
 	}
 	epoch := time.Now()
 	return &Limiter{max: max, maxAge: int64(maxAge), stall: int64(DefaultStall), now: func() int64 { return int64(time.Since(epoch)) },
-		held: make(map[uintptr]entry, 2*max), changed: make(chan struct{}), readers: make(map[*reader]struct{})}
+		held: make(map[uintptr]entry, 2*max), waiting: make(map[*reader]struct{}), readers: make(map[*reader]struct{})}
 }
 
 // Max returns the bound per direction.
@@ -163,6 +162,12 @@ type reader struct {
 	// while one is (the device does not touch them then; see Trim).
 	bufs    [][]byte
 	reading bool
+
+	// Made at the reader's first wait and kept: a wait allocates
+	// nothing, which matters because a full direction waits at every
+	// read and garbage is what the bound is for.
+	wake  chan struct{} // 1 token: a delivery since the reader began to wait
+	timer *time.Timer   // the sweep tick while waiting
 }
 
 func (l *Limiter) newReader() *reader {
@@ -232,7 +237,7 @@ func (l *Limiter) before(dir Direction, r *reader, bufs [][]byte, done <-chan st
 		l.mu.Unlock()
 		return
 	}
-	l.wait(dir, done) // unlocks
+	l.wait(dir, r, done) // unlocks
 }
 
 // after runs as the read returns n packets in bufs: each is counted at
@@ -261,12 +266,16 @@ func (l *Limiter) after(dir Direction, r *reader, bufs [][]byte, sizes []int, n 
 // wait blocks, with l.mu held on entry and released on return, until dir
 // holds fewer than max packets or done is closed. It ends within MaxAge
 // plus a sweep even if nothing is delivered: every held buffer expires.
-func (l *Limiter) wait(dir Direction, done <-chan struct{}) {
+func (l *Limiter) wait(dir Direction, r *reader, done <-chan struct{}) {
 	start := l.now()
 	l.waits[dir].Add(1)
 	defer func() { l.waited[dir].Add(l.now() - start) }()
-	t := time.NewTimer(sweepEvery)
-	defer t.Stop()
+	if r.wake == nil {
+		r.wake, r.timer = make(chan struct{}, 1), time.NewTimer(sweepEvery)
+	} else {
+		r.timer.Reset(sweepEvery)
+	}
+	defer r.timer.Stop()
 	for {
 		now := l.now()
 		switch {
@@ -279,21 +288,20 @@ func (l *Limiter) wait(dir Direction, done <-chan struct{}) {
 			l.mu.Unlock()
 			return
 		}
-		ch := l.changed
-		l.waiting++
+		l.waiting[r] = struct{}{}
 		l.mu.Unlock()
 		select {
-		case <-ch:
-		case <-t.C:
-			t.Reset(sweepEvery)
+		case <-r.wake: // may be a token from before this wait: the loop checks again
+		case <-r.timer.C:
+			r.timer.Reset(sweepEvery)
 		case <-done:
 			l.mu.Lock()
-			l.waiting--
+			delete(l.waiting, r)
 			l.mu.Unlock()
 			return
 		}
 		l.mu.Lock()
-		l.waiting--
+		delete(l.waiting, r)
 	}
 }
 
@@ -337,9 +345,11 @@ func (l *Limiter) release(bufs [][]byte) {
 		l.forget(addr(b))
 	}
 	l.lastDone = l.now()
-	if l.waiting > 0 {
-		close(l.changed)
-		l.changed = make(chan struct{})
+	for r := range l.waiting {
+		select {
+		case r.wake <- struct{}{}:
+		default: // it has a token already
+		}
 	}
 	l.mu.Unlock()
 }
