@@ -160,7 +160,7 @@ func TestRelayBinaryRSS(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		hello := newClientHello(k.Public())
-		nc, br, err := dialUpgrade(ctx, nil, u, nil, hello)
+		nc, br, _, err := dialUpgrade(ctx, nil, u, nil, hello)
 		if err != nil {
 			t.Fatal(err)
 		}

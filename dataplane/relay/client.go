@@ -50,6 +50,8 @@ type Client struct {
 	u   parsedURL
 	log *slog.Logger
 	cur atomic.Pointer[cconn] // live connection, nil while down
+	// noBatch: do not offer featureBatch (tests play an older node).
+	noBatch bool
 
 	mu          sync.Mutex // guards ticket, revocations, lastErr, and pairs their changes with cur
 	ticket      []byte
@@ -60,6 +62,7 @@ type Client struct {
 // cconn is one live client connection.
 type cconn struct {
 	nc        net.Conn
+	batch     bool // the relay takes featureBatch: packets go in batch frames
 	q         *queue
 	done      chan struct{} // closed by close
 	closeOnce sync.Once
@@ -147,7 +150,8 @@ func (c *Client) setErr(err error) {
 func (c *Client) session(ctx context.Context) (up bool, err error) {
 	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	hello := newClientHello(c.cfg.PrivateKey.Public())
-	nc, br, err := dialUpgrade(hctx, c.cfg.Dial, c.u, c.cfg.TLSConfig, hello)
+	hello.batch = !c.noBatch
+	nc, br, batch, err := dialUpgrade(hctx, c.cfg.Dial, c.u, c.cfg.TLSConfig, hello)
 	if err != nil {
 		cancel()
 		return false, err
@@ -172,6 +176,7 @@ func (c *Client) session(ctx context.Context) (up bool, err error) {
 	nc.SetDeadline(time.Time{})
 	cc := &cconn{
 		nc:    nc,
+		batch: batch,
 		q:     newQueue(queueConfig{pkts: clientQueueLen, bytes: clientQueueBytes, ctrl: clientCtrl}, nil),
 		done:  make(chan struct{}),
 		pings: map[[pingLen]byte]chan struct{}{},
@@ -220,7 +225,7 @@ func (c *Client) readLoop(cc *cconn, br *bufio.Reader, ka time.Duration) error {
 			dl.refresh()
 		}
 		// br holds any frame whole (64 KiB), so p aliases it: no copy.
-		t, p, err := readFrame(br, nil, maxFramePayload)
+		t, p, err := readFrame(br, nil, maxBatchPayload)
 		if err != nil {
 			return err
 		}
@@ -230,6 +235,20 @@ func (c *Client) readLoop(cc *cconn, br *bufio.Reader, ka time.Duration) error {
 				return fmt.Errorf("relay sent a packet frame of %d bytes", len(p))
 			}
 			c.cfg.OnPacket(Key(p[:32]), p[32:])
+			pending = true
+		case frameRecvPackets:
+			if len(p) < 32 {
+				return fmt.Errorf("relay sent a batch frame of %d bytes", len(p))
+			}
+			if _, _, err := packetRecords(p[32:]); err != nil {
+				return fmt.Errorf("relay sent a bad batch frame: %w", err)
+			}
+			src := Key(p[:32])
+			for rest := p[32:]; len(rest) > 0; {
+				var pkt []byte
+				pkt, rest = nextRecord(rest)
+				c.cfg.OnPacket(src, pkt)
+			}
 			pending = true
 		case framePing:
 			if len(p) == pingLen {
@@ -261,21 +280,56 @@ func (c *Client) Send(dst Key, pkt []byte) error {
 
 // SendBatch is Send for several packets to one node, queued in order;
 // the writer is woken once, so they leave in one write. A packet too
-// large is skipped (the others are queued) and reported.
+// large is skipped (the others are queued) and reported. On a relay that
+// takes featureBatch they leave in batch frames.
 func (c *Client) SendBatch(dst Key, pkts [][]byte) error {
 	cc := c.cur.Load()
 	if cc == nil {
 		return ErrNotConnected
 	}
 	var err error
-	for _, pkt := range pkts {
-		if len(pkt) > maxPacketSize {
-			err = fmt.Errorf("%w: %d bytes, max %d", ErrPacketTooLarge, len(pkt), maxPacketSize)
-			continue
+	if cc.batch {
+		err = enqueueBatches(cc.q, frameSendPackets, dst, pkts)
+	} else {
+		for _, pkt := range pkts {
+			if len(pkt) > maxPacketSize {
+				err = fmt.Errorf("%w: %d bytes, max %d", ErrPacketTooLarge, len(pkt), maxPacketSize)
+				continue
+			}
+			cc.q.enqueue(newPacketItem(frameSendPacket, dst, Key{}, pkt))
 		}
-		cc.q.enqueue(newPacketItem(frameSendPacket, dst, Key{}, pkt))
 	}
 	cc.q.signal()
+	return err
+}
+
+// enqueueBatches queues pkts for k in batch frames of type t, as few as
+// maxBatchPayload allows, without waking the writer. Empty packets are
+// skipped (a record cannot be empty; WireGuard sends none), too large
+// ones skipped and reported.
+func enqueueBatches(q *queue, t frameType, k Key, pkts [][]byte) error {
+	var err error
+	for i := 0; i < len(pkts); {
+		size, j := 32, i
+		for j < len(pkts) && len(pkts[j]) > 0 && len(pkts[j]) <= maxPacketSize && size+recordHeaderLen+len(pkts[j]) <= maxBatchPayload {
+			size += recordHeaderLen + len(pkts[j])
+			j++
+		}
+		if j == i { // pkts[i] cannot be a record
+			if len(pkts[i]) > maxPacketSize {
+				err = fmt.Errorf("%w: %d bytes, max %d", ErrPacketTooLarge, len(pkts[i]), maxPacketSize)
+			}
+			i++
+			continue
+		}
+		it := newBatchItem(t, k, size)
+		for _, p := range pkts[i:j] {
+			it.pkt = appendRecord(it.pkt, p)
+		}
+		it.pkts = int32(j - i)
+		q.enqueue(it)
+		i = j
+	}
 	return err
 }
 

@@ -62,6 +62,13 @@ type testRelay struct {
 // the end of the test.
 func (e *env) startRelay(cfg ServerConfig, addr string) *testRelay {
 	e.t.Helper()
+	return e.startRelayWith(cfg, addr, nil)
+}
+
+// startRelayWith is startRelay with a change to the server (if not nil)
+// before it serves.
+func (e *env) startRelayWith(cfg ServerConfig, addr string, change func(*Server)) *testRelay {
+	e.t.Helper()
 	if cfg.PrivateKey == (key.Private{}) {
 		cfg.PrivateKey = newKey()
 	}
@@ -76,6 +83,9 @@ func (e *env) startRelay(cfg ServerConfig, addr string) *testRelay {
 		e.t.Fatal(err)
 	}
 	s.sweepEvery = 20 * time.Millisecond
+	if change != nil {
+		change(s)
+	}
 	if addr == "" {
 		addr = "127.0.0.1:0"
 	}
@@ -131,6 +141,13 @@ type testClient struct {
 // startClient runs a client of r until stop or the end of the test.
 func (e *env) startClient(r *testRelay, priv key.Private, ticket []byte) *testClient {
 	e.t.Helper()
+	return e.startClientWith(r, priv, ticket, nil)
+}
+
+// startClientWith is startClient with a change to the client (if not
+// nil) before it runs.
+func (e *env) startClientWith(r *testRelay, priv key.Private, ticket []byte, change func(*Client)) *testClient {
+	e.t.Helper()
 	tc := &testClient{priv: priv, pub: priv.Public(), got: make(chan received, 4096)}
 	c, err := NewClient(ClientConfig{
 		URL:        r.url,
@@ -146,6 +163,9 @@ func (e *env) startClient(r *testRelay, priv key.Private, ticket []byte) *testCl
 	})
 	if err != nil {
 		e.t.Fatal(err)
+	}
+	if change != nil {
+		change(c)
 	}
 	tc.c = c
 	ctx, cancel := context.WithCancel(context.Background())
@@ -258,7 +278,7 @@ func dialHello(t testing.TB, r *testRelay, hello *clientHello) *rawConn {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	nc, br, err := dialUpgrade(ctx, nil, u, nil, hello)
+	nc, br, _, err := dialUpgrade(ctx, nil, u, nil, hello)
 	if err != nil {
 		t.Fatal(err)
 	}

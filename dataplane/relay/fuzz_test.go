@@ -99,6 +99,13 @@ func connVerdict(stream []byte, self Key, mesh bool, tpub ed25519.PublicKey, mar
 			if len(p) < 32 || Key(p[:32]) == self {
 				return vClose
 			}
+		case t == frameSendPackets && !mesh:
+			if len(p) < 32 || Key(p[:32]) == self {
+				return vClose
+			}
+			if _, _, err := packetRecords(p[32:]); err != nil {
+				return vClose
+			}
 		case t == frameTicket && !mesh:
 		case t == frameRevocations && !mesh:
 			rv, err := VerifyRevocations(tpub, p)
@@ -155,6 +162,10 @@ func FuzzServerConn(f *testing.F) {
 		{frame(frameForwardPacket, make([]byte, 63)), true},
 		{frame(frameSendPacket, other[:], []byte("x")), true},
 		{frame(frameRevocations, list), true},
+		{frame(frameSendPackets, other[:], records([]byte("wireguard"), []byte("x"))), false},
+		{frame(frameSendPackets, other[:], []byte{0, 2, 'x'}), false},
+		{frame(frameSendPackets, self[:], records([]byte("me"))), false},
+		{frame(frameSendPackets, other[:], records([]byte("x"))), true},
 		{[]byte{0x7f, 0, 0}, false},
 	} {
 		f.Add(seed.in, seed.mesh)
@@ -175,7 +186,7 @@ func FuzzServerConn(f *testing.F) {
 			defer close(served)
 			defer slot.close()
 			defer sc.Close()
-			s.serveConn(sc, bufio.NewReaderSize(sc, 4096), hello, slot)
+			s.serveConn(sc, bufio.NewReaderSize(sc, 4096), hello, hello != nil, slot)
 		}()
 		var reader sync.WaitGroup
 		defer func() {
@@ -373,6 +384,9 @@ func FuzzClientReadLoop(f *testing.F) {
 	f.Add(frame(frameRecvPacket, src[:], make([]byte, maxPacketSize)))
 	f.Add(frameBytes(frameRecvPacket, maxFramePayload+1, nil))
 	f.Add(frame(frameType(0x7f), []byte("a later version")))
+	f.Add(frame(frameRecvPackets, src[:], records([]byte("wire"), []byte("guard"))))
+	f.Add(frame(frameRecvPackets, src[:], []byte{0, 5, 'x'}))
+	f.Add(frame(frameRecvPackets, src[:], records(make([]byte, maxPacketSize), make([]byte, maxPacketSize))))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		c, err := NewClient(ClientConfig{URL: "http://relay/relay", ServerKey: Key{1}, PrivateKey: key.Private{2}})
 		if err != nil {
@@ -398,7 +412,7 @@ func FuzzClientReadLoop(f *testing.F) {
 		pings := 0
 		for rest := in; len(rest) >= frameHeaderLen; {
 			typ, n := frameType(rest[0]), uint64(binary.BigEndian.Uint32(rest[1:]))
-			if n > maxFramePayload || uint64(len(rest)-frameHeaderLen) < n {
+			if n > uint64(maxPayload(typ)) || uint64(len(rest)-frameHeaderLen) < n {
 				break
 			}
 			p := rest[frameHeaderLen : frameHeaderLen+n]
@@ -408,6 +422,19 @@ func FuzzClientReadLoop(f *testing.F) {
 					break
 				}
 				want = append(want, p)
+			}
+			if typ == frameRecvPackets {
+				if len(p) < 32 {
+					break
+				}
+				if _, _, err := packetRecords(p[32:]); err != nil {
+					break
+				}
+				for recs := p[32:]; len(recs) > 0; {
+					var pkt []byte
+					pkt, recs = nextRecord(recs)
+					want = append(want, cat(p[:32], pkt))
+				}
 			}
 			if typ == framePing && len(p) == pingLen {
 				pings++

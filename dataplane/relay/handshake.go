@@ -88,14 +88,23 @@ type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
 // dialUpgrade connects to a relay and performs the HTTP Upgrade, sending
 // hello (nodes; nil for mesh relays). The caller owns the returned conn
 // (deadline set to the ctx deadline, if any) and reads from br, which may
-// already hold the first frames.
-func dialUpgrade(ctx context.Context, dial dialFunc, u parsedURL, tlsConf *tls.Config, hello *clientHello) (net.Conn, *bufio.Reader, error) {
+// already hold the first frames. Nodes offer featureBatch; batch reports
+// whether the relay took it.
+func dialUpgrade(ctx context.Context, dial dialFunc, u parsedURL, tlsConf *tls.Config, hello *clientHello) (nc net.Conn, br *bufio.Reader, batch bool, err error) {
+	nc, br, h, err := upgradeConn(ctx, dial, u, tlsConf, hello)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	return nc, br, hello != nil && hello.batch && hasFeature(h.Values(featuresHeader), featureBatch), nil
+}
+
+func upgradeConn(ctx context.Context, dial dialFunc, u parsedURL, tlsConf *tls.Config, hello *clientHello) (net.Conn, *bufio.Reader, http.Header, error) {
 	if dial == nil {
 		dial = (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext
 	}
 	nc, err := dial(ctx, "tcp", u.host)
 	if err != nil {
-		return nil, nil, fmt.Errorf("dial %s: %w", u.host, err)
+		return nil, nil, nil, fmt.Errorf("dial %s: %w", u.host, err)
 	}
 	// The TCP conn, not nc: nc becomes the TLS conn below while this may
 	// run (a deadline on the TCP conn ends the TLS conn's reads too).
@@ -119,7 +128,7 @@ func dialUpgrade(ctx context.Context, dial dialFunc, u parsedURL, tlsConf *tls.C
 		tc := tls.Client(nc, conf)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			nc.Close()
-			return nil, nil, fmt.Errorf("tls to %s: %w", u.host, err)
+			return nil, nil, nil, fmt.Errorf("tls to %s: %w", u.host, err)
 		}
 		nc = tc
 	}
@@ -127,25 +136,28 @@ func dialUpgrade(ctx context.Context, dial dialFunc, u parsedURL, tlsConf *tls.C
 		"\r\n" + versionHeader + ": " + strconv.Itoa(ProtocolVersion) + "\r\n"
 	if hello != nil {
 		req += clientHeader + ": " + hello.header() + "\r\n"
+		if hello.batch {
+			req += featuresHeader + ": " + featureBatch + "\r\n"
+		}
 	}
 	req += "\r\n"
 	if _, err := io.WriteString(nc, req); err != nil {
 		nc.Close()
-		return nil, nil, fmt.Errorf("upgrade request to %s: %w", u.host, err)
+		return nil, nil, nil, fmt.Errorf("upgrade request to %s: %w", u.host, err)
 	}
 	br := bufio.NewReaderSize(nc, 64<<10)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		nc.Close()
-		return nil, nil, fmt.Errorf("upgrade response from %s: %w", u.host, err)
+		return nil, nil, nil, fmt.Errorf("upgrade response from %s: %w", u.host, err)
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols || !strings.EqualFold(resp.Header.Get("Upgrade"), upgradeProto) {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		resp.Body.Close()
 		nc.Close()
-		return nil, nil, fmt.Errorf("%s refused the upgrade: %s: %q", u.host, resp.Status, strings.TrimSpace(string(body)))
+		return nil, nil, nil, fmt.Errorf("%s refused the upgrade: %s: %q", u.host, resp.Status, strings.TrimSpace(string(body)))
 	}
-	return nc, br, nil
+	return nc, br, resp.Header, nil
 }
 
 // clientHello is what a node announces in its Upgrade request (the
@@ -154,10 +166,11 @@ func dialUpgrade(ctx context.Context, dial dialFunc, u parsedURL, tlsConf *tls.C
 type clientHello struct {
 	node   Key
 	cnonce [nonceLen]byte
+	batch  bool // offer featureBatch (tests turn it off to play an older node)
 }
 
 func newClientHello(node Key) *clientHello {
-	return &clientHello{node: node, cnonce: [nonceLen]byte(newNonce(nonceLen))}
+	return &clientHello{node: node, cnonce: [nonceLen]byte(newNonce(nonceLen)), batch: true}
 }
 
 func (h *clientHello) header() string {

@@ -55,7 +55,7 @@ func (s *Server) runMeshLink(ctx context.Context, p meshPeer) {
 // up reports whether the handshake succeeded.
 func (s *Server) meshSession(ctx context.Context, p meshPeer) (up bool, err error) {
 	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
-	nc, br, err := dialUpgrade(hctx, s.cfg.DialMesh, p.u, nil, nil)
+	nc, br, _, err := dialUpgrade(hctx, s.cfg.DialMesh, p.u, nil, nil)
 	if err != nil {
 		cancel()
 		return false, err

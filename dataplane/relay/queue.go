@@ -12,14 +12,45 @@ import (
 // bigger ones their own allocation.
 const pktBufSize = 2048
 
-var pktBufs = sync.Pool{New: func() any { b := make([]byte, pktBufSize); return &b }}
+// bufClasses are the sizes of pooled payload buffers: single packets take
+// the first, batch frames the smallest that fits them (an item's cost is
+// its buffer, so a small batch must not hold a big one).
+var bufClasses = [...]int{pktBufSize, 4 << 10, 8 << 10, 16 << 10, maxBatchPayload}
+
+var bufPools [len(bufClasses)]sync.Pool
+
+// getBuf returns a pooled buffer of at least n bytes, or nil when n is
+// above the largest class.
+func getBuf(n int) *[]byte {
+	for i, c := range bufClasses {
+		if n <= c {
+			if b, ok := bufPools[i].Get().(*[]byte); ok {
+				return b
+			}
+			b := make([]byte, c)
+			return &b
+		}
+	}
+	return nil
+}
+
+func putBuf(b *[]byte) {
+	for i, c := range bufClasses {
+		if cap(*b) == c {
+			*b = (*b)[:c]
+			bufPools[i].Put(b)
+			return
+		}
+	}
+}
 
 // item is one frame waiting for a connection's writer. It is small (40
 // bytes) because a busy queue holds a ring of a thousand of them.
 type item struct {
-	typ frameType
-	pkt []byte  // the frame's payload (keys first for packet frames)
-	buf *[]byte // pooled backing of pkt, returned by release
+	typ  frameType
+	pkts int32   // packets in a batch frame (frameSendPackets, frameRecvPackets)
+	pkt  []byte  // the frame's payload (keys first for packet frames)
+	buf  *[]byte // pooled backing of pkt, returned by release
 }
 
 // newPacketItem copies the payload of a packet frame, k1 (and, for
@@ -31,7 +62,7 @@ func newPacketItem(t frameType, k1, k2 Key, p []byte) item {
 	}
 	it := item{typ: t}
 	if n <= pktBufSize {
-		it.buf = pktBufs.Get().(*[]byte)
+		it.buf = getBuf(n)
 		it.pkt = (*it.buf)[:n]
 	} else {
 		it.pkt = make([]byte, n)
@@ -44,6 +75,16 @@ func newPacketItem(t frameType, k1, k2 Key, p []byte) item {
 	return it
 }
 
+// newBatchItem starts a batch frame of type t (frameSendPackets or
+// frameRecvPackets) for key k with room for size payload bytes (at most
+// maxBatchPayload, key included); the caller appends records to pkt and
+// counts them in pkts.
+func newBatchItem(t frameType, k Key, size int) item {
+	it := item{typ: t, buf: getBuf(size)}
+	it.pkt = append((*it.buf)[:0], k[:]...)
+	return it
+}
+
 // keyItem is a control frame whose payload is key, then extra.
 func keyItem(t frameType, key Key, extra []byte) item {
 	p := make([]byte, 0, len(key)+len(extra))
@@ -53,14 +94,19 @@ func keyItem(t frameType, key Key, extra []byte) item {
 // cost is the memory an item holds: its whole backing buffer.
 func (it *item) cost() int64 {
 	if it.buf != nil {
-		return pktBufSize
+		return int64(cap(*it.buf))
 	}
 	return int64(cap(it.pkt))
 }
 
+// packets is how many packets it carries (control frames count one).
+func (it *item) packets() int {
+	return max(1, int(it.pkts))
+}
+
 func (it *item) release() {
 	if it.buf != nil {
-		pktBufs.Put(it.buf)
+		putBuf(it.buf)
 	}
 	*it = item{}
 }
@@ -156,6 +202,7 @@ func (q *queue) pushPacket(it item) (dropped int, refused bool) {
 func (q *queue) enqueue(it item) (dropped int, refused bool) {
 	c := it.cost()
 	if q.b != nil && !q.b.reserve(c) {
+		q.b.evicted.Add(uint64(it.packets() - 1)) // reserve counted one
 		it.release()
 		return 0, true
 	}
@@ -168,8 +215,8 @@ func (q *queue) enqueue(it item) (dropped int, refused bool) {
 		return 0, false
 	}
 	for q.n > 0 && (q.n >= q.maxPkts || q.bytes+c > q.maxBytes) {
+		dropped += q.ring[q.head].packets()
 		freed += q.popOldest()
-		dropped++
 	}
 	if q.n == len(q.ring) {
 		q.grow()
@@ -251,11 +298,12 @@ func (q *queue) dropOldest() {
 		q.mu.Unlock()
 		return
 	}
+	n := q.ring[q.head].packets()
 	c := q.popOldest()
 	q.reclass()
 	q.mu.Unlock()
 	q.b.release(c)
-	q.b.evicted.Add(1)
+	q.b.evicted.Add(uint64(n))
 }
 
 // reclass moves q to the budget list of its size class. q.mu held; it
@@ -303,8 +351,9 @@ const (
 	trackMin   = 16 << 10
 	numClasses = 32
 	// maxEvictions bounds the packets one push drops for the budget
-	// (a maximum-size packet needs at most five pooled ones).
-	maxEvictions = 16
+	// (the largest batch frame needs at most sixteen single pooled
+	// packets).
+	maxEvictions = 32
 	// maxCAS bounds retries of a contended reservation.
 	maxCAS = 1024
 )

@@ -13,7 +13,8 @@
 // the agents, reach relays that are not meshed with it. Several relays
 // sharing a mesh key tell each other which nodes they hold and forward
 // packets one hop, so nodes homed on different relays still reach each
-// other.
+// other. Nodes and relays that both take the batch feature (negotiated in
+// the Upgrade) carry a batch of WireGuard packets in one frame.
 //
 // Memory is bounded in bytes: packets are at most maxPacketSize, every
 // queue has a byte bound, all queues of a relay share a budget, and
@@ -29,6 +30,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 
 	"github.com/edgewire/edgewire/types/key"
 )
@@ -50,6 +52,15 @@ const (
 	// clientHeader is sent by nodes (not by mesh relays, not on probes):
 	// base64 (standard, padded) of node public key (32) || client nonce (32).
 	clientHeader = "Edgewire-Relay-Client"
+	// featuresHeader lists optional features, comma-separated: a node
+	// sends what it supports in its Upgrade request, the relay answers in
+	// its 101 response with those it supports too. Relays and nodes that
+	// predate a feature ignore the header, so neither side uses it. The
+	// header is not sealed: stripping or adding it can only slow down or
+	// break a connection, which whoever can do it can do anyway.
+	featuresHeader = "Edgewire-Relay-Features"
+	// featureBatch: frameSendPackets and frameRecvPackets.
+	featureBatch = "batch"
 	relayPath    = "/relay"
 	probePath    = "/relay/probe"
 )
@@ -79,6 +90,21 @@ const (
 	frameRevoke        = frameType(0x0f) // relay->mesh client: node key (32) + refused until, unix seconds (8, BE)
 	frameRefused       = frameType(0x10) // relay->client during the handshake: reason, UTF-8 (<= 256); the relay then closes
 	frameRevocations   = frameType(0x11) // client->relay: a coordinator-signed revocation list (see SignRevocations)
+	frameSendPackets   = frameType(0x12) // client->relay (featureBatch): destination key (32) + packet records (see packetRecords)
+	frameRecvPackets   = frameType(0x13) // relay->client that sent featureBatch: source key (32) + packet records
+)
+
+// A packet record is one packet of a batch frame:
+//
+//	length (2, big-endian; 1..maxPacketSize) | packet
+//
+// A batch frame holds one or more records back to back, nothing after
+// the last, at most maxBatchPayload bytes with its key: one frame (and
+// one queue entry at the relay) for a batch of WireGuard packets instead
+// of one per packet.
+const (
+	recordHeaderLen = 2
+	maxBatchPayload = 32 << 10
 )
 
 // The transcript both sides of a node handshake bind every derived key
@@ -110,10 +136,61 @@ const (
 
 // maxPayload is the largest payload a frame of type t may carry.
 func maxPayload(t frameType) int {
-	if t == frameRevocations {
+	switch t {
+	case frameRevocations:
 		return maxRevocationsLen
+	case frameSendPackets, frameRecvPackets:
+		return maxBatchPayload
 	}
 	return maxFramePayload
+}
+
+var errBadRecords = errors.New("malformed packet records")
+
+// packetRecords checks that b is a well-formed sequence of packet records
+// and returns how many packets it holds and their bytes. It checks all of
+// b before the caller uses any of it, so a bad frame is dropped whole.
+func packetRecords(b []byte) (n, size int, err error) {
+	for len(b) > 0 {
+		if len(b) < recordHeaderLen {
+			return 0, 0, fmt.Errorf("%w: %d bytes after the last record", errBadRecords, len(b))
+		}
+		l := int(binary.BigEndian.Uint16(b))
+		if l == 0 || l > maxPacketSize || l > len(b)-recordHeaderLen {
+			return 0, 0, fmt.Errorf("%w: record of %d bytes, %d left, max %d", errBadRecords, l, len(b)-recordHeaderLen, maxPacketSize)
+		}
+		b = b[recordHeaderLen+l:]
+		n++
+		size += l
+	}
+	if n == 0 {
+		return 0, 0, fmt.Errorf("%w: no packets", errBadRecords)
+	}
+	return n, size, nil
+}
+
+// nextRecord splits the first packet off records that packetRecords
+// accepted.
+func nextRecord(b []byte) (pkt, rest []byte) {
+	l := recordHeaderLen + int(binary.BigEndian.Uint16(b))
+	return b[recordHeaderLen:l], b[l:]
+}
+
+// appendRecord appends pkt (1..maxPacketSize bytes) as a packet record.
+func appendRecord(b, pkt []byte) []byte {
+	return append(binary.BigEndian.AppendUint16(b, uint16(len(pkt))), pkt...)
+}
+
+// hasFeature reports whether a featuresHeader value lists f.
+func hasFeature(vs []string, f string) bool {
+	for _, v := range vs {
+		for tok := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(tok), f) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 var (

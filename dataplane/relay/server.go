@@ -86,7 +86,7 @@ type ServerConfig struct {
 	TicketKey  ed25519.PublicKey // coordinator's ticket (and revocation list) verification key; required
 	MeshKey    []byte            // shared by the relays of a mesh, >= 32 bytes; nil: no mesh
 	MeshPeers  []MeshPeer        // the other relays of the mesh; an entry with this relay's own key is skipped
-	QueueLen   int               // packets queued per client before the oldest is dropped
+	QueueLen   int               // frames (a packet, or a batch of them) queued per client before the oldest is dropped
 	QueueBytes int64             // bytes queued per client before the oldest is dropped; >= 64 KiB
 	// QueueBudget bounds the bytes queued in all queues together (>=
 	// QueueBytes); beyond it the oldest packets of the fullest queues
@@ -140,6 +140,7 @@ type Server struct {
 	now        func() time.Time
 	peers      []meshPeer
 	sweepEvery time.Duration // ticket expiry sweeps; tests shorten it
+	batch      bool          // take featureBatch; tests turn it off to play an older relay
 	budget     *budget       // shared by every packet queue
 	limits     *connLimits
 
@@ -243,6 +244,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		log:        cfg.Logger,
 		now:        cfg.Now,
 		sweepEvery: time.Second,
+		batch:      true,
 		budget:     newBudget(cfg.QueueBudget),
 		limits:     newConnLimits(cfg.MaxPendingHandshakes, cfg.MaxPendingPerIP, cfg.MaxConnsPerIP),
 		conns:      map[net.Conn]struct{}{},
@@ -444,6 +446,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		hello = &h
 	}
+	batch := hello != nil && s.batch && hasFeature(r.Header.Values(featuresHeader), featureBatch)
 	hj, ok := w.(http.Hijacker)
 	if !ok {
 		http.Error(w, "edgewire relay: needs HTTP/1.1", http.StatusHTTPVersionNotSupported)
@@ -485,7 +488,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		nc.Close()
 	}()
 	// The handshake reads through the HTTP server's small buffer.
-	s.serveConn(nc, brw.Reader, hello, slot)
+	s.serveConn(nc, brw.Reader, hello, batch, slot)
 }
 
 // refuseHTTP answers with code and text and closes the connection.
@@ -495,14 +498,19 @@ func refuseHTTP(w http.ResponseWriter, code int, text string) {
 }
 
 // serveConn runs one upgraded connection until it ends. br may hold bytes
-// the client sent after its request; slot's handshake ends here.
-func (s *Server) serveConn(nc net.Conn, br *bufio.Reader, hello *clientHello, slot *connSlot) {
+// the client sent after its request; slot's handshake ends here. batch:
+// the node offered featureBatch and this relay takes it.
+func (s *Server) serveConn(nc net.Conn, br *bufio.Reader, hello *clientHello, batch bool, slot *connSlot) {
 	log := s.log.With("remote", nc.RemoteAddr().String())
 	nc.SetDeadline(time.Now().Add(handshakeTimeout))
 	// Until the peer has proven itself it gets small buffers: the
 	// handshake frames are a few hundred bytes.
 	bw := bufio.NewWriterSize(nc, 512)
-	io.WriteString(bw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: "+upgradeProto+"\r\nConnection: Upgrade\r\n\r\n")
+	resp := "HTTP/1.1 101 Switching Protocols\r\nUpgrade: " + upgradeProto + "\r\nConnection: Upgrade\r\n"
+	if batch {
+		resp += featuresHeader + ": " + featureBatch + "\r\n"
+	}
+	io.WriteString(bw, resp+"\r\n")
 	pi, err := s.serverHandshake(br, bw, hello)
 	slot.handshakeDone()
 	if err != nil {
@@ -517,12 +525,13 @@ func (s *Server) serveConn(nc net.Conn, br *bufio.Reader, hello *clientHello, sl
 		br = bufio.NewReaderSize(br, 64<<10)
 	}
 	c := &sconn{
-		s:    s,
-		nc:   nc,
-		key:  pi.key,
-		mesh: pi.mesh,
-		seq:  pi.seq,
-		done: make(chan struct{}),
+		s:     s,
+		nc:    nc,
+		key:   pi.key,
+		mesh:  pi.mesh,
+		batch: batch && !pi.mesh,
+		seq:   pi.seq,
+		done:  make(chan struct{}),
 	}
 	if pi.mesh {
 		c.log = log.With("mesh_peer_key", pi.key)
@@ -565,6 +574,9 @@ func (s *Server) countOut(it *item) {
 	case frameForwardPacket:
 		s.packetsOut.Add(1)
 		s.bytesOut.Add(uint64(len(it.pkt) - 64))
+	case frameRecvPackets:
+		s.packetsOut.Add(uint64(it.pkts))
+		s.bytesOut.Add(uint64(len(it.pkt) - 32 - recordHeaderLen*int(it.pkts)))
 	}
 }
 
@@ -670,17 +682,59 @@ func (s *Server) forward(src, dst Key, pkt []byte, fromMesh bool) *queue {
 	return q
 }
 
+// forwardBatch routes the packets of a batch frame from src to dst
+// (records that packetRecords accepted: n packets) like forward: as one
+// batch frame to a local node that takes them, else packet by packet. It
+// returns the queue they went to, whose writer the caller wakes, or nil.
+func (s *Server) forwardBatch(src, dst Key, recs []byte, n int) *queue {
+	s.mu.RLock()
+	c := s.clients[dst]
+	var l *meshLink
+	if c == nil {
+		l = s.remote[dst]
+	}
+	s.mu.RUnlock()
+	var q *queue
+	var t frameType
+	switch {
+	case c != nil && c.batch:
+		it := newBatchItem(frameRecvPackets, src, 32+len(recs))
+		it.pkt = append(it.pkt, recs...)
+		it.pkts = int32(n)
+		if dropped, _ := c.q.enqueue(it); dropped > 0 {
+			s.drops[dropQueueFull].Add(uint64(dropped))
+		}
+		return c.q
+	case c != nil:
+		q, t = c.q, frameRecvPacket
+	case l != nil:
+		q, t = l.q, frameForwardPacket
+	default:
+		s.drops[dropNoRoute].Add(uint64(n))
+		return nil
+	}
+	for rest := recs; len(rest) > 0; {
+		var pkt []byte
+		pkt, rest = nextRecord(rest)
+		if dropped, _ := q.enqueue(newPacketItem(t, src, dst, pkt)); dropped > 0 {
+			s.drops[dropQueueFull].Add(uint64(dropped))
+		}
+	}
+	return q
+}
+
 // sconn is one connection served here: a node, or a mesh relay that
 // dialled in.
 type sconn struct {
-	s    *Server
-	nc   net.Conn
-	key  Key
-	mesh bool
-	seq  uint64 // the handshake's order among nodes' (peerInfo.seq)
-	log  *slog.Logger
-	q    *queue
-	lim  *rate.Limiter // bytes a node may send; nil for mesh relays
+	s     *Server
+	nc    net.Conn
+	key   Key
+	mesh  bool
+	batch bool   // a node that takes frameRecvPackets
+	seq   uint64 // the handshake's order among nodes' (peerInfo.seq)
+	log   *slog.Logger
+	q     *queue
+	lim   *rate.Limiter // bytes a node may send; nil for mesh relays
 	// unlimited: lim allows everything, so packets skip it (and the
 	// clock read it needs).
 	unlimited bool
@@ -803,6 +857,8 @@ func (c *sconn) handle(t frameType, p []byte) error {
 			return nil
 		}
 		c.wakeLater(s.forward(c.key, dst, pkt, false))
+	case t == frameSendPackets && !c.mesh:
+		return c.handleBatch(p)
 	case t == frameTicket && !c.mesh:
 		tk, err := VerifyTicket(s.cfg.TicketKey, p, s.now())
 		if err == nil && tk.Node != c.key {
@@ -827,6 +883,42 @@ func (c *sconn) handle(t frameType, p []byte) error {
 
 	default:
 		return badFrame("unexpected frame type %#x (%d bytes)", byte(t), len(p))
+	}
+	return nil
+}
+
+// handleBatch forwards the packets of a frameSendPackets. A malformed
+// frame closes the connection before any of its packets is forwarded.
+func (c *sconn) handleBatch(p []byte) error {
+	s := c.s
+	if len(p) < 32 {
+		return badFrame("batch frame of %d bytes", len(p))
+	}
+	dst := Key(p[:32])
+	if dst == c.key {
+		return badFrame("packets to self")
+	}
+	recs := p[32:]
+	n, size, err := packetRecords(recs)
+	if err != nil {
+		return badFrame("batch frame: %v", err)
+	}
+	s.packetsIn.Add(uint64(n))
+	s.bytesIn.Add(uint64(size))
+	if c.unlimited || c.lim.AllowN(s.now(), size) {
+		c.wakeLater(s.forwardBatch(c.key, dst, recs, n))
+		return nil
+	}
+	// Over the limit as a whole: packet by packet, as far as it allows.
+	now := s.now()
+	for len(recs) > 0 {
+		var pkt []byte
+		pkt, recs = nextRecord(recs)
+		if !c.lim.AllowN(now, len(pkt)) {
+			s.drop(dropRateLimited)
+			continue
+		}
+		c.wakeLater(s.forward(c.key, dst, pkt, false))
 	}
 	return nil
 }

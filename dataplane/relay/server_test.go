@@ -581,6 +581,16 @@ func TestTLSAndKeepAlive(t *testing.T) {
 	c1, c2 := e.startPair(t, r)
 	c1.c.Send(c2.pub, []byte("over tls"))
 	expectPacket(t, c2, c1.pub, []byte("over tls"))
+	// Batch frames spanning TLS records arrive whole and in order.
+	pkts := testPackets(300)
+	if err := c1.c.SendBatch(c2.pub, pkts); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range recvAll(t, c2, len(pkts)) {
+		if !bytes.Equal(r.data, pkts[i]) {
+			t.Fatalf("packet %d over tls: got %d bytes, want %d", i, len(r.data), len(pkts[i]))
+		}
+	}
 
 	// An idle connection gets keepalives.
 	k := newKey()
