@@ -716,6 +716,18 @@ func (mm *mapModel) buckets(d []byte) []byte {
 // and whether .patched_buckets (15) is not empty.
 func mapFlags(w wire) (digest []byte, current, patch bool) {
 	for {
+		// Most fields are peers wholly inside one buffer: skip them
+		// there, at the cost of the contiguous scan.
+		if b := w.cur(); len(b) > 0 {
+			num, typ, n := protowire.ConsumeTag(b)
+			if n > 0 && typ == protowire.BytesType && num != 13 && num != 15 {
+				if _, m := protowire.ConsumeBytes(b[n:]); m >= 0 {
+					w.off += n + m
+					w.n -= n + m
+					continue
+				}
+			}
+		}
 		num, typ, x, v, ok, _ := w.field()
 		if !ok {
 			return digest, current, patch
