@@ -135,7 +135,6 @@ type Registry struct {
 	subs        map[*Sub]struct{}
 	interval    time.Duration // least time between two publications; 0: publish every change
 	perSub      time.Duration // added to interval for every subscriber
-	burst       bool          // the last publication carried burstChanges or more: the next waits burstStretch intervals
 	pub         *pub          // the latest publication; never nil
 	lastPub     time.Time     // when pub was made (clk; monotonic with clock.Real)
 	pending     clock.Timer   // non-nil while a publication is scheduled
@@ -582,18 +581,6 @@ func (r *Registry) appendLocked(c change) {
 	r.publishSoonLocked()
 }
 
-// A publication that carried burstChanges changes or more is part of a
-// burst (a fleet joining, or reconnecting to a new coordinator, at once):
-// the next one waits burstStretch intervals. Each publication costs a
-// message on every stream, the changes cost their bytes however they are
-// grouped, so while the burst lasts every stream gets half the messages
-// for the same map. A publication with fewer changes ends the burst; a
-// lone change after a quiet interval still goes out at once.
-const (
-	burstChanges = 128
-	burstStretch = 2
-)
-
 // publishSoonLocked publishes now if the last publication is at least an
 // interval old, else schedules one for when it will be: a lone change goes
 // out at once, a burst once per interval. The interval is measured on
@@ -602,11 +589,7 @@ func (r *Registry) publishSoonLocked() {
 	if r.pending != nil {
 		return
 	}
-	every := r.interval + time.Duration(len(r.subs))*r.perSub
-	if r.burst {
-		every *= burstStretch
-	}
-	wait := every - r.clk.Now().Sub(r.lastPub)
+	wait := r.interval + time.Duration(len(r.subs))*r.perSub - r.clk.Now().Sub(r.lastPub)
 	if wait <= 0 {
 		r.publishLocked()
 		return
@@ -623,7 +606,6 @@ func (r *Registry) publishLocked() {
 	if r.pub.version == r.version {
 		return
 	}
-	r.burst = r.version-r.pub.version >= burstChanges
 	r.pub = &pub{version: r.version}
 	r.lastPub = r.clk.Now()
 	for s := range r.subs {

@@ -176,61 +176,6 @@ func TestPublishInterval(t *testing.T) {
 	}
 }
 
-// A publication of burstChanges changes or more stretches the next
-// interval burstStretch times; one with fewer ends the stretch.
-func TestPublishIntervalBurst(t *testing.T) {
-	const every = 100 * time.Millisecond
-	r, clk := newFakeRegistry(t, 3)
-	r.SetInterval(every, 0)
-	clk.Advance(every)
-	s := subscribe(t, r, 1)
-	change := func(i int) {
-		n := node(2)
-		n.Hostname = fmt.Sprint(i)
-		r.Upsert(n)
-	}
-	// waitFor moves the clock by d less a nanosecond, checks that nothing
-	// was published, then moves the last nanosecond and reads the
-	// publication, returning its number of changes.
-	waitFor := func(what string, d time.Duration) uint64 {
-		t.Helper()
-		clk.Advance(d - time.Nanosecond)
-		if signalled(s) {
-			t.Fatalf("%s: published before %v", what, d)
-		}
-		clk.Advance(time.Nanosecond)
-		select {
-		case <-s.C():
-		case <-time.After(timeout):
-			t.Fatalf("%s: no publication after %v", what, d)
-		}
-		m := next(t, s)
-		if m == nil {
-			t.Fatalf("%s: woken with nothing to read", what)
-		}
-		return m.Version - m.BaseVersion
-	}
-	change(0)
-	if !signalled(s) {
-		t.Fatal("a change after an idle interval was not published at once")
-	}
-	next(t, s)
-	for i := range burstChanges {
-		change(1 + i)
-	}
-	if n := waitFor("the burst", every); n != burstChanges {
-		t.Fatalf("the burst: got %d changes, want %d", n, burstChanges)
-	}
-	change(-1)
-	if n := waitFor("a change after the burst", burstStretch*every); n != 1 {
-		t.Fatalf("got %d changes, want 1", n)
-	}
-	change(-2)
-	if n := waitFor("a change after a small publication", every); n != 1 {
-		t.Fatalf("got %d changes, want 1", n)
-	}
-}
-
 // An update is the map exactly as it is when the update is built, at the
 // registry's version then, even if that is newer than the publication
 // that woke the subscriber; its digest is that map's. The publication of
