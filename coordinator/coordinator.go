@@ -38,7 +38,6 @@ import (
 	"github.com/edgewire/edgewire/internal/routeguard"
 	"github.com/edgewire/edgewire/internal/rungroup"
 	"github.com/edgewire/edgewire/internal/telemetry"
-	"github.com/edgewire/edgewire/internal/tlsbatch"
 	"github.com/edgewire/edgewire/types/jointoken"
 	"github.com/edgewire/edgewire/types/key"
 )
@@ -56,9 +55,7 @@ const (
 	AdminSocket    = api.AdminSocketName
 	StoreFile      = "edgewire.db"
 
-	// Per writing agent connection, pooled; gRPC's default is 32 KiB.
-	// Four TLS records, written with one system call (tlsbatch).
-	agentWriteBuffer = 64 << 10
+	agentWriteBuffer = 16 << 10 // per writing agent connection, pooled; gRPC's default is 32 KiB
 	// Agents send small messages (signals are at most 8 KiB sealed, a
 	// join at most 64 routes and a service account token); anything
 	// bigger is refused before it is read whole.
@@ -312,21 +309,17 @@ func serve(ctx context.Context, cfg Config, st store.Store, reg prometheus.Regis
 	netSrv := grpc.NewServer(
 		// Full records from the start: a new agent's first message is its
 		// largest (the full map), and small records cost a write each.
-		// Each flush of a connection's write buffer reaches the kernel
-		// as one write, not one per record (tlsbatch).
-		grpc.Creds(tlsbatch.Credentials(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{id.Cert}, MinVersion: tls.VersionTLS13,
-			DynamicRecordSizingDisabled: true}))),
+		grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{id.Cert}, MinVersion: tls.VersionTLS13,
+			DynamicRecordSizingDisabled: true})),
 		grpc.ForceServerCodecV2(server.Codec()),
 		// One connection per agent, tens of thousands of them, nearly all
 		// idle: write buffers come from a pool while a write is under
 		// way, and the read buffer only ever holds small client messages.
-		// A write buffer of four TLS records, which tlsbatch writes with
-		// one system call (and the agent reads with one wake-up): a
-		// full map is hundreds of KiB. Larger ones save little more and,
-		// with every stream writing at each publication, cost memory
-		// while a write waits for its peer. No read buffer: the TLS
-		// connection already buffers a decrypted record, so gRPC's
-		// would only copy it once more.
+		// A write buffer of one TLS record: larger ones save no system
+		// calls (TLS writes a record at a time) but, with every stream
+		// writing at each publication, cost memory per connection. No
+		// read buffer: the TLS connection already buffers a decrypted
+		// record, so gRPC's would only copy it once more.
 		grpc.SharedWriteBuffer(true),
 		grpc.WriteBufferSize(agentWriteBuffer),
 		grpc.ReadBufferSize(0),
