@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -135,7 +136,10 @@ func (f *fleet) newNode(name string) (*simNode, error) {
 	conn, err := grpc.NewClient("passthrough:///"+f.target,
 		grpc.WithTransportCredentials(credentials.NewTLS(f.tls)),
 		grpc.WithContextDialer(f.dial),
-		grpc.WithReadBufferSize(16<<10), grpc.WithWriteBufferSize(16<<10),
+		// No read buffer, as on the coordinator: TLS already holds a
+		// decrypted record, and gRPC's buffer would copy every map byte
+		// once more.
+		grpc.WithReadBufferSize(0), grpc.WithWriteBufferSize(16<<10),
 		// The agent's window (a coordinator pays for window updates).
 		grpc.WithInitialWindowSize(control.Window), grpc.WithInitialConnWindowSize(control.Window),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)),
@@ -446,12 +450,7 @@ func (scanCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	if !ok {
 		return proto.Unmarshal(data.Materialize(), v.(proto.Message))
 	}
-	if len(data) == 1 {
-		return m.scan(data[0].ReadOnlyData())
-	}
-	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
-	defer buf.Free()
-	return m.scan(buf.ReadOnlyData())
+	return m.scan(newWire(data))
 }
 
 // scanned is what the fleet needs from one ServerMessage.
@@ -470,40 +469,162 @@ type scanned struct {
 
 var errBadWire = errors.New("malformed server message")
 
+// wire reads protobuf wire format where it lies: a large message arrives
+// as one buffer per HTTP/2 frame, and gathering it into one would cost
+// the harness a copy (and a cleared buffer) of every map byte, which with
+// 10,000 agents in one process is CPU the coordinator needs. A wire is a
+// value: copies read on independently.
+type wire struct {
+	bufs [][]byte // never written
+	i    int      // current buffer
+	off  int      // offset in it
+	n    int      // bytes left to read
+}
+
+func newWire(data mem.BufferSlice) wire {
+	w := wire{bufs: make([][]byte, 0, len(data))}
+	for _, b := range data {
+		w.bufs = append(w.bufs, b.ReadOnlyData())
+		w.n += b.Len()
+	}
+	return w
+}
+
+// cur returns the contiguous bytes at the read position (within n).
+func (w *wire) cur() []byte {
+	for w.i < len(w.bufs) && w.off >= len(w.bufs[w.i]) {
+		w.i, w.off = w.i+1, 0
+	}
+	if w.i == len(w.bufs) {
+		return nil
+	}
+	b := w.bufs[w.i][w.off:]
+	return b[:min(len(b), w.n)]
+}
+
+// skip moves k bytes on; false if fewer are left.
+func (w *wire) skip(k int) bool {
+	if k < 0 || k > w.n {
+		return false
+	}
+	for k > 0 {
+		b := w.cur()
+		if len(b) == 0 {
+			return false
+		}
+		t := min(k, len(b))
+		w.off += t
+		w.n -= t
+		k -= t
+	}
+	return true
+}
+
+// bytes returns the next k bytes, copied only when they span buffers.
+func (w *wire) bytes(k int) ([]byte, bool) {
+	if k < 0 || k > w.n {
+		return nil, false
+	}
+	if b := w.cur(); len(b) >= k {
+		w.off += k
+		w.n -= k
+		return b[:k], true
+	}
+	out := make([]byte, 0, k)
+	for len(out) < k {
+		b := w.cur()
+		if len(b) == 0 {
+			return nil, false
+		}
+		t := min(k-len(out), len(b))
+		out = append(out, b[:t]...)
+		w.off += t
+		w.n -= t
+	}
+	return out, true
+}
+
+func (w *wire) varint() (uint64, bool) {
+	b := w.cur()
+	v, n := protowire.ConsumeVarint(b)
+	if n < 0 { // spans buffers, or bad
+		var tmp [binary.MaxVarintLen64]byte
+		c := *w
+		p, ok := c.bytes(min(len(tmp), w.n))
+		if !ok {
+			return 0, false
+		}
+		if v, n = protowire.ConsumeVarint(p); n < 0 {
+			return 0, false
+		}
+	}
+	return v, w.skip(n)
+}
+
+// field reads the next field: its number and type, a varint's value in
+// x, a length-delimited field's contents as a wire of their own in v (w
+// reads on past them); fixed-size values are skipped. ok is false at the
+// end or on bad input (bad is then true).
+func (w *wire) field() (num protowire.Number, typ protowire.Type, x uint64, v wire, ok, bad bool) {
+	if w.n == 0 {
+		return 0, 0, 0, wire{}, false, false
+	}
+	tag, ok := w.varint()
+	if !ok || tag>>3 == 0 || tag>>3 > uint64(protowire.MaxValidNumber) {
+		return 0, 0, 0, wire{}, false, true
+	}
+	num, typ = protowire.Number(tag>>3), protowire.Type(tag&7)
+	switch typ {
+	case protowire.VarintType:
+		x, ok = w.varint()
+	case protowire.Fixed32Type:
+		ok = w.skip(4)
+	case protowire.Fixed64Type:
+		ok = w.skip(8)
+	case protowire.BytesType:
+		var l uint64
+		if l, ok = w.varint(); ok && l <= uint64(w.n) {
+			v = *w
+			v.n = int(l)
+			ok = w.skip(int(l))
+		} else {
+			ok = false
+		}
+	default: // groups are not in edgewire.proto
+		ok = false
+	}
+	return num, typ, x, v, ok, !ok
+}
+
 // ServerMessage: 1 challenge, 2 map; NetworkMap: 4 self, 5 peers (Node);
 // Node: 1 public_key. Field numbers from coordinator/api/edgewire.proto.
-func (m *scanned) scan(b []byte) error {
-	m.size = len(b)
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
+func (m *scanned) scan(w wire) error {
+	m.size = w.n
+	for {
+		num, typ, _, v, ok, bad := w.field()
+		if bad {
 			return errBadWire
 		}
-		b = b[n:]
+		if !ok {
+			return nil
+		}
 		if typ != protowire.BytesType {
-			n = protowire.ConsumeFieldValue(num, typ, b)
-			if n < 0 {
-				return errBadWire
-			}
-			b = b[n:]
 			continue
 		}
-		v, n := protowire.ConsumeBytes(b)
-		if n < 0 {
-			return errBadWire
-		}
-		b = b[n:]
 		switch num {
 		case 1:
+			b, _ := v.bytes(v.n)
 			m.challenge = new(api.Challenge)
-			if err := proto.Unmarshal(v, m.challenge); err != nil {
+			if err := proto.Unmarshal(b, m.challenge); err != nil {
 				return err
 			}
 		case 2:
 			m.isMap = true
 			m.digest, m.current, m.patch = mapFlags(v)
-			if m.model != nil {
-				m.model.apply(m.prev, m.digest, m.current, v)
+			if m.model != nil && m.model.wants(m.digest, m.current) {
+				c := v // bytes reads on: v is read again below
+				raw, _ := c.bytes(c.n)
+				m.model.apply(m.prev, m.digest, m.current, raw)
 			}
 			if m.watch != nil {
 				if k := m.watch.Load(); k != nil {
@@ -512,7 +633,6 @@ func (m *scanned) scan(b []byte) error {
 			}
 		}
 	}
-	return nil
 }
 
 // mapModel is the maps the fleet's nodes hold, as agents hold them
@@ -569,6 +689,18 @@ func (mm *mapModel) apply(prev, d []byte, current bool, raw []byte) {
 	}
 }
 
+// wants reports whether apply would record a message with digest d
+// (whose bytes must then be gathered for it).
+func (mm *mapModel) wants(d []byte, current bool) bool {
+	if len(d) == 0 {
+		return false
+	}
+	mm.mu.Lock()
+	defer mm.mu.Unlock()
+	_, known := mm.states[string(d)]
+	return current || !known
+}
+
 // buckets returns the bucket sums of the map with digest d, as its
 // holder sends them in Hello, or nil if the model has none.
 func (mm *mapModel) buckets(d []byte) []byte {
@@ -582,91 +714,57 @@ func (mm *mapModel) buckets(d []byte) []byte {
 
 // mapFlags returns NetworkMap.digest (13), whether .current (14) is set
 // and whether .patched_buckets (15) is not empty.
-func mapFlags(b []byte) (digest []byte, current, patch bool) {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return nil, false, false
+func mapFlags(w wire) (digest []byte, current, patch bool) {
+	for {
+		// Most fields are peers wholly inside one buffer: skip them
+		// there, at the cost of the contiguous scan.
+		if b := w.cur(); len(b) > 0 {
+			num, typ, n := protowire.ConsumeTag(b)
+			if n > 0 && typ == protowire.BytesType && num != 13 && num != 15 {
+				if _, m := protowire.ConsumeBytes(b[n:]); m >= 0 {
+					w.off += n + m
+					w.n -= n + m
+					continue
+				}
+			}
 		}
-		b = b[n:]
+		num, typ, x, v, ok, _ := w.field()
+		if !ok {
+			return digest, current, patch
+		}
 		switch {
 		case num == 13 && typ == protowire.BytesType:
-			v, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return nil, false, false
-			}
-			digest = slices.Clone(v)
-			b = b[n:]
-			continue
+			b, _ := v.bytes(v.n)
+			digest = slices.Clone(b)
 		case num == 15 && typ == protowire.BytesType:
-			v, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return nil, false, false
-			}
-			patch = len(v) > 0
-			b = b[n:]
-			continue
+			patch = v.n > 0
 		case num == 14 && typ == protowire.VarintType:
-			v, n := protowire.ConsumeVarint(b)
-			if n < 0 {
-				return nil, false, false
-			}
-			current = v != 0
-			b = b[n:]
-			continue
+			current = x != 0
 		}
-		n = protowire.ConsumeFieldValue(num, typ, b)
-		if n < 0 {
-			return nil, false, false
-		}
-		b = b[n:]
 	}
-	return digest, current, patch
 }
 
-func mapHasKey(b, key []byte) bool {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
+func mapHasKey(w wire, key []byte) bool {
+	for {
+		num, typ, _, v, ok, _ := w.field()
+		if !ok {
 			return false
 		}
-		b = b[n:]
-		if typ != protowire.BytesType || (num != 4 && num != 5) {
-			n = protowire.ConsumeFieldValue(num, typ, b)
-			if n < 0 {
-				return false
-			}
-			b = b[n:]
-			continue
-		}
-		node, n := protowire.ConsumeBytes(b)
-		if n < 0 {
-			return false
-		}
-		b = b[n:]
-		if nodeKeyIs(node, key) {
+		if typ == protowire.BytesType && (num == 4 || num == 5) && nodeKeyIs(v, key) {
 			return true
 		}
 	}
-	return false
 }
 
-func nodeKeyIs(b, key []byte) bool {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
+func nodeKeyIs(w wire, key []byte) bool {
+	for {
+		num, typ, _, v, ok, _ := w.field()
+		if !ok {
 			return false
 		}
-		b = b[n:]
 		if num == 1 && typ == protowire.BytesType {
-			v, n := protowire.ConsumeBytes(b)
-			return n >= 0 && bytes.Equal(v, key)
+			b, ok := v.bytes(v.n)
+			return ok && bytes.Equal(b, key)
 		}
-		n = protowire.ConsumeFieldValue(num, typ, b)
-		if n < 0 {
-			return false
-		}
-		b = b[n:]
 	}
-	return false
 }
