@@ -81,26 +81,6 @@ func FuzzPacketRecords(f *testing.F) {
 	})
 }
 
-func TestHasFeature(t *testing.T) {
-	for _, tc := range []struct {
-		vs   []string
-		want bool
-	}{
-		{nil, false},
-		{[]string{""}, false},
-		{[]string{"batch"}, true},
-		{[]string{"BATCH"}, true},
-		{[]string{"later, batch"}, true},
-		{[]string{"later", " batch "}, true},
-		{[]string{"batched"}, false},
-		{[]string{"later,other"}, false},
-	} {
-		if got := hasFeature(tc.vs, featureBatch); got != tc.want {
-			t.Errorf("hasFeature(%q): got %v, want %v", tc.vs, got, tc.want)
-		}
-	}
-}
-
 // testPackets is a batch of n packets of differing sizes and contents,
 // the largest packet among them.
 func testPackets(n int) [][]byte {
@@ -228,11 +208,6 @@ func TestBadBatchClosesConnection(t *testing.T) {
 			rc.waitClosed(t)
 			if st := r.s.Stats(); st.PacketsIn != 0 || st.Drops["bad_frame"] != 1 {
 				t.Errorf("got %d packets in, %d bad frames; want 0 and 1", st.PacketsIn, st.Drops["bad_frame"])
-			}
-			select {
-			case got := <-c2.got:
-				t.Errorf("receiver got %q from a bad frame", got.data)
-			default:
 			}
 		})
 	}

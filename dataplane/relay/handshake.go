@@ -11,6 +11,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"golang.org/x/net/http/httpguts"
 	"io"
 	"net"
 	"net/http"
@@ -95,7 +96,7 @@ func dialUpgrade(ctx context.Context, dial dialFunc, u parsedURL, tlsConf *tls.C
 	if err != nil {
 		return nil, nil, false, err
 	}
-	return nc, br, hello != nil && hello.batch && hasFeature(h.Values(featuresHeader), featureBatch), nil
+	return nc, br, hello != nil && hello.batch && httpguts.HeaderValuesContainsToken(h.Values(featuresHeader), featureBatch), nil
 }
 
 func upgradeConn(ctx context.Context, dial dialFunc, u parsedURL, tlsConf *tls.Config, hello *clientHello) (net.Conn, *bufio.Reader, http.Header, error) {

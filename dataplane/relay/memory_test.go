@@ -43,12 +43,13 @@ func (l smallBufListener) Accept() (net.Conn, error) {
 
 // Per-connection memory outside the budget, from the constants that
 // size it. A relay connection past the handshake: the 64 KiB reader and
-// writer, a batch in the writer's hands (maxBatchCost plus one packet),
+// writer, a batch in the writer's hands (maxBatchCost plus one item, at
+// most a batch frame),
 // the read buffer, a full ring, and slack for structs, the limiter and
 // what net/http leaves behind. The test's side of a raw connection: its
 // 64 KiB reader and 4 KiB writer.
 const (
-	relayConnMem = 64<<10 + 64<<10 + maxBatchCost + maxFramePayload + maxFramePayload + DefaultQueueLen*int(unsafe.Sizeof(item{})) + 16<<10
+	relayConnMem = 64<<10 + 64<<10 + maxBatchCost + maxBatchPayload + maxFramePayload + DefaultQueueLen*int(unsafe.Sizeof(item{})) + 16<<10
 	rawConnMem   = 64<<10 + 4<<10 + 4<<10
 )
 

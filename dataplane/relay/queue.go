@@ -12,35 +12,34 @@ import (
 // bigger ones their own allocation.
 const pktBufSize = 2048
 
-// bufClasses are the sizes of pooled payload buffers: single packets take
-// the first, batch frames the smallest that fits them (an item's cost is
-// its buffer, so a small batch must not hold a big one).
-var bufClasses = [...]int{pktBufSize, 4 << 10, 8 << 10, 16 << 10, maxBatchPayload}
+// Pooled payload buffers come in steps of pktBufSize up to
+// maxBatchPayload: single packets take the first, a batch frame the
+// smallest step that fits it. An item's cost is its buffer, so a batch
+// wastes less than one step and the byte bounds hold about as many
+// packets as they did one packet per item.
+const bufSteps = maxBatchPayload / pktBufSize
 
-var bufPools [len(bufClasses)]sync.Pool
+var bufPools [bufSteps]sync.Pool
 
-// getBuf returns a pooled buffer of at least n bytes, or nil when n is
-// above the largest class.
+// getBuf returns a pooled buffer of at least n (>= 1) bytes, or nil when n
+// is above maxBatchPayload.
 func getBuf(n int) *[]byte {
-	for i, c := range bufClasses {
-		if n <= c {
-			if b, ok := bufPools[i].Get().(*[]byte); ok {
-				return b
-			}
-			b := make([]byte, c)
-			return &b
-		}
+	i := (n - 1) / pktBufSize
+	if n < 1 || i >= bufSteps {
+		return nil
 	}
-	return nil
+	if b, ok := bufPools[i].Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, (i+1)*pktBufSize)
+	return &b
 }
 
 func putBuf(b *[]byte) {
-	for i, c := range bufClasses {
-		if cap(*b) == c {
-			*b = (*b)[:c]
-			bufPools[i].Put(b)
-			return
-		}
+	c := cap(*b)
+	if i := c/pktBufSize - 1; c%pktBufSize == 0 && i >= 0 && i < bufSteps {
+		*b = (*b)[:c]
+		bufPools[i].Put(b)
 	}
 }
 

@@ -30,7 +30,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"strings"
 
 	"github.com/edgewire/edgewire/types/key"
 )
@@ -179,18 +178,6 @@ func nextRecord(b []byte) (pkt, rest []byte) {
 // appendRecord appends pkt (1..maxPacketSize bytes) as a packet record.
 func appendRecord(b, pkt []byte) []byte {
 	return append(binary.BigEndian.AppendUint16(b, uint16(len(pkt))), pkt...)
-}
-
-// hasFeature reports whether a featuresHeader value lists f.
-func hasFeature(vs []string, f string) bool {
-	for _, v := range vs {
-		for tok := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(tok), f) {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 var (

@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"golang.org/x/net/http/httpguts"
 	"io"
 	"log/slog"
 	"math"
@@ -446,7 +447,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		hello = &h
 	}
-	batch := hello != nil && s.batch && hasFeature(r.Header.Values(featuresHeader), featureBatch)
+	batch := hello != nil && s.batch && httpguts.HeaderValuesContainsToken(r.Header.Values(featuresHeader), featureBatch)
 	hj, ok := w.(http.Hijacker)
 	if !ok {
 		http.Error(w, "edgewire relay: needs HTTP/1.1", http.StatusHTTPVersionNotSupported)
