@@ -57,13 +57,22 @@ type trimmer struct {
 	lastTrim        time.Time
 }
 
+// trimKind is what observe decides.
+type trimKind int
+
+const (
+	noTrim         trimKind = iota
+	trimAfterBurst          // a burst is over: empty the pools, trim the batches
+	trimReclaim             // a quiet agent holds free pages or garbage worth returning
+)
+
 // observe takes the data plane's total byte count, the heap's cumulative
 // allocated bytes and what a trim would give back at now (free pages not
-// returned to the OS, and garbage), and reports whether to trim.
-func (t *trimmer) observe(total, alloc, free uint64, now time.Time) bool {
+// returned to the OS, and garbage), and reports which trim to run.
+func (t *trimmer) observe(total, alloc, free uint64, now time.Time) trimKind {
 	if !t.init {
 		t.last, t.lastAlloc, t.init, t.quietFrom = total, alloc, true, now
-		return false
+		return noTrim
 	}
 	d, da := total-t.last, alloc-t.lastAlloc
 	if total < t.last { // counters reset (peers removed)
@@ -75,19 +84,23 @@ func (t *trimmer) observe(total, alloc, free uint64, now time.Time) bool {
 	}
 	if d > trimIdle || da > trimIdleHeap {
 		t.quietFrom = time.Time{}
-		return false
+		return noTrim
 	}
 	if t.quietFrom.IsZero() {
 		t.quietFrom = now
 	}
 	if now.Sub(t.quietFrom) < trimQuiet {
-		return false
+		return noTrim
 	}
-	if t.burst || free >= trimFree && now.Sub(t.lastTrim) >= trimEvery {
+	switch {
+	case t.burst:
 		t.burst, t.lastTrim = false, now
-		return true
+		return trimAfterBurst
+	case free >= trimFree && now.Sub(t.lastTrim) >= trimEvery:
+		t.lastTrim = now
+		return trimReclaim
 	}
-	return false
+	return noTrim
 }
 
 // trimLoop returns memory to the OS after bursts.
@@ -118,12 +131,10 @@ func (a *Agent) trimLoop(ctx context.Context) error {
 		metrics.Read(ms)
 		objects, live := ms[2].Value.Uint64(), ms[3].Value.Uint64()
 		garbage := objects - min(objects, live) // allocated since the last GC, nearly all dead in a quiet agent
-		// observe clears the burst flag when it trims.
-		burst := tr.burst
-		if !tr.observe(total, ms[0].Value.Uint64(), ms[1].Value.Uint64()+garbage, time.Now()) {
+		switch tr.observe(total, ms[0].Value.Uint64(), ms[1].Value.Uint64()+garbage, time.Now()) {
+		case noTrim:
 			continue
-		}
-		if !burst {
+		case trimReclaim:
 			// A quiet agent's free pages or garbage: one collection frees
 			// the garbage and returns every free page; the pools hold no
 			// burst's buffers worth two more cycles.

@@ -286,6 +286,7 @@ const failoverWindow = 10 * time.Second
 // Client keeps the stream to the coordinator.
 type Client struct {
 	cfg   Config
+	node  *dhkey.Local // cfg.PrivateKey, prepared for the key proof
 	log   *slog.Logger
 	clock clock.Clock
 	tls   *tls.Config
@@ -318,7 +319,11 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("control: enrolment CA: %w", err)
 	}
-	return &Client{cfg: cfg, log: cfg.Logger, clock: clock.Or(cfg.Clock), tls: tc, kick: make(chan struct{}, 1), sigs: make(chan *api.Signal, signalQueue), paths: make(chan *api.PathReport, 1)}, nil
+	node, err := dhkey.NewLocal(cfg.PrivateKey) // prepared once: every session proves the key
+	if err != nil {
+		return nil, fmt.Errorf("control: node key: %w", err)
+	}
+	return &Client{cfg: cfg, node: node, log: cfg.Logger, clock: clock.Or(cfg.Clock), tls: tc, kick: make(chan struct{}, 1), sigs: make(chan *api.Signal, signalQueue), paths: make(chan *api.PathReport, 1)}, nil
 }
 
 // SetEndpoints sets the endpoints reported to the coordinator.
@@ -503,11 +508,7 @@ func (c *Client) session(ctx context.Context, cl api.ControlClient) error {
 	if c.cfg.HeldMap != nil {
 		hello.MapDigest, hello.MapBuckets = c.cfg.HeldMap()
 	}
-	node, err := dhkey.NewLocal(c.cfg.PrivateKey)
-	if err != nil {
-		return err
-	}
-	if err := Authenticate(stream, node, api.AuthConnect, hello, c.cfg.KnownKey); err != nil {
+	if err := Authenticate(stream, c.node, api.AuthConnect, hello, c.cfg.KnownKey); err != nil {
 		return err
 	}
 
