@@ -52,7 +52,7 @@ fmt:
 unit:
 	EDGEWIRE_TOOLS_REQUIRED=1 $(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)
 	# The bench harness's own parsers (its tests and fuzz seeds, not TestBench).
-	$(GO) test -race -count=1 -tags bench -run '^(TestScan|FuzzScan)' ./bench/
+	$(GO) test -race -count=1 -tags bench -run '^(TestScan|FuzzScan|TestParseTop|TestKindOf)' ./bench/
 
 # A real kube-apiserver and etcd from the Go module proxy, cached in
 # .cache/kube (the first build takes 10-15 minutes on 2 cores).

@@ -27,7 +27,7 @@ type config struct {
 	out     string        // BENCH_OUT: where results go (default bench/)
 
 	idleSettle time.Duration // BENCH_IDLE_SETTLE: idle time before the after-forwarding idle measurement (default 60s)
-	profiles   string        // BENCH_PROFILES: where agent b's heap and goroutine profiles go (default: not kept)
+	profiles   string        // BENCH_PROFILES: where profiles are kept: agent b's heap and goroutines, the TCP 1 stream CPU profiles, the scale bring-ups' (default: not kept)
 }
 
 func loadConfig(t *testing.T) config {

@@ -54,7 +54,7 @@ type overlay struct {
 	aArgs, bArgs []string // agents a's and b's flags after the join (to restart them)
 
 	bPprof    string            // agent b's pprof socket
-	pprofs    map[string]string // with BENCH_PROFILES: the relay path's pprof sockets (agents a, c, the coordinator)
+	pprofs    map[string]string // the relay path's pprof sockets (agents a, c, the coordinator)
 	fleetGen  int               // simulated fleets brought up so far (names stay unique)
 	freshRSS  []float64         // agent b's idle RSS with 53 peers before any traffic
 	freshAnon []float64         // and its anonymous part
@@ -85,12 +85,9 @@ func setupOverlay(t *testing.T, cfg config, wgplain string) *overlay {
 		t.Fatal(err)
 	}
 	coordExtra := []string{"--relay-map", relayMap, "--mesh-key-file", meshKey, "--relay-client-rate", "0"}
-	// With BENCH_PROFILES the relay path's three processes serve pprof,
-	// so the throughput section can profile a relayed TCP run.
+	// The relay path's three processes serve pprof, so the throughput
+	// section can profile a relayed TCP run (see profilePaths).
 	withPprof := func(name string, extra []string) []string {
-		if cfg.profiles == "" {
-			return extra
-		}
 		if o.pprofs == nil {
 			o.pprofs = map[string]string{}
 		}
@@ -338,6 +335,7 @@ func (o *overlay) throughput(t *testing.T, rep *Report, cfg config) {
 	}
 	res := map[string]map[string][]float64{} // flow -> target -> Gbit/s
 	cpu := map[string][]float64{}            // process -> cores during TCP 1 stream
+	machine := map[string][]float64{}        // tunnel -> the whole machine's busy cores during TCP 1 stream
 	rss := map[string][]float64{}
 	stalls := map[string]int{}
 	procs := map[string]int{"agent a (sender)": o.a.Proc.Pid(), "agent b (receiver)": o.b.Proc.Pid(),
@@ -371,7 +369,10 @@ func (o *overlay) throughput(t *testing.T, rep *Report, cfg config) {
 			}
 			for _, x := range order {
 				var meters map[string]*cpuMeter
+				var busy0 time.Duration
+				var wall0 time.Time
 				if prefix, ok := metered[x.name]; ok && f == flows[0] {
+					busy0, wall0 = machineBusy(), time.Now()
 					meters = map[string]*cpuMeter{}
 					for name, pid := range procs {
 						if strings.HasPrefix(name, prefix) {
@@ -413,6 +414,9 @@ func (o *overlay) throughput(t *testing.T, rep *Report, cfg config) {
 					g = 0 // ran, moved nothing: a real result
 				}
 				res[f.name][x.name] = append(res[f.name][x.name], g)
+				if meters != nil && busy0 > 0 {
+					machine[x.name] = append(machine[x.name], (machineBusy()-busy0).Seconds()/time.Since(wall0).Seconds())
+				}
 				for name, m := range meters {
 					if m == nil {
 						continue
@@ -425,7 +429,10 @@ func (o *overlay) throughput(t *testing.T, rep *Report, cfg config) {
 			}
 		}
 	}
-	o.profileRelay(t, cfg)
+	dprof, rprof, perr := o.profilePaths(cfg)
+	if perr != nil {
+		t.Errorf("profiles: %v", perr)
+	}
 	// What the agents keep once traffic stops: 10 s after the last run
 	// against what they held before the first, and the peak in between.
 	time.Sleep(10 * time.Second)
@@ -493,11 +500,46 @@ func (o *overlay) throughput(t *testing.T, rep *Report, cfg config) {
 	relayCPU := rep.Add(&Measure{Section: sec, Name: "CPU per Gbit/s, TCP 1 stream over the relay: agent a + relay + agent c", Unit: "cores",
 		Edgewire: sumEach(sumEach(perGbit("relay: agent a", "relay"), perGbit("relay: coordinator", "relay")), perGbit("relay: agent c", "relay")),
 		RefName:  "direct: agents a + b", Reference: sumEach(perGbit("agent a (sender)", "direct"), perGbit("agent b (receiver)", "direct"))})
-	if d, r := res[flows[0].name]["direct"], res[flows[0].name]["relay"]; len(d) > 0 && len(r) > 0 && relayCPU.Ratio > 0 {
-		rep.Note("Relay against direct (TCP, 1 stream): %.2fx the rate, and %.2fx the CPU per Gbit/s (agent a + relay + agent c: %.2f cores, against agents a + b: %.2f). "+
-			"Both runs keep this machine's %d cores busy (iperf3 and the kernel included), so the relay's rate follows its cost: 1/%.2f = %.2f. "+
-			"The relay path adds a TLS record layer on each leg (an AES-GCM seal and open per leg) and the relay's own read, route and write per packet to WireGuard's work; see BENCH_PROFILES for the profiles.",
-			medianOf(r)/medianOf(d), relayCPU.Ratio, medianOf(relayCPU.Edgewire), medianOf(relayCPU.Reference), runtime.NumCPU(), relayCPU.Ratio, 1/relayCPU.Ratio)
+	// The whole machine in the same runs: every process and the kernel.
+	machPerGbit := func(target string) []float64 {
+		var v []float64
+		for i, c := range machine[target] {
+			if g := res[flows[0].name][target]; i < len(g) && g[i] > 0 {
+				v = append(v, c/g[i])
+			}
+		}
+		return v
+	}
+	rep.Add(&Measure{Section: sec, Name: fmt.Sprintf("machine CPU busy during TCP 1 stream (every process and the kernel, of %d cores): relay vs direct", runtime.NumCPU()), Unit: "cores",
+		Edgewire: machine["relay"], RefName: "direct", Reference: machine["direct"]})
+	machCPU := rep.Add(&Measure{Section: sec, Name: "machine CPU per Gbit/s, TCP 1 stream (every process and the kernel): relay vs direct", Unit: "cores",
+		Edgewire: machPerGbit("relay"), RefName: "direct", Reference: machPerGbit("direct")})
+	if d, r := res[flows[0].name]["direct"], res[flows[0].name]["relay"]; len(d) > 0 && len(r) > 0 && relayCPU.Ratio > 0 && machCPU.Ratio > 0 {
+		rep.Note("Relay against direct (TCP, 1 stream): %.2fx the rate at %.2fx the machine's CPU per Gbit/s (%.3f cores against %.3f: every process and the kernel) and %.2fx the edgewire processes' (agent a + relay + agent c: %.3f, against agents a + b: %.3f). "+
+			"The machine was %.2f of %d cores busy in the relay runs and %.2f in the direct runs, so the rate follows the cost: %.2f/%.2f x 1/%.2f = %.2f.",
+			medianOf(r)/medianOf(d), machCPU.Ratio, medianOf(machCPU.Edgewire), medianOf(machCPU.Reference), relayCPU.Ratio, medianOf(relayCPU.Edgewire), medianOf(relayCPU.Reference),
+			medianOf(machine["relay"]), runtime.NumCPU(), medianOf(machine["direct"]), medianOf(machine["relay"]), medianOf(machine["direct"]), machCPU.Ratio,
+			medianOf(machine["relay"])/medianOf(machine["direct"])/machCPU.Ratio)
+		// What 0.7x would take: at the relay runs' load, the CPU per
+		// Gbit/s left for the relay path to add over the direct path's.
+		budget := medianOf(machine["relay"])/(0.7*medianOf(d)) - medianOf(machCPU.Reference)
+		relayProc := medianOf(perGbit("relay: coordinator", "relay"))
+		var added []string
+		if perr == nil {
+			for _, k := range cpuKindNames() {
+				added = append(added, fmt.Sprintf("%s %+.3f", k, rprof.of("", k)-dprof.of("", k)))
+			}
+		}
+		rep.Note("What 0.7x of direct takes (TCP, 1 stream): at the relay runs' load (%.2f cores), 0.7x of direct's %.2f Gbit/s leaves %.3f cores per Gbit/s for everything, so the relay path may add at most %.3f to the direct path's %.3f; it adds %.3f. "+
+			"The relay process alone costs %.3f per Gbit/s (%.0f%% of that allowance): it reads each byte from one TCP socket and writes it to another, with a TLS open and seal between, and the kernel's TCP work for both legs is in its system calls. "+
+			"Relay path minus direct path by kind of work, cores per Gbit/s, from the profiles (section above): %s.",
+			medianOf(machine["relay"]), medianOf(d), budget+medianOf(machCPU.Reference), budget, medianOf(machCPU.Reference), medianOf(machCPU.Edgewire)-medianOf(machCPU.Reference),
+			relayProc, 100*relayProc/budget, strings.Join(added, ", "))
+		if relayProc >= budget {
+			rep.Note("So on this machine 0.7x is out of reach of a relay that terminates TCP and TLS on both legs: with agents that spent no more than on the direct path, the relay process alone (%.3f cores per Gbit/s) would still exceed the %.3f that 0.7x allows. "+
+				"It takes a relay that does less per byte, e.g. one that forwards WireGuard's UDP datagrams as they are (they are end-to-end encrypted and authenticated already), with TCP and TLS kept for networks that let no UDP through.",
+				relayProc, budget)
+		}
 	}
 	for _, p := range []string{"agent a", "coordinator", "agent c"} {
 		rep.Add(&Measure{Section: sec, Name: "CPU per Gbit/s, TCP 1 stream over the relay: " + p, Unit: "cores",
@@ -505,6 +547,9 @@ func (o *overlay) throughput(t *testing.T, rep *Report, cfg config) {
 	}
 	rep.Add(&Measure{Section: sec, Name: "RSS while forwarding, sender side", Unit: "MiB",
 		Edgewire: rss["agent a (sender)"], RefName: "wgplain", Reference: rss["wgplain a (sender)"]})
+	if perr == nil {
+		reportProfiles(rep, dprof, rprof)
+	}
 }
 
 // connectivity starts fresh agents behind site A's EIM NAT and times
@@ -985,34 +1030,105 @@ func runNS(ctx context.Context, ns string, argv ...string) (string, error) {
 	return string(out), nil
 }
 
-// profileRelay runs one more TCP 1 stream a -> c over the relay (not
-// counted) while taking CPU profiles of agent a, the coordinator's relay
-// and agent c, into BENCH_PROFILES.
-func (o *overlay) profileRelay(t *testing.T, cfg config) {
-	if cfg.profiles == "" || len(o.pprofs) == 0 {
-		return
+// pathProfile is where one more TCP 1 stream run's CPU went: cores per
+// Gbit/s by kind of work (cpuKinds), per process, from CPU profiles.
+type pathProfile struct {
+	gbps  float64
+	procs map[string]map[string]float64 // process -> kind -> cores per Gbit/s
+}
+
+// of returns proc's cores per Gbit/s on kind ("" for every kind; proc ""
+// for every process).
+func (p pathProfile) of(proc, kind string) float64 {
+	var s float64
+	for pr, kinds := range p.procs {
+		for k, v := range kinds {
+			if (proc == "" || pr == proc) && (kind == "" || k == kind) {
+				s += v
+			}
+		}
 	}
-	if err := os.MkdirAll(cfg.profiles, 0o755); err != nil {
-		t.Errorf("relay profiles: %v", err)
-		return
+	return s
+}
+
+// profilePath runs one more TCP 1 stream (not counted in the throughput
+// rows) from a to addr while taking CPU profiles of the processes whose
+// pprof sockets socks names, and sorts their samples by kind. The
+// profiles are kept in BENCH_PROFILES when it is set.
+func (o *overlay) profilePath(cfg config, name, addr string, socks map[string]string) (pathProfile, error) {
+	dir := cfg.profiles
+	if dir == "" {
+		dir = o.l.Dir()
+	} else if err := os.MkdirAll(dir, 0o755); err != nil {
+		return pathProfile{}, err
 	}
-	secs := max(1, int(cfg.dur.Seconds())-2)
+	dur := max(cfg.dur, 8*time.Second) // enough samples at pprof's 100 Hz
+	secs := int(dur.Seconds()) - 2
+	files := map[string]string{}
+	errs := make(chan error, len(socks))
 	var wg sync.WaitGroup
-	for name, sock := range o.pprofs {
+	for proc, sock := range socks {
+		files[proc] = filepath.Join(dir, name+"-tcp1-"+proc+".cpu.pprof")
 		wg.Go(func() {
 			time.Sleep(time.Second) // past iperf3's slow start
 			b, err := pprofGet(sock, fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs))
 			if err == nil {
-				err = os.WriteFile(filepath.Join(cfg.profiles, "relay-tcp1-"+name+".cpu.pprof"), b, 0o644)
+				err = os.WriteFile(files[proc], b, 0o644)
 			}
 			if err != nil {
-				t.Errorf("relay profile of %s: %v", name, err)
+				errs <- fmt.Errorf("profile of %s: %w", proc, err)
 			}
 		})
 	}
-	g, err := iperf(o.ha, o.ipC.String(), flows[0], cfg.dur)
+	g, err := iperf(o.ha, addr, flows[0], dur)
 	wg.Wait()
-	t.Logf("relay TCP 1 stream while profiling: %.2f Gbit/s (err %v)", g, err)
+	close(errs)
+	if err == nil {
+		err = <-errs
+	}
+	if err == nil && g <= 0 {
+		err = fmt.Errorf("moved nothing")
+	}
+	if err != nil {
+		return pathProfile{}, fmt.Errorf("%s TCP 1 stream while profiling: %w", name, err)
+	}
+	p := pathProfile{gbps: g, procs: map[string]map[string]float64{}}
+	for proc, f := range files {
+		kinds, err := profileKinds(f)
+		if err != nil {
+			return pathProfile{}, err
+		}
+		for k := range kinds {
+			kinds[k] /= g
+		}
+		p.procs[proc] = kinds
+	}
+	return p, nil
+}
+
+// profilePaths profiles one more direct and one more relayed TCP 1 stream.
+func (o *overlay) profilePaths(cfg config) (direct, relay pathProfile, err error) {
+	direct, err = o.profilePath(cfg, "direct", o.ipB.String(), map[string]string{"agent a": o.pprofs["agent-a"], "agent b": o.bPprof})
+	if err == nil {
+		relay, err = o.profilePath(cfg, "relay", o.ipC.String(), map[string]string{"agent a": o.pprofs["agent-a"], "relay": o.pprofs["coordinator"], "agent c": o.pprofs["agent-c"]})
+	}
+	return direct, relay, err
+}
+
+// reportProfiles reports, by kind of work, what the relay path costs per
+// Gbit/s against the direct path: where its extra CPU goes.
+func reportProfiles(rep *Report, direct, relay pathProfile) {
+	sec := fmt.Sprintf("Where the CPU goes, TCP 1 stream (CPU profiles of one more run each way: direct %.2f Gbit/s, relay %.2f Gbit/s; cores per Gbit/s by the function each sample was in)", direct.gbps, relay.gbps)
+	for _, kind := range append(cpuKindNames(), "") {
+		name := kind
+		if kind == "" {
+			name = "all"
+		}
+		rep.Add(&Measure{Section: sec, Name: name + ": relay path (agent a + relay + agent c) vs direct (agents a + b)", Unit: "cores",
+			Edgewire: []float64{relay.of("", kind)}, RefName: "direct", Reference: []float64{direct.of("", kind)},
+			Note: fmt.Sprintf("relay: agent a %.3f, relay %.3f, agent c %.3f; direct: agent a %.3f, agent b %.3f",
+				relay.of("agent a", kind), relay.of("relay", kind), relay.of("agent c", kind), direct.of("agent a", kind), direct.of("agent b", kind))})
+	}
 }
 
 // inflightFlag is the --max-inflight-packets the overlay agents run with:
