@@ -2,14 +2,15 @@
 // registered node with its presence and endpoints, a global version, and a
 // log of which node changed at which version.
 //
-// Changes are published at most once per interval (global, not per
-// stream), and every agent stream is a subscriber that is woken (never
-// blocked on) by a publication and then reads one coalesced update from
-// its last version to the published one. The map bytes are personalised
-// only by the stream's own node, so the rest of each update is marshalled
-// once per (base version, published version) and shared read-only by every
-// stream at that base: with all streams in step, one publication costs one
-// marshal and one wake-up per stream, however many streams there are.
+// Changes are published at most once per interval in the long run (global,
+// not per stream), with a small burst after a quiet spell, and every agent
+// stream is a subscriber that is woken (never blocked on) by a publication
+// and then reads one coalesced update from its last version to the
+// published one. The map bytes are personalised only by the stream's own
+// node, so the rest of each update is marshalled once per (base version,
+// published version) and shared read-only by every stream at that base:
+// with all streams in step, one publication costs one marshal and one
+// wake-up per stream, however many streams there are.
 package netmap
 
 import (
@@ -133,11 +134,16 @@ type Registry struct {
 	log         []change // ascending by version
 	logFloor    uint64   // deltas can be computed only from versions >= logFloor
 	subs        map[*Sub]struct{}
-	interval    time.Duration // least time between two publications; 0: publish every change
+	interval    time.Duration // sustained least time between two publications; 0: publish every change
 	perSub      time.Duration // added to interval for every subscriber
+	burst       int           // publications that may go out at once after a quiet spell; >= 1
 	pub         *pub          // the latest publication; never nil
-	lastPub     time.Time     // when pub was made (clk; monotonic with clock.Real)
-	pending     clock.Timer   // non-nil while a publication is scheduled
+	// paidUntil: the publications so far, at one interval each, are paid
+	// for until then (clk; monotonic with clock.Real). One may go out at
+	// once while that is less than burst-1 intervals ahead of now: a
+	// token bucket (in GCRA form) of burst tokens, one back per interval.
+	paidUntil time.Time
+	pending   clock.Timer // non-nil while a publication is scheduled
 
 	// sums holds the XOR of the hashes of the hashed node entries by
 	// bucket, svcSum of the hashed Service entries; digest caches the
@@ -165,6 +171,7 @@ func New(prefixes []netip.Prefix) *Registry {
 		services:  make(map[string]*svcEntry),
 		kubeNodes: make(map[string][]netip.Prefix),
 		subs:      make(map[*Sub]struct{}),
+		burst:     1,
 		pub:       &pub{},
 		synced:    make(chan struct{}),
 	}
@@ -176,17 +183,21 @@ func New(prefixes []netip.Prefix) *Registry {
 	return r
 }
 
-// SetInterval sets the least time between two publications to d plus
-// perSub for every subscriber: changes in between coalesce into one update
-// per stream, and streams stay in step so they share the marshalled
-// updates. A publication costs one wake-up and one send per stream, so
-// with perSub the rate of them falls as streams are added, keeping the
-// fan-out's cost bounded during a burst (a lone change still goes out at
-// once). 0, 0 (the default) publishes every change at once.
-func (r *Registry) SetInterval(d, perSub time.Duration) {
+// SetInterval sets the sustained least time between two publications to
+// d plus perSub for every subscriber, with up to burst (at least 1)
+// publications at once after a quiet spell of burst such intervals.
+// Changes beyond the burst coalesce into one update per stream per
+// interval, and streams stay in step so they share the marshalled updates.
+// A publication costs one wake-up and one send per stream, so with perSub
+// the rate of them falls as streams are added, keeping the fan-out's cost
+// bounded while changes keep coming (a fleet joining); the burst lets the
+// few changes of one event (a node joins, connects and reports its
+// endpoints) each go out at once instead of an interval apart. 0, 0 (the
+// default) publishes every change at once.
+func (r *Registry) SetInterval(d, perSub time.Duration, burst int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.interval, r.perSub = d, perSub
+	r.interval, r.perSub, r.burst = d, perSub, max(burst, 1)
 }
 
 // SetClock sets the clock that times changes and publications (nil:
@@ -581,20 +592,23 @@ func (r *Registry) appendLocked(c change) {
 	r.publishSoonLocked()
 }
 
-// publishSoonLocked publishes now if the last publication is at least an
-// interval old, else schedules one for when it will be: a lone change goes
-// out at once, a burst once per interval. The interval is measured on
-// r.clk, as the timer is (monotonic with clock.Real).
+// publishSoonLocked publishes now if the bucket holds a publication, else
+// schedules one for when it will: sporadic changes go out at once, a
+// stream of them once per interval. Time is r.clk's, as the timer's is
+// (monotonic with clock.Real).
 func (r *Registry) publishSoonLocked() {
 	if r.pending != nil {
 		return
 	}
-	wait := r.interval + time.Duration(len(r.subs))*r.perSub - r.clk.Now().Sub(r.lastPub)
-	if wait <= 0 {
+	// Times, not durations: paidUntil is the zero time before the first
+	// publication, and a duration from there would saturate.
+	now := r.clk.Now()
+	at := r.paidUntil.Add(-time.Duration(r.burst-1) * r.stepLocked())
+	if !at.After(now) {
 		r.publishLocked()
 		return
 	}
-	r.pending = r.clk.AfterFunc(wait, func() {
+	r.pending = r.clk.AfterFunc(at.Sub(now), func() {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		r.pending = nil
@@ -602,12 +616,21 @@ func (r *Registry) publishSoonLocked() {
 	})
 }
 
+// stepLocked is the sustained interval between publications.
+func (r *Registry) stepLocked() time.Duration {
+	return r.interval + time.Duration(len(r.subs))*r.perSub
+}
+
 func (r *Registry) publishLocked() {
 	if r.pub.version == r.version {
 		return
 	}
 	r.pub = &pub{version: r.version}
-	r.lastPub = r.clk.Now()
+	now := r.clk.Now()
+	if r.paidUntil.Before(now) {
+		r.paidUntil = now // a full bucket does not grow
+	}
+	r.paidUntil = r.paidUntil.Add(r.stepLocked())
 	for s := range r.subs {
 		s.wake()
 	}

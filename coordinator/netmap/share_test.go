@@ -7,6 +7,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/edgewire/edgewire/internal/clock"
 )
 
 // timeout bounds waits for what runs in other goroutines (a timer's
@@ -99,78 +101,123 @@ func decodeNext(t *testing.T, s *Sub) (*apiMap, *Update) {
 	return m, u
 }
 
-// With an interval, a lone change is published at once, a burst after it
-// is held for the interval and arrives as one update, and a change right
-// after a publication waits a whole interval: at most one publication per
-// interval. The interval grows with the number of subscribers. Time moves
-// only when the test moves it.
+// With an interval and a burst, changes after a quiet spell are published
+// at once up to the burst; beyond it they are held and coalesce into one
+// publication per interval; the bucket refills one publication per
+// interval up to the burst and no further. The interval grows with the
+// number of subscribers. Time moves only when the test moves it.
 func TestPublishInterval(t *testing.T) {
-	const want = 100 * time.Millisecond
+	const iv = 100 * time.Millisecond
+	// An op makes n changes (n > 0) or moves the clock by wait; then
+	// either a publication carries every change made so far (pub), or
+	// nothing is published and one publication is scheduled (held), or
+	// nothing is published or scheduled.
+	type op struct {
+		wait time.Duration
+		n    int
+		pub  bool
+		held bool
+	}
+	var (
+		change = func(n int) op { return op{n: n, pub: true} }               // published at once
+		hold   = func(n int) op { return op{n: n, held: true} }              // held for later
+		after  = func(d time.Duration) op { return op{wait: d, pub: true} }  // the held publication goes out
+		before = func(d time.Duration) op { return op{wait: d, held: true} } // still held
+	)
 	tests := []struct {
 		name             string
 		interval, perSub time.Duration
 		burst            int
-		wantV            []uint64 // at once, then one publication per interval
+		ops              []op
 	}{
-		{"one change", want, 0, 1, []uint64{4}},
-		{"burst coalesces", want, 0, 5, []uint64{4, 8}},
-		{"per subscriber", 0, want / 2, 5, []uint64{4, 8}}, // two subscribers
+		{"burst 1: a lone change at once", iv, 0, 1, []op{change(1)}},
+		{"burst 1: the next waits an interval and coalesces", iv, 0, 1, []op{
+			change(1), hold(3), before(iv - time.Nanosecond), after(time.Nanosecond),
+			hold(1), before(iv - time.Nanosecond), after(time.Nanosecond),
+		}},
+		{"burst 3: three at once, then one per interval", iv, 0, 3, []op{
+			change(1), change(1), change(1), hold(2), before(iv - time.Nanosecond), after(time.Nanosecond),
+			hold(1), before(iv - time.Nanosecond), after(time.Nanosecond),
+		}},
+		{"burst 3: one back per interval", iv, 0, 3, []op{
+			change(1), change(1), change(1), {wait: 2 * iv}, // two come back
+			change(1), change(1), hold(1), before(iv - time.Nanosecond), after(time.Nanosecond),
+		}},
+		{"burst 2: a long quiet spell refills no more than the burst", iv, 0, 2, []op{
+			change(1), {wait: time.Hour}, change(1), change(1), hold(1), before(iv - time.Nanosecond), after(time.Nanosecond),
+		}},
+		{"burst 2: a stream of changes gets one publication per interval", iv, 0, 2, []op{
+			change(1), change(1),
+			hold(1), before(iv / 2), hold(1), before(iv/2 - time.Nanosecond), after(time.Nanosecond),
+			hold(1), before(iv/2 - time.Nanosecond), hold(1), before(iv / 2), after(time.Nanosecond),
+		}},
+		{"per subscriber", 0, iv / 2, 2, []op{ // two subscribers: iv
+			change(1), change(1), hold(4), before(iv - time.Nanosecond), after(time.Nanosecond),
+		}},
+		{"no interval: every change at once", 0, 0, 1, []op{change(1), change(1), change(5)}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r, clk := newFakeRegistry(t, 3)
-			r.SetInterval(tt.interval, tt.perSub)
-			clk.Advance(want) // the registry's own Upserts were published an interval ago
+			r.SetInterval(tt.interval, tt.perSub, tt.burst)
 			s := subscribe(t, r, 1)
 			subscribe(t, r, 2)
-			change := func(i int) {
-				n := node(2)
-				n.Hostname = fmt.Sprint(i)
-				r.Upsert(n)
-			}
-			change(0)
-			if !signalled(s) {
-				t.Fatal("a change after an idle interval was not published at once")
-			}
-			got := []uint64{next(t, s).Version}
-			for i := 1; i < tt.burst; i++ {
-				change(i)
-			}
-			// released waits an interval less a nanosecond, checks that
-			// nothing was published, then moves the last nanosecond and
-			// reads the publication.
-			released := func(what string) uint64 {
-				t.Helper()
-				clk.Advance(want - time.Nanosecond)
-				if woken, n := signalled(s), clk.Timers(); woken || n != 1 {
-					t.Fatalf("%s: published before the interval ended (woken %v, %d timers, want 1)", what, woken, n)
+			// The registry's own Upserts were published with no interval
+			// set: nothing is paid for.
+			changes := 0
+			for i, o := range tt.ops {
+				clk.Advance(o.wait)
+				for range o.n {
+					n := node(2)
+					n.Hostname = fmt.Sprint(changes)
+					changes++
+					r.Upsert(n)
 				}
-				clk.Advance(time.Nanosecond)
-				select {
-				case <-s.C():
-				case <-time.After(timeout):
-					t.Fatalf("%s: no publication once the interval ended", what)
+				switch {
+				case o.pub:
+					select {
+					case <-s.C():
+					case <-time.After(timeout):
+						t.Fatalf("op %d (%+v): no publication, want one", i, o)
+					}
+					if m := next(t, s); m == nil || m.Version != r.Version() {
+						t.Fatalf("op %d (%+v): got %v, want an update to version %d", i, o, m, r.Version())
+					}
+					if n := clk.Timers(); n != 0 {
+						t.Fatalf("op %d (%+v): got %d timers after the publication, want none", i, o, n)
+					}
+				default:
+					want := 0
+					if o.held {
+						want = 1
+					}
+					if woken, n := signalled(s), clk.Timers(); woken || n != want {
+						t.Fatalf("op %d (%+v): got woken %v, %d timers; want no publication, %d timers", i, o, woken, n, want)
+					}
 				}
-				m := next(t, s)
-				if m == nil {
-					t.Fatalf("%s: woken with nothing to read", what)
-				}
-				return m.Version
 			}
-			if tt.burst > 1 {
-				got = append(got, released("burst"))
-			}
-			if !slices.Equal(got, tt.wantV) {
-				t.Errorf("got versions %v, want %v", got, tt.wantV)
-			}
-			if woken, n := signalled(s), clk.Timers(); woken || n != 0 {
-				t.Fatalf("after the burst: woken %v, %d timers; want nothing pending", woken, n)
-			}
+		})
+	}
+}
 
-			last := got[len(got)-1]
-			change(tt.burst)
-			if v := released("a change right after a publication"); v != last+1 {
-				t.Errorf("got version %d, want %d", v, last+1)
+// A registry that never published has a full bucket: its first burst
+// changes go out at once (no timer), the next is held.
+func TestPublishFromFresh(t *testing.T) {
+	for _, burst := range []int{1, 2, 4} {
+		t.Run(fmt.Sprint("burst ", burst), func(t *testing.T) {
+			clk := clock.NewFake(t0)
+			r := New(prefixes)
+			r.SetClock(clk)
+			r.SetInterval(time.Hour, 0, burst)
+			for i := 1; i <= burst+1; i++ {
+				r.Upsert(node(i))
+				want := 0
+				if i > burst {
+					want = 1
+				}
+				if n := clk.Timers(); n != want {
+					t.Fatalf("change %d: got %d timers, want %d (0: published at once)", i, n, want)
+				}
 			}
 		})
 	}
@@ -183,7 +230,7 @@ func TestPublishInterval(t *testing.T) {
 func TestUpdateIsExact(t *testing.T) {
 	r, clk := newFakeRegistry(t, 2)
 	s := subscribe(t, r, 1)
-	r.SetInterval(time.Hour, 0)
+	r.SetInterval(time.Hour, 0, 1)
 	clk.Advance(time.Hour) // the last publication is an interval old
 	r.Upsert(node(3))      // published at once
 	r.Delete(nodeKey(2))   // held back for an hour

@@ -67,10 +67,16 @@ type Config struct {
 	// network map (default 250 ms), plus MapIntervalPerStream for every
 	// open stream (default 100 µs: 1.25 s at 10,000 streams). Changes in
 	// between coalesce into one delta, and all streams move in step so
-	// they share its bytes. MapInterval < 0 publishes every change at
-	// once, whatever the number of streams.
+	// they share its bytes. After a quiet spell up to MapBurst
+	// publications (default 4) go out at once, so the few changes of one
+	// event (a node joins, connects, reports its endpoints) reach peers
+	// as they happen rather than an interval apart; a stream of changes
+	// (a fleet joining) still gets one publication per interval.
+	// MapInterval < 0 publishes every change at once, whatever the
+	// number of streams.
 	MapInterval          time.Duration
 	MapIntervalPerStream time.Duration
+	MapBurst             int
 	// OnDelete is called after a node is deleted (revocation at relays).
 	OnDelete func(nk key.Public, until time.Time)
 	// RoutePolicy is what advertised routes and pod CIDRs must pass
@@ -187,6 +193,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		if cfg.MapIntervalPerStream == 0 {
 			cfg.MapIntervalPerStream = 100 * time.Microsecond
 		}
+		if cfg.MapBurst <= 0 {
+			cfg.MapBurst = 4
+		}
 	}
 	if err := cfg.RoutePolicy.Validate(); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
@@ -255,7 +264,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.reg = netmap.New(cfg.Prefixes)
 	s.topo = topology.New()
 	s.reg.SetClock(cfg.Clock)
-	s.reg.SetInterval(cfg.MapInterval, cfg.MapIntervalPerStream)
+	s.reg.SetInterval(cfg.MapInterval, cfg.MapIntervalPerStream, cfg.MapBurst)
 	s.reg.SetSTUN(cfg.STUN)
 	s.reg.SetRelays(cfg.Relays)
 	s.reg.SetRoutePolicy(cfg.RoutePolicy)

@@ -1127,12 +1127,13 @@ func TestConnectBurstArrivesComplete(t *testing.T) {
 }
 
 // The map's publication interval (MapInterval, plus MapIntervalPerStream
-// for every stream) runs on the server's clock: changes right after a
-// publication are held until the interval has passed and arrive
-// together; a change after an idle interval goes out at once.
+// for every stream) runs on the server's clock: with a burst of one,
+// changes right after a publication are held until the interval has
+// passed and arrive together; a change after an idle interval goes out
+// at once.
 func TestMapInterval(t *testing.T) {
 	const interval, perStream = time.Second, time.Millisecond
-	e := newEnv(t, func(c *Config) { c.MapInterval, c.MapIntervalPerStream = interval, perStream })
+	e := newEnv(t, func(c *Config) { c.MapInterval, c.MapIntervalPerStream, c.MapBurst = interval, perStream, 1 })
 	tok := e.createToken(t, &api.CreateTokenRequest{Reusable: true})
 	a := newAgent(t)
 	e.join(t, a, "a", tok) // published at once: nothing was before
@@ -1167,6 +1168,31 @@ func TestMapInterval(t *testing.T) {
 	e.clock.Advance(2 * interval)
 	e.join(t, newAgent(t), "d", tok)
 	sa.waitFor(t, "d, at once", func(m *api.NetworkMap) bool { return peerByName(m, "d") != nil })
+}
+
+// By default the few changes of one event go out as they happen: a
+// node's join and connection and the next two joins are published at
+// once (a burst of four), the fifth change waits for the interval.
+func TestMapBurst(t *testing.T) {
+	const interval = time.Second
+	e := newEnv(t, func(c *Config) { c.MapInterval = interval })
+	tok := e.createToken(t, &api.CreateTokenRequest{Reusable: true})
+	a := newAgent(t)
+	e.join(t, a, "a", tok)
+	sa := e.connect(t, a)
+	if m := sa.next(t); !m.Full || !peerByName(m, "a").GetOnline() {
+		t.Fatalf("first map: full=%v, a online=%v; want a full map with a online", m.Full, peerByName(m, "a").GetOnline())
+	}
+	for _, name := range []string{"b", "c"} {
+		e.join(t, newAgent(t), name, tok)
+		sa.waitFor(t, name+", at once", func(m *api.NetworkMap) bool { return peerByName(m, name) != nil })
+	}
+	e.join(t, newAgent(t), "d", tok)
+	if n := e.clock.Timers(); n != 1 {
+		t.Fatalf("after the fifth change: got %d timers, want the held publication's", n)
+	}
+	e.clock.Advance(interval)
+	sa.waitFor(t, "d, an interval later", func(m *api.NetworkMap) bool { return peerByName(m, "d") != nil })
 }
 
 // Relay tickets are renewed at half their lifetime on the server's

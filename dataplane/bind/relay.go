@@ -117,6 +117,14 @@ func (b *Bind) SetRelay(r Relay) {
 // RelayEndpoint returns the synthetic endpoint of the peer with key.
 func (b *Bind) RelayEndpoint(nk key.Public) netip.AddrPort { return b.rs.endpoint(nk).ap }
 
+// RelayPeer returns the key whose synthetic endpoint ap is, if any.
+func (b *Bind) RelayPeer(ap netip.AddrPort) (key.Public, bool) {
+	if e := b.rs.lookup(ap); e != nil {
+		return e.nk, true
+	}
+	return key.Public{}, false
+}
+
 func (rs *relayState) endpoint(nk key.Public) *relayEndpoint {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()

@@ -3,6 +3,7 @@ package bind
 import (
 	"bytes"
 	"net"
+	"net/netip"
 	"sync"
 	"testing"
 	"time"
@@ -55,6 +56,20 @@ func TestRelayPath(t *testing.T) {
 	}
 	if _, err := b.ParseEndpoint("127.77.9.9:1"); err == nil {
 		t.Error("ParseEndpoint accepted a relay address never handed out")
+	}
+	for _, tt := range []struct {
+		ap     netip.AddrPort
+		want   key.Public
+		wantOK bool
+	}{
+		{ep1, k1, true},
+		{b.RelayEndpoint(k2), k2, true},
+		{netip.MustParseAddrPort("127.77.9.9:1"), key.Public{}, false},
+		{netip.MustParseAddrPort("192.0.2.1:51820"), key.Public{}, false},
+	} {
+		if got, ok := b.RelayPeer(tt.ap); got != tt.want || ok != tt.wantOK {
+			t.Errorf("RelayPeer(%s): got %v, %v; want %v, %v", tt.ap, got, ok, tt.want, tt.wantOK)
+		}
 	}
 	ep, err := b.ParseEndpoint(ep1.String())
 	if err != nil {

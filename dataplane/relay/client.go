@@ -36,8 +36,12 @@ type ClientConfig struct {
 	// OnPacket calls, once it holds no further whole frame and its next
 	// read may wait: a receiver can batch packets until then.
 	OnFlush func()
-	Logger  *slog.Logger
-	Dial    func(ctx context.Context, network, addr string) (net.Conn, error) // nil: net.Dialer
+	// OnConnected (optional) is called from Run's goroutine each time a
+	// connection is up (handshake done); it must not block. Without it
+	// a caller learns of the connection only by polling Connected.
+	OnConnected func()
+	Logger      *slog.Logger
+	Dial        func(ctx context.Context, network, addr string) (net.Conn, error) // nil: net.Dialer
 	// TLSConfig for https URLs (nil: no certificate verification, since
 	// the relay proves its key in the handshake).
 	TLSConfig *tls.Config
@@ -195,6 +199,9 @@ func (c *Client) session(ctx context.Context) (up bool, err error) {
 	}
 	c.mu.Unlock()
 	c.log.Info("relay: connected")
+	if c.cfg.OnConnected != nil {
+		c.cfg.OnConnected()
+	}
 
 	var writer sync.WaitGroup
 	writer.Go(func() {

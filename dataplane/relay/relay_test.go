@@ -334,3 +334,29 @@ func TestQueueCtrlBound(t *testing.T) {
 		t.Error("forced pushCtrl beyond the bound failed")
 	}
 }
+
+// OnConnected is called when a connection is up (Connected already
+// reports it), once per connection.
+func TestOnConnected(t *testing.T) {
+	e := newEnv(t)
+	r := e.startRelay(ServerConfig{}, "")
+	k := newKey()
+	ups := make(chan bool, 4)
+	tc := e.startClientWith(r, k, e.ticket(k.Public(), time.Hour), func(c *Client) {
+		c.cfg.OnConnected = func() { ups <- c.Connected() }
+	})
+	select {
+	case connected := <-ups:
+		if !connected {
+			t.Error("OnConnected called while Connected reports false")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("OnConnected not called")
+	}
+	tc.stop()
+	select {
+	case <-ups:
+		t.Error("OnConnected called again without a new connection")
+	default:
+	}
+}

@@ -148,3 +148,72 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 	defer w.mu.Unlock()
 	return w.w.Write(p)
 }
+
+// TestRefusedInitiation: an initiation from a key that is not a peer is
+// refused by WireGuard and reported with the endpoint it came from; once
+// the key is a peer, its initiations are answered (the handshake
+// completes) and not reported.
+func TestRefusedInitiation(t *testing.T) {
+	binds := bindtest.NewChannelBinds()
+	aPriv, aPub := testKey(t)
+	bPriv, bPub := testKey(t)
+	refused := make(chan netip.AddrPort, 16)
+	tunA, tunB := tuntest.NewChannelTUN(), tuntest.NewChannelTUN()
+	a, err := New(Config{Name: "refuse-a", MTU: 1420, PrivateKey: aPriv, Bind: binds[0], TUN: tunA.TUN()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := New(Config{Name: "refuse-b", MTU: 1420, PrivateKey: bPriv, Bind: binds[1], TUN: tunB.TUN(),
+		OnRefusedInitiation: func(from netip.AddrPort) {
+			select {
+			case refused <- from:
+			default:
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	aIP, bIP := netip.MustParseAddr("100.64.0.1"), netip.MustParseAddr("100.64.0.2")
+	toB := PeerConfig{PublicKey: bPub, AllowedIPs: []netip.Prefix{netip.PrefixFrom(bIP, 32)},
+		Endpoint: netip.MustParseAddrPort("127.0.0.1:1"), Keepalive: time.Second}
+	// a initiates at once (keepalive on); b does not know a.
+	if err := a.SetPeers([]PeerConfig{toB}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case from := <-refused:
+		if !from.IsValid() || !from.Addr().IsLoopback() {
+			t.Errorf("refused initiation from %v, want bindtest's loopback endpoint", from)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("b refused no initiation from a key it does not know")
+	}
+
+	// Once b knows a, b's own initiation is answered and nothing more is
+	// refused.
+	if err := b.SetPeers([]PeerConfig{{PublicKey: aPub, AllowedIPs: []netip.Prefix{netip.PrefixFrom(aIP, 32)},
+		Endpoint: netip.MustParseAddrPort("127.0.0.1:2"), Keepalive: time.Second}}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := b.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !st[aPub].LastHandshake.IsZero() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no handshake once b knows a")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	select {
+	case from := <-refused:
+		t.Errorf("refused an initiation from %v after the handshake; want none", from)
+	default:
+	}
+}

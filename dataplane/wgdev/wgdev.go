@@ -49,6 +49,12 @@ type Config struct {
 	// (wireguard-go's pools grow with the load).
 	MaxInflight int
 
+	// OnRefusedInitiation, if set, is called with the endpoint a
+	// handshake initiation came from when WireGuard refused it: most
+	// often one from a key that is not (yet) a peer. It runs on
+	// WireGuard's receive path and must not block.
+	OnRefusedInitiation func(from netip.AddrPort)
+
 	// TUN, when set, is used instead of creating a kernel TUN device, and
 	// no UAPI socket is opened: two devices then run in one process with
 	// no interface and no root (tests, with wireguard-go's tuntest and
@@ -89,6 +95,8 @@ type Device struct {
 	log  *slog.Logger
 	wg   sync.WaitGroup    // UAPI accept loop
 	lim  *inflight.Limiter // nil: no bound
+
+	onRefused func(netip.AddrPort) // Config.OnRefusedInitiation; nil: none
 
 	mu      sync.Mutex // guards applied
 	applied map[key.Public]PeerConfig
@@ -140,7 +148,7 @@ func New(cfg Config) (*Device, error) {
 		}
 	}
 	log := cfg.Logger.With("iface", cfg.Name)
-	d := &Device{name: cfg.Name, log: log, applied: make(map[key.Public]PeerConfig)}
+	d := &Device{name: cfg.Name, log: log, applied: make(map[key.Public]PeerConfig), onRefused: cfg.OnRefusedInitiation}
 	d.names.Store(&map[string]key.Named{})
 	wlog := &device.Logger{Verbosef: d.wireguardLog(slog.LevelDebug), Errorf: d.wireguardLog(slog.LevelWarn)}
 	// wireguard-go turns TUN offloads (IFF_VNET_HDR, TSO, USO) on where
@@ -223,6 +231,13 @@ func (d *Device) ListenPort() (int, error) {
 // name and our short key.
 func (d *Device) wireguardLog(level slog.Level) func(string, ...any) {
 	return func(format string, args ...any) {
+		if format == refusedInitiation && d.onRefused != nil && len(args) == 1 {
+			if s, ok := args[0].(string); ok {
+				if ap, err := netip.ParseAddrPort(s); err == nil {
+					d.onRefused(ap)
+				}
+			}
+		}
 		ctx := context.Background()
 		if !d.log.Enabled(ctx, level) {
 			return // wireguard-go logs every handshake and keepalive; format none of it unread
@@ -239,6 +254,12 @@ func (d *Device) wireguardLog(level slog.Level) func(string, ...any) {
 		d.log.Log(ctx, level, fmt.Sprintf(format, args...), attrs...)
 	}
 }
+
+// refusedInitiation is the line wireguard-go logs (device/receive.go)
+// for a handshake initiation it refuses, with the sender's endpoint: the
+// only sign it gives of one from an unknown key (TestRefusedInitiation
+// pins it).
+const refusedInitiation = "Received invalid initiation message from %s"
 
 // wireguardName is how wireguard-go's (*device.Peer).String names the
 // peer with key k.

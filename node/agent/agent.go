@@ -6,7 +6,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -365,9 +364,9 @@ type Agent struct {
 	// it) to notice changes worth saving.
 	lastDirect map[key.Public]identity.LastDirect
 	// waitingHandshake: the last plan held some peer's keepalive for its
-	// first handshake; waitSince: since when, per peer (reconcile only).
+	// first handshake (reconcile only); hsWait decides whose.
 	waitingHandshake bool
-	waitSince        map[key.Public]time.Time
+	hsWait           handshakeWait
 
 	dirty     chan struct{} // the map changed; capacity 1
 	unsaved   chan struct{} // the map changed since it was saved; capacity 1
@@ -516,6 +515,13 @@ func RunWith(ctx context.Context, cfg Config, env Env) error {
 		Name: cfg.Interface, MTU: cfg.MTU, ListenPort: cfg.ListenPort,
 		PrivateKey: nk, Bind: a.bind, Logger: log, FwMark: linkconf.Mark, TUN: env.TUN,
 		MaxInflight: cfg.MaxInflight,
+		// A relayed initiation refused: most likely from a node that
+		// joined and initiated before its entry reached us.
+		OnRefusedInitiation: func(from netip.AddrPort) {
+			if k, ok := a.bind.RelayPeer(from); ok {
+				a.hsWait.refusedFrom(k, time.Now())
+			}
+		},
 	})
 	if err != nil {
 		return err
@@ -715,10 +721,6 @@ func (a *Agent) onMap(m *api.NetworkMap) error {
 	return nil
 }
 
-// firstHandshakeWait bounds how long a node with a path to a peer leaves
-// their first handshake to the peer (the one with the larger key).
-const firstHandshakeWait = time.Second
-
 // lastDirectMaxAge: saved direct endpoints older than this are not
 // tried after a restart (NAT mappings do not live that long).
 const lastDirectMaxAge = 24 * time.Hour
@@ -854,29 +856,11 @@ func (a *Agent) reconcile() error {
 	me := a.priv.Public()
 	now := time.Now()
 	waiting := func(k key.Public) bool {
-		if bytes.Compare(me[:], k[:]) >= 0 || !stats[k].LastHandshake.IsZero() || paths[k].Kind == pathsel.None {
-			delete(a.waitSince, k)
-			return false
-		}
-		// Not for long: if the peer's initiation does not come (it had
-		// no path back to us yet, say), initiate after all rather than
-		// wait for its 5 s retry.
-		since, ok := a.waitSince[k]
-		if !ok {
-			if a.waitSince == nil {
-				a.waitSince = map[key.Public]time.Time{}
-			}
-			a.waitSince[k], since = now, now
-		}
-		return now.Sub(since) < firstHandshakeWait
+		return a.hsWait.waiting(me, k, !stats[k].LastHandshake.IsZero(), paths[k].Kind != pathsel.None, now)
 	}
 	pl := makePlan(self, peers, prefixes, paths, routePolicy(prefixes, peers, paths, a.underlay(stun, regions)), waiting)
 	a.waitingHandshake = pl.waiting
-	for k := range a.waitSince {
-		if _, ok := paths[k]; !ok {
-			delete(a.waitSince, k) // the peer left the map
-		}
-	}
+	a.hsWait.prune(func(k key.Public) bool { _, ok := paths[k]; return ok }, now)
 	a.logRefusals(pl.refused)
 	if err := a.dev.SetPeers(pl.peers); err != nil {
 		return err

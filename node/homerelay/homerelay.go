@@ -74,8 +74,10 @@ type Config struct {
 	// Probe measures the latency to a region (nil: an HTTPS GET of
 	// /relay/probe on a fresh connection).
 	Probe func(ctx context.Context, r Region) (time.Duration, error)
-	// Dial creates the connection to a relay (nil: a relay.Client).
-	Dial func(r Region, ticket []byte) (Conn, error)
+	// Dial creates the connection to a relay (nil: a relay.Client). The
+	// connection calls up, without blocking, each time it comes up, so
+	// the manager reports it at once rather than at its next check.
+	Dial func(r Region, ticket []byte, up func()) (Conn, error)
 	// NetDial opens the TCP connections of the default Dial and Probe
 	// (nil: net.Dialer); the agent marks them so that overlay routes
 	// cannot capture them.
@@ -108,6 +110,10 @@ type Manager struct {
 	log   *slog.Logger
 	clock clock.Clock
 	kick  chan struct{} // regions or ticket changed; capacity 1
+	// upC: a connection came up; capacity 1. Without it the home's
+	// coming up was noticed at the next tick, up to tickInterval late,
+	// and relayed peers had no path until then.
+	upC chan struct{}
 	// settled, when a test sets it, is sent on by Run whenever it waits
 	// with no probe out and no kick pending, so the test knows the
 	// loop has acted on everything before it moves the clock.
@@ -144,14 +150,24 @@ func New(cfg Config) *Manager {
 		cfg.Probe = func(ctx context.Context, r Region) (time.Duration, error) { return probeHTTPS(ctx, r, cfg.NetDial) }
 	}
 	if cfg.Dial == nil {
-		cfg.Dial = func(r Region, ticket []byte) (Conn, error) {
+		cfg.Dial = func(r Region, ticket []byte, up func()) (Conn, error) {
 			return relay.NewClient(relay.ClientConfig{
 				URL: "https://" + r.Addr + "/relay", ServerKey: r.Key, PrivateKey: cfg.PrivateKey,
-				Ticket: ticket, OnPacket: cfg.OnPacket, OnFlush: cfg.OnFlush, Logger: cfg.Logger.With("relay", r.Name), Dial: cfg.NetDial,
+				Ticket: ticket, OnPacket: cfg.OnPacket, OnFlush: cfg.OnFlush, OnConnected: up,
+				Logger: cfg.Logger.With("relay", r.Name), Dial: cfg.NetDial,
 			})
 		}
 	}
-	return &Manager{cfg: cfg, log: cfg.Logger, clock: clock.Or(cfg.Clock), kick: make(chan struct{}, 1), latency: map[uint32]time.Duration{}}
+	return &Manager{cfg: cfg, log: cfg.Logger, clock: clock.Or(cfg.Clock), kick: make(chan struct{}, 1),
+		upC: make(chan struct{}, 1), latency: map[uint32]time.Duration{}}
+}
+
+// connUp wakes Run to report a connection that came up (Dial's up).
+func (m *Manager) connUp() {
+	select {
+	case m.upC <- struct{}{}:
+	default:
+	}
 }
 
 func (m *Manager) poke() {
@@ -259,7 +275,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	}()
 	for {
 		settled := m.settled
-		if probing || len(m.kick) > 0 {
+		if probing || len(m.kick) > 0 || len(m.upC) > 0 {
 			settled = nil
 		}
 		select {
@@ -298,6 +314,7 @@ func (m *Manager) Run(ctx context.Context) error {
 			}
 		case <-tick.C():
 			tick.Reset(tickInterval)
+		case <-m.upC:
 		}
 		m.evaluate(ctx)
 	}
@@ -455,7 +472,7 @@ func (m *Manager) switchTo(ctx context.Context, r Region) {
 	m.mu.Lock()
 	ticket := slices.Clone(m.ticket)
 	m.mu.Unlock()
-	c, err := m.cfg.Dial(r, ticket)
+	c, err := m.cfg.Dial(r, ticket, m.connUp)
 	if err != nil {
 		m.log.Warn("relay client", "relay", r.Name, "err", err)
 		return

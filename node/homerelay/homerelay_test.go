@@ -16,6 +16,7 @@ import (
 type fakeConn struct {
 	region string
 	up     atomic.Bool
+	onUp   func() // Dial's up: called when the test brings the connection up
 
 	mu   sync.Mutex // guards revs
 	revs string     // the last revocation list set
@@ -67,11 +68,14 @@ func (w *world) probe(_ context.Context, r Region) (time.Duration, error) {
 	return d, nil
 }
 
-func (w *world) dial(r Region, _ []byte) (Conn, error) {
+func (w *world) dial(r Region, _ []byte, up func()) (Conn, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	c := &fakeConn{region: r.Name}
-	c.up.Store(w.alive[r.Name])
+	c := &fakeConn{region: r.Name, onUp: up}
+	if w.alive[r.Name] {
+		c.up.Store(true)
+		up()
+	}
 	w.conns = append(w.conns, c)
 	return c, nil
 }
@@ -100,8 +104,8 @@ func (w *world) revive(name string, d time.Duration) {
 	w.latency[name] = d
 	w.alive[name] = true
 	for _, c := range w.conns {
-		if c.region == name {
-			c.up.Store(true)
+		if c.region == name && !c.up.Swap(true) {
+			c.onUp()
 		}
 	}
 }
@@ -236,6 +240,25 @@ func TestBriefOutageKeepsHome(t *testing.T) {
 		if st := h.m.Status(); st.Home != "near" || !st.Connected {
 			t.Fatalf("home back within failoverAfter: got home %q (connected %v), want near connected", st.Home, st.Connected)
 		}
+	}
+}
+
+// TestUpAtOnce: a home connection that comes up is reported (Status,
+// OnChange) as it does, without waiting for the next check: relayed
+// peers have no path until then.
+func TestUpAtOnce(t *testing.T) {
+	w := &world{
+		latency: map[string]time.Duration{"near": 5 * time.Millisecond},
+		alive:   map[string]bool{"near": false}, // reachable, but its connection is not up yet
+	}
+	h := run(t, w, 0)
+	if st := h.m.Status(); st.Home != "near" || st.Connected {
+		t.Fatalf("before the connection is up: got home %q (connected %v), want near, not connected", st.Home, st.Connected)
+	}
+	w.revive("near", 5*time.Millisecond)
+	h.settle() // the clock does not move
+	if st := h.m.Status(); st.Home != "near" || !st.Connected {
+		t.Fatalf("the connection came up: got home %q (connected %v), want near connected without the clock moving", st.Home, st.Connected)
 	}
 }
 
