@@ -563,19 +563,9 @@ func (o *overlay) connectivity(t *testing.T, rep *Report, cfg config) {
 		h := o.siteA.AddNode(name)
 		t0 := time.Now()
 		ag := cluster.StartAgent(t, o.l, h, o.coord, name, cluster.AgentOptions{Token: o.tok, Extra: append(append([]string{"--relay-region", "1"}, agentArgs...), "--log-format", "json", "--log-level", "debug")})
-		var first time.Duration
-		for time.Since(t0) < 30*time.Second {
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			out, _ := h.Exec(ctx, "ping", "-n", "-c", "1", "-W", "0.3", o.ipB.String())
-			cancel()
-			if rttLine.MatchString(out) {
-				first = time.Since(t0)
-				break
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		if first == 0 {
-			t.Errorf("%s: no reply from b within 30s", name)
+		first, err := firstReply(h, o.ipB, t0, 30*time.Second)
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
 			ag.Proc.Stop(5 * time.Second)
 			continue
 		}
@@ -664,6 +654,37 @@ func directPhases(log string, t0 time.Time) map[string]time.Duration {
 
 // pinger is a timestamped `ping -D` in a lab namespace.
 type pinger struct{ proc *lab.Process }
+
+// firstReply pings to from h every 20 ms, from the moment h has a route
+// to it (ping exits at once while it has none, and is started again), and
+// returns how long after t0 the first reply came, by ping's own timestamp
+// of the reply: a reply to a ping sent before the path was up counts when
+// it arrives, so the resolution is the 20 ms interval, not a ping timeout.
+func firstReply(h *lab.Host, to netip.Addr, t0 time.Time, within time.Duration) (time.Duration, error) {
+	deadline := t0.Add(within)
+	for n := 0; time.Now().Before(deadline); n++ {
+		p, err := h.Start(fmt.Sprintf("ping-first-%s-%d", to, n), nil,
+			"ping", "-n", "-D", "-i", "0.02", "-W", "1", "-w", strconv.Itoa(int(time.Until(deadline).Seconds())+1), to.String())
+		if err != nil {
+			return 0, err
+		}
+		pg := &pinger{proc: p}
+		for {
+			exited := p.Exited() // before reading, so no reply is missed
+			if rs := pg.replies(); len(rs) > 0 {
+				p.Kill()
+				return rs[0].Sub(t0), nil
+			}
+			if exited || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		p.Kill()
+		time.Sleep(20 * time.Millisecond)
+	}
+	return 0, fmt.Errorf("no reply from %s within %v", to, within)
+}
 
 var pingReply = regexp.MustCompile(`(?m)^\[(\d+\.\d+)\] \d+ bytes from`)
 
