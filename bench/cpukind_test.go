@@ -21,7 +21,7 @@ var cpuKinds = []struct {
 	re   *regexp.Regexp
 }{
 	{"kernel (system calls: TCP, UDP, TUN)", regexp.MustCompile(`^(internal/runtime/syscall/linux\.Syscall6|syscall\.(Raw)?Syscall6?|syscall\.rawSyscallNoError)$`)},
-	{"wake-ups and scheduling", regexp.MustCompile(`^runtime\.(futex|findRunnable|schedule|stealWork|runqgrab|runqsteal|netpoll|usleep|osyield|procyield|notesleep|notewakeup|park_m|ready|wakep|startm|stopm|mcall|gopark|goready|casgstatus|execute|lock2|unlock2|pidleget|pidleput|runqput|runqget|checkTimers|selectgo|chansend|chanrecv|send|recv|nanotime|pollWork|resetspinning|injectglist|netpollready|netpollunblock)`)},
+	{"wake-ups and scheduling", regexp.MustCompile(`^runtime\.(futex|findRunnable|schedule|stealWork|runqgrab|runqsteal|netpoll|usleep|osyield|procyield|notesleep|notewakeup|park_m|ready|wakep|startm|stopm|mcall|gopark|goready|casgstatus|execute|lock2|unlock2|pidleget|pidleput|runqput|runqget|checkTimers|selectgo|chansend|chanrecv|pollWork|resetspinning|injectglist|netpollready|netpollunblock)$`)},
 	{"TLS records (AES-GCM)", regexp.MustCompile(`^crypto/internal/fips140/aes`)},
 	{"WireGuard (ChaCha20-Poly1305)", regexp.MustCompile(`^golang\.org/x/crypto/(chacha20|poly1305|internal/poly1305)`)},
 	{"copies (memmove, memclr)", regexp.MustCompile(`^runtime\.(memmove|memclrNoHeapPointers)$`)},

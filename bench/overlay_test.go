@@ -1089,12 +1089,13 @@ func (o *overlay) profilePath(cfg config, name, addr string, socks map[string]st
 	errs := make(chan error, len(socks))
 	var wg sync.WaitGroup
 	for proc, sock := range socks {
-		files[proc] = filepath.Join(dir, name+"-tcp1-"+proc+".cpu.pprof")
+		file := filepath.Join(dir, name+"-tcp1-"+proc+".cpu.pprof")
+		files[proc] = file // the goroutines read only their own file, never the map
 		wg.Go(func() {
 			time.Sleep(time.Second) // past iperf3's slow start
 			b, err := pprofGet(sock, fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs))
 			if err == nil {
-				err = os.WriteFile(files[proc], b, 0o644)
+				err = os.WriteFile(file, b, 0o644)
 			}
 			if err != nil {
 				errs <- fmt.Errorf("profile of %s: %w", proc, err)
